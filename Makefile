@@ -1,0 +1,31 @@
+# Set-up is part of every target: a local virtual environment is created on first use and
+# reused after. torch is pinned to 2.13.0; where a CPU wheel lies on local disk (/opt/wheels)
+# it is preferred, so a fresh machine never pulls the multi-GB CUDA build.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+WHEELS := $(wildcard /opt/wheels)
+PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(PIP_FLAGS) --upgrade pip
+	$(BIN)/pip install --quiet $(PIP_FLAGS) -e '.[dev]'
+	@touch $@
+
+demo: $(BIN)/.installed
+	$(BIN)/bcfl demo
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check bcfl_cli tests bench
+	$(BIN)/ruff format --check bcfl_cli tests bench
+	$(BIN)/mypy --strict bcfl_cli
+
+test: lint
+	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,92 @@
+"""The FL parts of the genesis: model, training plan, contract rules, aggregation rule.
+
+These are fixed by the genesis, so a peer only ever builds an architecture it shipped. In the
+signed genesis document every float is a decimal string (no floats in signed objects); the
+TOML file may use plain numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_document(self) -> dict[str, Any]:
+        """JSON-ready dict with floats as their shortest round-trip decimal string."""
+        document: dict[str, Any] = _floats_to_strings(self.model_dump(mode="python"))
+        return document
+
+
+def _floats_to_strings(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _floats_to_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_floats_to_strings(v) for v in value]
+    return value
+
+
+class ModelSpec(_Spec):
+    architecture: Literal["logreg", "mlp", "cnn"]
+    input_shape: list[int] = Field(min_length=1, max_length=3)
+    num_classes: int = Field(ge=2, le=10_000)
+    hidden: list[int] = Field(default_factory=lambda: [64], max_length=8)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _shape_fits(self) -> ModelSpec:
+        if any(d < 1 or d > 100_000 for d in self.input_shape + self.hidden):
+            raise ValueError("input_shape and hidden sizes must be between 1 and 100000")
+        if self.architecture == "cnn" and len(self.input_shape) != 3:
+            raise ValueError("cnn needs input_shape = [channels, height, width]")
+        return self
+
+
+class DPSpec(_Spec):
+    enabled: bool = False
+    noise_multiplier: float = Field(default=1.0, ge=0.0, le=100.0)
+    max_grad_norm: float = Field(default=1.0, gt=0.0, le=1e6)
+    delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
+
+
+class TrainingPlan(_Spec):
+    rounds: int = Field(default=10, ge=1, le=100_000)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(default=0.05, gt=0.0, le=10.0)
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
+    batch_size: int = Field(default=32, ge=1, le=65_536)
+    local_epochs: int = Field(default=1, ge=1, le=1_000)
+    fedprox_mu: float = Field(default=0.0, ge=0.0, le=100.0)
+    holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    label_column: str = Field(default="label", min_length=1, max_length=64)
+    #: a round closes once this many updates are accepted ...
+    min_updates: int = Field(default=2, ge=1, le=10_000)
+    #: ... or this many blocks after it opened, whichever comes first.
+    deadline_blocks: int = Field(default=20, ge=1, le=1_000_000)
+    dp: DPSpec = Field(default_factory=DPSpec)
+
+
+class ContractRules(_Spec):
+    max_update_norm: float = Field(default=100.0, gt=0.0)
+    min_samples: int = Field(default=1, ge=1)
+    max_samples: int = Field(default=10_000_000, ge=1)
+    max_blob_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**40)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ContractRules:
+        if self.min_samples > self.max_samples:
+            raise ValueError("min_samples must not exceed max_samples")
+        return self
+
+
+class AggregationSpec(_Spec):
+    rule: Literal["fedavg", "clipped", "median", "trimmed", "krum"] = "fedavg"
+    clip_norm: float = Field(default=5.0, gt=0.0)
+    trim_beta: float = Field(default=0.1, ge=0.0, lt=0.5)
+    krum_f: int = Field(default=1, ge=0)
+    krum_m: int = Field(default=1, ge=1)

@@ -1,0 +1,96 @@
+"""Ed25519 signatures under domain separation, and ``did:key`` identifiers (PROTOCOL.md §2).
+
+A signature is always over ``DOMAIN || 0x00 || digest`` where DOMAIN names the purpose, so a
+signature made for one purpose (a vote) can never be replayed as another (a transaction).
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import lru_cache
+
+import base58
+import nacl.exceptions
+import nacl.signing
+
+from bcfl_cli.errors import EncodingError
+
+#: multicodec varint of ``ed25519-pub`` (0xed) followed by the 32-byte key.
+_ED25519_MULTICODEC = b"\xed\x01"
+DID_KEY_PREFIX = "did:key:z"
+
+
+class Domain(enum.Enum):
+    """Signing domains; the value is the exact prefix signed."""
+
+    TX = b"bcfl/tx/v1"
+    VOTE = b"bcfl/vote/v1"
+    PROPOSAL = b"bcfl/proposal/v1"
+    HTTP = b"bcfl/http/v1"
+
+
+def signing_message(domain: Domain, digest_hex: str) -> bytes:
+    return domain.value + b"\x00" + bytes.fromhex(digest_hex)
+
+
+def sign_digest(key: nacl.signing.SigningKey, domain: Domain, digest_hex: str) -> str:
+    """Sign a SHA-256 digest under ``domain``; returns the 64-byte signature as hex."""
+    return bytes(key.sign(signing_message(domain, digest_hex)).signature).hex()
+
+
+def verify_digest(public_key: bytes, domain: Domain, digest_hex: str, signature_hex: str) -> bool:
+    """True when ``signature_hex`` is a valid Ed25519 signature of the domain-separated digest."""
+    try:
+        signature = bytes.fromhex(signature_hex)
+        if len(signature) != 64:
+            return False
+        _verify_key(public_key).verify(signing_message(domain, digest_hex), signature)
+    except (ValueError, nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
+        return False
+    return True
+
+
+@lru_cache(maxsize=4096)
+def _verify_key(public_key: bytes) -> nacl.signing.VerifyKey:
+    return nacl.signing.VerifyKey(public_key)
+
+
+def did_from_public_key(public_key: bytes) -> str:
+    if len(public_key) != 32:
+        raise EncodingError(f"an Ed25519 public key has 32 bytes, got {len(public_key)}")
+    return DID_KEY_PREFIX + base58.b58encode(_ED25519_MULTICODEC + public_key).decode("ascii")
+
+
+@lru_cache(maxsize=4096)
+def public_key_from_did(did: str) -> bytes:
+    """Decode a ``did:key`` holding an Ed25519 key; anything else is an EncodingError."""
+    if not isinstance(did, str) or not did.startswith(DID_KEY_PREFIX) or len(did) > 64:
+        raise EncodingError(f"not an Ed25519 did:key: {str(did)[:70]!r}")
+    try:
+        raw = base58.b58decode(did[len(DID_KEY_PREFIX) :])
+    except ValueError as exc:
+        raise EncodingError(f"did:key is not base58btc: {did!r}") from exc
+    if len(raw) != 34 or raw[:2] != _ED25519_MULTICODEC:
+        raise EncodingError(f"did:key does not hold an ed25519-pub key: {did!r}")
+    key = raw[2:]
+    if did_from_public_key(key) != did:  # refuse non-canonical base58 spellings
+        raise EncodingError(f"did:key is not in canonical form: {did!r}")
+    return key
+
+
+def is_did(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        public_key_from_did(str(value))
+    except EncodingError:
+        return False
+    return True
+
+
+def verify_by_did(did: str, domain: Domain, digest_hex: str, signature_hex: str) -> bool:
+    try:
+        key = public_key_from_did(did)
+    except EncodingError:
+        return False
+    return verify_digest(key, domain, digest_hex, signature_hex)

@@ -1,0 +1,110 @@
+"""Canonical bytes for everything hashed or signed (docs/PROTOCOL.md §1).
+
+RFC 8785 (JCS) through the ``rfc8785`` package; parsing refuses duplicate keys and floats so
+that two parsers can never read different values out of the same signed bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+import rfc8785
+
+from bcfl_cli.errors import EncodingError
+
+HASH_HEX_LEN = 64
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX128 = re.compile(r"^[0-9a-f]{128}$")
+
+#: Upper bound on any JSON document we parse (a block with its transactions included).
+MAX_JSON_BYTES = 8 * 1024 * 1024
+MAX_JSON_DEPTH = 32
+
+
+def canonical(obj: Any) -> bytes:
+    """RFC 8785 canonical JSON of ``obj``. Floats are refused: signed objects carry none."""
+    _refuse_floats(obj, 0)
+    try:
+        return bytes(rfc8785.dumps(obj))
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise EncodingError(f"cannot canonicalise object: {exc}") from exc
+
+
+def _refuse_floats(obj: Any, depth: int) -> None:
+    if depth > MAX_JSON_DEPTH:
+        raise EncodingError(f"object nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return
+    if isinstance(obj, int):
+        if abs(obj) > 2**53 - 1:
+            raise EncodingError(f"integer {obj} outside the I-JSON safe range")
+        return
+    if isinstance(obj, float):
+        raise EncodingError("floats are not allowed in signed objects; use a decimal string")
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise EncodingError(f"object key {key!r} is not a string")
+            _refuse_floats(value, depth + 1)
+        return
+    if isinstance(obj, list | tuple):
+        for value in obj:
+            _refuse_floats(value, depth + 1)
+        return
+    raise EncodingError(f"type {type(obj).__name__} cannot be encoded")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise EncodingError(f"duplicate JSON key {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_float(text: str) -> Any:
+    raise EncodingError(f"float {text} not allowed; use a decimal string")
+
+
+def _no_constant(text: str) -> Any:
+    raise EncodingError(f"non-standard JSON constant {text}")
+
+
+def parse_json(data: bytes | str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Parse untrusted JSON: size-bounded, depth-bounded, no duplicate keys, no floats."""
+    if len(data) > max_bytes:
+        raise EncodingError(f"JSON document of {len(data)} bytes exceeds the {max_bytes} limit")
+    try:
+        value = json.loads(
+            data,
+            object_pairs_hook=_no_duplicates,
+            parse_float=_no_float,
+            parse_constant=_no_constant,
+        )
+    except EncodingError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise EncodingError(f"malformed JSON: {exc}") from exc
+    _refuse_floats(value, 0)
+    return value
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_object(obj: Any) -> str:
+    """SHA-256 (lowercase hex) of the canonical form of ``obj``."""
+    return sha256_hex(canonical(obj))
+
+
+def is_hash_hex(value: object) -> bool:
+    return isinstance(value, str) and _HEX64.match(value) is not None
+
+
+def is_signature_hex(value: object) -> bool:
+    return isinstance(value, str) and _HEX128.match(value) is not None

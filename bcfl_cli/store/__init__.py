@@ -1,0 +1,1 @@
+"""Persistence: the SQLite ledger (SQLAlchemy + Alembic) and the content-addressed blob store."""

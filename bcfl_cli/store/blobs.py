@@ -1,0 +1,130 @@
+"""Content-addressed blob store: model tensors and updates as files named by their SHA-256.
+
+Names are never taken from input, only from a validated hash; writes go to a temp file and are
+renamed into place, so a crash leaves either the whole blob or nothing; every read is checked
+against the hash, so a corrupted or swapped file is never served or used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from bcfl_cli.errors import BlobError
+from bcfl_cli.protocol.encoding import is_hash_hex
+
+CHUNK = 1024 * 1024
+DEFAULT_MAX_BLOB_BYTES = 2 * 1024 * 1024 * 1024
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root / "tmp"
+        self._tmp.mkdir(exist_ok=True)
+
+    def path_for(self, digest: str) -> Path:
+        if not is_hash_hex(digest):
+            raise BlobError(f"not a blob hash: {digest[:80]!r}")
+        return self.root / digest[:2] / digest
+
+    def has(self, digest: str) -> bool:
+        return self.path_for(digest).is_file()
+
+    def size(self, digest: str) -> int:
+        path = self.path_for(digest)
+        if not path.is_file():
+            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer (bcfl node)")
+        return path.stat().st_size
+
+    def put(self, data: bytes) -> str:
+        """Store bytes; returns their hash. Idempotent."""
+        return self.put_stream([data])
+
+    def put_stream(
+        self,
+        chunks: Iterable[bytes],
+        *,
+        expected: str | None = None,
+        max_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+    ) -> str:
+        """Stream chunks to disk, hashing as they come; refuse more than ``max_bytes``.
+
+        With ``expected``, the blob is kept only if its hash matches (nothing is left otherwise).
+        """
+        if expected is not None:
+            self.path_for(expected)  # validates the name before any write
+        hasher = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="in-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BlobError(f"blob larger than the limit of {max_bytes} bytes")
+                    hasher.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest = hasher.hexdigest()
+            if expected is not None and digest != expected:
+                raise BlobError(f"blob hash mismatch: expected {expected}, got {digest}")
+            final = self.path_for(digest)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)
+            return digest
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_file(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES) -> str:
+        with open(path, "rb") as f:
+            return self.put_stream(iter(lambda: f.read(CHUNK), b""), max_bytes=max_bytes)
+
+    def get(self, digest: str, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES) -> bytes:
+        """Read a whole blob, verified against its hash."""
+        path = self.path_for(digest)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer") from None
+        if size > max_bytes:
+            raise BlobError(f"blob {digest} has {size} bytes, over the limit of {max_bytes}")
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BlobError(f"blob {digest} is corrupt: its content does not match its name")
+        return data
+
+    def verify(self, digest: str) -> bool:
+        """True when the blob exists and its content hashes to its name (streamed)."""
+        path = self.path_for(digest)
+        if not path.is_file():
+            return False
+        hasher = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                hasher.update(chunk)
+        return hasher.hexdigest() == digest
+
+    @contextmanager
+    def open(self, digest: str) -> Iterator[BinaryIO]:
+        """Open a blob for streaming reads (e.g. serving it in chunks); caller checks hashes."""
+        path = self.path_for(digest)
+        if not path.is_file():
+            raise BlobError(f"blob {digest} is missing")
+        with open(path, "rb") as f:
+            yield f
+
+    def iter_hashes(self) -> Iterator[str]:
+        for sub in sorted(self.root.iterdir()):
+            if sub.is_dir() and len(sub.name) == 2:
+                for f in sorted(sub.iterdir()):
+                    if is_hash_hex(f.name):
+                        yield f.name
