@@ -1,0 +1,1 @@
+"""The Typer front end: parse, make one library call, render. No SQL, tensors or keys here."""

@@ -1,0 +1,19 @@
+"""Options shared by every command, so that they read the same everywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+HomeOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--home",
+        help="Member home (keys, store, blobs). Default: $BCFL_HOME or the user data dir.",
+        envvar="BCFL_HOME",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
