@@ -1,0 +1,126 @@
+"""The architectures a genesis may name, built from its ``ModelSpec`` and nothing else.
+
+A peer never loads code or pickled modules from another member: the architecture is one of the
+few below, its sizes come from the signed spec, and weights travel as safetensors. The initial
+global model is a pure function of the spec (``spec.seed``), so every founding member derives
+the same bytes and the same hash for the genesis ``initial_model``.
+
+Every model begins with a parameter-free input squash, ``asinh(x)``. It is fixed and the same on
+every member, so members need no shared feature statistics (which would leak data) and raw CSV
+values of any scale (pixel counts 0..16, cell areas near 1000) train without a per-dataset
+normalisation step that one member could forget or apply differently. asinh is close to the
+identity near 0 and logarithmic for large values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from bcfl_cli.errors import ContractError
+from bcfl_cli.fl.spec import ModelSpec
+from bcfl_cli.fl.tensors import encode_tensors
+
+#: Channels of the two 3x3 convolutions of the ``cnn`` architecture.
+CNN_CHANNELS = (16, 32)
+
+
+class InputSquash(nn.Module):
+    """asinh on every feature: data-independent scaling shared by all members (no parameters)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.asinh(x)
+
+
+def num_features(spec: ModelSpec) -> int:
+    """Columns a data row must have (besides its label) to feed this model."""
+    return math.prod(spec.input_shape)
+
+
+def _layers(spec: ModelSpec) -> OrderedDict[str, nn.Module]:
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    layers["squash"] = InputSquash()
+    layers["unflatten"] = nn.Unflatten(1, tuple(spec.input_shape))
+    width = num_features(spec)
+    if spec.architecture == "cnn":
+        channels, height, breadth = spec.input_shape
+        c1, c2 = CNN_CHANNELS
+        layers["conv1"] = nn.Conv2d(channels, c1, kernel_size=3, padding=1)
+        layers["relu_c1"] = nn.ReLU()
+        layers["conv2"] = nn.Conv2d(c1, c2, kernel_size=3, padding=1)
+        layers["relu_c2"] = nn.ReLU()
+        width = c2 * height * breadth
+    layers["flatten"] = nn.Flatten()
+    if spec.architecture in ("mlp", "cnn"):
+        for i, size in enumerate(spec.hidden):
+            layers[f"fc{i}"] = nn.Linear(width, size)
+            layers[f"relu{i}"] = nn.ReLU()
+            width = size
+    layers["out"] = nn.Linear(width, spec.num_classes)
+    return layers
+
+
+def build_model(spec: ModelSpec) -> nn.Sequential:
+    """The model of ``spec`` with its deterministic initial weights (float32, CPU).
+
+    It takes flat feature rows ``[N, D]`` (as loaded from CSV) and reshapes them itself.
+
+    ``logreg`` is one Linear layer; ``mlp`` adds ``spec.hidden`` fully connected ReLU layers;
+    ``cnn`` puts two 3x3 convolutions (16 and 32 channels, padding 1) in front of the same head.
+    Initialisation runs in a forked RNG seeded with ``spec.seed``, so it neither depends on nor
+    disturbs the caller's random state.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = nn.Sequential(_layers(spec))
+    return model.to(torch.float32)
+
+
+def initial_state(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """Initial weights by state_dict name: float32, contiguous, detached CPU copies."""
+    return {
+        name: tensor.detach().to(torch.float32).contiguous().clone()
+        for name, tensor in build_model(spec).state_dict().items()
+    }
+
+
+def initial_state_bytes(spec: ModelSpec) -> bytes:
+    """Canonical safetensors bytes of the initial weights: the genesis ``initial_model`` blob."""
+    return encode_tensors(initial_state(spec))
+
+
+def state_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    """Canonical safetensors bytes of a float32 state (what goes into the blob store)."""
+    return encode_tensors(
+        {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    )
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 hex of :func:`state_bytes`: equal to the blob-store hash of the stored state."""
+    return hashlib.sha256(state_bytes(state)).hexdigest()
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model``, refusing missing or extra names and shape mismatches."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))
+        extra = sorted(set(found) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        raise ContractError(
+            "wrong_shape",
+            f"weights do not fit the genesis model (missing {missing}, extra {extra}, "
+            f"wrong shape {wrong})",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def parameter_count(spec: ModelSpec) -> int:
+    """Number of trainable scalars: sizes blobs and benchmark tables."""
+    return sum(t.numel() for t in initial_state(spec).values())
