@@ -1,0 +1,37 @@
+"""Deterministic aggregation rules, one module each, behind one ``aggregate`` entry point.
+
+``aggregate(spec, global_state, updates)`` returns the next global model, the hashes of the
+updates it includes and the rule's parameters for the ``aggregate`` transaction; its
+``model_hash`` (= ``aggregate_hash(new_state)``) is the blob hash that transaction records.
+Importing this package registers every rule shipped with bcfl.
+"""
+
+from __future__ import annotations
+
+from bcfl_cli.fl.aggregation import clipped, fedavg, krum, median, trimmed
+from bcfl_cli.fl.aggregation.base import (
+    RULES,
+    AggregateResult,
+    Params,
+    Rule,
+    UpdateInput,
+    aggregate,
+    aggregate_hash,
+    register,
+)
+
+__all__ = [
+    "RULES",
+    "AggregateResult",
+    "Params",
+    "Rule",
+    "UpdateInput",
+    "aggregate",
+    "aggregate_hash",
+    "clipped",
+    "fedavg",
+    "krum",
+    "median",
+    "register",
+    "trimmed",
+]

@@ -1,0 +1,259 @@
+"""The contract: may this update enter the chain? (docs/PROTOCOL.md, update validation)
+
+Every validator runs these checks before voting for a block that holds an ``update``
+transaction, so they are pure and deterministic: the same claim, chain context and blob bytes
+give the same verdict on every peer. A rejection carries a named reason code that a
+``validation`` transaction records. The checks run cheapest first and in a fixed order, so the
+reason for a blob with several faults is the same everywhere:
+
+1. chain context (no blob needed): ``not_trainer``, ``round_not_open``, ``wrong_base_model``,
+   ``duplicate_update``, ``samples_out_of_bounds``;
+2. the blob as bytes: ``blob_too_large`` (the claimed size, so nobody fetches a huge blob),
+   ``blob_missing``, ``blob_hash_mismatch``;
+3. the blob as safetensors, layout only (nothing is built yet, nothing is ever unpickled):
+   ``malformed_blob``, ``wrong_tensor_names``, ``wrong_dtype``, ``wrong_shape``;
+4. the values: ``non_finite``, ``norm_exceeded`` (exact L2 norm, see ``numerics``).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bcfl_cli.errors import ContractError
+from bcfl_cli.fl.numerics import l2_norm
+from bcfl_cli.fl.spec import ContractRules, ModelSpec
+from bcfl_cli.fl.tensors import check_safetensors_layout, decode_tensors
+
+MAX_DETAIL_CHARS = 512
+
+#: name -> (safetensors dtype, shape): what an update's tensors must look like exactly.
+Layout = Mapping[str, tuple[str, tuple[int, ...]]]
+
+
+class Reason(enum.StrEnum):
+    """Verdict codes recorded on chain; ``OK`` is the one accepting code."""
+
+    OK = "ok"
+    NOT_TRAINER = "not_trainer"
+    ROUND_NOT_OPEN = "round_not_open"
+    WRONG_BASE_MODEL = "wrong_base_model"
+    DUPLICATE_UPDATE = "duplicate_update"
+    SAMPLES_OUT_OF_BOUNDS = "samples_out_of_bounds"
+    BLOB_TOO_LARGE = "blob_too_large"
+    BLOB_MISSING = "blob_missing"
+    BLOB_HASH_MISMATCH = "blob_hash_mismatch"
+    MALFORMED_BLOB = "malformed_blob"
+    WRONG_TENSOR_NAMES = "wrong_tensor_names"
+    WRONG_DTYPE = "wrong_dtype"
+    WRONG_SHAPE = "wrong_shape"
+    NON_FINITE = "non_finite"
+    NORM_EXCEEDED = "norm_exceeded"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of the contract for one update, as a ``validation`` transaction states it."""
+
+    accept: bool
+    reason: str
+    detail: str = ""
+
+    @classmethod
+    def ok(cls, detail: str = "") -> Verdict:
+        return cls(True, Reason.OK.value, _bounded(detail))
+
+    @classmethod
+    def reject(cls, reason: Reason | str, detail: str) -> Verdict:
+        return cls(False, str(reason), _bounded(detail))
+
+    def body(self, update_hash: str) -> dict[str, Any]:
+        """The ``validation`` transaction body for this verdict on ``update_hash``."""
+        return {
+            "update": update_hash,
+            "verdict": "accept" if self.accept else "reject",
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+def _bounded(detail: str) -> str:
+    text = "".join(c if c.isprintable() else "?" for c in detail)
+    return text[:MAX_DETAIL_CHARS]
+
+
+@dataclass(frozen=True)
+class UpdateClaim:
+    """What an ``update`` transaction asserts about its blob (its author and body)."""
+
+    author: str
+    round: int
+    base_model: str
+    blob: str
+    blob_size: int
+    num_samples: int
+
+    @classmethod
+    def from_body(cls, author: str, body: Mapping[str, Any]) -> UpdateClaim:
+        return cls(
+            author=author,
+            round=int(body["round"]),
+            base_model=str(body["base_model"]),
+            blob=str(body["blob"]),
+            blob_size=int(body["blob_size"]),
+            num_samples=int(body["num_samples"]),
+        )
+
+
+@dataclass(frozen=True)
+class RoundContext:
+    """The slice of chain state the contract reads (the chain module builds it, no DB here).
+
+    ``submitted`` holds the authors that already have an update in this round; the chain
+    state decides which of their updates count (this module only refuses a second one).
+    """
+
+    trainers: frozenset[str]
+    round: int | None
+    round_open: bool
+    base_model: str | None
+    submitted: frozenset[str] = frozenset()
+
+
+# --- 1. chain context ------------------------------------------------------------------
+def check_context(rules: ContractRules, claim: UpdateClaim, ctx: RoundContext) -> Verdict | None:
+    """The checks that need no blob; None when they all pass."""
+    if claim.author not in ctx.trainers:
+        return Verdict.reject(Reason.NOT_TRAINER, f"{claim.author} is not an admitted trainer")
+    if not ctx.round_open or ctx.round is None or claim.round != ctx.round:
+        current = f"round {ctx.round} is {'open' if ctx.round_open else 'closed'}"
+        return Verdict.reject(
+            Reason.ROUND_NOT_OPEN, f"update for round {claim.round}, but {current}"
+        )
+    if claim.base_model != ctx.base_model:
+        return Verdict.reject(
+            Reason.WRONG_BASE_MODEL,
+            f"update trained on {claim.base_model}, round {ctx.round} is based on "
+            f"{ctx.base_model}",
+        )
+    if claim.author in ctx.submitted:
+        return Verdict.reject(
+            Reason.DUPLICATE_UPDATE, f"{claim.author} already submitted in round {ctx.round}"
+        )
+    if not rules.min_samples <= claim.num_samples <= rules.max_samples:
+        return Verdict.reject(
+            Reason.SAMPLES_OUT_OF_BOUNDS,
+            f"{claim.num_samples} samples, allowed {rules.min_samples}..{rules.max_samples}",
+        )
+    return None
+
+
+# --- 2-4. the blob -----------------------------------------------------------------------
+def check_blob(
+    rules: ContractRules, layout: Layout, claim: UpdateClaim, blob: bytes | None
+) -> tuple[Verdict, dict[str, torch.Tensor] | None]:
+    """The blob checks; on acceptance also returns the decoded delta (to spare a re-parse)."""
+    limit = rules.max_blob_bytes
+    if claim.blob_size > limit:
+        return Verdict.reject(
+            Reason.BLOB_TOO_LARGE, f"claimed {claim.blob_size} bytes, limit {limit}"
+        ), None
+    if blob is None:
+        return Verdict.reject(Reason.BLOB_MISSING, f"blob {claim.blob} is not available"), None
+    if len(blob) > limit:
+        return Verdict.reject(Reason.BLOB_TOO_LARGE, f"{len(blob)} bytes, limit {limit}"), None
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != claim.blob or len(blob) != claim.blob_size:
+        return Verdict.reject(
+            Reason.BLOB_HASH_MISMATCH,
+            f"claimed {claim.blob} ({claim.blob_size} bytes), got {digest} ({len(blob)} bytes)",
+        ), None
+    try:
+        found = check_safetensors_layout(blob, max_bytes=limit)
+    except ContractError as exc:
+        return Verdict.reject(exc.reason, _message(exc)), None
+    verdict = check_layout(layout, found)
+    if verdict is not None:
+        return verdict, None
+    try:
+        delta = decode_tensors(blob, max_bytes=limit)
+    except ContractError as exc:
+        return Verdict.reject(exc.reason, _message(exc)), None
+    for name in sorted(delta):
+        if not bool(torch.isfinite(delta[name]).all()):
+            return Verdict.reject(Reason.NON_FINITE, f"tensor {name!r} has NaN or inf"), None
+    norm = l2_norm(delta)
+    if not norm <= rules.max_update_norm:
+        return Verdict.reject(
+            Reason.NORM_EXCEEDED, f"L2 norm {norm!r} exceeds {rules.max_update_norm!r}"
+        ), None
+    return Verdict.ok(f"L2 norm {norm!r}"), delta
+
+
+def _message(exc: ContractError) -> str:
+    return exc.message.removeprefix(f"{exc.reason}: ")
+
+
+def check_layout(layout: Layout, found: Mapping[str, tuple[str, list[int]]]) -> Verdict | None:
+    """Names, then dtypes, then shapes, against the genesis model; None when they match."""
+    if set(found) != set(layout):
+        missing = sorted(set(layout) - set(found))
+        extra = sorted(set(found) - set(layout))
+        return Verdict.reject(
+            Reason.WRONG_TENSOR_NAMES, f"missing {missing[:8]}, unexpected {extra[:8]}"
+        )
+    for name in sorted(layout):
+        if found[name][0] != layout[name][0]:
+            return Verdict.reject(
+                Reason.WRONG_DTYPE,
+                f"tensor {name!r} is {found[name][0]}, expected {layout[name][0]}",
+            )
+    for name in sorted(layout):
+        if tuple(found[name][1]) != tuple(layout[name][1]):
+            return Verdict.reject(
+                Reason.WRONG_SHAPE,
+                f"tensor {name!r} has shape {found[name][1]}, expected {list(layout[name][1])}",
+            )
+    return None
+
+
+# --- the whole contract ------------------------------------------------------------------
+_DTYPE_NAMES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16"}
+
+
+def layout_of(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The layout an update of ``state``'s model must have (a delta mirrors the weights)."""
+    return {k: (_DTYPE_NAMES[v.dtype], tuple(v.shape)) for k, v in state.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _layout_for(spec_json: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    from bcfl_cli.fl.models import initial_state
+
+    return layout_of(initial_state(ModelSpec.model_validate_json(spec_json)))
+
+
+def layout_for(spec: ModelSpec) -> Layout:
+    """Expected update layout: the genesis model's initial state (names, F32, shapes)."""
+    return dict(_layout_for(spec.model_dump_json()))
+
+
+def check_update(
+    rules: ContractRules,
+    model: ModelSpec | Layout,
+    claim: UpdateClaim,
+    ctx: RoundContext,
+    blob: bytes | None,
+) -> Verdict:
+    """The contract's verdict on one update: every check, in the documented order."""
+    verdict = check_context(rules, claim, ctx)
+    if verdict is not None:
+        return verdict
+    layout = layout_for(model) if isinstance(model, ModelSpec) else model
+    return check_blob(rules, layout, claim, blob)[0]
