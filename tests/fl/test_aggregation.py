@@ -105,7 +105,7 @@ ZERO = {"x": torch.tensor([0.0])}
 def test_fedavg_is_sample_weighted() -> None:
     r = aggregate(AggregationSpec(rule="fedavg"), ZERO, _one([1.0, 4.0], [3, 1]))
     assert r.new_state["x"].item() == pytest.approx(1.75)
-    assert r.params == {}
+    assert r.params == {"clip_norm": "5.0", "trim_beta": "0.1", "krum_f": 1, "krum_m": 1}
     assert r.rule == "fedavg"
 
 
@@ -119,7 +119,7 @@ def test_clipped_bounds_each_update() -> None:
     spec = AggregationSpec(rule="clipped", clip_norm=1.0)
     r = aggregate(spec, ZERO, _one([0.5, 100.0]))
     assert r.new_state["x"].item() == pytest.approx(0.75)
-    assert r.params == {"clip_norm": "1.0"}
+    assert r.params["clip_norm"] == "1.0"
 
 
 def test_clip_uses_the_norm_over_all_tensors() -> None:
@@ -155,7 +155,7 @@ def test_trimmed_drops_both_ends() -> None:
     values = [1000.0, 1.0, 2.0, 3.0, -1000.0]
     r = aggregate(spec, ZERO, _one(values))
     assert r.new_state["x"].item() == 2.0
-    assert r.params == {"beta": "0.2"}
+    assert r.params["trim_beta"] == "0.2"
 
 
 def test_trim_count_uses_the_decimal_beta() -> None:
@@ -183,7 +183,7 @@ def test_krum_picks_the_honest_cluster() -> None:
     assert len(r.included) == 4
     assert set(r.included) <= honest_hashes
     assert torch.allclose(r.new_state["x"], torch.ones(20), atol=0.05)
-    assert r.params == {"f": 3, "m": 4}
+    assert (r.params["krum_f"], r.params["krum_m"]) == (3, 4)
 
 
 def test_krum_breaks_exact_ties_by_hash() -> None:
@@ -212,9 +212,6 @@ def test_a_new_rule_plugs_in() -> None:
     class Zero:
         name = "fedavg"
 
-        def params(self, spec: AggregationSpec) -> dict[str, str | int]:
-            return {"k": 1}
-
         def combine(self, spec: AggregationSpec, updates: list[Prepared]) -> Combined:
             names = sorted(updates[0].delta)
             delta = {k: torch.zeros_like(updates[0].delta[k]) for k in names}
@@ -222,7 +219,15 @@ def test_a_new_rule_plugs_in() -> None:
 
     r = aggregate(AggregationSpec(), ZERO, _one([7.0, 8.0]), rules={"fedavg": Zero()})
     assert r.new_state["x"].item() == 0.0
-    assert r.params == {"k": 1}
+    assert r.included == [min(_hash(0), _hash(1))]
+
+
+def test_params_are_the_signed_aggregation_section() -> None:
+    spec = AggregationSpec(rule="trimmed", trim_beta=0.25)
+    document = spec.to_document()
+    r = aggregate(spec, ZERO, _one([1.0]))
+    assert r.params == {k: v for k, v in document.items() if k != "rule"}
+    assert all(isinstance(v, str | int) and not isinstance(v, float) for v in r.params.values())
 
 
 @pytest.mark.parametrize(

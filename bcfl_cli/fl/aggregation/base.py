@@ -71,11 +71,13 @@ class AggregateResult:
 
 
 class Rule(Protocol):
-    """An aggregation rule. ``combine`` gets updates already sorted by hash and float64."""
+    """An aggregation rule. ``combine`` gets updates already sorted by hash and float64.
+
+    It reads its parameters from the ``AggregationSpec``; the aggregate transaction records
+    the whole signed aggregation section (see ``tx_params``), whichever fields a rule reads.
+    """
 
     name: str
-
-    def params(self, spec: AggregationSpec) -> Params: ...
 
     def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined: ...
 
@@ -103,6 +105,16 @@ def register(rule: Rule) -> Rule:
 def aggregate_hash(state: State) -> str:
     """SHA-256 of the canonical safetensors bytes: the blob hash an aggregate tx records."""
     return hashlib.sha256(encode_tensors(dict(state))).hexdigest()
+
+
+def tx_params(spec: AggregationSpec) -> Params:
+    """The ``params`` of an aggregate transaction: the genesis aggregation section less ``rule``.
+
+    The chain rules require exactly this (``GenesisConfig.aggregation_params``), so a peer can
+    see from the transaction alone which parameters produced the model.
+    """
+    document = spec.to_document()
+    return {k: v for k, v in document.items() if k != "rule"}
 
 
 def decimal(value: float) -> str:
@@ -187,4 +199,4 @@ def aggregate(
     for name in sorted(global_state):
         base = global_state[name].detach().to("cpu", torch.float64)
         new_state[name] = (base + combined.delta[name]).to(torch.float32).contiguous()
-    return AggregateResult(new_state, list(combined.included), rule.name, rule.params(spec))
+    return AggregateResult(new_state, list(combined.included), rule.name, tx_params(spec))

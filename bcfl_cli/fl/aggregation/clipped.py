@@ -11,9 +11,7 @@ from collections.abc import Sequence
 
 from bcfl_cli.fl.aggregation.base import (
     Combined,
-    Params,
     Prepared,
-    decimal,
     register,
     weighted_mean,
 )
@@ -33,9 +31,6 @@ def clip(update: Prepared, clip_norm: float) -> Prepared:
 
 class Clipped:
     name = "clipped"
-
-    def params(self, spec: AggregationSpec) -> Params:
-        return {"clip_norm": decimal(spec.clip_norm)}
 
     def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
         clipped = [clip(u, spec.clip_norm) for u in updates]

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bcfl_cli.fl.aggregation.base import Combined, Params, Prepared, register, weighted_mean
+from bcfl_cli.fl.aggregation.base import Combined, Prepared, register, weighted_mean
 from bcfl_cli.fl.spec import AggregationSpec
 
 
 class FedAvg:
     name = "fedavg"
-
-    def params(self, spec: AggregationSpec) -> Params:
-        return {}
 
     def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
         names = sorted(updates[0].delta)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from bcfl_cli.fl.aggregation.base import Combined, Params, Prepared, register, weighted_mean
+from bcfl_cli.fl.aggregation.base import Combined, Prepared, register, weighted_mean
 from bcfl_cli.fl.numerics import flat_float64, squared_distance_flat
 from bcfl_cli.fl.spec import AggregationSpec
 
@@ -45,9 +45,6 @@ def select(updates: Sequence[Prepared], f: int, m: int) -> list[Prepared]:
 
 class Krum:
     name = "krum"
-
-    def params(self, spec: AggregationSpec) -> Params:
-        return {"f": spec.krum_f, "m": spec.krum_m}
 
     def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
         chosen = select(updates, spec.krum_f, spec.krum_m)

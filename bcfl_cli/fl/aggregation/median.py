@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bcfl_cli.fl.aggregation.base import Combined, Params, Prepared, register, sorted_stack
+from bcfl_cli.fl.aggregation.base import Combined, Prepared, register, sorted_stack
 from bcfl_cli.fl.spec import AggregationSpec
 
 
 class Median:
     name = "median"
-
-    def params(self, spec: AggregationSpec) -> Params:
-        return {}
 
     def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
         n = len(updates)

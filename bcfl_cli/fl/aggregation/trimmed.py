@@ -12,7 +12,6 @@ from decimal import Decimal
 
 from bcfl_cli.fl.aggregation.base import (
     Combined,
-    Params,
     Prepared,
     decimal,
     ordered_sum,
@@ -30,9 +29,6 @@ def trim_count(beta: float, n: int) -> int:
 
 class Trimmed:
     name = "trimmed"
-
-    def params(self, spec: AggregationSpec) -> Params:
-        return {"beta": decimal(spec.trim_beta)}
 
     def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
         n = len(updates)
