@@ -1,0 +1,252 @@
+"""The node's front door: an ASGI layer that checks who is asking before any route runs.
+
+For every state-changing request (anything but GET, HEAD, OPTIONS) it requires, in this order:
+a per-address rate limit (429); a body within the size cap, read whole before anything else
+(413); a valid RFC 9421 signature covering the bcfl components, with ``created`` inside the
+window and the body matching its Content-Digest (401); a signer that is a CURRENT member, asked
+of the app's ``is_member`` on every request so a removal takes effect at once (403); a nonce not
+seen within the window (401); a per-member rate limit (429). A refusal is a JSON body
+``{"error": code, "message": one line}`` and nothing downstream runs. Read-only requests are
+public, but one that carries a signature has it checked the same way (membership aside), so a
+peer with a broken clock or key learns it from any request.
+
+The verified did is put in the ASGI scope (``peer_did(request)`` reads it back).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import quote
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bcfl_cli.node.httpsig import (
+    RequestView,
+    SignatureError,
+    VerifyPolicy,
+    normalise_authority,
+    verify_request,
+)
+from bcfl_cli.node.limits import NodeLimits, NonceCache, TokenBucketLimiter
+
+log = logging.getLogger("bcfl.node.auth")
+
+PUBLIC_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SCOPE_KEY = "bcfl.peer_did"
+MAX_HEADER_BYTES = 32 * 1024
+
+
+class _Refusal(Exception):
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def peer_did(request: Request | Scope) -> str | None:
+    """The did that signed this request (None for an unsigned public read)."""
+    scope = request.scope if isinstance(request, Request) else request
+    value = scope.get(SCOPE_KEY)
+    return value if isinstance(value, str) else None
+
+
+def error_body(code: str, message: str) -> bytes:
+    return json.dumps({"error": code, "message": message}).encode("utf-8")
+
+
+async def send_error(
+    send: Send, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> None:
+    body = error_body(code, message)
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class SignatureAuth:
+    """ASGI middleware; wrap the node's Starlette app with it (see module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        is_member: Callable[[str], bool],
+        limits: NodeLimits | None = None,
+        authorities: Iterable[str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.is_member = is_member
+        self.limits = limits or NodeLimits()
+        self.authorities = (
+            frozenset(normalise_authority(a) for a in authorities) if authorities else None
+        )
+        self.clock = clock
+        self.policy = VerifyPolicy(window_s=self.limits.window_s)
+        self.nonces = NonceCache(
+            self.limits.window_s, max_entries=self.limits.max_nonces, clock=clock
+        )
+        self.by_address = TokenBucketLimiter(
+            self.limits.rate_per_s * 4, self.limits.burst * 4, max_keys=self.limits.max_peers
+        )
+        self.by_peer = TokenBucketLimiter(
+            self.limits.rate_per_s, self.limits.burst, max_keys=self.limits.max_peers
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body, did = await self._admit(scope, receive)
+        except _Refusal as refusal:
+            client = scope.get("client") or ("?", 0)
+            log.warning(
+                "refused %s %s from %s: %d %s: %s",
+                scope.get("method"),
+                scope.get("path"),
+                client[0],
+                refusal.status,
+                refusal.code,
+                refusal.message,
+            )
+            await send_error(send, refusal.status, refusal.code, refusal.message, refusal.headers)
+            return
+        if did is not None:
+            scope[SCOPE_KEY] = did
+        if body is None:
+            await self.app(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _admit(self, scope: Scope, receive: Receive) -> tuple[bytes | None, str | None]:
+        """Return (buffered body or None for pass-through, verified did or None)."""
+        method = str(scope["method"]).upper()
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
+        wait = self.by_address.acquire(address)
+        if wait > 0:
+            raise _too_many(wait)
+        headers = _headers(scope)
+        signed = "signature" in headers or "signature-input" in headers
+        if method in PUBLIC_METHODS and not signed:
+            return None, None
+        body = await _read_body(headers, receive, self.limits.max_body_bytes)
+        host = headers.get("host", "")
+        if self.authorities is not None and normalise_authority(host) not in self.authorities:
+            raise _Refusal(
+                401,
+                "wrong_authority",
+                f"this node is not {host!r}; sign the request for the node you send it to",
+            )
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else quote(str(scope["path"]))
+        view = RequestView(
+            method=method,
+            authority=host,
+            path=path,
+            query=bytes(scope.get("query_string", b"")).decode("latin-1"),
+            headers=headers,
+            scheme=str(scope.get("scheme", "http")),
+        )
+        try:
+            verified = verify_request(view, body, policy=self.policy, now=int(self.clock()))
+        except SignatureError as exc:
+            message = exc.message + (f"; {exc.hint}" if exc.hint else "")
+            raise _Refusal(401, exc.code, message) from exc
+        did = verified.keyid
+        if method not in PUBLIC_METHODS and not self.is_member(did):
+            raise _Refusal(
+                403,
+                "not_member",
+                f"{did} is not a current member of this consortium; "
+                "ask the members to admit you (bcfl join, then bcfl members approve)",
+            )
+        assert verified.nonce is not None and verified.created is not None  # STRICT policy
+        replay = self.nonces.check_and_add(did, verified.nonce, verified.created)
+        if replay is not None:
+            raise _Refusal(401, "replay", replay + "; sign every request afresh")
+        wait = self.by_peer.acquire(did)
+        if wait > 0:
+            raise _too_many(wait)
+        return body, did
+
+
+def _too_many(wait: float) -> _Refusal:
+    seconds = max(1, int(wait + 0.999))
+    return _Refusal(
+        429,
+        "rate_limited",
+        f"too many requests from this peer; retry in {seconds} s",
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    combined: dict[str, str] = {}
+    total = 0
+    for raw_name, raw_value in scope.get("headers", []):
+        total += len(raw_name) + len(raw_value)
+        if total > MAX_HEADER_BYTES:
+            raise _Refusal(431, "headers_too_large", "request headers are too large")
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1").strip(" \t")
+        combined[name] = f"{combined[name]}, {value}" if name in combined else value
+    return combined
+
+
+async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refusal(400, "bad_request", "Content-Length is not a number")
+        if int(declared) > limit:
+            raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Refusal(400, "disconnected", "the client went away mid-body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int) -> _Refusal:
+    return _Refusal(
+        413,
+        "body_too_large",
+        f"request body over the limit of {limit} bytes; send large blobs in chunks",
+    )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            message: dict[str, Any] = {"type": "http.request", "body": body, "more_body": False}
+            return message
+        return await receive()
+
+    return replay

@@ -1,0 +1,226 @@
+"""A signed HTTP client for talking to peers: one pooled ``httpx.Client``, every request signed.
+
+Retries are bounded and only for failures that say nothing about the request itself
+(connection errors, timeouts, 429/502/503/504). Each retry is signed afresh (new nonce and
+``created``), since the first attempt may have reached the peer and its nonce is spent; so
+routes that change state must be idempotent (transactions are keyed by hash, blob chunks by
+offset). A refusal (any other 4xx/5xx) is raised at once as :class:`PeerRefused`, carrying the
+peer's one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import nacl.signing
+
+from bcfl_cli.errors import NodeError
+from bcfl_cli.node.httpsig import sign_request
+from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.encoding import canonical
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_ERROR_BODY_BYTES = 4096
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+MAX_BACKOFF_S = 5.0
+
+
+class PeerRefused(NodeError):
+    """The peer answered, and said no; ``status`` and ``code`` say how."""
+
+    def __init__(self, message: str, *, status: int, code: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.code = code
+
+
+class SignedClient:
+    """Signs every request with ``identity_key``; use as a context manager or call close()."""
+
+    def __init__(
+        self,
+        identity_key: nacl.signing.SigningKey,
+        base_url: str,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._key = identity_key
+        self.did = did_from_public_key(bytes(identity_key.verify_key))
+        self.base_url = base_url.rstrip("/")
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_response_bytes = max_response_bytes
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            transport=transport,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+        )
+
+    def __enter__(self) -> SignedClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _build(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None,
+        params: Mapping[str, str | int] | None,
+        headers: Mapping[str, str] | None,
+    ) -> httpx.Request:
+        method = method.upper()
+        request = self._client.build_request(
+            method, path, content=content, params=params, headers=headers
+        )
+        body = content if content is not None else (None if method in {"GET", "HEAD"} else b"")
+        request.headers.update(
+            sign_request(self._key, method, str(request.url), dict(request.headers), body)
+        )
+        return request
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+        allow: Collection[int] = (),
+    ) -> httpx.Response:
+        """Send a signed request; return a 2xx response (or one whose status is in ``allow``)."""
+        extra = dict(headers or {})
+        if json_body is not None:
+            content = canonical(json_body)
+            extra.setdefault("Content-Type", "application/json")
+        with self._send(method, path, content=content, params=params, headers=extra) as response:
+            if not response.is_success and response.status_code not in allow:
+                raise _refusal(method, response)
+            data = bytearray()
+            for piece in response.iter_bytes():
+                data += piece
+                if len(data) > self.max_response_bytes:
+                    raise NodeError(
+                        f"{method} {response.request.url}: response over "
+                        f"{self.max_response_bytes} bytes",
+                        hint="the peer misbehaves; try another peer",
+                    )
+            return httpx.Response(
+                response.status_code,
+                headers=response.headers,
+                content=bytes(data),
+                request=response.request,
+            )
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> httpx.Response:
+        return self.request("PUT", path, **kw)
+
+    @contextmanager
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Iterator[httpx.Response]:
+        """A signed request whose 2xx body the caller reads in pieces (e.g. blob downloads).
+
+        Connection-level retries apply to getting the response head only; a connection that
+        drops mid-body raises ``httpx.TransportError`` to the caller, which resumes.
+        """
+        with self._send(method, path, content=None, params=params, headers=headers) as response:
+            if not response.is_success:
+                raise _refusal(method, response)
+            yield response
+
+    @contextmanager
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: bytes | None,
+        params: Mapping[str, str | int] | None,
+        headers: Mapping[str, str] | None,
+    ) -> Iterator[httpx.Response]:
+        last_error = "no attempt made"
+        for attempt in range(self.retries + 1):
+            request = self._build(method, path, content=content, params=params, headers=headers)
+            try:
+                response = self._client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+                self._sleep(attempt, None)
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.retries:
+                retry_after = response.headers.get("retry-after", "")
+                response.close()
+                last_error = f"HTTP {response.status_code}"
+                self._sleep(attempt, float(retry_after) if retry_after.isdigit() else None)
+                continue
+            try:
+                yield response
+            finally:
+                response.close()
+            return
+        raise NodeError(
+            f"{method} {self.base_url}{path}: no answer after {self.retries + 1} attempts "
+            f"({last_error})",
+            hint="check that the peer is running and reachable (bcfl status on that machine)",
+        )
+
+    def _sleep(self, attempt: int, retry_after: float | None) -> None:
+        if attempt >= self.retries:
+            return
+        delay = self.backoff_s * (2**attempt) * (0.5 + random.random())
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        time.sleep(min(delay, MAX_BACKOFF_S))
+
+
+def _refusal(method: str, response: httpx.Response) -> PeerRefused:
+    raw = b""
+    for piece in response.iter_bytes():
+        raw += piece
+        if len(raw) > MAX_ERROR_BODY_BYTES:
+            break
+    code, message = f"http_{response.status_code}", raw[:200].decode("utf-8", "replace")
+    try:
+        payload = json.loads(raw[:MAX_ERROR_BODY_BYTES])
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        code = str(payload.get("error", code))[:64]
+        message = str(payload.get("message", message))[:300]
+    return PeerRefused(
+        f"{method} {response.request.url} refused ({response.status_code} {code}): {message}",
+        status=response.status_code,
+        code=code,
+    )
