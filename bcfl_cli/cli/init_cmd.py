@@ -1,0 +1,122 @@
+"""``bcfl init`` (genesis from a consortium file) and ``bcfl consortium example``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from bcfl_cli.cli import render
+from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.consortium.example import example_text, filled_example
+from bcfl_cli.consortium.setup import InitResult, init_consortium
+from bcfl_cli.errors import UsageError
+from bcfl_cli.home import Home
+from bcfl_cli.identity import read_public_identity
+
+consortium_app = typer.Typer(
+    name="consortium", help="Write and check consortium files.", no_args_is_help=True
+)
+
+
+def _result_json(result: InitResult) -> dict[str, Any]:
+    header = result.genesis.header
+    return {
+        "consortium": result.config.name,
+        "genesis_hash": result.genesis_hash,
+        "config_hash": header.config,
+        "validators_hash": header.validators,
+        "initial_model": result.initial_model,
+        "time": header.time,
+        "home": str(result.home.root),
+        "local_member": result.local_member,
+        "members": [m.to_document() for m in result.config.members],
+        "warnings": result.warnings,
+    }
+
+
+def init(
+    config_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CONSORTIUM.toml", help="The consortium file (see `bcfl consortium example`)."
+        ),
+    ],
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+    time_ms: Annotated[
+        int | None,
+        typer.Option(
+            "--time-ms", hidden=True, min=0, help="Genesis time (ms), for reproducibility."
+        ),
+    ] = None,
+) -> None:
+    """Create the genesis block from CONSORTIUM.toml; its hash is the consortium's identity."""
+    result = init_consortium(Home.resolve(home), config_file, time_ms=time_ms)
+    for warning in result.warnings:
+        render.warn(warning)
+    if json_out:
+        render.print_json(_result_json(result))
+        return
+    config = result.config
+    render.print_kv(
+        f"Consortium {config.name}",
+        [
+            ("genesis hash", result.genesis_hash),
+            ("model", f"{config.model.architecture} {config.model.input_shape}"),
+            ("initial model", result.initial_model),
+            ("aggregation", config.aggregation.rule),
+            ("home", str(result.home.root)),
+        ],
+    )
+    render.print_table(
+        "Founding members",
+        ["name", "roles", "power", "did"],
+        [(m.name, ", ".join(m.roles), m.power, m.did) for m in config.members],
+        no_wrap=["did"],
+    )
+    if result.local_member:
+        render.info(f"This home's identity is the founding member {result.local_member}.")
+    render.info(
+        "Members pin the genesis hash: it names this consortium. Check it with `bcfl verify-chain`."
+    )
+
+
+def _parse_member(spec: str) -> tuple[str, str]:
+    name, sep, home = spec.partition("=")
+    if not sep or not name or not home:
+        raise UsageError(f"--member {spec!r}: expected NAME=HOME")
+    return name, read_public_identity(Home.resolve(Path(home))).did
+
+
+@consortium_app.command("example")
+def example(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write to FILE instead of printing.", dir_okay=False),
+    ] = None,
+    member: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--member",
+            metavar="NAME=HOME",
+            help="Fill the members with the identity in HOME (repeat; replaces the examples).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+) -> None:
+    """Print the commented example consortium file, optionally filled with real members."""
+    text = filled_example([_parse_member(m) for m in member]) if member else example_text()
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    if out.exists() and not force:
+        raise UsageError(f"{out} already exists", hint="use --force to overwrite it")
+    out.write_text(text, encoding="utf-8")
+    render.success(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.add_typer(consortium_app)

@@ -1,0 +1,85 @@
+"""All of bcfl's terminal output: rich tables for people, plain JSON for scripts.
+
+Command modules build rows and call these helpers, so that output looks the same everywhere and
+``--json`` output is never wrapped, coloured or marked up.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+#: Width used when output is not a terminal (pipes, files, tests): wide enough that a did:key
+#: and a hash fit on one line, so the output stays greppable.
+PIPE_WIDTH = 200
+
+
+def console() -> Console:
+    """Standard output; built per call so that redirected streams (tests, pipes) are honoured.
+
+    ``emoji=False``: rich would otherwise turn the ``:key:`` inside every did into an emoji.
+    """
+    width = None if sys.stdout.isatty() else PIPE_WIDTH
+    return Console(highlight=False, soft_wrap=True, emoji=False, width=width)
+
+
+def err_console() -> Console:
+    width = None if sys.stderr.isatty() else PIPE_WIDTH
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False, width=width)
+
+
+def print_json(obj: Any) -> None:
+    """Machine-readable output: stable key order, two-space indent, one document on stdout."""
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def print_kv(title: str | None, rows: Iterable[tuple[str, Any]]) -> None:
+    """A two-column key/value table (no borders) for one object."""
+    table = Table(title=title, show_header=False, box=None, pad_edge=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(escape(key), escape(str(value)))
+    console().print(table)
+
+
+def print_table(
+    title: str | None,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    no_wrap: Sequence[str] = (),
+) -> None:
+    """A table with a header row; cells are shown verbatim (markup in data is escaped)."""
+    table = Table(title=title, title_justify="left")
+    for name in columns:
+        table.add_column(name, no_wrap=name in no_wrap, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(str(cell)) for cell in row))
+    console().print(table)
+
+
+def print_line(text: str) -> None:
+    """A line of text that may hold rich markup written by bcfl itself (never user data)."""
+    console().print(text)
+
+
+def info(text: str) -> None:
+    """Plain text; data is escaped, so a name like ``[red]`` is printed as it is."""
+    console().print(escape(text))
+
+
+def success(text: str) -> None:
+    console().print(f"[green]✓[/] {escape(text)}")
+
+
+def warn(text: str) -> None:
+    """A warning on stderr: something legal but risky; never changes the exit code."""
+    err_console().print(f"[bold yellow]warning:[/] {escape(text)}")

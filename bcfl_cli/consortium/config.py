@@ -1,0 +1,288 @@
+"""The consortium file (TOML) and the genesis document it becomes.
+
+The TOML file and the genesis document have one shape, so one validator serves both: the
+document only adds ``v`` and ``initial_model`` and writes floats as decimal strings. Errors name
+the key path (``members[1].did``) and the file, because a founder edits this file by hand.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bcfl_cli.errors import EncodingError, UsageError
+from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
+from bcfl_cli.protocol.block import MAX_VALIDATORS
+from bcfl_cli.protocol.crypto import public_key_from_did
+from bcfl_cli.protocol.encoding import canonical, is_hash_hex
+
+DOCUMENT_VERSION = 1
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_MEMBERS = 1024
+MAX_POWER = 1_000_000
+#: BFT: with n equal validators, n = 3f + 1 tolerates f faults; fewer than 4 tolerate none.
+MIN_FAULT_TOLERANT_VALIDATORS = 4
+MEMBER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+Role = Literal["trainer", "validator"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MemberSpec(_Strict):
+    name: str
+    did: str
+    roles: list[Role] = Field(min_length=1, max_length=2)
+    power: int = Field(default=0, ge=0, le=MAX_POWER)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not MEMBER_NAME_RE.match(value):
+            raise ValueError("1-64 characters of letters, digits, '.', '_' or '-'")
+        return value
+
+    @field_validator("did")
+    @classmethod
+    def _did(cls, value: str) -> str:
+        try:
+            public_key_from_did(value)
+        except EncodingError as exc:
+            raise ValueError("not an Ed25519 did:key (expected did:key:z6Mk...)") from exc
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _roles(cls, value: list[Role]) -> list[Role]:
+        if len(set(value)) != len(value):
+            raise ValueError("roles listed twice")
+        return sorted(value)
+
+    @property
+    def is_validator(self) -> bool:
+        return "validator" in self.roles
+
+    @property
+    def is_trainer(self) -> bool:
+        return "trainer" in self.roles
+
+    def to_document(self) -> dict[str, Any]:
+        return {"name": self.name, "did": self.did, "roles": list(self.roles), "power": self.power}
+
+
+class _ConsortiumSection(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    admission_approvals: int = Field(ge=1, le=MAX_VALIDATORS)
+    removal_approvals: int = Field(ge=1, le=MAX_VALIDATORS)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable() or value != value.strip():
+            raise ValueError("must be printable, without leading or trailing spaces")
+        return value
+
+
+class _FileShape(_Strict):
+    """The TOML file, and (with ``v`` and ``initial_model``) the genesis document."""
+
+    consortium: _ConsortiumSection
+    members: list[MemberSpec] = Field(max_length=MAX_MEMBERS)
+    model: ModelSpec
+    training: TrainingPlan = Field(default_factory=TrainingPlan)
+    contract: ContractRules = Field(default_factory=ContractRules)
+    aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
+
+
+class ConsortiumConfig(_Strict):
+    name: str
+    admission_approvals: int
+    removal_approvals: int
+    members: list[MemberSpec]
+    model: ModelSpec
+    training: TrainingPlan
+    contract: ContractRules
+    aggregation: AggregationSpec
+
+    @property
+    def validators(self) -> list[MemberSpec]:
+        return [m for m in self.members if m.is_validator]
+
+    @property
+    def trainers(self) -> list[MemberSpec]:
+        return [m for m in self.members if m.is_trainer]
+
+    def member(self, did: str) -> MemberSpec | None:
+        return next((m for m in self.members if m.did == did), None)
+
+    def to_document(self, initial_model: str) -> dict[str, Any]:
+        """The genesis document: canonical-JSON ready, no floats (PROTOCOL.md, genesis)."""
+        if not is_hash_hex(initial_model):
+            raise EncodingError(f"initial_model must be a SHA-256 hex hash, got {initial_model!r}")
+        return {
+            "v": DOCUMENT_VERSION,
+            "consortium": {
+                "name": self.name,
+                "admission_approvals": self.admission_approvals,
+                "removal_approvals": self.removal_approvals,
+            },
+            "members": [m.to_document() for m in self.members],
+            "model": self.model.to_document(),
+            "training": self.training.to_document(),
+            "contract": self.contract.to_document(),
+            "aggregation": self.aggregation.to_document(),
+            "initial_model": initial_model,
+        }
+
+    def warnings(self) -> list[str]:
+        """Legal but risky choices, shown by ``bcfl init`` without refusing the file."""
+        found: list[str] = []
+        n = len(self.validators)
+        if n < MIN_FAULT_TOLERANT_VALIDATORS:
+            quorum = (2 * sum(m.power for m in self.validators)) // 3 + 1
+            found.append(
+                f"n={n} validator{'s' if n != 1 else ''} tolerate no fault: quorum is "
+                f"{quorum} of {sum(m.power for m in self.validators)} power; "
+                f"use at least {MIN_FAULT_TOLERANT_VALIDATORS} validators"
+            )
+        if self.training.min_updates > len(self.trainers):
+            found.append(
+                f"training.min_updates = {self.training.min_updates} but only "
+                f"{len(self.trainers)} trainer(s): rounds close only at the deadline"
+            )
+        if self.aggregation.rule == "krum":
+            need = 2 * self.aggregation.krum_f + 3
+            if self.training.min_updates < need:
+                found.append(
+                    f"aggregation.krum_f = {self.aggregation.krum_f} needs at least {need} "
+                    f"updates a round, training.min_updates is {self.training.min_updates}"
+                )
+        return found
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _first_errors(exc: ValidationError, limit: int = 3) -> str:
+    parts: list[str] = []
+    for err in exc.errors(include_url=False)[:limit]:
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "missing"
+        where = _location(tuple(err["loc"]))
+        parts.append(f"{where}: {msg}" if where else msg)
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _cross_checks(shape: _FileShape) -> None:
+    """Rules spanning several keys; each message names the key to change."""
+    seen_names: dict[str, int] = {}
+    seen_dids: dict[str, int] = {}
+    for i, member in enumerate(shape.members):
+        if member.name in seen_names:
+            raise ValueError(
+                f"members[{i}].name: {member.name!r} repeats members[{seen_names[member.name]}]"
+            )
+        if member.did in seen_dids:
+            raise ValueError(
+                f"members[{i}].did: repeats the did of members[{seen_dids[member.did]}]"
+            )
+        seen_names[member.name] = i
+        seen_dids[member.did] = i
+        if member.is_validator and member.power < 1:
+            raise ValueError(f"members[{i}].power: a validator needs power >= 1")
+        if not member.is_validator and member.power != 0:
+            raise ValueError(
+                f"members[{i}].power: only validators vote; set power = 0 or add the validator role"
+            )
+    validators = [m for m in shape.members if m.is_validator]
+    if not validators:
+        raise ValueError("members: no member has the validator role; the chain could never commit")
+    if len(validators) > MAX_VALIDATORS:
+        raise ValueError(f"members: more than {MAX_VALIDATORS} validators")
+    for key in ("admission_approvals", "removal_approvals"):
+        wanted = getattr(shape.consortium, key)
+        if wanted > len(validators):
+            raise ValueError(
+                f"consortium.{key}: {wanted} approvals but only {len(validators)} validator(s)"
+            )
+
+
+def _from_shape(shape: _FileShape) -> ConsortiumConfig:
+    return ConsortiumConfig(
+        name=shape.consortium.name,
+        admission_approvals=shape.consortium.admission_approvals,
+        removal_approvals=shape.consortium.removal_approvals,
+        members=shape.members,
+        model=shape.model,
+        training=shape.training,
+        contract=shape.contract,
+        aggregation=shape.aggregation,
+    )
+
+
+def parse_config(data: Any, source: str) -> ConsortiumConfig:
+    """Validate the file's tables; a UsageError names ``source`` and the offending key."""
+    try:
+        shape = _FileShape.model_validate(data)
+        _cross_checks(shape)
+    except ValidationError as exc:
+        raise UsageError(f"{source}: {_first_errors(exc)}") from exc
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc}") from exc
+    return _from_shape(shape)
+
+
+def load_config(path: Path) -> ConsortiumConfig:
+    """Read and validate a consortium TOML file."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read consortium file {path}: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise UsageError(f"{path.name}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path.name}: not UTF-8 text") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path.name}: invalid TOML: {exc}") from exc
+    return parse_config(data, path.name)
+
+
+def genesis_config_from_document(document: Any) -> tuple[ConsortiumConfig, str]:
+    """Parse a genesis document (possibly from a peer) back into (config, initial_model).
+
+    Only the canonical document is accepted: re-encoding the parsed config must give back the
+    same bytes, so no two documents that differ in spelling can describe one consortium.
+    """
+    if not isinstance(document, dict):
+        raise EncodingError("genesis document must be a JSON object")
+    if document.get("v") != DOCUMENT_VERSION:
+        raise EncodingError(f"unsupported genesis document version {document.get('v')!r}")
+    initial_model = document.get("initial_model")
+    if not is_hash_hex(initial_model):
+        raise EncodingError("genesis document initial_model must be a SHA-256 hex hash")
+    body = {k: v for k, v in document.items() if k not in ("v", "initial_model")}
+    try:
+        config = parse_config(body, "genesis document")
+    except UsageError as exc:
+        raise EncodingError(exc.message) from exc
+    assert isinstance(initial_model, str)
+    if canonical(config.to_document(initial_model)) != canonical(document):
+        raise EncodingError("genesis document is not in canonical form")
+    return config, initial_model

@@ -1,0 +1,91 @@
+"""``bcfl init``: from a consortium file to a home holding the genesis block.
+
+Order matters: the initial weights are built and hashed first (the document names them) and
+stored before the ledger exists (``Ledger.create`` stores the document itself), so a failure
+part-way leaves no store that claims a genesis whose blobs are missing.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bcfl_cli.consortium.config import ConsortiumConfig, load_config
+from bcfl_cli.consortium.genesis import make_genesis
+from bcfl_cli.errors import IdentityError, StoreError, UsageError
+from bcfl_cli.fl.models import initial_state_bytes
+from bcfl_cli.home import Home
+from bcfl_cli.identity import read_public_identity
+from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.encoding import sha256_hex
+from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.store.ledger import Ledger
+
+
+@dataclass(frozen=True)
+class InitResult:
+    config: ConsortiumConfig
+    document: dict[str, Any]
+    genesis: Block
+    initial_model: str
+    home: Home
+    #: name of the member whose identity lives in this home, if it is a founder
+    local_member: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def genesis_hash(self) -> str:
+        return self.genesis.hash
+
+
+def build_initial_model(config: ConsortiumConfig) -> bytes:
+    """The initial global weights; a model that cannot be built or is too large is a UsageError."""
+    try:
+        data = initial_state_bytes(config.model)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"model: cannot build this model: {exc}") from exc
+    limit = config.contract.max_blob_bytes
+    if len(data) > limit:
+        raise UsageError(
+            f"model: the initial weights take {len(data)} bytes, more than "
+            f"contract.max_blob_bytes = {limit}"
+        )
+    return data
+
+
+def init_consortium(home: Home, config_path: Path, time_ms: int | None = None) -> InitResult:
+    config = load_config(config_path)
+    if home.store_file.exists():
+        raise StoreError(
+            f"{home.root} already holds a ledger",
+            hint="use another --home; a home holds one consortium",
+        )
+    weights = build_initial_model(config)
+    initial_model = sha256_hex(weights)
+    document = config.to_document(initial_model)
+    genesis = make_genesis(
+        document, time_ms=int(time.time() * 1000) if time_ms is None else time_ms
+    )
+    home.ensure()
+    BlobStore(home.blob_dir).put(weights)
+    Ledger.create(home, genesis, document).close()
+    return InitResult(
+        config=config,
+        document=document,
+        genesis=genesis,
+        initial_model=initial_model,
+        home=home,
+        local_member=_local_member(home, config),
+        warnings=config.warnings(),
+    )
+
+
+def _local_member(home: Home, config: ConsortiumConfig) -> str | None:
+    try:
+        did = read_public_identity(home).did
+    except IdentityError:
+        return None
+    member = config.member(did)
+    return member.name if member else None
