@@ -1,0 +1,153 @@
+"""The genesis document read as the rules' parameters (docs/PROTOCOL.md §6.1).
+
+Parsed here with the FL specs (pydantic, no torch), so that the chain rules and the FL engine
+read the same numbers out of the same signed document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from bcfl_cli.errors import EncodingError, VerificationError
+from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
+from bcfl_cli.protocol.crypto import is_did
+from bcfl_cli.protocol.encoding import canonical, is_hash_hex
+from bcfl_cli.protocol.tx import PROTOCOL_VERSION, ROLES
+
+DOCUMENT_KEYS = frozenset(
+    {
+        "v",
+        "consortium",
+        "members",
+        "model",
+        "training",
+        "contract",
+        "aggregation",
+        "initial_model",
+    }
+)
+MAX_MEMBERS = 1_000
+
+
+@dataclass(frozen=True)
+class GenesisMember:
+    name: str
+    did: str
+    roles: tuple[str, ...]
+    power: int
+
+
+@dataclass(frozen=True)
+class GenesisConfig:
+    name: str
+    admission_approvals: int
+    removal_approvals: int
+    members: tuple[GenesisMember, ...]
+    model: ModelSpec
+    training: TrainingPlan
+    contract: ContractRules
+    aggregation: AggregationSpec
+    #: the aggregation section exactly as signed; an aggregate's rule and params must match it
+    aggregation_document: dict[str, Any]
+    initial_model: str
+
+    @property
+    def aggregation_rule(self) -> str:
+        return str(self.aggregation_document["rule"])
+
+    @property
+    def aggregation_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.aggregation_document.items() if k != "rule"}
+
+
+def _bad(message: str) -> VerificationError:
+    return VerificationError(f"genesis document: {message}", height=0, code="bad_genesis_document")
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise _bad(f"{where} must be a positive integer, found {value!r}")
+    return value
+
+
+def parse_document(document: Any) -> GenesisConfig:
+    """Validate the genesis document's structure; every fault is a VerificationError at 0."""
+    if not isinstance(document, dict) or set(document) != DOCUMENT_KEYS:
+        found = sorted(document) if isinstance(document, dict) else type(document).__name__
+        raise _bad(f"fields must be exactly {sorted(DOCUMENT_KEYS)}, found {found}")
+    try:
+        canonical(document)
+    except EncodingError as exc:
+        raise _bad(exc.message) from exc
+    if document["v"] != PROTOCOL_VERSION:
+        raise _bad(f"version must be {PROTOCOL_VERSION}, found {document['v']!r}")
+    consortium = document["consortium"]
+    if not isinstance(consortium, dict) or set(consortium) != {
+        "name",
+        "admission_approvals",
+        "removal_approvals",
+    }:
+        raise _bad("consortium must be {name, admission_approvals, removal_approvals}")
+    name = consortium["name"]
+    if not isinstance(name, str) or not 1 <= len(name) <= 128:
+        raise _bad("consortium.name must be a string of 1-128 characters")
+    members = document["members"]
+    if not isinstance(members, list) or not 1 <= len(members) <= MAX_MEMBERS:
+        raise _bad(f"members must be a list of 1-{MAX_MEMBERS} entries")
+    parsed: list[GenesisMember] = []
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or set(m) != {"name", "did", "roles", "power"}:
+            raise _bad(f"members[{i}] must be {{name, did, roles, power}}")
+        roles = m["roles"]
+        power = m["power"]
+        if not isinstance(m["name"], str) or not 1 <= len(m["name"]) <= 64:
+            raise _bad(f"members[{i}].name must be a string of 1-64 characters")
+        if not is_did(m["did"]):
+            raise _bad(f"members[{i}].did is not an Ed25519 did:key")
+        if (
+            not isinstance(roles, list)
+            or not roles
+            or any(r not in ROLES for r in roles)
+            or roles != sorted(set(roles))
+        ):
+            raise _bad(f"members[{i}].roles must be a sorted subset of {list(ROLES)}")
+        if not isinstance(power, int) or isinstance(power, bool) or power < 0:
+            raise _bad(f"members[{i}].power must be a non-negative integer")
+        parsed.append(GenesisMember(m["name"], m["did"], tuple(roles), power))
+    if len({m.did for m in parsed}) != len(parsed) or len({m.name for m in parsed}) != len(parsed):
+        raise _bad("member dids and names must be unique")
+    if not any("validator" in m.roles and m.power > 0 for m in parsed):
+        raise _bad("at least one member must be a validator with power > 0")
+    if not is_hash_hex(document["initial_model"]):
+        raise _bad("initial_model must be a SHA-256 hex hash")
+    aggregation = document["aggregation"]
+    if not isinstance(aggregation, dict) or not isinstance(aggregation.get("rule"), str):
+        raise _bad("aggregation must be an object with a rule")
+    try:
+        model = ModelSpec.model_validate(document["model"])
+        training = TrainingPlan.model_validate(document["training"])
+        contract = ContractRules.model_validate(document["contract"])
+        agg = AggregationSpec.model_validate(aggregation)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _bad(f"{where}: {first['msg']}") from exc
+    return GenesisConfig(
+        name=name,
+        admission_approvals=_positive_int(
+            consortium["admission_approvals"], "consortium.admission_approvals"
+        ),
+        removal_approvals=_positive_int(
+            consortium["removal_approvals"], "consortium.removal_approvals"
+        ),
+        members=tuple(parsed),
+        model=model,
+        training=training,
+        contract=contract,
+        aggregation=agg,
+        aggregation_document=dict(aggregation),
+        initial_model=document["initial_model"],
+    )

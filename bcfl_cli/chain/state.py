@@ -1,0 +1,652 @@
+"""The application state of a chain and the rules that move it (docs/PROTOCOL.md §6).
+
+A :class:`ChainState` is everything the rules need to judge the next block: members and their
+roles, pending admissions and removals, the validator set in force at the next height, the
+training round, and the set of transaction hashes already on the chain. It is replayed from the
+genesis document alone, so every member derives the same state from the same blocks.
+
+``apply`` returns a new state and leaves the old one usable (a proposal that never commits must
+not leak into the state), and every broken rule raises one ``VerificationError`` naming the
+height, the transaction and a stable code, with what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bcfl_cli.chain.checks import AppChecks
+from bcfl_cli.chain.config import GenesisConfig, parse_document
+from bcfl_cli.errors import BcflError, EncodingError, VerificationError
+from bcfl_cli.protocol.block import MAX_TXS_PER_BLOCK, Block, ValidatorSet, Vote
+from bcfl_cli.protocol.encoding import canonical, hash_object
+from bcfl_cli.protocol.merkle import merkle_root
+from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
+
+#: Upper bound on the canonical bytes of all transactions of one block.
+MAX_BLOCK_TX_BYTES = 4 * 1024 * 1024
+
+ACTIVE = "active"
+REMOVED = "removed"
+
+
+# --- state records --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Member:
+    did: str
+    name: str
+    roles: tuple[str, ...]
+    power: int
+    status: str  # ACTIVE or REMOVED
+    since: int  # height at which the member was admitted (0: founding member)
+
+    @property
+    def active(self) -> bool:
+        return self.status == ACTIVE
+
+    @property
+    def is_validator(self) -> bool:
+        return self.active and "validator" in self.roles and self.power > 0
+
+    @property
+    def is_trainer(self) -> bool:
+        return self.active and "trainer" in self.roles
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    tx: str  # hash of the join_request transaction
+    did: str
+    name: str
+    roles: tuple[str, ...]
+    power: int
+    approvals: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class AcceptedUpdate:
+    tx: str
+    author: str
+    blob: str
+    blob_size: int
+    num_samples: int
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """The latest round: open (collecting updates) or closed by its aggregate.
+
+    Round 0 stands for "no round yet"; its ``model`` is the genesis initial model, so the next
+    round's base is always ``model`` of the latest round.
+    """
+
+    number: int
+    open: bool
+    base_model: str
+    model: str  # the aggregate's model once closed; the base while open
+    opened_at: int = 0
+    deadline_height: int = 0
+    accepted: tuple[AcceptedUpdate, ...] = ()
+    submitted: frozenset[str] = frozenset()  # authors with an update (accepted or not)
+
+    @property
+    def state(self) -> str:
+        return "open" if self.open else "closed"
+
+    @property
+    def accepted_hashes(self) -> list[str]:
+        return sorted(u.tx for u in self.accepted)
+
+
+class SeenSet:
+    """Transaction hashes on the chain, shared between successive states without copying.
+
+    A large frozen base plus a small recent layer: ``apply`` copies only the small layer and
+    folds it into a new base every ``_FOLD`` hashes, so replaying n transactions costs
+    O(n * sqrt(n)) at worst instead of O(n^2), and old states stay valid.
+    """
+
+    _FOLD = 1024
+
+    def __init__(self, base: frozenset[str] = frozenset(), recent: frozenset[str] = frozenset()):
+        self._base = base
+        self._recent = recent
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._recent or item in self._base
+
+    def __len__(self) -> int:
+        return len(self._base) + len(self._recent)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._base
+        yield from self._recent
+
+    def with_added(self, hashes: set[str]) -> SeenSet:
+        if not hashes:
+            return self
+        recent = self._recent | hashes
+        if len(recent) >= self._FOLD:
+            return SeenSet(self._base | recent)
+        return SeenSet(self._base, recent)
+
+
+def _fail(height: int, code: str, message: str, tx: str | None = None) -> VerificationError:
+    where = f"block {height}" + (f", tx {tx[:16]}" if tx else "")
+    return VerificationError(f"{where}: {message}", height=height, tx_hash=tx, code=code)
+
+
+# --- the state ------------------------------------------------------------------------------
+class ChainState:
+    """Application state after the block at ``height``; treat it as immutable."""
+
+    def __init__(
+        self,
+        *,
+        chain_id: str,
+        document: dict[str, Any],
+        config: GenesisConfig,
+        height: int,
+        head_hash: str,
+        head_time: int,
+        members: dict[str, Member],
+        pending: dict[str, JoinRequest],
+        removals: dict[str, frozenset[str]],
+        round: RoundState,
+        seen_tx: SeenSet,
+    ) -> None:
+        self.chain_id = chain_id
+        self.document = document
+        self.config = config
+        self.height = height
+        self.head_hash = head_hash
+        self.head_time = head_time
+        self._members = members
+        self._pending = pending
+        self._removals = removals
+        self.round = round
+        self.seen_tx = seen_tx
+        self.validator_set = self._compute_validator_set()
+
+    # --- construction ----------------------------------------------------------------------
+    @classmethod
+    def genesis(
+        cls, document: dict[str, Any], genesis_hash: str, *, time_ms: int = 0
+    ) -> ChainState:
+        """The state right after genesis, from the genesis document alone."""
+        config = parse_document(document)
+        members = {
+            m.did: Member(m.did, m.name, m.roles, m.power, ACTIVE, 0) for m in config.members
+        }
+        return cls(
+            chain_id=genesis_hash,
+            document=document,
+            config=config,
+            height=0,
+            head_hash=genesis_hash,
+            head_time=time_ms,
+            members=members,
+            pending={},
+            removals={},
+            round=RoundState(0, False, config.initial_model, config.initial_model),
+            seen_tx=SeenSet(),
+        )
+
+    @classmethod
+    def from_genesis(cls, block: Block, document: dict[str, Any]) -> ChainState:
+        """The state after ``block`` once it is checked to be the genesis of ``document``."""
+        state = cls.genesis(document, block.hash, time_ms=block.header.time)
+        check_genesis_block(block, document, state.validator_set)
+        return state
+
+    def _copy(self) -> ChainState:
+        new = object.__new__(ChainState)
+        new.__dict__.update(self.__dict__)
+        new._members = dict(self._members)
+        new._pending = dict(self._pending)
+        new._removals = dict(self._removals)
+        return new
+
+    # --- views ---------------------------------------------------------------------------
+    @property
+    def members(self) -> Mapping[str, Member]:
+        return self._members
+
+    @property
+    def pending(self) -> Mapping[str, JoinRequest]:
+        return self._pending
+
+    @property
+    def removals(self) -> Mapping[str, frozenset[str]]:
+        return self._removals
+
+    @property
+    def trainers(self) -> frozenset[str]:
+        return frozenset(d for d, m in self._members.items() if m.is_trainer)
+
+    def member(self, did: str) -> Member | None:
+        return self._members.get(did)
+
+    def name_of(self, did: str) -> str:
+        member = self._members.get(did)
+        return member.name if member else did
+
+    def _compute_validator_set(self) -> ValidatorSet:
+        return ValidatorSet.from_mapping(
+            {d: m.power for d, m in self._members.items() if m.is_validator}
+        )
+
+    # --- applying a block ----------------------------------------------------------------
+    def apply(
+        self,
+        block: Block,
+        *,
+        checks: AppChecks | None = None,
+        verify_signatures: bool = True,
+    ) -> ChainState:
+        """The state after ``block``, or VerificationError for the first broken rule.
+
+        ``verify_signatures=False`` is for callers that already verified every transaction and
+        commit signature of this block (verify-chain does it in parallel beforehand).
+        """
+        check_header(self, block)
+        check_commit(self, block, verify_signatures=verify_signatures)
+        new = self._copy()
+        _TxRules(new, block, checks, verify_signatures).run()
+        new.height = block.height
+        new.head_hash = block.hash
+        new.head_time = block.header.time
+        new.seen_tx = self.seen_tx.with_added({tx.hash for tx in block.txs})
+        new.validator_set = new._compute_validator_set()
+        return new
+
+
+# --- §6.1 genesis ------------------------------------------------------------------------------
+def check_genesis_block(block: Block, document: dict[str, Any], validators: ValidatorSet) -> None:
+    header = block.header
+    expected = {
+        "height": (0, header.height),
+        "prev": ("0" * 64, header.prev),
+        "proposer": ("", header.proposer),
+        "tx_root": (merkle_root([]), header.tx_root),
+        "config": (hash_object(document), header.config),
+        "validators": (validators.hash, header.validators),
+    }
+    for field, (want, found) in expected.items():
+        if want != found:
+            raise _fail(
+                0, f"genesis_{field}", f"genesis {field}: expected {want!r}, found {found!r}"
+            )
+    if block.txs or block.commit is not None:
+        raise _fail(0, "genesis_body", "genesis holds no transactions and no commit")
+
+
+# --- §6.2 block rules ----------------------------------------------------------------------------
+def check_header(state: ChainState, block: Block) -> None:
+    header = block.header
+    h = header.height
+    if h != state.height + 1:
+        raise _fail(h, "wrong_height", f"height: expected {state.height + 1}, found {h}")
+    if header.prev != state.head_hash:
+        raise _fail(h, "wrong_prev", f"prev: expected {state.head_hash}, found {header.prev}")
+    if header.time <= state.head_time:
+        raise _fail(
+            h,
+            "time_not_increasing",
+            f"time: expected more than {state.head_time}, found {header.time}",
+        )
+    config_hash = hash_object(state.document)
+    if header.config != config_hash:
+        raise _fail(h, "wrong_config", f"config: expected {config_hash}, found {header.config}")
+    if len(block.txs) > MAX_TXS_PER_BLOCK:
+        raise _fail(
+            h, "too_many_txs", f"at most {MAX_TXS_PER_BLOCK} transactions, found {len(block.txs)}"
+        )
+    total = 0
+    for tx in block.txs:
+        size = len(canonical(tx.to_dict()))
+        if size > MAX_TX_BYTES:
+            raise _fail(h, "tx_too_large", f"at most {MAX_TX_BYTES} bytes, found {size}", tx.hash)
+        total += size
+    if total > MAX_BLOCK_TX_BYTES:
+        raise _fail(
+            h,
+            "block_too_large",
+            f"transactions take at most {MAX_BLOCK_TX_BYTES} bytes, found {total}",
+        )
+    root = block.computed_tx_root()
+    if header.tx_root != root:
+        raise _fail(h, "tx_root_mismatch", f"tx_root: expected {root}, found {header.tx_root}")
+    vs = state.validator_set
+    if header.validators != vs.hash:
+        raise _fail(
+            h,
+            "wrong_validator_set",
+            f"validators: expected {vs.hash} (set in force), found {header.validators}",
+        )
+    if header.proposer not in vs:
+        raise _fail(
+            h, "proposer_not_validator", f"proposer {header.proposer} is not in the validator set"
+        )
+
+
+# --- §5 commit certificates ----------------------------------------------------------------------
+def check_commit(state: ChainState, block: Block, *, verify_signatures: bool = True) -> None:
+    h = block.height
+    commit = block.commit
+    if commit is None:
+        raise _fail(h, "missing_commit", "no commit certificate")
+    if commit.height != h or commit.block != block.hash:
+        raise _fail(
+            h,
+            "commit_mismatch",
+            f"commit: expected height {h} block {block.hash}, "
+            f"found height {commit.height} block {commit.block}",
+        )
+    vs = state.validator_set
+    signed = 0
+    for did, sig in commit.signatures:
+        power = vs.power_of(did)
+        if power == 0:
+            raise _fail(h, "commit_signer_unknown", f"commit signer {did} is not a validator")
+        if verify_signatures and not commit.precommit(state.chain_id, did, sig).signature_valid():
+            raise _fail(h, "bad_commit_signature", f"commit signature of {did} is invalid")
+        signed += power
+    if not vs.has_quorum(signed):
+        raise _fail(
+            h,
+            "no_quorum",
+            f"commit power: expected at least {vs.quorum_power()} of {vs.total_power}, "
+            f"found {signed}",
+        )
+
+
+# --- §6.3 transaction rules --------------------------------------------------------------------
+class _TxRules:
+    """One block's transactions applied in order to ``state`` (a private copy)."""
+
+    def __init__(
+        self,
+        state: ChainState,
+        block: Block,
+        checks: AppChecks | None,
+        verify_signatures: bool,
+    ) -> None:
+        self.s = state
+        self.block = block
+        self.h = block.height
+        self.proposer = block.header.proposer
+        self.checks = checks
+        self.verify_signatures = verify_signatures
+        self.in_block: set[str] = set()
+        self.awaiting: Transaction | None = None  # an update waiting for its validation
+
+    def fail(self, tx: Transaction, code: str, message: str) -> VerificationError:
+        return _fail(self.h, code, message, tx.hash)
+
+    def run(self) -> None:
+        for tx in self.block.txs:
+            self.common(tx)
+            if self.awaiting is not None and tx.kind is not TxKind.VALIDATION:
+                raise _fail(
+                    self.h,
+                    "missing_validation",
+                    f"update must be followed by its validation, found {tx.kind}",
+                    self.awaiting.hash,
+                )
+            handler = getattr(self, f"on_{tx.kind.value}")
+            handler(tx, tx.body)
+        if self.awaiting is not None:
+            raise _fail(
+                self.h,
+                "missing_validation",
+                "update must be followed by its validation, found the end of the block",
+                self.awaiting.hash,
+            )
+
+    def common(self, tx: Transaction) -> None:
+        if tx.chain != self.s.chain_id:
+            raise self.fail(
+                tx, "wrong_chain", f"chain: expected {self.s.chain_id}, found {tx.chain}"
+            )
+        if tx.hash in self.s.seen_tx or tx.hash in self.in_block:
+            raise self.fail(tx, "replayed_tx", "transaction already on the chain")
+        self.in_block.add(tx.hash)
+        if self.verify_signatures and not tx.signature_valid():
+            raise self.fail(tx, "bad_tx_signature", f"signature of author {tx.author} is invalid")
+        if tx.kind is not TxKind.JOIN_REQUEST:
+            member = self.s.member(tx.author)
+            if member is None or not member.active:
+                raise self.fail(tx, "not_member", f"author {tx.author} is not an active member")
+
+    def require_validator(self, tx: Transaction) -> None:
+        member = self.s.member(tx.author)
+        if member is None or not member.is_validator:
+            raise self.fail(tx, "not_validator", f"author {tx.author} is not an active validator")
+
+    def require_proposer(self, tx: Transaction) -> None:
+        if tx.author != self.proposer:
+            raise self.fail(
+                tx,
+                "not_proposer",
+                f"{tx.kind} author: expected the proposer {self.proposer}, found {tx.author}",
+            )
+
+    def require_open_round(self, tx: Transaction, number: int) -> RoundState:
+        rnd = self.s.round
+        if not rnd.open:
+            raise self.fail(tx, "round_not_open", f"no round is open (latest is {rnd.number})")
+        if number != rnd.number:
+            raise self.fail(tx, "wrong_round", f"round: expected {rnd.number}, found {number}")
+        return rnd
+
+    # --- membership ----------------------------------------------------------------------
+    def on_join_request(self, tx: Transaction, body: dict[str, Any]) -> None:
+        member = self.s.member(tx.author)
+        if member is not None:
+            code = "removed_member" if not member.active else "already_member"
+            raise self.fail(tx, code, f"{tx.author} is already a member ({member.status})")
+        if tx.author in self.s.pending:
+            raise self.fail(tx, "request_pending", f"{tx.author} already has a pending request")
+        names = {m.name for m in self.s.members.values()} | {
+            r.name for r in self.s.pending.values()
+        }
+        if body["name"] in names:
+            raise self.fail(tx, "name_taken", f"member name {body['name']!r} is taken")
+        self.s._pending[tx.author] = JoinRequest(
+            tx.hash, tx.author, body["name"], tuple(body["roles"]), body["power"]
+        )
+
+    def on_approve_member(self, tx: Transaction, body: dict[str, Any]) -> None:
+        self.require_validator(tx)
+        request = self.s.pending.get(body["member"])
+        if request is None:
+            raise self.fail(tx, "no_pending_request", f"{body['member']} has no pending request")
+        if request.tx != body["request"]:
+            raise self.fail(
+                tx, "wrong_request", f"request: expected {request.tx}, found {body['request']}"
+            )
+        if tx.author in request.approvals:
+            raise self.fail(tx, "duplicate_approval", f"{tx.author} already approved this request")
+        approvals = request.approvals | {tx.author}
+        if len(approvals) >= self.s.config.admission_approvals:
+            del self.s._pending[request.did]
+            self.s._members[request.did] = Member(
+                request.did, request.name, request.roles, request.power, ACTIVE, self.h
+            )
+        else:
+            self.s._pending[request.did] = dataclasses.replace(request, approvals=approvals)
+
+    def on_remove_member(self, tx: Transaction, body: dict[str, Any]) -> None:
+        self.require_validator(tx)
+        subject = self.s.member(body["member"])
+        if subject is None or not subject.active:
+            raise self.fail(tx, "not_active_member", f"{body['member']} is not an active member")
+        approvals = self.s.removals.get(subject.did, frozenset())
+        if tx.author in approvals:
+            raise self.fail(tx, "duplicate_approval", f"{tx.author} already asked this removal")
+        approvals = approvals | {tx.author}
+        if len(approvals) < self.s.config.removal_approvals:
+            self.s._removals[subject.did] = approvals
+            return
+        remaining = [m for m in self.s.members.values() if m.is_validator and m.did != subject.did]
+        if not remaining:
+            raise self.fail(tx, "last_validator", f"removing {subject.did} leaves no validator")
+        self.s._removals.pop(subject.did, None)
+        self.s._members[subject.did] = dataclasses.replace(subject, status=REMOVED)
+
+    # --- rounds --------------------------------------------------------------------------
+    def on_open_round(self, tx: Transaction, body: dict[str, Any]) -> None:
+        self.require_proposer(tx)
+        rnd = self.s.round
+        if rnd.open:
+            raise self.fail(tx, "round_already_open", f"round {rnd.number} is still open")
+        if body["round"] != rnd.number + 1:
+            raise self.fail(
+                tx,
+                "round_out_of_sequence",
+                f"round: expected {rnd.number + 1}, found {body['round']}",
+            )
+        limit = self.s.config.training.rounds
+        if body["round"] > limit:
+            raise self.fail(tx, "training_finished", f"the plan has {limit} rounds")
+        if body["base_model"] != rnd.model:
+            raise self.fail(
+                tx,
+                "wrong_base_model",
+                f"base_model: expected {rnd.model}, found {body['base_model']}",
+            )
+        deadline = self.h + self.s.config.training.deadline_blocks
+        if body["deadline_height"] != deadline:
+            raise self.fail(
+                tx,
+                "wrong_deadline",
+                f"deadline_height: expected {deadline}, found {body['deadline_height']}",
+            )
+        self.s.round = RoundState(
+            number=body["round"],
+            open=True,
+            base_model=rnd.model,
+            model=rnd.model,
+            opened_at=self.h,
+            deadline_height=deadline,
+        )
+
+    def on_update(self, tx: Transaction, body: dict[str, Any]) -> None:
+        member = self.s.member(tx.author)
+        if member is None or not member.is_trainer:
+            raise self.fail(tx, "not_trainer", f"author {tx.author} is not an active trainer")
+        rnd = self.require_open_round(tx, body["round"])
+        if body["base_model"] != rnd.base_model:
+            raise self.fail(
+                tx,
+                "wrong_base_model",
+                f"base_model: expected {rnd.base_model}, found {body['base_model']}",
+            )
+        if tx.author in rnd.submitted:
+            raise self.fail(
+                tx, "duplicate_update", f"{tx.author} already sent an update this round"
+            )
+        self.awaiting = tx
+
+    def on_validation(self, tx: Transaction, body: dict[str, Any]) -> None:
+        update = self.awaiting
+        if update is None:
+            raise self.fail(tx, "orphan_validation", "a validation must directly follow its update")
+        self.require_proposer(tx)
+        if body["update"] != update.hash:
+            raise self.fail(
+                tx, "wrong_update", f"update: expected {update.hash}, found {body['update']}"
+            )
+        accept = body["verdict"] == "accept"
+        if self.checks is not None:
+            try:
+                verdict = self.checks.check_update(self.s, update)
+            except BcflError as exc:
+                raise self.fail(tx, "update_check_failed", exc.message) from exc
+            want = ("accept" if verdict.accept else "reject", verdict.reason)
+            found = (body["verdict"], body["reason"])
+            if want != found:
+                raise self.fail(tx, "verdict_mismatch", f"verdict: expected {want}, found {found}")
+        rnd = self.s.round
+        accepted = rnd.accepted
+        if accept:
+            u = update.body
+            accepted = (
+                *accepted,
+                AcceptedUpdate(
+                    update.hash, update.author, u["blob"], u["blob_size"], u["num_samples"]
+                ),
+            )
+        self.s.round = dataclasses.replace(
+            rnd, accepted=accepted, submitted=rnd.submitted | {update.author}
+        )
+        self.awaiting = None
+
+    def on_aggregate(self, tx: Transaction, body: dict[str, Any]) -> None:
+        self.require_proposer(tx)
+        rnd = self.require_open_round(tx, body["round"])
+        plan = self.s.config.training
+        if len(rnd.accepted) < plan.min_updates and self.h < rnd.deadline_height:
+            raise self.fail(
+                tx,
+                "aggregate_too_early",
+                f"expected {plan.min_updates} accepted updates or height {rnd.deadline_height}, "
+                f"found {len(rnd.accepted)} at height {self.h}",
+            )
+        if body["updates"] != rnd.accepted_hashes:
+            raise self.fail(
+                tx,
+                "wrong_update_set",
+                f"updates: expected {rnd.accepted_hashes}, found {body['updates']}",
+            )
+        cfg = self.s.config
+        if body["rule"] != cfg.aggregation_rule:
+            raise self.fail(
+                tx, "wrong_rule", f"rule: expected {cfg.aggregation_rule!r}, found {body['rule']!r}"
+            )
+        if body["params"] != cfg.aggregation_params:
+            raise self.fail(
+                tx,
+                "wrong_params",
+                f"params: expected {cfg.aggregation_params}, found {body['params']}",
+            )
+        if not rnd.accepted and body["model"] != rnd.base_model:
+            raise self.fail(
+                tx,
+                "empty_aggregate_model",
+                f"an aggregate of no update keeps the base model {rnd.base_model}, "
+                f"found {body['model']}",
+            )
+        if self.checks is not None:
+            try:
+                self.checks.check_aggregate(self.s, tx)
+            except VerificationError:
+                raise
+            except BcflError as exc:
+                raise self.fail(tx, "aggregate_check_failed", exc.message) from exc
+        self.s.round = dataclasses.replace(rnd, open=False, model=body["model"])
+
+    # --- evidence ------------------------------------------------------------------------
+    def on_misbehaviour(self, tx: Transaction, body: dict[str, Any]) -> None:
+        self.require_validator(tx)
+        try:
+            a, b = (Vote.from_dict(v) for v in body["votes"])
+        except EncodingError as exc:
+            raise self.fail(tx, "bad_evidence", f"vote malformed: {exc.message}") from exc
+        offender = body["offender"]
+        for vote in (a, b):
+            if vote.validator != offender or vote.chain != self.s.chain_id:
+                raise self.fail(
+                    tx, "bad_evidence", "both votes must be the offender's, on this chain"
+                )
+        if (a.height, a.round, a.type) != (b.height, b.round, b.type) or a.block == b.block:
+            raise self.fail(
+                tx,
+                "bad_evidence",
+                "votes must share height, round and type and name different blocks",
+            )
+        if not (a.signature_valid() and b.signature_valid()):
+            raise self.fail(tx, "bad_evidence", "a vote signature is invalid")

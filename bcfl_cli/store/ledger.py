@@ -1,0 +1,320 @@
+"""The ledger: blocks and their transactions in SQL, models in the blob store.
+
+This is the only module that speaks SQL (through SQLAlchemy Core), so that a member can point
+the store at another database with a URL. Rows hold the exact canonical JSON that was hashed
+and signed; every read re-parses it, refuses non-canonical bytes, and checks the index columns
+against it, so a tampered row surfaces as an error instead of a silently different block.
+Whether a block obeys the chain rules is not checked here: that is ``bcfl_cli.chain``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, func, insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from bcfl_cli.errors import EncodingError, StoreError
+from bcfl_cli.home import Home
+from bcfl_cli.protocol.block import Block, BlockHeader, CommitCertificate
+from bcfl_cli.protocol.encoding import canonical, hash_object, is_hash_hex, parse_json
+from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.store import migrate
+from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.store.db import make_engine
+from bcfl_cli.store.tables import blocks, meta, txs
+
+_HINT_MISSING = "run `bcfl init` or `bcfl join`"
+_READ_BATCH = 256
+
+
+def _text(obj: Any) -> str:
+    return canonical(obj).decode("utf-8")
+
+
+def _parse_canonical(text: str, what: str) -> Any:
+    try:
+        value = parse_json(text)
+    except EncodingError as exc:
+        raise StoreError(f"{what}: stored JSON unreadable: {exc.message}") from exc
+    if canonical(value) != text.encode("utf-8"):
+        raise StoreError(f"{what}: stored JSON is not in canonical form")
+    return value
+
+
+class Ledger:
+    """An open ledger store. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, engine: Engine, blobs: BlobStore, *, url: str) -> None:
+        self._engine = engine
+        self.blobs = blobs
+        self.url = url
+        with self._read() as conn:
+            rows: dict[str, str] = {
+                str(k): str(v) for k, v in conn.execute(select(meta.c.key, meta.c.value))
+            }
+        genesis_hash = rows.get("genesis_hash")
+        document_text = rows.get("document")
+        if genesis_hash is None or document_text is None or not is_hash_hex(genesis_hash):
+            raise StoreError(f"the store at {url} holds no genesis", hint=_HINT_MISSING)
+        self.genesis_hash: str = genesis_hash
+        document = _parse_canonical(document_text, "genesis document")
+        if not isinstance(document, dict):
+            raise StoreError("genesis document is not a JSON object")
+        self.document: dict[str, Any] = document
+
+    # --- opening ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, home: Home, genesis: Block, document: dict[str, Any]) -> Ledger:
+        """A new store holding ``genesis``; refuses to touch an existing one."""
+        home.ensure()
+        if home.store_file.exists():
+            raise StoreError(
+                f"a ledger already exists at {home.store_file}",
+                hint="use another --home, or delete that directory to start over",
+            )
+        if genesis.height != 0 or genesis.commit is not None or genesis.txs:
+            raise StoreError("a genesis block has height 0, no transactions and no commit")
+        document_bytes = canonical(document)
+        if hash_object(document) != genesis.header.config:
+            raise StoreError("the genesis header's config hash is not the document's hash")
+        blobs = BlobStore(home.blob_dir)
+        blobs.put(document_bytes)
+        engine = make_engine(home.store_url)
+        try:
+            with engine.begin() as conn:
+                migrate.upgrade(conn)
+                conn.execute(
+                    insert(meta),
+                    [
+                        {"key": "genesis_hash", "value": genesis.hash},
+                        {"key": "document", "value": document_bytes.decode("utf-8")},
+                    ],
+                )
+                _insert_block(conn, genesis)
+        except BaseException:
+            engine.dispose()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{home.store_file}{suffix}").unlink(missing_ok=True)
+            raise
+        return cls(engine, blobs, url=home.store_url)
+
+    @classmethod
+    def open(cls, home: Home) -> Ledger:
+        """Open the member's store, upgrading an older schema; a newer one is refused."""
+        if not home.store_file.is_file():
+            raise StoreError(f"no ledger at {home.store_file}", hint=_HINT_MISSING)
+        return cls.open_url(home.store_url, home.blob_dir)
+
+    @classmethod
+    def open_url(cls, url: str, blob_dir: Path) -> Ledger:
+        engine = make_engine(url)
+        try:
+            with engine.begin() as conn:
+                migrate.upgrade(conn)
+            return cls(engine, BlobStore(blob_dir), url=url)
+        except SQLAlchemyError as exc:
+            engine.dispose()
+            raise StoreError(f"cannot open the ledger at {url}: {exc}") from exc
+        except BaseException:
+            engine.dispose()
+            raise
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"ledger read failed: {exc}") from exc
+
+    # --- reading ---------------------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        with self._read() as conn:
+            value = conn.execute(select(func.max(blocks.c.height))).scalar()
+        if value is None:
+            raise StoreError("the store holds no blocks", hint=_HINT_MISSING)
+        return int(value)
+
+    def head(self) -> Block:
+        return self.block(self.height)
+
+    def block(self, height: int) -> Block:
+        for block in self.blocks(height, height):
+            return block
+        raise StoreError(f"no block at height {height} (head is {self.height})")
+
+    def block_by_hash(self, block_hash: str) -> Block:
+        with self._read() as conn:
+            height = conn.execute(
+                select(blocks.c.height).where(blocks.c.hash == block_hash)
+            ).scalar()
+        if height is None:
+            raise StoreError(f"no block with hash {block_hash}")
+        return self.block(int(height))
+
+    def blocks(self, start: int = 0, end: int | None = None) -> Iterator[Block]:
+        """Blocks with ``start <= height <= end`` (``end`` None: up to the head), in order."""
+        if end is None:
+            end = self.height
+        low = start
+        while low <= end:
+            high = min(end, low + _READ_BATCH - 1)
+            with self._read() as conn:
+                block_rows = conn.execute(
+                    select(blocks)
+                    .where(blocks.c.height >= low, blocks.c.height <= high)
+                    .order_by(blocks.c.height)
+                ).all()
+                tx_rows = conn.execute(
+                    select(txs)
+                    .where(txs.c.height >= low, txs.c.height <= high)
+                    .order_by(txs.c.height, txs.c.idx)
+                ).all()
+            by_height: dict[int, list[Row[Any]]] = {}
+            for row in tx_rows:
+                by_height.setdefault(int(row.height), []).append(row)
+            for row in block_rows:
+                yield _block_from_rows(row, by_height.get(int(row.height), []))
+            low = high + 1
+
+    def tx(self, tx_hash: str) -> tuple[Transaction, int]:
+        """A committed transaction and the height of its block."""
+        with self._read() as conn:
+            row = conn.execute(select(txs).where(txs.c.hash == tx_hash)).first()
+        if row is None:
+            raise StoreError(f"no transaction with hash {tx_hash}")
+        return _tx_from_row(row), int(row.height)
+
+    def find_tx_hashes(self, prefix: str, *, limit: int = 5) -> list[str]:
+        """Transaction hashes starting with ``prefix`` (for short forms typed by a user)."""
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        with self._read() as conn:
+            found: Any = conn.execute(
+                select(txs.c.hash).where(txs.c.hash.startswith(prefix)).limit(limit)
+            ).scalars()
+            return [str(h) for h in found]
+
+    def find_block_hashes(self, prefix: str, *, limit: int = 5) -> list[str]:
+        if not prefix or any(c not in "0123456789abcdef" for c in prefix):
+            return []
+        with self._read() as conn:
+            found: Any = conn.execute(
+                select(blocks.c.hash).where(blocks.c.hash.startswith(prefix)).limit(limit)
+            ).scalars()
+            return [str(h) for h in found]
+
+    def tx_count(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(txs)).scalar() or 0)
+
+    # --- writing ---------------------------------------------------------------------------
+    def append(self, block: Block) -> None:
+        """Append a committed block and its transactions in one database transaction.
+
+        Only the link to the head is checked here; the chain rules are ``ChainState.apply``'s.
+        """
+        if block.commit is None:
+            raise StoreError(f"block {block.height} has no commit certificate")
+        try:
+            with self._engine.begin() as conn:
+                head = conn.execute(
+                    select(blocks.c.height, blocks.c.hash).order_by(blocks.c.height.desc()).limit(1)
+                ).first()
+                if head is None:
+                    raise StoreError("the store holds no genesis", hint=_HINT_MISSING)
+                if block.height != head.height + 1:
+                    raise StoreError(
+                        f"cannot append block {block.height}: expected height {head.height + 1}"
+                    )
+                if block.header.prev != head.hash:
+                    raise StoreError(
+                        f"cannot append block {block.height}: prev is {block.header.prev}, "
+                        f"expected the head's hash {head.hash}"
+                    )
+                _insert_block(conn, block)
+        except IntegrityError as exc:
+            raise StoreError(f"block {block.height} conflicts with the store: {exc.orig}") from exc
+        except OperationalError as exc:
+            raise StoreError(f"cannot append block {block.height}: {exc.orig}") from exc
+
+
+def _insert_block(conn: Connection, block: Block) -> None:
+    header = block.header
+    conn.execute(
+        insert(blocks).values(
+            height=header.height,
+            hash=block.hash,
+            prev=header.prev,
+            time=header.time,
+            proposer=header.proposer,
+            header=_text(header.to_dict()),
+            commit=None if block.commit is None else _text(block.commit.to_dict()),
+        )
+    )
+    if block.txs:
+        conn.execute(
+            insert(txs),
+            [
+                {
+                    "hash": tx.hash,
+                    "height": header.height,
+                    "idx": index,
+                    "kind": str(tx.kind),
+                    "author": tx.author,
+                    "body": _text(tx.to_dict()),
+                }
+                for index, tx in enumerate(block.txs)
+            ],
+        )
+
+
+def _tx_from_row(row: Row[Any]) -> Transaction:
+    what = f"transaction {row.hash}"
+    try:
+        tx = Transaction.from_dict(_parse_canonical(row.body, what))
+    except EncodingError as exc:
+        raise StoreError(f"{what}: {exc.message}") from exc
+    if (tx.hash, str(tx.kind), tx.author) != (row.hash, row.kind, row.author):
+        raise StoreError(f"{what}: stored index columns do not match its content")
+    return tx
+
+
+def _block_from_rows(row: Row[Any], tx_rows: Sequence[Row[Any]]) -> Block:
+    what = f"block {row.height}"
+    try:
+        header = BlockHeader.from_dict(_parse_canonical(row.header, f"{what} header"))
+        commit = None
+        if row.commit is not None:
+            commit = CommitCertificate.from_dict(_parse_canonical(row.commit, f"{what} commit"))
+    except EncodingError as exc:
+        raise StoreError(f"{what}: {exc.message}") from exc
+    stored = (row.height, row.hash, row.prev, row.time, row.proposer)
+    if stored != (header.height, header.hash, header.prev, header.time, header.proposer):
+        raise StoreError(f"{what}: stored index columns do not match its header")
+    if [int(r.idx) for r in tx_rows] != list(range(len(tx_rows))):
+        raise StoreError(f"{what}: transaction positions are not 0..{len(tx_rows) - 1}")
+    return Block(header, tuple(_tx_from_row(r) for r in tx_rows), commit)
+
+
+__all__ = ["Ledger"]
