@@ -245,14 +245,18 @@ class ChainState:
         *,
         checks: AppChecks | None = None,
         verify_signatures: bool = True,
+        proposal: bool = False,
     ) -> ChainState:
         """The state after ``block``, or VerificationError for the first broken rule.
 
         ``verify_signatures=False`` is for callers that already verified every transaction and
         commit signature of this block (verify-chain does it in parallel beforehand).
+        ``proposal=True`` judges a block that consensus has not decided yet: every rule but the
+        commit certificate, which it cannot carry before validators vote on it.
         """
         check_header(self, block)
-        check_commit(self, block, verify_signatures=verify_signatures)
+        if not proposal:
+            check_commit(self, block, verify_signatures=verify_signatures)
         new = self._copy()
         _TxRules(new, block, checks, verify_signatures).run()
         new.height = block.height
