@@ -1,0 +1,124 @@
+"""The FL engine's side of the chain rules: the contract and the aggregate, recomputed.
+
+``ChainState.apply`` calls these hooks (``bcfl_cli.chain.checks.AppChecks``) for every
+``update`` (its ``validation`` must state the contract's verdict) and every ``aggregate`` (its
+``model`` must be the hash of what the genesis rule computes from the accepted update blobs on
+top of the round's base model). Everything is read from the content-addressed blob store, so
+nothing here depends on who sent what, or in which order it arrived.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import torch
+
+from bcfl_cli.errors import BlobError, ContractError
+from bcfl_cli.fl.aggregation import UpdateInput, aggregate
+from bcfl_cli.fl.contract import RoundContext, UpdateClaim, Verdict, check_update, layout_for
+from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.store.blobs import BlobStore
+
+if TYPE_CHECKING:
+    from bcfl_cli.chain.state import ChainState
+
+#: Decoded global models kept in memory: a deep verification reads each one twice in a row
+#: (aggregate n's result is round n+1's base), so two are enough.
+MODEL_CACHE = 2
+
+
+class FLChecks:
+    """``AppChecks`` backed by a blob store.
+
+    ``keep_models`` stores each recomputed aggregate model in the blob store when it matches
+    the transaction, so a peer that verified a round also holds the next round's base model.
+    """
+
+    def __init__(self, blobs: BlobStore, *, keep_models: bool = True) -> None:
+        self.blobs = blobs
+        self.keep_models = keep_models
+        self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+
+    # --- updates ---------------------------------------------------------------------------
+    def check_update(self, state: ChainState, tx: Transaction) -> Verdict:
+        """The contract's verdict on ``tx`` in ``state`` (before its own validation applies)."""
+        if tx.kind is not TxKind.UPDATE:
+            raise ContractError("not_an_update", f"transaction {tx.hash} is a {tx.kind}")
+        cfg = state.config
+        rnd = state.round
+        claim = UpdateClaim.from_body(tx.author, tx.body)
+        ctx = RoundContext(
+            trainers=state.trainers,
+            round=rnd.number if rnd.number > 0 else None,
+            round_open=rnd.open,
+            base_model=rnd.base_model,
+            submitted=rnd.submitted,
+        )
+        blob = None
+        if claim.blob_size <= cfg.contract.max_blob_bytes:
+            blob = self._read(claim.blob, cfg.contract.max_blob_bytes)
+        return check_update(cfg.contract, cfg.model, claim, ctx, blob)
+
+    def _read(self, digest: str, max_bytes: int) -> bytes | None:
+        """The blob, or None when this peer does not hold it (a corrupt copy is an error)."""
+        if not self.blobs.has(digest):
+            return None
+        if self.blobs.size(digest) > max_bytes:
+            return None  # cannot be the claimed blob: its size is checked against the claim
+        return self.blobs.get(digest, max_bytes=max_bytes)
+
+    # --- aggregates ------------------------------------------------------------------------
+    def check_aggregate(self, state: ChainState, tx: Transaction) -> None:
+        """Recompute the round's aggregate; raise ContractError unless ``model`` matches."""
+        if tx.kind is not TxKind.AGGREGATE:
+            raise ContractError("not_an_aggregate", f"transaction {tx.hash} is a {tx.kind}")
+        rnd = state.round
+        body = tx.body
+        if not rnd.accepted:
+            if body["model"] != rnd.base_model:
+                raise ContractError(
+                    "aggregate_mismatch",
+                    f"no accepted update: expected the base model {rnd.base_model}, "
+                    f"found {body['model']}",
+                )
+            return
+        cfg = state.config
+        limit = cfg.contract.max_blob_bytes
+        base = self._model(rnd.base_model, limit)
+        updates = [
+            UpdateInput(u.tx, self._decode(u.blob, limit), u.num_samples) for u in rnd.accepted
+        ]
+        result = aggregate(cfg.aggregation, base, updates)
+        data = result.model_bytes
+        if result.model_hash != body["model"] or len(data) != body["model_size"]:
+            raise ContractError(
+                "aggregate_mismatch",
+                f"round {rnd.number} under {result.rule!r}: expected model {result.model_hash} "
+                f"({len(data)} bytes), found {body['model']} ({body['model_size']} bytes)",
+            )
+        if self.keep_models and not self.blobs.has(result.model_hash):
+            self.blobs.put(data)
+        self._remember(result.model_hash, result.new_state)
+
+    def _decode(self, digest: str, max_bytes: int) -> dict[str, torch.Tensor]:
+        if not self.blobs.has(digest):
+            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer")
+        return decode_tensors(self.blobs.get(digest, max_bytes=max_bytes), max_bytes=max_bytes)
+
+    def _model(self, digest: str, max_bytes: int) -> dict[str, torch.Tensor]:
+        cached = self._models.get(digest)
+        if cached is None:
+            cached = self._decode(digest, max_bytes)
+            self._remember(digest, cached)
+        return cached
+
+    def _remember(self, digest: str, state: dict[str, torch.Tensor]) -> None:
+        self._models[digest] = state
+        self._models.move_to_end(digest)
+        while len(self._models) > MODEL_CACHE:
+            self._models.popitem(last=False)
+
+
+__all__ = ["FLChecks", "Verdict", "layout_for"]
