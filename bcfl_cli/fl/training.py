@@ -1,0 +1,196 @@
+"""One member's local round: start from the global model, train on local data, return the delta.
+
+Everything is seeded from one integer: the holdout slice, the batch order and (with DP) the
+Poisson sampling and the noise, each from its own generator derived from the seed, so a member
+that re-runs a round on CPU gets the same update bit for bit. The returned delta is
+``local - global`` in float32 on CPU, the form the contract checks and the aggregation rules
+combine; metrics are decimal strings because they travel inside signed transactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from bcfl_cli.errors import UsageError
+from bcfl_cli.fl.data import Dataset
+from bcfl_cli.fl.device import pick_device
+from bcfl_cli.fl.dp import clipped_noisy_gradient, epsilon_spent
+from bcfl_cli.fl.models import build_model, load_state, num_features
+from bcfl_cli.fl.spec import ModelSpec, TrainingPlan
+
+Progress = Callable[[int, int], None]
+EVAL_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    delta: dict[str, torch.Tensor]
+    num_samples: int
+    metrics: dict[str, str]
+
+
+def decimal(value: float, places: int = 6) -> str:
+    """A metric as a fixed-point decimal string ("inf" where a DP budget is unbounded)."""
+    if math.isinf(value):
+        return "inf"
+    if math.isnan(value):
+        return "nan"
+    return f"{value:.{places}f}"
+
+
+def subseed(seed: int, purpose: str) -> int:
+    """Independent generator seeds for each random choice, all derived from one seed."""
+    digest = hashlib.sha256(f"bcfl/{purpose}/{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _generator(seed: int, purpose: str) -> torch.Generator:
+    return torch.Generator().manual_seed(subseed(seed, purpose))
+
+
+def _optimizer(plan: TrainingPlan, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if plan.optimizer == "adam":
+        return torch.optim.Adam(params, lr=plan.lr)
+    return torch.optim.SGD(params, lr=plan.lr, momentum=plan.momentum)
+
+
+def train_local(
+    spec: ModelSpec,
+    plan: TrainingPlan,
+    global_state: dict[str, torch.Tensor],
+    dataset: Dataset,
+    *,
+    seed: int,
+    progress: Progress | None = None,
+    device: str | None = None,
+) -> TrainResult:
+    """Train ``plan.local_epochs`` on the non-held-out part of ``dataset``; returns the delta.
+
+    ``num_samples`` counts the rows trained on (the FedAvg weight). Metrics: ``train_loss``
+    (after training, on the training rows), ``eval_loss`` and ``eval_accuracy`` (on the
+    held-out rows; absent when the holdout is empty), ``steps``, and with DP ``dp_epsilon``
+    and ``dp_delta`` for this update alone.
+    """
+    dataset.check_fits(num_features(spec), spec.num_classes)
+    train, holdout = dataset.split_holdout(plan.holdout_fraction, subseed(seed, "holdout"))
+    if len(train) == 0:
+        raise UsageError("no rows left to train on after the holdout")
+    dev = pick_device(device)
+    model = build_model(spec)
+    load_state(model, {k: v.to(torch.float32) for k, v in global_state.items()})
+    model.to(dev)
+    anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
+    params = list(model.parameters())
+    optimizer = _optimizer(plan, params)
+    x, y = train.features.to(dev), train.labels.to(dev)
+    n = len(train)
+    batch = min(plan.batch_size, n)
+    per_epoch = math.ceil(n / batch)
+    total = plan.local_epochs * per_epoch
+    order_gen = _generator(seed, "order")
+    dp = plan.dp
+    q = batch / n
+    model.train()
+    step = 0
+    for _ in range(plan.local_epochs):
+        perm = torch.randperm(n, generator=order_gen).to(dev)
+        for b in range(per_epoch):
+            optimizer.zero_grad(set_to_none=True)
+            if dp.enabled:
+                # Poisson sampling: what the RDP accountant assumes.
+                mask = torch.rand(n, generator=order_gen) < q
+                idx = mask.nonzero().squeeze(1).to(dev)
+                grads = clipped_noisy_gradient(
+                    model,
+                    functional.cross_entropy,
+                    x[idx],
+                    y[idx],
+                    max_grad_norm=dp.max_grad_norm,
+                    noise_multiplier=dp.noise_multiplier,
+                    expected_batch=q * n,
+                    generator=order_gen,
+                )
+                for name, p in model.named_parameters():
+                    p.grad = grads[name]
+                    if plan.fedprox_mu > 0:
+                        # data-independent, so adding it after the noise costs no privacy
+                        p.grad = p.grad + plan.fedprox_mu * (p.detach() - anchor[name])
+            else:
+                idx = perm[b * batch : (b + 1) * batch]
+                loss = functional.cross_entropy(model(x[idx]), y[idx])
+                if plan.fedprox_mu > 0:
+                    prox = sum(
+                        ((p - anchor[name]) ** 2).sum() for name, p in model.named_parameters()
+                    )
+                    loss = loss + (plan.fedprox_mu / 2.0) * prox
+                loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+            step += 1
+            if progress is not None:
+                progress(step, total)
+    local = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    delta = {k: (local[k] - global_state[k].to(torch.float32)).contiguous() for k in local}
+    metrics = {"steps": str(total)}
+    train_loss, _ = _evaluate_model(model, train, dev)
+    metrics["train_loss"] = decimal(train_loss)
+    if len(holdout):
+        eval_loss, eval_acc = _evaluate_model(model, holdout, dev)
+        metrics["eval_loss"] = decimal(eval_loss)
+        metrics["eval_accuracy"] = decimal(eval_acc)
+    if dp.enabled:
+        eps, _ = epsilon_spent(q, dp.noise_multiplier, total, dp.delta)
+        metrics["dp_epsilon"] = decimal(eps, 4)
+        metrics["dp_delta"] = repr(dp.delta)
+    return TrainResult(delta, n, metrics)
+
+
+def _evaluate_model(model: nn.Module, data: Dataset, dev: torch.device) -> tuple[float, float]:
+    if len(data) == 0:
+        raise UsageError("cannot evaluate on an empty dataset")
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(data), EVAL_BATCH):
+            xb = data.features[start : start + EVAL_BATCH].to(dev)
+            yb = data.labels[start : start + EVAL_BATCH].to(dev)
+            out = model(xb)
+            loss_sum += float(functional.cross_entropy(out, yb, reduction="sum"))
+            correct += int((out.argmax(1) == yb).sum())
+    model.train()
+    return loss_sum / len(data), correct / len(data)
+
+
+def evaluate(
+    spec: ModelSpec,
+    state: dict[str, torch.Tensor],
+    dataset: Dataset,
+    *,
+    device: str | None = None,
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of the model ``state`` on ``dataset``."""
+    dataset.check_fits(num_features(spec), spec.num_classes)
+    dev = pick_device(device)
+    model = build_model(spec)
+    load_state(model, {k: v.to(torch.float32) for k, v in state.items()})
+    return _evaluate_model(model.to(dev), dataset, dev)
+
+
+def apply_delta(
+    state: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state + delta`` in float32 (names and shapes must match exactly)."""
+    if set(state) != set(delta):
+        raise UsageError(f"delta names differ from the model's: {sorted(set(state) ^ set(delta))}")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if v.shape != delta[k].shape:
+            raise UsageError(f"delta {k!r} has shape {list(delta[k].shape)}, not {list(v.shape)}")
+        out[k] = (v.to(torch.float32) + delta[k].to(torch.float32)).contiguous()
+    return out
