@@ -22,7 +22,7 @@ import nacl.secret
 import nacl.signing
 import nacl.utils
 
-from bcfl_cli.errors import EncodingError, IdentityError
+from bcfl_cli.errors import BcflError, EncodingError, IdentityError
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical, parse_json
@@ -179,8 +179,8 @@ def _read_key_file(home: Home) -> dict[str, Any]:
     try:
         data = parse_json(raw)
         return _check_key_document(data)
-    except (EncodingError, ValueError, TypeError, KeyError) as exc:
-        message = exc.message if isinstance(exc, EncodingError) else str(exc)
+    except (EncodingError, IdentityError, ValueError, TypeError, KeyError) as exc:
+        message = exc.message if isinstance(exc, BcflError) else str(exc)
         raise IdentityError(f"key file {path} is corrupt: {message}") from exc
 
 
