@@ -111,11 +111,13 @@ class Ledger:
         return cls.open_url(home.store_url, home.blob_dir)
 
     @classmethod
-    def open_url(cls, url: str, blob_dir: Path) -> Ledger:
+    def open_url(cls, url: str, blob_dir: Path, *, upgrade: bool = True) -> Ledger:
+        """Open by SQLAlchemy URL; ``upgrade=False`` for extra readers of a store already open."""
         engine = make_engine(url)
         try:
-            with engine.begin() as conn:
-                migrate.upgrade(conn)
+            if upgrade:
+                with engine.begin() as conn:
+                    migrate.upgrade(conn)
             return cls(engine, BlobStore(blob_dir), url=url)
         except SQLAlchemyError as exc:
             engine.dispose()

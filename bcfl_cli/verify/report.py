@@ -1,0 +1,49 @@
+"""What verify-chain found: counts, and the first fault with its height, transaction and code."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bcfl_cli.errors import VerificationError
+
+
+@dataclass(frozen=True)
+class Fault:
+    height: int | None
+    tx: str | None
+    code: str
+    message: str
+
+    @classmethod
+    def from_error(cls, exc: VerificationError) -> Fault:
+        return cls(exc.height, exc.tx_hash, exc.code, exc.message)
+
+    def to_error(self) -> VerificationError:
+        return VerificationError(self.message, height=self.height, tx_hash=self.tx, code=self.code)
+
+
+@dataclass
+class Report:
+    chain_id: str = ""
+    height: int = -1  # the last height that verified (-1: not even genesis)
+    head: str = ""  # hash of the block at ``height``
+    stored_height: int = -1  # the store's head, which may be above ``height`` when a fault stops
+    deep: bool = False
+    blocks: int = 0
+    txs: int = 0
+    tx_kinds: dict[str, int] = field(default_factory=dict)
+    signatures: int = 0
+    blobs: int = 0
+    elapsed_s: float = 0.0
+    fault: Fault | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.fault is None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["elapsed_s"] = round(self.elapsed_s, 3)
+        return data

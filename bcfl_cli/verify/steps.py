@@ -1,0 +1,152 @@
+"""verify-chain as named steps, one per section of docs/PROTOCOL.md §8.
+
+Every step raises ``VerificationError`` (height, transaction, code); the driver in
+``bcfl_cli.verify.chain`` turns the first one into the report's fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from bcfl_cli.chain.checks import AppChecks
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.errors import StoreError, VerificationError
+from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.encoding import hash_object
+from bcfl_cli.protocol.tx import TxKind
+from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.store.ledger import Ledger
+
+
+def read_blocks(ledger: Ledger, start: int, end: int) -> Iterator[Block]:
+    """§8.1 Blocks as stored; an unreadable or non-canonical row is a fault at its height."""
+    height = start
+    try:
+        for block in ledger.blocks(start, end):
+            if block.height != height:
+                raise VerificationError(
+                    f"block {height} is missing from the store (found {block.height} next)",
+                    height=height,
+                    code="missing_block",
+                )
+            yield block
+            height += 1
+    except StoreError as exc:
+        raise VerificationError(exc.message, height=height, code="unreadable_block") from exc
+    if height <= end:
+        raise VerificationError(f"block {height} is missing", height=height, code="missing_block")
+
+
+def verify_genesis(ledger: Ledger, genesis: Block) -> ChainState:
+    """§8.2 Genesis: the pinned hash, the document's hash and blobs, the founding validators."""
+    if genesis.hash != ledger.genesis_hash:
+        raise VerificationError(
+            f"genesis hash: expected {ledger.genesis_hash} (pinned), found {genesis.hash}",
+            height=0,
+            code="genesis_hash_mismatch",
+        )
+    document = ledger.document
+    state = ChainState.from_genesis(genesis, document)
+    config_hash = hash_object(document)
+    verify_blob(ledger.blobs, config_hash, None, height=0, tx=None, what="genesis document")
+    verify_blob(
+        ledger.blobs, state.config.initial_model, None, height=0, tx=None, what="initial model"
+    )
+    return state
+
+
+def verify_blob(
+    blobs: BlobStore,
+    digest: str,
+    size: int | None,
+    *,
+    height: int,
+    tx: str | None,
+    what: str,
+) -> None:
+    """§7 A referenced blob is present, hashes to its name, and has the size claimed."""
+    if not blobs.has(digest):
+        raise VerificationError(
+            f"{what} blob {digest} is missing", height=height, tx_hash=tx, code="blob_missing"
+        )
+    if not blobs.verify(digest):
+        raise VerificationError(
+            f"{what} blob {digest}: content does not hash to its name",
+            height=height,
+            tx_hash=tx,
+            code="blob_corrupt",
+        )
+    if size is not None and blobs.size(digest) != size:
+        raise VerificationError(
+            f"{what} blob {digest}: size expected {size}, found {blobs.size(digest)}",
+            height=height,
+            tx_hash=tx,
+            code="blob_size_mismatch",
+        )
+
+
+def verify_block_blobs(blobs: BlobStore, block: Block) -> int:
+    """§7 Blobs a block makes part of the model's history: accepted updates and aggregates."""
+    checked = 0
+    previous = None
+    for tx in block.txs:
+        body = tx.body
+        if tx.kind is TxKind.VALIDATION and body["verdict"] == "accept" and previous is not None:
+            verify_blob(
+                blobs,
+                previous.body["blob"],
+                previous.body["blob_size"],
+                height=block.height,
+                tx=previous.hash,
+                what="update",
+            )
+            checked += 1
+        elif tx.kind is TxKind.AGGREGATE:
+            verify_blob(
+                blobs,
+                body["model"],
+                body["model_size"],
+                height=block.height,
+                tx=tx.hash,
+                what="aggregate model",
+            )
+            checked += 1
+        previous = tx
+    return checked
+
+
+def apply_block(
+    state: ChainState,
+    block: Block,
+    *,
+    checks: AppChecks | None,
+    signatures_verified: bool,
+) -> ChainState:
+    """§8.4 Chain rules (§6) for one block, on top of the state after its parent."""
+    return state.apply(block, checks=checks, verify_signatures=not signatures_verified)
+
+
+def block_signature_fault(chain_id: str, block: Block) -> VerificationError | None:
+    """§8.3 Signatures of one block, commit first then transactions (the order of §6.2-§6.3)."""
+    if block.commit is not None:
+        for did, sig in block.commit.signatures:
+            if not block.commit.precommit(chain_id, did, sig).signature_valid():
+                return VerificationError(
+                    f"block {block.height}: commit signature of {did} is invalid",
+                    height=block.height,
+                    code="bad_commit_signature",
+                )
+    for tx in block.txs:
+        if not tx.signature_valid():
+            return VerificationError(
+                f"block {block.height}, tx {tx.hash[:16]}: signature of author {tx.author} "
+                "is invalid",
+                height=block.height,
+                tx_hash=tx.hash,
+                code="bad_tx_signature",
+            )
+    return None
+
+
+def count_signatures(block: Block) -> int:
+    return len(block.txs) + (len(block.commit.signatures) if block.commit else 0)
