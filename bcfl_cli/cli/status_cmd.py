@@ -1,0 +1,110 @@
+"""``bcfl status``: what this member's node sees: chain head, round, peers, members, alarms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from rich.markup import escape
+
+from bcfl_cli.cli import render
+from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.submit_cmd import NodeOption
+from bcfl_cli.home import Home
+from bcfl_cli.node.operations import NodeApi, node_status, node_url
+
+
+def _short(value: Any, n: int = 16) -> str:
+    text = str(value) if value is not None else "-"
+    return text[:n] if len(text) > n else text
+
+
+def render_alarm(alarm: Any) -> None:
+    """A safety alarm: two committed blocks at one height. Loud, red, impossible to miss."""
+    blocks = alarm.get("blocks", []) if isinstance(alarm, dict) else []
+    height = alarm.get("height", "?") if isinstance(alarm, dict) else "?"
+    message = alarm.get("message", "") if isinstance(alarm, dict) else str(alarm)
+    render.print_line(
+        f"[bold white on red] SAFETY ALARM [/] [bold red]two committed blocks at height "
+        f"{escape(str(height))}: {escape(', '.join(map(str, blocks)))}[/]"
+    )
+    if message:
+        render.print_line(f"[red]{escape(str(message))}[/]")
+    render.print_line(
+        "[red]This node stopped following the chain and kept both blocks as evidence. "
+        "See docs/OPERATIONS.md, 'Safety alarm'.[/]"
+    )
+
+
+def render_status(status: dict[str, Any]) -> None:
+    alarm = status.get("alarm")
+    if alarm:
+        render_alarm(alarm)
+    rnd = status.get("round") or {}
+    me = status.get("me") or {}
+    render.print_kv(
+        f"Consortium {status.get('consortium', '?')}",
+        [
+            ("genesis", status.get("genesis", "-")),
+            ("height", status.get("height", "-")),
+            ("head", status.get("head", "-")),
+            (
+                "round",
+                f"{rnd.get('number', '-')} ({rnd.get('state', '-')}, "
+                f"{rnd.get('updates', 0)} updates accepted)",
+            ),
+            ("base model", rnd.get("base_model", "-")),
+            ("this node", f"{me.get('did', '-')} ({me.get('role', '-')})"),
+        ],
+    )
+    peers = status.get("peers") or []
+    render.print_table(
+        "Peers",
+        ["url", "did", "height", "last seen"],
+        [
+            (p.get("url", "-"), _short(p.get("did"), 24), p.get("height", "-"), p.get("last_seen"))
+            for p in peers
+            if isinstance(p, dict)
+        ],
+    )
+    members = status.get("members") or []
+    render.print_table(
+        "Members",
+        ["name", "roles", "power", "status", "did"],
+        [
+            (
+                m.get("name", "-"),
+                ", ".join(m.get("roles", [])),
+                m.get("power", "-"),
+                m.get("status", "-"),
+                m.get("did", "-"),
+            )
+            for m in members
+            if isinstance(m, dict)
+        ],
+        no_wrap=["did"],
+    )
+
+
+def status(
+    node: NodeOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show the node's chain height and head, the round, peers, members and any safety alarm.
+
+    Exits 3 when the node reports a safety alarm, so that monitoring scripts notice.
+    """
+    member_home = Home.resolve(home)
+    with NodeApi(node_url(member_home, node)) as api:
+        data = node_status(api)
+    if json_out:
+        render.print_json(data)
+    else:
+        render_status(data)
+    if data.get("alarm"):
+        raise typer.Exit(3)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)
