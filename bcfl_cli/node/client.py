@@ -32,6 +32,13 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_BACKOFF_S = 5.0
 
 
+_INLINE_BODY_BYTES = 64 * 1024
+
+
+def _once(data: bytes) -> Iterator[bytes]:
+    yield data
+
+
 class PeerRefused(NodeError):
     """The peer answered, and said no; ``status`` and ``code`` say how."""
 
@@ -88,10 +95,17 @@ class SignedClient:
         headers: Mapping[str, str] | None,
     ) -> httpx.Request:
         method = method.upper()
-        request = self._client.build_request(
-            method, path, content=content, params=params, headers=headers
-        )
         body = content if content is not None else (None if method in {"GET", "HEAD"} else b"")
+        sent: bytes | Iterator[bytes] | None = content
+        extra = dict(headers or {})
+        if content is not None and len(content) > _INLINE_BODY_BYTES:
+            # httpx keeps each request in a reference cycle (response <-> stream) until the
+            # garbage collector runs; a one-shot iterator lets a large body go as soon as sent.
+            sent = _once(content)
+            extra["Content-Length"] = str(len(content))
+        request = self._client.build_request(
+            method, path, content=sent, params=params, headers=extra
+        )
         request.headers.update(
             sign_request(self._key, method, str(request.url), dict(request.headers), body)
         )

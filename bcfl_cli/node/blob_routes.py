@@ -1,0 +1,333 @@
+"""Blob routes: models and updates move between peers in chunks, streamed to and from disk.
+
+Routes (``{hash}`` is always checked to be 64 lowercase hex before use; no file name is ever
+taken from a request, so ``..%2F..`` can name nothing):
+
+- ``GET /blobs/{hash}`` (public): the blob, streamed from disk; a single ``Range: bytes=a-`` or
+  ``bytes=a-b`` is honoured (206) so a download resumes where it broke off.
+- ``GET /blobs/{hash}/manifest`` (public): ``{"hash", "size", "chunk_size", "chunks"}`` with the
+  SHA-256 of every ``chunk_size`` slice, so a client checks each chunk as it lands.
+- ``GET /blobs/{hash}/upload?size=N`` (public): ``{"received", "chunk_size", "complete"}``, where
+  an interrupted upload stands.
+- ``PUT /blobs/{hash}/chunks/{i}?size=N`` (signed, member): chunk ``i`` of a blob of ``N`` bytes;
+  every chunk but the last has exactly ``chunk_size`` bytes. Chunks are appended in order to a
+  partial file ``tmp/up-{hash}-{N}.part``; a chunk already received is acknowledged again (so
+  retries are harmless), one beyond the next expected is refused (409) with where to resume.
+  The signature layer has already checked the chunk against its signed Content-Digest.
+- ``PUT /blobs/{hash}?size=N`` (signed, member, empty body): finalise; the partial file is
+  streamed through ``BlobStore.put_stream(expected=hash, max_bytes=...)``, which keeps it only
+  if the whole hash matches (422 otherwise, and the partial file is dropped).
+
+Chosen over ``Content-Range`` uploads because every request stays small enough for the signature
+layer to read and digest-check whole before anything is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from bcfl_cli.errors import BlobError
+from bcfl_cli.node.auth import SignatureAuth
+from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.protocol.encoding import is_hash_hex
+from bcfl_cli.store.blobs import DEFAULT_MAX_BLOB_BYTES, BlobStore
+
+CHUNK_SIZE = 4 * 1024 * 1024
+READ_SIZE = 1024 * 1024
+MAX_PENDING_UPLOADS = 16
+STALE_UPLOAD_S = 24 * 3600
+MANIFEST_CACHE = 64
+
+
+def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
+
+
+class _BadRequest(Exception):
+    def __init__(self, response: JSONResponse) -> None:
+        self.response = response
+
+
+def compute_manifest(store: BlobStore, digest: str, chunk_size: int) -> dict[str, Any]:
+    """Per-chunk hashes of a stored blob, also checking the whole hash on the way."""
+    whole = hashlib.sha256()
+    chunks: list[str] = []
+    size = 0
+    with store.open(digest) as f:
+        for piece in iter(lambda: f.read(chunk_size), b""):
+            whole.update(piece)
+            chunks.append(hashlib.sha256(piece).hexdigest())
+            size += len(piece)
+    if whole.hexdigest() != digest:
+        raise BlobError(f"blob {digest} is corrupt: its content does not match its name")
+    return {"hash": digest, "size": size, "chunk_size": chunk_size, "chunks": chunks}
+
+
+class BlobRoutes:
+    """The blob routes over one BlobStore; ``routes`` go into the node's Starlette app."""
+
+    def __init__(
+        self,
+        store: BlobStore,
+        *,
+        max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+        chunk_size: int = CHUNK_SIZE,
+        max_pending_uploads: int = MAX_PENDING_UPLOADS,
+    ) -> None:
+        self.store = store
+        self.max_blob_bytes = max_blob_bytes
+        self.chunk_size = chunk_size
+        self.max_pending_uploads = max_pending_uploads
+        self._tmp = store.root / "tmp"
+        self._manifests: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def routes(self) -> list[Route]:
+        return [
+            Route("/blobs/{hash}", self.get_blob, methods=["GET"]),
+            Route("/blobs/{hash}", self.finalise, methods=["PUT"]),
+            Route("/blobs/{hash}/manifest", self.manifest, methods=["GET"]),
+            Route("/blobs/{hash}/upload", self.upload_status, methods=["GET"]),
+            Route("/blobs/{hash}/chunks/{index}", self.put_chunk, methods=["PUT"]),
+        ]
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _hash(request: Request) -> str:
+        digest = request.path_params.get("hash")
+        if not is_hash_hex(digest):
+            raise _BadRequest(
+                _error(400, "bad_hash", "a blob is named by 64 lowercase hex (its SHA-256)")
+            )
+        return str(digest)
+
+    def _size(self, request: Request) -> int:
+        raw = request.query_params.get("size", "")
+        if not raw.isdigit() or len(raw) > 19:
+            raise _BadRequest(_error(400, "bad_size", "give the blob size as ?size=BYTES"))
+        size = int(raw)
+        if size > self.max_blob_bytes:
+            raise _BadRequest(
+                _error(
+                    413,
+                    "blob_too_large",
+                    f"blob of {size} bytes is over this consortium's limit of "
+                    f"{self.max_blob_bytes}",
+                )
+            )
+        return size
+
+    def _part(self, digest: str, size: int) -> Path:
+        # Built from the validated hash and an integer only.
+        return self._tmp / f"up-{digest}-{size}.part"
+
+    def _lock(self, digest: str) -> asyncio.Lock:
+        lock = self._locks.get(digest)
+        if lock is None:
+            lock = self._locks[digest] = asyncio.Lock()
+        return lock
+
+    def _pending(self) -> list[Path]:
+        return sorted(self._tmp.glob("up-*.part"))
+
+    def _drop_stale(self) -> None:
+        horizon = time.time() - STALE_UPLOAD_S
+        for part in self._pending():
+            try:
+                if part.stat().st_mtime < horizon:
+                    part.unlink()
+            except FileNotFoundError:
+                continue
+
+    # -- routes ----------------------------------------------------------------------------
+
+    async def get_blob(self, request: Request) -> Response:
+        try:
+            digest = self._hash(request)
+        except _BadRequest as bad:
+            return bad.response
+        if not self.store.has(digest):
+            return _error(404, "no_blob", f"this node has no blob {digest}; ask another peer")
+        size = self.store.size(digest)
+        start, end = 0, size - 1
+        status = 200
+        headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+        wanted = request.headers.get("range")
+        if wanted is not None:
+            parsed = _parse_range(wanted, size)
+            if parsed is None:
+                return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+            start, end = parsed
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        length = max(0, end - start + 1)
+        headers["Content-Length"] = str(length)
+        return StreamingResponse(
+            _read_range(self.store, digest, start, length), status_code=status, headers=headers
+        )
+
+    async def manifest(self, request: Request) -> Response:
+        try:
+            digest = self._hash(request)
+        except _BadRequest as bad:
+            return bad.response
+        cached = self._manifests.get(digest)
+        if cached is None:
+            if not self.store.has(digest):
+                return _error(404, "no_blob", f"this node has no blob {digest}; ask another peer")
+            try:
+                cached = await run_in_threadpool(
+                    compute_manifest, self.store, digest, self.chunk_size
+                )
+            except BlobError as exc:
+                return _error(500, "corrupt_blob", exc.message)
+            self._manifests[digest] = cached
+            while len(self._manifests) > MANIFEST_CACHE:
+                self._manifests.popitem(last=False)
+        return JSONResponse(cached)
+
+    async def upload_status(self, request: Request) -> Response:
+        try:
+            digest, size = self._hash(request), self._size(request)
+        except _BadRequest as bad:
+            return bad.response
+        complete = self.store.has(digest)
+        part = self._part(digest, size)
+        received = size if complete else (part.stat().st_size if part.exists() else 0)
+        return JSONResponse(
+            {"received": received, "chunk_size": self.chunk_size, "complete": complete}
+        )
+
+    async def put_chunk(self, request: Request) -> Response:
+        try:
+            digest, size = self._hash(request), self._size(request)
+        except _BadRequest as bad:
+            return bad.response
+        raw_index = request.path_params.get("index", "")
+        chunks = -(-size // self.chunk_size)
+        if not str(raw_index).isdigit() or int(raw_index) >= chunks:
+            return _error(400, "bad_chunk", f"chunk index must be 0..{chunks - 1}")
+        index = int(raw_index)
+        offset = index * self.chunk_size
+        expected_len = min(self.chunk_size, size - offset)
+        body = await request.body()
+        if len(body) != expected_len:
+            return _error(
+                400, "bad_chunk", f"chunk {index} must have {expected_len} bytes, got {len(body)}"
+            )
+        if self.store.has(digest):
+            return JSONResponse({"received": size, "complete": True})
+        part = self._part(digest, size)
+        async with self._lock(digest):
+            if not part.exists():
+                self._drop_stale()
+                if len(self._pending()) >= self.max_pending_uploads:
+                    return _error(
+                        503, "busy", "too many uploads in progress here; retry in a minute"
+                    )
+                part.touch()
+            received = part.stat().st_size
+            if offset > received:
+                return _error(
+                    409,
+                    "out_of_order",
+                    f"expected chunk {received // self.chunk_size} next; resume from there",
+                    received=received,
+                )
+            if offset == received:
+                await run_in_threadpool(_append, part, body)
+                received += len(body)
+        return JSONResponse({"received": received, "complete": False})
+
+    async def finalise(self, request: Request) -> Response:
+        try:
+            digest, size = self._hash(request), self._size(request)
+        except _BadRequest as bad:
+            return bad.response
+        if self.store.has(digest):
+            return JSONResponse({"hash": digest, "size": self.store.size(digest)})
+        part = self._part(digest, size)
+        async with self._lock(digest):
+            if size == 0:
+                part.touch()
+            received = part.stat().st_size if part.exists() else 0
+            if received != size:
+                return _error(
+                    409,
+                    "incomplete",
+                    f"received {received} of {size} bytes; upload the missing chunks first",
+                    received=received,
+                )
+            try:
+                await run_in_threadpool(_store_part, self.store, part, digest, size)
+            except BlobError as exc:
+                return _error(422, "hash_mismatch", exc.message + "; upload it again")
+            finally:
+                part.unlink(missing_ok=True)
+                self._locks.pop(digest, None)
+        return JSONResponse({"hash": digest, "size": size}, status_code=201)
+
+
+def _parse_range(value: str, size: int) -> tuple[int, int] | None:
+    """One ``bytes=a-b`` / ``bytes=a-`` range within the blob; None when unsatisfiable."""
+    if not value.startswith("bytes=") or "," in value:
+        return None
+    first, _, last = value[6:].strip().partition("-")
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    start = int(first)
+    end = min(int(last), size - 1) if last else size - 1
+    if start >= size or end < start:
+        return None
+    return start, end
+
+
+def _read_range(store: BlobStore, digest: str, start: int, length: int) -> Iterator[bytes]:
+    with store.open(digest) as f:
+        f.seek(start)
+        remaining = length
+        while remaining > 0:
+            data = f.read(min(READ_SIZE, remaining))
+            if not data:
+                return
+            remaining -= len(data)
+            yield data
+
+
+def _append(part: Path, data: bytes) -> None:
+    with open(part, "ab") as f:
+        f.write(data)
+
+
+def _store_part(store: BlobStore, part: Path, digest: str, size: int) -> None:
+    with open(part, "rb") as f:
+        store.put_stream(iter(lambda: f.read(READ_SIZE), b""), expected=digest, max_bytes=size)
+
+
+def blob_app(
+    store: BlobStore,
+    *,
+    is_member: Callable[[str], bool],
+    max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+    limits: NodeLimits | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> ASGIApp:
+    """A minimal app serving only the blob routes behind the signature layer (tests, tools)."""
+    routes = BlobRoutes(store, max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)
+    limits = limits or NodeLimits(max_body_bytes=chunk_size + 64 * 1024)
+    return SignatureAuth(Starlette(routes=routes.routes), is_member=is_member, limits=limits)

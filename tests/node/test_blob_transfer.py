@@ -1,0 +1,335 @@
+"""Blob routes and chunked, resumable transfer: in-process first, then against a real uvicorn."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nacl.signing
+import pytest
+
+from bcfl_cli.errors import BlobError, NodeError
+from bcfl_cli.node.blob_fetch import fetch_blob, fetch_manifest, upload_blob
+from bcfl_cli.node.blob_routes import blob_app
+from bcfl_cli.node.client import PeerRefused, SignedClient
+from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.store.blobs import BlobStore
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # starlette 1.x nudges towards httpx2 for its TestClient
+    from starlette.testclient import TestClient
+
+REPO = Path(__file__).resolve().parents[2]
+CHUNK = 64 * 1024
+MB = 1024 * 1024
+
+
+class _Peer:
+    """An in-process node serving blob routes (64 KiB chunks, 1 MiB blob limit)."""
+
+    def __init__(self, root: Path) -> None:
+        self.key = nacl.signing.SigningKey.generate()
+        self.did = did_from_public_key(bytes(self.key.verify_key))
+        self.store = BlobStore(root / "server")
+        app = blob_app(
+            self.store, is_member={self.did}.__contains__, max_blob_bytes=MB, chunk_size=CHUNK
+        )
+        self.http = TestClient(app, base_url="http://peer")
+        self.client = SignedClient(self.key, "http://peer", transport=self.http._transport)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def peer(tmp_path: Path) -> Iterator[_Peer]:
+    built = _Peer(tmp_path)
+    with built.http, built.client:
+        yield built
+
+
+def _blob(store: BlobStore, size: int, seed: int = 1) -> str:
+    data = hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
+    return store.put(data)
+
+
+def test_get_blob_range_and_manifest(peer: _Peer) -> None:
+    digest = _blob(peer.store, 200_000)
+    data = peer.store.get(digest)
+    whole = peer.http.get(f"/blobs/{digest}")
+    assert whole.status_code == 200 and whole.content == data
+    part = peer.http.get(f"/blobs/{digest}", headers={"Range": "bytes=70000-"})
+    assert part.status_code == 206 and part.content == data[70000:]
+    assert part.headers["content-range"] == f"bytes 70000-199999/200000"
+    mid = peer.http.get(f"/blobs/{digest}", headers={"Range": "bytes=10-19"})
+    assert mid.content == data[10:20]
+    assert peer.http.get(f"/blobs/{digest}", headers={"Range": "bytes=200000-"}).status_code == 416
+    manifest = peer.http.get(f"/blobs/{digest}/manifest").json()
+    assert manifest["size"] == 200_000 and manifest["chunk_size"] == CHUNK
+    assert manifest["chunks"][1] == hashlib.sha256(data[CHUNK : 2 * CHUNK]).hexdigest()
+    assert len(manifest["chunks"]) == 4
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "..%2F..%2Fetc%2Fpasswd",
+        "..%2F..%2Fetc",
+        "%2e%2e",
+        "ABCDEF" + "0" * 58,
+        "0" * 63,
+        "0" * 64 + "/../x",
+        "g" * 64,
+    ],
+)
+def test_path_traversal_and_bad_hashes_are_refused(peer: _Peer, name: str) -> None:
+    for suffix in ("", "/manifest"):
+        response = peer.http.get(f"/blobs/{name}{suffix}")
+        assert response.status_code in (400, 404), response.text
+        if response.status_code == 400:
+            assert response.json()["error"] == "bad_hash"
+    response = peer.client.request(
+        "PUT", f"/blobs/{name}/chunks/0?size=1", content=b"x", allow=(400, 404)
+    )
+    assert response.status_code in (400, 404)
+    assert not any(p.name == "passwd" for p in peer.store.root.rglob("*"))
+
+
+def test_unknown_blob_is_404(peer: _Peer) -> None:
+    response = peer.http.get(f"/blobs/{'0' * 64}")
+    assert response.status_code == 404 and response.json()["error"] == "no_blob"
+
+
+def test_upload_requires_member_signature(peer: _Peer) -> None:
+    digest = "a" * 64
+    assert peer.http.put(f"/blobs/{digest}/chunks/0?size=3", content=b"abc").status_code == 401
+    stranger = SignedClient(
+        nacl.signing.SigningKey.generate(),
+        "http://peer",
+        transport=peer.http._transport,  # type: ignore[arg-type]
+    )
+    with pytest.raises(PeerRefused) as info:
+        stranger.put(f"/blobs/{digest}/chunks/0", params={"size": 3}, content=b"abc")
+    assert info.value.status == 403
+    assert list((peer.store.root / "tmp").iterdir()) == []
+
+
+def test_upload_roundtrip_and_refusals(peer: _Peer, tmp_path: Path) -> None:
+    local = BlobStore(tmp_path / "local")
+    digest = _blob(local, 300_000)
+    seen: list[int] = []
+    upload_blob(peer.client, digest, local, progress=lambda done, total: seen.append(done))
+    assert peer.store.verify(digest)
+    assert seen[-1] == 300_000 and seen == sorted(seen)
+    upload_blob(peer.client, digest, local)  # already there: a no-op
+
+    other = _blob(local, 100_000, seed=2)
+    data = local.get(other)
+    # out of order
+    with pytest.raises(PeerRefused) as info:
+        peer.client.put(f"/blobs/{other}/chunks/1", params={"size": 100_000}, content=data[CHUNK:])
+    assert info.value.status == 409 and info.value.code == "out_of_order"
+    # wrong chunk length
+    with pytest.raises(PeerRefused) as info:
+        peer.client.put(f"/blobs/{other}/chunks/0", params={"size": 100_000}, content=data[:10])
+    assert info.value.code == "bad_chunk"
+    # over the blob limit
+    with pytest.raises(PeerRefused) as info:
+        peer.client.put(f"/blobs/{other}/chunks/0", params={"size": 2 * MB}, content=data[:CHUNK])
+    assert info.value.status == 413
+    # finalise before all chunks
+    peer.client.put(f"/blobs/{other}/chunks/0", params={"size": 100_000}, content=data[:CHUNK])
+    with pytest.raises(PeerRefused) as info:
+        peer.client.put(f"/blobs/{other}", params={"size": 100_000}, content=b"")
+    assert info.value.code == "incomplete"
+    # bytes that do not hash to the name are not kept
+    liar = "b" * 64
+    for i in range(2):
+        chunk = data[i * CHUNK : (i + 1) * CHUNK]
+        peer.client.put(f"/blobs/{liar}/chunks/{i}", params={"size": 100_000}, content=chunk)
+    with pytest.raises(PeerRefused) as info:
+        peer.client.put(f"/blobs/{liar}", params={"size": 100_000}, content=b"")
+    assert info.value.status == 422 and info.value.code == "hash_mismatch"
+    assert not peer.store.has(liar)
+    assert not list((peer.store.root / "tmp").glob(f"up-{liar}*"))
+
+
+def test_upload_resumes_after_abort(peer: _Peer, tmp_path: Path) -> None:
+    local = BlobStore(tmp_path / "local")
+    digest = _blob(local, 500_000)
+
+    class Abort(Exception):
+        pass
+
+    def abort_midway(done: int, total: int) -> None:
+        if done >= 3 * CHUNK:
+            raise Abort
+
+    with pytest.raises(Abort):
+        upload_blob(peer.client, digest, local, progress=abort_midway)
+    status = peer.http.get(f"/blobs/{digest}/upload?size=500000").json()
+    assert status == {"received": 3 * CHUNK, "chunk_size": CHUNK, "complete": False}
+    sent: list[int] = []
+    upload_blob(peer.client, digest, local, progress=lambda d, t: sent.append(d))
+    assert sent[0] == 4 * CHUNK  # resumed, not restarted
+    assert peer.store.verify(digest)
+
+
+def test_fetch_verifies_and_resumes_from_partial_file(peer: _Peer, tmp_path: Path) -> None:
+    digest = _blob(peer.store, 400_000)
+    data = peer.store.get(digest)
+    local = BlobStore(tmp_path / "local")
+    part = local.root / "tmp" / f"fetch-{digest}.part"
+    # a previous run left 2.5 chunks, the second one corrupted: only chunk 0 is reused
+    part.write_bytes(data[:CHUNK] + b"\xff" * CHUNK + data[2 * CHUNK : 2 * CHUNK + 1000])
+    seen: list[int] = []
+    fetch_blob(peer.client, digest, local, max_bytes=MB, progress=lambda d, t: seen.append(d))
+    assert seen[0] == 2 * CHUNK
+    assert local.get(digest) == data
+    assert not part.exists()
+    # over the caller's limit: refused before any byte is fetched
+    other = BlobStore(tmp_path / "other")
+    with pytest.raises(BlobError):
+        fetch_blob(peer.client, digest, other, max_bytes=1000)
+    with pytest.raises(PeerRefused):
+        fetch_manifest(peer.client, "c" * 64, max_bytes=MB)
+
+
+def test_fetch_refuses_a_peer_serving_corrupt_chunks(peer: _Peer, tmp_path: Path) -> None:
+    digest = _blob(peer.store, 200_000)
+    manifest = fetch_manifest(peer.client, digest, max_bytes=MB)  # cached by the peer now
+    path = peer.store.path_for(digest)
+    raw = bytearray(path.read_bytes())
+    raw[CHUNK + 5] ^= 1
+    path.write_bytes(bytes(raw))
+    local = BlobStore(tmp_path / "local")
+    with pytest.raises(BlobError, match="chunk 1"):
+        fetch_blob(peer.client, digest, local, max_bytes=MB)
+    assert not local.has(digest)
+    part = local.root / "tmp" / f"fetch-{digest}.part"
+    assert part.stat().st_size == CHUNK == manifest.chunk_size  # the good chunk is kept
+
+
+# --- real process --------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _vm(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _write_random_file(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(MB, left)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def _transfer(tmp_path: Path, size: int) -> dict[str, float]:
+    key = nacl.signing.SigningKey.generate()
+    did = did_from_public_key(bytes(key.verify_key))
+    port = _free_port()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tests/node/_blob_server.py"),
+            str(server_dir),
+            str(port),
+            did,
+            str(size * 2),
+            str(size * 2 // 5),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                if httpx.get(f"{base}/blobs/{'0' * 64}/manifest").status_code == 404:
+                    break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        server_base_rss = _vm(proc.pid, "VmRSS")
+        source = tmp_path / "model.bin"
+        _write_random_file(source, size)
+        local = BlobStore(tmp_path / "local")
+        digest = local.put_file(source)
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+        with SignedClient(key, base, timeout=30) as client:
+
+            class Abort(Exception):
+                pass
+
+            def abort(done: int, total: int) -> None:
+                if done >= total // 3:
+                    raise Abort
+
+            t0 = time.perf_counter()
+            with pytest.raises(Abort):
+                upload_blob(client, digest, local, progress=abort)
+            upload_blob(client, digest, local)
+            t_up = time.perf_counter() - t0
+
+            fetched = BlobStore(tmp_path / "fetched")
+            t0 = time.perf_counter()
+            fetch_blob(client, digest, fetched, max_bytes=size * 2)
+            t_down = time.perf_counter() - t0
+
+        assert (server_dir / "dropped").exists(), "the server never dropped the connection"
+        assert fetched.verify(digest) and fetched.size(digest) == size
+        rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
+        server_growth = _vm(proc.pid, "VmHWM") - server_base_rss
+        # streamed: neither side ever held the blob (or a large part of it) in memory
+        assert rss_growth < max(size // 3, 24 * MB), rss_growth
+        assert server_growth < max(size // 3, 24 * MB), server_growth
+        return {
+            "upload_MBps": size / MB / t_up,
+            "download_MBps": size / MB / t_down,
+            "client_rss_growth_MB": rss_growth / MB,
+            "server_rss_growth_MB": server_growth / MB,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.network
+def test_real_process_transfer_20mb(tmp_path: Path) -> None:
+    figures = _transfer(tmp_path, 20 * MB)
+    print("20 MB transfer:", figures)
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_real_process_transfer_100mb(tmp_path: Path) -> None:
+    figures = _transfer(tmp_path, 100 * MB)
+    print("100 MB transfer:", figures)
