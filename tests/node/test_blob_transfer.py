@@ -17,7 +17,7 @@ import httpx
 import nacl.signing
 import pytest
 
-from bcfl_cli.errors import BlobError, NodeError
+from bcfl_cli.errors import BlobError
 from bcfl_cli.node.blob_fetch import fetch_blob, fetch_manifest, upload_blob
 from bcfl_cli.node.blob_routes import blob_app
 from bcfl_cli.node.client import PeerRefused, SignedClient
@@ -66,7 +66,7 @@ def test_get_blob_range_and_manifest(peer: _Peer) -> None:
     assert whole.status_code == 200 and whole.content == data
     part = peer.http.get(f"/blobs/{digest}", headers={"Range": "bytes=70000-"})
     assert part.status_code == 206 and part.content == data[70000:]
-    assert part.headers["content-range"] == f"bytes 70000-199999/200000"
+    assert part.headers["content-range"] == "bytes 70000-199999/200000"
     mid = peer.http.get(f"/blobs/{digest}", headers={"Range": "bytes=10-19"})
     assert mid.content == data[10:20]
     assert peer.http.get(f"/blobs/{digest}", headers={"Range": "bytes=200000-"}).status_code == 416
