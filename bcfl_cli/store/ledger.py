@@ -207,6 +207,15 @@ class Ledger:
             raise StoreError(f"no transaction with hash {tx_hash}")
         return _tx_from_row(row), int(row.height)
 
+    def txs_of_kind(self, kind: str) -> Iterator[tuple[Transaction, int]]:
+        """Committed transactions of one kind with their heights, in chain order."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(txs).where(txs.c.kind == str(kind)).order_by(txs.c.height, txs.c.idx)
+            ).all()
+        for row in rows:
+            yield _tx_from_row(row), int(row.height)
+
     def find_tx_hashes(self, prefix: str, *, limit: int = 5) -> list[str]:
         """Transaction hashes starting with ``prefix`` (for short forms typed by a user)."""
         if not prefix or any(c not in "0123456789abcdef" for c in prefix):

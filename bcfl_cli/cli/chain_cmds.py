@@ -1,0 +1,323 @@
+"""``bcfl verify-chain``, ``bcfl log`` and ``bcfl inspect``: reading the ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from bcfl_cli.chain.checks import AppChecks
+from bcfl_cli.cli import render
+from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.errors import StoreError, UsageError
+from bcfl_cli.home import Home
+from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.encoding import is_hash_hex
+from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.verify import Report, verify_chain
+
+#: Chains at least this long show a progress bar while verifying.
+PROGRESS_MIN_BLOCKS = 200
+
+
+def register(app: typer.Typer) -> None:
+    app.command("verify-chain")(verify_chain_cmd)
+    app.command("log")(log_cmd)
+    app.command("inspect")(inspect_cmd)
+
+
+# --- verify-chain ---------------------------------------------------------------------------
+def verify_chain_cmd(
+    home: HomeOption = None,
+    deep: Annotated[
+        bool,
+        typer.Option("--deep", help="Also re-run the update contract and recompute aggregates."),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-derive the whole chain from its genesis. Exit 0 if valid, 1 at the first fault."""
+    with Ledger.open(Home.resolve(home)) as ledger:
+        checks = _deep_checks(ledger) if deep else None
+        with _progress(enabled=not as_json and ledger.height >= PROGRESS_MIN_BLOCKS) as update:
+            report = verify_chain(ledger, deep=deep, checks=checks, progress=update)
+    if as_json:
+        render.print_json(report.to_dict())
+    else:
+        _render_report(report)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def _deep_checks(ledger: Ledger) -> AppChecks:
+    """The FL engine's checks, imported only for --deep (they need torch)."""
+    try:
+        module = importlib.import_module("bcfl_cli.fl.checks")
+    except ModuleNotFoundError as exc:
+        raise UsageError(
+            "--deep needs the FL engine's checks (bcfl_cli.fl.checks), missing in this build"
+        ) from exc
+    factory: Callable[[Ledger], AppChecks] = module.checks_for_ledger
+    return factory(ledger)
+
+
+@contextmanager
+def _progress(*, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "[bold]verifying",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=render.err_console(),
+    ) as bar:
+        task = bar.add_task("verifying", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _render_report(report: Report) -> None:
+    fault = report.fault
+    if fault is None:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.tx_kinds.items())) or "none"
+        render.success(
+            f"chain valid: height {report.height}, head {report.head}"
+            + (" (deep)" if report.deep else "")
+        )
+        render.print_kv(
+            None,
+            [
+                ("chain id", report.chain_id),
+                ("blocks", report.blocks),
+                ("transactions", f"{report.txs} ({kinds})"),
+                ("signatures checked", report.signatures),
+                ("blobs checked", report.blobs),
+                ("time", f"{report.elapsed_s:.2f} s"),
+            ],
+        )
+        return
+    console = render.err_console()
+    console.print("[bold red]✗ chain invalid[/]")
+    rows = [
+        ("first bad height", fault.height if fault.height is not None else "-"),
+        ("transaction", fault.tx or "-"),
+        ("code", fault.code),
+        ("reason", fault.message),
+        ("valid prefix", f"0..{report.height} of {report.stored_height}"),
+    ]
+    for key, value in rows:
+        console.print(f"  [bold]{key}:[/] {escape(str(value))}")
+
+
+# --- log --------------------------------------------------------------------------------------
+def log_cmd(
+    home: HomeOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest blocks shown.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """The newest blocks: height, hash, time, proposer, transactions by kind."""
+    with Ledger.open(Home.resolve(home)) as ledger:
+        names = _member_names(ledger)
+        top = ledger.height
+        blocks = list(ledger.blocks(max(0, top - limit + 1), top))
+    blocks.reverse()
+    if as_json:
+        render.print_json(
+            [
+                {
+                    "height": b.height,
+                    "hash": b.hash,
+                    "time": b.header.time,
+                    "proposer": b.header.proposer,
+                    "proposer_name": names.get(b.header.proposer, ""),
+                    "txs": dict(Counter(str(t.kind) for t in b.txs)),
+                }
+                for b in blocks
+            ]
+        )
+        return
+    render.print_table(
+        f"chain {ledger.genesis_hash[:16]}… (height {top})",
+        ["height", "hash", "time (UTC)", "proposer", "transactions"],
+        [
+            (
+                b.height,
+                b.hash[:16],
+                _time(b.header.time),
+                names.get(b.header.proposer, _short(b.header.proposer)) or "(genesis)",
+                _kinds(b),
+            )
+            for b in blocks
+        ],
+        no_wrap=["hash", "time (UTC)"],
+    )
+
+
+def _member_names(ledger: Ledger) -> dict[str, str]:
+    """did -> name from the genesis members and every join request on the chain."""
+    names = {
+        str(m["did"]): str(m["name"])
+        for m in ledger.document.get("members", [])
+        if isinstance(m, dict) and "did" in m and "name" in m
+    }
+    for tx, _height in ledger.txs_of_kind(TxKind.JOIN_REQUEST):
+        names.setdefault(tx.author, str(tx.body["name"]))
+    return names
+
+
+def _time(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _short(did: str) -> str:
+    return did[:16] + "…" if len(did) > 16 else did
+
+
+def _kinds(block: Block) -> str:
+    counts = Counter(str(t.kind) for t in block.txs)
+    return ", ".join(f"{k}×{n}" for k, n in sorted(counts.items())) or "-"
+
+
+# --- inspect --------------------------------------------------------------------------------
+def inspect_cmd(
+    target: Annotated[str, typer.Argument(help="A height, a block hash or a transaction hash.")],
+    home: HomeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one block (by height or hash) or one transaction (by hash or unique prefix)."""
+    with Ledger.open(Home.resolve(home)) as ledger:
+        names = _member_names(ledger)
+        found = _resolve(ledger, target.strip().lower())
+        if isinstance(found, Block):
+            _show_block(found, names, as_json)
+        else:
+            tx, height = found
+            block = ledger.block(height)
+            index = next(i for i, t in enumerate(block.txs) if t.hash == tx.hash)
+            _show_tx(tx, height, index, names, as_json)
+
+
+def _resolve(ledger: Ledger, target: str) -> Block | tuple[Transaction, int]:
+    if target.isdigit():
+        height = int(target)
+        if height > ledger.height:
+            raise UsageError(f"no block at height {height}: the head is {ledger.height}")
+        return ledger.block(height)
+    if not target or any(c not in "0123456789abcdef" for c in target):
+        raise UsageError(f"{target!r} is neither a height nor a hash")
+    if len(target) < 6:
+        raise UsageError("give at least 6 hex digits of a hash")
+    if is_hash_hex(target):
+        try:
+            return ledger.block_by_hash(target)
+        except StoreError:
+            pass
+        try:
+            return ledger.tx(target)
+        except StoreError:
+            raise UsageError(f"no block or transaction with hash {target}") from None
+    matches = [("block", h) for h in ledger.find_block_hashes(target)] + [
+        ("tx", h) for h in ledger.find_tx_hashes(target)
+    ]
+    if not matches:
+        raise UsageError(f"no block or transaction hash starts with {target}")
+    if len(matches) > 1:
+        raise UsageError(f"{target} is ambiguous: {len(matches)} hashes start with it")
+    what, full = matches[0]
+    return ledger.block_by_hash(full) if what == "block" else ledger.tx(full)
+
+
+def _show_block(block: Block, names: dict[str, str], as_json: bool) -> None:
+    if as_json:
+        render.print_json({"hash": block.hash, **block.to_dict()})
+        return
+    h = block.header
+    render.print_kv(
+        f"block {h.height}",
+        [
+            ("hash", block.hash),
+            ("prev", h.prev),
+            ("time (UTC)", f"{_time(h.time)} ({h.time})"),
+            ("proposer", f"{names.get(h.proposer, '')} {h.proposer}".strip() or "(genesis)"),
+            ("tx root", h.tx_root),
+            ("validators", h.validators),
+            ("config", h.config),
+            (
+                "commit",
+                "none (genesis)"
+                if block.commit is None
+                else f"round {block.commit.round}, {len(block.commit.signatures)} signatures: "
+                + ", ".join(names.get(d, _short(d)) for d, _ in block.commit.signatures),
+            ),
+        ],
+    )
+    if block.txs:
+        render.print_table(
+            "transactions",
+            ["#", "hash", "kind", "author", "summary"],
+            [
+                (i, t.hash[:16], str(t.kind), names.get(t.author, _short(t.author)), _summary(t))
+                for i, t in enumerate(block.txs)
+            ],
+            no_wrap=["hash"],
+        )
+
+
+def _summary(tx: Transaction) -> str:
+    b = tx.body
+    match tx.kind:
+        case TxKind.JOIN_REQUEST:
+            return f"{b['name']} as {'+'.join(b['roles'])}, power {b['power']}"
+        case TxKind.APPROVE_MEMBER | TxKind.REMOVE_MEMBER:
+            return _short(str(b["member"]))
+        case TxKind.OPEN_ROUND:
+            return (
+                f"round {b['round']} from {b['base_model'][:12]}, deadline {b['deadline_height']}"
+            )
+        case TxKind.UPDATE:
+            return f"round {b['round']}, {b['num_samples']} samples, blob {b['blob'][:12]}"
+        case TxKind.VALIDATION:
+            return f"{b['verdict']} ({b['reason']}) {b['update'][:12]}"
+        case TxKind.AGGREGATE:
+            return (
+                f"round {b['round']}, {len(b['updates'])} updates, {b['rule']} -> {b['model'][:12]}"
+            )
+        case TxKind.MISBEHAVIOUR:
+            return f"evidence against {_short(str(b['offender']))}"
+    return ""
+
+
+def _show_tx(
+    tx: Transaction, height: int, index: int, names: dict[str, str], as_json: bool
+) -> None:
+    if as_json:
+        render.print_json(
+            {
+                "hash": tx.hash,
+                "height": height,
+                "index": index,
+                "signature_valid": tx.signature_valid(),
+                **tx.to_dict(),
+            }
+        )
+        return
+    rows: list[tuple[str, Any]] = [
+        ("hash", tx.hash),
+        ("block", f"{height}, position {index}"),
+        ("kind", str(tx.kind)),
+        ("author", f"{names.get(tx.author, '')} {tx.author}".strip()),
+        ("time (UTC)", f"{_time(tx.time)} ({tx.time})"),
+        ("nonce", tx.nonce),
+        ("signature", "valid" if tx.signature_valid() else "INVALID"),
+    ]
+    rows += [(f"body.{k}", v) for k, v in tx.body.items()]
+    render.print_kv(f"transaction {tx.hash[:16]}", rows)

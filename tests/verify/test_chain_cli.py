@@ -1,0 +1,83 @@
+"""bcfl verify-chain / log / inspect through the real Typer app."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from typer.testing import CliRunner
+
+from bcfl_cli.cli.app import app
+from tests.chain.factories import realistic_chain
+
+runner = CliRunner()
+
+
+def _run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_verify_chain_ok_and_json(tmp_path):
+    c = realistic_chain(tmp_path)
+    c.ledger.close()
+    human = _run("verify-chain", "--home", tmp_path)
+    assert human.exit_code == 0, human.output
+    assert "chain valid: height 5" in human.stdout
+    report = json.loads(_run("verify-chain", "--home", tmp_path, "--json").stdout)
+    assert report["ok"] is True and report["height"] == 5 and report["fault"] is None
+
+
+def test_verify_chain_names_the_fault(tmp_path):
+    c = realistic_chain(tmp_path)
+    c.ledger.close()
+    update = c.blocks[3].txs[0]
+    conn = sqlite3.connect(tmp_path / "chain.sqlite", isolation_level=None)
+    conn.execute("DROP TRIGGER txs_no_update")
+    body = json.loads(
+        conn.execute("SELECT body FROM txs WHERE hash=?", (update.hash,)).fetchone()[0]
+    )
+    body["sig"] = "0" * 128
+    conn.execute(
+        "UPDATE txs SET body=? WHERE hash=?",
+        (json.dumps(body, separators=(",", ":"), sort_keys=True), update.hash),
+    )
+    conn.close()
+    result = _run("verify-chain", "--home", tmp_path, "--json")
+    assert result.exit_code == 1
+    fault = json.loads(result.stdout)["fault"]
+    assert (fault["height"], fault["tx"], fault["code"]) == (4, update.hash, "bad_tx_signature")
+    human = _run("verify-chain", "--home", tmp_path)
+    assert human.exit_code == 1
+    assert "bad_tx_signature" in human.output and update.hash in human.output
+
+
+def test_verify_chain_without_store_is_an_error(tmp_path):
+    result = _run("verify-chain", "--home", tmp_path / "none")
+    assert result.exit_code == 1
+    assert "bcfl init" in result.output
+
+
+def test_log_and_inspect(tmp_path):
+    c = realistic_chain(tmp_path)
+    c.ledger.close()
+    log = _run("log", "--home", tmp_path, "--limit", 3)
+    assert log.exit_code == 0, log.output
+    assert "aggregate×1" in log.stdout and "carol" in log.stdout
+    rows = json.loads(_run("log", "--home", tmp_path, "--json").stdout)
+    assert [r["height"] for r in rows] == [5, 4, 3, 2, 1, 0]
+    assert rows[1]["txs"] == {"update": 3, "validation": 3}
+
+    block = _run("inspect", "4", "--home", tmp_path)
+    assert block.exit_code == 0, block.output
+    assert "norm_exceeded" in block.stdout and "erin" in block.stdout
+    by_hash = json.loads(_run("inspect", c.blocks[3].hash, "--home", tmp_path, "--json").stdout)
+    assert by_hash["header"]["height"] == 4 and by_hash["hash"] == c.blocks[3].hash
+    tx = c.blocks[3].txs[2]
+    shown = json.loads(_run("inspect", tx.hash[:12], "--home", tmp_path, "--json").stdout)
+    assert (shown["hash"], shown["height"], shown["index"]) == (tx.hash, 4, 2)
+    assert shown["signature_valid"] is True
+    human = _run("inspect", tx.hash, "--home", tmp_path)
+    assert "erin" in human.stdout and "body.num_samples" in human.stdout
+    assert _run("inspect", "99", "--home", tmp_path).exit_code == 2
+    assert _run("inspect", "zz-not-hex", "--home", tmp_path).exit_code == 2
+    assert _run("inspect", "f" * 64, "--home", tmp_path).exit_code == 2
