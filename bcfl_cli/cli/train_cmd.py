@@ -1,0 +1,100 @@
+"""``bcfl train``: train this member's update for the current round on its local data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bcfl_cli.cli import render
+from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.fl.local_round import train_for_round
+from bcfl_cli.home import Home
+
+
+def train(
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            metavar="PART.csv",
+            help="This member's data: CSV with the genesis label column and numeric features.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    round: Annotated[
+        int | None,
+        typer.Option(
+            "--round", min=1, help="Round to train for (default: the open round, else the next)."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            dir_okay=False,
+            help="Update file (default: HOME/updates/round-N.safetensors; sidecar FILE.json).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            min=0,
+            max=2**63 - 1,
+            help="Seed for a reproducible run (default: random; never fix it with DP on).",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device", help="cpu or cuda[:N] (default: $BCFL_DEVICE, else CUDA if present)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing update file.")
+    ] = False,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Train on local data from the round's global model; write the weight delta + metrics."""
+    with render.progress_bar("training", enabled=not json_out) as progress:
+        update = train_for_round(
+            Home.resolve(home),
+            data,
+            round=round,
+            out=out,
+            seed=seed,
+            progress=progress,
+            device=device,
+            force=force,
+        )
+    for warning in update.warnings:
+        render.warn(warning)
+    side = update.sidecar
+    if json_out:
+        render.print_json({**side, "file": str(update.path), "sidecar": str(update.sidecar_path)})
+        return
+    state = "open" if side["round_open"] else "not open yet"
+    render.print_kv(
+        f"Update for round {side['round']} ({state})",
+        [
+            ("file", str(update.path)),
+            ("blob", side["blob"]),
+            ("base model", side["base_model"]),
+            ("samples", side["num_samples"]),
+            ("update norm", side["update_norm"]),
+            *sorted(side["metrics"].items()),
+            ("device", side["local"]["device"]),
+            ("seconds", side["local"]["seconds"]),
+        ],
+    )
+    render.success(f"update written; its metadata is in {update.sidecar_path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)

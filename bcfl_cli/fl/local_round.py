@@ -1,0 +1,224 @@
+"""``bcfl train``: one member's contribution to a round, from its own ledger and its own data.
+
+The model, the training plan and the contract come from the signed genesis document; the base
+weights are the round's global model, read from the member's blob store by hash (so they are
+exactly what the chain names) and parsed with safetensors only. The update is written twice: into
+the blob store (ready to be offered to peers, content-addressed) and as a ``.safetensors`` file
+with a ``.json`` sidecar whose fields ``round``, ``base_model``, ``blob``, ``blob_size``,
+``num_samples`` and ``metrics`` are the body of the ``update`` transaction.
+
+The sidecar stays on the member's machine. It records the seed so a run can be repeated, except
+under differential privacy: whoever knows the seed knows the noise, so it is left out there, and
+the default seed is always drawn from the OS's secure random source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bcfl_cli.chain.config import GenesisConfig
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.errors import ContractError, StoreError, UsageError, VerificationError
+from bcfl_cli.fl.data import load_csv
+from bcfl_cli.fl.device import pick_device
+from bcfl_cli.fl.dp import epsilon_spent
+from bcfl_cli.fl.models import num_features, state_bytes
+from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.fl.training import Progress, decimal, train_local
+from bcfl_cli.home import Home
+from bcfl_cli.store.ledger import Ledger
+
+SIDECAR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RoundTarget:
+    """Which round to train for and from which global model."""
+
+    round: int
+    base_model: str
+    open: bool  # False: the round is not opened on chain yet (training ahead of open_round)
+
+
+@dataclass(frozen=True)
+class LocalUpdate:
+    path: Path
+    sidecar_path: Path
+    sidecar: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def blob(self) -> str:
+        return str(self.sidecar["blob"])
+
+
+def replay_state(ledger: Ledger) -> ChainState:
+    """The chain state at the head of the member's own store.
+
+    Signatures are not re-verified: the blocks were checked when they were appended, and
+    ``bcfl verify-chain`` re-checks everything on demand.
+    """
+    state = ChainState.from_genesis(ledger.block(0), ledger.document)
+    for block in ledger.blocks(1):
+        state = state.apply(block, verify_signatures=False)
+    return state
+
+
+def target_round(state: ChainState, requested: int | None) -> RoundTarget:
+    """The open round; if none is open, the next one (its base is the latest global model)."""
+    current = state.round
+    target = (
+        RoundTarget(current.number, current.base_model, True)
+        if current.open
+        else RoundTarget(current.number + 1, current.model, False)
+    )
+    if requested is not None and requested != target.round:
+        where = "is open" if target.open else "comes next (none is open)"
+        raise UsageError(
+            f"cannot train for round {requested}: round {target.round} {where}",
+            hint=f"use --round {target.round}, or leave --round out",
+        )
+    return target
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _norm(delta: dict[str, torch.Tensor]) -> float:
+    """L2 norm, exactly summed: float32 squares are exact in float64, ``fsum`` rounds once."""
+    return math.sqrt(
+        math.fsum(s for k in sorted(delta) for s in delta[k].double().pow(2).flatten().tolist())
+    )
+
+
+def _precheck(config: GenesisConfig, norm: float, num_samples: int, size: int) -> list[str]:
+    """Contract bounds the update visibly breaks: better said now than as a rejection later."""
+    rules = config.contract
+    warnings = []
+    if norm > rules.max_update_norm:
+        warnings.append(
+            f"the update's L2 norm {norm:.4g} exceeds contract.max_update_norm "
+            f"{rules.max_update_norm:g}: validators will reject it"
+        )
+    if not rules.min_samples <= num_samples <= rules.max_samples:
+        warnings.append(
+            f"{num_samples} training samples is outside the contract's "
+            f"[{rules.min_samples}, {rules.max_samples}]: validators will reject it"
+        )
+    if size > rules.max_blob_bytes:
+        warnings.append(f"the update takes {size} bytes, over contract.max_blob_bytes")
+    return warnings
+
+
+def train_for_round(
+    home: Home,
+    data_path: Path,
+    *,
+    round: int | None = None,
+    out: Path | None = None,
+    seed: int | None = None,
+    progress: Progress | None = None,
+    device: str | None = None,
+    force: bool = False,
+) -> LocalUpdate:
+    """Train this member's update for the open (or next) round and write it out."""
+    with Ledger.open(home) as ledger:
+        try:
+            state = replay_state(ledger)
+        except VerificationError as exc:
+            raise StoreError(
+                f"the local ledger does not replay: {exc.message}",
+                hint="run `bcfl verify-chain` to locate the fault",
+            ) from exc
+        config = state.config
+        target = target_round(state, round)
+        path = (
+            out if out is not None else home.root / "updates" / f"round-{target.round}.safetensors"
+        )
+        sidecar_path = path.with_suffix(".json")
+        if not force and (path.exists() or sidecar_path.exists()):
+            raise UsageError(
+                f"{path} already exists", hint="use --force to overwrite it, or --out FILE"
+            )
+        spec, plan = config.model, config.training
+        dataset = load_csv(
+            data_path,
+            plan.label_column,
+            num_classes=spec.num_classes,
+            num_features=num_features(spec),
+        )
+        try:
+            global_state = decode_tensors(
+                ledger.blobs.get(target.base_model, max_bytes=config.contract.max_blob_bytes),
+                max_bytes=config.contract.max_blob_bytes,
+            )
+        except ContractError as exc:
+            raise StoreError(f"global model {target.base_model} unreadable: {exc}") from exc
+        run_seed = secrets.randbits(63) if seed is None else seed
+        dev = pick_device(device)
+        started = time.monotonic()
+        result = train_local(
+            spec, plan, global_state, dataset, seed=run_seed, progress=progress, device=str(dev)
+        )
+        elapsed = time.monotonic() - started
+        data = state_bytes(result.delta)
+        blob = ledger.blobs.put(data)
+        metrics = dict(result.metrics)
+        if plan.dp.enabled:
+            steps = int(result.metrics["steps"]) * target.round
+            q = min(plan.batch_size, result.num_samples) / result.num_samples
+            total, _ = epsilon_spent(q, plan.dp.noise_multiplier, steps, plan.dp.delta)
+            # an upper bound: as if this member had trained on the same rows in every round
+            metrics["dp_epsilon_total"] = decimal(total, 4)
+        norm = _norm(result.delta)
+        sidecar: dict[str, Any] = {
+            "v": SIDECAR_VERSION,
+            "chain_id": ledger.genesis_hash,
+            "round": target.round,
+            "round_open": target.open,
+            "base_model": target.base_model,
+            "blob": blob,
+            "blob_size": len(data),
+            "num_samples": result.num_samples,
+            "metrics": metrics,
+            "update_norm": decimal(norm),
+            "local": {
+                "data": str(Path(data_path).resolve()),
+                "rows": len(dataset),
+                "device": str(dev),
+                "seconds": decimal(elapsed, 3),
+                "seed": None if plan.dp.enabled else run_seed,
+            },
+        }
+        warnings = _precheck(config, norm, result.num_samples, len(data))
+    _write_atomic(path, data)
+    _write_atomic(sidecar_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    return LocalUpdate(path, sidecar_path, sidecar, warnings)
+
+
+def update_tx_body(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The ``update`` transaction body from a sidecar written by :func:`train_for_round`."""
+    body = {k: sidecar[k] for k in ("round", "base_model", "blob", "blob_size", "num_samples")}
+    body["metrics"] = dict(sidecar["metrics"])
+    return body
