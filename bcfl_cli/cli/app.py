@@ -18,7 +18,13 @@ from typer.core import TyperGroup
 from bcfl_cli.errors import BcflError
 
 #: Command modules under bcfl_cli.cli, registered in this order.
-COMMAND_MODULES: tuple[str, ...] = ("identity_cmd", "init_cmd", "chain_cmds", "train_cmd", "data_cmd")
+COMMAND_MODULES: tuple[str, ...] = (
+    "identity_cmd",
+    "init_cmd",
+    "train_cmd",
+    "data_cmd",
+    "chain_cmds",
+)
 
 _state = {"verbose": False}
 
