@@ -1,0 +1,202 @@
+"""The SQLite ledger: pragmas, migrations, append-only triggers, atomic appends."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+
+from bcfl_cli.errors import StoreError
+from bcfl_cli.home import Home
+from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.tx import TxKind
+from bcfl_cli.store import migrate
+from bcfl_cli.store.db import make_engine
+from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.store.tables import metadata
+from tests.chain.factories import FOUR, did_for, make_consortium, make_document, make_genesis
+
+
+def test_every_connection_carries_the_pragmas(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    expected = {
+        "journal_mode": "wal",
+        "synchronous": 2,
+        "foreign_keys": 1,
+        "trusted_schema": 0,
+        "recursive_triggers": 1,
+    }
+    conns = [engine.connect() for _ in range(3)]  # distinct pooled connections
+    for conn in conns:
+        for name, value in expected.items():
+            assert conn.execute(text(f"PRAGMA {name}")).scalar() == value
+    for conn in conns:
+        conn.close()
+    engine.dispose()
+
+
+def test_migrations_match_the_table_definitions(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    with engine.begin() as conn:
+        migrate.upgrade(conn)
+        diffs = compare_metadata(MigrationContext.configure(conn), metadata)
+    engine.dispose()
+    assert diffs == []
+
+
+def test_older_schema_is_upgraded_on_open(tmp_path):
+    c = make_consortium(tmp_path)
+    c.commit(
+        [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
+    )
+    c.ledger.close()
+    engine = make_engine(c.home.store_url)
+    with engine.begin() as conn:
+        config = migrate.alembic_config(conn)
+        command.downgrade(config, "0001")
+        assert migrate.current_revision(conn) == "0001"
+    engine.dispose()
+    with Ledger.open(c.home) as ledger:
+        assert ledger.height == 1 and ledger.tx_count() == 1
+    engine = make_engine(c.home.store_url)
+    with engine.connect() as conn:
+        assert migrate.current_revision(conn) == migrate.head_revision()
+        names = {r[1] for r in conn.execute(text("PRAGMA index_list(txs)"))}
+        assert {"ix_txs_kind", "ix_txs_author"} <= names
+    engine.dispose()
+
+
+def test_newer_schema_is_refused(tmp_path):
+    c = make_consortium(tmp_path)
+    c.ledger.close()
+    conn = sqlite3.connect(c.home.store_file, isolation_level=None)
+    conn.execute("UPDATE alembic_version SET version_num='9999_from_the_future'")
+    conn.close()
+    with pytest.raises(StoreError) as info:
+        Ledger.open(c.home)
+    assert "9999_from_the_future" in info.value.message and "newer" in info.value.message
+
+
+def test_create_refuses_an_existing_store_and_a_mismatched_document(tmp_path):
+    c = make_consortium(tmp_path)
+    with pytest.raises(StoreError):
+        Ledger.create(c.home, c.genesis, c.document)
+    other = Home.resolve(tmp_path / "other")
+    with pytest.raises(StoreError):
+        Ledger.create(other, c.genesis, {**c.document, "v": 1, "initial_model": "ab" * 32})
+    assert not other.store_file.exists()
+
+
+def _raw(c) -> sqlite3.Connection:
+    conn = sqlite3.connect(c.home.store_file, isolation_level=None)
+    conn.execute("PRAGMA recursive_triggers=ON")
+    return conn
+
+
+def test_blocks_and_txs_are_append_only(tmp_path):
+    c = make_consortium(tmp_path)
+    c.commit(
+        [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
+    )
+    conn = _raw(c)
+    for statement in (
+        "UPDATE blocks SET time=0 WHERE height=1",
+        "DELETE FROM blocks WHERE height=1",
+        "UPDATE txs SET kind='x'",
+        "DELETE FROM txs",
+    ):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            conn.execute(statement)
+    conn.close()
+
+
+def test_insert_or_replace_fails_through_the_delete_trigger(tmp_path):
+    c = make_consortium(tmp_path)
+    c.commit(
+        [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
+    )
+    engine = make_engine(c.home.store_url)  # the store's own settings (recursive_triggers=ON)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT * FROM txs")).mappings().one()
+        with pytest.raises(Exception, match="append-only"):
+            conn.execute(
+                text(
+                    "INSERT OR REPLACE INTO txs (hash, height, idx, kind, author, body) "
+                    "VALUES (:hash, :height, :idx, 'update', :author, :body)"
+                ),
+                dict(row),
+            )
+        with pytest.raises(Exception, match="append-only"):
+            conn.execute(
+                text(
+                    "INSERT OR REPLACE INTO blocks (height, hash, prev, time, proposer, header) "
+                    "VALUES (1, 'x', 'y', 1, 'z', '{}')"
+                )
+            )
+    engine.dispose()
+    assert c.ledger.tx_count() == 1 and c.ledger.block(1).txs[0].kind is TxKind.JOIN_REQUEST
+
+
+def test_append_checks_the_link_and_is_atomic(tmp_path):
+    c = make_consortium(tmp_path)
+    block = c.next_block(
+        [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
+    )
+    with pytest.raises(StoreError):
+        c.ledger.append(Block(block.header, block.txs, None))
+    c.ledger.append(block)
+    with pytest.raises(StoreError):
+        c.ledger.append(block)  # height taken
+    # a block whose tx hash collides with a committed one fails as a whole: no half block
+    c.state = c.state.apply(block)
+    c.clock += 100
+    dup = c.next_block(
+        [
+            c.tx("frank", TxKind.JOIN_REQUEST, {"name": "f", "roles": ["trainer"], "power": 0}),
+            block.txs[0],
+        ]
+    )
+    with pytest.raises(StoreError):
+        c.ledger.append(dup)
+    assert c.ledger.height == 1 and c.ledger.tx_count() == 1
+
+
+def test_reads_refuse_tampered_rows(tmp_path):
+    c = make_consortium(tmp_path)
+    c.commit(
+        [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
+    )
+    conn = _raw(c)
+    conn.execute("DROP TRIGGER blocks_no_update")
+    conn.execute("UPDATE blocks SET proposer=? WHERE height=1", (did_for("bob"),))
+    conn.close()
+    with pytest.raises(StoreError, match="index columns"):
+        c.ledger.block(1)
+
+
+def test_lookups(tmp_path):
+    c = make_consortium(tmp_path)
+    join = c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})
+    block = c.commit([join])
+    assert c.ledger.tx(join.hash) == (join, 1)
+    assert c.ledger.block_by_hash(block.hash) == block
+    assert c.ledger.head() == block and c.ledger.block(0) == c.genesis
+    assert [b.height for b in c.ledger.blocks()] == [0, 1]
+    assert c.ledger.find_tx_hashes(join.hash[:10]) == [join.hash]
+    assert list(c.ledger.txs_of_kind("join_request")) == [(join, 1)]
+    with pytest.raises(StoreError):
+        c.ledger.tx("ab" * 32)
+    with pytest.raises(StoreError):
+        c.ledger.block(7)
+
+
+def test_genesis_document_stored_as_blob(tmp_path):
+    doc = make_document(FOUR, "ab" * 32)
+    home = Home.resolve(tmp_path)
+    with Ledger.create(home, make_genesis(doc), doc) as ledger:
+        assert ledger.document == doc
+        assert ledger.blobs.has(ledger.block(0).header.config)
