@@ -591,6 +591,8 @@ class UpdateFile:
     base_model: str
     num_samples: int
     metrics: dict[str, str]
+    chain_id: str | None = None  # recorded by `bcfl train`: the consortium it trained for
+    blob: str | None = None  # recorded by `bcfl train`: the hash of the update file
 
 
 def updates_dir(home: Home) -> Path:
@@ -636,6 +638,8 @@ def read_update(path: Path) -> UpdateFile:
             base_model=str(meta["base_model"]),
             num_samples=_int_field(meta, "num_samples"),
             metrics={str(k): str(v) for k, v in dict(meta.get("metrics", {})).items()},
+            chain_id=str(meta["chain_id"]) if "chain_id" in meta else None,
+            blob=str(meta["blob"]) if "blob" in meta else None,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"{sidecar}: missing or invalid field {exc}") from exc
@@ -708,7 +712,17 @@ def submit_update(
     with Ledger.open(home) as ledger:
         chain_id = ledger.genesis_hash
         blobs = ledger.blobs
+    if update.chain_id is not None and update.chain_id != chain_id:
+        raise UsageError(
+            f"{update.path} was trained for consortium {update.chain_id}, not {chain_id}",
+            hint="train again with this home (`bcfl train`)",
+        )
     digest = blobs.put_file(update.path)
+    if update.blob is not None and update.blob != digest:
+        raise UsageError(
+            f"{update.path} changed since `bcfl train` wrote it (hash {digest}, "
+            f"sidecar says {update.blob})"
+        )
     size = blobs.size(digest)
     api.upload_blob(digest, blobs, progress=progress)
     tx = build_update_tx(

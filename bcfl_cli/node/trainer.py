@@ -1,0 +1,225 @@
+"""``bcfl node --train PART.csv``: train and submit an update in every round this member can.
+
+The trainer watches the node's chain state. Whenever a round is open, this member is an active
+trainer, has not submitted to that round yet and holds the round's base model, it trains on the
+base model in a worker thread (the event loop keeps serving peers and voting), stores the delta
+in the blob store the node serves to its peers, and hands the signed ``update`` transaction to
+the node's mempool. A member that was down while a round was open simply finds the next one:
+nothing is owed for missed rounds.
+
+Attacks (``--attack NAME``) exist so that the demo and the tests can run real attacker nodes
+against the contract and the robust aggregation rules; an honest member never sets one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.signing
+import torch
+
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
+from bcfl_cli.fl import attacks
+from bcfl_cli.fl.data import Dataset, load_csv
+from bcfl_cli.fl.models import num_features, state_bytes
+from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.fl.training import subseed, train_local
+from bcfl_cli.node.client import PeerRefused
+from bcfl_cli.node.operations import NodeApi, build_update_tx
+from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.store.blobs import BlobStore
+
+log = logging.getLogger("bcfl.node.trainer")
+
+Delta = dict[str, torch.Tensor]
+StateSource = Callable[[], ChainState]
+Submit = Callable[[Transaction], Awaitable[object]]
+
+DEFAULT_POLL_S = 0.5
+MAX_ATTEMPTS_PER_ROUND = 3
+
+
+# --- attacks --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Attack:
+    """How a simulated attacker corrupts its contribution: its labels, its delta, or both."""
+
+    name: str
+    labels: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+    delta: Callable[[Delta, int], Delta] | None = None  # (delta, round) -> delta
+
+
+def _nan(delta: Delta, _round: int) -> Delta:
+    return {k: torch.full_like(v, math.nan) for k, v in delta.items()}
+
+
+def attack_by_name(spec: str) -> Attack:
+    """``NAME`` or ``NAME:VALUE`` (the value scales the attack where it has a knob)."""
+    name, _, raw = spec.partition(":")
+    try:
+        value = float(raw) if raw else None
+    except ValueError:
+        raise UsageError(f"--attack {spec!r}: {raw!r} is not a number") from None
+    builders: dict[str, Callable[[float | None], Attack]] = {
+        "label_flip": lambda _: Attack("label_flip", labels=attacks.label_flip),
+        "sign_flip": lambda v: Attack(
+            "sign_flip", delta=lambda d, _r: attacks.sign_flip(d, 1.0 if v is None else v)
+        ),
+        "scaling": lambda v: Attack(
+            "scaling", delta=lambda d, _r: attacks.scaling(d, 10.0 if v is None else v)
+        ),
+        "gaussian": lambda v: Attack(
+            "gaussian",
+            delta=lambda d, r: attacks.gaussian(d, std=1.0 if v is None else v, seed=r),
+        ),
+        "free_rider": lambda _: Attack(
+            "free_rider", delta=lambda d, _r: attacks.free_rider_zero(d)
+        ),
+        "nan": lambda _: Attack("nan", delta=_nan),
+    }
+    if name not in builders:
+        raise UsageError(f"--attack {spec!r}: expected one of {sorted(builders)}")
+    return builders[name](value)
+
+
+# --- the trainer ---------------------------------------------------------------------------
+def load_training_data(path: Path, state: ChainState) -> Dataset:
+    """The member's CSV, checked once against the genesis model (fail at start, not mid-round)."""
+    spec, plan = state.config.model, state.config.training
+    return load_csv(
+        path, plan.label_column, num_classes=spec.num_classes, num_features=num_features(spec)
+    )
+
+
+def http_submitter(api: NodeApi) -> Submit:
+    """Submit through the node's HTTP API (for a trainer that runs beside, not inside, a node)."""
+
+    async def submit(tx: Transaction) -> object:
+        return await asyncio.to_thread(api.submit_tx, tx)
+
+    return submit
+
+
+class AutoTrainer:
+    """Trains once per open round; drive it with :meth:`run` or step it with :meth:`step`."""
+
+    def __init__(
+        self,
+        *,
+        key: nacl.signing.SigningKey,
+        data: Dataset,
+        blobs: BlobStore,
+        state: StateSource,
+        submit: Submit,
+        attack: Attack | None = None,
+        seed: int | None = None,
+        poll_s: float = DEFAULT_POLL_S,
+    ) -> None:
+        self.key = key
+        self.did = did_from_public_key(bytes(key.verify_key))
+        self.data = data
+        self.blobs = blobs
+        self.state = state
+        self.submit = submit
+        self.attack = attack
+        self.seed = seed if seed is not None else secrets.randbits(63)
+        self.poll_s = poll_s
+        self.submitted: dict[int, str] = {}  # round -> update tx hash
+        self._attempts: dict[int, int] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Step until ``stop`` is set; errors are logged and the next poll tries again."""
+        log.info("trainer started for %s (attack: %s)", self.did, self.attack and self.attack.name)
+        while not stop.is_set():
+            try:
+                await self.step()
+            except BcflError as exc:
+                log.warning("trainer: %s", exc.message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll_s)
+
+    def wants(self, state: ChainState) -> bool:
+        """Is there an open round this member should (and can yet) contribute to?"""
+        rnd = state.round
+        member = state.member(self.did)
+        return (
+            rnd.open
+            and member is not None
+            and member.is_trainer
+            and self.did not in rnd.submitted
+            and rnd.number not in self.submitted
+            and self._attempts.get(rnd.number, 0) < MAX_ATTEMPTS_PER_ROUND
+        )
+
+    async def step(self) -> Transaction | None:
+        """Train and submit for the open round if it is due; the submitted tx, else None."""
+        state = self.state()
+        if not self.wants(state):
+            return None
+        rnd = state.round
+        if not self.blobs.has(rnd.base_model):
+            log.info("round %d: waiting for base model %s", rnd.number, rnd.base_model[:16])
+            return None
+        self._attempts[rnd.number] = self._attempts.get(rnd.number, 0) + 1
+        tx = await asyncio.to_thread(self.train, state)
+        try:
+            await self.submit(tx)
+        except PeerRefused as exc:
+            if exc.status >= 500:
+                raise
+            # the node judged it (round closed meanwhile, duplicate): retrying cannot help
+            self._attempts[rnd.number] = MAX_ATTEMPTS_PER_ROUND
+            log.warning("round %d: update refused: %s", rnd.number, exc.message)
+            return None
+        self.submitted[rnd.number] = tx.hash
+        log.info("round %d: submitted update %s", rnd.number, tx.hash[:16])
+        return tx
+
+    def train(self, state: ChainState) -> Transaction:
+        """Blocking: train on the round's base model, store the delta, sign the update tx."""
+        config = state.config
+        rnd = state.round
+        limit = config.contract.max_blob_bytes
+        try:
+            base = decode_tensors(self.blobs.get(rnd.base_model, max_bytes=limit), max_bytes=limit)
+        except ContractError as exc:
+            raise StoreError(f"base model {rnd.base_model} unreadable: {exc.message}") from exc
+        data = self.data
+        if self.attack is not None and self.attack.labels is not None:
+            flipped = self.attack.labels(data.labels, config.model.num_classes)
+            data = Dataset(data.features, flipped)
+        seed = subseed(self.seed, f"round-{rnd.number}")
+        result = train_local(config.model, config.training, base, data, seed=seed)
+        delta = result.delta
+        if self.attack is not None and self.attack.delta is not None:
+            delta = self.attack.delta(delta, rnd.number)
+        blob_bytes = state_bytes(delta)
+        digest = self.blobs.put(blob_bytes)
+        return build_update_tx(
+            self.key,
+            state.chain_id,
+            round_number=rnd.number,
+            base_model=rnd.base_model,
+            blob=digest,
+            blob_size=len(blob_bytes),
+            num_samples=result.num_samples,
+            metrics=result.metrics,
+        )
+
+
+__all__ = [
+    "Attack",
+    "AutoTrainer",
+    "attack_by_name",
+    "http_submitter",
+    "load_training_data",
+]
