@@ -21,6 +21,12 @@ from bcfl_cli.errors import BcflError
 COMMAND_MODULES: tuple[str, ...] = (
     "identity_cmd",
     "init_cmd",
+    "node_cmd",
+    "join_cmd",
+    "members_cmd",
+    "submit_cmd",
+    "status_cmd",
+    "model_cmd",
     "train_cmd",
     "data_cmd",
     "chain_cmds",
