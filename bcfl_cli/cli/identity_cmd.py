@@ -16,6 +16,7 @@ from bcfl_cli.identity import (
     KdfPreset,
     PublicIdentity,
     generate_identity,
+    load_identity,
     passphrase_from,
     read_public_identity,
 )
@@ -106,6 +107,21 @@ def show(home: HomeOption = None, json_out: JsonOption = False) -> None:
         render.print_json(_public_json(public, member_home))
     else:
         _render(public, member_home, "Identity")
+
+
+@identity_app.command("check")
+def check(
+    passphrase_file: PassphraseFileOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Unlock the key once, to confirm the passphrase before a node or a script needs it."""
+    member_home = Home.resolve(home)
+    public = load_identity(member_home, passphrase_from(passphrase_file, confirm=False)).public()
+    if json_out:
+        render.print_json({**_public_json(public, member_home), "unlocked": True})
+    else:
+        render.success(f"passphrase unlocks {public.name} ({public.did})")
 
 
 def register(app: typer.Typer) -> None:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from bcfl_cli.cli import render
 from bcfl_cli.cli.options import HomeOption, JsonOption
 from bcfl_cli.consortium.example import example_text, filled_example
-from bcfl_cli.consortium.setup import InitResult, init_consortium
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import read_public_identity
+
+if TYPE_CHECKING:
+    from bcfl_cli.consortium.setup import InitResult
 
 consortium_app = typer.Typer(
     name="consortium", help="Write and check consortium files.", no_args_is_help=True
@@ -53,6 +55,10 @@ def init(
     ] = None,
 ) -> None:
     """Create the genesis block from CONSORTIUM.toml; its hash is the consortium's identity."""
+    # Imported here: building the initial model needs torch, which every other command
+    # (keygen, identity show, --help) would otherwise pay for at start-up.
+    from bcfl_cli.consortium.setup import init_consortium
+
     result = init_consortium(Home.resolve(home), config_file, time_ms=time_ms)
     for warning in result.warnings:
         render.warn(warning)
