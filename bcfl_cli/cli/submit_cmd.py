@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +51,7 @@ TimeoutOption = Annotated[
 @contextmanager
 def transfer_progress(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
     """A rich progress bar on stderr fed by (done, total) callbacks; None when disabled."""
-    if not enabled:
+    if not enabled or not sys.stderr.isatty():
         yield None
         return
     bar = Progress(
