@@ -5,8 +5,8 @@ Download: read the peer's manifest (size, chunk size, per-chunk SHA-256), then s
 ``blob_dir/tmp/fetch-{hash}.part`` (a name made from the validated hash only), checking every
 chunk against the manifest as it completes. After a dropped connection the next attempt starts
 from the last whole, checked chunk; a partial file left by an earlier run is re-checked chunk by
-chunk and reused. At the end ``BlobStore.put_stream(expected=hash)`` re-hashes the whole file, so
-a lying manifest can never put a wrong blob in the store.
+chunk and reused. At the end the whole file is hashed again before it is renamed into the store,
+so a lying manifest can never put a wrong blob there.
 
 Upload: ask where the peer stands (``GET /blobs/{hash}/upload``), send the missing chunks with
 signed ``PUT /blobs/{hash}/chunks/{i}``, then finalise with ``PUT /blobs/{hash}``.
@@ -126,10 +126,26 @@ def fetch_blob(
                     hint="the partial file is kept; run the same command again to resume",
                 ) from exc
             time.sleep(min(0.1 * 2**failures, 2.0))
-    with open(part, "rb") as f:
-        store.put_stream(iter(lambda: f.read(READ_SIZE), b""), expected=digest, max_bytes=max_bytes)
-    part.unlink(missing_ok=True)
+    _adopt(store, part, digest)
     return digest
+
+
+def _adopt(store: BlobStore, part: Path, digest: str) -> None:
+    """Move a complete, fsynced partial file into the store once its whole hash is checked.
+
+    Same end as ``BlobStore.put_stream`` (a rename within the store's file system) without
+    copying the file again.
+    """
+    hasher = hashlib.sha256()
+    with open(part, "rb") as f:
+        for piece in iter(lambda: f.read(READ_SIZE), b""):
+            hasher.update(piece)
+    if hasher.hexdigest() != digest:
+        part.unlink(missing_ok=True)
+        raise BlobError(f"downloaded blob hashes to {hasher.hexdigest()}, expected {digest}")
+    final = store.path_for(digest)
+    final.parent.mkdir(exist_ok=True)
+    os.replace(part, final)
 
 
 def _download_from(
