@@ -139,6 +139,9 @@ class BlobRoutes:
     def _lock(self, digest: str) -> asyncio.Lock:
         lock = self._locks.get(digest)
         if lock is None:
+            if len(self._locks) >= 4 * self.max_pending_uploads:
+                for name in [n for n, held in self._locks.items() if not held.locked()]:
+                    del self._locks[name]
             lock = self._locks[digest] = asyncio.Lock()
         return lock
 

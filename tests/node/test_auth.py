@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import httpx
 import nacl.signing
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -19,9 +21,16 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from bcfl_cli.errors import NodeError
 from bcfl_cli.node.auth import SignatureAuth, peer_did
 from bcfl_cli.node.client import PeerRefused, SignedClient
-from bcfl_cli.node.httpsig import content_digest, sign_request
+from bcfl_cli.node.httpsig import (
+    RequestView,
+    SignatureError,
+    content_digest,
+    sign_request,
+    verify_request,
+)
 from bcfl_cli.node.limits import NodeLimits, NonceCache, TokenBucketLimiter
 from bcfl_cli.protocol.crypto import did_from_public_key
 
@@ -250,3 +259,71 @@ def test_content_digest_header_is_rfc9530(app: _App) -> None:
     headers = _signed_headers(app.member, b"{}")
     assert headers["content-digest"] == content_digest(b"{}")
     assert headers["content-digest"].startswith("sha-256=:")
+
+
+def test_authority_pinning() -> None:
+    built = _App()
+    built.asgi.authorities = frozenset({"node-a.example:8000"})
+    with built.http:
+        response = built.http.post(
+            "/tx", content=b"{}", headers=_signed_headers(built.member, b"{}")
+        )
+        _refused(response, 401, "wrong_authority")
+    assert built.calls == []
+
+
+def test_client_retries_re_sign_and_give_up_clearly() -> None:
+    key = nacl.signing.SigningKey.generate()
+    seen: list[str] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["signature-input"])
+        if len(seen) == 1:
+            raise httpx.ConnectError("refused", request=request)
+        if len(seen) == 2:
+            return httpx.Response(503, headers={"Retry-After": "0"})
+        return httpx.Response(200, json={"ok": True})
+
+    with SignedClient(key, BASE, transport=httpx.MockTransport(flaky), backoff_s=0.001) as client:
+        assert client.post("/tx", json_body={"a": 1}).json() == {"ok": True}
+    assert len(seen) == 3 and len(set(seen)) == 3  # every attempt signed afresh (new nonce)
+
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    down_client = SignedClient(
+        key, BASE, transport=httpx.MockTransport(down), retries=2, backoff_s=0.001
+    )
+    with down_client, pytest.raises(NodeError, match="no answer after 3 attempts") as info:
+        down_client.get("/status")
+    assert info.value.hint
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, json={"error": "not_member", "message": "ask to be admitted"})
+
+    refusing = SignedClient(key, BASE, transport=httpx.MockTransport(refuse))
+    with refusing, pytest.raises(PeerRefused, match="not_member.*ask to be admitted"):
+        refusing.post("/tx", content=b"{}")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    body=st.binary(max_size=512),
+    path=st.text(alphabet="abcxyz0129/-_.~%", min_size=0, max_size=30),
+    query=st.text(alphabet="abc=&%20+", max_size=20),
+    flip=st.integers(min_value=0, max_value=10_000),
+)
+def test_sign_verify_roundtrip_and_any_body_change_fails(
+    body: bytes, path: str, query: str, flip: int
+) -> None:
+    key = nacl.signing.SigningKey.generate()
+    url = f"http://n.example/{path}" + (f"?{query}" if query else "")
+    headers = {"host": "n.example"}
+    headers.update(sign_request(key, "PUT", url, headers, body))
+    view = RequestView.from_url("PUT", url, headers)
+    assert verify_request(view, body).keyid == did_from_public_key(bytes(key.verify_key))
+    if body:
+        changed = bytearray(body)
+        changed[flip % len(body)] ^= 1
+        with pytest.raises(SignatureError):
+            verify_request(view, bytes(changed))
