@@ -228,7 +228,18 @@ class BlobRoutes:
         index = int(raw_index)
         offset = index * self.chunk_size
         expected_len = min(self.chunk_size, size - offset)
-        body = await request.body()
+        # The signature layer has read and digest-checked the body already; the cap here only
+        # keeps these routes safe if someone mounts them without that layer.
+        pieces: list[bytes] = []
+        got = 0
+        async for piece in request.stream():
+            got += len(piece)
+            if got > self.chunk_size:
+                return _error(
+                    413, "chunk_too_large", f"a chunk has at most {self.chunk_size} bytes"
+                )
+            pieces.append(piece)
+        body = b"".join(pieces)
         if len(body) != expected_len:
             return _error(
                 400, "bad_chunk", f"chunk {index} must have {expected_len} bytes, got {len(body)}"
