@@ -21,7 +21,8 @@ from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.config import GenesisConfig, parse_document
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
 from bcfl_cli.protocol.block import MAX_TXS_PER_BLOCK, Block, ValidatorSet, Vote
-from bcfl_cli.protocol.encoding import canonical, hash_object
+from bcfl_cli.protocol.crypto import Domain, verify_by_did
+from bcfl_cli.protocol.encoding import canonical, hash_object, sha256_hex
 from bcfl_cli.protocol.merkle import merkle_root
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 
@@ -133,6 +134,15 @@ class SeenSet:
         return SeenSet(self._base, recent)
 
 
+def tx_digest(tx: Transaction) -> tuple[str, int]:
+    """(hash, canonical size of the signed form) from one canonicalisation, not two.
+
+    The signed form is ``{"sig":"<128 hex>","tx":UNSIGNED}``: 144 bytes around UNSIGNED.
+    """
+    unsigned = canonical(tx.unsigned())
+    return sha256_hex(unsigned), len(unsigned) + 144
+
+
 def _fail(height: int, code: str, message: str, tx: str | None = None) -> VerificationError:
     where = f"block {height}" + (f", tx {tx[:16]}" if tx else "")
     return VerificationError(f"{where}: {message}", height=height, tx_hash=tx, code=code)
@@ -168,6 +178,7 @@ class ChainState:
         self._removals = removals
         self.round = round
         self.seen_tx = seen_tx
+        self.config_hash = hash_object(document)
         self.validator_set = self._compute_validator_set()
 
     # --- construction ----------------------------------------------------------------------
@@ -254,15 +265,17 @@ class ChainState:
         ``proposal=True`` judges a block that consensus has not decided yet: every rule but the
         commit certificate, which it cannot carry before validators vote on it.
         """
-        check_header(self, block)
+        digests = [tx_digest(tx) for tx in block.txs]
+        check_header(self, block, digests)
         if not proposal:
             check_commit(self, block, verify_signatures=verify_signatures)
         new = self._copy()
-        _TxRules(new, block, checks, verify_signatures).run()
+        hashes = [h for h, _ in digests]
+        _TxRules(new, block, hashes, checks, verify_signatures).run()
         new.height = block.height
         new.head_hash = block.hash
         new.head_time = block.header.time
-        new.seen_tx = self.seen_tx.with_added({tx.hash for tx in block.txs})
+        new.seen_tx = self.seen_tx.with_added(set(hashes))
         new.validator_set = new._compute_validator_set()
         return new
 
@@ -288,7 +301,12 @@ def check_genesis_block(block: Block, document: dict[str, Any], validators: Vali
 
 
 # --- §6.2 block rules ----------------------------------------------------------------------------
-def check_header(state: ChainState, block: Block) -> None:
+def check_header(
+    state: ChainState, block: Block, digests: list[tuple[str, int]] | None = None
+) -> None:
+    """Header, size bounds and Merkle root; ``digests`` are the txs' (hash, size) if known."""
+    if digests is None:
+        digests = [tx_digest(tx) for tx in block.txs]
     header = block.header
     h = header.height
     if h != state.height + 1:
@@ -301,7 +319,7 @@ def check_header(state: ChainState, block: Block) -> None:
             "time_not_increasing",
             f"time: expected more than {state.head_time}, found {header.time}",
         )
-    config_hash = hash_object(state.document)
+    config_hash = state.config_hash
     if header.config != config_hash:
         raise _fail(h, "wrong_config", f"config: expected {config_hash}, found {header.config}")
     if len(block.txs) > MAX_TXS_PER_BLOCK:
@@ -309,10 +327,9 @@ def check_header(state: ChainState, block: Block) -> None:
             h, "too_many_txs", f"at most {MAX_TXS_PER_BLOCK} transactions, found {len(block.txs)}"
         )
     total = 0
-    for tx in block.txs:
-        size = len(canonical(tx.to_dict()))
+    for tx_hash, size in digests:
         if size > MAX_TX_BYTES:
-            raise _fail(h, "tx_too_large", f"at most {MAX_TX_BYTES} bytes, found {size}", tx.hash)
+            raise _fail(h, "tx_too_large", f"at most {MAX_TX_BYTES} bytes, found {size}", tx_hash)
         total += size
     if total > MAX_BLOCK_TX_BYTES:
         raise _fail(
@@ -320,7 +337,7 @@ def check_header(state: ChainState, block: Block) -> None:
             "block_too_large",
             f"transactions take at most {MAX_BLOCK_TX_BYTES} bytes, found {total}",
         )
-    root = block.computed_tx_root()
+    root = merkle_root([tx_hash for tx_hash, _ in digests])
     if header.tx_root != root:
         raise _fail(h, "tx_root_mismatch", f"tx_root: expected {root}, found {header.tx_root}")
     vs = state.validator_set
@@ -375,9 +392,11 @@ class _TxRules:
         self,
         state: ChainState,
         block: Block,
+        hashes: list[str],
         checks: AppChecks | None,
         verify_signatures: bool,
     ) -> None:
+        self._hash_of = {id(tx): h for tx, h in zip(block.txs, hashes, strict=True)}
         self.s = state
         self.block = block
         self.h = block.height
@@ -388,7 +407,10 @@ class _TxRules:
         self.awaiting: Transaction | None = None  # an update waiting for its validation
 
     def fail(self, tx: Transaction, code: str, message: str) -> VerificationError:
-        return _fail(self.h, code, message, tx.hash)
+        return _fail(self.h, code, message, self.hash_of(tx))
+
+    def hash_of(self, tx: Transaction) -> str:
+        return self._hash_of[id(tx)]
 
     def run(self) -> None:
         for tx in self.block.txs:
@@ -398,7 +420,7 @@ class _TxRules:
                     self.h,
                     "missing_validation",
                     f"update must be followed by its validation, found {tx.kind}",
-                    self.awaiting.hash,
+                    self.hash_of(self.awaiting),
                 )
             handler = getattr(self, f"on_{tx.kind.value}")
             handler(tx, tx.body)
@@ -407,7 +429,7 @@ class _TxRules:
                 self.h,
                 "missing_validation",
                 "update must be followed by its validation, found the end of the block",
-                self.awaiting.hash,
+                self.hash_of(self.awaiting),
             )
 
     def common(self, tx: Transaction) -> None:
@@ -415,10 +437,13 @@ class _TxRules:
             raise self.fail(
                 tx, "wrong_chain", f"chain: expected {self.s.chain_id}, found {tx.chain}"
             )
-        if tx.hash in self.s.seen_tx or tx.hash in self.in_block:
+        tx_hash = self.hash_of(tx)
+        if tx_hash in self.s.seen_tx or tx_hash in self.in_block:
             raise self.fail(tx, "replayed_tx", "transaction already on the chain")
-        self.in_block.add(tx.hash)
-        if self.verify_signatures and not tx.signature_valid():
+        self.in_block.add(tx_hash)
+        if self.verify_signatures and not verify_by_did(
+            tx.author, Domain.TX, tx_hash, tx.signature
+        ):
             raise self.fail(tx, "bad_tx_signature", f"signature of author {tx.author} is invalid")
         if tx.kind is not TxKind.JOIN_REQUEST:
             member = self.s.member(tx.author)
@@ -460,7 +485,7 @@ class _TxRules:
         if body["name"] in names:
             raise self.fail(tx, "name_taken", f"member name {body['name']!r} is taken")
         self.s._pending[tx.author] = JoinRequest(
-            tx.hash, tx.author, body["name"], tuple(body["roles"]), body["power"]
+            self.hash_of(tx), tx.author, body["name"], tuple(body["roles"]), body["power"]
         )
 
     def on_approve_member(self, tx: Transaction, body: dict[str, Any]) -> None:
@@ -560,9 +585,11 @@ class _TxRules:
         if update is None:
             raise self.fail(tx, "orphan_validation", "a validation must directly follow its update")
         self.require_proposer(tx)
-        if body["update"] != update.hash:
+        if body["update"] != self.hash_of(update):
             raise self.fail(
-                tx, "wrong_update", f"update: expected {update.hash}, found {body['update']}"
+                tx,
+                "wrong_update",
+                f"update: expected {self.hash_of(update)}, found {body['update']}",
             )
         accept = body["verdict"] == "accept"
         if self.checks is not None:
@@ -581,7 +608,7 @@ class _TxRules:
             accepted = (
                 *accepted,
                 AcceptedUpdate(
-                    update.hash, update.author, u["blob"], u["blob_size"], u["num_samples"]
+                    self.hash_of(update), update.author, u["blob"], u["blob_size"], u["num_samples"]
                 ),
             )
         self.s.round = dataclasses.replace(
