@@ -1,0 +1,111 @@
+"""``bcfl node``: run this member's peer until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bcfl_cli.cli.options import HomeOption
+from bcfl_cli.errors import UsageError
+from bcfl_cli.home import Home
+
+DEFAULT_LISTEN = "127.0.0.1:7420"
+
+
+def _split_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {value!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _saved_peers(home: Home) -> list[str]:
+    try:
+        data = json.loads((home.node_dir / "node.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    peers = data.get("peers") if isinstance(data, dict) else None
+    return [p for p in peers if isinstance(p, str)] if isinstance(peers, list) else []
+
+
+def node(
+    home: HomeOption = None,
+    listen: Annotated[
+        str, typer.Option("--listen", help="HOST:PORT to serve the peer API on.")
+    ] = DEFAULT_LISTEN,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--peer",
+            help="URL of another member's node (repeat). Default: the peers of the last run.",
+        ),
+    ] = None,
+    advertise: Annotated[
+        str | None,
+        typer.Option("--advertise", help="URL peers reach this node at (behind a proxy/TLS)."),
+    ] = None,
+    passphrase_file: Annotated[
+        Path | None,
+        typer.Option("--passphrase-file", help="File holding the key passphrase."),
+    ] = None,
+    log_json: Annotated[
+        bool, typer.Option("--log-json", help="One JSON object per log line.")
+    ] = False,
+    empty_block_interval: Annotated[
+        float,
+        typer.Option(
+            "--empty-block-interval",
+            min=0.05,
+            max=3600.0,
+            help="Seconds an idle proposer waits before proposing an empty block.",
+        ),
+    ] = 1.0,
+    train: Annotated[
+        Path | None,
+        typer.Option(
+            "--train",
+            metavar="PART.csv",
+            help="Train on this CSV and submit an update in every round.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    attack: Annotated[
+        str | None,
+        typer.Option("--attack", hidden=True, help="Simulated attack (demo and tests only)."),
+    ] = None,
+    timeout_propose_ms: Annotated[
+        int,
+        typer.Option("--timeout-propose-ms", min=100, help="Consensus propose timeout (round 0)."),
+    ] = 3000,
+) -> None:
+    """Run this member's peer: sync, consensus, blob transfer and the training rounds."""
+    from bcfl_cli.consensus.messages import TimeoutConfig
+    from bcfl_cli.identity import load_identity, passphrase_from
+    from bcfl_cli.node.logging import setup_logging
+    from bcfl_cli.node.server import NodeOptions, iter_peers, serve
+
+    resolved = Home.resolve(home)
+    host, port = _split_listen(listen)
+    identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
+    setup_logging(json_lines=log_json, log_file=resolved.node_dir / "node.log")
+    peers = list(iter_peers(peer)) if peer else _saved_peers(resolved)
+    options = NodeOptions(
+        host=host,
+        port=port,
+        peers=tuple(peers),
+        advertise=advertise,
+        timeouts=TimeoutConfig(propose_ms=timeout_propose_ms),
+        empty_block_interval_s=empty_block_interval,
+        train=train,
+        attack=attack,
+    )
+    asyncio.run(serve(resolved, identity, options))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("node")(node)

@@ -1,0 +1,452 @@
+"""The node's HTTP API (Starlette): routes, body validation, refusals, the OpenAPI description.
+
+Reads are public; every route that changes anything sits behind ``SignatureAuth`` (RFC 9421
+signature by a current member, fresh ``created``, unseen nonce, size and rate limits), except
+``POST /v1/join``, which accepts a valid signature from a *non*-member (that is its purpose)
+under a tighter size and rate limit, and only a ``join_request`` authored by the signer.
+Every refusal is one JSON line ``{"error": code, "message": why and what to do}``, also logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from bcfl_cli.consensus.messages import Proposal
+from bcfl_cli.errors import BcflError, EncodingError, StoreError
+from bcfl_cli.node.auth import SignatureAuth, peer_did
+from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
+from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.node.logging import fields
+from bcfl_cli.node.mempool import MempoolRefusal
+from bcfl_cli.node.schemas import (
+    AlarmView,
+    BlocksResponse,
+    ConsensusLog,
+    ConsensusMessage,
+    ErrorBody,
+    GenesisResponse,
+    MemberView,
+    MeView,
+    PeerView,
+    RoundView,
+    StatusResponse,
+    SubmitTx,
+    TxAccepted,
+    TxStatus,
+    parse_body,
+)
+from bcfl_cli.protocol.block import Vote
+from bcfl_cli.protocol.encoding import is_hash_hex
+from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
+
+if TYPE_CHECKING:
+    from bcfl_cli.node.server import Node
+
+log = logging.getLogger("bcfl.node.api")
+
+MAX_BLOCKS_PER_RESPONSE = 100
+MAX_BLOCKS_RESPONSE_BYTES = 16 * 1024 * 1024
+MAX_TX_BODY = MAX_TX_BYTES + 1024
+MAX_CONSENSUS_BODY = 8 * 1024 * 1024
+JOIN_LIMITS = NodeLimits(max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Refused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _json(model: BaseModel, status: int = 200) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json"), status_code=status)
+
+
+def refusal(request: Request, status: int, code: str, message: str) -> JSONResponse:
+    log.warning(
+        "refused %s %s: %d %s: %s",
+        request.method,
+        request.url.path,
+        status,
+        code,
+        message,
+        extra=fields(peer=peer_did(request), status=status, code=code),
+    )
+    return JSONResponse(ErrorBody(error=code, message=message).model_dump(), status_code=status)
+
+
+def _guard(handler: Handler) -> Handler:
+    """Turn the errors a handler may raise into one-line refusals."""
+
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Refused as exc:
+            return refusal(request, exc.status, exc.code, exc.message)
+        except MempoolRefusal as exc:
+            return refusal(request, exc.status, exc.code, exc.message)
+        except EncodingError as exc:
+            return refusal(request, 400, "malformed_body", exc.message)
+        except BcflError as exc:
+            return refusal(request, 400, "refused", exc.message)
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+class Api:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    # --- public reads -----------------------------------------------------------------------
+    async def status(self, request: Request) -> Response:
+        """Height, head, round, peers, members, this node's role and any safety alarm."""
+        node = self.node
+        state = node.state
+        rnd = state.round
+        member = state.member(node.did)
+        engine = node.driver.engine
+        body = StatusResponse(
+            genesis=node.genesis_hash,
+            consortium=state.config.name,
+            height=state.height,
+            head=state.head_hash,
+            head_time=state.head_time,
+            round=RoundView(
+                number=rnd.number,
+                state="open" if rnd.open else "closed",
+                base_model=rnd.base_model,
+                model=rnd.model,
+                deadline_height=rnd.deadline_height,
+                updates=rnd.accepted_hashes,
+                submitted=len(rnd.submitted),
+            ),
+            rounds_planned=state.config.training.rounds,
+            peers=[
+                PeerView(
+                    url=p.url,
+                    did=p.did,
+                    height=p.height,
+                    head=p.head,
+                    last_seen=p.last_seen_ms,
+                    error=p.error,
+                )
+                for p in node.peers
+            ],
+            members=[
+                MemberView(
+                    did=m.did, name=m.name, roles=list(m.roles), power=m.power, status=m.status
+                )
+                for m in state.members.values()
+            ],
+            pending_members=sorted(state.pending),
+            me=MeView(did=node.did, name=member.name if member else None, role=node.role),  # type: ignore[arg-type]
+            mempool=len(node.mempool),
+            consensus={
+                "height": engine.height,
+                "round": engine.round,
+                "step": engine.step.name.lower(),
+                "commits": node.driver.commits,
+            },
+            alarm=AlarmView(**node.alarm) if node.alarm else None,
+        )
+        return _json(body)
+
+    async def genesis(self, request: Request) -> Response:
+        """The genesis block and the signed configuration document it commits to."""
+        return _json(
+            GenesisResponse(block=self.node.genesis.to_dict(), document=self.node.document)
+        )
+
+    async def blocks(self, request: Request) -> Response:
+        """Decided blocks with their commit certificates, ``start`` onwards, at most 100."""
+        params = request.query_params
+        start_raw, limit_raw = params.get("start", "0"), params.get("limit", "100")
+        if not start_raw.isdigit() or not limit_raw.isdigit() or len(start_raw) > 15:
+            raise Refused(400, "bad_query", "give start and limit as non-negative integers")
+        start, limit = int(start_raw), min(int(limit_raw), MAX_BLOCKS_PER_RESPONSE)
+        height = self.node.state.height
+        out: list[dict[str, Any]] = []
+        if limit > 0 and start <= height:
+            size = 0
+            for block in self.node.ledger.blocks(start, min(height, start + limit - 1)):
+                data = block.to_dict()
+                out.append(data)
+                size += sum(len(str(t)) for t in data["txs"])
+                if size > MAX_BLOCKS_RESPONSE_BYTES:
+                    break
+        return _json(BlocksResponse(blocks=out))
+
+    async def tx(self, request: Request) -> Response:
+        """Where a transaction stands: committed (with height), pending, rejected or unknown."""
+        digest = request.path_params["hash"]
+        if not is_hash_hex(digest):
+            raise Refused(400, "bad_hash", "a transaction is named by 64 lowercase hex")
+        node = self.node
+        pending = node.mempool.get(digest)
+        if pending is not None:
+            return _json(TxStatus(tx=pending.to_dict(), height=None, status="pending", reason=""))
+        if digest in node.state.seen_tx:
+            try:
+                tx, height = node.ledger.tx(digest)
+            except StoreError:
+                raise Refused(404, "unknown_tx", "no such transaction here") from None
+            return _json(TxStatus(tx=tx.to_dict(), height=height, status="committed", reason=""))
+        reason = node.mempool.rejected_reason(digest)
+        if reason is not None:
+            return _json(TxStatus(tx=None, height=None, status="rejected", reason=reason))
+        raise Refused(404, "unknown_tx", f"transaction {digest[:16]} is unknown to this node")
+
+    async def consensus_log(self, request: Request) -> Response:
+        """Proposals and votes this node holds for ``height`` (peers pull them on timeouts)."""
+        raw = request.path_params["height"]
+        if not raw.isdigit() or len(raw) > 15:
+            raise Refused(400, "bad_height", "height must be a non-negative integer")
+        proposals, votes = self.node.driver.messages_at(int(raw))
+        return _json(ConsensusLog(height=int(raw), proposals=proposals, votes=votes))
+
+    # --- signed writes ----------------------------------------------------------------------
+    async def submit_tx(self, request: Request) -> Response:
+        """A signed transaction into the mempool (validated first); gossiped to peers."""
+        body = parse_body(SubmitTx, await request.body(), max_bytes=MAX_TX_BODY)
+        tx = Transaction.from_dict(body.tx)
+        return self._admit(tx)
+
+    async def join(self, request: Request) -> Response:
+        """A non-member asks to be admitted: its own signed ``join_request``."""
+        body = parse_body(SubmitTx, await request.body(), max_bytes=MAX_TX_BODY)
+        tx = Transaction.from_dict(body.tx)
+        if tx.kind is not TxKind.JOIN_REQUEST:
+            raise Refused(400, "not_a_join_request", "POST /v1/join takes a join_request only")
+        if tx.author != peer_did(request):
+            raise Refused(
+                403, "signer_not_author", "sign the request with the key that signed the request"
+            )
+        return self._admit(tx)
+
+    def _admit(self, tx: Transaction) -> Response:
+        node = self.node
+        if tx.hash in node.state.seen_tx:
+            return _json(TxAccepted(hash=tx.hash, status="committed"), 200)
+        node.submit(tx)
+        return _json(TxAccepted(hash=tx.hash, status="pending"), 202)
+
+    async def consensus(self, request: Request) -> Response:
+        """A signed proposal or vote from a validator (the engine checks its signature)."""
+        node = self.node
+        sender = peer_did(request)
+        validators = node.state.validator_set
+        if sender is None or sender not in validators:
+            raise Refused(403, "not_validator", "only validators send consensus messages")
+        body = parse_body(ConsensusMessage, await request.body(), max_bytes=MAX_CONSENSUS_BODY)
+        proposal = Proposal.from_dict(body.proposal) if body.proposal is not None else None
+        vote = Vote.from_dict(body.vote) if body.vote is not None else None
+        for what in (proposal, vote):
+            if what is not None and what.chain != node.genesis_hash:
+                raise Refused(409, "wrong_chain", "message is for another consortium")
+        node.driver.on_message(proposal, vote)
+        return JSONResponse({"accepted": True}, status_code=202)
+
+
+# --- OpenAPI ------------------------------------------------------------------------------------
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+def openapi_document(
+    routes: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None, bool]],
+) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for method, path, summary, request_model, response_model, signed in routes:
+        op: dict[str, Any] = {"summary": summary, "responses": {}}
+        if request_model is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _schema(request_model)}},
+            }
+        ok = {"description": "OK"}
+        if response_model is not None:
+            ok["content"] = {"application/json": {"schema": _schema(response_model)}}  # type: ignore[assignment]
+        op["responses"]["202" if method == "post" and response_model is TxAccepted else "200"] = ok
+        error = {
+            "description": "refused",
+            "content": {"application/json": {"schema": _schema(ErrorBody)}},
+        }
+        for status in ("400", "404") if not signed else ("400", "401", "403", "413", "422", "429"):
+            op["responses"][status] = error
+        if signed:
+            op["security"] = [{"httpSignature": []}]
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "bcfl node", "version": "1"},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "httpSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Signature",
+                    "description": "RFC 9421 ed25519 signature (keyid = member did:key) over "
+                    "@method, @authority, @path, @query, content-digest; created and nonce",
+                }
+            }
+        },
+    }
+
+
+ROUTE_TABLE: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None, bool]] = [
+    ("get", "/v1/status", "Node status", None, StatusResponse, False),
+    ("get", "/v1/genesis", "Genesis block and document", None, GenesisResponse, False),
+    (
+        "get",
+        "/v1/blocks",
+        "Blocks with commit certificates (start, limit <= 100)",
+        None,
+        BlocksResponse,
+        False,
+    ),
+    ("get", "/v1/txs/{hash}", "Transaction status", None, TxStatus, False),
+    ("post", "/v1/txs", "Submit a signed transaction (members)", SubmitTx, TxAccepted, True),
+    (
+        "post",
+        "/v1/join",
+        "Ask for admission (signed join_request, non-members)",
+        SubmitTx,
+        TxAccepted,
+        True,
+    ),
+    (
+        "post",
+        "/v1/consensus",
+        "Push a proposal or a vote (validators)",
+        ConsensusMessage,
+        None,
+        True,
+    ),
+    (
+        "get",
+        "/v1/consensus/{height}",
+        "Consensus messages held for a height",
+        None,
+        ConsensusLog,
+        False,
+    ),
+    ("get", "/v1/blobs/{hash}", "A blob, streamed (Range honoured)", None, None, False),
+    (
+        "get",
+        "/v1/blobs/{hash}/manifest",
+        "Blob size, chunk size and chunk hashes",
+        None,
+        None,
+        False,
+    ),
+    (
+        "get",
+        "/v1/blobs/{hash}/upload",
+        "Where an interrupted upload stands (?size=N)",
+        None,
+        None,
+        False,
+    ),
+    ("put", "/v1/blobs/{hash}/chunks/{index}", "Upload one chunk (members)", None, None, True),
+    ("put", "/v1/blobs/{hash}", "Finalise an upload (members)", None, None, True),
+    ("get", "/openapi.json", "This description", None, None, False),
+]
+
+
+class _SplitAuth:
+    """Route ``/v1/join`` through an auth layer that admits non-members; all else, members."""
+
+    def __init__(self, members: ASGIApp, newcomers: ASGIApp) -> None:
+        self.members = members
+        self.newcomers = newcomers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") == "/v1/join":
+            await self.newcomers(scope, receive, send)
+        else:
+            await self.members(scope, receive, send)
+
+
+def create_app(node: Node) -> ASGIApp:
+    """The node's ASGI application: Starlette routes behind the signature layer."""
+    api = Api(node)
+    limits = node.options.limits
+    blob_routes = BlobRoutes(
+        node.blobs,
+        max_blob_bytes=node.state.config.contract.max_blob_bytes,
+        chunk_size=min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024)),
+    )
+    document = openapi_document(ROUTE_TABLE)
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(document)
+
+    routes = [
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Mount(
+            "/v1",
+            routes=[
+                Route("/status", _guard(api.status), methods=["GET"]),
+                Route("/genesis", _guard(api.genesis), methods=["GET"]),
+                Route("/blocks", _guard(api.blocks), methods=["GET"]),
+                Route("/txs/{hash}", _guard(api.tx), methods=["GET"]),
+                Route("/txs", _guard(api.submit_tx), methods=["POST"]),
+                Route("/join", _guard(api.join), methods=["POST"]),
+                Route("/consensus", _guard(api.consensus), methods=["POST"]),
+                Route("/consensus/{height}", _guard(api.consensus_log), methods=["GET"]),
+                *blob_routes.routes,
+            ],
+        ),
+    ]
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = {
+            404: f"no route {request.url.path}; see /openapi.json",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(exc.status_code, str(exc.detail))
+        return refusal(request, exc.status_code, code, message)
+
+    async def crash(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            {"error": "internal", "message": "internal error; see the node's log"}, status_code=500
+        )
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
+    authorities = _authorities(node)
+    members = SignatureAuth(app, is_member=node.is_member, limits=limits, authorities=authorities)
+    newcomers = SignatureAuth(
+        app, is_member=lambda _did: True, limits=JOIN_LIMITS, authorities=authorities
+    )
+    return _SplitAuth(members, newcomers)
+
+
+def _authorities(node: Node) -> list[str] | None:
+    """Host names a signed request must name: this node's, unless it listens on all addresses."""
+    host, port = node.options.host, node.options.port
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104
+        return None
+    names = {f"{host}:{port}"}
+    if host in ("127.0.0.1", "localhost"):
+        names |= {f"127.0.0.1:{port}", f"localhost:{port}"}
+    if node.options.advertise:
+        names.add(node.options.advertise.split("://", 1)[-1].rstrip("/").split("/", 1)[0])
+    return sorted(names)

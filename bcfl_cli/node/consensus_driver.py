@@ -1,0 +1,393 @@
+"""The edge of the consensus engine: network in, effects out, timers from the node's clock.
+
+The engine (``bcfl_cli.consensus.engine``) is pure and runs unchanged; this driver turns its
+actions into effects, in the order its docstring prescribes:
+
+* ``BroadcastProposal`` / ``BroadcastVote``: recorded in the vote guard (durably, with the
+  engine's lock state) *before* signing, then sent to every peer and fed back to the engine;
+* ``ScheduleTimeout``: ``loop.call_later``; when a timeout fires the driver also pulls the
+  height's messages from every peer (``GET /v1/consensus/{height}``), so a message lost on the
+  way costs one timeout, never liveness;
+* ``Commit``: the node appends the block and its state; the next height starts once there is
+  something to propose, a message of that height arrives, or ``empty_block_interval`` passes;
+* ``Evidence``: a ``misbehaviour`` transaction into the mempool.
+
+The application callbacks never compute on the event loop. ``validate`` answers from a cache
+and otherwise starts the check in the node's worker thread (after fetching missing blobs) and
+says UNKNOWN; the engine is re-run with ``Recheck`` when the answer is in. ``propose`` builds
+from what the round driver has prepared (verdicts and aggregates computed beforehand).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.consensus.engine import Engine
+from bcfl_cli.consensus.messages import (
+    Action,
+    BroadcastProposal,
+    BroadcastVote,
+    Commit,
+    Event,
+    Evidence,
+    Proposal,
+    ProposalReceived,
+    Recheck,
+    ScheduleTimeout,
+    StartHeight,
+    TimeoutConfig,
+    TimeoutFired,
+    Validity,
+    VoteReceived,
+)
+from bcfl_cli.errors import BcflError, EncodingError, VerificationError
+from bcfl_cli.node.logging import fields
+from bcfl_cli.node.peers import PeerInfo, PeerRequestError
+from bcfl_cli.node.round_driver import build_proposal, plan_block
+from bcfl_cli.node.sync import referenced_blobs
+from bcfl_cli.protocol.block import Block, Vote
+from bcfl_cli.protocol.tx import TxKind, make_tx
+from bcfl_cli.store.vote_guard import DoubleSignError, VoteGuard
+
+if TYPE_CHECKING:
+    from bcfl_cli.node.server import Node
+
+log = logging.getLogger("bcfl.node.consensus")
+
+MAX_LOG_MESSAGES = 4_096
+VALIDATION_CACHE = 256
+PULL_TIMEOUT_S = 3.0
+MAX_PULLED_MESSAGES = 2_000
+
+
+class ConsensusDriver:
+    def __init__(
+        self,
+        node: Node,
+        guard: VoteGuard,
+        *,
+        timeouts: TimeoutConfig | None = None,
+        empty_block_interval_s: float = 1.0,
+    ) -> None:
+        self.node = node
+        self.guard = guard
+        self.empty_block_interval_s = empty_block_interval_s
+        self.engine: Engine = Engine(
+            chain=node.genesis_hash,
+            me=node.did,
+            app=self,
+            timeouts=timeouts,
+            restored=guard.state(node.genesis_hash),
+        )
+        self._queue: list[Event] = []
+        self._busy = False
+        self._timers: set[asyncio.TimerHandle] = set()
+        # Messages of recent heights, served to peers that pull: {height: {hash: wire dict}}.
+        self._log: OrderedDict[int, dict[str, tuple[str, dict[str, Any]]]] = OrderedDict()
+        # (block hash, state head hash) -> (validity, state after the block)
+        self._validated: OrderedDict[tuple[str, str], tuple[Validity, ChainState | None]] = (
+            OrderedDict()
+        )
+        self._validating: set[tuple[str, str]] = set()
+        self._next_height_seen = asyncio.Event()
+        self._work = asyncio.Event()
+        self._started_height = -1
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.commits: int = 0
+
+    # --- life cycle -----------------------------------------------------------------------
+    async def run(self) -> None:
+        """Start heights one after another (the engine does the rest through events)."""
+        await self._resend_recorded_votes()
+        while True:
+            target = self.node.state.height + 1
+            if self.engine.height >= target:
+                self._work.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._work.wait(), 1.0)
+                continue
+            await self._wait_for_work(target)
+            if self.node.state.height + 1 != target or self.engine.height >= target:
+                continue
+            self._started_height = target
+            self._next_height_seen.clear()
+            self.handle(StartHeight(target, self.node.state.validator_set))
+
+    async def _wait_for_work(self, target: int) -> None:
+        """Wait until the block at ``target`` would hold something, or the interval passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.empty_block_interval_s
+        if target == 1 or self.engine.height < 0:
+            deadline = loop.time()
+        while loop.time() < deadline:
+            if self._next_height_seen.is_set() or self.node.has_work(target):
+                return
+            if self.node.state.height + 1 != target:
+                return
+            self._work.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), min(0.1, deadline - loop.time()))
+
+    def poke(self) -> None:
+        """Something changed (new transaction, prepared verdict, commit): re-check for work."""
+        self._work.set()
+
+    def close(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _resend_recorded_votes(self) -> None:
+        """After a restart, re-send what we signed at this height (same signatures)."""
+        height = self.node.state.height + 1
+        for vote in self.guard.votes_at(self.node.genesis_hash, height, self.node.did):
+            signed = vote.signed(self.node.key)
+            self._remember(signed.height, signed.hash, "vote", signed.to_dict())
+            self.node.peers.broadcast("/v1/consensus", {"vote": signed.to_dict()})
+
+    # --- inbound ----------------------------------------------------------------------------
+    def on_message(self, proposal: Proposal | None, vote: Vote | None) -> None:
+        if proposal is not None:
+            if proposal.height > self.engine.height and self.engine.height >= 0:
+                self._next_height_seen.set()
+                self.poke()
+            self._remember(proposal.height, proposal.hash, "proposal", proposal.to_dict())
+            self.handle(ProposalReceived(proposal))
+        if vote is not None:
+            if vote.height > self.engine.height and self.engine.height >= 0:
+                self._next_height_seen.set()
+                self.poke()
+            self._remember(vote.height, vote.hash, "vote", vote.to_dict())
+            self.handle(VoteReceived(vote))
+
+    def messages_at(self, height: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        entries = self._log.get(height, {})
+        proposals = [d for kind, d in entries.values() if kind == "proposal"]
+        votes = [d for kind, d in entries.values() if kind == "vote"]
+        return proposals, votes
+
+    def _remember(self, height: int, digest: str, kind: str, wire: dict[str, Any]) -> None:
+        current = self.node.state.height + 1
+        if not current - 2 <= height <= current + 1:
+            return
+        entries = self._log.setdefault(height, {})
+        if len(entries) < MAX_LOG_MESSAGES:
+            entries[digest] = (kind, wire)
+        while len(self._log) > 4:
+            self._log.popitem(last=False)
+
+    # --- the engine loop --------------------------------------------------------------------
+    def handle(self, event: Event) -> None:
+        """Feed ``event``; actions may feed more events, processed in order (no recursion)."""
+        self._queue.append(event)
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            while self._queue:
+                actions = self.engine.handle(self._queue.pop(0))
+                for action in actions:
+                    self._act(action)
+        finally:
+            self._busy = False
+
+    def _act(self, action: Action) -> None:
+        node = self.node
+        if isinstance(action, BroadcastProposal):
+            try:
+                signed = self.guard.sign_proposal(action.proposal, node.key, action.state)
+            except DoubleSignError as exc:
+                log.error("not proposing: %s", exc.message)
+                return
+            wire = signed.to_dict()
+            self._remember(signed.height, signed.hash, "proposal", wire)
+            node.peers.broadcast("/v1/consensus", {"proposal": wire})
+            self._queue.append(ProposalReceived(signed))
+        elif isinstance(action, BroadcastVote):
+            try:
+                vote = self.guard.sign_vote(action.vote, node.key, action.state)
+            except DoubleSignError as exc:
+                log.error("not voting: %s", exc.message)
+                return
+            wire = vote.to_dict()
+            self._remember(vote.height, vote.hash, "vote", wire)
+            node.peers.broadcast("/v1/consensus", {"vote": wire})
+            self._queue.append(VoteReceived(vote))
+        elif isinstance(action, ScheduleTimeout):
+            self._schedule(action)
+        elif isinstance(action, Commit):
+            self._commit(action.block)
+        elif isinstance(action, Evidence):
+            self._evidence(action)
+
+    def _schedule(self, action: ScheduleTimeout) -> None:
+        event = TimeoutFired(action.kind, action.height, action.round)
+
+        timer: list[asyncio.TimerHandle] = []
+
+        def fire() -> None:
+            for t in timer:
+                self._timers.discard(t)
+            if self.engine.height == action.height:
+                self._spawn(self._pull(action.height))
+            self.handle(event)
+
+        timer.append(self.node.clock.call_later(action.duration_ms / 1000.0, fire))
+        self._timers.add(timer[0])
+
+    def _commit(self, block: Block) -> None:
+        node = self.node
+        state = node.state
+        key = (block.hash, state.head_hash)
+        known = self._validated.get(key)
+        if known is None or known[1] is None or block.height != state.height + 1:
+            # Decided on a block we did not see validated against this state (a sync raced
+            # us); the sync loop will bring the chain to it with full verification.
+            node.syncer.wake()
+            return
+        self.commits += 1
+        node.accept_block(block, known[1], source="consensus")
+
+    def _evidence(self, action: Evidence) -> None:
+        node = self.node
+        member = node.state.member(node.did)
+        if member is None or not member.is_validator:
+            return
+        log.warning(
+            "validator equivocated: two votes at one height/round/step",
+            extra=fields(offender=action.offender, height=action.first.height),
+        )
+        try:
+            tx = make_tx(
+                node.key,
+                node.genesis_hash,
+                TxKind.MISBEHAVIOUR,
+                action.to_body(),
+                time_ms=node.clock.now_ms(),
+            )
+            node.submit(tx)
+        except BcflError as exc:
+            log.warning("misbehaviour evidence not submitted: %s", exc.message)
+
+    # --- pulls -----------------------------------------------------------------------------
+    async def _pull(self, height: int) -> None:
+        async def one(peer: PeerInfo) -> list[Event]:
+            try:
+                data = await self.node.peers.get(
+                    peer, f"/v1/consensus/{height}", timeout_s=PULL_TIMEOUT_S
+                )
+            except PeerRequestError:
+                return []
+            events: list[Event] = []
+            if not isinstance(data, dict):
+                return events
+            proposals = data.get("proposals", [])
+            votes = data.get("votes", [])
+            if not isinstance(proposals, list) or not isinstance(votes, list):
+                return events
+            for raw in proposals[:MAX_PULLED_MESSAGES]:
+                with contextlib.suppress(EncodingError):
+                    events.append(ProposalReceived(Proposal.from_dict(raw)))
+            for raw in votes[:MAX_PULLED_MESSAGES]:
+                with contextlib.suppress(EncodingError):
+                    events.append(VoteReceived(Vote.from_dict(raw)))
+            return events
+
+        results = await asyncio.gather(*(one(p) for p in self.node.peers.live()))
+        for events in results:
+            for event in events:
+                if isinstance(event, ProposalReceived):
+                    self.on_message(event.proposal, None)
+                elif isinstance(event, VoteReceived):
+                    self.on_message(None, event.vote)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the application (engine callbacks) -------------------------------------------------
+    def propose(self, height: int, round: int) -> Block:
+        node = self.node
+        state = node.state
+        now = node.clock.now_ms()
+        txs = plan_block(
+            state,
+            node.mempool.snapshot(),
+            height=height,
+            key=node.key,
+            now_ms=now,
+            verdict_of=node.prepared_verdict,
+            aggregate_of=node.prepared_aggregate,
+        )
+        block, new_state = build_proposal(
+            state,
+            node.head,
+            txs,
+            node.key,
+            now_ms=now,
+            checks=node.checks.cached_only(),
+            on_dropped=node.drop_from_mempool,
+        )
+        self._store_validity(block.hash, state.head_hash, Validity.VALID, new_state)
+        log.info(
+            "proposing",
+            extra=fields(height=height, round=round, block=block.hash, txs=len(block.txs)),
+        )
+        return block
+
+    def validate(self, block: Block) -> Validity:
+        state = self.node.state
+        if block.header.prev != state.head_hash or block.height != state.height + 1:
+            return Validity.INVALID
+        key = (block.hash, state.head_hash)
+        known = self._validated.get(key)
+        if known is not None:
+            return known[0]
+        if key not in self._validating:
+            self._validating.add(key)
+            self._spawn(self._validate_async(block, state))
+        return Validity.UNKNOWN
+
+    async def _validate_async(self, block: Block, state: ChainState) -> None:
+        node = self.node
+        key = (block.hash, state.head_hash)
+        try:
+            if not await node.syncer.ensure_blobs(referenced_blobs(block), timeout_s=10.0):
+                log.info("cannot fetch the blobs of proposal %s yet", block.hash[:16])
+                return  # stays UNKNOWN: the propose timeout prevotes nil
+
+            def check() -> ChainState:
+                return state.apply(block, checks=node.checks, proposal=True)
+
+            try:
+                new_state = await node.run_worker(check)
+                self._store_validity(block.hash, state.head_hash, Validity.VALID, new_state)
+            except VerificationError as exc:
+                log.warning(
+                    "proposal refused",
+                    extra=fields(
+                        height=block.height, block=block.hash, code=exc.code, reason=exc.message
+                    ),
+                )
+                self._store_validity(block.hash, state.head_hash, Validity.INVALID, None)
+            except BcflError as exc:
+                log.warning("proposal could not be checked: %s", exc.message)
+                return
+        finally:
+            self._validating.discard(key)
+        if node.state is state:
+            self.handle(Recheck())
+
+    def _store_validity(
+        self, block_hash: str, head: str, validity: Validity, state: ChainState | None
+    ) -> None:
+        self._validated[(block_hash, head)] = (validity, state)
+        while len(self._validated) > VALIDATION_CACHE:
+            self._validated.popitem(last=False)

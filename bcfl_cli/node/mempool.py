@@ -1,0 +1,238 @@
+"""Pending transactions: bounded, deduplicated, and pre-checked so junk never waits here.
+
+A transaction enters only if it is well formed, correctly signed, meant for this chain, not
+already on it, and passes the rules that can be judged alone against the current chain state
+(membership, roles, round number and base model, pending admissions). The full rules run again
+when a proposer puts it in a block (``ChainState.apply``), so the pre-check may be lenient but
+never admits what a block could not hold. The pool is bounded in count, bytes and per author,
+and forgets transactions once they are committed or can no longer apply.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.errors import BcflError
+from bcfl_cli.protocol.encoding import canonical
+from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
+
+DEFAULT_MAX_TXS = 5_000
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+DEFAULT_PER_AUTHOR = 32
+REJECTED_MEMORY = 10_000
+
+#: Kinds only a block's proposer writes, while building the block: never accepted from outside.
+PROPOSER_ONLY = frozenset({TxKind.OPEN_ROUND, TxKind.VALIDATION, TxKind.AGGREGATE})
+
+
+class MempoolRefusal(BcflError):
+    """A transaction the pool will not hold; ``code`` is stable, ``status`` the HTTP answer."""
+
+    def __init__(self, code: str, message: str, *, status: int = 422) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Pending:
+    tx: Transaction
+    size: int
+    received_ms: int
+
+
+def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = True) -> None:
+    """The rules ``tx`` must pass alone against ``state``; MempoolRefusal names the first broken."""
+    if tx.chain != state.chain_id:
+        raise MempoolRefusal(
+            "wrong_chain",
+            f"transaction is for chain {tx.chain[:16]}, this is {state.chain_id[:16]}",
+        )
+    if tx.hash in state.seen_tx:
+        raise MempoolRefusal("already_committed", "transaction is already on the chain", status=409)
+    if verify_signature and not tx.signature_valid():
+        raise MempoolRefusal(
+            "bad_tx_signature", f"transaction signature does not verify for {tx.author}"
+        )
+    if tx.kind in PROPOSER_ONLY:
+        raise MempoolRefusal(
+            "proposer_only", f"{tx.kind} transactions are written by a block's proposer only"
+        )
+    member = state.member(tx.author)
+    body = tx.body
+    if tx.kind is TxKind.JOIN_REQUEST:
+        if member is not None:
+            raise MempoolRefusal(
+                "already_member", f"{tx.author} is already a member ({member.status})"
+            )
+        if tx.author in state.pending:
+            raise MempoolRefusal("request_pending", f"{tx.author} already has a pending request")
+        names = {m.name for m in state.members.values()} | {r.name for r in state.pending.values()}
+        if body["name"] in names:
+            raise MempoolRefusal("name_taken", f"member name {body['name']!r} is taken")
+        return
+    if member is None or not member.active:
+        raise MempoolRefusal(
+            "not_member", f"author {tx.author} is not an active member", status=403
+        )
+    validator_kinds = (TxKind.APPROVE_MEMBER, TxKind.REMOVE_MEMBER, TxKind.MISBEHAVIOUR)
+    if tx.kind in validator_kinds and not member.is_validator:
+        raise MempoolRefusal("not_validator", f"{tx.kind} needs a validator", status=403)
+    if tx.kind is TxKind.APPROVE_MEMBER:
+        request = state.pending.get(body["member"])
+        if request is None or request.tx != body["request"]:
+            raise MempoolRefusal(
+                "no_pending_request",
+                f"{body['member']} has no pending request {body['request'][:16]}",
+            )
+        if tx.author in request.approvals:
+            raise MempoolRefusal("duplicate_approval", "you already approved this request")
+    elif tx.kind is TxKind.REMOVE_MEMBER:
+        subject = state.member(body["member"])
+        if subject is None or not subject.active:
+            raise MempoolRefusal("not_active_member", f"{body['member']} is not an active member")
+    elif tx.kind is TxKind.UPDATE:
+        _precheck_update(state, tx)
+
+
+def _precheck_update(state: ChainState, tx: Transaction) -> None:
+    member = state.member(tx.author)
+    if member is None or not member.is_trainer:
+        raise MempoolRefusal("not_trainer", f"{tx.author} is not an active trainer", status=403)
+    rnd = state.round
+    body = tx.body
+    if not rnd.open or body["round"] != rnd.number:
+        current = f"round {rnd.number} is {rnd.state}"
+        raise MempoolRefusal(
+            "wrong_round",
+            f"update for round {body['round']}, but {current}; train on the open round",
+        )
+    if body["base_model"] != rnd.base_model:
+        raise MempoolRefusal(
+            "wrong_base_model",
+            f"update trained on {body['base_model'][:16]}, round base is "
+            f"{rnd.base_model[:16]}; fetch the round's model and train again",
+        )
+    if tx.author in rnd.submitted:
+        raise MempoolRefusal(
+            "duplicate_update", "you already sent an update this round", status=409
+        )
+    limit = state.config.contract.max_blob_bytes
+    if body["blob_size"] > limit:
+        raise MempoolRefusal(
+            "blob_too_large", f"update blob of {body['blob_size']} bytes is over the limit {limit}"
+        )
+
+
+class Mempool:
+    """Pending transactions in arrival order; every operation is O(1) or O(pool size)."""
+
+    def __init__(
+        self,
+        *,
+        max_txs: int = DEFAULT_MAX_TXS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        per_author: int = DEFAULT_PER_AUTHOR,
+    ) -> None:
+        self.max_txs = max_txs
+        self.max_bytes = max_bytes
+        self.per_author = per_author
+        self._txs: OrderedDict[str, Pending] = OrderedDict()
+        self._bytes = 0
+        self._by_author: dict[str, int] = {}
+        self._rejected: OrderedDict[str, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, tx_hash: object) -> bool:
+        return tx_hash in self._txs
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, tx_hash: str) -> Transaction | None:
+        pending = self._txs.get(tx_hash)
+        return pending.tx if pending else None
+
+    def rejected_reason(self, tx_hash: str) -> str | None:
+        return self._rejected.get(tx_hash)
+
+    def snapshot(self) -> list[Transaction]:
+        return [p.tx for p in self._txs.values()]
+
+    def add(self, tx: Transaction, state: ChainState, *, now_ms: int) -> bool:
+        """Admit ``tx``; False if already pending, MempoolRefusal if it cannot be held."""
+        digest = tx.hash
+        if digest in self._txs:
+            return False
+        size = len(canonical(tx.to_dict()))
+        if size > MAX_TX_BYTES:
+            raise MempoolRefusal(
+                "tx_too_large", f"transaction of {size} bytes, limit {MAX_TX_BYTES}", status=413
+            )
+        try:
+            precheck(state, tx)
+        except MempoolRefusal as refusal:
+            if refusal.code != "already_committed":
+                self._remember_rejected(digest, refusal.code)
+            raise
+        if tx.kind is TxKind.UPDATE and any(
+            p.tx.kind is TxKind.UPDATE and p.tx.author == tx.author for p in self._txs.values()
+        ):
+            raise MempoolRefusal(
+                "duplicate_update", "an update of yours is already pending", status=409
+            )
+        if self._by_author.get(tx.author, 0) >= self.per_author:
+            raise MempoolRefusal(
+                "too_many_pending",
+                f"{self.per_author} transactions of yours are pending; wait for them to commit",
+                status=429,
+            )
+        if len(self._txs) >= self.max_txs or self._bytes + size > self.max_bytes:
+            raise MempoolRefusal(
+                "mempool_full",
+                "this node's pending transactions are at their limit; retry later",
+                status=503,
+            )
+        self._txs[digest] = Pending(tx, size, now_ms)
+        self._bytes += size
+        self._by_author[tx.author] = self._by_author.get(tx.author, 0) + 1
+        self._rejected.pop(digest, None)
+        return True
+
+    def remove(self, hashes: Iterable[str]) -> None:
+        for digest in hashes:
+            pending = self._txs.pop(digest, None)
+            if pending is None:
+                continue
+            self._bytes -= pending.size
+            left = self._by_author.get(pending.tx.author, 1) - 1
+            if left:
+                self._by_author[pending.tx.author] = left
+            else:
+                self._by_author.pop(pending.tx.author, None)
+
+    def prune(self, state: ChainState) -> list[tuple[str, str]]:
+        """Drop what ``state`` (after a commit) makes committed or inapplicable; (hash, code)."""
+        dropped: list[tuple[str, str]] = []
+        for digest, pending in list(self._txs.items()):
+            try:
+                precheck(state, pending.tx, verify_signature=False)
+            except MempoolRefusal as refusal:
+                dropped.append((digest, refusal.code))
+        self.remove(d for d, _ in dropped)
+        for digest, code in dropped:
+            if code != "already_committed":
+                self._remember_rejected(digest, code)
+        return dropped
+
+    def _remember_rejected(self, digest: str, code: str) -> None:
+        self._rejected[digest] = code
+        self._rejected.move_to_end(digest)
+        while len(self._rejected) > REJECTED_MEMORY:
+            self._rejected.popitem(last=False)

@@ -1,0 +1,189 @@
+"""The node's view of its peers: signed async requests, per-peer outboxes, last known status.
+
+Every request to a peer is signed (RFC 9421) with this member's key, even public reads, so a
+peer with a broken clock or key shows up at once. Messages to push (consensus messages,
+transactions) go through one bounded queue per peer, drained by one task per peer: a slow or
+dead peer fills only its own queue (the oldest message is dropped, and consensus pulls what it
+missed on its next timeout), it never delays what the others receive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import nacl.signing
+
+from bcfl_cli.errors import EncodingError, NodeError
+from bcfl_cli.node.client import SignedClient
+from bcfl_cli.node.httpsig import sign_request
+from bcfl_cli.node.logging import fields
+from bcfl_cli.protocol.encoding import canonical, parse_json
+
+log = logging.getLogger("bcfl.node.peers")
+
+CONNECT_TIMEOUT_S = 2.0
+READ_TIMEOUT_S = 10.0
+OUTBOX_SIZE = 512
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class PeerInfo:
+    url: str
+    did: str | None = None
+    genesis: str | None = None
+    height: int | None = None
+    head: str | None = None
+    last_seen_ms: int | None = None
+    error: str | None = None
+    refused: bool = False  # another genesis: never followed
+    outbox: asyncio.Queue[tuple[str, bytes]] = field(
+        default_factory=lambda: asyncio.Queue(OUTBOX_SIZE)
+    )
+    dropped: int = 0
+
+
+class PeerRequestError(NodeError):
+    """A peer did not answer usefully; ``status`` is the HTTP status (0: no answer)."""
+
+    def __init__(self, message: str, *, status: int = 0, code: str = "unreachable") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+def normalise_url(url: str) -> str:
+    url = url.strip().rstrip("/")
+    if url.endswith("/v1"):
+        url = url[: -len("/v1")]
+    if not url.startswith(("http://", "https://")):
+        url = "http://" + url
+    return url
+
+
+class Peers:
+    """All configured peers of this node (``--peer`` URLs), and how to talk to them."""
+
+    def __init__(self, key: nacl.signing.SigningKey, urls: list[str], *, self_url: str) -> None:
+        self._key = key
+        own = normalise_url(self_url)
+        self.peers: dict[str, PeerInfo] = {}
+        for url in urls:
+            norm = normalise_url(url)
+            if norm != own and norm not in self.peers:
+                self.peers[norm] = PeerInfo(norm)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            follow_redirects=False,
+        )
+        self._workers: list[asyncio.Task[None]] = []
+
+    def __iter__(self) -> Any:
+        return iter(list(self.peers.values()))
+
+    def live(self) -> list[PeerInfo]:
+        return [p for p in self.peers.values() if not p.refused]
+
+    async def close(self) -> None:
+        for task in self._workers:
+            task.cancel()
+        for task in self._workers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._client.aclose()
+
+    # --- requests -------------------------------------------------------------------------
+    async def request(
+        self,
+        peer: PeerInfo,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None = None,
+        params: dict[str, str | int] | None = None,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+        timeout_s: float | None = None,
+    ) -> Any:
+        """Signed request; the parsed JSON answer of a 2xx, else PeerRequestError."""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        request = self._client.build_request(
+            method, peer.url + path, content=body, params=params, headers=headers
+        )
+        request.headers.update(
+            sign_request(self._key, method, str(request.url), dict(request.headers), body)
+        )
+        extensions = {}
+        if timeout_s is not None:
+            extensions["timeout"] = httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S).as_dict()
+        request.extensions.update(extensions)
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise PeerRequestError(f"{peer.url}{path}: {type(exc).__name__}: {exc}") from exc
+        try:
+            data = bytearray()
+            async for piece in response.aiter_bytes():
+                data += piece
+                if len(data) > max_bytes:
+                    raise PeerRequestError(f"{peer.url}{path}: answer over {max_bytes} bytes")
+        except httpx.HTTPError as exc:
+            raise PeerRequestError(f"{peer.url}{path}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await response.aclose()
+        try:
+            payload = parse_json(bytes(data), max_bytes=max_bytes) if data else None
+        except EncodingError as exc:
+            raise PeerRequestError(f"{peer.url}{path}: malformed answer: {exc.message}") from exc
+        if not response.is_success:
+            code, message = f"http_{response.status_code}", ""
+            if isinstance(payload, dict):
+                code = str(payload.get("error", code))[:64]
+                message = str(payload.get("message", ""))[:300]
+            raise PeerRequestError(
+                f"{peer.url}{path}: {response.status_code} {code}: {message}",
+                status=response.status_code,
+                code=code,
+            )
+        return payload
+
+    async def get(self, peer: PeerInfo, path: str, **kw: Any) -> Any:
+        return await self.request(peer, "GET", path, **kw)
+
+    async def post(self, peer: PeerInfo, path: str, payload: Any, **kw: Any) -> Any:
+        return await self.request(peer, "POST", path, body=canonical(payload), **kw)
+
+    def blob_client(self, peer: PeerInfo) -> SignedClient:
+        """A synchronous signed client for ``blob_fetch`` (run it in a thread)."""
+        return SignedClient(self._key, peer.url + "/v1", retries=1, timeout=30.0)
+
+    # --- push ----------------------------------------------------------------------------
+    def broadcast(self, path: str, payload: Any) -> None:
+        """Queue ``payload`` for every peer; a full queue drops its oldest message."""
+        body = canonical(payload)
+        for peer in self.live():
+            if peer.outbox.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    peer.outbox.get_nowait()
+                    peer.dropped += 1
+            peer.outbox.put_nowait((path, body))
+
+    def start_outboxes(self) -> None:
+        for peer in self.peers.values():
+            self._workers.append(asyncio.create_task(self._drain(peer), name=f"outbox {peer.url}"))
+
+    async def _drain(self, peer: PeerInfo) -> None:
+        while True:
+            path, body = await peer.outbox.get()
+            try:
+                await self.request(peer, "POST", path, body=body, timeout_s=5.0)
+            except PeerRequestError as exc:
+                if exc.status == 0:
+                    peer.error = exc.message
+                elif exc.status not in (409,):
+                    log.debug("push refused", extra=fields(peer=peer.url, reason=exc.message))

@@ -1,0 +1,247 @@
+"""What a proposer puts in its block: the round life cycle, as a function of the chain state.
+
+Given the state after the head, the pending transactions and what has been *prepared* (contract
+verdicts of pending updates, the aggregate of the open round), ``plan_block`` returns the
+transactions of the next block:
+
+1. membership and evidence transactions, in arrival order;
+2. ``open_round`` when no round is open and the plan has rounds left (base = the latest
+   aggregate model, or the genesis initial model; ``deadline_height`` = height + plan);
+3. while the round collects updates: each prepared update immediately followed by this
+   proposer's ``validation`` carrying the contract's verdict;
+4. once ``min_updates`` are accepted or the deadline height is reached: the ``aggregate``
+   (no more updates after that point: the aggregate lists exactly the accepted set).
+
+Nothing here blocks: verdicts and aggregates are computed beforehand, off the event loop, by
+``prepare_verdicts`` / ``compute_aggregate``; a piece not prepared yet waits for a later block.
+``build_proposal`` then trial-applies the block with the real rules and drops any transaction
+they refuse, so a proposer never proposes a block its own rules reject.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import nacl.signing
+
+from bcfl_cli.chain.builder import build_block
+from bcfl_cli.chain.checks import AppChecks, VerdictLike
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.errors import BlobError, VerificationError
+from bcfl_cli.fl.aggregation import UpdateInput, aggregate
+from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from bcfl_cli.store.blobs import BlobStore
+
+log = logging.getLogger("bcfl.node.rounds")
+
+#: Transactions a proposer puts in one block (well under the protocol's 2,000 and 4 MB).
+MAX_BLOCK_TXS = 500
+
+VerdictOf = Callable[[Transaction], VerdictLike | None]
+AggregateOf = Callable[[ChainState], tuple[str, int] | None]
+
+
+@dataclass(frozen=True)
+class AggregateKey:
+    """What an aggregate depends on: the round's base model and its accepted update set."""
+
+    round: int
+    base_model: str
+    updates: tuple[str, ...]
+
+    @classmethod
+    def of(cls, state: ChainState) -> AggregateKey:
+        rnd = state.round
+        return cls(rnd.number, rnd.base_model, tuple(rnd.accepted_hashes))
+
+
+def rounds_left(state: ChainState) -> bool:
+    return state.round.number < state.config.training.rounds
+
+
+def aggregate_due(state: ChainState, height: int) -> bool:
+    """The open round may be closed by the block at ``height``."""
+    rnd = state.round
+    if not rnd.open:
+        return False
+    return len(rnd.accepted) >= state.config.training.min_updates or height >= rnd.deadline_height
+
+
+def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[Transaction]:
+    """Updates in ``pending`` that fit the open round (one per author, arrival order)."""
+    rnd = state.round
+    if not rnd.open:
+        return []
+    seen = set(rnd.submitted)
+    out = []
+    for tx in pending:
+        if tx.kind is not TxKind.UPDATE or tx.author in seen:
+            continue
+        if tx.body["round"] != rnd.number or tx.body["base_model"] != rnd.base_model:
+            continue
+        seen.add(tx.author)
+        out.append(tx)
+    return out
+
+
+def plan_block(
+    state: ChainState,
+    pending: Sequence[Transaction],
+    *,
+    height: int,
+    key: nacl.signing.SigningKey,
+    now_ms: int,
+    verdict_of: VerdictOf,
+    aggregate_of: AggregateOf,
+    max_txs: int = MAX_BLOCK_TXS,
+) -> list[Transaction]:
+    """The transactions of the block at ``height`` (``state`` is the state after height - 1)."""
+    chain = state.chain_id
+    txs: list[Transaction] = []
+    for tx in pending:
+        if len(txs) >= max_txs // 2:
+            break
+        if tx.kind in (
+            TxKind.JOIN_REQUEST,
+            TxKind.APPROVE_MEMBER,
+            TxKind.REMOVE_MEMBER,
+            TxKind.MISBEHAVIOUR,
+        ):
+            txs.append(tx)
+    rnd = state.round
+    if not rnd.open:
+        if rounds_left(state):
+            body = {
+                "round": rnd.number + 1,
+                "base_model": rnd.model,
+                "deadline_height": height + state.config.training.deadline_blocks,
+            }
+            txs.append(make_tx(key, chain, TxKind.OPEN_ROUND, body, time_ms=now_ms))
+        return txs
+    if aggregate_due(state, height):
+        prepared = aggregate_of(state)
+        if prepared is not None:
+            model, size = prepared
+            body = {
+                "round": rnd.number,
+                "updates": rnd.accepted_hashes,
+                "rule": state.config.aggregation_rule,
+                "params": state.config.aggregation_params,
+                "model": model,
+                "model_size": size,
+            }
+            txs.append(make_tx(key, chain, TxKind.AGGREGATE, body, time_ms=now_ms))
+        return txs
+    for update in pending_updates(state, pending):
+        if len(txs) + 2 > max_txs:
+            break
+        verdict = verdict_of(update)
+        if verdict is None:
+            continue
+        body = {
+            "update": update.hash,
+            "verdict": "accept" if verdict.accept else "reject",
+            "reason": verdict.reason,
+            "detail": verdict.detail,
+        }
+        txs += [update, make_tx(key, chain, TxKind.VALIDATION, body, time_ms=now_ms)]
+    return txs
+
+
+def has_work(
+    state: ChainState,
+    pending: Sequence[Transaction],
+    *,
+    height: int,
+    verdict_of: VerdictOf,
+    aggregate_of: AggregateOf,
+) -> bool:
+    """Whether the block at ``height`` would hold anything (else the proposer may wait)."""
+    if any(tx.kind not in (TxKind.UPDATE,) for tx in pending):
+        return True
+    rnd = state.round
+    if not rnd.open:
+        return rounds_left(state)
+    if aggregate_due(state, height):
+        return aggregate_of(state) is not None
+    return any(verdict_of(tx) is not None for tx in pending_updates(state, pending))
+
+
+def build_proposal(
+    state: ChainState,
+    head: Block,
+    txs: Sequence[Transaction],
+    key: nacl.signing.SigningKey,
+    *,
+    now_ms: int,
+    checks: AppChecks | None,
+    on_dropped: Callable[[str, str], None] | None = None,
+) -> tuple[Block, ChainState]:
+    """The block of ``txs`` (minus any the rules refuse) and the state after it."""
+    chosen = list(txs)
+    for _ in range(len(chosen) + 1):
+        block = build_block(state, head, chosen, key, time_ms=now_ms)
+        try:
+            return block, state.apply(block, checks=checks, verify_signatures=False, proposal=True)
+        except VerificationError as exc:
+            if exc.tx_hash is None or not chosen:
+                raise
+            log.info("left out of the proposal: %s", exc.message)
+            if on_dropped is not None:
+                on_dropped(exc.tx_hash, exc.code)
+            chosen = _without(chosen, exc.tx_hash)
+    raise VerificationError("no valid block could be built", height=head.height + 1)
+
+
+def _without(txs: list[Transaction], tx_hash: str) -> list[Transaction]:
+    """``txs`` less ``tx_hash``, keeping each update and its validation together."""
+    out: list[Transaction] = []
+    skip_next = False
+    for i, tx in enumerate(txs):
+        if skip_next:
+            skip_next = False
+            continue
+        if tx.hash == tx_hash:
+            if tx.kind is TxKind.UPDATE:
+                skip_next = True
+            elif tx.kind is TxKind.VALIDATION and out and out[-1].kind is TxKind.UPDATE:
+                out.pop()
+            continue
+        nxt = txs[i + 1] if i + 1 < len(txs) else None
+        if tx.kind is TxKind.UPDATE and nxt is not None and nxt.hash == tx_hash:
+            continue
+        out.append(tx)
+    return out
+
+
+# --- heavy work, run off the event loop ---------------------------------------------------------
+def compute_aggregate(state: ChainState, blobs: BlobStore) -> tuple[str, int]:
+    """(model hash, size) of the open round's aggregate; the model blob is stored in ``blobs``.
+
+    The same computation as ``FLChecks.check_aggregate`` (fl.aggregation over the accepted
+    update blobs on top of the base model), so every validator recomputes these exact bits.
+    """
+    rnd = state.round
+    cfg = state.config
+    limit = cfg.contract.max_blob_bytes
+    if not rnd.accepted:
+        return rnd.base_model, blobs.size(rnd.base_model)
+
+    def load(digest: str) -> bytes:
+        if not blobs.has(digest):
+            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer")
+        return blobs.get(digest, max_bytes=limit)
+
+    base = decode_tensors(load(rnd.base_model), max_bytes=limit)
+    updates = [
+        UpdateInput(u.tx, decode_tensors(load(u.blob), max_bytes=limit), u.num_samples)
+        for u in rnd.accepted
+    ]
+    result = aggregate(cfg.aggregation, base, updates)
+    data = result.model_bytes
+    blobs.put(data)
+    return result.model_hash, len(data)

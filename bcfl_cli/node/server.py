@@ -1,0 +1,417 @@
+"""The long-running peer: one asyncio loop with the HTTP server and the node's background tasks.
+
+``Node`` holds everything a member's peer knows (ledger, chain state, mempool, peers, caches)
+and is the single place where a decided block is appended (``accept_block``), whether consensus
+decided it here or the sync loop verified it from a peer. ``serve`` runs uvicorn (the Starlette
+app of ``app.py``) beside the consensus driver, the sync loop, the round preparation and the
+per-peer outboxes; SIGINT/SIGTERM stop it gracefully (tasks cancelled, stores closed). After a
+SIGKILL the next start replays the store and the vote guard restores the engine's lock, so
+nothing signed is ever signed differently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.consensus.messages import TimeoutConfig
+from bcfl_cli.errors import BcflError, NodeError
+from bcfl_cli.fl.checks import FLChecks
+from bcfl_cli.home import Home
+from bcfl_cli.identity import Identity
+from bcfl_cli.node.clock import Clock
+from bcfl_cli.node.consensus_driver import ConsensusDriver
+from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.node.logging import fields
+from bcfl_cli.node.mempool import Mempool
+from bcfl_cli.node.peers import Peers, normalise_url
+from bcfl_cli.node.round_driver import (
+    AggregateKey,
+    aggregate_due,
+    compute_aggregate,
+    has_work,
+    pending_updates,
+)
+from bcfl_cli.node.sync import CachingChecks, Syncer, alarm_document, referenced_blobs
+from bcfl_cli.protocol.block import Block, ValidatorSet
+from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.store.vote_guard import VoteGuard
+
+log = logging.getLogger("bcfl.node")
+
+T = TypeVar("T")
+
+ALARM_FILE = "alarm.json"
+NODE_FILE = "node.json"
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    host: str = "127.0.0.1"
+    port: int = 7420
+    peers: tuple[str, ...] = ()
+    advertise: str | None = None
+    limits: NodeLimits = field(default_factory=NodeLimits)
+    timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
+    empty_block_interval_s: float = 1.0
+    train: Path | None = None  # --train PART.csv: train and submit each round
+    attack: str | None = None  # --attack NAME (demo and tests only)
+
+    @property
+    def url(self) -> str:
+        return self.advertise or f"http://{self.host}:{self.port}"
+
+
+class Node:
+    """A member's peer: state, stores and background work (see module docstring)."""
+
+    def __init__(self, home: Home, identity: Identity, options: NodeOptions) -> None:
+        self.home = home
+        self.identity = identity
+        self.options = options
+        self.key = identity.signing_key
+        self.did = identity.did
+        self.clock = Clock()
+        self.ledger = Ledger.open(home)
+        self.blobs = self.ledger.blobs
+        self.document = self.ledger.document
+        self.genesis = self.ledger.block(0)
+        self.genesis_hash = self.genesis.hash
+        self.state, self._validator_sets = self._replay()
+        self.head = self.ledger.head()
+        self.checks = CachingChecks(FLChecks(self.blobs))
+        self.mempool = Mempool()
+        self.peers = Peers(self.key, list(options.peers), self_url=options.url)
+        self.alarm: dict[str, Any] | None = self._load_alarm()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-worker")
+        self.syncer = Syncer(self)
+        self.guard = VoteGuard.for_home(home)
+        self.driver = ConsensusDriver(
+            self,
+            self.guard,
+            timeouts=options.timeouts,
+            empty_block_interval_s=options.empty_block_interval_s,
+        )
+        self._aggregates: dict[AggregateKey, tuple[str, int]] = {}
+        self._prepare_wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.on_commit: list[Callable[[Block], None]] = []
+        log.info(
+            "node opened",
+            extra=fields(
+                home=str(home.root),
+                did=self.did,
+                height=self.state.height,
+                genesis=self.genesis_hash,
+            ),
+        )
+
+    # --- start-up -------------------------------------------------------------------------
+    def _replay(self) -> tuple[ChainState, list[tuple[int, ValidatorSet]]]:
+        """Rebuild the state from our own store (verified when appended, so no signatures)."""
+        state = ChainState.from_genesis(self.genesis, self.document)
+        sets = [(1, state.validator_set)]
+        for block in self.ledger.blocks(1):
+            state = state.apply(block, verify_signatures=False)
+            if state.validator_set != sets[-1][1]:
+                sets.append((block.height + 1, state.validator_set))
+        return state, sets
+
+    def _load_alarm(self) -> dict[str, Any] | None:
+        path = self.home.node_dir / ALARM_FILE
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return {
+                "height": int(data["height"]),
+                "blocks": [Block.from_dict(b).hash for b in data["blocks"]],
+                "message": str(data["message"]),
+            }
+        except (OSError, ValueError, KeyError, TypeError, BcflError):
+            return {"height": -1, "blocks": [], "message": f"unreadable alarm file {path}"}
+
+    # --- queries --------------------------------------------------------------------------
+    def is_member(self, did: str) -> bool:
+        member = self.state.member(did)
+        return member is not None and member.active
+
+    def validator_set_at(self, height: int) -> ValidatorSet | None:
+        if height < 1 or height > self.state.height + 1:
+            return None
+        starts = [h for h, _ in self._validator_sets]
+        index = bisect.bisect_right(starts, height) - 1
+        return self._validator_sets[index][1]
+
+    @property
+    def role(self) -> str:
+        member = self.state.member(self.did)
+        if member is None or not member.active:
+            return "observer"
+        return "validator" if member.is_validator else "member"
+
+    # --- transactions ---------------------------------------------------------------------
+    def submit(self, tx: Transaction) -> bool:
+        """Into the mempool (MempoolRefusal if it cannot be held); gossiped when new."""
+        added = self.mempool.add(tx, self.state, now_ms=self.clock.now_ms())
+        if added:
+            self.peers.broadcast("/v1/txs", {"tx": tx.to_dict()})
+            self.wake_prepare()
+            self.driver.poke()
+        return added
+
+    def drop_from_mempool(self, tx_hash: str, code: str) -> None:
+        self.mempool.remove([tx_hash])
+        self.mempool._remember_rejected(tx_hash, code)
+
+    # --- blocks ---------------------------------------------------------------------------
+    def accept_block(self, block: Block, new_state: ChainState, *, source: str) -> None:
+        """Append a decided, verified ``block`` whose state after is ``new_state``."""
+        if block.height <= self.state.height:
+            ours = self.ledger.block(block.height)
+            if ours.hash != block.hash:
+                self.raise_alarm(block.height, ours, block, source=source)
+            return
+        if block.height != self.state.height + 1 or new_state.head_hash != block.hash:
+            raise NodeError(f"block {block.height} does not follow the head {self.state.height}")
+        self.ledger.append(block)
+        if new_state.validator_set != self.state.validator_set:
+            self._validator_sets.append((block.height + 1, new_state.validator_set))
+        self.state = new_state
+        self.head = block
+        self.mempool.remove(tx.hash for tx in block.txs)
+        self.mempool.prune(new_state)
+        rnd = new_state.round
+        log.info(
+            "committed",
+            extra=fields(
+                height=block.height,
+                block=block.hash,
+                txs=len(block.txs),
+                source=source,
+                round=rnd.number,
+                round_state=rnd.state,
+                accepted=len(rnd.accepted),
+            ),
+        )
+        for callback in self.on_commit:
+            callback(block)
+        self.wake_prepare()
+        self.driver.poke()
+
+    def on_synced(self) -> None:
+        self.driver.poke()
+
+    def raise_alarm(self, height: int, ours: Block, theirs: Block, *, source: str) -> None:
+        message = (
+            f"SAFETY ALARM: two blocks with valid commit certificates at height {height} "
+            f"({ours.hash[:16]} here, {theirs.hash[:16]} from {source}); this node stopped "
+            f"following the chain. Evidence in {self.home.node_dir / ALARM_FILE}"
+        )
+        if self.alarm is None:
+            self.home.node_dir.mkdir(parents=True, exist_ok=True)
+            path = self.home.node_dir / ALARM_FILE
+            path.write_text(alarm_document(height, ours, theirs, source, message), encoding="utf-8")
+            self.alarm = {"height": height, "blocks": [ours.hash, theirs.hash], "message": message}
+        log.critical(message, extra=fields(height=height, blocks=[ours.hash, theirs.hash]))
+
+    # --- the round driver's preparation -------------------------------------------------------
+    def prepared_verdict(self, tx: Transaction) -> Any:
+        return self.checks.known_verdict(self.state, tx)
+
+    def prepared_aggregate(self, state: ChainState) -> tuple[str, int] | None:
+        return self._aggregates.get(AggregateKey.of(state))
+
+    def has_work(self, height: int) -> bool:
+        if self.role != "validator":
+            return False
+        return has_work(
+            self.state,
+            self.mempool.snapshot(),
+            height=height,
+            verdict_of=self.prepared_verdict,
+            aggregate_of=self.prepared_aggregate,
+        )
+
+    def wake_prepare(self) -> None:
+        self._prepare_wake.set()
+
+    async def _prepare_loop(self) -> None:
+        """Compute verdicts of pending updates and the due aggregate, off the event loop."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._prepare_wake.wait(), 2.0)
+            self._prepare_wake.clear()
+            if self.role != "validator" or self.alarm is not None:
+                continue
+            try:
+                await self._prepare_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("round preparation failed")
+
+    async def _prepare_once(self) -> None:
+        state = self.state
+        for tx in pending_updates(state, self.mempool.snapshot()):
+            if self.checks.known_verdict(state, tx) is not None:
+                continue
+            if not await self.syncer.ensure_blobs([tx.body["blob"]], timeout_s=30.0):
+                continue
+            if self.state is not state:
+                return
+            verdict = await self.run_worker(partial(self.checks.check_update, state, tx))
+            log.info(
+                "update checked",
+                extra=fields(update=tx.hash, accept=verdict.accept, reason=verdict.reason),
+            )
+            self.driver.poke()
+        if aggregate_due(state, state.height + 1) and self.prepared_aggregate(state) is None:
+            blobs = [u.blob for u in state.round.accepted]
+            if not await self.syncer.ensure_blobs(blobs, timeout_s=60.0):
+                return
+            model, size = await self.run_worker(lambda: compute_aggregate(state, self.blobs))
+            self._aggregates[AggregateKey.of(state)] = (model, size)
+            self.checks.note_aggregate(state, model, size)
+            while len(self._aggregates) > 8:
+                self._aggregates.pop(next(iter(self._aggregates)))
+            log.info(
+                "aggregate prepared",
+                extra=fields(round=state.round.number, model=model, updates=len(blobs)),
+            )
+            self.driver.poke()
+
+    # --- threads ----------------------------------------------------------------------------
+    async def run_worker(self, fn: Callable[[], T]) -> T:
+        """Run CPU-heavy ``fn`` on the node's single worker thread (one at a time)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
+
+    # --- life cycle -------------------------------------------------------------------------
+    def start_background(self) -> None:
+        self.peers.start_outboxes()
+        for name, coro in (
+            ("sync", self.syncer.run()),
+            ("consensus", self.driver.run()),
+            ("prepare", self._prepare_loop()),
+        ):
+            self._tasks.append(asyncio.create_task(_guarded(name, coro), name=name))
+
+    def add_task(self, name: str, coro: Any) -> None:
+        self._tasks.append(asyncio.create_task(_guarded(name, coro), name=name))
+
+    async def close(self) -> None:
+        self.driver.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.peers.close()
+        self._worker.shutdown(wait=True, cancel_futures=True)
+        self.guard.close()
+        self.ledger.close()
+        log.info("node stopped", extra=fields(height=self.state.height))
+
+    def write_node_file(self) -> None:
+        self.home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = {
+            "url": normalise_url(self.options.url),
+            "listen": f"{self.options.host}:{self.options.port}",
+            "peers": [p.url for p in self.peers],
+            "did": self.did,
+            "pid": os.getpid(),
+        }
+        (self.home.node_dir / NODE_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+
+async def _guarded(name: str, coro: Any) -> None:
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background task %s crashed", name)
+        raise
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the node handles SIGINT/SIGTERM itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
+    """Run the node until SIGINT/SIGTERM; everything is closed on the way out."""
+    from bcfl_cli.node.app import create_app
+
+    node = Node(home, identity, options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    config = uvicorn.Config(
+        create_app(node),
+        host=options.host,
+        port=options.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=3,
+        limit_concurrency=512,
+        lifespan="off",
+        server_header=False,
+    )
+    server = _Server(config)
+    server_task = asyncio.create_task(server.serve(), name="http")
+    try:
+        while not server.started:
+            if server_task.done():
+                server_task.result()
+                raise NodeError(f"the HTTP server on {options.host}:{options.port} did not start")
+            await asyncio.sleep(0.02)
+        node.write_node_file()
+        node.start_background()
+        if options.train is not None:
+            from bcfl_cli.node.trainer import run_node_trainer
+
+            node.add_task(
+                "trainer", run_node_trainer(node, options.train, stop, attack=options.attack)
+            )
+        log.info("listening", extra=fields(url=options.url, peers=[p.url for p in node.peers]))
+        stop_task = asyncio.create_task(stop.wait())
+        await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        stop_task.cancel()
+    finally:
+        log.info("shutting down")
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server_task, 5.0)
+        await node.close()
+
+
+def iter_peers(values: list[str]) -> Iterator[str]:
+    for value in values:
+        for part in value.split(","):
+            if part.strip():
+                yield part.strip()
+
+
+__all__ = ["Node", "NodeOptions", "referenced_blobs", "serve"]

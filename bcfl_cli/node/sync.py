@@ -1,0 +1,350 @@
+"""Catching up: pull decided blocks from peers, verify each fully, append, and watch for forks.
+
+Every block from a peer goes through exactly what ``bcfl verify-chain --deep`` applies:
+``ChainState.apply`` (header, commit certificate against the validator set in force, every
+transaction rule) with the FL deep checks (contract verdicts and aggregates recomputed), after
+the update blobs it references were fetched and hash-checked. Only then is it appended.
+
+The genesis hash is pinned: a peer whose genesis differs is never followed. If a peer serves, at
+a height we already hold, a *different* block with a valid commit certificate, two quorums signed
+conflicting blocks (a safety violation: more than a third of the power is Byzantine). The node
+then stops following anyone, writes both blocks to ``HOME/node/alarm.json`` as evidence, and
+reports the alarm in ``/v1/status`` and in its log, instead of choosing one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Hashable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from bcfl_cli.chain.checks import AppChecks, VerdictLike
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.errors import BcflError, EncodingError, NodeError, VerificationError
+from bcfl_cli.node.blob_fetch import fetch_blob
+from bcfl_cli.node.logging import fields
+from bcfl_cli.node.peers import PeerInfo, PeerRequestError
+from bcfl_cli.protocol.block import Block, CommitCertificate, ValidatorSet
+from bcfl_cli.protocol.tx import Transaction, TxKind
+
+if TYPE_CHECKING:
+    from bcfl_cli.node.server import Node
+
+log = logging.getLogger("bcfl.node.sync")
+
+BLOCKS_PER_REQUEST = 100
+SYNC_INTERVAL_S = 1.0
+MAX_BLOCKS_PER_PASS = 2_000
+MAX_PASS_S = 30.0
+BLOB_FETCH_TIMEOUT_S = 60.0
+CHECK_CACHE = 4_096
+
+
+class CachingChecks:
+    """``AppChecks`` that remembers answers, so a verdict or aggregate is computed once.
+
+    A verdict depends on the update and on the round context it is judged in, so that context
+    is part of the key; an aggregate check is remembered only when it passed, keyed by what it
+    depends on (base model, accepted set, claimed model and size). ``cached_only`` answers from
+    memory or raises, for the proposer, which must never compute on the event loop.
+    """
+
+    def __init__(self, inner: AppChecks) -> None:
+        self.inner = inner
+        self._verdicts: OrderedDict[Hashable, VerdictLike] = OrderedDict()
+        self._aggregates: OrderedDict[Hashable, bool] = OrderedDict()
+
+    @staticmethod
+    def update_key(state: ChainState, tx: Transaction) -> Hashable:
+        rnd = state.round
+        return (
+            tx.hash,
+            rnd.number,
+            rnd.open,
+            rnd.base_model,
+            tx.author in rnd.submitted,
+            tx.author in state.trainers,
+        )
+
+    @staticmethod
+    def aggregate_key(state: ChainState, model: str, size: int) -> Hashable:
+        rnd = state.round
+        return (rnd.number, rnd.base_model, tuple(rnd.accepted_hashes), model, size)
+
+    def known_verdict(self, state: ChainState, tx: Transaction) -> VerdictLike | None:
+        return self._verdicts.get(self.update_key(state, tx))
+
+    def check_update(self, state: ChainState, tx: Transaction) -> VerdictLike:
+        key = self.update_key(state, tx)
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self.inner.check_update(state, tx)
+            _remember(self._verdicts, key, verdict)
+        return verdict
+
+    def check_aggregate(self, state: ChainState, tx: Transaction) -> None:
+        key = self.aggregate_key(state, tx.body["model"], tx.body["model_size"])
+        if key in self._aggregates:
+            return
+        self.inner.check_aggregate(state, tx)
+        _remember(self._aggregates, key, True)
+
+    def note_aggregate(self, state: ChainState, model: str, size: int) -> None:
+        """The proposer computed this aggregate itself with the same code: remember it passed."""
+        _remember(self._aggregates, self.aggregate_key(state, model, size), True)
+
+    def cached_only(self) -> _CachedOnly:
+        return _CachedOnly(self)
+
+
+class _CachedOnly:
+    def __init__(self, cache: CachingChecks) -> None:
+        self.cache = cache
+
+    def check_update(self, state: ChainState, tx: Transaction) -> VerdictLike:
+        verdict = self.cache.known_verdict(state, tx)
+        if verdict is None:
+            raise NodeError(f"no verdict prepared yet for update {tx.hash[:16]}")
+        return verdict
+
+    def check_aggregate(self, state: ChainState, tx: Transaction) -> None:
+        key = self.cache.aggregate_key(state, tx.body["model"], tx.body["model_size"])
+        if key not in self.cache._aggregates:
+            raise NodeError(f"aggregate {tx.body['model'][:16]} not prepared yet")
+
+
+def _remember(cache: OrderedDict[Hashable, Any], key: Hashable, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > CHECK_CACHE:
+        cache.popitem(last=False)
+
+
+def referenced_blobs(block: Block) -> list[str]:
+    """Blobs a validator must hold to judge ``block``: the blobs of its updates."""
+    return [tx.body["blob"] for tx in block.txs if tx.kind is TxKind.UPDATE]
+
+
+class Syncer:
+    """The catch-up loop and the blob fetcher of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._wake = asyncio.Event()
+        self.blocks_synced = 0
+        self.bytes_synced = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- blobs -----------------------------------------------------------------------------
+    async def ensure_blobs(
+        self, digests: list[str], *, timeout_s: float = BLOB_FETCH_TIMEOUT_S
+    ) -> bool:
+        """Fetch the missing ones from peers; True when all are held."""
+        node = self.node
+        deadline = time.monotonic() + timeout_s
+        for digest in digests:
+            if node.blobs.has(digest):
+                continue
+            for peer in node.peers.live():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._fetch_from(peer, digest), left)
+                    break
+                except (TimeoutError, BcflError, OSError) as exc:
+                    log.debug("blob %s not from %s: %s", digest[:16], peer.url, exc)
+            if not node.blobs.has(digest):
+                return False
+        return True
+
+    async def _fetch_from(self, peer: PeerInfo, digest: str) -> None:
+        node = self.node
+        limit = node.state.config.contract.max_blob_bytes
+
+        def work() -> None:
+            with node.peers.blob_client(peer) as client:
+                fetch_blob(client, digest, node.blobs, max_bytes=limit)
+
+        await asyncio.to_thread(work)
+        self.bytes_synced += node.blobs.size(digest)
+        log.info("fetched blob", extra=fields(blob=digest, peer=peer.url))
+
+    # --- the loop --------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), SYNC_INTERVAL_S)
+            self._wake.clear()
+            if self.node.alarm is not None:
+                continue
+            try:
+                await self.pass_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sync pass failed")
+
+    async def refresh_peers(self) -> None:
+        node = self.node
+
+        async def one(peer: PeerInfo) -> None:
+            try:
+                status = await node.peers.get(peer, "/v1/status", timeout_s=3.0)
+            except PeerRequestError as exc:
+                peer.error = exc.message
+                return
+            if not isinstance(status, dict):
+                peer.error = "status is not an object"
+                return
+            genesis = status.get("genesis")
+            if genesis != node.genesis_hash:
+                if not peer.refused:
+                    log.warning(
+                        "peer has another genesis; never following it",
+                        extra=fields(peer=peer.url, genesis=str(genesis)[:64]),
+                    )
+                peer.refused = True
+                peer.error = f"other genesis {str(genesis)[:16]}"
+                return
+            me = status.get("me")
+            peer.did = me.get("did") if isinstance(me, dict) else None
+            height, head = status.get("height"), status.get("head")
+            peer.height = height if isinstance(height, int) else None
+            peer.head = head if isinstance(head, str) else None
+            peer.last_seen_ms = node.clock.now_ms()
+            peer.error = None
+
+        await asyncio.gather(*(one(p) for p in node.peers.peers.values() if not p.refused))
+
+    async def pass_once(self) -> None:
+        """One bounded catch-up pass: at most MAX_BLOCKS_PER_PASS blocks or MAX_PASS_S seconds."""
+        node = self.node
+        await self.refresh_peers()
+        started = time.monotonic()
+        applied = 0
+        for peer in sorted(node.peers.live(), key=lambda p: -(p.height or -1)):
+            if peer.height is None:
+                continue
+            if peer.height == node.state.height and peer.head not in (None, node.state.head_hash):
+                await self._check_conflict(peer, node.state.height)
+            while (
+                node.alarm is None
+                and (peer.height or -1) > node.state.height
+                and applied < MAX_BLOCKS_PER_PASS
+                and time.monotonic() - started < MAX_PASS_S
+            ):
+                got = await self._pull_from(peer)
+                if got == 0:
+                    break
+                applied += got
+        if applied:
+            node.on_synced()
+
+    async def _pull_from(self, peer: PeerInfo) -> int:
+        node = self.node
+        start = node.state.height + 1
+        try:
+            data = await node.peers.get(
+                peer, "/v1/blocks", params={"start": start - 1, "limit": BLOCKS_PER_REQUEST}
+            )
+            raw = data["blocks"] if isinstance(data, dict) else None
+            if not isinstance(raw, list) or len(raw) > BLOCKS_PER_REQUEST:
+                raise EncodingError("blocks answer is not a list of at most 100 blocks")
+            blocks = [Block.from_dict(b) for b in raw]
+        except (PeerRequestError, EncodingError, KeyError) as exc:
+            peer.error = str(exc)
+            return 0
+        count = 0
+        for block in blocks:
+            if block.height < start:
+                if block.height == start - 1 and block.hash != node.state.head_hash:
+                    await self._conflict(peer, block)
+                    return 0
+                continue
+            if block.height != node.state.height + 1:
+                peer.error = f"served block {block.height} out of order"
+                return count
+            if not await self.ensure_blobs(referenced_blobs(block)):
+                log.warning(
+                    "cannot fetch the blobs of block %d yet; will retry",
+                    block.height,
+                    extra=fields(peer=peer.url),
+                )
+                return count
+            state = node.state
+            try:
+                new_state = await node.run_worker(partial(state.apply, block, checks=node.checks))
+            except VerificationError as exc:
+                log.warning(
+                    "peer served an invalid block; not following it",
+                    extra=fields(
+                        peer=peer.url, height=block.height, code=exc.code, reason=exc.message
+                    ),
+                )
+                peer.error = f"invalid block {block.height}: {exc.code}"
+                return count
+            if node.state is not state:
+                return count  # consensus moved on meanwhile; the next pass resumes
+            node.accept_block(block, new_state, source=peer.url)
+            self.blocks_synced += 1
+            count += 1
+        return count
+
+    # --- forks -----------------------------------------------------------------------------
+    async def _check_conflict(self, peer: PeerInfo, height: int) -> None:
+        try:
+            data = await self.node.peers.get(
+                peer, "/v1/blocks", params={"start": height, "limit": 1}
+            )
+            theirs = Block.from_dict(data["blocks"][0])
+        except (PeerRequestError, EncodingError, KeyError, IndexError, TypeError):
+            return
+        if theirs.height == height and theirs.hash != self.node.state.head_hash:
+            await self._conflict(peer, theirs)
+
+    async def _conflict(self, peer: PeerInfo, theirs: Block) -> None:
+        """``theirs`` differs from our block at its height: an alarm if its certificate holds."""
+        node = self.node
+        height = theirs.height
+        ours = node.ledger.block(height)
+        validators = node.validator_set_at(height)
+        if validators is None or theirs.commit is None or height == 0:
+            return
+        if not certificate_valid(node.genesis_hash, theirs, validators):
+            log.warning(
+                "peer serves a different block without a valid certificate; ignoring it",
+                extra=fields(peer=peer.url, height=height),
+            )
+            peer.error = f"bad block at {height}"
+            return
+        node.raise_alarm(height, ours, theirs, source=peer.url)
+
+
+def certificate_valid(chain: str, block: Block, validators: ValidatorSet) -> bool:
+    cert = block.commit
+    if not isinstance(cert, CommitCertificate):
+        return False
+    if cert.height != block.height or cert.block != block.hash:
+        return False
+    return validators.has_quorum(cert.signed_power(chain, validators))
+
+
+def alarm_document(height: int, ours: Block, theirs: Block, source: str, message: str) -> str:
+    return json.dumps(
+        {
+            "height": height,
+            "message": message,
+            "source": source,
+            "blocks": [ours.to_dict(), theirs.to_dict()],
+        },
+        indent=1,
+    )
