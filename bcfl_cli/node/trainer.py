@@ -21,6 +21,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import nacl.signing
 import torch
@@ -32,7 +33,6 @@ from bcfl_cli.fl.data import Dataset, load_csv
 from bcfl_cli.fl.models import num_features, state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import subseed, train_local
-from bcfl_cli.node.client import PeerRefused
 from bcfl_cli.node.operations import NodeApi, build_update_tx
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import Transaction
@@ -173,9 +173,10 @@ class AutoTrainer:
         tx = await asyncio.to_thread(self.train, state)
         try:
             await self.submit(tx)
-        except PeerRefused as exc:
-            if exc.status >= 500:
-                raise
+        except BcflError as exc:
+            status = getattr(exc, "status", None)  # PeerRefused and MempoolRefusal carry one
+            if not isinstance(status, int) or not 400 <= status < 500:
+                raise  # the node could not judge it (down, overloaded): the next poll retries
             # the node judged it (round closed meanwhile, duplicate): retrying cannot help
             self._attempts[rnd.number] = MAX_ATTEMPTS_PER_ROUND
             log.warning("round %d: update refused: %s", rnd.number, exc.message)
@@ -216,10 +217,59 @@ class AutoTrainer:
         )
 
 
+class TrainerHost(Protocol):
+    """What the trainer needs of the in-process node (``bcfl_cli.node.server.Node``)."""
+
+    @property
+    def key(self) -> nacl.signing.SigningKey: ...
+
+    @property
+    def state(self) -> ChainState: ...
+
+    @property
+    def blobs(self) -> BlobStore: ...
+
+    def submit(self, tx: Transaction) -> bool: ...
+
+
+async def run_node_trainer(
+    host: TrainerHost,
+    data_path: Path,
+    stop: asyncio.Event,
+    *,
+    attack: str | None = None,
+    seed: int | None = None,
+    poll_s: float = DEFAULT_POLL_S,
+) -> None:
+    """The ``bcfl node --train PART.csv [--attack NAME]`` task, inside the node's event loop.
+
+    The data is checked against the genesis model before the first round, so a wrong file
+    fails the node at start rather than silently later.
+    """
+    data = await asyncio.to_thread(load_training_data, data_path, host.state)
+
+    async def submit(tx: Transaction) -> object:
+        return host.submit(tx)
+
+    trainer = AutoTrainer(
+        key=host.key,
+        data=data,
+        blobs=host.blobs,
+        state=lambda: host.state,
+        submit=submit,
+        attack=attack_by_name(attack) if attack else None,
+        seed=seed,
+        poll_s=poll_s,
+    )
+    await trainer.run(stop)
+
+
 __all__ = [
     "Attack",
     "AutoTrainer",
+    "TrainerHost",
     "attack_by_name",
     "http_submitter",
     "load_training_data",
+    "run_node_trainer",
 ]
