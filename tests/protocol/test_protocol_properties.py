@@ -29,8 +29,8 @@ from bcfl_cli.protocol.encoding import canonical, hash_object, parse_json
 from bcfl_cli.protocol.merkle import merkle_root
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 
-settings.register_profile("bcfl", max_examples=60, deadline=None)
-settings.load_profile("bcfl")
+#: per test, not a global profile: other test modules keep their own settings
+fast = settings(max_examples=50, deadline=None)
 
 hashes = st.binary(min_size=32, max_size=32).map(bytes.hex)
 keys = st.binary(min_size=32, max_size=32).map(nacl.signing.SigningKey)
@@ -154,6 +154,7 @@ def _roundtrip(obj_dict) -> bytes:
     return data
 
 
+@fast
 @given(transactions())
 def test_transaction_roundtrip_and_signature(tx):
     data = _roundtrip(tx.to_dict())
@@ -162,12 +163,14 @@ def test_transaction_roundtrip_and_signature(tx):
     assert back.signature_valid()
 
 
+@fast
 @given(votes())
 def test_vote_roundtrip(vote):
     back = Vote.from_dict(parse_json(_roundtrip(vote.to_dict())))
     assert back == vote and back.signature_valid()
 
 
+@fast
 @given(chained_certificates())
 def test_certificate_roundtrip(chained):
     chain, cert = chained
@@ -180,6 +183,7 @@ def test_certificate_roundtrip(chained):
     assert cert.signed_power(other, validators) == 0
 
 
+@fast
 @given(headers(), st.lists(transactions(), max_size=3), certificates())
 def test_block_roundtrip(header, txs, cert):
     block = Block(header, tuple(txs), cert)
@@ -187,6 +191,7 @@ def test_block_roundtrip(header, txs, cert):
     assert back == block and back.hash == header.hash
 
 
+@fast
 @given(transactions(), st.randoms(use_true_random=False), st.sampled_from([None, 1, 2]))
 def test_canonical_form_is_unique(tx, rng, indent):
     """Key order and whitespace of the input never change the canonical bytes or the hash."""
@@ -206,6 +211,7 @@ def test_canonical_form_is_unique(tx, rng, indent):
     assert Transaction.from_dict(parsed).hash == tx.hash
 
 
+@fast
 @given(st.dictionaries(codes, st.integers(-5, 5), min_size=1, max_size=5), st.data())
 def test_parse_json_refuses_duplicate_keys(obj, data):
     key = data.draw(st.sampled_from(sorted(obj)))
@@ -214,6 +220,7 @@ def test_parse_json_refuses_duplicate_keys(obj, data):
         parse_json("{" + body + f', "{key}": 0' + "}")
 
 
+@fast
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_parse_json_and_canonical_refuse_floats(x):
     with pytest.raises(EncodingError):
@@ -263,11 +270,13 @@ def _reference_mth(leaves: list[bytes]) -> bytes:
     ).digest()
 
 
+@fast
 @given(st.lists(hashes, max_size=40))
 def test_merkle_root_matches_rfc6962(leaves):
     assert merkle_root(leaves) == _reference_mth([bytes.fromhex(h) for h in leaves]).hex()
 
 
+@fast
 @given(st.lists(hashes, min_size=1, max_size=16, unique=True), st.data())
 def test_merkle_root_commits_to_every_leaf_and_the_order(leaves, data):
     root = merkle_root(leaves)
