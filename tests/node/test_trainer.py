@@ -1,0 +1,145 @@
+"""The automatic trainer of ``bcfl node --train``, stepping against an in-process node."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from bcfl_cli.errors import UsageError
+from bcfl_cli.fl.data import load_csv
+from bcfl_cli.node.trainer import (
+    AutoTrainer,
+    attack_by_name,
+    http_submitter,
+    load_training_data,
+    run_node_trainer,
+)
+from bcfl_cli.protocol.tx import Transaction
+from tests.node._node_harness import LocalNode, key, part
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalNode]:
+    harness = LocalNode(tmp_path)
+    yield harness
+    harness.close()
+
+
+def _trainer(local: LocalNode, name: str = "alice", **kw: object) -> AutoTrainer:
+    async def submit(tx: Transaction) -> object:
+        return local.node.submit(tx)
+
+    return AutoTrainer(
+        key=key(name),
+        data=load_training_data(part(1), local.state),
+        blobs=local.node.blobs,
+        state=lambda: local.state,
+        submit=submit,
+        seed=3,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_trains_once_per_open_round_and_is_accepted(local: LocalNode) -> None:
+    trainer = _trainer(local)
+    assert asyncio.run(trainer.step()) is None  # no round open yet
+    local.mine()
+    tx = asyncio.run(trainer.step())
+    assert tx is not None and tx.body["round"] == 1
+    assert local.node.blobs.has(tx.body["blob"]) and tx.hash in local.node.mempool
+    assert asyncio.run(trainer.step()) is None  # already submitted, still pending
+    local.mine_all()
+    assert local.state.round.accepted_hashes == [tx.hash]
+    assert not trainer.wants(local.state)
+
+
+def test_attacker_update_is_rejected_by_the_contract(local: LocalNode) -> None:
+    local.mine()
+    trainer = _trainer(local, "bob", attack=attack_by_name("nan"))
+    tx = asyncio.run(trainer.step())
+    assert tx is not None
+    block = local.mine()
+    assert block is not None
+    validation = next(t for t in block.txs if t.kind.value == "validation")
+    assert validation.body["update"] == tx.hash
+    assert (validation.body["verdict"], validation.body["reason"]) == ("reject", "non_finite")
+
+
+def test_a_member_that_missed_a_round_trains_on_the_next(local: LocalNode) -> None:
+    local.mine()  # round 1 opens; this trainer is "down"
+    for name, index in (("bob", 2), ("carol", 3)):
+        other = _trainer(local, name)
+        other.data = load_csv(part(index), "label")
+        assert asyncio.run(other.step()) is not None
+    for _ in range(4):  # the updates, the aggregate (min_updates = 2), round 2 opens
+        if local.state.round.number == 2:
+            break
+        local.mine()
+    assert local.state.round.number == 2 and local.state.round.open
+    late = _trainer(local, "dave")
+    tx = asyncio.run(late.step())
+    assert tx is not None and tx.body["round"] == 2
+    assert tx.body["base_model"] == local.state.round.base_model
+
+
+def test_refusal_by_the_node_stops_retrying_that_round(local: LocalNode) -> None:
+    local.mine()
+    calls: list[str] = []
+
+    async def refuse(tx: Transaction) -> object:
+        from bcfl_cli.node.mempool import MempoolRefusal
+
+        calls.append(tx.hash)
+        raise MempoolRefusal("duplicate_update", "already sent", status=409)
+
+    trainer = _trainer(local)
+    trainer.submit = refuse
+    assert asyncio.run(trainer.step()) is None
+    assert asyncio.run(trainer.step()) is None
+    assert len(calls) == 1 and not trainer.wants(local.state)
+
+
+def test_run_node_trainer_until_stopped(local: LocalNode) -> None:
+    local.mine()
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            run_node_trainer(local.node, part(1), stop, attack="scaling:2", seed=1, poll_s=0.05)
+        )
+        for _ in range(400):
+            if len(local.node.mempool):
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+    assert len(local.node.mempool) == 1
+
+
+def test_http_submitter_uses_the_signed_api(local: LocalNode) -> None:
+    local.mine()
+    local.auto_mine = False
+    with local.api(key("alice")) as api:
+        trainer = _trainer(local)
+        trainer.submit = http_submitter(api)
+        tx = asyncio.run(trainer.step())
+    assert tx is not None and tx.hash in local.node.mempool
+
+
+def test_attack_names() -> None:
+    delta = {"w": torch.ones(3)}
+    assert torch.equal(attack_by_name("sign_flip").delta(delta, 1)["w"], -torch.ones(3))  # type: ignore[misc]
+    assert torch.equal(attack_by_name("scaling:3").delta(delta, 1)["w"], 3 * torch.ones(3))  # type: ignore[misc]
+    assert torch.count_nonzero(attack_by_name("free_rider").delta(delta, 1)["w"]) == 0  # type: ignore[misc]
+    labels = torch.tensor([0, 9])
+    assert attack_by_name("label_flip").labels(labels, 10).tolist() == [9, 0]  # type: ignore[misc]
+    with pytest.raises(UsageError, match="expected one of"):
+        attack_by_name("teleport")
+    with pytest.raises(UsageError, match="not a number"):
+        attack_by_name("scaling:x")
