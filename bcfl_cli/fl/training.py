@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,10 @@ from bcfl_cli.fl.spec import ModelSpec, TrainingPlan
 
 Progress = Callable[[int, int], None]
 EVAL_BATCH = 4096
+#: Below this many parameters a CPU step is dominated by per-operation overhead, and intra-op
+#: threads only add contention: measured on a busy 2-core machine, one digits MLP epoch took
+#: 0.11 s single-threaded and 1.9-2.7 s with two threads.
+SINGLE_THREAD_PARAMS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,20 @@ def subseed(seed: int, purpose: str) -> int:
 
 def _generator(seed: int, purpose: str) -> torch.Generator:
     return torch.Generator().manual_seed(subseed(seed, purpose))
+
+
+@contextmanager
+def _cpu_threads(device: torch.device, params: int) -> Iterator[None]:
+    """Train small models on one CPU thread, restoring the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or params >= SINGLE_THREAD_PARAMS or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _optimizer(plan: TrainingPlan, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -86,6 +105,21 @@ def train_local(
     model = build_model(spec)
     load_state(model, {k: v.to(torch.float32) for k, v in global_state.items()})
     model.to(dev)
+    size = sum(p.numel() for p in model.parameters())
+    with _cpu_threads(dev, size):
+        return _train(model, dev, plan, global_state, train, holdout, seed, progress)
+
+
+def _train(
+    model: nn.Module,
+    dev: torch.device,
+    plan: TrainingPlan,
+    global_state: dict[str, torch.Tensor],
+    train: Dataset,
+    holdout: Dataset,
+    seed: int,
+    progress: Progress | None,
+) -> TrainResult:
     anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
     params = list(model.parameters())
     optimizer = _optimizer(plan, params)
@@ -179,7 +213,8 @@ def evaluate(
     dev = pick_device(device)
     model = build_model(spec)
     load_state(model, {k: v.to(torch.float32) for k, v in state.items()})
-    return _evaluate_model(model.to(dev), dataset, dev)
+    with _cpu_threads(dev, sum(p.numel() for p in model.parameters())):
+        return _evaluate_model(model.to(dev), dataset, dev)
 
 
 def apply_delta(

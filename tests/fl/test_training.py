@@ -53,6 +53,7 @@ def test_reproducible_and_learns() -> None:
 def test_progress_and_optimizers() -> None:
     calls: list[tuple[int, int]] = []
     g = models.initial_state(SPEC)
+    threads = torch.get_num_threads()
     result = train_local(
         SPEC,
         plan(optimizer="adam", lr=0.01, local_epochs=2, holdout_fraction=0.0),
@@ -63,6 +64,7 @@ def test_progress_and_optimizers() -> None:
         device="cpu",
     )
     assert calls == [(s, 8) for s in range(1, 9)]
+    assert torch.get_num_threads() == threads  # the single-thread switch is undone
     assert "eval_loss" not in result.metrics and result.num_samples == 64
     sgd = train_local(SPEC, plan(momentum=0.9), g, toy(64), seed=1, device="cpu")
     assert float(sgd.metrics["train_loss"]) < math.log(3)
