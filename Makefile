@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/bcfl demo
+	BCFL=$(BIN)/bcfl bash scripts/quickstart.sh
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check bcfl_cli tests bench
