@@ -1,0 +1,131 @@
+"""join, members, submit, status and model export through the real Typer app, talking to the
+real node app in-process (tests/node/_node_harness.py) instead of a socket."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from bcfl_cli.cli import join_cmd, members_cmd, model_cmd, status_cmd, submit_cmd
+from bcfl_cli.cli.app import app
+from bcfl_cli.fl.local_round import train_for_round
+from bcfl_cli.identity import Identity
+from bcfl_cli.node.operations import NodeApi
+from tests.conftest import PASSPHRASE, MakeHome
+from tests.node._node_harness import URL, LocalNode, key, part
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalNode]:
+    harness = LocalNode(tmp_path)
+
+    def api(url: str, signer: Any = None, **_: Any) -> NodeApi:
+        assert url.rstrip("/") == URL
+        return harness.api(signer)
+
+    for module in (join_cmd, members_cmd, model_cmd, status_cmd, submit_cmd):
+        monkeypatch.setattr(module, "NodeApi", api)
+    # the harness home holds founder alice's ledger; her key is the deterministic test key
+    alice = Identity("alice", key("alice"))
+    for module in (members_cmd, submit_cmd):
+        monkeypatch.setattr(module, "load_identity", lambda *_a, **_k: alice)
+    monkeypatch.setenv("BCFL_PASSPHRASE", PASSPHRASE.decode())
+    harness.home.node_dir.mkdir(parents=True, exist_ok=True)
+    (harness.home.node_dir / "node.json").write_text(json.dumps({"url": URL}))
+    yield harness
+    harness.close()
+
+
+def bcfl(*args: str) -> Any:
+    return runner.invoke(app, list(args))
+
+
+def test_status_json_and_table(local: LocalNode) -> None:
+    home = str(local.home.root)
+    result = bcfl("status", "--home", home, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["height"] == 0 and data["genesis"] == local.node.genesis_hash
+    assert len(data["members"]) == 4 and data["alarm"] is None
+    table = bcfl("status", "--home", home)
+    assert table.exit_code == 0 and "Network" not in table.stdout and "alice" in table.stdout
+
+
+def test_status_shows_a_safety_alarm_and_exits_3(local: LocalNode) -> None:
+    local.node.alarm = {"height": 7, "blocks": ["aa" * 32, "bb" * 32], "message": "two blocks"}
+    result = bcfl("status", "--home", str(local.home.root))
+    assert result.exit_code == 3
+    assert "SAFETY ALARM" in result.stdout and "height 7" in result.stdout
+
+
+def test_join_then_members_approve_and_list(
+    local: LocalNode, make_home: MakeHome, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    erin = make_home("erin")
+    monkeypatch.setenv("BCFL_PASSPHRASE", PASSPHRASE.decode())
+    no_tty = bcfl("join", URL, "--home", str(erin.root))
+    assert no_tty.exit_code == 2 and "--genesis-hash" in no_tty.output
+    wrong = bcfl("join", URL, "--home", str(erin.root), "--genesis-hash", "00" * 32)
+    assert wrong.exit_code == 1 and "not the expected" in wrong.output
+    joined = bcfl(
+        "join", URL, "--home", str(erin.root), "--genesis-hash", local.node.genesis_hash,
+        "--roles", "trainer", "--json",
+    )  # fmt: skip
+    assert joined.exit_code == 0, joined.output
+    out = json.loads(joined.stdout)
+    assert out["name"] == "erin" and out["approvals_needed"] == 3 and out["ledger_created"]
+    listed = json.loads(bcfl("members", "list", "--home", str(local.home.root), "--json").stdout)
+    assert [p["name"] for p in listed["pending"]] == ["erin"]
+    approved = bcfl("members", "approve", erin.did, "--home", str(local.home.root), "--json")
+    assert approved.exit_code == 0, approved.output
+    change = json.loads(approved.stdout)
+    assert change["committed"] and change["approvals"] == 1 and not change["effective"]
+    again = bcfl("members", "approve", "erin", "--home", str(local.home.root))
+    assert again.exit_code == 2 and "already approved" in again.output
+    table = bcfl("members", "list", "--home", str(local.home.root))
+    assert table.exit_code == 0 and "1/3" in table.stdout
+
+
+def test_submit_accepted_and_rejected(local: LocalNode) -> None:
+    home = str(local.home.root)
+    local.mine()  # round 1 opens
+    train_for_round(local.home, part(1), seed=2)
+    accepted = bcfl("submit", "--home", home, "--json")
+    assert accepted.exit_code == 0, accepted.output
+    assert json.loads(accepted.stdout)["verdict"] == "accept"
+    # a second update from the same member in the same round is refused: exit 1, with reason
+    again = bcfl("submit", "--home", home)
+    assert again.exit_code == 1 and "duplicate_update" in again.stdout
+
+
+def test_submit_rejected_by_the_contract(local: LocalNode) -> None:
+    local.mine()
+    folder = local.home.root / "updates"
+    folder.mkdir()
+    (folder / "round-1.safetensors").write_bytes(b"PK\x03\x04 a zip, not safetensors")
+    meta = {"round": 1, "base_model": local.state.round.base_model, "num_samples": 10}
+    (folder / "round-1.json").write_text(json.dumps(meta))
+    result = bcfl("submit", str(folder / "round-1.safetensors"), "--home", str(local.home.root))
+    assert result.exit_code == 1
+    assert "rejected" in result.stdout and "malformed_blob" in result.stdout
+
+
+def test_model_export(local: LocalNode, tmp_path: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    result = bcfl("model", "export", "--out", str(out), "--home", str(local.home.root), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["round"] == 0 and data["model"] == local.node.document["initial_model"]
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == data["model"]
+    missing = bcfl(
+        "model", "export", "--round", "3", "--out", str(out), "--home", str(local.home.root)
+    )
+    assert missing.exit_code == 2 and "has no aggregate" in missing.output
