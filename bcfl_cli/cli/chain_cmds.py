@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -56,15 +55,13 @@ def verify_chain_cmd(
 
 
 def _deep_checks(ledger: Ledger) -> AppChecks:
-    """The FL engine's checks, imported only for --deep (they need torch)."""
-    try:
-        module = importlib.import_module("bcfl_cli.fl.checks")
-    except ModuleNotFoundError as exc:
-        raise UsageError(
-            "--deep needs the FL engine's checks (bcfl_cli.fl.checks), missing in this build"
-        ) from exc
-    factory: Callable[[Ledger], AppChecks] = module.checks_for_ledger
-    return factory(ledger)
+    """The FL engine's checks, imported only for --deep (they load torch).
+
+    ``keep_models=False``: verifying must not write into the member's blob store.
+    """
+    from bcfl_cli.fl.checks import FLChecks
+
+    return FLChecks(ledger.blobs, keep_models=False)
 
 
 @contextmanager

@@ -131,13 +131,16 @@ class Consortium:
 def make_consortium(
     root: Path,
     members: Sequence[tuple[str, list[str], int]] = FOUR,
+    *,
+    initial_bytes: bytes = b"initial-model:" + bytes(range(256)),
     **document_options: Any,
 ) -> Consortium:
+    """A consortium on a fresh home; ``initial_bytes`` are the initial model blob's content."""
     home = Home.resolve(root)
     home.ensure()
     from bcfl_cli.store.blobs import BlobStore
 
-    initial = BlobStore(home.blob_dir).put(b"initial-model:" + bytes(range(256)))
+    initial = BlobStore(home.blob_dir).put(initial_bytes)
     document = make_document(members, initial, **document_options)
     genesis = make_genesis(document)
     ledger = Ledger.create(home, genesis, document)
