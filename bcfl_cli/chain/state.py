@@ -178,6 +178,7 @@ class ChainState:
         self._removals = removals
         self.round = round
         self.seen_tx = seen_tx
+        self._owned = True
         self.config_hash = hash_object(document)
         self.validator_set = self._compute_validator_set()
 
@@ -213,12 +214,19 @@ class ChainState:
         return state
 
     def _copy(self) -> ChainState:
+        """A shallow copy sharing the membership maps until :meth:`_own` is called."""
         new = object.__new__(ChainState)
         new.__dict__.update(self.__dict__)
-        new._members = dict(self._members)
-        new._pending = dict(self._pending)
-        new._removals = dict(self._removals)
+        new._owned = False
         return new
+
+    def _own(self) -> None:
+        """Copy the membership maps before the first change (most blocks make none)."""
+        if not self._owned:
+            self._members = dict(self._members)
+            self._pending = dict(self._pending)
+            self._removals = dict(self._removals)
+            self._owned = True
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -276,7 +284,8 @@ class ChainState:
         new.head_hash = block.hash
         new.head_time = block.header.time
         new.seen_tx = self.seen_tx.with_added(set(hashes))
-        new.validator_set = new._compute_validator_set()
+        if new._owned:  # membership changed in this block
+            new.validator_set = new._compute_validator_set()
         return new
 
 
@@ -484,6 +493,7 @@ class _TxRules:
         }
         if body["name"] in names:
             raise self.fail(tx, "name_taken", f"member name {body['name']!r} is taken")
+        self.s._own()
         self.s._pending[tx.author] = JoinRequest(
             self.hash_of(tx), tx.author, body["name"], tuple(body["roles"]), body["power"]
         )
@@ -501,11 +511,13 @@ class _TxRules:
             raise self.fail(tx, "duplicate_approval", f"{tx.author} already approved this request")
         approvals = request.approvals | {tx.author}
         if len(approvals) >= self.s.config.admission_approvals:
+            self.s._own()
             del self.s._pending[request.did]
             self.s._members[request.did] = Member(
                 request.did, request.name, request.roles, request.power, ACTIVE, self.h
             )
         else:
+            self.s._own()
             self.s._pending[request.did] = dataclasses.replace(request, approvals=approvals)
 
     def on_remove_member(self, tx: Transaction, body: dict[str, Any]) -> None:
@@ -518,11 +530,13 @@ class _TxRules:
             raise self.fail(tx, "duplicate_approval", f"{tx.author} already asked this removal")
         approvals = approvals | {tx.author}
         if len(approvals) < self.s.config.removal_approvals:
+            self.s._own()
             self.s._removals[subject.did] = approvals
             return
         remaining = [m for m in self.s.members.values() if m.is_validator and m.did != subject.did]
         if not remaining:
             raise self.fail(tx, "last_validator", f"removing {subject.did} leaves no validator")
+        self.s._own()
         self.s._removals.pop(subject.did, None)
         self.s._members[subject.did] = dataclasses.replace(subject, status=REMOVED)
 
