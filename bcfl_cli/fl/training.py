@@ -98,15 +98,14 @@ def train_local(
     and ``dp_delta`` for this update alone.
     """
     dataset.check_fits(num_features(spec), spec.num_classes)
-    train, holdout = dataset.split_holdout(plan.holdout_fraction, subseed(seed, "holdout"))
-    if len(train) == 0:
-        raise UsageError("no rows left to train on after the holdout")
     dev = pick_device(device)
     model = build_model(spec)
-    load_state(model, {k: v.to(torch.float32) for k, v in global_state.items()})
-    model.to(dev)
-    size = sum(p.numel() for p in model.parameters())
-    with _cpu_threads(dev, size):
+    with _cpu_threads(dev, sum(p.numel() for p in model.parameters())):
+        train, holdout = dataset.split_holdout(plan.holdout_fraction, subseed(seed, "holdout"))
+        if len(train) == 0:
+            raise UsageError("no rows left to train on after the holdout")
+        load_state(model, {k: v.to(torch.float32) for k, v in global_state.items()})
+        model.to(dev)
         return _train(model, dev, plan, global_state, train, holdout, seed, progress)
 
 
