@@ -157,6 +157,8 @@ def train_for_round(
             out if out is not None else home.root / "updates" / f"round-{target.round}.safetensors"
         )
         sidecar_path = path.with_suffix(".json")
+        if sidecar_path == path:
+            raise UsageError(f"--out {path}: the update needs its own name; .json is the sidecar's")
         if not force and (path.exists() or sidecar_path.exists()):
             raise UsageError(
                 f"{path} already exists", hint="use --force to overwrite it, or --out FILE"
