@@ -136,6 +136,22 @@ class Engine:
             self.valid_block,
         )
 
+    def proof_of_lock(self) -> list[Proposal | Vote]:
+        """The proposal of validValue and the 2f+1 PREVOTEs that made it valid at validRound.
+
+        A peer that missed some of them cannot accept the re-proposal of validValue (L28) and
+        the height may never end; the paper's gossip assumption (every message a correct
+        process receives reaches all) is met by the edge re-sending these with its own.
+        """
+        if self.valid_block is None or self.valid_round < 0:
+            return []
+        block_hash = self.valid_block.hash
+        proposal = self._proposal_for(self.valid_round, block_hash)
+        prevotes = self.votes.rounds.get((self.valid_round, VoteType.PREVOTE))
+        messages: list[Proposal | Vote] = [proposal] if proposal is not None else []
+        messages.extend(prevotes.for_block(block_hash) if prevotes is not None else [])
+        return messages
+
     def handle(self, event: Event) -> list[Action]:
         out: list[Action] = []
         if isinstance(event, StartHeight):
@@ -242,7 +258,8 @@ class Engine:
             return
         if not self._signature_ok(vote.validator, Domain.VOTE, vote.hash, vote.signature):
             return
-        earlier = self.votes.get(vote.round, vote.type).add(vote, power)
+        admissible = vote.block == NIL or self._proposal_for(vote.round, vote.block) is not None
+        earlier = self.votes.get(vote.round, vote.type).add(vote, power, admissible=admissible)
         if earlier is not None:
             key = (vote.validator, vote.round, vote.type)
             if key not in self._evidence:

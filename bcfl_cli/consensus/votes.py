@@ -2,8 +2,8 @@
 
 "2f+1" and "f+1" in the paper mean voting power: with integer arithmetic, more than 2/3 is
 ``3 * power > 2 * total`` and more than 1/3 is ``3 * power > total`` (PITFALLS.md, BFT
-arithmetic). Only the first vote of a validator for a (round, type) is counted; a different
-second one is returned as the conflicting pair, which is the evidence of double signing.
+arithmetic). A second, different vote of a validator for the same (round, type) is returned
+with the first as the conflicting pair: the evidence of double signing.
 """
 
 from __future__ import annotations
@@ -23,24 +23,40 @@ def more_than_one_third(power: int, total: int) -> bool:
 
 @dataclass
 class RoundVotes:
-    """Votes of one type in one round."""
+    """Votes of one type in one round.
 
-    by_validator: dict[str, Vote] = field(default_factory=dict)
+    As in the paper's message log, a validator that voted for two blocks counts towards both
+    (it is Byzantine; the bound on Byzantine power is what keeps quorums safe), but once only
+    towards "any" (``power``). Counting both matters for liveness: a correct node that saw the
+    nil half of an equivocation must still be able to see 2f+1 prevotes for the value the
+    others locked on (L28), or the height may never end.
+    """
+
+    by_validator: dict[str, dict[str, Vote]] = field(default_factory=dict)
     power_by_block: dict[str, int] = field(default_factory=dict)
     power: int = 0
 
-    def add(self, vote: Vote, power: int) -> Vote | None:
-        """Count ``vote``; returns the earlier conflicting vote of the same validator, if any."""
-        earlier = self.by_validator.get(vote.validator)
-        if earlier is not None:
-            return earlier if earlier.block != vote.block else None
-        self.by_validator[vote.validator] = vote
+    def add(self, vote: Vote, power: int, *, admissible: bool) -> Vote | None:
+        """Count ``vote``; returns the validator's first vote if this one conflicts with it.
+
+        A conflicting vote is counted only when ``admissible`` (the engine says so for nil and
+        for proposed blocks), which bounds what one equivocator can make us store.
+        """
+        mine = self.by_validator.get(vote.validator)
+        if mine is None:
+            self.by_validator[vote.validator] = {vote.block: vote}
+            self.power += power
+        elif vote.block in mine:
+            return None
+        elif not admissible:
+            return next(iter(mine.values()))
+        else:
+            mine[vote.block] = vote
         self.power_by_block[vote.block] = self.power_by_block.get(vote.block, 0) + power
-        self.power += power
-        return None
+        return None if mine is None else next(iter(mine.values()))
 
     def for_block(self, block: str) -> list[Vote]:
-        return [v for v in self.by_validator.values() if v.block == block]
+        return [m[block] for m in self.by_validator.values() if block in m]
 
 
 @dataclass
@@ -59,7 +75,10 @@ class HeightVotes:
 
     def seen(self, vote: Vote) -> bool:
         votes = self.rounds.get((vote.round, vote.type))
-        return votes is not None and votes.by_validator.get(vote.validator) == vote
+        if votes is None:
+            return False
+        mine = votes.by_validator.get(vote.validator)
+        return mine is not None and mine.get(vote.block) == vote
 
     def note_sender(self, round: int, did: str, power: int) -> None:
         self.senders.setdefault(round, {})[did] = power
