@@ -27,5 +27,23 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
 
+# Benchmarks (bench/README.md): every bench in its quick mode, with ratios to its baseline.
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run_all.py --quick
+
+# The Flower comparison needs flwr[simulation] (the optional `bench` extra), kept out of the
+# main environment: it lives in its own virtual environment.
+BENCH_VENV ?= .venv-bench
+.PHONY: bench-flower
+$(BENCH_VENV)/bin/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 2; }
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet $(PIP_FLAGS) --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet $(PIP_FLAGS) -e '.[bench]'
+	@touch $@
+
+bench-flower: $(BENCH_VENV)/bin/.installed
+	$(BENCH_VENV)/bin/python bench/flower_compare.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
