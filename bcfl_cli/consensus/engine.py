@@ -36,6 +36,7 @@ prevotes nil) instead of voting on a block it could not check.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from typing import Protocol
 
 from bcfl_cli.consensus.messages import (
@@ -61,7 +62,15 @@ from bcfl_cli.consensus.messages import (
 )
 from bcfl_cli.consensus.proposer import proposer
 from bcfl_cli.consensus.votes import HeightVotes, more_than_two_thirds
-from bcfl_cli.protocol.block import NIL, Block, CommitCertificate, ValidatorSet, Vote, VoteType
+from bcfl_cli.protocol.block import (
+    NIL,
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    ValidatorSet,
+    Vote,
+    VoteType,
+)
 from bcfl_cli.protocol.crypto import Domain, verify_by_did
 
 #: Votes for rounds further ahead than this are dropped: bounds what a Byzantine validator can
@@ -74,6 +83,17 @@ MAX_BUFFERED = 4_096
 
 #: Shared set of (did, domain, digest, signature) already verified: a fact, valid for anyone.
 SignatureCache = set[tuple[str, bytes, str, str]]
+
+
+@lru_cache(maxsize=1 << 16)
+def vote_digest(vote: Vote) -> str:
+    """Canonical hashing dominates the cost of a vote; every copy of a vote hashes alike."""
+    return vote.hash
+
+
+@lru_cache(maxsize=1 << 12)
+def header_hash(header: BlockHeader) -> str:
+    return header.hash
 
 
 class Application(Protocol):
@@ -145,7 +165,7 @@ class Engine:
         """
         if self.valid_block is None or self.valid_round < 0:
             return []
-        block_hash = self.valid_block.hash
+        block_hash = header_hash(self.valid_block.header)
         proposal = self._proposal_for(self.valid_round, block_hash)
         prevotes = self.votes.rounds.get((self.valid_round, VoteType.PREVOTE))
         messages: list[Proposal | Vote] = [proposal] if proposal is not None else []
@@ -256,7 +276,7 @@ class Engine:
         power = self.validators.power_of(vote.validator)
         if power == 0 or self.votes.seen(vote):
             return
-        if not self._signature_ok(vote.validator, Domain.VOTE, vote.hash, vote.signature):
+        if not self._signature_ok(vote.validator, Domain.VOTE, vote_digest(vote), vote.signature):
             return
         admissible = vote.block == NIL or self._proposal_for(vote.round, vote.block) is not None
         earlier = self.votes.get(vote.round, vote.type).add(vote, power, admissible=admissible)
@@ -284,7 +304,9 @@ class Engine:
         cert = block.commit
         if self.validators is None or self.step == Step.COMMITTED or cert is None:
             return
-        if block.height != self.height or cert.height != self.height or cert.block != block.hash:
+        if block.height != self.height or cert.height != self.height:
+            return
+        if cert.block != header_hash(block.header):
             return
         if self._valid(replace(block, commit=None)) is not Validity.VALID:
             return
@@ -321,7 +343,8 @@ class Engine:
 
     def _upon_proposal(self, out: list[Action]) -> bool:
         for p in self.proposals.get(self.round, {}).values():
-            locked_on_v = self.locked_block is not None and self.locked_block.hash == p.block_hash
+            locked = self.locked_block
+            locked_on_v = locked is not None and header_hash(locked.header) == p.block_hash
             if p.valid_round == -1:  # L22
                 lock_allows = self.locked_round == -1 or locked_on_v  # L23
             elif self.votes.quorum_for(p.valid_round, VoteType.PREVOTE, p.block_hash):  # L28
@@ -401,7 +424,7 @@ class Engine:
         return None
 
     def _valid(self, block: Block) -> Validity:
-        key = block.hash
+        key = header_hash(block.header)
         known = self._validity.get(key)
         if known is None:
             known = self.app.validate(block)

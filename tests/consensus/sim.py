@@ -239,9 +239,7 @@ class Simulation:
         self.protocol_messages = 0
         self.total_messages = 0
         self.evidence: list[Evidence] = []
-        self.nodes = [
-            SimNode(i, KEYS[i], DIDS[i], VoteGuard(":memory:")) for i in range(sc.n)
-        ]
+        self.nodes = [SimNode(i, KEYS[i], DIDS[i], VoteGuard(":memory:")) for i in range(sc.n)]
         self.correct = [i for i in range(sc.n) if i not in sc.byzantine]
         self.adversary = Adversary(self)
 
@@ -428,7 +426,9 @@ class Simulation:
             if node.engine is not None:
                 self.adversary.observe(node.engine.height, node.engine.round)
 
-    def sign(self, node: SimNode, action: BroadcastVote | BroadcastProposal) -> Proposal | Vote | None:
+    def sign(
+        self, node: SimNode, action: BroadcastVote | BroadcastProposal
+    ) -> Proposal | Vote | None:
         try:
             if isinstance(action, BroadcastVote):
                 signed: Proposal | Vote = node.guard.sign_vote(action.vote, node.key, action.state)
@@ -545,7 +545,8 @@ class Adversary:
 
     def _garbage(self, b: int, h: int, r: int) -> None:
         good = self._vote(b, h, r, VoteType.PREVOTE, NIL)
-        forged = Vote(CHAIN, h, r, VoteType.PRECOMMIT, NIL, DIDS[self.sim.correct[0]], good.signature)
+        victim = DIDS[self.sim.correct[0]]
+        forged = Vote(CHAIN, h, r, VoteType.PRECOMMIT, NIL, victim, good.signature)
         samples: list[Any] = [
             {"junk": True},
             {**good.to_dict(), "round": -1},

@@ -1,0 +1,118 @@
+"""Proposer rotation, vote guard, evidence, message encoding, signature checks."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bcfl_cli.consensus import (
+    Engine,
+    EngineState,
+    Evidence,
+    Proposal,
+    StartHeight,
+    Step,
+    Validity,
+    VoteReceived,
+    proposer,
+)
+from bcfl_cli.protocol.block import NIL, Block, ValidatorSet, Vote, VoteType
+from bcfl_cli.protocol.tx import TxKind, validate_body
+from bcfl_cli.store.vote_guard import DoubleSignError, VoteGuard
+
+from .sim import CHAIN, DIDS, KEYS, make_block
+
+
+def _vset(powers: list[int]) -> ValidatorSet:
+    return ValidatorSet.from_mapping({DIDS[i]: p for i, p in enumerate(powers)})
+
+
+def test_proposer_frequency_follows_power() -> None:
+    vset = _vset([1, 2, 3, 4])
+    counts = Counter(proposer(vset, h, 0) for h in range(10 * 10))
+    assert [counts[DIDS[i]] for i in range(4)] == [10, 20, 30, 40]
+    assert proposer(vset, 5, 2) == proposer(vset, 7, 0)  # a function of (set, h + r) only
+
+
+def test_equal_power_rotates_through_everyone() -> None:
+    vset = _vset([1] * 7)
+    assert len({proposer(vset, 0, r) for r in range(7)}) == 7
+
+
+class _App:
+    def propose(self, height: int, round: int) -> Block:
+        return make_block(height, CHAIN, 2, DIDS[0], _vset([1] * 4))
+
+    def validate(self, block: Block) -> Validity:
+        return Validity.VALID
+
+
+def _engine() -> Engine:
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App())
+    engine.handle(StartHeight(1, _vset([1] * 4)))
+    return engine
+
+
+def test_double_vote_yields_evidence_for_a_misbehaviour_tx() -> None:
+    engine = _engine()
+    a = Vote(CHAIN, 1, 0, VoteType.PREVOTE, NIL, DIDS[1]).signed(KEYS[1])
+    b = Vote(CHAIN, 1, 0, VoteType.PREVOTE, "ab" * 32, DIDS[1]).signed(KEYS[1])
+    engine.handle(VoteReceived(a))
+    actions = engine.handle(VoteReceived(b))
+    evidence = [x for x in actions if isinstance(x, Evidence)]
+    assert len(evidence) == 1 and evidence[0].offender == DIDS[1]
+    validate_body(TxKind.MISBEHAVIOUR, evidence[0].to_body())
+    assert not [x for x in engine.handle(VoteReceived(b)) if isinstance(x, Evidence)]
+
+
+def test_votes_with_bad_signatures_or_strangers_are_not_counted() -> None:
+    engine = _engine()
+    good = Vote(CHAIN, 1, 0, VoteType.PREVOTE, NIL, DIDS[1]).signed(KEYS[1])
+    forged = Vote(CHAIN, 1, 0, VoteType.PREVOTE, NIL, DIDS[2], good.signature)
+    stranger = Vote(CHAIN, 1, 0, VoteType.PREVOTE, NIL, DIDS[5]).signed(KEYS[5])
+    for vote in (forged, stranger):
+        engine.handle(VoteReceived(vote))
+    assert engine.votes.get(0, VoteType.PREVOTE).power == 0
+    engine.handle(VoteReceived(good))
+    assert engine.votes.get(0, VoteType.PREVOTE).power == 1
+
+
+def test_proposal_round_trips_and_refuses_a_swapped_block() -> None:
+    block = make_block(1, CHAIN, 4, DIDS[0], _vset([1] * 4))
+    p = Proposal(CHAIN, 1, 0, block, -1, DIDS[0]).signed(KEYS[0])
+    again = Proposal.from_dict(p.to_dict())
+    assert again == p and again.signature_valid()
+    other = make_block(1, CHAIN, 6, DIDS[0], _vset([1] * 4))
+    with pytest.raises(Exception, match="names a block"):
+        Proposal.from_dict({**p.to_dict(), "payload": other.to_dict()})
+
+
+def test_vote_guard_is_idempotent_refuses_conflicts_and_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "vote_guard.sqlite"
+    block = make_block(1, CHAIN, 4, DIDS[0], _vset([1] * 4))
+    state = EngineState(1, 0, Step.PRECOMMIT, 0, block, 0, block)
+    vote = Vote(CHAIN, 1, 0, VoteType.PRECOMMIT, block.hash, DIDS[0])
+    with VoteGuard(path) as guard:
+        first = guard.sign_vote(vote, KEYS[0], state)
+        assert guard.sign_vote(vote, KEYS[0], state) == first  # same vote: allowed
+    with VoteGuard(path) as guard:
+        with pytest.raises(DoubleSignError):
+            guard.sign_vote(Vote(CHAIN, 1, 0, VoteType.PRECOMMIT, NIL, DIDS[0]), KEYS[0], state)
+        assert guard.state(CHAIN) == state  # the lock survives the restart
+        assert guard.votes_at(CHAIN, 1, DIDS[0]) == [vote]
+        p = Proposal(CHAIN, 1, 0, block, -1, DIDS[0])
+        guard.sign_proposal(p, KEYS[0], state)
+        other = make_block(1, CHAIN, 8, DIDS[0], _vset([1] * 4))
+        with pytest.raises(DoubleSignError):
+            guard.sign_proposal(Proposal(CHAIN, 1, 0, other, -1, DIDS[0]), KEYS[0], state)
+
+
+def test_restored_engine_stays_locked() -> None:
+    vset = _vset([1] * 4)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    state = EngineState(1, 0, Step.PRECOMMIT, 0, block, 0, block)
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), restored=state)
+    engine.handle(StartHeight(1, vset))
+    assert (engine.locked_round, engine.locked_block, engine.step) == (0, block, Step.PRECOMMIT)
