@@ -12,7 +12,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bcfl_cli.errors import EncodingError, UsageError
 from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
@@ -39,7 +46,17 @@ class MemberSpec(_Strict):
     name: str
     did: str
     roles: list[Role] = Field(min_length=1, max_length=2)
-    power: int = Field(default=0, ge=0, le=MAX_POWER)
+    power: int = Field(ge=0, le=MAX_POWER)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_power(cls, data: Any) -> Any:
+        """A validator votes with power 1 unless the file says otherwise; anyone else has 0."""
+        if isinstance(data, dict) and "power" not in data:
+            roles = data.get("roles")
+            voting = isinstance(roles, list) and "validator" in roles
+            return {**data, "power": 1 if voting else 0}
+        return data
 
     @field_validator("name")
     @classmethod

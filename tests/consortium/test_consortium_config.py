@@ -108,6 +108,15 @@ def test_fl_sections_are_validated(section, key, value, match):
     _refused(data, match)
 
 
+def test_power_defaults_to_one_for_validators_and_zero_otherwise():
+    data = _data()
+    del data["members"][0]["power"]
+    data["members"][1]["roles"] = ["trainer"]
+    del data["members"][1]["power"]
+    config = parse_config(data, "x")
+    assert [m.power for m in config.members[:2]] == [1, 0]
+
+
 def test_roles_are_checked_and_normalised():
     data = _data()
     data["members"][0]["roles"] = ["validator", "trainer"]
