@@ -1,4 +1,4 @@
-"""``bcfl keygen`` and ``bcfl identity show``."""
+"""``bcfl keygen`` and ``bcfl identity show|check``."""
 
 from __future__ import annotations
 
