@@ -56,3 +56,15 @@ def test_readme_command_exists(line):
         if token.startswith("--"):
             name = token.split("=", 1)[0]
             assert name in options, f"`{line}`: {command.name} has no option {name}"
+
+
+def test_quick_start_is_exactly_two_commands():
+    text = README.read_text(encoding="utf-8")
+    section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    (block,) = _BLOCK.findall(section)
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    assert commands == ["make demo", "make test"]
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
+    assert [
+        line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))
+    ] == ["make test"]
