@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import platform
@@ -338,3 +339,347 @@ def log(message: str, *, quiet: bool = False) -> None:
     """Progress on stderr, so --json keeps stdout machine-readable."""
     if not quiet:
         print(message, file=sys.stderr, flush=True)
+
+
+# --- real nodes ---------------------------------------------------------------------------------
+PASSPHRASE = "bench passphrase, not a secret"
+GENESIS_TIME_MS = 1_763_000_000_000
+
+
+def _toml_float(value: float) -> str:
+    return repr(float(value))
+
+
+def consortium_toml(
+    dids: Sequence[tuple[str, str]],
+    spec: ModelSpec,
+    plan: TrainingPlan,
+    *,
+    rounds: int,
+    min_updates: int,
+    deadline_blocks: int,
+    max_blob_bytes: int = 256 * 1024 * 1024,
+) -> str:
+    """A genesis file for the bench: every member trains and validates with power 1.
+
+    Members named ``spare-*`` only train (power 0): a node started late to measure catch-up.
+    """
+    lines = [
+        "[consortium]",
+        'name = "Bench Consortium"',
+        "admission_approvals = 2",
+        "removal_approvals = 2",
+        "",
+    ]
+    for name, did in dids:
+        spare = name.startswith("spare-")
+        lines += [
+            "[[members]]",
+            f'name = "{name}"',
+            f'did = "{did}"',
+            'roles = ["trainer"]' if spare else 'roles = ["trainer", "validator"]',
+            f"power = {0 if spare else 1}",
+            "",
+        ]
+    lines += [
+        "[model]",
+        f'architecture = "{spec.architecture}"',
+        f"input_shape = {list(spec.input_shape)}",
+        f"num_classes = {spec.num_classes}",
+        f"hidden = {list(spec.hidden)}",
+        f"seed = {spec.seed}",
+        "",
+        "[training]",
+        f"rounds = {rounds}",
+        f'optimizer = "{plan.optimizer}"',
+        f"lr = {_toml_float(plan.lr)}",
+        f"batch_size = {plan.batch_size}",
+        f"local_epochs = {plan.local_epochs}",
+        f"holdout_fraction = {_toml_float(plan.holdout_fraction)}",
+        f"min_updates = {min_updates}",
+        f"deadline_blocks = {deadline_blocks}",
+        "",
+        "[contract]",
+        "max_update_norm = 1000.0",
+        "min_samples = 1",
+        f"max_blob_bytes = {max_blob_bytes}",
+        "",
+        "[aggregation]",
+        'rule = "fedavg"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def bcfl_command() -> list[str]:
+    script = Path(sys.executable).parent / "bcfl"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from bcfl_cli.cli.app import main; main()"]
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    root: Path
+    port: int
+    data: Path | None
+    proc: Any = None  # subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class LocalConsortium:
+    """``members`` real ``bcfl node`` processes on loopback, each training on its partition.
+
+    Each founder makes its own identity and runs ``init`` on the same consortium file, as
+    separate organisations would; nothing is shared but the file. Always use it as a context
+    manager: every process it started is stopped (SIGTERM, then SIGKILL after a grace).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        spec: ModelSpec,
+        plan: TrainingPlan,
+        members: int,
+        rounds: int,
+        *,
+        data: Sequence[Path | None] | None = None,
+        empty_block_interval: float = 0.3,
+        timeout_propose_ms: int = 1500,
+        deadline_blocks: int = 1000,
+        spare: int = 0,
+    ) -> None:
+        from bcfl_cli.consortium.setup import init_consortium
+        from bcfl_cli.home import Home
+        from bcfl_cli.identity import generate_identity
+
+        self.root = root
+        self.spec = spec
+        self.rounds = rounds
+        self.empty_block_interval = empty_block_interval
+        self.timeout_propose_ms = timeout_propose_ms
+        files = list(data) if data is not None else list(partition_files(members))
+        ports = free_ports(members + spare)
+        self.nodes: list[NodeProcess] = []
+        self.spares: list[NodeProcess] = []
+        dids = []
+        for i in range(members + spare):
+            name = f"member-{i + 1:02d}" if i < members else f"spare-{i - members + 1:02d}"
+            home = Home.resolve(root / name).ensure()
+            identity = generate_identity(home, name, PASSPHRASE.encode(), kdf="interactive")
+            dids.append((name, identity.did))
+            node = NodeProcess(name, home.root, ports[i], files[i % len(files)])
+            (self.nodes if i < members else self.spares).append(node)
+        self.config_file = root / "consortium.toml"
+        self.config_file.write_text(
+            consortium_toml(
+                dids,
+                spec,
+                plan,
+                rounds=rounds,
+                min_updates=members,
+                deadline_blocks=deadline_blocks,
+            ),
+            encoding="utf-8",
+        )
+        for node in self.nodes + self.spares:
+            init_consortium(Home.resolve(node.root), self.config_file, time_ms=GENESIS_TIME_MS)
+        import httpx
+
+        self.http = httpx.Client(timeout=5.0)
+        self.launched = 0.0
+
+    def __enter__(self) -> LocalConsortium:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["BCFL_PASSPHRASE"] = PASSPHRASE
+        env.pop("BCFL_HOME", None)
+        env["OMP_NUM_THREADS"] = "1"
+        env["PYTHONPATH"] = str(ROOT)
+        return env
+
+    def start(
+        self,
+        node: NodeProcess,
+        *,
+        train: bool = True,
+        peers: Sequence[NodeProcess] | None = None,
+    ) -> None:
+        import subprocess
+
+        args = [
+            *bcfl_command(),
+            "node",
+            "--home",
+            str(node.root),
+            "--listen",
+            f"127.0.0.1:{node.port}",
+            "--empty-block-interval",
+            str(self.empty_block_interval),
+            "--timeout-propose-ms",
+            str(self.timeout_propose_ms),
+        ]
+        for other in self.nodes if peers is None else peers:
+            if other is not node:
+                args += ["--peer", other.url]
+        if train and node.data is not None:
+            args += ["--train", str(node.data)]
+        with open(node.root / "stdout.log", "ab") as out:
+            node.proc = subprocess.Popen(args, env=self.env(), stdout=out, stderr=subprocess.STDOUT)
+
+    def start_all(self) -> None:
+        self.launched = time.perf_counter()
+        for node in self.nodes:
+            self.start(node)
+
+    def status(self, node: NodeProcess) -> dict[str, Any] | None:
+        import httpx
+
+        if node.proc is not None and node.proc.poll() is not None:
+            tail = (node.root / "stdout.log").read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{node.name} exited with {node.proc.returncode}:\n{tail}")
+        try:
+            response = self.http.get(node.url + "/v1/status")
+            response.raise_for_status()
+            data: dict[str, Any] = response.json()
+            return data
+        except httpx.HTTPError:
+            return None
+
+    def watch_rounds(
+        self, *, timeout: float, poll: float = 0.05, quiet: bool = False
+    ) -> tuple[float, list[float]]:
+        """Launch -> round 1 open (seconds), and the time each round closed (from launch).
+
+        Observed on the first node; a round counts when its aggregate is committed there.
+        """
+        first = self.nodes[0]
+        opened_at = float("nan")
+        closed: dict[int, float] = {}
+        deadline = time.perf_counter() + timeout
+        while len(closed) < self.rounds:
+            now = time.perf_counter()
+            if now > deadline:
+                raise RuntimeError(
+                    f"timed out after {timeout:g} s: {len(closed)} of {self.rounds} rounds closed"
+                )
+            status = self.status(first)
+            if status is not None:
+                rnd = status["round"]
+                number, state = int(rnd["number"]), rnd["state"]
+                if number >= 1 and opened_at != opened_at:
+                    opened_at = now - self.launched
+                done = number if state == "closed" else number - 1
+                for r in range(1, done + 1):
+                    if r not in closed:
+                        closed[r] = now - self.launched
+                        log(f"  round {r} closed at {closed[r]:.2f} s", quiet=quiet)
+            time.sleep(poll)
+        return opened_at, [closed[r] for r in sorted(closed)]
+
+    def final_state(self) -> dict[str, torch.Tensor]:
+        """The global model after the last round, read from the first node's blob store."""
+        from bcfl_cli.fl.tensors import decode_tensors
+        from bcfl_cli.home import Home
+        from bcfl_cli.store.blobs import BlobStore
+
+        status = self.status(self.nodes[0])
+        if status is None:
+            raise RuntimeError("the first node does not answer")
+        digest = status["round"].get("model") or status["round"]["base_model"]
+        blobs = BlobStore(Home.resolve(self.nodes[0].root).blob_dir)
+        limit = 1 << 30
+        return decode_tensors(blobs.get(digest, max_bytes=limit), max_bytes=limit)
+
+    def stop(self, node: NodeProcess) -> None:
+        import subprocess
+
+        if node.proc is None or node.proc.poll() is not None:
+            return
+        node.proc.terminate()
+        try:
+            node.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            node.proc.kill()
+            node.proc.wait(5)
+
+    def rss(self) -> list[int]:
+        return [rss_bytes(n.proc.pid) if n.proc is not None else 0 for n in self.nodes]
+
+    def close(self) -> None:
+        import signal
+        import subprocess
+
+        for node in self.nodes + self.spares:
+            if node.proc is not None and node.proc.poll() is None:
+                node.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for node in self.nodes + self.spares:
+            if node.proc is None:
+                continue
+            try:
+                node.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                node.proc.kill()
+                node.proc.wait(5)
+        self.http.close()
+
+
+def run_nodes(
+    spec: ModelSpec,
+    plan: TrainingPlan,
+    members: int,
+    rounds: int,
+    *,
+    test: Dataset | None = None,
+    timeout: float | None = None,
+    quiet: bool = False,
+    keep: Path | None = None,
+) -> FedRun:
+    """One training run through real nodes: start-up, per-round times, final accuracy."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="bcfl-bench-nodes-")) if keep is None else keep
+    run = FedRun(f"bcfl, {members} nodes (BFT)", rounds)
+    try:
+        with LocalConsortium(root, spec, plan, members, rounds) as consortium:
+            consortium.start_all()
+            limit = timeout if timeout is not None else 120.0 + 30.0 * rounds
+            opened, closed = consortium.watch_rounds(timeout=limit, quiet=quiet)
+            run.startup_s = opened
+            marks = [opened, *closed]
+            run.round_s = [b - a for a, b in itertools.pairwise(marks)]
+            run.total_s = closed[-1]
+            run.extra["rss_bytes"] = consortium.rss()
+            state = consortium.final_state()
+        run.accuracy = evaluate(spec, state, test if test is not None else load_test())[1]
+        run.extra["parameters"] = parameter_count(spec)
+    finally:
+        if keep is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return run
