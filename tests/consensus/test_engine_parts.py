@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bcfl_cli.consensus import (
     Engine,
@@ -116,3 +119,13 @@ def test_restored_engine_stays_locked() -> None:
     engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), restored=state)
     engine.handle(StartHeight(1, vset))
     assert (engine.locked_round, engine.locked_block, engine.step) == (0, block, Step.PRECOMMIT)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=7))
+@settings(max_examples=50, deadline=None)
+def test_each_validator_proposes_in_proportion_to_power(powers: list[int]) -> None:
+    vset = _vset(powers)
+    g = math.gcd(*powers)
+    period = sum(powers) // g
+    counts = Counter(proposer(vset, h, 0) for h in range(period))
+    assert [counts[DIDS[i]] for i in range(len(powers))] == [p // g for p in powers]
