@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from bcfl_cli.errors import EncodingError, StoreError
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import Block, BlockHeader, CommitCertificate
-from bcfl_cli.protocol.encoding import canonical, hash_object, is_hash_hex, parse_json
+from bcfl_cli.protocol.encoding import canonical, hash_object, is_hash_hex, parse_json, sha256_hex
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store import migrate
 from bcfl_cli.store.blobs import BlobStore
@@ -300,13 +300,26 @@ def _insert_block(conn: Connection, block: Block) -> None:
         )
 
 
+#: Canonical signed form: ``{"sig":"<128 hex>","tx":UNSIGNED}``; UNSIGNED starts at byte 143.
+_UNSIGNED_START = len('{"sig":"') + 128 + len('","tx":')
+
+
+def _signed_tx_hash(text: str) -> str:
+    """The hash of a stored transaction, read off its (already checked) canonical text.
+
+    Saves a second canonicalisation of every transaction read; equal to ``tx.hash`` because
+    the text was verified to be canonical, so UNSIGNED's bytes appear in it verbatim.
+    """
+    return sha256_hex(text.encode("utf-8")[_UNSIGNED_START:-1])
+
+
 def _tx_from_row(row: Row[Any]) -> Transaction:
     what = f"transaction {row.hash}"
     try:
         tx = Transaction.from_dict(_parse_canonical(row.body, what))
     except EncodingError as exc:
         raise StoreError(f"{what}: {exc.message}") from exc
-    if (tx.hash, str(tx.kind), tx.author) != (row.hash, row.kind, row.author):
+    if (_signed_tx_hash(row.body), str(tx.kind), tx.author) != (row.hash, row.kind, row.author):
         raise StoreError(f"{what}: stored index columns do not match its content")
     return tx
 
