@@ -433,6 +433,14 @@ def bcfl_command() -> list[str]:
     return [sys.executable, "-c", "from bcfl_cli.cli.app import main; main()"]
 
 
+class RoundTimeout(RuntimeError):
+    """The rounds did not finish in time."""
+
+
+class MemoryBoundExceeded(RuntimeError):
+    """The nodes together took more memory than the bench allows."""
+
+
 @dataclass
 class NodeProcess:
     name: str
@@ -467,6 +475,7 @@ class LocalConsortium:
         timeout_propose_ms: int = 1500,
         deadline_blocks: int = 1000,
         spare: int = 0,
+        max_blob_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         from bcfl_cli.consortium.setup import init_consortium
         from bcfl_cli.home import Home
@@ -498,6 +507,7 @@ class LocalConsortium:
                 rounds=rounds,
                 min_updates=members,
                 deadline_blocks=deadline_blocks,
+                max_blob_bytes=max_blob_bytes,
             ),
             encoding="utf-8",
         )
@@ -507,6 +517,8 @@ class LocalConsortium:
 
         self.http = httpx.Client(timeout=5.0)
         self.launched = 0.0
+        self.peak_rss: list[int] = []
+        self.peak_total_rss = 0
 
     def __enter__(self) -> LocalConsortium:
         return self
@@ -571,20 +583,31 @@ class LocalConsortium:
             return None
 
     def watch_rounds(
-        self, *, timeout: float, poll: float = 0.05, quiet: bool = False
+        self,
+        *,
+        timeout: float,
+        poll: float = 0.05,
+        quiet: bool = False,
+        memory_limit: int | None = None,
     ) -> tuple[float, list[float]]:
         """Launch -> round 1 open (seconds), and the time each round closed (from launch).
 
         Observed on the first node; a round counts when its aggregate is committed there.
+        Samples every node's resident memory on the way (``peak_rss``) and gives up with
+        ``MemoryBoundExceeded`` once their sum passes ``memory_limit`` bytes.
         """
         first = self.nodes[0]
         opened_at = float("nan")
         closed: dict[int, float] = {}
         deadline = time.perf_counter() + timeout
+        next_sample = 0.0
         while len(closed) < self.rounds:
             now = time.perf_counter()
+            if now >= next_sample:
+                self._sample_rss(memory_limit)
+                next_sample = now + 0.25
             if now > deadline:
-                raise RuntimeError(
+                raise RoundTimeout(
                     f"timed out after {timeout:g} s: {len(closed)} of {self.rounds} rounds closed"
                 )
             status = self.status(first)
@@ -627,6 +650,18 @@ class LocalConsortium:
             node.proc.kill()
             node.proc.wait(5)
 
+    def _sample_rss(self, memory_limit: int | None) -> None:
+        current = self.rss()
+        if not self.peak_rss:
+            self.peak_rss = [0] * len(current)
+        self.peak_rss = [max(a, b) for a, b in zip(self.peak_rss, current, strict=True)]
+        self.peak_total_rss = max(self.peak_total_rss, sum(current))
+        if memory_limit is not None and sum(current) > memory_limit:
+            raise MemoryBoundExceeded(
+                f"nodes hold {sum(current) / 2**20:.0f} MiB, over the bound of "
+                f"{memory_limit / 2**20:.0f} MiB"
+            )
+
     def rss(self) -> list[int]:
         return [rss_bytes(n.proc.pid) if n.proc is not None else 0 for n in self.nodes]
 
@@ -659,18 +694,31 @@ def run_nodes(
     timeout: float | None = None,
     quiet: bool = False,
     keep: Path | None = None,
+    memory_limit: int | None = None,
+    max_blob_bytes: int | None = None,
 ) -> FedRun:
-    """One training run through real nodes: start-up, per-round times, final accuracy."""
+    """One training run through real nodes: start-up, per-round times, final accuracy.
+
+    ``extra`` holds each node's resident memory at the end (``rss_bytes``) and at its peak
+    (``peak_rss_bytes``, sampled every 0.25 s) and the peak of their sum.
+    """
     import shutil
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="bcfl-bench-nodes-")) if keep is None else keep
     run = FedRun(f"bcfl, {members} nodes (BFT)", rounds)
     try:
-        with LocalConsortium(root, spec, plan, members, rounds) as consortium:
+        options = {} if max_blob_bytes is None else {"max_blob_bytes": max_blob_bytes}
+        with LocalConsortium(root, spec, plan, members, rounds, **options) as consortium:
             consortium.start_all()
             limit = timeout if timeout is not None else 120.0 + 30.0 * rounds
-            opened, closed = consortium.watch_rounds(timeout=limit, quiet=quiet)
+            try:
+                opened, closed = consortium.watch_rounds(
+                    timeout=limit, quiet=quiet, memory_limit=memory_limit
+                )
+            finally:
+                run.extra["peak_rss_bytes"] = consortium.peak_rss
+                run.extra["peak_total_rss_bytes"] = consortium.peak_total_rss
             run.startup_s = opened
             marks = [opened, *closed]
             run.round_s = [b - a for a, b in itertools.pairwise(marks)]
