@@ -1,0 +1,102 @@
+"""The benchmarks run end to end in their tiny modes (the real runs are manual: bench/README.md).
+
+Only what needs no node processes runs by default; the node-backed path is one slow test.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+import bench.common as common
+import bench.flower_compare as flower_compare
+import bench.ledger_overhead as ledger_overhead
+import bench.sync_bench as sync_bench
+import bench.verify_chain as verify_chain
+from bcfl_cli.consortium.config import load_config
+from bcfl_cli.protocol.crypto import did_from_public_key
+
+
+@pytest.fixture(autouse=True)
+def results_in_tmp(tmp_path, monkeypatch):
+    """Benches cache chains and write JSON under bench/results/: keep tests out of it."""
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(verify_chain, "RESULTS", tmp_path / "results")
+
+
+def test_plain_baseline_trains_and_times_every_round():
+    members = common.load_members(4)
+    with common.torch_threads(1):
+        run = common.plain_fedavg(
+            common.DIGITS_MLP, common.PLAN, members, common.load_test(), rounds=2
+        )
+    assert len(run.round_s) == 2 and all(t > 0 for t in run.round_s)
+    assert 0.0 <= run.accuracy <= 1.0
+    assert run.extra["parameters"] == 4810
+    assert run.to_dict()["median_round_s"] == run.median_round_s
+
+
+def test_report_prints_a_table_and_json(capsys):
+    report = common.Report("smoke", "Smoke", {"n": 1}, ["what", "seconds", "x base"])
+    report.add(what="base", seconds=0.5, **{"x base": 1.0})
+    report.add(what="thing", seconds=1.25, **{"x base": 2.5})
+    common.emit(report, as_json=True)
+    data = json.loads(capsys.readouterr().out)
+    assert data["rows"][1]["x base"] == 2.5 and data["machine"]["cores"] >= 1
+    assert (common.RESULTS / "smoke.json").exists()
+    common.emit(report, as_json=False, save=False)
+    out = capsys.readouterr().out
+    assert "Smoke" in out and "thing" in out and "load" in out
+    assert "| thing | 1.250 | 2.500 |" in common.render_text(report)
+
+
+def test_verify_chain_bench_on_a_short_chain(capsys):
+    report = verify_chain.run(24, workers=1, deep=True, quiet=True)
+    rows = {r["what"]: r for r in report.rows}
+    chain = rows["bcfl verify-chain"]
+    assert chain["blocks"] == 25 and chain["signatures"] > 24 * 7
+    assert rows["bcfl verify-chain --deep"]["signatures"] == chain["signatures"]
+    assert all(r["x raw limit"] > 0 for r in report.rows)
+    # the second run reads the cached chain
+    again = verify_chain.run(24, workers=1, deep=False, quiet=True)
+    assert any("cache" in note for note in again.notes)
+
+
+def test_flower_compare_runs_the_baseline_without_flower():
+    report = flower_compare.run(4, 1, flower="/nonexistent/python", nodes=False, quiet=True)
+    assert [r["arm"] for r in report.rows] == ["plain FedAvg (no ledger)"]
+    assert report.rows[0]["x plain"] == 1.0
+    assert any("Flower skipped" in note for note in report.notes)
+
+
+def test_raw_loopback_transfer_moves_every_byte():
+    pages = [b'{"blocks":[]}' * 10, b"[]"]
+    blobs = [bytes(range(256)) * 4096, b"x" * 10]
+    seconds = sync_bench.raw_transfer(pages, blobs, repeats=1)
+    assert 0 < seconds < 30
+
+
+def test_bench_consortium_file_is_a_valid_genesis_file(tmp_path):
+    names = ["member-01", "member-02", "member-03", "member-04", "spare-01"]
+    dids = [(n, did_from_public_key(bytes([i + 1]) * 32)) for i, n in enumerate(names)]
+    text = common.consortium_toml(
+        dids, common.MLP_1M, common.PLAN, rounds=3, min_updates=4, deadline_blocks=50
+    )
+    path = tmp_path / "consortium.toml"
+    path.write_text(text)
+    config = load_config(path)
+    assert config.model == common.MLP_1M
+    assert config.training.rounds == 3 and config.training.holdout_fraction == 0.0
+    assert [m.power for m in config.members] == [1, 1, 1, 1, 0]
+    assert math.isclose(config.training.lr, common.PLAN.lr)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_ledger_overhead_through_real_nodes():
+    report = ledger_overhead.run(1, [4], ["digits"], quiet=True)
+    (row,) = report.rows
+    assert row["nodes round s"] > 0 and row["x plain"] > 0
+    assert 0.0 <= row["nodes acc"] <= 1.0
