@@ -16,7 +16,14 @@ import torch
 
 from bcfl_cli.errors import BlobError, ContractError
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate
-from bcfl_cli.fl.contract import RoundContext, UpdateClaim, Verdict, check_update, layout_for
+from bcfl_cli.fl.contract import (
+    Reason,
+    RoundContext,
+    UpdateClaim,
+    Verdict,
+    check_update,
+    layout_for,
+)
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.store.blobs import BlobStore
@@ -56,18 +63,15 @@ class FLChecks:
             base_model=rnd.base_model,
             submitted=rnd.submitted,
         )
+        limit = cfg.contract.max_blob_bytes
         blob = None
-        if claim.blob_size <= cfg.contract.max_blob_bytes:
-            blob = self._read(claim.blob, cfg.contract.max_blob_bytes)
+        if claim.blob_size <= limit and self.blobs.has(claim.blob):
+            size = self.blobs.size(claim.blob)
+            if size > limit:
+                # The claim understates the size; never read more than the limit.
+                return Verdict.reject(Reason.BLOB_TOO_LARGE, f"{size} bytes, limit {limit}")
+            blob = self.blobs.get(claim.blob, max_bytes=limit)  # a corrupt copy raises
         return check_update(cfg.contract, cfg.model, claim, ctx, blob)
-
-    def _read(self, digest: str, max_bytes: int) -> bytes | None:
-        """The blob, or None when this peer does not hold it (a corrupt copy is an error)."""
-        if not self.blobs.has(digest):
-            return None
-        if self.blobs.size(digest) > max_bytes:
-            return None  # cannot be the claimed blob: its size is checked against the claim
-        return self.blobs.get(digest, max_bytes=max_bytes)
 
     # --- aggregates ------------------------------------------------------------------------
     def check_aggregate(self, state: ChainState, tx: Transaction) -> None:

@@ -299,3 +299,9 @@ def test_distance_refuses_different_names() -> None:
 def test_empty_state_flattens_to_nothing() -> None:
     assert numerics.flat_float64({}).shape == (0,)
     assert numerics.l2_norm({}) == 0.0
+
+
+def test_plain_tuples_are_accepted() -> None:
+    as_tuples = [(u.hash, u.delta, u.num_samples) for u in _one([1.0, 3.0])]
+    r = aggregate(AggregationSpec(), ZERO, as_tuples)
+    assert r.model_hash == aggregate(AggregationSpec(), ZERO, _one([1.0, 3.0])).model_hash

@@ -253,3 +253,17 @@ def test_hooks_refuse_the_wrong_kind(tmp_path: Path) -> None:
         c.checks.check_aggregate(c.state, u)
     with pytest.raises(ContractError):
         c.checks.check_update(c.state, c.aggregate_tx())
+
+
+def test_a_stored_blob_larger_than_the_limit_is_never_read(tmp_path: Path) -> None:
+    c = Chain(tmp_path)
+    c.open_round()
+    limit = c.state.config.contract.max_blob_bytes
+    huge = c.blobs.path_for("f" * 64)
+    huge.parent.mkdir(parents=True, exist_ok=True)
+    with huge.open("wb") as f:
+        f.truncate(limit + 1)  # sparse: the content does not matter, it must not be read
+    u = c.update("bob", delta(0.01))
+    lying = c.tx("bob", TxKind.UPDATE, dict(u.body, blob="f" * 64, blob_size=100))
+    verdict = c.checks.check_update(c.state, lying)
+    assert (verdict.accept, verdict.reason) == (False, "blob_too_large")

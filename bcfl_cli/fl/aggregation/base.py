@@ -160,7 +160,12 @@ def sorted_stack(updates: Sequence[Prepared], name: str) -> torch.Tensor:
 
 
 # --- the entry point -------------------------------------------------------------------------
-def _prepare(global_state: State, updates: Sequence[UpdateInput]) -> list[Prepared]:
+#: An update as ``UpdateInput`` or as the plain tuple (hash, delta, num_samples).
+UpdateLike = UpdateInput | tuple[str, State, int]
+
+
+def _prepare(global_state: State, items: Sequence[UpdateLike]) -> list[Prepared]:
+    updates = [u if isinstance(u, UpdateInput) else UpdateInput(*u) for u in items]
     if not updates:
         raise ContractError("no_updates", "an aggregate needs at least one accepted update")
     hashes = [u.hash for u in updates]
@@ -184,7 +189,7 @@ def _prepare(global_state: State, updates: Sequence[UpdateInput]) -> list[Prepar
 def aggregate(
     spec: AggregationSpec,
     global_state: State,
-    updates: Sequence[UpdateInput],
+    updates: Sequence[UpdateLike],
     *,
     rules: Mapping[str, Rule] | None = None,
 ) -> AggregateResult:
