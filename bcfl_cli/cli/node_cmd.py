@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -104,7 +109,28 @@ def node(
         train=train,
         attack=attack,
     )
-    asyncio.run(serve(resolved, identity, options))
+    _run_to_exit(serve(resolved, identity, options))
+
+
+def _run_to_exit(main: Coroutine[Any, Any, None]) -> None:
+    """Run the node; once it has closed its stores, exit without waiting for helper threads.
+
+    A thread may still be in a blob download or a training step, which only write temporary
+    files or atomic blobs; waiting for them (as ``asyncio.run`` and the interpreter do) would
+    hold a stopping node for up to a network timeout.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(main)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        loop.close()
+    busy = [t.name for t in threading.enumerate() if t.is_alive() and not t.daemon]
+    logging.getLogger("bcfl.node").info("exiting; not waiting for threads %s", busy[1:])
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def register(app: typer.Typer) -> None:

@@ -151,6 +151,14 @@ class Node:
         member = self.state.member(did)
         return member is not None and member.active
 
+    def head_hash_at(self, height: int) -> str | None:
+        """Hash of our block at ``height`` (None above the head)."""
+        if height == self.state.height:
+            return self.state.head_hash
+        if height > self.state.height:
+            return None
+        return self.ledger.block(height).hash
+
     def validator_set_at(self, height: int) -> ValidatorSet | None:
         if height < 1 or height > self.state.height + 1:
             return None

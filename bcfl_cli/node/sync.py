@@ -266,7 +266,7 @@ class Syncer:
         count = 0
         for block in blocks:
             if block.height < start:
-                if block.height == start - 1 and block.hash != node.state.head_hash:
+                if block.height == start - 1 and block.hash != node.head_hash_at(block.height):
                     await self._conflict(peer, block)
                     return 0
                 continue
@@ -308,16 +308,18 @@ class Syncer:
             theirs = Block.from_dict(data["blocks"][0])
         except (PeerRequestError, EncodingError, KeyError, IndexError, TypeError):
             return
-        if theirs.height == height and theirs.hash != self.node.state.head_hash:
+        if theirs.height == height and theirs.hash != self.node.head_hash_at(height):
             await self._conflict(peer, theirs)
 
     async def _conflict(self, peer: PeerInfo, theirs: Block) -> None:
         """``theirs`` differs from our block at its height: an alarm if its certificate holds."""
         node = self.node
         height = theirs.height
+        if height == 0 or height > node.state.height or theirs.commit is None:
+            return
         ours = node.ledger.block(height)
         validators = node.validator_set_at(height)
-        if validators is None or theirs.commit is None or height == 0:
+        if ours.hash == theirs.hash or validators is None:
             return
         if not certificate_valid(node.genesis_hash, theirs, validators):
             log.warning(

@@ -1,0 +1,127 @@
+"""The mempool holds only what could go in a block, within its bounds, and forgets commits."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from bcfl_cli.node.mempool import Mempool, MempoolRefusal, precheck
+from bcfl_cli.node.round_driver import build_proposal
+from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from tests.node._chain_fixture import Chain, did, key, make_chain
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    c = make_chain(tmp_path)
+    yield c
+    c.ledger.close()
+
+
+def newcomer(seed: int = 1) -> nacl.signing.SigningKey:
+    return nacl.signing.SigningKey(bytes([seed]) * 32)
+
+
+def join(chain: Chain, seed: int = 1, name: str = "erin") -> Transaction:
+    body = {"name": name, "roles": ["trainer"], "power": 0}
+    return make_tx(newcomer(seed), chain.state.chain_id, TxKind.JOIN_REQUEST, body)
+
+
+def test_admits_once_and_dedupes(chain: Chain) -> None:
+    pool = Mempool()
+    tx = join(chain)
+    assert pool.add(tx, chain.state, now_ms=1) is True
+    assert pool.add(tx, chain.state, now_ms=2) is False
+    assert len(pool) == 1 and tx.hash in pool and pool.size_bytes > 0
+
+
+@pytest.mark.parametrize(
+    ("mangle", "code"),
+    [
+        ("signature", "bad_tx_signature"),
+        ("chain", "wrong_chain"),
+        ("open_round", "proposer_only"),
+        ("non_member", "not_member"),
+        ("update_no_round", "wrong_round"),
+        ("name_taken", "name_taken"),
+    ],
+)
+def test_refuses_what_no_block_could_hold(chain: Chain, mangle: str, code: str) -> None:
+    state = chain.state
+    if mangle == "signature":
+        good = join(chain)
+        tx = Transaction.from_dict({"tx": good.unsigned(), "sig": "00" * 64})
+    elif mangle == "chain":
+        body = {"name": "erin", "roles": ["trainer"], "power": 0}
+        tx = make_tx(newcomer(), "ab" * 32, TxKind.JOIN_REQUEST, body)
+    elif mangle == "open_round":
+        body = {"round": 1, "base_model": state.round.model, "deadline_height": 21}
+        tx = chain.tx("alice", TxKind.OPEN_ROUND, body)
+    elif mangle == "non_member":
+        body = {"member": did("bob"), "reason": "x"}
+        tx = make_tx(newcomer(), state.chain_id, TxKind.REMOVE_MEMBER, body)
+    elif mangle == "update_no_round":
+        tx = chain.update("bob")
+    else:
+        tx = join(chain, name="alice")
+    pool = Mempool()
+    with pytest.raises(MempoolRefusal) as info:
+        pool.add(tx, state, now_ms=1)
+    assert info.value.code == code
+    assert len(pool) == 0
+    assert pool.rejected_reason(tx.hash) == code
+
+
+def test_bounds_count_and_per_author(chain: Chain) -> None:
+    pool = Mempool(max_txs=2)
+    pool.add(join(chain, 1, "e1"), chain.state, now_ms=1)
+    pool.add(join(chain, 2, "e2"), chain.state, now_ms=1)
+    with pytest.raises(MempoolRefusal) as info:
+        pool.add(join(chain, 3, "e3"), chain.state, now_ms=1)
+    assert info.value.code == "mempool_full" and info.value.status == 503
+
+    pool = Mempool(per_author=1)
+    first = chain.tx("alice", TxKind.REMOVE_MEMBER, {"member": did("bob"), "reason": "a"})
+    second = chain.tx("alice", TxKind.REMOVE_MEMBER, {"member": did("carol"), "reason": "b"})
+    pool.add(first, chain.state, now_ms=1)
+    with pytest.raises(MempoolRefusal) as info:
+        pool.add(second, chain.state, now_ms=1)
+    assert info.value.code == "too_many_pending" and info.value.status == 429
+
+
+def test_prune_forgets_committed_and_now_invalid(chain: Chain) -> None:
+    pool = Mempool()
+    a = join(chain, 1, "erin")
+    b = join(chain, 2, "erin")  # same name: only one of the two can ever be admitted
+    pool.add(a, chain.state, now_ms=1)
+    pool.add(b, chain.state, now_ms=2)
+    block, after = build_proposal(
+        chain.state, chain.head, [a], key("alice"), now_ms=chain.now(), checks=None
+    )
+    chain.commit(block, after)
+    dropped = dict(pool.prune(chain.state))
+    assert dropped == {a.hash: "already_committed", b.hash: "request_pending"} or dropped == {
+        a.hash: "already_committed",
+        b.hash: "name_taken",
+    }
+    assert len(pool) == 0 and pool.size_bytes == 0
+    assert pool.rejected_reason(a.hash) is None  # committed is not rejected
+    assert pool.rejected_reason(b.hash) is not None
+
+
+def test_precheck_admits_a_founder_approval(chain: Chain) -> None:
+    a = join(chain)
+    block, after = build_proposal(
+        chain.state, chain.head, [a], key("alice"), now_ms=chain.now(), checks=None
+    )
+    chain.commit(block, after)
+    who = did_from_public_key(bytes(newcomer().verify_key))
+    approve = chain.tx("bob", TxKind.APPROVE_MEMBER, {"member": who, "request": a.hash})
+    precheck(chain.state, approve)
+    wrong = chain.tx("bob", TxKind.APPROVE_MEMBER, {"member": who, "request": "00" * 32})
+    with pytest.raises(MempoolRefusal, match="no pending request"):
+        precheck(chain.state, wrong)

@@ -1,0 +1,135 @@
+"""The proposer's block content follows the round life cycle and always passes the rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bcfl_cli.chain import ChainState
+from bcfl_cli.fl.checks import FLChecks
+from bcfl_cli.node.round_driver import (
+    _without,
+    aggregate_due,
+    build_proposal,
+    compute_aggregate,
+    has_work,
+    plan_block,
+)
+from bcfl_cli.node.sync import CachingChecks
+from bcfl_cli.protocol.tx import Transaction, TxKind
+from tests.node._chain_fixture import Chain, did, key, make_chain
+
+EDIT = {"min_updates = 2 ": "min_updates = 2 ", "rounds = 10": "rounds = 2"}
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    c = make_chain(tmp_path, edit=EDIT)
+    yield c
+    c.ledger.close()
+
+
+def step(
+    chain: Chain, pending: list[Transaction], checks: CachingChecks, *, prepared: bool = True
+) -> list[Transaction]:
+    """Plan, build and commit the next block as alice; the block's transactions."""
+    state = chain.state
+    height = state.height + 1
+    txs = plan_block(
+        state,
+        pending,
+        height=height,
+        key=key("alice"),
+        now_ms=chain.now(),
+        verdict_of=(lambda tx: checks.check_update(state, tx)) if prepared else (lambda tx: None),
+        aggregate_of=(lambda s: compute_aggregate(s, chain.blobs))
+        if prepared
+        else (lambda s: None),
+    )
+    block, after = build_proposal(
+        state, chain.head, txs, key("alice"), now_ms=chain.now(), checks=checks
+    )
+    # the validators' view: the full rules with the real FL checks agree
+    state.apply(block, checks=FLChecks(chain.blobs), proposal=True)
+    chain.commit(block, after)
+    return list(block.txs)
+
+
+def kinds(txs: list[Transaction]) -> list[str]:
+    return [str(t.kind) for t in txs]
+
+
+def test_a_round_from_open_to_aggregate(chain: Chain) -> None:
+    checks = CachingChecks(FLChecks(chain.blobs))
+    initial = chain.state.round.model
+    assert kinds(step(chain, [], checks)) == ["open_round"]
+    rnd = chain.state.round
+    assert rnd.open and rnd.number == 1 and rnd.base_model == initial
+    assert rnd.deadline_height == 1 + chain.state.config.training.deadline_blocks
+
+    good = chain.update("bob", scale=0.01)
+    bad = chain.update("carol", scale=float("nan"))
+    waiting = chain.update("dave", scale=0.02)
+    # not prepared yet: nothing from the round goes in (the proposer never computes inline)
+    assert step(chain, [good, bad], checks, prepared=False) == []
+    txs = step(chain, [good, bad], checks)
+    assert kinds(txs) == ["update", "validation", "update", "validation"]
+    verdicts = {t.body["update"]: (t.body["verdict"], t.body["reason"]) for t in txs[1::2]}
+    assert verdicts[good.hash] == ("accept", "ok")
+    assert verdicts[bad.hash][0] == "reject"
+    assert len(chain.state.round.accepted) == 1
+
+    txs = step(chain, [waiting], checks)
+    assert len(chain.state.round.accepted) == 2
+    assert aggregate_due(chain.state, chain.state.height + 1)
+    late = chain.update("alice", scale=0.03)
+    txs = step(chain, [late], checks)
+    assert kinds(txs) == ["aggregate"]  # no update after the round's quorum
+    assert not chain.state.round.open
+    assert chain.blobs.has(chain.state.round.model)
+    assert chain.state.round.model != initial
+
+
+def test_open_rounds_stop_when_the_plan_is_done(chain: Chain) -> None:
+    checks = CachingChecks(FLChecks(chain.blobs))
+    for _ in range(2):
+        step(chain, [], checks)  # open
+        step(chain, [chain.update("bob", scale=0.01), chain.update("carol")], checks)
+        step(chain, [], checks)  # aggregate
+    assert chain.state.round.number == 2 and not chain.state.round.open
+    assert step(chain, [], checks) == []
+    state = chain.state
+    assert not has_work(
+        state, [], height=state.height + 1, verdict_of=lambda t: None, aggregate_of=lambda s: None
+    )
+
+
+def test_build_proposal_leaves_out_what_the_rules_refuse(chain: Chain) -> None:
+    foreign = chain.tx("bob", TxKind.APPROVE_MEMBER, {"member": did("carol"), "request": "00" * 32})
+    dropped: list[tuple[str, str]] = []
+    block, after = build_proposal(
+        chain.state,
+        chain.head,
+        [foreign],
+        key("alice"),
+        now_ms=chain.now(),
+        checks=None,
+        on_dropped=lambda h, code: dropped.append((h, code)),
+    )
+    assert block.txs == () and dropped == [(foreign.hash, "no_pending_request")]
+    assert isinstance(after, ChainState) and after.height == 1
+
+
+def test_without_keeps_updates_with_their_validation(chain: Chain) -> None:
+    a, b, c, d = (
+        chain.tx("alice", TxKind.REMOVE_MEMBER, {"member": did("bob"), "reason": str(i)})
+        for i in range(4)
+    )
+    object.__setattr__(a, "kind", TxKind.UPDATE)
+    object.__setattr__(c, "kind", TxKind.UPDATE)
+    object.__setattr__(b, "kind", TxKind.VALIDATION)
+    object.__setattr__(d, "kind", TxKind.VALIDATION)
+    assert _without([a, b, c, d], b.hash) == [c, d]
+    assert _without([a, b, c, d], c.hash) == [a, b]
