@@ -368,11 +368,12 @@ def check_commit(state: ChainState, block: Block, *, verify_signatures: bool = T
     commit = block.commit
     if commit is None:
         raise _fail(h, "missing_commit", "no commit certificate")
-    if commit.height != h or commit.block != block.hash:
+    block_hash = block.hash
+    if commit.height != h or commit.block != block_hash:
         raise _fail(
             h,
             "commit_mismatch",
-            f"commit: expected height {h} block {block.hash}, "
+            f"commit: expected height {h} block {block_hash}, "
             f"found height {commit.height} block {commit.block}",
         )
     vs = state.validator_set

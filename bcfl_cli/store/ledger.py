@@ -334,7 +334,9 @@ def _block_from_rows(row: Row[Any], tx_rows: Sequence[Row[Any]]) -> Block:
     except EncodingError as exc:
         raise StoreError(f"{what}: {exc.message}") from exc
     stored = (row.height, row.hash, row.prev, row.time, row.proposer)
-    if stored != (header.height, header.hash, header.prev, header.time, header.proposer):
+    # the text was checked canonical, so its SHA-256 is the header hash (no re-encoding)
+    header_hash = sha256_hex(row.header.encode("utf-8"))
+    if stored != (header.height, header_hash, header.prev, header.time, header.proposer):
         raise StoreError(f"{what}: stored index columns do not match its header")
     if [int(r.idx) for r in tx_rows] != list(range(len(tx_rows))):
         raise StoreError(f"{what}: transaction positions are not 0..{len(tx_rows) - 1}")

@@ -167,7 +167,7 @@ class _Replay:
             if not self.pooled:
                 report.signatures += steps.count_signatures(block)
             report.blobs += steps.verify_block_blobs(self.ledger.blobs, block)
-            report.height, report.head = block.height, block.hash
+            report.height, report.head = block.height, state.head_hash
             report.blocks += 1
             report.txs += len(block.txs)
             for tx in block.txs:
