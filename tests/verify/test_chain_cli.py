@@ -81,3 +81,8 @@ def test_log_and_inspect(tmp_path):
     assert _run("inspect", "99", "--home", tmp_path).exit_code == 2
     assert _run("inspect", "zz-not-hex", "--home", tmp_path).exit_code == 2
     assert _run("inspect", "f" * 64, "--home", tmp_path).exit_code == 2
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert _run("verify-chain", "--bogus").exit_code == 2
+    assert _run("log", "--limit", "0", "--home", tmp_path).exit_code == 2
