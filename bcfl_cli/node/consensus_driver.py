@@ -49,7 +49,7 @@ from bcfl_cli.errors import BcflError, EncodingError, VerificationError
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.peers import PeerInfo, PeerRequestError
 from bcfl_cli.node.round_driver import build_proposal, plan_block
-from bcfl_cli.node.sync import referenced_blobs
+from bcfl_cli.node.sync import blob_owners, referenced_blobs
 from bcfl_cli.protocol.block import Block, Vote
 from bcfl_cli.protocol.tx import TxKind, make_tx
 from bcfl_cli.store.vote_guard import DoubleSignError, VoteGuard
@@ -359,7 +359,10 @@ class ConsensusDriver:
         node = self.node
         key = (block.hash, state.head_hash)
         try:
-            if not await node.syncer.ensure_blobs(referenced_blobs(block), timeout_s=10.0):
+            owners = blob_owners(list(block.txs))
+            if not await node.syncer.ensure_blobs(
+                referenced_blobs(block), timeout_s=10.0, prefer=owners
+            ):
                 log.info("cannot fetch the blobs of proposal %s yet", block.hash[:16])
                 return  # stays UNKNOWN: the propose timeout prevotes nil
 

@@ -46,7 +46,13 @@ from bcfl_cli.node.round_driver import (
     has_work,
     pending_updates,
 )
-from bcfl_cli.node.sync import CachingChecks, Syncer, alarm_document, referenced_blobs
+from bcfl_cli.node.sync import (
+    CachingChecks,
+    Syncer,
+    alarm_document,
+    blob_owners,
+    referenced_blobs,
+)
 from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.ledger import Ledger
@@ -276,13 +282,18 @@ class Node:
 
     async def _prepare_once(self) -> None:
         state = self.state
-        for tx in pending_updates(state, self.mempool.snapshot()):
-            if self.checks.known_verdict(state, tx) is not None:
-                continue
-            if not await self.syncer.ensure_blobs([tx.body["blob"]], timeout_s=30.0):
-                continue
+        todo = [
+            tx
+            for tx in pending_updates(state, self.mempool.snapshot())
+            if self.checks.known_verdict(state, tx) is None
+        ]
+        owners = blob_owners(todo)
+        await self.syncer.ensure_blobs(list(owners), timeout_s=30.0, prefer=owners)
+        for tx in todo:
             if self.state is not state:
                 return
+            if not self.blobs.has(tx.body["blob"]):
+                continue
             verdict = await self.run_worker(partial(self.checks.check_update, state, tx))
             log.info(
                 "update checked",

@@ -44,6 +44,7 @@ MAX_BLOCKS_PER_PASS = 2_000
 MAX_PASS_S = 30.0
 BLOB_FETCH_TIMEOUT_S = 60.0
 CHECK_CACHE = 4_096
+MAX_FETCH_LOCKS = 1_024
 
 
 class CachingChecks:
@@ -131,6 +132,11 @@ def referenced_blobs(block: Block) -> list[str]:
     return [tx.body["blob"] for tx in block.txs if tx.kind is TxKind.UPDATE]
 
 
+def blob_owners(txs: list[Transaction]) -> dict[str, str]:
+    """Blob hash -> the did of the update's author (whose node surely holds it)."""
+    return {tx.body["blob"]: tx.author for tx in txs if tx.kind is TxKind.UPDATE}
+
+
 class Syncer:
     """The catch-up loop and the blob fetcher of one node."""
 
@@ -138,6 +144,7 @@ class Syncer:
         self.node = node
         self._wake = asyncio.Event()
         self.blocks_synced = 0
+        self._fetching: dict[str, asyncio.Lock] = {}
         self.bytes_synced = 0
 
     def wake(self) -> None:
@@ -145,26 +152,43 @@ class Syncer:
 
     # --- blobs -----------------------------------------------------------------------------
     async def ensure_blobs(
-        self, digests: list[str], *, timeout_s: float = BLOB_FETCH_TIMEOUT_S
+        self,
+        digests: list[str],
+        *,
+        timeout_s: float = BLOB_FETCH_TIMEOUT_S,
+        prefer: dict[str, str] | None = None,
     ) -> bool:
-        """Fetch the missing ones from peers; True when all are held."""
+        """Fetch the missing ones from peers, concurrently; True when all are held.
+
+        ``prefer`` maps a blob to the did most likely to hold it (an update's author), whose
+        node is asked first.
+        """
+        missing = [d for d in dict.fromkeys(digests) if not self.node.blobs.has(d)]
+        if not missing:
+            return True
+        results = await asyncio.gather(
+            *(self._ensure_one(d, timeout_s, (prefer or {}).get(d)) for d in missing)
+        )
+        return all(results)
+
+    async def _ensure_one(self, digest: str, timeout_s: float, owner: str | None) -> bool:
+        """One blob, from the owner's node first, then the others (one download at a time)."""
         node = self.node
         deadline = time.monotonic() + timeout_s
-        for digest in digests:
-            if node.blobs.has(digest):
-                continue
-            for peer in node.peers.live():
+        if len(self._fetching) > MAX_FETCH_LOCKS:
+            self._fetching = {d: k for d, k in self._fetching.items() if k.locked()}
+        lock = self._fetching.setdefault(digest, asyncio.Lock())
+        async with lock:
+            peers = sorted(node.peers.live(), key=lambda p: p.did != owner)
+            for peer in peers:
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
+                if node.blobs.has(digest) or left <= 0:
+                    break
                 try:
                     await asyncio.wait_for(self._fetch_from(peer, digest), left)
-                    break
                 except (TimeoutError, BcflError, OSError) as exc:
                     log.debug("blob %s not from %s: %s", digest[:16], peer.url, exc)
-            if not node.blobs.has(digest):
-                return False
-        return True
+        return node.blobs.has(digest)
 
     async def _fetch_from(self, peer: PeerInfo, digest: str) -> None:
         node = self.node
@@ -273,7 +297,8 @@ class Syncer:
             if block.height != node.state.height + 1:
                 peer.error = f"served block {block.height} out of order"
                 return count
-            if not await self.ensure_blobs(referenced_blobs(block)):
+            owners = blob_owners(list(block.txs))
+            if not await self.ensure_blobs(referenced_blobs(block), prefer=owners):
                 log.warning(
                     "cannot fetch the blobs of block %d yet; will retry",
                     block.height,

@@ -61,13 +61,14 @@ def consortium_toml(
     rule: str = "fedavg",
     max_blob_bytes: int = 64 * 1024 * 1024,
     input_shape: str = "[64]",
-    admission_approvals: int = 2,
+    admission_approvals: int | None = None,
 ) -> str:
+    approvals = admission_approvals or min(2, len(members))
     lines = [
         "[consortium]",
         'name = "Network Test Consortium"',
-        f"admission_approvals = {admission_approvals}",
-        "removal_approvals = 2",
+        f"admission_approvals = {approvals}",
+        f"removal_approvals = {approvals}",
         "",
     ]
     for name, did in members:
