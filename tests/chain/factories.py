@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,3 +225,11 @@ def realistic_chain(root: Path) -> Consortium:
         proposer="carol",
     )
     return c
+
+
+def drop_triggers(path) -> sqlite3.Connection:
+    """What an attacker with the file does first: the append-only triggers are not security."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        conn.execute(f"DROP TRIGGER {name}")
+    return conn

@@ -15,8 +15,7 @@ import pytest
 
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.verify import verify_chain
-from tests.chain.factories import realistic_chain
-from tests.verify.test_verify_chain import drop_triggers
+from tests.chain.factories import drop_triggers, realistic_chain
 
 TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?[0-9]+|true|false|null')
 MASKS = (0x01, 0x02, 0x20, 0x80, 0x04, 0x10)

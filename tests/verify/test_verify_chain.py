@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 import bcfl_cli.verify.chain as verify_module
@@ -11,15 +9,7 @@ from bcfl_cli.protocol.encoding import canonical, parse_json
 from bcfl_cli.protocol.tx import TxKind
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.verify import verify_chain
-from tests.chain.factories import did_for, make_consortium, realistic_chain
-
-
-def drop_triggers(path) -> sqlite3.Connection:
-    """What an attacker with the file does first: the append-only triggers are not security."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
-        conn.execute(f"DROP TRIGGER {name}")
-    return conn
+from tests.chain.factories import did_for, drop_triggers, make_consortium, realistic_chain
 
 
 def test_honest_chain_verifies(tmp_path):
