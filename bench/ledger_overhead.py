@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rounds, members, models = args.rounds, args.members, args.models
     if args.quick:
-        rounds, members, models = min(rounds, 2), [4], ["digits"]
+        rounds, members, models = min(rounds, 3), [4], ["digits"]
     report = run(rounds, members, models, quiet=args.json)
     emit(report, as_json=args.json)
     return 0

@@ -53,15 +53,16 @@ def test_report_prints_a_table_and_json(capsys):
 
 
 def test_verify_chain_bench_on_a_short_chain(capsys):
-    report = verify_chain.run(24, workers=1, deep=True, quiet=True)
+    report = verify_chain.run(24, workers=1, deep=True, cli=False, quiet=True)
     rows = {r["what"]: r for r in report.rows}
     chain = rows["bcfl verify-chain"]
     assert chain["blocks"] == 25 and chain["signatures"] > 24 * 7
     assert rows["bcfl verify-chain --deep"]["signatures"] == chain["signatures"]
     assert all(r["x raw limit"] > 0 for r in report.rows)
     # the second run reads the cached chain
-    again = verify_chain.run(24, workers=1, deep=False, quiet=True)
+    again = verify_chain.run(24, workers=1, deep=False, cli=True, quiet=True)
     assert any("cache" in note for note in again.notes)
+    assert "bcfl verify-chain (CLI, whole process)" in [r["what"] for r in again.rows]
 
 
 def test_flower_compare_runs_the_baseline_without_flower():
