@@ -9,6 +9,7 @@ Every refusal is one JSON line ``{"error": code, "message": why and what to do}`
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bcfl_cli.consensus.messages import Proposal
 from bcfl_cli.errors import BcflError, EncodingError, StoreError
@@ -58,6 +59,7 @@ MAX_BLOCKS_PER_RESPONSE = 100
 MAX_BLOCKS_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_TX_BODY = MAX_TX_BYTES + 1024
 MAX_CONSENSUS_BODY = 8 * 1024 * 1024
+BODY_READ_TIMEOUT_S = 15.0
 JOIN_LIMITS = NodeLimits(max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0)
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -369,6 +371,28 @@ ROUTE_TABLE: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] |
 ]
 
 
+class _ReadTimeout:
+    """Bound how long a client may take to send each piece of its body (slow-loris guard)."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def bounded() -> Message:
+            try:
+                return await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                log.warning("request body stalled; dropping the connection")
+                return {"type": "http.disconnect"}
+
+        await self.app(scope, bounded, send)
+
+
 class _SplitAuth:
     """Route ``/v1/join`` through an auth layer that admits non-members; all else, members."""
 
@@ -436,7 +460,7 @@ def create_app(node: Node) -> ASGIApp:
     newcomers = SignatureAuth(
         app, is_member=lambda _did: True, limits=JOIN_LIMITS, authorities=authorities
     )
-    return _SplitAuth(members, newcomers)
+    return _ReadTimeout(_SplitAuth(members, newcomers), BODY_READ_TIMEOUT_S)
 
 
 def _authorities(node: Node) -> list[str] | None:
