@@ -172,6 +172,21 @@ class Engine:
         messages.extend(prevotes.for_block(block_hash) if prevotes is not None else [])
         return messages
 
+    def relay(self) -> list[Proposal | Vote]:
+        """Others' messages the edge should re-send with its own: the proof of lock, and the
+        PRECOMMITs of the previous round that took us to this one (L47-48, L65-67).
+
+        A peer still in that round may lack some of them (a Byzantine sender may have reached
+        only us) and then waits forever for 2f+1 precommits; relaying them is the paper's
+        gossip assumption, in the small.
+        """
+        messages = self.proof_of_lock()
+        if self.round > 0:
+            precommits = self.votes.rounds.get((self.round - 1, VoteType.PRECOMMIT))
+            if precommits is not None:
+                messages.extend(v for m in precommits.by_validator.values() for v in m.values())
+        return messages
+
     def handle(self, event: Event) -> list[Action]:
         out: list[Action] = []
         if isinstance(event, StartHeight):

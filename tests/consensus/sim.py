@@ -311,7 +311,7 @@ class Simulation:
             self.feed(node, Recheck())
         elif kind == "gossip":
             assert node.engine is not None
-            for msg in [*node.own, *node.engine.proof_of_lock()]:
+            for msg in [*node.own, *node.engine.relay()]:
                 self.broadcast(node, msg, first=False)
             self.broadcast(node, ("status", len(node.ledger)), first=False)
             self.schedule(self.now + GOSSIP_MS, "gossip", target, None)
