@@ -1,0 +1,25 @@
+"""Starting and watching local nodes: the launcher behind ``bcfl demo`` and the fault suites."""
+
+from bcfl_cli.demo.launcher import (
+    DEMO_PASSPHRASE,
+    GenesisPlan,
+    LocalConsortium,
+    Member,
+    MemberPlan,
+    bcfl_command,
+    consortium_toml,
+    free_ports,
+    wait_for,
+)
+
+__all__ = [
+    "DEMO_PASSPHRASE",
+    "GenesisPlan",
+    "LocalConsortium",
+    "Member",
+    "MemberPlan",
+    "bcfl_command",
+    "consortium_toml",
+    "free_ports",
+    "wait_for",
+]
