@@ -160,13 +160,17 @@ class ConsortiumConfig(_Strict):
     def warnings(self) -> list[str]:
         """Legal but risky choices, shown by ``bcfl init`` without refusing the file."""
         found: list[str] = []
-        n = len(self.validators)
-        if n < MIN_FAULT_TOLERANT_VALIDATORS:
-            quorum = (2 * sum(m.power for m in self.validators)) // 3 + 1
+        powers = [m.power for m in self.validators]
+        total, quorum = sum(powers), (2 * sum(powers)) // 3 + 1
+        # BFT: the chain stalls once the validators still up hold no quorum; with equal powers
+        # that is every n < 4 (n = 3: quorum 3 of 3), with unequal ones a heavy validator.
+        if powers and total - max(powers) < quorum:
+            n = len(powers)
+            unit = "" if len(set(powers)) == 1 and powers[0] == 1 else " power"
             found.append(
                 f"n={n} validator{'s' if n != 1 else ''} tolerate no fault: quorum is "
-                f"{quorum} of {sum(m.power for m in self.validators)} power; "
-                f"use at least {MIN_FAULT_TOLERANT_VALIDATORS} validators"
+                f"{quorum} of {total}{unit}; one validator down stops the chain "
+                f"(use at least {MIN_FAULT_TOLERANT_VALIDATORS} equal validators)"
             )
         if self.training.min_updates > len(self.trainers):
             found.append(

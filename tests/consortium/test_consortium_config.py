@@ -40,6 +40,15 @@ def test_three_validators_warn_but_load(tmp_path):
     assert any("n=3 validators tolerate no fault: quorum is 3 of 3" in w for w in config.warnings())
 
 
+def test_fault_tolerance_warning_follows_power():
+    data = _data()
+    data["members"][0]["power"] = 3  # alice alone holds 3 of 6: without her, no quorum
+    assert any("quorum is 5 of 6 power" in w for w in parse_config(data, "x").warnings())
+    data = _data(tuple(f"m{i}" for i in range(7)))
+    data["members"][0]["power"] = 2  # 2 of 8, quorum 6: any one may fail
+    assert parse_config(data, "x").warnings() == []
+
+
 def test_bad_did_names_its_index():
     data = _data()
     data["members"][1]["did"] = "did:key:zNOPE"
