@@ -10,7 +10,6 @@ import typer
 from bcfl_cli.cli import render
 from bcfl_cli.cli.options import JsonOption
 from bcfl_cli.errors import UsageError
-from bcfl_cli.fl.split import split_csv
 
 data_app = typer.Typer(name="data", help="Prepare local data files.", no_args_is_help=True)
 
@@ -66,6 +65,8 @@ def split(
     """Split DATA.csv into DIR/member-01.csv ...; prints each member's label counts."""
     if iid and dirichlet is not None:
         raise UsageError("--iid and --dirichlet exclude each other")
+    from bcfl_cli.fl.split import split_csv  # torch loads only when the command runs
+
     report = split_csv(
         source,
         members,

@@ -9,7 +9,6 @@ import typer
 
 from bcfl_cli.cli import render
 from bcfl_cli.cli.options import HomeOption, JsonOption
-from bcfl_cli.fl.local_round import train_for_round
 from bcfl_cli.home import Home
 
 
@@ -62,6 +61,8 @@ def train(
     json_out: JsonOption = False,
 ) -> None:
     """Train on local data from the round's global model; write the weight delta + metrics."""
+    from bcfl_cli.fl.local_round import train_for_round  # torch loads only when needed
+
     with render.progress_bar("training", enabled=not json_out) as progress:
         update = train_for_round(
             Home.resolve(home),
