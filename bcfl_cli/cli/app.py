@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "train_cmd",
     "data_cmd",
     "chain_cmds",
+    "demo_cmd",
 )
 
 _state = {"verbose": False}
