@@ -711,7 +711,7 @@ def run_nodes(
         options = {} if max_blob_bytes is None else {"max_blob_bytes": max_blob_bytes}
         with LocalConsortium(root, spec, plan, members, rounds, **options) as consortium:
             consortium.start_all()
-            limit = timeout if timeout is not None else 120.0 + 30.0 * rounds
+            limit = timeout if timeout is not None else 300.0 + 120.0 * rounds
             try:
                 opened, closed = consortium.watch_rounds(
                     timeout=limit, quiet=quiet, memory_limit=memory_limit
