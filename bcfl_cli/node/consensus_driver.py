@@ -26,6 +26,7 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from bcfl_cli.chain.builder import build_block
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.consensus.engine import Engine
 from bcfl_cli.consensus.messages import (
@@ -40,6 +41,7 @@ from bcfl_cli.consensus.messages import (
     Recheck,
     ScheduleTimeout,
     StartHeight,
+    Step,
     TimeoutConfig,
     TimeoutFired,
     Validity,
@@ -63,6 +65,7 @@ MAX_LOG_MESSAGES = 4_096
 VALIDATION_CACHE = 256
 PULL_TIMEOUT_S = 3.0
 MAX_PULLED_MESSAGES = 2_000
+STALL_S = 3.0
 
 
 class ConsensusDriver:
@@ -104,6 +107,7 @@ class ConsensusDriver:
     async def run(self) -> None:
         """Start heights one after another (the engine does the rest through events)."""
         await self._resend_recorded_votes()
+        self._spawn(self._watch_stalls())
         while True:
             target = self.node.state.height + 1
             if self.engine.height >= target:
@@ -132,6 +136,32 @@ class ConsensusDriver:
             self._work.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), min(0.1, deadline - loop.time()))
+
+    async def _watch_stalls(self) -> None:
+        """If a height makes no progress for STALL_S, pull from peers and re-send our votes.
+
+        Timeouts already pull, but a node that missed the messages which would have scheduled
+        its next timeout (2f+1 prevotes of any kind) would otherwise wait forever.
+        """
+        last: tuple[int, int, int] | None = None
+        while True:
+            await asyncio.sleep(STALL_S)
+            engine = self.engine
+            now = (engine.height, engine.round, int(engine.step))
+            if engine.height >= 0 and engine.step != Step.COMMITTED and now == last:
+                log.info(
+                    "no progress; pulling from peers",
+                    extra=fields(height=engine.height, round=engine.round),
+                )
+                self._resend_own(engine.height)
+                await self._pull(engine.height)
+            last = now
+
+    def _resend_own(self, height: int) -> None:
+        for kind, wire in list(self._log.get(height, {}).values()):
+            mine = wire.get("validator") if kind == "vote" else wire.get("proposer")
+            if mine == self.node.did:
+                self.node.peers.broadcast("/v1/consensus", {kind: wire})
 
     def poke(self) -> None:
         """Something changed (new transaction, prepared verdict, commit): re-check for work."""
@@ -191,9 +221,12 @@ class ConsensusDriver:
         self._busy = True
         try:
             while self._queue:
-                actions = self.engine.handle(self._queue.pop(0))
-                for action in actions:
-                    self._act(action)
+                event = self._queue.pop(0)
+                try:
+                    for action in self.engine.handle(event):
+                        self._act(action)
+                except Exception:
+                    log.exception("consensus event %s failed", type(event).__name__)
         finally:
             self._busy = False
 
@@ -314,6 +347,15 @@ class ConsensusDriver:
 
     # --- the application (engine callbacks) -------------------------------------------------
     def propose(self, height: int, round: int) -> Block:
+        node = self.node
+        state = node.state
+        try:
+            return self._propose(height, round)
+        except Exception:
+            log.exception("building the proposal failed; proposing an empty block instead")
+            return build_block(state, node.head, [], node.key, time_ms=node.clock.now_ms())
+
+    def _propose(self, height: int, round: int) -> Block:
         node = self.node
         state = node.state
         now = node.clock.now_ms()

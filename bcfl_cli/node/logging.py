@@ -53,7 +53,7 @@ def setup_logging(
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
-    for name in ("bcfl", "uvicorn", "uvicorn.error"):
+    for name in ("bcfl", "uvicorn", "uvicorn.error", "asyncio"):
         logger = logging.getLogger(name)
         logger.handlers = list(handlers)
         logger.setLevel(level)
