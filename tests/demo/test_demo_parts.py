@@ -1,0 +1,174 @@
+"""The demo's pieces without processes: the consortium file it writes, options, plots."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from bcfl_cli.consortium.config import load_config
+from bcfl_cli.demo.launcher import GenesisPlan, MemberPlan, consortium_toml
+from bcfl_cli.demo.plot import png_bytes, text_plot
+from bcfl_cli.demo.progress import ChainProgress
+from bcfl_cli.demo.run import DemoOptions, genesis_plan, member_names, partitions, sample_data_dir
+from bcfl_cli.errors import UsageError
+from bcfl_cli.fl.spec import DPSpec, TrainingPlan
+from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.tx import TxKind, make_tx
+
+
+def _did(i: int) -> str:
+    return did_from_public_key(bytes(nacl.signing.SigningKey(bytes([i + 1]) * 32).verify_key))
+
+
+@pytest.mark.parametrize("dataset", ["digits", "breast-cancer"])
+@pytest.mark.parametrize("rule", ["fedavg", "krum"])
+def test_consortium_file_round_trips_through_the_config_loader(
+    tmp_path: Path, dataset: str, rule: str
+) -> None:
+    options = DemoOptions(
+        members=5, rounds=7, dataset=dataset, rule=rule, attackers=1, attack="scaling"
+    )
+    plan = genesis_plan(options)
+    names = member_names(5, 1)
+    toml = consortium_toml(plan, [(MemberPlan(n), _did(i)) for i, n in enumerate(names)])
+    path = tmp_path / "consortium.toml"
+    path.write_text(toml)
+    config = load_config(path)
+    assert [m.name for m in config.members] == ["alice", "bob", "carol", "dave", "mallory-1"]
+    assert config.model == plan.model and config.training == plan.training
+    assert config.contract == plan.contract and config.aggregation == plan.aggregation
+    assert config.training.rounds == 7 and config.training.min_updates == 5
+
+
+def test_nested_dp_table_and_floats_are_written_as_toml(tmp_path: Path) -> None:
+    base = genesis_plan(DemoOptions())
+    training = TrainingPlan(lr=1e-5, dp=DPSpec(enabled=True, noise_multiplier=0.7, delta=1e-6))
+    plan = GenesisPlan(
+        model=base.model, training=training, admission_approvals=1, removal_approvals=1
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(consortium_toml(plan, [(MemberPlan("a"), _did(0))]))
+    config = load_config(path)
+    assert config.training.dp == training.dp and config.training.lr == 1e-5
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"members": 0}, "--members"),
+        ({"rounds": 0}, "--rounds"),
+        ({"dataset": "mnist"}, "--dataset"),
+        ({"rule": "mean"}, "--rule"),
+        ({"attackers": 4}, "--attackers"),
+        ({"attackers": 1}, "--attack"),
+        ({"attackers": 1, "attack": "backdoor"}, "--attack"),
+        ({"non_iid": -1.0}, "--non-iid"),
+    ],
+)
+def test_impossible_options_are_refused_before_anything_starts(
+    kw: dict[str, object], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        DemoOptions(**kw).check()  # type: ignore[arg-type]
+
+
+def test_shipped_partitions_are_used_and_others_are_split(tmp_path: Path) -> None:
+    data = sample_data_dir()
+    shipped = partitions(DemoOptions(members=4), data, tmp_path)
+    assert [p.parent.name for p in shipped] == ["4-dir0.5"] * 4
+    made = partitions(DemoOptions(members=3, non_iid=0), data, tmp_path)
+    assert len(made) == 3 and all(p.is_relative_to(tmp_path) for p in made)
+    rows = sum(len(p.read_text().splitlines()) - 1 for p in made)
+    assert rows == len((data / "digits-train.csv").read_text().splitlines()) - 1
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, i = [], 8
+    while i < len(data):
+        (length,) = struct.unpack(">I", data[i : i + 4])
+        kind, body = data[i + 4 : i + 8], data[i + 8 : i + 8 + length]
+        (crc,) = struct.unpack(">I", data[i + 8 + length : i + 12 + length])
+        assert crc == zlib.crc32(kind + body) & 0xFFFFFFFF
+        chunks.append((kind, body))
+        i += 12 + length
+    return chunks
+
+
+def test_png_is_well_formed_and_draws_the_curve() -> None:
+    points = [(0, 0.07), (1, 0.5), (2, 0.8), (3, 0.91)]
+    chunks = _png_chunks(png_bytes(points, width=320, height=200, title="test accuracy"))
+    assert [k for k, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[0][1][:10])
+    assert (width, height, depth, colour) == (320, 200, 8, 2)
+    raw = zlib.decompress(chunks[1][1])
+    assert len(raw) == height * (1 + 3 * width)
+    assert bytes((31, 119, 180)) in raw  # the curve's colour is drawn
+
+
+def test_text_plot_places_every_round() -> None:
+    rows = text_plot([(0, 0.1), (5, 0.5), (10, 0.95)], width=40, height=8)
+    assert sum(r.count("●") for r in rows) == 3
+    assert rows[-1].split()[:3] == ["0", "2", "4"] and rows[-1].endswith("round")
+    assert text_plot([]) == ["(no rounds scored)"]
+
+
+def test_progress_folds_updates_verdicts_and_aggregates() -> None:
+    key = nacl.signing.SigningKey(b"\x07" * 32)
+    chain = "ab" * 32
+    did = did_from_public_key(bytes(key.verify_key))
+    opened = make_tx(
+        key, chain, TxKind.OPEN_ROUND, {"round": 1, "base_model": "cd" * 32, "deadline_height": 9}
+    )
+    update = make_tx(
+        key,
+        chain,
+        TxKind.UPDATE,
+        {
+            "round": 1,
+            "base_model": "cd" * 32,
+            "blob": "ef" * 32,
+            "blob_size": 10,
+            "num_samples": 20,
+            "metrics": {},
+        },
+    )
+    verdict = make_tx(
+        key,
+        chain,
+        TxKind.VALIDATION,
+        {
+            "update": update.hash,
+            "verdict": "reject",
+            "reason": "norm_too_large",
+            "detail": "norm 99 > 20",
+        },
+    )
+    aggregate = make_tx(
+        key,
+        chain,
+        TxKind.AGGREGATE,
+        {
+            "round": 1,
+            "updates": [],
+            "rule": "fedavg",
+            "params": {},
+            "model": "12" * 32,
+            "model_size": 10,
+        },
+    )
+    progress = ChainProgress({did: "alice"})
+    progress.feed({"header": {"height": 1}, "txs": [opened.to_dict()]}, "h1")
+    progress.feed({"header": {"height": 2}, "txs": [update.to_dict(), verdict.to_dict()]}, "h2")
+    assert progress.member_counts(did) == {"submitted": 1, "accepted": 0, "rejected": 1}
+    assert progress.rejections(did) == {"norm_too_large": 1}
+    assert progress.closed_rounds == []
+    progress.feed({"header": {"height": 3}, "txs": [aggregate.to_dict()]}, "h3")
+    assert [r.number for r in progress.closed_rounds] == [1]
+    assert progress.closed_rounds[0].model == "12" * 32 and progress.head == "h3"
+    with pytest.raises(ValueError, match="expected block 4"):
+        progress.feed({"header": {"height": 9}, "txs": []}, "h9")
