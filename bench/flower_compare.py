@@ -52,6 +52,7 @@ from bench.common import (  # noqa: E402
     log,
     plain_fedavg,
     ratio,
+    run_nodes,
     torch_threads,
 )
 
@@ -260,11 +261,8 @@ def run(
         flower_run = run_flower(python, members, rounds, seed, quiet=quiet)
         runs.append(flower_run)
     if nodes:
-        from bench.common import run_nodes
-
         log("(c) bcfl nodes ...", quiet=quiet)
-        node_run = run_nodes(DIGITS_MLP, PLAN, members, rounds, quiet=quiet)
-        node_run.accuracy = node_run.accuracy if node_run.accuracy == node_run.accuracy else 0.0
+        node_run = run_nodes(DIGITS_MLP, PLAN, members, rounds, test=test, quiet=quiet)
         runs.append(node_run)
     plain = runs[0].median_round_s
     for r in runs:
