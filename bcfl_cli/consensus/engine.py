@@ -81,6 +81,9 @@ MAX_PROPOSALS_PER_ROUND = 4
 #: Messages for the next height, kept until it starts (a fast peer may already be there).
 MAX_BUFFERED = 4_096
 
+#: Verified signatures remembered (then forgotten at once: a Byzantine validator can sign junk).
+MAX_SIGNATURE_CACHE = 1 << 16
+
 #: Shared set of (did, domain, digest, signature) already verified: a fact, valid for anyone.
 SignatureCache = set[tuple[str, bytes, str, str]]
 
@@ -464,7 +467,10 @@ class Engine:
         if key in self._rejected:
             return False
         if verify_by_did(did, domain, digest, signature):
+            if len(self._sig_cache) >= MAX_SIGNATURE_CACHE:
+                self._sig_cache.clear()
             self._sig_cache.add(key)
             return True
-        self._rejected.add(key)
+        if len(self._rejected) < MAX_SIGNATURE_CACHE:
+            self._rejected.add(key)
         return False
