@@ -11,12 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bcfl_cli.consensus import (
+    BroadcastVote,
     Engine,
     EngineState,
     Evidence,
     Proposal,
+    ProposalReceived,
+    Recheck,
     StartHeight,
     Step,
+    TimeoutFired,
+    TimeoutKind,
     Validity,
     VoteReceived,
     proposer,
@@ -129,3 +134,42 @@ def test_each_validator_proposes_in_proportion_to_power(powers: list[int]) -> No
     period = sum(powers) // g
     counts = Counter(proposer(vset, h, 0) for h in range(period))
     assert [counts[DIDS[i]] for i in range(len(powers))] == [p // g for p in powers]
+
+
+class _Missing(_App):
+    """A proposal whose blob is not here yet: UNKNOWN until ``arrived``."""
+
+    arrived = False
+
+    def validate(self, block: Block) -> Validity:
+        return Validity.VALID if self.arrived else Validity.UNKNOWN
+
+
+def test_unknown_validity_waits_for_the_blob_then_prevotes() -> None:
+    vset = _vset([1] * 4)
+    app = _Missing()
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=app)
+    engine.handle(StartHeight(1, vset))
+    lead = DIDS.index(proposer(vset, 1, 0))
+    block = make_block(1, CHAIN, 4, DIDS[lead], vset)
+    p = Proposal(CHAIN, 1, 0, block, -1, DIDS[lead]).signed(KEYS[lead])
+    assert not [a for a in engine.handle(ProposalReceived(p)) if isinstance(a, BroadcastVote)]
+    app.arrived = True
+    votes = [a for a in engine.handle(Recheck()) if isinstance(a, BroadcastVote)]
+    assert [v.vote.block for v in votes] == [block.hash]
+
+
+def test_locked_validator_prevotes_nil_for_another_block() -> None:
+    vset = _vset([1] * 4)
+    locked = make_block(1, CHAIN, 4, DIDS[0], vset)
+    state = EngineState(1, 0, Step.PRECOMMIT, 0, locked, 0, locked)
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), restored=state)
+    engine.handle(StartHeight(1, vset))
+    engine.handle(TimeoutFired(TimeoutKind.PRECOMMIT, 1, 0))  # on to round 1
+    lead = DIDS.index(proposer(vset, 1, 1))
+    if lead == 3:
+        return  # we would propose our locked block ourselves
+    other = make_block(1, CHAIN, 8, DIDS[lead], vset)
+    p = Proposal(CHAIN, 1, 1, other, -1, DIDS[lead]).signed(KEYS[lead])
+    votes = [a for a in engine.handle(ProposalReceived(p)) if isinstance(a, BroadcastVote)]
+    assert [v.vote.block for v in votes] == [NIL]
