@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import nacl.signing
 import torch
@@ -33,6 +33,8 @@ from bcfl_cli.fl.data import Dataset, load_csv
 from bcfl_cli.fl.models import num_features, state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import subseed, train_local
+from bcfl_cli.node.blob_fetch import upload_blob
+from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.operations import NodeApi, build_update_tx
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import Transaction
@@ -43,8 +45,10 @@ log = logging.getLogger("bcfl.node.trainer")
 Delta = dict[str, torch.Tensor]
 StateSource = Callable[[], ChainState]
 Submit = Callable[[Transaction], Awaitable[object]]
+Publish = Callable[[str], Awaitable[None]]
 
 DEFAULT_POLL_S = 0.5
+PUBLISH_TIMEOUT_S = 60.0
 MAX_ATTEMPTS_PER_ROUND = 3
 
 
@@ -123,6 +127,7 @@ class AutoTrainer:
         attack: Attack | None = None,
         seed: int | None = None,
         poll_s: float = DEFAULT_POLL_S,
+        publish: Publish | None = None,
     ) -> None:
         self.key = key
         self.did = did_from_public_key(bytes(key.verify_key))
@@ -133,6 +138,7 @@ class AutoTrainer:
         self.attack = attack
         self.seed = seed if seed is not None else secrets.randbits(63)
         self.poll_s = poll_s
+        self.publish = publish
         self.submitted: dict[int, str] = {}  # round -> update tx hash
         self._attempts: dict[int, int] = {}
 
@@ -171,6 +177,8 @@ class AutoTrainer:
             return None
         self._attempts[rnd.number] = self._attempts.get(rnd.number, 0) + 1
         tx = await asyncio.to_thread(self.train, state)
+        if self.publish is not None:
+            await self.publish(tx.body["blob"])
         try:
             await self.submit(tx)
         except BcflError as exc:
@@ -217,6 +225,44 @@ class AutoTrainer:
         )
 
 
+class BlobPeers(Protocol):
+    """The node's peers, as far as pushing a blob to them goes (``bcfl_cli.node.peers.Peers``)."""
+
+    def live(self) -> list[Any]: ...
+
+    def blob_client(self, peer: Any) -> SignedClient: ...
+
+
+def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
+    """Push an update blob to every peer before its transaction is gossiped.
+
+    A validator checks an update only once it holds the blob, and it fetches blobs from the
+    peers it knows; a member admitted after the founders started is known to none of them, so
+    its update would never be checked. Pushing the blob (chunked, resumable, idempotent) makes
+    it available wherever the transaction goes. Best effort and bounded: a peer that is down
+    or slow costs at most ``PUBLISH_TIMEOUT_S`` and is logged.
+    """
+
+    def push(peer: Any, digest: str) -> None:
+        with peers.blob_client(peer) as client:
+            upload_blob(client, digest, blobs)
+
+    async def publish(digest: str) -> None:
+        targets = peers.live()
+        results = await asyncio.gather(
+            *(
+                asyncio.wait_for(asyncio.to_thread(push, p, digest), PUBLISH_TIMEOUT_S)
+                for p in targets
+            ),
+            return_exceptions=True,
+        )
+        for peer, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("update blob %s not pushed to %s: %s", digest[:16], peer.url, result)
+
+    return publish
+
+
 class TrainerHost(Protocol):
     """What the trainer needs of the in-process node (``bcfl_cli.node.server.Node``)."""
 
@@ -228,6 +274,9 @@ class TrainerHost(Protocol):
 
     @property
     def blobs(self) -> BlobStore: ...
+
+    @property
+    def peers(self) -> BlobPeers: ...
 
     def submit(self, tx: Transaction) -> bool: ...
 
@@ -260,6 +309,7 @@ async def run_node_trainer(
         attack=attack_by_name(attack) if attack else None,
         seed=seed,
         poll_s=poll_s,
+        publish=peer_publisher(host.peers, host.blobs),
     )
     await trainer.run(stop)
 
@@ -271,5 +321,6 @@ __all__ = [
     "attack_by_name",
     "http_submitter",
     "load_training_data",
+    "peer_publisher",
     "run_node_trainer",
 ]
