@@ -38,16 +38,17 @@ pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
 
 def chain_txs(c: Cluster, name: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """(height, unsigned tx) for every committed transaction, read over HTTP from ``name``."""
-    url = c.members[name].url + "/v1/blocks"
     start = 1
-    while True:
-        blocks = httpx.get(url, params={"start": start, "limit": 100}, timeout=10).json()["blocks"]
-        if not blocks:
-            return
-        for block in blocks:
-            for tx in block["txs"]:
-                yield block["header"]["height"], tx["tx"]
-        start = blocks[-1]["header"]["height"] + 1
+    with httpx.Client(base_url=c.members[name].url, timeout=10) as http:
+        while True:
+            params = {"start": start, "limit": 100}
+            blocks = http.get("/v1/blocks", params=params).json()["blocks"]
+            if not blocks:
+                return
+            for block in blocks:
+                for tx in block["txs"]:
+                    yield block["header"]["height"], tx["tx"]
+            start = blocks[-1]["header"]["height"] + 1
 
 
 def verdicts_of(c: Cluster, author: str) -> list[tuple[int, str, str]]:
