@@ -42,21 +42,31 @@ def render_status(status: dict[str, Any]) -> None:
         render_alarm(alarm)
     rnd = status.get("round") or {}
     me = status.get("me") or {}
-    render.print_kv(
-        f"Consortium {status.get('consortium', '?')}",
-        [
-            ("genesis", status.get("genesis", "-")),
-            ("height", status.get("height", "-")),
-            ("head", status.get("head", "-")),
-            (
-                "round",
-                f"{rnd.get('number', '-')} ({rnd.get('state', '-')}, "
-                f"{rnd.get('updates', 0)} updates accepted)",
-            ),
-            ("base model", rnd.get("base_model", "-")),
-            ("this node", f"{me.get('did', '-')} ({me.get('role', '-')})"),
-        ],
-    )
+    updates = rnd.get("updates", [])
+    accepted = len(updates) if isinstance(updates, list) else updates
+    planned = status.get("rounds_planned")
+    of = f" of {planned}" if planned else ""
+    deadline = ""
+    if rnd.get("state") == "open" and "deadline_height" in rnd:
+        deadline = f", deadline height {rnd['deadline_height']}"
+    rows = [
+        ("genesis", status.get("genesis", "-")),
+        ("height", status.get("height", "-")),
+        ("head", status.get("head", "-")),
+        (
+            "round",
+            f"{rnd.get('number', '-')}{of} ({rnd.get('state', '-')}, "
+            f"{accepted} updates accepted{deadline})",
+        ),
+        ("global model", rnd.get("model", rnd.get("base_model", "-"))),
+        ("this node", f"{me.get('name') or me.get('did', '-')} ({me.get('role', '-')})"),
+    ]
+    if "mempool" in status:
+        rows.append(("mempool", f"{status['mempool']} pending transactions"))
+    pending = status.get("pending_members") or []
+    if pending:
+        rows.append(("join requests", f"{len(pending)} pending (bcfl members list)"))
+    render.print_kv(f"Consortium {status.get('consortium', '?')}", rows)
     peers = status.get("peers") or []
     render.print_table(
         "Peers",
