@@ -119,6 +119,8 @@ def submit(
         outcome = submit_update(
             member_home, identity.signing_key, api, update_file, wait_s=timeout, progress=progress
         )
+    for miss in outcome.unreached:
+        render.warn(f"update blob not pushed to peer {miss}")
     if json_out:
         render.print_json(outcome.to_json())
     else:

@@ -29,6 +29,7 @@ import nacl.signing
 
 from bcfl_cli.chain.state import ChainState, JoinRequest, Member
 from bcfl_cli.errors import (
+    BcflError,
     BlobError,
     EncodingError,
     NodeError,
@@ -50,6 +51,8 @@ API_PREFIX = "/v1"
 NODE_FILE = "node.json"
 UPDATES_DIR = "updates"
 DEFAULT_WAIT_S = 60.0
+PUSH_TIMEOUT_S = 10.0
+MAX_PUSH_PEERS = 64
 POLL_S = 0.25
 _UPDATE_NAME = re.compile(r"^round-([0-9]{1,12})\.safetensors$")
 
@@ -665,6 +668,8 @@ class SubmitOutcome:
     reason: str
     detail: str = ""
     height: int | None = None
+    #: peers of the node the blob could not be pushed to ("URL: why")
+    unreached: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return vars(self) | {"verdict": "accept" if self.accepted else "reject"}
@@ -725,6 +730,7 @@ def submit_update(
         )
     size = blobs.size(digest)
     api.upload_blob(digest, blobs, progress=progress)
+    missed = push_to_peers(api, key, digest, blobs)
     tx = build_update_tx(
         key,
         chain_id,
@@ -739,7 +745,9 @@ def submit_update(
     def outcome(
         accepted: bool, reason: str, detail: str = "", height: int | None = None
     ) -> SubmitOutcome:
-        return SubmitOutcome(tx.hash, digest, size, update.round, accepted, reason, detail, height)
+        return SubmitOutcome(
+            tx.hash, digest, size, update.round, accepted, reason, detail, height, missed
+        )
 
     try:
         api.submit_tx(tx)
@@ -753,6 +761,35 @@ def submit_update(
     assert status.height is not None
     verdict = find_verdict(api, tx.hash, status.height)
     return outcome(verdict[0], verdict[1], verdict[2], status.height)
+
+
+def push_to_peers(
+    api: NodeApi,
+    key: nacl.signing.SigningKey,
+    digest: str,
+    blobs: BlobStore,
+    *,
+    timeout_s: float = PUSH_TIMEOUT_S,
+    connect: Callable[[str], NodeApi] | None = None,
+) -> list[str]:
+    """Offer the update blob to the peers of the member's node too, best effort.
+
+    Validators fetch an update's blob from the peers they know; a member admitted after the
+    founders started is known to none of them, so its own node alone cannot serve the blob to
+    them. Uploads are resumable and idempotent (a peer that has the blob answers at once).
+    Returns ``"URL: why"`` for each peer that could not be reached.
+    """
+    peers = api.status().get("peers") or []
+    urls = [str(p["url"]) for p in peers if isinstance(p, dict) and isinstance(p.get("url"), str)]
+    missed: list[str] = []
+    for url in urls[:MAX_PUSH_PEERS]:
+        try:
+            peer_api = connect(url) if connect else NodeApi(url, key, timeout=timeout_s, retries=1)
+            with peer_api as peer:
+                peer.upload_blob(digest, blobs, progress=None)
+        except (BcflError, httpx.HTTPError) as exc:
+            missed.append(f"{url}: {exc}")
+    return missed
 
 
 def find_verdict(api: NodeApi, update_hash: str, height: int) -> tuple[bool, str, str]:
@@ -886,6 +923,7 @@ __all__ = [
     "node_status",
     "node_url",
     "parse_roles",
+    "push_to_peers",
     "read_update",
     "remove_member",
     "replay_state",

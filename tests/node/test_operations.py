@@ -297,3 +297,31 @@ def test_parse_roles() -> None:
     assert ops.parse_roles("validator, trainer") == ["trainer", "validator"]
     with pytest.raises(UsageError):
         ops.parse_roles("admin")
+
+
+def test_push_to_peers_offers_the_blob_and_reports_the_unreachable(
+    local: LocalNode, tmp_path: Path
+) -> None:
+    peer = LocalNode(tmp_path / "peer")
+    try:
+        blob = local.node.blobs.put(b"an update blob" * 100)
+
+        def status(request: httpx.Request) -> httpx.Response:
+            peers = [{"url": "http://peer-ok"}, {"url": "http://peer-down"}]
+            return httpx.Response(200, json={"peers": peers})
+
+        def connect(url: str) -> ops.NodeApi:
+            if url == "http://peer-ok":
+                return peer.api(key("alice"))
+            return ops.NodeApi(url, transport=httpx.MockTransport(_refuse_all), retries=0)
+
+        own = ops.NodeApi("http://own", transport=httpx.MockTransport(status), retries=0)
+        missed = ops.push_to_peers(own, key("alice"), blob, local.node.blobs, connect=connect)
+        assert peer.node.blobs.verify(blob)
+        assert len(missed) == 1 and missed[0].startswith("http://peer-down: ")
+    finally:
+        peer.close()
+
+
+def _refuse_all(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)

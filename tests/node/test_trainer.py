@@ -143,3 +143,35 @@ def test_attack_names() -> None:
         attack_by_name("teleport")
     with pytest.raises(UsageError, match="not a number"):
         attack_by_name("scaling:x")
+
+
+def test_peer_publisher_pushes_to_reachable_peers(local: LocalNode, tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    import httpx
+
+    from bcfl_cli.node.client import SignedClient
+    from bcfl_cli.node.trainer import peer_publisher
+
+    other = LocalNode(tmp_path / "other")
+    try:
+        digest = local.node.blobs.put(b"update bytes" * 1000)
+        up, down = SimpleNamespace(url="http://up"), SimpleNamespace(url="http://down")
+
+        def refuse(request: httpx.Request) -> httpx.Response:
+            raise httpx.ConnectError("refused", request=request)
+
+        class Peers:
+            def live(self) -> list[object]:
+                return [up, down]
+
+            def blob_client(self, peer: object) -> SignedClient:
+                transport = other.transport if peer is up else httpx.MockTransport(refuse)
+                return SignedClient(
+                    key("alice"), "http://testserver/v1", transport=transport, retries=0
+                )
+
+        asyncio.run(peer_publisher(Peers(), local.node.blobs)(digest))
+        assert other.node.blobs.verify(digest)
+    finally:
+        other.close()
