@@ -43,6 +43,7 @@ SYNC_INTERVAL_S = 1.0
 MAX_BLOCKS_PER_PASS = 2_000
 MAX_PASS_S = 30.0
 BLOB_FETCH_TIMEOUT_S = 60.0
+PEER_BLOB_SLICE_S = 10.0
 CHECK_CACHE = 4_096
 MAX_FETCH_LOCKS = 1_024
 
@@ -180,12 +181,15 @@ class Syncer:
         lock = self._fetching.setdefault(digest, asyncio.Lock())
         async with lock:
             peers = sorted(node.peers.live(), key=lambda p: p.did != owner)
-            for peer in peers:
+            for i, peer in enumerate(peers):
                 left = deadline - time.monotonic()
                 if node.blobs.has(digest) or left <= 0:
                     break
+                # A hung peer (paused, cut off) must not use up the whole deadline: each but
+                # the last gets a slice, so a blob its author cannot serve comes from another.
+                budget = left if i == len(peers) - 1 else min(left, PEER_BLOB_SLICE_S)
                 try:
-                    await asyncio.wait_for(self._fetch_from(peer, digest), left)
+                    await asyncio.wait_for(self._fetch_from(peer, digest), budget)
                 except (TimeoutError, BcflError, OSError) as exc:
                     log.debug("blob %s not from %s: %s", digest[:16], peer.url, exc)
         return node.blobs.has(digest)
