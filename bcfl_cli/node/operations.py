@@ -63,8 +63,9 @@ Progress = Callable[[int, int], None]
 def node_url(home: Home, explicit: str | None = None) -> str:
     """The node to talk to: ``--node URL``, else the one ``bcfl node`` recorded in the home.
 
-    ``bcfl node`` writes ``HOME/node/node.json`` with its ``url`` (or at least ``listen``,
-    HOST:PORT); a wildcard listen address is reached on loopback.
+    ``bcfl node`` writes ``HOME/node/node.json`` with its ``listen`` address (HOST:PORT) and its
+    ``url``. The listen address comes first: commands run on the node's machine, and going
+    straight to it avoids a round trip through a TLS proxy; a wildcard is reached on loopback.
     """
     if explicit:
         return _normalise_url(explicit)
@@ -78,13 +79,13 @@ def node_url(home: Home, explicit: str | None = None) -> str:
         ) from None
     except (OSError, ValueError) as exc:
         raise NodeError(f"{path} is unreadable: {exc}") from exc
-    if isinstance(data, dict) and isinstance(data.get("url"), str):
-        return _normalise_url(data["url"])
     if isinstance(data, dict) and isinstance(data.get("listen"), str):
         host, _, port = data["listen"].rpartition(":")
         if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 - reading, not binding
             host = "127.0.0.1"
         return _normalise_url(f"http://{host}:{port}")
+    if isinstance(data, dict) and isinstance(data.get("url"), str):
+        return _normalise_url(data["url"])
     raise NodeError(f"{path} names no url or listen address", hint="restart `bcfl node`")
 
 

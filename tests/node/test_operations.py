@@ -289,6 +289,9 @@ def test_node_url_sources(tmp_path: Path) -> None:
     assert ops.node_url(home) == "http://127.0.0.1:7421"
     (home.node_dir / "node.json").write_text(json.dumps({"url": "http://10.0.0.2:7420"}))
     assert ops.node_url(home) == "http://10.0.0.2:7420"
+    both = {"url": "https://node.example", "listen": "127.0.0.1:7420"}
+    (home.node_dir / "node.json").write_text(json.dumps(both))
+    assert ops.node_url(home) == "http://127.0.0.1:7420"
     with pytest.raises(UsageError):
         ops.node_url(home, "ftp://x")
 
