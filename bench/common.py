@@ -434,7 +434,14 @@ def bcfl_command() -> list[str]:
 
 
 class RoundTimeout(RuntimeError):
-    """The rounds did not finish in time."""
+    """The rounds did not finish in time; ``opened`` and ``closed`` say how far they got."""
+
+    def __init__(
+        self, message: str, opened: float = float("nan"), closed: list[float] | None = None
+    ):
+        super().__init__(message)
+        self.opened = opened
+        self.closed = closed or []
 
 
 class MemoryBoundExceeded(RuntimeError):
@@ -608,7 +615,9 @@ class LocalConsortium:
                 next_sample = now + 0.25
             if now > deadline:
                 raise RoundTimeout(
-                    f"timed out after {timeout:g} s: {len(closed)} of {self.rounds} rounds closed"
+                    f"timed out after {timeout:g} s: {len(closed)} of {self.rounds} rounds closed",
+                    opened_at,
+                    [closed[r] for r in sorted(closed)],
                 )
             status = self.status(first)
             if status is not None:
@@ -696,11 +705,14 @@ def run_nodes(
     keep: Path | None = None,
     memory_limit: int | None = None,
     max_blob_bytes: int | None = None,
+    partial: bool = True,
 ) -> FedRun:
     """One training run through real nodes: start-up, per-round times, final accuracy.
 
     ``extra`` holds each node's resident memory at the end (``rss_bytes``) and at its peak
-    (``peak_rss_bytes``, sampled every 0.25 s) and the peak of their sum.
+    (``peak_rss_bytes``, sampled every 0.25 s) and the peak of their sum. With ``partial``, a
+    run that times out after at least one round reports the rounds it finished (``incomplete``
+    in ``extra`` and in the name say so) instead of failing.
     """
     import shutil
     import tempfile
@@ -716,6 +728,12 @@ def run_nodes(
                 opened, closed = consortium.watch_rounds(
                     timeout=limit, quiet=quiet, memory_limit=memory_limit
                 )
+            except RoundTimeout as exc:
+                if not (partial and exc.closed):
+                    raise
+                opened, closed = exc.opened, exc.closed
+                run.extra["incomplete"] = str(exc)
+                run.name += f" ({len(closed)} of {rounds} rounds in time)"
             finally:
                 run.extra["peak_rss_bytes"] = consortium.peak_rss
                 run.extra["peak_total_rss_bytes"] = consortium.peak_total_rss

@@ -109,6 +109,7 @@ def model_part(
                 timeout=120.0 + round_bound,
                 memory_limit=memory_bound,
                 max_blob_bytes=blob_limit,
+                partial=False,
             )
         except (RoundTimeout, MemoryBoundExceeded, RuntimeError) as exc:
             report.add(**row, result=f"FAILED: {str(exc).splitlines()[0][:80]}")
