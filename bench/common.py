@@ -478,8 +478,8 @@ class LocalConsortium:
         rounds: int,
         *,
         data: Sequence[Path | None] | None = None,
-        empty_block_interval: float = 0.3,
-        timeout_propose_ms: int = 1500,
+        empty_block_interval: float | None = None,
+        timeout_propose_ms: int | None = None,
         deadline_blocks: int = 1000,
         spare: int = 0,
         max_blob_bytes: int = 256 * 1024 * 1024,
@@ -557,11 +557,12 @@ class LocalConsortium:
             str(node.root),
             "--listen",
             f"127.0.0.1:{node.port}",
-            "--empty-block-interval",
-            str(self.empty_block_interval),
-            "--timeout-propose-ms",
-            str(self.timeout_propose_ms),
         ]
+        # the node's own defaults unless a bench asks otherwise: measure bcfl as shipped
+        if self.empty_block_interval is not None:
+            args += ["--empty-block-interval", str(self.empty_block_interval)]
+        if self.timeout_propose_ms is not None:
+            args += ["--timeout-propose-ms", str(self.timeout_propose_ms)]
         for other in self.nodes if peers is None else peers:
             if other is not node:
                 args += ["--peer", other.url]
