@@ -10,8 +10,11 @@ from rich.markup import escape
 from bcfl_cli.cli import render
 from bcfl_cli.cli.options import HomeOption, JsonOption
 from bcfl_cli.cli.submit_cmd import NodeOption
+from bcfl_cli.errors import IdentityError, NodeError
 from bcfl_cli.home import Home
-from bcfl_cli.node.operations import NodeApi, node_status, node_url
+from bcfl_cli.identity import read_public_identity
+from bcfl_cli.node.client import PeerRefused
+from bcfl_cli.node.operations import NodeApi, local_status, node_status, node_url
 
 
 def _short(value: Any, n: int = 16) -> str:
@@ -40,6 +43,8 @@ def render_status(status: dict[str, Any]) -> None:
     alarm = status.get("alarm")
     if alarm:
         render_alarm(alarm)
+    if status.get("offline"):
+        render.print_line("[bold yellow]node not running[/]: figures from this home's ledger")
     rnd = status.get("round") or {}
     me = status.get("me") or {}
     updates = rnd.get("updates", [])
@@ -96,6 +101,13 @@ def render_status(status: dict[str, Any]) -> None:
     )
 
 
+def _own_did(home: Home) -> str | None:
+    try:
+        return read_public_identity(home).did
+    except IdentityError:
+        return None
+
+
 def status(
     node: NodeOption = None,
     home: HomeOption = None,
@@ -103,11 +115,19 @@ def status(
 ) -> None:
     """Show the node's chain height and head, the round, peers, members and any safety alarm.
 
-    Exits 3 when the node reports a safety alarm, so that monitoring scripts notice.
+    Exits 3 when the node reports a safety alarm, so that monitoring scripts notice. When this
+    member's own node is not running, shows what the home's ledger holds ("offline": true).
     """
     member_home = Home.resolve(home)
-    with NodeApi(node_url(member_home, node)) as api:
-        data = node_status(api)
+    try:
+        with NodeApi(node_url(member_home, node)) as api:
+            data = node_status(api)
+    except NodeError as exc:
+        if node or not member_home.store_file.exists() or isinstance(exc, PeerRefused):
+            raise
+        # this member's node is down: say so, and show what its own ledger holds
+        render.warn(f"{exc.message}; showing this home's ledger instead")
+        data = local_status(member_home, _own_did(member_home))
     if json_out:
         render.print_json(data)
     else:

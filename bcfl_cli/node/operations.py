@@ -49,6 +49,7 @@ from bcfl_cli.store.ledger import Ledger
 
 API_PREFIX = "/v1"
 NODE_FILE = "node.json"
+ALARM_FILE = "alarm.json"
 UPDATES_DIR = "updates"
 DEFAULT_WAIT_S = 60.0
 PUSH_TIMEOUT_S = 10.0
@@ -811,6 +812,65 @@ def node_status(api: NodeApi) -> dict[str, Any]:
     return api.status()
 
 
+def local_status(home: Home, did: str | None = None) -> dict[str, Any]:
+    """What this home's own ledger says, shaped like /v1/status, for when its node is down.
+
+    ``offline`` is true and there are no peers; a safety alarm the node recorded before it
+    stopped (HOME/node/alarm.json) is reported, since an alarm is often why a node is down.
+    """
+    with Ledger.open(home) as ledger:
+        state = replay_state(ledger)
+    rnd = state.round
+    member = state.member(did) if did else None
+    role = "observer"
+    if member is not None and member.active:
+        role = "validator" if member.is_validator else "member"
+    return {
+        "offline": True,
+        "genesis": state.chain_id,
+        "consortium": state.config.name,
+        "height": state.height,
+        "head": state.head_hash,
+        "head_time": state.head_time,
+        "round": {
+            "number": rnd.number,
+            "state": rnd.state,
+            "base_model": rnd.base_model,
+            "model": rnd.model,
+            "deadline_height": rnd.deadline_height,
+            "updates": rnd.accepted_hashes,
+            "submitted": len(rnd.submitted),
+        },
+        "rounds_planned": state.config.training.rounds,
+        "peers": [],
+        "members": [
+            {
+                "did": m.did,
+                "name": m.name,
+                "roles": list(m.roles),
+                "power": m.power,
+                "status": m.status,
+            }
+            for m in state.members.values()
+        ],
+        "pending_members": sorted(state.pending),
+        "me": {"did": did, "name": member.name if member else None, "role": role},
+        "alarm": _recorded_alarm(home),
+    }
+
+
+def _recorded_alarm(home: Home) -> dict[str, Any] | None:
+    path = home.node_dir / ALARM_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        blocks = [Block.from_dict(b).hash for b in data["blocks"]]
+        return {"height": int(data["height"]), "blocks": blocks, "message": str(data["message"])}
+    except (OSError, ValueError, KeyError, TypeError, EncodingError):
+        return {"height": -1, "blocks": [], "message": f"unreadable alarm file {path}"}
+
+
 # --- model export ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExportOutcome:
@@ -920,6 +980,7 @@ __all__ = [
     "join_consortium",
     "latest_update",
     "local_state",
+    "local_status",
     "members_view",
     "node_status",
     "node_url",

@@ -131,3 +131,30 @@ def test_model_export(local: LocalNode, tmp_path: Path) -> None:
         "model", "export", "--round", "3", "--out", str(out), "--home", str(local.home.root)
     )
     assert missing.exit_code == 2 and "has no aggregate" in missing.output
+
+
+def test_status_falls_back_to_the_ledger_when_the_node_is_down(tmp_path: Path) -> None:
+    from tests.network.cluster import free_ports
+    from tests.node._node_harness import consortium_home
+
+    home = consortium_home(tmp_path)
+    home.node_dir.mkdir(parents=True, exist_ok=True)
+    port = free_ports(1)[0]  # nothing listens there
+    (home.node_dir / "node.json").write_text(json.dumps({"listen": f"127.0.0.1:{port}"}))
+    result = bcfl("status", "--home", str(home.root), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["offline"] is True and data["height"] == 0 and data["peers"] == []
+    assert "showing this home's ledger" in result.stderr
+    # an alarm recorded by the node before it stopped is still reported, loudly
+    from bcfl_cli.store.ledger import Ledger
+
+    with Ledger.open(home) as ledger:
+        genesis = ledger.block(0).to_dict()
+    alarm = {"height": 3, "message": "two blocks", "source": "x", "blocks": [genesis, genesis]}
+    (home.node_dir / "alarm.json").write_text(json.dumps(alarm))
+    loud = bcfl("status", "--home", str(home.root))
+    assert loud.exit_code == 3 and "SAFETY ALARM" in loud.stdout and "not running" in loud.stdout
+    # asking a named node that is down is an error, not a fallback
+    named = bcfl("status", "--home", str(home.root), "--node", f"127.0.0.1:{port}")
+    assert named.exit_code == 1 and "no answer" in named.output
