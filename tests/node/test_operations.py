@@ -159,6 +159,15 @@ def test_approve_until_admitted_then_remove(local: LocalNode, make_home: MakeHom
     assert {m.name: m.status for m in view.members}["erin"] == "removed"
     with local.api(key("alice")) as api, pytest.raises(UsageError, match="not an active member"):
         ops.remove_member(local.home, key("alice"), api, "erin")
+    # from then on, erin's signed requests are refused at the door
+    erin_home = Home.resolve(local.home.root.parent / "homes" / "erin")
+    erin = load_identity(erin_home, PASSPHRASE)
+    with Ledger.open(erin_home) as ledger:
+        blobs = ledger.blobs
+    blob = blobs.put(b"an update erin may no longer send" * 8)
+    with local.api(erin.signing_key) as api, pytest.raises(PeerRefused) as refused:
+        api.upload_blob(blob, blobs, progress=None)
+    assert refused.value.status == 403 and refused.value.code == "not_member"
 
 
 def test_approve_unknown_request(local: LocalNode) -> None:
