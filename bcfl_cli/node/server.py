@@ -51,7 +51,6 @@ from bcfl_cli.node.sync import (
     Syncer,
     alarm_document,
     blob_owners,
-    referenced_blobs,
 )
 from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction
@@ -433,4 +432,4 @@ def iter_peers(values: list[str]) -> Iterator[str]:
                 yield part.strip()
 
 
-__all__ = ["Node", "NodeOptions", "referenced_blobs", "serve"]
+__all__ = ["Node", "NodeOptions", "iter_peers", "serve"]

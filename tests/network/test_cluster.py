@@ -72,6 +72,13 @@ def test_four_nodes_rounds_late_joiner_crash_and_one_down(cluster: MakeCluster) 
     heads = {n: block_hash(c, n, top + 1) for n in c.names}
     assert len(set(heads.values())) == 1, heads
     assert all(c.status(n)["alarm"] is None for n in c.names)
+    kinds = set()
+    for start in range(0, top + 1, 100):
+        url = c.members["carol"].url + "/v1/blocks"
+        blocks = httpx.get(url, params={"start": start, "limit": 100}, timeout=10).json()["blocks"]
+        kinds |= {t["tx"]["kind"] for b in blocks for t in b["txs"]}
+    assert "misbehaviour" not in kinds  # bob's restart signed nothing twice
+    assert {"open_round", "update", "validation", "aggregate"} <= kinds
     for name in c.names:
         assert c.stop(name) == 0, c.log(name)
     for name in c.names:
