@@ -4,6 +4,9 @@
 validators approve with ``bcfl members approve`` (admission_approvals = 2); erin then starts
 her node from the genesis-only store, catches up, and (a validator now, 4 of 5 is the quorum)
 keeps the chain going with the others while a round closes with her update in it.
+
+min_updates = 5: the four founders' rounds close at their deadline (8 blocks); once erin
+trains too, a round closes as soon as all five updates are in.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
 
 
 def test_fifth_member_joins_while_rounds_run(cluster: MakeCluster) -> None:
-    c = cluster(config={"rounds": 100, "min_updates": 4, "deadline_blocks": 30})
+    c = cluster(config={"rounds": 100, "min_updates": 5, "deadline_blocks": 8})
     c.start_all()
     c.wait_round_closed(1, timeout=120)
     erin = c.add_member("erin")
