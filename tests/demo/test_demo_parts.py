@@ -144,7 +144,7 @@ def test_progress_folds_updates_verdicts_and_aggregates() -> None:
         {
             "update": update.hash,
             "verdict": "reject",
-            "reason": "norm_too_large",
+            "reason": "norm_exceeded",
             "detail": "norm 99 > 20",
         },
     )
@@ -165,7 +165,7 @@ def test_progress_folds_updates_verdicts_and_aggregates() -> None:
     progress.feed({"header": {"height": 1}, "txs": [opened.to_dict()]}, "h1")
     progress.feed({"header": {"height": 2}, "txs": [update.to_dict(), verdict.to_dict()]}, "h2")
     assert progress.member_counts(did) == {"submitted": 1, "accepted": 0, "rejected": 1}
-    assert progress.rejections(did) == {"norm_too_large": 1}
+    assert progress.rejections(did) == {"norm_exceeded": 1}
     assert progress.closed_rounds == []
     progress.feed({"header": {"height": 3}, "txs": [aggregate.to_dict()]}, "h3")
     assert [r.number for r in progress.closed_rounds] == [1]

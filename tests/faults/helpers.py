@@ -40,7 +40,7 @@ def plan(
     min_updates: int = 3,
     deadline_blocks: int = 20,
     rule: str = "fedavg",
-    max_update_norm: float = 20.0,
+    max_update_norm: float = 10.0,
     local_epochs: int = 1,
     lr: float = 0.05,
     validators: int = 4,
