@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bcfl_cli.chain.builder import build_block
@@ -44,6 +45,7 @@ from bcfl_cli.consensus.messages import (
     Step,
     TimeoutConfig,
     TimeoutFired,
+    TimeoutKind,
     Validity,
     VoteReceived,
 )
@@ -66,6 +68,7 @@ VALIDATION_CACHE = 256
 PULL_TIMEOUT_S = 3.0
 MAX_PULLED_MESSAGES = 2_000
 STALL_S = 3.0
+VALIDATION_GRACE_S = 60.0
 
 
 class ConsensusDriver:
@@ -260,32 +263,63 @@ class ConsensusDriver:
             self._evidence(action)
 
     def _schedule(self, action: ScheduleTimeout) -> None:
-        event = TimeoutFired(action.kind, action.height, action.round)
+        """Fire ``action`` after its duration on the node's clock.
 
-        timer: list[asyncio.TimerHandle] = []
+        A propose timeout is held back while this node is still checking a proposal of that
+        height (fetching its blobs, recomputing a large aggregate), up to VALIDATION_GRACE_S:
+        the engine would otherwise prevote nil on a valid block only because checking it takes
+        longer than the timeout.
+        """
+        event = TimeoutFired(action.kind, action.height, action.round)
+        clock = self.node.clock
+        give_up = clock.monotonic() + action.duration_ms / 1000.0 + VALIDATION_GRACE_S
 
         def fire() -> None:
-            for t in timer:
-                self._timers.discard(t)
+            self._timers.difference_update(timer)
+            timer.clear()
+            checking = any(key[1] == self.node.state.head_hash for key in self._validating)
+            if (
+                action.kind is TimeoutKind.PROPOSE
+                and checking
+                and self.engine.height == action.height
+                and clock.monotonic() < give_up
+            ):
+                timer.append(clock.call_later(0.25, fire))
+                self._timers.update(timer)
+                return
             if self.engine.height == action.height:
                 self._spawn(self._pull(action.height))
             self.handle(event)
 
-        timer.append(self.node.clock.call_later(action.duration_ms / 1000.0, fire))
-        self._timers.add(timer[0])
+        timer: list[asyncio.TimerHandle] = [clock.call_later(action.duration_ms / 1000.0, fire)]
+        self._timers.update(timer)
 
     def _commit(self, block: Block) -> None:
         node = self.node
         state = node.state
         key = (block.hash, state.head_hash)
         known = self._validated.get(key)
-        if known is None or known[1] is None or block.height != state.height + 1:
-            # Decided on a block we did not see validated against this state (a sync raced
-            # us); the sync loop will bring the chain to it with full verification.
-            node.syncer.wake()
+        if block.height != state.height + 1:
+            return  # the sync loop already brought the chain past it
+        if known is None or known[1] is None:
+            # Our check of this block is no longer cached: check it again (fully, with its
+            # certificate) before appending, off the event loop.
+            self._spawn(self._commit_checked(block, state))
             return
         self.commits += 1
         node.accept_block(block, known[1], source="consensus")
+
+    async def _commit_checked(self, block: Block, state: ChainState) -> None:
+        node = self.node
+        try:
+            after = await node.run_worker(partial(state.apply, block, checks=node.checks))
+        except BcflError as exc:
+            log.error("decided block %d fails our checks: %s", block.height, exc.message)
+            node.syncer.wake()
+            return
+        if node.state is state:
+            self.commits += 1
+            node.accept_block(block, after, source="consensus")
 
     def _evidence(self, action: Evidence) -> None:
         node = self.node
