@@ -44,6 +44,7 @@ def plan(
     local_epochs: int = 1,
     lr: float = 0.05,
     validators: int = 4,
+    max_blob_bytes: int = 64 * 1024 * 1024,
     **aggregation: Any,
 ) -> GenesisPlan:
     approvals = min(2, validators)
@@ -56,7 +57,9 @@ def plan(
             min_updates=min_updates,
             deadline_blocks=deadline_blocks,
         ),
-        contract=ContractRules(max_update_norm=max_update_norm, min_samples=10),
+        contract=ContractRules(
+            max_update_norm=max_update_norm, min_samples=10, max_blob_bytes=max_blob_bytes
+        ),
         aggregation=AggregationSpec(rule=rule, **aggregation),  # type: ignore[arg-type]
         name="Fault Suite Consortium",
         admission_approvals=approvals,
