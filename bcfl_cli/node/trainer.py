@@ -60,6 +60,18 @@ class Attack:
     name: str
     labels: Callable[[torch.Tensor, int], torch.Tensor] | None = None
     delta: Callable[[Delta, int], Delta] | None = None  # (delta, round) -> delta
+    #: Attacks built on the honest updates' statistics (ALIE) estimate them from models
+    #: trained on bootstrap resamples of the attacker's own data: (own + resampled) -> delta.
+    from_estimates: Callable[[list[Delta]], Delta] | None = None
+
+
+ESTIMATE_MODELS = 4
+
+
+def _resample(data: Dataset, seed: int) -> Dataset:
+    generator = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, len(data.labels), (len(data.labels),), generator=generator)
+    return Dataset(data.features[rows], data.labels[rows])
 
 
 def _nan(delta: Delta, _round: int) -> Delta:
@@ -89,6 +101,15 @@ def attack_by_name(spec: str) -> Attack:
             "free_rider", delta=lambda d, _r: attacks.free_rider_zero(d)
         ),
         "nan": lambda _: Attack("nan", delta=_nan),
+        # IPM with the attacker's own delta standing in for the honest mean (eps default 0.5)
+        "ipm": lambda v: Attack(
+            "ipm", delta=lambda d, _r: attacks.ipm([d], eps=0.5 if v is None else v)
+        ),
+        # ALIE: mean - z * std of the estimates, z = 1 unless given (Baruch et al. use ~1)
+        "alie": lambda v: Attack(
+            "alie",
+            from_estimates=lambda ds: attacks.alie(ds, n=len(ds), f=0, z=1.0 if v is None else v),
+        ),
     }
     if name not in builders:
         raise UsageError(f"--attack {spec!r}: expected one of {sorted(builders)}")
@@ -209,6 +230,18 @@ class AutoTrainer:
         seed = subseed(self.seed, f"round-{rnd.number}")
         result = train_local(config.model, config.training, base, data, seed=seed)
         delta = result.delta
+        if self.attack is not None and self.attack.from_estimates is not None:
+            estimates = [
+                train_local(
+                    config.model,
+                    config.training,
+                    base,
+                    _resample(data, subseed(seed, f"estimate-{k}")),
+                    seed=subseed(seed, f"estimate-train-{k}"),
+                ).delta
+                for k in range(ESTIMATE_MODELS)
+            ]
+            delta = self.attack.from_estimates([delta, *estimates])
         if self.attack is not None and self.attack.delta is not None:
             delta = self.attack.delta(delta, rnd.number)
         blob_bytes = state_bytes(delta)
