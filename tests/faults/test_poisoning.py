@@ -109,3 +109,17 @@ def test_poisoning_matrix_ten_members(tmp_path: Path) -> None:
             if cases and attack != "alie":  # ALIE is reported, not asserted (see the note)
                 best = max(float(r["final_accuracy"]) for r in cases)  # type: ignore[arg-type]
                 assert best >= clean - 0.03, (attack, k, cases)
+
+
+def test_node_attacks_alie_and_ipm_shape_the_delta() -> None:
+    import torch
+
+    own = {"w": torch.tensor([1.0, 2.0])}
+    ipm = attack_by_name("ipm")
+    assert ipm.delta is not None
+    assert torch.equal(ipm.delta(own, 1)["w"], torch.tensor([-0.5, -1.0]))
+    alie = attack_by_name("alie:2")
+    assert alie.from_estimates is not None
+    estimates = [{"w": torch.tensor([0.0, 2.0])}, {"w": torch.tensor([2.0, 2.0])}]
+    # mean (1, 2) - 2 * population std (1, 0)
+    assert torch.allclose(alie.from_estimates(estimates)["w"], torch.tensor([-1.0, 2.0]))
