@@ -29,6 +29,7 @@ from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import MempoolRefusal
+from bcfl_cli.node.peers import NODE_URL_HEADER
 from bcfl_cli.node.schemas import (
     AlarmView,
     BlocksResponse,
@@ -226,6 +227,7 @@ class Api:
         """A signed transaction into the mempool (validated first); gossiped to peers."""
         body = parse_body(SubmitTx, await request.body(), max_bytes=MAX_TX_BODY)
         tx = Transaction.from_dict(body.tx)
+        self._learn_peer(request)
         return self._admit(tx)
 
     async def join(self, request: Request) -> Response:
@@ -239,6 +241,12 @@ class Api:
                 403, "signer_not_author", "sign the request with the key that signed the request"
             )
         return self._admit(tx)
+
+    def _learn_peer(self, request: Request) -> None:
+        sender = peer_did(request)
+        url = request.headers.get(NODE_URL_HEADER)
+        if sender and url and not self.node.peers.knows(sender):
+            self.node.peers.learn(url, sender, self.node.genesis_hash)
 
     def _admit(self, tx: Transaction) -> Response:
         node = self.node
@@ -260,6 +268,7 @@ class Api:
         for what in (proposal, vote):
             if what is not None and what.chain != node.genesis_hash:
                 raise Refused(409, "wrong_chain", "message is for another consortium")
+        self._learn_peer(request)
         node.driver.on_message(proposal, vote)
         return JSONResponse({"accepted": True}, status_code=202)
 

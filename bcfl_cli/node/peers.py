@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import nacl.signing
@@ -30,6 +32,11 @@ CONNECT_TIMEOUT_S = 2.0
 READ_TIMEOUT_S = 10.0
 OUTBOX_SIZE = 512
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_PEERS = 64
+LEARN_BACKOFF_S = 60.0
+#: A pushing peer names the URL its own node is reached at; it is believed only after
+#: ``GET URL/v1/status`` shows the same genesis and the did that signed the push.
+NODE_URL_HEADER = "Bcfl-Node-Url"
 
 
 @dataclass
@@ -72,6 +79,9 @@ class Peers:
     def __init__(self, key: nacl.signing.SigningKey, urls: list[str], *, self_url: str) -> None:
         self._key = key
         own = normalise_url(self_url)
+        self.own_url = own
+        self._learning: set[str] = set()
+        self._tried: dict[str, float] = {}
         self.peers: dict[str, PeerInfo] = {}
         for url in urls:
             norm = normalise_url(url)
@@ -112,6 +122,8 @@ class Peers:
     ) -> Any:
         """Signed request; the parsed JSON answer of a 2xx, else PeerRequestError."""
         headers = {"Content-Type": "application/json"} if body is not None else {}
+        if body is not None:
+            headers[NODE_URL_HEADER] = self.own_url
         request = self._client.build_request(
             method, peer.url + path, content=body, params=params, headers=headers
         )
@@ -175,7 +187,63 @@ class Peers:
 
     def start_outboxes(self) -> None:
         for peer in self.peers.values():
-            self._workers.append(asyncio.create_task(self._drain(peer), name=f"outbox {peer.url}"))
+            self._start_outbox(peer)
+
+    def _start_outbox(self, peer: PeerInfo) -> None:
+        self._workers.append(asyncio.create_task(self._drain(peer), name=f"outbox {peer.url}"))
+
+    def knows(self, did: str) -> bool:
+        return any(p.did == did for p in self.peers.values())
+
+    def learn(self, url: str, did: str, genesis: str) -> None:
+        """A member pushing to us says its node is at ``url``: check that, then add it."""
+        parts = urlsplit(url.strip())
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.username
+            or parts.query
+            or parts.fragment
+            or parts.path.rstrip("/") not in ("", "/v1")
+        ):
+            return
+        now = time.monotonic()
+        if now - self._tried.get(did, -LEARN_BACKOFF_S) < LEARN_BACKOFF_S:
+            return  # one claim per member per backoff: no member makes us fetch at will
+        self._tried[did] = now
+        if len(self._tried) > 4 * MAX_PEERS:
+            self._tried.clear()
+        norm = normalise_url(url)
+        if (
+            norm == self.own_url
+            or norm in self.peers
+            or norm in self._learning
+            or len(self.peers) >= MAX_PEERS
+            or len(norm) > 200
+        ):
+            return
+        self._learning.add(norm)
+        task = asyncio.ensure_future(self._verify_and_add(norm, did, genesis))
+        self._workers.append(task)
+
+    async def _verify_and_add(self, url: str, did: str, genesis: str) -> None:
+        candidate = PeerInfo(url)
+        try:
+            status = await self.get(candidate, "/v1/status", timeout_s=3.0)
+        except PeerRequestError:
+            return
+        finally:
+            self._learning.discard(url)
+        me = status.get("me") if isinstance(status, dict) else None
+        if not isinstance(me, dict) or me.get("did") != did or status.get("genesis") != genesis:
+            log.warning("a peer named a node URL that is not its own", extra=fields(url=url))
+            return
+        if url in self.peers or len(self.peers) >= MAX_PEERS:
+            return
+        candidate.did = did
+        self.peers[url] = candidate
+        self._start_outbox(candidate)
+        log.info("learned a new peer", extra=fields(url=url, did=did))
 
     async def _drain(self, peer: PeerInfo) -> None:
         while True:
