@@ -299,9 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.flower_child is not None:
         _flower_child(args.members, args.rounds, args.seed, args.flower_child, args.launched)
         return 0
-    rounds = min(args.rounds, 5) if args.quick else args.rounds
+    members, rounds = args.members, args.rounds
+    if args.quick:  # a smoke run: 4 members (shipped 4-member partition), 3 rounds
+        members, rounds = min(members, 4), min(rounds, 3)
     report = run(
-        args.members,
+        members,
         rounds,
         seed=args.seed,
         flower=args.flower_python,
