@@ -367,6 +367,14 @@ async def _guarded(name: str, coro: Any) -> None:
         raise
 
 
+async def _serve_http(server: uvicorn.Server) -> None:
+    """uvicorn exits the process (SystemExit) when it cannot bind: keep that inside the task."""
+    try:
+        await server.serve()
+    except SystemExit as exc:
+        log.error("the HTTP server stopped: exit status %s", exc.code)
+
+
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the node handles SIGINT/SIGTERM itself."""
 
@@ -398,12 +406,14 @@ async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
         server_header=False,
     )
     server = _Server(config)
-    server_task = asyncio.create_task(server.serve(), name="http")
+    server_task = asyncio.create_task(_serve_http(server), name="http")
     try:
         while not server.started:
             if server_task.done():
-                server_task.result()
-                raise NodeError(f"the HTTP server on {options.host}:{options.port} did not start")
+                raise NodeError(
+                    f"cannot serve on {options.host}:{options.port} (see the log above)",
+                    hint="is another node already listening there? choose --listen HOST:PORT",
+                )
             await asyncio.sleep(0.02)
         node.write_node_file()
         node.start_background()

@@ -14,6 +14,7 @@ any store. Late members get a home with an identity only and use ``bcfl join``.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,17 +39,25 @@ GENESIS_TIME_MS = 1_763_000_000_000
 
 
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (held open together while choosing)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """``count`` distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral range.
+
+    Ports handed out by the kernel (bind to 0) come from the ephemeral range, where every
+    outgoing connection on this busy machine also takes its local port: one may take ours
+    between choosing it and the node binding it. Random ports in 20000-30000 avoid that.
+    """
+    chosen: list[int] = []
+    rng = random.Random()
+    while len(chosen) < count:
+        port = rng.randrange(20_000, 30_000)
+        if port in chosen:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
 
 
 def consortium_toml(
