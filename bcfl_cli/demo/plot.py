@@ -17,11 +17,14 @@ Point = tuple[int, float]  # (round, accuracy in [0, 1])
 
 
 # --- text -----------------------------------------------------------------------------------
-def text_plot(points: Sequence[Point], *, width: int = 50, height: int = 10) -> list[str]:
+def text_plot(points: Sequence[Point], *, width: int = 50) -> list[str]:
     """Rows of a character plot: y is accuracy (auto-ranged to tenths), x is the round."""
     if not points:
         return ["(no rounds scored)"]
     lo, hi = _y_range([p[1] for p in points])
+    tenths = max(1, round((hi - lo) * 10))
+    per = 2 if tenths <= 5 else 1  # rows per tenth of accuracy
+    height = tenths * per + 1
     last_round = max(p[0] for p in points) or 1
     grid = [[" "] * width for _ in range(height)]
     for number, value in points:
@@ -31,7 +34,7 @@ def text_plot(points: Sequence[Point], *, width: int = 50, height: int = 10) -> 
     rows = []
     for i, row in enumerate(grid):
         level = hi - (hi - lo) * i / (height - 1)
-        label = f"{level:5.2f} ┤" if i % 3 == 0 or i == height - 1 else "      │"
+        label = f"{level:5.1f} ┤" if i % per == 0 else "      │"
         rows.append(label + "".join(row).rstrip())
     rows.append("      └" + "─" * width)
     ticks = [" "] * (width + 8)

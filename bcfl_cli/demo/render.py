@@ -145,7 +145,7 @@ def summary(console: Console, run: DemoRun) -> None:
             console.print(row, highlight=False)
     if run.final_accuracy is not None:
         console.print(
-            f"final accuracy after {curve[-1][0]} rounds: [bold]{run.final_accuracy:.3f}[/]"
+            f"final accuracy after round {curve[-1][0]}: [bold]{run.final_accuracy:.3f}[/]"
             + (f" (initial model {run.initial_accuracy:.3f})" if run.initial_accuracy else "")
         )
 

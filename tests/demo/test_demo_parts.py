@@ -111,7 +111,7 @@ def test_png_is_well_formed_and_draws_the_curve() -> None:
 
 
 def test_text_plot_places_every_round() -> None:
-    rows = text_plot([(0, 0.1), (5, 0.5), (10, 0.95)], width=40, height=8)
+    rows = text_plot([(0, 0.1), (5, 0.5), (10, 0.95)], width=40)
     assert sum(r.count("●") for r in rows) == 3
     assert rows[-1].split()[:3] == ["0", "2", "4"] and rows[-1].endswith("round")
     assert text_plot([]) == ["(no rounds scored)"]
