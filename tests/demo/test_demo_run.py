@@ -71,7 +71,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
+)
 def test_interrupting_the_demo_leaves_no_node_behind(tmp_path: Path, sig: int) -> None:
     keep = tmp_path / "demo"
     log = (tmp_path / "demo.log").open("wb")

@@ -5,10 +5,10 @@ started with ``--attack``), so every verdict and aggregate below was decided by 
 re-derived by ``verify-chain --deep`` on every home. Accuracy is the aggregate model's on the
 held-out digits test set.
 
-CI runs one short case (5 members, 1 attacker boosting its update: the contract must reject it
-on chain with its reason, and the model must still learn). The ``slow`` matrix runs 10 members
-with K = 1 and 3 attackers for every attack the node implements, under plain FedAvg and the
-robust rules, next to a clean run, and writes the table (see ``save_figures``).
+CI runs one short case (4 members, 2 rounds, 1 attacker boosting its update: the contract must
+reject it on chain with its reason, and the model must still learn). The ``slow`` matrix runs
+10 members with K = 1 and 3 attackers for every attack the node implements, under plain FedAvg
+and the robust rules, next to a clean run, and writes the table (see ``save_figures``).
 """
 
 from __future__ import annotations
@@ -58,19 +58,19 @@ def _summary(run: DemoRun) -> dict[str, object]:
 
 @pytest.mark.timeout(300)
 def test_boosted_update_is_rejected_on_chain_and_the_model_still_learns(tmp_path: Path) -> None:
-    run = _run(tmp_path, members=5, rounds=3, attackers=1, attack="scaling", rule="median")
+    run = _run(tmp_path, members=4, rounds=2, attackers=1, attack="scaling", rule="median")
     data = run.to_dict()
     mallory = next(m for m in data["members"] if m["attack"] == "scaling")
     # round 1's boosted delta (~10 x 1.7) breaks the bound of 10; later ones may pass it as
     # honest deltas shrink, and are then outvoted coordinate-wise by the median
-    assert mallory["submitted"] >= 2 and mallory["rejections"].get("norm_exceeded", 0) >= 1
+    assert mallory["submitted"] >= 1 and mallory["rejections"].get("norm_exceeded", 0) >= 1
     assert set(mallory["rejections"]) == {"norm_exceeded"}, mallory
     first = next(u for u in mallory["updates"] if u["round"] == 1)
     assert first["status"] == "rejected" and first["reason"] == "norm_exceeded"
     honest = [m for m in data["members"] if not m["attack"]]
-    assert all(m["accepted"] == 3 and m["rejected"] == 0 for m in honest), honest
-    assert data["rounds"][0]["aggregated_updates"] == 4
-    assert (run.final_accuracy or 0) > 0.75, data["accuracy"]
+    assert all(m["accepted"] == 2 and m["rejected"] == 0 for m in honest), honest
+    assert data["rounds"][0]["aggregated_updates"] == 3
+    assert (run.final_accuracy or 0) > 0.6, data["accuracy"]
     assert all(n["verify"]["ok"] for n in data["nodes"]) and data["consistent"]
     save_figures("poisoning_short", _summary(run))
 
