@@ -64,7 +64,13 @@ def members_part(report: Report, members: Sequence[int], rounds: int, quiet: boo
             plain = plain_fedavg(DIGITS_MLP, PLAN, load_members(n), test, rounds)
         log(f"{n} members: {n} nodes ...", quiet=quiet)
         nodes = run_nodes(
-            DIGITS_MLP, PLAN, n, rounds, test=test, quiet=quiet, timeout=180.0 + 60.0 * rounds
+            DIGITS_MLP,
+            PLAN,
+            n,
+            rounds,
+            test=test,
+            quiet=quiet,
+            timeout=60.0 + 30.0 * n + 120.0 * rounds,
         )
         peak = nodes.extra["peak_rss_bytes"] or [0]
         report.add(
