@@ -194,7 +194,18 @@ class Node:
 
     # --- blocks ---------------------------------------------------------------------------
     def accept_block(self, block: Block, new_state: ChainState, *, source: str) -> None:
-        """Append a decided, verified ``block`` whose state after is ``new_state``."""
+        """Append a decided, verified ``block`` whose state after is ``new_state``.
+
+        Under a safety alarm nothing more is appended: the node stops following the chain
+        until an operator has looked at the evidence (docs: what to do on a safety alarm).
+        """
+        if self.alarm is not None:
+            log.error(
+                "not appending block %d: a safety alarm is raised",
+                block.height,
+                extra=fields(source=source),
+            )
+            return
         if block.height <= self.state.height:
             ours = self.ledger.block(block.height)
             if ours.hash != block.hash:

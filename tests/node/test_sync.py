@@ -48,6 +48,9 @@ def test_conflicting_certified_block_raises_the_alarm(local: LocalNode) -> None:
     assert evidence["height"] == 1 and len(evidence["blocks"]) == 2
     status = local.client.get("/v1/status").json()
     assert status["alarm"]["height"] == 1 and "SAFETY ALARM" in status["alarm"]["message"]
+    # the node stops following: nothing more is appended
+    assert local.mine() is None or node.state.height == 1
+    assert node.ledger.height == 1
 
 
 def test_uncertified_rival_is_ignored(local: LocalNode) -> None:
