@@ -63,15 +63,20 @@ def members_part(report: Report, members: Sequence[int], rounds: int, quiet: boo
         with torch_threads(1):
             plain = plain_fedavg(DIGITS_MLP, PLAN, load_members(n), test, rounds)
         log(f"{n} members: {n} nodes ...", quiet=quiet)
-        nodes = run_nodes(
-            DIGITS_MLP,
-            PLAN,
-            n,
-            rounds,
-            test=test,
-            quiet=quiet,
-            timeout=60.0 + 30.0 * n + 120.0 * rounds,
-        )
+        try:
+            nodes = run_nodes(
+                DIGITS_MLP,
+                PLAN,
+                n,
+                rounds,
+                test=test,
+                quiet=quiet,
+                timeout=60.0 + 30.0 * n + 120.0 * rounds,
+            )
+        except (RoundTimeout, RuntimeError) as exc:  # no round at all: say so, go on
+            first = str(exc).splitlines()[0][:80]
+            report.add(part="members", members=n, params=parameter_count(DIGITS_MLP), result=first)
+            continue
         peak = nodes.extra["peak_rss_bytes"] or [0]
         report.add(
             part="members",
