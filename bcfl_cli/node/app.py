@@ -179,7 +179,8 @@ class Api:
         """Decided blocks with their commit certificates, ``start`` onwards, at most 100."""
         params = request.query_params
         start_raw, limit_raw = params.get("start", "0"), params.get("limit", "100")
-        if not start_raw.isdigit() or not limit_raw.isdigit() or len(start_raw) > 15:
+        # isascii: str.isdigit() accepts digits (like "²") that int() refuses
+        if not all(v.isascii() and v.isdigit() and len(v) <= 15 for v in (start_raw, limit_raw)):
             raise Refused(400, "bad_query", "give start and limit as non-negative integers")
         start, limit = int(start_raw), min(int(limit_raw), MAX_BLOCKS_PER_RESPONSE)
         height = self.node.state.height
@@ -217,7 +218,7 @@ class Api:
     async def consensus_log(self, request: Request) -> Response:
         """Proposals and votes this node holds for ``height`` (peers pull them on timeouts)."""
         raw = request.path_params["height"]
-        if not raw.isdigit() or len(raw) > 15:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
             raise Refused(400, "bad_height", "height must be a non-negative integer")
         proposals, votes = self.node.driver.messages_at(int(raw))
         return _json(ConsensusLog(height=int(raw), proposals=proposals, votes=votes))

@@ -211,7 +211,7 @@ def _headers(scope: Scope) -> dict[str, str]:
 async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:
             raise _Refusal(400, "bad_request", "Content-Length is not a number")
         if int(declared) > limit:
             raise _too_large(limit)

@@ -118,7 +118,7 @@ class BlobRoutes:
 
     def _size(self, request: Request) -> int:
         raw = request.query_params.get("size", "")
-        if not raw.isdigit() or len(raw) > 19:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
             raise _BadRequest(_error(400, "bad_size", "give the blob size as ?size=BYTES"))
         size = int(raw)
         if size > self.max_blob_bytes:
@@ -223,7 +223,10 @@ class BlobRoutes:
             return bad.response
         raw_index = request.path_params.get("index", "")
         chunks = -(-size // self.chunk_size)
-        if not str(raw_index).isdigit() or int(raw_index) >= chunks:
+        raw_index = str(raw_index)
+        if not (raw_index.isascii() and raw_index.isdigit()) or len(raw_index) > 19:
+            return _error(400, "bad_chunk", f"chunk index must be 0..{chunks - 1}")
+        if int(raw_index) >= chunks:
             return _error(400, "bad_chunk", f"chunk index must be 0..{chunks - 1}")
         index = int(raw_index)
         offset = index * self.chunk_size
@@ -302,7 +305,7 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     if not value.startswith("bytes=") or "," in value:
         return None
     first, _, last = value[6:].strip().partition("-")
-    if not first.isdigit() or (last and not last.isdigit()):
+    if not all(v.isascii() and v.isdigit() and len(v) <= 19 for v in (first, last or "0")):
         return None
     start = int(first)
     end = min(int(last), size - 1) if last else size - 1
