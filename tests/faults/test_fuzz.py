@@ -135,6 +135,7 @@ def test_fuzz_every_route_short(case: schemathesis.Case, fuzz_node: FuzzNode) ->
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3 * 3600)
 @schema.parametrize()
 @settings(max_examples=1200, deadline=None, suppress_health_check=QUIET)
 def test_fuzz_every_route_long(case: schemathesis.Case, fuzz_node: FuzzNode) -> None:

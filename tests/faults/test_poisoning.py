@@ -70,7 +70,8 @@ def test_boosted_update_is_rejected_on_chain_and_the_model_still_learns(tmp_path
     honest = [m for m in data["members"] if not m["attack"]]
     assert all(m["accepted"] == 2 and m["rejected"] == 0 for m in honest), honest
     assert data["rounds"][0]["aggregated_updates"] == 3
-    assert (run.final_accuracy or 0) > 0.6, data["accuracy"]
+    curve = [run.initial_accuracy or 0.0, *data["accuracy"]]
+    assert all(a < b for a, b in zip(curve, curve[1:])) and curve[-1] > 0.5, curve
     assert all(n["verify"]["ok"] for n in data["nodes"]) and data["consistent"]
     save_figures("poisoning_short", _summary(run))
 
