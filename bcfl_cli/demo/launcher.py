@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -119,17 +120,27 @@ def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]
 
 # --- small helpers ----------------------------------------------------------------------------
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free TCP ports on 127.0.0.1 (held open together while choosing)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """``count`` distinct free TCP ports on 127.0.0.1, below the kernel's ephemeral range.
+
+    A port the kernel hands out (bind to 0) comes from the ephemeral range, where every
+    outgoing connection on a busy machine also takes its local port: one may take ours between
+    choosing it and the node binding it. Random free ports in 20000-30000 avoid that.
+    """
+    chosen: list[int] = []
+    rng = random.Random()
+    for _ in range(100 * count + 1000):
+        if len(chosen) == count:
+            return chosen
+        port = rng.randrange(20_000, 30_000)
+        if port in chosen:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    raise NodeError(f"found only {len(chosen)} of {count} free ports in 20000-30000")
 
 
 def bcfl_command() -> list[str]:
