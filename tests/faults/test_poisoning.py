@@ -58,7 +58,9 @@ def _summary(run: DemoRun) -> dict[str, object]:
 
 @pytest.mark.timeout(300)
 def test_boosted_update_is_rejected_on_chain_and_the_model_still_learns(tmp_path: Path) -> None:
-    run = _run(tmp_path, members=4, rounds=2, attackers=1, attack="scaling", rule="median")
+    # three rounds: after two, accuracy from randomly seeded trainers straddles 0.5 (0.47 seen)
+    rounds = 3
+    run = _run(tmp_path, members=4, rounds=rounds, attackers=1, attack="scaling", rule="median")
     data = run.to_dict()
     mallory = next(m for m in data["members"] if m["attack"] == "scaling")
     # round 1's boosted delta (~10 x 1.7) breaks the bound of 10; later ones may pass it as
@@ -68,7 +70,7 @@ def test_boosted_update_is_rejected_on_chain_and_the_model_still_learns(tmp_path
     first = next(u for u in mallory["updates"] if u["round"] == 1)
     assert first["status"] == "rejected" and first["reason"] == "norm_exceeded"
     honest = [m for m in data["members"] if not m["attack"]]
-    assert all(m["accepted"] == 2 and m["rejected"] == 0 for m in honest), honest
+    assert all(m["accepted"] == rounds and m["rejected"] == 0 for m in honest), honest
     assert data["rounds"][0]["aggregated_updates"] == 3
     curve = [run.initial_accuracy or 0.0, *data["accuracy"]]
     assert all(a < b for a, b in zip(curve, curve[1:])) and curve[-1] > 0.5, curve
