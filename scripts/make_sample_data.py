@@ -31,7 +31,7 @@ from bcfl_cli.fl.split import split_csv, stratified_holdout, write_table
 SEED = 2024
 TEST_FRACTION = 0.2
 ROOT = Path(__file__).resolve().parent.parent / "sample_data"
-PARTITIONS = {"digits": (4, 10), "breast-cancer": (4,)}
+PARTITIONS = {"digits": (4, 10), "breast-cancer": (4, 10)}
 
 
 def _number(value: float) -> str:

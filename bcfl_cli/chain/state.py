@@ -32,6 +32,9 @@ MAX_BLOCK_TX_BYTES = 4 * 1024 * 1024
 ACTIVE = "active"
 REMOVED = "removed"
 
+#: One equivocation: (offender did, height, round, vote type). The chain records each once.
+Offence = tuple[str, int, int, str]
+
 
 # --- state records --------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -134,6 +137,20 @@ class SeenSet:
         return SeenSet(self._base, recent)
 
 
+def offence_of(body: Mapping[str, Any]) -> Offence | None:
+    """The offence a ``misbehaviour`` body is about, or None if its first vote is unreadable.
+
+    The key is taken from the first vote; a body whose votes disagree is refused by the rules
+    (``bad_evidence``) anyway, so nodes may use this to skip evidence already known.
+    """
+    try:
+        votes = body["votes"]
+        vote = Vote.from_dict(votes[0])
+    except (EncodingError, KeyError, IndexError, TypeError):
+        return None
+    return (vote.validator, vote.height, vote.round, str(vote.type))
+
+
 def tx_digest(tx: Transaction) -> tuple[str, int]:
     """(hash, canonical size of the signed form) from one canonicalisation, not two.
 
@@ -166,6 +183,7 @@ class ChainState:
         removals: dict[str, frozenset[str]],
         round: RoundState,
         seen_tx: SeenSet,
+        offences: frozenset[Offence] = frozenset(),
     ) -> None:
         self.chain_id = chain_id
         self.document = document
@@ -178,6 +196,7 @@ class ChainState:
         self._removals = removals
         self.round = round
         self.seen_tx = seen_tx
+        self.offences = offences  # equivocations already recorded by a misbehaviour tx
         self._owned = True
         self.config_hash = hash_object(document)
         self.validator_set = self._compute_validator_set()
@@ -696,3 +715,12 @@ class _TxRules:
             )
         if not (a.signature_valid() and b.signature_valid()):
             raise self.fail(tx, "bad_evidence", "a vote signature is invalid")
+        offence = (offender, a.height, a.round, str(a.type))
+        if offence in self.s.offences:
+            raise self.fail(
+                tx,
+                "duplicate_evidence",
+                f"equivocation of {offender} at height {a.height} round {a.round} ({a.type}) "
+                "is already recorded",
+            )
+        self.s.offences = self.s.offences | {offence}

@@ -322,14 +322,27 @@ class ConsensusDriver:
             node.accept_block(block, after, source="consensus")
 
     def _evidence(self, action: Evidence) -> None:
+        """Submit evidence of an equivocation unless the chain or the mempool already holds it.
+
+        Every honest validator sees the same double vote; the first evidence to reach the
+        mempools is the one recorded (the chain refuses a second one, ``duplicate_evidence``).
+        """
         node = self.node
         member = node.state.member(node.did)
         if member is None or not member.is_validator:
             return
+        first = action.first
+        offence = (action.offender, first.height, first.round, str(first.type))
         log.warning(
             "validator equivocated: two votes at one height/round/step",
-            extra=fields(offender=action.offender, height=action.first.height),
+            extra=fields(offender=action.offender, height=first.height),
         )
+        if offence in node.state.offences or node.mempool.has_evidence(offence):
+            log.info(
+                "misbehaviour evidence already on chain or pending; not submitted again",
+                extra=fields(offender=action.offender, height=first.height),
+            )
+            return
         try:
             tx = make_tx(
                 node.key,

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from bcfl_cli.chain.state import ChainState
+from bcfl_cli.chain.state import ChainState, Offence, offence_of
 from bcfl_cli.errors import BcflError
 from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
@@ -96,6 +96,10 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
             raise MempoolRefusal("not_active_member", f"{body['member']} is not an active member")
     elif tx.kind is TxKind.UPDATE:
         _precheck_update(state, tx)
+    elif tx.kind is TxKind.MISBEHAVIOUR and offence_of(body) in state.offences:
+        raise MempoolRefusal(
+            "duplicate_evidence", "this equivocation is already recorded on chain", status=409
+        )
 
 
 def _precheck_update(state: ChainState, tx: Transaction) -> None:
@@ -159,6 +163,13 @@ class Mempool:
         pending = self._txs.get(tx_hash)
         return pending.tx if pending else None
 
+    def has_evidence(self, offence: Offence) -> bool:
+        """Whether a pending ``misbehaviour`` transaction is about ``offence``."""
+        return any(
+            p.tx.kind is TxKind.MISBEHAVIOUR and offence_of(p.tx.body) == offence
+            for p in self._txs.values()
+        )
+
     def rejected_reason(self, tx_hash: str) -> str | None:
         return self._rejected.get(tx_hash)
 
@@ -187,6 +198,14 @@ class Mempool:
             raise MempoolRefusal(
                 "duplicate_update", "an update of yours is already pending", status=409
             )
+        if tx.kind is TxKind.MISBEHAVIOUR:
+            offence = offence_of(tx.body)
+            if offence is not None and self.has_evidence(offence):
+                raise MempoolRefusal(
+                    "duplicate_evidence",
+                    "evidence of this equivocation is already pending",
+                    status=409,
+                )
         if self._by_author.get(tx.author, 0) >= self.per_author:
             raise MempoolRefusal(
                 "too_many_pending",

@@ -401,3 +401,46 @@ def test_misbehaviour_evidence_structure(tmp_path):
         [c.tx("alice", TxKind.MISBEHAVIOUR, {**good, "votes": [{"x": 1}, {"y": 2}]})],
         "bad_evidence",
     )
+
+
+def test_misbehaviour_recorded_once_per_offence(tmp_path):
+    """A second misbehaviour tx about the same (offender, height, round, type) is refused."""
+    c = make_consortium(tmp_path)
+
+    def vote(block, name="dave", round=0, type=VoteType.PRECOMMIT):
+        return Vote(c.chain, 5, round, type, block, did_for(name)).signed(key_for(name))
+
+    a, b, x = vote("aa" * 32), vote("bb" * 32), vote("cc" * 32)
+    body = {"offender": did_for("dave"), "votes": [a.to_dict(), b.to_dict()]}
+    # Same offence, other votes (b, x), another author: still the same equivocation.
+    again = {"offender": did_for("dave"), "votes": [b.to_dict(), x.to_dict()]}
+    # Two in one block: the second is refused.
+    info = _fails(
+        c,
+        [c.tx("alice", TxKind.MISBEHAVIOUR, body), c.tx("bob", TxKind.MISBEHAVIOUR, again)],
+        "duplicate_evidence",
+    )
+    assert "already recorded" in info.message
+    c.commit([c.tx("alice", TxKind.MISBEHAVIOUR, body)])
+    assert (did_for("dave"), 5, 0, "precommit") in c.state.offences
+    # In a later block too, whoever writes it.
+    for author, evidence in (("bob", again), ("carol", body)):
+        _fails(c, [c.tx(author, TxKind.MISBEHAVIOUR, evidence)], "duplicate_evidence")
+    # Another round or vote type of the same height is another offence.
+    other_round = [vote("aa" * 32, round=1).to_dict(), vote("bb" * 32, round=1).to_dict()]
+    prevotes = [
+        vote("aa" * 32, type=VoteType.PREVOTE).to_dict(),
+        vote("bb" * 32, type=VoteType.PREVOTE).to_dict(),
+    ]
+    c.commit(
+        [
+            c.tx("bob", TxKind.MISBEHAVIOUR, {**body, "votes": other_round}),
+            c.tx("bob", TxKind.MISBEHAVIOUR, {**body, "votes": prevotes}),
+        ]
+    )
+    assert len(c.state.offences) == 3
+    # Replaying the chain from genesis gives the same record (verify-chain applies the rule).
+    replay = ChainState.from_genesis(c.ledger.block(0), c.ledger.document)
+    for block in c.ledger.blocks(1):
+        replay = replay.apply(block)
+    assert replay.offences == c.state.offences

@@ -10,6 +10,7 @@ import pytest
 
 from bcfl_cli.node.mempool import Mempool, MempoolRefusal, precheck
 from bcfl_cli.node.round_driver import build_proposal
+from bcfl_cli.protocol.block import Vote, VoteType
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 from tests.node._chain_fixture import Chain, did, key, make_chain
@@ -125,3 +126,56 @@ def test_precheck_admits_a_founder_approval(chain: Chain) -> None:
     wrong = chain.tx("bob", TxKind.APPROVE_MEMBER, {"member": who, "request": "00" * 32})
     with pytest.raises(MempoolRefusal, match="no pending request"):
         precheck(chain.state, wrong)
+
+
+def _double_vote(chain: Chain, blocks: tuple[str, str] = ("aa", "bb")) -> list[Vote]:
+    return [
+        Vote(chain.state.chain_id, 7, 0, VoteType.PREVOTE, b * 32, did("dave")).signed(key("dave"))
+        for b in blocks
+    ]
+
+
+def test_one_pending_evidence_per_offence(chain: Chain) -> None:
+    a, b = _double_vote(chain)
+    c = _double_vote(chain, ("cc", "dd"))[0]
+    mine = chain.tx(
+        "alice", TxKind.MISBEHAVIOUR, {"offender": did("dave"), "votes": [a.to_dict(), b.to_dict()]}
+    )
+    theirs = chain.tx(
+        "bob", TxKind.MISBEHAVIOUR, {"offender": did("dave"), "votes": [b.to_dict(), c.to_dict()]}
+    )
+    pool = Mempool()
+    assert pool.add(mine, chain.state, now_ms=1)
+    assert pool.has_evidence((did("dave"), 7, 0, "prevote"))
+    assert not pool.has_evidence((did("dave"), 7, 1, "prevote"))
+    with pytest.raises(MempoolRefusal) as info:
+        pool.add(theirs, chain.state, now_ms=2)
+    assert (info.value.code, info.value.status) == ("duplicate_evidence", 409)
+    block, after = build_proposal(
+        chain.state, chain.head, [mine], key("alice"), now_ms=chain.now(), checks=None
+    )
+    chain.commit(block, after)
+    assert dict(pool.prune(chain.state)) == {mine.hash: "already_committed"}
+    with pytest.raises(MempoolRefusal) as info:
+        Mempool().add(theirs, chain.state, now_ms=3)
+    assert info.value.code == "duplicate_evidence"
+
+
+def test_proposal_keeps_one_evidence_per_offence(chain: Chain) -> None:
+    """Two nodes' evidence of one double vote: a proposer leaves the second out."""
+    a, b = _double_vote(chain)
+    body = {"offender": did("dave"), "votes": [a.to_dict(), b.to_dict()]}
+    first = chain.tx("alice", TxKind.MISBEHAVIOUR, body)
+    second = chain.tx("bob", TxKind.MISBEHAVIOUR, body)
+    dropped: list[tuple[str, str]] = []
+    block, _ = build_proposal(
+        chain.state,
+        chain.head,
+        [first, second],
+        key("alice"),
+        now_ms=chain.now(),
+        checks=None,
+        on_dropped=lambda h, code: dropped.append((h, code)),
+    )
+    assert [tx.hash for tx in block.txs] == [first.hash]
+    assert dropped == [(second.hash, "duplicate_evidence")]

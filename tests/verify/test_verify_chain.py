@@ -100,3 +100,26 @@ def test_empty_or_missing_store(tmp_path):
     with pytest.raises(StoreError) as info:
         Ledger.open(Home.resolve(tmp_path / "nothing"))
     assert "bcfl init" in info.value.hint
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_duplicate_misbehaviour_is_named(tmp_path, workers):
+    from bcfl_cli.protocol.block import Vote, VoteType
+    from tests.chain.factories import key_for
+
+    c = make_consortium(tmp_path)
+    votes = [
+        Vote(c.chain, 3, 0, VoteType.PREVOTE, b * 32, did_for("dave")).signed(key_for("dave"))
+        for b in ("aa", "bb")
+    ]
+    body = {"offender": did_for("dave"), "votes": [v.to_dict() for v in votes]}
+    c.commit([c.tx("alice", TxKind.MISBEHAVIOUR, body)])
+    assert verify_chain(c.ledger, workers=workers).ok
+    again = c.tx("bob", TxKind.MISBEHAVIOUR, body)
+    c.ledger.append(c.next_block([again]))  # a block no honest node would build
+    report = verify_chain(c.ledger, workers=workers)
+    assert (report.fault.height, report.fault.tx, report.fault.code) == (
+        2,
+        again.hash,
+        "duplicate_evidence",
+    )
