@@ -1,0 +1,12 @@
+"""`bcfl --help`, keygen and the ledger commands must start without importing torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_the_cli_module_does_not_import_torch() -> None:
+    code = "import sys, bcfl_cli.cli.app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
