@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import faulthandler
 import json
 import logging
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -63,6 +66,7 @@ T = TypeVar("T")
 
 ALARM_FILE = "alarm.json"
 NODE_FILE = "node.json"
+CLOSE_GRACE_S = 5.0  # per stage of a shutdown (tasks, peer connections, the worker)
 
 
 @dataclass(frozen=True)
@@ -344,17 +348,43 @@ class Node:
         self._tasks.append(asyncio.create_task(_guarded(name, coro), name=name))
 
     async def close(self) -> None:
+        """Stop the background work, then close the stores; every wait is bounded.
+
+        A task that ignores its cancellation, or a check still running in the worker, is
+        logged (with where it is stuck) and left behind after CLOSE_GRACE_S: a stopping node
+        must exit promptly (an operator's SIGTERM, a supervisor's restart), and nothing left
+        running writes to the stores (the worker only reads; blobs are written atomically).
+        """
         self.driver.close()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await self.peers.close()
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=CLOSE_GRACE_S)
+            for task in stuck:
+                frames = [f"{f.f_code.co_filename}:{f.f_lineno}" for f in task.get_stack()]
+                log.warning(
+                    "background task %s did not stop within %.0f s; leaving it",
+                    task.get_name(),
+                    CLOSE_GRACE_S,
+                    extra=fields(stack=frames),
+                )
+        try:
+            await asyncio.wait_for(self.peers.close(), CLOSE_GRACE_S)
+        except Exception as exc:  # a timeout included: closing sockets must not hold the exit
+            log.warning("peer connections not closed cleanly: %r", exc)
+        self._worker.shutdown(wait=False, cancel_futures=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_GRACE_S
+        while any(t.is_alive() for t in self._worker_threads()) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if any(t.is_alive() for t in self._worker_threads()):
+            log.warning("a check is still running in the worker; closing the stores anyway")
         self.guard.close()
         self.ledger.close()
         log.info("node stopped", extra=fields(height=self.state.height))
+
+    def _worker_threads(self) -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("bcfl-worker")]
 
     def write_node_file(self) -> None:
         self.home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -440,10 +470,15 @@ async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
         stop_task.cancel()
     finally:
         log.info("shutting down")
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(server_task, 5.0)
-        await node.close()
+        # if the shutdown ever hangs, leave every thread's stack in the log to say where
+        faulthandler.dump_traceback_later(4 * CLOSE_GRACE_S, file=sys.stderr)
+        try:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server_task, CLOSE_GRACE_S)
+            await node.close()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def iter_peers(values: list[str]) -> Iterator[str]:
