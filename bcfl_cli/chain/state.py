@@ -22,7 +22,7 @@ from bcfl_cli.chain.config import GenesisConfig, parse_document
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
 from bcfl_cli.protocol.block import MAX_TXS_PER_BLOCK, Block, ValidatorSet, Vote
 from bcfl_cli.protocol.crypto import Domain, verify_by_did
-from bcfl_cli.protocol.encoding import canonical, hash_object, sha256_hex
+from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.merkle import merkle_root
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 
@@ -156,8 +156,7 @@ def tx_digest(tx: Transaction) -> tuple[str, int]:
 
     The signed form is ``{"sig":"<128 hex>","tx":UNSIGNED}``: 144 bytes around UNSIGNED.
     """
-    unsigned = canonical(tx.unsigned())
-    return sha256_hex(unsigned), len(unsigned) + 144
+    return tx.digest()
 
 
 def _fail(height: int, code: str, message: str, tx: str | None = None) -> VerificationError:

@@ -11,13 +11,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import nacl.signing
 
 from bcfl_cli.errors import EncodingError
 from bcfl_cli.protocol.crypto import Domain, did_from_public_key, is_did, sign_digest, verify_by_did
-from bcfl_cli.protocol.encoding import hash_object, is_hash_hex, is_signature_hex
+from bcfl_cli.protocol.encoding import (
+    MAX_SAFE_INT,
+    hash_object,
+    is_hash_hex,
+    is_signature_hex,
+    parse_canonical,
+    sha256_hex,
+)
 from bcfl_cli.protocol.merkle import merkle_root
 from bcfl_cli.protocol.tx import PROTOCOL_VERSION, Transaction
 
@@ -38,12 +46,16 @@ class ValidatorSet:
     def from_mapping(cls, powers: Mapping[str, int]) -> ValidatorSet:
         return cls(tuple(sorted((d, p) for d, p in powers.items() if p > 0)))
 
-    @property
+    @cached_property
     def total_power(self) -> int:
         return sum(p for _, p in self.powers)
 
+    @cached_property
+    def _power(self) -> dict[str, int]:
+        return dict(self.powers)
+
     def power_of(self, did: str) -> int:
-        return dict(self.powers).get(did, 0)
+        return self._power.get(did, 0)
 
     def has_quorum(self, power: int) -> bool:
         """More than 2/3 of the total power, in integers: 3 * power > 2 * total."""
@@ -56,7 +68,7 @@ class ValidatorSet:
     def to_list(self) -> list[dict[str, Any]]:
         return [{"did": d, "power": p} for d, p in self.powers]
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return hash_object(self.to_list())
 
@@ -64,7 +76,7 @@ class ValidatorSet:
         return len(self.powers)
 
     def __contains__(self, did: object) -> bool:
-        return any(d == did for d, _ in self.powers)
+        return isinstance(did, str) and did in self._power
 
 
 # --- votes ----------------------------------------------------------------------------------
@@ -96,7 +108,8 @@ class Vote:
 
     @property
     def hash(self) -> str:
-        return hash_object(self.unsigned())
+        text = _vote_text(self)
+        return sha256_hex(text) if text is not None else hash_object(self.unsigned())
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.unsigned(), "sig": self.signature}
@@ -147,6 +160,46 @@ class Vote:
         )
 
 
+def _plain(text: object) -> bool:
+    """A string that canonical JSON writes as itself between quotes."""
+    return (
+        isinstance(text, str)
+        and text.isascii()
+        and text.isprintable()
+        and '"' not in text
+        and "\\" not in text
+    )
+
+
+def _safe_int(value: object) -> bool:
+    return type(value) is int and -MAX_SAFE_INT <= value <= MAX_SAFE_INT
+
+
+#: RFC 8785 of a vote's unsigned form, keys in order; a property test pins it to ``canonical``.
+_VOTE_TEMPLATE = (
+    '{"block":"%s","chain":"%s","height":%d,"round":%d,"type":"%s","v":'
+    + str(PROTOCOL_VERSION)
+    + ',"validator":"%s"}'
+)
+
+
+def _vote_text(vote: Vote) -> bytes | None:
+    """The canonical unsigned vote by template (no JSON encoder), or None when a field is
+    not plain (then the caller canonicalises; every vote read from a chain is plain)."""
+    kind = str(vote.type)
+    if not (
+        _safe_int(vote.height)
+        and _safe_int(vote.round)
+        and _plain(vote.chain)
+        and _plain(vote.block)
+        and _plain(vote.validator)
+        and _plain(kind)
+    ):
+        return None
+    values = (vote.block, vote.chain, vote.height, vote.round, kind, vote.validator)
+    return (_VOTE_TEMPLATE % values).encode("ascii")
+
+
 # --- commit certificates ------------------------------------------------------------------
 @dataclass(frozen=True)
 class CommitCertificate:
@@ -188,6 +241,11 @@ class CommitCertificate:
         if not is_hash_hex(data["block"]):
             raise EncodingError("commit block must be a block hash")
         return cls(data["height"], data["round"], data["block"], tuple(pairs))
+
+    @classmethod
+    def from_canonical(cls, data: str | bytes) -> CommitCertificate:
+        """A certificate from its canonical bytes (refusing any other spelling)."""
+        return cls.from_dict(parse_canonical(data))
 
     def precommit(self, chain: str, validator: str, signature: str) -> Vote:
         return Vote(
@@ -245,9 +303,18 @@ class BlockHeader:
             "config": self.config,
         }
 
-    @property
+    @cached_property
     def hash(self) -> str:
+        """Computed once: every field is an immutable int or string."""
         return hash_object(self.to_dict())
+
+    @classmethod
+    def from_canonical(cls, data: str | bytes) -> BlockHeader:
+        """A header from its canonical bytes (refusing any other spelling); the hash is theirs."""
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        header = cls.from_dict(parse_canonical(data))
+        header.__dict__["hash"] = sha256_hex(raw)
+        return header
 
     @classmethod
     def from_dict(cls, data: Any) -> BlockHeader:

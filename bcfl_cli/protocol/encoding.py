@@ -22,6 +22,8 @@ _HEX128 = re.compile(r"^[0-9a-f]{128}$")
 #: Upper bound on any JSON document we parse (a block with its transactions included).
 MAX_JSON_BYTES = 8 * 1024 * 1024
 MAX_JSON_DEPTH = 32
+#: I-JSON's safe integers: -(2^53 - 1) .. 2^53 - 1.
+MAX_SAFE_INT = 2**53 - 1
 
 
 def canonical(obj: Any) -> bytes:
@@ -53,7 +55,7 @@ def _check(obj: Any, depth: int) -> bool:
     if isinstance(obj, str):
         return _simple_text(obj)
     if isinstance(obj, int):
-        if abs(obj) > 2**53 - 1:
+        if abs(obj) > MAX_SAFE_INT:
             raise EncodingError(f"integer {obj} outside the I-JSON safe range")
         return True
     if isinstance(obj, float):
@@ -106,6 +108,93 @@ def parse_json(data: bytes | str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
     except (ValueError, RecursionError) as exc:
         raise EncodingError(f"malformed JSON: {exc}") from exc
     _check(value, 0)
+    return value
+
+
+class NotCanonicalError(EncodingError):
+    """Well-formed JSON whose bytes are not the canonical encoding of its value."""
+
+
+class _NotFast(Exception):
+    """Raised inside the fast decoder: the text needs the exact path."""
+
+
+#: In canonical printable-ASCII text the only escapes are backslash-quote and backslash-backslash;
+#: any other backslash pair (backslash-u, backslash-n, ...) may stand for a character outside the
+#: fast path. (An escaped backslash followed by a letter matches too: that text merely takes the
+#: exact path.)
+_OTHER_ESCAPE = re.compile(r'\\[^"\\]')
+
+
+def _ascending_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    keys = list(obj)
+    if len(keys) != len(pairs) or keys != sorted(keys):
+        raise _NotFast  # duplicate or unsorted keys (ASCII keys: code point order is RFC 8785's)
+    return obj
+
+
+def _safe_int(text: str) -> int:
+    value = int(text)
+    if len(text) > 15 and abs(value) > MAX_SAFE_INT:  # 15 characters are always safe
+        raise _NotFast
+    return value
+
+
+def _refuse(text: str) -> Any:
+    raise _NotFast
+
+
+#: Decodes only what canonical printable-ASCII text may hold: keys strictly ascending, safe
+#: integers, no float, no NaN or Infinity.
+_FAST_DECODER = json.JSONDecoder(
+    object_pairs_hook=_ascending_object,
+    parse_int=_safe_int,
+    parse_float=_refuse,
+    parse_constant=_refuse,
+)
+_FAST_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def parse_canonical(data: bytes | str, *, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """The value ``data`` encodes, provided ``data`` is exactly its canonical form (§1).
+
+    Same outcome as ``parse_json`` followed by ``canonical(value) == data``, which is the exact
+    path; a property test keeps the two equal on canonical and on mutated text. The fast path
+    takes printable-ASCII text whose only escapes are ``\\"`` and ``\\\\`` and which has at most
+    32 brackets, and decodes it in C, refusing (to the exact path) keys that are not strictly
+    ascending, integers outside the safe range, floats and constants. Then every string token
+    is already its RFC 8785 spelling, every object's members are in RFC 8785 order, and
+    separators are ``,`` and ``:``; the only differences left are whitespace between tokens
+    and ``-0``. Text with neither (no space, no ``-0`` at all) is therefore canonical as it
+    stands; other text is compared with the C encoder's sorted, compact output, which for such
+    values is RFC 8785 (the fast path of :func:`canonical`).
+    """
+    if len(data) > max_bytes:
+        raise EncodingError(f"JSON document of {len(data)} bytes exceeds the {max_bytes} limit")
+    text = data if isinstance(data, str) else data.decode("latin-1") if data.isascii() else None
+    if (
+        text is not None
+        and text.isascii()
+        and text.isprintable()
+        and text.count("{") + text.count("[") <= MAX_JSON_DEPTH
+        and ("\\" not in text or _OTHER_ESCAPE.search(text) is None)
+    ):
+        try:
+            value = _FAST_DECODER.decode(text)
+        except (_NotFast, ValueError, RecursionError):
+            pass
+        else:
+            if (" " not in text and "-0" not in text) or _FAST_ENCODER.encode(value) == text:
+                return value
+    return _parse_canonical_exact(data, max_bytes)
+
+
+def _parse_canonical_exact(data: bytes | str, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    value = parse_json(data, max_bytes=max_bytes)
+    encoded = data.encode("utf-8") if isinstance(data, str) else data
+    if canonical(value) != encoded:
+        raise NotCanonicalError("JSON is not in canonical form")
     return value
 
 

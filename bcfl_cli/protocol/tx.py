@@ -26,10 +26,21 @@ from bcfl_cli.protocol.crypto import (
     sign_digest,
     verify_by_did,
 )
-from bcfl_cli.protocol.encoding import hash_object, is_hash_hex, is_signature_hex
+from bcfl_cli.protocol.encoding import (
+    canonical,
+    hash_object,
+    is_hash_hex,
+    is_signature_hex,
+    parse_canonical,
+    sha256_hex,
+)
 
 PROTOCOL_VERSION = 1
 MAX_TX_BYTES = 64 * 1024
+#: The signed form is ``{"sig":"<128 hex>","tx":UNSIGNED}``: UNSIGNED starts at byte 143 and
+#: 144 bytes surround it.
+_UNSIGNED_START = len('{"sig":"') + 128 + len('","tx":')
+SIGNED_OVERHEAD = _UNSIGNED_START + 1
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
 _DECIMAL = re.compile(
     r"^-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$|^(nan|inf|-inf)$"
@@ -183,10 +194,32 @@ class Transaction:
 
     @property
     def hash(self) -> str:
-        return hash_object(self.unsigned())
+        known = self.__dict__.get("_digest")
+        return known[0] if known is not None else hash_object(self.unsigned())
+
+    def digest(self) -> tuple[str, int]:
+        """(hash, size in bytes of the canonical signed form) from one canonicalisation."""
+        known: tuple[str, int] | None = self.__dict__.get("_digest")
+        if known is not None:
+            return known
+        unsigned = canonical(self.unsigned())
+        return sha256_hex(unsigned), len(unsigned) + SIGNED_OVERHEAD
 
     def to_dict(self) -> dict[str, Any]:
         return {"tx": self.unsigned(), "sig": self.signature}
+
+    @classmethod
+    def from_canonical(cls, data: str | bytes) -> Transaction:
+        """A signed transaction from its canonical bytes (refusing any other spelling).
+
+        The hash is read off those bytes, which hold UNSIGNED's canonical form verbatim, instead
+        of encoding the parsed value again; it is kept with the object (which is frozen, and
+        whose body nobody else holds), so it always matches its content.
+        """
+        raw = data.encode("utf-8") if isinstance(data, str) else data
+        tx = cls.from_dict(parse_canonical(data))
+        object.__setattr__(tx, "_digest", (sha256_hex(raw[_UNSIGNED_START:-1]), len(raw)))
+        return tx
 
     def signature_valid(self) -> bool:
         return verify_by_did(self.author, Domain.TX, self.hash, self.signature)

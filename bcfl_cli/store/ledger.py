@@ -10,10 +10,10 @@ Whether a block obeys the chain rules is not checked here: that is ``bcfl_cli.ch
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -21,7 +21,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from bcfl_cli.errors import EncodingError, StoreError
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import Block, BlockHeader, CommitCertificate
-from bcfl_cli.protocol.encoding import canonical, hash_object, is_hash_hex, parse_json, sha256_hex
+from bcfl_cli.protocol.encoding import (
+    NotCanonicalError,
+    canonical,
+    hash_object,
+    is_hash_hex,
+    parse_canonical,
+)
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store import migrate
 from bcfl_cli.store.blobs import BlobStore
@@ -30,6 +36,7 @@ from bcfl_cli.store.tables import blocks, meta, txs
 
 _HINT_MISSING = "run `bcfl init` or `bcfl join`"
 _READ_BATCH = 256
+_T = TypeVar("_T")
 
 
 def _text(obj: Any) -> str:
@@ -38,12 +45,11 @@ def _text(obj: Any) -> str:
 
 def _parse_canonical(text: str, what: str) -> Any:
     try:
-        value = parse_json(text)
+        return parse_canonical(text)
+    except NotCanonicalError as exc:
+        raise StoreError(f"{what}: stored JSON is not in canonical form") from exc
     except EncodingError as exc:
         raise StoreError(f"{what}: stored JSON unreadable: {exc.message}") from exc
-    if canonical(value) != text.encode("utf-8"):
-        raise StoreError(f"{what}: stored JSON is not in canonical form")
-    return value
 
 
 class Ledger:
@@ -300,43 +306,32 @@ def _insert_block(conn: Connection, block: Block) -> None:
         )
 
 
-#: Canonical signed form: ``{"sig":"<128 hex>","tx":UNSIGNED}``; UNSIGNED starts at byte 143.
-_UNSIGNED_START = len('{"sig":"') + 128 + len('","tx":')
-
-
-def _signed_tx_hash(text: str) -> str:
-    """The hash of a stored transaction, read off its (already checked) canonical text.
-
-    Saves a second canonicalisation of every transaction read; equal to ``tx.hash`` because
-    the text was verified to be canonical, so UNSIGNED's bytes appear in it verbatim.
-    """
-    return sha256_hex(text.encode("utf-8")[_UNSIGNED_START:-1])
+def _from_canonical(parse: Callable[[str], _T], text: str, what: str) -> _T:
+    """Parse a stored row with ``parse`` (canonical bytes only); any failure is a StoreError."""
+    try:
+        return parse(text)
+    except NotCanonicalError as exc:
+        raise StoreError(f"{what}: stored JSON is not in canonical form") from exc
+    except EncodingError as exc:
+        raise StoreError(f"{what}: {exc.message}") from exc
 
 
 def _tx_from_row(row: Row[Any]) -> Transaction:
     what = f"transaction {row.hash}"
-    try:
-        tx = Transaction.from_dict(_parse_canonical(row.body, what))
-    except EncodingError as exc:
-        raise StoreError(f"{what}: {exc.message}") from exc
-    if (_signed_tx_hash(row.body), str(tx.kind), tx.author) != (row.hash, row.kind, row.author):
+    tx = _from_canonical(Transaction.from_canonical, row.body, what)
+    if (tx.hash, str(tx.kind), tx.author) != (row.hash, row.kind, row.author):
         raise StoreError(f"{what}: stored index columns do not match its content")
     return tx
 
 
 def _block_from_rows(row: Row[Any], tx_rows: Sequence[Row[Any]]) -> Block:
     what = f"block {row.height}"
-    try:
-        header = BlockHeader.from_dict(_parse_canonical(row.header, f"{what} header"))
-        commit = None
-        if row.commit is not None:
-            commit = CommitCertificate.from_dict(_parse_canonical(row.commit, f"{what} commit"))
-    except EncodingError as exc:
-        raise StoreError(f"{what}: {exc.message}") from exc
+    header = _from_canonical(BlockHeader.from_canonical, row.header, f"{what} header")
+    commit = None
+    if row.commit is not None:
+        commit = _from_canonical(CommitCertificate.from_canonical, row.commit, f"{what} commit")
     stored = (row.height, row.hash, row.prev, row.time, row.proposer)
-    # the text was checked canonical, so its SHA-256 is the header hash (no re-encoding)
-    header_hash = sha256_hex(row.header.encode("utf-8"))
-    if stored != (header.height, header_hash, header.prev, header.time, header.proposer):
+    if stored != (header.height, header.hash, header.prev, header.time, header.proposer):
         raise StoreError(f"{what}: stored index columns do not match its header")
     if [int(r.idx) for r in tx_rows] != list(range(len(tx_rows))):
         raise StoreError(f"{what}: transaction positions are not 0..{len(tx_rows) - 1}")

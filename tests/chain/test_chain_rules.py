@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from bcfl_cli.chain import ChainState, build_block, commit_with_keys
 from bcfl_cli.errors import VerificationError
-from bcfl_cli.protocol.block import Block, BlockHeader, Vote, VoteType
+from bcfl_cli.protocol.block import Block, Vote, VoteType
 from bcfl_cli.protocol.tx import TxKind, make_tx
 from tests.chain.factories import (
     Consortium,
@@ -171,7 +173,7 @@ def test_block_rules(tmp_path):
     h = good.header
 
     def variant(**changes):
-        header = BlockHeader(**{**h.__dict__, **changes})
+        header = dataclasses.replace(h, **changes)
         keys = [key_for(n) for n in ("alice", "bob", "carol", "dave")]
         return commit_with_keys(Block(header, (), None), keys, c.chain)
 

@@ -306,8 +306,8 @@ def test_merkle_leaf_cannot_pose_as_inner_node():
 @given(transactions())
 def test_ledger_reads_the_hash_off_the_canonical_text(tx):
     from bcfl_cli.chain.state import tx_digest
-    from bcfl_cli.store.ledger import _signed_tx_hash
 
     signed = canonical(tx.to_dict())
-    assert _signed_tx_hash(signed.decode("utf-8")) == tx.hash
-    assert tx_digest(tx) == (tx.hash, len(signed))
+    read = Transaction.from_canonical(signed.decode("utf-8"))
+    assert read.hash == tx.hash == hash_object(tx.unsigned())
+    assert tx_digest(tx) == tx_digest(read) == (tx.hash, len(signed))

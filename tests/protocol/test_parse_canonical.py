@@ -1,0 +1,212 @@
+"""``parse_canonical``'s fast path must decide exactly as the exact path (parse, re-encode with
+rfc8785, compare), on canonical text and on text one edit away from it; the vote template and
+the hashes read off stored bytes must equal ``hash_object`` of the parsed value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bcfl_cli.errors import EncodingError
+from bcfl_cli.protocol.block import BlockHeader, CommitCertificate, Vote, VoteType
+from bcfl_cli.protocol.encoding import (
+    MAX_SAFE_INT,
+    NotCanonicalError,
+    _parse_canonical_exact,
+    canonical,
+    hash_object,
+    parse_canonical,
+)
+from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from tests.chain.factories import did_for, key_for
+
+printable = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=10)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-MAX_SAFE_INT, max_value=MAX_SAFE_INT)
+    | st.integers(min_value=-(2**60), max_value=2**60)  # some out of the safe range
+    | st.sampled_from([0, -1, 10**15, -(10**15), MAX_SAFE_INT, -MAX_SAFE_INT])
+    | printable
+    | st.text(max_size=6)  # any unicode: escapes, non-ASCII, surrogates' neighbours
+    | st.sampled_from(["", " ", "-0", '"', "\\", "\\u0041", "a b", "/", "\x7f", "\u2028"])
+)
+keys = printable | st.text(max_size=4)
+documents = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),
+    max_leaves=16,
+)
+#: Characters whose insertion or substitution changes what canonical text means.
+EDITS = list(' -0123456789"\\{}[],:.eEuU/tfn+\t\n') + ["\\u0041", "\\/", "1.0", "-0", "  "]
+
+
+def _outcome(parse: Any, text: str | bytes) -> tuple[str, str]:
+    try:
+        return ("ok", repr(parse(text)))
+    except NotCanonicalError:
+        return ("not_canonical", "")
+    except EncodingError:
+        return ("error", "")
+
+
+def _same_as_exact(text: str | bytes) -> None:
+    assert _outcome(parse_canonical, text) == _outcome(_parse_canonical_exact, text), text
+
+
+def _rfc(doc: Any) -> str | None:
+    try:
+        return bytes(rfc8785.dumps(doc)).decode("utf-8")
+    except (rfc8785.CanonicalizationError, ValueError):
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(documents)
+def test_canonical_text_parses_to_its_value(doc: Any) -> None:
+    text = _rfc(doc)
+    if text is None:
+        return
+    _same_as_exact(text)
+    _same_as_exact(text.encode("utf-8"))
+    if _outcome(_parse_canonical_exact, text)[0] == "ok":
+        assert canonical(parse_canonical(text)) == text.encode("utf-8")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(documents, st.data())
+def test_one_edit_away_decides_as_the_exact_path(doc: Any, data: st.DataObject) -> None:
+    text = _rfc(doc)
+    if text is None:
+        return
+    pos = data.draw(st.integers(min_value=0, max_value=len(text)))
+    action = data.draw(st.sampled_from(["insert", "replace", "delete", "swap"]))
+    piece = data.draw(st.sampled_from(EDITS))
+    if action == "insert":
+        edited = text[:pos] + piece + text[pos:]
+    elif action == "replace":
+        edited = text[:pos] + piece + text[pos + 1 :]
+    elif action == "delete":
+        edited = text[:pos] + text[pos + 1 :]
+    else:
+        edited = text[:pos] + text[pos + 1 : pos + 2] + text[pos : pos + 1] + text[pos + 2 :]
+    _same_as_exact(edited)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a":1,"b":2}',
+        '{"b":1,"a":2}',  # unsorted
+        '{"a":1,"a":2}',  # duplicate
+        '{"a":1, "b":2}',  # whitespace between tokens
+        '{"a":"x y"}',  # a space inside a string is fine
+        '{"a":-0}',
+        '{"a":"-0"}',
+        '{"a":1.0}',
+        '{"a":1e5}',
+        '{"a":NaN}',
+        '{"a":Infinity}',
+        '{"a":-Infinity}',
+        f'{{"a":{MAX_SAFE_INT}}}',
+        f'{{"a":{-MAX_SAFE_INT}}}',
+        f'{{"a":{MAX_SAFE_INT + 1}}}',
+        f'{{"a":{-MAX_SAFE_INT - 1}}}',
+        '{"a":"\\u0041"}',  # an unnecessary escape
+        '{"a":"\\u00e9"}',  # RFC 8785 writes the character itself
+        '{"a":"\\n"}',  # the canonical escape of a control character
+        '{"a":"\\/"}',
+        '{"a":"\\\\u0041"}',  # an escaped backslash followed by "u0041"
+        '{"a":"\\"\\\\"}',
+        '{"\\u00e9":1}',
+        '"top"',
+        "12",
+        "true",
+        "null",
+        "[]",
+        "{}",
+        " {}",
+        "{} ",
+        "[1,]",
+        '{"a":01}',
+        "[" * 32 + "]" * 32,
+        "[" * 33 + "]" * 33,  # deeper than allowed
+        '{"a":[' + ",".join(["{}"] * 40) + "]}",  # many brackets, shallow: the exact path
+        '{"a":"é"}',
+        '{"a":"\x7f"}',
+    ],
+)
+def test_edge_cases_decide_as_the_exact_path(text: str) -> None:
+    _same_as_exact(text)
+    _same_as_exact(text.encode("utf-8"))
+
+
+def test_size_limit_applies_to_both_paths() -> None:
+    with pytest.raises(EncodingError, match="exceeds"):
+        parse_canonical('{"a":"' + "x" * 100 + '"}', max_bytes=50)
+
+
+# --- hashes without re-encoding -------------------------------------------------------------
+CHAIN = "ab" * 32
+dids = st.sampled_from([did_for(n) for n in ("alice", "bob", "carol")])
+odd_text = st.text(max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    chain=st.sampled_from([CHAIN, "", 'x"y', "\\", "é"]) | odd_text,
+    height=st.integers(min_value=-(2**54), max_value=2**54) | st.booleans(),
+    round_=st.integers(min_value=0, max_value=2**54),
+    vtype=st.sampled_from(list(VoteType)),
+    block=st.sampled_from(["", "cd" * 32]) | odd_text,
+    validator=dids | odd_text,
+)
+def test_vote_hash_template_equals_canonical(
+    chain: str, height: int, round_: int, vtype: VoteType, block: str, validator: str
+) -> None:
+    vote = Vote(chain, height, round_, vtype, block, validator)
+    try:
+        expected = hash_object(vote.unsigned())
+    except EncodingError:
+        with pytest.raises(EncodingError):
+            _ = vote.hash
+        return
+    assert vote.hash == expected
+
+
+def test_hashes_read_off_canonical_bytes() -> None:
+    key = key_for("alice")
+    tx = make_tx(
+        key,
+        CHAIN,
+        TxKind.VALIDATION,
+        {"update": "ef" * 32, "verdict": "reject", "reason": "bad_norm", "detail": 'a "b" \\ c'},
+    )
+    text = canonical(tx.to_dict())
+    read = Transaction.from_canonical(text.decode())
+    assert read == tx
+    assert read.hash == tx.hash == hash_object(tx.unsigned())
+    assert read.digest() == tx.digest() == (tx.hash, len(text))
+    header = BlockHeader(3, "00" * 32, 5, did_for("bob"), "11" * 32, "22" * 32, "33" * 32)
+    stored = canonical(header.to_dict())
+    assert BlockHeader.from_canonical(stored).hash == header.hash == hash_object(header.to_dict())
+    commit = CommitCertificate(3, 0, header.hash, ((did_for("bob"), "44" * 64),))
+    assert CommitCertificate.from_canonical(canonical(commit.to_dict())) == commit
+
+
+def test_from_canonical_refuses_other_spellings() -> None:
+    tx = make_tx(
+        key_for("alice"),
+        CHAIN,
+        TxKind.VALIDATION,
+        {"update": "ef" * 32, "verdict": "accept", "reason": "ok", "detail": ""},
+    )
+    text = canonical(tx.to_dict()).decode()
+    with pytest.raises(NotCanonicalError):
+        Transaction.from_canonical(text.replace('"tx":', '"tx": '))
+    with pytest.raises(NotCanonicalError):
+        Transaction.from_canonical(text.replace('"detail":""', '"detail":"\\u0041"'))
