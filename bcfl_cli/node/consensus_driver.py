@@ -69,6 +69,10 @@ PULL_TIMEOUT_S = 3.0
 MAX_PULLED_MESSAGES = 2_000
 STALL_S = 3.0
 VALIDATION_GRACE_S = 60.0
+#: How long a proposal's blobs are fetched for before the check gives up (the proposer first).
+VALIDATION_FETCH_S = 10.0
+#: Proposals and blobs whose fetch failed, remembered (bounded) so they stop holding timeouts.
+FAILED_FETCHES = 256
 
 
 class ConsensusDriver:
@@ -99,7 +103,14 @@ class ConsensusDriver:
         self._validated: OrderedDict[tuple[str, str], tuple[Validity, ChainState | None]] = (
             OrderedDict()
         )
-        self._validating: set[tuple[str, str]] = set()
+        # Proposals being checked -> whether the check may hold the propose timeout: a first
+        # fetch of its blobs or the computation may; a retry after a failed fetch may not.
+        self._validating: dict[tuple[str, str], bool] = {}
+        # Proposals whose blobs could not be fetched -> the engine round of the failure (one
+        # retry per later round), and blobs no peer served (a new proposal holding one of them
+        # does not hold the propose timeout while it is fetched).
+        self._fetch_failed: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._missing_blobs: OrderedDict[str, None] = OrderedDict()
         self._next_height_seen = asyncio.Event()
         self._work = asyncio.Event()
         self._started_height = -1
@@ -266,21 +277,24 @@ class ConsensusDriver:
         """Fire ``action`` after its duration on the node's clock.
 
         A propose timeout is held back while this node is still checking a proposal of that
-        height (fetching its blobs, recomputing a large aggregate), up to VALIDATION_GRACE_S:
-        the engine would otherwise prevote nil on a valid block only because checking it takes
-        longer than the timeout.
+        height (a first fetch of its blobs, the contract check or aggregate recompute), up to
+        VALIDATION_GRACE_S: the engine would otherwise prevote nil on a valid block only
+        because checking it takes longer than the timeout. A proposal whose blobs could not be
+        fetched (their holder is down or hung) holds nothing: its retry, at most once per later
+        round, runs while the timeout takes its base course.
         """
         event = TimeoutFired(action.kind, action.height, action.round)
         clock = self.node.clock
         give_up = clock.monotonic() + action.duration_ms / 1000.0 + VALIDATION_GRACE_S
+        if action.kind is TimeoutKind.PROPOSE and self._retry_due(action.height, action.round):
+            self.handle(Recheck())  # the engine asks ``validate`` again: one retry this round
 
         def fire() -> None:
             self._timers.difference_update(timer)
             timer.clear()
-            checking = any(key[1] == self.node.state.head_hash for key in self._validating)
             if (
                 action.kind is TimeoutKind.PROPOSE
-                and checking
+                and self._holding()
                 and self.engine.height == action.height
                 and clock.monotonic() < give_up
             ):
@@ -293,6 +307,21 @@ class ConsensusDriver:
 
         timer: list[asyncio.TimerHandle] = [clock.call_later(action.duration_ms / 1000.0, fire)]
         self._timers.update(timer)
+
+    def _holding(self) -> bool:
+        """A check of a proposal on our head is under way that may hold the propose timeout."""
+        head = self.node.state.head_hash
+        return any(holds and key[1] == head for key, holds in self._validating.items())
+
+    def _retry_due(self, height: int, round: int) -> bool:
+        """A proposal on our head whose fetch failed in an earlier round of ``height``."""
+        state = self.node.state
+        if height != state.height + 1:
+            return False
+        return any(
+            key[1] == state.head_hash and failed < round
+            for key, failed in self._fetch_failed.items()
+        )
 
     def _commit(self, block: Block) -> None:
         node = self.node
@@ -414,6 +443,7 @@ class ConsensusDriver:
             now_ms=now,
             verdict_of=node.prepared_verdict,
             aggregate_of=node.prepared_aggregate,
+            has_blob=node.blobs.has,
         )
         block, new_state = build_proposal(
             state,
@@ -439,21 +469,52 @@ class ConsensusDriver:
         known = self._validated.get(key)
         if known is not None:
             return known[0]
-        if key not in self._validating:
-            self._validating.add(key)
-            self._spawn(self._validate_async(block, state))
+        if key in self._validating:
+            return Validity.UNKNOWN
+        failed = self._fetch_failed.get(key)
+        if failed is not None and not (
+            self.engine.height == block.height and self.engine.round > failed
+        ):
+            return Validity.UNKNOWN  # its blobs were not to be had this round; retry in the next
+        missing = any(d in self._missing_blobs for d in referenced_blobs(block))
+        self._validating[key] = failed is None and not missing
+        self._spawn(self._validate_async(block, state))
         return Validity.UNKNOWN
 
     async def _validate_async(self, block: Block, state: ChainState) -> None:
         node = self.node
         key = (block.hash, state.head_hash)
         try:
-            owners = blob_owners(list(block.txs))
-            if not await node.syncer.ensure_blobs(
-                referenced_blobs(block), timeout_s=10.0, prefer=owners
-            ):
-                log.info("cannot fetch the blobs of proposal %s yet", block.hash[:16])
+            digests = referenced_blobs(block)
+            # The proposer first: it held every blob when it proposed (``plan_block`` leaves
+            # out updates whose blob it lacks) and it was alive a moment ago; the author, who
+            # may be down or hung, only after it.
+            prefer: dict[str, str | tuple[str, ...]] = {
+                blob: (block.header.proposer, author)
+                for blob, author in blob_owners(list(block.txs)).items()
+            }
+            try:
+                # bounded as a whole: a download of the same blob by the round preparation or
+                # the sync loop (holding its lock, asking a hung author) is not waited out
+                fetched = await asyncio.wait_for(
+                    node.syncer.ensure_blobs(digests, timeout_s=VALIDATION_FETCH_S, prefer=prefer),
+                    VALIDATION_FETCH_S,
+                )
+            except TimeoutError:
+                fetched = False
+            if not fetched:
+                self._note_fetch_failed(key, digests)
+                log.info(
+                    "cannot fetch the blobs of proposal %s; not holding the propose timeout",
+                    block.hash[:16],
+                    extra=fields(height=block.height, round=self.engine.round),
+                )
                 return  # stays UNKNOWN: the propose timeout prevotes nil
+            for digest in digests:
+                self._missing_blobs.pop(digest, None)
+            self._fetch_failed.pop(key, None)
+            if key in self._validating:
+                self._validating[key] = True  # a computation under way holds the timeout
 
             def check() -> ChainState:
                 return state.apply(block, checks=node.checks, proposal=True)
@@ -473,9 +534,22 @@ class ConsensusDriver:
                 log.warning("proposal could not be checked: %s", exc.message)
                 return
         finally:
-            self._validating.discard(key)
+            self._validating.pop(key, None)
         if node.state is state:
             self.handle(Recheck())
+
+    def _note_fetch_failed(self, key: tuple[str, str], digests: list[str]) -> None:
+        """Remember (bounded) that ``key``'s blobs could not be fetched, and which were missing."""
+        self._fetch_failed[key] = self.engine.round
+        self._fetch_failed.move_to_end(key)
+        while len(self._fetch_failed) > FAILED_FETCHES:
+            self._fetch_failed.popitem(last=False)
+        for digest in digests:
+            if not self.node.blobs.has(digest):
+                self._missing_blobs[digest] = None
+                self._missing_blobs.move_to_end(digest)
+        while len(self._missing_blobs) > FAILED_FETCHES:
+            self._missing_blobs.popitem(last=False)
 
     def _store_validity(
         self, block_hash: str, head: str, validity: Validity, state: ChainState | None

@@ -8,7 +8,9 @@ transactions of the next block:
 2. ``open_round`` when no round is open and the plan has rounds left (base = the latest
    aggregate model, or the genesis initial model; ``deadline_height`` = height + plan);
 3. while the round collects updates: each prepared update immediately followed by this
-   proposer's ``validation`` carrying the contract's verdict;
+   proposer's ``validation`` carrying the contract's verdict; an update whose blob this node
+   does not hold (``has_blob``) waits in the mempool for a later block, as the validators fetch
+   the blobs of a proposal from its proposer first, and a proposer must be able to serve them;
 4. once ``min_updates`` are accepted or the deadline height is reached: the ``aggregate``
    (no more updates after that point: the aggregate lists exactly the accepted set).
 
@@ -43,6 +45,7 @@ MAX_BLOCK_TXS = 500
 
 VerdictOf = Callable[[Transaction], VerdictLike | None]
 AggregateOf = Callable[[ChainState], tuple[str, int] | None]
+HasBlob = Callable[[str], bool]
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,16 @@ def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[T
     return out
 
 
+def proposable_updates(
+    state: ChainState, pending: Sequence[Transaction], has_blob: HasBlob | None
+) -> list[Transaction]:
+    """``pending_updates`` whose blob this node holds (all of them without ``has_blob``)."""
+    updates = pending_updates(state, pending)
+    if has_blob is None:
+        return updates
+    return [tx for tx in updates if has_blob(tx.body["blob"])]
+
+
 def plan_block(
     state: ChainState,
     pending: Sequence[Transaction],
@@ -97,9 +110,14 @@ def plan_block(
     now_ms: int,
     verdict_of: VerdictOf,
     aggregate_of: AggregateOf,
+    has_blob: HasBlob | None = None,
     max_txs: int = MAX_BLOCK_TXS,
 ) -> list[Transaction]:
-    """The transactions of the block at ``height`` (``state`` is the state after height - 1)."""
+    """The transactions of the block at ``height`` (``state`` is the state after height - 1).
+
+    With ``has_blob``, an update whose blob it denies is left out (not dropped: it stays
+    pending for a later block).
+    """
     chain = state.chain_id
     txs: list[Transaction] = []
     for tx in pending:
@@ -136,7 +154,7 @@ def plan_block(
             }
             txs.append(make_tx(key, chain, TxKind.AGGREGATE, body, time_ms=now_ms))
         return txs
-    for update in pending_updates(state, pending):
+    for update in proposable_updates(state, pending, has_blob):
         if len(txs) + 2 > max_txs:
             break
         verdict = verdict_of(update)
@@ -159,6 +177,7 @@ def has_work(
     height: int,
     verdict_of: VerdictOf,
     aggregate_of: AggregateOf,
+    has_blob: HasBlob | None = None,
 ) -> bool:
     """Whether the block at ``height`` would hold anything (else the proposer may wait)."""
     if any(tx.kind not in (TxKind.UPDATE,) for tx in pending):
@@ -168,7 +187,7 @@ def has_work(
         return rounds_left(state)
     if aggregate_due(state, height):
         return aggregate_of(state) is not None
-    return any(verdict_of(tx) is not None for tx in pending_updates(state, pending))
+    return any(verdict_of(tx) is not None for tx in proposable_updates(state, pending, has_blob))
 
 
 def build_proposal(

@@ -274,6 +274,7 @@ class Node:
             height=height,
             verdict_of=self.prepared_verdict,
             aggregate_of=self.prepared_aggregate,
+            has_blob=self.blobs.has,
         )
 
     def wake_prepare(self) -> None:

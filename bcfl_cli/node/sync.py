@@ -20,7 +20,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -157,12 +157,12 @@ class Syncer:
         digests: list[str],
         *,
         timeout_s: float = BLOB_FETCH_TIMEOUT_S,
-        prefer: dict[str, str] | None = None,
+        prefer: Mapping[str, str | tuple[str, ...]] | None = None,
     ) -> bool:
         """Fetch the missing ones from peers, concurrently; True when all are held.
 
-        ``prefer`` maps a blob to the did most likely to hold it (an update's author), whose
-        node is asked first.
+        ``prefer`` maps a blob to the did (or dids, in order) most likely to hold it (an
+        update's author, a proposal's proposer), whose nodes are asked first.
         """
         missing = [d for d in dict.fromkeys(digests) if not self.node.blobs.has(d)]
         if not missing:
@@ -172,15 +172,21 @@ class Syncer:
         )
         return all(results)
 
-    async def _ensure_one(self, digest: str, timeout_s: float, owner: str | None) -> bool:
-        """One blob, from the owner's node first, then the others (one download at a time)."""
+    async def _ensure_one(
+        self, digest: str, timeout_s: float, owner: str | tuple[str, ...] | None
+    ) -> bool:
+        """One blob, from the owners' nodes first, then the others (one download at a time)."""
         node = self.node
         deadline = time.monotonic() + timeout_s
+        owners = (owner,) if isinstance(owner, str) else (owner or ())
         if len(self._fetching) > MAX_FETCH_LOCKS:
             self._fetching = {d: k for d, k in self._fetching.items() if k.locked()}
         lock = self._fetching.setdefault(digest, asyncio.Lock())
         async with lock:
-            peers = sorted(node.peers.live(), key=lambda p: p.did != owner)
+            peers = sorted(
+                node.peers.live(),
+                key=lambda p: owners.index(p.did) if p.did in owners else len(owners),
+            )
             for i, peer in enumerate(peers):
                 left = deadline - time.monotonic()
                 if node.blobs.has(digest) or left <= 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -133,3 +133,44 @@ def test_without_keeps_updates_with_their_validation(chain: Chain) -> None:
     object.__setattr__(d, "kind", TxKind.VALIDATION)
     assert _without([a, b, c, d], b.hash) == [c, d]
     assert _without([a, b, c, d], c.hash) == [a, b]
+
+
+def test_updates_whose_blob_the_proposer_lacks_wait_for_a_later_block(chain: Chain) -> None:
+    checks = CachingChecks(FLChecks(chain.blobs))
+    step(chain, [], checks)  # open
+    held, lacked = chain.update("bob", scale=0.01), chain.update("carol", scale=0.02)
+    state = chain.state
+    height = state.height + 1
+
+    def plan(has_blob: Callable[[str], bool]) -> list[Transaction]:
+        return plan_block(
+            state,
+            [lacked, held],
+            height=height,
+            key=key("alice"),
+            now_ms=chain.now(),
+            verdict_of=lambda tx: checks.check_update(state, tx),
+            aggregate_of=lambda s: None,
+            has_blob=has_blob,
+        )
+
+    missing = {lacked.body["blob"]}
+    txs = plan(lambda blob: blob not in missing)
+    assert kinds(txs) == ["update", "validation"] and txs[0].hash == held.hash
+    assert has_work(
+        state,
+        [lacked],
+        height=height,
+        verdict_of=lambda tx: checks.check_update(state, tx),
+        aggregate_of=lambda s: None,
+    )
+    assert not has_work(
+        state,
+        [lacked],
+        height=height,
+        verdict_of=lambda tx: checks.check_update(state, tx),
+        aggregate_of=lambda s: None,
+        has_blob=lambda blob: blob not in missing,
+    )
+    # once the blob is here, the update goes in (it was only delayed, never dropped)
+    assert [t.hash for t in plan(lambda blob: True)[::2]] == [lacked.hash, held.hash]

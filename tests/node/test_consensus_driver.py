@@ -1,0 +1,291 @@
+"""The consensus driver's propose-timeout hold: a check under way holds it, a failed fetch not.
+
+No processes and no network: a real ``ConsensusDriver`` on a stand-in node whose syncer and
+worker are scripted, and real blocks from the in-memory founders' chain. The engine is not
+driven: what the driver feeds it is recorded instead, and its height and round are set by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bcfl_cli.chain import ChainState
+from bcfl_cli.consensus.messages import (
+    Event,
+    Recheck,
+    ScheduleTimeout,
+    TimeoutFired,
+    TimeoutKind,
+    Validity,
+)
+from bcfl_cli.fl.checks import FLChecks
+from bcfl_cli.node.clock import Clock
+from bcfl_cli.node.consensus_driver import ConsensusDriver
+from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
+from bcfl_cli.node.sync import CachingChecks
+from bcfl_cli.protocol.block import Block
+from tests.node._chain_fixture import Chain, did, key, make_chain
+
+PROPOSE_S = 0.2
+#: what the hold may add on top of a timeout that is not held: its 0.25 s poll, and a loaded CI
+SLACK_S = 0.25 + 0.5
+
+
+class Syncer:
+    """``ensure_blobs`` answers ``result`` after ``delay_s``; every call is recorded."""
+
+    def __init__(self, *, result: bool, delay_s: float) -> None:
+        self.result = result
+        self.delay_s = delay_s
+        self.calls: list[dict[str, Any]] = []
+
+    async def ensure_blobs(self, digests: list[str], **kw: Any) -> bool:
+        self.calls.append({"digests": digests, **kw})
+        await asyncio.sleep(self.delay_s)
+        return self.result
+
+
+class Blobs:
+    """Holds nothing (the update blobs of the proposals are someone else's)."""
+
+    def has(self, digest: str) -> bool:
+        return False
+
+
+class Peers:
+    def live(self) -> list[Any]:
+        return []
+
+    def broadcast(self, path: str, payload: Any) -> None:
+        pass
+
+
+class Guard:
+    def state(self, chain: str) -> None:
+        return None
+
+
+class StubNode:
+    def __init__(self, chain: Chain, syncer: Syncer, after: ChainState) -> None:
+        self.genesis_hash = chain.ledger.block(0).hash
+        self.did = did("carol")
+        self.state = chain.state
+        self.clock = Clock()
+        self.syncer = syncer
+        self.blobs = Blobs()
+        self.peers = Peers()
+        self.checks = CachingChecks(FLChecks(chain.blobs))
+        self.after = after
+        self.release = asyncio.Event()
+        self.release.set()
+        self.worker_calls = 0
+
+    async def run_worker(self, fn: Any) -> ChainState:
+        """The contract check: done once ``release`` is set (the block's real state after)."""
+        self.worker_calls += 1
+        await self.release.wait()
+        return self.after
+
+
+class RecordingDriver(ConsensusDriver):
+    def __init__(self, node: Any) -> None:
+        super().__init__(node, Guard())  # type: ignore[arg-type]
+        self.events: list[tuple[float, Event]] = []
+
+    def handle(self, event: Event) -> None:
+        self.events.append((asyncio.get_running_loop().time(), event))
+
+    def fired(self) -> list[float]:
+        return [t for t, e in self.events if isinstance(e, TimeoutFired)]
+
+    def rechecks(self) -> int:
+        return sum(isinstance(e, Recheck) for _, e in self.events)
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    c = make_chain(tmp_path, edit={"rounds = 10": "rounds = 2"})
+    yield c
+    c.ledger.close()
+
+
+def proposals(chain: Chain, count: int) -> tuple[list[Block], ChainState]:
+    """Open round 1, then ``count`` different proposals (by alice) holding bob's update."""
+    checks = CachingChecks(FLChecks(chain.blobs))
+    state = chain.state
+    opening = plan_block(
+        state,
+        [],
+        height=1,
+        key=key("alice"),
+        now_ms=chain.now(),
+        verdict_of=lambda tx: None,
+        aggregate_of=lambda s: compute_aggregate(s, chain.blobs),
+    )
+    block, after = build_proposal(
+        state, chain.head, opening, key("alice"), now_ms=chain.now(), checks=checks
+    )
+    chain.commit(block, after)
+    update = chain.update("bob", scale=0.01)
+    state = chain.state
+    txs = plan_block(
+        state,
+        [update],
+        height=state.height + 1,
+        key=key("alice"),
+        now_ms=chain.now(),
+        verdict_of=lambda tx: checks.check_update(state, tx),
+        aggregate_of=lambda s: None,
+    )
+    assert [t.hash for t in txs][:1] == [update.hash]
+    blocks = []
+    for i in range(count):
+        block, after = build_proposal(
+            state, chain.head, txs, key("alice"), now_ms=chain.now() + i, checks=checks
+        )
+        blocks.append(block)
+    return blocks, after
+
+
+def start(driver: RecordingDriver, block: Block, round: int = 0) -> float:
+    """The engine is at the block's height and ``round``; a propose timeout is scheduled."""
+    driver.engine.height, driver.engine.round = block.height, round
+    driver._schedule(
+        ScheduleTimeout(TimeoutKind.PROPOSE, block.height, round, int(PROPOSE_S * 1000))
+    )
+    return asyncio.get_running_loop().time()
+
+
+async def until(probe: Any, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not probe():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def test_a_failed_fetch_does_not_hold_the_propose_timeout(chain: Chain) -> None:
+    (block,), after = proposals(chain, 1)
+
+    async def scenario() -> None:
+        syncer = Syncer(result=False, delay_s=0.05)
+        driver = RecordingDriver(StubNode(chain, syncer, after))
+        began = start(driver, block)
+        # the engine asks again and again (every Recheck of other proposals): no new fetch
+        while not driver.fired():
+            assert driver.validate(block) is Validity.UNKNOWN
+            assert asyncio.get_running_loop().time() - began < PROPOSE_S + SLACK_S, "held"
+            await asyncio.sleep(0.02)
+        assert driver.fired()[0] - began < PROPOSE_S + SLACK_S
+        assert len(syncer.calls) == 1
+        assert not driver._validating and not driver._holding()
+        driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_fetch_is_retried_once_per_later_round_without_holding(chain: Chain) -> None:
+    (block,), after = proposals(chain, 1)
+
+    async def scenario() -> None:
+        syncer = Syncer(result=False, delay_s=0.05)
+        node = StubNode(chain, syncer, after)
+        driver = RecordingDriver(node)
+        driver.engine.height = block.height
+        driver.validate(block)
+        await until(lambda: not driver._validating)
+        assert driver.validate(block) is Validity.UNKNOWN
+        await asyncio.sleep(0.01)
+        assert len(syncer.calls) == 1  # not again in the same round
+        # round 1 starts: the driver has the engine ask again (a Recheck), once
+        began = start(driver, block, round=1)
+        assert driver.rechecks() == 1
+        driver.validate(block)
+        await asyncio.sleep(0.01)
+        assert len(syncer.calls) == 2
+        assert not driver._holding()  # the retry runs alongside the timeout, never holding it
+        driver.validate(block)
+        await asyncio.sleep(0.01)
+        assert len(syncer.calls) == 2
+        await until(lambda: bool(driver.fired()))
+        assert driver.fired()[0] - began < PROPOSE_S + SLACK_S
+        assert driver.validate(block) is Validity.UNKNOWN
+        await asyncio.sleep(0.01)
+        assert len(syncer.calls) == 2  # failed again in round 1: next try in round 2
+        # the retry got the blob this time: the check then holds, and the block is valid
+        syncer.result = True
+        start(driver, block, round=2)
+        assert driver.rechecks() == 2
+        driver.validate(block)
+        await until(lambda: not driver._validating)
+        assert driver.validate(block) is Validity.VALID
+        assert block.hash not in {k[0] for k in driver._fetch_failed}
+        driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_proposal_with_a_blob_that_failed_does_not_hold(chain: Chain) -> None:
+    (first, second), after = proposals(chain, 2)
+    assert first.hash != second.hash
+
+    async def scenario() -> None:
+        syncer = Syncer(result=False, delay_s=0.05)
+        driver = RecordingDriver(StubNode(chain, syncer, after))
+        driver.engine.height = first.height
+        driver.validate(first)
+        assert driver._holding()  # a first fetch may hold (up to its own bound)
+        await until(lambda: not driver._validating)
+        syncer.delay_s = 5.0
+        began = start(driver, second, round=1)
+        driver.validate(second)
+        await asyncio.sleep(0.01)
+        assert len(syncer.calls) == 2 and not driver._holding()
+        await until(lambda: bool(driver.fired()))
+        assert driver.fired()[0] - began < PROPOSE_S + SLACK_S
+        driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_check_under_way_holds_the_propose_timeout(chain: Chain) -> None:
+    (block,), after = proposals(chain, 1)
+
+    async def scenario() -> None:
+        syncer = Syncer(result=True, delay_s=0.0)
+        node = StubNode(chain, syncer, after)
+        node.release.clear()
+        driver = RecordingDriver(node)
+        start(driver, block)
+        driver.validate(block)
+        await until(lambda: node.worker_calls == 1)
+        await asyncio.sleep(PROPOSE_S + SLACK_S)
+        assert driver._holding() and not driver.fired()
+        node.release.set()
+        await until(lambda: bool(driver.fired()))
+        assert driver.validate(block) is Validity.VALID
+        assert driver.rechecks() == 1
+        driver.close()
+
+    asyncio.run(scenario())
+
+
+def test_blobs_are_asked_of_the_proposer_first(chain: Chain) -> None:
+    (block,), after = proposals(chain, 1)
+
+    async def scenario() -> None:
+        syncer = Syncer(result=True, delay_s=0.0)
+        driver = RecordingDriver(StubNode(chain, syncer, after))
+        driver.engine.height = block.height
+        driver.validate(block)
+        await until(lambda: not driver._validating)
+        (call,) = syncer.calls
+        blob = next(t.body["blob"] for t in block.txs if t.body.get("blob"))
+        assert call["prefer"] == {blob: (did("alice"), did("bob"))}
+        driver.close()
+
+    asyncio.run(scenario())
