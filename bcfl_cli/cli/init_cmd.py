@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -50,7 +51,15 @@ def init(
     time_ms: Annotated[
         int | None,
         typer.Option(
-            "--time-ms", hidden=True, min=0, help="Genesis time (ms), for reproducibility."
+            "--time-ms",
+            min=0,
+            max=2**53 - 1,
+            metavar="MS",
+            help="Genesis time in milliseconds since the Unix epoch (UTC), e.g. "
+            "1767225600000 for 2026-01-01T00:00:00Z. The time is part of the genesis block, so "
+            "founders agree on one value and all pass it: the same consortium file and the "
+            "same --time-ms give every founder the same genesis hash. Default: now, which "
+            "only suits a consortium with one founder.",
         ),
     ] = None,
 ) -> None:
@@ -70,6 +79,7 @@ def init(
         f"Consortium {config.name}",
         [
             ("genesis hash", result.genesis_hash),
+            ("genesis time", _time_text(result.genesis.header.time)),
             ("model", f"{config.model.architecture} {config.model.input_shape}"),
             ("initial model", result.initial_model),
             ("aggregation", config.aggregation.rule),
@@ -87,6 +97,14 @@ def init(
     render.info(
         "Members pin the genesis hash: it names this consortium. Check it with `bcfl verify-chain`."
     )
+
+
+def _time_text(ms: int) -> str:
+    try:
+        when = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    except (ValueError, OverflowError, OSError):  # beyond year 9999
+        return str(ms)
+    return f"{ms} ({when.replace('+00:00', 'Z')})"
 
 
 def _parse_member(spec: str) -> tuple[str, str]:

@@ -74,6 +74,47 @@ def test_init_is_reproducible_with_a_fixed_time(tmp_path):
     assert len(hashes) == 1
 
 
+def test_founders_agree_on_the_genesis_with_time_ms(make_home, tmp_path):
+    """The genesis ceremony: every founder runs init in its own home on the same file and the
+    same --time-ms, and all get the same genesis; another time is another consortium."""
+    founders = [make_home(n) for n in ("alice", "bob", "carol", "dave")]
+    path = tmp_path / "c.toml"
+    args = ["consortium", "example", "--out", str(path)]
+    for m in founders:
+        args += ["--member", f"{m.name}={m.root}"]
+    assert runner.invoke(app, args).exit_code == 0
+    agreed = "1767225600000"
+    results = [
+        runner.invoke(app, ["init", str(path), "--home", str(m.root), "--time-ms", agreed])
+        for m in founders
+    ]
+    assert all(r.exit_code == 0 for r in results), [r.output for r in results]
+    hashes = set()
+    for m in founders:
+        ledger = Ledger.open(Home.resolve(m.root))
+        hashes.add(ledger.block(0).hash)
+        ledger.close()
+    assert len(hashes) == 1
+    assert all("1767225600000 (2026-01-01T00:00:00.000Z)" in r.stdout for r in results)
+    later = runner.invoke(
+        app, ["init", str(path), "--home", str(tmp_path / "x"), "--json", "--time-ms", "1"]
+    )
+    assert json.loads(later.stdout)["genesis_hash"] not in hashes
+    assert json.loads(later.stdout)["time"] == 1
+
+
+def test_time_ms_is_documented_and_bounded(tmp_path):
+    help_text = runner.invoke(app, ["init", "--help"], terminal_width=200).stdout
+    assert "--time-ms" in help_text and "same genesis hash" in help_text
+    path = write_config(tmp_path)
+    for bad in ("-1", str(2**53), "soon"):
+        result = runner.invoke(
+            app, ["init", str(path), "--home", str(tmp_path / "h"), "--time-ms", bad]
+        )
+        assert result.exit_code == 2, bad
+    assert not (tmp_path / "h" / "chain.sqlite").exists()
+
+
 def test_bad_config_is_a_usage_error_naming_the_key(tmp_path):
     text = example_toml().replace("rule = ", "rulez = ", 1)
     path = write_config(tmp_path, text)
