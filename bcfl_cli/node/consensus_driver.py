@@ -236,6 +236,8 @@ class ConsensusDriver:
         try:
             while self._queue:
                 event = self._queue.pop(0)
+                if isinstance(event, TimeoutFired):
+                    self._log_timeout(event)
                 try:
                     for action in self.engine.handle(event):
                         self._act(action)
@@ -243,6 +245,22 @@ class ConsensusDriver:
                     log.exception("consensus event %s failed", type(event).__name__)
         finally:
             self._busy = False
+
+    def _log_timeout(self, event: TimeoutFired) -> None:
+        """Log a timeout that will move the engine (a stale one is ignored by the engine)."""
+        engine = self.engine
+        if event.height != engine.height or event.round != engine.round:
+            return
+        if engine.step == Step.COMMITTED:
+            return
+        if event.kind is TimeoutKind.PROPOSE and engine.step != Step.PROPOSE:
+            return
+        if event.kind is TimeoutKind.PREVOTE and engine.step != Step.PREVOTE:
+            return
+        log.info(
+            "timeout",
+            extra=fields(kind=event.kind.value, height=event.height, round=event.round),
+        )
 
     def _act(self, action: Action) -> None:
         node = self.node
@@ -263,6 +281,15 @@ class ConsensusDriver:
                 log.error("not voting: %s", exc.message)
                 return
             wire = vote.to_dict()
+            log.info(
+                "voted",
+                extra=fields(
+                    type=vote.type.value,
+                    height=vote.height,
+                    round=vote.round,
+                    nil=not vote.block,
+                ),
+            )
             self._remember(vote.height, vote.hash, "vote", wire)
             node.peers.broadcast("/v1/consensus", {"vote": wire})
             self._queue.append(VoteReceived(vote))
