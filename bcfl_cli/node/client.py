@@ -10,8 +10,10 @@ peer's one-line reason.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
+import ssl
 import time
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -37,6 +39,17 @@ _INLINE_BODY_BYTES = 64 * 1024
 
 def _once(data: bytes) -> Iterator[bytes]:
     yield data
+
+
+@functools.cache
+def shared_ssl_context() -> ssl.SSLContext:
+    """The TLS context every client of this process uses (httpx's default verification).
+
+    Building it loads the CA bundle (~50 ms of CPU, more on a busy machine), which httpx does
+    for every new ``Client``; a node opens one client per blob transfer and peer, so the
+    context is built once and shared (an ``SSLContext`` is safe to share between threads).
+    """
+    return httpx.create_ssl_context()
 
 
 class PeerRefused(NodeError):
@@ -72,6 +85,7 @@ class SignedClient:
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
+            verify=shared_ssl_context(),
             follow_redirects=False,
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
         )

@@ -21,7 +21,7 @@ import httpx
 import nacl.signing
 
 from bcfl_cli.errors import EncodingError, NodeError
-from bcfl_cli.node.client import SignedClient
+from bcfl_cli.node.client import SignedClient, shared_ssl_context
 from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.node.logging import fields
 from bcfl_cli.protocol.encoding import canonical, parse_json
@@ -90,6 +90,7 @@ class Peers:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+            verify=shared_ssl_context(),
             follow_redirects=False,
         )
         self._workers: list[asyncio.Task[None]] = []

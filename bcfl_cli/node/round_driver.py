@@ -12,7 +12,15 @@ transactions of the next block:
    does not hold (``has_blob``) waits in the mempool for a later block, as the validators fetch
    the blobs of a proposal from its proposer first, and a proposer must be able to serve them;
 4. once ``min_updates`` are accepted or the deadline height is reached: the ``aggregate``
-   (no more updates after that point: the aggregate lists exactly the accepted set).
+   (no more updates after that point: the aggregate lists exactly the accepted set); in the
+   same block as the updates that complete the quorum when it has been prepared for them;
+5. right after an ``aggregate``, when the plan has rounds left: the next round's
+   ``open_round`` (whose base is that aggregate's model), so one block closes a round and
+   opens the next.
+
+The chain rules apply a block's transactions in order (PROTOCOL.md §6.3), so steps 3-5 in one
+block pass exactly the checks they pass in three blocks; packing them saves the heights (each a
+full consensus instance) between them.
 
 Nothing here blocks: verdicts and aggregates are computed beforehand, off the event loop, by
 ``prepare_verdicts`` / ``compute_aggregate``; a piece not prepared yet waits for a later block.
@@ -22,6 +30,8 @@ they refuse, so a proposer never proposes a block its own rules reject.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +40,7 @@ import nacl.signing
 
 from bcfl_cli.chain.builder import build_block
 from bcfl_cli.chain.checks import AppChecks, VerdictLike
-from bcfl_cli.chain.state import ChainState
+from bcfl_cli.chain.state import AcceptedUpdate, ChainState
 from bcfl_cli.errors import BlobError, VerificationError
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate
 from bcfl_cli.fl.tensors import decode_tensors
@@ -132,28 +142,12 @@ def plan_block(
             txs.append(tx)
     rnd = state.round
     if not rnd.open:
-        if rounds_left(state):
-            body = {
-                "round": rnd.number + 1,
-                "base_model": rnd.model,
-                "deadline_height": height + state.config.training.deadline_blocks,
-            }
-            txs.append(make_tx(key, chain, TxKind.OPEN_ROUND, body, time_ms=now_ms))
+        txs += _open_next(state, rnd.model, height=height, key=key, now_ms=now_ms)
         return txs
     if aggregate_due(state, height):
-        prepared = aggregate_of(state)
-        if prepared is not None:
-            model, size = prepared
-            body = {
-                "round": rnd.number,
-                "updates": rnd.accepted_hashes,
-                "rule": state.config.aggregation_rule,
-                "params": state.config.aggregation_params,
-                "model": model,
-                "model_size": size,
-            }
-            txs.append(make_tx(key, chain, TxKind.AGGREGATE, body, time_ms=now_ms))
+        txs += _close_and_open(state, height=height, key=key, now_ms=now_ms, of=aggregate_of)
         return txs
+    judged: list[tuple[Transaction, VerdictLike]] = []
     for update in proposable_updates(state, pending, has_blob):
         if len(txs) + 2 > max_txs:
             break
@@ -167,7 +161,76 @@ def plan_block(
             "detail": verdict.detail,
         }
         txs += [update, make_tx(key, chain, TxKind.VALIDATION, body, time_ms=now_ms)]
+        judged.append((update, verdict))
+    if judged and len(txs) + 2 <= max_txs:
+        after = state_after_updates(state, judged)
+        if aggregate_due(after, height):
+            txs += _close_and_open(after, height=height, key=key, now_ms=now_ms, of=aggregate_of)
     return txs
+
+
+def state_after_updates(
+    state: ChainState, judged: Sequence[tuple[Transaction, VerdictLike]]
+) -> ChainState:
+    """The state after ``judged`` updates and their validations, as far as the round goes.
+
+    What ``ChainState.apply`` makes of ``update, validation`` pairs (§6.3), without the rest of
+    a block: the round's accepted and submitted sets grow; used to ask for (and to prepare) the
+    aggregate that may follow those updates in the same block. Read-only: never applied to.
+    """
+    rnd = state.round
+    accepted = rnd.accepted + tuple(
+        AcceptedUpdate(
+            tx.hash, tx.author, tx.body["blob"], tx.body["blob_size"], tx.body["num_samples"]
+        )
+        for tx, verdict in judged
+        if verdict.accept
+    )
+    after = copy.copy(state)
+    after.round = dataclasses.replace(
+        rnd, accepted=accepted, submitted=rnd.submitted | {tx.author for tx, _ in judged}
+    )
+    return after
+
+
+def _open_next(
+    state: ChainState, base_model: str, *, height: int, key: nacl.signing.SigningKey, now_ms: int
+) -> list[Transaction]:
+    """``open_round`` for the round after ``state.round`` on ``base_model``, if one is left."""
+    if not rounds_left(state):
+        return []
+    body = {
+        "round": state.round.number + 1,
+        "base_model": base_model,
+        "deadline_height": height + state.config.training.deadline_blocks,
+    }
+    return [make_tx(key, state.chain_id, TxKind.OPEN_ROUND, body, time_ms=now_ms)]
+
+
+def _close_and_open(
+    state: ChainState,
+    *,
+    height: int,
+    key: nacl.signing.SigningKey,
+    now_ms: int,
+    of: AggregateOf,
+) -> list[Transaction]:
+    """The open round's ``aggregate`` if prepared, then the next round's ``open_round``."""
+    prepared = of(state)
+    if prepared is None:
+        return []
+    model, size = prepared
+    rnd = state.round
+    body = {
+        "round": rnd.number,
+        "updates": rnd.accepted_hashes,
+        "rule": state.config.aggregation_rule,
+        "params": state.config.aggregation_params,
+        "model": model,
+        "model_size": size,
+    }
+    aggregate_tx = make_tx(key, state.chain_id, TxKind.AGGREGATE, body, time_ms=now_ms)
+    return [aggregate_tx, *_open_next(state, model, height=height, key=key, now_ms=now_ms)]
 
 
 def has_work(

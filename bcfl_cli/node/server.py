@@ -44,10 +44,10 @@ from bcfl_cli.node.mempool import Mempool
 from bcfl_cli.node.peers import Peers, normalise_url
 from bcfl_cli.node.round_driver import (
     AggregateKey,
-    aggregate_due,
     compute_aggregate,
     has_work,
     pending_updates,
+    plan_block,
 )
 from bcfl_cli.node.sync import (
     CachingChecks,
@@ -118,6 +118,7 @@ class Node:
         )
         self._aggregates: dict[AggregateKey, tuple[str, int]] = {}
         self._prepare_wake = asyncio.Event()
+        self._computing = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.on_commit: list[Callable[[Block], None]] = []
         log.info(
@@ -266,7 +267,7 @@ class Node:
         return self._aggregates.get(AggregateKey.of(state))
 
     def has_work(self, height: int) -> bool:
-        if self.role != "validator":
+        if self.role != "validator" or self._computing:
             return False
         return has_work(
             self.state,
@@ -304,31 +305,70 @@ class Node:
         ]
         owners = blob_owners(todo)
         await self.syncer.ensure_blobs(list(owners), timeout_s=30.0, prefer=owners)
-        for tx in todo:
-            if self.state is not state:
-                return
-            if not self.blobs.has(tx.body["blob"]):
-                continue
-            verdict = await self.run_worker(partial(self.checks.check_update, state, tx))
-            log.info(
-                "update checked",
-                extra=fields(update=tx.hash, accept=verdict.accept, reason=verdict.reason),
-            )
+        # While verdicts and the aggregate they complete are computed (CPU only, every blob
+        # here), ``has_work`` waits: a block proposed between the last verdict and its
+        # aggregate would cost a height more for the aggregate alone.
+        self._computing = True
+        try:
+            for tx in todo:
+                if self.state is not state:
+                    return
+                if not self.blobs.has(tx.body["blob"]):
+                    continue
+                verdict = await self.run_worker(partial(self.checks.check_update, state, tx))
+                log.info(
+                    "update checked",
+                    extra=fields(update=tx.hash, accept=verdict.accept, reason=verdict.reason),
+                )
+            missing: list[str] = []
+            for target in self._aggregates_wanted(state):
+                if self.state is not state:
+                    return
+                blobs = [u.blob for u in target.round.accepted]
+                if not all(self.blobs.has(b) for b in blobs):
+                    missing += blobs
+                    continue
+                model, size = await self.run_worker(partial(compute_aggregate, target, self.blobs))
+                self._aggregates[AggregateKey.of(target)] = (model, size)
+                self.checks.note_aggregate(target, model, size)
+                while len(self._aggregates) > 8:
+                    self._aggregates.pop(next(iter(self._aggregates)))
+                log.info(
+                    "aggregate prepared",
+                    extra=fields(round=target.round.number, model=model, updates=len(blobs)),
+                )
+        finally:
+            self._computing = False
             self.driver.poke()
-        if aggregate_due(state, state.height + 1) and self.prepared_aggregate(state) is None:
-            blobs = [u.blob for u in state.round.accepted]
-            if not await self.syncer.ensure_blobs(blobs, timeout_s=60.0):
-                return
-            model, size = await self.run_worker(lambda: compute_aggregate(state, self.blobs))
-            self._aggregates[AggregateKey.of(state)] = (model, size)
-            self.checks.note_aggregate(state, model, size)
-            while len(self._aggregates) > 8:
-                self._aggregates.pop(next(iter(self._aggregates)))
-            log.info(
-                "aggregate prepared",
-                extra=fields(round=state.round.number, model=model, updates=len(blobs)),
-            )
-            self.driver.poke()
+        if missing and await self.syncer.ensure_blobs(missing, timeout_s=60.0):
+            self.wake_prepare()  # compute it on the next pass, now that the blobs are here
+
+    def _aggregates_wanted(self, state: ChainState) -> list[ChainState]:
+        """The round states whose aggregate our next proposal would carry, not prepared yet.
+
+        Asked of ``plan_block`` itself, so that what is prepared is exactly what it would
+        propose: the open round's aggregate once it is due, or the aggregate that would follow
+        the pending updates (with their verdicts) in the same block.
+        """
+        wanted: list[ChainState] = []
+
+        def want(target: ChainState) -> tuple[str, int] | None:
+            prepared = self.prepared_aggregate(target)
+            if prepared is None:
+                wanted.append(target)
+            return prepared
+
+        plan_block(
+            state,
+            self.mempool.snapshot(),
+            height=state.height + 1,
+            key=self.key,
+            now_ms=max(self.clock.now_ms(), state.head_time + 1),
+            verdict_of=self.prepared_verdict,
+            aggregate_of=want,
+            has_blob=self.blobs.has,
+        )
+        return wanted
 
     # --- threads ----------------------------------------------------------------------------
     async def run_worker(self, fn: Callable[[], T]) -> T:
@@ -430,6 +470,10 @@ async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     from bcfl_cli.node.app import create_app
 
     node = Node(home, identity, options)
+    if options.train is not None:
+        from bcfl_cli.node.trainer import warm_up
+
+        await asyncio.to_thread(warm_up)  # before serving: round 1 then costs what others do
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -14,7 +14,6 @@ against the contract and the robust aggregation rules; an honest member never se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import secrets
@@ -117,6 +116,21 @@ def attack_by_name(spec: str) -> Attack:
 
 
 # --- the trainer ---------------------------------------------------------------------------
+def warm_up() -> None:
+    """Blocking: pay torch's one-time lazy start (optimisers import ``torch._dynamo``) now.
+
+    The first ``torch.optim`` optimiser a process builds imports several seconds of modules;
+    a trainer that did it in its first round made that round seconds to tens of seconds
+    longer than the others (more while its peers compete for the CPU). The node calls this
+    before it serves, so the cost lands in its start-up.
+    """
+    weight = torch.nn.Parameter(torch.zeros(2))
+    for optimiser in (torch.optim.SGD([weight], lr=0.1), torch.optim.Adam([weight], lr=0.1)):
+        optimiser.zero_grad()
+        (weight * weight).sum().backward()  # type: ignore[no-untyped-call]
+        optimiser.step()
+
+
 def load_training_data(path: Path, state: ChainState) -> Dataset:
     """The member's CSV, checked once against the genesis model (fail at start, not mid-round)."""
     spec, plan = state.config.model, state.config.training
@@ -162,17 +176,32 @@ class AutoTrainer:
         self.publish = publish
         self.submitted: dict[int, str] = {}  # round -> update tx hash
         self._attempts: dict[int, int] = {}
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """The chain moved (a block was committed): look for an open round now, not at the poll."""
+        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Step until ``stop`` is set; errors are logged and the next poll tries again."""
+        """Step until ``stop`` is set; errors are logged and the next poll tries again.
+
+        A step runs on every :meth:`wake` (the node calls it on each commit, so a round that
+        opens is seen at once) and otherwise every ``poll_s`` (a base model that arrives later
+        by sync, a retry after a failure).
+        """
         log.info("trainer started for %s (attack: %s)", self.did, self.attack and self.attack.name)
         while not stop.is_set():
+            self._wake.clear()  # a commit during the step below wakes the next one at once
             try:
                 await self.step()
             except BcflError as exc:
                 log.warning("trainer: %s", exc.message)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.poll_s)
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+            try:
+                await asyncio.wait(waits, timeout=self.poll_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
 
     def wants(self, state: ChainState) -> bool:
         """Is there an open round this member should (and can yet) contribute to?"""
@@ -197,8 +226,10 @@ class AutoTrainer:
             log.info("round %d: waiting for base model %s", rnd.number, rnd.base_model[:16])
             return None
         self._attempts[rnd.number] = self._attempts.get(rnd.number, 0) + 1
+        log.info("round %d: training", rnd.number)
         tx = await asyncio.to_thread(self.train, state)
         if self.publish is not None:
+            log.info("round %d: trained; pushing the update blob to peers", rnd.number)
             await self.publish(tx.body["blob"])
         try:
             await self.submit(tx)
@@ -311,6 +342,9 @@ class TrainerHost(Protocol):
     @property
     def peers(self) -> BlobPeers: ...
 
+    @property
+    def on_commit(self) -> list[Callable[[Any], None]]: ...
+
     def submit(self, tx: Transaction) -> bool: ...
 
 
@@ -344,6 +378,7 @@ async def run_node_trainer(
         poll_s=poll_s,
         publish=peer_publisher(host.peers, host.blobs),
     )
+    host.on_commit.append(lambda _block: trainer.wake())
     await trainer.run(stop)
 
 
@@ -356,4 +391,5 @@ __all__ = [
     "load_training_data",
     "peer_publisher",
     "run_node_trainer",
+    "warm_up",
 ]

@@ -266,8 +266,8 @@ def test_model_export_round_zero_and_aggregate(
             assert ops.submit_update(
                 local.home, key(name), api, ops.read_update(update.path), wait_s=5
             ).accepted
-    local.mine()  # the aggregate (min_updates = 2)
-    assert not local.state.round.open
+    local.mine()  # the aggregate (min_updates = 2), and round 2 opens in the same block
+    assert local.state.round.number == 2 and local.state.round.open
     out1 = tmp_path / "round1.safetensors"
     exported = ops.export_model(local.home, out1)
     assert exported.round == 1 and exported.model == local.state.round.model

@@ -11,14 +11,15 @@ from bcfl_cli.chain import ChainState
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.node.round_driver import (
     _without,
-    aggregate_due,
     build_proposal,
     compute_aggregate,
     has_work,
     plan_block,
+    state_after_updates,
 )
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.verify.chain import verify_chain
 from tests.node._chain_fixture import Chain, did, key, make_chain
 
 EDIT = {"min_updates = 2 ": "min_updates = 2 ", "rounds = 10": "rounds = 2"}
@@ -81,29 +82,72 @@ def test_a_round_from_open_to_aggregate(chain: Chain) -> None:
     assert verdicts[bad.hash][0] == "reject"
     assert len(chain.state.round.accepted) == 1
 
+    # the update that completes the quorum, the aggregate it allows and the next round's
+    # open_round ride in one block (the rules apply a block's transactions in order)
+    late = chain.update("alice", scale=0.03)  # for round 1, but after its quorum
     txs = step(chain, [waiting], checks)
-    assert len(chain.state.round.accepted) == 2
-    assert aggregate_due(chain.state, chain.state.height + 1)
-    late = chain.update("alice", scale=0.03)
-    txs = step(chain, [late], checks)
-    assert kinds(txs) == ["aggregate"]  # no update after the round's quorum
-    assert not chain.state.round.open
-    assert chain.blobs.has(chain.state.round.model)
-    assert chain.state.round.model != initial
+    assert kinds(txs) == ["update", "validation", "aggregate", "open_round"]
+    closing = txs[2].body
+    assert closing["round"] == 1 and closing["updates"] == sorted([good.hash, waiting.hash])
+    rnd = chain.state.round
+    assert rnd.open and rnd.number == 2 and rnd.base_model == closing["model"] != initial
+    assert rnd.deadline_height == chain.state.height + chain.state.config.training.deadline_blocks
+    assert chain.blobs.has(closing["model"])
+    assert step(chain, [late], checks) == []  # an update for round 1 fits no more
+
+
+def test_the_aggregate_waits_for_its_own_block_until_prepared(chain: Chain) -> None:
+    checks = CachingChecks(FLChecks(chain.blobs))
+    step(chain, [], checks)
+    pending = [chain.update("bob", scale=0.01), chain.update("carol", scale=0.02)]
+    state = chain.state
+    txs = plan_block(
+        state,
+        pending,
+        height=state.height + 1,
+        key=key("alice"),
+        now_ms=chain.now(),
+        verdict_of=lambda tx: checks.check_update(state, tx),
+        aggregate_of=lambda s: None,  # verdicts ready, the aggregate after them not yet
+    )
+    assert kinds(txs) == ["update", "validation"] * 2
+    block, after = build_proposal(
+        state, chain.head, txs, key("alice"), now_ms=chain.now(), checks=checks
+    )
+    chain.commit(block, after)
+    assert kinds(step(chain, [], checks)) == ["aggregate", "open_round"]
+    assert chain.state.round.number == 2 and chain.state.round.open
+
+
+def test_state_after_updates_is_what_apply_makes_of_them(chain: Chain) -> None:
+    checks = CachingChecks(FLChecks(chain.blobs))
+    step(chain, [], checks)
+    state = chain.state
+    good, bad = chain.update("bob", scale=0.01), chain.update("carol", scale=float("nan"))
+    judged = [(tx, checks.check_update(state, tx)) for tx in (good, bad)]
+    speculative = state_after_updates(state, judged)
+    txs = step(chain, [good, bad], checks)
+    assert kinds(txs) == ["update", "validation"] * 2
+    assert speculative.round == chain.state.round
+    assert state.round.accepted == ()  # the state it was derived from is untouched
 
 
 def test_open_rounds_stop_when_the_plan_is_done(chain: Chain) -> None:
     checks = CachingChecks(FLChecks(chain.blobs))
-    for _ in range(2):
-        step(chain, [], checks)  # open
-        step(chain, [chain.update("bob", scale=0.01), chain.update("carol")], checks)
-        step(chain, [], checks)  # aggregate
+    assert kinds(step(chain, [], checks)) == ["open_round"]
+    for number in (1, 2):
+        txs = step(chain, [chain.update("bob", scale=0.01), chain.update("carol")], checks)
+        opened = ["open_round"] if number == 1 else []  # the plan has two rounds
+        assert kinds(txs) == ["update", "validation"] * 2 + ["aggregate", *opened]
     assert chain.state.round.number == 2 and not chain.state.round.open
     assert step(chain, [], checks) == []
     state = chain.state
     assert not has_work(
         state, [], height=state.height + 1, verdict_of=lambda t: None, aggregate_of=lambda s: None
     )
+    # and the whole chain, packed blocks included, re-verifies deeply from genesis
+    report = verify_chain(chain.ledger, deep=True, checks=FLChecks(chain.blobs), workers=1)
+    assert report.ok, report.fault
 
 
 def test_build_proposal_leaves_out_what_the_rules_refuse(chain: Chain) -> None:

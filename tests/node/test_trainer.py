@@ -17,6 +17,7 @@ from bcfl_cli.node.trainer import (
     http_submitter,
     load_training_data,
     run_node_trainer,
+    warm_up,
 )
 from bcfl_cli.protocol.tx import Transaction
 from tests.node._node_harness import LocalNode, key, part
@@ -120,6 +121,35 @@ def test_run_node_trainer_until_stopped(local: LocalNode) -> None:
 
     asyncio.run(scenario())
     assert len(local.node.mempool) == 1
+
+
+def test_a_commit_wakes_the_node_trainer_before_its_poll(local: LocalNode) -> None:
+    async def scenario() -> float:
+        stop = asyncio.Event()
+        # a poll far longer than the test: only the commit callback can make it train
+        task = asyncio.create_task(
+            run_node_trainer(local.node, part(1), stop, seed=1, poll_s=3600.0)
+        )
+        await asyncio.sleep(0.5)  # the trainer has stepped once (no round) and waits
+        assert len(local.node.mempool) == 0
+        loop = asyncio.get_running_loop()
+        opened = loop.time()
+        local.mine()  # commits open_round: Node.accept_block runs the on_commit callbacks
+        for _ in range(400):
+            if len(local.node.mempool):
+                break
+            await asyncio.sleep(0.02)
+        waited = loop.time() - opened
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return waited
+
+    waited = asyncio.run(scenario())
+    assert len(local.node.mempool) == 1 and waited < 8.0
+
+
+def test_warm_up_runs() -> None:
+    warm_up()  # idempotent, no side effect but torch's lazy imports
 
 
 def test_http_submitter_uses_the_signed_api(local: LocalNode) -> None:
