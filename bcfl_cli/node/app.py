@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -31,6 +31,8 @@ from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import MempoolRefusal
 from bcfl_cli.node.peers import NODE_URL_HEADER
 from bcfl_cli.node.schemas import (
+    MAX_BLOCKS_PER_RESPONSE,
+    MAX_HEIGHT_DIGITS,
     AlarmView,
     BlocksResponse,
     ConsensusLog,
@@ -46,6 +48,7 @@ from bcfl_cli.node.schemas import (
     TxAccepted,
     TxStatus,
     parse_body,
+    route_parameters,
 )
 from bcfl_cli.protocol.block import Vote
 from bcfl_cli.protocol.encoding import is_hash_hex
@@ -56,7 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bcfl.node.api")
 
-MAX_BLOCKS_PER_RESPONSE = 100
 MAX_BLOCKS_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_TX_BODY = MAX_TX_BYTES + 1024
 MAX_CONSENSUS_BODY = 8 * 1024 * 1024
@@ -180,7 +182,10 @@ class Api:
         params = request.query_params
         start_raw, limit_raw = params.get("start", "0"), params.get("limit", "100")
         # isascii: str.isdigit() accepts digits (like "²") that int() refuses
-        if not all(v.isascii() and v.isdigit() and len(v) <= 15 for v in (start_raw, limit_raw)):
+        if not all(
+            v.isascii() and v.isdigit() and len(v) <= MAX_HEIGHT_DIGITS
+            for v in (start_raw, limit_raw)
+        ):
             raise Refused(400, "bad_query", "give start and limit as non-negative integers")
         start, limit = int(start_raw), min(int(limit_raw), MAX_BLOCKS_PER_RESPONSE)
         height = self.node.state.height
@@ -218,7 +223,7 @@ class Api:
     async def consensus_log(self, request: Request) -> Response:
         """Proposals and votes this node holds for ``height`` (peers pull them on timeouts)."""
         raw = request.path_params["height"]
-        if not (raw.isascii() and raw.isdigit()) or len(raw) > 15:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_HEIGHT_DIGITS:
             raise Refused(400, "bad_height", "height must be a non-negative integer")
         proposals, votes = self.node.driver.messages_at(int(raw))
         return _json(ConsensusLog(height=int(raw), proposals=proposals, votes=votes))
@@ -281,10 +286,15 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def openapi_document(
     routes: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None, bool]],
+    parameters: Mapping[tuple[str, str], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of ``routes``; ``parameters`` by (method, path)."""
     paths: dict[str, dict[str, Any]] = {}
     for method, path, summary, request_model, response_model, signed in routes:
         op: dict[str, Any] = {"summary": summary, "responses": {}}
+        declared = (parameters or {}).get((method, path))
+        if declared:
+            op["parameters"] = declared
         if request_model is not None:
             op["requestBody"] = {
                 "required": True,
@@ -421,12 +431,12 @@ def create_app(node: Node) -> ASGIApp:
     """The node's ASGI application: Starlette routes behind the signature layer."""
     api = Api(node)
     limits = node.options.limits
-    blob_routes = BlobRoutes(
-        node.blobs,
-        max_blob_bytes=node.state.config.contract.max_blob_bytes,
-        chunk_size=min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024)),
+    max_blob_bytes = node.state.config.contract.max_blob_bytes
+    chunk_size = min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024))
+    blob_routes = BlobRoutes(node.blobs, max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)
+    document = openapi_document(
+        ROUTE_TABLE, route_parameters(max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)
     )
-    document = openapi_document(ROUTE_TABLE)
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)

@@ -129,6 +129,101 @@ class ConsensusLog(_Body):
     votes: list[dict[str, Any]]
 
 
+# --- path, query and header parameters (OpenAPI) ----------------------------------------------
+#: Decimal numbers in paths and queries: ASCII digits only, at most this many (the handlers
+#: refuse anything else with 400 before calling ``int``).
+MAX_HEIGHT_DIGITS = 15
+MAX_HEIGHT = 10**MAX_HEIGHT_DIGITS - 1
+MAX_BLOCKS_PER_RESPONSE = 100
+
+HASH_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": "^[0-9a-f]{64}$",
+    "minLength": 64,
+    "maxLength": 64,
+}
+
+
+def _param(
+    name: str, where: str, schema: dict[str, Any], description: str, *, required: bool = False
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "description": description,
+        "schema": schema,
+    }
+
+
+def route_parameters(
+    *, max_blob_bytes: int, chunk_size: int
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every path, query and header parameter of every route, with its type and bounds.
+
+    ``max_blob_bytes`` (the genesis contract's limit) and ``chunk_size`` (this node's) bound the
+    blob sizes and chunk indexes a node accepts, so the description states them exactly.
+    """
+    blob = _param("hash", "path", HASH_SCHEMA, "SHA-256 of the blob, 64 lowercase hex")
+    size = _param(
+        "size",
+        "query",
+        {"type": "integer", "minimum": 1, "maximum": max_blob_bytes},
+        "size of the whole blob in bytes (at most the consortium's max_blob_bytes)",
+        required=True,
+    )
+    last_chunk = max(0, -(-max_blob_bytes // chunk_size) - 1)
+    index = _param(
+        "index",
+        "path",
+        {"type": "integer", "minimum": 0, "maximum": last_chunk},
+        f"chunk number, 0 .. ceil(size / {chunk_size}) - 1",
+    )
+    byte_range = _param(
+        "Range",
+        "header",
+        {"type": "string", "pattern": "^bytes=[0-9]{1,19}-([0-9]{1,19})?$", "maxLength": 46},
+        "one byte range, bytes=FIRST- or bytes=FIRST-LAST (206, or 416 when unsatisfiable)",
+    )
+    return {
+        ("get", "/v1/blocks"): [
+            _param(
+                "start",
+                "query",
+                {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT, "default": 0},
+                "first height",
+            ),
+            _param(
+                "limit",
+                "query",
+                {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_BLOCKS_PER_RESPONSE,
+                    "default": MAX_BLOCKS_PER_RESPONSE,
+                },
+                f"most blocks returned (a larger value counts as {MAX_BLOCKS_PER_RESPONSE})",
+            ),
+        ],
+        ("get", "/v1/txs/{hash}"): [
+            _param("hash", "path", HASH_SCHEMA, "transaction hash, 64 lowercase hex")
+        ],
+        ("get", "/v1/consensus/{height}"): [
+            _param(
+                "height",
+                "path",
+                {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT},
+                "block height",
+            )
+        ],
+        ("get", "/v1/blobs/{hash}"): [blob, byte_range],
+        ("get", "/v1/blobs/{hash}/manifest"): [blob],
+        ("get", "/v1/blobs/{hash}/upload"): [blob, size],
+        ("put", "/v1/blobs/{hash}/chunks/{index}"): [blob, index, size],
+        ("put", "/v1/blobs/{hash}"): [blob, size],
+    }
+
+
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -6,11 +6,15 @@ the project's signed client (RFC 9421) exactly as peers sign them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import nacl.signing
 import pytest
+import schemathesis
+from hypothesis import given, settings
+from hypothesis_jsonschema import from_schema
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
@@ -53,6 +57,71 @@ def test_openapi_lists_every_route(local: LocalNode) -> None:
     assert {(m.upper(), p) for m, p, *_ in ROUTE_TABLE} == listed
     post = doc["paths"]["/v1/txs"]["post"]
     assert "requestBody" in post and "401" in post["responses"]
+
+
+def test_openapi_declares_every_parameter(local: LocalNode) -> None:
+    """Each ``{name}`` of a path and each query parameter a handler reads, typed and bounded."""
+    doc = local.client.get("/openapi.json").json()
+    queries = {
+        ("get", "/v1/blocks"): {"start", "limit"},
+        ("get", "/v1/blobs/{hash}/upload"): {"size"},
+        ("put", "/v1/blobs/{hash}/chunks/{index}"): {"size"},
+        ("put", "/v1/blobs/{hash}"): {"size"},
+    }
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            params = op.get("parameters", [])
+            by_place = {
+                where: {p["name"] for p in params if p["in"] == where}
+                for where in ("path", "query")
+            }
+            assert by_place["path"] == set(re.findall(r"{(\w+)}", path)), (method, path)
+            assert by_place["query"] == queries.get((method, path), set()), (method, path)
+            for p in params:
+                schema = p["schema"]
+                assert p["required"] or p["in"] != "path"
+                if schema["type"] == "integer":
+                    assert 0 <= schema["minimum"] <= schema["maximum"], p
+                else:
+                    assert "pattern" in schema and "maxLength" in schema, p
+    size = doc["paths"]["/v1/blobs/{hash}"]["put"]["parameters"][1]["schema"]
+    assert size["maximum"] == local.state.config.contract.max_blob_bytes
+    schemathesis.openapi.from_dict(doc)  # schemathesis reads it
+
+
+def test_values_the_description_allows_pass_the_handlers(local: LocalNode) -> None:
+    """A value valid by the description is never refused as malformed (400) by the handler."""
+    doc = local.client.get("/openapi.json").json()
+
+    def schema(path: str, name: str, method: str = "get") -> dict:  # type: ignore[type-arg]
+        params = doc["paths"][path][method]["parameters"]
+        return next(p["schema"] for p in params if p["name"] == name)
+
+    hashes = from_schema(schema("/v1/txs/{hash}", "hash"))
+    height = from_schema(schema("/v1/consensus/{height}", "height"))
+    start = from_schema(schema("/v1/blocks", "start"))
+    limit = from_schema(schema("/v1/blocks", "limit"))
+    size = from_schema(schema("/v1/blobs/{hash}/upload", "size"))
+    byte_range = from_schema(schema("/v1/blobs/{hash}", "Range"))
+    initial = local.state.config.initial_model
+
+    @settings(max_examples=40, deadline=None, derandomize=True)
+    @given(hashes, height, start, limit, size, byte_range)
+    def check(digest: str, h: int, first: int, most: int, n: int, rng: str) -> None:
+        get = local.client.get
+        responses = [
+            get(f"/v1/txs/{digest}"),
+            get(f"/v1/consensus/{h}"),
+            get("/v1/blocks", params={"start": first, "limit": most}),
+            get(f"/v1/blobs/{digest}"),
+            get(f"/v1/blobs/{digest}/manifest"),
+            get(f"/v1/blobs/{digest}/upload", params={"size": n}),
+            get(f"/v1/blobs/{initial}", headers={"Range": rng}),
+        ]
+        for r in responses:
+            assert r.status_code in (200, 206, 404, 416), (r.request.url, r.text)
+
+    check()
 
 
 def test_status_genesis_and_blocks(local: LocalNode) -> None:
