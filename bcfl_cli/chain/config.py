@@ -30,6 +30,12 @@ DOCUMENT_KEYS = frozenset(
     }
 )
 MAX_MEMBERS = 1_000
+CONSORTIUM_KEYS = frozenset({"name", "admission_approvals", "removal_approvals"})
+#: A join request not admitted within this many blocks is dropped (PROTOCOL.md §6.3). The
+#: genesis document states ``consortium.join_request_ttl_blocks`` only when it differs, so
+#: documents written before the rule existed keep their hash.
+DEFAULT_JOIN_REQUEST_TTL_BLOCKS = 100_000
+MAX_JOIN_REQUEST_TTL_BLOCKS = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class GenesisConfig:
     #: the aggregation section exactly as signed; an aggregate's rule and params must match it
     aggregation_document: dict[str, Any]
     initial_model: str
+    join_request_ttl_blocks: int = DEFAULT_JOIN_REQUEST_TTL_BLOCKS
 
     @property
     def aggregation_rule(self) -> str:
@@ -85,12 +92,23 @@ def parse_document(document: Any) -> GenesisConfig:
     if document["v"] != PROTOCOL_VERSION:
         raise _bad(f"version must be {PROTOCOL_VERSION}, found {document['v']!r}")
     consortium = document["consortium"]
-    if not isinstance(consortium, dict) or set(consortium) != {
-        "name",
-        "admission_approvals",
-        "removal_approvals",
-    }:
-        raise _bad("consortium must be {name, admission_approvals, removal_approvals}")
+    if not isinstance(consortium, dict) or not (
+        CONSORTIUM_KEYS <= set(consortium) <= CONSORTIUM_KEYS | {"join_request_ttl_blocks"}
+    ):
+        raise _bad(
+            "consortium must be {name, admission_approvals, removal_approvals} and optionally "
+            "join_request_ttl_blocks"
+        )
+    ttl = DEFAULT_JOIN_REQUEST_TTL_BLOCKS
+    if "join_request_ttl_blocks" in consortium:
+        ttl = _positive_int(
+            consortium["join_request_ttl_blocks"], "consortium.join_request_ttl_blocks"
+        )
+        if ttl == DEFAULT_JOIN_REQUEST_TTL_BLOCKS or ttl > MAX_JOIN_REQUEST_TTL_BLOCKS:
+            raise _bad(
+                f"consortium.join_request_ttl_blocks must be 1-{MAX_JOIN_REQUEST_TTL_BLOCKS} "
+                f"and is omitted when it is the default {DEFAULT_JOIN_REQUEST_TTL_BLOCKS}"
+            )
     name = consortium["name"]
     if not isinstance(name, str) or not 1 <= len(name) <= 128:
         raise _bad("consortium.name must be a string of 1-128 characters")
@@ -150,4 +168,5 @@ def parse_document(document: Any) -> GenesisConfig:
         aggregation=agg,
         aggregation_document=dict(aggregation),
         initial_model=document["initial_model"],
+        join_request_ttl_blocks=ttl,
     )

@@ -67,6 +67,17 @@ class JoinRequest:
     roles: tuple[str, ...]
     power: int
     approvals: frozenset[str] = frozenset()
+    height: int = 0  # the block that holds the request
+
+    def expires_after(self, ttl_blocks: int) -> int:
+        """The last height at which the request can still be approved."""
+        return self.height + ttl_blocks
+
+
+@dataclass(frozen=True)
+class ExpiredRequest:
+    tx: str  # hash of the join_request transaction
+    expired_at: int  # the first height at which it was no longer pending
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,7 @@ class ChainState:
         round: RoundState,
         seen_tx: SeenSet,
         offences: frozenset[Offence] = frozenset(),
+        expired: dict[str, ExpiredRequest] | None = None,
     ) -> None:
         self.chain_id = chain_id
         self.document = document
@@ -193,6 +205,7 @@ class ChainState:
         self._members = members
         self._pending = pending
         self._removals = removals
+        self._expired = expired if expired is not None else {}
         self.round = round
         self.seen_tx = seen_tx
         self.offences = offences  # equivocations already recorded by a misbehaviour tx
@@ -244,6 +257,7 @@ class ChainState:
             self._members = dict(self._members)
             self._pending = dict(self._pending)
             self._removals = dict(self._removals)
+            self._expired = dict(self._expired)
             self._owned = True
 
     # --- views ---------------------------------------------------------------------------
@@ -260,6 +274,11 @@ class ChainState:
         return self._removals
 
     @property
+    def expired_requests(self) -> Mapping[str, ExpiredRequest]:
+        """Applicants whose latest join request expired unapproved, by did."""
+        return self._expired
+
+    @property
     def trainers(self) -> frozenset[str]:
         return frozenset(d for d, m in self._members.items() if m.is_trainer)
 
@@ -269,6 +288,17 @@ class ChainState:
     def name_of(self, did: str) -> str:
         member = self._members.get(did)
         return member.name if member else did
+
+    def _expire_requests(self, height: int) -> None:
+        """Drop the join requests that can no longer be approved at ``height`` (§6.3)."""
+        ttl = self.config.join_request_ttl_blocks
+        stale = [r for r in self._pending.values() if r.expires_after(ttl) < height]
+        if not stale:
+            return
+        self._own()
+        for request in stale:
+            del self._pending[request.did]
+            self._expired[request.did] = ExpiredRequest(request.tx, request.expires_after(ttl) + 1)
 
     def _compute_validator_set(self) -> ValidatorSet:
         return ValidatorSet.from_mapping(
@@ -296,6 +326,7 @@ class ChainState:
         if not proposal:
             check_commit(self, block, verify_signatures=verify_signatures)
         new = self._copy()
+        new._expire_requests(block.height)
         hashes = [h for h, _ in digests]
         _TxRules(new, block, hashes, checks, verify_signatures).run()
         new.height = block.height
@@ -513,14 +544,29 @@ class _TxRules:
         if body["name"] in names:
             raise self.fail(tx, "name_taken", f"member name {body['name']!r} is taken")
         self.s._own()
+        self.s._expired.pop(tx.author, None)
         self.s._pending[tx.author] = JoinRequest(
-            self.hash_of(tx), tx.author, body["name"], tuple(body["roles"]), body["power"]
+            self.hash_of(tx),
+            tx.author,
+            body["name"],
+            tuple(body["roles"]),
+            body["power"],
+            height=self.h,
         )
 
     def on_approve_member(self, tx: Transaction, body: dict[str, Any]) -> None:
         self.require_validator(tx)
         request = self.s.pending.get(body["member"])
         if request is None:
+            expired = self.s.expired_requests.get(body["member"])
+            if expired is not None and expired.tx == body["request"]:
+                raise self.fail(
+                    tx,
+                    "request_expired",
+                    f"join request {expired.tx[:16]} of {body['member']} expired unapproved at "
+                    f"height {expired.expired_at} (join_request_ttl_blocks = "
+                    f"{self.s.config.join_request_ttl_blocks}); the applicant must send a new one",
+                )
             raise self.fail(tx, "no_pending_request", f"{body['member']} has no pending request")
         if request.tx != body["request"]:
             raise self.fail(
@@ -532,6 +578,7 @@ class _TxRules:
         if len(approvals) >= self.s.config.admission_approvals:
             self.s._own()
             del self.s._pending[request.did]
+            self.s._expired.pop(request.did, None)
             self.s._members[request.did] = Member(
                 request.did, request.name, request.roles, request.power, ACTIVE, self.h
             )

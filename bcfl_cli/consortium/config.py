@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from bcfl_cli.chain.config import DEFAULT_JOIN_REQUEST_TTL_BLOCKS, MAX_JOIN_REQUEST_TTL_BLOCKS
 from bcfl_cli.errors import EncodingError, UsageError
 from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.protocol.block import MAX_VALIDATORS
@@ -97,6 +98,9 @@ class _ConsortiumSection(_Strict):
     name: str = Field(min_length=1, max_length=128)
     admission_approvals: int = Field(ge=1, le=MAX_VALIDATORS)
     removal_approvals: int = Field(ge=1, le=MAX_VALIDATORS)
+    join_request_ttl_blocks: int = Field(
+        default=DEFAULT_JOIN_REQUEST_TTL_BLOCKS, ge=1, le=MAX_JOIN_REQUEST_TTL_BLOCKS
+    )
 
     @field_validator("name")
     @classmethod
@@ -121,6 +125,7 @@ class ConsortiumConfig(_Strict):
     name: str
     admission_approvals: int
     removal_approvals: int
+    join_request_ttl_blocks: int = DEFAULT_JOIN_REQUEST_TTL_BLOCKS
     members: list[MemberSpec]
     model: ModelSpec
     training: TrainingPlan
@@ -142,13 +147,18 @@ class ConsortiumConfig(_Strict):
         """The genesis document: canonical-JSON ready, no floats (PROTOCOL.md, genesis)."""
         if not is_hash_hex(initial_model):
             raise EncodingError(f"initial_model must be a SHA-256 hex hash, got {initial_model!r}")
+        consortium: dict[str, Any] = {
+            "name": self.name,
+            "admission_approvals": self.admission_approvals,
+            "removal_approvals": self.removal_approvals,
+        }
+        # Stated only when not the default, so genesis documents from before the rule (and
+        # files that leave it out) keep their hash.
+        if self.join_request_ttl_blocks != DEFAULT_JOIN_REQUEST_TTL_BLOCKS:
+            consortium["join_request_ttl_blocks"] = self.join_request_ttl_blocks
         return {
             "v": DOCUMENT_VERSION,
-            "consortium": {
-                "name": self.name,
-                "admission_approvals": self.admission_approvals,
-                "removal_approvals": self.removal_approvals,
-            },
+            "consortium": consortium,
             "members": [m.to_document() for m in self.members],
             "model": self.model.to_document(),
             "training": self.training.to_document(),
@@ -247,6 +257,7 @@ def _from_shape(shape: _FileShape) -> ConsortiumConfig:
         name=shape.consortium.name,
         admission_approvals=shape.consortium.admission_approvals,
         removal_approvals=shape.consortium.removal_approvals,
+        join_request_ttl_blocks=shape.consortium.join_request_ttl_blocks,
         members=shape.members,
         model=shape.model,
         training=shape.training,

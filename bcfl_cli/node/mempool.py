@@ -83,6 +83,13 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
         raise MempoolRefusal("not_validator", f"{tx.kind} needs a validator", status=403)
     if tx.kind is TxKind.APPROVE_MEMBER:
         request = state.pending.get(body["member"])
+        expired = state.expired_requests.get(body["member"])
+        if request is None and expired is not None and expired.tx == body["request"]:
+            raise MempoolRefusal(
+                "request_expired",
+                f"the join request of {body['member']} expired unapproved at height "
+                f"{expired.expired_at}; the applicant must send a new one",
+            )
         if request is None or request.tx != body["request"]:
             raise MempoolRefusal(
                 "no_pending_request",

@@ -40,14 +40,18 @@ def make_document(
     removal_approvals: int = 2,
     training: dict[str, Any] | None = None,
     aggregation: dict[str, Any] | None = None,
+    join_request_ttl_blocks: int | None = None,
 ) -> dict[str, Any]:
+    consortium: dict[str, Any] = {
+        "name": "Test Consortium",
+        "admission_approvals": admission_approvals,
+        "removal_approvals": removal_approvals,
+    }
+    if join_request_ttl_blocks is not None:
+        consortium["join_request_ttl_blocks"] = join_request_ttl_blocks
     return {
         "v": 1,
-        "consortium": {
-            "name": "Test Consortium",
-            "admission_approvals": admission_approvals,
-            "removal_approvals": removal_approvals,
-        },
+        "consortium": consortium,
         "members": [
             {"name": n, "did": did_for(n), "roles": roles, "power": power}
             for n, roles, power in members

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bcfl_cli.chain import ChainState, build_block, commit_with_keys
 from bcfl_cli.errors import VerificationError
@@ -446,3 +448,78 @@ def test_misbehaviour_recorded_once_per_offence(tmp_path):
     for block in c.ledger.blocks(1):
         replay = replay.apply(block)
     assert replay.offences == c.state.offences
+
+
+def _join(c: Consortium, name: str = "erin"):
+    return c.tx(name, TxKind.JOIN_REQUEST, {"name": name, "roles": ["trainer"], "power": 0})
+
+
+def _approve(c: Consortium, by: str, join, who: str = "erin"):
+    return c.tx(by, TxKind.APPROVE_MEMBER, {"member": did_for(who), "request": join.hash})
+
+
+def test_join_request_expires_after_its_ttl(tmp_path):
+    c = make_consortium(tmp_path, join_request_ttl_blocks=3)
+    first = _join(c)
+    c.commit([first])  # height 1: approvable up to height 1 + 3
+    c.commit([])
+    c.commit([])
+    c.commit([_approve(c, "alice", first)])  # height 4, the last one
+    assert did_for("erin") in c.state.pending
+    info = _fails(c, [_approve(c, "bob", first)], "request_expired")  # height 5
+    assert "expired unapproved at height 5" in info.message and "send a new one" in info.message
+    c.commit([])
+    assert did_for("erin") not in c.state.pending
+    assert c.state.expired_requests[did_for("erin")].expired_at == 5
+    # The applicant asks again (its name is free again); old approvals do not carry over.
+    again = _join(c)
+    c.commit([again])
+    assert c.state.pending[did_for("erin")].approvals == frozenset()
+    assert did_for("erin") not in c.state.expired_requests
+    _fails(c, [_approve(c, "bob", first)], "wrong_request")
+    c.commit([_approve(c, "alice", again), _approve(c, "bob", again)])
+    assert c.state.member(did_for("erin")).active
+    # verify-chain replays the same rule from the genesis document alone
+    replay = ChainState.from_genesis(c.ledger.block(0), c.ledger.document)
+    for block in c.ledger.blocks(1):
+        replay = replay.apply(block)
+    assert replay.member(did_for("erin")).since == c.state.height
+
+
+def test_default_ttl_is_not_in_the_document(tmp_path):
+    from bcfl_cli.chain.config import DEFAULT_JOIN_REQUEST_TTL_BLOCKS, parse_document
+
+    c = make_consortium(tmp_path)
+    assert "join_request_ttl_blocks" not in c.document["consortium"]
+    assert c.state.config.join_request_ttl_blocks == DEFAULT_JOIN_REQUEST_TTL_BLOCKS
+    for bad in (0, -1, True, "3", DEFAULT_JOIN_REQUEST_TTL_BLOCKS, 10**9):
+        doc = {**c.document, "consortium": {**c.document["consortium"]}}
+        doc["consortium"]["join_request_ttl_blocks"] = bad
+        with pytest.raises(VerificationError) as info:
+            parse_document(doc)
+        assert info.value.code == "bad_genesis_document", bad
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ttl=st.integers(1, 4), gap=st.integers(0, 6), approvals=st.integers(1, 2))
+def test_join_request_ttl_property(tmp_path_factory, ttl, gap, approvals):
+    """Made at height h, a request is admitted iff its last approval lands by h + ttl."""
+    c = make_consortium(tmp_path_factory.mktemp("ttl"), join_request_ttl_blocks=ttl)
+    join = _join(c)
+    c.commit([join])
+    made = c.state.height
+    for _ in range(gap):
+        c.commit([])
+    txs = [_approve(c, by, join) for by in ("alice", "bob")[:approvals]]
+    at = c.state.height + 1
+    if at <= made + ttl:
+        c.commit(txs)
+        assert (c.state.member(did_for("erin")) is not None) == (approvals == 2)
+        assert (did_for("erin") in c.state.pending) == (approvals == 1)
+    else:
+        _fails(c, txs, "request_expired")
+        c.commit([])
+        assert did_for("erin") not in c.state.pending
+        assert c.state.expired_requests[did_for("erin")].expired_at == made + ttl + 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bcfl_cli.consortium import genesis_validator_set, load_config, make_genesis
-from bcfl_cli.errors import EncodingError
+from bcfl_cli.errors import EncodingError, UsageError
 from bcfl_cli.protocol.block import ZERO_HASH, Block
 from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.merkle import merkle_root
@@ -75,3 +75,34 @@ def test_refuses_invalid_documents_and_times(tmp_path):
         make_genesis(document, time_ms=T)
     with pytest.raises(ValueError):
         make_genesis(_document(tmp_path), time_ms=-1)
+
+
+def test_genesis_hash_unchanged_by_the_join_request_ttl_rule(tmp_path):
+    """Pinned: the example file gives the genesis it gave before join_request_ttl_blocks
+    existed (the default is not written into the document)."""
+    document = _document(tmp_path)
+    assert "join_request_ttl_blocks" not in document["consortium"]
+    assert hash_object({**document, "initial_model": "ab" * 32}) == (
+        "37b8c357e2d42f674a700b1ff0c886de94b556c7aa388ea1f812912cdffd23e0"
+    )
+
+
+def test_join_request_ttl_is_written_only_when_set(tmp_path):
+    from bcfl_cli.chain.config import DEFAULT_JOIN_REQUEST_TTL_BLOCKS, parse_document
+    from bcfl_cli.consortium.config import genesis_config_from_document
+
+    text = example_toml(("alice", "bob", "carol", "dave")).replace(
+        "removal_approvals = 3", "removal_approvals = 3\njoin_request_ttl_blocks = 500", 1
+    )
+    config = load_config(write_config(tmp_path, text))
+    document = config.to_document(HASH)
+    assert document["consortium"]["join_request_ttl_blocks"] == 500
+    assert parse_document(document).join_request_ttl_blocks == 500
+    assert genesis_config_from_document(document)[0].join_request_ttl_blocks == 500
+    spelled = {**document, "consortium": {**document["consortium"]}}
+    spelled["consortium"]["join_request_ttl_blocks"] = DEFAULT_JOIN_REQUEST_TTL_BLOCKS
+    with pytest.raises(EncodingError, match="canonical"):
+        genesis_config_from_document(spelled)
+    bad = text.replace("join_request_ttl_blocks = 500", "join_request_ttl_blocks = 0")
+    with pytest.raises(UsageError, match="join_request_ttl_blocks"):
+        load_config(write_config(tmp_path, bad))
