@@ -2,6 +2,13 @@
 
 Parsed here with the FL specs (pydantic, no torch), so that the chain rules and the FL engine
 read the same numbers out of the same signed document.
+
+``bcfl_cli.consortium.config`` parses the same shape for people (the TOML file, errors naming
+the key, the canonical round trip a joiner checks); it is stricter (name syntax, power bounds,
+approvals at most the validators) and imports its shared limits from here, so every document
+``bcfl init`` or ``bcfl join`` accepts is one this parser accepts. This parser stays separate
+because the chain must not depend on the consortium package (TOML, UsageError for people), and
+it must keep accepting every genesis already pinned by a ledger.
 """
 
 from __future__ import annotations

@@ -21,7 +21,11 @@ from pydantic import (
     model_validator,
 )
 
-from bcfl_cli.chain.config import DEFAULT_JOIN_REQUEST_TTL_BLOCKS, MAX_JOIN_REQUEST_TTL_BLOCKS
+from bcfl_cli.chain.config import (
+    DEFAULT_JOIN_REQUEST_TTL_BLOCKS,
+    MAX_JOIN_REQUEST_TTL_BLOCKS,
+    MAX_MEMBERS,
+)
 from bcfl_cli.errors import EncodingError, UsageError
 from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.protocol.block import MAX_VALIDATORS
@@ -30,7 +34,6 @@ from bcfl_cli.protocol.encoding import canonical, is_hash_hex
 
 DOCUMENT_VERSION = 1
 MAX_CONFIG_BYTES = 1024 * 1024
-MAX_MEMBERS = 1024
 MAX_POWER = 1_000_000
 #: BFT: with n equal validators, n = 3f + 1 tolerates f faults; fewer than 4 tolerate none.
 MIN_FAULT_TOLERANT_VALIDATORS = 4

@@ -189,3 +189,21 @@ def test_bad_documents_are_encoding_errors(tmp_path, mutate):
     mutate(document)
     with pytest.raises(EncodingError):
         genesis_config_from_document(document)
+
+
+def test_member_limit_is_the_chain_rules_limit():
+    """The file parser and the chain's genesis parser share one member limit: a file init
+    accepts is a genesis every node accepts (they once differed, 1024 vs 1000)."""
+    from bcfl_cli.chain.config import MAX_MEMBERS, parse_document
+
+    data = _data()
+    trainer = {k: v for k, v in data["members"][0].items() if k not in ("roles", "power")}
+    extra = [
+        {**trainer, "name": f"t{i}", "did": test_did(f"t{i}"), "roles": ["trainer"], "power": 0}
+        for i in range(MAX_MEMBERS - len(data["members"]))
+    ]
+    data["members"] += extra
+    document = parse_config(data, "consortium.toml").to_document(HASH)
+    assert len(parse_document(document).members) == MAX_MEMBERS
+    data["members"].append({**extra[0], "name": "one-more", "did": test_did("one-more")})
+    _refused(data, "members")
