@@ -157,11 +157,18 @@ BODY_SCHEMAS: Mapping[TxKind, Mapping[str, Check]] = {
 }
 
 
+_BODY_FIELDS = {kind: frozenset(schema) for kind, schema in BODY_SCHEMAS.items()}
+_SIGNED_FIELDS = frozenset({"tx", "sig"})
+_TX_FIELDS = frozenset({"v", "chain", "kind", "author", "nonce", "time", "body"})
+_KINDS = {str(kind): kind for kind in TxKind}
+_TIME = _int(0, _U64)
+
+
 def validate_body(kind: TxKind, body: Any) -> None:
     schema = BODY_SCHEMAS[kind]
     if not isinstance(body, dict):
         raise EncodingError(f"{kind} body must be an object")
-    if set(body) != set(schema):
+    if body.keys() != _BODY_FIELDS[kind]:
         missing = sorted(set(schema) - set(body))
         extra = sorted(set(body) - set(schema))
         raise EncodingError(f"{kind} body fields wrong: missing {missing}, unexpected {extra}")
@@ -227,25 +234,23 @@ class Transaction:
     @classmethod
     def from_dict(cls, data: Any) -> Transaction:
         """Structural validation of untrusted input; signatures are checked separately."""
-        if not isinstance(data, dict) or set(data) != {"tx", "sig"}:
+        if not isinstance(data, dict) or data.keys() != _SIGNED_FIELDS:
             raise EncodingError('a transaction is an object {"tx": ..., "sig": ...}')
         tx, sig = data["tx"], data["sig"]
-        fields = {"v", "chain", "kind", "author", "nonce", "time", "body"}
-        if not isinstance(tx, dict) or set(tx) != fields:
-            raise EncodingError(f"transaction fields must be exactly {sorted(fields)}")
+        if not isinstance(tx, dict) or tx.keys() != _TX_FIELDS:
+            raise EncodingError(f"transaction fields must be exactly {sorted(_TX_FIELDS)}")
         if tx["v"] != PROTOCOL_VERSION:
             raise EncodingError(f"unsupported transaction version {tx['v']!r}")
         if not is_hash_hex(tx["chain"]):
             raise EncodingError("transaction chain must be a genesis hash")
-        try:
-            kind = TxKind(tx["kind"])
-        except ValueError as exc:
-            raise EncodingError(f"unknown transaction kind {tx['kind']!r}") from exc
+        kind = _KINDS.get(tx["kind"]) if isinstance(tx["kind"], str) else None
+        if kind is None:
+            raise EncodingError(f"unknown transaction kind {tx['kind']!r}")
         if not is_did(tx["author"]):
             raise EncodingError("transaction author must be an Ed25519 did:key")
         if not isinstance(tx["nonce"], str) or not _NONCE.match(tx["nonce"]):
             raise EncodingError("transaction nonce must be 32 lowercase hex digits")
-        if not _int(0, _U64)(tx["time"]):
+        if not _TIME(tx["time"]):
             raise EncodingError("transaction time must be integer milliseconds")
         if not is_signature_hex(sig):
             raise EncodingError("transaction signature must be 128 lowercase hex digits")
