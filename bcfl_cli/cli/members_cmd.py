@@ -98,7 +98,12 @@ def approve(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Approve a pending join request (signed approve_member, sent to your node)."""
+    """Approve a pending join request (signed approve_member, sent to your node).
+
+    The request is looked up at the node's head: blocks this home's ledger lacks are fetched
+    from the node and checked first, so a lagging ledger is no obstacle; with no node running
+    it says so (start `bcfl node`, or pass --node URL).
+    """
     member_home = Home.resolve(home)
     identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
     with NodeApi(node_url(member_home, node), identity.signing_key) as api:

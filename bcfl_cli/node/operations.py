@@ -500,6 +500,60 @@ def _find_member(state: ChainState, who: str) -> Member:
     raise UsageError(f"{who} is not an active member", hint="`bcfl members list` shows them")
 
 
+#: Blocks a command replays from the node in memory when this home's ledger lags behind it.
+MAX_CATCH_UP_BLOCKS = 10_000
+UNREACHABLE_HINT = (
+    "pending requests and members are read from this home's ledger, which this member's own "
+    "node keeps in sync: start it (`bcfl node`), or pass --node URL of a member's running node"
+)
+
+
+def current_state(home: Home, api: NodeApi, *, at_least: int = 0) -> ChainState:
+    """This home's state, brought up to the node's head before deciding anything on it.
+
+    The member's own node syncs the ledger, but a command may run while it lags (or against
+    another member's node with ``--node``). Blocks this home lacks are fetched from ``api`` and
+    applied in memory with every rule, commit certificate and signature checked, so a node can
+    add nothing the validators did not commit; the ledger itself is only written by the node.
+    """
+    state = local_state(home)
+    try:
+        status = api.status()
+    except NodeError as exc:
+        raise NodeError(exc.message, hint=UNREACHABLE_HINT) from exc
+    if status.get("genesis") != state.chain_id:
+        raise NodeError(
+            f"{api.url} serves another consortium (genesis {str(status.get('genesis'))[:16]}), "
+            f"this home holds {state.chain_id[:16]}",
+            hint="pass --node URL of a node of this home's consortium",
+        )
+    head = status.get("height")
+    target = max(head if isinstance(head, int) else 0, at_least)
+    if target - state.height > MAX_CATCH_UP_BLOCKS:
+        raise NodeError(
+            f"this home's ledger is at height {state.height}, {api.url} at {target}",
+            hint="start this member's node (`bcfl node`) and let it sync, then retry",
+        )
+    while state.height < target:
+        data = api.get("/blocks", start=state.height + 1, limit=100)
+        blocks = data.get("blocks") if isinstance(data, dict) else None
+        if not isinstance(blocks, list) or not blocks:
+            break
+        for raw in blocks:
+            try:
+                state = state.apply(Block.from_dict(raw))
+            except BcflError as exc:
+                raise NodeError(
+                    f"{api.url} serves a block this home cannot accept: {exc.message}"
+                ) from exc
+    if state.height < at_least:
+        raise NodeError(
+            f"{api.url} committed at height {at_least} but serves blocks only up to "
+            f"{state.height}"
+        )
+    return state
+
+
 def approve_member(
     home: Home,
     key: nacl.signing.SigningKey,
@@ -509,7 +563,7 @@ def approve_member(
     wait_s: float | None = DEFAULT_WAIT_S,
 ) -> MemberChange:
     """Sign and submit this validator's approval of ``who``'s pending join request."""
-    state = local_state(home)
+    state = current_state(home, api)
     request = _find_pending(state, who)
     if _did(key) in request.approvals:
         raise UsageError(f"you already approved {request.name}")
@@ -528,7 +582,7 @@ def remove_member(
     wait_s: float | None = DEFAULT_WAIT_S,
 ) -> MemberChange:
     """Sign and submit this validator's request to remove ``who``."""
-    state = local_state(home)
+    state = current_state(home, api)
     member = _find_member(state, who)
     if _did(key) in state.removals.get(member.did, frozenset()):
         raise UsageError(f"you already asked to remove {member.name}")
@@ -555,7 +609,7 @@ def _send_change(
     status = api.wait_for_tx(tx.hash, wait_s)
     if status.status == "rejected":
         raise NodeError(f"the node dropped the {kind}: {status.reason or 'no reason given'}")
-    state = _state_at_least(home, api, status.height or 0, wait_s)
+    state = current_state(home, api, at_least=status.height or 0)
     config = state.config
     if admission:
         needed = config.admission_approvals
@@ -568,22 +622,6 @@ def _send_change(
         effective = member is not None and not member.active
         approvals = needed if effective else len(state.removals.get(did, frozenset()))
     return MemberChange(kind, tx.hash, did, name, True, status.height, effective, approvals, needed)
-
-
-def _state_at_least(home: Home, api: NodeApi, height: int, wait_s: float) -> ChainState:
-    """The local state once the member's store has caught up to ``height`` (bounded)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        state = local_state(home)
-        if state.height >= height:
-            return state
-        if time.monotonic() >= deadline:
-            raise NodeError(
-                f"{api.url} committed at height {height} but this home's ledger is at "
-                f"{state.height}",
-                hint="is this home's own node running (`bcfl node`)? it syncs the ledger",
-            )
-        time.sleep(POLL_S)
 
 
 # --- submit ---------------------------------------------------------------------------------

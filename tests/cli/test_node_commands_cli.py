@@ -158,3 +158,26 @@ def test_status_falls_back_to_the_ledger_when_the_node_is_down(tmp_path: Path) -
     # asking a named node that is down is an error, not a fallback
     named = bcfl("status", "--home", str(home.root), "--node", f"127.0.0.1:{port}")
     assert named.exit_code == 1 and "no answer" in named.output
+
+
+def test_members_approve_with_a_lagging_or_nodeless_home(
+    local: LocalNode, make_home: MakeHome, tmp_path: Path
+) -> None:
+    import shutil
+
+    stale = tmp_path / "stale"
+    shutil.copytree(local.home.root, stale)  # node.json names the node; the ledger is at 0
+    nodeless = tmp_path / "nodeless"
+    shutil.copytree(local.home.root, nodeless, ignore=shutil.ignore_patterns("node"))
+    erin = make_home("erin")
+    joined = bcfl(
+        "join", URL, "--home", str(erin.root), "--genesis-hash", local.node.genesis_hash,
+        "--roles", "trainer",
+    )  # fmt: skip
+    assert joined.exit_code == 0, joined.output
+    refused = bcfl("members", "approve", "erin", "--home", str(nodeless))
+    assert refused.exit_code == 1
+    assert "no node recorded" in refused.stderr and "bcfl node" in refused.stderr
+    approved = bcfl("members", "approve", "erin", "--home", str(stale), "--json")
+    assert approved.exit_code == 0, approved.output
+    assert json.loads(approved.stdout)["approvals"] == 1

@@ -337,3 +337,35 @@ def test_push_to_peers_offers_the_blob_and_reports_the_unreachable(
 
 def _refuse_all(request: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError("connection refused", request=request)
+
+
+def test_approve_from_a_lagging_ledger_asks_the_node(
+    local: LocalNode, make_home: MakeHome, tmp_path: Path
+) -> None:
+    """A validator whose home still holds only the genesis (its node down or behind) approves
+    a request committed since: the command replays the node's blocks (certificates checked)."""
+    import shutil
+
+    stale = Home.resolve(tmp_path / "bob-stale")
+    shutil.copytree(local.home.root, stale.root)  # alice's home at height 0: same genesis
+    outcome = _join(local, make_home)
+    assert ops.local_state(stale).height == 0 < local.state.height
+    with local.api(key("bob")) as api:
+        change = ops.approve_member(stale, key("bob"), api, "erin", wait_s=5)
+        assert change.committed and change.approvals == 1 and change.did == outcome.did
+        assert ops.current_state(stale, api).pending[outcome.did].approvals == {did("bob")}
+    assert ops.local_state(stale).height == 0  # only the node writes the ledger
+
+
+def test_approve_without_a_reachable_node_says_what_to_do(local: LocalNode) -> None:
+    api = ops.NodeApi("http://127.0.0.1:9", key("alice"), retries=0, timeout=1.0)
+    with api, pytest.raises(NodeError) as info:
+        ops.approve_member(local.home, key("alice"), api, "erin")
+    assert info.value.hint is not None and "bcfl node" in info.value.hint
+    assert "--node URL" in info.value.hint
+
+
+def test_approve_refuses_a_node_of_another_consortium(local: LocalNode, tmp_path: Path) -> None:
+    other = consortium_home(tmp_path / "other", edit={"Example Hospitals": "Other Hospitals"})
+    with local.api(key("alice")) as api, pytest.raises(NodeError, match="another consortium"):
+        ops.approve_member(other, key("alice"), api, "erin")
