@@ -51,13 +51,14 @@ def list_members(home: HomeOption = None, json_out: JsonOption = False) -> None:
     if view.pending:
         render.print_table(
             f"Pending join requests ({view.admission_approvals} approvals admit)",
-            ["name", "roles", "power", "approvals", "did"],
+            ["name", "roles", "power", "approvals", "approve by height", "did"],
             [
                 (
                     p.name,
                     ", ".join(p.roles),
                     p.power,
                     f"{len(p.approvals)}/{view.admission_approvals} {', '.join(p.approvals)}",
+                    p.expires_after,
                     p.did,
                 )
                 for p in view.pending

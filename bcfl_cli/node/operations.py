@@ -427,6 +427,7 @@ class PendingRow:
     power: int
     request: str
     approvals: list[str]
+    expires_after: int  # the last height at which it can be approved
 
 
 @dataclass(frozen=True)
@@ -454,7 +455,10 @@ def members_view(state: ChainState) -> MembersView:
 
     def pending(r: JoinRequest) -> PendingRow:
         approvals = sorted(state.name_of(d) for d in r.approvals)
-        return PendingRow(r.did, r.name, list(r.roles), r.power, r.tx, approvals)
+        ttl = state.config.join_request_ttl_blocks
+        return PendingRow(
+            r.did, r.name, list(r.roles), r.power, r.tx, approvals, r.expires_after(ttl)
+        )
 
     return MembersView(
         height=state.height,

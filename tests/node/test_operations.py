@@ -369,3 +369,14 @@ def test_approve_refuses_a_node_of_another_consortium(local: LocalNode, tmp_path
     other = consortium_home(tmp_path / "other", edit={"Example Hospitals": "Other Hospitals"})
     with local.api(key("alice")) as api, pytest.raises(NodeError, match="another consortium"):
         ops.approve_member(other, key("alice"), api, "erin")
+
+
+def test_members_view_shows_when_a_request_expires(local: LocalNode, make_home: MakeHome) -> None:
+    outcome = _join(local, make_home)
+    request = local.state.pending[outcome.did]
+    (row,) = ops.members_view(local.state).pending
+    ttl = local.state.config.join_request_ttl_blocks
+    assert row.expires_after == request.height + ttl and request.height >= 1
+    assert ops.members_view(local.state).to_json()["pending"][0]["expires_after"] == (
+        row.expires_after
+    )
