@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The Quick start's main job: four member identities, a consortium file filled with their dids,
 # the genesis block, the chain verified, then one byte of a stored blob changed and the fault
-# named by verify-chain. Everything lives in a throwaway directory, .bcfl-demo/quickstart.
+# named by verify-chain. Everything lives in a throwaway directory, .bcfl-demo/quickstart
+# (or $BCFL_DEMO_DIR: the test suite runs this script in a temporary directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BCFL=${BCFL:-.venv/bin/bcfl}
-DEMO=.bcfl-demo/quickstart
+DEMO=${BCFL_DEMO_DIR:-.bcfl-demo/quickstart}
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 # Throwaway keys for a demo: a real member types a passphrase at the hidden prompt instead.
