@@ -50,7 +50,6 @@ from bcfl_cli.home import Home  # noqa: E402
 from bcfl_cli.protocol.block import Block  # noqa: E402
 from bcfl_cli.protocol.crypto import Domain, did_from_public_key, signing_message  # noqa: E402
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx  # noqa: E402
-from bcfl_cli.store import ledger as ledger_module  # noqa: E402
 from bcfl_cli.store.ledger import Ledger  # noqa: E402
 from bcfl_cli.verify import verify_chain  # noqa: E402
 from bench.common import RESULTS, Report, base_parser, emit, log, ratio  # noqa: E402
@@ -133,17 +132,9 @@ class ChainBuilder:
             self.flush()
 
     def flush(self) -> None:
-        """Append the pending blocks in one database transaction (one fsync, not one a block).
-
-        The store has no batch append (a node appends one decided block at a time), so this
-        bench-only builder uses the store's own insert inside one transaction; the blocks were
-        checked by ``ChainState.apply`` above and verify-chain checks them all again.
-        """
-        if not self.pending:
-            return
-        with self.ledger._engine.begin() as conn:
-            for block in self.pending:
-                ledger_module._insert_block(conn, block)
+        """Append the pending blocks in one database transaction (one fsync, not one a block);
+        they were checked by ``ChainState.apply`` above and verify-chain checks them all again."""
+        self.ledger.append_many(self.pending)
         self.pending.clear()
 
     def proposer(self) -> int:

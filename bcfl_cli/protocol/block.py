@@ -9,6 +9,8 @@ the consortium's identity, pinned by every member.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -19,6 +21,7 @@ import nacl.signing
 from bcfl_cli.errors import EncodingError
 from bcfl_cli.protocol.crypto import Domain, did_from_public_key, is_did, sign_digest, verify_by_did
 from bcfl_cli.protocol.encoding import (
+    MAX_JSON_BYTES,
     MAX_SAFE_INT,
     hash_object,
     is_hash_hex,
@@ -200,6 +203,52 @@ def _vote_text(vote: Vote) -> bytes | None:
     return (_VOTE_TEMPLATE % values).encode("ascii")
 
 
+#: Decodes without hooks; what it yields is only trusted once a template reproduces the text.
+_PLAIN_DECODER = json.JSONDecoder()
+
+
+def _fast_text(data: str | bytes) -> str | None:
+    """``data`` as text when it may be a canonical certificate or header (bounded, ASCII)."""
+    if len(data) > MAX_JSON_BYTES:
+        return None
+    if isinstance(data, bytes):
+        return data.decode("ascii") if data.isascii() else None
+    return data if data.isascii() else None
+
+
+#: RFC 8785 of a header and of a certificate, keys in order, for fields that passed
+#: ``from_dict`` (hashes are hex, dids are canonical did:key, integers are checked safe);
+#: a property test pins both to ``canonical``.
+_HEADER_TEMPLATE = (
+    '{"config":"%s","height":%d,"prev":"%s","proposer":"%s","time":%d,"tx_root":"%s","v":'
+    + str(PROTOCOL_VERSION)
+    + ',"validators":"%s"}'
+)
+_COMMIT_TEMPLATE = '{"block":"%s","height":%d,"round":%d,"sigs":[%s]}'
+_COMMIT_SIG_TEMPLATE = '{"sig":"%s","validator":"%s"}'
+
+
+def _header_text(header: BlockHeader) -> str | None:
+    if not (_safe_int(header.height) and _safe_int(header.time) and _plain(header.proposer)):
+        return None
+    return _HEADER_TEMPLATE % (
+        header.config,
+        header.height,
+        header.prev,
+        header.proposer,
+        header.time,
+        header.tx_root,
+        header.validators,
+    )
+
+
+def _commit_text(commit: CommitCertificate) -> str | None:
+    if not (_safe_int(commit.height) and _safe_int(commit.round)):
+        return None
+    sigs = ",".join([_COMMIT_SIG_TEMPLATE % (sig, did) for did, sig in commit.signatures])
+    return _COMMIT_TEMPLATE % (commit.block, commit.height, commit.round, sigs)
+
+
 # --- commit certificates ------------------------------------------------------------------
 @dataclass(frozen=True)
 class CommitCertificate:
@@ -244,8 +293,47 @@ class CommitCertificate:
 
     @classmethod
     def from_canonical(cls, data: str | bytes) -> CommitCertificate:
-        """A certificate from its canonical bytes (refusing any other spelling)."""
+        """A certificate from its canonical bytes (refusing any other spelling).
+
+        Fast path: decode, validate, and compare the bytes with the certificate's canonical
+        form written by template (every validated field is plain); anything else is decided
+        by ``parse_canonical``.
+        """
+        text = _fast_text(data)
+        if text is not None:
+            try:
+                commit = cls.from_dict(_PLAIN_DECODER.decode(text))
+            except (EncodingError, ValueError, RecursionError, TypeError, KeyError):
+                pass
+            else:
+                if _commit_text(commit) == text:
+                    return commit
         return cls.from_dict(parse_canonical(data))
+
+    def precommit_digests(self, chain: str) -> list[bytes]:
+        """The SHA-256 each signature signs (the precommit's hash, raw), in signature order.
+
+        Equal to ``precommit(chain, did, sig).hash``; the common part of the votes is written
+        once by template when it is plain.
+        """
+        if not (
+            _plain(chain)
+            and _plain(self.block)
+            and _safe_int(self.height)
+            and _safe_int(self.round)
+        ):
+            return [bytes.fromhex(self.precommit(chain, d, s).hash) for d, s in self.signatures]
+        values = (self.block, chain, self.height, self.round, str(VoteType.PRECOMMIT), "")
+        prefix = hashlib.sha256((_VOTE_TEMPLATE % values)[:-2].encode("ascii"))
+        out = []
+        for did, sig in self.signatures:
+            if _plain(did):
+                vote = prefix.copy()
+                vote.update(did.encode("ascii") + b'"}')
+                out.append(vote.digest())
+            else:
+                out.append(bytes.fromhex(self.precommit(chain, did, sig).hash))
+        return out
 
     def precommit(self, chain: str, validator: str, signature: str) -> Vote:
         return Vote(
@@ -312,7 +400,17 @@ class BlockHeader:
     def from_canonical(cls, data: str | bytes) -> BlockHeader:
         """A header from its canonical bytes (refusing any other spelling); the hash is theirs."""
         raw = data.encode("utf-8") if isinstance(data, str) else data
-        header = cls.from_dict(parse_canonical(data))
+        text = _fast_text(data)
+        header = None
+        if text is not None:
+            try:
+                header = cls.from_dict(_PLAIN_DECODER.decode(text))
+            except (EncodingError, ValueError, RecursionError, TypeError, KeyError):
+                header = None
+            if header is not None and _header_text(header) != text:
+                header = None
+        if header is None:
+            header = cls.from_dict(parse_canonical(data))
         header.__dict__["hash"] = sha256_hex(raw)
         return header
 

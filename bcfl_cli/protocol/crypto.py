@@ -42,9 +42,19 @@ def verify_digest(public_key: bytes, domain: Domain, digest_hex: str, signature_
     """True when ``signature_hex`` is a valid Ed25519 signature of the domain-separated digest."""
     try:
         signature = bytes.fromhex(signature_hex)
-        if len(signature) != 64:
-            return False
-        _verify_key(public_key).verify(signing_message(domain, digest_hex), signature)
+        message = signing_message(domain, digest_hex)
+    except ValueError:
+        return False
+    return verify_message(public_key, message, signature)
+
+
+def verify_message(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True when ``signature`` (64 bytes) is a valid Ed25519 signature of ``message``, which
+    is already the domain-separated ``signing_message``."""
+    if len(signature) != 64:
+        return False
+    try:
+        _verify_key(public_key).verify(message, signature)
     except (ValueError, nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
         return False
     return True

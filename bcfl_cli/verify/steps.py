@@ -14,7 +14,7 @@ from bcfl_cli.errors import StoreError, VerificationError
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.tx import TxKind
-from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.store.blobs import BlobStatus, BlobStore
 from bcfl_cli.store.ledger import Ledger
 
 
@@ -65,53 +65,63 @@ def verify_blob(
     what: str,
 ) -> None:
     """§7 A referenced blob is present, hashes to its name, and has the size claimed."""
-    if not blobs.has(digest):
-        raise VerificationError(
+    status, found = blobs.check(digest)
+    error = blob_fault(digest, size, status, found, height=height, tx=tx, what=what)
+    if error is not None:
+        raise error
+
+
+def blob_fault(
+    digest: str,
+    size: int | None,
+    status: BlobStatus,
+    found: int,
+    *,
+    height: int,
+    tx: str | None,
+    what: str,
+) -> VerificationError | None:
+    """The fault, if any, of a blob check that found ``status`` and ``found`` bytes."""
+    if status == "missing":
+        return VerificationError(
             f"{what} blob {digest} is missing", height=height, tx_hash=tx, code="blob_missing"
         )
-    if not blobs.verify(digest):
-        raise VerificationError(
+    if status == "corrupt":
+        return VerificationError(
             f"{what} blob {digest}: content does not hash to its name",
             height=height,
             tx_hash=tx,
             code="blob_corrupt",
         )
-    if size is not None and blobs.size(digest) != size:
-        raise VerificationError(
-            f"{what} blob {digest}: size expected {size}, found {blobs.size(digest)}",
+    if size is not None and found != size:
+        return VerificationError(
+            f"{what} blob {digest}: size expected {size}, found {found}",
             height=height,
             tx_hash=tx,
             code="blob_size_mismatch",
         )
+    return None
 
 
-def verify_block_blobs(blobs: BlobStore, block: Block) -> int:
-    """§7 Blobs a block makes part of the model's history: accepted updates and aggregates."""
-    checked = 0
+def block_blobs(block: Block) -> Iterator[tuple[str, str, int, str]]:
+    """§7 Blobs a block makes part of the model's history, in block order: the blob of each
+    accepted update and each aggregate's model, as (tx hash, blob hash, size, what)."""
     previous = None
     for tx in block.txs:
         body = tx.body
         if tx.kind is TxKind.VALIDATION and body["verdict"] == "accept" and previous is not None:
-            verify_blob(
-                blobs,
-                previous.body["blob"],
-                previous.body["blob_size"],
-                height=block.height,
-                tx=previous.hash,
-                what="update",
-            )
-            checked += 1
+            yield previous.hash, previous.body["blob"], previous.body["blob_size"], "update"
         elif tx.kind is TxKind.AGGREGATE:
-            verify_blob(
-                blobs,
-                body["model"],
-                body["model_size"],
-                height=block.height,
-                tx=tx.hash,
-                what="aggregate model",
-            )
-            checked += 1
+            yield tx.hash, body["model"], body["model_size"], "aggregate model"
         previous = tx
+
+
+def verify_block_blobs(blobs: BlobStore, block: Block) -> int:
+    """§7 Every blob :func:`block_blobs` names is present, intact and of the size claimed."""
+    checked = 0
+    for tx_hash, digest, size, what in block_blobs(block):
+        verify_blob(blobs, digest, size, height=block.height, tx=tx_hash, what=what)
+        checked += 1
     return checked
 
 

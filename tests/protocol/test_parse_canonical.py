@@ -210,3 +210,65 @@ def test_from_canonical_refuses_other_spellings() -> None:
         Transaction.from_canonical(text.replace('"tx":', '"tx": '))
     with pytest.raises(NotCanonicalError):
         Transaction.from_canonical(text.replace('"detail":""', '"detail":"\\u0041"'))
+
+
+# --- headers and certificates by template ---------------------------------------------------
+hexes = st.binary(min_size=32, max_size=32).map(bytes.hex)
+ints = st.integers(min_value=0, max_value=2**53 + 5)
+headers = st.builds(
+    BlockHeader,
+    height=ints,
+    prev=hexes,
+    time=ints,
+    proposer=dids,
+    tx_root=hexes,
+    validators=hexes,
+    config=hexes,
+)
+certificates = st.builds(
+    lambda h, r, b, signers: CommitCertificate(
+        h, r, b, tuple(sorted((d, s.hex()) for d, s in signers.items()))
+    ),
+    ints,
+    ints,
+    hexes,
+    st.dictionaries(dids, st.binary(min_size=64, max_size=64), max_size=3),
+)
+
+
+def _decides_as_generic(parse_fast: Any, parse_dict: Any, text: str) -> None:
+    def generic(t: str) -> Any:
+        return parse_dict(_parse_canonical_exact(t))
+
+    assert _outcome(parse_fast, text) == _outcome(generic, text), text
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers, certificates, st.data())
+def test_header_and_certificate_templates_decide_as_the_generic_path(
+    header: BlockHeader, commit: CommitCertificate, data: st.DataObject
+) -> None:
+    for obj, cls in ((header, BlockHeader), (commit, CommitCertificate)):
+        try:
+            text = canonical(obj.to_dict()).decode()
+        except EncodingError:  # an integer out of the safe range
+            continue
+        _decides_as_generic(cls.from_canonical, cls.from_dict, text)
+        pos = data.draw(st.integers(min_value=0, max_value=len(text)))
+        piece = data.draw(st.sampled_from(EDITS))
+        _decides_as_generic(cls.from_canonical, cls.from_dict, text[:pos] + piece + text[pos:])
+        _decides_as_generic(cls.from_canonical, cls.from_dict, text[:pos] + piece + text[pos + 1 :])
+    if all(0 <= v <= MAX_SAFE_INT for v in (header.height, header.time)):
+        assert BlockHeader.from_canonical(canonical(header.to_dict())).hash == header.hash
+
+
+@settings(max_examples=200, deadline=None)
+@given(certificates, st.sampled_from([CHAIN, "", 'x"y', "é"]) | odd_text)
+def test_precommit_digests_equal_each_vote_hash(commit: CommitCertificate, chain: str) -> None:
+    try:
+        expected = [bytes.fromhex(commit.precommit(chain, d, s).hash) for d, s in commit.signatures]
+    except EncodingError:
+        with pytest.raises(EncodingError):
+            commit.precommit_digests(chain)
+        return
+    assert commit.precommit_digests(chain) == expected
