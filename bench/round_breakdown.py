@@ -195,6 +195,9 @@ def analyse(root: Path, members: Sequence[str]) -> dict[str, Any]:
 def render(result: dict[str, Any], load: tuple[str, str]) -> str:
     lines = [f"load average before / after: {load[0]} / {load[1]}"]
     lines.append(f"round s (aggregate -> aggregate): {[round(x, 2) for x in result['round_s']]}")
+    if "cpu_s_per_round_all_nodes" in result:
+        cpu = result["cpu_s_per_round_all_nodes"]
+        lines.append(f"CPU s per round after the first, all nodes together: {cpu:.2f}")
     lines.append(f"heights per FL round: {result['heights_per_round']}")
     by_round = dict(result["consensus_rounds"])
     lines.append(f"commits by consensus round (1 = first round): {by_round}")
@@ -215,6 +218,37 @@ def render(result: dict[str, Any], load: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def follow(consortium: LocalConsortium, rounds: int, *, timeout: float) -> dict[str, float]:
+    """Wait for every round; the nodes' CPU seconds per round after the first (all nodes).
+
+    CPU time does not depend on how many other jobs share the machine, so it is the figure to
+    compare between runs on a loaded machine (wall time is not).
+    """
+    first = consortium.nodes[0]
+    marks: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(marks) < rounds:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out: {len(marks)} of {rounds} rounds closed")
+        status = consortium.status(first)
+        if status is not None:
+            rnd = status["round"]
+            done = int(rnd["number"]) if rnd["state"] == "closed" else int(rnd["number"]) - 1
+            for r in range(1, done + 1):
+                if r not in marks:
+                    marks[r] = sum(cpu_seconds(n.proc.pid) for n in consortium.nodes)
+        time.sleep(0.05)
+    later = rounds - 1
+    per_round = (marks[rounds] - marks[1]) / later if later else float("nan")
+    return {"cpu_s_per_round_all_nodes": per_round}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--members", type=int, default=4)
@@ -222,7 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep the homes here (default: a temp dir)")
     parser.add_argument("--analyse", type=Path, help="only analyse the homes of an earlier run")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="3 rounds")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds = min(args.rounds, 3)
     load_before = f"{os.getloadavg()[0]:.2f}"
     if args.analyse is not None:
         root = args.analyse
@@ -233,11 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         with LocalConsortium(root, DIGITS_MLP, PLAN, args.members, args.rounds) as consortium:
             consortium.start_all()
             started = time.perf_counter()
-            consortium.watch_rounds(timeout=120.0 + 60.0 * args.rounds, quiet=args.json)
+            cpu = follow(consortium, args.rounds, timeout=120.0 + 60.0 * args.rounds)
             print(f"wall {time.perf_counter() - started:.1f} s", file=sys.stderr)
             names = [n.name for n in consortium.nodes]
         print(f"homes kept in {root}", file=sys.stderr)
     result = analyse(root, names)
+    if args.analyse is None:
+        result.update(cpu)
     load = (load_before, f"{os.getloadavg()[0]:.2f}")
     if args.json:
         print(json.dumps({**result, "load": load}, default=str))

@@ -66,7 +66,10 @@ def node(
             "--empty-block-interval",
             min=0.05,
             max=3600.0,
-            help="Seconds an idle proposer waits before proposing an empty block.",
+            help=(
+                "Seconds an idle proposer waits before proposing an empty block (or a round's "
+                "first updates while other trainers' are still expected)."
+            ),
         ),
     ] = 1.0,
     train: Annotated[

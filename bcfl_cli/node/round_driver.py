@@ -242,7 +242,14 @@ def has_work(
     aggregate_of: AggregateOf,
     has_blob: HasBlob | None = None,
 ) -> bool:
-    """Whether the block at ``height`` would hold anything (else the proposer may wait)."""
+    """Whether the block at ``height`` should be proposed now (else the proposer may wait).
+
+    The proposer waits at most its idle interval (``empty_block_interval``) and then proposes
+    what it has. Updates that do not yet complete the round's quorum count as work only when
+    no other trainer's update is still expected: all the round's updates then go in one block,
+    with the aggregate and the next open_round, instead of one block for the first update to
+    arrive and another for the rest.
+    """
     if any(tx.kind not in (TxKind.UPDATE,) for tx in pending):
         return True
     rnd = state.round
@@ -250,7 +257,17 @@ def has_work(
         return rounds_left(state)
     if aggregate_due(state, height):
         return aggregate_of(state) is not None
-    return any(verdict_of(tx) is not None for tx in proposable_updates(state, pending, has_blob))
+    judged = [
+        (tx, verdict)
+        for tx in proposable_updates(state, pending, has_blob)
+        if (verdict := verdict_of(tx)) is not None
+    ]
+    if not judged:
+        return False
+    after = state_after_updates(state, judged)
+    if aggregate_due(after, height):
+        return aggregate_of(after) is not None
+    return not (state.trainers - after.round.submitted)
 
 
 def build_proposal(

@@ -150,6 +150,29 @@ def test_open_rounds_stop_when_the_plan_is_done(chain: Chain) -> None:
     assert report.ok, report.fault
 
 
+def test_a_partial_set_of_updates_waits_for_the_others(chain: Chain) -> None:
+    checks = CachingChecks(FLChecks(chain.blobs))
+    step(chain, [], checks)
+    state = chain.state
+    bob, carol = chain.update("bob", scale=0.01), chain.update("carol", scale=0.02)
+
+    def work(pending: list[Transaction], prepared: tuple[str, int] | None) -> bool:
+        return has_work(
+            state,
+            pending,
+            height=state.height + 1,
+            verdict_of=lambda tx: checks.check_update(state, tx),
+            aggregate_of=lambda s: prepared,
+        )
+
+    # one update of the two the round needs, two other trainers yet to send: wait (at most
+    # the idle interval; the driver then proposes it anyway)
+    assert not work([bob], ("00" * 32, 1))
+    # the quorum is there: propose as soon as the aggregate after it is prepared
+    assert not work([bob, carol], None)
+    assert work([bob, carol], ("00" * 32, 1))
+
+
 def test_build_proposal_leaves_out_what_the_rules_refuse(chain: Chain) -> None:
     foreign = chain.tx("bob", TxKind.APPROVE_MEMBER, {"member": did("carol"), "request": "00" * 32})
     dropped: list[tuple[str, str]] = []
@@ -201,19 +224,20 @@ def test_updates_whose_blob_the_proposer_lacks_wait_for_a_later_block(chain: Cha
     missing = {lacked.body["blob"]}
     txs = plan(lambda blob: blob not in missing)
     assert kinds(txs) == ["update", "validation"] and txs[0].hash == held.hash
+    # both updates complete the quorum (min_updates = 2): work, unless one blob is lacking
     assert has_work(
         state,
-        [lacked],
+        [lacked, held],
         height=height,
         verdict_of=lambda tx: checks.check_update(state, tx),
-        aggregate_of=lambda s: None,
+        aggregate_of=lambda s: ("00" * 32, 1),
     )
     assert not has_work(
         state,
-        [lacked],
+        [lacked, held],
         height=height,
         verdict_of=lambda tx: checks.check_update(state, tx),
-        aggregate_of=lambda s: None,
+        aggregate_of=lambda s: ("00" * 32, 1),
         has_blob=lambda blob: blob not in missing,
     )
     # once the blob is here, the update goes in (it was only delayed, never dropped)
