@@ -120,9 +120,10 @@ class Peers:
         params: dict[str, str | int] | None = None,
         max_bytes: int = MAX_RESPONSE_BYTES,
         timeout_s: float | None = None,
+        content_type: str = "application/json",
     ) -> Any:
         """Signed request; the parsed JSON answer of a 2xx, else PeerRequestError."""
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {"Content-Type": content_type} if body is not None else {}
         if body is not None:
             headers[NODE_URL_HEADER] = self.own_url
         request = self._client.build_request(
@@ -170,6 +171,41 @@ class Peers:
 
     async def post(self, peer: PeerInfo, path: str, payload: Any, **kw: Any) -> Any:
         return await self.request(peer, "POST", path, body=canonical(payload), **kw)
+
+    async def put_small_blob(self, peer: PeerInfo, digest: str, data: bytes) -> bool:
+        """Push a one-chunk blob on the pooled connections: chunk 0, then the finalise.
+
+        The same signed routes as ``blob_fetch.upload_blob`` (which a thread runs with a client
+        of its own, and which asks where an upload stands first); False when the peer needs
+        that resumable protocol instead (a partial upload of this blob there, or a chunk size
+        smaller than ``data``). Raises PeerRequestError when the peer cannot be reached.
+        """
+        size = len(data)
+        params: dict[str, str | int] = {"size": size}
+        octets = "application/octet-stream"
+        try:
+            answer = await self.request(
+                peer,
+                "PUT",
+                f"/v1/blobs/{digest}/chunks/0",
+                body=data,
+                params=params,
+                content_type=octets,
+            )
+        except PeerRequestError as exc:
+            if exc.status in (400, 409):
+                return False
+            raise
+        if not isinstance(answer, dict):
+            return False
+        if answer.get("complete") is True:
+            return True
+        if answer.get("received") != size:
+            return False
+        await self.request(
+            peer, "PUT", f"/v1/blobs/{digest}", body=b"", params=params, content_type=octets
+        )
+        return True
 
     def blob_client(self, peer: PeerInfo) -> SignedClient:
         """A synchronous signed client for ``blob_fetch`` (run it in a thread)."""

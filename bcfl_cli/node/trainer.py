@@ -48,6 +48,8 @@ Publish = Callable[[str], Awaitable[None]]
 
 DEFAULT_POLL_S = 0.5
 PUBLISH_TIMEOUT_S = 60.0
+#: Update blobs up to this size are pushed in one request (the routes' chunks are 4 MiB).
+SMALL_PUSH_BYTES = 1024 * 1024
 MAX_ATTEMPTS_PER_ROUND = 3
 
 
@@ -311,13 +313,23 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
         with peers.blob_client(peer) as client:
             upload_blob(client, digest, blobs)
 
+    put_small = getattr(peers, "put_small_blob", None)
+
+    async def push_one(peer: Any, digest: str, small: bytes | None) -> None:
+        # A one-chunk blob (an update of a small model) goes as two requests on the node's
+        # pooled connections, concurrently on the event loop; the rest, or a peer that wants
+        # to resume a partial upload, through the resumable upload in a thread.
+        if small is not None and put_small is not None and await put_small(peer, digest, small):
+            return
+        await asyncio.to_thread(push, peer, digest)
+
     async def publish(digest: str) -> None:
         targets = peers.live()
+        small = None
+        if blobs.size(digest) <= SMALL_PUSH_BYTES:
+            small = blobs.get(digest, max_bytes=SMALL_PUSH_BYTES)
         results = await asyncio.gather(
-            *(
-                asyncio.wait_for(asyncio.to_thread(push, p, digest), PUBLISH_TIMEOUT_S)
-                for p in targets
-            ),
+            *(asyncio.wait_for(push_one(p, digest, small), PUBLISH_TIMEOUT_S) for p in targets),
             return_exceptions=True,
         )
         for peer, result in zip(targets, results, strict=True):

@@ -205,3 +205,41 @@ def test_peer_publisher_pushes_to_reachable_peers(local: LocalNode, tmp_path: Pa
         assert other.node.blobs.verify(digest)
     finally:
         other.close()
+
+
+def test_a_small_blob_is_pushed_on_the_pooled_async_client(
+    local: LocalNode, tmp_path: Path
+) -> None:
+    import httpx
+
+    from bcfl_cli.node.app import create_app
+    from bcfl_cli.node.peers import PeerInfo, Peers
+    from bcfl_cli.node.trainer import peer_publisher
+
+    other = LocalNode(tmp_path / "other")
+    try:
+        digest = local.node.blobs.put(b"update bytes" * 1000)
+        peers = Peers(key("alice"), ["http://testserver"], self_url="http://me")
+        peers._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(other.node)))
+        sent: list[str] = []
+
+        class Spy:
+            def live(self) -> list[PeerInfo]:
+                return peers.live()
+
+            def blob_client(self, peer: object) -> object:
+                raise AssertionError("a one-chunk blob needs no thread and no new client")
+
+            async def put_small_blob(self, peer: PeerInfo, digest: str, data: bytes) -> bool:
+                sent.append(digest)
+                return await peers.put_small_blob(peer, digest, data)
+
+        async def scenario() -> None:
+            await peer_publisher(Spy(), local.node.blobs)(digest)  # type: ignore[arg-type]
+            await peer_publisher(Spy(), local.node.blobs)(digest)  # again: already complete
+            await peers.close()
+
+        asyncio.run(scenario())
+        assert sent == [digest, digest] and other.node.blobs.verify(digest)
+    finally:
+        other.close()
