@@ -1,12 +1,21 @@
 """Fetching and uploading blobs in chunks: resumable, checked chunk by chunk, never whole in memory.
 
 Download: read the peer's manifest (size, chunk size, per-chunk SHA-256), then stream
-``GET /blobs/{hash}`` with a ``Range`` from the first missing byte into
-``blob_dir/tmp/fetch-{hash}.part`` (a name made from the validated hash only), checking every
-chunk against the manifest as it completes. After a dropped connection the next attempt starts
-from the last whole, checked chunk; a partial file left by an earlier run is re-checked chunk by
-chunk and reused. At the end the whole file is hashed again before it is renamed into the store,
-so a lying manifest can never put a wrong blob there.
+``GET /blobs/{hash}`` with a ``Range`` from the first missing byte into a partial file of this
+attempt's own, checking every chunk against the manifest as it completes. After a dropped
+connection the next request starts from the last whole, checked chunk. At the end the whole file
+is hashed again before it is renamed into the store, so a lying manifest can never put a wrong
+blob there.
+
+Concurrent and abandoned attempts never share a file. Each attempt writes
+``blob_dir/tmp/fetch-{hash}.{random}.part`` (names made from the validated hash only) and holds
+an exclusive ``flock`` on it for as long as it runs; only the holder of that lock may write,
+rename or remove the file. An attempt that stops without the blob (dropped for good, cancelled,
+interrupted) *parks* its checked chunks as ``fetch-{hash}.part``; the next attempt *claims* that
+file (lock, check it is still the parked one, rename it to its own name), re-checks it chunk by
+chunk and resumes from it. The partial file of a process that died is claimed the same way
+(nobody holds its lock any more). So a download that a caller gave up on (``cancel``) but whose
+thread still runs can neither corrupt nor truncate another attempt's file, nor the stored blob.
 
 Upload: ask where the peer stands (``GET /blobs/{hash}/upload``), send the missing chunks with
 signed ``PUT /blobs/{hash}/chunks/{i}``, then finalise with ``PUT /blobs/{hash}``.
@@ -14,8 +23,12 @@ signed ``PUT /blobs/{hash}/chunks/{i}``, then finalise with ``PUT /blobs/{hash}`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
+import secrets
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +36,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bcfl_cli.errors import BlobError, NodeError
+from bcfl_cli.errors import BcflError, BlobError, NodeError
 from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import BlobStore
@@ -34,6 +47,10 @@ MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 64 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 MAX_ATTEMPTS = 5
+
+
+class FetchCancelled(BcflError):
+    """The caller gave up on this download (its ``cancel`` event is set)."""
 
 
 class BlobManifest(BaseModel):
@@ -72,9 +89,6 @@ def fetch_manifest(client: SignedClient, digest: str, *, max_bytes: int) -> Blob
 
 def _resume_point(part: Path, manifest: BlobManifest) -> int:
     """Bytes of ``part`` that are whole chunks matching the manifest; the rest is cut off."""
-    if not part.exists():
-        part.touch()
-        return 0
     good = 0
     with open(part, "r+b") as f:
         for index in range(len(manifest.chunks)):
@@ -94,6 +108,72 @@ def _resume_point(part: Path, manifest: BlobManifest) -> int:
     return good
 
 
+class _Attempt:
+    """One download attempt's own partial file, locked (``flock``) while the attempt runs."""
+
+    def __init__(self, store: BlobStore, digest: str) -> None:
+        self.tmp = store.root / "tmp"
+        self.digest = digest
+        self.parked = self.tmp / f"fetch-{digest}.part"
+        self.path = self.tmp / f"fetch-{digest}.{secrets.token_hex(8)}.part"
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a new name: nobody else can hold it
+        self._fd = fd
+        self._claim()
+
+    def _claim(self) -> None:
+        """Take over the parked partial file, else one whose attempt's process died."""
+        candidates = [self.parked, *sorted(self.tmp.glob(f"fetch-{self.digest}.*.part"))]
+        for candidate in candidates:
+            if candidate == self.path:
+                continue
+            try:
+                fd = os.open(candidate, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)  # a running attempt's file (or being claimed right now)
+                continue
+            try:
+                # Locked; still the file at that name (not moved away before we locked it)?
+                if os.stat(candidate).st_ino != os.fstat(fd).st_ino:
+                    raise FileNotFoundError(candidate)
+                os.replace(candidate, self.path)
+            except OSError:
+                os.close(fd)
+                continue
+            os.close(self._fd)  # the empty file we made was replaced by the claimed one
+            self._fd = fd
+            return
+
+    def park(self, store: BlobStore) -> None:
+        """Leave the checked chunks for the next attempt (or nothing once the blob is held)."""
+        try:
+            size = os.fstat(self._fd).st_size
+            if size == 0 or store.has(self.digest):
+                self.path.unlink(missing_ok=True)
+                return
+            try:
+                parked = self.parked.stat().st_size
+            except FileNotFoundError:
+                parked = -1
+            if size > parked:
+                os.replace(self.path, self.parked)
+            else:
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the lock
+            self._fd = -1
+
+
 def fetch_blob(
     client: SignedClient,
     digest: str,
@@ -102,32 +182,64 @@ def fetch_blob(
     max_bytes: int,
     progress: Progress | None = None,
     max_attempts: int = MAX_ATTEMPTS,
+    cancel: threading.Event | None = None,
 ) -> str:
-    """Download blob ``digest`` from the peer behind ``client`` into ``store``; resumable."""
+    """Download blob ``digest`` from the peer behind ``client`` into ``store``; resumable.
+
+    ``cancel``, once set, stops the download at the next piece received (``FetchCancelled``);
+    its checked chunks are parked for the next attempt.
+    """
     _check_hash(digest)
     if store.has(digest) and store.verify(digest):
         return digest
     manifest = fetch_manifest(client, digest, max_bytes=max_bytes)
-    part = store.root / "tmp" / f"fetch-{digest}.part"
-    done = _resume_point(part, manifest)
-    failures = 0
-    while done < manifest.size:
-        before = done
-        try:
-            done = _download_from(client, manifest, part, done, progress)
-        except (httpx.TransportError, NodeError) as exc:
-            if isinstance(exc, PeerRefused) and exc.status < 500:
-                raise
-            done = part.stat().st_size  # cut back to the last whole, checked chunk
-            failures = 0 if done > before else failures + 1
-            if failures >= max_attempts:
-                raise NodeError(
-                    f"download of {digest} stalled at {done}/{manifest.size} bytes: {exc}",
-                    hint="the partial file is kept; run the same command again to resume",
-                ) from exc
-            time.sleep(min(0.1 * 2**failures, 2.0))
-    _adopt(store, part, digest)
+    attempt = _Attempt(store, digest)
+    try:
+        part = attempt.path
+        done = _resume_point(part, manifest)
+        failures = 0
+        while done < manifest.size:
+            _check_cancel(cancel, digest)
+            before = done
+            try:
+                done = _download_from(client, manifest, part, done, progress, cancel)
+            except (httpx.TransportError, NodeError) as exc:
+                if isinstance(exc, PeerRefused) and exc.status < 500:
+                    raise
+                done = part.stat().st_size  # cut back to the last whole, checked chunk
+                failures = 0 if done > before else failures + 1
+                if failures >= max_attempts:
+                    raise NodeError(
+                        f"download of {digest} stalled at {done}/{manifest.size} bytes: {exc}",
+                        hint="the partial file is kept; run the same command again to resume",
+                    ) from exc
+                if cancel is not None:
+                    cancel.wait(min(0.1 * 2**failures, 2.0))
+                else:
+                    time.sleep(min(0.1 * 2**failures, 2.0))
+        _adopt(store, part, digest)
+    finally:
+        attempt.park(store)
+    # Another attempt that gave up may have parked its chunks meanwhile: no longer needed.
+    with contextlib.suppress(OSError):
+        _drop_parked(attempt.parked)
     return digest
+
+
+def _check_cancel(cancel: threading.Event | None, digest: str) -> None:
+    if cancel is not None and cancel.is_set():
+        raise FetchCancelled(f"download of {digest} cancelled")
+
+
+def _drop_parked(parked: Path) -> None:
+    """Remove a parked partial file, unless an attempt is claiming it right now."""
+    fd = os.open(parked, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.stat(parked).st_ino == os.fstat(fd).st_ino:
+            parked.unlink()
+    finally:
+        os.close(fd)
 
 
 def _adopt(store: BlobStore, part: Path, digest: str) -> None:
@@ -154,6 +266,7 @@ def _download_from(
     part: Path,
     done: int,
     progress: Progress | None,
+    cancel: threading.Event | None = None,
 ) -> int:
     """Stream from byte ``done`` (a chunk boundary); returns the bytes of whole checked chunks.
 
@@ -173,6 +286,7 @@ def _download_from(
                 hasher = hashlib.sha256()
                 in_chunk = 0
                 for piece in response.iter_raw(READ_SIZE):
+                    _check_cancel(cancel, manifest.hash)
                     view = memoryview(piece)
                     while view:
                         if index >= len(manifest.chunks):
@@ -194,6 +308,7 @@ def _download_from(
                             in_chunk = 0
                             if progress is not None:
                                 progress(done, manifest.size)
+                            _check_cancel(cancel, manifest.hash)
             finally:
                 out.truncate(done)
                 out.flush()

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
@@ -204,11 +205,18 @@ class Syncer:
         node = self.node
         limit = node.state.config.contract.max_blob_bytes
 
+        # Given up on (``_ensure_one``'s slice ran out, the node stops), the thread is told to
+        # stop at its next piece; until then it writes only its own partial file.
+        cancel = threading.Event()
+
         def work() -> None:
             with node.peers.blob_client(peer) as client:
-                fetch_blob(client, digest, node.blobs, max_bytes=limit)
+                fetch_blob(client, digest, node.blobs, max_bytes=limit, cancel=cancel)
 
-        await asyncio.to_thread(work)
+        try:
+            await asyncio.to_thread(work)
+        finally:
+            cancel.set()
         self.bytes_synced += node.blobs.size(digest)
         log.info("fetched blob", extra=fields(blob=digest, peer=peer.url))
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import nacl.signing
 import pytest
 
 from bcfl_cli.errors import BlobError
-from bcfl_cli.node.blob_fetch import fetch_blob, fetch_manifest, upload_blob
+from bcfl_cli.node.blob_fetch import FetchCancelled, fetch_blob, fetch_manifest, upload_blob
 from bcfl_cli.node.blob_routes import blob_app
 from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.protocol.crypto import did_from_public_key
@@ -214,6 +216,108 @@ def test_fetch_refuses_a_peer_serving_corrupt_chunks(peer: _Peer, tmp_path: Path
     assert not local.has(digest)
     part = local.root / "tmp" / f"fetch-{digest}.part"
     assert part.stat().st_size == CHUNK == manifest.chunk_size  # the good chunk is kept
+
+
+class _Abandon(Exception):
+    pass
+
+
+@pytest.mark.parametrize("how", ["exception", "cancel"])
+def test_an_abandoned_download_cannot_spoil_the_next_attempt(
+    peer: _Peer, tmp_path: Path, how: str
+) -> None:
+    """Two attempts on one blob; the first stalls mid-way, is given up on, and goes on later.
+
+    As when ``Syncer._ensure_one`` gives up on a slow peer and asks another: the first
+    attempt's thread still runs. It used to share ``fetch-{hash}.part`` with the second, so
+    when it woke up it wrote into, and cut back (``truncate``), the file the second had
+    meanwhile renamed into the store: the stored blob ended corrupt.
+    """
+    digest = _blob(peer.store, 400_000)
+    data = peer.store.get(digest)
+    local = BlobStore(tmp_path / "local")
+    stalled, wake, cancel = threading.Event(), threading.Event(), threading.Event()
+
+    def slow(done: int, total: int) -> None:
+        if done >= 2 * CHUNK and not wake.is_set():
+            stalled.set()
+            assert wake.wait(10)
+            if how == "exception":
+                raise _Abandon
+
+    errors: list[BaseException] = []
+    stop = {"cancel": cancel} if how == "cancel" else {}
+
+    def first() -> None:
+        try:
+            fetch_blob(peer.client, digest, local, max_bytes=MB, progress=slow, **stop)
+        except BaseException as exc:  # noqa: BLE001 - examined below
+            errors.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        assert stalled.wait(10)
+        files = list((local.root / "tmp").iterdir())
+        assert len(files) == 1 and files[0].stat().st_size == 2 * CHUNK  # its own file
+        fetch_blob(peer.client, digest, local, max_bytes=MB)  # the second attempt
+        assert local.get(digest) == data
+        cancel.set()  # what Syncer does when it gives up on the first
+    finally:
+        wake.set()
+        thread.join(10)
+    assert len(errors) == 1
+    assert isinstance(errors[0], _Abandon if how == "exception" else FetchCancelled)
+    assert local.get(digest) == data  # untouched by the first attempt's late writes
+    assert list((local.root / "tmp").iterdir()) == []  # nothing left behind
+
+
+def test_cancelled_download_parks_its_chunks_and_the_next_resumes(
+    peer: _Peer, tmp_path: Path
+) -> None:
+    digest = _blob(peer.store, 400_000)
+    local = BlobStore(tmp_path / "local")
+    cancel = threading.Event()
+
+    def cancel_at_3(done: int, total: int) -> None:
+        if done >= 3 * CHUNK:
+            cancel.set()
+
+    with pytest.raises(FetchCancelled):
+        fetch_blob(peer.client, digest, local, max_bytes=MB, progress=cancel_at_3, cancel=cancel)
+    parked = local.root / "tmp" / f"fetch-{digest}.part"
+    assert [p.name for p in (local.root / "tmp").iterdir()] == [parked.name]
+    assert parked.stat().st_size == 3 * CHUNK
+    seen: list[int] = []
+    fetch_blob(peer.client, digest, local, max_bytes=MB, progress=lambda d, t: seen.append(d))
+    assert seen[0] == 4 * CHUNK  # resumed, not restarted
+    assert local.verify(digest) and list((local.root / "tmp").iterdir()) == []
+
+
+def test_partial_file_of_a_dead_attempt_is_reused_but_not_a_running_ones(
+    peer: _Peer, tmp_path: Path
+) -> None:
+    digest = _blob(peer.store, 400_000)
+    data = peer.store.get(digest)
+    local = BlobStore(tmp_path / "local")
+    tmp = local.root / "tmp"
+    running = tmp / f"fetch-{digest}.0000000000000001.part"
+    running.write_bytes(data[: 3 * CHUNK])
+    with open(running, "rb") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # its attempt is alive: hands off
+        seen: list[int] = []
+        fetch_blob(peer.client, digest, local, max_bytes=MB, progress=lambda d, t: seen.append(d))
+        assert seen[0] == CHUNK  # started afresh
+        assert running.read_bytes() == data[: 3 * CHUNK]
+    assert local.verify(digest)
+    # a process killed mid-download left its file unlocked: the next attempt takes it over
+    other = _blob(peer.store, 300_000, seed=3)
+    dead = tmp / f"fetch-{other}.0000000000000002.part"
+    dead.write_bytes(peer.store.get(other)[: 2 * CHUNK])
+    seen = []
+    fetch_blob(peer.client, other, local, max_bytes=MB, progress=lambda d, t: seen.append(d))
+    assert seen[0] == 3 * CHUNK and local.verify(other)
+    assert not dead.exists()
 
 
 # --- real process --------------------------------------------------------------------------
