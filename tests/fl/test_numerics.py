@@ -1,0 +1,126 @@
+"""The exact sum of squares is bit-for-bit ``math.fsum``: a norm that differs is a fork."""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bcfl_cli.fl import numerics
+from bcfl_cli.fl.numerics import exact_sum, l2_norm, squared_distance, sum_of_squares
+
+
+def _reference_squares(arrays: list[np.ndarray]) -> float:
+    """The definition: IEEE squares of the float64 values, then ``math.fsum``."""
+    return math.fsum(float(x) * float(x) for a in arrays for x in a.ravel().tolist())
+
+
+def _bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+TINY = 5e-324
+MAX = 1.7976931348623157e308
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [0.0],
+        [-0.0, 0.0],
+        [TINY],
+        [TINY, TINY, 2.2250738585072014e-308, 2.225073858507201e-308],
+        [1e308, -1e308, 1.0],
+        [1.0, 2.0**-53, 2.0**-53],  # a tie: rounds to even
+        [1.0, 2.0**-53],
+        [1.0, 2.0**-53, 2.0**-106],  # just above the tie
+        [1e16, 1.0, -1e16],
+        [MAX, -MAX, MAX],
+        [0.1] * 10,
+        [1e100, 1.0, -1e100, 1e-100],
+        [3.0, -(2.0**-1074), 2.0**-1074 * 7],
+    ],
+)
+def test_exact_sum_is_fsum_on_edge_cases(values: list[float]) -> None:
+    arr = np.array(values, dtype=np.float64)
+    assert _bits(exact_sum([arr])) == _bits(math.fsum(values))
+
+
+def test_exact_sum_overflow_and_non_finite_as_fsum() -> None:
+    with pytest.raises(OverflowError):
+        exact_sum([np.array([MAX, MAX])])
+    with pytest.raises(OverflowError):
+        math.fsum([MAX, MAX])
+    assert exact_sum([np.array([1.0, math.inf]), np.array([2.0])]) == math.inf
+    assert math.isnan(exact_sum([np.array([1.0]), np.array([math.nan])]))
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(finite, max_size=40), max_size=4))
+def test_exact_sum_is_fsum_on_any_finite_doubles(parts: list[list[float]]) -> None:
+    arrays = [np.array(p, dtype=np.float64) for p in parts]
+    try:
+        expected = math.fsum(x for p in parts for x in p)
+    except OverflowError:
+        # fsum also gives up when only a partial sum overflows ("intermediate overflow"),
+        # which mixed signs allow; non-negative values (squares) overflow only at the end
+        if all(x >= 0 for p in parts for x in p):
+            with pytest.raises(OverflowError):
+                exact_sum(arrays)
+        return
+    assert _bits(exact_sum(arrays)) == _bits(expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(min_value=0.0, allow_infinity=False), max_size=40))
+def test_exact_sum_is_fsum_on_non_negative_doubles(values: list[float]) -> None:
+    try:
+        expected = math.fsum(values)
+    except OverflowError:
+        with pytest.raises(OverflowError):
+            exact_sum([np.array(values, dtype=np.float64)])
+        return
+    assert _bits(exact_sum([np.array(values, dtype=np.float64)])) == _bits(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=200))
+def test_sum_of_squares_of_float32_is_fsum(values: list[float]) -> None:
+    tensor = torch.tensor(values, dtype=torch.float32)
+    flat = tensor.double().numpy()
+    assert _bits(sum_of_squares([tensor])) == _bits(_reference_squares([flat]))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-3, 1.0, 1e3, 1e30])
+def test_large_arrays_across_chunks_match_fsum(
+    scale: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(numerics, "CHUNK", 1 << 12)  # many chunks, as a large model has
+    gen = torch.Generator().manual_seed(7)
+    state = {
+        "w": torch.randn(300, 97, generator=gen) * scale,
+        "b": torch.randn(1001, generator=gen) * scale,
+        "mixed": torch.cat([torch.randn(50, generator=gen) * 1e-20, torch.randn(50) * 1e20]),
+    }
+    arrays = [v.double().reshape(-1).numpy() for v in state.values()]
+    assert _bits(sum_of_squares(state.values())) == _bits(_reference_squares(arrays))
+    assert _bits(l2_norm(state)) == _bits(math.sqrt(_reference_squares(arrays)))
+    other = {k: v * 0.5 + 1e-3 for k, v in state.items()}
+    diffs = [(state[k].double() - other[k].double()).reshape(-1).numpy() for k in sorted(state)]
+    assert _bits(squared_distance(state, other)) == _bits(_reference_squares(diffs))
+
+
+def test_one_million_parameters_match_fsum() -> None:
+    gen = torch.Generator().manual_seed(11)
+    delta = {"a": torch.randn(1024, 1024, generator=gen) * 1e-3, "b": torch.randn(8192)}
+    arrays = [v.double().reshape(-1).numpy() for v in delta.values()]
+    assert _bits(l2_norm(delta)) == _bits(math.sqrt(_reference_squares(arrays)))
