@@ -88,7 +88,15 @@ def node(
     ] = None,
     timeout_propose_ms: Annotated[
         int,
-        typer.Option("--timeout-propose-ms", min=100, help="Consensus propose timeout (round 0)."),
+        typer.Option(
+            "--timeout-propose-ms",
+            min=100,
+            help=(
+                "Consensus propose timeout of round 0 (ms). All consensus timeouts double with"
+                " each failed consensus round of a height (capped at 60 s) and restart with the"
+                " next height."
+            ),
+        ),
     ] = 3000,
 ) -> None:
     """Run this member's peer: sync, consensus, blob transfer and the training rounds."""

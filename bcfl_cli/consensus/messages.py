@@ -284,12 +284,31 @@ Action = BroadcastProposal | BroadcastVote | ScheduleTimeout | Commit | Evidence
 
 @dataclass(frozen=True)
 class TimeoutConfig:
-    """timeoutX(r) = initTimeoutX + r * timeoutDelta (paper §3), per step, in milliseconds."""
+    """Per-step timeouts in milliseconds, growing with the consensus round r of a height::
+
+        timeoutX(r) = max(initX, min(max_ms, initX * backoff**r + r * delta_ms))
+
+    The paper (§3) grows them linearly (``backoff=1``, ``delta_ms > 0``); that only eventually
+    exceeds the real message delay, and when validators are CPU-starved (many nodes on few
+    cores) the delay is many seconds and a linear schedule needs many failed rounds to catch
+    up. The default doubles per round from a fast round 0 and is capped at 60 s. The round
+    restarts at 0 with each height, so one slow height does not slow the next.
+    """
 
     propose_ms: int = 3_000
     prevote_ms: int = 1_000
     precommit_ms: int = 1_000
-    delta_ms: int = 500
+    delta_ms: int = 0
+    backoff: float = 2.0
+    max_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        if min(self.propose_ms, self.prevote_ms, self.precommit_ms, self.delta_ms) < 0:
+            raise ValueError("timeouts must not be negative")
+        if not 1.0 <= self.backoff <= 10.0:
+            raise ValueError("timeout backoff must be within [1, 10]")
+        if self.max_ms <= 0:
+            raise ValueError("timeout cap must be positive")
 
     def duration(self, kind: TimeoutKind, round: int) -> int:
         base = {
@@ -297,4 +316,14 @@ class TimeoutConfig:
             TimeoutKind.PREVOTE: self.prevote_ms,
             TimeoutKind.PRECOMMIT: self.precommit_ms,
         }[kind]
-        return base + round * self.delta_ms
+        if round <= 0:
+            return base
+        grown = float(base)
+        if self.backoff > 1.0:
+            # Multiply step by step and stop at the cap: no float overflow for a huge round.
+            for _ in range(round):
+                grown *= self.backoff
+                if grown >= self.max_ms:
+                    break
+        grown = min(float(self.max_ms), grown) + round * self.delta_ms
+        return max(base, min(self.max_ms, int(grown)))

@@ -53,7 +53,10 @@ from bcfl_cli.store.vote_guard import DoubleSignError, VoteGuard
 CHAIN = hashlib.sha256(b"bcfl-sim-chain").hexdigest()
 CONFIG = hashlib.sha256(b"bcfl-sim-config").hexdigest()
 GENESIS = CHAIN
-TIMEOUTS = TimeoutConfig(propose_ms=1_000, prevote_ms=500, precommit_ms=500, delta_ms=250)
+# The node's schedule (doubling per round, capped), scaled to the simulated network.
+TIMEOUTS = TimeoutConfig(
+    propose_ms=1_000, prevote_ms=500, precommit_ms=500, backoff=2.0, max_ms=8_000
+)
 GOSSIP_MS = 1_000
 SYNC_RETRY_MS = 300
 TERMINATION_BOUND_MS = 120_000

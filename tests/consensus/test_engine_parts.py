@@ -18,8 +18,10 @@ from bcfl_cli.consensus import (
     Proposal,
     ProposalReceived,
     Recheck,
+    ScheduleTimeout,
     StartHeight,
     Step,
+    TimeoutConfig,
     TimeoutFired,
     TimeoutKind,
     Validity,
@@ -172,3 +174,57 @@ def test_locked_validator_prevotes_nil_for_another_block() -> None:
     p = Proposal(CHAIN, 1, 1, other, -1, DIDS[lead]).signed(KEYS[lead])
     votes = [a for a in engine.handle(ProposalReceived(p)) if isinstance(a, BroadcastVote)]
     assert [v.vote.block for v in votes] == [NIL]
+
+
+@pytest.mark.parametrize("kind", list(TimeoutKind))
+def test_timeout_schedule_doubles_from_a_fast_round_zero_up_to_the_cap(kind: TimeoutKind) -> None:
+    config = TimeoutConfig()
+    base = config.duration(kind, 0)
+    assert base == {"propose": 3_000}.get(kind.value, 1_000)
+    schedule = [config.duration(kind, r) for r in range(40)]
+    assert schedule[:4] == [base, 2 * base, 4 * base, 8 * base]
+    assert all(a <= b for a, b in zip(schedule, schedule[1:], strict=False))  # monotone
+    assert max(schedule) == schedule[-1] == config.max_ms == 60_000  # capped
+    assert config.duration(kind, 10**9) == 60_000  # a huge round neither overflows nor hangs
+
+
+def test_timeout_schedule_options() -> None:
+    linear = TimeoutConfig(propose_ms=3_000, delta_ms=500, backoff=1.0)  # the paper's §3
+    assert [linear.duration(TimeoutKind.PROPOSE, r) for r in range(4)] == [
+        3_000,
+        3_500,
+        4_000,
+        4_500,
+    ]
+    slow = TimeoutConfig(propose_ms=1_000, backoff=1.5, max_ms=3_000)
+    assert [slow.duration(TimeoutKind.PROPOSE, r) for r in range(5)] == [
+        1_000,
+        1_500,
+        2_250,
+        3_000,
+        3_000,
+    ]
+    big = TimeoutConfig(propose_ms=90_000)  # a round-0 timeout above the cap is kept, not cut
+    assert big.duration(TimeoutKind.PROPOSE, 0) == big.duration(TimeoutKind.PROPOSE, 5) == 90_000
+    for bad in ({"backoff": 0.5}, {"max_ms": 0}, {"prevote_ms": -1}):
+        with pytest.raises(ValueError):
+            TimeoutConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_engine_timeouts_grow_with_the_round_and_reset_at_each_height() -> None:
+    vset = _vset([1] * 4)
+    config = TimeoutConfig(propose_ms=1_000, prevote_ms=500, precommit_ms=500, max_ms=20_000)
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), timeouts=config)
+
+    def propose_timeouts(actions: list) -> list[tuple[int, int, int]]:
+        return [
+            (a.height, a.round, a.duration_ms)
+            for a in actions
+            if isinstance(a, ScheduleTimeout) and a.kind is TimeoutKind.PROPOSE
+        ]
+
+    seen = propose_timeouts(engine.handle(StartHeight(1, vset)))
+    for r in range(6):  # every round of height 1 fails: its precommit timeout starts r + 1
+        seen += propose_timeouts(engine.handle(TimeoutFired(TimeoutKind.PRECOMMIT, 1, r)))
+    assert seen == [(1, r, min(1_000 * 2**r, 20_000)) for r in range(7)]
+    assert propose_timeouts(engine.handle(StartHeight(2, vset))) == [(2, 0, 1_000)]
