@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -219,6 +219,29 @@ class Node:
         if block.height != self.state.height + 1 or new_state.head_hash != block.hash:
             raise NodeError(f"block {block.height} does not follow the head {self.state.height}")
         self.ledger.append(block)
+        self._adopt_appended(block, new_state, source=source)
+
+    def accept_blocks(self, decided: Sequence[tuple[Block, ChainState]], *, source: str) -> None:
+        """``accept_block`` for consecutive blocks (sync): appended in one database transaction.
+
+        Each pair is a block and the state after it, verified in order on top of the head.
+        """
+        if len(decided) <= 1 or self.alarm is not None:
+            for block, new_state in decided:
+                self.accept_block(block, new_state, source=source)
+            return
+        height, head = self.state.height, self.state.head_hash
+        for block, new_state in decided:
+            if block.height != height + 1 or block.header.prev != head:
+                raise NodeError(f"block {block.height} does not follow the head {height}")
+            if new_state.head_hash != block.hash:
+                raise NodeError(f"block {block.height} and its state do not match")
+            height, head = block.height, block.hash
+        self.ledger.append_many([block for block, _ in decided])
+        for block, new_state in decided:
+            self._adopt_appended(block, new_state, source=source)
+
+    def _adopt_appended(self, block: Block, new_state: ChainState, *, source: str) -> None:
         if new_state.validator_set != self.state.validator_set:
             self._validator_sets.append((block.height + 1, new_state.validator_set))
         self.state = new_state

@@ -5,6 +5,13 @@ Every block from a peer goes through exactly what ``bcfl verify-chain --deep`` a
 transaction rule) with the FL deep checks (contract verdicts and aggregates recomputed), after
 the update blobs it references were fetched and hash-checked. Only then is it appended.
 
+Catching up runs a page of blocks at a time: the update blobs of the whole page are fetched in
+the background (a few at a time, in block order) while the blocks are verified one after the
+other, each on the state its predecessor produced; the verified blocks are appended together
+(``Node.accept_blocks``: one database transaction) at the end of the page, at the first block
+that fails, and at least every ``APPEND_EVERY_S``. A block that fails, or whose blobs cannot be
+had, is not appended, nor is anything after it.
+
 The genesis hash is pinned: a peer whose genesis differs is never followed. If a peer serves, at
 a height we already hold, a *different* block with a valid commit certificate, two quorums signed
 conflicting blocks (a safety violation: more than a third of the power is Byzantine). The node
@@ -47,6 +54,10 @@ BLOB_FETCH_TIMEOUT_S = 60.0
 PEER_BLOB_SLICE_S = 10.0
 CHECK_CACHE = 4_096
 MAX_FETCH_LOCKS = 1_024
+#: Blob downloads running at once ahead of the verification of a page of blocks.
+PREFETCH_BLOBS = 4
+#: Verified blocks are appended at least this often while a page is being verified.
+APPEND_EVERY_S = 1.0
 
 
 class CachingChecks:
@@ -222,6 +233,7 @@ class Syncer:
 
     # --- the loop --------------------------------------------------------------------------
     async def run(self) -> None:
+        self._wake.set()  # the first pass at once: a node that starts behind catches up now
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), SYNC_INTERVAL_S)
@@ -305,16 +317,73 @@ class Syncer:
         except (PeerRequestError, EncodingError, KeyError) as exc:
             peer.error = str(exc)
             return 0
-        count = 0
+        ahead = [b for b in blocks if b.height >= start]
+        prefetch = asyncio.create_task(self._prefetch_blobs(ahead), name="sync-prefetch")
+        try:
+            return await self._verify_and_append(peer, start, blocks)
+        finally:
+            prefetch.cancel()  # its downloads stop at their next piece (see _fetch_from)
+            try:
+                await prefetch
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # only a head start: the blocks' own fetches decide
+                log.debug("blob prefetch failed", exc_info=True)
+
+    async def _prefetch_blobs(self, blocks: list[Block]) -> None:
+        """Fetch the update blobs of ``blocks``, PREFETCH_BLOBS at a time, in block order.
+
+        Only a head start: the verification loop asks for each block's blobs itself (and
+        waits on a download under way rather than starting another), so a failure here costs
+        nothing but the time.
+        """
+        owners: dict[str, str] = {}
+        for block in blocks:
+            owners.update(blob_owners(list(block.txs)))
+        missing = [d for d in owners if not self.node.blobs.has(d)]
+        if not missing:
+            return
+        slots = asyncio.Semaphore(PREFETCH_BLOBS)
+
+        async def one(digest: str) -> None:
+            async with slots:
+                await self._ensure_one(digest, BLOB_FETCH_TIMEOUT_S, owners[digest])
+
+        await asyncio.gather(*(one(d) for d in missing))
+
+    async def _verify_and_append(self, peer: PeerInfo, start: int, blocks: list[Block]) -> int:
+        """Verify ``blocks`` in order, each on its predecessor's state; append them in runs."""
+        node = self.node
+        base = node.state  # the state the pending blocks build on
+        state = base
+        pending: list[tuple[Block, ChainState]] = []
+        appended = 0
+        last_append = time.monotonic()
+
+        def append_pending() -> bool:
+            """Append what is verified; False when the node moved on meanwhile (dropped)."""
+            nonlocal base, pending, appended, last_append
+            last_append = time.monotonic()
+            if not pending:
+                return True
+            batch, pending = pending, []
+            if node.state is not base:
+                return False  # consensus moved on meanwhile; the next pass resumes
+            node.accept_blocks(batch, source=peer.url)
+            base = node.state
+            appended += len(batch)
+            self.blocks_synced += len(batch)
+            return True
+
         for block in blocks:
             if block.height < start:
                 if block.height == start - 1 and block.hash != node.head_hash_at(block.height):
                     await self._conflict(peer, block)
                     return 0
                 continue
-            if block.height != node.state.height + 1:
+            if block.height != state.height + 1:
                 peer.error = f"served block {block.height} out of order"
-                return count
+                break
             owners = blob_owners(list(block.txs))
             if not await self.ensure_blobs(referenced_blobs(block), prefer=owners):
                 log.warning(
@@ -322,8 +391,7 @@ class Syncer:
                     block.height,
                     extra=fields(peer=peer.url),
                 )
-                return count
-            state = node.state
+                break
             try:
                 new_state = await node.run_worker(partial(state.apply, block, checks=node.checks))
             except VerificationError as exc:
@@ -334,13 +402,15 @@ class Syncer:
                     ),
                 )
                 peer.error = f"invalid block {block.height}: {exc.code}"
-                return count
-            if node.state is not state:
-                return count  # consensus moved on meanwhile; the next pass resumes
-            node.accept_block(block, new_state, source=peer.url)
-            self.blocks_synced += 1
-            count += 1
-        return count
+                break
+            if node.state is not base or node.alarm is not None:
+                break  # consensus moved on meanwhile (or an alarm): the next pass resumes
+            pending.append((block, new_state))
+            state = new_state
+            if time.monotonic() - last_append >= APPEND_EVERY_S and not append_pending():
+                return appended
+        append_pending()
+        return appended
 
     # --- forks -----------------------------------------------------------------------------
     async def _check_conflict(self, peer: PeerInfo, height: int) -> None:

@@ -1,0 +1,170 @@
+"""Catching up in-process: a fresh node pulls a real chain (updates, aggregates) from a peer.
+
+The peer is the in-memory founders' chain behind stand-ins for the node's peer requests (block
+pages, status) and the real blob routes and chunked download for the blobs. Every block is
+verified with the deep checks before it is appended; runs of verified blocks are appended in
+one transaction; a bad block or a bad blob stops the catch-up there and changes nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bcfl_cli.fl.checks import FLChecks
+from bcfl_cli.node.blob_routes import blob_app
+from bcfl_cli.node.client import SignedClient
+from bcfl_cli.node.peers import PeerInfo
+from bcfl_cli.node.sync import CachingChecks
+from bcfl_cli.protocol.block import Block
+from bcfl_cli.verify.chain import verify_chain
+from tests.node._chain_fixture import Chain, key, make_chain
+from tests.node._node_harness import LocalNode
+from tests.node.test_round_driver import EDIT, step
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+PEER = "http://source.example"
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Iterator[Chain]:
+    """Two FL rounds of three updates each (plus validations and aggregates), and a tail."""
+    chain = make_chain(tmp_path / "source", edit=EDIT)
+    checks = CachingChecks(FLChecks(chain.blobs))
+    step(chain, [], checks)  # open round 1
+    for _ in range(2):
+        bob, carol = chain.update("bob", scale=0.01), chain.update("carol", scale=0.02)
+        step(chain, [bob], checks)  # update, validation
+        step(chain, [carol], checks)  # update, validation, aggregate (, open_round)
+        step(chain, [], checks)  # an empty block
+    yield chain
+    chain.ledger.close()
+
+
+@pytest.fixture
+def served(source: Chain) -> Iterator[Served]:
+    serving = Served(source)
+    with serving.http:
+        yield serving
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[LocalNode]:
+    harness = LocalNode(tmp_path / "fresh", edit=EDIT)
+    harness.auto_mine = False
+    yield harness
+    harness.close()
+
+
+class Served:
+    """What the source peer answers; ``blocks`` may be replaced to serve a tampered chain."""
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        self.blocks: list[Block] = list(chain.ledger.blocks())
+        self.pages = 0
+        app = blob_app(chain.blobs, is_member=lambda d: True, max_blob_bytes=1 << 26)
+        self.http = TestClient(app, base_url=PEER)
+
+    async def get(self, peer: PeerInfo, path: str, **kw: Any) -> Any:
+        params = kw.get("params") or {}
+        if path == "/v1/status":
+            head = self.blocks[-1]
+            return {"genesis": self.blocks[0].hash, "height": head.height, "head": head.hash}
+        assert path == "/v1/blocks"
+        self.pages += 1
+        start, limit = int(params["start"]), int(params["limit"])
+        return {"blocks": [b.to_dict() for b in self.blocks[start : start + limit]]}
+
+    def blob_client(self, peer: PeerInfo) -> SignedClient:
+        return SignedClient(key("alice"), PEER, transport=self.http._transport)  # type: ignore[arg-type]
+
+
+def connect(fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Point the fresh node at ``served``; returns the sizes of its ledger appends."""
+    node = fresh.node
+    node.peers.peers = {PEER: PeerInfo(PEER)}
+    monkeypatch.setattr(node.peers, "get", served.get)
+    monkeypatch.setattr(node.peers, "blob_client", served.blob_client)
+    appends: list[int] = []
+    real = node.ledger.append_many
+
+    def counting(chain: list[Block]) -> None:
+        appends.append(len(chain))
+        real(chain)
+
+    monkeypatch.setattr(node.ledger, "append_many", counting)
+    return appends
+
+
+def test_fresh_node_catches_up_verifying_every_block(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    height = source.state.height
+    updates = [tx.body["blob"] for b in served.blocks for tx in b.txs if tx.kind == "update"]
+    assert height == 7 and len(updates) == 4
+    assert source.state.round.number == 2 and not source.state.round.open
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.height == node.ledger.height == height
+    assert node.state.head_hash == source.state.head_hash
+    assert all(node.blobs.verify(d) for d in updates)
+    assert node.syncer.blocks_synced == height
+    assert appends == [height]  # one page, one transaction
+    assert verify_chain(node.ledger, deep=True, checks=FLChecks(node.blobs), workers=1).ok
+    assert list((node.blobs.root / "tmp").iterdir()) == []
+
+
+def _tamper(block: Block) -> Block:
+    data = block.to_dict()
+    data["header"]["time"] += 1  # another hash: its commit certificate no longer holds
+    return Block.from_dict(data)
+
+
+def test_a_bad_block_stops_the_catch_up_there(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = next(b.height for b in served.blocks if any(t.kind == "aggregate" for t in b.txs))
+    served.blocks[bad] = _tamper(served.blocks[bad])
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    asyncio.run(node.syncer._pull_from(_peer(node)))
+    assert node.state.height == node.ledger.height == bad - 1
+    assert node.state.head_hash == served.blocks[bad - 1].hash
+    assert appends == [bad - 1]
+    assert "invalid block" in (node.peers.peers[PEER].error or "")
+    # the peer serves the right block again: the catch-up resumes from there
+    served.blocks[bad] = next(source.ledger.blocks(bad, bad))
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.height == source.state.height
+
+
+def test_a_bad_blob_stops_the_catch_up_before_its_block(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = next(b for b in served.blocks if any(t.kind == "update" for t in b.txs))
+    digest = next(t.body["blob"] for t in first.txs if t.kind == "update")
+    path = source.blobs.path_for(digest)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    path.write_bytes(bytes(raw))  # the peer now serves corrupt bytes under that name
+    connect(fresh, served, monkeypatch)
+    node = fresh.node
+    asyncio.run(node.syncer._pull_from(_peer(node)))
+    assert node.state.height == node.ledger.height == first.height - 1
+    assert not node.blobs.has(digest)
+
+
+def _peer(node: Any) -> PeerInfo:
+    peer: PeerInfo = node.peers.peers[PEER]
+    peer.height = 10**6
+    return peer
