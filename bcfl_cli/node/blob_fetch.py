@@ -24,10 +24,10 @@ signed ``PUT /blobs/{hash}/chunks/{i}``, then finalise with ``PUT /blobs/{hash}`
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +40,9 @@ from bcfl_cli.errors import BcflError, BlobError, NodeError
 from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import BlobStore
+
+if sys.platform != "win32":
+    import fcntl  # only the partial files' locks; see _try_lock
 
 Progress = Callable[[int, int], None]
 
@@ -108,6 +111,29 @@ def _resume_point(part: Path, manifest: BlobManifest) -> int:
     return good
 
 
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+if sys.platform == "win32":
+
+    def _try_lock(fd: int) -> bool:
+        """No ``flock`` here: granted (renaming a file that another process holds open fails)."""
+        return True
+
+else:
+
+    def _try_lock(fd: int) -> bool:
+        """Exclusive ``flock`` without waiting; False when another holds it.
+
+        Released by the kernel when its holder closes the file or dies.
+        """
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+
 class _Attempt:
     """One download attempt's own partial file, locked (``flock``) while the attempt runs."""
 
@@ -116,8 +142,8 @@ class _Attempt:
         self.digest = digest
         self.parked = self.tmp / f"fetch-{digest}.part"
         self.path = self.tmp / f"fetch-{digest}.{secrets.token_hex(8)}.part"
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a new name: nobody else can hold it
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+        _try_lock(fd)  # a new name: nobody else holds it
         self._fd = fd
         self._claim()
 
@@ -128,12 +154,10 @@ class _Attempt:
             if candidate == self.path:
                 continue
             try:
-                fd = os.open(candidate, os.O_RDWR | os.O_CLOEXEC)
+                fd = os.open(candidate, os.O_RDWR | _CLOEXEC)
             except OSError:
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not _try_lock(fd):
                 os.close(fd)  # a running attempt's file (or being claimed right now)
                 continue
             try:
@@ -233,10 +257,9 @@ def _check_cancel(cancel: threading.Event | None, digest: str) -> None:
 
 def _drop_parked(parked: Path) -> None:
     """Remove a parked partial file, unless an attempt is claiming it right now."""
-    fd = os.open(parked, os.O_RDWR | os.O_CLOEXEC)
+    fd = os.open(parked, os.O_RDWR | _CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        if os.stat(parked).st_ino == os.fstat(fd).st_ino:
+        if _try_lock(fd) and os.stat(parked).st_ino == os.fstat(fd).st_ino:
             parked.unlink()
     finally:
         os.close(fd)
