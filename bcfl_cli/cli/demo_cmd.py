@@ -40,6 +40,14 @@ def demo(
         Path | None,
         typer.Option("--keep", help="Keep the homes here (default: a new temporary directory)."),
     ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            min=0,
+            help="Seed every member's training, for a reproducible run (default: random).",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run a consortium on this machine: train, watch the chain, verify every node's copy."""
@@ -58,6 +66,7 @@ def demo(
         attack=attack,
         rule=rule,
         keep=keep,
+        seed=seed,
     )
     options.check()
     console = Console(stderr=as_json)

@@ -86,6 +86,17 @@ def node(
         str | None,
         typer.Option("--attack", hidden=True, help="Simulated attack (demo and tests only)."),
     ] = None,
+    train_seed: Annotated[
+        int | None,
+        typer.Option(
+            "--train-seed",
+            min=0,
+            help=(
+                "Seed of local training with --train (default: a fresh random seed at each"
+                " start). Fixed, every round's update is the same on every run and restart."
+            ),
+        ),
+    ] = None,
     timeout_propose_ms: Annotated[
         int,
         typer.Option(
@@ -119,6 +130,7 @@ def node(
         empty_block_interval_s=empty_block_interval,
         train=train,
         attack=attack,
+        train_seed=train_seed,
     )
     _run_to_exit(serve(resolved, identity, options))
 

@@ -53,6 +53,7 @@ class MemberPlan:
     power: int = 1
     data: Path | None = None  # --train PART.csv
     attack: str | None = None  # --attack NAME (a simulated attacker)
+    train_seed: int | None = None  # --train-seed S (None: random at each start)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class Member:
     port: int
     data: Path | None = None
     attack: str | None = None
+    train_seed: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     starts: int = 0
@@ -222,6 +224,7 @@ class LocalConsortium:
         for plan, port in zip(members, ports, strict=True):
             member = self._new_member(plan.name, port)
             member.data, member.attack = plan.data, plan.attack
+            member.train_seed = plan.train_seed
             self.members[plan.name] = member
         self.names = [m.name for m in members]
         self.config_file = self.root / "consortium.toml"
@@ -301,6 +304,8 @@ class LocalConsortium:
             args += ["--train", str(member.data)]
             if member.attack:
                 args += ["--attack", member.attack]
+            if member.train_seed is not None:
+                args += ["--train-seed", str(member.train_seed)]
         return args
 
     def start(

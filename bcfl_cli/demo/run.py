@@ -66,6 +66,7 @@ class DemoOptions:
     timeout_s: float | None = None
     empty_block_interval: float = 0.3
     timeout_propose_ms: int = 1500
+    seed: int | None = None  # seeds every member's training (None: each node draws its own)
 
     def check(self) -> None:
         """Refuse impossible combinations before anything is created."""
@@ -317,6 +318,7 @@ class DemoRun:
                 "attackers": o.attackers,
                 "attack": o.attack,
                 "rule": o.rule,
+                "seed": o.seed,
             },
             "genesis": self.genesis,
             "homes": str(self.root),
@@ -397,19 +399,32 @@ def run_demo(options: DemoOptions, *, listener: Listener | None = None) -> DemoR
     return run
 
 
+def member_plans(run: DemoRun, parts: list[Path]) -> list[MemberPlan]:
+    """Each member's node: its partition, its attack if any, and its training seed.
+
+    With ``--seed`` every member trains with its own seed derived from it and its name, so a
+    rerun submits the same updates and the chain reaches the same models bit for bit.
+    """
+    from bcfl_cli.fl.training import subseed  # imports torch, which the CLI's start-up avoids
+
+    seed = run.options.seed
+    return [
+        MemberPlan(
+            name,
+            data=parts[i],
+            attack=ATTACKS[run.attackers[name]] if name in run.attackers else None,
+            train_seed=None if seed is None else subseed(seed, f"demo-member-{name}"),
+        )
+        for i, name in enumerate(run.names)
+    ]
+
+
 def _run(run: DemoRun, data: Path, notify: Listener) -> None:
     options = run.options
     plan = genesis_plan(options)
     t0 = time.monotonic()
     parts = partitions(options, data, run.root / "data")
-    members = [
-        MemberPlan(
-            name,
-            data=parts[i],
-            attack=ATTACKS[run.attackers[name]] if name in run.attackers else None,
-        )
-        for i, name in enumerate(run.names)
-    ]
+    members = member_plans(run, parts)
     notify(run)
     with LocalConsortium(
         run.root / "homes",

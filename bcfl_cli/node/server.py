@@ -80,6 +80,7 @@ class NodeOptions:
     empty_block_interval_s: float = 1.0
     train: Path | None = None  # --train PART.csv: train and submit each round
     attack: str | None = None  # --attack NAME (demo and tests only)
+    train_seed: int | None = None  # --train-seed S (None: random at each start)
 
     @property
     def url(self) -> str:
@@ -529,9 +530,10 @@ async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
         if options.train is not None:
             from bcfl_cli.node.trainer import run_node_trainer
 
-            node.add_task(
-                "trainer", run_node_trainer(node, options.train, stop, attack=options.attack)
+            trainer = run_node_trainer(
+                node, options.train, stop, attack=options.attack, seed=options.train_seed
             )
+            node.add_task("trainer", trainer)
         log.info("listening", extra=fields(url=options.url, peers=[p.url for p in node.peers]))
         stop_task = asyncio.create_task(stop.wait())
         await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)

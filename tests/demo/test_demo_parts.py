@@ -13,7 +13,15 @@ from bcfl_cli.consortium.config import load_config
 from bcfl_cli.demo.launcher import GenesisPlan, MemberPlan, consortium_toml
 from bcfl_cli.demo.plot import png_bytes, text_plot
 from bcfl_cli.demo.progress import ChainProgress
-from bcfl_cli.demo.run import DemoOptions, genesis_plan, member_names, partitions, sample_data_dir
+from bcfl_cli.demo.run import (
+    DemoOptions,
+    DemoRun,
+    genesis_plan,
+    member_names,
+    member_plans,
+    partitions,
+    sample_data_dir,
+)
 from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.spec import DPSpec, TrainingPlan
 from bcfl_cli.protocol.crypto import did_from_public_key
@@ -84,6 +92,22 @@ def test_shipped_partitions_are_used_and_others_are_split(tmp_path: Path) -> Non
     assert len(made) == 3 and all(p.is_relative_to(tmp_path) for p in made)
     rows = sum(len(p.read_text().splitlines()) - 1 for p in made)
     assert rows == len((data / "digits-train.csv").read_text().splitlines()) - 1
+
+
+def test_seeded_demo_gives_each_member_a_fixed_seed_of_its_own(tmp_path: Path) -> None:
+    def plans(seed: int | None) -> list[MemberPlan]:
+        options = DemoOptions(members=4, attackers=1, attack="scaling", seed=seed)
+        names = member_names(4, 1)
+        run = DemoRun(options, tmp_path, names, {"mallory-1": "scaling"})
+        return member_plans(run, [tmp_path / f"{n}.csv" for n in names])
+
+    seeded = plans(0)
+    seeds = [p.train_seed for p in seeded]
+    assert all(s is not None for s in seeds) and len(set(seeds)) == 4
+    assert [p.train_seed for p in plans(0)] == seeds  # the same on every run
+    assert [p.train_seed for p in plans(1)] != seeds
+    assert all(p.train_seed is None for p in plans(None))  # each node draws its own
+    assert [p.attack for p in seeded] == [None, None, None, "scaling"]
 
 
 def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -58,9 +58,13 @@ def _summary(run: DemoRun) -> dict[str, object]:
 
 @pytest.mark.timeout(300)
 def test_boosted_update_is_rejected_on_chain_and_the_model_still_learns(tmp_path: Path) -> None:
-    # three rounds: after two, accuracy from randomly seeded trainers straddles 0.5 (0.47 seen)
+    # seeded training: with random seeds the first aggregate's accuracy was seen anywhere from
+    # 0.31 to 0.52 and after two rounds straddled 0.5; seeded, the run's updates are the same
+    # on every machine and every verdict below is decided by the contract, not by luck
     rounds = 3
-    run = _run(tmp_path, members=4, rounds=rounds, attackers=1, attack="scaling", rule="median")
+    run = _run(
+        tmp_path, members=4, rounds=rounds, attackers=1, attack="scaling", rule="median", seed=0
+    )
     data = run.to_dict()
     mallory = next(m for m in data["members"] if m["attack"] == "scaling")
     # round 1's boosted delta (~10 x 1.7) breaks the bound of 10; later ones may pass it as
