@@ -67,11 +67,13 @@ class FuzzNode:
 
     def send(self, case: schemathesis.Case) -> httpx.Response:
         kw = case.as_transport_kwargs(base_url=self.url)
-        # Generated header values may hold any character: sent as their UTF-8 bytes.
-        headers: dict[str, str | bytes] = {
-            k: str(v) if str(v).isascii() else str(v).encode()
-            for k, v in (kw.get("headers") or {}).items()
-        }
+        # Generated header values may hold any character: sent as their UTF-8 bytes. Leading and
+        # trailing spaces and tabs are not part of a field value (RFC 9110 5.5; httpx refuses to
+        # send them), so they are stripped as any HTTP peer would.
+        headers: dict[str, str | bytes] = {}
+        for k, v in (kw.get("headers") or {}).items():
+            value = str(v).strip(" \t")
+            headers[k] = value if value.isascii() else value.encode()
         body: bytes | None = None
         if "json" in kw and kw["json"] is not None:
             import json
