@@ -197,6 +197,9 @@ class ConsensusDriver:
 
     # --- inbound ----------------------------------------------------------------------------
     def on_message(self, proposal: Proposal | None, vote: Vote | None) -> None:
+        newest = max(m.height for m in (proposal, vote) if m is not None)
+        if newest > self.engine.height + 1:
+            self.node.syncer.behind()  # heights behind: sync, do not wait for the next poll
         if proposal is not None:
             if proposal.height > self.engine.height and self.engine.height >= 0:
                 self._next_height_seen.set()
@@ -364,6 +367,7 @@ class ConsensusDriver:
             return
         self.commits += 1
         node.accept_block(block, known[1], source="consensus")
+        node.syncer.note_consensus_commit()
 
     async def _commit_checked(self, block: Block, state: ChainState) -> None:
         node = self.node
@@ -376,6 +380,7 @@ class ConsensusDriver:
         if node.state is state:
             self.commits += 1
             node.accept_block(block, after, source="consensus")
+            node.syncer.note_consensus_commit()
 
     def _evidence(self, action: Evidence) -> None:
         """Submit evidence of an equivocation unless the chain or the mempool already holds it.

@@ -220,7 +220,9 @@ def test_a_small_blob_is_pushed_on_the_pooled_async_client(
     try:
         digest = local.node.blobs.put(b"update bytes" * 1000)
         peers = Peers(key("alice"), ["http://testserver"], self_url="http://me")
-        peers._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(other.node)))
+        peers._clients["http://testserver"] = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(other.node))
+        )
         sent: list[str] = []
 
         class Spy:
