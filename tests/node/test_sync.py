@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,13 @@ import pytest
 
 from bcfl_cli.chain import build_block, commit_with_keys
 from bcfl_cli.node.peers import PeerInfo
-from bcfl_cli.node.sync import CachingChecks, certificate_valid
+from bcfl_cli.node.sync import (
+    LIVE_SYNC_INTERVAL_S,
+    SYNC_INTERVAL_S,
+    CachingChecks,
+    Syncer,
+    certificate_valid,
+)
 from bcfl_cli.protocol.tx import TxKind
 from tests.node._node_harness import FOUNDERS, LocalNode, did, key
 
@@ -97,3 +104,20 @@ def test_caching_checks_compute_each_verdict_once(local: LocalNode) -> None:
     assert first is again and counting.updates == 1 and first.accept
     assert cache.cached_only().check_update(state, update) is first
     assert update.kind is TxKind.UPDATE and update.author == did("bob")
+
+
+def test_sync_polls_less_while_consensus_keeps_up_and_at_once_when_behind(
+    local: LocalNode,
+) -> None:
+    syncer = Syncer(local.node)
+    assert syncer.interval_s() == SYNC_INTERVAL_S  # no commit of its own yet: poll each second
+    syncer.note_consensus_commit()
+    assert syncer.interval_s() == LIVE_SYNC_INTERVAL_S
+    syncer._consensus_commit_at -= 60.0  # consensus went quiet: back to every second
+    assert syncer.interval_s() == SYNC_INTERVAL_S
+    syncer.behind()  # a message from heights ahead: pass now
+    assert syncer._wake.is_set()
+    syncer._wake.clear()
+    syncer._last_pass_at = time.monotonic()
+    syncer.behind()  # ... but never more often than the usual polling
+    assert not syncer._wake.is_set()
