@@ -29,7 +29,7 @@ from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import MempoolRefusal
-from bcfl_cli.node.peers import NODE_URL_HEADER
+from bcfl_cli.node.peers import NODE_URL_HEADER, SEEN_HEADER, did_tag, parse_seen
 from bcfl_cli.node.schemas import (
     MAX_BLOCKS_PER_RESPONSE,
     MAX_HEIGHT_DIGITS,
@@ -234,7 +234,9 @@ class Api:
         body = parse_body(SubmitTx, await request.body(), max_bytes=MAX_TX_BODY)
         tx = Transaction.from_dict(body.tx)
         self._learn_peer(request)
-        return self._admit(tx)
+        seen = parse_seen(request.headers.get(SEEN_HEADER))
+        sender = peer_did(request)
+        return self._admit(tx, seen | {did_tag(sender)} if sender else seen)
 
     async def join(self, request: Request) -> Response:
         """A non-member asks to be admitted: its own signed ``join_request``."""
@@ -254,11 +256,11 @@ class Api:
         if sender and url and not self.node.peers.knows(sender):
             self.node.peers.learn(url, sender, self.node.genesis_hash)
 
-    def _admit(self, tx: Transaction) -> Response:
+    def _admit(self, tx: Transaction, seen: frozenset[str] = frozenset()) -> Response:
         node = self.node
         if tx.hash in node.state.seen_tx:
             return _json(TxAccepted(hash=tx.hash, status="committed"), 200)
-        node.submit(tx)
+        node.submit(tx, seen=seen)
         return _json(TxAccepted(hash=tx.hash, status="pending"), 202)
 
     async def consensus(self, request: Request) -> Response:

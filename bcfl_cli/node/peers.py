@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +26,7 @@ from bcfl_cli.errors import EncodingError, NodeError
 from bcfl_cli.node.client import SignedClient, shared_ssl_context
 from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.node.logging import fields
+from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical, parse_json
 
 log = logging.getLogger("bcfl.node.peers")
@@ -40,6 +43,29 @@ PEER_CONNECTIONS = 6
 #: A pushing peer names the URL its own node is reached at; it is believed only after
 #: ``GET URL/v1/status`` shows the same genesis and the did that signed the push.
 NODE_URL_HEADER = "Bcfl-Node-Url"
+#: A pushed transaction names the members it was already sent to (``did_tag`` of each,
+#: space-separated): a receiver relays it only to its peers outside that set. Without it,
+#: flooding sent every transaction n(n-1) times (90 pushes a transaction with 10 nodes, most
+#: of a node's CPU); in a full mesh the author's own push now covers everyone. The set is a
+#: hint: a missing or malformed one means "relay to all", never a refusal.
+SEEN_HEADER = "Bcfl-Seen-By"
+MAX_SEEN_TAGS = 128
+_TAG = re.compile(r"^[0-9a-f]{12}$")
+
+
+def did_tag(did: str) -> str:
+    """A short stand-in for a did in ``SEEN_HEADER`` (a collision only skips one relay)."""
+    return hashlib.sha256(did.encode("utf-8")).hexdigest()[:12]
+
+
+def parse_seen(value: str | None) -> frozenset[str]:
+    """The tags of a ``SEEN_HEADER`` value; empty (relay to all) when absent or malformed."""
+    if not value or len(value) > MAX_SEEN_TAGS * 13:
+        return frozenset()
+    tags = value.split()
+    if len(tags) > MAX_SEEN_TAGS or not all(_TAG.match(t) for t in tags):
+        return frozenset()
+    return frozenset(tags)
 
 
 @dataclass
@@ -52,7 +78,7 @@ class PeerInfo:
     last_seen_ms: int | None = None
     error: str | None = None
     refused: bool = False  # another genesis: never followed
-    outbox: asyncio.Queue[tuple[str, bytes]] = field(
+    outbox: asyncio.Queue[tuple[str, bytes, str | None]] = field(
         default_factory=lambda: asyncio.Queue(OUTBOX_SIZE)
     )
     dropped: int = 0
@@ -90,6 +116,7 @@ class Peers:
 
     def __init__(self, key: nacl.signing.SigningKey, urls: list[str], *, self_url: str) -> None:
         self._key = key
+        self.own_tag = did_tag(did_from_public_key(bytes(key.verify_key)))
         own = normalise_url(self_url)
         self.own_url = own
         self._learning: set[str] = set()
@@ -143,11 +170,14 @@ class Peers:
         max_bytes: int = MAX_RESPONSE_BYTES,
         timeout_s: float | None = None,
         content_type: str = "application/json",
+        seen: str | None = None,
     ) -> Any:
         """Signed request; the parsed JSON answer of a 2xx, else PeerRequestError."""
         headers = {"Content-Type": content_type} if body is not None else {}
         if body is not None:
             headers[NODE_URL_HEADER] = self.own_url
+        if seen is not None:
+            headers[SEEN_HEADER] = seen
         client = self._client_for(peer)
         request = client.build_request(
             method, peer.url + path, content=body, params=params, headers=headers
@@ -235,15 +265,26 @@ class Peers:
         return SignedClient(self._key, peer.url + "/v1", retries=1, timeout=30.0)
 
     # --- push ----------------------------------------------------------------------------
-    def broadcast(self, path: str, payload: Any) -> None:
-        """Queue ``payload`` for every peer; a full queue drops its oldest message."""
+    def broadcast(self, path: str, payload: Any, *, seen: frozenset[str] | None = None) -> None:
+        """Queue ``payload`` for every peer; a full queue drops its oldest message.
+
+        With ``seen`` (transactions: the tags of members known to hold it already), only peers
+        outside it get the message, and it names everyone covered so far (``SEEN_HEADER``).
+        """
         body = canonical(payload)
-        for peer in self.live():
+        targets = self.live()
+        header = None
+        if seen is not None:
+            targets = [p for p in targets if p.did is None or did_tag(p.did) not in seen]
+            covered = seen | {self.own_tag} | {did_tag(p.did) for p in targets if p.did}
+            if len(covered) <= MAX_SEEN_TAGS:
+                header = " ".join(sorted(covered))
+        for peer in targets:
             if peer.outbox.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
                     peer.outbox.get_nowait()
                     peer.dropped += 1
-            peer.outbox.put_nowait((path, body))
+            peer.outbox.put_nowait((path, body, header))
 
     def start_outboxes(self) -> None:
         for peer in self.peers.values():
@@ -307,9 +348,9 @@ class Peers:
 
     async def _drain(self, peer: PeerInfo) -> None:
         while True:
-            path, body = await peer.outbox.get()
+            path, body, seen = await peer.outbox.get()
             try:
-                await self.request(peer, "POST", path, body=body, timeout_s=5.0)
+                await self.request(peer, "POST", path, body=body, timeout_s=5.0, seen=seen)
             except PeerRequestError as exc:
                 if exc.status == 0:
                     peer.error = exc.message

@@ -205,6 +205,19 @@ def route_parameters(
                 f"most blocks returned (a larger value counts as {MAX_BLOCKS_PER_RESPONSE})",
             ),
         ],
+        ("post", "/v1/txs"): [
+            _param(
+                "Bcfl-Seen-By",
+                "header",
+                {
+                    "type": "string",
+                    "pattern": "^[0-9a-f]{12}( [0-9a-f]{12}){0,127}$",
+                    "maxLength": 13 * 128 - 1,
+                },
+                "members already sent this transaction (first 12 hex of SHA-256 of each did,"
+                " space-separated): it is relayed only to the others; a hint, never refused",
+            )
+        ],
         ("get", "/v1/txs/{hash}"): [
             _param("hash", "path", HASH_SCHEMA, "transaction hash, 64 lowercase hex")
         ],

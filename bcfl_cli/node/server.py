@@ -185,11 +185,14 @@ class Node:
         return "validator" if member.is_validator else "member"
 
     # --- transactions ---------------------------------------------------------------------
-    def submit(self, tx: Transaction) -> bool:
-        """Into the mempool (MempoolRefusal if it cannot be held); gossiped when new."""
+    def submit(self, tx: Transaction, *, seen: frozenset[str] = frozenset()) -> bool:
+        """Into the mempool (MempoolRefusal if it cannot be held); gossiped when new.
+
+        ``seen``: tags (``peers.did_tag``) of members that hold it already, who are skipped.
+        """
         added = self.mempool.add(tx, self.state, now_ms=self.clock.now_ms())
         if added:
-            self.peers.broadcast("/v1/txs", {"tx": tx.to_dict()})
+            self.peers.broadcast("/v1/txs", {"tx": tx.to_dict()}, seen=seen)
             self.wake_prepare()
             self.driver.poke()
         return added
