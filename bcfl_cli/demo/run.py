@@ -132,10 +132,13 @@ def genesis_plan(options: DemoOptions) -> GenesisPlan:
         min_updates=options.members,
         deadline_blocks=12 + options.members,
     )
+    # Multi-Krum keeps the m = n - f best-scored deltas (f = the attackers expected, at least
+    # one); n - f - 2 is the size of each score's neighbourhood (inside the rule), not m
+    expected = max(1, options.attackers)
     aggregation = AggregationSpec(
         rule=options.rule,  # type: ignore[arg-type]
-        krum_f=max(1, options.attackers),
-        krum_m=max(1, options.members - 2 * max(1, options.attackers) - 2),
+        krum_f=expected,
+        krum_m=max(1, options.members - expected),
     )
     approvals = max(1, min(2, validators))
     return GenesisPlan(

@@ -50,6 +50,8 @@ def test_consortium_file_round_trips_through_the_config_loader(
     assert config.model == plan.model and config.training == plan.training
     assert config.contract == plan.contract and config.aggregation == plan.aggregation
     assert config.training.rounds == 7 and config.training.min_updates == 5
+    # Multi-Krum expecting the one attacker: scores over n - f - 2 neighbours, keeps n - f
+    assert (config.aggregation.krum_f, config.aggregation.krum_m) == (1, 4)
 
 
 def test_nested_dp_table_and_floats_are_written_as_toml(tmp_path: Path) -> None:
