@@ -132,11 +132,13 @@ def genesis_plan(options: DemoOptions) -> GenesisPlan:
         min_updates=options.members,
         deadline_blocks=12 + options.members,
     )
-    # Multi-Krum keeps the m = n - f best-scored deltas (f = the attackers expected, at least
-    # one); n - f - 2 is the size of each score's neighbourhood (inside the rule), not m
+    # Rules set for the attackers expected (f, at least one), as a consortium fearing them
+    # would: the trimmed mean cuts f at each end; Multi-Krum keeps the m = n - f best-scored
+    # deltas (n - f - 2 is the size of each score's neighbourhood, inside the rule, not m)
     expected = max(1, options.attackers)
     aggregation = AggregationSpec(
         rule=options.rule,  # type: ignore[arg-type]
+        trim_beta=min(0.45, max(0.1, expected / options.members)),
         krum_f=expected,
         krum_m=max(1, options.members - expected),
     )

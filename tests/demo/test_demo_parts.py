@@ -52,6 +52,14 @@ def test_consortium_file_round_trips_through_the_config_loader(
     assert config.training.rounds == 7 and config.training.min_updates == 5
     # Multi-Krum expecting the one attacker: scores over n - f - 2 neighbours, keeps n - f
     assert (config.aggregation.krum_f, config.aggregation.krum_m) == (1, 4)
+    assert config.aggregation.trim_beta == 0.2  # floor(0.2 x 5) = 1 cut at each end
+
+
+def test_robust_rules_are_set_for_the_attackers_expected() -> None:
+    spec = genesis_plan(DemoOptions(members=10, attackers=3, attack="ipm")).aggregation
+    assert (spec.trim_beta, spec.krum_f, spec.krum_m) == (0.3, 3, 7)
+    spec = genesis_plan(DemoOptions(members=10)).aggregation  # none expected: guard against one
+    assert (spec.trim_beta, spec.krum_f, spec.krum_m) == (0.1, 1, 9)
 
 
 def test_nested_dp_table_and_floats_are_written_as_toml(tmp_path: Path) -> None:
