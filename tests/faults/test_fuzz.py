@@ -67,12 +67,14 @@ class FuzzNode:
 
     def send(self, case: schemathesis.Case) -> httpx.Response:
         kw = case.as_transport_kwargs(base_url=self.url)
-        # Generated header values may hold any character: sent as their UTF-8 bytes. Leading and
-        # trailing spaces and tabs are not part of a field value (RFC 9110 5.5; httpx refuses to
-        # send them), so they are stripped as any HTTP peer would.
+        # Generated header values may hold any character: sent as their UTF-8 bytes. What no
+        # HTTP/1.1 message can carry in a field value (RFC 9110 5.5: control characters other
+        # than tab, and leading or trailing spaces and tabs) is dropped, as httpx refuses to send
+        # it and a server never sees it.
         headers: dict[str, str | bytes] = {}
         for k, v in (kw.get("headers") or {}).items():
-            value = str(v).strip(" \t")
+            value = "".join(c for c in str(v) if c == "\t" or (c >= " " and c != "\x7f"))
+            value = value.strip(" \t")
             headers[k] = value if value.isascii() else value.encode()
         body: bytes | None = None
         if "json" in kw and kw["json"] is not None:
