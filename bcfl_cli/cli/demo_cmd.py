@@ -34,7 +34,9 @@ def demo(
     ] = None,
     rule: Annotated[
         str,
-        typer.Option("--rule", help="Aggregation: fedavg, clipped, median, trimmed or krum."),
+        typer.Option(
+            "--rule", help="Aggregation: fedavg, clipped, median, trimmed, krum or cosine."
+        ),
     ] = "fedavg",
     keep: Annotated[
         Path | None,

@@ -34,7 +34,7 @@ from bcfl_cli.home import Home
 
 Dataset = Literal["digits", "breast-cancer"]
 DATASETS: tuple[str, ...] = ("digits", "breast-cancer")
-RULES: tuple[str, ...] = ("fedavg", "clipped", "median", "trimmed", "krum")
+RULES: tuple[str, ...] = ("fedavg", "clipped", "median", "trimmed", "krum", "cosine")
 #: The demo's attack names -> the node's ``--attack`` names.
 ATTACKS: dict[str, str] = {
     "sign-flip": "sign_flip",

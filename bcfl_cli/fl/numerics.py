@@ -71,8 +71,8 @@ def exact_sum(arrays: Iterable[np.ndarray]) -> float:
     """``math.fsum`` of every element of ``arrays`` (float64): the exactly rounded sum.
 
     The same bits as ``fsum``, and ``OverflowError`` when the sum passes the largest double.
-    (Given mixed signs, ``fsum`` may also refuse when only a partial sum overflows; squares,
-    this module's only input, are never negative.)
+    (Given mixed signs, ``fsum`` may also refuse when only a partial sum overflows; that
+    fall-back only runs for non-finite input, which the contract never lets through.)
     """
     total = 0
     for values in arrays:
@@ -115,6 +115,17 @@ def squared_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor
     if set(a) != set(b):
         raise ValueError("states have different tensor names")
     return _sum_of_squares_arrays(as_float64(a[k]) - as_float64(b[k]) for k in sorted(a))
+
+
+def dot(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """Inner product of two states: element-wise IEEE products, then their exactly rounded sum.
+
+    Each product is one correctly rounded multiply (exact when both values are float32), and
+    the sum is ``exact_sum``'s, so the result does not depend on the CPU or the thread count.
+    """
+    if set(a) != set(b):
+        raise ValueError("states have different tensor names")
+    return exact_sum(as_float64(a[k]) * as_float64(b[k]) for k in sorted(a))
 
 
 def flat_float64(state: Mapping[str, torch.Tensor]) -> np.ndarray:

@@ -85,7 +85,7 @@ class ContractRules(_Spec):
 
 
 class AggregationSpec(_Spec):
-    rule: Literal["fedavg", "clipped", "median", "trimmed", "krum"] = "fedavg"
+    rule: Literal["fedavg", "clipped", "median", "trimmed", "krum", "cosine"] = "fedavg"
     clip_norm: float = Field(default=5.0, gt=0.0)
     trim_beta: float = Field(default=0.1, ge=0.0, lt=0.5)
     krum_f: int = Field(default=1, ge=0)

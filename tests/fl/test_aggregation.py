@@ -25,6 +25,7 @@ SPECS = [
     AggregationSpec(rule="median"),
     AggregationSpec(rule="trimmed", trim_beta=0.2),
     AggregationSpec(rule="krum", krum_f=1, krum_m=3),
+    AggregationSpec(rule="cosine"),
 ]
 
 
@@ -198,6 +199,59 @@ def test_krum_with_m_larger_than_n_keeps_everything() -> None:
     assert r.new_state["x"].item() == 2.0
 
 
+def _vectors(rows: list[list[float]]) -> list[UpdateInput]:
+    return [UpdateInput(_hash(i), {"x": torch.tensor(r)}, 10) for i, r in enumerate(rows)]
+
+
+def test_cosine_gives_no_trust_to_flipped_or_empty_updates() -> None:
+    g = torch.Generator().manual_seed(5)
+    honest = [(torch.ones(20) + 0.1 * torch.randn(20, generator=g)).tolist() for _ in range(6)]
+    flipped = [[-v for v in honest[0]], [-0.5 * v for v in honest[1]]]
+    empty = [[0.0] * 20]
+    r = aggregate(
+        AggregationSpec(rule="cosine"), {"x": torch.zeros(20)}, _vectors(honest + flipped + empty)
+    )
+    assert set(r.included) == {_hash(i) for i in range(6)}
+    honest_mean = torch.tensor(honest).mean(dim=0)
+    assert torch.allclose(r.new_state["x"], honest_mean, atol=0.02)
+
+
+def test_cosine_clips_a_boost_to_the_median_norm() -> None:
+    rows = [[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [100.0, 0.0]]
+    r = aggregate(AggregationSpec(rule="cosine"), {"x": torch.zeros(2)}, _vectors(rows))
+    assert len(r.included) == 4
+    assert r.new_state["x"].tolist() == [1.0, 0.0]
+
+
+def test_cosine_weights_by_the_cosine_to_the_median() -> None:
+    # the median is (1, 0): trust 1 for (2, 0) and (1, 0), 0.6 for (3, 4) (cosine 3/5); the
+    # median norm (lower median of 1, 2, 5) is 2, so (3, 4) counts as (1.2, 1.6)
+    rows = [[2.0, 0.0], [1.0, 0.0], [3.0, 4.0]]
+    r = aggregate(AggregationSpec(rule="cosine"), {"x": torch.zeros(2)}, _vectors(rows))
+    x, y = r.new_state["x"].tolist()
+    assert x == pytest.approx((2.0 + 1.0 + 0.6 * 1.2) / 2.6)
+    assert y == pytest.approx((0.6 * 1.6) / 2.6)
+
+
+def test_cosine_falls_back_to_the_median_when_nothing_is_trusted() -> None:
+    r = aggregate(
+        AggregationSpec(rule="cosine"), {"x": torch.zeros(2)}, _vectors([[1.0, 0.0], [-1.0, 0.0]])
+    )
+    assert r.new_state["x"].tolist() == [0.0, 0.0]
+    assert len(r.included) == 2
+
+
+def test_cosine_is_not_weighted_by_claimed_samples() -> None:
+    updates = [
+        UpdateInput(_hash(0), {"x": torch.tensor([1.0, 0.0])}, 1),
+        UpdateInput(_hash(1), {"x": torch.tensor([1.0, 1.0])}, 10**6),
+        UpdateInput(_hash(2), {"x": torch.tensor([1.0, 0.0])}, 1),
+    ]
+    r = aggregate(AggregationSpec(rule="cosine"), {"x": torch.zeros(2)}, updates)
+    c = 1 / math.sqrt(2)  # (1, 1) against the median (1, 0), clipped to norm 1
+    assert r.new_state["x"][1].item() == pytest.approx(c * c / (2 + c))
+
+
 def test_single_update_works_for_every_rule() -> None:
     for spec in SPECS:
         r = aggregate(spec, ZERO, _one([0.25]))
@@ -205,7 +259,7 @@ def test_single_update_works_for_every_rule() -> None:
 
 
 def test_every_shipped_rule_is_registered() -> None:
-    assert set(RULES) == {"fedavg", "clipped", "median", "trimmed", "krum"}
+    assert set(RULES) == {"fedavg", "clipped", "median", "trimmed", "krum", "cosine"}
 
 
 def test_a_new_rule_plugs_in() -> None:

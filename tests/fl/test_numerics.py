@@ -124,3 +124,29 @@ def test_one_million_parameters_match_fsum() -> None:
     delta = {"a": torch.randn(1024, 1024, generator=gen) * 1e-3, "b": torch.randn(8192)}
     arrays = [v.double().reshape(-1).numpy() for v in delta.values()]
     assert _bits(l2_norm(delta)) == _bits(math.sqrt(_reference_squares(arrays)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(
+                width=32, allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6
+            ),
+            st.floats(
+                width=32, allow_nan=False, allow_infinity=False, min_value=-1e6, max_value=1e6
+            ),
+        ),
+        max_size=200,
+    )
+)
+def test_dot_of_float32_states_is_fsum_of_the_products(pairs: list[tuple[float, float]]) -> None:
+    a = torch.tensor([p[0] for p in pairs], dtype=torch.float32)
+    b = torch.tensor([p[1] for p in pairs], dtype=torch.float32)
+    expected = math.fsum(float(x) * float(y) for x, y in zip(a.tolist(), b.tolist(), strict=True))
+    assert _bits(numerics.dot({"w": a}, {"w": b})) == _bits(expected)
+
+
+def test_dot_refuses_states_with_different_names() -> None:
+    with pytest.raises(ValueError):
+        numerics.dot({"a": torch.zeros(1)}, {"b": torch.zeros(1)})

@@ -8,7 +8,7 @@ Importing this package registers every rule shipped with bcfl.
 
 from __future__ import annotations
 
-from bcfl_cli.fl.aggregation import clipped, fedavg, krum, median, trimmed
+from bcfl_cli.fl.aggregation import clipped, cosine, fedavg, krum, median, trimmed
 from bcfl_cli.fl.aggregation.base import (
     RULES,
     AggregateResult,
@@ -29,6 +29,7 @@ __all__ = [
     "aggregate",
     "aggregate_hash",
     "clipped",
+    "cosine",
     "fedavg",
     "krum",
     "median",
