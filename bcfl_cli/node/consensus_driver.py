@@ -367,7 +367,6 @@ class ConsensusDriver:
             return
         self.commits += 1
         node.accept_block(block, known[1], source="consensus")
-        node.syncer.note_consensus_commit()
 
     async def _commit_checked(self, block: Block, state: ChainState) -> None:
         node = self.node
@@ -380,7 +379,6 @@ class ConsensusDriver:
         if node.state is state:
             self.commits += 1
             node.accept_block(block, after, source="consensus")
-            node.syncer.note_consensus_commit()
 
     def _evidence(self, action: Evidence) -> None:
         """Submit evidence of an equivocation unless the chain or the mempool already holds it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import re
@@ -53,8 +54,11 @@ MAX_SEEN_TAGS = 128
 _TAG = re.compile(r"^[0-9a-f]{12}$")
 
 
+@functools.lru_cache(maxsize=1024)
 def did_tag(did: str) -> str:
-    """A short stand-in for a did in ``SEEN_HEADER`` (a collision only skips one relay)."""
+    """A short stand-in for a did in ``SEEN_HEADER`` (a collision only skips one relay).
+
+    Cached: every gossiped transaction tags each peer again, and the members are few."""
     return hashlib.sha256(did.encode("utf-8")).hexdigest()[:12]
 
 

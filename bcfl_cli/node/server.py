@@ -224,6 +224,8 @@ class Node:
             raise NodeError(f"block {block.height} does not follow the head {self.state.height}")
         self.ledger.append(block)
         self._adopt_appended(block, new_state, source=source)
+        if source == "consensus":
+            self.syncer.note_consensus_commit()
 
     def accept_blocks(self, decided: Sequence[tuple[Block, ChainState]], *, source: str) -> None:
         """``accept_block`` for consecutive blocks (sync): appended in one database transaction.

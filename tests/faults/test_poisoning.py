@@ -7,8 +7,9 @@ held-out digits test set.
 
 CI runs one short case (4 members, 2 rounds, 1 attacker boosting its update: the contract must
 reject it on chain with its reason, and the model must still learn). The ``slow`` matrix runs
-10 members with K = 1 and 3 attackers for every attack the node implements, under plain FedAvg
-and the robust rules, next to a clean run, and writes the table (see ``save_figures``).
+10 members for 30 rounds with K = 1 and 3 attackers for every attack the node implements under
+Multi-Krum and cosine trust, next to clean FedAvg, and writes the table (see ``save_figures``);
+``bench/poisoning_network.py`` runs the same cells with any rules and prints the table.
 """
 
 from __future__ import annotations
@@ -93,8 +94,12 @@ MATRIX_ATTACKS = ["sign-flip", "scaling", "label-flip", "noise", "free-rider", "
 @pytest.mark.slow
 @pytest.mark.timeout(3 * 3600)
 def test_poisoning_matrix_ten_members(tmp_path: Path) -> None:
-    rounds = 10
-    rows = [_summary(_run(tmp_path, members=10, rounds=rounds, rule="fedavg"))]
+    # issue 3's setting for its targets: 30 rounds; seeded, so a failure reproduces exactly.
+    # Multi-Krum and cosine trust are the rules run: median and trimmed mean fall 7-16 points
+    # short under sign flip, IPM and label flip (bench/README); about 2.4 min a run on 2 cores,
+    # 29 runs
+    rounds, seed = 30, 0
+    rows = [_summary(_run(tmp_path, members=10, rounds=rounds, rule="fedavg", seed=seed))]
     clean = float(rows[0]["final_accuracy"])  # type: ignore[arg-type]
     missing = []
     for attack in MATRIX_ATTACKS:
@@ -102,9 +107,15 @@ def test_poisoning_matrix_ten_members(tmp_path: Path) -> None:
             missing.append(attack)
             continue
         for k in (1, 3):
-            for rule in ("fedavg", "median", "trimmed", "krum"):
+            for rule in ("krum", "cosine"):
                 run = _run(
-                    tmp_path, members=10, rounds=rounds, attackers=k, attack=attack, rule=rule
+                    tmp_path,
+                    members=10,
+                    rounds=rounds,
+                    attackers=k,
+                    attack=attack,
+                    rule=rule,
+                    seed=seed,
                 )
                 rows.append(_summary(run))
     save_figures(
@@ -113,11 +124,7 @@ def test_poisoning_matrix_ten_members(tmp_path: Path) -> None:
     )
     for k in (1, 3):
         for attack in MATRIX_ATTACKS:
-            cases = [
-                r
-                for r in rows
-                if r["attack"] == attack and r["attackers"] == k and r["rule"] != "fedavg"
-            ]
+            cases = [r for r in rows if r["attack"] == attack and r["attackers"] == k]
             if cases and attack != "alie":  # ALIE is reported, not asserted (see the note)
                 best = max(float(r["final_accuracy"]) for r in cases)  # type: ignore[arg-type]
                 assert best >= clean - 0.03, (attack, k, cases)
