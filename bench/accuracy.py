@@ -55,6 +55,7 @@ RULES: dict[str, AggregationSpec] = {
     "median": AggregationSpec(rule="median"),
     "trimmed": AggregationSpec(rule="trimmed", trim_beta=0.3),
     "krum": AggregationSpec(rule="krum", krum_f=3, krum_m=7),
+    "cosine": AggregationSpec(rule="cosine"),
 }
 ATTACKS = (
     "label_flip",

@@ -31,6 +31,7 @@ BENCHES = (
     "sync_bench",
     "scale",
     "accuracy",
+    "poisoning_network",
 )
 
 
