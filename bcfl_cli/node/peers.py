@@ -131,7 +131,7 @@ class Peers:
             if norm != own and norm not in self.peers:
                 self.peers[norm] = PeerInfo(norm)
         # One small connection pool per peer, not one big pool for all: httpcore checks every
-        # pooled connection on each request and each response close, so a shared pool of ~30
+        # pooled connection on each request and each response close, so a shared pool of up to 32
         # connections to 9 peers made that bookkeeping the node's largest CPU cost (profiled
         # with 10 nodes on 2 cores). URLs not (yet) among the peers use ``_other``.
         self._clients: dict[str, httpx.AsyncClient] = {}
