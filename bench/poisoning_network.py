@@ -161,21 +161,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.rounds, args.attackers, args.attacks = 10, [3], ["sign-flip"]
         args.rules = ["krum", "cosine"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
+    done: dict[tuple[int, int, int, str, str, int], dict[str, Any]] = {}
     if args.out.exists():
-        rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
-    done = {_key(r) for r in rows}
+        lines = args.out.read_text().splitlines()
+        done = {_key(r): r for r in (json.loads(line) for line in lines if line.strip())}
     mine = []
     for k, attack, rule in plan(args.attackers, args.attacks, args.rules):
         key = (args.members, args.rounds, k, attack or "none", rule, args.seed)
-        row = next((r for r in rows if _key(r) == key), None)
-        if key not in done:
+        row = done.get(key)
+        if row is None:
             print(f"K={k} {attack or 'none'} {rule}: running ...", flush=True)
             row = cell(args.members, args.rounds, k, attack, rule, args.seed)
             with args.out.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"  {row['final_accuracy']} in {row['wall_s']} s", flush=True)
-        assert row is not None
         mine.append(row)
     print()
     print(render(mine))

@@ -29,12 +29,12 @@ from typing import Any, Literal
 from bcfl_cli.demo.launcher import GenesisPlan, LocalConsortium, MemberPlan, wait_for
 from bcfl_cli.demo.progress import ChainProgress
 from bcfl_cli.errors import BcflError, NodeError, UsageError
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
+from bcfl_cli.fl.spec import RULE_NAMES, AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.home import Home
 
 Dataset = Literal["digits", "breast-cancer"]
 DATASETS: tuple[str, ...] = ("digits", "breast-cancer")
-RULES: tuple[str, ...] = ("fedavg", "clipped", "median", "trimmed", "krum", "cosine")
+RULES: tuple[str, ...] = RULE_NAMES
 #: The demo's attack names -> the node's ``--attack`` names.
 ATTACKS: dict[str, str] = {
     "sign-flip": "sign_flip",

@@ -7,7 +7,7 @@ TOML file may use plain numbers.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -84,8 +84,13 @@ class ContractRules(_Spec):
         return self
 
 
+#: The aggregation rules a genesis may name (one module each under ``fl/aggregation/``).
+RuleName = Literal["fedavg", "clipped", "median", "trimmed", "krum", "cosine"]
+RULE_NAMES: tuple[str, ...] = get_args(RuleName)
+
+
 class AggregationSpec(_Spec):
-    rule: Literal["fedavg", "clipped", "median", "trimmed", "krum", "cosine"] = "fedavg"
+    rule: RuleName = "fedavg"
     clip_norm: float = Field(default=5.0, gt=0.0)
     trim_beta: float = Field(default=0.1, ge=0.0, lt=0.5)
     krum_f: int = Field(default=1, ge=0)
