@@ -364,7 +364,8 @@ def upload_blob(
                 raise NodeError(f"peer sent an inconsistent upload status: {status}")
             before = received
             try:
-                while received < size:
+                complete = False
+                while received < size and not complete:
                     index = received // chunk_size
                     f.seek(index * chunk_size)
                     data = f.read(min(chunk_size, size - index * chunk_size))
@@ -374,9 +375,9 @@ def upload_blob(
                     received = int(answer["received"])
                     if progress is not None:
                         progress(received, size)
-                    if answer.get("complete") is True:
-                        break
-                client.put(f"/blobs/{digest}", params={"size": size}, content=b"")
+                    complete = answer.get("complete") is True
+                if not complete:
+                    client.put(f"/blobs/{digest}", params={"size": size}, content=b"")
                 break
             except NodeError as exc:
                 if isinstance(exc, PeerRefused) and exc.code not in {"out_of_order", "incomplete"}:

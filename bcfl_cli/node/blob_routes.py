@@ -13,7 +13,9 @@ taken from a request, so ``..%2F..`` can name nothing):
   every chunk but the last has exactly ``chunk_size`` bytes. Chunks are appended in order to a
   partial file ``tmp/up-{hash}-{N}.part``; a chunk already received is acknowledged again (so
   retries are harmless), one beyond the next expected is refused (409) with where to resume.
-  The signature layer has already checked the chunk against its signed Content-Digest.
+  The signature layer has already checked the chunk against its signed Content-Digest. A blob
+  of one chunk is stored on arrival if it hashes to ``{hash}`` (``"complete": true``; 422
+  otherwise): no partial file, no finalise.
 - ``PUT /blobs/{hash}?size=N`` (signed, member, empty body): finalise; the partial file is
   streamed through ``BlobStore.put_stream(expected=hash, max_bytes=...)``, which keeps it only
   if the whole hash matches (422 otherwise, and the partial file is dropped).
@@ -248,6 +250,14 @@ class BlobRoutes:
                 400, "bad_chunk", f"chunk {index} must have {expected_len} bytes, got {len(body)}"
             )
         if self.store.has(digest):
+            return JSONResponse({"received": size, "complete": True})
+        if expected_len == size:
+            # A one-chunk blob (every update of a small model) is whole on arrival: keep it if
+            # it hashes to its name, with no partial file and no finalise round trip.
+            try:
+                await run_in_threadpool(self.store.put_stream, [body], expected=digest)
+            except BlobError as exc:
+                return _error(422, "hash_mismatch", exc.message + "; upload it again")
             return JSONResponse({"received": size, "complete": True})
         part = self._part(digest, size)
         async with self._lock(digest):

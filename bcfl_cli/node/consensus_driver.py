@@ -5,9 +5,10 @@ actions into effects, in the order its docstring prescribes:
 
 * ``BroadcastProposal`` / ``BroadcastVote``: recorded in the vote guard (durably, with the
   engine's lock state) *before* signing, then sent to every peer and fed back to the engine;
-* ``ScheduleTimeout``: ``loop.call_later``; when a timeout fires the driver also pulls the
-  height's messages from every peer (``GET /v1/consensus/{height}``), so a message lost on the
-  way costs one timeout, never liveness;
+* ``ScheduleTimeout``: ``loop.call_later``; when a timeout fires that moves the engine (not a
+  stale one) the driver also pulls the height's messages from every peer
+  (``GET /v1/consensus/{height}``), so a message lost on the way costs one timeout, never
+  liveness;
 * ``Commit``: the node appends the block and its state; the next height starts once there is
   something to propose, a message of that height arrives, or ``empty_block_interval`` passes;
 * ``Evidence``: a ``misbehaviour`` transaction into the mempool.
@@ -71,6 +72,8 @@ STALL_S = 3.0
 VALIDATION_GRACE_S = 60.0
 #: How long a proposal's blobs are fetched for before the check gives up (the proposer first).
 VALIDATION_FETCH_S = 10.0
+#: The proposer's wait for a round's updates, in empty-block intervals, while they keep coming.
+UPDATE_WAIT_INTERVALS = 4
 #: Proposals and blobs whose fetch failed, remembered (bounded) so they stop holding timeouts.
 FAILED_FETCHES = 256
 
@@ -137,19 +140,41 @@ class ConsensusDriver:
             self.handle(StartHeight(target, self.node.state.validator_set))
 
     async def _wait_for_work(self, target: int) -> None:
-        """Wait until the block at ``target`` would hold something, or the interval passed."""
+        """Wait until the block at ``target`` would hold something, or the interval passed.
+
+        While the open round's updates are still arriving (more came in during the last
+        interval and other trainers' are expected), the interval is extended, up to
+        UPDATE_WAIT_INTERVALS of them: proposing the first few alone cost every round one more
+        height, a full consensus instance (measured with 10 members: two heights a round).
+        """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.empty_block_interval_s
+        interval = self.empty_block_interval_s
+        deadline = loop.time() + interval
         if target == 1 or self.engine.height < 0:
             deadline = loop.time()
-        while loop.time() < deadline:
+        extensions = 0
+        arrived = self.node.updates_still_arriving()
+        while True:
+            if loop.time() >= deadline:
+                now_arrived = self.node.updates_still_arriving()
+                if (
+                    now_arrived is None
+                    or extensions >= UPDATE_WAIT_INTERVALS - 1
+                    or now_arrived <= (arrived or 0)
+                ):
+                    return
+                extensions += 1
+                arrived = now_arrived
+                deadline = loop.time() + interval
             if self._next_height_seen.is_set() or self.node.has_work(target):
                 return
             if self.node.state.height + 1 != target:
                 return
             self._work.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._work.wait(), min(0.1, deadline - loop.time()))
+                await asyncio.wait_for(
+                    self._work.wait(), max(0.0, min(0.1, deadline - loop.time()))
+                )
 
     async def _watch_stalls(self) -> None:
         """If a height makes no progress for STALL_S, pull from peers and re-send our votes.
@@ -249,21 +274,27 @@ class ConsensusDriver:
         finally:
             self._busy = False
 
-    def _log_timeout(self, event: TimeoutFired) -> None:
-        """Log a timeout that will move the engine (a stale one is ignored by the engine)."""
+    def _moves_engine(self, event: TimeoutFired) -> bool:
+        """Whether ``event`` will move the engine (a stale timeout is ignored by it).
+
+        In a healthy height every timeout is stale when it fires: the proposal, the prevote
+        quorum and the precommit quorum came first.
+        """
         engine = self.engine
         if event.height != engine.height or event.round != engine.round:
-            return
+            return False
         if engine.step == Step.COMMITTED:
-            return
+            return False
         if event.kind is TimeoutKind.PROPOSE and engine.step != Step.PROPOSE:
-            return
-        if event.kind is TimeoutKind.PREVOTE and engine.step != Step.PREVOTE:
-            return
-        log.info(
-            "timeout",
-            extra=fields(kind=event.kind.value, height=event.height, round=event.round),
-        )
+            return False
+        return not (event.kind is TimeoutKind.PREVOTE and engine.step != Step.PREVOTE)
+
+    def _log_timeout(self, event: TimeoutFired) -> None:
+        if self._moves_engine(event):
+            log.info(
+                "timeout",
+                extra=fields(kind=event.kind.value, height=event.height, round=event.round),
+            )
 
     def _act(self, action: Action) -> None:
         node = self.node
@@ -331,7 +362,9 @@ class ConsensusDriver:
                 timer.append(clock.call_later(0.25, fire))
                 self._timers.update(timer)
                 return
-            if self.engine.height == action.height:
+            # Pull only for a timeout that moves the engine: a stale one means the messages
+            # came (pulling on each cost every node nine GETs per height for nothing)
+            if self._moves_engine(event):
                 self._spawn(self._pull(action.height))
             self.handle(event)
 

@@ -230,7 +230,8 @@ class Peers:
         return await self.request(peer, "POST", path, body=canonical(payload), **kw)
 
     async def put_small_blob(self, peer: PeerInfo, digest: str, data: bytes) -> bool:
-        """Push a one-chunk blob on the pooled connections: chunk 0, then the finalise.
+        """Push a one-chunk blob on the pooled connections: one request (chunk 0, which the
+        peer stores whole), or a finalise after it where the peer asks for one.
 
         The same signed routes as ``blob_fetch.upload_blob`` (which a thread runs with a client
         of its own, and which asks where an upload stands first); False when the peer needs

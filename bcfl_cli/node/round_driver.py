@@ -101,6 +101,21 @@ def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[T
     return out
 
 
+def updates_still_arriving(state: ChainState, pending: Sequence[Transaction]) -> int | None:
+    """How many of the open round's updates wait in ``pending``; None when none is expected.
+
+    The proposer's wait uses it: while this count grows and other trainers' updates are
+    still expected, proposing the ones in hand would cost the round an extra height.
+    """
+    rnd = state.round
+    if not rnd.open:
+        return None
+    updates = pending_updates(state, pending)
+    if not (state.trainers - rnd.submitted - {tx.author for tx in updates}):
+        return None
+    return len(updates)
+
+
 def proposable_updates(
     state: ChainState, pending: Sequence[Transaction], has_blob: HasBlob | None
 ) -> list[Transaction]:

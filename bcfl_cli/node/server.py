@@ -48,6 +48,7 @@ from bcfl_cli.node.round_driver import (
     has_work,
     pending_updates,
     plan_block,
+    updates_still_arriving,
 )
 from bcfl_cli.node.sync import (
     CachingChecks,
@@ -306,6 +307,10 @@ class Node:
             aggregate_of=self.prepared_aggregate,
             has_blob=self.blobs.has,
         )
+
+    def updates_still_arriving(self) -> int | None:
+        """The open round's updates in the mempool, while others are still expected."""
+        return updates_still_arriving(self.state, self.mempool.snapshot())
 
     def wake_prepare(self) -> None:
         self._prepare_wake.set()

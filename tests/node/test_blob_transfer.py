@@ -162,6 +162,30 @@ def test_upload_roundtrip_and_refusals(peer: _Peer, tmp_path: Path) -> None:
     assert not list((peer.store.root / "tmp").glob(f"up-{liar}*"))
 
 
+def test_a_one_chunk_blob_is_stored_by_its_chunk(peer: _Peer, tmp_path: Path) -> None:
+    data = b"one chunk" * 100
+    digest = hashlib.sha256(data).hexdigest()
+    answer = peer.client.put(f"/blobs/{digest}/chunks/0", params={"size": len(data)}, content=data)
+    assert answer.json() == {"received": len(data), "complete": True}
+    assert peer.store.verify(digest)
+    assert not list((peer.store.root / "tmp").glob("up-*"))
+    # a finalise after it (an older client's habit) is answered, not refused
+    done = peer.client.put(f"/blobs/{digest}", params={"size": len(data)}, content=b"").json()
+    assert done == {"hash": digest, "size": len(data)}
+    # bytes that do not hash to the name are refused and not kept, nor a partial file
+    liar = "c" * 64
+    with pytest.raises(PeerRefused) as info:
+        peer.client.put(f"/blobs/{liar}/chunks/0", params={"size": len(data)}, content=data)
+    assert info.value.status == 422 and info.value.code == "hash_mismatch"
+    assert not peer.store.has(liar)
+    assert not list((peer.store.root / "tmp").glob(f"up-{liar}*"))
+    # upload_blob of a one-chunk blob ends with its chunk
+    local = BlobStore(tmp_path / "local")
+    small = local.put(b"x" * 1000)
+    upload_blob(peer.client, small, local)
+    assert peer.store.verify(small)
+
+
 def test_upload_resumes_after_abort(peer: _Peer, tmp_path: Path) -> None:
     local = BlobStore(tmp_path / "local")
     digest = _blob(local, 500_000)

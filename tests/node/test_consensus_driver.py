@@ -1,4 +1,5 @@
-"""The consensus driver's propose-timeout hold: a check under way holds it, a failed fetch not.
+"""The consensus driver's timers: a check under way holds the propose timeout, a failed fetch
+does not; only a timeout that moves the engine pulls from peers; the proposer's wait.
 
 No processes and no network: a real ``ConsensusDriver`` on a stand-in node whose syncer and
 worker are scripted, and real blocks from the in-memory founders' chain. The engine is not
@@ -19,6 +20,7 @@ from bcfl_cli.consensus.messages import (
     Event,
     Recheck,
     ScheduleTimeout,
+    Step,
     TimeoutFired,
     TimeoutKind,
     Validity,
@@ -286,6 +288,94 @@ def test_blobs_are_asked_of_the_proposer_first(chain: Chain) -> None:
         (call,) = syncer.calls
         blob = next(t.body["blob"] for t in block.txs if t.body.get("blob"))
         assert call["prefer"] == {blob: (did("alice"), did("bob"))}
+        driver.close()
+
+    asyncio.run(scenario())
+
+
+class PullCountingDriver(RecordingDriver):
+    def __init__(self, node: Any) -> None:
+        super().__init__(node)
+        self.pulls: list[int] = []
+
+    async def _pull(self, height: int) -> None:
+        self.pulls.append(height)
+
+
+def test_only_a_timeout_that_moves_the_engine_pulls(chain: Chain) -> None:
+    (block,), after = proposals(chain, 1)
+
+    async def scenario() -> None:
+        driver = PullCountingDriver(StubNode(chain, Syncer(result=True, delay_s=0.0), after))
+        engine = driver.engine
+        engine.height, engine.round, engine.step = block.height, 0, Step.PRECOMMIT
+        # a healthy height: the proposal and a prevote quorum came before their timeouts
+        for kind in (TimeoutKind.PROPOSE, TimeoutKind.PREVOTE):
+            driver._schedule(ScheduleTimeout(kind, block.height, 0, 10))
+        await until(lambda: len(driver.fired()) == 2)
+        assert driver.pulls == []
+        # a precommit timeout of the current round moves the engine to the next round: pull
+        driver._schedule(ScheduleTimeout(TimeoutKind.PRECOMMIT, block.height, 0, 10))
+        await until(lambda: len(driver.fired()) == 3)
+        await until(lambda: driver.pulls == [block.height])
+        # once the height is committed, its timeouts pull nothing
+        engine.step = Step.COMMITTED
+        driver._schedule(ScheduleTimeout(TimeoutKind.PRECOMMIT, block.height, 0, 10))
+        await until(lambda: len(driver.fired()) == 4)
+        await asyncio.sleep(0.05)
+        assert driver.pulls == [block.height]
+        driver.close()
+
+    asyncio.run(scenario())
+
+
+class ArrivingNode(StubNode):
+    """Updates of the open round arrive on a schedule; ``has_work`` once all are in."""
+
+    def __init__(self, chain: Chain, after: ChainState, arrivals: list[float], total: int):
+        super().__init__(chain, Syncer(result=True, delay_s=0.0), after)
+        self.arrivals = arrivals
+        self.total = total
+        self.began = 0.0
+
+    def _arrived(self) -> int:
+        now = asyncio.get_running_loop().time() - self.began
+        return sum(1 for t in self.arrivals if t <= now)
+
+    def updates_still_arriving(self) -> int | None:
+        arrived = self._arrived()
+        return None if arrived >= self.total else arrived
+
+    def has_work(self, height: int) -> bool:
+        return self._arrived() >= self.total
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "total", "low", "high"),
+    [
+        # updates keep coming: the wait runs past the interval until the last one is in
+        ([0.05, 0.15, 0.25, 0.35], 4, 0.35, 0.55),
+        # they stop coming (a trainer is down): one interval without growth ends the wait
+        ([0.05, 0.1], 4, 0.3, 0.5),
+        # they keep coming, slower than the cap: at most UPDATE_WAIT_INTERVALS intervals
+        ([0.1 * i for i in range(1, 40)], 40, 0.6, 0.95),
+    ],
+)
+def test_the_proposer_waits_while_updates_keep_arriving(
+    chain: Chain, arrivals: list[float], total: int, low: float, high: float
+) -> None:
+    _, after = proposals(chain, 1)
+
+    async def scenario() -> None:
+        node = ArrivingNode(chain, after, arrivals, total)
+        driver = RecordingDriver(node)
+        driver.empty_block_interval_s = 0.2
+        driver.engine.height = 1
+        loop = asyncio.get_running_loop()
+        node.began = loop.time()
+        await driver._wait_for_work(node.state.height + 1)
+        waited = loop.time() - node.began
+        assert low <= waited <= high + 0.5  # the upper slack: a loaded CI machine
         driver.close()
 
     asyncio.run(scenario())

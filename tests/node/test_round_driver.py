@@ -16,11 +16,12 @@ from bcfl_cli.node.round_driver import (
     has_work,
     plan_block,
     state_after_updates,
+    updates_still_arriving,
 )
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.verify.chain import verify_chain
-from tests.node._chain_fixture import Chain, did, key, make_chain
+from tests.node._chain_fixture import FOUNDERS, Chain, did, key, make_chain
 
 EDIT = {"min_updates = 2 ": "min_updates = 2 ", "rounds = 10": "rounds = 2"}
 
@@ -171,6 +172,21 @@ def test_a_partial_set_of_updates_waits_for_the_others(chain: Chain) -> None:
     # the quorum is there: propose as soon as the aggregate after it is prepared
     assert not work([bob, carol], None)
     assert work([bob, carol], ("00" * 32, 1))
+
+
+def test_updates_still_arriving_counts_while_other_trainers_are_expected(chain: Chain) -> None:
+    checks = CachingChecks(FLChecks(chain.blobs))
+    assert updates_still_arriving(chain.state, []) is None  # no round open yet
+    step(chain, [], checks)
+    state = chain.state
+    trainers = [n for n in FOUNDERS if did(n) in state.trainers]
+    updates = [chain.update(n, scale=0.01 * (i + 1)) for i, n in enumerate(trainers)]
+    assert updates_still_arriving(state, []) == 0
+    assert updates_still_arriving(state, updates[:1]) == 1
+    assert updates_still_arriving(state, updates[:1] * 3) == 1  # one per author
+    assert updates_still_arriving(state, updates[:-1]) == len(updates) - 1
+    # every trainer's update is in: nothing more to wait for
+    assert updates_still_arriving(state, updates) is None
 
 
 def test_build_proposal_leaves_out_what_the_rules_refuse(chain: Chain) -> None:
