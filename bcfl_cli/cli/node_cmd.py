@@ -68,7 +68,8 @@ def node(
             max=3600.0,
             help=(
                 "Seconds an idle proposer waits before proposing an empty block (or a round's "
-                "first updates while other trainers' are still expected)."
+                "first updates while other trainers' are still expected; up to 4 intervals "
+                "while more keep arriving)."
             ),
         ),
     ] = 1.0,
