@@ -60,8 +60,6 @@ def cell(
         data = run.to_dict()
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    attackers = [m for m in data["members"] if m["attack"]]
-    honest = [m for m in data["members"] if not m["attack"]]
     return {
         "members": members,
         "rounds": rounds,
@@ -72,10 +70,7 @@ def cell(
         "ok": run.ok,
         "final_accuracy": run.final_accuracy,
         "accuracy": data["accuracy"],
-        "attacker_accepted": sum(m["accepted"] for m in attackers),
-        "attacker_rejected": sum(m["rejected"] for m in attackers),
-        "rejection_reasons": sorted({r for m in attackers for r in m["rejections"]}),
-        "honest_rejected": sum(m["rejected"] for m in honest),
+        **run.verdicts(),
         "verify_ok": all(n["verify"]["ok"] for n in data["nodes"]),
         "consistent": data["consistent"],
         "wall_s": round(time.perf_counter() - started, 1),

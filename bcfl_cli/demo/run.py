@@ -275,6 +275,18 @@ class DemoRun:
         verified = bool(self.nodes) and all(n.verified for n in self.nodes)
         return rounds_done and verified and bool(self.consistent) and not self.interrupted
 
+    def verdicts(self) -> dict[str, Any]:
+        """What the contract made of the attackers' updates and of the honest ones."""
+        members = self.to_dict()["members"]
+        attackers = [m for m in members if m["attack"]]
+        honest = [m for m in members if not m["attack"]]
+        return {
+            "attacker_accepted": sum(m.get("accepted", 0) for m in attackers),
+            "attacker_rejected": sum(m.get("rejected", 0) for m in attackers),
+            "rejection_reasons": sorted({r for m in attackers for r in m["rejections"]}),
+            "honest_rejected": sum(m.get("rejected", 0) for m in honest),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """The machine-readable summary (``bcfl demo --json``)."""
         progress = self.progress

@@ -42,17 +42,13 @@ def _run(tmp_path: Path, **kw: object) -> DemoRun:
 
 
 def _summary(run: DemoRun) -> dict[str, object]:
-    data = run.to_dict()
-    attackers = [m for m in data["members"] if m["attack"]]
     return {
         "members": run.options.members,
         "attackers": run.options.attackers,
         "attack": run.options.attack,
         "rule": run.options.rule,
         "final_accuracy": round(run.final_accuracy or 0.0, 4),
-        "attacker_accepted": sum(m["accepted"] for m in attackers),
-        "attacker_rejected": sum(m["rejected"] for m in attackers),
-        "rejection_reasons": sorted({r for m in attackers for r in m["rejections"]}),
+        **run.verdicts(),
         "wall_s": run.timings.get("total_s"),
     }
 
