@@ -282,6 +282,22 @@ class ChainState:
     def trainers(self) -> frozenset[str]:
         return frozenset(d for d, m in self._members.items() if m.is_trainer)
 
+    def round_may_close(self, height: int) -> bool:
+        """Whether the block at ``height`` may aggregate the open round (PROTOCOL.md §6).
+
+        Enough accepted updates, or every trainer heard from (each sends one update a round,
+        so waiting for the deadline after that would add nothing but blocks), or the deadline.
+        """
+        rnd = self.round
+        if not rnd.open:
+            return False
+        if len(rnd.accepted) >= self.config.training.min_updates:
+            return True
+        trainers = self.trainers
+        if trainers and trainers <= rnd.submitted:
+            return True
+        return height >= rnd.deadline_height
+
     def member(self, did: str) -> Member | None:
         return self._members.get(did)
 
@@ -700,12 +716,13 @@ class _TxRules:
         self.require_proposer(tx)
         rnd = self.require_open_round(tx, body["round"])
         plan = self.s.config.training
-        if len(rnd.accepted) < plan.min_updates and self.h < rnd.deadline_height:
+        if not self.s.round_may_close(self.h):
             raise self.fail(
                 tx,
                 "aggregate_too_early",
-                f"expected {plan.min_updates} accepted updates or height {rnd.deadline_height}, "
-                f"found {len(rnd.accepted)} at height {self.h}",
+                f"expected {plan.min_updates} accepted updates, an update from every trainer "
+                f"or height {rnd.deadline_height}, found {len(rnd.accepted)} accepted of "
+                f"{len(rnd.submitted)} submitted at height {self.h}",
             )
         if body["updates"] != rnd.accepted_hashes:
             raise self.fail(

@@ -66,7 +66,8 @@ class TrainingPlan(_Spec):
     label_column: str = Field(default="label", min_length=1, max_length=64)
     #: a round closes once this many updates are accepted ...
     min_updates: int = Field(default=2, ge=1, le=10_000)
-    #: ... or this many blocks after it opened, whichever comes first.
+    #: ... or once every trainer has sent its update (accepted or not), or this many blocks
+    #: after it opened, whichever comes first.
     deadline_blocks: int = Field(default=20, ge=1, le=1_000_000)
     dp: DPSpec = Field(default_factory=DPSpec)
 

@@ -77,11 +77,8 @@ def rounds_left(state: ChainState) -> bool:
 
 
 def aggregate_due(state: ChainState, height: int) -> bool:
-    """The open round may be closed by the block at ``height``."""
-    rnd = state.round
-    if not rnd.open:
-        return False
-    return len(rnd.accepted) >= state.config.training.min_updates or height >= rnd.deadline_height
+    """The open round may be closed by the block at ``height`` (the chain rule's test)."""
+    return state.round_may_close(height)
 
 
 def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[Transaction]:

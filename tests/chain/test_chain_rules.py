@@ -323,6 +323,37 @@ def test_empty_round_closes_at_deadline_with_base_model(tmp_path):
     assert c.state.round.model == base
 
 
+def test_a_round_may_close_once_every_trainer_has_sent_its_update(tmp_path):
+    # min_updates 2, four trainers: three rejected and one accepted leaves the round short of
+    # its quorum, but nobody else can send an update this round, so it need not wait for the
+    # deadline; one trainer still to send keeps it open
+    c = make_consortium(tmp_path)
+    _open_round(c)
+    assert not c.state.round_may_close(c.state.height + 1)
+    sent = []
+    for name, payload in [("alice", b"a"), ("bob", b"b"), ("carol", b"c")]:
+        u = c.tx(name, TxKind.UPDATE, update_body(c, 1, payload * 10))
+        sent += [u, validation(c, u, "reject")]
+    c.commit(sent)
+    agg = {
+        "round": 1,
+        "updates": [],
+        "rule": "fedavg",
+        "params": c.state.config.aggregation_params,
+        "model": c.state.round.base_model,
+        "model_size": 1,
+    }
+    assert c.state.height + 1 < c.state.round.deadline_height
+    _fails(c, [c.tx("alice", TxKind.AGGREGATE, agg)], "aggregate_too_early")
+    u = c.tx("dave", TxKind.UPDATE, update_body(c, 1, b"d" * 10))
+    c.commit([u, validation(c, u)])
+    assert len(c.state.round.accepted) == 1 < c.state.config.training.min_updates
+    assert c.state.round_may_close(c.state.height + 1)
+    agg = {**agg, "updates": [u.hash], "model": "cd" * 32}
+    c.commit([c.tx("alice", TxKind.AGGREGATE, agg)])
+    assert not c.state.round.open and c.state.round.model == "cd" * 32
+
+
 class _Checks:
     def __init__(self, accept: bool):
         self.accept = accept
