@@ -22,7 +22,8 @@ SQLITE_PRAGMAS: tuple[tuple[str, str], ...] = (
 )
 
 
-def _sqlite_settings(dbapi_connection: Any, _record: Any) -> None:
+def apply_sqlite_settings(dbapi_connection: Any, _record: Any = None) -> None:
+    """Set ``SQLITE_PRAGMAS`` on a new DB-API connection (the ledger's, the vote guard's)."""
     cursor = dbapi_connection.cursor()
     try:
         for name, value in SQLITE_PRAGMAS:
@@ -35,5 +36,5 @@ def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite connections get the pragmas above on every connect."""
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_settings)
+        event.listen(engine, "connect", apply_sqlite_settings)
     return engine

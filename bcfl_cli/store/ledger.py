@@ -43,15 +43,6 @@ def _text(obj: Any) -> str:
     return canonical(obj).decode("utf-8")
 
 
-def _parse_canonical(text: str, what: str) -> Any:
-    try:
-        return parse_canonical(text)
-    except NotCanonicalError as exc:
-        raise StoreError(f"{what}: stored JSON is not in canonical form") from exc
-    except EncodingError as exc:
-        raise StoreError(f"{what}: stored JSON unreadable: {exc.message}") from exc
-
-
 class Ledger:
     """An open ledger store. Use as a context manager, or call :meth:`close`."""
 
@@ -68,7 +59,7 @@ class Ledger:
         if genesis_hash is None or document_text is None or not is_hash_hex(genesis_hash):
             raise StoreError(f"the store at {url} holds no genesis", hint=_HINT_MISSING)
         self.genesis_hash: str = genesis_hash
-        document = _parse_canonical(document_text, "genesis document")
+        document = _from_canonical(parse_canonical, document_text, "genesis document")
         if not isinstance(document, dict):
             raise StoreError("genesis document is not a JSON object")
         self.document: dict[str, Any] = document
@@ -330,7 +321,7 @@ def _from_canonical(parse: Callable[[str], _T], text: str, what: str) -> _T:
     except NotCanonicalError as exc:
         raise StoreError(f"{what}: stored JSON is not in canonical form") from exc
     except EncodingError as exc:
-        raise StoreError(f"{what}: {exc.message}") from exc
+        raise StoreError(f"{what}: stored JSON unreadable: {exc.message}") from exc
 
 
 def _tx_from_row(row: Row[Any]) -> Transaction:

@@ -25,6 +25,7 @@ from bcfl_cli.errors import StoreError
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import Vote, VoteType
 from bcfl_cli.protocol.encoding import parse_json
+from bcfl_cli.store.db import apply_sqlite_settings
 
 PROPOSAL_STEP = "proposal"
 
@@ -53,9 +54,7 @@ class VoteGuard:
     def __init__(self, path: Path | str) -> None:
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA trusted_schema=OFF")
+            apply_sqlite_settings(self._db)  # the ledger's: WAL, synchronous=FULL, ...
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(

@@ -15,9 +15,10 @@ from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.tx import TxKind
 from bcfl_cli.store import migrate
-from bcfl_cli.store.db import make_engine
+from bcfl_cli.store.db import SQLITE_PRAGMAS, make_engine
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.store.tables import metadata
+from bcfl_cli.store.vote_guard import VoteGuard
 from tests.chain.factories import FOUR, did_for, make_consortium, make_document, make_genesis
 
 
@@ -37,6 +38,14 @@ def test_every_connection_carries_the_pragmas(tmp_path):
     for conn in conns:
         conn.close()
     engine.dispose()
+
+
+def test_the_vote_guard_carries_the_same_pragmas(tmp_path):
+    as_read = {"ON": "1", "OFF": "0", "FULL": "2"}  # how SQLite reports what was set
+    with VoteGuard(tmp_path / "vote_guard.sqlite") as guard:
+        for name, value in SQLITE_PRAGMAS:
+            found = guard._db.execute(f"PRAGMA {name}").fetchone()[0]
+            assert str(found).lower() == as_read.get(value, value.lower()), name
 
 
 def test_migrations_match_the_table_definitions(tmp_path):
