@@ -76,11 +76,6 @@ def rounds_left(state: ChainState) -> bool:
     return state.round.number < state.config.training.rounds
 
 
-def aggregate_due(state: ChainState, height: int) -> bool:
-    """The open round may be closed by the block at ``height`` (the chain rule's test)."""
-    return state.round_may_close(height)
-
-
 def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[Transaction]:
     """Updates in ``pending`` that fit the open round (one per author, arrival order)."""
     rnd = state.round
@@ -156,7 +151,7 @@ def plan_block(
     if not rnd.open:
         txs += _open_next(state, rnd.model, height=height, key=key, now_ms=now_ms)
         return txs
-    if aggregate_due(state, height):
+    if state.round_may_close(height):
         txs += _close_and_open(state, height=height, key=key, now_ms=now_ms, of=aggregate_of)
         return txs
     judged: list[tuple[Transaction, VerdictLike]] = []
@@ -176,7 +171,7 @@ def plan_block(
         judged.append((update, verdict))
     if judged and len(txs) + 2 <= max_txs:
         after = state_after_updates(state, judged)
-        if aggregate_due(after, height):
+        if after.round_may_close(height):
             txs += _close_and_open(after, height=height, key=key, now_ms=now_ms, of=aggregate_of)
     return txs
 
@@ -267,7 +262,7 @@ def has_work(
     rnd = state.round
     if not rnd.open:
         return rounds_left(state)
-    if aggregate_due(state, height):
+    if state.round_may_close(height):
         return aggregate_of(state) is not None
     judged = [
         (tx, verdict)
@@ -277,7 +272,7 @@ def has_work(
     if not judged:
         return False
     after = state_after_updates(state, judged)
-    if aggregate_due(after, height):
+    if after.round_may_close(height):
         return aggregate_of(after) is not None
     return not (state.trainers - after.round.submitted)
 
