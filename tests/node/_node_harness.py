@@ -8,13 +8,19 @@ data), so updates are real trained tensors checked by the real contract.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import socket
 import time
 import warnings
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import nacl.signing
+import uvicorn
+from starlette.types import ASGIApp
 
 from bcfl_cli.chain import commit_with_keys
 from bcfl_cli.consortium.example import filled_example
@@ -138,3 +144,30 @@ class LocalNode:
         self.node.ledger.close()
         self.node.guard.close()
         self.node._worker.shutdown(wait=False)
+
+
+@contextlib.asynccontextmanager
+async def served(make_app: Callable[[int], ASGIApp]) -> AsyncIterator[str]:
+    """Serve ``make_app(port)`` with uvicorn on a free loopback port in the running loop; yield
+    its URL. For code that talks real HTTP (the node's peer client, aiohttp, has no in-process
+    transport); the app learns its port, as a node signs and checks its own authority.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(port), log_level="critical", access_log=False, lifespan="off")
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):  # bounded: 5 s
+            if server.started or task.done():
+                break
+            await asyncio.sleep(0.01)
+        if not server.started:
+            raise RuntimeError("the test server did not start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from bcfl_cli.node.trainer import (
     warm_up,
 )
 from bcfl_cli.protocol.tx import Transaction
-from tests.node._node_harness import LocalNode, key, part
+from tests.node._node_harness import LocalNode, key, part, served
 
 
 @pytest.fixture
@@ -210,7 +211,7 @@ def test_peer_publisher_pushes_to_reachable_peers(local: LocalNode, tmp_path: Pa
 def test_a_small_blob_is_pushed_on_the_pooled_async_client(
     local: LocalNode, tmp_path: Path
 ) -> None:
-    import httpx
+    from starlette.types import ASGIApp
 
     from bcfl_cli.node.app import create_app
     from bcfl_cli.node.peers import PeerInfo, Peers
@@ -219,27 +220,34 @@ def test_a_small_blob_is_pushed_on_the_pooled_async_client(
     other = LocalNode(tmp_path / "other")
     try:
         digest = local.node.blobs.put(b"update bytes" * 1000)
-        peers = Peers(key("alice"), ["http://testserver"], self_url="http://me")
-        peers._clients["http://testserver"] = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(other.node))
-        )
         sent: list[str] = []
 
         class Spy:
+            def __init__(self, peers: Peers) -> None:
+                self.peers = peers
+
             def live(self) -> list[PeerInfo]:
-                return peers.live()
+                return self.peers.live()
 
             def blob_client(self, peer: object) -> object:
                 raise AssertionError("a one-chunk blob needs no thread and no new client")
 
             async def put_small_blob(self, peer: PeerInfo, digest: str, data: bytes) -> bool:
                 sent.append(digest)
-                return await peers.put_small_blob(peer, digest, data)
+                return await self.peers.put_small_blob(peer, digest, data)
 
         async def scenario() -> None:
-            await peer_publisher(Spy(), local.node.blobs)(digest)  # type: ignore[arg-type]
-            await peer_publisher(Spy(), local.node.blobs)(digest)  # again: already complete
-            await peers.close()
+            def app_at(port: int) -> ASGIApp:
+                other.node.options = dataclasses.replace(
+                    other.node.options, host="127.0.0.1", port=port
+                )
+                return create_app(other.node)
+
+            async with served(app_at) as url:
+                spy = Spy(Peers(key("alice"), [url], self_url="http://me"))
+                await peer_publisher(spy, local.node.blobs)(digest)  # type: ignore[arg-type]
+                await peer_publisher(spy, local.node.blobs)(digest)  # again: already complete
+                await spy.peers.close()
 
         asyncio.run(scenario())
         assert sent == [digest, digest] and other.node.blobs.verify(digest)
