@@ -28,7 +28,6 @@ from bcfl_cli.protocol.crypto import (
 )
 from bcfl_cli.protocol.encoding import (
     canonical,
-    hash_object,
     is_hash_hex,
     is_signature_hex,
     parse_canonical,
@@ -201,16 +200,23 @@ class Transaction:
 
     @property
     def hash(self) -> str:
-        known = self.__dict__.get("_digest")
-        return known[0] if known is not None else hash_object(self.unsigned())
+        return self.digest()[0]
 
     def digest(self) -> tuple[str, int]:
-        """(hash, size in bytes of the canonical signed form) from one canonicalisation."""
+        """(hash, size in bytes of the canonical signed form), from one canonicalisation.
+
+        Kept with the object after the first call: a node asks a pending update's hash many
+        times a round (mempool, verdict cache, block planning, the ledger), and encoding it
+        again each time was ~8% of a node's CPU with 10 members. The object is frozen and its
+        body is never changed after construction (nothing in bcfl does; don't), so the kept
+        value always matches the content.
+        """
         known: tuple[str, int] | None = self.__dict__.get("_digest")
-        if known is not None:
-            return known
-        unsigned = canonical(self.unsigned())
-        return sha256_hex(unsigned), len(unsigned) + SIGNED_OVERHEAD
+        if known is None:
+            unsigned = canonical(self.unsigned())
+            known = (sha256_hex(unsigned), len(unsigned) + SIGNED_OVERHEAD)
+            object.__setattr__(self, "_digest", known)
+        return known
 
     def to_dict(self) -> dict[str, Any]:
         return {"tx": self.unsigned(), "sig": self.signature}
@@ -284,4 +290,6 @@ def make_tx(
         signature="",
     )
     sig = sign_digest(key, Domain.TX, unsigned.hash)
-    return Transaction.from_dict({"tx": unsigned.unsigned(), "sig": sig})
+    signed = Transaction.from_dict({"tx": unsigned.unsigned(), "sig": sig})
+    object.__setattr__(signed, "_digest", unsigned.digest())  # the signature is not hashed
+    return signed

@@ -191,6 +191,8 @@ def test_hashes_read_off_canonical_bytes() -> None:
     assert read == tx
     assert read.hash == tx.hash == hash_object(tx.unsigned())
     assert read.digest() == tx.digest() == (tx.hash, len(text))
+    parsed = Transaction.from_dict(tx.to_dict())  # kept after its first use, same value
+    assert parsed.digest() == parsed.digest() == read.digest() and parsed.signature_valid()
     header = BlockHeader(3, "00" * 32, 5, did_for("bob"), "11" * 32, "22" * 32, "33" * 32)
     stored = canonical(header.to_dict())
     assert BlockHeader.from_canonical(stored).hash == header.hash == hash_object(header.to_dict())
