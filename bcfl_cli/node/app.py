@@ -10,12 +10,15 @@ Every refusal is one JSON line ``{"error": code, "message": why and what to do}`
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,11 +31,12 @@ from bcfl_cli.node.auth import SignatureAuth, peer_did
 from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.logging import fields
-from bcfl_cli.node.mempool import MempoolRefusal
+from bcfl_cli.node.mempool import MempoolRefusal, precheck
 from bcfl_cli.node.peers import NODE_URL_HEADER, SEEN_HEADER, did_tag, parse_seen
 from bcfl_cli.node.schemas import (
     MAX_BLOCKS_PER_RESPONSE,
     MAX_HEIGHT_DIGITS,
+    MAX_INLINE_BLOB_BYTES,
     AlarmView,
     BlocksResponse,
     ConsensusLog,
@@ -45,13 +49,14 @@ from bcfl_cli.node.schemas import (
     RoundView,
     StatusResponse,
     SubmitTx,
+    SubmitUpdate,
     TxAccepted,
     TxStatus,
     parse_body,
     route_parameters,
 )
 from bcfl_cli.protocol.block import Vote
-from bcfl_cli.protocol.encoding import is_hash_hex
+from bcfl_cli.protocol.encoding import is_hash_hex, sha256_hex
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 
 if TYPE_CHECKING:
@@ -114,8 +119,10 @@ def _guard(handler: Handler) -> Handler:
 
 
 class Api:
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Node, *, max_inline_blob: int = MAX_INLINE_BLOB_BYTES) -> None:
         self.node = node
+        self.max_inline_blob = max_inline_blob
+        self.max_update_body = MAX_TX_BODY + 4 * -(-max_inline_blob // 3) + 1024
 
     # --- public reads -----------------------------------------------------------------------
     async def status(self, request: Request) -> Response:
@@ -232,7 +239,46 @@ class Api:
     async def submit_tx(self, request: Request) -> Response:
         """A signed transaction into the mempool (validated first); gossiped to peers."""
         body = parse_body(SubmitTx, await request.body(), max_bytes=MAX_TX_BODY)
+        return await self.submit_checked(request, Transaction.from_dict(body.tx))
+
+    async def submit_update(self, request: Request) -> Response:
+        """An ``update`` transaction and its blob in one request, for a blob of one chunk (every
+        update of a small model): ``PUT /v1/blobs/{hash}/chunks/0`` and ``POST /v1/txs`` at once.
+
+        Nothing is kept unless the blob is the one the transaction names (hash and size) and the
+        transaction passes the mempool's checks; then the blob is stored and the transaction is
+        admitted and relayed as ``POST /v1/txs`` would.
+        """
+        node = self.node
+        body = parse_body(SubmitUpdate, await request.body(), max_bytes=self.max_update_body)
         tx = Transaction.from_dict(body.tx)
+        if tx.kind is not TxKind.UPDATE:
+            raise Refused(
+                400, "not_an_update", "POST /v1/updates takes an update; send others to /v1/txs"
+            )
+        try:
+            data = base64.b64decode(body.blob, validate=True)
+        except binascii.Error as exc:
+            raise Refused(400, "malformed_body", f"blob: not base64: {exc}") from exc
+        digest = tx.body["blob"]
+        if len(data) > self.max_inline_blob:
+            raise Refused(
+                413,
+                "blob_too_large",
+                f"at most {self.max_inline_blob} bytes travel with an update here; upload the "
+                "blob (PUT /v1/blobs/...) and send the update to /v1/txs",
+            )
+        if len(data) != tx.body["blob_size"] or sha256_hex(data) != digest:
+            raise Refused(
+                422, "hash_mismatch", "the blob is not the one the update names (hash and size)"
+            )
+        if tx.hash not in node.state.seen_tx and tx.hash not in node.mempool:
+            precheck(node.state, tx)
+        if not node.blobs.has(digest):
+            await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
+        return await self.submit_checked(request, tx)
+
+    async def submit_checked(self, request: Request, tx: Transaction) -> Response:
         self._learn_peer(request)
         seen = parse_seen(request.headers.get(SEEN_HEADER))
         sender = peer_did(request)
@@ -348,6 +394,14 @@ ROUTE_TABLE: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] |
     ("post", "/v1/txs", "Submit a signed transaction (members)", SubmitTx, TxAccepted, True),
     (
         "post",
+        "/v1/updates",
+        "Submit an update transaction with its one-chunk blob (members)",
+        SubmitUpdate,
+        TxAccepted,
+        True,
+    ),
+    (
+        "post",
         "/v1/join",
         "Ask for admission (signed join_request, non-members)",
         SubmitTx,
@@ -431,9 +485,11 @@ class _SplitAuth:
 
 def create_app(node: Node) -> ASGIApp:
     """The node's ASGI application: Starlette routes behind the signature layer."""
-    api = Api(node)
     limits = node.options.limits
     max_blob_bytes = node.state.config.contract.max_blob_bytes
+    # what travels inline is base64 (4/3) beside a transaction, under the signature layer's cap
+    body_room = (limits.max_body_bytes - MAX_TX_BODY - 2048) * 3 // 4
+    api = Api(node, max_inline_blob=max(0, min(MAX_INLINE_BLOB_BYTES, max_blob_bytes, body_room)))
     chunk_size = min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024))
     blob_routes = BlobRoutes(node.blobs, max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)
     document = openapi_document(
@@ -453,6 +509,7 @@ def create_app(node: Node) -> ASGIApp:
                 Route("/blocks", _guard(api.blocks), methods=["GET"]),
                 Route("/txs/{hash}", _guard(api.tx), methods=["GET"]),
                 Route("/txs", _guard(api.submit_tx), methods=["POST"]),
+                Route("/updates", _guard(api.submit_update), methods=["POST"]),
                 Route("/join", _guard(api.join), methods=["POST"]),
                 Route("/consensus", _guard(api.consensus), methods=["POST"]),
                 Route("/consensus/{height}", _guard(api.consensus_log), methods=["GET"]),

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from bcfl_cli.chain.state import ChainState, Offence, offence_of
 from bcfl_cli.errors import BcflError
-from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 
 DEFAULT_MAX_TXS = 5_000
@@ -188,7 +187,7 @@ class Mempool:
         digest = tx.hash
         if digest in self._txs:
             return False
-        size = len(canonical(tx.to_dict()))
+        size = tx.digest()[1]  # the canonical signed form's length
         if size > MAX_TX_BYTES:
             raise MempoolRefusal(
                 "tx_too_large", f"transaction of {size} bytes, limit {MAX_TX_BYTES}", status=413

@@ -10,9 +10,11 @@ missed on its next timeout), it never delays what the others receive.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import re
 import time
@@ -30,6 +32,7 @@ from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.node.logging import fields
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical, parse_json
+from bcfl_cli.protocol.tx import Transaction
 
 log = logging.getLogger("bcfl.node.peers")
 
@@ -278,6 +281,37 @@ class Peers:
         )
         return True
 
+    async def push_update(self, peer: PeerInfo, tx: Transaction, blob: bytes) -> bool:
+        """An update transaction with its one-chunk blob, in one request (``POST /v1/updates``).
+
+        True when the peer holds both now. False when it refused the pair (say its round is not
+        open yet, or it is a node without the route): send the blob on its own then, and let
+        the transaction follow by gossip, as for any peer. Raises PeerRequestError when the
+        peer cannot be reached. Names every live peer as covered, as the author's
+        ``broadcast`` would, so that the receivers relay it to no one.
+        """
+        payload = {"tx": tx.to_dict(), "blob": base64.b64encode(blob).decode("ascii")}
+        try:
+            await self.request(
+                peer,
+                "POST",
+                "/v1/updates",
+                body=json.dumps(payload, separators=(",", ":")).encode("utf-8"),
+                seen=self._covering(self.live(), frozenset()),
+            )
+        except PeerRequestError as exc:
+            if 400 <= exc.status < 500:
+                log.debug("update pushed apart", extra=fields(peer=peer.url, reason=exc.message))
+                return False
+            raise
+        return True
+
+    def _covering(self, targets: list[PeerInfo], seen: frozenset[str]) -> str | None:
+        """``SEEN_HEADER`` for a transaction sent to ``targets``: who holds it then (None: too
+        many to name, so receivers relay to all)."""
+        covered = seen | {self.own_tag} | {did_tag(p.did) for p in targets if p.did}
+        return " ".join(sorted(covered)) if len(covered) <= MAX_SEEN_TAGS else None
+
     def blob_client(self, peer: PeerInfo) -> SignedClient:
         """A synchronous signed client for ``blob_fetch`` (run it in a thread)."""
         return SignedClient(self._key, peer.url + "/v1", retries=1, timeout=30.0)
@@ -294,9 +328,7 @@ class Peers:
         header = None
         if seen is not None:
             targets = [p for p in targets if p.did is None or did_tag(p.did) not in seen]
-            covered = seen | {self.own_tag} | {did_tag(p.did) for p in targets if p.did}
-            if len(covered) <= MAX_SEEN_TAGS:
-                header = " ".join(sorted(covered))
+            header = self._covering(targets, seen)
         for peer in targets:
             if peer.outbox.full():
                 with contextlib.suppress(asyncio.QueueEmpty):

@@ -27,6 +27,18 @@ class SubmitTx(_Body):
     tx: dict[str, Any]
 
 
+#: A blob this small travels with its update transaction (``POST /v1/updates``) or in one
+#: chunk; larger ones use the resumable chunked upload.
+MAX_INLINE_BLOB_BYTES = 1024 * 1024
+
+
+class SubmitUpdate(_Body):
+    """``POST /v1/updates``: a signed ``update`` transaction and the blob it names (base64)."""
+
+    tx: dict[str, Any]
+    blob: str = Field(max_length=4 * -(-MAX_INLINE_BLOB_BYTES // 3))
+
+
 class ConsensusMessage(_Body):
     """``POST /v1/consensus``: exactly one of a signed proposal or a signed vote."""
 

@@ -35,6 +35,8 @@ from bcfl_cli.fl.training import subseed, train_local
 from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.operations import NodeApi, build_update_tx
+from bcfl_cli.node.peers import did_tag
+from bcfl_cli.node.schemas import MAX_INLINE_BLOB_BYTES
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blobs import BlobStore
@@ -43,13 +45,17 @@ log = logging.getLogger("bcfl.node.trainer")
 
 Delta = dict[str, torch.Tensor]
 StateSource = Callable[[], ChainState]
-Submit = Callable[[Transaction], Awaitable[object]]
-Publish = Callable[[str], Awaitable[None]]
+#: Hand a signed update to the node: (tx, tags of the members that hold it already).
+Submit = Callable[[Transaction, frozenset[str]], Awaitable[object]]
+#: Send an update's blob (with the update where it can) to the peers: the tags of those that
+#: took the update too, whom the node's gossip then skips.
+Publish = Callable[[Transaction], Awaitable[frozenset[str]]]
 
 DEFAULT_POLL_S = 0.5
 PUBLISH_TIMEOUT_S = 60.0
-#: Update blobs up to this size are pushed in one request (the routes' chunks are 4 MiB).
-SMALL_PUSH_BYTES = 1024 * 1024
+#: Update blobs up to this size are pushed in one request, with their update where the peer
+#: takes it (the routes' chunks are 4 MiB).
+SMALL_PUSH_BYTES = MAX_INLINE_BLOB_BYTES
 MAX_ATTEMPTS_PER_ROUND = 3
 
 
@@ -144,8 +150,8 @@ def load_training_data(path: Path, state: ChainState) -> Dataset:
 def http_submitter(api: NodeApi) -> Submit:
     """Submit through the node's HTTP API (for a trainer that runs beside, not inside, a node)."""
 
-    async def submit(tx: Transaction) -> object:
-        return await asyncio.to_thread(api.submit_tx, tx)
+    async def submit(tx: Transaction, _told: frozenset[str]) -> object:
+        return await asyncio.to_thread(api.submit_tx, tx)  # that node gossips it to all
 
     return submit
 
@@ -230,11 +236,12 @@ class AutoTrainer:
         self._attempts[rnd.number] = self._attempts.get(rnd.number, 0) + 1
         log.info("round %d: training", rnd.number)
         tx = await asyncio.to_thread(self.train, state)
+        told: frozenset[str] = frozenset()
         if self.publish is not None:
-            log.info("round %d: trained; pushing the update blob to peers", rnd.number)
-            await self.publish(tx.body["blob"])
+            log.info("round %d: trained; pushing the update to peers", rnd.number)
+            told = await self.publish(tx)
         try:
-            await self.submit(tx)
+            await self.submit(tx, told)
         except BcflError as exc:
             status = getattr(exc, "status", None)  # PeerRefused and MempoolRefusal carry one
             if not isinstance(status, int) or not 400 <= status < 500:
@@ -300,13 +307,15 @@ class BlobPeers(Protocol):
 
 
 def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
-    """Push an update blob to every peer before its transaction is gossiped.
+    """Push an update's blob to every peer before its transaction is gossiped.
 
     A validator checks an update only once it holds the blob, and it fetches blobs from the
     peers it knows; a member admitted after the founders started is known to none of them, so
     its update would never be checked. Pushing the blob (chunked, resumable, idempotent) makes
-    it available wherever the transaction goes. Best effort and bounded: a peer that is down
-    or slow costs at most ``PUBLISH_TIMEOUT_S`` and is logged.
+    it available wherever the transaction goes. A one-chunk blob goes with its transaction in
+    one request where the peer takes the pair (half the requests of a round's updates). Best
+    effort and bounded: a peer that is down or slow costs at most ``PUBLISH_TIMEOUT_S`` and
+    is logged.
     """
 
     def push(peer: Any, digest: str) -> None:
@@ -314,27 +323,38 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
             upload_blob(client, digest, blobs)
 
     put_small = getattr(peers, "put_small_blob", None)
+    push_update = getattr(peers, "push_update", None)
 
-    async def push_one(peer: Any, digest: str, small: bytes | None) -> None:
-        # A one-chunk blob (an update of a small model) goes as two requests on the node's
-        # pooled connections, concurrently on the event loop; the rest, or a peer that wants
-        # to resume a partial upload, through the resumable upload in a thread.
+    async def push_one(peer: Any, tx: Transaction, small: bytes | None) -> bool:
+        # A one-chunk blob (an update of a small model) goes on the node's pooled connections,
+        # concurrently on the event loop: with its update, else alone; the rest, or a peer
+        # that wants to resume a partial upload, through the resumable upload in a thread.
+        # True: the peer holds the update as well.
+        digest = tx.body["blob"]
+        if small is not None and push_update is not None and await push_update(peer, tx, small):
+            return True
         if small is not None and put_small is not None and await put_small(peer, digest, small):
-            return
+            return False
         await asyncio.to_thread(push, peer, digest)
+        return False
 
-    async def publish(digest: str) -> None:
+    async def publish(tx: Transaction) -> frozenset[str]:
+        digest = tx.body["blob"]
         targets = peers.live()
         small = None
         if blobs.size(digest) <= SMALL_PUSH_BYTES:
             small = blobs.get(digest, max_bytes=SMALL_PUSH_BYTES)
         results = await asyncio.gather(
-            *(asyncio.wait_for(push_one(p, digest, small), PUBLISH_TIMEOUT_S) for p in targets),
+            *(asyncio.wait_for(push_one(p, tx, small), PUBLISH_TIMEOUT_S) for p in targets),
             return_exceptions=True,
         )
+        told: set[str] = set()
         for peer, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("update blob %s not pushed to %s: %s", digest[:16], peer.url, result)
+            elif result and getattr(peer, "did", None):
+                told.add(did_tag(peer.did))
+        return frozenset(told)
 
     return publish
 
@@ -357,7 +377,7 @@ class TrainerHost(Protocol):
     @property
     def on_commit(self) -> list[Callable[[Any], None]]: ...
 
-    def submit(self, tx: Transaction) -> bool: ...
+    def submit(self, tx: Transaction, *, seen: frozenset[str] = ...) -> bool: ...
 
 
 async def run_node_trainer(
@@ -376,8 +396,8 @@ async def run_node_trainer(
     """
     data = await asyncio.to_thread(load_training_data, data_path, host.state)
 
-    async def submit(tx: Transaction) -> object:
-        return host.submit(tx)
+    async def submit(tx: Transaction, told: frozenset[str]) -> object:
+        return host.submit(tx, seen=told)
 
     trainer = AutoTrainer(
         key=host.key,

@@ -31,7 +31,12 @@ from tests.faults.helpers import members, plan
 pytestmark = [pytest.mark.network]
 
 MEMORY_BOUND = 50 * 1024 * 1024
-SIGNED = {("post", "/v1/txs"), ("post", "/v1/join"), ("post", "/v1/consensus")}
+SIGNED = {
+    ("post", "/v1/txs"),
+    ("post", "/v1/updates"),
+    ("post", "/v1/join"),
+    ("post", "/v1/consensus"),
+}
 COUNTS = {"requests": 0}
 
 

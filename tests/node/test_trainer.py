@@ -12,6 +12,7 @@ import torch
 
 from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.data import load_csv
+from bcfl_cli.node.operations import build_update_tx
 from bcfl_cli.node.trainer import (
     AutoTrainer,
     attack_by_name,
@@ -32,8 +33,8 @@ def local(tmp_path: Path) -> Iterator[LocalNode]:
 
 
 def _trainer(local: LocalNode, name: str = "alice", **kw: object) -> AutoTrainer:
-    async def submit(tx: Transaction) -> object:
-        return local.node.submit(tx)
+    async def submit(tx: Transaction, told: frozenset[str]) -> object:
+        return local.node.submit(tx, seen=told)
 
     return AutoTrainer(
         key=key(name),
@@ -92,7 +93,7 @@ def test_refusal_by_the_node_stops_retrying_that_round(local: LocalNode) -> None
     local.mine()
     calls: list[str] = []
 
-    async def refuse(tx: Transaction) -> object:
+    async def refuse(tx: Transaction, told: frozenset[str]) -> object:
         from bcfl_cli.node.mempool import MempoolRefusal
 
         calls.append(tx.hash)
@@ -202,24 +203,46 @@ def test_peer_publisher_pushes_to_reachable_peers(local: LocalNode, tmp_path: Pa
                     key("alice"), "http://testserver/v1", transport=transport, retries=0
                 )
 
-        asyncio.run(peer_publisher(Peers(), local.node.blobs)(digest))
-        assert other.node.blobs.verify(digest)
+        told = asyncio.run(peer_publisher(Peers(), local.node.blobs)(_carrying(digest)))
+        assert other.node.blobs.verify(digest) and told == frozenset()
     finally:
         other.close()
 
 
-def test_a_small_blob_is_pushed_on_the_pooled_async_client(
-    local: LocalNode, tmp_path: Path
+def _carrying(digest: str) -> Transaction:
+    """An update transaction naming ``digest`` (for the pushes; no node has to accept it)."""
+    return build_update_tx(
+        key("alice"),
+        "00" * 32,
+        round_number=1,
+        base_model="11" * 32,
+        blob=digest,
+        blob_size=len(b"update bytes" * 1000),
+        num_samples=10,
+        metrics={},
+    )
+
+
+@pytest.mark.parametrize("round_open_there", [True, False])
+def test_a_small_update_goes_with_its_blob_on_the_pooled_async_client(
+    local: LocalNode, tmp_path: Path, round_open_there: bool
 ) -> None:
+    """One request per peer where the peer takes the pair (its mempool then holds the update and
+    the author's gossip skips it); else the blob alone, and the update follows by gossip."""
     from starlette.types import ASGIApp
 
     from bcfl_cli.node.app import create_app
-    from bcfl_cli.node.peers import PeerInfo, Peers
+    from bcfl_cli.node.peers import PeerInfo, Peers, did_tag
     from bcfl_cli.node.trainer import peer_publisher
+    from tests.node._node_harness import did
 
-    other = LocalNode(tmp_path / "other")
+    other = LocalNode(tmp_path / "other")  # the same genesis
+    other.auto_mine = False
     try:
-        digest = local.node.blobs.put(b"update bytes" * 1000)
+        local.mine()  # round 1 opens here
+        if round_open_there:
+            other.mine()
+        tx = _trainer(local).train(local.state)
         sent: list[str] = []
 
         class Spy:
@@ -232,11 +255,15 @@ def test_a_small_blob_is_pushed_on_the_pooled_async_client(
             def blob_client(self, peer: object) -> object:
                 raise AssertionError("a one-chunk blob needs no thread and no new client")
 
+            async def push_update(self, peer: PeerInfo, tx: Transaction, data: bytes) -> bool:
+                sent.append("update")
+                return await self.peers.push_update(peer, tx, data)
+
             async def put_small_blob(self, peer: PeerInfo, digest: str, data: bytes) -> bool:
-                sent.append(digest)
+                sent.append("blob")
                 return await self.peers.put_small_blob(peer, digest, data)
 
-        async def scenario() -> None:
+        async def scenario() -> frozenset[str]:
             def app_at(port: int) -> ASGIApp:
                 other.node.options = dataclasses.replace(
                     other.node.options, host="127.0.0.1", port=port
@@ -245,11 +272,20 @@ def test_a_small_blob_is_pushed_on_the_pooled_async_client(
 
             async with served(app_at) as url:
                 spy = Spy(Peers(key("alice"), [url], self_url="http://me"))
-                await peer_publisher(spy, local.node.blobs)(digest)  # type: ignore[arg-type]
-                await peer_publisher(spy, local.node.blobs)(digest)  # again: already complete
-                await spy.peers.close()
+                spy.peers.peers[url].did = did("bob")  # as the status poll would have learned
+                try:
+                    return await peer_publisher(spy, local.node.blobs)(tx)  # type: ignore[arg-type]
+                finally:
+                    await spy.peers.close()
+                    await other.node.peers.close()  # it checked the URL the push named
 
-        asyncio.run(scenario())
-        assert sent == [digest, digest] and other.node.blobs.verify(digest)
+        told = asyncio.run(scenario())
+        assert other.node.blobs.verify(tx.body["blob"])
+        if round_open_there:
+            assert sent == ["update"] and told == {did_tag(did("bob"))}
+            assert tx.hash in other.node.mempool
+        else:  # refused as an update there (no round open): the blob alone, gossip does the rest
+            assert sent == ["update", "blob"] and told == frozenset()
+            assert tx.hash not in other.node.mempool
     finally:
         other.close()

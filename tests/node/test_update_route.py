@@ -1,0 +1,127 @@
+"""``POST /v1/updates``: an update transaction and its blob in one request, in-process.
+
+What it replaces (``PUT`` of the blob's one chunk, then ``POST /v1/txs``) must hold: the blob is
+kept only if it is the one the update names and the update passes the mempool's checks; every
+refusal leaves the store and the mempool as they were.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from bcfl_cli.node.client import PeerRefused, SignedClient
+from bcfl_cli.node.trainer import AutoTrainer, load_training_data
+from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from bcfl_cli.store.blobs import BlobStore
+from tests.node._node_harness import URL, LocalNode, key, part
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalNode]:
+    harness = LocalNode(tmp_path / "node")
+    harness.auto_mine = False
+    yield harness
+    harness.close()
+
+
+def _signed(local: LocalNode, signer: nacl.signing.SigningKey) -> SignedClient:
+    return SignedClient(signer, URL + "/v1", transport=local.client._transport, retries=0)
+
+
+def _update(local: LocalNode, tmp_path: Path, name: str = "bob") -> tuple[Transaction, bytes]:
+    """A real trained update of ``name`` for the open round, its blob kept apart from the node."""
+    own = BlobStore(tmp_path / f"{name}-blobs")
+    base = local.state.round.base_model
+    own.put(local.node.blobs.get(base, max_bytes=1 << 24))
+    trainer = AutoTrainer(
+        key=key(name),
+        data=load_training_data(part(2), local.state),
+        blobs=own,
+        state=lambda: local.state,
+        submit=lambda tx, told: None,  # type: ignore[arg-type,return-value]
+        seed=5,
+    )
+    tx = trainer.train(local.state)
+    return tx, own.get(tx.body["blob"], max_bytes=1 << 24)
+
+
+def _post(local: LocalNode, tx: Transaction, blob: str, signer: str = "bob") -> int:
+    with _signed(local, key(signer)) as client:
+        return client.post("/updates", json_body={"tx": tx.to_dict(), "blob": blob}).status_code
+
+
+def _refused(local: LocalNode, tx: Transaction, blob: str) -> tuple[int, str]:
+    with pytest.raises(PeerRefused) as info:
+        _post(local, tx, blob)
+    return info.value.status, info.value.code
+
+
+def test_an_update_and_its_blob_in_one_request(local: LocalNode, tmp_path: Path) -> None:
+    local.mine()  # round 1 opens
+    tx, blob = _update(local, tmp_path)
+    encoded = base64.b64encode(blob).decode()
+    assert _post(local, tx, encoded) == 202
+    assert local.node.blobs.verify(tx.body["blob"]) and tx.hash in local.node.mempool
+    assert _post(local, tx, encoded, signer="carol") == 202  # relayed again: still one
+    assert len(local.node.mempool) == 1
+    local.mine()
+    assert tx.hash in local.state.seen_tx
+
+
+def test_refused_updates_change_nothing(local: LocalNode, tmp_path: Path) -> None:
+    local.mine()
+    tx, blob = _update(local, tmp_path)
+    digest = tx.body["blob"]
+    other_bytes = base64.b64encode(blob[:-1] + bytes([blob[-1] ^ 1])).decode()
+    assert _refused(local, tx, other_bytes) == (422, "hash_mismatch")
+    assert _refused(local, tx, "not base64!") == (400, "malformed_body")
+    assert _refused(local, tx, base64.b64encode(blob[:100]).decode()) == (422, "hash_mismatch")
+    validation = make_tx(
+        key("bob"),
+        local.node.genesis_hash,
+        TxKind.VALIDATION,
+        {"update": "ab" * 32, "verdict": "accept", "reason": "ok", "detail": ""},
+    )
+    encoded = base64.b64encode(blob).decode()
+    assert _refused(local, validation, encoded) == (400, "not_an_update")
+    # signed by an outsider: the signature layer refuses it before anything is read
+    with (
+        _signed(local, nacl.signing.SigningKey(b"\x07" * 32)) as client,
+        pytest.raises(PeerRefused) as outsider,
+    ):
+        client.post("/updates", json_body={"tx": tx.to_dict(), "blob": encoded})
+    assert outsider.value.status == 403
+    assert not local.node.blobs.has(digest) and len(local.node.mempool) == 0
+
+
+def test_an_update_the_mempool_refuses_leaves_no_blob(local: LocalNode, tmp_path: Path) -> None:
+    ahead = LocalNode(tmp_path / "ahead")  # the same genesis, one block further: round 1 open
+    try:
+        ahead.mine()
+        tx, blob = _update(ahead, tmp_path)
+    finally:
+        ahead.close()
+    status, code = _refused(local, tx, base64.b64encode(blob).decode())  # no round open here
+    assert 400 <= status < 500 and code
+    assert not local.node.blobs.has(tx.body["blob"]) and len(local.node.mempool) == 0
+
+
+def test_a_blob_over_the_inline_bound_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bcfl_cli.node.app.MAX_INLINE_BLOB_BYTES", 1000)
+    small = LocalNode(tmp_path / "small")
+    try:
+        small.auto_mine = False
+        small.mine()
+        tx, blob = _update(small, tmp_path)
+        assert len(blob) > 1000
+        assert _refused(small, tx, base64.b64encode(blob).decode()) == (413, "blob_too_large")
+        assert not small.node.blobs.has(tx.body["blob"]) and len(small.node.mempool) == 0
+    finally:
+        small.close()
