@@ -21,10 +21,9 @@ from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.config import GenesisConfig, parse_document
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
 from bcfl_cli.protocol.block import MAX_TXS_PER_BLOCK, Block, ValidatorSet, Vote
-from bcfl_cli.protocol.crypto import Domain, verify_by_did
 from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.merkle import merkle_root
-from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
+from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind, tx_signature_valid
 
 #: Upper bound on the canonical bytes of all transactions of one block.
 MAX_BLOCK_TX_BYTES = 4 * 1024 * 1024
@@ -516,9 +515,7 @@ class _TxRules:
         if tx_hash in self.s.seen_tx or tx_hash in self.in_block:
             raise self.fail(tx, "replayed_tx", "transaction already on the chain")
         self.in_block.add(tx_hash)
-        if self.verify_signatures and not verify_by_did(
-            tx.author, Domain.TX, tx_hash, tx.signature
-        ):
+        if self.verify_signatures and not tx_signature_valid(tx.author, tx_hash, tx.signature):
             raise self.fail(tx, "bad_tx_signature", f"signature of author {tx.author} is invalid")
         if tx.kind is not TxKind.JOIN_REQUEST:
             member = self.s.member(tx.author)

@@ -119,6 +119,8 @@ class Node:
             empty_block_interval_s=options.empty_block_interval_s,
         )
         self._aggregates: dict[AggregateKey, tuple[str, int]] = {}
+        # this node's validations signed while planning, reused by later plans (plan_block)
+        self._validations: dict[tuple[str, str, str, str], Transaction] = {}
         self._prepare_wake = asyncio.Event()
         self._computing = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -401,6 +403,7 @@ class Node:
             verdict_of=self.prepared_verdict,
             aggregate_of=want,
             has_blob=self.blobs.has,
+            signed=self._validations,
         )
         return wanted
 

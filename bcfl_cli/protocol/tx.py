@@ -9,6 +9,7 @@ transaction hash may appear at most once on a chain, which is the replay protect
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import secrets
 import time
@@ -177,6 +178,15 @@ def validate_body(kind: TxKind, body: Any) -> None:
 
 
 # --- the transaction ----------------------------------------------------------------------
+@functools.lru_cache(maxsize=16384)
+def tx_signature_valid(author: str, tx_hash: str, signature: str) -> bool:
+    """Does ``signature`` by ``author`` sign ``tx_hash``? Remembered: a node checks one
+    transaction on admission to its mempool and again in the block that carries it (and a
+    peer's ``POST /v1/updates`` once more before it keeps the blob); the answer is a pure
+    function of the three strings."""
+    return verify_by_did(author, Domain.TX, tx_hash, signature)
+
+
 @dataclass(frozen=True)
 class Transaction:
     chain: str
@@ -235,7 +245,7 @@ class Transaction:
         return tx
 
     def signature_valid(self) -> bool:
-        return verify_by_did(self.author, Domain.TX, self.hash, self.signature)
+        return tx_signature_valid(self.author, self.hash, self.signature)
 
     @classmethod
     def from_dict(cls, data: Any) -> Transaction:

@@ -120,6 +120,35 @@ def test_the_aggregate_waits_for_its_own_block_until_prepared(chain: Chain) -> N
     assert chain.state.round.number == 2 and chain.state.round.open
 
 
+def test_planning_again_reuses_the_signed_validations(chain: Chain) -> None:
+    checks = CachingChecks(FLChecks(chain.blobs))
+    step(chain, [], checks)
+    pending = [chain.update("bob", scale=0.01), chain.update("carol", scale=0.02)]
+    state = chain.state
+    signed: dict[tuple[str, str, str, str], Transaction] = {}
+
+    def plan(at: int, keep: dict[tuple[str, str, str, str], Transaction] | None) -> list[str]:
+        txs = plan_block(
+            state,
+            pending,
+            height=state.height + 1,
+            key=key("alice"),
+            now_ms=at,
+            verdict_of=lambda tx: checks.check_update(state, tx),
+            aggregate_of=lambda s: None,
+            signed=keep,
+        )
+        return [tx.hash for tx in txs if tx.kind is TxKind.VALIDATION]
+
+    first = plan(chain.now(), signed)
+    assert len(first) == 2 and len(signed) == 2
+    assert plan(chain.now() + 5, signed) == first  # the same signed transactions
+    assert set(plan(chain.now() + 5, None)).isdisjoint(first)  # signed afresh without
+    # the block built from reused validations is valid
+    txs = [tx for pair in zip(pending, signed.values(), strict=True) for tx in pair]
+    build_proposal(state, chain.head, txs, key("alice"), now_ms=chain.now() + 9, checks=checks)
+
+
 def test_state_after_updates_is_what_apply_makes_of_them(chain: Chain) -> None:
     checks = CachingChecks(FLChecks(chain.blobs))
     step(chain, [], checks)
