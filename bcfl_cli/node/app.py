@@ -239,11 +239,12 @@ class Api:
     async def submit_tx(self, request: Request) -> Response:
         """A signed transaction into the mempool (validated first); gossiped to peers."""
         body = parse_body(SubmitTx, await request.body(), max_bytes=MAX_TX_BODY)
-        return await self.submit_checked(request, Transaction.from_dict(body.tx))
+        return self._admit_from(request, Transaction.from_dict(body.tx))
 
     async def submit_update(self, request: Request) -> Response:
-        """An ``update`` transaction and its blob in one request, for a blob of one chunk (every
-        update of a small model): ``PUT /v1/blobs/{hash}/chunks/0`` and ``POST /v1/txs`` at once.
+        """An ``update`` transaction and its blob in one request, for a blob of at most
+        ``max_inline_blob`` bytes (every update of a small model): ``PUT
+        /v1/blobs/{hash}/chunks/0`` and ``POST /v1/txs`` at once.
 
         Nothing is kept unless the blob is the one the transaction names (hash and size) and the
         transaction passes the mempool's checks; then the blob is stored and the transaction is
@@ -276,9 +277,10 @@ class Api:
             precheck(node.state, tx)
         if not node.blobs.has(digest):
             await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
-        return await self.submit_checked(request, tx)
+        return self._admit_from(request, tx)
 
-    async def submit_checked(self, request: Request, tx: Transaction) -> Response:
+    def _admit_from(self, request: Request, tx: Transaction) -> Response:
+        """Admit ``tx`` as sent by this request's signer, naming who holds it already."""
         self._learn_peer(request)
         seen = parse_seen(request.headers.get(SEEN_HEADER))
         sender = peer_did(request)

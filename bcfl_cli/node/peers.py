@@ -282,7 +282,7 @@ class Peers:
         return True
 
     async def push_update(self, peer: PeerInfo, tx: Transaction, blob: bytes) -> bool:
-        """An update transaction with its one-chunk blob, in one request (``POST /v1/updates``).
+        """An update transaction with its (small) blob, in one request (``POST /v1/updates``).
 
         True when the peer holds both now. False when it refused the pair (say its round is not
         open yet, or it is a node without the route): send the blob on its own then, and let
