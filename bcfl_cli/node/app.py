@@ -397,7 +397,7 @@ ROUTE_TABLE: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] |
     (
         "post",
         "/v1/updates",
-        "Submit an update transaction with its one-chunk blob (members)",
+        "Submit an update transaction with its blob, at most 1 MiB (members)",
         SubmitUpdate,
         TxAccepted,
         True,

@@ -53,9 +53,6 @@ Publish = Callable[[Transaction], Awaitable[frozenset[str]]]
 
 DEFAULT_POLL_S = 0.5
 PUBLISH_TIMEOUT_S = 60.0
-#: Update blobs up to this size are pushed in one request, with their update where the peer
-#: takes it (the routes' chunks are 4 MiB).
-SMALL_PUSH_BYTES = MAX_INLINE_BLOB_BYTES
 MAX_ATTEMPTS_PER_ROUND = 3
 
 
@@ -312,8 +309,9 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
     A validator checks an update only once it holds the blob, and it fetches blobs from the
     peers it knows; a member admitted after the founders started is known to none of them, so
     its update would never be checked. Pushing the blob (chunked, resumable, idempotent) makes
-    it available wherever the transaction goes. A one-chunk blob goes with its transaction in
-    one request where the peer takes the pair (half the requests of a round's updates). Best
+    it available wherever the transaction goes. A blob of at most ``MAX_INLINE_BLOB_BYTES``
+    goes with its transaction in one request where the peer takes the pair (half the requests
+    of a round's updates). Best
     effort and bounded: a peer that is down or slow costs at most ``PUBLISH_TIMEOUT_S`` and
     is logged.
     """
@@ -326,7 +324,7 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
     push_update = getattr(peers, "push_update", None)
 
     async def push_one(peer: Any, tx: Transaction, small: bytes | None) -> bool:
-        # A one-chunk blob (an update of a small model) goes on the node's pooled connections,
+        # A small blob (an update of a small model) goes on the node's pooled connections,
         # concurrently on the event loop: with its update, else alone; the rest, or a peer
         # that wants to resume a partial upload, through the resumable upload in a thread.
         # True: the peer holds the update as well.
@@ -342,8 +340,8 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
         digest = tx.body["blob"]
         targets = peers.live()
         small = None
-        if blobs.size(digest) <= SMALL_PUSH_BYTES:
-            small = blobs.get(digest, max_bytes=SMALL_PUSH_BYTES)
+        if blobs.size(digest) <= MAX_INLINE_BLOB_BYTES:
+            small = blobs.get(digest, max_bytes=MAX_INLINE_BLOB_BYTES)
         results = await asyncio.gather(
             *(asyncio.wait_for(push_one(p, tx, small), PUBLISH_TIMEOUT_S) for p in targets),
             return_exceptions=True,
