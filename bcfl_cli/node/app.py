@@ -68,6 +68,10 @@ MAX_BLOCKS_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_TX_BODY = MAX_TX_BYTES + 1024
 MAX_CONSENSUS_BODY = 8 * 1024 * 1024
 BODY_READ_TIMEOUT_S = 15.0
+#: How long an update for the round after this node's waits for this node to open that round.
+NEXT_ROUND_HOLD_S = 2.0
+#: Updates held so at once; past it, one is refused at once as before (``wrong_round``).
+MAX_HELD_UPDATES = 32
 JOIN_LIMITS = NodeLimits(max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0)
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -123,6 +127,7 @@ class Api:
         self.node = node
         self.max_inline_blob = max_inline_blob
         self.max_update_body = MAX_TX_BODY + 4 * -(-max_inline_blob // 3) + 1024
+        self._held = 0
 
     # --- public reads -----------------------------------------------------------------------
     async def status(self, request: Request) -> Response:
@@ -239,7 +244,9 @@ class Api:
     async def submit_tx(self, request: Request) -> Response:
         """A signed transaction into the mempool (validated first); gossiped to peers."""
         body = parse_body(SubmitTx, await request.body(), max_bytes=MAX_TX_BODY)
-        return self._admit_from(request, Transaction.from_dict(body.tx))
+        tx = Transaction.from_dict(body.tx)
+        await self._await_round_of(tx)
+        return self._admit_from(request, tx)
 
     async def submit_update(self, request: Request) -> Response:
         """An ``update`` transaction and its blob in one request, for a blob of at most
@@ -273,11 +280,29 @@ class Api:
             raise Refused(
                 422, "hash_mismatch", "the blob is not the one the update names (hash and size)"
             )
+        await self._await_round_of(tx)
         if tx.hash not in node.state.seen_tx and tx.hash not in node.mempool:
             precheck(node.state, tx)
         if not node.blobs.has(digest):
             await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
         return self._admit_from(request, tx)
+
+    async def _await_round_of(self, tx: Transaction) -> None:
+        """Hold an update for the next FL round until this node opens it (bounded in time and
+        in number), so that a peer's commit a moment ahead of ours does not cost a refusal.
+
+        Whatever the wait's outcome, the mempool's checks then decide as they would have.
+        """
+        if tx.kind is not TxKind.UPDATE or self._held >= MAX_HELD_UPDATES:
+            return
+        wanted = tx.body["round"]
+        if not isinstance(wanted, int) or wanted != self.node.state.round.number + 1:
+            return
+        self._held += 1
+        try:
+            await self.node.wait_for_round(wanted, NEXT_ROUND_HOLD_S)
+        finally:
+            self._held -= 1
 
     def _admit_from(self, request: Request, tx: Transaction) -> Response:
         """Admit ``tx`` as sent by this request's signer, naming who holds it already."""

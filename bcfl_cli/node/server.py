@@ -122,6 +122,7 @@ class Node:
         # this node's validations signed while planning, reused by later plans (plan_block)
         self._validations: dict[tuple[str, str, str, str], Transaction] = {}
         self._prepare_wake = asyncio.Event()
+        self._advanced = asyncio.Event()  # set, then replaced, on each appended block
         self._computing = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.on_commit: list[Callable[[Block], None]] = []
@@ -272,8 +273,29 @@ class Node:
         )
         for callback in self.on_commit:
             callback(block)
+        self._advanced.set()
+        self._advanced = asyncio.Event()
         self.wake_prepare()
         self.driver.poke()
+
+    async def wait_for_round(self, number: int, timeout_s: float) -> bool:
+        """Wait, at most ``timeout_s``, until this node's chain has reached FL round ``number``.
+
+        A peer that commits a block a moment before this node trains on the round it opens and
+        sends its update at once; waiting for the same commit here costs milliseconds, where a
+        refusal costs the update's trip (the blob goes again on its own, the transaction comes
+        back by gossip or in a proposal, to be checked on the proposal's critical path).
+        Polled as well as woken: a block appended outside the event loop (tests) still counts.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.state.round.number < number:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
+        return True
 
     def on_synced(self) -> None:
         self.driver.poke()

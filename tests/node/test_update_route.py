@@ -8,6 +8,8 @@ refusal leaves the store and the mempool as they were.
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,16 +101,47 @@ def test_refused_updates_change_nothing(local: LocalNode, tmp_path: Path) -> Non
     assert not local.node.blobs.has(digest) and len(local.node.mempool) == 0
 
 
-def test_an_update_the_mempool_refuses_leaves_no_blob(local: LocalNode, tmp_path: Path) -> None:
-    ahead = LocalNode(tmp_path / "ahead")  # the same genesis, one block further: round 1 open
+def _ahead_update(tmp_path: Path) -> tuple[Transaction, bytes]:
+    """An update for round 1 from a node of the same genesis one block further."""
+    ahead = LocalNode(tmp_path / "ahead")
     try:
         ahead.mine()
-        tx, blob = _update(ahead, tmp_path)
+        return _update(ahead, tmp_path)
     finally:
         ahead.close()
+
+
+def test_an_update_the_mempool_refuses_leaves_no_blob(
+    local: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bcfl_cli.node.app.NEXT_ROUND_HOLD_S", 0.3)
+    tx, blob = _ahead_update(tmp_path)
+    started = time.monotonic()
     status, code = _refused(local, tx, base64.b64encode(blob).decode())  # no round open here
-    assert 400 <= status < 500 and code
+    assert (status, code) == (422, "wrong_round")
+    assert 0.3 <= time.monotonic() - started < 10  # held for the round, then refused
     assert not local.node.blobs.has(tx.body["blob"]) and len(local.node.mempool) == 0
+
+
+@pytest.mark.parametrize("route", ["/updates", "/txs"])
+def test_an_update_for_the_next_round_waits_for_this_node_to_open_it(
+    local: LocalNode, tmp_path: Path, route: str
+) -> None:
+    # The peer committed the block opening round 1 just before this node: its update waits
+    # here for the same commit instead of being refused.
+    tx, blob = _ahead_update(tmp_path)
+    body = {"tx": tx.to_dict(), "blob": base64.b64encode(blob).decode()}
+    if route == "/txs":
+        del body["blob"]
+    opener = threading.Timer(0.3, local.mine)
+    opener.start()
+    try:
+        with _signed(local, key("bob")) as client:
+            assert client.post(route, json_body=body).status_code == 202
+    finally:
+        opener.join()
+    assert local.state.round.number == 1 and tx.hash in local.node.mempool
+    assert local.node.blobs.has(tx.body["blob"]) == (route == "/updates")
 
 
 def test_a_blob_over_the_inline_bound_is_refused(
@@ -125,3 +158,14 @@ def test_a_blob_over_the_inline_bound_is_refused(
         assert not small.node.blobs.has(tx.body["blob"]) and len(small.node.mempool) == 0
     finally:
         small.close()
+
+
+def test_held_updates_are_bounded_in_number(
+    local: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bcfl_cli.node.app.NEXT_ROUND_HOLD_S", 30.0)
+    monkeypatch.setattr("bcfl_cli.node.app.MAX_HELD_UPDATES", 0)  # every slot taken
+    tx, blob = _ahead_update(tmp_path)
+    started = time.monotonic()
+    assert _refused(local, tx, base64.b64encode(blob).decode()) == (422, "wrong_round")
+    assert time.monotonic() - started < 10  # refused at once, not after the 30 s hold
