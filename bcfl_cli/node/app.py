@@ -488,7 +488,8 @@ class _ReadTimeout:
 
         async def bounded() -> Message:
             try:
-                return await asyncio.wait_for(receive(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):  # no task per read, as wait_for made
+                    return await receive()
             except TimeoutError:
                 log.warning("request body stalled; dropping the connection")
                 return {"type": "http.disconnect"}

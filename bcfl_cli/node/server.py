@@ -524,6 +524,29 @@ class _Server(uvicorn.Server):
         yield
 
 
+def http_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    """How a node serves HTTP.
+
+    ``proxy_headers`` is off: uvicorn would otherwise take the client address from
+    ``X-Forwarded-For`` on connections from 127.0.0.1, so that on a machine of several nodes (the
+    demo, tests) any local peer could claim any address and slip past the per-address rate
+    limit; a node behind a reverse proxy sees the proxy's address instead.
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=3,
+        limit_concurrency=512,
+        lifespan="off",
+        server_header=False,
+    )
+
+
 async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     """Run the node until SIGINT/SIGTERM; everything is closed on the way out."""
     from bcfl_cli.node.app import create_app
@@ -538,19 +561,7 @@ async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    config = uvicorn.Config(
-        create_app(node),
-        host=options.host,
-        port=options.port,
-        log_config=None,
-        access_log=False,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=3,
-        limit_concurrency=512,
-        lifespan="off",
-        server_header=False,
-    )
-    server = _Server(config)
+    server = _Server(http_config(create_app(node), options.host, options.port))
     server_task = asyncio.create_task(_serve_http(server), name="http")
     try:
         while not server.started:
@@ -593,4 +604,4 @@ def iter_peers(values: list[str]) -> Iterator[str]:
                 yield part.strip()
 
 
-__all__ = ["Node", "NodeOptions", "iter_peers", "serve"]
+__all__ = ["Node", "NodeOptions", "http_config", "iter_peers", "serve"]

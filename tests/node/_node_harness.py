@@ -30,7 +30,7 @@ from bcfl_cli.identity import Identity
 from bcfl_cli.node.app import create_app
 from bcfl_cli.node.operations import NodeApi
 from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
-from bcfl_cli.node.server import Node, NodeOptions
+from bcfl_cli.node.server import Node, NodeOptions, http_config
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.crypto import did_from_public_key
 
@@ -155,9 +155,7 @@ async def served(make_app: Callable[[int], ASGIApp]) -> AsyncIterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(port), log_level="critical", access_log=False, lifespan="off")
-    )
+    server = uvicorn.Server(http_config(make_app(port), "127.0.0.1", port))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         for _ in range(500):  # bounded: 5 s
