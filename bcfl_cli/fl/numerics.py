@@ -75,15 +75,32 @@ def exact_sum(arrays: Iterable[np.ndarray]) -> float:
     fall-back only runs for non-finite input, which the contract never lets through.)
     """
     total = 0
+    # Small arrays (a model's tensors) are summed together, up to CHUNK values at a time: the
+    # integer total is the same in any grouping, and each _exact_total call has a fixed cost.
+    pending: list[np.ndarray] = []
+    size = 0
     for values in arrays:
         flat = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
         if flat.size and not np.isfinite(flat).all():
+            total += _exact_total_of(pending)
             rest = itertools.chain.from_iterable(np.asarray(a).ravel().tolist() for a in arrays)
             return math.fsum(itertools.chain(_pieces(total), flat.tolist(), rest))
         for start in range(0, flat.shape[0], CHUNK):
-            total += _exact_total(flat[start : start + CHUNK])
+            piece = flat[start : start + CHUNK]
+            if size + piece.shape[0] > CHUNK:
+                total += _exact_total_of(pending)
+                pending, size = [], 0
+            pending.append(piece)
+            size += piece.shape[0]
+    total += _exact_total_of(pending)
     # correctly rounded (round-half-even) by CPython; OverflowError past the largest double
     return total / _UNIT if total else 0.0
+
+
+def _exact_total_of(pieces: list[np.ndarray]) -> int:
+    if not pieces:
+        return 0
+    return _exact_total(pieces[0] if len(pieces) == 1 else np.concatenate(pieces))
 
 
 def _pieces(total: int) -> Iterator[float]:

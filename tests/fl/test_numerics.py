@@ -80,6 +80,19 @@ def test_exact_sum_is_fsum_on_any_finite_doubles(parts: list[list[float]]) -> No
     assert _bits(exact_sum(arrays)) == _bits(expected)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.floats(-1e6, 1e6), max_size=12), max_size=6),
+    st.integers(min_value=1, max_value=8),
+)
+def test_exact_sum_grouping_across_chunks_is_fsum(parts: list[list[float]], chunk: int) -> None:
+    # Small arrays are summed together up to CHUNK values; any grouping gives the same bits.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("bcfl_cli.fl.numerics.CHUNK", chunk)
+        got = exact_sum(np.array(p, dtype=np.float64) for p in parts)
+    assert _bits(got) == _bits(math.fsum(x for p in parts for x in p))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.floats(min_value=0.0, allow_infinity=False), max_size=40))
 def test_exact_sum_is_fsum_on_non_negative_doubles(values: list[float]) -> None:
