@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -433,6 +434,46 @@ def bcfl_command() -> list[str]:
     return [sys.executable, "-c", "from bcfl_cli.cli.app import main; main()"]
 
 
+LOG_LINE = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+) ([\w.]+): (.*?)((?: \w+=\S*)*)$"
+)
+LOG_FIELD = re.compile(r" (\w+)=(\S*)")
+
+
+def parse_log(path: Path) -> list[dict[str, Any]]:
+    """One dict per line of a text-format node log: ts (seconds), logger, msg, fields."""
+    out: list[dict[str, Any]] = []
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        m = LOG_LINE.match(line)
+        if m is None:
+            continue
+        stamp = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        entry: dict[str, Any] = {"ts": stamp, "logger": m.group(3), "msg": m.group(4)}
+        entry.update(dict(LOG_FIELD.findall(m.group(5) or "")))
+        out.append(entry)
+    return out
+
+
+def rounds_from_log(path: Path, rounds: int) -> tuple[float, list[float]] | None:
+    """When round 1 opened and each round closed (wall-clock seconds), from a node's
+    ``committed`` log lines; None unless the log holds all ``rounds``."""
+    opened = float("nan")
+    closed: dict[int, float] = {}
+    for entry in parse_log(path):
+        if entry["msg"] != "committed" or "round" not in entry:
+            continue
+        number, state = int(entry["round"]), entry.get("round_state")
+        if number >= 1 and opened != opened:
+            opened = entry["ts"]
+        for r in range(1, (number if state == "closed" else number - 1) + 1):
+            closed.setdefault(r, entry["ts"])
+    if opened != opened or any(r not in closed for r in range(1, rounds + 1)):
+        return None
+    return opened, [closed[r] for r in range(1, rounds + 1)]
+
+
 class RoundTimeout(RuntimeError):
     """The rounds did not finish in time; ``opened`` and ``closed`` say how far they got."""
 
@@ -524,6 +565,7 @@ class LocalConsortium:
 
         self.http = httpx.Client(timeout=5.0)
         self.launched = 0.0
+        self.launched_wall = 0.0
         self.peak_rss: list[int] = []
         self.peak_total_rss = 0
 
@@ -573,6 +615,7 @@ class LocalConsortium:
 
     def start_all(self) -> None:
         self.launched = time.perf_counter()
+        self.launched_wall = time.time()
         for node in self.nodes:
             self.start(node)
 
@@ -634,6 +677,15 @@ class LocalConsortium:
             time.sleep(poll)
         return opened_at, [closed[r] for r in sorted(closed)]
 
+    def logged_rounds(self) -> tuple[float, list[float]] | None:
+        """Launch -> round 1 open, and launch -> each round closed, from the first node's own
+        commit log (millisecond stamps, no observer's polling in them); None if incomplete."""
+        found = rounds_from_log(self.nodes[0].root / "node" / "node.log", self.rounds)
+        if found is None:
+            return None
+        opened, closed = found
+        return opened - self.launched_wall, [c - self.launched_wall for c in closed]
+
     def final_state(self) -> dict[str, torch.Tensor]:
         """The global model after the last round, read from the first node's blob store."""
         from bcfl_cli.fl.tensors import decode_tensors
@@ -694,6 +746,11 @@ class LocalConsortium:
         self.http.close()
 
 
+#: How often ``run_nodes`` asks the first node how far it got. Round times come from the node's
+#: own log: a faster poll only loads the node it measures (a 50 ms poll slowed 10-node rounds).
+POLL_S = 0.25
+
+
 def run_nodes(
     spec: ModelSpec,
     plan: TrainingPlan,
@@ -713,7 +770,9 @@ def run_nodes(
     ``extra`` holds each node's resident memory at the end (``rss_bytes``) and at its peak
     (``peak_rss_bytes``, sampled every 0.25 s) and the peak of their sum. With ``partial``, a
     run that times out after at least one round reports the rounds it finished (``incomplete``
-    in ``extra`` and in the name say so) instead of failing.
+    in ``extra`` and in the name say so) instead of failing. Start-up and round times are the
+    first node's commit times from its log (``timing`` says which; the poll's own are kept in
+    ``polled_round_s``), as Flower's are its server's own stamps.
     """
     import shutil
     import tempfile
@@ -727,7 +786,7 @@ def run_nodes(
             limit = timeout if timeout is not None else 300.0 + 120.0 * rounds
             try:
                 opened, closed = consortium.watch_rounds(
-                    timeout=limit, quiet=quiet, memory_limit=memory_limit
+                    timeout=limit, poll=POLL_S, quiet=quiet, memory_limit=memory_limit
                 )
             except RoundTimeout as exc:
                 if not (partial and exc.closed):
@@ -738,9 +797,17 @@ def run_nodes(
             finally:
                 run.extra["peak_rss_bytes"] = consortium.peak_rss
                 run.extra["peak_total_rss_bytes"] = consortium.peak_total_rss
+            polled = [b - a for a, b in itertools.pairwise([opened, *closed])]
+            logged = None if "incomplete" in run.extra else consortium.logged_rounds()
+            if logged is not None:
+                # the first node's own commit times; the observer's (every POLL_S) kept beside
+                opened, closed = logged
+                run.extra["timing"] = "commit times in the first node's log"
+                run.extra["polled_round_s"] = polled
+            else:
+                run.extra["timing"] = f"polled every {POLL_S} s"
             run.startup_s = opened
-            marks = [opened, *closed]
-            run.round_s = [b - a for a, b in itertools.pairwise(marks)]
+            run.round_s = [b - a for a, b in itertools.pairwise([opened, *closed])]
             run.total_s = closed[-1]
             run.extra["rss_bytes"] = consortium.rss()
             state = consortium.final_state()

@@ -16,8 +16,8 @@ FedAvg weighted by samples, scored on ``sample_data/digits-test.csv``:
     between Flower's server-side ``evaluate_fn`` calls, start-up is launch -> round 1 starts;
 (c) bcfl: one real ``bcfl node --train`` process per member on loopback, full BFT consensus,
     signed transactions, contract checks and the aggregate recomputed by every validator; the
-    per-round time is the interval between committed aggregates, start-up is launch -> round 1
-    opens on chain.
+    per-round time is the interval between committed aggregates as the first node logs them,
+    start-up is launch -> round 1 opens on chain.
 
 Flower is an optional extra (``pip install -e '.[bench]'``); without it this bench runs (a) and
 (c) and says so. Absolute times on a shared 2-core machine are noisy: read the ratios.

@@ -33,7 +33,6 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,26 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import DIGITS_MLP, PLAN, LocalConsortium  # noqa: E402
-
-LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\w+) ([\w.]+): (.*?)((?: \w+=\S*)*)$")
-FIELD = re.compile(r" (\w+)=(\S*)")
-
-
-def parse_log(path: Path) -> list[dict[str, Any]]:
-    """One dict per line of a text-format node log: ts (seconds), logger, msg, fields."""
-    out: list[dict[str, Any]] = []
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        m = LINE.match(line)
-        if m is None:
-            continue
-        stamp = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        entry: dict[str, Any] = {"ts": stamp, "logger": m.group(3), "msg": m.group(4)}
-        entry.update(dict(FIELD.findall(m.group(5) or "")))
-        out.append(entry)
-    return out
+from bench.common import DIGITS_MLP, PLAN, LocalConsortium, parse_log  # noqa: E402
 
 
 def median(xs: Sequence[float]) -> float:

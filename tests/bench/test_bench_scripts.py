@@ -101,3 +101,24 @@ def test_ledger_overhead_through_real_nodes():
     (row,) = report.rows
     assert row["nodes round s"] > 0 and row["x plain"] > 0
     assert 0.0 <= row["nodes acc"] <= 1.0
+
+
+def test_round_times_come_from_the_node_log(tmp_path):
+    # A block that closes round r and opens r + 1 logs the state after it: round r + 1 open.
+    log = tmp_path / "node.log"
+    block = "block=ab txs=22 source=consensus"
+    log.write_text(
+        "2026-11-30 10:00:00,000 INFO bcfl.node: node opened height=0\n"
+        f"2026-11-30 10:00:01,000 INFO bcfl.node: committed height=1 {block} round=1 "
+        "round_state=open accepted=0\n"
+        "2026-11-30 10:00:01,100 WARNING bcfl.node.api: refused POST /v1/txs: 409 x\n"
+        f"2026-11-30 10:00:01,750 INFO bcfl.node: committed height=2 {block} round=2 "
+        "round_state=open accepted=0\n"
+        f"2026-11-30 10:00:02,250 INFO bcfl.node: committed height=3 {block} round=2 "
+        "round_state=closed accepted=4\n",
+        encoding="utf-8",
+    )
+    opened, closed = common.rounds_from_log(log, 2)
+    assert [round(c - opened, 3) for c in closed] == [0.75, 1.25]
+    assert common.rounds_from_log(log, 3) is None  # round 3 never closed
+    assert common.rounds_from_log(tmp_path / "missing.log", 1) is None
