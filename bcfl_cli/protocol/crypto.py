@@ -65,7 +65,10 @@ def _verify_key(public_key: bytes) -> nacl.signing.VerifyKey:
     return nacl.signing.VerifyKey(public_key)
 
 
+@lru_cache(maxsize=4096)
 def did_from_public_key(public_key: bytes) -> str:
+    """The ``did:key`` of an Ed25519 key; cached, as every signed request names its signer's
+    (base58 in Python costs ~60 us a call)."""
     if len(public_key) != 32:
         raise EncodingError(f"an Ed25519 public key has 32 bytes, got {len(public_key)}")
     return DID_KEY_PREFIX + base58.b58encode(_ED25519_MULTICODEC + public_key).decode("ascii")
