@@ -70,7 +70,7 @@ MAX_CONSENSUS_BODY = 8 * 1024 * 1024
 BODY_READ_TIMEOUT_S = 15.0
 #: How long an update for the round after this node's waits for this node to open that round.
 NEXT_ROUND_HOLD_S = 2.0
-#: Updates held so at once; past it, one is refused at once as before (``wrong_round``).
+#: How many such updates may wait at once; past it, one is refused at once (``wrong_round``).
 MAX_HELD_UPDATES = 32
 JOIN_LIMITS = NodeLimits(max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0)
 
