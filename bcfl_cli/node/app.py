@@ -295,8 +295,13 @@ class Api:
         """
         if tx.kind is not TxKind.UPDATE or self._held >= MAX_HELD_UPDATES:
             return
+        state = self.node.state
         wanted = tx.body["round"]
-        if not isinstance(wanted, int) or wanted != self.node.state.round.number + 1:
+        if not isinstance(wanted, int) or wanted != state.round.number + 1:
+            return
+        # only a trainer's genuine update takes a slot: no member fills them with forgeries
+        author = state.member(tx.author)
+        if author is None or not author.is_trainer or not tx.signature_valid():
             return
         self._held += 1
         try:

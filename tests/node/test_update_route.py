@@ -169,3 +169,20 @@ def test_held_updates_are_bounded_in_number(
     started = time.monotonic()
     assert _refused(local, tx, base64.b64encode(blob).decode()) == (422, "wrong_round")
     assert time.monotonic() - started < 10  # refused at once, not after the 30 s hold
+
+
+def test_a_forged_update_for_the_next_round_is_not_held(
+    local: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bcfl_cli.node.app.NEXT_ROUND_HOLD_S", 30.0)
+    tx, blob = _ahead_update(tmp_path)
+    wire = tx.to_dict()
+    sig = wire["sig"]
+    wire["sig"] = sig[:-1] + ("0" if sig[-1] != "0" else "1")  # no longer the author's
+    body = {"tx": wire, "blob": base64.b64encode(blob).decode()}
+    started = time.monotonic()
+    with pytest.raises(PeerRefused) as info, _signed(local, key("bob")) as client:
+        client.post("/updates", json_body=body)
+    assert 400 <= info.value.status < 500
+    assert time.monotonic() - started < 10  # refused at once, not after the 30 s hold
+    assert not local.node.blobs.has(tx.body["blob"]) and len(local.node.mempool) == 0
