@@ -152,7 +152,8 @@ class Peers:
         self._clients: dict[str, aiohttp.ClientSession] = {}
         self._other: aiohttp.ClientSession | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._update_body: tuple[str, bytes] | None = None  # (tx hash, body): push_update's
+        # push_update's (tx hash, body, SEEN_HEADER), the same for every peer of one update
+        self._update_body: tuple[str, bytes, str | None] | None = None
 
     def __iter__(self) -> Any:
         return iter(list(self.peers.values()))
@@ -296,17 +297,13 @@ class Peers:
         ``broadcast`` would, so that the receivers relay it to no one.
         """
         if self._update_body is None or self._update_body[0] != tx.hash:
-            # one encoding for every peer (canonical JSON of ~27 KB for the digits MLP)
+            # one encoding and one covering list for every peer (~27 KB for the digits MLP)
             payload = {"tx": tx.to_dict(), "blob": base64.b64encode(blob).decode("ascii")}
-            self._update_body = (tx.hash, canonical(payload))
+            covering = self._covering(self.live(), frozenset())
+            self._update_body = (tx.hash, canonical(payload), covering)
+        _, body, covering = self._update_body
         try:
-            await self.request(
-                peer,
-                "POST",
-                "/v1/updates",
-                body=self._update_body[1],
-                seen=self._covering(self.live(), frozenset()),
-            )
+            await self.request(peer, "POST", "/v1/updates", body=body, seen=covering)
         except PeerRequestError as exc:
             if 400 <= exc.status < 500:
                 log.debug("update pushed apart", extra=fields(peer=peer.url, reason=exc.message))

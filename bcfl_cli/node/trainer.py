@@ -311,9 +311,8 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
     its update would never be checked. Pushing the blob (chunked, resumable, idempotent) makes
     it available wherever the transaction goes. A blob of at most ``MAX_INLINE_BLOB_BYTES``
     goes with its transaction in one request where the peer takes the pair (half the requests
-    of a round's updates). Best
-    effort and bounded: a peer that is down or slow costs at most ``PUBLISH_TIMEOUT_S`` and
-    is logged.
+    of a round's updates). Best effort and bounded: a peer that is down or slow costs at most
+    ``PUBLISH_TIMEOUT_S`` and is logged.
     """
 
     def push(peer: Any, digest: str) -> None:
