@@ -75,9 +75,15 @@ def render_status(status: dict[str, Any]) -> None:
     peers = status.get("peers") or []
     render.print_table(
         "Peers",
-        ["url", "did", "height", "last seen"],
+        ["url", "did", "height", "last seen", "consensus stream"],
         [
-            (p.get("url", "-"), _short(p.get("did"), 24), p.get("height", "-"), p.get("last_seen"))
+            (
+                p.get("url", "-"),
+                _short(p.get("did"), 24),
+                p.get("height", "-"),
+                p.get("last_seen"),
+                _stream(p),
+            )
             for p in peers
             if isinstance(p, dict)
         ],
@@ -138,3 +144,9 @@ def status(
 
 def register(app: typer.Typer) -> None:
     app.command("status")(status)
+
+
+def _stream(peer: dict[str, Any]) -> str:
+    """Whether proposals and votes go to this peer on a stream (else by POST), and how many."""
+    sent = peer.get("streamed", 0)
+    return f"{'open' if peer.get('stream_open') else 'closed'}, {sent} sent"

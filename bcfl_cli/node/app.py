@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -20,19 +21,26 @@ from pydantic import BaseModel
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bcfl_cli.consensus.messages import Proposal
 from bcfl_cli.errors import BcflError, EncodingError, StoreError
-from bcfl_cli.node.auth import SignatureAuth, peer_did
+from bcfl_cli.node.auth import LIMITER_KEY, SignatureAuth, peer_did
 from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
-from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.node.limits import NodeLimits, TokenBucketLimiter
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import MempoolRefusal, precheck
-from bcfl_cli.node.peers import NODE_URL_HEADER, SEEN_HEADER, did_tag, parse_seen
+from bcfl_cli.node.peers import (
+    CONSENSUS_STREAM_PATH,
+    NODE_URL_HEADER,
+    SEEN_HEADER,
+    did_tag,
+    parse_seen,
+)
 from bcfl_cli.node.schemas import (
     MAX_BLOCKS_PER_RESPONSE,
     MAX_HEIGHT_DIGITS,
@@ -67,6 +75,9 @@ log = logging.getLogger("bcfl.node.api")
 MAX_BLOCKS_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_TX_BODY = MAX_TX_BYTES + 1024
 MAX_CONSENSUS_BODY = 8 * 1024 * 1024
+#: Messages a consensus stream's reader takes from the server before it stops reading (the
+#: server then stops reading the socket: the sender waits, nothing piles up here).
+STREAM_QUEUE = 16
 BODY_READ_TIMEOUT_S = 15.0
 #: How long an update for the round after this node's waits for this node to open that round.
 NEXT_ROUND_HOLD_S = 2.0
@@ -128,6 +139,7 @@ class Api:
         self.max_inline_blob = max_inline_blob
         self.max_update_body = MAX_TX_BODY + 4 * -(-max_inline_blob // 3) + 1024
         self._held = 0
+        self._streams: dict[str, WebSocket] = {}  # one consensus stream per validator
 
     # --- public reads -----------------------------------------------------------------------
     async def status(self, request: Request) -> Response:
@@ -161,6 +173,8 @@ class Api:
                     head=p.head,
                     last_seen=p.last_seen_ms,
                     error=p.error,
+                    streamed=p.streamed,
+                    stream_open=p.stream is not None and not p.stream.closed,
                 )
                 for p in node.peers
             ],
@@ -328,7 +342,7 @@ class Api:
             )
         return self._admit(tx)
 
-    def _learn_peer(self, request: Request) -> None:
+    def _learn_peer(self, request: HTTPConnection) -> None:
         sender = peer_did(request)
         url = request.headers.get(NODE_URL_HEADER)
         if sender and url and not self.node.peers.knows(sender):
@@ -348,15 +362,107 @@ class Api:
         validators = node.state.validator_set
         if sender is None or sender not in validators:
             raise Refused(403, "not_validator", "only validators send consensus messages")
-        body = parse_body(ConsensusMessage, await request.body(), max_bytes=MAX_CONSENSUS_BODY)
-        proposal = Proposal.from_dict(body.proposal) if body.proposal is not None else None
-        vote = Vote.from_dict(body.vote) if body.vote is not None else None
-        for what in (proposal, vote):
-            if what is not None and what.chain != node.genesis_hash:
-                raise Refused(409, "wrong_chain", "message is for another consortium")
+        proposal, vote = self._consensus_message(await request.body())
         self._learn_peer(request)
         node.driver.on_message(proposal, vote)
         return JSONResponse({"accepted": True}, status_code=202)
+
+    def _consensus_message(self, raw: bytes) -> tuple[Proposal | None, Vote | None]:
+        """A consensus message's proposal and vote, well formed and for this chain (the engine
+        checks their signatures); EncodingError or Refused otherwise."""
+        body = parse_body(ConsensusMessage, raw, max_bytes=MAX_CONSENSUS_BODY)
+        proposal = Proposal.from_dict(body.proposal) if body.proposal is not None else None
+        vote = Vote.from_dict(body.vote) if body.vote is not None else None
+        for what in (proposal, vote):
+            if what is not None and what.chain != self.node.genesis_hash:
+                raise Refused(409, "wrong_chain", "message is for another consortium")
+        return proposal, vote
+
+    async def consensus_stream(self, websocket: WebSocket) -> None:
+        """A validator's consensus messages, one binary frame each, on one connection.
+
+        The same messages as ``POST /v1/consensus`` without an HTTP exchange each: the opening
+        was a validator's signed request, and every proposal and vote carries its validator's
+        own signature, which the engine checks. Each message counts against the sender's
+        per-member rate limit. A frame that is not a well-formed message for this chain, a
+        sender no longer a validator or over its rate closes the stream with a code and a reason
+        (the sender falls back to ``POST /v1/consensus``); what came before it stands.
+        """
+        node = self.node
+        sender = peer_did(websocket)
+        limiter = websocket.scope.get(LIMITER_KEY)
+        if sender is None or not isinstance(limiter, TokenBucketLimiter):
+            await websocket.close(1008, "unsigned")
+            return
+        if sender not in node.state.validator_set:
+            await websocket.send_denial_response(
+                JSONResponse(
+                    ErrorBody(
+                        error="not_validator", message="only validators send consensus messages"
+                    ).model_dump(),
+                    status_code=403,
+                )
+            )
+            return
+        await websocket.accept()
+        previous = self._streams.get(sender)
+        self._streams[sender] = websocket
+        if previous is not None:  # a reconnecting node's new stream replaces its old one
+            with contextlib.suppress(RuntimeError, OSError):
+                await previous.close(1000, "replaced by a newer stream")
+        self._learn_peer(websocket)
+        try:
+            await self._read_stream(websocket, sender, limiter)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            if self._streams.get(sender) is websocket:
+                del self._streams[sender]
+
+    async def _read_stream(
+        self, websocket: WebSocket, sender: str, limiter: TokenBucketLimiter
+    ) -> None:
+        node = self.node
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                await _close_stream(websocket, sender, 1003, "binary_only", "binary frames only")
+                return
+            if sender not in node.state.validator_set:
+                await _close_stream(
+                    websocket, sender, 1008, "not_validator", "no longer a validator"
+                )
+                return
+            if limiter.acquire(sender) > 0:
+                await _close_stream(
+                    websocket, sender, 1013, "rate_limited", "too many messages; slow down"
+                )
+                return
+            try:
+                proposal, vote = self._consensus_message(data)
+            except Refused as exc:
+                await _close_stream(websocket, sender, 1007, exc.code, exc.message)
+                return
+            except BcflError as exc:
+                await _close_stream(websocket, sender, 1007, "malformed_body", exc.message)
+                return
+            node.driver.on_message(proposal, vote)
+
+
+async def _close_stream(
+    websocket: WebSocket, sender: str, code: int, reason: str, message: str
+) -> None:
+    log.warning(
+        "closed a consensus stream: %s: %s",
+        reason,
+        message,
+        extra=fields(peer=sender, code=reason),
+    )
+    with contextlib.suppress(RuntimeError, OSError):
+        await websocket.close(code, f"{reason}: {message}"[:120])
 
 
 # --- OpenAPI ------------------------------------------------------------------------------------
@@ -397,6 +503,10 @@ def openapi_document(
         "openapi": "3.1.0",
         "info": {"title": "bcfl node", "version": "1"},
         "paths": paths,
+        # OpenAPI has no words for a WebSocket: the stream is described beside the paths
+        "x-websockets": {
+            CONSENSUS_STREAM_PATH: {**STREAM_DESCRIPTION, "message": _schema(ConsensusMessage)}
+        },
         "components": {
             "securitySchemes": {
                 "httpSignature": {
@@ -410,6 +520,14 @@ def openapi_document(
         },
     }
 
+
+STREAM_DESCRIPTION = {
+    "summary": "Proposals and votes on one WebSocket (validators)",
+    "description": "Opened by a validator's signed GET (RFC 9421, as any route); each binary "
+    "frame is one ConsensusMessage, at most 8 MiB, uncompressed, counted against the "
+    "sender's rate. A bad frame closes the stream with 1007 (1003: a text frame; 1008: not a "
+    "validator any more; 1009: too large; 1013: over the rate) and a reason 'code: message'.",
+}
 
 ROUTE_TABLE: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None, bool]] = [
     ("get", "/v1/status", "Node status", None, StatusResponse, False),
@@ -545,6 +663,7 @@ def create_app(node: Node) -> ASGIApp:
                 Route("/updates", _guard(api.submit_update), methods=["POST"]),
                 Route("/join", _guard(api.join), methods=["POST"]),
                 Route("/consensus", _guard(api.consensus), methods=["POST"]),
+                WebSocketRoute(CONSENSUS_STREAM_PATH.removeprefix("/v1"), api.consensus_stream),
                 Route("/consensus/{height}", _guard(api.consensus_log), methods=["GET"]),
                 *blob_routes.routes,
             ],

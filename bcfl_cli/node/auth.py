@@ -10,6 +10,11 @@ seen within the window (401); a per-member rate limit (429). A refusal is a JSON
 public, but one that carries a signature has it checked the same way (membership aside), so a
 peer with a broken clock or key learns it from any request.
 
+A WebSocket handshake (the consensus stream) is admitted as a signed GET that must come from a
+current member: the same signature, window, nonce and rate checks, refused with the same JSON
+body as an HTTP denial response. The per-member rate limiter is put in its scope, so that the
+stream's handler charges each message it reads as one request.
+
 The verified did is put in the ASGI scope (``peer_did(request)`` reads it back).
 """
 
@@ -22,7 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
-from starlette.requests import Request
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bcfl_cli.node.httpsig import (
@@ -38,6 +43,7 @@ log = logging.getLogger("bcfl.node.auth")
 
 PUBLIC_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SCOPE_KEY = "bcfl.peer_did"
+LIMITER_KEY = "bcfl.peer_limiter"
 MAX_HEADER_BYTES = 32 * 1024
 
 
@@ -52,9 +58,9 @@ class _Refusal(Exception):
         self.headers = headers or {}
 
 
-def peer_did(request: Request | Scope) -> str | None:
+def peer_did(request: HTTPConnection | Scope) -> str | None:
     """The did that signed this request (None for an unsigned public read)."""
-    scope = request.scope if isinstance(request, Request) else request
+    scope = request.scope if isinstance(request, HTTPConnection) else request
     value = scope.get(SCOPE_KEY)
     return value if isinstance(value, str) else None
 
@@ -64,16 +70,23 @@ def error_body(code: str, message: str) -> bytes:
 
 
 async def send_error(
-    send: Send, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    kind: str = "http",
 ) -> None:
+    """A refusal's JSON answer; ``kind="websocket.http"`` answers a WebSocket handshake."""
     body = error_body(code, message)
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
     ]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{kind}.response.start", "status": status, "headers": raw_headers})
+    await send({"type": f"{kind}.response.body", "body": body})
 
 
 class SignatureAuth:
@@ -107,22 +120,16 @@ class SignatureAuth:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            await self._handshake(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         try:
             body, did = await self._admit(scope, receive)
         except _Refusal as refusal:
-            client = scope.get("client") or ("?", 0)
-            log.warning(
-                "refused %s %s from %s: %d %s: %s",
-                scope.get("method"),
-                scope.get("path"),
-                client[0],
-                refusal.status,
-                refusal.code,
-                refusal.message,
-            )
+            _log_refusal(scope, refusal)
             await send_error(send, refusal.status, refusal.code, refusal.message, refusal.headers)
             return
         if did is not None:
@@ -132,9 +139,23 @@ class SignatureAuth:
             return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _admit(self, scope: Scope, receive: Receive) -> tuple[bytes | None, str | None]:
+    async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket opening: a member's signed GET, or an HTTP denial and nothing else."""
+        try:
+            _, did = await self._admit(scope, receive, websocket=True)
+        except _Refusal as refusal:
+            _log_refusal(scope, refusal)
+            await send_websocket_denial(scope, send, refusal)
+            return
+        scope[SCOPE_KEY] = did
+        scope[LIMITER_KEY] = self.by_peer
+        await self.app(scope, receive, send)
+
+    async def _admit(
+        self, scope: Scope, receive: Receive, *, websocket: bool = False
+    ) -> tuple[bytes | None, str | None]:
         """Return (buffered body or None for pass-through, verified did or None)."""
-        method = str(scope["method"]).upper()
+        method = "GET" if websocket else str(scope["method"]).upper()
         client = scope.get("client")
         address = str(client[0]) if client else "unknown"
         wait = self.by_address.acquire(address)
@@ -142,9 +163,14 @@ class SignatureAuth:
             raise _too_many(wait)
         headers = _headers(scope)
         signed = "signature" in headers or "signature-input" in headers
+        if websocket and not signed:
+            raise _Refusal(
+                401, "missing_signature", "a stream is opened by a member's signed request"
+            )
         if method in PUBLIC_METHODS and not signed:
             return None, None
-        body = await _read_body(headers, receive, self.limits.max_body_bytes)
+        # a handshake has no body (its first ASGI message is websocket.connect)
+        body = None if websocket else await _read_body(headers, receive, self.limits.max_body_bytes)
         host = headers.get("host", "")
         if self.authorities is not None and normalise_authority(host) not in self.authorities:
             raise _Refusal(
@@ -168,7 +194,7 @@ class SignatureAuth:
             message = exc.message + (f"; {exc.hint}" if exc.hint else "")
             raise _Refusal(401, exc.code, message) from exc
         did = verified.keyid
-        if method not in PUBLIC_METHODS and not self.is_member(did):
+        if (websocket or method not in PUBLIC_METHODS) and not self.is_member(did):
             raise _Refusal(
                 403,
                 "not_member",
@@ -183,6 +209,35 @@ class SignatureAuth:
         if wait > 0:
             raise _too_many(wait)
         return body, did
+
+
+def _log_refusal(scope: Scope, refusal: _Refusal) -> None:
+    client = scope.get("client") or ("?", 0)
+    log.warning(
+        "refused %s %s from %s: %d %s: %s",
+        scope.get("method", "WEBSOCKET"),
+        scope.get("path"),
+        client[0],
+        refusal.status,
+        refusal.code,
+        refusal.message,
+    )
+
+
+async def send_websocket_denial(scope: Scope, send: Send, refusal: _Refusal) -> None:
+    """Refuse a WebSocket opening with the JSON body an HTTP refusal has, where the server can
+    answer a handshake with a response (uvicorn can); else close it (the client sees 403)."""
+    if "websocket.http.response" not in (scope.get("extensions") or {}):
+        await send({"type": "websocket.close", "code": 1008, "reason": refusal.code})
+        return
+    await send_error(
+        send,
+        refusal.status,
+        refusal.code,
+        refusal.message,
+        refusal.headers,
+        kind="websocket.http",
+    )
 
 
 def _too_many(wait: float) -> _Refusal:

@@ -87,6 +87,9 @@ class PeerView(_Body):
     head: str | None
     last_seen: int | None
     error: str | None
+    #: consensus messages sent to this peer on its stream so far, and whether it is open now
+    streamed: int = 0
+    stream_open: bool = False
 
 
 class MemberView(_Body):

@@ -524,6 +524,9 @@ class _Server(uvicorn.Server):
         yield
 
 
+STREAM_PING_S = 20.0
+
+
 def http_config(app: Any, host: str, port: int) -> uvicorn.Config:
     """How a node serves HTTP.
 
@@ -532,6 +535,8 @@ def http_config(app: Any, host: str, port: int) -> uvicorn.Config:
     demo, tests) any local peer could claim any address and slip past the per-address rate
     limit; a node behind a reverse proxy sees the proxy's address instead.
     """
+    from bcfl_cli.node.app import MAX_CONSENSUS_BODY, STREAM_QUEUE
+
     return uvicorn.Config(
         app,
         host=host,
@@ -544,6 +549,15 @@ def http_config(app: Any, host: str, port: int) -> uvicorn.Config:
         limit_concurrency=512,
         lifespan="off",
         server_header=False,
+        # the consensus stream (``/v1/consensus/stream``): a frame is one consensus message,
+        # bounded as its POST body is; nothing is compressed (no inflation bomb); a peer that
+        # stops answering pings is dropped
+        ws="websockets-sansio",
+        ws_max_size=MAX_CONSENSUS_BODY,
+        ws_max_queue=STREAM_QUEUE,
+        ws_per_message_deflate=False,
+        ws_ping_interval=STREAM_PING_S,
+        ws_ping_timeout=STREAM_PING_S,
     )
 
 

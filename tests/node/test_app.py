@@ -16,7 +16,7 @@ import schemathesis
 from hypothesis import given, settings
 from hypothesis_jsonschema import from_schema
 from starlette.applications import Starlette
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 
 from bcfl_cli.node.app import ROUTE_TABLE
 from bcfl_cli.node.client import PeerRefused, SignedClient
@@ -45,15 +45,23 @@ def test_openapi_lists_every_route(local: LocalNode) -> None:
     app = local.client.app
     while not isinstance(app, Starlette):  # peel the read-timeout and auth layers
         app = app.members if hasattr(app, "members") else app.app  # type: ignore[attr-defined]
+    streams: set[str] = set()
     for route in app.routes:
         children = route.routes if isinstance(route, Mount) else [route]
         prefix = route.path if isinstance(route, Mount) else ""
         for child in children:
+            if isinstance(child, WebSocketRoute):
+                streams.add(prefix + child.path)
+                continue
             assert isinstance(child, Route)
             for method in child.methods or ():
                 if method != "HEAD":
                     served.add((method, prefix + child.path))
     assert served == listed
+    # a WebSocket is described beside the paths (OpenAPI has no words for one)
+    assert streams == set(doc["x-websockets"]) == {"/v1/consensus/stream"}
+    message = doc["x-websockets"]["/v1/consensus/stream"]["message"]
+    assert set(message["properties"]) == {"proposal", "vote"}
     assert {(m.upper(), p) for m, p, *_ in ROUTE_TABLE} == listed
     post = doc["paths"]["/v1/txs"]["post"]
     assert "requestBody" in post and "401" in post["responses"]

@@ -1,0 +1,313 @@
+"""``/v1/consensus/stream``: a validator's consensus messages on one WebSocket.
+
+The opening is a member's signed request, refused like any other; each frame is one message,
+checked as ``POST /v1/consensus`` checks its body; a bad frame, a sender no longer a validator or
+over its rate closes the stream and what came before it stands. The peer client sends on the
+stream, and by POST where it cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from bcfl_cli.node.app import MAX_CONSENSUS_BODY, create_app
+from bcfl_cli.node.httpsig import sign_request
+from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.node.peers import (
+    CONSENSUS_PATH,
+    CONSENSUS_STREAM_PATH,
+    STREAM_REFUSED_RETRY_S,
+    Peers,
+)
+from bcfl_cli.protocol.block import Vote, VoteType
+from tests.node._node_harness import URL, LocalNode, did, key, served
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient, WebSocketDenialResponse
+    from starlette.websockets import WebSocketDisconnect
+
+STREAM_URL = URL + CONSENSUS_STREAM_PATH
+
+
+@pytest.fixture
+def local(tmp_path: Path) -> Iterator[LocalNode]:
+    harness = LocalNode(tmp_path / "node")
+    yield harness
+    harness.close()
+
+
+@pytest.fixture
+def received(local: LocalNode, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
+    """What reaches the consensus engine."""
+    seen: list[tuple[Any, Any]] = []
+    monkeypatch.setattr(local.node.driver, "on_message", lambda p, v: seen.append((p, v)))
+    return seen
+
+
+def _vote(local: LocalNode, name: str = "bob", height: int = 5, chain: str | None = None) -> bytes:
+    vote = Vote(
+        chain or local.node.genesis_hash, height, 0, VoteType.PREVOTE, "ab" * 32, did(name)
+    ).signed(key(name))
+    return json.dumps({"vote": vote.to_dict()}).encode()
+
+
+def _opening(signer: nacl.signing.SigningKey, url: str = STREAM_URL) -> dict[str, str]:
+    return sign_request(signer, "GET", url, {}, None)
+
+
+def _denied(client: TestClient, headers: dict[str, str]) -> tuple[int, str]:
+    with (
+        pytest.raises(WebSocketDenialResponse) as info,
+        client.websocket_connect(CONSENSUS_STREAM_PATH, headers=headers),
+    ):
+        pass
+    return info.value.status_code, info.value.json()["error"]
+
+
+def _closed(ws: Any) -> tuple[int, str]:
+    """The close the server sent (its code, and the refusal code that starts its reason)."""
+    with pytest.raises(WebSocketDisconnect) as info:
+        ws.receive_bytes()
+    return info.value.code, (info.value.reason or "").split(":", 1)[0]
+
+
+def test_a_validators_messages_reach_the_engine_in_order(
+    local: LocalNode, received: list[tuple[Any, Any]]
+) -> None:
+    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        for height in (5, 6, 7):
+            ws.send_bytes(_vote(local, height=height))
+        # a vote relayed from another validator: each message carries its own signature
+        ws.send_bytes(_vote(local, name="carol", height=8))
+    assert [v.height for _, v in received] == [5, 6, 7, 8]
+    assert [v.validator for _, v in received] == [did("bob")] * 3 + [did("carol")]
+
+
+def test_the_opening_is_refused_like_any_request(local: LocalNode) -> None:
+    client = local.client
+    assert _denied(client, {}) == (401, "missing_signature")
+    outsider = nacl.signing.SigningKey(b"\x07" * 32)
+    assert _denied(client, _opening(outsider)) == (403, "not_member")
+    other_node = _opening(key("bob"), "http://elsewhere:80" + CONSENSUS_STREAM_PATH)
+    assert _denied(client, {**other_node, "host": "elsewhere"}) == (401, "wrong_authority")
+    assert _denied(client, other_node) == (401, "bad_signature")  # signed for another host
+    wrong_path = _opening(key("bob"), URL + "/v1/consensus")
+    assert _denied(client, wrong_path)[0] == 401
+    headers = _opening(key("bob"))
+    with client.websocket_connect(CONSENSUS_STREAM_PATH, headers=headers):
+        pass
+    assert _denied(client, headers) == (401, "replay")  # the same signed opening again
+
+
+def test_a_member_that_is_not_a_validator_gets_no_stream(
+    local: LocalNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    validators = frozenset(did(n) for n in ("alice", "carol", "dave"))
+    monkeypatch.setattr(local.node.state, "validator_set", validators)
+    assert _denied(local.client, _opening(key("bob"))) == (403, "not_validator")
+
+
+@pytest.mark.parametrize(
+    ("frame", "code", "reason"),
+    [
+        ("text", 1003, "binary_only"),
+        (b"not json", 1007, "malformed_body"),
+        (b'{"vote": {}}', 1007, "malformed_body"),
+        (b'{"vote": {}, "extra": 1}', 1007, "malformed_body"),
+        ("other chain", 1007, "wrong_chain"),
+        ("forged", 1007, "malformed_body"),
+    ],
+)
+def test_a_bad_frame_closes_the_stream_and_changes_nothing(
+    local: LocalNode,
+    received: list[tuple[Any, Any]],
+    frame: str | bytes,
+    code: int,
+    reason: str,
+) -> None:
+    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        ws.send_bytes(_vote(local, height=5))
+        if frame == "text":
+            ws.send_text(_vote(local, height=6).decode())
+        elif frame == "other chain":
+            ws.send_bytes(_vote(local, height=6, chain="cd" * 32))
+        elif frame == "forged":  # a vote whose fields do not parse as a signed vote's
+            body = json.loads(_vote(local, height=6))
+            body["vote"]["height"] = -1
+            ws.send_bytes(json.dumps(body).encode())
+        else:
+            assert isinstance(frame, bytes)
+            ws.send_bytes(frame)
+        assert _closed(ws) == (code, reason)
+    assert [v.height for _, v in received] == [5]  # what came before the bad frame stands
+    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        ws.send_bytes(_vote(local, height=7))
+    assert [v.height for _, v in received] == [5, 7]
+
+
+def test_a_sender_removed_from_the_validators_is_cut_off(
+    local: LocalNode, received: list[tuple[Any, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        ws.send_bytes(_vote(local, height=5))
+        ws.send_bytes(_vote(local, height=6))
+        time.sleep(0.2)  # the first two are read while bob is still a validator
+        validators = frozenset(did(n) for n in ("alice", "carol", "dave"))
+        monkeypatch.setattr(local.node.state, "validator_set", validators)
+        ws.send_bytes(_vote(local, height=7))
+        assert _closed(ws) == (1008, "not_validator")
+    assert [v.height for _, v in received] == [5, 6]
+
+
+def test_each_message_counts_against_the_senders_rate(
+    local: LocalNode, received: list[tuple[Any, Any]]
+) -> None:
+    node = local.node
+    node.options = dataclasses.replace(node.options, limits=NodeLimits(rate_per_s=0.001, burst=4.0))
+    with (
+        TestClient(create_app(node), base_url=URL) as client,
+        client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws,
+    ):  # the opening takes one of the four
+        for height in (5, 6, 7, 8):
+            ws.send_bytes(_vote(local, height=height))
+        assert _closed(ws) == (1013, "rate_limited")
+    assert [v.height for _, v in received] == [5, 6, 7]
+
+
+def test_a_new_stream_of_the_same_validator_replaces_the_old(
+    local: LocalNode, received: list[tuple[Any, Any]]
+) -> None:
+    client = local.client
+    with client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as old:
+        old.send_bytes(_vote(local, height=5))
+        with client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as new:
+            assert _closed(old)[0] == 1000
+            new.send_bytes(_vote(local, height=6))
+    assert [v.height for _, v in received] == [5, 6]
+
+
+# --- over real sockets --------------------------------------------------------------------------
+def _app_at(local: LocalNode) -> Any:
+    def app_at(port: int) -> ASGIApp:
+        local.node.options = dataclasses.replace(local.node.options, host="127.0.0.1", port=port)
+        return create_app(local.node)
+
+    return app_at
+
+
+async def _until(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # bounded: timeout_s
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def test_the_peer_client_sends_consensus_on_the_stream(
+    local: LocalNode, received: list[tuple[Any, Any]]
+) -> None:
+    async def scenario() -> None:
+        async with served(_app_at(local)) as url:
+            peers = Peers(key("bob"), [url], self_url="http://me:1")
+            peer = peers.peers[url]
+            peers.start_outboxes()
+            try:
+                for height in (5, 6, 7):
+                    peers.broadcast(CONSENSUS_PATH, json.loads(_vote(local, height=height)))
+                await _until(lambda: len(received) == 3)
+                assert peer.streamed == 3 and peer.stream is not None
+                # a frame the node refuses ends the stream; the next message still arrives
+                # (by POST until the stream is opened again)
+                peers.broadcast(CONSENSUS_PATH, {"vote": {}})
+                await _until(lambda: peer.stream is None)
+                peers.broadcast(CONSENSUS_PATH, json.loads(_vote(local, height=8)))
+                await _until(lambda: len(received) == 4)
+            finally:
+                await peers.close()
+                await local.node.peers.close()  # it checked the URL the stream named
+            assert peer.stream is None
+        assert [v.height for _, v in received] == [5, 6, 7, 8]
+
+    asyncio.run(scenario())
+
+
+def test_a_peer_without_the_stream_gets_posts() -> None:
+    posted: list[bytes] = []
+
+    async def consensus(request: Request) -> JSONResponse:
+        posted.append(await request.body())
+        return JSONResponse({"accepted": True}, status_code=202)
+
+    older = Starlette(routes=[Route(CONSENSUS_PATH, consensus, methods=["POST"])])
+
+    async def scenario() -> None:
+        async with served(lambda _port: older) as url:
+            peers = Peers(key("bob"), [url], self_url="http://me:1")
+            peer = peers.peers[url]
+            peers.start_outboxes()
+            try:
+                began = time.monotonic()
+                peers.broadcast(CONSENSUS_PATH, {"vote": 1})
+                peers.broadcast(CONSENSUS_PATH, {"vote": 2})
+                await _until(lambda: len(posted) == 2)
+            finally:
+                await peers.close()
+        assert peer.streamed == 0
+        # not asked again for a while: one refused opening, not one per message
+        assert peer.stream_retry_at >= began + STREAM_REFUSED_RETRY_S - 1
+        assert [json.loads(b)["vote"] for b in posted] == [1, 2]
+
+    asyncio.run(scenario())
+
+
+def test_an_oversized_frame_is_refused_by_the_server(
+    local: LocalNode, received: list[tuple[Any, Any]]
+) -> None:
+    """A frame whose header announces more than a POST body may hold: closed with 1009 before
+    its body is read (raw socket: a client library would still be sending it)."""
+
+    async def scenario() -> bytes:
+        async with served(_app_at(local)) as url:
+            target = url + CONSENSUS_STREAM_PATH
+            authority = target.split("/")[2]
+            signed = _opening(key("bob"), target)
+            reader, writer = await asyncio.open_connection(*authority.split(":"))
+            lines = [
+                f"GET {CONSENSUS_STREAM_PATH} HTTP/1.1",
+                f"Host: {authority}",
+                "Upgrade: websocket",
+                "Connection: Upgrade",
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version: 13",
+                *(f"{k}: {v}" for k, v in signed.items()),
+            ]
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            size = MAX_CONSENSUS_BODY + 1  # binary, masked, 64-bit length, then 1 KiB of it
+            writer.write(bytes([0x82, 0x80 | 127]) + size.to_bytes(8, "big") + bytes(4))
+            writer.write(b"x" * 1024)
+            frame = await asyncio.wait_for(reader.read(64), 10)
+            writer.close()
+            await local.node.peers.close()
+            return frame
+
+    frame = asyncio.run(scenario())
+    assert frame[0] == 0x88  # a close frame
+    assert int.from_bytes(frame[2:4], "big") == 1009  # "message too big"
+    assert received == []
