@@ -19,6 +19,8 @@ from typing import Any
 
 import nacl.signing
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -311,3 +313,61 @@ def test_an_oversized_frame_is_refused_by_the_server(
     assert frame[0] == 0x88  # a close frame
     assert int.from_bytes(frame[2:4], "big") == 1009  # "message too big"
     assert received == []
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_VOTE_FIELDS = ("v", "chain", "height", "round", "type", "block", "validator", "sig")
+
+
+@st.composite
+def _frames(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["bytes", "json", "message", "vote field"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=300))
+    if kind == "json":
+        return json.dumps(draw(_JSON)).encode()
+    if kind == "message":
+        keys = st.sampled_from(["proposal", "vote", "tx", "blob"])
+        return json.dumps(draw(st.dictionaries(keys, _JSON, max_size=3))).encode()
+    return b"vote field"  # filled in by the test: one field of a valid vote replaced
+
+
+@settings(
+    max_examples=80,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(frame=_frames(), field=st.sampled_from(_VOTE_FIELDS), value=_JSON)
+def test_any_frame_is_taken_whole_or_closes_the_stream(
+    local: LocalNode,
+    received: list[tuple[Any, Any]],
+    frame: bytes,
+    field: str,
+    value: Any,
+) -> None:
+    """Whatever a validator sends, the engine gets a well-formed message for this chain or
+    nothing, the stream closes with a refusal code or stays open, and the node is unchanged."""
+    received.clear()
+    if frame == b"vote field":
+        body = json.loads(_vote(local, height=9))
+        body["vote"][field] = value
+        frame = json.dumps(body).encode()
+    before = (local.node.state.height, len(local.node.mempool))
+    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        ws.send_bytes(frame)
+        ws.send_bytes(_vote(local, height=10))  # a sentinel: delivered only if still open
+        ws.close()
+    # an exception in the handler would have been raised by the test client on the way out
+    assert (local.node.state.height, len(local.node.mempool)) == before
+    # taken whole (then the sentinel too), or the stream closed (then not the sentinel either)
+    assert len(received) in (0, 2)
+    for proposal, vote in received:
+        assert (proposal or vote).chain == local.node.genesis_hash
+    if received:
+        assert received[1][1].height == 10
