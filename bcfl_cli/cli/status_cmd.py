@@ -75,7 +75,7 @@ def render_status(status: dict[str, Any]) -> None:
     peers = status.get("peers") or []
     render.print_table(
         "Peers",
-        ["url", "did", "height", "last seen", "consensus stream"],
+        ["url", "did", "height", "last seen", "stream"],
         [
             (
                 p.get("url", "-"),
@@ -147,6 +147,6 @@ def register(app: typer.Typer) -> None:
 
 
 def _stream(peer: dict[str, Any]) -> str:
-    """Whether proposals and votes go to this peer on a stream (else by POST), and how many."""
+    """Whether messages go to this peer on a stream (else by POST), and how many did."""
     sent = peer.get("streamed", 0)
     return f"{'open' if peer.get('stream_open') else 'closed'}, {sent} sent"

@@ -35,8 +35,8 @@ from bcfl_cli.node.limits import NodeLimits, TokenBucketLimiter
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import MempoolRefusal, precheck
 from bcfl_cli.node.peers import (
-    CONSENSUS_STREAM_PATH,
     NODE_URL_HEADER,
+    PEER_STREAM_PATH,
     SEEN_HEADER,
     did_tag,
     parse_seen,
@@ -56,15 +56,17 @@ from bcfl_cli.node.schemas import (
     PeerView,
     RoundView,
     StatusResponse,
+    StreamUpdate,
     SubmitTx,
     SubmitUpdate,
     TxAccepted,
     TxStatus,
     parse_body,
     route_parameters,
+    validate_body,
 )
 from bcfl_cli.protocol.block import Vote
-from bcfl_cli.protocol.encoding import is_hash_hex, sha256_hex
+from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 
 if TYPE_CHECKING:
@@ -75,9 +77,11 @@ log = logging.getLogger("bcfl.node.api")
 MAX_BLOCKS_RESPONSE_BYTES = 16 * 1024 * 1024
 MAX_TX_BODY = MAX_TX_BYTES + 1024
 MAX_CONSENSUS_BODY = 8 * 1024 * 1024
-#: Messages a consensus stream's reader takes from the server before it stops reading (the
+#: Messages a peer stream's reader takes from the server before it stops reading (the
 #: server then stops reading the socket: the sender waits, nothing piles up here).
 STREAM_QUEUE = 16
+#: Update frames of one stream being taken at once (each may wait for the next round).
+MAX_STREAM_UPDATES = 16
 BODY_READ_TIMEOUT_S = 15.0
 #: How long an update for the round after this node's waits for this node to open that round.
 NEXT_ROUND_HOLD_S = 2.0
@@ -139,7 +143,7 @@ class Api:
         self.max_inline_blob = max_inline_blob
         self.max_update_body = MAX_TX_BODY + 4 * -(-max_inline_blob // 3) + 1024
         self._held = 0
-        self._streams: dict[str, WebSocket] = {}  # one consensus stream per validator
+        self._streams: dict[str, WebSocket] = {}  # one peer stream per member
 
     # --- public reads -----------------------------------------------------------------------
     async def status(self, request: Request) -> Response:
@@ -273,6 +277,18 @@ class Api:
         """
         node = self.node
         body = parse_body(SubmitUpdate, await request.body(), max_bytes=self.max_update_body)
+        tx, data = self._update_and_blob(body)
+        digest = tx.body["blob"]
+        await self._await_round_of(tx)
+        if tx.hash not in node.state.seen_tx and tx.hash not in node.mempool:
+            precheck(node.state, tx)
+        if not node.blobs.has(digest):
+            await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
+        return self._admit_from(request, tx)
+
+    def _update_and_blob(self, body: SubmitUpdate) -> tuple[Transaction, bytes]:
+        """The update and its blob, if the blob is the one it names and small enough to travel
+        with it; Refused otherwise."""
         tx = Transaction.from_dict(body.tx)
         if tx.kind is not TxKind.UPDATE:
             raise Refused(
@@ -294,12 +310,7 @@ class Api:
             raise Refused(
                 422, "hash_mismatch", "the blob is not the one the update names (hash and size)"
             )
-        await self._await_round_of(tx)
-        if tx.hash not in node.state.seen_tx and tx.hash not in node.mempool:
-            precheck(node.state, tx)
-        if not node.blobs.has(digest):
-            await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
-        return self._admit_from(request, tx)
+        return tx, data
 
     async def _await_round_of(self, tx: Transaction) -> None:
         """Hold an update for the next FL round until this node opens it (bounded in time and
@@ -362,15 +373,16 @@ class Api:
         validators = node.state.validator_set
         if sender is None or sender not in validators:
             raise Refused(403, "not_validator", "only validators send consensus messages")
-        proposal, vote = self._consensus_message(await request.body())
+        data = parse_json(await request.body(), max_bytes=MAX_CONSENSUS_BODY)
+        proposal, vote = self._consensus_message(data)
         self._learn_peer(request)
         node.driver.on_message(proposal, vote)
         return JSONResponse({"accepted": True}, status_code=202)
 
-    def _consensus_message(self, raw: bytes) -> tuple[Proposal | None, Vote | None]:
-        """A consensus message's proposal and vote, well formed and for this chain (the engine
-        checks their signatures); EncodingError or Refused otherwise."""
-        body = parse_body(ConsensusMessage, raw, max_bytes=MAX_CONSENSUS_BODY)
+    def _consensus_message(self, data: Any) -> tuple[Proposal | None, Vote | None]:
+        """A consensus message's proposal and vote (parsed JSON), well formed and for this chain
+        (the engine checks their signatures); EncodingError or Refused otherwise."""
+        body = validate_body(ConsensusMessage, data)
         proposal = Proposal.from_dict(body.proposal) if body.proposal is not None else None
         vote = Vote.from_dict(body.vote) if body.vote is not None else None
         for what in (proposal, vote):
@@ -378,31 +390,24 @@ class Api:
                 raise Refused(409, "wrong_chain", "message is for another consortium")
         return proposal, vote
 
-    async def consensus_stream(self, websocket: WebSocket) -> None:
-        """A validator's consensus messages, one binary frame each, on one connection.
+    # --- the peer stream --------------------------------------------------------------------
+    async def peer_stream(self, websocket: WebSocket) -> None:
+        """A member's messages to this node, one binary frame each, on one connection.
 
-        The same messages as ``POST /v1/consensus`` without an HTTP exchange each: the opening
-        was a validator's signed request, and every proposal and vote carries its validator's
-        own signature, which the engine checks. Each message counts against the sender's
-        per-member rate limit. A frame that is not a well-formed message for this chain, a
-        sender no longer a validator or over its rate closes the stream with a code and a reason
-        (the sender falls back to ``POST /v1/consensus``); what came before it stands.
+        What ``POST /v1/consensus`` and ``POST /v1/updates`` take, without an HTTP exchange
+        each: the opening was a current member's signed request, and every proposal, vote and
+        update carries its author's own signature, which is checked as on those routes. Each
+        frame counts against the sender's per-member rate limit. A frame that is malformed, not
+        for this chain, a consensus message from a member that is not a validator, or a frame
+        over the rate closes the stream with a code and a reason (the sender falls back to
+        POST); what came before it stands. An update the mempool refuses (say its round is
+        over) is only logged, as a relayed transaction's refusal is: its blob, checked against
+        the hash the update names, is kept, as the sender's fallback would have sent it.
         """
-        node = self.node
         sender = peer_did(websocket)
         limiter = websocket.scope.get(LIMITER_KEY)
         if sender is None or not isinstance(limiter, TokenBucketLimiter):
             await websocket.close(1008, "unsigned")
-            return
-        if sender not in node.state.validator_set:
-            await websocket.send_denial_response(
-                JSONResponse(
-                    ErrorBody(
-                        error="not_validator", message="only validators send consensus messages"
-                    ).model_dump(),
-                    status_code=403,
-                )
-            )
             return
         await websocket.accept()
         previous = self._streams.get(sender)
@@ -423,18 +428,17 @@ class Api:
         self, websocket: WebSocket, sender: str, limiter: TokenBucketLimiter
     ) -> None:
         node = self.node
+        updates: set[asyncio.Task[None]] = set()  # each may wait for the next round (2 s)
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            data = message.get("bytes")
-            if data is None:
+            raw = message.get("bytes")
+            if raw is None:
                 await _close_stream(websocket, sender, 1003, "binary_only", "binary frames only")
                 return
-            if sender not in node.state.validator_set:
-                await _close_stream(
-                    websocket, sender, 1008, "not_validator", "no longer a validator"
-                )
+            if not node.is_member(sender):
+                await _close_stream(websocket, sender, 1008, "not_member", "no longer a member")
                 return
             if limiter.acquire(sender) > 0:
                 await _close_stream(
@@ -442,21 +446,63 @@ class Api:
                 )
                 return
             try:
+                data = parse_json(raw, max_bytes=MAX_CONSENSUS_BODY)
+                if isinstance(data, dict) and "update" in data:
+                    if len(raw) > self.max_update_body:
+                        raise Refused(413, "too_large", "an update frame over this node's bound")
+                    frame = validate_body(StreamUpdate, data)
+                    tx, blob = self._update_and_blob(frame.update)
+                    if len(updates) >= MAX_STREAM_UPDATES:
+                        raise Refused(429, "too_many_updates", "too many updates in flight")
+                    seen = parse_seen(frame.seen) | {did_tag(sender)}
+                    task = asyncio.create_task(self._take_update(tx, blob, seen, sender))
+                    updates.add(task)
+                    task.add_done_callback(updates.discard)
+                    continue
+                if sender not in node.state.validator_set:
+                    raise Refused(403, "not_validator", "only validators send consensus messages")
                 proposal, vote = self._consensus_message(data)
             except Refused as exc:
-                await _close_stream(websocket, sender, 1007, exc.code, exc.message)
+                code = {403: 1008, 413: 1009, 429: 1013}.get(exc.status, 1007)
+                await _close_stream(websocket, sender, code, exc.code, exc.message)
                 return
             except BcflError as exc:
                 await _close_stream(websocket, sender, 1007, "malformed_body", exc.message)
                 return
             node.driver.on_message(proposal, vote)
 
+    async def _take_update(
+        self, tx: Transaction, blob: bytes, seen: frozenset[str], sender: str
+    ) -> None:
+        """A well-formed update frame: the blob is kept (checked against the hash it names, as
+        the sender's fallback would have sent it alone), then the update goes through the
+        mempool's checks as from ``POST /v1/updates``; a refusal is logged (no one waits for
+        it: the update reaches this node again inside a proposal)."""
+        node = self.node
+        digest = tx.body["blob"]
+        try:
+            await self._await_round_of(tx)
+            if not node.blobs.has(digest):
+                await run_in_threadpool(node.blobs.put_stream, [blob], expected=digest)
+            if tx.hash not in node.state.seen_tx and tx.hash not in node.mempool:
+                precheck(node.state, tx)
+            self._admit(tx, seen)
+        except MempoolRefusal as exc:
+            log.info(
+                "refused a streamed update: %s: %s",
+                exc.code,
+                exc.message,
+                extra=fields(peer=sender, code=exc.code),
+            )
+        except BcflError as exc:
+            log.warning("a streamed update failed: %s", exc.message, extra=fields(peer=sender))
+
 
 async def _close_stream(
     websocket: WebSocket, sender: str, code: int, reason: str, message: str
 ) -> None:
     log.warning(
-        "closed a consensus stream: %s: %s",
+        "closed a peer stream: %s: %s",
         reason,
         message,
         extra=fields(peer=sender, code=reason),
@@ -505,7 +551,10 @@ def openapi_document(
         "paths": paths,
         # OpenAPI has no words for a WebSocket: the stream is described beside the paths
         "x-websockets": {
-            CONSENSUS_STREAM_PATH: {**STREAM_DESCRIPTION, "message": _schema(ConsensusMessage)}
+            PEER_STREAM_PATH: {
+                **STREAM_DESCRIPTION,
+                "messages": [_schema(ConsensusMessage), _schema(StreamUpdate)],
+            }
         },
         "components": {
             "securitySchemes": {
@@ -522,11 +571,15 @@ def openapi_document(
 
 
 STREAM_DESCRIPTION = {
-    "summary": "Proposals and votes on one WebSocket (validators)",
-    "description": "Opened by a validator's signed GET (RFC 9421, as any route); each binary "
-    "frame is one ConsensusMessage, at most 8 MiB, uncompressed, counted against the "
-    "sender's rate. A bad frame closes the stream with 1007 (1003: a text frame; 1008: not a "
-    "validator any more; 1009: too large; 1013: over the rate) and a reason 'code: message'.",
+    "summary": "Proposals, votes and updates on one WebSocket (members)",
+    "description": "Opened by a current member's signed GET (RFC 9421, as any route); each "
+    "binary frame is one message (see 'messages'): a ConsensusMessage (validators only), "
+    "as POST /v1/consensus takes it, or a StreamUpdate, an update with its blob as POST "
+    "/v1/updates takes it and the members known to hold it; at most 8 MiB, uncompressed, each "
+    "counted against the sender's rate. A bad frame closes the stream with 1007 (1003: a "
+    "text frame; 1008: not a member or not a validator; 1009: too large; 1013: over the rate "
+    "or too many updates at once) and a reason 'code: message'; an update the mempool "
+    "refuses is logged, not answered.",
 }
 
 ROUTE_TABLE: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None, bool]] = [
@@ -663,7 +716,7 @@ def create_app(node: Node) -> ASGIApp:
                 Route("/updates", _guard(api.submit_update), methods=["POST"]),
                 Route("/join", _guard(api.join), methods=["POST"]),
                 Route("/consensus", _guard(api.consensus), methods=["POST"]),
-                WebSocketRoute(CONSENSUS_STREAM_PATH.removeprefix("/v1"), api.consensus_stream),
+                WebSocketRoute(PEER_STREAM_PATH.removeprefix("/v1"), api.peer_stream),
                 Route("/consensus/{height}", _guard(api.consensus_log), methods=["GET"]),
                 *blob_routes.routes,
             ],

@@ -10,7 +10,7 @@ seen within the window (401); a per-member rate limit (429). A refusal is a JSON
 public, but one that carries a signature has it checked the same way (membership aside), so a
 peer with a broken clock or key learns it from any request.
 
-A WebSocket handshake (the consensus stream) is admitted as a signed GET that must come from a
+A WebSocket handshake (the peer stream) is admitted as a signed GET that must come from a
 current member: the same signature, window, nonce and rate checks, refused with the same JSON
 body as an HTTP denial response. The per-member rate limiter is put in its scope, so that the
 stream's handler charges each message it reads as one request.

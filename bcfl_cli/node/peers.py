@@ -6,12 +6,12 @@ transactions) go through one bounded queue per peer, drained by one task per pee
 dead peer fills only its own queue (the oldest message is dropped, and consensus pulls what it
 missed on its next timeout), it never delays what the others receive.
 
-Consensus messages to a peer go on one WebSocket per peer (``CONSENSUS_STREAM_PATH``), opened
-by a signed request, instead of one signed POST each: with ten validators a round is some two
-hundred of them, and the HTTP exchange cost both sides far more CPU than the message itself.
-Each message carries its validator's own signature. Where the stream cannot be opened (an
-older node, a proxy without WebSockets) or breaks, the message goes by POST as before and the
-stream is tried again later.
+Consensus messages and small updates to a peer go on one WebSocket per peer
+(``PEER_STREAM_PATH``), opened by a signed request, instead of one signed POST each: with ten
+validators a round is some two hundred and eighty of them, and the HTTP exchange cost both sides
+more CPU than the message itself. Each message carries its author's own signature. Where the
+stream cannot be opened (an older node, a proxy without WebSockets) or breaks, the message goes
+by POST as before and the stream is tried again later.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from bcfl_cli.errors import EncodingError, NodeError
 from bcfl_cli.node.client import SignedClient, shared_ssl_context
 from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.node.logging import fields
+from bcfl_cli.node.schemas import MAX_INLINE_BLOB_BYTES
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical, parse_json
 from bcfl_cli.protocol.tx import Transaction
@@ -63,7 +64,7 @@ SEEN_HEADER = "Bcfl-Seen-By"
 MAX_SEEN_TAGS = 128
 _TAG = re.compile(r"^[0-9a-f]{12}$")
 CONSENSUS_PATH = "/v1/consensus"
-CONSENSUS_STREAM_PATH = "/v1/consensus/stream"
+PEER_STREAM_PATH = "/v1/stream"
 #: How long a frame may take to leave (a stalled peer's stream is dropped, the POST tried).
 STREAM_SEND_TIMEOUT_S = 5.0
 #: When to try a stream again: after it broke, after the peer refused or lacks one.
@@ -107,7 +108,8 @@ class PeerInfo:
     dropped: int = 0
     stream: aiohttp.ClientWebSocketResponse | None = None
     stream_retry_at: float = 0.0
-    streamed: int = 0  # consensus messages sent on the stream (the rest went by POST)
+    streamed: int = 0  # messages sent on the stream (the rest went by POST)
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class PeerRequestError(NodeError):
@@ -159,10 +161,10 @@ class Peers:
         urls: list[str],
         *,
         self_url: str,
-        consensus_stream: bool = True,
+        stream: bool = True,
     ) -> None:
         self._key = key
-        self.consensus_stream = consensus_stream
+        self.stream = stream
         self.own_tag = did_tag(did_from_public_key(bytes(key.verify_key)))
         own = normalise_url(self_url)
         self.own_url = own
@@ -179,8 +181,10 @@ class Peers:
         self._clients: dict[str, aiohttp.ClientSession] = {}
         self._other: aiohttp.ClientSession | None = None
         self._workers: list[asyncio.Task[None]] = []
-        # push_update's (tx hash, body, SEEN_HEADER), the same for every peer of one update
-        self._update_body: tuple[str, bytes, str | None] | None = None
+        self._watchers: set[asyncio.Task[None]] = set()  # one per open stream
+        # push_update's (tx hash, POST body, SEEN_HEADER, stream frame), the same for every
+        # peer of one update
+        self._update_body: tuple[str, bytes, str | None, bytes] | None = None
 
     def __iter__(self) -> Any:
         return iter(list(self.peers.values()))
@@ -189,9 +193,10 @@ class Peers:
         return [p for p in self.peers.values() if not p.refused]
 
     async def close(self) -> None:
-        for task in self._workers:
+        tasks = [*self._workers, *self._watchers]
+        for task in tasks:
             task.cancel()
-        for task in self._workers:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for peer in self.peers.values():
@@ -329,8 +334,11 @@ class Peers:
             # one encoding and one covering list for every peer (~27 KB for the digits MLP)
             payload = {"tx": tx.to_dict(), "blob": base64.b64encode(blob).decode("ascii")}
             covering = self._covering(self.live(), frozenset())
-            self._update_body = (tx.hash, canonical(payload), covering)
-        _, body, covering = self._update_body
+            frame = canonical({"update": payload, "seen": covering})
+            self._update_body = (tx.hash, canonical(payload), covering, frame)
+        _, body, covering, frame = self._update_body
+        if len(blob) <= MAX_INLINE_BLOB_BYTES and await self._stream_send(peer, frame):
+            return True  # taken as POST would; a refusal there is the peer's to log
         try:
             await self.request(peer, "POST", "/v1/updates", body=body, seen=covering)
         except PeerRequestError as exc:
@@ -443,21 +451,24 @@ class Peers:
                 elif exc.status not in (409,):
                     log.debug("push refused", extra=fields(peer=peer.url, reason=exc.message))
 
-    # --- the consensus stream --------------------------------------------------------------
+    # --- the peer stream ---------------------------------------------------------------------
     async def _stream_send(self, peer: PeerInfo, body: bytes) -> bool:
-        """Send a consensus message on the peer's stream (opened if need be); False: use POST."""
-        if not self.consensus_stream:
+        """Send a message on the peer's stream (opened if need be); False: use POST."""
+        if not self.stream:
             return False
         stream = peer.stream
         if stream is None or stream.closed:
-            stream = await self._open_stream(peer)
+            async with peer.opening:  # the outbox and an update's push may both want one
+                stream = peer.stream
+                if stream is None or stream.closed:
+                    stream = await self._open_stream(peer)
             if stream is None:
                 return False
         try:
             async with asyncio.timeout(STREAM_SEND_TIMEOUT_S):
                 await stream.send_bytes(body)
         except (aiohttp.ClientError, ConnectionError, TimeoutError, RuntimeError) as exc:
-            log.debug("consensus stream broke", extra=fields(peer=peer.url, reason=repr(exc)))
+            log.debug("stream broke", extra=fields(peer=peer.url, reason=repr(exc)))
             await self._drop_stream(peer, retry_in=STREAM_RETRY_S)
             return False
         peer.streamed += 1
@@ -467,7 +478,7 @@ class Peers:
         now = time.monotonic()
         if now < peer.stream_retry_at:
             return None
-        url = peer.url + CONSENSUS_STREAM_PATH
+        url = peer.url + PEER_STREAM_PATH
         headers = {NODE_URL_HEADER: self.own_url}
         headers.update(sign_request(self._key, "GET", url, headers, None))
         try:
@@ -482,21 +493,21 @@ class Peers:
                     timeout=_STREAM_TIMEOUT,
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            # refused (not a validator there, a clock out of the window) or no such route
+            # refused (not a member there, a clock out of the window) or no such route
             peer.stream_retry_at = now + STREAM_REFUSED_RETRY_S
             log.info(
-                "peer takes no consensus stream; posting",
+                "peer takes no stream; posting",
                 extra=fields(peer=peer.url, status=exc.status),
             )
             return None
         except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
             peer.stream_retry_at = now + STREAM_RETRY_S
-            log.debug("consensus stream not opened", extra=fields(peer=peer.url, reason=repr(exc)))
+            log.debug("stream not opened", extra=fields(peer=peer.url, reason=repr(exc)))
             return None
         peer.stream = stream
-        self._workers.append(
-            asyncio.create_task(self._watch_stream(peer, stream), name=f"stream {peer.url}")
-        )
+        watcher = asyncio.create_task(self._watch_stream(peer, stream), name=f"stream {peer.url}")
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
         return stream
 
     async def _watch_stream(self, peer: PeerInfo, stream: aiohttp.ClientWebSocketResponse) -> None:
@@ -509,7 +520,7 @@ class Peers:
             pass
         if stream.close_code not in (None, 1000, 1001, 1012):  # 1012: peer restarting
             log.warning(
-                "peer closed the consensus stream",
+                "peer closed the stream",
                 extra=fields(peer=peer.url, code=stream.close_code, reason=_close_reason(stream)),
             )
         if peer.stream is stream:

@@ -39,6 +39,14 @@ class SubmitUpdate(_Body):
     blob: str = Field(max_length=4 * -(-MAX_INLINE_BLOB_BYTES // 3))
 
 
+class StreamUpdate(_Body):
+    """A frame of the peer stream: an update with its blob, as ``POST /v1/updates`` takes it,
+    and the members known to hold it already (as the ``Bcfl-Seen-By`` header names them)."""
+
+    update: SubmitUpdate
+    seen: str | None = Field(default=None, max_length=128 * 13)
+
+
 class ConsensusMessage(_Body):
     """``POST /v1/consensus``: exactly one of a signed proposal or a signed vote."""
 
@@ -87,7 +95,7 @@ class PeerView(_Body):
     head: str | None
     last_seen: int | None
     error: str | None
-    #: consensus messages sent to this peer on its stream so far, and whether it is open now
+    #: messages (votes, proposals, updates) sent to this peer on its stream, and whether it is open
     streamed: int = 0
     stream_open: bool = False
 
@@ -257,7 +265,11 @@ M = TypeVar("M", bound=BaseModel)
 
 def parse_body(model: type[M], raw: bytes, *, max_bytes: int) -> M:
     """``raw`` as ``model``: EncodingError with a one-line reason for anything malformed."""
-    data = parse_json(raw, max_bytes=max_bytes)
+    return validate_body(model, parse_json(raw, max_bytes=max_bytes))
+
+
+def validate_body(model: type[M], data: Any) -> M:
+    """Parsed JSON as ``model``: EncodingError with a one-line reason for anything malformed."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -549,7 +549,7 @@ def http_config(app: Any, host: str, port: int) -> uvicorn.Config:
         limit_concurrency=512,
         lifespan="off",
         server_header=False,
-        # the consensus stream (``/v1/consensus/stream``): a frame is one consensus message,
+        # the peer stream (``/v1/stream``): a frame is one consensus message or small update,
         # bounded as its POST body is; nothing is compressed (no inflation bomb); a peer that
         # stops answering pings is dropped
         ws="websockets-sansio",

@@ -31,8 +31,11 @@ from bcfl_cli.node.app import create_app
 from bcfl_cli.node.operations import NodeApi
 from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
 from bcfl_cli.node.server import Node, NodeOptions, http_config
+from bcfl_cli.node.trainer import AutoTrainer, load_training_data
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.store.blobs import BlobStore
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette prefers the httpx2 fork for its TestClient
@@ -169,3 +172,22 @@ async def served(make_app: Callable[[int], ASGIApp]) -> AsyncIterator[str]:
         server.should_exit = True
         await asyncio.wait_for(task, 10)
         sock.close()
+
+
+def trained_update(
+    local: LocalNode, tmp_path: Path, name: str = "bob"
+) -> tuple[Transaction, bytes]:
+    """A real trained update of ``name`` for the open round, its blob kept apart from the node."""
+    own = BlobStore(tmp_path / f"{name}-blobs")
+    base = local.state.round.base_model
+    own.put(local.node.blobs.get(base, max_bytes=1 << 24))
+    trainer = AutoTrainer(
+        key=key(name),
+        data=load_training_data(part(2), local.state),
+        blobs=own,
+        state=lambda: local.state,
+        submit=lambda tx, told: None,  # type: ignore[arg-type,return-value]
+        seed=5,
+    )
+    tx = trainer.train(local.state)
+    return tx, own.get(tx.body["blob"], max_bytes=1 << 24)

@@ -59,9 +59,9 @@ def test_openapi_lists_every_route(local: LocalNode) -> None:
                     served.add((method, prefix + child.path))
     assert served == listed
     # a WebSocket is described beside the paths (OpenAPI has no words for one)
-    assert streams == set(doc["x-websockets"]) == {"/v1/consensus/stream"}
-    message = doc["x-websockets"]["/v1/consensus/stream"]["message"]
-    assert set(message["properties"]) == {"proposal", "vote"}
+    assert streams == set(doc["x-websockets"]) == {"/v1/stream"}
+    messages = doc["x-websockets"]["/v1/stream"]["messages"]
+    assert [set(m["properties"]) for m in messages] == [{"proposal", "vote"}, {"update", "seen"}]
     assert {(m.upper(), p) for m, p, *_ in ROUTE_TABLE} == listed
     post = doc["paths"]["/v1/txs"]["post"]
     assert "requestBody" in post and "401" in post["responses"]

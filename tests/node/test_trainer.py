@@ -227,8 +227,9 @@ def _carrying(digest: str) -> Transaction:
 def test_a_small_update_goes_with_its_blob_on_the_pooled_async_client(
     local: LocalNode, tmp_path: Path, round_open_there: bool
 ) -> None:
-    """One request per peer where the peer takes the pair (its mempool then holds the update and
-    the author's gossip skips it); else the blob alone, and the update follows by gossip."""
+    """By POST (where no stream can be opened): one request per peer where the peer takes the
+    pair (its mempool then holds the update and the author's gossip skips it); else the blob
+    alone, and the update follows by gossip. The stream's push: tests/node/test_peer_stream.py."""
     from starlette.types import ASGIApp
 
     from bcfl_cli.node.app import create_app
@@ -271,7 +272,7 @@ def test_a_small_update_goes_with_its_blob_on_the_pooled_async_client(
                 return create_app(other.node)
 
             async with served(app_at) as url:
-                spy = Spy(Peers(key("alice"), [url], self_url="http://me"))
+                spy = Spy(Peers(key("alice"), [url], self_url="http://me", stream=False))
                 spy.peers.peers[url].did = did("bob")  # as the status poll would have learned
                 try:
                     return await peer_publisher(spy, local.node.blobs)(tx)  # type: ignore[arg-type]

@@ -17,10 +17,8 @@ import nacl.signing
 import pytest
 
 from bcfl_cli.node.client import PeerRefused, SignedClient
-from bcfl_cli.node.trainer import AutoTrainer, load_training_data
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
-from bcfl_cli.store.blobs import BlobStore
-from tests.node._node_harness import URL, LocalNode, key, part
+from tests.node._node_harness import URL, LocalNode, key, trained_update
 
 
 @pytest.fixture
@@ -36,20 +34,7 @@ def _signed(local: LocalNode, signer: nacl.signing.SigningKey) -> SignedClient:
 
 
 def _update(local: LocalNode, tmp_path: Path, name: str = "bob") -> tuple[Transaction, bytes]:
-    """A real trained update of ``name`` for the open round, its blob kept apart from the node."""
-    own = BlobStore(tmp_path / f"{name}-blobs")
-    base = local.state.round.base_model
-    own.put(local.node.blobs.get(base, max_bytes=1 << 24))
-    trainer = AutoTrainer(
-        key=key(name),
-        data=load_training_data(part(2), local.state),
-        blobs=own,
-        state=lambda: local.state,
-        submit=lambda tx, told: None,  # type: ignore[arg-type,return-value]
-        seed=5,
-    )
-    tx = trainer.train(local.state)
-    return tx, own.get(tx.body["blob"], max_bytes=1 << 24)
+    return trained_update(local, tmp_path, name)
 
 
 def _post(local: LocalNode, tx: Transaction, blob: str, signer: str = "bob") -> int:

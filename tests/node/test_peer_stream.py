@@ -1,16 +1,19 @@
-"""``/v1/consensus/stream``: a validator's consensus messages on one WebSocket.
+"""``/v1/stream``: a member's consensus messages and updates on one WebSocket.
 
 The opening is a member's signed request, refused like any other; each frame is one message,
-checked as ``POST /v1/consensus`` checks its body; a bad frame, a sender no longer a validator or
-over its rate closes the stream and what came before it stands. The peer client sends on the
-stream, and by POST where it cannot.
+checked as ``POST /v1/consensus`` or ``POST /v1/updates`` checks its body; a bad frame, a
+consensus message from a non-validator, a sender no longer a member or over its rate closes the
+stream and what came before it stands. The peer client sends on the stream, and by POST where it
+cannot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import json
+import logging
 import time
 import warnings
 from collections.abc import Iterator
@@ -27,24 +30,26 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from bcfl_cli.node import app as app_module
 from bcfl_cli.node.app import MAX_CONSENSUS_BODY, create_app
 from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.peers import (
     CONSENSUS_PATH,
-    CONSENSUS_STREAM_PATH,
+    PEER_STREAM_PATH,
     STREAM_REFUSED_RETRY_S,
     Peers,
 )
 from bcfl_cli.protocol.block import Vote, VoteType
-from tests.node._node_harness import URL, LocalNode, did, key, served
+from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from tests.node._node_harness import URL, LocalNode, did, key, served, trained_update
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient, WebSocketDenialResponse
     from starlette.websockets import WebSocketDisconnect
 
-STREAM_URL = URL + CONSENSUS_STREAM_PATH
+STREAM_URL = URL + PEER_STREAM_PATH
 
 
 @pytest.fixture
@@ -76,7 +81,7 @@ def _opening(signer: nacl.signing.SigningKey, url: str = STREAM_URL) -> dict[str
 def _denied(client: TestClient, headers: dict[str, str]) -> tuple[int, str]:
     with (
         pytest.raises(WebSocketDenialResponse) as info,
-        client.websocket_connect(CONSENSUS_STREAM_PATH, headers=headers),
+        client.websocket_connect(PEER_STREAM_PATH, headers=headers),
     ):
         pass
     return info.value.status_code, info.value.json()["error"]
@@ -92,7 +97,7 @@ def _closed(ws: Any) -> tuple[int, str]:
 def test_a_validators_messages_reach_the_engine_in_order(
     local: LocalNode, received: list[tuple[Any, Any]]
 ) -> None:
-    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
         for height in (5, 6, 7):
             ws.send_bytes(_vote(local, height=height))
         # a vote relayed from another validator: each message carries its own signature
@@ -106,23 +111,38 @@ def test_the_opening_is_refused_like_any_request(local: LocalNode) -> None:
     assert _denied(client, {}) == (401, "missing_signature")
     outsider = nacl.signing.SigningKey(b"\x07" * 32)
     assert _denied(client, _opening(outsider)) == (403, "not_member")
-    other_node = _opening(key("bob"), "http://elsewhere:80" + CONSENSUS_STREAM_PATH)
+    other_node = _opening(key("bob"), "http://elsewhere:80" + PEER_STREAM_PATH)
     assert _denied(client, {**other_node, "host": "elsewhere"}) == (401, "wrong_authority")
     assert _denied(client, other_node) == (401, "bad_signature")  # signed for another host
     wrong_path = _opening(key("bob"), URL + "/v1/consensus")
     assert _denied(client, wrong_path)[0] == 401
     headers = _opening(key("bob"))
-    with client.websocket_connect(CONSENSUS_STREAM_PATH, headers=headers):
+    with client.websocket_connect(PEER_STREAM_PATH, headers=headers):
         pass
     assert _denied(client, headers) == (401, "replay")  # the same signed opening again
 
 
-def test_a_member_that_is_not_a_validator_gets_no_stream(
-    local: LocalNode, monkeypatch: pytest.MonkeyPatch
+def test_a_member_that_is_not_a_validator_sends_no_consensus_message(
+    local: LocalNode, received: list[tuple[Any, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     validators = frozenset(did(n) for n in ("alice", "carol", "dave"))
     monkeypatch.setattr(local.node.state, "validator_set", validators)
-    assert _denied(local.client, _opening(key("bob"))) == (403, "not_validator")
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        ws.send_bytes(_vote(local, name="carol", height=5))  # even a validator's, relayed
+        assert _closed(ws) == (1008, "not_validator")
+    assert received == []
+
+
+def test_a_sender_no_longer_a_member_is_cut_off(
+    local: LocalNode, received: list[tuple[Any, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        ws.send_bytes(_vote(local, height=5))
+        time.sleep(0.2)
+        monkeypatch.setattr(local.node, "is_member", lambda d: d != did("bob"))
+        ws.send_bytes(_vote(local, height=6))
+        assert _closed(ws) == (1008, "not_member")
+    assert [v.height for _, v in received] == [5]
 
 
 @pytest.mark.parametrize(
@@ -143,7 +163,7 @@ def test_a_bad_frame_closes_the_stream_and_changes_nothing(
     code: int,
     reason: str,
 ) -> None:
-    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
         ws.send_bytes(_vote(local, height=5))
         if frame == "text":
             ws.send_text(_vote(local, height=6).decode())
@@ -158,7 +178,7 @@ def test_a_bad_frame_closes_the_stream_and_changes_nothing(
             ws.send_bytes(frame)
         assert _closed(ws) == (code, reason)
     assert [v.height for _, v in received] == [5]  # what came before the bad frame stands
-    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
         ws.send_bytes(_vote(local, height=7))
     assert [v.height for _, v in received] == [5, 7]
 
@@ -166,7 +186,7 @@ def test_a_bad_frame_closes_the_stream_and_changes_nothing(
 def test_a_sender_removed_from_the_validators_is_cut_off(
     local: LocalNode, received: list[tuple[Any, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
         ws.send_bytes(_vote(local, height=5))
         ws.send_bytes(_vote(local, height=6))
         time.sleep(0.2)  # the first two are read while bob is still a validator
@@ -184,7 +204,7 @@ def test_each_message_counts_against_the_senders_rate(
     node.options = dataclasses.replace(node.options, limits=NodeLimits(rate_per_s=0.001, burst=4.0))
     with (
         TestClient(create_app(node), base_url=URL) as client,
-        client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws,
+        client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws,
     ):  # the opening takes one of the four
         for height in (5, 6, 7, 8):
             ws.send_bytes(_vote(local, height=height))
@@ -196,9 +216,9 @@ def test_a_new_stream_of_the_same_validator_replaces_the_old(
     local: LocalNode, received: list[tuple[Any, Any]]
 ) -> None:
     client = local.client
-    with client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as old:
+    with client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as old:
         old.send_bytes(_vote(local, height=5))
-        with client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as new:
+        with client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as new:
             assert _closed(old)[0] == 1000
             new.send_bytes(_vote(local, height=6))
     assert [v.height for _, v in received] == [5, 6]
@@ -285,12 +305,12 @@ def test_an_oversized_frame_is_refused_by_the_server(
 
     async def scenario() -> bytes:
         async with served(_app_at(local)) as url:
-            target = url + CONSENSUS_STREAM_PATH
+            target = url + PEER_STREAM_PATH
             authority = target.split("/")[2]
             signed = _opening(key("bob"), target)
             reader, writer = await asyncio.open_connection(*authority.split(":"))
             lines = [
-                f"GET {CONSENSUS_STREAM_PATH} HTTP/1.1",
+                f"GET {PEER_STREAM_PATH} HTTP/1.1",
                 f"Host: {authority}",
                 "Upgrade: websocket",
                 "Connection: Upgrade",
@@ -359,7 +379,7 @@ def test_any_frame_is_taken_whole_or_closes_the_stream(
         body["vote"][field] = value
         frame = json.dumps(body).encode()
     before = (local.node.state.height, len(local.node.mempool))
-    with local.client.websocket_connect(CONSENSUS_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
         ws.send_bytes(frame)
         ws.send_bytes(_vote(local, height=10))  # a sentinel: delivered only if still open
         ws.close()
@@ -371,3 +391,133 @@ def test_any_frame_is_taken_whole_or_closes_the_stream(
         assert (proposal or vote).chain == local.node.genesis_hash
     if received:
         assert received[1][1].height == 10
+
+
+# --- updates on the stream ----------------------------------------------------------------------
+def _update_frame(tx: Transaction, blob: bytes, seen: str | None = None) -> bytes:
+    payload = {"tx": tx.to_dict(), "blob": base64.b64encode(blob).decode("ascii")}
+    return json.dumps({"update": payload, "seen": seen}).encode()
+
+
+def _until_sync(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # bounded: timeout_s
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _opened(local: LocalNode, tmp_path: Path) -> tuple[Transaction, bytes]:
+    """Round 1 opened on ``local`` (commits by hand from now on) and bob's update for it."""
+    local.auto_mine = False
+    local.mine()
+    return trained_update(local, tmp_path)
+
+
+def test_a_streamed_update_is_admitted_with_its_blob(local: LocalNode, tmp_path: Path) -> None:
+    tx, blob = _opened(local, tmp_path)
+    node = local.node
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        ws.send_bytes(_update_frame(tx, blob))
+        _until_sync(lambda: tx.hash in node.mempool)
+        ws.send_bytes(_update_frame(tx, blob))  # again (a relay): taken once
+    assert node.blobs.verify(tx.body["blob"])
+    assert len(node.mempool) == 1
+
+
+@pytest.mark.parametrize(
+    ("spoil", "code", "reason"),
+    [
+        ("flip a byte", 1007, "hash_mismatch"),
+        ("truncate", 1007, "hash_mismatch"),
+        ("bad base64", 1007, "malformed_body"),
+        ("not an update", 1007, "not_an_update"),
+        ("extra field", 1007, "malformed_body"),
+        ("no room", 1013, "too_many_updates"),
+    ],
+)
+def test_a_bad_update_frame_closes_the_stream_and_keeps_nothing(
+    local: LocalNode,
+    tmp_path: Path,
+    received: list[tuple[Any, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    spoil: str,
+    code: int,
+    reason: str,
+) -> None:
+    tx, blob = _opened(local, tmp_path)
+    frame = _update_frame(tx, blob)
+    if spoil == "flip a byte":
+        frame = _update_frame(tx, blob[:-1] + bytes([blob[-1] ^ 1]))
+    elif spoil == "truncate":
+        frame = _update_frame(tx, blob[:-10])
+    elif spoil == "bad base64":
+        body = json.loads(frame)
+        body["update"]["blob"] = "***"
+        frame = json.dumps(body).encode()
+    elif spoil == "not an update":
+        body = {"name": "erin", "roles": ["trainer"], "power": 0}
+        join = make_tx(key("bob"), local.node.genesis_hash, TxKind.JOIN_REQUEST, body)
+        frame = _update_frame(join, blob)
+    elif spoil == "extra field":
+        body = json.loads(frame)
+        body["extra"] = 1
+        frame = json.dumps(body).encode()
+    else:
+        monkeypatch.setattr(app_module, "MAX_STREAM_UPDATES", 0)
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        ws.send_bytes(_vote(local, height=5))
+        ws.send_bytes(frame)
+        assert _closed(ws) == (code, reason)
+    assert [v.height for _, v in received] == [5]  # what came before stands
+    assert len(local.node.mempool) == 0
+    assert not local.node.blobs.has(tx.body["blob"])
+
+
+def test_an_update_refused_after_its_hold_does_not_hold_up_the_stream(
+    local: LocalNode,
+    tmp_path: Path,
+    received: list[tuple[Any, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An update for the round after this node's waits (here 1 s) in its own task: the votes
+    behind it go through at once; refused then (the round never opened), it is logged, and its
+    blob is kept as the sender's fallback would have sent it alone."""
+    monkeypatch.setattr(app_module, "NEXT_ROUND_HOLD_S", 1.0)
+    caplog.set_level(logging.INFO, logger="bcfl.node.api")
+    ahead = LocalNode(tmp_path / "ahead")
+    try:
+        ahead.mine()
+        tx, blob = trained_update(ahead, tmp_path)  # for round 1, not open here
+    finally:
+        ahead.close()
+    with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
+        began = time.monotonic()
+        ws.send_bytes(_update_frame(tx, blob))
+        ws.send_bytes(_vote(local, height=9))
+        _until_sync(lambda: len(received) == 1)
+        assert time.monotonic() - began < 0.9  # not behind the held update
+        _until_sync(lambda: "refused a streamed update" in caplog.text)
+        ws.send_bytes(_vote(local, height=10))  # still open
+        _until_sync(lambda: len(received) == 2)
+    assert "wrong_round" in caplog.text
+    assert len(local.node.mempool) == 0 and local.node.blobs.verify(tx.body["blob"])
+
+
+def test_the_peer_client_pushes_an_update_on_the_stream(local: LocalNode, tmp_path: Path) -> None:
+    tx, blob = _opened(local, tmp_path)
+
+    async def scenario() -> tuple[bool, int]:
+        async with served(_app_at(local)) as url:
+            peers = Peers(key("bob"), [url], self_url="http://me:1")
+            peer = peers.peers[url]
+            try:
+                taken = await peers.push_update(peer, tx, blob)
+                await _until(lambda: tx.hash in local.node.mempool)
+                return taken, peer.streamed
+            finally:
+                await peers.close()
+                await local.node.peers.close()
+
+    assert asyncio.run(scenario()) == (True, 1)
+    assert local.node.blobs.verify(tx.body["blob"])
