@@ -275,16 +275,21 @@ class Api:
         transaction passes the mempool's checks; then the blob is stored and the transaction is
         admitted and relayed as ``POST /v1/txs`` would.
         """
-        node = self.node
         body = parse_body(SubmitUpdate, await request.body(), max_bytes=self.max_update_body)
         tx, data = self._update_and_blob(body)
-        digest = tx.body["blob"]
+        await self._check_and_store(tx, data)
+        return self._admit_from(request, tx)
+
+    async def _check_and_store(self, tx: Transaction, data: bytes) -> None:
+        """An update (for the next round, held until it opens) through the mempool's checks,
+        then its blob stored; MempoolRefusal, with nothing kept, where it fails them."""
+        node = self.node
         await self._await_round_of(tx)
         if tx.hash not in node.state.seen_tx and tx.hash not in node.mempool:
             precheck(node.state, tx)
+        digest = tx.body["blob"]
         if not node.blobs.has(digest):
             await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
-        return self._admit_from(request, tx)
 
     def _update_and_blob(self, body: SubmitUpdate) -> tuple[Transaction, bytes]:
         """The update and its blob, if the blob is the one it names and small enough to travel
@@ -401,8 +406,7 @@ class Api:
         for this chain, a consensus message from a member that is not a validator, or a frame
         over the rate closes the stream with a code and a reason (the sender falls back to
         POST); what came before it stands. An update the mempool refuses (say its round is
-        over) is only logged, as a relayed transaction's refusal is: its blob, checked against
-        the hash the update names, is kept, as the sender's fallback would have sent it.
+        over) is only logged, as a relayed transaction's refusal is, and nothing of it is kept.
         """
         sender = peer_did(websocket)
         limiter = websocket.scope.get(LIMITER_KEY)
@@ -474,18 +478,11 @@ class Api:
     async def _take_update(
         self, tx: Transaction, blob: bytes, seen: frozenset[str], sender: str
     ) -> None:
-        """A well-formed update frame: the blob is kept (checked against the hash it names, as
-        the sender's fallback would have sent it alone), then the update goes through the
-        mempool's checks as from ``POST /v1/updates``; a refusal is logged (no one waits for
-        it: the update reaches this node again inside a proposal)."""
-        node = self.node
-        digest = tx.body["blob"]
+        """A well-formed update frame, taken as ``POST /v1/updates`` takes its body: nothing is
+        kept unless the update passes the mempool's checks; a refusal is logged (no one waits
+        for it: the update reaches this node again inside a proposal, its blob by fetch)."""
         try:
-            await self._await_round_of(tx)
-            if not node.blobs.has(digest):
-                await run_in_threadpool(node.blobs.put_stream, [blob], expected=digest)
-            if tx.hash not in node.state.seen_tx and tx.hash not in node.mempool:
-                precheck(node.state, tx)
+            await self._check_and_store(tx, blob)
             self._admit(tx, seen)
         except MempoolRefusal as exc:
             log.info(
@@ -496,6 +493,8 @@ class Api:
             )
         except BcflError as exc:
             log.warning("a streamed update failed: %s", exc.message, extra=fields(peer=sender))
+        except Exception:  # a task of its own: nothing else would report it
+            log.exception("a streamed update failed", extra=fields(peer=sender))
 
 
 async def _close_stream(

@@ -481,8 +481,8 @@ def test_an_update_refused_after_its_hold_does_not_hold_up_the_stream(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An update for the round after this node's waits (here 1 s) in its own task: the votes
-    behind it go through at once; refused then (the round never opened), it is logged, and its
-    blob is kept as the sender's fallback would have sent it alone."""
+    behind it go through at once; refused then (the round never opened), it is logged and
+    nothing of it is kept."""
     monkeypatch.setattr(app_module, "NEXT_ROUND_HOLD_S", 1.0)
     caplog.set_level(logging.INFO, logger="bcfl.node.api")
     ahead = LocalNode(tmp_path / "ahead")
@@ -501,7 +501,7 @@ def test_an_update_refused_after_its_hold_does_not_hold_up_the_stream(
         ws.send_bytes(_vote(local, height=10))  # still open
         _until_sync(lambda: len(received) == 2)
     assert "wrong_round" in caplog.text
-    assert len(local.node.mempool) == 0 and local.node.blobs.verify(tx.body["blob"])
+    assert len(local.node.mempool) == 0 and not local.node.blobs.has(tx.body["blob"])
 
 
 def test_the_peer_client_pushes_an_update_on_the_stream(local: LocalNode, tmp_path: Path) -> None:
