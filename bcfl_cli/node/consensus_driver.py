@@ -52,7 +52,7 @@ from bcfl_cli.consensus.messages import (
 )
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
 from bcfl_cli.node.logging import fields
-from bcfl_cli.node.peers import PeerInfo, PeerRequestError
+from bcfl_cli.node.peers import CONSENSUS_PATH, PeerInfo, PeerRequestError
 from bcfl_cli.node.round_driver import build_proposal, plan_block
 from bcfl_cli.node.sync import blob_owners, referenced_blobs
 from bcfl_cli.protocol.block import Block, Vote
@@ -200,7 +200,7 @@ class ConsensusDriver:
         for kind, wire in list(self._log.get(height, {}).values()):
             mine = wire.get("validator") if kind == "vote" else wire.get("proposer")
             if mine == self.node.did:
-                self.node.peers.broadcast("/v1/consensus", {kind: wire})
+                self.node.peers.broadcast(CONSENSUS_PATH, {kind: wire})
 
     def poke(self) -> None:
         """Something changed (new transaction, prepared verdict, commit): re-check for work."""
@@ -218,7 +218,7 @@ class ConsensusDriver:
         for vote in self.guard.votes_at(self.node.genesis_hash, height, self.node.did):
             signed = vote.signed(self.node.key)
             self._remember(signed.height, signed.hash, "vote", signed.to_dict())
-            self.node.peers.broadcast("/v1/consensus", {"vote": signed.to_dict()})
+            self.node.peers.broadcast(CONSENSUS_PATH, {"vote": signed.to_dict()})
 
     # --- inbound ----------------------------------------------------------------------------
     def on_message(self, proposal: Proposal | None, vote: Vote | None) -> None:
@@ -306,7 +306,7 @@ class ConsensusDriver:
                 return
             wire = signed.to_dict()
             self._remember(signed.height, signed.hash, "proposal", wire)
-            node.peers.broadcast("/v1/consensus", {"proposal": wire})
+            node.peers.broadcast(CONSENSUS_PATH, {"proposal": wire})
             self._queue.append(ProposalReceived(signed))
         elif isinstance(action, BroadcastVote):
             try:
@@ -325,7 +325,7 @@ class ConsensusDriver:
                 ),
             )
             self._remember(vote.height, vote.hash, "vote", wire)
-            node.peers.broadcast("/v1/consensus", {"vote": wire})
+            node.peers.broadcast(CONSENSUS_PATH, {"vote": wire})
             self._queue.append(VoteReceived(vote))
         elif isinstance(action, ScheduleTimeout):
             self._schedule(action)

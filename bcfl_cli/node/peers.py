@@ -182,9 +182,9 @@ class Peers:
         self._other: aiohttp.ClientSession | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._watchers: set[asyncio.Task[None]] = set()  # one per open stream
-        # push_update's (tx hash, POST body, SEEN_HEADER, stream frame), the same for every
-        # peer of one update
-        self._update_body: tuple[str, bytes, str | None, bytes] | None = None
+        # push_update's encodings of one update, the same for every peer: tx hash, payload,
+        # SEEN_HEADER, then the stream frame and the POST body as they are first needed
+        self._update_body: _UpdateEncodings | None = None
 
     def __iter__(self) -> Any:
         return iter(list(self.peers.values()))
@@ -330,17 +330,17 @@ class Peers:
         peer cannot be reached. Names every live peer as covered, as the author's
         ``broadcast`` would, so that the receivers relay it to no one.
         """
-        if self._update_body is None or self._update_body[0] != tx.hash:
+        update = self._update_body
+        if update is None or update.tx_hash != tx.hash:
             # one encoding and one covering list for every peer (~27 KB for the digits MLP)
             payload = {"tx": tx.to_dict(), "blob": base64.b64encode(blob).decode("ascii")}
-            covering = self._covering(self.live(), frozenset())
-            frame = canonical({"update": payload, "seen": covering})
-            self._update_body = (tx.hash, canonical(payload), covering, frame)
-        _, body, covering, frame = self._update_body
-        if len(blob) <= MAX_INLINE_BLOB_BYTES and await self._stream_send(peer, frame):
+            update = self._update_body = _UpdateEncodings(
+                tx.hash, payload, self._covering(self.live(), frozenset())
+            )
+        if len(blob) <= MAX_INLINE_BLOB_BYTES and await self._stream_send(peer, update.frame()):
             return True  # taken as POST would; a refusal there is the peer's to log
         try:
-            await self.request(peer, "POST", "/v1/updates", body=body, seen=covering)
+            await self.request(peer, "POST", "/v1/updates", body=update.body(), seen=update.seen)
         except PeerRequestError as exc:
             if 400 <= exc.status < 500:
                 log.debug("update pushed apart", extra=fields(peer=peer.url, reason=exc.message))
@@ -533,6 +533,27 @@ class Peers:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
                     await stream.close()
+
+
+@dataclass
+class _UpdateEncodings:
+    """One update as ``push_update`` sends it, each form encoded once, when first needed."""
+
+    tx_hash: str
+    payload: dict[str, Any]
+    seen: str | None
+    _frame: bytes | None = None
+    _body: bytes | None = None
+
+    def frame(self) -> bytes:
+        if self._frame is None:
+            self._frame = canonical({"update": self.payload, "seen": self.seen})
+        return self._frame
+
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = canonical(self.payload)
+        return self._body
 
 
 _STREAM_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=1.0)
