@@ -35,7 +35,8 @@ def demo(
     rule: Annotated[
         str,
         typer.Option(
-            "--rule", help="Aggregation: fedavg, clipped, median, trimmed, krum or cosine."
+            "--rule",
+            help="Aggregation: fedavg, clipped, median, trimmed, krum, cosine or cosine_history.",
         ),
     ] = "fedavg",
     keep: Annotated[

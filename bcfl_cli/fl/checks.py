@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bcfl_cli.errors import BlobError, ContractError
-from bcfl_cli.fl.aggregation import UpdateInput, aggregate
+from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_history
 from bcfl_cli.fl.contract import (
     Reason,
     RoundContext,
@@ -24,6 +24,7 @@ from bcfl_cli.fl.contract import (
     check_update,
     layout_for,
 )
+from bcfl_cli.fl.history import MemberHistory
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.store.blobs import BlobStore
@@ -47,6 +48,8 @@ class FLChecks:
         self.blobs = blobs
         self.keep_models = keep_models
         self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        #: members' cumulative deltas, for rules that weigh them (shared with the proposer)
+        self.history = MemberHistory()
 
     # --- updates ---------------------------------------------------------------------------
     def check_update(self, state: ChainState, tx: Transaction) -> Verdict:
@@ -92,9 +95,13 @@ class FLChecks:
         limit = cfg.contract.max_blob_bytes
         base = self._model(rnd.base_model, limit)
         updates = [
-            UpdateInput(u.tx, self._decode(u.blob, limit), u.num_samples) for u in rnd.accepted
+            UpdateInput(u.tx, self._decode(u.blob, limit), u.num_samples, u.author)
+            for u in rnd.accepted
         ]
-        result = aggregate(cfg.aggregation, base, updates)
+        history = None
+        if rule_needs_history(cfg.aggregation.rule):
+            history = self.history.history(state, base, lambda d: self._decode(d, limit))
+        result = aggregate(cfg.aggregation, base, updates, history=history)
         data = result.model_bytes
         if result.model_hash != body["model"] or len(data) != body["model_size"]:
             raise ContractError(

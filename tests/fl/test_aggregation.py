@@ -26,6 +26,7 @@ SPECS = [
     AggregationSpec(rule="trimmed", trim_beta=0.2),
     AggregationSpec(rule="krum", krum_f=1, krum_m=3),
     AggregationSpec(rule="cosine"),
+    AggregationSpec(rule="cosine_history"),
 ]
 
 
@@ -259,7 +260,15 @@ def test_single_update_works_for_every_rule() -> None:
 
 
 def test_every_shipped_rule_is_registered() -> None:
-    assert set(RULES) == {"fedavg", "clipped", "median", "trimmed", "krum", "cosine"}
+    assert set(RULES) == {
+        "fedavg",
+        "clipped",
+        "median",
+        "trimmed",
+        "krum",
+        "cosine",
+        "cosine_history",
+    }
 
 
 def test_a_new_rule_plugs_in() -> None:

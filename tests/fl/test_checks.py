@@ -202,7 +202,9 @@ def test_a_wrong_aggregate_breaks_the_block(tmp_path: Path) -> None:
     assert "aggregate_mismatch" in info.value.message
 
 
-@pytest.mark.parametrize("rule", ["fedavg", "clipped", "median", "trimmed", "krum", "cosine"])
+@pytest.mark.parametrize(
+    "rule", ["fedavg", "clipped", "median", "trimmed", "krum", "cosine", "cosine_history"]
+)
 def test_arrival_order_does_not_change_the_model(tmp_path: Path, rule: str) -> None:
     models = []
     for order in (("bob", "carol", "dave"), ("dave", "carol", "bob")):

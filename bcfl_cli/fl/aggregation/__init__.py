@@ -8,7 +8,15 @@ Importing this package registers every rule shipped with bcfl.
 
 from __future__ import annotations
 
-from bcfl_cli.fl.aggregation import clipped, cosine, fedavg, krum, median, trimmed
+from bcfl_cli.fl.aggregation import (
+    clipped,
+    cosine,
+    cosine_history,
+    fedavg,
+    krum,
+    median,
+    trimmed,
+)
 from bcfl_cli.fl.aggregation.base import (
     RULES,
     AggregateResult,
@@ -18,6 +26,7 @@ from bcfl_cli.fl.aggregation.base import (
     aggregate,
     aggregate_hash,
     register,
+    rule_needs_history,
 )
 
 __all__ = [
@@ -30,9 +39,11 @@ __all__ = [
     "aggregate_hash",
     "clipped",
     "cosine",
+    "cosine_history",
     "fedavg",
     "krum",
     "median",
     "register",
+    "rule_needs_history",
     "trimmed",
 ]

@@ -21,13 +21,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeGuard
 
 import torch
 
 from bcfl_cli.errors import ContractError
 from bcfl_cli.fl.spec import AggregationSpec
 from bcfl_cli.fl.tensors import encode_tensors
+
+if TYPE_CHECKING:
+    from bcfl_cli.fl.history import History
 
 #: Values allowed in the ``params`` of an aggregate transaction (floats as decimal strings).
 Params = dict[str, str | int]
@@ -36,11 +39,13 @@ State = Mapping[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class UpdateInput:
-    """One accepted update: its transaction hash, its weight delta, its claimed sample count."""
+    """One accepted update: its transaction hash, its weight delta, its claimed sample count
+    and its author's did (read only by rules that weigh a member's history)."""
 
     hash: str
     delta: State
     num_samples: int
+    author: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,35 @@ class Prepared:
     hash: str
     delta: dict[str, torch.Tensor]
     num_samples: int
+    author: str = ""
+
+
+class HistoryRule(Rule, Protocol):
+    """A rule that also reads the members' history (``bcfl_cli.fl.history.History``).
+
+    ``aggregate`` passes ``None`` when the caller has none: the rule must then behave as in a
+    chain's first round (no earlier contribution, the global model still at genesis).
+    """
+
+    needs_history: bool
+
+    def combine_with_history(
+        self, spec: AggregationSpec, updates: Sequence[Prepared], history: History | None
+    ) -> Combined: ...
 
 
 RULES: dict[str, Rule] = {}
+
+
+def needs_history(rule: Rule) -> TypeGuard[HistoryRule]:
+    """Whether ``rule`` reads the members' history (so callers must build one)."""
+    return bool(getattr(rule, "needs_history", False))
+
+
+def rule_needs_history(name: str) -> bool:
+    """Whether the registered rule ``name`` reads the members' history."""
+    rule = RULES.get(name)
+    return rule is not None and needs_history(rule)
 
 
 def register(rule: Rule) -> Rule:
@@ -182,7 +213,7 @@ def _prepare(global_state: State, items: Sequence[UpdateLike]) -> list[Prepared]
         if u.num_samples < 1:
             raise ContractError("samples_out_of_bounds", f"update {u.hash} has no samples")
         delta = {k: to_float64(u.delta[k]) for k in sorted(u.delta)}
-        prepared.append(Prepared(u.hash, delta, u.num_samples))
+        prepared.append(Prepared(u.hash, delta, u.num_samples, u.author))
     return prepared
 
 
@@ -192,14 +223,21 @@ def aggregate(
     updates: Sequence[UpdateLike],
     *,
     rules: Mapping[str, Rule] | None = None,
+    history: History | None = None,
 ) -> AggregateResult:
-    """The next global model under ``spec.rule``; the same bits whatever the update order."""
+    """The next global model under ``spec.rule``; the same bits whatever the update order.
+
+    ``history`` is read only by a rule that ``needs_history`` (see ``HistoryRule``).
+    """
     registry = RULES if rules is None else rules
     rule = registry.get(spec.rule)
     if rule is None:
         raise ContractError("unknown_rule", f"no aggregation rule named {spec.rule!r}")
     prepared = _prepare(global_state, updates)
-    combined = rule.combine(spec, prepared)
+    if needs_history(rule):
+        combined = rule.combine_with_history(spec, prepared, history)
+    else:
+        combined = rule.combine(spec, prepared)
     new_state = {}
     for name in sorted(global_state):
         base = global_state[name].detach().to("cpu", torch.float64)

@@ -51,29 +51,34 @@ def median_norm(norms: Sequence[float]) -> float:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def cosine_trust(updates: Sequence[Prepared]) -> Combined:
+    """The whole rule over ``updates`` (hash order); ``cosine_history`` runs it on a subset."""
+    reference = coordinate_median(updates)
+    scores, norms = trust_scores(updates, reference)
+    total = sum(scores)  # left to right in hash order: the same float everywhere
+    if total == 0.0:
+        return Combined(reference, [u.hash for u in updates])
+    bound = median_norm(norms)
+    coefficients = [
+        score * min(1.0, bound / norm) if score > 0.0 else 0.0
+        for score, norm in zip(scores, norms, strict=True)
+    ]
+    delta = {}
+    for name in sorted(reference):
+        acc = torch.zeros_like(reference[name])
+        for update, coefficient in zip(updates, coefficients, strict=True):
+            if coefficient > 0.0:
+                acc = acc + update.delta[name] * coefficient
+        delta[name] = acc / total
+    included = [u.hash for u, s in zip(updates, scores, strict=True) if s > 0.0]
+    return Combined(delta, included)
+
+
 class CosineTrust:
     name = "cosine"
 
     def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
-        reference = coordinate_median(updates)
-        scores, norms = trust_scores(updates, reference)
-        total = sum(scores)  # left to right in hash order: the same float everywhere
-        if total == 0.0:
-            return Combined(reference, [u.hash for u in updates])
-        bound = median_norm(norms)
-        coefficients = [
-            score * min(1.0, bound / norm) if score > 0.0 else 0.0
-            for score, norm in zip(scores, norms, strict=True)
-        ]
-        delta = {}
-        for name in sorted(reference):
-            acc = torch.zeros_like(reference[name])
-            for update, coefficient in zip(updates, coefficients, strict=True):
-                if coefficient > 0.0:
-                    acc = acc + update.delta[name] * coefficient
-            delta[name] = acc / total
-        included = [u.hash for u, s in zip(updates, scores, strict=True) if s > 0.0]
-        return Combined(delta, included)
+        return cosine_trust(updates)
 
 
 register(CosineTrust())
