@@ -35,11 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bcfl_cli.chain.state import AcceptedUpdate, ClosedRound  # noqa: E402
 from bcfl_cli.fl import attacks  # noqa: E402
-from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_history  # noqa: E402
+from bcfl_cli.fl.aggregation import UpdateInput, aggregate  # noqa: E402
 from bcfl_cli.fl.data import Dataset, load_csv  # noqa: E402
-from bcfl_cli.fl.history import History, MemberHistory, trajectory  # noqa: E402
 from bcfl_cli.fl.models import initial_state  # noqa: E402
 from bcfl_cli.fl.spec import AggregationSpec, ModelSpec, TrainingPlan  # noqa: E402
 from bcfl_cli.fl.training import evaluate, train_local  # noqa: E402
@@ -58,7 +56,7 @@ RULES: dict[str, AggregationSpec] = {
     "trimmed": AggregationSpec(rule="trimmed", trim_beta=0.3),
     "krum": AggregationSpec(rule="krum", krum_f=3, krum_m=7),
     "cosine": AggregationSpec(rule="cosine"),
-    "cosine_history": AggregationSpec(rule="cosine_history"),
+    "cosine_trajectory": AggregationSpec(rule="cosine_trajectory"),
 }
 ATTACKS = (
     "label_flip",
@@ -144,9 +142,6 @@ def run_fl(
     state = initial_state(SPEC)
     initial = state
     previous = attacks.free_rider_zero(state)
-    records = MemberHistory()  # the members' records, as a node keeps them from the chain
-    closed: ClosedRound | None = None
-    delivered: dict[str, dict[str, torch.Tensor]] = {}
     for r in range(s.rounds):
         deltas: dict[int, dict[str, torch.Tensor]] = {}
         for i, data in enumerate(members):
@@ -158,25 +153,10 @@ def run_fl(
         forged = _forge(attack, bad, deltas, honest, previous, r, s.seed)
         deltas.update(forged)
         updates = [
-            UpdateInput(
-                hashlib.sha256(f"{r}/{i}".encode()).hexdigest(),
-                deltas[i],
-                len(members[i]),
-                author=f"member-{i}",
-            )
+            UpdateInput(hashlib.sha256(f"{r}/{i}".encode()).hexdigest(), deltas[i], len(members[i]))
             for i in sorted(deltas)
         ]
-        history = None
-        if rule_needs_history(RULES[rule].rule):
-            contributions = records.contributions(closed, delivered.__getitem__)
-            history = History(contributions, trajectory(state, initial))
-        result = aggregate(RULES[rule], state, updates, history=history)
-        for u in updates:
-            delivered[u.hash] = dict(u.delta)
-        accepted = tuple(
-            AcceptedUpdate(u.hash, u.author, u.hash, 0, u.num_samples) for u in updates
-        )
-        closed = ClosedRound(r + 1, accepted, closed)
+        result = aggregate(RULES[rule], state, updates, initial_state=initial)
         previous = {k: result.new_state[k] - state[k] for k in state}
         state = result.new_state
     return evaluate(SPEC, state, test)[1]

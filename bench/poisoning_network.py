@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/poisoning_network.py [--rounds 30] [--attackers 3 1]
-        [--attacks sign-flip ipm ...] [--rules krum cosine_history ...] [--seed 0] [--out FILE]
+        [--attacks sign-flip ipm ...] [--rules krum cosine_trajectory ...] [--seed 0] [--out FILE]
     .venv/bin/python bench/poisoning_network.py --quick     # 3 of 10, sign flip, 10 rounds
 
 Every cell is one seeded `bcfl demo --members 10` run: ten `bcfl node` processes, the last K of
@@ -36,7 +36,7 @@ from bcfl_cli.demo.run import DemoOptions, run_demo  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 ATTACKS = ("sign-flip", "scaling", "ipm", "alie", "label-flip", "noise", "free-rider")
-ROBUST = ("median", "trimmed", "krum", "cosine", "cosine_history")
+ROBUST = ("median", "trimmed", "krum", "cosine", "cosine_trajectory")
 TARGET_POINTS = 3.0
 
 

@@ -114,35 +114,6 @@ class RoundState:
         return sorted(u.tx for u in self.accepted)
 
 
-@dataclass(frozen=True, eq=False)
-class ClosedRound:
-    """A closed round's accepted updates, linked to the round closed before it.
-
-    Rules that weigh a member's history (``cosine_history``) read every earlier round's
-    accepted updates; a linked list shares all earlier rounds between successive states, so
-    closing a round costs one record whatever the chain's length.
-    """
-
-    number: int
-    accepted: tuple[AcceptedUpdate, ...]
-    previous: ClosedRound | None
-
-    @property
-    def key(self) -> tuple[int, tuple[str, ...]]:
-        """What identifies this record on one chain (compared without walking the list)."""
-        return self.number, tuple(sorted(u.tx for u in self.accepted))
-
-    def oldest_first(self) -> list[ClosedRound]:
-        """This round and every earlier one, oldest first."""
-        rounds: list[ClosedRound] = []
-        node: ClosedRound | None = self
-        while node is not None:
-            rounds.append(node)
-            node = node.previous
-        rounds.reverse()
-        return rounds
-
-
 class SeenSet:
     """Transaction hashes on the chain, shared between successive states without copying.
 
@@ -223,7 +194,6 @@ class ChainState:
         seen_tx: SeenSet,
         offences: frozenset[Offence] = frozenset(),
         expired: dict[str, ExpiredRequest] | None = None,
-        closed_rounds: ClosedRound | None = None,
     ) -> None:
         self.chain_id = chain_id
         self.document = document
@@ -238,8 +208,6 @@ class ChainState:
         self.round = round
         self.seen_tx = seen_tx
         self.offences = offences  # equivocations already recorded by a misbehaviour tx
-        #: the latest closed round with accepted updates (None before the first)
-        self.closed_rounds = closed_rounds
         self._owned = True
         self.config_hash = hash_object(document)
         self.validator_set = self._compute_validator_set()
@@ -785,8 +753,6 @@ class _TxRules:
             except BcflError as exc:
                 raise self.fail(tx, "aggregate_check_failed", exc.message) from exc
         self.s.round = dataclasses.replace(rnd, open=False, model=body["model"])
-        if rnd.accepted:
-            self.s.closed_rounds = ClosedRound(rnd.number, rnd.accepted, self.s.closed_rounds)
 
     # --- evidence ------------------------------------------------------------------------
     def on_misbehaviour(self, tx: Transaction, body: dict[str, Any]) -> None:

@@ -36,7 +36,10 @@ def demo(
         str,
         typer.Option(
             "--rule",
-            help="Aggregation: fedavg, clipped, median, trimmed, krum, cosine or cosine_history.",
+            help=(
+                "Aggregation: fedavg, clipped, median, trimmed, krum, cosine or "
+                "cosine_trajectory."
+            ),
         ),
     ] = "fedavg",
     keep: Annotated[

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from bcfl_cli.errors import BlobError, ContractError
-from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_history
+from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
 from bcfl_cli.fl.contract import (
     Reason,
     RoundContext,
@@ -24,7 +24,6 @@ from bcfl_cli.fl.contract import (
     check_update,
     layout_for,
 )
-from bcfl_cli.fl.history import MemberHistory
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.store.blobs import BlobStore
@@ -48,8 +47,7 @@ class FLChecks:
         self.blobs = blobs
         self.keep_models = keep_models
         self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-        #: members' cumulative deltas, for rules that weigh them (shared with the proposer)
-        self.history = MemberHistory()
+        self._initial: tuple[str, dict[str, torch.Tensor]] | None = None
 
     # --- updates ---------------------------------------------------------------------------
     def check_update(self, state: ChainState, tx: Transaction) -> Verdict:
@@ -95,13 +93,12 @@ class FLChecks:
         limit = cfg.contract.max_blob_bytes
         base = self._model(rnd.base_model, limit)
         updates = [
-            UpdateInput(u.tx, self._decode(u.blob, limit), u.num_samples, u.author)
-            for u in rnd.accepted
+            UpdateInput(u.tx, self._decode(u.blob, limit), u.num_samples) for u in rnd.accepted
         ]
-        history = None
-        if rule_needs_history(cfg.aggregation.rule):
-            history = self.history.history(state, base, lambda d: self._decode(d, limit))
-        result = aggregate(cfg.aggregation, base, updates, history=history)
+        initial = None
+        if rule_needs_initial_model(cfg.aggregation.rule):
+            initial = self._initial_model(cfg.initial_model, limit)
+        result = aggregate(cfg.aggregation, base, updates, initial_state=initial)
         data = result.model_bytes
         if result.model_hash != body["model"] or len(data) != body["model_size"]:
             raise ContractError(
@@ -112,6 +109,12 @@ class FLChecks:
         if self.keep_models and not self.blobs.has(result.model_hash):
             self.blobs.put(data)
         self._remember(result.model_hash, result.new_state)
+
+    def _initial_model(self, digest: str, max_bytes: int) -> dict[str, torch.Tensor]:
+        """The genesis model, decoded once (rules that read the trajectory need it each round)."""
+        if self._initial is None or self._initial[0] != digest:
+            self._initial = (digest, self._decode(digest, max_bytes))
+        return self._initial[1]
 
     def _decode(self, digest: str, max_bytes: int) -> dict[str, torch.Tensor]:
         if not self.blobs.has(digest):

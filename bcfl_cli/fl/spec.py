@@ -86,7 +86,7 @@ class ContractRules(_Spec):
 
 
 #: The aggregation rules a genesis may name (one module each under ``fl/aggregation/``).
-RuleName = Literal["fedavg", "clipped", "median", "trimmed", "krum", "cosine", "cosine_history"]
+RuleName = Literal["fedavg", "clipped", "median", "trimmed", "krum", "cosine", "cosine_trajectory"]
 RULE_NAMES: tuple[str, ...] = get_args(RuleName)
 
 

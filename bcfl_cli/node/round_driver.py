@@ -42,8 +42,7 @@ from bcfl_cli.chain.builder import build_block
 from bcfl_cli.chain.checks import AppChecks, VerdictLike
 from bcfl_cli.chain.state import AcceptedUpdate, ChainState
 from bcfl_cli.errors import BlobError, VerificationError
-from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_history
-from bcfl_cli.fl.history import MemberHistory
+from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
@@ -340,9 +339,7 @@ def _without(txs: list[Transaction], tx_hash: str) -> list[Transaction]:
 
 
 # --- heavy work, run off the event loop ---------------------------------------------------------
-def compute_aggregate(
-    state: ChainState, blobs: BlobStore, history: MemberHistory | None = None
-) -> tuple[str, int]:
+def compute_aggregate(state: ChainState, blobs: BlobStore) -> tuple[str, int]:
     """(model hash, size) of the open round's aggregate; the model blob is stored in ``blobs``.
 
     The same computation as ``FLChecks.check_aggregate`` (fl.aggregation over the accepted
@@ -361,14 +358,13 @@ def compute_aggregate(
 
     base = decode_tensors(load(rnd.base_model), max_bytes=limit)
     updates = [
-        UpdateInput(u.tx, decode_tensors(load(u.blob), max_bytes=limit), u.num_samples, u.author)
+        UpdateInput(u.tx, decode_tensors(load(u.blob), max_bytes=limit), u.num_samples)
         for u in rnd.accepted
     ]
-    context = None
-    if rule_needs_history(cfg.aggregation.rule):
-        members = history if history is not None else MemberHistory()
-        context = members.history(state, base, lambda d: decode_tensors(load(d), max_bytes=limit))
-    result = aggregate(cfg.aggregation, base, updates, history=context)
+    initial = None
+    if rule_needs_initial_model(cfg.aggregation.rule):
+        initial = decode_tensors(load(cfg.initial_model), max_bytes=limit)
+    result = aggregate(cfg.aggregation, base, updates, initial_state=initial)
     data = result.model_bytes
     blobs.put(data)
     return result.model_hash, len(data)

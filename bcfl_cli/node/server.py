@@ -105,9 +105,7 @@ class Node:
         self.genesis_hash = self.genesis.hash
         self.state, self._validator_sets = self._replay()
         self.head = self.ledger.head()
-        fl_checks = FLChecks(self.blobs)
-        self.checks = CachingChecks(fl_checks)
-        self.member_history = fl_checks.history  # one cache for checking and proposing
+        self.checks = CachingChecks(FLChecks(self.blobs))
         self.mempool = Mempool()
         self.peers = Peers(self.key, list(options.peers), self_url=options.url)
         self.alarm: dict[str, Any] | None = self._load_alarm()
@@ -388,9 +386,7 @@ class Node:
                 if not all(self.blobs.has(b) for b in blobs):
                     missing += blobs
                     continue
-                model, size = await self.run_worker(
-                    partial(compute_aggregate, target, self.blobs, self.member_history)
-                )
+                model, size = await self.run_worker(partial(compute_aggregate, target, self.blobs))
                 self._aggregates[AggregateKey.of(target)] = (model, size)
                 self.checks.note_aggregate(target, model, size)
                 while len(self._aggregates) > 8:

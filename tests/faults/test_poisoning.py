@@ -85,16 +85,22 @@ def test_boosted_update_is_rejected_on_chain_and_the_model_still_learns(tmp_path
 
 
 @pytest.mark.timeout(300)
-def test_cosine_history_runs_through_real_nodes_and_every_home_rederives_it(
+def test_cosine_trajectory_runs_through_real_nodes_and_every_home_rederives_it(
     tmp_path: Path,
 ) -> None:
-    # the rule that reads every member's record: the proposer keeps the records round by
-    # round, each validator checks with its own, and verify-chain --deep on every home
-    # rebuilds them from genesis; one disagreement anywhere and the chain would not commit
+    # the one rule that reads more than the round (the genesis model too): the proposer
+    # computes it, every validator recomputes it before voting and verify-chain --deep
+    # recomputes it on every home; one disagreement anywhere and the chain would not commit
     # or would not verify
     rounds = 4
     run = _run(
-        tmp_path, members=4, rounds=rounds, attackers=1, attack="ipm", rule="cosine_history", seed=0
+        tmp_path,
+        members=4,
+        rounds=rounds,
+        attackers=1,
+        attack="ipm",
+        rule="cosine_trajectory",
+        seed=0,
     )
     data = run.to_dict()
     assert len(data["accuracy"]) == rounds
@@ -103,7 +109,7 @@ def test_cosine_history_runs_through_real_nodes_and_every_home_rederives_it(
     assert all(m["accepted"] == rounds for m in honest), honest
     curve = [run.initial_accuracy or 0.0, *data["accuracy"]]
     assert curve[-1] > curve[0] + 0.3, curve
-    save_figures("poisoning_cosine_history_short", _summary(run))
+    save_figures("poisoning_cosine_trajectory_short", _summary(run))
 
 
 MATRIX_ATTACKS = ["sign-flip", "scaling", "label-flip", "noise", "free-rider", "alie", "ipm"]

@@ -26,7 +26,7 @@ SPECS = [
     AggregationSpec(rule="trimmed", trim_beta=0.2),
     AggregationSpec(rule="krum", krum_f=1, krum_m=3),
     AggregationSpec(rule="cosine"),
-    AggregationSpec(rule="cosine_history"),
+    AggregationSpec(rule="cosine_trajectory"),
 ]
 
 
@@ -267,7 +267,7 @@ def test_every_shipped_rule_is_registered() -> None:
         "trimmed",
         "krum",
         "cosine",
-        "cosine_history",
+        "cosine_trajectory",
     }
 
 

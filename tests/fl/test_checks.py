@@ -203,7 +203,7 @@ def test_a_wrong_aggregate_breaks_the_block(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "rule", ["fedavg", "clipped", "median", "trimmed", "krum", "cosine", "cosine_history"]
+    "rule", ["fedavg", "clipped", "median", "trimmed", "krum", "cosine", "cosine_trajectory"]
 )
 def test_arrival_order_does_not_change_the_model(tmp_path: Path, rule: str) -> None:
     models = []

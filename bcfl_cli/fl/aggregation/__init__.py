@@ -11,7 +11,7 @@ from __future__ import annotations
 from bcfl_cli.fl.aggregation import (
     clipped,
     cosine,
-    cosine_history,
+    cosine_trajectory,
     fedavg,
     krum,
     median,
@@ -26,7 +26,7 @@ from bcfl_cli.fl.aggregation.base import (
     aggregate,
     aggregate_hash,
     register,
-    rule_needs_history,
+    rule_needs_initial_model,
 )
 
 __all__ = [
@@ -39,11 +39,11 @@ __all__ = [
     "aggregate_hash",
     "clipped",
     "cosine",
-    "cosine_history",
+    "cosine_trajectory",
     "fedavg",
     "krum",
     "median",
     "register",
-    "rule_needs_history",
+    "rule_needs_initial_model",
     "trimmed",
 ]

@@ -21,16 +21,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, TypeGuard
+from typing import Protocol, TypeGuard
 
 import torch
 
 from bcfl_cli.errors import ContractError
 from bcfl_cli.fl.spec import AggregationSpec
 from bcfl_cli.fl.tensors import encode_tensors
-
-if TYPE_CHECKING:
-    from bcfl_cli.fl.history import History
 
 #: Values allowed in the ``params`` of an aggregate transaction (floats as decimal strings).
 Params = dict[str, str | int]
@@ -39,13 +36,11 @@ State = Mapping[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class UpdateInput:
-    """One accepted update: its transaction hash, its weight delta, its claimed sample count
-    and its author's did (read only by rules that weigh a member's history)."""
+    """One accepted update: its transaction hash, its weight delta, its claimed sample count."""
 
     hash: str
     delta: State
     num_samples: int
-    author: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,35 +89,38 @@ class Prepared:
     hash: str
     delta: dict[str, torch.Tensor]
     num_samples: int
-    author: str = ""
 
 
-class HistoryRule(Rule, Protocol):
-    """A rule that also reads the members' history (``bcfl_cli.fl.history.History``).
+class TrajectoryRule(Rule, Protocol):
+    """A rule that also reads how far the global model has moved since genesis.
 
-    ``aggregate`` passes ``None`` when the caller has none: the rule must then behave as in a
-    chain's first round (no earlier contribution, the global model still at genesis).
+    ``trajectory`` is the global model minus the genesis ``initial_model`` (float64, exact for
+    float32 models), or ``None`` when the caller gave no initial model: the rule must then
+    behave as in a chain's first round (the global model still at genesis).
     """
 
-    needs_history: bool
+    needs_initial_model: bool
 
-    def combine_with_history(
-        self, spec: AggregationSpec, updates: Sequence[Prepared], history: History | None
+    def combine_along(
+        self,
+        spec: AggregationSpec,
+        updates: Sequence[Prepared],
+        trajectory: dict[str, torch.Tensor] | None,
     ) -> Combined: ...
 
 
 RULES: dict[str, Rule] = {}
 
 
-def needs_history(rule: Rule) -> TypeGuard[HistoryRule]:
-    """Whether ``rule`` reads the members' history (so callers must build one)."""
-    return bool(getattr(rule, "needs_history", False))
+def reads_trajectory(rule: Rule) -> TypeGuard[TrajectoryRule]:
+    """Whether ``rule`` reads the global model's movement since genesis."""
+    return bool(getattr(rule, "needs_initial_model", False))
 
 
-def rule_needs_history(name: str) -> bool:
-    """Whether the registered rule ``name`` reads the members' history."""
+def rule_needs_initial_model(name: str) -> bool:
+    """Whether the registered rule ``name`` must be given the genesis ``initial_model``."""
     rule = RULES.get(name)
-    return rule is not None and needs_history(rule)
+    return rule is not None and reads_trajectory(rule)
 
 
 def register(rule: Rule) -> Rule:
@@ -213,8 +211,17 @@ def _prepare(global_state: State, items: Sequence[UpdateLike]) -> list[Prepared]
         if u.num_samples < 1:
             raise ContractError("samples_out_of_bounds", f"update {u.hash} has no samples")
         delta = {k: to_float64(u.delta[k]) for k in sorted(u.delta)}
-        prepared.append(Prepared(u.hash, delta, u.num_samples, u.author))
+        prepared.append(Prepared(u.hash, delta, u.num_samples))
     return prepared
+
+
+def _trajectory(global_state: State, initial_state: State | None) -> dict[str, torch.Tensor] | None:
+    if initial_state is None:
+        return None
+    expected = {k: tuple(v.shape) for k, v in global_state.items()}
+    if {k: tuple(v.shape) for k, v in initial_state.items()} != expected:
+        raise ContractError("wrong_shape", "the initial model does not match the global model")
+    return {k: to_float64(global_state[k]) - to_float64(initial_state[k]) for k in sorted(expected)}
 
 
 def aggregate(
@@ -223,19 +230,20 @@ def aggregate(
     updates: Sequence[UpdateLike],
     *,
     rules: Mapping[str, Rule] | None = None,
-    history: History | None = None,
+    initial_state: State | None = None,
 ) -> AggregateResult:
     """The next global model under ``spec.rule``; the same bits whatever the update order.
 
-    ``history`` is read only by a rule that ``needs_history`` (see ``HistoryRule``).
+    ``initial_state`` (the genesis model) is read only by a rule that needs it (see
+    ``TrajectoryRule``); callers on a chain pass it whenever ``rule_needs_initial_model``.
     """
     registry = RULES if rules is None else rules
     rule = registry.get(spec.rule)
     if rule is None:
         raise ContractError("unknown_rule", f"no aggregation rule named {spec.rule!r}")
     prepared = _prepare(global_state, updates)
-    if needs_history(rule):
-        combined = rule.combine_with_history(spec, prepared, history)
+    if reads_trajectory(rule):
+        combined = rule.combine_along(spec, prepared, _trajectory(global_state, initial_state))
     else:
         combined = rule.combine(spec, prepared)
     new_state = {}

@@ -52,7 +52,7 @@ def median_norm(norms: Sequence[float]) -> float:
 
 
 def cosine_trust(updates: Sequence[Prepared]) -> Combined:
-    """The whole rule over ``updates`` (hash order); ``cosine_history`` runs it on a subset."""
+    """The whole rule over ``updates`` (hash order); ``cosine_trajectory`` runs it on a subset."""
     reference = coordinate_median(updates)
     scores, norms = trust_scores(updates, reference)
     total = sum(scores)  # left to right in hash order: the same float everywhere
