@@ -9,6 +9,11 @@ commits). After the last fault all nodes must agree within 20 s; then every stor
 block by block and ``verify-chain --deep`` passes on all four.
 
 The CI version injects 3 kills and a pause; the ``slow`` one runs 3 minutes (20+ kills).
+
+Cut off and heal: each node is reached through a proxy (``netcut.py``) that can blackhole
+every connection to and from one node while it keeps running; the other three must keep
+committing, the cut node must commit nothing it did not see, and once healed it must catch up
+to the same head within 20 s; then the stores are compared and verified as above.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from tests.faults.helpers import (
     verify_all,
     wait_until,
 )
+from tests.faults.netcut import NetCut
 
 pytestmark = [pytest.mark.network]
 
@@ -125,3 +131,77 @@ def test_kill9_and_pause_short(consortium: MakeConsortium) -> None:
 @pytest.mark.timeout(900)
 def test_kill9_and_pause_long(consortium: MakeConsortium) -> None:
     _crash_run(consortium, fault_s=180.0, every_s=3.0, seed=11, min_kills=20)
+
+
+@pytest.mark.timeout(300)
+def test_cut_off_and_heal(consortium: MakeConsortium) -> None:
+    c = consortium(members(NAMES), plan(min_updates=3, deadline_blocks=15))
+    net = NetCut({n: c.members[n].port for n in NAMES}, {n: c.members[n].did for n in NAMES})
+    try:
+        for name in NAMES:
+            peers = [net.url(other) for other in NAMES if other != name]
+            c.start(name, peers=peers, extra=["--advertise", net.url(name)])
+        for name in NAMES:
+            c.wait_ready(name, timeout=120)
+        watch = ChainWatch(c)
+        wait_until(lambda: c.heights()["alice"] >= 2, 90, "the first blocks", c)
+        watch.observe()
+        start_height = watch.height
+        cuts = []
+        for victim, cut_s in (("dave", 8.0), ("bob", 15.0)):
+            others = [n for n in NAMES if n != victim]
+            top = max(c.heights().values())
+            wait_until(lambda: converged(c, NAMES, top), 60, "all four caught up", c)
+            before = c.heights()
+            net.cut_off(victim)
+            began = time.monotonic()
+            # the three others keep committing without it (quorum 3 of 4)
+            wait_until(
+                lambda: min(c.heights(others).values()) >= max(before.values()) + 3,
+                60,
+                "3 of 4 commit while one is cut off",
+                c,
+            )
+            time.sleep(max(0.0, cut_s - (time.monotonic() - began)))
+            watch.observe()
+            cut_height = c.heights([victim])[victim]
+            # cut off, it can finish at most the height it had in flight
+            assert cut_height <= before[victim] + 1, (victim, before, cut_height)
+            committed = max(c.heights(others).values()) - max(before.values())
+            net.heal(victim)
+            healed = time.monotonic()
+            target = max(c.heights(others).values())
+            recovery_s = wait_until(
+                lambda: converged(c, NAMES, target), RECOVERY_BOUND_S, "the healed node", c
+            )
+            watch.observe()
+            cuts.append(
+                {
+                    "node": victim,
+                    "cut_s": round(healed - began, 1),
+                    "blocks_committed_by_the_others": committed,
+                    "its_height_at_the_cut": before[victim],
+                    "its_height_when_healed": cut_height,
+                    "recovery_s": round(recovery_s, 2),
+                }
+            )
+        for name in NAMES:
+            assert c.status(name)["alarm"] is None
+            assert c.stop(name) == 0, c.log(name)
+        compared = watch.check_stores()
+        reports = verify_all(c)
+        assert all(r["ok"] and r["deep"] for r in reports.values()), reports
+        save_figures(
+            "cut_off_and_heal",
+            {
+                "cuts": cuts,
+                "blocks_committed": watch.height - start_height,
+                "blocks_lost": 0,
+                "blocks_changed": 0,
+                "block_sightings_compared": watch.sightings,
+                "stored_blocks_compared": compared,
+                "bytes_dropped_by_the_cuts": net.dropped_bytes,
+            },
+        )
+    finally:
+        net.close()
