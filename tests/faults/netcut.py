@@ -14,10 +14,12 @@ forwards again. The test's own status reads go to the nodes' own ports and are n
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from bcfl_cli.demo.launcher import free_ports
 
@@ -69,13 +71,13 @@ class NetCut:
         self._loop.close()
 
     # --- inside the loop ------------------------------------------------------------------------
-    def _call(self, coro: object) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)  # type: ignore[arg-type]
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=10)
 
     async def _start(self) -> None:
         for name, port in self.ports.items():
             server = await asyncio.start_server(
-                lambda r, w, target=name: self._serve(r, w, target), "127.0.0.1", port
+                functools.partial(self._serve, target=name), "127.0.0.1", port
             )
             self._servers.append(server)
 

@@ -23,6 +23,7 @@ import time
 
 import pytest
 
+from bcfl_cli.demo.launcher import LocalConsortium
 from tests.faults.helpers import (
     ChainWatch,
     MakeConsortium,
@@ -97,12 +98,7 @@ def _crash_run(
     committed = watch.height - start_height
     assert committed >= 3 * kills // 2, f"only {committed} blocks committed under faults"
     rounds_closed = c.status("alice")["round"]["number"] - 1
-    for name in NAMES:
-        assert c.status(name)["alarm"] is None
-        assert c.stop(name) == 0, c.log(name)
-    compared = watch.check_stores()
-    reports = verify_all(c)
-    assert all(r["ok"] and r["deep"] for r in reports.values()), reports
+    compared = _stop_and_verify(c, watch)
     save_figures(
         f"crash_faults_{int(fault_s)}s",
         {
@@ -120,6 +116,17 @@ def _crash_run(
             "final_height": watch.height,
         },
     )
+
+
+def _stop_and_verify(c: LocalConsortium, watch: ChainWatch) -> int:
+    """Stop every node cleanly, compare every store block by block, deep-verify every home."""
+    for name in NAMES:
+        assert c.status(name)["alarm"] is None
+        assert c.stop(name) == 0, c.log(name)
+    compared = watch.check_stores()
+    reports = verify_all(c)
+    assert all(r["ok"] and r["deep"] for r in reports.values()), reports
+    return compared
 
 
 @pytest.mark.timeout(300)
@@ -185,12 +192,7 @@ def test_cut_off_and_heal(consortium: MakeConsortium) -> None:
                     "recovery_s": round(recovery_s, 2),
                 }
             )
-        for name in NAMES:
-            assert c.status(name)["alarm"] is None
-            assert c.stop(name) == 0, c.log(name)
-        compared = watch.check_stores()
-        reports = verify_all(c)
-        assert all(r["ok"] and r["deep"] for r in reports.values()), reports
+        compared = _stop_and_verify(c, watch)
         save_figures(
             "cut_off_and_heal",
             {
