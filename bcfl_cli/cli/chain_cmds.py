@@ -204,11 +204,14 @@ def inspect_cmd(
 
 
 def _resolve(ledger: Ledger, target: str) -> Block | tuple[Transaction, int]:
-    if target.isdigit():
+    if target.isascii() and target.isdigit():
+        # a height when the chain has one; else, from 6 digits on, a hash prefix that happens
+        # to be all digits (about 1 in 280 twelve-digit prefixes is)
         height = int(target)
-        if height > ledger.height:
+        if height <= ledger.height:
+            return ledger.block(height)
+        if len(target) < 6:
             raise UsageError(f"no block at height {height}: the head is {ledger.height}")
-        return ledger.block(height)
     if not target or any(c not in "0123456789abcdef" for c in target):
         raise UsageError(f"{target!r} is neither a height nor a hash")
     if len(target) < 6:
@@ -226,6 +229,11 @@ def _resolve(ledger: Ledger, target: str) -> Block | tuple[Transaction, int]:
         ("tx", h) for h in ledger.find_tx_hashes(target)
     ]
     if not matches:
+        if target.isdigit():
+            raise UsageError(
+                f"no block at height {target} (the head is {ledger.height}) "
+                f"and no block or transaction hash starts with {target}"
+            )
         raise UsageError(f"no block or transaction hash starts with {target}")
     if len(matches) > 1:
         raise UsageError(f"{target} is ambiguous: {len(matches)} hashes start with it")

@@ -86,3 +86,29 @@ def test_log_and_inspect(tmp_path):
 def test_usage_errors_exit_2(tmp_path):
     assert _run("verify-chain", "--bogus").exit_code == 2
     assert _run("log", "--limit", "0", "--home", tmp_path).exit_code == 2
+
+
+def test_inspect_reads_an_all_digit_hash_prefix_past_the_head_as_a_prefix(tmp_path, monkeypatch):
+    # about 1 in 280 twelve-hex-digit prefixes is all digits; such a prefix used to be read
+    # as a height past the head and refused (a flaky failure of the test above)
+    c = realistic_chain(tmp_path)
+    c.ledger.close()
+    tx = c.blocks[3].txs[2]
+    prefix = "123456789012"
+    from bcfl_cli.store.ledger import Ledger
+
+    real = Ledger.find_tx_hashes
+    monkeypatch.setattr(
+        Ledger,
+        "find_tx_hashes",
+        lambda self, p, **kw: [tx.hash] if p == prefix else real(self, p, **kw),
+    )
+    shown = json.loads(_run("inspect", prefix, "--home", tmp_path, "--json").stdout)
+    assert shown["hash"] == tx.hash
+    # a short number past the head is still a height
+    missing = _run("inspect", "99", "--home", tmp_path)
+    assert missing.exit_code != 0 and "height 99" in missing.output
+    # a long one that is neither says both
+    neither = _run("inspect", "999999", "--home", tmp_path)
+    assert neither.exit_code != 0
+    assert "height 999999" in neither.output and "starts with 999999" in neither.output
