@@ -51,9 +51,14 @@ def median_norm(norms: Sequence[float]) -> float:
     return ordered[(len(ordered) - 1) // 2]
 
 
-def cosine_trust(updates: Sequence[Prepared]) -> Combined:
-    """The whole rule over ``updates`` (hash order); ``cosine_trajectory`` runs it on a subset."""
-    reference = coordinate_median(updates)
+def cosine_trust(
+    updates: Sequence[Prepared], median: dict[str, torch.Tensor] | None = None
+) -> Combined:
+    """The whole rule over ``updates`` (hash order); ``cosine_trajectory`` runs it on a subset.
+
+    ``median``: the coordinate-wise median of exactly ``updates``, when the caller has it.
+    """
+    reference = coordinate_median(updates) if median is None else median
     scores, norms = trust_scores(updates, reference)
     total = sum(scores)  # left to right in hash order: the same float everywhere
     if total == 0.0:

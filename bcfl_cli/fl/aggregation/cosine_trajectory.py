@@ -38,12 +38,15 @@ from bcfl_cli.fl.spec import AggregationSpec
 
 
 def agreeing(
-    updates: Sequence[Prepared], trajectory: dict[str, torch.Tensor] | None
+    updates: Sequence[Prepared],
+    trajectory: dict[str, torch.Tensor] | None,
+    median: dict[str, torch.Tensor],
 ) -> list[Prepared]:
-    """The updates whose delta has a positive inner product with the consortium's direction."""
-    direction = coordinate_median(updates)
+    """The updates whose delta has a positive inner product with the consortium's direction
+    (``median`` is the coordinate-wise median of ``updates``)."""
+    direction = median
     if trajectory is not None:
-        direction = {name: trajectory[name] + direction[name] for name in direction}
+        direction = {name: trajectory[name] + median[name] for name in median}
     return [u for u in updates if dot(u.delta, direction) > 0.0]
 
 
@@ -60,7 +63,11 @@ class CosineTrajectory:
         updates: Sequence[Prepared],
         trajectory: dict[str, torch.Tensor] | None,
     ) -> Combined:
-        return cosine_trust(agreeing(updates, trajectory) or updates)
+        median = coordinate_median(updates)
+        kept = agreeing(updates, trajectory, median)
+        if kept and len(kept) < len(updates):
+            return cosine_trust(kept)
+        return cosine_trust(updates, median)  # all agree, or none: the median is already known
 
 
 register(CosineTrajectory())
