@@ -44,7 +44,7 @@ def train(
         typer.Option(
             "--seed",
             min=0,
-            max=2**63 - 1,
+            max=2**53 - 1,
             help="Seed for a reproducible run (default: random; never fix it with DP on).",
         ),
     ] = None,

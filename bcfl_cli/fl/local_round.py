@@ -9,7 +9,8 @@ with a ``.json`` sidecar whose fields ``round``, ``base_model``, ``blob``, ``blo
 
 The sidecar stays on the member's machine. It records the seed so a run can be repeated, except
 under differential privacy: whoever knows the seed knows the noise, so it is left out there, and
-the default seed is always drawn from the OS's secure random source.
+the default seed is always drawn from the OS's secure random source. Seeds stay below 2^53 (53
+random bits): the sidecar is read back by the strict I-JSON parser, which refuses larger integers.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from bcfl_cli.home import Home
 from bcfl_cli.store.ledger import Ledger
 
 SIDECAR_VERSION = 1
+# The sidecar is JSON read back by `bcfl submit` with the protocol's I-JSON parser, whose integers
+# stop at 2^53 - 1: a default seed of 63 bits broke train-then-submit on almost every run.
+SEED_BITS = 53
+MAX_SEED = (1 << SEED_BITS) - 1
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,9 @@ def train_for_round(
             )
         except ContractError as exc:
             raise StoreError(f"global model {target.base_model} unreadable: {exc}") from exc
-        run_seed = secrets.randbits(63) if seed is None else seed
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise UsageError(f"seed {seed} is outside 0..{MAX_SEED} (2^53 - 1)")
+        run_seed = secrets.randbits(SEED_BITS) if seed is None else seed
         dev = pick_device(device)
         started = time.monotonic()
         result = train_local(

@@ -17,10 +17,11 @@ from bcfl_cli.consortium.example import filled_example
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.fl import models
 from bcfl_cli.fl.data import load_csv
-from bcfl_cli.fl.local_round import update_tx_body
+from bcfl_cli.fl.local_round import MAX_SEED, update_tx_body
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import apply_delta, evaluate
 from bcfl_cli.home import Home
+from bcfl_cli.node.operations import read_update
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import TxKind, make_tx, validate_body
 from bcfl_cli.store.ledger import Ledger
@@ -154,3 +155,22 @@ def test_data_split_cli(tmp_path: Path) -> None:
     assert [m["rows"] for m in report["members"]] == [114, 114, 114, 114]
     both = runner.invoke(app, [*args, "--iid", "--dirichlet", "1"])
     assert both.exit_code == 2 and "exclude each other" in both.output
+
+
+def test_train_then_submit_reader_at_default_options(tmp_path: Path) -> None:
+    """The path a member types: ``bcfl train`` with no --seed, then ``bcfl submit`` reads the
+    sidecar with the strict I-JSON parser. A 63-bit default seed broke this on ~999 of 1000 runs;
+    three default runs in a row all pass only if every drawn seed fits in I-JSON."""
+    home = make_consortium_home(tmp_path)
+    for _ in range(3):
+        done = train(home, "--json", "--force")
+        assert done.exit_code == 0, done.output
+        side = json.loads(done.stdout)
+        assert 0 <= side["local"]["seed"] <= MAX_SEED
+        update = read_update(Path(side["file"]))
+        assert update.blob == side["blob"] and update.round == 1
+
+
+def test_train_refuses_a_seed_past_ijson() -> None:
+    home_less = runner.invoke(app, ["train", "--data", str(PART), "--seed", str(2**53)])
+    assert home_less.exit_code == 2 and "--seed" in home_less.output
