@@ -8,6 +8,11 @@ error handling lives in the root group's ``invoke``, so that the installed comma
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -36,8 +41,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 _state = {"verbose": False}
 
 
-def report_error(exc: BcflError) -> None:
-    """Print a BcflError as one line (plus its hint), with the traceback under --verbose."""
+def report_error(exc: BcflError, *, as_json: bool = False) -> None:
+    """Print a BcflError as one line (plus its hint), with the traceback under --verbose.
+
+    Under ``--json`` the error is also one JSON document on stdout, so a script that parses the
+    command's output gets a verdict on failure too (the human line still goes to stderr).
+    """
+    if as_json:
+        error = {"message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}
+        sys.stdout.write(json.dumps({"error": error}, indent=2, sort_keys=True) + "\n")
+        sys.stdout.flush()
     err = Console(stderr=True, emoji=False, highlight=False)
     if _state["verbose"]:
         err.print_exception(show_locals=False)
@@ -46,12 +59,44 @@ def report_error(exc: BcflError) -> None:
         err.print(f"[dim]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
 
 
+def _hide_flag_types(command: Any) -> None:
+    """Show a boolean flag as ``--force``, not ``--force <bool>`` (Typer's rich help labels every
+    option with its type, and a flag takes no value). Duck-typed: Typer vendors its own click."""
+    for param in getattr(command, "params", ()):
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    make_help = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = make_help(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _hide_flag_types(sub)
+
+
 class _BcflGroup(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _hide_flag_types(self)
+
+    def get_params(self, ctx: Any) -> Any:
+        params = super().get_params(ctx)
+        for param in params:  # the completion options are added after __init__
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+        return params
+
     def invoke(self, ctx: Any) -> Any:
+        pending = [*getattr(ctx, "_protected_args", ()), *getattr(ctx, "args", ())]
+        as_json = "--json" in pending
         try:
             return super().invoke(ctx)
         except BcflError as exc:
-            report_error(exc)
+            report_error(exc, as_json=as_json)
             raise typer.Exit(exc.exit_code) from None
 
 
@@ -61,17 +106,59 @@ app = typer.Typer(
     help="Federated learning for a permissioned consortium on a replicated, verifiable ledger.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # locals could hold key material
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def bcfl_version() -> str:
+    try:
+        return version("bcfl")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"bcfl {bcfl_version()}\n")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")
     ] = False,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help="Member home for every subcommand (same as the subcommand's --home or "
+            "$BCFL_HOME; a subcommand's own --home wins).",
+            show_default=False,
+        ),
+    ] = None,
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version."
+        ),
+    ] = False,
 ) -> None:
     _state["verbose"] = verbose
+    if home is not None:
+        # Subcommands read --home with $BCFL_HOME as its fallback; the root option sets that
+        # fallback for this one command and puts the old value back when it ends.
+        previous = os.environ.get("BCFL_HOME")
+        os.environ["BCFL_HOME"] = str(home)
+        ctx.call_on_close(lambda: _restore_env("BCFL_HOME", previous))
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _register_all() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import typer
@@ -20,6 +21,23 @@ from bcfl_cli.node.operations import NodeApi, local_status, node_status, node_ur
 def _short(value: Any, n: int = 16) -> str:
     text = str(value) if value is not None else "-"
     return text[:n] if len(text) > n else text
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _ago(ms: Any, now_ms: int | None = None) -> str:
+    """A peer's last contact as "4 s ago", not as raw epoch milliseconds."""
+    if not isinstance(ms, int) or isinstance(ms, bool) or ms <= 0:
+        return "never"
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    seconds = max(0, now - ms) // 1000
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
 
 
 def render_alarm(alarm: Any) -> None:
@@ -56,8 +74,8 @@ def render_status(status: dict[str, Any]) -> None:
         deadline = f", deadline height {rnd['deadline_height']}"
     rows = [
         ("genesis", status.get("genesis", "-")),
-        ("height", status.get("height", "-")),
-        ("head", status.get("head", "-")),
+        ("height", _cell(status.get("height"))),
+        ("head", _cell(status.get("head"))),
         (
             "round",
             f"{rnd.get('number', '-')}{of} ({rnd.get('state', '-')}, "
@@ -80,8 +98,8 @@ def render_status(status: dict[str, Any]) -> None:
             (
                 p.get("url", "-"),
                 _short(p.get("did"), 24),
-                p.get("height", "-"),
-                p.get("last_seen"),
+                _cell(p.get("height")),
+                _ago(p.get("last_seen")),
                 _stream(p),
             )
             for p in peers
