@@ -247,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         root = args.keep or Path(tempfile.mkdtemp(prefix="bcfl-breakdown-"))
         root.mkdir(parents=True, exist_ok=True)
+        # votes, timeouts and proposals are logged at debug level; this analysis reads them
+        os.environ["BCFL_LOG_LEVEL"] = "debug"
         with LocalConsortium(root, DIGITS_MLP, PLAN, args.members, args.rounds) as consortium:
             consortium.start_all()
             started = time.perf_counter()

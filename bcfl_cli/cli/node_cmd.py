@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 import os
@@ -19,6 +20,13 @@ from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 
 DEFAULT_LISTEN = "127.0.0.1:7420"
+
+
+class LogLevel(str, enum.Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
 
 
 def _split_listen(value: str) -> tuple[str, int]:
@@ -60,6 +68,16 @@ def node(
     log_json: Annotated[
         bool, typer.Option("--log-json", help="One JSON object per log line.")
     ] = False,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            "--log-level",
+            envvar="BCFL_LOG_LEVEL",
+            case_sensitive=False,
+            help="debug shows every vote, timeout and proposal; info shows commits, rounds, "
+            "peers and refusals.",
+        ),
+    ] = LogLevel.info,
     empty_block_interval: Annotated[
         float,
         typer.Option(
@@ -120,7 +138,11 @@ def node(
     resolved = Home.resolve(home)
     host, port = _split_listen(listen)
     identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
-    setup_logging(json_lines=log_json, log_file=resolved.node_dir / "node.log")
+    setup_logging(
+        json_lines=log_json,
+        log_file=resolved.node_dir / "node.log",
+        level=logging.getLevelNamesMapping()[log_level.value.upper()],
+    )
     peers = list(iter_peers(peer)) if peer else _saved_peers(resolved)
     options = NodeOptions(
         host=host,

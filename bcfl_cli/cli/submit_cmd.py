@@ -22,8 +22,10 @@ from rich.progress import (
 from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.errors import NodeError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity, passphrase_from
+from bcfl_cli.node.client import PeerUnreachable
 from bcfl_cli.node.operations import (
     DEFAULT_WAIT_S,
     NodeApi,
@@ -112,13 +114,27 @@ def submit(
     update_file = read_update(path)
     url = node_url(member_home, node)
     identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
-    with (
-        NodeApi(url, identity.signing_key) as api,
-        transfer_progress(f"uploading {path.name}", enabled=not json_out) as progress,
-    ):
-        outcome = submit_update(
-            member_home, identity.signing_key, api, update_file, wait_s=timeout, progress=progress
-        )
+    try:
+        with (
+            NodeApi(url, identity.signing_key) as api,
+            transfer_progress(f"uploading {path.name}", enabled=not json_out) as progress,
+        ):
+            outcome = submit_update(
+                member_home,
+                identity.signing_key,
+                api,
+                update_file,
+                wait_s=timeout,
+                progress=progress,
+            )
+    except PeerUnreachable as exc:
+        if node:
+            raise
+        raise NodeError(
+            f"this member's node does not answer at {url} ({exc.message})",
+            hint=f"start it with `bcfl node --home {member_home.root}` "
+            "(it records its address in HOME/node/node.json), or pass --node URL",
+        ) from exc
     for miss in outcome.unreached:
         render.warn(f"update blob not pushed to peer {miss}")
     if json_out:

@@ -132,7 +132,8 @@ def _parse(path: Path, rows_iter: Iterator[list[str]], label_column: str) -> Tab
     if label_column not in header:
         raise UsageError(
             f"{path}: no label column {label_column!r} in the header",
-            hint="name it with --label-column (or training.label_column in the genesis)",
+            hint=f"rename the CSV's label column to {label_column!r} (the name the consortium "
+            "fixed in training.label_column; `bcfl data split` also takes --label-column)",
         )
     if len(header) < 2:
         raise UsageError(f"{path}: no feature columns besides {label_column!r}")

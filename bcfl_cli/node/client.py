@@ -61,6 +61,10 @@ class PeerRefused(NodeError):
         self.code = code
 
 
+class PeerUnreachable(NodeError):
+    """No answer at all (refused connection, timeouts, 5xx after every retry)."""
+
+
 class SignedClient:
     """Signs every request with ``identity_key``; use as a context manager or call close()."""
 
@@ -218,7 +222,7 @@ class SignedClient:
             finally:
                 response.close()
             return
-        raise NodeError(
+        raise PeerUnreachable(
             f"{method} {self.base_url}{path}: no answer after {self.retries + 1} attempts "
             f"({last_error})",
             hint="check that the peer is running and reachable (bcfl status on that machine)",

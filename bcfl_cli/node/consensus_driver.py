@@ -291,7 +291,7 @@ class ConsensusDriver:
 
     def _log_timeout(self, event: TimeoutFired) -> None:
         if self._moves_engine(event):
-            log.info(
+            log.debug(
                 "timeout",
                 extra=fields(kind=event.kind.value, height=event.height, round=event.round),
             )
@@ -315,7 +315,7 @@ class ConsensusDriver:
                 log.error("not voting: %s", exc.message)
                 return
             wire = vote.to_dict()
-            log.info(
+            log.debug(
                 "voted",
                 extra=fields(
                     type=vote.type.value,
@@ -518,7 +518,7 @@ class ConsensusDriver:
             on_dropped=node.drop_from_mempool,
         )
         self._store_validity(block.hash, state.head_hash, Validity.VALID, new_state)
-        log.info(
+        log.debug(
             "proposing",
             extra=fields(height=height, round=round, block=block.hash, txs=len(block.txs)),
         )

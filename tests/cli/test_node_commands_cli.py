@@ -181,3 +181,23 @@ def test_members_approve_with_a_lagging_or_nodeless_home(
     approved = bcfl("members", "approve", "erin", "--home", str(stale), "--json")
     assert approved.exit_code == 0, approved.output
     assert json.loads(approved.stdout)["approvals"] == 1
+
+
+def test_submit_when_this_members_node_is_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.network.cluster import free_ports
+    from tests.node._node_harness import consortium_home
+
+    home = consortium_home(tmp_path)
+    train_for_round(home, part(1), seed=1)
+    home.node_dir.mkdir(parents=True, exist_ok=True)
+    port = free_ports(1)[0]  # nothing listens there
+    (home.node_dir / "node.json").write_text(json.dumps({"listen": f"127.0.0.1:{port}"}))
+    monkeypatch.setattr(submit_cmd, "load_identity", lambda *_a, **_k: Identity("a", key("alice")))
+    monkeypatch.setenv("BCFL_PASSPHRASE", PASSPHRASE.decode())
+    result = bcfl("submit", "--home", str(home.root), "--timeout", "5", "--json")
+    assert result.exit_code == 1
+    error = json.loads(result.stdout)["error"]
+    assert "this member's node does not answer" in error["message"]
+    assert f"bcfl node --home {home.root}" in error["hint"]
