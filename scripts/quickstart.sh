@@ -24,9 +24,17 @@ done
 step "2. The consortium file, filled with the members' dids"
 "$BCFL" consortium example "${members[@]}" --out "$DEMO/consortium.toml"
 
-step "3. Genesis: its hash is the consortium's identity"
+step "3. Genesis: its hash is the consortium's identity; every founder inits at the same time"
 "$BCFL" init "$DEMO/consortium.toml" --home "$DEMO/alice"
 "$BCFL" log --home "$DEMO/alice"
+t=$("$BCFL" inspect 0 --home "$DEMO/alice" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["time"])')
+genesis=$("$BCFL" inspect 0 --home "$DEMO/alice" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
+for m in bob carol dave; do
+  "$BCFL" init "$DEMO/consortium.toml" --time-ms "$t" --home "$DEMO/$m" --json >/dev/null
+  theirs=$("$BCFL" inspect 0 --home "$DEMO/$m" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
+  [ "$theirs" = "$genesis" ] || { echo "$m's genesis $theirs differs from alice's $genesis" >&2; exit 1; }
+done
+echo "all four founders hold genesis $genesis"
 
 step "4. Verify the chain from genesis"
 "$BCFL" verify-chain --home "$DEMO/alice"

@@ -97,6 +97,14 @@ def init(
     render.info(
         "Members pin the genesis hash: it names this consortium. Check it with `bcfl verify-chain`."
     )
+    others = [m.name for m in config.members if m.name != result.local_member]
+    if others:
+        render.info(
+            f"Every other founder ({', '.join(others)}) runs, in its own home, `bcfl init "
+            f"{config_file} --time-ms {result.genesis.header.time} --home THEIR_HOME` and "
+            "compares the genesis hash with this one. Founders never run `bcfl join`: that is "
+            "for organisations that are not in the consortium file."
+        )
 
 
 def _time_text(ms: int) -> str:

@@ -361,7 +361,12 @@ def join_consortium(
     did = _did(key)
     member = remote.state.member(did)
     if member is not None:
-        raise UsageError(f"{did} is already a member of {remote.consortium} ({member.status})")
+        raise UsageError(
+            f"{did} is already a member of {remote.consortium} ({member.status})",
+            hint="a founding member does not join: it runs `bcfl init CONSORTIUM.toml --time-ms "
+            f"{remote.block.header.time} --home HOME` (the genesis time the other founders "
+            "used) and compares the genesis hash",
+        )
     created = _pin_genesis(home, api, remote, progress)
     body = {"name": name, "roles": sorted(roles), "power": power}
     tx = make_tx(key, remote.hash, TxKind.JOIN_REQUEST, body)

@@ -201,3 +201,33 @@ def test_submit_when_this_members_node_is_down(
     error = json.loads(result.stdout)["error"]
     assert "this member's node does not answer" in error["message"]
     assert f"bcfl node --home {home.root}" in error["hint"]
+
+
+def test_a_founder_that_runs_join_is_told_to_init(
+    local: LocalNode, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(join_cmd, "load_identity", lambda *_a, **_k: Identity("bob", key("bob")))
+    result = bcfl(
+        "join", URL, "--home", str(tmp_path / "bob"), "--genesis-hash", local.node.genesis_hash,
+        "--json",
+    )  # fmt: skip
+    assert result.exit_code == 2
+    error = json.loads(result.stdout)["error"]
+    assert "already a member" in error["message"]
+    assert "does not join" in error["hint"] and "--time-ms" in error["hint"]
+    assert not (tmp_path / "bob" / "chain.sqlite").exists()  # nothing pinned
+
+
+def test_init_tells_the_other_founders_what_to_run(tmp_path: Path) -> None:
+    from tests.cli.test_train_cli import NAMES, key as train_key
+    from bcfl_cli.consortium.example import filled_example
+    from bcfl_cli.protocol.crypto import did_from_public_key
+
+    members = [(n, did_from_public_key(bytes(train_key(n).verify_key))) for n in NAMES]
+    toml = tmp_path / "consortium.toml"
+    toml.write_text(filled_example(members), encoding="utf-8")
+    result = bcfl("init", str(toml), "--home", str(tmp_path / "a"), "--time-ms", "1767225600000")
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "--time-ms 1767225600000 --home THEIR_HOME" in text
+    assert "Founders never run `bcfl join`" in text
