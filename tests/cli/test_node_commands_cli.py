@@ -219,9 +219,10 @@ def test_a_founder_that_runs_join_is_told_to_init(
 
 
 def test_init_tells_the_other_founders_what_to_run(tmp_path: Path) -> None:
-    from tests.cli.test_train_cli import NAMES, key as train_key
     from bcfl_cli.consortium.example import filled_example
     from bcfl_cli.protocol.crypto import did_from_public_key
+    from tests.cli.test_train_cli import NAMES
+    from tests.cli.test_train_cli import key as train_key
 
     members = [(n, did_from_public_key(bytes(train_key(n).verify_key))) for n in NAMES]
     toml = tmp_path / "consortium.toml"
