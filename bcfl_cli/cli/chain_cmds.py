@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.errors import StoreError, UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import Block
@@ -28,9 +28,20 @@ PROGRESS_MIN_BLOCKS = 200
 
 
 def register(app: typer.Typer) -> None:
-    app.command("verify-chain")(verify_chain_cmd)
-    app.command("log")(log_cmd)
-    app.command("inspect")(inspect_cmd)
+    app.command(
+        "verify-chain",
+        epilog=examples(
+            "bcfl verify-chain --home homes/alice",
+            "bcfl verify-chain --deep --json --home homes/alice",
+        ),
+    )(verify_chain_cmd)
+    app.command("log", epilog=examples("bcfl log --limit 20 --home homes/alice"))(log_cmd)
+    app.command(
+        "inspect",
+        epilog=examples(
+            "bcfl inspect 0 --home homes/alice", "bcfl inspect 3f2a9c --json --home homes/alice"
+        ),
+    )(inspect_cmd)
 
 
 # --- verify-chain ---------------------------------------------------------------------------

@@ -8,13 +8,18 @@ from typing import Annotated
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import JsonOption
+from bcfl_cli.cli.options import JsonOption, examples
 from bcfl_cli.errors import UsageError
 
 data_app = typer.Typer(name="data", help="Prepare local data files.", no_args_is_help=True)
 
 
-@data_app.command("split")
+@data_app.command(
+    "split",
+    epilog=examples(
+        "bcfl data split sample_data/digits-train.csv --members 4 --dirichlet 0.5 --out parts"
+    ),
+)
 def split(
     source: Annotated[
         Path,

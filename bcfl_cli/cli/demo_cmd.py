@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bcfl_cli.cli.options import JsonOption
+from bcfl_cli.cli.options import JsonOption, examples
 
 
 def demo(
@@ -97,4 +97,11 @@ def demo(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+    app.command(
+        "demo",
+        epilog=examples(
+            "bcfl demo",
+            "bcfl demo --members 10 --attackers 3 --attack ipm --rule cosine_trajectory",
+            "bcfl demo --seed 7 --json",
+        ),
+    )(demo)

@@ -9,7 +9,7 @@ from typing import Annotated, cast
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.home import Home
 from bcfl_cli.identity import (
     ENV_VAR,
@@ -98,7 +98,7 @@ def keygen(
         _render(public, member_home, "New identity")
 
 
-@identity_app.command("show")
+@identity_app.command("show", epilog=examples("bcfl identity show --home homes/alice --json"))
 def show(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Print this member's did, public key and name (no passphrase needed)."""
     member_home = Home.resolve(home)
@@ -109,7 +109,7 @@ def show(home: HomeOption = None, json_out: JsonOption = False) -> None:
         _render(public, member_home, "Identity")
 
 
-@identity_app.command("check")
+@identity_app.command("check", epilog=examples("bcfl identity check --home homes/alice"))
 def check(
     passphrase_file: PassphraseFileOption = None,
     home: HomeOption = None,
@@ -125,5 +125,11 @@ def check(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("keygen")(keygen)
+    app.command(
+        "keygen",
+        epilog=examples(
+            "bcfl keygen --name alice --home homes/alice",
+            "bcfl keygen --name alice --passphrase-file pass.txt",
+        ),
+    )(keygen)
     app.add_typer(identity_app)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.consortium.example import example_text, filled_example
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
@@ -122,7 +122,13 @@ def _parse_member(spec: str) -> tuple[str, str]:
     return name, read_public_identity(Home.resolve(Path(home))).did
 
 
-@consortium_app.command("example")
+@consortium_app.command(
+    "example",
+    epilog=examples(
+        "bcfl consortium example --member alice=homes/alice --member bob=homes/bob "
+        "--out consortium.toml"
+    ),
+)
 def example(
     out: Annotated[
         Path | None,
@@ -150,5 +156,11 @@ def example(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("init")(init)
+    app.command(
+        "init",
+        epilog=examples(
+            "bcfl init consortium.toml --home homes/alice",
+            "bcfl init consortium.toml --time-ms 1767225600000 --home homes/bob",
+        ),
+    )(init)
     app.add_typer(consortium_app)

@@ -9,7 +9,7 @@ import typer
 
 from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
-from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import transfer_progress
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
@@ -131,4 +131,10 @@ def join(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("join")(join)
+    app.command(
+        "join",
+        epilog=examples(
+            "bcfl join http://node.partner.example:7420 --genesis-hash HASH --roles trainer "
+            "--home homes/erin"
+        ),
+    )(join)

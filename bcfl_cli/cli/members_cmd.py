@@ -8,7 +8,7 @@ import typer
 
 from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
-from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption, TimeoutOption
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity, passphrase_from
@@ -32,7 +32,7 @@ NoWaitOption = Annotated[
 ]
 
 
-@members_app.command("list")
+@members_app.command("list", epilog=examples("bcfl members list --home homes/alice"))
 def list_members(home: HomeOption = None, json_out: JsonOption = False) -> None:
     """Members, roles, power and status, and pending join requests with their approvals.
 
@@ -141,8 +141,12 @@ def remove(
     _render_change(change, json_out)
 
 
-members_app.command("approve")(approve)
-members_app.command("remove")(remove)
+members_app.command("approve", epilog=examples("bcfl members approve erin --home homes/alice"))(
+    approve
+)
+members_app.command("remove", epilog=examples("bcfl members remove dave --home homes/alice"))(
+    remove
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption, transfer_progress
 from bcfl_cli.errors import NodeError
 from bcfl_cli.home import Home
@@ -27,7 +27,10 @@ def _node_api(home: Home, node: str | None) -> NodeApi | None:
         return None
 
 
-@model_app.command("export")
+@model_app.command(
+    "export",
+    epilog=examples("bcfl model export --round 3 --out global.safetensors --home homes/alice"),
+)
 def export(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Where to write the model.", dir_okay=False)

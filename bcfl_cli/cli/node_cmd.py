@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bcfl_cli.cli.options import HomeOption
+from bcfl_cli.cli.options import HomeOption, examples
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 
@@ -193,4 +193,10 @@ def _run_to_exit(main: Coroutine[Any, Any, None]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("node")(node)
+    app.command(
+        "node",
+        epilog=examples(
+            "bcfl node --home homes/alice --listen 127.0.0.1:7420 --peer http://127.0.0.1:7421",
+            "bcfl node --home homes/alice --train parts/member-01.csv --log-json",
+        ),
+    )(node)

@@ -17,3 +17,8 @@ HomeOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def examples(*lines: str) -> str:
+    """A command's ``--help`` epilog: one example per line, kept as written (tests parse them)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)

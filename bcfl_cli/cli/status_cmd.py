@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption
 from bcfl_cli.errors import IdentityError, NodeError
 from bcfl_cli.home import Home
@@ -161,7 +161,12 @@ def status(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("status")(status)
+    app.command(
+        "status",
+        epilog=examples(
+            "bcfl status --home homes/alice", "bcfl status --node http://127.0.0.1:7421 --json"
+        ),
+    )(status)
 
 
 def _stream(peer: dict[str, Any]) -> str:

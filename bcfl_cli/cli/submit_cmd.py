@@ -21,7 +21,7 @@ from rich.progress import (
 
 from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
-from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.errors import NodeError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity, passphrase_from
@@ -146,4 +146,10 @@ def submit(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("submit")(submit)
+    app.command(
+        "submit",
+        epilog=examples(
+            "bcfl submit --home homes/alice",
+            "bcfl submit updates/round-3.safetensors --home homes/alice --json",
+        ),
+    )(submit)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption
+from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.home import Home
 
 
@@ -98,4 +98,10 @@ def train(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train)
+    app.command(
+        "train",
+        epilog=examples(
+            "bcfl train --home homes/alice --data parts/member-01.csv",
+            "bcfl train --home homes/alice --data parts/member-01.csv --seed 7 --json",
+        ),
+    )(train)

@@ -70,3 +70,38 @@ def test_status_cells() -> None:
     assert _ago(now - 4_200, now) == "4 s ago"
     assert _ago(now - 600_000, now) == "10 min ago"
     assert _ago(now - 3 * 3_600_000, now) == "3 h ago"
+
+
+def test_every_command_has_examples_that_parse() -> None:
+    """Each leaf command's --help ends with examples, and every example names options that
+    exist (the check tests/test_readme.py makes for the README)."""
+    import shlex
+
+    from typer.main import get_command
+
+    from tests.test_readme import _resolve
+
+    root = get_command(app)
+    leaves = [p for p in _all_commands([], root) if p and not _is_group_path(root, p)]
+    assert len(leaves) >= 15
+    for path in leaves:
+        command = root
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        epilog = command.epilog or ""
+        assert "Examples:" in epilog, path
+        for line in epilog.split("Examples:\n", 1)[1].splitlines():
+            tokens = shlex.split(line.strip())
+            found, rest = _resolve(tokens)
+            assert found.name == command.name and tokens[1 : 1 + len(path)] == path, (path, line)
+            options = {o for p in found.params for o in (*p.opts, *p.secondary_opts)}
+            for token in rest:
+                if token.startswith("--"):
+                    assert token.split("=", 1)[0] in options, (path, line, token)
+
+
+def _is_group_path(root: object, path: list[str]) -> bool:
+    command = root
+    for name in path:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    return isinstance(getattr(command, "commands", None), dict)
