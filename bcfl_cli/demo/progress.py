@@ -23,6 +23,10 @@ class UpdateRecord:
     status: str = "submitted"  # submitted | accepted | rejected
     reason: str = ""
     detail: str = ""
+    blob: str = ""
+    num_samples: int = 0
+    #: whether the aggregation rule used this accepted update (None: not computed)
+    included: bool | None = None
 
 
 @dataclass
@@ -35,6 +39,7 @@ class RoundRecord:
     model: str | None = None
     rule: str = ""
     aggregated: int = 0
+    updates: tuple[str, ...] = ()
     accuracy: float | None = None
     loss: float | None = None
 
@@ -78,7 +83,13 @@ class ChainProgress:
                 number, height, body["base_model"], int(body["deadline_height"])
             )
         elif tx.kind is TxKind.UPDATE:
-            record = UpdateRecord(tx.hash, int(body["round"]), height)
+            record = UpdateRecord(
+                tx.hash,
+                int(body["round"]),
+                height,
+                blob=str(body["blob"]),
+                num_samples=int(body["num_samples"]),
+            )
             self.updates.setdefault(tx.author, {})[record.round] = record
             self.by_tx[tx.hash] = record
         elif tx.kind is TxKind.VALIDATION:
@@ -91,6 +102,7 @@ class ChainProgress:
             if rnd is not None:
                 rnd.closed_height, rnd.model = height, body["model"]
                 rnd.rule, rnd.aggregated = body["rule"], len(body["updates"])
+                rnd.updates = tuple(body["updates"])
         elif tx.kind is TxKind.MISBEHAVIOUR:
             self.misbehaviour.append(
                 {"height": height, "reporter": self.name(tx.author), "offender": body["offender"]}

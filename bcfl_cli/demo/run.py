@@ -245,6 +245,8 @@ class DemoRun:
     consistent: bool | None = None
     common_height: int = -1
     png: Path | None = None
+    #: why no PNG was drawn (matplotlib missing), shown in the summary
+    png_note: str = ""
     interrupted: bool = False
 
     @property
@@ -296,7 +298,13 @@ class DemoRun:
             updates = []
             if progress is not None:
                 updates = [
-                    {"round": r.round, "status": r.status, "reason": r.reason, "tx": r.tx}
+                    {
+                        "round": r.round,
+                        "status": r.status,
+                        "reason": r.reason,
+                        "tx": r.tx,
+                        "included_by_rule": r.included,
+                    }
                     for _, r in sorted(progress.updates.get(did, {}).items())
                 ]
             counts = progress.member_counts(did) if progress else {}
@@ -475,14 +483,65 @@ def _run(run: DemoRun, data: Path, notify: Listener) -> None:
     t_verify = time.monotonic()
     _verify_all(run, consortium)
     run.timings["verify_s"] = round(time.monotonic() - t_verify, 2)
-    from bcfl_cli.demo.plot import write_png
+    if run.progress is not None:
+        with contextlib.suppress(BcflError):
+            mark_rule_inclusion(
+                run.progress,
+                plan.aggregation,
+                consortium.initial_model,
+                lambda digest: _model_blob(consortium, digest, scorer.max_bytes),
+                scorer.max_bytes,
+            )
+    from bcfl_cli.demo.chart import write_chart
 
-    curve = run.curve()
-    if len(curve) >= 2:
-        run.png = write_png(curve, run.root / "accuracy.png", title="test accuracy per round")
+    if len(run.curve()) >= 2:
+        run.png, run.png_note = write_chart(run, run.root / "accuracy.png")
     run.timings["total_s"] = round(time.monotonic() - t0, 2)
     run.phase = "done"
     notify(run)
+
+
+def mark_rule_inclusion(
+    progress: ChainProgress,
+    spec: AggregationSpec,
+    initial_model: str,
+    load: Callable[[str], bytes | None],
+    max_bytes: int,
+) -> None:
+    """Mark which accepted updates each round's rule used.
+
+    The ``aggregate`` transaction lists every accepted update; a robust rule (``krum``,
+    ``cosine``, ``cosine_trajectory``) may give some of them no weight, and that is not on the
+    chain. It is recomputed here from the blobs, as ``verify-chain --deep`` recomputes it, and
+    kept only when the recomputed model is the one on chain.
+    """
+    from bcfl_cli.fl.aggregation.base import UpdateInput, aggregate, rule_needs_initial_model
+    from bcfl_cli.fl.tensors import decode_tensors
+
+    initial = None
+    if rule_needs_initial_model(spec.rule):
+        raw = load(initial_model)
+        if raw is None:
+            return
+        initial = decode_tensors(raw, max_bytes=max_bytes)
+    records = {r.tx: r for per in progress.updates.values() for r in per.values()}
+    for rnd in progress.closed_rounds:
+        used = [records[h] for h in rnd.updates if h in records]
+        base_raw = load(rnd.base_model)
+        blobs = [load(r.blob) for r in used]
+        if base_raw is None or any(b is None for b in blobs) or not used:
+            continue
+        inputs = [
+            UpdateInput(r.tx, decode_tensors(b, max_bytes=max_bytes), r.num_samples)
+            for r, b in zip(used, blobs, strict=True)
+            if b is not None
+        ]
+        base = decode_tensors(base_raw, max_bytes=max_bytes)
+        result = aggregate(spec, base, inputs, initial_state=initial)
+        if result.model_hash != rnd.model:
+            continue  # not what the chain holds: say nothing rather than something wrong
+        for record in used:
+            record.included = record.tx in result.included
 
 
 def _initial_accuracy(scorer: Scorer, consortium: LocalConsortium) -> float | None:

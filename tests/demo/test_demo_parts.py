@@ -11,19 +11,20 @@ import pytest
 
 from bcfl_cli.consortium.config import load_config
 from bcfl_cli.demo.launcher import GenesisPlan, MemberPlan, consortium_toml
-from bcfl_cli.demo.plot import png_bytes, text_plot
+from bcfl_cli.demo.plot import text_plot
 from bcfl_cli.demo.progress import ChainProgress
 from bcfl_cli.demo.run import (
     DemoOptions,
     DemoRun,
     genesis_plan,
+    mark_rule_inclusion,
     member_names,
     member_plans,
     partitions,
     sample_data_dir,
 )
 from bcfl_cli.errors import UsageError
-from bcfl_cli.fl.spec import DPSpec, TrainingPlan
+from bcfl_cli.fl.spec import AggregationSpec, DPSpec, TrainingPlan
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import TxKind, make_tx
 
@@ -133,15 +134,104 @@ def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     return chunks
 
 
-def test_png_is_well_formed_and_draws_the_curve() -> None:
-    points = [(0, 0.07), (1, 0.5), (2, 0.8), (3, 0.91)]
-    chunks = _png_chunks(png_bytes(points, width=320, height=200, title="test accuracy"))
-    assert [k for k, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
-    width, height, depth, colour = struct.unpack(">IIBB", chunks[0][1][:10])
-    assert (width, height, depth, colour) == (320, 200, 8, 2)
-    raw = zlib.decompress(chunks[1][1])
-    assert len(raw) == height * (1 + 3 * width)
-    assert bytes((31, 119, 180)) in raw  # the curve's colour is drawn
+def _round_with_an_outlier(tmp_path: Path) -> tuple[DemoRun, dict[str, bytes], AggregationSpec]:
+    """Round 1 of a chain: three accepted updates, one far from the others, one rejected."""
+    import torch
+
+    from bcfl_cli.fl.aggregation.base import UpdateInput, aggregate
+    from bcfl_cli.fl.models import state_bytes
+    from bcfl_cli.protocol.encoding import sha256_hex
+
+    spec = AggregationSpec(rule="krum", krum_f=1, krum_m=2)
+    names = ["alice", "bob", "carol", "mallory-1"]
+    keys = {n: nacl.signing.SigningKey(bytes([i + 1]) * 32) for i, n in enumerate(names)}
+    dids = {n: did_from_public_key(bytes(k.verify_key)) for n, k in keys.items()}
+    blobs: dict[str, bytes] = {}
+
+    def put(state: dict[str, torch.Tensor]) -> str:
+        data = state_bytes(state)
+        digest = sha256_hex(data)
+        blobs[digest] = data
+        return digest
+
+    base = {"w": torch.zeros(4)}
+    base_hash = put(base)
+    deltas = {
+        "alice": torch.tensor([1.0, 1.0, 0.0, 0.0]),
+        "bob": torch.tensor([1.1, 0.9, 0.0, 0.0]),
+        "carol": torch.tensor([-9.0, 9.0, 9.0, 9.0]),
+    }
+    chain = "ab" * 32
+    opened = make_tx(
+        keys["alice"], chain, TxKind.OPEN_ROUND,
+        {"round": 1, "base_model": base_hash, "deadline_height": 9},
+    )  # fmt: skip
+    txs, inputs = [opened], []
+    for name in names:
+        delta = deltas.get(name, torch.tensor([0.0, 0.0, 0.0, 5.0]))
+        body = {
+            "round": 1, "base_model": base_hash, "blob": put({"w": delta}), "blob_size": 10,
+            "num_samples": 20, "metrics": {},
+        }  # fmt: skip
+        update = make_tx(keys[name], chain, TxKind.UPDATE, body)
+        verdict = "reject" if name == "mallory-1" else "accept"
+        reason = "norm_exceeded" if verdict == "reject" else "ok"
+        check = {"update": update.hash, "verdict": verdict, "reason": reason, "detail": ""}
+        txs += [update, make_tx(keys["alice"], chain, TxKind.VALIDATION, check)]
+        if verdict == "accept":
+            inputs.append(UpdateInput(update.hash, {"w": delta}, 20))
+    result = aggregate(spec, base, inputs)
+    agg = {
+        "round": 1, "updates": sorted(u.hash for u in inputs), "rule": "krum", "params": {},
+        "model": result.model_hash, "model_size": 10,
+    }  # fmt: skip
+    txs.append(make_tx(keys["alice"], chain, TxKind.AGGREGATE, agg))
+    progress = ChainProgress({d: n for n, d in dids.items()})
+    progress.feed({"header": {"height": 1}, "txs": [t.to_dict() for t in txs]}, "h1")
+    progress.rounds[1].accuracy = 0.61
+    options = DemoOptions(members=4, attackers=1, attack="scaling", rule="krum", seed=3)
+    run = DemoRun(options, tmp_path, names, {"mallory-1": "scaling"}, dids=dids)
+    run.progress, run.initial_accuracy = progress, 0.1
+    return run, blobs, spec
+
+
+def test_the_rule_inclusion_is_recomputed_and_charted(tmp_path: Path) -> None:
+    from bcfl_cli.demo.chart import cell_status, settings_line, write_chart
+
+    run, blobs, spec = _round_with_an_outlier(tmp_path)
+    progress = run.progress
+    assert progress is not None
+    mark_rule_inclusion(progress, spec, "00" * 32, blobs.get, 1 << 20)
+    assert [cell_status(run, n, 1)[0] for n in run.names] == [
+        "included", "included", "left out", "rejected"
+    ]  # fmt: skip
+    assert cell_status(run, "mallory-1", 1)[1] == "norm_exceeded"
+    assert "krum" in settings_line(run) and "seed 3" in settings_line(run)
+    path, note = write_chart(run, tmp_path / "accuracy.png")
+    assert path is not None and note == ""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    # a model on chain that the recomputation does not reproduce: nothing is claimed
+    progress.rounds[1].model = "00" * 32
+    for per in progress.updates.values():
+        for record in per.values():
+            record.included = None
+    mark_rule_inclusion(progress, spec, "00" * 32, blobs.get, 1 << 20)
+    assert {cell_status(run, n, 1)[0] for n in run.names[:3]} == {"accepted"}
+
+
+def test_without_matplotlib_the_demo_says_how_to_get_the_chart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from bcfl_cli.demo.chart import write_chart
+
+    run, _, _ = _round_with_an_outlier(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    path, note = write_chart(run, tmp_path / "accuracy.png")
+    assert path is None and "bcfl[plot]" in note
+    assert not (tmp_path / "accuracy.png").exists()
 
 
 def test_text_plot_places_every_round() -> None:
@@ -206,3 +296,48 @@ def test_progress_folds_updates_verdicts_and_aggregates() -> None:
     assert progress.closed_rounds[0].model == "12" * 32 and progress.head == "h3"
     with pytest.raises(ValueError, match="expected block 4"):
         progress.feed({"header": {"height": 9}, "txs": []}, "h9")
+
+
+def test_live_view_clock_moves_without_events(tmp_path: Path) -> None:
+    """The live view is rendered on every refresh, not only when the demo reports an event:
+    the clock kept showing 0.5 s while nodes started for 21 s."""
+    import io
+
+    from rich.console import Console
+
+    from bcfl_cli.demo.render import _LiveView
+
+    options = DemoOptions(members=4)
+    run = DemoRun(options, tmp_path, member_names(4, 0), {}, started=100.0)
+    view = _LiveView()
+    view.run = run
+    import bcfl_cli.demo.run as run_module
+
+    def render() -> str:
+        out = io.StringIO()
+        Console(file=out, width=200).print(view)
+        return out.getvalue()
+
+    clock = iter([100.5, 121.0])
+    original = run_module.time.monotonic
+    run_module.time.monotonic = lambda: next(clock)  # type: ignore[assignment]
+    try:
+        first, second = render(), render()
+    finally:
+        run_module.time.monotonic = original  # type: ignore[assignment]
+    assert "0.5 s" in first and "21.0 s" in second
+
+
+def test_line_reporter_writes_one_line_per_event_however_long(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from bcfl_cli.demo.render import LineReporter
+
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=False)
+    run = DemoRun(DemoOptions(members=4), tmp_path, member_names(4, 0), {})
+    run.phase = "starting nodes " + "x" * 120
+    LineReporter(console)(run)
+    assert len(out.getvalue().splitlines()) == 1
