@@ -39,9 +39,18 @@ COMPARE_TIMEOUT_S = 10.0
 COMPARE_RETRIES = 1
 
 
-def compare_with_peer(url: str, ledger: Ledger, verified: Verified) -> None:
+def compare_with_peer(
+    url: str,
+    ledger: Ledger,
+    verified: Verified,
+    *,
+    transport: httpx.BaseTransport | None = None,
+) -> None:
     """Raise ``VerificationError`` unless the peer at ``url`` agrees with the verified chain
-    and has no committed block past its head; records a ``peer`` row in the report."""
+    and has no committed block past its head; records a ``peer`` row in the report.
+
+    ``transport``: for tests (an in-memory peer).
+    """
     row: dict[str, Any] = {
         "anchor": "peer",
         "source": url,
@@ -52,7 +61,9 @@ def compare_with_peer(url: str, ledger: Ledger, verified: Verified) -> None:
     }
     verified.report.anchors.append(row)
     try:
-        with NodeApi(url, timeout=COMPARE_TIMEOUT_S, retries=COMPARE_RETRIES) as api:
+        with NodeApi(
+            url, timeout=COMPARE_TIMEOUT_S, retries=COMPARE_RETRIES, transport=transport
+        ) as api:
             row["source"] = api.url
             _compare(api, ledger, verified, row)
     except VerificationError:
