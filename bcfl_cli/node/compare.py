@@ -23,7 +23,7 @@ Verdicts (codes of the report's fault):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -32,7 +32,9 @@ from bcfl_cli.node.operations import NodeApi
 from bcfl_cli.node.sync import certificate_valid
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.store.ledger import Ledger
-from bcfl_cli.verify.chain import Verified
+
+if TYPE_CHECKING:  # the type only: the node does not call into verify (docs/ARCHITECTURE.md)
+    from bcfl_cli.verify.chain import Verified
 
 #: Seconds per request to the peer (connect, read), and retries after a transport error.
 COMPARE_TIMEOUT_S = 10.0
