@@ -29,7 +29,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,15 +148,45 @@ def pin_genesis(path: Path, genesis: str) -> Pin:
 
 def advance_pin(path: Path, current: Pin | None, genesis: str, height: int, head: str) -> Pin:
     """Move the pin forward to a verified ``height``/``head``; never backward, never across
-    consortia. ``current`` is the pin as last read (``None``: none yet, trust on first use)."""
-    if current is not None:
-        if current.genesis != genesis:
-            raise StoreError(f"refusing to re-pin {path} from {current.genesis} to {genesis}")
-        if height <= current.height:
-            return current
-    pin = Pin(genesis, height, head)
-    write_pin(path, pin)
-    return pin
+    consortia. ``current`` is the pin as last read (``None``: none yet, trust on first use).
+
+    The node and ``verify-chain`` may both move the pin at once: under an exclusive lock the
+    pin on disk is read again, and only a height above it is written, so neither can move it
+    back past what the other wrote.
+    """
+    if current is not None and current.genesis != genesis:
+        raise StoreError(f"refusing to re-pin {path} from {current.genesis} to {genesis}")
+    with _locked(path):
+        on_disk = read_pin(path)
+        if on_disk is not None:
+            if on_disk.genesis != genesis:
+                raise StoreError(f"refusing to re-pin {path} from {on_disk.genesis} to {genesis}")
+            if height <= on_disk.height:
+                return on_disk
+        pin = Pin(genesis, height, head)
+        write_pin(path, pin)
+        return pin
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``.pin.json.lock`` next to the pin (POSIX ``flock``; where
+    there is none, writers are not serialised and a race can only leave a lower pin)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StoreError(f"cannot lock the pin {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 #: A running node moves the pin forward at most this often (and once more when it stops): a

@@ -143,3 +143,12 @@ def test_keeper_pins_a_home_without_a_pin_on_first_use(tmp_path):
     assert keeper.pin is None
     keeper.flush()
     assert read_pin(path) == Pin(G, 3, H)
+
+
+def test_a_stale_writer_cannot_move_the_pin_back(tmp_path):
+    """verify-chain read the pin at 0, the node moved it to 9 meanwhile: 5 must not win."""
+    path = tmp_path / "pin.json"
+    stale = pin_genesis(path, G)
+    advance_pin(path, stale, G, 9, H)  # the node
+    assert advance_pin(path, stale, G, 5, "cc" * 32) == Pin(G, 9, H)  # verify-chain
+    assert read_pin(path) == Pin(G, 9, H)
