@@ -4,6 +4,7 @@ Layout::
 
     HOME/identity.key      encrypted Ed25519 key (0600)
     HOME/chain.sqlite      the ledger (SQLite, WAL)
+    HOME/pin.json          the genesis and highest verified head, outside the ledger
     HOME/blobs/ab/ab...    content-addressed tensors
     HOME/node/             node state (vote guard, peers, logs)
 """
@@ -40,6 +41,11 @@ class Home:
     @property
     def store_url(self) -> str:
         return f"sqlite:///{self.store_file}"
+
+    @property
+    def pin_file(self) -> Path:
+        """The trust anchor verify-chain checks the ledger against (``bcfl_cli.store.pin``)."""
+        return self.root / "pin.json"
 
     @property
     def blob_dir(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,7 +22,9 @@ from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.store.ledger import Ledger
-from bcfl_cli.verify import Report, verify_chain
+from bcfl_cli.verify import Report
+from bcfl_cli.verify.anchor import TrustedHead
+from bcfl_cli.verify.anchored import verify_anchored
 
 #: Chains at least this long show a progress bar while verifying.
 PROGRESS_MIN_BLOCKS = 200
@@ -51,17 +54,75 @@ def verify_chain_cmd(
         bool,
         typer.Option("--deep", help="Also re-run the update contract and recompute aggregates."),
     ] = False,
+    genesis: Annotated[
+        str | None,
+        typer.Option(
+            "--genesis",
+            metavar="HASH",
+            help="The consortium's genesis hash, as you were given it: a store of any other "
+            "consortium (even one with the same member names) fails.",
+            show_default=False,
+        ),
+    ] = None,
+    trusted_head: Annotated[
+        str | None,
+        typer.Option(
+            "--trusted-head",
+            metavar="HEIGHT:HASH",
+            help="A block you know from outside this store (e.g. noted from `bcfl status`): "
+            "a store that stops below HEIGHT, or holds another block there, fails.",
+            show_default=False,
+        ),
+    ] = None,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            "--against",
+            metavar="URL",
+            help="A peer's node: fail if it serves a different committed block at a common "
+            "height, or a committed block past this store's head.",
+            show_default=False,
+        ),
+    ] = None,
+    no_pin: Annotated[
+        bool,
+        typer.Option(
+            "--no-pin",
+            help="Neither check nor move this home's pin (HOME/pin.json), e.g. for a copy of "
+            "someone else's store.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-derive the whole chain from its genesis. Exit 0 if valid, 1 at the first fault."""
-    with Ledger.open(Home.resolve(home)) as ledger:
+    """Re-derive the whole chain from its genesis and check it against the anchors you hold.
+
+    Exit 0 if valid, 1 at the first fault. By default the chain is checked against this home's
+    pin (genesis and highest verified head, kept outside the store), which then moves forward.
+    """
+    head = TrustedHead.parse(trusted_head) if trusted_head is not None else None
+    member_home = Home.resolve(home)
+    after = None
+    if against is not None:
+        from bcfl_cli.node.compare import compare_with_peer
+
+        after = functools.partial(compare_with_peer, against)
+    with Ledger.open(member_home) as ledger:
         checks = _deep_checks(ledger) if deep else None
         with _progress(enabled=not as_json and ledger.height >= PROGRESS_MIN_BLOCKS) as update:
-            report = verify_chain(ledger, deep=deep, checks=checks, progress=update)
+            report = verify_anchored(
+                ledger,
+                pin_file=None if no_pin else member_home.pin_file,
+                genesis=genesis,
+                trusted_head=head,
+                after=after,
+                deep=deep,
+                checks=checks,
+                progress=update,
+            )
     if as_json:
         render.print_json(report.to_dict())
     else:
-        _render_report(report)
+        _render_report(report, member_home)
     raise typer.Exit(0 if report.ok else 1)
 
 
@@ -93,7 +154,7 @@ def _progress(*, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def _render_report(report: Report) -> None:
+def _render_report(report: Report, home: Home) -> None:
     fault = report.fault
     if fault is None:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.tx_kinds.items())) or "none"
@@ -109,9 +170,17 @@ def _render_report(report: Report) -> None:
                 ("transactions", f"{report.txs} ({kinds})"),
                 ("signatures checked", report.signatures),
                 ("blobs checked", report.blobs),
+                ("anchors", _anchors_text(report) or "none (see --genesis, --trusted-head)"),
+                ("pin", report.pin),
                 ("time", f"{report.elapsed_s:.2f} s"),
             ],
         )
+        if report.pin == "created":
+            render.warn(
+                f"{home.pin_file} did not exist (a home made before pins): this store's genesis "
+                f"was trusted on first use and pinned with head {report.height}. Check the "
+                "chain id against the one your consortium gave you (--genesis)."
+            )
         return
     console = render.err_console()
     console.print("[bold red]✗ chain invalid[/]")
@@ -124,6 +193,20 @@ def _render_report(report: Report) -> None:
     ]
     for key, value in rows:
         console.print(f"  [bold]{key}:[/] {escape(str(value))}")
+
+
+def _anchors_text(report: Report) -> str:
+    """e.g. ``genesis (--genesis) ok, head 120 (pin) ok, peer http://… ok``."""
+    parts = []
+    for row in report.anchors:
+        verdict = {True: "ok", False: "FAILED", None: "not checked"}[row["ok"]]
+        if row["anchor"] == "peer":
+            parts.append(f"peer {row['source']} at {row['height']} {verdict}")
+        elif row["anchor"] == "head":
+            parts.append(f"head {row['height']} ({row['source']}) {verdict}")
+        else:
+            parts.append(f"genesis ({row['source']}) {verdict}")
+    return ", ".join(parts)
 
 
 # --- log --------------------------------------------------------------------------------------

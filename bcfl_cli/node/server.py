@@ -32,7 +32,7 @@ import uvicorn
 
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.consensus.messages import TimeoutConfig
-from bcfl_cli.errors import BcflError, NodeError
+from bcfl_cli.errors import BcflError, NodeError, StoreError
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.home import Home
 from bcfl_cli.identity import Identity
@@ -59,6 +59,7 @@ from bcfl_cli.node.sync import (
 from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.store.pin import PinKeeper
 from bcfl_cli.store.vote_guard import VoteGuard
 
 log = logging.getLogger("bcfl.node")
@@ -105,6 +106,7 @@ class Node:
         self.genesis_hash = self.genesis.hash
         self.state, self._validator_sets = self._replay()
         self.head = self.ledger.head()
+        self.pin = self._open_pin()
         self.checks = CachingChecks(FLChecks(self.blobs))
         self.mempool = Mempool()
         self.peers = Peers(self.key, list(options.peers), self_url=options.url)
@@ -146,6 +148,44 @@ class Node:
             if state.validator_set != sets[-1][1]:
                 sets.append((block.height + 1, state.validator_set))
         return state, sets
+
+    def _open_pin(self) -> PinKeeper:
+        """The home's pin (genesis, highest verified head): a store it says was replaced or
+        rewritten is refused; a shorter one starts and syncs back (``bcfl_cli.store.pin``)."""
+        keeper = PinKeeper(
+            self.home.pin_file,
+            self.genesis_hash,
+            self.state.height,
+            lambda height: self.ledger.block(height).hash,
+        )
+        if keeper.pin is None:
+            log.warning(
+                "no pin in this home (made before pins): pinning the store's genesis and head "
+                "on first use",
+                extra=fields(pin=str(self.home.pin_file), height=self.state.height),
+            )
+        if keeper.behind:
+            log.warning(
+                "the store is %d blocks below the head pinned in this home (truncated or "
+                "restored from an older copy); syncing them back from peers",
+                keeper.behind,
+                extra=fields(pin=str(self.home.pin_file), height=self.state.height),
+            )
+        self._flush_pin(keeper)
+        return keeper
+
+    def _flush_pin(self, keeper: PinKeeper) -> None:
+        try:
+            keeper.flush()
+        except StoreError as exc:  # a full disk must not stop the chain; the pin catches up
+            log.warning("cannot move the pin forward: %s", exc.message)
+
+    def _note_pin(self, block: Block) -> None:
+        """After the block's database transaction committed: the pin never runs ahead."""
+        try:
+            self.pin.note(block.height, block.hash)
+        except StoreError as exc:
+            log.warning("cannot move the pin forward: %s", exc.message)
 
     def _load_alarm(self) -> dict[str, Any] | None:
         path = self.home.node_dir / ALARM_FILE
@@ -228,6 +268,7 @@ class Node:
             raise NodeError(f"block {block.height} does not follow the head {self.state.height}")
         self.ledger.append(block)
         self._adopt_appended(block, new_state, source=source)
+        self._note_pin(block)
         if source == "consensus":
             self.syncer.note_consensus_commit()
 
@@ -250,6 +291,7 @@ class Node:
         self.ledger.append_many([block for block, _ in decided])
         for block, new_state in decided:
             self._adopt_appended(block, new_state, source=source)
+        self._note_pin(decided[-1][0])
 
     def _adopt_appended(self, block: Block, new_state: ChainState, *, source: str) -> None:
         if new_state.validator_set != self.state.validator_set:
@@ -468,6 +510,7 @@ class Node:
                     CLOSE_GRACE_S,
                     extra=fields(stack=frames),
                 )
+        self._flush_pin(self.pin)  # the blocks appended since the last write
         try:
             await asyncio.wait_for(self.peers.close(), CLOSE_GRACE_S)
         except Exception as exc:  # a timeout included: closing sockets must not hold the exit

@@ -32,6 +32,7 @@ from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store import migrate
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.db import make_engine
+from bcfl_cli.store.pin import pin_genesis, read_pin
 from bcfl_cli.store.tables import blocks, meta, txs
 
 _HINT_MISSING = "run `bcfl init` or `bcfl join`"
@@ -67,7 +68,11 @@ class Ledger:
     # --- opening ---------------------------------------------------------------------------
     @classmethod
     def create(cls, home: Home, genesis: Block, document: dict[str, Any]) -> Ledger:
-        """A new store holding ``genesis``; refuses to touch an existing one."""
+        """A new store holding ``genesis``; refuses to touch an existing one.
+
+        The genesis is also pinned in ``HOME/pin.json``, outside the store, so that a store
+        replaced later fails verification; a pin of another consortium is refused.
+        """
         home.ensure()
         if home.store_file.exists():
             raise StoreError(
@@ -79,6 +84,9 @@ class Ledger:
         document_bytes = canonical(document)
         if hash_object(document) != genesis.header.config:
             raise StoreError("the genesis header's config hash is not the document's hash")
+        pinned = read_pin(home.pin_file)
+        if pinned is not None and pinned.genesis != genesis.hash:
+            pin_genesis(home.pin_file, genesis.hash)  # raises, naming the pinned consortium
         blobs = BlobStore(home.blob_dir)
         blobs.put(document_bytes)
         engine = make_engine(home.store_url)
@@ -98,6 +106,8 @@ class Ledger:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{home.store_file}{suffix}").unlink(missing_ok=True)
             raise
+        if pinned is None:
+            pin_genesis(home.pin_file, genesis.hash)
         return cls(engine, blobs, url=home.store_url)
 
     @classmethod

@@ -17,16 +17,19 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import BcflError, VerificationError
-from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.protocol.crypto import Domain, public_key_from_did, signing_message, verify_message
 from bcfl_cli.store.blobs import BlobStatus, BlobStore
 from bcfl_cli.store.ledger import Ledger
-from bcfl_cli.verify import steps
+from bcfl_cli.verify import anchor, steps
+from bcfl_cli.verify.anchor import Anchors
 from bcfl_cli.verify.report import Fault, Report
 
 #: Below this many blocks a process pool costs more (start-up) than it saves.
@@ -46,6 +49,17 @@ _Job = tuple[bytes, bytes, bytes] | tuple[None, str, int | None]
 _BatchResult = tuple[int, int, tuple[int, BlobStatus | None, int] | None]
 
 
+@dataclass
+class Verified:
+    """A report and, when the chain verified, what the checks after it need: the state after
+    the last block, and every validator set the chain used (by hash), to check a peer's block
+    at any verified height (``bcfl_cli.node.compare``)."""
+
+    report: Report
+    state: ChainState | None = None
+    validator_sets: dict[str, ValidatorSet] = field(default_factory=dict)
+
+
 def verify_chain(
     ledger: Ledger,
     *,
@@ -53,48 +67,150 @@ def verify_chain(
     checks: AppChecks | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    anchors: Anchors | None = None,
 ) -> Report:
     """Verify the whole stored chain; the report's ``fault`` is the first broken rule, if any.
 
     ``deep`` re-runs the FL contract and aggregation through ``checks`` (required when deep).
     ``workers``: processes for signatures (default: all cores; 1 verifies in-process).
+    ``anchors``: the genesis and heads known from outside the store (§8.6), all checked.
     """
+    return verify_chain_state(
+        ledger, deep=deep, checks=checks, workers=workers, progress=progress, anchors=anchors
+    ).report
+
+
+def verify_chain_state(
+    ledger: Ledger,
+    *,
+    deep: bool = False,
+    checks: AppChecks | None = None,
+    workers: int | None = None,
+    progress: Progress | None = None,
+    anchors: Anchors | None = None,
+) -> Verified:
+    """:func:`verify_chain`, keeping the final state and validator sets for later checks."""
     if deep and checks is None:
         raise BcflError("deep verification needs the FL checks (AppChecks)")
     started = time.perf_counter()
-    report = Report(chain_id=ledger.genesis_hash, deep=deep)
+    anchors = anchors or Anchors()
+    verified = Verified(Report(chain_id=ledger.genesis_hash, deep=deep))
+    report = verified.report
+    report.anchors = _anchor_rows(anchors)
     try:
         report.stored_height = ledger.height
-        _verify(ledger, report, checks if deep else None, workers, progress)
+        _verify(ledger, verified, checks if deep else None, workers, progress, anchors)
     except VerificationError as exc:
         report.fault = Fault.from_error(exc)
+        verified.state = None
     report.elapsed_s = time.perf_counter() - started
-    return report
+    return verified
+
+
+def _anchor_rows(anchors: Anchors) -> list[dict[str, Any]]:
+    """The report's list of anchors; ``ok`` stays ``None`` until checked."""
+    rows: list[dict[str, Any]] = []
+    if anchors.genesis is not None:
+        rows.append(
+            {
+                "anchor": "genesis",
+                "source": "--genesis",
+                "height": 0,
+                "hash": anchors.genesis.lower(),
+                "ok": None,
+            }
+        )
+    if anchors.pin is not None:
+        rows.append(
+            {
+                "anchor": "genesis",
+                "source": "pin",
+                "height": 0,
+                "hash": anchors.pin.genesis,
+                "ok": None,
+            }
+        )
+    for source, height, digest in anchors.heads():
+        rows.append(
+            {"anchor": "head", "source": source, "height": height, "hash": digest, "ok": None}
+        )
+    return rows
+
+
+def _mark(report: Report, kind: str, source: str, ok: bool) -> None:
+    for row in report.anchors:
+        if row["anchor"] == kind and row["source"] == source:
+            row["ok"] = ok
+
+
+def _check_genesis_anchors(report: Report, anchors: Anchors, genesis_hash: str) -> None:
+    try:
+        anchor.check_genesis(anchors, genesis_hash)
+    except VerificationError as exc:
+        _mark(report, "genesis", "--genesis" if exc.code == "untrusted_genesis" else "pin", False)
+        raise
+    for row in report.anchors:
+        if row["anchor"] == "genesis":
+            row["ok"] = True
+
+
+def _check_head_anchors(report: Report, anchors: Anchors, seen: dict[int, str]) -> None:
+    for source, height, digest in anchors.heads():
+        try:
+            anchor.check_head(source, height, digest, report.height, seen.get(height))
+        except VerificationError:
+            _mark(report, "head", source, False)
+            raise
+        _mark(report, "head", source, True)
 
 
 def _verify(
     ledger: Ledger,
-    report: Report,
+    verified: Verified,
     checks: AppChecks | None,
     workers: int | None,
     progress: Progress | None,
+    anchors: Anchors,
 ) -> None:
+    report = verified.report
     top = report.stored_height
     genesis = next(steps.read_blocks(ledger, 0, 0))
     state = steps.verify_genesis(ledger, genesis)
+    _check_genesis_anchors(report, anchors, genesis.hash)
     report.height, report.head, report.blocks, report.blobs = 0, genesis.hash, 1, 2
-    if top == 0:
-        return
+    verified.validator_sets[state.validator_set.hash] = state.validator_set
+    watch = {height for _, height, _ in anchors.heads()}
+    seen = {0: genesis.hash} if 0 in watch else {}
+    if top > 0:
+        state = _verify_blocks(ledger, verified, state, checks, workers, progress, watch, seen)
+    _check_head_anchors(report, anchors, seen)
+    verified.state = state
+
+
+def _verify_blocks(
+    ledger: Ledger,
+    verified: Verified,
+    state: ChainState,
+    checks: AppChecks | None,
+    workers: int | None,
+    progress: Progress | None,
+    watch: set[int],
+    seen: dict[int, str],
+) -> ChainState:
+    """Steps 3-5 for blocks 1..top; the state after the last block."""
+    report = verified.report
+    top = report.stored_height
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers <= 1 or top < PARALLEL_MIN_BLOCKS:
-        _Replay(ledger, report, checks, progress).run(state, top)
-        return
+        return _Replay(ledger, verified, checks, progress, watch=watch, seen=seen).run(state, top)
     with ProcessPoolExecutor(n_workers, mp_context=_mp_context()) as pool:
         offload = _Offload(pool, ledger.genesis_hash, str(ledger.blobs.root))
-        replay = _Replay(ledger, report, checks, progress, offload=offload)
+        replay = _Replay(
+            ledger, verified, checks, progress, offload=offload, watch=watch, seen=seen
+        )
         rule_fault: VerificationError | None = None
         try:
-            replay.run(state, top)
+            state = replay.run(state, top)
         except VerificationError as exc:
             rule_fault = exc
         offload.flush()
@@ -104,7 +220,7 @@ def _verify(
     if worker_fault is None:
         if rule_fault is not None:
             raise rule_fault
-        return
+        return state
     fault, after_rules = worker_fault
     height = fault.height
     assert height is not None
@@ -232,14 +348,19 @@ class _Replay:
     def __init__(
         self,
         ledger: Ledger,
-        report: Report,
+        verified: Verified,
         checks: AppChecks | None,
         progress: Progress | None,
         *,
         offload: _Offload | None = None,
+        watch: set[int] | None = None,
+        seen: dict[int, str] | None = None,
     ) -> None:
         self.ledger = ledger
-        self.report = report
+        self.report = verified.report
+        self.validator_sets = verified.validator_sets
+        self.watch = watch or set()
+        self.seen = seen if seen is not None else {}
         self.checks = checks
         self.progress = progress
         self.offload = offload
@@ -259,6 +380,9 @@ class _Replay:
                 report.signatures += steps.count_signatures(block)
                 report.blobs += steps.verify_block_blobs(self.ledger.blobs, block)
             report.height, report.head = block.height, state.head_hash
+            self.validator_sets.setdefault(state.validator_set.hash, state.validator_set)
+            if block.height in self.watch:
+                self.seen[block.height] = block.hash
             report.blocks += 1
             report.txs += len(block.txs)
             for tx in block.txs:

@@ -37,6 +37,12 @@ class Report:
     blobs: int = 0
     elapsed_s: float = 0.0
     fault: Fault | None = None
+    #: What the chain was checked against from outside the store (§8.6): one row per anchor,
+    #: {"anchor": genesis|head|peer, "source", "height", "hash", "ok": true|false|null}.
+    anchors: list[dict[str, Any]] = field(default_factory=list)
+    #: What became of HOME/pin.json: "checked", "advanced", "created" (trust on first use),
+    #: "not used" (--no-pin), or "" (library call without a home).
+    pin: str = ""
 
     @property
     def ok(self) -> bool:
