@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 
 import nacl.signing
 
-from bcfl_cli.chain.state import ChainState
+from bcfl_cli.chain.state import MAX_BLOCK_TIME_STEP_MS, ChainState
 from bcfl_cli.errors import EncodingError
 from bcfl_cli.protocol.block import Block, BlockHeader, CommitCertificate, Vote, VoteType
 from bcfl_cli.protocol.crypto import did_from_public_key
@@ -29,14 +29,16 @@ def build_block(
     """The next block after ``head`` (no commit yet), proposed by ``proposer_key``'s owner.
 
     ``state`` must be the state after ``head``: it gives the validator set in force. The block
-    time is at least one millisecond after the head's, as the rules demand.
+    time is ``time_ms`` brought within what the rules allow (§6.2): at least one millisecond
+    after the head's and at most ``MAX_BLOCK_TIME_STEP_MS`` after it (a chain idle for longer
+    than that catches up with the clock over several blocks).
     """
     if head.hash != state.head_hash:
         raise EncodingError(f"head {head.hash} is not the state's head {state.head_hash}")
     header = BlockHeader(
         height=head.height + 1,
         prev=head.hash,
-        time=max(time_ms, head.header.time + 1),
+        time=min(max(time_ms, head.header.time + 1), head.header.time + MAX_BLOCK_TIME_STEP_MS),
         proposer=did_from_public_key(bytes(proposer_key.verify_key)),
         tx_root=merkle_root([t.hash for t in txs]),
         validators=state.validator_set.hash,

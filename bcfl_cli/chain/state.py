@@ -21,12 +21,21 @@ from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.config import GenesisConfig, parse_document
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
 from bcfl_cli.protocol.block import MAX_TXS_PER_BLOCK, Block, ValidatorSet, Vote
-from bcfl_cli.protocol.encoding import hash_object
+from bcfl_cli.protocol.encoding import MAX_SAFE_INT, hash_object
 from bcfl_cli.protocol.merkle import merkle_root
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind, tx_signature_valid
 
 #: Upper bound on the canonical bytes of all transactions of one block.
 MAX_BLOCK_TX_BYTES = 4 * 1024 * 1024
+
+#: The most a block's time may pass its parent's (§6.2, a chain rule verify-chain re-checks).
+#: One day: a chain idle for a week catches up with the clock in seven blocks, while a block
+#: time far in the future (2^53-1 ms, after which no block could follow) is refused at once.
+MAX_BLOCK_TIME_STEP_MS = 24 * 60 * 60 * 1000
+#: How far past its own clock a validator accepts a proposed block's time before it prevotes
+#: for it (§6.2, the prevote rule). Only an upper bound: once a block is within it, it stays
+#: within it, so a block validators locked on never turns invalid for them later.
+MAX_CLOCK_DRIFT_MS = 10_000
 
 ACTIVE = "active"
 REMOVED = "removed"
@@ -386,12 +395,7 @@ def check_header(
         raise _fail(h, "wrong_height", f"height: expected {state.height + 1}, found {h}")
     if header.prev != state.head_hash:
         raise _fail(h, "wrong_prev", f"prev: expected {state.head_hash}, found {header.prev}")
-    if header.time <= state.head_time:
-        raise _fail(
-            h,
-            "time_not_increasing",
-            f"time: expected more than {state.head_time}, found {header.time}",
-        )
+    check_block_time(state, header.time, h)
     config_hash = state.config_hash
     if header.config != config_hash:
         raise _fail(h, "wrong_config", f"config: expected {config_hash}, found {header.config}")
@@ -423,6 +427,53 @@ def check_header(
     if header.proposer not in vs:
         raise _fail(
             h, "proposer_not_validator", f"proposer {header.proposer} is not in the validator set"
+        )
+
+
+def check_block_time(state: ChainState, time_ms: int, height: int) -> None:
+    """§6.2 block time: later than the parent's, by at most ``MAX_BLOCK_TIME_STEP_MS``.
+
+    A rule of the chain alone, so verify-chain re-checks it. Checked here, not first when the
+    header is encoded: a block time past the safe integer range would otherwise be refused
+    only when someone hashes the *next* block, after the chain has committed to a head that
+    has no valid successor.
+    """
+    parent = state.head_time
+    if not 0 <= time_ms <= MAX_SAFE_INT:
+        raise _fail(
+            height,
+            "time_out_of_range",
+            f"time: expected 0 .. {MAX_SAFE_INT} ms, found {time_ms}",
+        )
+    if time_ms <= parent:
+        raise _fail(
+            height, "time_not_increasing", f"time: expected more than {parent}, found {time_ms}"
+        )
+    if time_ms - parent > MAX_BLOCK_TIME_STEP_MS:
+        raise _fail(
+            height,
+            "time_step_too_large",
+            f"time: expected at most {parent + MAX_BLOCK_TIME_STEP_MS} "
+            f"(parent + {MAX_BLOCK_TIME_STEP_MS} ms), found {time_ms}",
+        )
+
+
+def check_proposal_time(block: Block, now_ms: int) -> None:
+    """§6.2 prevote rule: a proposed block's time is at most ``MAX_CLOCK_DRIFT_MS`` past the
+    validator's own clock ``now_ms``.
+
+    Not a chain rule (a verifier has no clock to compare with): each validator applies it
+    before it prevotes, so a proposer alone cannot date a block into the future; a block
+    needs the prevotes of more than 2/3 of the power, hence of honest validators whose clocks
+    it must not outrun. ``check_block_time`` bounds what the chain can hold regardless.
+    """
+    limit = now_ms + MAX_CLOCK_DRIFT_MS
+    if block.header.time > limit:
+        raise _fail(
+            block.height,
+            "time_in_future",
+            f"time: expected at most {limit} (local clock {now_ms} + {MAX_CLOCK_DRIFT_MS} ms), "
+            f"found {block.header.time}",
         )
 
 

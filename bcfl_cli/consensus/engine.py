@@ -30,11 +30,16 @@ The engine verifies the signature of every proposal and vote it receives (each o
 edge need not. The application is two injected deterministic callbacks: ``propose(h, r)``
 (the paper's getValue()) and ``validate(block)`` (valid(v)), which may answer UNKNOWN while a
 blob is missing: the engine then waits (for ``Recheck`` or the propose timeout, which
-prevotes nil) instead of voting on a block it could not check.
+prevotes nil) instead of voting on a block it could not check. An optional third,
+``timely(block)``, is the prevote rule on the block time (PROTOCOL.md §6.2, the edge reads its
+clock): asked only of a fresh proposal (validRound -1) before the engine prevotes for it, as in
+Tendermint's proposer-based timestamps, never at the lock (L36) or the decision (L49), so a
+validator whose clock is slow still decides a block that a quorum committed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
 from typing import Protocol
@@ -121,10 +126,12 @@ class Engine:
         timeouts: TimeoutConfig | None = None,
         restored: EngineState | None = None,
         signature_cache: SignatureCache | None = None,
+        timely: Callable[[Block], bool] | None = None,
     ) -> None:
         self.chain = chain
         self.me = me
         self.app = app
+        self._timely = timely
         self.timeouts = timeouts or TimeoutConfig()
         self._restored = restored
         self._sig_cache: SignatureCache = signature_cache if signature_cache is not None else set()
@@ -370,7 +377,7 @@ class Engine:
             else:
                 continue
             choice = NIL  # L26, L32
-            if lock_allows:
+            if lock_allows and self._time_allows(p):  # a block dated past our clock: L26
                 validity = self._valid(p.block)
                 if validity is Validity.UNKNOWN:
                     continue  # wait for the blob (Recheck) or for timeoutPropose (L57)
@@ -380,6 +387,12 @@ class Engine:
             self._vote(VoteType.PREVOTE, choice, out)
             return True
         return False
+
+    def _time_allows(self, p: Proposal) -> bool:
+        """The prevote rule on the block time, for a fresh proposal only: a re-proposal
+        (validRound >= 0) carries a block that a quorum prevoted in that round, each after
+        judging its time then."""
+        return p.valid_round != -1 or self._timely is None or self._timely(p.block)
 
     def _upon_any_prevotes(self, out: list[Action]) -> None:
         if (

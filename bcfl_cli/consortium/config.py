@@ -75,7 +75,12 @@ class MemberSpec(_Strict):
         try:
             public_key_from_did(value)
         except EncodingError as exc:
-            raise ValueError("not an Ed25519 did:key (expected did:key:z6Mk...)") from exc
+            reason = " (expected did:key:z6Mk...)"
+            if "prime order" in exc.message:
+                reason = (
+                    ": its public key is not of prime order (a small-order or mixed-order point)"
+                )
+            raise ValueError("not an Ed25519 did:key" + reason) from exc
         return value
 
     @field_validator("roles")

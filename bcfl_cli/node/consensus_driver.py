@@ -29,7 +29,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bcfl_cli.chain.builder import build_block
-from bcfl_cli.chain.state import ChainState
+from bcfl_cli.chain.state import ChainState, check_proposal_time
 from bcfl_cli.consensus.engine import Engine
 from bcfl_cli.consensus.messages import (
     Action,
@@ -96,6 +96,7 @@ class ConsensusDriver:
             app=self,
             timeouts=timeouts,
             restored=guard.state(node.genesis_hash),
+            timely=self._timely,
         )
         self._queue: list[Event] = []
         self._busy = False
@@ -114,6 +115,8 @@ class ConsensusDriver:
         # does not hold the propose timeout while it is fetched).
         self._fetch_failed: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._missing_blobs: OrderedDict[str, None] = OrderedDict()
+        # Proposals refused for a time past our clock, remembered (bounded) to log each once.
+        self._untimely: OrderedDict[str, None] = OrderedDict()
         self._next_height_seen = asyncio.Event()
         self._work = asyncio.Event()
         self._started_height = -1
@@ -543,6 +546,26 @@ class ConsensusDriver:
         self._validating[key] = failed is None and not missing
         self._spawn(self._validate_async(block, state))
         return Validity.UNKNOWN
+
+    def _timely(self, block: Block) -> bool:
+        """The prevote rule on the block time (PROTOCOL.md §6.2): not past our clock plus the
+        drift allowed. The engine asks it before it prevotes for a fresh proposal (not part
+        of ``validate``, which also decides and locks); each refused block is logged once."""
+        try:
+            check_proposal_time(block, self.node.clock.now_ms())
+        except VerificationError as exc:
+            if block.hash not in self._untimely:
+                self._untimely[block.hash] = None
+                while len(self._untimely) > FAILED_FETCHES:
+                    self._untimely.popitem(last=False)
+                log.warning(
+                    "proposal refused",
+                    extra=fields(
+                        height=block.height, block=block.hash, code=exc.code, reason=exc.message
+                    ),
+                )
+            return False
+        return True
 
     async def _validate_async(self, block: Block, state: ChainState) -> None:
         node = self.node

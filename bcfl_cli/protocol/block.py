@@ -285,8 +285,8 @@ class CommitCertificate:
             raise EncodingError("commit signatures must be sorted by validator, without repeats")
         for name in ("height", "round"):
             v = data[name]
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise EncodingError(f"commit {name} must be a non-negative integer")
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_SAFE_INT:
+                raise EncodingError(f"commit {name} must be an integer in 0 .. {MAX_SAFE_INT}")
         if not is_hash_hex(data["block"]):
             raise EncodingError("commit block must be a block hash")
         return cls(data["height"], data["round"], data["block"], tuple(pairs))

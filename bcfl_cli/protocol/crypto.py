@@ -10,6 +10,7 @@ import enum
 from functools import lru_cache
 
 import base58
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -88,7 +89,28 @@ def public_key_from_did(did: str) -> bytes:
     key = raw[2:]
     if did_from_public_key(key) != did:  # refuse non-canonical base58 spellings
         raise EncodingError(f"did:key is not in canonical form: {did!r}")
+    if not is_prime_order_point(key):
+        raise EncodingError(
+            f"did:key holds no Ed25519 public key of prime order (identity, small-order or "
+            f"mixed-order point, or not on the curve): {did!r}"
+        )
     return key
+
+
+def is_prime_order_point(public_key: bytes) -> bool:
+    """True when ``public_key`` is the canonical encoding of a curve point in the prime-order
+    subgroup, other than the identity (PROTOCOL.md §2).
+
+    libsodium's ``crypto_core_ed25519_is_valid_point`` refuses non-canonical encodings, points
+    off the curve, the eight small-order points and every point outside the main subgroup
+    (A + T, with T of order 2, 4 or 8). Such keys break the one-key-one-signer assumption: a
+    signature made with A's secret verifies under A + T for some messages (8 of 64 measured),
+    and the identity or a small-order key lets anyone forge for some messages. A test pins
+    the verdict on each kind, so a library upgrade cannot change it unnoticed.
+    """
+    return len(public_key) == 32 and bool(
+        nacl.bindings.crypto_core_ed25519_is_valid_point(public_key)
+    )
 
 
 def is_did(value: object) -> bool:

@@ -43,7 +43,20 @@ def canonical(obj: Any) -> bytes:
 
 
 def _simple_text(text: str) -> bool:
-    return text.isascii() and text.isprintable()
+    """True when the fast path writes ``text`` exactly; refuses lone surrogates.
+
+    A lone surrogate (``\\ud800`` escaped, or its three bytes in CESU-style input, which
+    ``json.loads`` decodes with ``surrogatepass``) is not Unicode text: RFC 8785 cannot encode
+    it, so a document holding one is refused where it is parsed, like a duplicate key, not
+    later when someone first hashes it.
+    """
+    if text.isascii():
+        return text.isprintable()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EncodingError(f"string holds a lone surrogate at index {exc.start}") from None
+    return False
 
 
 def _check(obj: Any, depth: int) -> bool:
@@ -65,7 +78,8 @@ def _check(obj: Any, depth: int) -> bool:
         for key, value in obj.items():
             if not isinstance(key, str):
                 raise EncodingError(f"object key {key!r} is not a string")
-            simple = _check(value, depth + 1) and simple and _simple_text(key)
+            key_simple = _simple_text(key)  # always called: it refuses lone surrogates
+            simple = _check(value, depth + 1) and simple and key_simple
         return simple
     if isinstance(obj, list | tuple):
         simple = True

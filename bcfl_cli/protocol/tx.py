@@ -101,7 +101,7 @@ def _params(v: Any) -> bool:
             and _CODE.match(k)
             and (
                 (isinstance(x, str) and len(x) <= 64)
-                or (isinstance(x, int) and not isinstance(x, bool))
+                or (isinstance(x, int) and not isinstance(x, bool) and abs(x) <= _U64)
             )
             for k, x in v.items()
         )

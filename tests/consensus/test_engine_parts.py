@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from bcfl_cli.consensus import (
     BroadcastVote,
+    Commit,
     Engine,
     EngineState,
     Evidence,
@@ -228,3 +229,63 @@ def test_engine_timeouts_grow_with_the_round_and_reset_at_each_height() -> None:
         seen += propose_timeouts(engine.handle(TimeoutFired(TimeoutKind.PRECOMMIT, 1, r)))
     assert seen == [(1, r, min(1_000 * 2**r, 20_000)) for r in range(7)]
     assert propose_timeouts(engine.handle(StartHeight(2, vset))) == [(2, 0, 1_000)]
+
+
+def _prevotes(actions: list) -> list[str]:  # type: ignore[type-arg]
+    return [
+        a.vote.block
+        for a in actions
+        if isinstance(a, BroadcastVote) and a.vote.type is VoteType.PREVOTE
+    ]
+
+
+def test_a_proposal_dated_past_the_clock_gets_a_nil_prevote_but_is_still_decided() -> None:
+    """The prevote rule on the block time (PROTOCOL.md §6.2) is asked of fresh proposals only:
+    an untimely one gets a nil prevote at once (without validating it); a re-proposal backed
+    by a quorum of prevotes, and a block a quorum precommitted, do not depend on our clock."""
+    vset = _vset([1] * 4)
+    asked: list[str] = []
+
+    def timely(block: Block) -> bool:
+        asked.append(block.hash)
+        return False
+
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), timely=timely)
+    engine.handle(StartHeight(1, vset))
+    block = make_block(1, CHAIN, 4, proposer(vset, 1, 0), vset)
+    author = DIDS.index(proposer(vset, 1, 0))
+    fresh = Proposal(CHAIN, 1, 0, block, -1, DIDS[author]).signed(KEYS[author])
+    assert _prevotes(engine.handle(ProposalReceived(fresh))) == [NIL]
+    assert asked == [block.hash]
+    # the others prevoted it (their clocks agree with the proposer's): we lock on it and
+    # precommit it (L36 does not ask the clock), and a quorum of precommits decides it
+    for i in range(3):
+        for vtype in (VoteType.PREVOTE, VoteType.PRECOMMIT):
+            vote = Vote(CHAIN, 1, 0, vtype, block.hash, DIDS[i]).signed(KEYS[i])
+            actions = engine.handle(VoteReceived(vote))
+    assert engine.step is Step.COMMITTED
+    assert any(isinstance(a, Commit) and a.block.hash == block.hash for a in actions)
+    assert asked == [block.hash]  # never asked again: not part of the lock or the decision
+
+
+def test_a_re_proposal_with_a_quorum_of_prevotes_is_not_judged_by_the_clock() -> None:
+    vset = _vset([1] * 4)
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), timely=lambda block: False)
+    engine.handle(StartHeight(1, vset))
+    block = make_block(1, CHAIN, 4, proposer(vset, 1, 0), vset)
+    for i in range(3):  # a quorum prevoted it in round 0 (we missed that round)
+        engine.handle(
+            VoteReceived(Vote(CHAIN, 1, 0, VoteType.PREVOTE, block.hash, DIDS[i]).signed(KEYS[i]))
+        )
+    engine.handle(TimeoutFired(TimeoutKind.PROPOSE, 1, 0))
+    engine.handle(TimeoutFired(TimeoutKind.PREVOTE, 1, 0))
+    for i in range(3):
+        engine.handle(
+            VoteReceived(Vote(CHAIN, 1, 0, VoteType.PRECOMMIT, NIL, DIDS[i]).signed(KEYS[i]))
+        )
+    actions = engine.handle(TimeoutFired(TimeoutKind.PRECOMMIT, 1, 0))
+    assert engine.round == 1
+    author = DIDS.index(proposer(vset, 1, 1))
+    again = Proposal(CHAIN, 1, 1, block, 0, DIDS[author]).signed(KEYS[author])
+    actions = engine.handle(ProposalReceived(again))
+    assert _prevotes(actions) == [block.hash]

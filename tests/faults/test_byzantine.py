@@ -16,10 +16,14 @@ import time
 
 import pytest
 
+from bcfl_cli.chain.state import MAX_CLOCK_DRIFT_MS
 from bcfl_cli.consensus.messages import Proposal
 from bcfl_cli.consensus.proposer import proposer
+from bcfl_cli.demo.launcher import LocalConsortium
 from bcfl_cli.node.client import SignedClient
-from bcfl_cli.protocol.block import NIL, Block, ValidatorSet, Vote, VoteType
+from bcfl_cli.protocol.block import NIL, Block, BlockHeader, ValidatorSet, Vote, VoteType
+from bcfl_cli.protocol.encoding import MAX_SAFE_INT
+from bcfl_cli.protocol.merkle import merkle_root
 from tests.faults.helpers import (
     ChainWatch,
     MakeConsortium,
@@ -172,5 +176,97 @@ def test_byzantine_validator_is_outvoted_and_its_double_vote_recorded(
             "first_evidence_height": evidence[0][0],
             "blocks_committed": watch.height - start_height,
             "alarms": 0,
+        },
+    )
+
+
+def _doomsday_block(c: LocalConsortium, height: int, did: str, validators: ValidatorSet) -> Block:
+    """A block for ``height`` that obeys every rule but the time: dated 2^53-1 ms, after
+    which no block could follow (its time would leave the protocol's integer range)."""
+    parent = BlockHeader.from_dict(c.blocks("alice", height - 1, 1)[0]["header"])
+    header = BlockHeader(
+        height=height,
+        prev=parent.hash,
+        time=MAX_SAFE_INT,
+        proposer=did,
+        tx_root=merkle_root([]),
+        validators=validators.hash,
+        config=parent.config,
+    )
+    return Block(header, (), None)
+
+
+def test_a_proposer_dating_its_block_to_the_end_of_time_cannot_halt_the_chain(
+    consortium: MakeConsortium,
+) -> None:
+    """Issue 16, item 1: mallory, whenever it is the proposer, proposes a well-formed block
+    dated 2^53-1 ms and prevotes and precommits it. The honest three prevote nil (the block
+    is past their clocks, PROTOCOL.md §6.2), the round moves on to an honest proposer, and the
+    chain goes on; no block on it is dated past the clock, and verify-chain accepts it."""
+    c = consortium(members(NAMES), plan(min_updates=3, deadline_blocks=15))
+    for name in HONEST:
+        c.start(name, train=False)
+    for name in HONEST:
+        c.wait_ready(name, timeout=120)
+    wait_until(lambda: c.heights(HONEST)["alice"] >= 2, 90, "the first blocks", c)
+    mallory = c.members["mallory"].identity
+    key, did, chain = mallory.signing_key, mallory.did, c.genesis_hash
+    validators = ValidatorSet.from_mapping({c.members[n].did: 1 for n in NAMES})
+    clients = {n: SignedClient(key, c.members[n].url + "/v1", retries=0) for n in HONEST}
+    attacked: set[tuple[int, int]] = set()  # (height, round) where mallory proposed
+    try:
+        deadline = time.monotonic() + 120
+        while len({h for h, _ in attacked}) < 2:
+            assert time.monotonic() < deadline, (
+                f"mallory proposed only at {attacked} in 120 s; the honest nodes are at "
+                f"{c.heights(HONEST)} (a doomsday block committed leaves no next block)"
+            )
+            engine = c.status("alice")["consensus"]
+            h, r = engine["height"], engine["round"]
+            # only in a round the honest nodes are in (waiting for mallory's proposal), so that
+            # every attack counted is one they had to decide on
+            if proposer(validators, h, r) == did and (h, r) not in attacked:
+                block = _doomsday_block(c, h, did, validators)
+                messages = [
+                    {"proposal": Proposal(chain, h, r, block, -1, did).signed(key).to_dict()},
+                    *(
+                        {"vote": Vote(chain, h, r, t, block.hash, did).signed(key).to_dict()}
+                        for t in (VoteType.PREVOTE, VoteType.PRECOMMIT)
+                    ),
+                ]
+                for client in clients.values():
+                    for message in messages:
+                        client.post("/consensus", json_body=message, allow=range(400, 500))
+                attacked.add((h, r))
+            time.sleep(0.1)
+    finally:
+        for client in clients.values():
+            client.close()
+
+    last_attack = max(h for h, _ in attacked)
+    waited = wait_until(lambda: converged(c, HONEST, last_attack + 2), 120, "the chain to go on", c)
+    now_ms = time.time_ns() // 1_000_000
+    watch = ChainWatch(c)
+    watch.observe(HONEST)
+    times: list[int] = []
+    while blocks := c.blocks("alice", len(times) + 1, 100):
+        times += [raw["header"]["time"] for raw in blocks]
+    assert all(t <= now_ms + MAX_CLOCK_DRIFT_MS for t in times), max(times)
+    refused = sum(c.log(name, 10_000_000).count("time_in_future") for name in HONEST)
+    assert all(c.status(n)["alarm"] is None for n in HONEST)
+    for name in HONEST:
+        assert c.stop(name) == 0, c.log(name)
+    watch.check_stores()
+    reports = verify_all(c)
+    assert all(r["ok"] for r in reports.values()), reports
+    save_figures(
+        "byzantine_time",
+        {
+            "doomsday_proposals": len(attacked),
+            "heights_attacked": sorted({h for h, _ in attacked}),
+            "refusals_logged": refused,
+            "seconds_to_two_more_blocks": round(waited, 1),
+            "height": watch.height,
+            "latest_block_time_minus_now_ms": max(times) - now_ms,
         },
     )

@@ -9,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bcfl_cli.errors import EncodingError
-from bcfl_cli.protocol.crypto import did_from_public_key, is_did, public_key_from_did
+from bcfl_cli.protocol.crypto import (
+    did_from_public_key,
+    is_did,
+    is_prime_order_point,
+    public_key_from_did,
+)
 
 # From the W3C CCG did:key method's test vectors (test-vectors/ed25519-x25519.json): a 32-byte
 # seed, its did, and the public key in base58btc.
@@ -52,9 +57,21 @@ def test_did_key_vectors(seed, did, public_b58):
 
 @given(st.binary(min_size=32, max_size=32))
 def test_round_trip(public):
+    """Any 32 bytes spell a did; it parses back exactly when they are a key of prime order
+    (most random bytes are not even on the curve: tests/identity/test_did_key_points.py)."""
     did = did_from_public_key(public)
     assert did.startswith("did:key:z6Mk")
-    assert public_key_from_did(did) == public
+    if is_prime_order_point(public):
+        assert public_key_from_did(did) == public
+    else:
+        with pytest.raises(EncodingError, match="prime order"):
+            public_key_from_did(did)
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_round_trip_of_real_keys(seed):
+    public = bytes(nacl.signing.SigningKey(seed).verify_key)
+    assert public_key_from_did(did_from_public_key(public)) == public
 
 
 def _did_of(raw: bytes) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bcfl_cli.chain import ChainState
+from bcfl_cli.chain.state import MAX_CLOCK_DRIFT_MS
 from bcfl_cli.consensus.messages import (
     Event,
     Recheck,
@@ -229,6 +230,32 @@ def test_a_failed_fetch_is_retried_once_per_later_round_without_holding(chain: C
         driver.close()
 
     asyncio.run(scenario())
+
+
+class FakeClock(Clock):
+    """Wall time set by hand (timers stay real)."""
+
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    def now_ms(self) -> int:
+        return self.now
+
+
+def test_the_engine_asks_the_node_clock_before_it_prevotes(chain: Chain) -> None:
+    """The prevote rule (PROTOCOL.md §6.2): a block more than ``MAX_CLOCK_DRIFT_MS`` past the
+    validator's clock is untimely, until the clock catches up; the driver hands the check to
+    the engine, which asks it of fresh proposals only (not in ``validate``)."""
+    (block,), after = proposals(chain, 1)
+    node = StubNode(chain, Syncer(result=True, delay_s=0.0), after)
+    node.clock = FakeClock(block.header.time - MAX_CLOCK_DRIFT_MS - 1)
+    driver = RecordingDriver(node)
+    assert driver.engine._timely == driver._timely
+    assert [driver._timely(block) for _ in range(3)] == [False] * 3
+    assert list(driver._untimely) == [block.hash]  # logged once
+    node.clock.now += 1  # now exactly within the drift
+    assert driver._timely(block)
+    driver.close()
 
 
 def test_a_new_proposal_with_a_blob_that_failed_does_not_hold(chain: Chain) -> None:

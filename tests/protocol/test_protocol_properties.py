@@ -311,3 +311,39 @@ def test_ledger_reads_the_hash_off_the_canonical_text(tx):
     read = Transaction.from_canonical(signed.decode("utf-8"))
     assert read.hash == tx.hash == hash_object(tx.unsigned())
     assert tx_digest(tx) == tx_digest(read) == (tx.hash, len(signed))
+
+
+#: A lone surrogate, written as a JSON escape (in a value and in a key) and as the three bytes
+#: UTF-8 would give it (CESU-style; ``json.loads`` decodes bytes with ``surrogatepass``).
+_LONE_SURROGATES = [
+    '{"x": "\\ud800"}',
+    '{"x": "a\\udfffb"}',
+    '{"\\udc00": 1}',
+    '["\\ud83d"]',  # the high half of an emoji, its low half missing
+    b'{"x": "\xed\xa0\x80"}',
+    b'["\xed\xbf\xbf"]',
+]
+
+
+@pytest.mark.parametrize("text", _LONE_SURROGATES)
+def test_parse_json_refuses_lone_surrogates(text):
+    """A value ``canonical`` would refuse is refused when parsed, as duplicate keys are."""
+    with pytest.raises(EncodingError, match="surrogate"):
+        parse_json(text)
+
+
+@fast
+@given(st.integers(0xD800, 0xDFFF), st.text(max_size=5), st.booleans())
+def test_parse_json_refuses_every_lone_surrogate(code, around, as_key):
+    escaped = json.dumps(around[:2] + chr(code) + around[2:])  # \udxxx, never a valid pair
+    with pytest.raises(EncodingError, match="surrogate"):
+        parse_json("{" + escaped + ": 1}" if as_key else "[" + escaped + "]")
+
+
+@fast
+@given(st.text(max_size=8))
+def test_parse_json_keeps_valid_unicode_and_pairs(text):
+    """Escaped surrogate pairs (astral characters) are valid text and still parse."""
+    doc = {text: [text]}
+    assert parse_json(json.dumps(doc, ensure_ascii=True)) == doc
+    assert canonical(parse_json(json.dumps(doc, ensure_ascii=False).encode())) == canonical(doc)

@@ -123,3 +123,25 @@ def test_duplicate_misbehaviour_is_named(tmp_path, workers):
         again.hash,
         "duplicate_evidence",
     )
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_block_dated_past_the_time_step_is_named(tmp_path, monkeypatch, workers):
+    """Every validator signed a block dated 2^53-1 ms (the chain could have no successor):
+    verify-chain names it, whichever block range a worker replays it in."""
+    import dataclasses
+
+    from bcfl_cli.chain import commit_with_keys
+    from bcfl_cli.protocol.block import Block
+    from bcfl_cli.protocol.encoding import MAX_SAFE_INT
+    from tests.chain.factories import key_for
+
+    monkeypatch.setattr(verify_module, "PARALLEL_MIN_BLOCKS", 20)
+    monkeypatch.setattr(verify_module, "CHUNK_BLOCKS", 8)
+    c = _long_chain(tmp_path, 20)
+    header = dataclasses.replace(c.next_block([]).header, time=MAX_SAFE_INT)
+    signers = [key_for(n) for n in ("alice", "bob", "carol")]  # a quorum of the four
+    c.ledger.append(commit_with_keys(Block(header, (), None), signers, c.chain))
+    report = verify_chain(c.ledger, workers=workers)
+    assert (report.fault.height, report.fault.code) == (21, "time_step_too_large")
+    assert report.height == 20
