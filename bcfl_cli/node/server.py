@@ -34,7 +34,7 @@ from bcfl_cli.chain.state import ChainState
 from bcfl_cli.consensus.messages import TimeoutConfig
 from bcfl_cli.errors import BcflError, NodeError
 from bcfl_cli.fl.checks import FLChecks
-from bcfl_cli.home import Home
+from bcfl_cli.home import Home, HomeLock
 from bcfl_cli.identity import Identity
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.consensus_driver import ConsensusDriver
@@ -562,6 +562,13 @@ def http_config(app: Any, host: str, port: int) -> uvicorn.Config:
 
 
 async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
+    """Run the node until SIGINT/SIGTERM, holding the home's lock (one node per home; a
+    second start fails with NodeError before it opens the ledger or writes anything)."""
+    with HomeLock.acquire(home):
+        await _serve(home, identity, options)
+
+
+async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     """Run the node until SIGINT/SIGTERM; everything is closed on the way out."""
     from bcfl_cli.node.app import create_app
 
