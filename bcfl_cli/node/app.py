@@ -87,7 +87,13 @@ BODY_READ_TIMEOUT_S = 15.0
 NEXT_ROUND_HOLD_S = 2.0
 #: How many such updates may wait at once; past it, one is refused at once (``wrong_round``).
 MAX_HELD_UPDATES = 32
-JOIN_LIMITS = NodeLimits(max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0)
+#: Under HOME/node: what the replay cache must remember across a restart (limits.ReplayJournal).
+REPLAY_JOURNAL = "replay.log"
+#: /v1/join admits any signer, each with its own small share of the nonce cache (a join
+#: takes one request, and the rate allows 70 a minute).
+JOIN_LIMITS = NodeLimits(
+    max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0, nonces_per_member=16
+)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -739,7 +745,13 @@ def create_app(node: Node) -> ASGIApp:
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
     authorities = _authorities(node)
-    members = SignatureAuth(app, is_member=node.is_member, limits=limits, authorities=authorities)
+    members = SignatureAuth(
+        app,
+        is_member=node.is_member,
+        limits=limits,
+        authorities=authorities,
+        replay_journal=node.home.node_dir / REPLAY_JOURNAL,
+    )
     newcomers = SignatureAuth(
         app, is_member=lambda _did: True, limits=JOIN_LIMITS, authorities=authorities
     )
