@@ -30,6 +30,9 @@ Upload slots are per member: each signer holds at most ``max_uploads_per_member`
 chunk has touched for ``STALE_UPLOAD_S`` is dropped when a slot is next wanted. One member
 holding every slot, or appending junk to another member's upload of the same blob, was possible
 while the slots and the partial files were shared.
+
+With a ``BlobKeeper`` (a node's), a blob stored by an upload counts against the signer's quota
+of blobs no block references; past it, ``507 over_quota`` (see ``blob_keeper``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from starlette.types import ASGIApp
 
 from bcfl_cli.errors import BlobError
 from bcfl_cli.node.auth import SignatureAuth, peer_did
+from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import DEFAULT_MAX_BLOB_BYTES, BlobStore
@@ -104,6 +108,7 @@ class BlobRoutes:
         max_uploads_per_member: int = MAX_UPLOADS_PER_MEMBER,
         stale_upload_s: float = STALE_UPLOAD_S,
         clock: Callable[[], float] = time.time,
+        keeper: BlobKeeper | None = None,
     ) -> None:
         self.store = store
         self.max_blob_bytes = max_blob_bytes
@@ -112,6 +117,7 @@ class BlobRoutes:
         self.max_uploads_per_member = max_uploads_per_member
         self.stale_upload_s = stale_upload_s
         self._clock = clock
+        self.keeper = keeper
         self._tmp = store.root / "tmp"
         self._manifests: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -179,8 +185,29 @@ class BlobRoutes:
             except FileNotFoundError:
                 continue
 
-    def _take_slot(self, request: Request, part: Path) -> JSONResponse | None:
-        """Make ``part`` the signer's new partial upload, or say why not (503 ``busy``)."""
+    def _over_quota(self, request: Request, digest: str, size: int) -> JSONResponse | None:
+        """507 ``over_quota`` if storing this blob would pass the signer's quota (blob_keeper)."""
+        did = peer_did(request)
+        if self.keeper is None or did is None:
+            return None
+        refusal = self.keeper.admit(did, digest, size)
+        if refusal is None:
+            return None
+        return _error(507, "over_quota", refusal + "; wait until the chain names them")
+
+    def _stored(self, request: Request, digest: str, size: int) -> None:
+        did = peer_did(request)
+        if self.keeper is not None and did is not None:
+            self.keeper.record(did, digest, size)
+
+    def _take_slot(
+        self, request: Request, part: Path, digest: str, size: int
+    ) -> JSONResponse | None:
+        """Make ``part`` the signer's new partial upload, or say why not (503 ``busy``, 507
+        ``over_quota``)."""
+        over = self._over_quota(request, digest, size)
+        if over is not None:
+            return over
         self._drop_stale()
         tag = _signer_tag(peer_did(request))
         mine = self._pending(tag + "-")
@@ -287,19 +314,25 @@ class BlobRoutes:
                 400, "bad_chunk", f"chunk {index} must have {expected_len} bytes, got {len(body)}"
             )
         if self.store.has(digest):
+            if self.keeper is not None:
+                self.keeper.sent_again(digest)
             return JSONResponse({"received": size, "complete": True})
         if expected_len == size:
             # A one-chunk blob (every update of a small model) is whole on arrival: keep it if
             # it hashes to its name, with no partial file and no finalise round trip.
+            over = self._over_quota(request, digest, size)
+            if over is not None:
+                return over
             try:
                 await run_in_threadpool(self.store.put_stream, [body], expected=digest)
             except BlobError as exc:
                 return _error(422, "hash_mismatch", exc.message + "; upload it again")
+            self._stored(request, digest, size)
             return JSONResponse({"received": size, "complete": True})
         part = self._part(request, digest, size)
         async with self._lock(part):
             if not part.exists():
-                busy = self._take_slot(request, part)
+                busy = self._take_slot(request, part, digest, size)
                 if busy is not None:
                     return busy
             received = part.stat().st_size
@@ -321,6 +354,8 @@ class BlobRoutes:
         except _BadRequest as bad:
             return bad.response
         if self.store.has(digest):
+            if self.keeper is not None:
+                self.keeper.sent_again(digest)
             return JSONResponse({"hash": digest, "size": self.store.size(digest)})
         part = self._part(request, digest, size)
         async with self._lock(part):
@@ -334,6 +369,10 @@ class BlobRoutes:
                     f"received {received} of {size} bytes; upload the missing chunks first",
                     received=received,
                 )
+            over = self._over_quota(request, digest, size)
+            if over is not None:
+                part.unlink(missing_ok=True)
+                return over
             try:
                 await run_in_threadpool(_store_part, self.store, part, digest, size)
             except BlobError as exc:
@@ -341,6 +380,7 @@ class BlobRoutes:
             finally:
                 part.unlink(missing_ok=True)
                 self._locks.pop(part.name, None)
+            self._stored(request, digest, size)
         return JSONResponse({"hash": digest, "size": size}, status_code=201)
 
 

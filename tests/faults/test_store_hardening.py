@@ -6,6 +6,7 @@ One single-validator node (quorum 1 of 1), as in test_bad_input.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -16,7 +17,12 @@ import nacl.signing
 import pytest
 
 from bcfl_cli.demo.launcher import LocalConsortium, free_ports
+from bcfl_cli.node.blob_fetch import upload_blob
+from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.httpsig import sign_request
+from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.verify import verify_chain
 from tests.faults.helpers import members, plan
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
@@ -103,3 +109,36 @@ def test_a_signed_request_is_not_accepted_again_after_a_restart(node: LocalConso
     assert answers["ahead"].json()["error"] == "replay", answers["ahead"].text
     if time.time() - now < 28:  # else the first is merely stale
         assert answers["now"].json()["error"] == "replay", answers["now"].text
+
+
+def _junk_bytes(store: BlobStore, keep: set[str]) -> int:
+    return sum(store.size(d) for d in store.iter_hashes() if d not in keep)
+
+
+def test_one_members_junk_uploads_are_bounded_then_collected(node: LocalConsortium) -> None:
+    """Item 8: before, every hash-matching upload was kept for ever (5 requests grew a store by
+    20 MiB). Now the blobs a member stored that no block names count against its quota (16 MiB
+    here: 4 blobs of the genesis's 1 MiB limit, at least 16 MiB), its newest displacing its
+    oldest; and a node with ``--blob-retention 60s`` removes them a minute later, while the
+    chain's own blobs stay and the chain still verifies."""
+    alice = node.members["alice"]
+    store = BlobStore(alice.home.blob_dir)
+    chain_blobs = set(store.iter_hashes())
+    scratch = BlobStore(alice.home.root.parent / "scratch")
+    with SignedClient(alice.identity.signing_key, f"{alice.url}/v1", retries=1) as client:
+        for i in range(24):
+            digest = scratch.put(hashlib.shake_256(b"junk %d" % i).digest(MIB))
+            upload_blob(client, digest, scratch)
+    grown = _junk_bytes(store, chain_blobs)
+    print(f"24 junk uploads of 1 MiB grew the store by {grown / MIB:.1f} MiB")
+    assert grown <= 16 * MIB
+    node.stop("alice")
+    node.start("alice", train=False, extra=["--blob-retention", "60s"])
+    node.wait_ready("alice", timeout=120)
+    deadline = time.monotonic() + 150
+    while _junk_bytes(store, chain_blobs) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert _junk_bytes(store, chain_blobs) == 0, node.log("alice")
+    assert chain_blobs <= set(store.iter_hashes())
+    with Ledger.open(alice.home) as ledger:
+        assert verify_chain(ledger, workers=1).fault is None
