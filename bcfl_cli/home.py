@@ -80,9 +80,15 @@ class HomeLock:
     @classmethod
     def acquire(cls, home: Home) -> HomeLock:
         """Take the lock without waiting; NodeError (exit 1) naming the holder if it is held."""
-        home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = home.lock_file
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        except OSError as exc:
+            raise NodeError(
+                f"cannot open the lock file {path}: {exc.strerror}",
+                hint="the node runs as the user that owns its home",
+            ) from exc
         if sys.platform != "win32":
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

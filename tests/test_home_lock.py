@@ -29,3 +29,12 @@ def test_lock_file_is_private_and_homes_are_independent(tmp_path: Path) -> None:
     with HomeLock.acquire(one), HomeLock.acquire(two):
         assert one.lock_file.stat().st_mode & 0o077 == 0
         assert one.lock_file.read_text().strip() == str(os.getpid())
+
+
+def test_an_unwritable_home_is_a_clear_error(tmp_path: Path) -> None:
+    home = Home.resolve(tmp_path / "h")
+    home.ensure()
+    (home.root / "node").write_text("not a directory")
+    with pytest.raises(NodeError) as refused:
+        HomeLock.acquire(home)
+    assert "cannot open the lock file" in refused.value.message
