@@ -162,8 +162,11 @@ class NonceCache:
         self.journal = journal
         self.not_before = _NO_FLOOR if not_before is None else not_before
         if journal is not None:
-            last, kept = journal.load(horizon=self._clock() - 2 * window_s)
-            self.not_before = max(self.not_before, last + 1)
+            now = self._clock()
+            last, kept = journal.load(horizon=now - 2 * window_s)
+            # a last second far ahead means the clock went back: whatever was signed after
+            # now + window is refused as stale anyway, so refusing longer would only stall us
+            self.not_before = max(self.not_before, min(last + 1, int(now) + window_s + 1))
             for keyid, nonce, created in kept:
                 self._remember(keyid, nonce, created, member=True)
 

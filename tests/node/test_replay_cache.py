@@ -188,3 +188,11 @@ def test_journal_keeps_every_nonce_that_could_outlive_a_restart(
         for keyid, nonce, created in noted:
             if abs(created - restarted_at) <= 30:  # the signature window lets it through
                 assert cache.check_and_add(keyid, nonce, created) is not None
+
+
+def test_a_clock_set_back_does_not_stall_the_node_past_the_window(tmp_path: Path) -> None:
+    journal = tmp_path / "replay.log"
+    ReplayJournal(journal).note("k", "n", 10_000, now=10_000.5)
+    cache = NonceCache(30, not_before=100, journal=ReplayJournal(journal), clock=lambda: 100.0)
+    assert cache.not_before == 131
+    assert cache.check_and_add("k", "m", 131) is None
