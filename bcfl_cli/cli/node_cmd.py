@@ -128,15 +128,39 @@ def node(
             ),
         ),
     ] = 3000,
+    blob_retention: Annotated[
+        str,
+        typer.Option(
+            "--blob-retention",
+            metavar="DURATION",
+            help=(
+                "Remove blobs that no block references once nobody has stored them for this"
+                " long (90s, 30m, 24h, 7d), or 'keep' to keep every blob."
+            ),
+        ),
+    ] = "24h",
+    blob_quota_mib: Annotated[
+        int | None,
+        typer.Option(
+            "--blob-quota-mib",
+            min=1,
+            help=(
+                "MiB of blobs no block references that one member may keep on this node"
+                " (default: 4 blobs of the genesis's largest size, at least 16 MiB)."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Run this member's peer: sync, consensus, blob transfer and the training rounds."""
     from bcfl_cli.consensus.messages import TimeoutConfig
     from bcfl_cli.identity import load_identity, passphrase_from
+    from bcfl_cli.node.blob_keeper import parse_retention
     from bcfl_cli.node.logging import setup_logging
     from bcfl_cli.node.server import NodeOptions, iter_peers, serve
 
     resolved = Home.resolve(home)
     host, port = _split_listen(listen)
+    retention_s = parse_retention(blob_retention)
     identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
     setup_logging(
         json_lines=log_json,
@@ -154,6 +178,8 @@ def node(
         train=train,
         attack=attack,
         train_seed=train_seed,
+        blob_retention_s=retention_s,
+        blob_quota_bytes=None if blob_quota_mib is None else blob_quota_mib * 1024 * 1024,
     )
     _run_to_exit(serve(resolved, identity, options))
 

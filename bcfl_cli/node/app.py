@@ -87,7 +87,13 @@ BODY_READ_TIMEOUT_S = 15.0
 NEXT_ROUND_HOLD_S = 2.0
 #: How many such updates may wait at once; past it, one is refused at once (``wrong_round``).
 MAX_HELD_UPDATES = 32
-JOIN_LIMITS = NodeLimits(max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0)
+#: Under HOME/node: what the replay cache must remember across a restart (limits.ReplayJournal).
+REPLAY_JOURNAL = "replay.log"
+#: /v1/join admits any signer, each with its own small share of the nonce cache (a join
+#: takes one request, and the rate allows 70 a minute).
+JOIN_LIMITS = NodeLimits(
+    max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0, nonces_per_member=16
+)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -288,8 +294,15 @@ class Api:
         if tx.hash not in node.state.seen_tx and tx.hash not in node.mempool:
             precheck(node.state, tx)
         digest = tx.body["blob"]
-        if not node.blobs.has(digest):
-            await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
+        if node.blobs.has(digest):
+            node.keeper.sent_again(digest)
+            return
+        # the blob of a pending update counts against its author's quota (blob_keeper)
+        over = node.keeper.admit(tx.author, digest, len(data))
+        if over is not None:
+            raise MempoolRefusal("over_quota", over, status=507)
+        await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
+        node.keeper.record(tx.author, digest, len(data))
 
     def _update_and_blob(self, body: SubmitUpdate) -> tuple[Transaction, bytes]:
         """The update and its blob, if the blob is the one it names and small enough to travel
@@ -539,7 +552,8 @@ def openapi_document(
             "description": "refused",
             "content": {"application/json": {"schema": _schema(ErrorBody)}},
         }
-        for status in ("400", "404") if not signed else ("400", "401", "403", "413", "422", "429"):
+        refusals = ("400", "401", "403", "413", "422", "429", "503", "507")
+        for status in ("400", "404") if not signed else refusals:
             op["responses"][status] = error
         if signed:
             op["security"] = [{"httpSignature": []}]
@@ -694,7 +708,9 @@ def create_app(node: Node) -> ASGIApp:
     body_room = (limits.max_body_bytes - MAX_TX_BODY - 2048) * 3 // 4
     api = Api(node, max_inline_blob=max(0, min(MAX_INLINE_BLOB_BYTES, max_blob_bytes, body_room)))
     chunk_size = min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024))
-    blob_routes = BlobRoutes(node.blobs, max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)
+    blob_routes = BlobRoutes(
+        node.blobs, max_blob_bytes=max_blob_bytes, chunk_size=chunk_size, keeper=node.keeper
+    )
     document = openapi_document(
         ROUTE_TABLE, route_parameters(max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)
     )
@@ -739,7 +755,13 @@ def create_app(node: Node) -> ASGIApp:
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
     authorities = _authorities(node)
-    members = SignatureAuth(app, is_member=node.is_member, limits=limits, authorities=authorities)
+    members = SignatureAuth(
+        app,
+        is_member=node.is_member,
+        limits=limits,
+        authorities=authorities,
+        replay_journal=node.home.node_dir / REPLAY_JOURNAL,
+    )
     newcomers = SignatureAuth(
         app, is_member=lambda _did: True, limits=JOIN_LIMITS, authorities=authorities
     )

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -37,7 +38,7 @@ from bcfl_cli.node.httpsig import (
     normalise_authority,
     verify_request,
 )
-from bcfl_cli.node.limits import NodeLimits, NonceCache, TokenBucketLimiter
+from bcfl_cli.node.limits import NodeLimits, NonceCache, ReplayJournal, TokenBucketLimiter
 
 log = logging.getLogger("bcfl.node.auth")
 
@@ -100,6 +101,7 @@ class SignatureAuth:
         limits: NodeLimits | None = None,
         authorities: Iterable[str] | None = None,
         clock: Callable[[], float] = time.time,
+        replay_journal: Path | None = None,
     ) -> None:
         self.app = app
         self.is_member = is_member
@@ -109,8 +111,16 @@ class SignatureAuth:
         )
         self.clock = clock
         self.policy = VerifyPolicy(window_s=self.limits.window_s)
+        # Nothing signed before this layer existed is accepted (a restart forgets the cache);
+        # the journal keeps the few accepted requests that could outlive a restart regardless.
         self.nonces = NonceCache(
-            self.limits.window_s, max_entries=self.limits.max_nonces, clock=clock
+            self.limits.window_s,
+            max_entries=self.limits.max_nonces,
+            per_member=self.limits.nonces_per_member,
+            max_members=self.limits.max_peers,
+            not_before=int(clock()),
+            journal=ReplayJournal(replay_journal) if replay_journal is not None else None,
+            clock=clock,
         )
         self.by_address = TokenBucketLimiter(
             self.limits.rate_per_s * 4, self.limits.burst * 4, max_keys=self.limits.max_peers
@@ -202,7 +212,9 @@ class SignatureAuth:
                 "ask the members to admit you (bcfl join, then bcfl members approve)",
             )
         assert verified.nonce is not None and verified.created is not None  # STRICT policy
-        replay = self.nonces.check_and_add(did, verified.nonce, verified.created)
+        replay = self.nonces.check_and_add(
+            did, verified.nonce, verified.created, member=self.is_member(did)
+        )
         if replay is not None:
             raise _Refusal(401, "replay", replay + "; sign every request afresh")
         wait = self.by_peer.acquire(did)

@@ -8,11 +8,12 @@ taken from a request, so ``..%2F..`` can name nothing):
 - ``GET /blobs/{hash}/manifest`` (public): ``{"hash", "size", "chunk_size", "chunks"}`` with the
   SHA-256 of every ``chunk_size`` slice, so a client checks each chunk as it lands.
 - ``GET /blobs/{hash}/upload?size=N`` (public): ``{"received", "chunk_size", "complete"}``, where
-  an interrupted upload stands.
+  the signer's interrupted upload stands (an unsigned request has none: ``received`` 0).
 - ``PUT /blobs/{hash}/chunks/{i}?size=N`` (signed, member): chunk ``i`` of a blob of ``N`` bytes;
-  every chunk but the last has exactly ``chunk_size`` bytes. Chunks are appended in order to a
-  partial file ``tmp/up-{hash}-{N}.part``; a chunk already received is acknowledged again (so
-  retries are harmless), one beyond the next expected is refused (409) with where to resume.
+  every chunk but the last has exactly ``chunk_size`` bytes. Chunks are appended in order to the
+  signer's own partial file ``tmp/up-{signer tag}-{hash}-{N}.part``; a chunk already received is
+  acknowledged again (so retries are harmless), one beyond the next expected is refused (409)
+  with where to resume.
   The signature layer has already checked the chunk against its signed Content-Digest. A blob
   of one chunk is stored on arrival if it hashes to ``{hash}`` (``"complete": true``; 422
   otherwise): no partial file, no finalise.
@@ -22,6 +23,16 @@ taken from a request, so ``..%2F..`` can name nothing):
 
 Chosen over ``Content-Range`` uploads because every request stays small enough for the signature
 layer to read and digest-check whole before anything is written.
+
+Upload slots are per member: each signer holds at most ``max_uploads_per_member`` partial files
+(503 ``busy`` past it, naming its own uploads), all members together at most
+``max_pending_uploads`` (a bound on disk, not reachable by one member), and a partial file no
+chunk has touched for ``STALE_UPLOAD_S`` is dropped when a slot is next wanted. One member
+holding every slot, or appending junk to another member's upload of the same blob, was possible
+while the slots and the partial files were shared.
+
+With a ``BlobKeeper`` (a node's), a blob stored by an upload counts against the signer's quota
+of blobs no block references; past it, ``507 over_quota`` (see ``blob_keeper``).
 """
 
 from __future__ import annotations
@@ -42,15 +53,21 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from bcfl_cli.errors import BlobError
-from bcfl_cli.node.auth import SignatureAuth
+from bcfl_cli.node.auth import SignatureAuth, peer_did
+from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import DEFAULT_MAX_BLOB_BYTES, BlobStore
 
 CHUNK_SIZE = 4 * 1024 * 1024
 READ_SIZE = 1024 * 1024
-MAX_PENDING_UPLOADS = 16
-STALE_UPLOAD_S = 24 * 3600
+#: Partial uploads one member (signer) may hold at once.
+MAX_UPLOADS_PER_MEMBER = 2
+#: Partial uploads of all members together: a bound on the disk they use, not a shared slot
+#: pool (one member reaches only its own share).
+MAX_PENDING_UPLOADS = 64
+#: A partial upload no chunk has reached for this long is dropped (a client resumes within it).
+STALE_UPLOAD_S = 600
 MANIFEST_CACHE = 64
 
 
@@ -88,11 +105,19 @@ class BlobRoutes:
         max_blob_bytes: int = DEFAULT_MAX_BLOB_BYTES,
         chunk_size: int = CHUNK_SIZE,
         max_pending_uploads: int = MAX_PENDING_UPLOADS,
+        max_uploads_per_member: int = MAX_UPLOADS_PER_MEMBER,
+        stale_upload_s: float = STALE_UPLOAD_S,
+        clock: Callable[[], float] = time.time,
+        keeper: BlobKeeper | None = None,
     ) -> None:
         self.store = store
         self.max_blob_bytes = max_blob_bytes
         self.chunk_size = chunk_size
         self.max_pending_uploads = max_pending_uploads
+        self.max_uploads_per_member = max_uploads_per_member
+        self.stale_upload_s = stale_upload_s
+        self._clock = clock
+        self.keeper = keeper
         self._tmp = store.root / "tmp"
         self._manifests: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -134,30 +159,69 @@ class BlobRoutes:
             )
         return size
 
-    def _part(self, digest: str, size: int) -> Path:
-        # Built from the validated hash and an integer only.
-        return self._tmp / f"up-{digest}-{size}.part"
+    def _part(self, request: Request, digest: str, size: int) -> Path:
+        """The signer's partial file of this blob: built from a hash of the verified did, the
+        validated hash and an integer only, never from text of the request."""
+        return self._tmp / f"up-{_signer_tag(peer_did(request))}-{digest}-{size}.part"
 
-    def _lock(self, digest: str) -> asyncio.Lock:
-        lock = self._locks.get(digest)
+    def _lock(self, part: Path) -> asyncio.Lock:
+        lock = self._locks.get(part.name)
         if lock is None:
             if len(self._locks) >= 4 * self.max_pending_uploads:
                 for name in [n for n, held in self._locks.items() if not held.locked()]:
                     del self._locks[name]
-            lock = self._locks[digest] = asyncio.Lock()
+            lock = self._locks[part.name] = asyncio.Lock()
         return lock
 
-    def _pending(self) -> list[Path]:
-        return sorted(self._tmp.glob("up-*.part"))
+    def _pending(self, tag: str = "") -> list[Path]:
+        return sorted(self._tmp.glob(f"up-{tag}*.part"))
 
     def _drop_stale(self) -> None:
-        horizon = time.time() - STALE_UPLOAD_S
+        horizon = self._clock() - self.stale_upload_s
         for part in self._pending():
             try:
                 if part.stat().st_mtime < horizon:
                     part.unlink()
             except FileNotFoundError:
                 continue
+
+    def _over_quota(self, request: Request, digest: str, size: int) -> JSONResponse | None:
+        """507 ``over_quota`` if storing this blob would pass the signer's quota (blob_keeper)."""
+        did = peer_did(request)
+        if self.keeper is None or did is None:
+            return None
+        refusal = self.keeper.admit(did, digest, size)
+        if refusal is None:
+            return None
+        return _error(507, "over_quota", refusal + "; wait until the chain names them")
+
+    def _stored(self, request: Request, digest: str, size: int) -> None:
+        did = peer_did(request)
+        if self.keeper is not None and did is not None:
+            self.keeper.record(did, digest, size)
+
+    def _take_slot(
+        self, request: Request, part: Path, digest: str, size: int
+    ) -> JSONResponse | None:
+        """Make ``part`` the signer's new partial upload, or say why not (503 ``busy``, 507
+        ``over_quota``)."""
+        over = self._over_quota(request, digest, size)
+        if over is not None:
+            return over
+        self._drop_stale()
+        tag = _signer_tag(peer_did(request))
+        mine = self._pending(tag + "-")
+        if len(mine) >= self.max_uploads_per_member:
+            return _error(
+                503,
+                "busy",
+                f"you have {len(mine)} uploads in progress here, the most one member may; "
+                f"finish them, or retry once one has had no chunk for {self.stale_upload_s:.0f} s",
+            )
+        if len(self._pending()) >= self.max_pending_uploads:
+            return _error(503, "busy", "too many uploads in progress here; retry in a minute")
+        part.touch()
+        return None
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -212,7 +276,7 @@ class BlobRoutes:
         except _BadRequest as bad:
             return bad.response
         complete = self.store.has(digest)
-        part = self._part(digest, size)
+        part = self._part(request, digest, size)
         received = size if complete else (part.stat().st_size if part.exists() else 0)
         return JSONResponse(
             {"received": received, "chunk_size": self.chunk_size, "complete": complete}
@@ -250,24 +314,27 @@ class BlobRoutes:
                 400, "bad_chunk", f"chunk {index} must have {expected_len} bytes, got {len(body)}"
             )
         if self.store.has(digest):
+            if self.keeper is not None:
+                self.keeper.sent_again(digest)
             return JSONResponse({"received": size, "complete": True})
         if expected_len == size:
             # A one-chunk blob (every update of a small model) is whole on arrival: keep it if
             # it hashes to its name, with no partial file and no finalise round trip.
+            over = self._over_quota(request, digest, size)
+            if over is not None:
+                return over
             try:
                 await run_in_threadpool(self.store.put_stream, [body], expected=digest)
             except BlobError as exc:
                 return _error(422, "hash_mismatch", exc.message + "; upload it again")
+            self._stored(request, digest, size)
             return JSONResponse({"received": size, "complete": True})
-        part = self._part(digest, size)
-        async with self._lock(digest):
+        part = self._part(request, digest, size)
+        async with self._lock(part):
             if not part.exists():
-                self._drop_stale()
-                if len(self._pending()) >= self.max_pending_uploads:
-                    return _error(
-                        503, "busy", "too many uploads in progress here; retry in a minute"
-                    )
-                part.touch()
+                busy = self._take_slot(request, part, digest, size)
+                if busy is not None:
+                    return busy
             received = part.stat().st_size
             if offset > received:
                 return _error(
@@ -287,9 +354,11 @@ class BlobRoutes:
         except _BadRequest as bad:
             return bad.response
         if self.store.has(digest):
+            if self.keeper is not None:
+                self.keeper.sent_again(digest)
             return JSONResponse({"hash": digest, "size": self.store.size(digest)})
-        part = self._part(digest, size)
-        async with self._lock(digest):
+        part = self._part(request, digest, size)
+        async with self._lock(part):
             if size == 0:
                 part.touch()
             received = part.stat().st_size if part.exists() else 0
@@ -300,14 +369,26 @@ class BlobRoutes:
                     f"received {received} of {size} bytes; upload the missing chunks first",
                     received=received,
                 )
+            over = self._over_quota(request, digest, size)
+            if over is not None:
+                part.unlink(missing_ok=True)
+                return over
             try:
                 await run_in_threadpool(_store_part, self.store, part, digest, size)
             except BlobError as exc:
                 return _error(422, "hash_mismatch", exc.message + "; upload it again")
             finally:
                 part.unlink(missing_ok=True)
-                self._locks.pop(digest, None)
+                self._locks.pop(part.name, None)
+            self._stored(request, digest, size)
         return JSONResponse({"hash": digest, "size": size}, status_code=201)
+
+
+def _signer_tag(did: str | None) -> str:
+    """A file-name-safe stand-in for a signer (16 hex of the did's SHA-256)."""
+    if did is None:
+        return "unsigned"
+    return hashlib.sha256(did.encode("utf-8")).hexdigest()[:16]
 
 
 def _parse_range(value: str, size: int) -> tuple[int, int] | None:

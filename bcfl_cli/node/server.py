@@ -34,8 +34,9 @@ from bcfl_cli.chain.state import ChainState
 from bcfl_cli.consensus.messages import TimeoutConfig
 from bcfl_cli.errors import BcflError, NodeError, StoreError
 from bcfl_cli.fl.checks import FLChecks
-from bcfl_cli.home import Home
+from bcfl_cli.home import Home, HomeLock
 from bcfl_cli.identity import Identity
+from bcfl_cli.node.blob_keeper import DEFAULT_RETENTION_S, BlobKeeper, default_quota
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.consensus_driver import ConsensusDriver
 from bcfl_cli.node.limits import NodeLimits
@@ -57,7 +58,8 @@ from bcfl_cli.node.sync import (
     blob_owners,
 )
 from bcfl_cli.protocol.block import Block, ValidatorSet
-from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.store.blob_owners import BlobOwners
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.store.pin import PinKeeper
 from bcfl_cli.store.vote_guard import VoteGuard
@@ -68,6 +70,7 @@ T = TypeVar("T")
 
 ALARM_FILE = "alarm.json"
 NODE_FILE = "node.json"
+BLOB_OWNERS_FILE = "blob_owners.sqlite"
 CLOSE_GRACE_S = 5.0  # per stage of a shutdown (tasks, peer connections, the worker)
 
 
@@ -83,6 +86,8 @@ class NodeOptions:
     train: Path | None = None  # --train PART.csv: train and submit each round
     attack: str | None = None  # --attack NAME (demo and tests only)
     train_seed: int | None = None  # --train-seed S (None: random at each start)
+    blob_retention_s: float | None = DEFAULT_RETENTION_S  # --blob-retention (None: keep all)
+    blob_quota_bytes: int | None = None  # --blob-quota-mib (None: from the genesis)
 
     @property
     def url(self) -> str:
@@ -109,6 +114,7 @@ class Node:
         self.pin = self._open_pin()
         self.checks = CachingChecks(FLChecks(self.blobs))
         self.mempool = Mempool()
+        self.keeper = self._blob_keeper()
         self.peers = Peers(self.key, list(options.peers), self_url=options.url)
         self.alarm: dict[str, Any] | None = self._load_alarm()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-worker")
@@ -127,7 +133,7 @@ class Node:
         self._advanced = asyncio.Event()  # set, then replaced, on each appended block
         self._computing = False
         self._tasks: list[asyncio.Task[Any]] = []
-        self.on_commit: list[Callable[[Block], None]] = []
+        self.on_commit: list[Callable[[Block], None]] = [self.keeper.on_commit]
         log.info(
             "node opened",
             extra=fields(
@@ -186,6 +192,28 @@ class Node:
             self.pin.note(block.height, block.hash)
         except StoreError as exc:
             log.warning("cannot move the pin forward: %s", exc.message)
+
+    def _blob_keeper(self) -> BlobKeeper:
+        """Upload quotas and the collection of blobs no block references (blob_keeper)."""
+        self.home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config = self.state.config
+        quota = self.options.blob_quota_bytes
+        if quota is None:
+            quota = default_quota(config.contract.max_blob_bytes)
+        return BlobKeeper.for_ledger(
+            self.ledger,
+            BlobOwners(self.home.node_dir / BLOB_OWNERS_FILE),
+            genesis_blobs=(self.genesis.header.config, config.initial_model),
+            quota_bytes=quota,
+            retention_s=self.options.blob_retention_s,
+            in_flight=self._blobs_in_flight,
+        )
+
+    def _blobs_in_flight(self) -> set[str]:
+        """Blobs no block names yet that this node still needs: pending updates' and the
+        aggregates being prepared."""
+        pending = {tx.body["blob"] for tx in self.mempool.snapshot() if tx.kind is TxKind.UPDATE}
+        return pending | {model for model, _ in self._aggregates.values()}
 
     def _load_alarm(self) -> dict[str, Any] | None:
         path = self.home.node_dir / ALARM_FILE
@@ -483,6 +511,7 @@ class Node:
             ("sync", self.syncer.run()),
             ("consensus", self.driver.run()),
             ("prepare", self._prepare_loop()),
+            ("blobs", self.keeper.run()),
         ):
             self._tasks.append(asyncio.create_task(_guarded(name, coro), name=name))
 
@@ -523,6 +552,7 @@ class Node:
         if any(t.is_alive() for t in self._worker_threads()):
             log.warning("a check is still running in the worker; closing the stores anyway")
         self.guard.close()
+        self.keeper.owners.close()
         self.ledger.close()
         log.info("node stopped", extra=fields(height=self.state.height))
 
@@ -605,6 +635,13 @@ def http_config(app: Any, host: str, port: int) -> uvicorn.Config:
 
 
 async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
+    """Run the node until SIGINT/SIGTERM, holding the home's lock (one node per home; a
+    second start fails with NodeError before it opens the ledger or writes anything)."""
+    with HomeLock.acquire(home):
+        await _serve(home, identity, options)
+
+
+async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     """Run the node until SIGINT/SIGTERM; everything is closed on the way out."""
     from bcfl_cli.node.app import create_app
 

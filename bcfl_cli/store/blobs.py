@@ -7,6 +7,7 @@ against the hash, so a corrupted or swapped file is never served or used.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -153,6 +154,41 @@ class BlobStore:
             raise BlobError(f"blob {digest} is missing")
         with open(path, "rb") as f:
             yield f
+
+    def touch(self, digest: str) -> None:
+        """Mark a blob as wanted now (its mtime): a retention period counts from here."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path_for(digest))
+
+    def remove(self, digest: str) -> int:
+        """Delete a blob; the bytes freed (0 if it was not there)."""
+        path = self.path_for(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
+    def hashes_under(self, prefix: str) -> list[tuple[str, int, float]]:
+        """(hash, size, mtime) of the blobs whose hash starts with the two hex ``prefix``."""
+        if len(prefix) != 2 or any(c not in "0123456789abcdef" for c in prefix):
+            raise BlobError(f"not a blob prefix: {prefix[:8]!r}")
+        found: list[tuple[str, int, float]] = []
+        try:
+            entries = list(os.scandir(self.root / prefix))
+        except (FileNotFoundError, NotADirectoryError):
+            return found
+        for entry in entries:
+            if not is_hash_hex(entry.name) or not entry.name.startswith(prefix):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found.append((entry.name, info.st_size, info.st_mtime))
+        return found
 
     def iter_hashes(self) -> Iterator[str]:
         for sub in sorted(self.root.iterdir()):

@@ -223,6 +223,38 @@ class Ledger:
         for row in rows:
             yield _tx_from_row(row), int(row.height)
 
+    def blob_references(self, *, above: int = -1) -> tuple[set[str], int]:
+        """Every blob hash the transactions of blocks above height ``above`` name (update blobs
+        and base models, aggregate models, round base models), and the highest height read.
+
+        For the node's blob collection, which must never remove what the chain names: read
+        with SQLite's JSON functions, not re-verified (the store's owner is the only one who
+        could make it lie, and only to their own loss). Raises StoreError if a value is not a
+        hash, so that a caller collects nothing rather than guess.
+        """
+        body = txs.c.body
+        fields = [
+            func.json_extract(body, f"$.tx.body.{name}") for name in ("blob", "base_model", "model")
+        ]
+        found: set[str] = set()
+        with self._read() as conn:
+            top = conn.execute(select(func.max(blocks.c.height))).scalar()
+            rows = conn.execute(
+                select(*fields).where(
+                    txs.c.height > above,
+                    txs.c.height <= (top if top is not None else above),
+                    txs.c.kind.in_(("update", "aggregate", "open_round")),
+                )
+            ).all()
+        for row in rows:
+            for value in row:
+                if value is None:
+                    continue
+                if not isinstance(value, str) or not is_hash_hex(value):
+                    raise StoreError(f"a stored transaction names a blob {str(value)[:80]!r}")
+                found.add(value)
+        return found, int(top) if top is not None else above
+
     def find_tx_hashes(self, prefix: str, *, limit: int = 5) -> list[str]:
         """Transaction hashes starting with ``prefix`` (for short forms typed by a user)."""
         if not prefix or any(c not in "0123456789abcdef" for c in prefix):

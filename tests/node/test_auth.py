@@ -245,7 +245,7 @@ def test_token_bucket_and_nonce_cache_are_bounded() -> None:
         bucket.acquire(key)
     assert len(bucket) == 3
 
-    cache = NonceCache(30, max_entries=3, clock=lambda: 1000.0)
+    cache = NonceCache(30, max_entries=3, per_member=3, clock=lambda: 1000.0)  # one share
     for i in range(3):
         assert cache.check_and_add("k", f"n{i}", 990 + i) is None
     assert cache.check_and_add("k", "n1", 995) is not None  # replay
