@@ -87,7 +87,9 @@ BODY_READ_TIMEOUT_S = 15.0
 NEXT_ROUND_HOLD_S = 2.0
 #: How many such updates may wait at once; past it, one is refused at once (``wrong_round``).
 MAX_HELD_UPDATES = 32
-JOIN_LIMITS = NodeLimits(max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0)
+#: docs/OPERATIONS.md: 1 per s, burst 10, per address (every signer here is a fresh key, so the
+#: address bucket is the limit; it was 4x that, the members' routes' factor, before issue 16)
+JOIN_LIMITS = NodeLimits(max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0, address_factor=1.0)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -186,7 +188,7 @@ class Api:
                 MemberView(
                     did=m.did, name=m.name, roles=list(m.roles), power=m.power, status=m.status
                 )
-                for m in state.members.values()
+                for m in sorted(state.members.values(), key=lambda m: (m.since, m.name))
             ],
             pending_members=sorted(state.pending),
             me=MeView(did=node.did, name=member.name if member else None, role=node.role),  # type: ignore[arg-type]

@@ -19,6 +19,11 @@ DEFAULT_RATE_PER_S = 200.0
 DEFAULT_BURST = 400.0
 DEFAULT_MAX_PEERS = 4096
 DEFAULT_MAX_NONCES = 100_000
+#: A node relays strangers' join requests to its peers at most this fast (node-wide): one
+#: address at the join route's rate, or many at once, never makes members flood each other at
+#: the members' rate. A request not relayed stays in this node's pool (a validator proposes it).
+JOIN_RELAY_RATE_PER_S = 1.0
+JOIN_RELAY_BURST = 20.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,9 @@ class NodeLimits:
     burst: float = DEFAULT_BURST
     max_peers: int = DEFAULT_MAX_PEERS
     max_nonces: int = DEFAULT_MAX_NONCES
+    #: the per-address bucket is this many times the per-signer one (several members may share
+    #: an address; a join route's signers are fresh keys, so there it is 1: the address is all)
+    address_factor: float = 4.0
 
 
 class TokenBucketLimiter:

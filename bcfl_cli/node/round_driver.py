@@ -143,15 +143,18 @@ def plan_block(
     """
     chain = state.chain_id
     txs: list[Transaction] = []
+    # no more join requests than the chain has room for: each one over ``max_pending_joins``
+    # would be refused and cost ``build_proposal`` another apply of the whole block
+    join_room = state.config.max_pending_joins - len(state.pending)
     for tx in pending:
         if len(txs) >= max_txs // 2:
             break
-        if tx.kind in (
-            TxKind.JOIN_REQUEST,
-            TxKind.APPROVE_MEMBER,
-            TxKind.REMOVE_MEMBER,
-            TxKind.MISBEHAVIOUR,
-        ):
+        if tx.kind is TxKind.JOIN_REQUEST:
+            if join_room <= 0:
+                continue
+            join_room -= 1
+            txs.append(tx)
+        elif tx.kind in (TxKind.APPROVE_MEMBER, TxKind.REMOVE_MEMBER, TxKind.MISBEHAVIOUR):
             txs.append(tx)
     rnd = state.round
     if not rnd.open:
