@@ -15,6 +15,11 @@ a block of ``--block`` fresh join requests (the rules only: signatures are verif
 as verify-chain and a proposer do), best of ``--repeats``. At 100% the block is the one that fills
 the cap exactly. A further join at the cap is refused (``join_requests_full``), which is timed too.
 
+Times on a shared machine are noisy, so each point also counts the Python lines ``apply``
+executes (``sys.settrace``): a deterministic measure of the work, which is what the test compares.
+Before the fix the count grew with the pending requests (a comprehension over all names per
+join); now it is the same at every point.
+
 It runs in-process, on one core, with no node and no disk.
 """
 
@@ -25,8 +30,10 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,6 +127,7 @@ class Point:
     pending_after: int
     block_txs: int
     apply_s: float
+    lines: int
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,7 +136,27 @@ class Point:
             "block_txs": self.block_txs,
             "apply_ms": round(self.apply_s * 1000, 3),
             "per_tx_us": round(self.apply_s / max(1, self.block_txs) * 1e6, 1),
+            "lines": self.lines,
         }
+
+
+def count_lines(fn: Callable[[], object]) -> int:
+    """Python lines executed by ``fn`` (every frame, comprehensions included): work, not time."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return tracer
+
+    previous = sys.gettrace()
+    sys.settrace(tracer)
+    try:
+        fn()
+    finally:
+        sys.settrace(previous)
+    return count
 
 
 def _block(state: ChainState, head: Block, txs: list[Transaction]) -> Block:
@@ -164,7 +192,10 @@ def run(cap: int, block_txs: int, repeats: int = 3) -> dict[str, Any]:
         txs = spam.joins(block_txs)
         block = _block(state, head, txs)
         elapsed, after = _timed_apply(state, block, repeats)
-        points.append(Point(len(state.pending), len(after.pending), block_txs, elapsed))
+        lines = count_lines(
+            lambda s=state, b=block: s.apply(b, verify_signatures=False, proposal=True)
+        )
+        points.append(Point(len(state.pending), len(after.pending), block_txs, elapsed, lines))
         state, head = after, block
     refused = _block(state, head, spam.joins(1))
     start = time.perf_counter()
@@ -180,6 +211,7 @@ def run(cap: int, block_txs: int, repeats: int = 3) -> dict[str, Any]:
         "repeats": repeats,
         "points": [p.to_dict() for p in points],
         "growth": round(points[-1].apply_s / points[0].apply_s, 2),
+        "lines_growth": round(points[-1].lines / points[0].lines, 3),
         "fill_s": round(fill_s, 2),
         "over_cap": {"code": code, "ms": round(refuse_s * 1000, 3)},
     }
@@ -199,16 +231,17 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"cap {cap:,} pending join requests, blocks of {block} joins, best of {args.repeats}")
-    print(f"{'pending before':>15} {'after':>8} {'apply ms':>9} {'us/tx':>7}")
+    print(f"{'pending before':>15} {'after':>8} {'apply ms':>9} {'us/tx':>7} {'lines':>9}")
     for p in result["points"]:
         print(
             f"{p['pending_before']:>15,} {p['pending_after']:>8,} {p['apply_ms']:>9.1f} "
-            f"{p['per_tx_us']:>7.1f}"
+            f"{p['per_tx_us']:>7.1f} {p['lines']:>9,}"
         )
     over = result["over_cap"]
     print(
-        f"growth 0% -> 100%: x{result['growth']}; one join over the cap: {over['code']} "
-        f"in {over['ms']:.2f} ms; filling took {result['fill_s']} s"
+        f"growth 0% -> 100%: time x{result['growth']}, lines x{result['lines_growth']}; "
+        f"one join over the cap: {over['code']} in {over['ms']:.2f} ms; "
+        f"filling took {result['fill_s']} s"
     )
     return 0
 
