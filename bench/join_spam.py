@@ -2,7 +2,7 @@
 
 Usage::
 
-    .venv/bin/python bench/join_spam.py [--cap 100000] [--block 250] [--repeats 3] [--json]
+    .venv/bin/python bench/join_spam.py [--cap 100000] [--block 250] [--repeats 10] [--json]
     .venv/bin/python bench/join_spam.py --quick      # cap 4,000, blocks of 100 (seconds)
 
 Issue 16 measured, before the fix, 3.9 s to apply a block of 250 join requests with 50k pending
@@ -12,8 +12,9 @@ membership dicts. The chain now caps pending requests (``consortium.max_pending_
 state. This script builds a consortium whose genesis sets the cap to ``--cap``, fills the pending
 set with distinct applicants and, at 0, 25, 50 and 100% of the cap, times ``ChainState.apply`` on
 a block of ``--block`` fresh join requests (the rules only: signatures are verified once, before,
-as verify-chain and a proposer do), best of ``--repeats``. At 100% the block is the one that fills
-the cap exactly. A further join at the cap is refused (``join_requests_full``), which is timed too.
+as verify-chain and a proposer do), best of ``--repeats`` in CPU time. At 100% the block is the
+one that fills the cap exactly. A further join at the cap is refused (``join_requests_full``),
+which is timed too.
 
 Times on a shared machine are noisy, so each point also counts the Python lines ``apply``
 executes (``sys.settrace``): a deterministic measure of the work, which is what the test compares.
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -53,6 +55,7 @@ from bcfl_cli.protocol.merkle import merkle_root  # noqa: E402
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx  # noqa: E402
 
 GENESIS_TIME = 1_700_000_000_000
+RESULTS = ROOT / "bench" / "results"
 FOUNDERS = ("alice", "bob", "carol", "dave")
 CHECKPOINTS = (0.0, 0.25, 0.5, 1.0)
 
@@ -164,12 +167,15 @@ def _block(state: ChainState, head: Block, txs: list[Transaction]) -> Block:
 
 
 def _timed_apply(state: ChainState, block: Block, repeats: int) -> tuple[float, ChainState]:
+    """Best of ``repeats`` in this process's CPU time: on a shared machine, wall time mostly
+    measures the other jobs (best of 3 wall times read 20x from 0 to 345k pending; best of
+    20 in CPU time, 1.7x from 0 to 100k)."""
     best = float("inf")
     after = state
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         after = state.apply(block, verify_signatures=False, proposal=True)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best, after
 
 
@@ -221,16 +227,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--cap", type=int, default=100_000)
     parser.add_argument("--block", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="cap 4,000, blocks of 100")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     cap, block = (4_000, 100) if args.quick else (args.cap, args.block)
+    load_before = os.getloadavg()
     result = run(cap, block, args.repeats)
+    result["machine"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "cores": os.cpu_count(),
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in os.getloadavg()],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "join_spam.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"cap {cap:,} pending join requests, blocks of {block} joins, best of {args.repeats}")
+    print(
+        f"cap {cap:,} pending join requests, blocks of {block} joins, "
+        f"best of {args.repeats} (CPU time)"
+    )
     print(f"{'pending before':>15} {'after':>8} {'apply ms':>9} {'us/tx':>7} {'lines':>9}")
     for p in result["points"]:
         print(
@@ -243,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         f"one join over the cap: {over['code']} in {over['ms']:.2f} ms; "
         f"filling took {result['fill_s']} s"
     )
+    m = result["machine"]
+    print(f"{m['date']}, {m['cores']} cores, load {m['load_before']} -> {m['load_after']}")
     return 0
 
 

@@ -132,8 +132,10 @@ def test_apply_cost_does_not_grow_with_pending_requests():
     assert result["over_cap"]["code"] == "join_requests_full"
 
 
-def test_the_bench_runs_in_quick_mode(capsys):
+def test_the_bench_runs_in_quick_mode(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(join_spam, "RESULTS", tmp_path)
     assert join_spam.main(["--quick", "--repeats", "1"]) == 0
+    assert (tmp_path / "join_spam.json").is_file()
     assert "join_requests_full" in capsys.readouterr().out
 
 
