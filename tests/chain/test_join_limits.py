@@ -3,6 +3,8 @@ O(log n) in the size of the state, and governance never makes a threshold unreac
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -199,3 +201,121 @@ def test_no_sequence_of_removals_strands_governance(tmp_path_factory, admission,
             continue
         validators = len(c.state.validator_set)
         assert validators >= max(admission, removal)
+
+
+# --- the rules against a plain model (hypothesis) -----------------------------------------------
+STRANGERS = ("erin", "frank", "grace", "heidi", "ivan")
+Action = tuple[str, int, str]  # ("join", stranger, name) | ("approve", stranger, validator)
+
+actions = st.one_of(
+    st.tuples(st.just("join"), st.integers(0, 4), st.sampled_from(["n0", "n1", "n2", "alice"])),
+    st.tuples(st.just("approve"), st.integers(0, 4), st.sampled_from(["alice", "bob", "carol"])),
+)
+
+
+class _Model:
+    """PROTOCOL.md §6.3 for join requests, written the obvious O(n) way."""
+
+    def __init__(self, ttl: int, cap: int) -> None:
+        self.ttl, self.cap = ttl, cap
+        self.members = {"alice", "bob", "carol", "dave"}  # names; strangers join by did below
+        self.admitted: set[int] = set()
+        self.pending: dict[int, tuple[str, int, str, frozenset[str]]] = {}  # name, height, tx
+        self.expired: dict[int, tuple[str, int]] = {}  # tx, expired_at
+
+    def begin(self, h: int) -> None:
+        for i, (_, made, tx, _) in list(self.pending.items()):
+            if made + self.ttl < h:
+                del self.pending[i]
+                self.expired[i] = (tx, h)
+        for i, (_, at) in list(self.expired.items()):
+            if h >= at + self.ttl + 1:
+                del self.expired[i]
+
+    def apply(self, h: int, action: Action, tx: str, latest: str | None) -> str | None:
+        """The refusal code, or None after applying ``action``."""
+        kind, i, arg = action
+        if kind == "join":
+            if i in self.admitted:
+                return "already_member"
+            if i in self.pending:
+                return "request_pending"
+            names = self.members | {p[0] for p in self.pending.values()}
+            if arg in names:
+                return "name_taken"
+            if len(self.pending) >= self.cap:
+                return "join_requests_full"
+            self.pending[i] = (arg, h, tx, frozenset())
+            self.expired.pop(i, None)
+            return None
+        request = self.pending.get(i)
+        if request is None or request[2] != latest:
+            if request is None and i in self.expired and self.expired[i][0] == latest:
+                return "request_expired"
+            return "no_pending_request" if request is None else "wrong_request"
+        if arg in request[3]:
+            return "duplicate_approval"
+        approvals = request[3] | {arg}
+        if len(approvals) >= 2:
+            del self.pending[i]
+            self.admitted.add(i)
+            self.members.add(request[0])
+        else:
+            self.pending[i] = (*request[:3], approvals)
+        return None
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    ttl=st.integers(1, 3),
+    cap=st.integers(1, 3),
+    blocks=st.lists(st.lists(actions, max_size=3), min_size=1, max_size=12),
+)
+def test_join_rules_match_a_plain_model(tmp_path_factory, ttl, cap, blocks):
+    """Cap, expiry, forgetting and names, block after block, as the obvious O(n) code has them;
+    a block holding a refused transaction is refused with the model's code, then committed
+    without it (a refused action changes nothing, so the rest keep their outcomes)."""
+    c = make_consortium(
+        tmp_path_factory.mktemp("model"), join_request_ttl_blocks=ttl, max_pending_joins=cap
+    )
+    model = _Model(ttl, cap)
+    latest: dict[int, str] = {}  # stranger -> hash of its latest accepted join request
+    for planned in blocks:
+        h = c.state.height + 1
+        model.begin(h)
+        trial, trial_latest = copy.deepcopy(model), dict(latest)
+        txs, codes = [], []
+        for kind, i, arg in planned:
+            if kind == "join":
+                body = {"name": arg, "roles": ["trainer"], "power": 0}
+                tx = c.tx(STRANGERS[i], TxKind.JOIN_REQUEST, body)
+            elif i in trial_latest:
+                body = {"member": did_for(STRANGERS[i]), "request": trial_latest[i]}
+                tx = c.tx(arg, TxKind.APPROVE_MEMBER, body)
+            else:
+                continue
+            code = trial.apply(h, (kind, i, arg), tx.hash, trial_latest.get(i))
+            if code is None and kind == "join":
+                trial_latest[i] = tx.hash
+            txs.append(tx)
+            codes.append(code)
+        refused = next((code for code in codes if code is not None), None)
+        if refused is not None:
+            _fails(c, txs, refused)
+        c.commit([tx for tx, code in zip(txs, codes, strict=True) if code is None])
+        model, latest = trial, trial_latest
+        state = c.state
+        assert len(state.pending) <= cap
+        assert {d: (r.name, r.height) for d, r in state.pending.items()} == {
+            did_for(STRANGERS[i]): (p[0], p[1]) for i, p in model.pending.items()
+        }
+        assert {d: r.expired_at for d, r in state.expired_requests.items()} == {
+            did_for(STRANGERS[i]): e[1] for i, e in model.expired.items()
+        }
+        for name in model.members | {p[0] for p in model.pending.values()}:
+            assert state.name_taken(name)
+        for name in {"n0", "n1", "n2"} - model.members - {p[0] for p in model.pending.values()}:
+            assert not state.name_taken(name)
+    assert set(_replay(c).pending) == set(c.state.pending)
