@@ -319,3 +319,38 @@ def test_join_rules_match_a_plain_model(tmp_path_factory, ttl, cap, blocks):
         for name in {"n0", "n1", "n2"} - model.members - {p[0] for p in model.pending.values()}:
             assert not state.name_taken(name)
     assert set(_replay(c).pending) == set(c.state.pending)
+
+
+# --- verify-chain replays the same rules --------------------------------------------------------
+def test_verify_chain_refuses_a_stored_chain_that_breaks_them(tmp_path):
+    """A store whose blocks a permissive (or tampered) node appended, commit certificates and
+    all: verify-chain names the first broken rule with the codes the nodes use."""
+    from bcfl_cli.verify import verify_chain
+
+    c = make_consortium(
+        tmp_path,
+        max_pending_joins=2,
+        members=(
+            ("alice", ["trainer", "validator"], 1),
+            ("bob", ["trainer", "validator"], 1),
+            ("carol", ["trainer"], 0),
+        ),
+        admission_approvals=2,
+        removal_approvals=1,
+    )
+    c.commit([_join(c, "erin"), _join(c, "frank")])
+    assert verify_chain(c.ledger, workers=1).ok
+    over = c.next_block([_join(c, "grace")])  # signed by every validator, never applied
+    c.ledger.append(over)
+    report = verify_chain(c.ledger, workers=1)
+    assert (report.fault.height, report.fault.code) == (2, "join_requests_full")
+
+    d = make_consortium(
+        tmp_path / "gov",
+        members=(("alice", ["trainer", "validator"], 1), ("bob", ["trainer", "validator"], 1)),
+        admission_approvals=2,
+        removal_approvals=1,
+    )
+    d.ledger.append(d.next_block([_remove(d, "alice", "bob")]))
+    report = verify_chain(d.ledger, workers=1)
+    assert (report.fault.height, report.fault.code) == (1, "threshold_unreachable")
