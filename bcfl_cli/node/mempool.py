@@ -9,7 +9,8 @@ and forgets transactions once they are committed or can no longer apply. Join re
 from strangers, each with a fresh key (so the per-author bound does not hold them): the pool
 keeps no more of them than the chain has room for (``max_pending_joins`` less those pending on
 chain) and at most ``DEFAULT_MAX_JOINS``, so a flood of them never crowds out the members'
-transactions.
+transactions; and one per applicant and per name, since a block can hold only one of each and
+every one a proposer has to leave out costs it another apply of the whole block.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ class Mempool:
         self.max_joins = max_joins
         self._txs: OrderedDict[str, Pending] = OrderedDict()
         self._bytes = 0
-        self._joins = 0  # join requests held
+        self._join_authors: set[str] = set()  # applicants with a join request held
+        self._join_names: set[str] = set()  # the names those requests ask for
         self._by_author: dict[str, int] = {}
         self._rejected: OrderedDict[str, str] = OrderedDict()
 
@@ -244,10 +246,21 @@ class Mempool:
                 status=503,
             )
         if tx.kind is TxKind.JOIN_REQUEST:
+            if tx.author in self._join_authors:
+                raise MempoolRefusal(
+                    "request_pending", "a join request of yours is already pending", status=409
+                )
+            if tx.body["name"] in self._join_names:
+                raise MempoolRefusal(
+                    "name_taken",
+                    f"member name {tx.body['name']!r} is asked for by a pending join request",
+                    status=409,
+                )
             room = state.config.max_pending_joins - len(state.pending)
-            if self._joins >= min(room, self.max_joins):
+            if len(self._join_authors) >= min(room, self.max_joins):
                 raise _joins_full(state.config.max_pending_joins)
-            self._joins += 1
+            self._join_authors.add(tx.author)
+            self._join_names.add(tx.body["name"])
         self._txs[digest] = Pending(tx, size, now_ms)
         self._bytes += size
         self._by_author[tx.author] = self._by_author.get(tx.author, 0) + 1
@@ -261,7 +274,8 @@ class Mempool:
                 continue
             self._bytes -= pending.size
             if pending.tx.kind is TxKind.JOIN_REQUEST:
-                self._joins -= 1
+                self._join_authors.discard(pending.tx.author)
+                self._join_names.discard(pending.tx.body["name"])
             left = self._by_author.get(pending.tx.author, 1) - 1
             if left:
                 self._by_author[pending.tx.author] = left

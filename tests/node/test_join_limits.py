@@ -159,3 +159,45 @@ def test_precheck_and_proposal_respect_the_cap_on_chain(chain: Chain) -> None:
         aggregate_of=lambda s: None,
     )
     assert not any(t.kind is TxKind.JOIN_REQUEST for t in later)
+
+
+def test_one_join_per_applicant_and_per_name_in_pool_and_proposal(tmp_path: Path) -> None:
+    """A block holds one request per applicant and per name; each extra one a proposer has to
+    leave out costs it a whole re-apply of the block, so neither the pool nor a plan holds it."""
+    chain = make_chain(tmp_path)
+    try:
+        same_key = [
+            make_tx(stranger(1), chain.state.chain_id, TxKind.JOIN_REQUEST, body)
+            for body in (
+                {"name": "stranger-1", "roles": ["trainer"], "power": 0},
+                {"name": "another", "roles": ["trainer"], "power": 0},
+            )
+        ]
+        same_name = make_tx(
+            stranger(2),
+            chain.state.chain_id,
+            TxKind.JOIN_REQUEST,
+            {"name": "stranger-1", "roles": ["trainer"], "power": 0},
+        )
+        pool = Mempool()
+        assert pool.add(same_key[0], chain.state, now_ms=1)
+        for tx, code in ((same_key[1], "request_pending"), (same_name, "name_taken")):
+            with pytest.raises(MempoolRefusal) as info:
+                pool.add(tx, chain.state, now_ms=1)
+            assert info.value.code == code
+        pool.remove([same_key[0].hash])
+        assert pool.add(same_name, chain.state, now_ms=1)  # free again once the first left
+        other = join_tx(chain.state.chain_id, 3)
+        planned = plan_block(
+            chain.state,
+            [*same_key, same_name, other],
+            height=1,
+            key=key("alice"),
+            now_ms=chain.now(),
+            verdict_of=lambda tx: None,
+            aggregate_of=lambda s: None,
+        )
+        joins = [t for t in planned if t.kind is TxKind.JOIN_REQUEST]
+        assert joins == [same_key[0], other]
+    finally:
+        chain.ledger.close()
