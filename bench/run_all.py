@@ -25,6 +25,7 @@ ROOT = BENCH.parent
 
 #: In the order they run: the cheap, node-free ones first.
 BENCHES = (
+    "join_spam",
     "verify_chain",
     "flower_compare",
     "ledger_overhead",

@@ -43,6 +43,13 @@ CONSORTIUM_KEYS = frozenset({"name", "admission_approvals", "removal_approvals"}
 #: documents written before the rule existed keep their hash.
 DEFAULT_JOIN_REQUEST_TTL_BLOCKS = 100_000
 MAX_JOIN_REQUEST_TTL_BLOCKS = 100_000_000
+#: At most this many join requests are pending at once, consortium-wide (PROTOCOL.md §6.3): a
+#: stranger's requests cost every member memory and replay time, so their number is a chain
+#: rule, not a node's choice. Stated in the genesis (``consortium.max_pending_joins``) only when
+#: it differs, like the TTL, so older documents keep their hash.
+DEFAULT_MAX_PENDING_JOINS = 1_000
+MAX_MAX_PENDING_JOINS = 1_000_000
+OPTIONAL_CONSORTIUM_KEYS = frozenset({"join_request_ttl_blocks", "max_pending_joins"})
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class GenesisConfig:
     aggregation_document: dict[str, Any]
     initial_model: str
     join_request_ttl_blocks: int = DEFAULT_JOIN_REQUEST_TTL_BLOCKS
+    max_pending_joins: int = DEFAULT_MAX_PENDING_JOINS
 
     @property
     def aggregation_rule(self) -> str:
@@ -87,6 +95,19 @@ def _positive_int(value: Any, where: str) -> int:
     return value
 
 
+def _optional_int(consortium: dict[str, Any], key: str, default: int, most: int) -> int:
+    """An optional ``consortium`` number: 1..``most``, and absent when it is the default (so
+    one consortium has one document, and documents from before the key keep their hash)."""
+    if key not in consortium:
+        return default
+    value = _positive_int(consortium[key], f"consortium.{key}")
+    if value == default or value > most:
+        raise _bad(
+            f"consortium.{key} must be 1-{most} and is omitted when it is the default {default}"
+        )
+    return value
+
+
 def parse_document(document: Any) -> GenesisConfig:
     """Validate the genesis document's structure; every fault is a VerificationError at 0."""
     if not isinstance(document, dict) or set(document) != DOCUMENT_KEYS:
@@ -100,22 +121,21 @@ def parse_document(document: Any) -> GenesisConfig:
         raise _bad(f"version must be {PROTOCOL_VERSION}, found {document['v']!r}")
     consortium = document["consortium"]
     if not isinstance(consortium, dict) or not (
-        CONSORTIUM_KEYS <= set(consortium) <= CONSORTIUM_KEYS | {"join_request_ttl_blocks"}
+        CONSORTIUM_KEYS <= set(consortium) <= CONSORTIUM_KEYS | OPTIONAL_CONSORTIUM_KEYS
     ):
         raise _bad(
             "consortium must be {name, admission_approvals, removal_approvals} and optionally "
-            "join_request_ttl_blocks"
+            "join_request_ttl_blocks and max_pending_joins"
         )
-    ttl = DEFAULT_JOIN_REQUEST_TTL_BLOCKS
-    if "join_request_ttl_blocks" in consortium:
-        ttl = _positive_int(
-            consortium["join_request_ttl_blocks"], "consortium.join_request_ttl_blocks"
-        )
-        if ttl == DEFAULT_JOIN_REQUEST_TTL_BLOCKS or ttl > MAX_JOIN_REQUEST_TTL_BLOCKS:
-            raise _bad(
-                f"consortium.join_request_ttl_blocks must be 1-{MAX_JOIN_REQUEST_TTL_BLOCKS} "
-                f"and is omitted when it is the default {DEFAULT_JOIN_REQUEST_TTL_BLOCKS}"
-            )
+    ttl = _optional_int(
+        consortium,
+        "join_request_ttl_blocks",
+        DEFAULT_JOIN_REQUEST_TTL_BLOCKS,
+        MAX_JOIN_REQUEST_TTL_BLOCKS,
+    )
+    max_pending_joins = _optional_int(
+        consortium, "max_pending_joins", DEFAULT_MAX_PENDING_JOINS, MAX_MAX_PENDING_JOINS
+    )
     name = consortium["name"]
     if not isinstance(name, str) or not 1 <= len(name) <= 128:
         raise _bad("consortium.name must be a string of 1-128 characters")
@@ -176,4 +196,5 @@ def parse_document(document: Any) -> GenesisConfig:
         aggregation_document=dict(aggregation),
         initial_model=document["initial_model"],
         join_request_ttl_blocks=ttl,
+        max_pending_joins=max_pending_joins,
     )

@@ -8,14 +8,23 @@ genesis document alone, so every member derives the same state from the same blo
 ``apply`` returns a new state and leaves the old one usable (a proposal that never commits must
 not leak into the state), and every broken rule raises one ``VerificationError`` naming the
 height, the transaction and a stable code, with what was expected and what was found.
+
+Every collection that grows with the chain (members, pending join requests and their names,
+the expiry index, pending removals, expired requests, offences, transaction hashes) is a
+persistent hash trie (``rpds``): the new state shares all but O(log n) nodes with the old one, so
+applying a transaction costs the same with ten pending join requests or a million. Copying
+whole dicts and sets per change made a block of 250 joins take 30 s with 345k pending
+(issue 16); ``bench/join_spam.py`` measures it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from rpds import HashTrieMap, HashTrieSet
 
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.config import GenesisConfig, parse_document
@@ -126,34 +135,26 @@ class RoundState:
 class SeenSet:
     """Transaction hashes on the chain, shared between successive states without copying.
 
-    A large frozen base plus a small recent layer: ``apply`` copies only the small layer and
-    folds it into a new base every ``_FOLD`` hashes, so replaying n transactions costs
-    O(n * sqrt(n)) at worst instead of O(n^2), and old states stay valid.
+    A persistent hash set: adding a block's k hashes costs O(k log n) and leaves the previous
+    state's set intact. (The frozen base plus recent layer it replaces folded, that is copied,
+    the whole set every 1,024 hashes: a block that triggered a fold cost O(n).)
     """
 
-    _FOLD = 1024
-
-    def __init__(self, base: frozenset[str] = frozenset(), recent: frozenset[str] = frozenset()):
-        self._base = base
-        self._recent = recent
+    def __init__(self, hashes: HashTrieSet[str] | None = None) -> None:
+        self._hashes: HashTrieSet[str] = hashes if hashes is not None else HashTrieSet()
 
     def __contains__(self, item: object) -> bool:
-        return item in self._recent or item in self._base
+        return item in self._hashes
 
     def __len__(self) -> int:
-        return len(self._base) + len(self._recent)
+        return len(self._hashes)
 
     def __iter__(self) -> Iterator[str]:
-        yield from self._base
-        yield from self._recent
+        return iter(self._hashes)
 
-    def with_added(self, hashes: set[str]) -> SeenSet:
-        if not hashes:
-            return self
-        recent = self._recent | hashes
-        if len(recent) >= self._FOLD:
-            return SeenSet(self._base | recent)
-        return SeenSet(self._base, recent)
+    def with_added(self, hashes: Iterable[str]) -> SeenSet:
+        added = self._hashes.update(hashes)
+        return self if len(added) == len(self._hashes) else SeenSet(added)
 
 
 def offence_of(body: Mapping[str, Any]) -> Offence | None:
@@ -196,13 +197,13 @@ class ChainState:
         height: int,
         head_hash: str,
         head_time: int,
-        members: dict[str, Member],
-        pending: dict[str, JoinRequest],
-        removals: dict[str, frozenset[str]],
+        members: Mapping[str, Member],
+        pending: Mapping[str, JoinRequest],
+        removals: Mapping[str, frozenset[str]],
         round: RoundState,
         seen_tx: SeenSet,
-        offences: frozenset[Offence] = frozenset(),
-        expired: dict[str, ExpiredRequest] | None = None,
+        offences: Iterable[Offence] = (),
+        expired: Mapping[str, ExpiredRequest] | None = None,
     ) -> None:
         self.chain_id = chain_id
         self.document = document
@@ -210,14 +211,32 @@ class ChainState:
         self.height = height
         self.head_hash = head_hash
         self.head_time = head_time
-        self._members = members
-        self._pending = pending
-        self._removals = removals
-        self._expired = expired if expired is not None else {}
+        self._members: HashTrieMap[str, Member] = HashTrieMap(members)
+        self._pending: HashTrieMap[str, JoinRequest] = HashTrieMap(pending)
+        self._removals: HashTrieMap[str, frozenset[str]] = HashTrieMap(removals)
+        self._expired: HashTrieMap[str, ExpiredRequest] = HashTrieMap(expired or {})
+        # names of members (active or removed) and pending applicants -> did: one lookup where
+        # every join used to rebuild the set of all names
+        names = {m.name: m.did for m in self._members.values()}
+        names.update((r.name, r.did) for r in self._pending.values())
+        self._names: HashTrieMap[str, str] = HashTrieMap(names)
+        # request height -> applicants that asked at that height: expiry touches one height a
+        # block instead of scanning every pending request
+        joins_at: dict[int, tuple[str, ...]] = {}
+        for r in self._pending.values():
+            joins_at[r.height] = (*joins_at.get(r.height, ()), r.did)
+        self._joins_at: HashTrieMap[int, tuple[str, ...]] = HashTrieMap(joins_at)
+        self._validators: HashTrieSet[str] = HashTrieSet(
+            d for d, m in self._members.items() if m.is_validator
+        )
+        self._trainers: HashTrieSet[str] = HashTrieSet(
+            d for d, m in self._members.items() if m.is_trainer
+        )
         self.round = round
         self.seen_tx = seen_tx
-        self.offences = offences  # equivocations already recorded by a misbehaviour tx
-        self._owned = True
+        # equivocations already recorded by a misbehaviour tx
+        self.offences: HashTrieSet[Offence] = HashTrieSet(offences)
+        self._members_changed = False
         self.config_hash = hash_object(document)
         self.validator_set = self._compute_validator_set()
 
@@ -253,20 +272,11 @@ class ChainState:
         return state
 
     def _copy(self) -> ChainState:
-        """A shallow copy sharing the membership maps until :meth:`_own` is called."""
+        """A shallow copy: the persistent maps are shared, and every change makes new ones."""
         new = object.__new__(ChainState)
         new.__dict__.update(self.__dict__)
-        new._owned = False
+        new._members_changed = False
         return new
-
-    def _own(self) -> None:
-        """Copy the membership maps before the first change (most blocks make none)."""
-        if not self._owned:
-            self._members = dict(self._members)
-            self._pending = dict(self._pending)
-            self._removals = dict(self._removals)
-            self._expired = dict(self._expired)
-            self._owned = True
 
     # --- views ---------------------------------------------------------------------------
     @property
@@ -283,12 +293,22 @@ class ChainState:
 
     @property
     def expired_requests(self) -> Mapping[str, ExpiredRequest]:
-        """Applicants whose latest join request expired unapproved, by did."""
+        """Applicants whose latest join request expired unapproved, by did; each is kept for
+        ``join_request_ttl_blocks`` blocks after it expired (PROTOCOL.md §6.3)."""
         return self._expired
 
     @property
     def trainers(self) -> frozenset[str]:
-        return frozenset(d for d, m in self._members.items() if m.is_trainer)
+        return frozenset(self._trainers)
+
+    def name_taken(self, name: str) -> bool:
+        """Whether a member (active or removed) or a pending applicant holds ``name``."""
+        return name in self._names
+
+    @property
+    def joins_full(self) -> bool:
+        """Whether ``max_pending_joins`` requests are pending: a new one would be refused."""
+        return len(self._pending) >= self.config.max_pending_joins
 
     def round_may_close(self, height: int) -> bool:
         """Whether the block at ``height`` may aggregate the open round (PROTOCOL.md §6).
@@ -301,8 +321,7 @@ class ChainState:
             return False
         if len(rnd.accepted) >= self.config.training.min_updates:
             return True
-        trainers = self.trainers
-        if trainers and trainers <= rnd.submitted:
+        if self._trainers and all(d in rnd.submitted for d in self._trainers):
             return True
         return height >= rnd.deadline_height
 
@@ -313,21 +332,52 @@ class ChainState:
         member = self._members.get(did)
         return member.name if member else did
 
+    # --- changes (on a private copy, inside apply) -----------------------------------------
+    def _set_member(self, member: Member) -> None:
+        """Add or replace ``member``, keeping the role indexes and the names in step."""
+        did = member.did
+        self._members = self._members.insert(did, member)
+        self._names = self._names.insert(member.name, did)
+        self._validators = (
+            self._validators.insert(did) if member.is_validator else self._validators.discard(did)
+        )
+        self._trainers = (
+            self._trainers.insert(did) if member.is_trainer else self._trainers.discard(did)
+        )
+        self._members_changed = True
+
+    def _add_request(self, request: JoinRequest) -> None:
+        self._pending = self._pending.insert(request.did, request)
+        self._names = self._names.insert(request.name, request.did)
+        self._expired = self._expired.discard(request.did)
+
     def _expire_requests(self, height: int) -> None:
-        """Drop the join requests that can no longer be approved at ``height`` (§6.3)."""
+        """Drop the join requests that can no longer be approved at ``height`` (§6.3), and
+        forget the expired ones older than one more TTL.
+
+        Heights are consecutive, so the requests that expire at ``height`` are exactly those
+        made at ``height - ttl - 1``, and the records forgotten are those of requests made one
+        TTL before that: two lookups in the expiry index, whatever the number pending.
+        """
         ttl = self.config.join_request_ttl_blocks
-        stale = [r for r in self._pending.values() if r.expires_after(ttl) < height]
-        if not stale:
-            return
-        self._own()
-        for request in stale:
-            del self._pending[request.did]
-            self._expired[request.did] = ExpiredRequest(request.tx, request.expires_after(ttl) + 1)
+        made = height - ttl - 1
+        for did in self._joins_at.get(made, ()):
+            request = self._pending.get(did)
+            if request is None or request.height != made:
+                continue  # admitted meanwhile
+            self._pending = self._pending.remove(did)
+            if self._names.get(request.name) == did:
+                self._names = self._names.remove(request.name)
+            self._expired = self._expired.insert(did, ExpiredRequest(request.tx, height))
+        old = made - ttl - 1
+        for did in self._joins_at.get(old, ()):
+            record = self._expired.get(did)
+            if record is not None and record.expired_at == old + ttl + 1:
+                self._expired = self._expired.remove(did)
+        self._joins_at = self._joins_at.discard(old)
 
     def _compute_validator_set(self) -> ValidatorSet:
-        return ValidatorSet.from_mapping(
-            {d: m.power for d, m in self._members.items() if m.is_validator}
-        )
+        return ValidatorSet.from_mapping({d: self._members[d].power for d in self._validators})
 
     # --- applying a block ----------------------------------------------------------------
     def apply(
@@ -356,8 +406,8 @@ class ChainState:
         new.height = block.height
         new.head_hash = block.hash
         new.head_time = block.header.time
-        new.seen_tx = self.seen_tx.with_added(set(hashes))
-        if new._owned:  # membership changed in this block
+        new.seen_tx = self.seen_tx.with_added(hashes)
+        if new._members_changed:  # an admission or a removal: O(validators), governance only
             new.validator_set = new._compute_validator_set()
         return new
 
@@ -530,6 +580,7 @@ class _TxRules:
         self.verify_signatures = verify_signatures
         self.in_block: set[str] = set()
         self.awaiting: Transaction | None = None  # an update waiting for its validation
+        self.joined: list[str] = []  # applicants whose request this block holds (expiry index)
 
     def fail(self, tx: Transaction, code: str, message: str) -> VerificationError:
         return _fail(self.h, code, message, self.hash_of(tx))
@@ -556,6 +607,8 @@ class _TxRules:
                 "update must be followed by its validation, found the end of the block",
                 self.hash_of(self.awaiting),
             )
+        if self.joined:
+            self.s._joins_at = self.s._joins_at.insert(self.h, tuple(self.joined))
 
     def common(self, tx: Transaction) -> None:
         if tx.chain != self.s.chain_id:
@@ -602,21 +655,27 @@ class _TxRules:
             raise self.fail(tx, code, f"{tx.author} is already a member ({member.status})")
         if tx.author in self.s.pending:
             raise self.fail(tx, "request_pending", f"{tx.author} already has a pending request")
-        names = {m.name for m in self.s.members.values()} | {
-            r.name for r in self.s.pending.values()
-        }
-        if body["name"] in names:
+        if self.s.name_taken(body["name"]):
             raise self.fail(tx, "name_taken", f"member name {body['name']!r} is taken")
-        self.s._own()
-        self.s._expired.pop(tx.author, None)
-        self.s._pending[tx.author] = JoinRequest(
-            self.hash_of(tx),
-            tx.author,
-            body["name"],
-            tuple(body["roles"]),
-            body["power"],
-            height=self.h,
+        if self.s.joins_full:
+            cap = self.s.config.max_pending_joins
+            raise self.fail(
+                tx,
+                "join_requests_full",
+                f"{cap} join requests are pending, the most the consortium holds "
+                "(max_pending_joins); ask again once one is approved or expires",
+            )
+        self.s._add_request(
+            JoinRequest(
+                self.hash_of(tx),
+                tx.author,
+                body["name"],
+                tuple(body["roles"]),
+                body["power"],
+                height=self.h,
+            )
         )
+        self.joined.append(tx.author)
 
     def on_approve_member(self, tx: Transaction, body: dict[str, Any]) -> None:
         self.require_validator(tx)
@@ -638,17 +697,16 @@ class _TxRules:
             )
         if tx.author in request.approvals:
             raise self.fail(tx, "duplicate_approval", f"{tx.author} already approved this request")
-        approvals = request.approvals | {tx.author}
+        approvals = request.approvals | {tx.author}  # at most the validators: small
         if len(approvals) >= self.s.config.admission_approvals:
-            self.s._own()
-            del self.s._pending[request.did]
-            self.s._expired.pop(request.did, None)
-            self.s._members[request.did] = Member(
-                request.did, request.name, request.roles, request.power, ACTIVE, self.h
+            self.s._pending = self.s._pending.remove(request.did)
+            self.s._set_member(
+                Member(request.did, request.name, request.roles, request.power, ACTIVE, self.h)
             )
         else:
-            self.s._own()
-            self.s._pending[request.did] = dataclasses.replace(request, approvals=approvals)
+            self.s._pending = self.s._pending.insert(
+                request.did, dataclasses.replace(request, approvals=approvals)
+            )
 
     def on_remove_member(self, tx: Transaction, body: dict[str, Any]) -> None:
         self.require_validator(tx)
@@ -660,15 +718,36 @@ class _TxRules:
             raise self.fail(tx, "duplicate_approval", f"{tx.author} already asked this removal")
         approvals = approvals | {tx.author}
         if len(approvals) < self.s.config.removal_approvals:
-            self.s._own()
-            self.s._removals[subject.did] = approvals
+            self.s._removals = self.s._removals.insert(subject.did, approvals)
             return
-        remaining = [m for m in self.s.members.values() if m.is_validator and m.did != subject.did]
+        self.keep_thresholds_reachable(tx, subject)
+        self.s._removals = self.s._removals.discard(subject.did)
+        self.s._set_member(dataclasses.replace(subject, status=REMOVED))
+
+    def keep_thresholds_reachable(self, tx: Transaction, subject: Member) -> None:
+        """Refuse a removal after which too few validators remain to ever reach the admission
+        or the removal threshold: no member could then be admitted or removed again (§6.3)."""
+        remaining = len(self.s._validators) - (1 if subject.is_validator else 0)
         if not remaining:
             raise self.fail(tx, "last_validator", f"removing {subject.did} leaves no validator")
-        self.s._own()
-        self.s._removals.pop(subject.did, None)
-        self.s._members[subject.did] = dataclasses.replace(subject, status=REMOVED)
+        if not subject.is_validator:
+            return
+        cfg = self.s.config
+        unreachable = [
+            f"{name} = {needed}"
+            for name, needed in (
+                ("admission_approvals", cfg.admission_approvals),
+                ("removal_approvals", cfg.removal_approvals),
+            )
+            if needed > remaining
+        ]
+        if unreachable:
+            raise self.fail(
+                tx,
+                "threshold_unreachable",
+                f"removing validator {subject.did} leaves {remaining} validator(s), fewer than "
+                f"{' and '.join(unreachable)}: no member could be admitted or removed again",
+            )
 
     # --- rounds --------------------------------------------------------------------------
     def on_open_round(self, tx: Transaction, body: dict[str, Any]) -> None:
@@ -834,4 +913,4 @@ class _TxRules:
                 f"equivocation of {offender} at height {a.height} round {a.round} ({a.type}) "
                 "is already recorded",
             )
-        self.s.offences = self.s.offences | {offence}
+        self.s.offences = self.s.offences.insert(offence)

@@ -23,7 +23,9 @@ from pydantic import (
 
 from bcfl_cli.chain.config import (
     DEFAULT_JOIN_REQUEST_TTL_BLOCKS,
+    DEFAULT_MAX_PENDING_JOINS,
     MAX_JOIN_REQUEST_TTL_BLOCKS,
+    MAX_MAX_PENDING_JOINS,
     MAX_MEMBERS,
 )
 from bcfl_cli.errors import EncodingError, UsageError
@@ -109,6 +111,9 @@ class _ConsortiumSection(_Strict):
     join_request_ttl_blocks: int = Field(
         default=DEFAULT_JOIN_REQUEST_TTL_BLOCKS, ge=1, le=MAX_JOIN_REQUEST_TTL_BLOCKS
     )
+    max_pending_joins: int = Field(
+        default=DEFAULT_MAX_PENDING_JOINS, ge=1, le=MAX_MAX_PENDING_JOINS
+    )
 
     @field_validator("name")
     @classmethod
@@ -134,6 +139,7 @@ class ConsortiumConfig(_Strict):
     admission_approvals: int
     removal_approvals: int
     join_request_ttl_blocks: int = DEFAULT_JOIN_REQUEST_TTL_BLOCKS
+    max_pending_joins: int = DEFAULT_MAX_PENDING_JOINS
     members: list[MemberSpec]
     model: ModelSpec
     training: TrainingPlan
@@ -164,6 +170,8 @@ class ConsortiumConfig(_Strict):
         # files that leave it out) keep their hash.
         if self.join_request_ttl_blocks != DEFAULT_JOIN_REQUEST_TTL_BLOCKS:
             consortium["join_request_ttl_blocks"] = self.join_request_ttl_blocks
+        if self.max_pending_joins != DEFAULT_MAX_PENDING_JOINS:
+            consortium["max_pending_joins"] = self.max_pending_joins
         return {
             "v": DOCUMENT_VERSION,
             "consortium": consortium,
@@ -266,6 +274,7 @@ def _from_shape(shape: _FileShape) -> ConsortiumConfig:
         admission_approvals=shape.consortium.admission_approvals,
         removal_approvals=shape.consortium.removal_approvals,
         join_request_ttl_blocks=shape.consortium.join_request_ttl_blocks,
+        max_pending_joins=shape.consortium.max_pending_joins,
         members=shape.members,
         model=shape.model,
         training=shape.training,

@@ -67,6 +67,8 @@ class GenesisPlan:
     name: str = "Local Consortium"
     admission_approvals: int = 2
     removal_approvals: int = 2
+    #: the genesis cap on pending join requests; None leaves it at the default (not written)
+    max_pending_joins: int | None = None
 
 
 def _toml_value(value: Any) -> str:
@@ -100,6 +102,11 @@ def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]
                 "name": plan.name,
                 "admission_approvals": plan.admission_approvals,
                 "removal_approvals": plan.removal_approvals,
+                **(
+                    {"max_pending_joins": plan.max_pending_joins}
+                    if plan.max_pending_joins is not None
+                    else {}
+                ),
             },
         ),
     ]

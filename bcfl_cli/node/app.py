@@ -89,10 +89,16 @@ NEXT_ROUND_HOLD_S = 2.0
 MAX_HELD_UPDATES = 32
 #: Under HOME/node: what the replay cache must remember across a restart (limits.ReplayJournal).
 REPLAY_JOURNAL = "replay.log"
-#: /v1/join admits any signer, each with its own small share of the nonce cache (a join
-#: takes one request, and the rate allows 70 a minute).
+#: /v1/join admits any signer, each with its own small share of the nonce cache (a join takes
+#: one request). docs/OPERATIONS.md: 1 per s, burst 10, per address (every signer here is a
+#: fresh key, so the address bucket is the limit; it was 4x that, the members' routes' factor,
+#: before issue 16).
 JOIN_LIMITS = NodeLimits(
-    max_body_bytes=MAX_TX_BODY, rate_per_s=1.0, burst=10.0, nonces_per_member=16
+    max_body_bytes=MAX_TX_BODY,
+    rate_per_s=1.0,
+    burst=10.0,
+    nonces_per_member=16,
+    address_factor=1.0,
 )
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -192,7 +198,7 @@ class Api:
                 MemberView(
                     did=m.did, name=m.name, roles=list(m.roles), power=m.power, status=m.status
                 )
-                for m in state.members.values()
+                for m in sorted(state.members.values(), key=lambda m: (m.since, m.name))
             ],
             pending_members=sorted(state.pending),
             me=MeView(did=node.did, name=member.name if member else None, role=node.role),  # type: ignore[arg-type]

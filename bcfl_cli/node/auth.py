@@ -123,7 +123,9 @@ class SignatureAuth:
             clock=clock,
         )
         self.by_address = TokenBucketLimiter(
-            self.limits.rate_per_s * 4, self.limits.burst * 4, max_keys=self.limits.max_peers
+            self.limits.rate_per_s * self.limits.address_factor,
+            self.limits.burst * self.limits.address_factor,
+            max_keys=self.limits.max_peers,
         )
         self.by_peer = TokenBucketLimiter(
             self.limits.rate_per_s, self.limits.burst, max_keys=self.limits.max_peers

@@ -35,6 +35,11 @@ DEFAULT_MAX_NONCES = 100_000
 #: are remembered; past it, only that member's own oldest go (and only its old requests are
 #: refused). Members are admitted by the chain, so their shares are few.
 DEFAULT_NONCES_PER_MEMBER = 8192
+#: A node relays strangers' join requests to its peers at most this fast (node-wide): one
+#: address at the join route's rate, or many at once, never makes members flood each other at
+#: the members' rate. A request not relayed stays in this node's pool (a validator proposes it).
+JOIN_RELAY_RATE_PER_S = 1.0
+JOIN_RELAY_BURST = 20.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,9 @@ class NodeLimits:
     max_peers: int = DEFAULT_MAX_PEERS
     max_nonces: int = DEFAULT_MAX_NONCES
     nonces_per_member: int = DEFAULT_NONCES_PER_MEMBER
+    #: the per-address bucket is this many times the per-signer one (several members may share
+    #: an address; a join route's signers are fresh keys, so there it is 1: the address is all)
+    address_factor: float = 4.0
 
 
 class TokenBucketLimiter:

@@ -5,7 +5,12 @@ already on it, and passes the rules that can be judged alone against the current
 (membership, roles, round number and base model, pending admissions). The full rules run again
 when a proposer puts it in a block (``ChainState.apply``), so the pre-check may be lenient but
 never admits what a block could not hold. The pool is bounded in count, bytes and per author,
-and forgets transactions once they are committed or can no longer apply.
+and forgets transactions once they are committed or can no longer apply. Join requests come
+from strangers, each with a fresh key (so the per-author bound does not hold them): the pool
+keeps no more of them than the chain has room for (``max_pending_joins`` less those pending on
+chain) and at most ``DEFAULT_MAX_JOINS``, so a flood of them never crowds out the members'
+transactions; and one per applicant and per name, since a block can hold only one of each and
+every one a proposer has to leave out costs it another apply of the whole block.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 DEFAULT_MAX_TXS = 5_000
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 DEFAULT_PER_AUTHOR = 32
+#: Join requests held at once (each also needs room on chain: ``max_pending_joins``).
+DEFAULT_MAX_JOINS = 500
 REJECTED_MEMORY = 10_000
 
 #: Kinds only a block's proposer writes, while building the block: never accepted from outside.
@@ -69,9 +76,10 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
             )
         if tx.author in state.pending:
             raise MempoolRefusal("request_pending", f"{tx.author} already has a pending request")
-        names = {m.name for m in state.members.values()} | {r.name for r in state.pending.values()}
-        if body["name"] in names:
+        if state.name_taken(body["name"]):
             raise MempoolRefusal("name_taken", f"member name {body['name']!r} is taken")
+        if state.joins_full:
+            raise _joins_full(state.config.max_pending_joins)
         return
     if member is None or not member.active:
         raise MempoolRefusal(
@@ -106,6 +114,15 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
         raise MempoolRefusal(
             "duplicate_evidence", "this equivocation is already recorded on chain", status=409
         )
+
+
+def _joins_full(cap: int) -> MempoolRefusal:
+    return MempoolRefusal(
+        "join_requests_full",
+        f"the consortium holds at most {cap} pending join requests and has no room now; "
+        "ask again once one is approved or expires",
+        status=503,
+    )
 
 
 def _precheck_update(state: ChainState, tx: Transaction) -> None:
@@ -146,12 +163,16 @@ class Mempool:
         max_txs: int = DEFAULT_MAX_TXS,
         max_bytes: int = DEFAULT_MAX_BYTES,
         per_author: int = DEFAULT_PER_AUTHOR,
+        max_joins: int = DEFAULT_MAX_JOINS,
     ) -> None:
         self.max_txs = max_txs
         self.max_bytes = max_bytes
         self.per_author = per_author
+        self.max_joins = max_joins
         self._txs: OrderedDict[str, Pending] = OrderedDict()
         self._bytes = 0
+        self._join_authors: set[str] = set()  # applicants with a join request held
+        self._join_names: set[str] = set()  # the names those requests ask for
         self._by_author: dict[str, int] = {}
         self._rejected: OrderedDict[str, str] = OrderedDict()
 
@@ -224,6 +245,22 @@ class Mempool:
                 "this node's pending transactions are at their limit; retry later",
                 status=503,
             )
+        if tx.kind is TxKind.JOIN_REQUEST:
+            if tx.author in self._join_authors:
+                raise MempoolRefusal(
+                    "request_pending", "a join request of yours is already pending", status=409
+                )
+            if tx.body["name"] in self._join_names:
+                raise MempoolRefusal(
+                    "name_taken",
+                    f"member name {tx.body['name']!r} is asked for by a pending join request",
+                    status=409,
+                )
+            room = state.config.max_pending_joins - len(state.pending)
+            if len(self._join_authors) >= min(room, self.max_joins):
+                raise _joins_full(state.config.max_pending_joins)
+            self._join_authors.add(tx.author)
+            self._join_names.add(tx.body["name"])
         self._txs[digest] = Pending(tx, size, now_ms)
         self._bytes += size
         self._by_author[tx.author] = self._by_author.get(tx.author, 0) + 1
@@ -236,6 +273,9 @@ class Mempool:
             if pending is None:
                 continue
             self._bytes -= pending.size
+            if pending.tx.kind is TxKind.JOIN_REQUEST:
+                self._join_authors.discard(pending.tx.author)
+                self._join_names.discard(pending.tx.body["name"])
             left = self._by_author.get(pending.tx.author, 1) - 1
             if left:
                 self._by_author[pending.tx.author] = left

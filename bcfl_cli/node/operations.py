@@ -898,7 +898,7 @@ def local_status(home: Home, did: str | None = None) -> dict[str, Any]:
                 "power": m.power,
                 "status": m.status,
             }
-            for m in state.members.values()
+            for m in sorted(state.members.values(), key=lambda m: (m.since, m.name))
         ],
         "pending_members": sorted(state.pending),
         "me": {"did": did, "name": member.name if member else None, "role": role},

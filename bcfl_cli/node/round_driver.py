@@ -143,15 +143,21 @@ def plan_block(
     """
     chain = state.chain_id
     txs: list[Transaction] = []
+    # no more join requests than the chain has room for, one per applicant and per name: each
+    # one the rules would refuse costs ``build_proposal`` another apply of the whole block
+    join_room = state.config.max_pending_joins - len(state.pending)
+    join_keys: set[str] = set()
     for tx in pending:
         if len(txs) >= max_txs // 2:
             break
-        if tx.kind in (
-            TxKind.JOIN_REQUEST,
-            TxKind.APPROVE_MEMBER,
-            TxKind.REMOVE_MEMBER,
-            TxKind.MISBEHAVIOUR,
-        ):
+        if tx.kind is TxKind.JOIN_REQUEST:
+            keys = {"did:" + tx.author, "name:" + str(tx.body["name"])}
+            if join_room <= 0 or keys & join_keys:
+                continue
+            join_room -= 1
+            join_keys |= keys
+            txs.append(tx)
+        elif tx.kind in (TxKind.APPROVE_MEMBER, TxKind.REMOVE_MEMBER, TxKind.MISBEHAVIOUR):
             txs.append(tx)
     rnd = state.round
     if not rnd.open:

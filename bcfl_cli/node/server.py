@@ -39,9 +39,14 @@ from bcfl_cli.identity import Identity
 from bcfl_cli.node.blob_keeper import DEFAULT_RETENTION_S, BlobKeeper, default_quota
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.consensus_driver import ConsensusDriver
-from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.node.limits import (
+    JOIN_RELAY_BURST,
+    JOIN_RELAY_RATE_PER_S,
+    NodeLimits,
+    TokenBucketLimiter,
+)
 from bcfl_cli.node.logging import fields
-from bcfl_cli.node.mempool import Mempool
+from bcfl_cli.node.mempool import Mempool, MempoolRefusal
 from bcfl_cli.node.peers import Peers, normalise_url
 from bcfl_cli.node.round_driver import (
     AggregateKey,
@@ -115,6 +120,7 @@ class Node:
         self.checks = CachingChecks(FLChecks(self.blobs))
         self.mempool = Mempool()
         self.keeper = self._blob_keeper()
+        self._join_relay = TokenBucketLimiter(JOIN_RELAY_RATE_PER_S, JOIN_RELAY_BURST, max_keys=1)
         self.peers = Peers(self.key, list(options.peers), self_url=options.url)
         self.alarm: dict[str, Any] | None = self._load_alarm()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-worker")
@@ -262,9 +268,22 @@ class Node:
 
         ``seen``: tags (``peers.did_tag``) of members that hold it already, who are skipped.
         """
+        relay = True
+        if tx.kind is TxKind.JOIN_REQUEST and tx.hash not in self.mempool:
+            # strangers' join requests are relayed within a node-wide budget (limits.py); past
+            # it a validator keeps the request to propose it, another node would only hold it
+            relay = not self._join_relay.acquire("join")
+            if not relay and self.role != "validator":
+                raise MempoolRefusal(
+                    "join_relay_busy",
+                    "this node relays join requests at a bounded rate and is busy; retry in a "
+                    "few seconds, or send the request to a validator's node",
+                    status=503,
+                )
         added = self.mempool.add(tx, self.state, now_ms=self.clock.now_ms())
         if added:
-            self.peers.broadcast("/v1/txs", {"tx": tx.to_dict()}, seen=seen)
+            if relay:
+                self.peers.broadcast("/v1/txs", {"tx": tx.to_dict()}, seen=seen)
             self.wake_prepare()
             self.driver.poke()
         return added

@@ -41,6 +41,7 @@ def make_document(
     training: dict[str, Any] | None = None,
     aggregation: dict[str, Any] | None = None,
     join_request_ttl_blocks: int | None = None,
+    max_pending_joins: int | None = None,
 ) -> dict[str, Any]:
     consortium: dict[str, Any] = {
         "name": "Test Consortium",
@@ -49,6 +50,8 @@ def make_document(
     }
     if join_request_ttl_blocks is not None:
         consortium["join_request_ttl_blocks"] = join_request_ttl_blocks
+    if max_pending_joins is not None:
+        consortium["max_pending_joins"] = max_pending_joins
     return {
         "v": 1,
         "consortium": consortium,

@@ -536,7 +536,8 @@ def test_default_ttl_is_not_in_the_document(tmp_path):
 )
 @given(ttl=st.integers(1, 4), gap=st.integers(0, 6), approvals=st.integers(1, 2))
 def test_join_request_ttl_property(tmp_path_factory, ttl, gap, approvals):
-    """Made at height h, a request is admitted iff its last approval lands by h + ttl."""
+    """Made at height h, a request is admitted iff its last approval lands by h + ttl; a late
+    approval is ``request_expired`` up to h + 2 ttl + 1, then ``no_pending_request``."""
     c = make_consortium(tmp_path_factory.mktemp("ttl"), join_request_ttl_blocks=ttl)
     join = _join(c)
     c.commit([join])
@@ -549,8 +550,13 @@ def test_join_request_ttl_property(tmp_path_factory, ttl, gap, approvals):
         c.commit(txs)
         assert (c.state.member(did_for("erin")) is not None) == (approvals == 2)
         assert (did_for("erin") in c.state.pending) == (approvals == 1)
-    else:
+    elif at <= made + 2 * ttl + 1:  # the expired request is remembered for one more TTL
         _fails(c, txs, "request_expired")
         c.commit([])
         assert did_for("erin") not in c.state.pending
-        assert c.state.expired_requests[did_for("erin")].expired_at == made + ttl + 1
+        if c.state.height <= made + 2 * ttl + 1:
+            assert c.state.expired_requests[did_for("erin")].expired_at == made + ttl + 1
+    else:  # then forgotten (issue 16: strangers' expired requests must not pile up)
+        _fails(c, txs, "no_pending_request")
+        c.commit([])
+        assert did_for("erin") not in c.state.expired_requests

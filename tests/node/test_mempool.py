@@ -96,19 +96,22 @@ def test_bounds_count_and_per_author(chain: Chain) -> None:
 
 def test_prune_forgets_committed_and_now_invalid(chain: Chain) -> None:
     pool = Mempool()
-    a = join(chain, 1, "erin")
-    b = join(chain, 2, "erin")  # same name: only one of the two can ever be admitted
+    a = join(chain, 1, "frank")
+    b = join(chain, 2, "erin")
     pool.add(a, chain.state, now_ms=1)
     pool.add(b, chain.state, now_ms=2)
+    # same name: only one of the two can ever be admitted, so the pool holds one (issue 16)
+    rival = join(chain, 3, "erin")
+    with pytest.raises(MempoolRefusal) as info:
+        pool.add(rival, chain.state, now_ms=3)
+    assert info.value.code == "name_taken"
+    # ... and when another node's pool had the rival and it is committed, b is dropped
     block, after = build_proposal(
-        chain.state, chain.head, [a], key("alice"), now_ms=chain.now(), checks=None
+        chain.state, chain.head, [a, rival], key("alice"), now_ms=chain.now(), checks=None
     )
     chain.commit(block, after)
     dropped = dict(pool.prune(chain.state))
-    assert dropped == {a.hash: "already_committed", b.hash: "request_pending"} or dropped == {
-        a.hash: "already_committed",
-        b.hash: "name_taken",
-    }
+    assert dropped == {a.hash: "already_committed", b.hash: "name_taken"}
     assert len(pool) == 0 and pool.size_bytes == 0
     assert pool.rejected_reason(a.hash) is None  # committed is not rejected
     assert pool.rejected_reason(b.hash) is not None
