@@ -1,0 +1,71 @@
+"""Building a model proof from a member's ledger (what ``bcfl model export`` writes)."""
+
+from __future__ import annotations
+
+from bcfl_cli.chain.state import MEMBERSHIP_KINDS
+from bcfl_cli.errors import UsageError
+from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.merkle import inclusion_path
+from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.provenance.bundle import ModelProof, ProvenTx
+from bcfl_cli.store.ledger import Ledger
+
+#: Kinds whose body names the round they belong to.
+_ROUND_KINDS = frozenset({TxKind.OPEN_ROUND, TxKind.UPDATE, TxKind.AGGREGATE})
+
+
+def aggregate_height(ledger: Ledger, round_number: int) -> int:
+    """Height of the block holding round ``round_number``'s aggregate (0: the initial model)."""
+    if round_number == 0:
+        return 0
+    for tx, height in ledger.txs_of_kind(str(TxKind.AGGREGATE)):
+        if int(tx.body["round"]) == round_number:
+            return height
+    raise UsageError(f"round {round_number} has no aggregate on this member's chain")
+
+
+def build_proof(ledger: Ledger, round_number: int) -> ModelProof:
+    """The proof of round ``round_number``'s global model: headers and certificates from
+    genesis to its aggregate, the membership transactions up to there, and every transaction
+    of rounds 1..``round_number`` (open_round, updates, their validations, aggregate)."""
+    top = aggregate_height(ledger, round_number)
+    headers = []
+    commits = []
+    txs: list[ProvenTx] = []
+    for block in ledger.blocks(0, top):
+        headers.append(block.header)
+        if block.commit is not None:
+            commits.append(block.commit)
+        txs.extend(_proven(block, round_number))
+    return ModelProof(
+        ledger.genesis_hash,
+        round_number,
+        ledger.document,
+        tuple(headers),
+        tuple(commits),
+        tuple(txs),
+    )
+
+
+def _proven(block: Block, round_number: int) -> list[ProvenTx]:
+    """The block's transactions a verifier needs, each with its audit path."""
+    wanted = [i for i, tx in enumerate(block.txs) if _wanted(block.txs, i, round_number)]
+    if not wanted:
+        return []
+    hashes = [tx.hash for tx in block.txs]
+    n = len(hashes)
+    return [
+        ProvenTx(block.height, i, n, tuple(inclusion_path(hashes, i)), block.txs[i]) for i in wanted
+    ]
+
+
+def _wanted(txs: tuple[Transaction, ...], i: int, round_number: int) -> bool:
+    tx = txs[i]
+    if tx.kind in MEMBERSHIP_KINDS:
+        return True
+    if tx.kind in _ROUND_KINDS:
+        return int(tx.body["round"]) <= round_number
+    if tx.kind is TxKind.VALIDATION and i > 0:  # judges the update just before it (§6.3)
+        before = txs[i - 1]
+        return before.kind is TxKind.UPDATE and int(before.body["round"]) <= round_number
+    return False

@@ -1,0 +1,362 @@
+"""``verify_model``: check a model file against its proof bundle offline (PROTOCOL.md §9).
+
+Trusts only the genesis hash given by the caller: no store, no network, no torch. The steps
+follow §9.2, each a function raising one ``VerificationError`` with a code; the chain rules are
+the ones verify-chain runs (``chain.state``: header links, validator set in force, commit
+certificates, membership), applied to headers and the proven transactions only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.errors import BcflError, EncodingError, VerificationError
+from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.merkle import verify_inclusion
+from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.provenance.bundle import ModelProof, ProvenTx
+from bcfl_cli.verify.report import Fault
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """One update of a round, as the chain judged it."""
+
+    tx: str
+    author: str
+    name: str
+    verdict: str  # "accept" | "reject"
+    reason: str
+    num_samples: int
+    metrics: dict[str, str]
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    number: int
+    opened_at: int
+    closed_at: int
+    base_model: str
+    model: str
+    rule: str
+    params: dict[str, Any]
+    aggregated: tuple[str, ...]
+    updates: tuple[UpdateRecord, ...]
+
+
+@dataclass
+class ModelHistory:
+    """What a verified proof shows about the model: the data of its model card."""
+
+    chain: str
+    consortium: str
+    round: int
+    model: str
+    model_size: int | None  # None for the initial model (genesis states no size)
+    height: int
+    rule: str
+    params: dict[str, Any]
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)  # did -> name, roles, ...
+    rounds: list[RoundRecord] = field(default_factory=list)
+
+
+@dataclass
+class ProofReport:
+    chain_id: str  # the pinned genesis hash
+    round: int | None = None
+    model: str = ""  # SHA-256 of the model file (empty when no file was given)
+    height: int = -1  # the last header that verified
+    headers: int = 0
+    signatures: int = 0
+    txs: int = 0
+    proof_bytes: int = 0
+    elapsed_s: float = 0.0
+    fault: Fault | None = None
+    history: ModelHistory | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.fault is None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("history")
+        data["ok"] = self.ok
+        data["elapsed_s"] = round(self.elapsed_s, 3)
+        return data
+
+
+def verify_model(proof_data: bytes, genesis: str, model: Path | None = None) -> ProofReport:
+    """Verify a proof bundle against the pinned ``genesis`` hash, and ``model`` against it.
+
+    Never raises for what the bundle or the file hold: the first fault is the report's.
+    Without ``model`` the chain part alone is checked (what the model card needs).
+    """
+    started = time.perf_counter()
+    report = ProofReport(chain_id=genesis, proof_bytes=len(proof_data))
+    try:
+        proof = read_proof(proof_data)
+        report.round = proof.round
+        state = verify_genesis(proof, genesis)
+        report.height, report.headers = 0, 1
+        state = verify_headers(proof, state, report)
+        history = verify_rounds(proof, state)
+        if model is not None:
+            report.model = verify_model_file(model, history)
+        report.history = history
+    except VerificationError as exc:
+        report.fault = Fault.from_error(exc)
+    except (BcflError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        # a defect no step names (a bug, or input no rule foresaw): still a verdict, not a crash
+        message = exc.message if isinstance(exc, BcflError) else f"{type(exc).__name__}: {exc}"
+        report.fault = Fault(None, None, "proof_malformed", f"proof bundle: {message}")
+    report.elapsed_s = time.perf_counter() - started
+    return report
+
+
+# --- §9.2 steps ---------------------------------------------------------------------------------
+def read_proof(data: bytes) -> ModelProof:
+    """1. Read: a bounded, strict parse; any defect is ``proof_malformed``."""
+    try:
+        return ModelProof.from_bytes(data)
+    except EncodingError as exc:
+        raise VerificationError(
+            f"proof bundle: {exc.message}", code="proof_malformed", height=None
+        ) from exc
+
+
+def verify_genesis(proof: ModelProof, pinned: str) -> ChainState:
+    """2. Genesis: the first header is the pinned genesis and the document is its config."""
+    header = proof.headers[0]
+    if header.hash != pinned:
+        raise VerificationError(
+            f"genesis hash: expected {pinned} (pinned), found {header.hash}: "
+            "this proof is from another consortium, or its genesis was altered",
+            height=0,
+            code="genesis_hash_mismatch",
+        )
+    return ChainState.from_genesis(Block(header, (), None), proof.genesis)
+
+
+def verify_headers(proof: ModelProof, state: ChainState, report: ProofReport) -> ChainState:
+    """3-4. Each header links to the previous one and is certified by more than 2/3 of the
+    validator set in force (§6.2.1, §6.2.3, §6.2.4); the proven transactions of each block are
+    in it (audit path to ``tx_root``) and obey the common rules; membership transactions move
+    the validator set for the next height (§6.3)."""
+    by_height: dict[int, list[ProvenTx]] = {}
+    for proven in proof.txs:
+        by_height.setdefault(proven.height, []).append(proven)
+    for height in range(1, len(proof.headers)):
+        header = proof.headers[height]
+        commit = proof.commits[height - 1]
+        included = by_height.get(height, [])
+        txs = [check_inclusion(p, header.tx_root) for p in included]
+        state = state.apply_proven(header, commit, txs)
+        report.height, report.headers = height, report.headers + 1
+        report.signatures += len(commit.signatures) + len(txs)
+        report.txs += len(txs)
+    return state
+
+
+def check_inclusion(proven: ProvenTx, tx_root: str) -> Transaction:
+    """The audit path leads from the transaction's hash to the block's ``tx_root`` (§4)."""
+    tx = proven.tx
+    if not verify_inclusion(tx.hash, proven.index, proven.leaves, list(proven.path), tx_root):
+        raise VerificationError(
+            f"block {proven.height}, tx {tx.hash[:16]}: not in the block "
+            f"(audit path for index {proven.index} of {proven.leaves} does not reach tx_root)",
+            height=proven.height,
+            tx_hash=tx.hash,
+            code="tx_not_included",
+        )
+    return tx
+
+
+def verify_rounds(proof: ModelProof, state: ChainState) -> ModelHistory:
+    """5. Rounds 1..r: each opened on the previous round's model, each update followed by its
+    validation, every aggregated update present, and round r's aggregate in the last block."""
+    config = state.config
+    history = ModelHistory(
+        chain=state.chain_id,
+        consortium=config.name,
+        round=proof.round,
+        model=config.initial_model,
+        model_size=None,
+        height=proof.height,
+        rule=config.aggregation_rule,
+        params=config.aggregation_params,
+        members={
+            m.did: {
+                "name": m.name,
+                "roles": list(m.roles),
+                "power": m.power,
+                "status": m.status,
+                "since": m.since,
+            }
+            for m in state.members.values()
+        },
+    )
+    rounds = _collect_rounds(proof)
+    model = config.initial_model
+    for number in range(1, proof.round + 1):
+        found = rounds.get(number)
+        if found is None or found.aggregate is None or found.opened is None:
+            raise VerificationError(
+                f"round {number} of the model's history is missing from the proof "
+                "(its open_round and aggregate must be included)",
+                code="round_missing",
+            )
+        record = found.record(number, model, state)
+        model = record.model
+        history.rounds.append(record)
+    if proof.round > 0:
+        last = rounds[proof.round]
+        assert last.aggregate is not None
+        if last.aggregate.height != proof.height:
+            raise VerificationError(
+                f"round {proof.round}'s aggregate is at height {last.aggregate.height}, "
+                f"but the proof ends at {proof.height}",
+                height=proof.height,
+                code="aggregate_missing",
+            )
+        history.model = model
+        history.model_size = int(last.aggregate.tx.body["model_size"])
+    elif proof.height != 0:
+        raise VerificationError(
+            "the initial model's proof is the genesis alone", code="aggregate_missing"
+        )
+    return history
+
+
+def verify_model_file(path: Path, history: ModelHistory) -> str:
+    """6. The model file's SHA-256 (and size) are the aggregate's ``model`` (``model_size``)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as f:
+            while chunk := f.read(1024 * 1024):
+                digest.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise VerificationError(f"model file {path}: {exc}", code="model_unreadable") from exc
+    found = digest.hexdigest()
+    where = f"round {history.round}'s " + ("aggregate" if history.round else "initial model")
+    if found != history.model:
+        raise VerificationError(
+            f"model file: {where} names {history.model}, the file hashes to {found}",
+            height=history.height,
+            code="model_hash_mismatch",
+        )
+    if history.model_size is not None and size != history.model_size:
+        raise VerificationError(
+            f"model file: {where} states {history.model_size} bytes, found {size}",
+            height=history.height,
+            code="model_size_mismatch",
+        )
+    return found
+
+
+# --- rounds from the proven transactions ---------------------------------------------------------
+@dataclass
+class _Round:
+    opened: ProvenTx | None = None
+    aggregate: ProvenTx | None = None
+    updates: list[tuple[ProvenTx, ProvenTx | None]] = field(default_factory=list)
+
+    def record(self, number: int, previous_model: str, state: ChainState) -> RoundRecord:
+        assert self.opened is not None and self.aggregate is not None
+        opened, aggregate = self.opened.tx.body, self.aggregate.tx.body
+        if opened["base_model"] != previous_model:
+            raise VerificationError(
+                f"round {number} opened on {opened['base_model']}, expected the previous "
+                f"model {previous_model}",
+                height=self.opened.height,
+                tx_hash=self.opened.tx.hash,
+                code="lineage_broken",
+            )
+        records = []
+        for update, validation in self.updates:
+            if validation is None:
+                raise VerificationError(
+                    f"update {update.tx.hash[:16]} of round {number}: its validation (the next "
+                    "transaction of its block) is missing from the proof",
+                    height=update.height,
+                    tx_hash=update.tx.hash,
+                    code="validation_missing",
+                )
+            body, verdict = update.tx.body, validation.tx.body
+            records.append(
+                UpdateRecord(
+                    tx=update.tx.hash,
+                    author=update.tx.author,
+                    name=state.name_of(update.tx.author),
+                    verdict=str(verdict["verdict"]),
+                    reason=str(verdict["reason"]),
+                    num_samples=int(body["num_samples"]),
+                    metrics=dict(body["metrics"]),
+                )
+            )
+        known = {r.tx for r in records if r.verdict == "accept"}
+        missing = [h for h in aggregate["updates"] if h not in known]
+        if missing:
+            raise VerificationError(
+                f"round {number}'s aggregate names update {missing[0][:16]}, which the proof "
+                "does not show accepted",
+                height=self.aggregate.height,
+                tx_hash=self.aggregate.tx.hash,
+                code="update_missing",
+            )
+        return RoundRecord(
+            number=number,
+            opened_at=self.opened.height,
+            closed_at=self.aggregate.height,
+            base_model=str(opened["base_model"]),
+            model=str(aggregate["model"]),
+            rule=str(aggregate["rule"]),
+            params=dict(aggregate["params"]),
+            aggregated=tuple(aggregate["updates"]),
+            updates=tuple(records),
+        )
+
+
+def _collect_rounds(proof: ModelProof) -> dict[int, _Round]:
+    """Round number -> its proven transactions; a validation pairs with the update just
+    before it in the same block (§6.3), and only an update's own validation counts."""
+    rounds: dict[int, _Round] = {}
+    previous: ProvenTx | None = None
+    for proven in proof.txs:
+        tx = proven.tx
+        if tx.kind is TxKind.VALIDATION and previous is not None:
+            pending = previous.tx
+            if (
+                pending.kind is TxKind.UPDATE
+                and previous.height == proven.height
+                and previous.index + 1 == proven.index
+                and tx.body["update"] == pending.hash
+            ):
+                entry = rounds.setdefault(int(pending.body["round"]), _Round())
+                entry.updates[-1] = (previous, proven)
+        elif tx.kind in (TxKind.OPEN_ROUND, TxKind.UPDATE, TxKind.AGGREGATE):
+            entry = rounds.setdefault(int(tx.body["round"]), _Round())
+            if tx.kind is TxKind.OPEN_ROUND:
+                entry.opened = entry.opened or proven
+            elif tx.kind is TxKind.AGGREGATE:
+                entry.aggregate = entry.aggregate or proven
+            else:
+                entry.updates.append((proven, None))
+        previous = proven
+    return rounds
+
+
+__all__ = [
+    "ModelHistory",
+    "ProofReport",
+    "RoundRecord",
+    "UpdateRecord",
+    "verify_model",
+]
