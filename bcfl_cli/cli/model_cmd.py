@@ -51,7 +51,8 @@ def export(
         Path | None,
         typer.Option(
             "--proof",
-            help="Where to write the proof bundle (default: OUT's name with .proof.json).",
+            help="Where to write the proof bundle (default: OUT's name with .proof.json.gz; "
+            "gzip when the name ends in .gz, else plain JSON).",
             dir_okay=False,
             show_default=False,
         ),
@@ -66,11 +67,11 @@ def export(
     """Write a round's global model (safetensors), its proof bundle and its model card.
 
     The model comes from this member's blob store, else from --node URL (default: your node).
-    The proof (MODEL.proof.json) lets anyone check the model offline with `bcfl model verify`;
+    The proof (MODEL.proof.json.gz) lets anyone check the model offline with `bcfl model verify`;
     the card (MODEL.card.md) says how it was trained.
     """
     member_home = Home.resolve(home)
-    proof_path = None if no_proof else proof or _beside(out, ".proof.json")
+    proof_path = None if no_proof else proof or _beside(out, ".proof.json.gz")
     card_path = None if no_proof else _beside(proof_path or out, ".card.md")
     api = _node_api(member_home, node)
     try:
@@ -103,8 +104,8 @@ def export(
 
 
 def _beside(path: Path, suffix: str) -> Path:
-    """``model.safetensors`` -> ``model<suffix>``; ``model.proof.json`` -> ``model<suffix>``."""
-    name = path.name.removesuffix(".proof.json")
+    """``model.safetensors`` -> ``model<suffix>``; ``model.proof.json.gz`` -> ``model<suffix>``."""
+    name = path.name.removesuffix(".gz").removesuffix(".proof.json")
     stem = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
     return path.with_name(stem + suffix)
 
@@ -118,7 +119,8 @@ GenesisOption = Annotated[
     ),
 ]
 ProofArgument = Annotated[
-    Path, typer.Argument(help="The proof bundle (MODEL.proof.json).", dir_okay=False)
+    Path,
+    typer.Argument(help="The proof bundle (MODEL.proof.json.gz, or plain JSON).", dir_okay=False),
 ]
 
 

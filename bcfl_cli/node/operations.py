@@ -974,7 +974,10 @@ def export_model(
                 f"(rounds with a model: {sorted(models)})",
                 hint="round 0 is the genesis initial model",
             )
-        bundle = build_proof(ledger, number).to_bytes() if proof is not None else None
+        bundle = None
+        if proof is not None:
+            compress = proof.name.endswith(".gz")
+            bundle = build_proof(ledger, number).to_bytes(compress=compress)
         genesis = ledger.genesis_hash
     digest, height = models[number]
     fetched = False

@@ -12,6 +12,9 @@ exception, so the verifier can name it as a fault.
 
 from __future__ import annotations
 
+import gzip
+import io
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +25,11 @@ from bcfl_cli.protocol.tx import Transaction
 
 FORMAT = "bcfl-model-proof"
 FORMAT_VERSION = 1
-#: Largest bundle a verifier reads (about 45,000 blocks of four validators); bounds memory.
+#: Largest bundle a verifier reads, once decompressed (about 45,000 blocks of four validators,
+#: with their rounds); bounds memory, whatever a compressed file claims.
 MAX_PROOF_BYTES = 64 * 1024 * 1024
+#: A gzip member starts with these bytes (RFC 1952); plain JSON starts with ``{``.
+GZIP_MAGIC = b"\x1f\x8b"
 #: Audit paths are at most log2(2,000 transactions) long; anything longer is malformed.
 MAX_PATH_LENGTH = 11
 
@@ -95,13 +101,17 @@ class ModelProof:
             "txs": [t.to_dict() for t in self.txs],
         }
 
-    def to_bytes(self) -> bytes:
-        """Canonical JSON (RFC 8785): compact, and the same bytes from every exporter."""
-        return canonical(self.to_dict())
+    def to_bytes(self, *, compress: bool = False) -> bytes:
+        """Canonical JSON (RFC 8785), gzip-compressed when ``compress``: signatures and hashes
+        are hex, which gzip halves (the deterministic header, mtime 0, keeps it reproducible)."""
+        data = canonical(self.to_dict())
+        return gzip.compress(data, compresslevel=9, mtime=0) if compress else data
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelProof:
-        """Parse an untrusted bundle; every defect is an ``EncodingError`` naming it."""
+        """Parse an untrusted bundle, plain or gzip; every defect is an ``EncodingError``."""
+        if data[:2] == GZIP_MAGIC:
+            data = _gunzip(data)
         if len(data) > MAX_PROOF_BYTES:
             raise EncodingError(
                 f"proof of {len(data)} bytes exceeds the {MAX_PROOF_BYTES} byte limit"
@@ -152,6 +162,18 @@ class ModelProof:
             tuple(CommitCertificate.from_dict(c) for c in commits),
             proven,
         )
+
+
+def _gunzip(data: bytes) -> bytes:
+    """Decompress at most ``MAX_PROOF_BYTES`` + 1 bytes: a gzip bomb stops at the limit."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            out = f.read(MAX_PROOF_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise EncodingError(f"proof is not valid gzip: {exc}") from exc
+    if len(out) > MAX_PROOF_BYTES:
+        raise EncodingError(f"proof decompresses past the {MAX_PROOF_BYTES} byte limit")
+    return out
 
 
 def _int(value: Any, lo: int, hi: int) -> bool:

@@ -133,6 +133,13 @@ def read_proof(data: bytes) -> ModelProof:
 def verify_genesis(proof: ModelProof, pinned: str) -> ChainState:
     """2. Genesis: the first header is the pinned genesis and the document is its config."""
     header = proof.headers[0]
+    if proof.chain != pinned:
+        raise VerificationError(
+            f"genesis hash: expected {pinned} (pinned), the proof names {proof.chain}: "
+            "this proof is from another consortium",
+            height=0,
+            code="genesis_hash_mismatch",
+        )
     if header.hash != pinned:
         raise VerificationError(
             f"genesis hash: expected {pinned} (pinned), found {header.hash}: "
