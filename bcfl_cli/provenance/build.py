@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from bcfl_cli.chain.state import MEMBERSHIP_KINDS
 from bcfl_cli.errors import UsageError
-from bcfl_cli.protocol.block import Block
-from bcfl_cli.protocol.merkle import inclusion_path
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.provenance.bundle import ModelProof, ProvenTx
 from bcfl_cli.store.ledger import Ledger
@@ -27,36 +25,30 @@ def aggregate_height(ledger: Ledger, round_number: int) -> int:
 def build_proof(ledger: Ledger, round_number: int) -> ModelProof:
     """The proof of round ``round_number``'s global model: headers and certificates from
     genesis to its aggregate, the membership transactions up to there, and every transaction
-    of rounds 1..``round_number`` (open_round, updates, their validations, aggregate)."""
+    of rounds 1..``round_number`` (open_round, updates, their validations, aggregate), with
+    the transaction hashes of each block that holds one."""
     top = aggregate_height(ledger, round_number)
     headers = []
     commits = []
+    bodies: dict[int, tuple[str, ...]] = {}
     txs: list[ProvenTx] = []
     for block in ledger.blocks(0, top):
         headers.append(block.header)
         if block.commit is not None:
             commits.append(block.commit)
-        txs.extend(_proven(block, round_number))
+        wanted = [i for i in range(len(block.txs)) if _wanted(block.txs, i, round_number)]
+        if wanted:
+            bodies[block.height] = tuple(tx.hash for tx in block.txs)
+            txs.extend(ProvenTx(block.height, i, block.txs[i]) for i in wanted)
     return ModelProof(
         ledger.genesis_hash,
         round_number,
         ledger.document,
         tuple(headers),
         tuple(commits),
+        bodies,
         tuple(txs),
     )
-
-
-def _proven(block: Block, round_number: int) -> list[ProvenTx]:
-    """The block's transactions a verifier needs, each with its audit path."""
-    wanted = [i for i, tx in enumerate(block.txs) if _wanted(block.txs, i, round_number)]
-    if not wanted:
-        return []
-    hashes = [tx.hash for tx in block.txs]
-    n = len(hashes)
-    return [
-        ProvenTx(block.height, i, n, tuple(inclusion_path(hashes, i)), block.txs[i]) for i in wanted
-    ]
 
 
 def _wanted(txs: tuple[Transaction, ...], i: int, round_number: int) -> bool:

@@ -2,9 +2,12 @@
 
 A bundle holds the genesis document, every block header from genesis to the block of the
 round's aggregate with its commit certificate, and the transactions a verifier needs (those
-that move the members, and those of the model's rounds), each with its Merkle audit path to
-its block's ``tx_root``. Headers travel without bodies: the certificates sign the headers, the
-headers commit to their transactions, so nothing else is needed to trust the included ones.
+that move the members, and those of the model's rounds). A block that holds one of them comes
+with the hashes of all its transactions, whose Merkle root is its ``tx_root``; the others
+travel as headers alone. The certificates sign the headers, the headers commit to the
+transaction hashes, so nothing else is needed to trust the included transactions, and every
+byte of the bundle is bound by a hash or a signature (an RFC 9162 audit path would be smaller
+for a large block, but its leaf count is not bound by the root).
 
 Parsing is strict and bounded: any malformed byte is an ``EncodingError``, never another
 exception, so the verifier can name it as a fault.
@@ -30,58 +33,57 @@ FORMAT_VERSION = 1
 MAX_PROOF_BYTES = 64 * 1024 * 1024
 #: A gzip member starts with these bytes (RFC 1952); plain JSON starts with ``{``.
 GZIP_MAGIC = b"\x1f\x8b"
-#: Audit paths are at most log2(2,000 transactions) long; anything longer is malformed.
-MAX_PATH_LENGTH = 11
-
-_KEYS = {"format", "v", "chain", "round", "genesis", "headers", "commits", "txs"}
-_TX_KEYS = {"height", "index", "leaves", "path", "tx"}
+_KEYS = {"format", "v", "chain", "round", "genesis", "headers", "commits", "bodies", "txs"}
+_BODY_KEYS = {"height", "hashes"}
+_TX_KEYS = {"height", "index", "tx"}
 
 
 @dataclass(frozen=True)
 class ProvenTx:
-    """A transaction and where it is: block height, index in the block, number of leaves
-    (transactions of the block) and the audit path to the block's ``tx_root``."""
+    """A transaction and where it is: block height and index in the block's transactions."""
 
     height: int
     index: int
-    leaves: int
-    path: tuple[str, ...]
     tx: Transaction
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "height": self.height,
-            "index": self.index,
-            "leaves": self.leaves,
-            "path": list(self.path),
-            "tx": self.tx.to_dict(),
-        }
+        return {"height": self.height, "index": self.index, "tx": self.tx.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Any) -> ProvenTx:
         if not isinstance(data, dict) or set(data) != _TX_KEYS:
             raise EncodingError(f"a proven transaction has exactly the fields {sorted(_TX_KEYS)}")
-        height, index, leaves, path = data["height"], data["index"], data["leaves"], data["path"]
-        if not (_int(height, 1, MAX_SAFE_INT) and _int(leaves, 1, MAX_TXS_PER_BLOCK)):
-            raise EncodingError("proven transaction height or leaves out of range")
-        if not _int(index, 0, leaves - 1):
-            raise EncodingError(f"proven transaction index must be below leaves ({leaves})")
-        if not isinstance(path, list) or len(path) > MAX_PATH_LENGTH:
-            raise EncodingError(f"an audit path is a list of at most {MAX_PATH_LENGTH} hashes")
-        if not all(is_hash_hex(p) for p in path):
-            raise EncodingError("audit path entries must be SHA-256 hex hashes")
-        return cls(height, index, leaves, tuple(path), Transaction.from_dict(data["tx"]))
+        height, index = data["height"], data["index"]
+        if not (_int(height, 1, MAX_SAFE_INT) and _int(index, 0, MAX_TXS_PER_BLOCK - 1)):
+            raise EncodingError("proven transaction height or index out of range")
+        return cls(height, index, Transaction.from_dict(data["tx"]))
+
+
+def _body(data: Any) -> tuple[int, tuple[str, ...]]:
+    """``{"height", "hashes"}``: every transaction hash of one block, in block order."""
+    if not isinstance(data, dict) or set(data) != _BODY_KEYS:
+        raise EncodingError(f"a block body has exactly the fields {sorted(_BODY_KEYS)}")
+    height, hashes = data["height"], data["hashes"]
+    if not _int(height, 1, MAX_SAFE_INT):
+        raise EncodingError("block body height out of range")
+    if not isinstance(hashes, list) or not 1 <= len(hashes) <= MAX_TXS_PER_BLOCK:
+        raise EncodingError(f"a block body lists 1 to {MAX_TXS_PER_BLOCK} transaction hashes")
+    if not all(is_hash_hex(h) for h in hashes):
+        raise EncodingError("block body hashes must be SHA-256 hex hashes")
+    return height, tuple(hashes)
 
 
 @dataclass(frozen=True)
 class ModelProof:
-    """The bundle; ``commits[i]`` certifies ``headers[i + 1]`` (genesis has no certificate)."""
+    """The bundle; ``commits[i]`` certifies ``headers[i + 1]`` (genesis has no certificate);
+    ``bodies`` maps a height to its transaction hashes, for the heights ``txs`` come from."""
 
     chain: str
     round: int
     genesis: dict[str, Any]
     headers: tuple[BlockHeader, ...]
     commits: tuple[CommitCertificate, ...]
+    bodies: dict[int, tuple[str, ...]]
     txs: tuple[ProvenTx, ...]
 
     @property
@@ -98,6 +100,9 @@ class ModelProof:
             "genesis": self.genesis,
             "headers": [h.to_dict() for h in self.headers],
             "commits": [c.to_dict() for c in self.commits],
+            "bodies": [
+                {"height": h, "hashes": list(hashes)} for h, hashes in sorted(self.bodies.items())
+            ],
             "txs": [t.to_dict() for t in self.txs],
         }
 
@@ -146,20 +151,31 @@ class ModelProof:
                 f"one commit per header after genesis: {len(headers) - 1} expected, "
                 f"found {len(commits)}"
             )
-        if not isinstance(txs, list):
-            raise EncodingError("proof txs must be a list")
+        if not isinstance(txs, list) or not isinstance(data["bodies"], list):
+            raise EncodingError("proof bodies and txs must be lists")
+        bodies = [_body(b) for b in data["bodies"]]
+        heights = [h for h, _ in bodies]
+        if heights != sorted(set(heights)) or (heights and heights[-1] >= len(headers)):
+            raise EncodingError("block bodies must be in height order, once each, below the top")
+        by_height = dict(bodies)
         proven = tuple(ProvenTx.from_dict(t) for t in txs)
         places = [(t.height, t.index) for t in proven]
         if places != sorted(set(places)):
             raise EncodingError("proven transactions must be in block order, each place once")
-        if proven and proven[-1].height >= len(headers):
-            raise EncodingError(f"a proven transaction is above the last header ({len(headers)})")
+        for t in proven:
+            if t.index >= len(by_height.get(t.height, ())):
+                raise EncodingError(
+                    f"proven transaction at height {t.height} index {t.index} has no body entry"
+                )
+        if {t.height for t in proven} != set(heights):
+            raise EncodingError("every block body must hold a proven transaction")
         return cls(
             data["chain"],
             data["round"],
             data["genesis"],
             tuple(BlockHeader.from_dict(h) for h in headers),
             tuple(CommitCertificate.from_dict(c) for c in commits),
+            by_height,
             proven,
         )
 

@@ -17,7 +17,7 @@ from typing import Any
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
 from bcfl_cli.protocol.block import Block
-from bcfl_cli.protocol.merkle import verify_inclusion
+from bcfl_cli.protocol.merkle import merkle_root
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.provenance.bundle import ModelProof, ProvenTx
 from bcfl_cli.verify.report import Fault
@@ -153,7 +153,8 @@ def verify_genesis(proof: ModelProof, pinned: str) -> ChainState:
 def verify_headers(proof: ModelProof, state: ChainState, report: ProofReport) -> ChainState:
     """3-4. Each header links to the previous one and is certified by more than 2/3 of the
     validator set in force (§6.2.1, §6.2.3, §6.2.4); the proven transactions of each block are
-    in it (audit path to ``tx_root``) and obey the common rules; membership transactions move
+    in it (the block's hashes have its ``tx_root``) and obey the common rules; membership
+    transactions move
     the validator set for the next height (§6.3)."""
     by_height: dict[int, list[ProvenTx]] = {}
     for proven in proof.txs:
@@ -162,7 +163,7 @@ def verify_headers(proof: ModelProof, state: ChainState, report: ProofReport) ->
         header = proof.headers[height]
         commit = proof.commits[height - 1]
         included = by_height.get(height, [])
-        txs = [check_inclusion(p, header.tx_root) for p in included]
+        txs = check_inclusion(height, proof.bodies.get(height, ()), included, header.tx_root)
         state = state.apply_proven(header, commit, txs)
         report.height, report.headers = height, report.headers + 1
         report.signatures += len(commit.signatures) + len(txs)
@@ -170,18 +171,31 @@ def verify_headers(proof: ModelProof, state: ChainState, report: ProofReport) ->
     return state
 
 
-def check_inclusion(proven: ProvenTx, tx_root: str) -> Transaction:
-    """The audit path leads from the transaction's hash to the block's ``tx_root`` (§4)."""
-    tx = proven.tx
-    if not verify_inclusion(tx.hash, proven.index, proven.leaves, list(proven.path), tx_root):
+def check_inclusion(
+    height: int, hashes: tuple[str, ...], included: list[ProvenTx], tx_root: str
+) -> list[Transaction]:
+    """The block's transaction hashes have its ``tx_root`` (§4), and each proven transaction
+    hashes to the entry at its index."""
+    if not included:
+        return []
+    root = merkle_root(list(hashes))
+    if root != tx_root:
         raise VerificationError(
-            f"block {proven.height}, tx {tx.hash[:16]}: not in the block "
-            f"(audit path for index {proven.index} of {proven.leaves} does not reach tx_root)",
-            height=proven.height,
-            tx_hash=tx.hash,
-            code="tx_not_included",
+            f"block {height}: tx_root: expected {tx_root}, the proof's hashes give {root}",
+            height=height,
+            code="tx_root_mismatch",
         )
-    return tx
+    for proven in included:
+        tx_hash = proven.tx.hash
+        if hashes[proven.index] != tx_hash:
+            raise VerificationError(
+                f"block {height}, tx {tx_hash[:16]}: not in the block (index {proven.index} "
+                f"holds {hashes[proven.index][:16]})",
+                height=height,
+                tx_hash=tx_hash,
+                code="tx_not_included",
+            )
+    return [p.tx for p in included]
 
 
 def verify_rounds(proof: ModelProof, state: ChainState) -> ModelHistory:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from tests.chain.factories import Consortium, did_for, make_consortium, update_body, validation
@@ -60,10 +61,10 @@ def _round(c: Consortium, rnd: int, proposer: str, trainers: list[str]) -> bytes
     return model
 
 
-def two_round_chain(root: Path) -> Consortium:
+def two_round_chain(root: Path, **options: Any) -> Consortium:
     """Heights: 1 erin asks to join as a validator, 2 two approvals (erin votes from 3 on),
     3-5 round 1, 6 dave's removal (alice, bob; dave votes no more from 7), 7-9 round 2."""
-    c = make_consortium(root)
+    c = make_consortium(root, **options)
     join = c.tx(
         "erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer", "validator"], "power": 1}
     )
