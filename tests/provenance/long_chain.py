@@ -24,8 +24,16 @@ from tests.chain.factories import (
 BATCH = 100
 
 
-def long_chain(root: Path, *, blocks: int = 1000, round_every: int = 10) -> Consortium:
-    c = make_consortium(root, training={"min_updates": 2, "deadline_blocks": 5, "rounds": blocks})
+def long_chain(
+    root: Path, *, blocks: int = 1000, round_every: int = 10, validators: int = 4
+) -> Consortium:
+    """``validators`` members, each a trainer and a validator of power 1, all signing every
+    block and sending an update every round."""
+    members = tuple((f"v{i}", ["trainer", "validator"], 1) for i in range(validators))
+    c = make_consortium(
+        root, members, training={"min_updates": 2, "deadline_blocks": 5, "rounds": blocks}
+    )
+    names = c.names()
     pending: list[Block] = []
     head = c.genesis
     signers = [key_for(name) for name in c.names()]
@@ -37,7 +45,7 @@ def long_chain(root: Path, *, blocks: int = 1000, round_every: int = 10) -> Cons
             rnd += 1
             txs = [
                 c.tx(
-                    "alice",
+                    names[0],
                     TxKind.OPEN_ROUND,
                     {
                         "round": rnd,
@@ -47,16 +55,16 @@ def long_chain(root: Path, *, blocks: int = 1000, round_every: int = 10) -> Cons
                 )
             ]
         elif step == 2 and c.state.round.open:
-            for name in ("alice", "bob", "carol", "dave"):
+            for name in names:
                 body = update_body(c, rnd, f"{rnd}-{name}".encode(), store=False)
                 body["metrics"] = {"eval_accuracy": "0.9012", "dp_epsilon": "2.5", "steps": "40"}
                 update = c.tx(name, TxKind.UPDATE, body)
-                txs += [update, validation(c, update)]
+                txs += [update, validation(c, update, proposer=names[0])]
         elif step == 3 and c.state.round.open:
             model = f"model-{rnd}".encode() * 20
             txs = [
                 c.tx(
-                    "alice",
+                    names[0],
                     TxKind.AGGREGATE,
                     {
                         "round": rnd,
@@ -69,7 +77,7 @@ def long_chain(root: Path, *, blocks: int = 1000, round_every: int = 10) -> Cons
                 )
             ]
         c.clock += 10
-        block = build_block(c.state, head, txs, key_for("alice"), time_ms=c.clock)
+        block = build_block(c.state, head, txs, key_for(names[0]), time_ms=c.clock)
         block = commit_with_keys(block, signers, c.chain)
         head = block
         c.state = c.state.apply(block, verify_signatures=False)
