@@ -56,7 +56,7 @@ def long_chain(
             ]
         elif step == 2 and c.state.round.open:
             for name in names:
-                body = update_body(c, rnd, f"{rnd}-{name}".encode(), store=False)
+                body = update_body(c, rnd, f"{rnd}-{name}".encode())
                 body["metrics"] = {"eval_accuracy": "0.9012", "dp_epsilon": "2.5", "steps": "40"}
                 update = c.tx(name, TxKind.UPDATE, body)
                 txs += [update, validation(c, update, proposer=names[0])]
