@@ -158,5 +158,22 @@ def _params_text(params: dict[str, Any]) -> str:
 
 
 def _cell(text: object) -> str:
-    """A table cell: signed names and reasons are printable, but may hold Markdown."""
-    return str(text).replace("|", "\\|").replace("`", "'")
+    """A table cell: signed names are printable (one line) but may hold Markdown or HTML, which
+    a renderer would act on; they are shown as text."""
+    out = str(text)
+    for raw, safe in _ESCAPES:
+        out = out.replace(raw, safe)
+    return out
+
+
+#: ``&`` first, so the entities written after it are not escaped again.
+_ESCAPES = (
+    ("&", "&amp;"),
+    ("<", "&lt;"),
+    (">", "&gt;"),
+    ("|", "\\|"),
+    ("`", "'"),
+    ("[", "\\["),
+    ("]", "\\]"),
+    ("*", "\\*"),
+)

@@ -258,11 +258,16 @@ def verify_model_file(path: Path, history: ModelHistory) -> str:
     """6. The model file's SHA-256 (and size) are the aggregate's ``model`` (``model_size``)."""
     digest = hashlib.sha256()
     size = 0
+    # a file longer than the size the chain states is wrong whatever follows: stop reading
+    # there (a named pipe or device never ends)
+    limit = None if history.model_size is None else history.model_size + 1
     try:
         with path.open("rb") as f:
-            while chunk := f.read(1024 * 1024):
+            while chunk := f.read(1024 * 1024 if limit is None else min(1 << 20, limit - size)):
                 digest.update(chunk)
                 size += len(chunk)
+                if limit is not None and size >= limit:
+                    break
     except OSError as exc:
         raise VerificationError(f"model file {path}: {exc}", code="model_unreadable") from exc
     found = digest.hexdigest()

@@ -13,6 +13,7 @@ import pytest
 import bench.common as common
 import bench.flower_compare as flower_compare
 import bench.ledger_overhead as ledger_overhead
+import bench.model_proof as model_proof
 import bench.sync_bench as sync_bench
 import bench.verify_chain as verify_chain
 from bcfl_cli.consortium.config import load_config
@@ -122,3 +123,10 @@ def test_round_times_come_from_the_node_log(tmp_path):
     assert [round(c - opened, 3) for c in closed] == [0.75, 1.25]
     assert common.rounds_from_log(log, 3) is None  # round 3 never closed
     assert common.rounds_from_log(tmp_path / "missing.log", 1) is None
+
+
+def test_model_proof_bench_on_a_short_chain():
+    report = model_proof.run(30, ((4, 10),))
+    (row,) = report.rows
+    assert row["rounds"] == 3 and 0 < row["proof KB (gzip)"] < row["proof KB (plain)"]
+    assert row["verify s"] > 0 and row["verify-chain s"] > 0

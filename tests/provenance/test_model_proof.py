@@ -391,3 +391,11 @@ def test_model_proof_round_trips(chain, exported):
     proof = ModelProof.from_bytes(exported["proof"].read_bytes())
     assert ModelProof.from_bytes(proof.to_bytes()) == proof
     assert proof.to_bytes(compress=True) == exported["proof"].read_bytes()
+
+
+def test_card_cells_show_markup_as_text():
+    from bcfl_cli.provenance.card import _cell
+
+    assert _cell("<img src=x onerror=alert(1)>|[a](b)*`") == (
+        "&lt;img src=x onerror=alert(1)&gt;\\|\\[a\\](b)\\*'"
+    )
