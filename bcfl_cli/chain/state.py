@@ -363,7 +363,12 @@ class ChainState:
         return new
 
     def apply_proven(
-        self, header: BlockHeader, commit: CommitCertificate | None, txs: list[Transaction]
+        self,
+        header: BlockHeader,
+        commit: CommitCertificate | None,
+        txs: list[Transaction],
+        *,
+        verify_signatures: bool = True,
     ) -> ChainState:
         """The membership state after a block known by its header, its commit and some of its
         transactions, each already proven to be in the block (a model proof, PROTOCOL.md §9).
@@ -372,15 +377,16 @@ class ChainState:
         passes the common rules (chain, replay among those seen, signature, active author),
         and membership transactions move the members and so the validator set. Round rules
         need the whole round and are not run: the certificate vouches for them.
+        ``verify_signatures=False`` is for callers that check every signature apart.
         """
         check_link(self, header)
         check_validators(self, header)
-        check_commit(self, Block(header, (), commit))
+        check_commit(self, Block(header, (), commit), verify_signatures=verify_signatures)
         new = self._copy()
         new._expire_requests(header.height)
         block = Block(header, tuple(txs), commit)
         hashes = [tx.hash for tx in txs]
-        _TxRules(new, block, hashes, None, True, handled=MEMBERSHIP_KINDS).run()
+        _TxRules(new, block, hashes, None, verify_signatures, handled=MEMBERSHIP_KINDS).run()
         new.height = header.height
         new.head_hash = header.hash
         new.head_time = header.time

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bcfl_cli.cli.app import app
+from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.provenance import verify_model
 from bcfl_cli.provenance.build import build_proof
 from tests.chain.factories import Consortium
@@ -62,3 +63,45 @@ def test_export_of_the_latest_round_on_a_long_chain(chain: Consortium, tmp_path)
         + ["--genesis", chain.chain],
     )
     assert verified.exit_code == 0, verified.output
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["commit_signature", "tx_signature", "both_rule_first", "both_signature_first"],
+)
+def test_the_pool_reports_the_same_first_fault_as_one_process(
+    chain: Consortium, tamper: str
+) -> None:
+    """Signatures go to a process pool on long proofs; the fault named must not change."""
+    proof = build_proof(chain.ledger, 100).to_dict()
+
+    def flip(sig: str) -> str:
+        return ("0" if sig[0] != "0" else "1") + sig[1:]
+
+    if tamper in ("commit_signature", "both_signature_first"):
+        entry = proof["commits"][499]["sigs"][2]  # height 500
+        entry["sig"] = flip(entry["sig"])
+    if tamper == "tx_signature":
+        entry = next(t for t in proof["txs"] if t["height"] > 600)
+        entry["tx"]["sig"] = flip(entry["tx"]["sig"])
+    if tamper in ("both_rule_first", "both_signature_first"):
+        proof["headers"][700]["time"] = proof["headers"][699]["time"]  # time_not_increasing
+        if tamper == "both_rule_first":
+            entry = proof["commits"][799]["sigs"][0]
+            entry["sig"] = flip(entry["sig"])
+    data = canonical(proof)
+    pooled = verify_model(data, chain.chain, workers=2)
+    alone = verify_model(data, chain.chain, workers=1)
+    assert pooled.fault is not None and pooled.fault == alone.fault
+    assert (pooled.height, pooled.headers, pooled.signatures) == (
+        alone.height,
+        alone.headers,
+        alone.signatures,
+    )
+    expected = {
+        "commit_signature": "bad_commit_signature",
+        "tx_signature": "bad_tx_signature",
+        "both_rule_first": "time_not_increasing",
+        "both_signature_first": "bad_commit_signature",
+    }[tamper]
+    assert pooled.fault.code == expected
