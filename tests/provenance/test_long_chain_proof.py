@@ -105,3 +105,16 @@ def test_the_pool_reports_the_same_first_fault_as_one_process(
         "both_signature_first": "bad_commit_signature",
     }[tamper]
     assert pooled.fault.code == expected
+
+
+def test_a_pool_that_cannot_start_falls_back_to_one_process(
+    chain: Consortium, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bcfl_cli.provenance.verify as verify
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("no processes")
+
+    monkeypatch.setattr(verify, "ProcessPoolExecutor", broken)
+    report = verify_model(build_proof(chain.ledger, 100).to_bytes(), chain.chain, workers=2)
+    assert report.ok and report.headers == 994
