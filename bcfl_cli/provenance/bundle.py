@@ -28,8 +28,9 @@ from bcfl_cli.protocol.tx import Transaction
 
 FORMAT = "bcfl-model-proof"
 FORMAT_VERSION = 1
-#: Largest bundle a verifier reads, once decompressed (about 45,000 blocks of four validators,
-#: with their rounds); bounds memory, whatever a compressed file claims.
+#: Largest bundle a verifier reads, once decompressed: 30,000 to 50,000 blocks of four
+#: validators (2.1 KB a block with a round every 10 blocks, 1.3 KB with one every 100; see
+#: bench/README.md); bounds memory (parsed, about ten times this), whatever a gzip file claims.
 MAX_PROOF_BYTES = 64 * 1024 * 1024
 #: A gzip member starts with these bytes (RFC 1952); plain JSON starts with ``{``.
 GZIP_MAGIC = b"\x1f\x8b"
