@@ -78,8 +78,9 @@ def test_export_writes_model_proof_and_card_and_verifies(chain, exported):
     )
     assert report["ok"] is True and report["fault"] is None
     assert report["round"] == 2 and report["height"] == 9 and report["headers"] == 10
-    # heights 1-2: 4 signers; 3-6: 5 (erin admitted); 7-9: 4 (dave removed)
-    assert report["signatures"] == 2 * 4 + 4 * 5 + 3 * 4 + report["txs"]
+    # the least quorum of each certificate: heights 1-2, 3 of 4; 3-6, 4 of 5 (erin
+    # admitted); 7-9, 3 of 4 (dave removed)
+    assert report["signatures"] == 2 * 3 + 4 * 4 + 3 * 3 + report["txs"]
 
 
 def test_the_proof_follows_membership_changes(chain, exported):
@@ -206,16 +207,16 @@ def test_a_flipped_commit_signature_is_caught(chain, exported):
 
 def test_too_few_signatures_are_no_quorum(chain, exported):
     proof = _plain(exported)
-    proof["commits"][2]["sigs"] = proof["commits"][2]["sigs"][:3]  # 3 of 5 after erin joined
+    assert len(proof["commits"][2]["sigs"]) == 4  # the least quorum of 5 after erin joined
+    proof["commits"][2]["sigs"] = proof["commits"][2]["sigs"][:3]
     assert _fault(chain, exported, proof) == "no_quorum"
 
 
 def test_a_removed_validator_cannot_sign(chain, exported):
     proof = _plain(exported)
-    founders = proof["commits"][0]["sigs"]  # height 1: alice, bob, carol, dave
-    dave = [s for s in founders if s["validator"] == chain.document["members"][3]["did"]]
+    dave = {"validator": chain.document["members"][3]["did"], "sig": "ab" * 64}
     proof["commits"][7]["sigs"] = sorted(
-        proof["commits"][7]["sigs"] + dave, key=lambda s: s["validator"]
+        [*proof["commits"][7]["sigs"], dave], key=lambda s: s["validator"]
     )
     assert _fault(chain, exported, proof) == "commit_signer_unknown"
 
@@ -385,6 +386,14 @@ def test_verify_needs_no_store_network_or_torch(chain, exported, tmp_path):
     )
     assert out.stdout.split() == ["0", "0", "False"], out.stderr
     assert not (tmp_path / "nohome").exists()
+
+
+def test_certificates_carry_the_least_quorum(chain, exported):
+    """Signatures are most of a proof: it keeps just more than 2/3 of the power each time."""
+    proof = _plain(exported)
+    assert [len(c["sigs"]) for c in proof["commits"]] == [3, 3, 4, 4, 4, 4, 3, 3, 3]
+    full = [len(b.commit.signatures) for b in chain.blocks]
+    assert full == [4, 4, 5, 5, 5, 5, 4, 4, 4]
 
 
 def test_model_proof_round_trips(chain, exported):
