@@ -67,8 +67,8 @@ def export(
     """Write a round's global model (safetensors), its proof bundle and its model card.
 
     The model comes from this member's blob store, else from --node URL (default: your node).
-    The proof (MODEL.proof.json.gz) lets anyone check the model offline with `bcfl model verify`;
-    the card (MODEL.card.md) says how it was trained.
+    The proof (MODEL.proof.json.gz) lets anyone check it offline (bcfl model verify); the
+    card (MODEL.card.md) says how it was trained.
     """
     member_home = Home.resolve(home)
     proof_path = None if no_proof else proof or _beside(out, ".proof.json.gz")
@@ -143,9 +143,9 @@ def verify(
 ) -> None:
     """Check a model against its proof, offline, from the genesis hash alone. Exit 0 or 1.
 
-    Checks every header from genesis to the model's aggregate, each commit certificate against
-    the validator set in force, the membership changes that move it, each proven transaction's
-    inclusion, the rounds' lineage and the model file's SHA-256.
+    Every header from genesis to the model's aggregate, each certificate against the
+    validator set in force, the membership changes that move it, each transaction's place in
+    its block, the rounds' lineage and the file's SHA-256 (docs/PROTOCOL.md §9).
     """
     report = verify_model(_read_proof(proof, genesis), genesis, model.expanduser())
     if json_out:
