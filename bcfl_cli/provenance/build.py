@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from bcfl_cli.chain.state import MEMBERSHIP_KINDS, ChainState
-from bcfl_cli.errors import UsageError
+from bcfl_cli.errors import StoreError, UsageError
 from bcfl_cli.protocol.block import CommitCertificate, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.provenance.bundle import ModelProof, ProvenTx
@@ -46,6 +46,8 @@ def build_proof(ledger: Ledger, round_number: int) -> ModelProof:
         if wanted:
             bodies[block.height] = tuple(tx.hash for tx in block.txs)
             txs.extend(ProvenTx(block.height, i, block.txs[i]) for i in wanted)
+        if block.commit is None:  # the ledger refuses such blocks; a damaged store may not
+            raise StoreError(f"block {block.height} has no commit certificate")
         commit = _least_quorum(block.commit, state.validator_set)
         headers.append(block.header)
         commits.append(commit)
@@ -64,14 +66,10 @@ def build_proof(ledger: Ledger, round_number: int) -> ModelProof:
     )
 
 
-def _least_quorum(
-    commit: CommitCertificate | None, validators: ValidatorSet
-) -> CommitCertificate | None:
+def _least_quorum(commit: CommitCertificate, validators: ValidatorSet) -> CommitCertificate:
     """The certificate cut to the fewest signatures that still hold more than 2/3 of the
     power (the largest powers first): a verifier needs no more, and signatures are most of a
     proof's bytes and of its verification time (a quarter less with 4 equal validators)."""
-    if commit is None:
-        return None
     ranked = sorted(commit.signatures, key=lambda s: (-validators.power_of(s[0]), s[0]))
     kept: list[tuple[str, str]] = []
     power = 0
