@@ -29,7 +29,14 @@ from rpds import HashTrieMap, HashTrieSet
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.config import GenesisConfig, parse_document
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
-from bcfl_cli.protocol.block import MAX_TXS_PER_BLOCK, Block, ValidatorSet, Vote
+from bcfl_cli.protocol.block import (
+    MAX_TXS_PER_BLOCK,
+    Block,
+    BlockHeader,
+    CommitCertificate,
+    ValidatorSet,
+    Vote,
+)
 from bcfl_cli.protocol.encoding import MAX_SAFE_INT, hash_object
 from bcfl_cli.protocol.merkle import merkle_root
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind, tx_signature_valid
@@ -51,6 +58,9 @@ REMOVED = "removed"
 
 #: One equivocation: (offender did, height, round, vote type). The chain records each once.
 Offence = tuple[str, int, int, str]
+
+#: The transactions that move the members, and with them the validator set (§6.3).
+MEMBERSHIP_KINDS = frozenset({TxKind.JOIN_REQUEST, TxKind.APPROVE_MEMBER, TxKind.REMOVE_MEMBER})
 
 
 # --- state records --------------------------------------------------------------------------
@@ -411,6 +421,39 @@ class ChainState:
             new.validator_set = new._compute_validator_set()
         return new
 
+    def apply_proven(
+        self,
+        header: BlockHeader,
+        commit: CommitCertificate | None,
+        txs: list[Transaction],
+        *,
+        verify_signatures: bool = True,
+    ) -> ChainState:
+        """The membership state after a block known by its header, its commit and some of its
+        transactions, each already proven to be in the block (a model proof, PROTOCOL.md §9).
+
+        The header and certificate rules are those of :meth:`apply`; each given transaction
+        passes the common rules (chain, replay among those seen, signature, active author),
+        and membership transactions move the members and so the validator set. Round rules
+        need the whole round and are not run: the certificate vouches for them.
+        ``verify_signatures=False`` is for callers that check every signature apart.
+        """
+        check_link(self, header)
+        check_validators(self, header)
+        check_commit(self, Block(header, (), commit), verify_signatures=verify_signatures)
+        new = self._copy()
+        new._expire_requests(header.height)
+        block = Block(header, tuple(txs), commit)
+        hashes = [tx.hash for tx in txs]
+        _TxRules(new, block, hashes, None, verify_signatures, handled=MEMBERSHIP_KINDS).run()
+        new.height = header.height
+        new.head_hash = header.hash
+        new.head_time = header.time
+        new.seen_tx = self.seen_tx.with_added(hashes)
+        if new._members_changed:
+            new.validator_set = new._compute_validator_set()
+        return new
+
 
 # --- §6.1 genesis ------------------------------------------------------------------------------
 def check_genesis_block(block: Block, document: dict[str, Any], validators: ValidatorSet) -> None:
@@ -440,15 +483,8 @@ def check_header(
     if digests is None:
         digests = [tx_digest(tx) for tx in block.txs]
     header = block.header
+    check_link(state, header)
     h = header.height
-    if h != state.height + 1:
-        raise _fail(h, "wrong_height", f"height: expected {state.height + 1}, found {h}")
-    if header.prev != state.head_hash:
-        raise _fail(h, "wrong_prev", f"prev: expected {state.head_hash}, found {header.prev}")
-    check_block_time(state, header.time, h)
-    config_hash = state.config_hash
-    if header.config != config_hash:
-        raise _fail(h, "wrong_config", f"config: expected {config_hash}, found {header.config}")
     if len(block.txs) > MAX_TXS_PER_BLOCK:
         raise _fail(
             h, "too_many_txs", f"at most {MAX_TXS_PER_BLOCK} transactions, found {len(block.txs)}"
@@ -467,6 +503,28 @@ def check_header(
     root = merkle_root([tx_hash for tx_hash, _ in digests])
     if header.tx_root != root:
         raise _fail(h, "tx_root_mismatch", f"tx_root: expected {root}, found {header.tx_root}")
+    check_validators(state, header)
+
+
+def check_link(state: ChainState, header: BlockHeader) -> None:
+    """§6.2.1 height, hash link, time and config against the state after the parent block.
+
+    Needs no transactions: a model proof (§9) checks every header of the chain this way.
+    """
+    h = header.height
+    if h != state.height + 1:
+        raise _fail(h, "wrong_height", f"height: expected {state.height + 1}, found {h}")
+    if header.prev != state.head_hash:
+        raise _fail(h, "wrong_prev", f"prev: expected {state.head_hash}, found {header.prev}")
+    check_block_time(state, header.time, h)
+    config_hash = state.config_hash
+    if header.config != config_hash:
+        raise _fail(h, "wrong_config", f"config: expected {config_hash}, found {header.config}")
+
+
+def check_validators(state: ChainState, header: BlockHeader) -> None:
+    """§6.2.3 the header names the validator set in force and a proposer from it."""
+    h = header.height
     vs = state.validator_set
     if header.validators != vs.hash:
         raise _fail(
@@ -570,7 +628,10 @@ class _TxRules:
         hashes: list[str],
         checks: AppChecks | None,
         verify_signatures: bool,
+        *,
+        handled: frozenset[TxKind] | None = None,
     ) -> None:
+        self.handled = handled  # None: every kind; else only these (the others pass common)
         self._hash_of = {id(tx): h for tx, h in zip(block.txs, hashes, strict=True)}
         self.s = state
         self.block = block
@@ -598,8 +659,9 @@ class _TxRules:
                     f"update must be followed by its validation, found {tx.kind}",
                     self.hash_of(self.awaiting),
                 )
-            handler = getattr(self, f"on_{tx.kind.value}")
-            handler(tx, tx.body)
+            if self.handled is None or tx.kind in self.handled:
+                handler = getattr(self, f"on_{tx.kind.value}")
+                handler(tx, tx.body)
         if self.awaiting is not None:
             raise _fail(
                 self.h,

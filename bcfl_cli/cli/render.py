@@ -72,6 +72,20 @@ def print_line(text: str) -> None:
     console().print(text)
 
 
+def print_raw(text: str) -> None:
+    """Text exactly as given on stdout (a Markdown document): no markup, no wrapping."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def fault(title: str, rows: Iterable[tuple[str, Any]]) -> None:
+    """A failed check on stderr: a red title, then key: value lines (data escaped)."""
+    console = err_console()
+    console.print(f"[bold red]✗ {escape(title)}[/]")
+    for key, value in rows:
+        console.print(f"  [bold]{escape(key)}:[/] {escape(str(value))}")
+
+
 def info(text: str) -> None:
     """Plain text; data is escaped, so a name like ``[red]`` is printed as it is."""
     console().print(escape(text))

@@ -44,6 +44,9 @@ from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import hash_object, is_hash_hex, parse_json
 from bcfl_cli.protocol.tx import ROLES, Transaction, TxKind, make_tx
+from bcfl_cli.provenance.build import build_proof
+from bcfl_cli.provenance.card import card_markdown
+from bcfl_cli.provenance.verify import verify_model
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.ledger import Ledger
 
@@ -927,9 +930,16 @@ class ExportOutcome:
     path: Path
     height: int | None  # height of the aggregate (None: the genesis initial model)
     fetched: bool
+    proof: Path | None = None  # the proof bundle written beside the model (PROTOCOL.md §9)
+    proof_size: int = 0
+    card: Path | None = None  # the model card (Markdown) written from the verified proof
 
     def to_json(self) -> dict[str, Any]:
-        return vars(self) | {"path": str(self.path)}
+        return vars(self) | {
+            "path": str(self.path),
+            "proof": str(self.proof) if self.proof else None,
+            "card": str(self.card) if self.card else None,
+        }
 
 
 def round_models(ledger: Ledger) -> dict[int, tuple[str, int | None]]:
@@ -949,19 +959,31 @@ def export_model(
     round_number: int | None = None,
     api: NodeApi | None = None,
     progress: Progress | None = None,
+    proof: Path | None = None,
+    card: Path | None = None,
 ) -> ExportOutcome:
-    """Write the global model of a round to ``out``, its hash checked against the chain."""
+    """Write the global model of a round to ``out``, its hash checked against the chain.
+
+    With ``proof``, also the bundle that lets anyone check the model offline (PROTOCOL.md §9),
+    verified here against the model just written before it is kept; with ``card``, the model
+    card (Markdown) that verified bundle shows.
+    """
     with Ledger.open(home) as ledger:
         models = round_models(ledger)
         blobs = ledger.blobs
         max_bytes = int(ledger.document["contract"]["max_blob_bytes"])
-    number = max(models) if round_number is None else round_number
-    if number not in models:
-        raise UsageError(
-            f"round {number} has no aggregate on this member's chain "
-            f"(rounds with a model: {sorted(models)})",
-            hint="round 0 is the genesis initial model",
-        )
+        number = max(models) if round_number is None else round_number
+        if number not in models:
+            raise UsageError(
+                f"round {number} has no aggregate on this member's chain "
+                f"(rounds with a model: {sorted(models)})",
+                hint="round 0 is the genesis initial model",
+            )
+        bundle = None
+        if proof is not None:
+            compress = proof.name.endswith(".gz")
+            bundle = build_proof(ledger, number).to_bytes(compress=compress)
+        genesis = ledger.genesis_hash
     digest, height = models[number]
     fetched = False
     if not blobs.verify(digest):
@@ -973,7 +995,33 @@ def export_model(
         api.fetch_blob(digest, blobs, max_bytes=max_bytes, progress=progress)
         fetched = True
     size = _copy_checked(blobs, digest, out)
-    return ExportOutcome(number, digest, size, out, height, fetched)
+    if bundle is None or proof is None:
+        return ExportOutcome(number, digest, size, out, height, fetched)
+    report = verify_model(bundle, genesis, out.expanduser())
+    if report.fault is not None or report.history is None:
+        why = f"{report.fault.code}: {report.fault.message}" if report.fault else "no history"
+        raise VerificationError(
+            f"the proof built for round {number} does not verify ({why})",
+            hint="run `bcfl verify-chain` on this member's store",
+        )
+    _write_atomic(proof, bundle)
+    if card is not None:
+        _write_atomic(card, card_markdown(report.history).encode("utf-8"))
+    return ExportOutcome(number, digest, size, out, height, fetched, proof, len(bundle), card)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path = path.expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            sink.write(data)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp_name, path)
+    finally:
+        Path(tmp_name).unlink(missing_ok=True)
 
 
 def _copy_checked(blobs: BlobStore, digest: str, out: Path) -> int:

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import math
 
+import nacl.signing
 import pytest
 
 import bench.common as common
 import bench.flower_compare as flower_compare
 import bench.ledger_overhead as ledger_overhead
+import bench.model_proof as model_proof
 import bench.sync_bench as sync_bench
 import bench.verify_chain as verify_chain
 from bcfl_cli.consortium.config import load_config
@@ -81,7 +83,9 @@ def test_raw_loopback_transfer_moves_every_byte():
 
 def test_bench_consortium_file_is_a_valid_genesis_file(tmp_path):
     names = ["member-01", "member-02", "member-03", "member-04", "spare-01"]
-    dids = [(n, did_from_public_key(bytes([i + 1]) * 32)) for i, n in enumerate(names)]
+    # real Ed25519 public keys: did:key refuses 32 arbitrary bytes that are not a prime-order point
+    keys = [nacl.signing.SigningKey(bytes([i + 1]) * 32).verify_key for i in range(len(names))]
+    dids = [(n, did_from_public_key(bytes(k))) for n, k in zip(names, keys, strict=True)]
     text = common.consortium_toml(
         dids, common.MLP_1M, common.PLAN, rounds=3, min_updates=4, deadline_blocks=50
     )
@@ -122,3 +126,10 @@ def test_round_times_come_from_the_node_log(tmp_path):
     assert [round(c - opened, 3) for c in closed] == [0.75, 1.25]
     assert common.rounds_from_log(log, 3) is None  # round 3 never closed
     assert common.rounds_from_log(tmp_path / "missing.log", 1) is None
+
+
+def test_model_proof_bench_on_a_short_chain():
+    report = model_proof.run(30, ((4, 10),))
+    (row,) = report.rows
+    assert row["rounds"] == 3 and 0 < row["proof KB (gzip)"] < row["proof KB (plain)"]
+    assert row["verify s"] > 0 and row["verify-chain s"] > 0

@@ -10,6 +10,8 @@ dave by hand):
 3. While rounds run, alice and bob approve erin (``bcfl members approve``); erin's node syncs,
    trains and gets an update accepted in a later round.
 4. ``bcfl model export`` on carol's home writes round 1's model; its hash is the aggregate's.
+5. The model of the round with erin's accepted update is exported with its proof, which
+   ``bcfl model verify`` and ``bcfl model card`` check offline against the genesis hash.
 
 CLI processes run side by side where the scenario allows: each one's start-up (imports) takes
 seconds on a busy two-core machine.
@@ -168,5 +170,23 @@ def test_join_approve_submit_status_export(cluster: MakeCluster) -> None:
     }
     assert exported["model"] == aggregates[1]
     assert hashlib.sha256(out.read_bytes()).hexdigest() == aggregates[1]
+    # 5. the model of the round with erin's accepted update carries a proof that verifies
+    # offline against the pinned genesis: two rounds or more, erin's admission inside
+    erin_round = next(r for r, verdict, _ in verdicts_of(c, erin.did) if verdict == "accept")
+    c.wait_round_closed(erin_round, ["carol"], timeout=90)
+    later = Path(home["carol"]) / "later.safetensors"
+    proven = cli.run(
+        "model", "export", "--round", str(erin_round), "--out", str(later), "--home", home["carol"]
+    )
+    genesis = c.status("alice")["genesis"]
+    report = cli.run("model", "verify", str(later), str(proven["proof"]), "--genesis", genesis)
+    assert report["ok"] and report["round"] == erin_round >= 2, report
+    card = cli.run("model", "card", str(proven["proof"]), "--genesis", genesis)
+    assert erin.did in {m["did"] for m in card["members"]}
+    assert any(
+        u["did"] == erin.did and u["verdict"] == "accept"
+        for r in card["rounds"]
+        for u in r["updates"]
+    )
     assert all(c.status(n)["alarm"] is None for n in c.names)
     print("commands scenario seconds:", round(time.monotonic() - started, 1))
