@@ -564,7 +564,8 @@ def openapi_document(
                     "in": "header",
                     "name": "Signature",
                     "description": "RFC 9421 ed25519 signature (keyid = member did:key) over "
-                    "@method, @authority, @path, @query, content-digest; created and nonce",
+                    "@method, @authority, @path, @query, content-digest and bcfl-node-url (where "
+                    "present); created and nonce. Checked on the head, before the body is read",
                 }
             }
         },
