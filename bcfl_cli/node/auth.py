@@ -40,6 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bcfl_cli.node.budget import BodyBudget
 from bcfl_cli.node.httpsig import (
+    COVERED_WHEN_PRESENT,
     RequestView,
     SignatureError,
     VerifiedSignature,
@@ -225,6 +226,7 @@ class SignatureAuth:
         except SignatureError as exc:
             raise _signature_refusal(exc) from exc
         did = verified.keyid
+        _drop_uncovered(scope, verified)
         if (websocket or method not in PUBLIC_METHODS) and not self.is_member(did):
             raise _Refusal(
                 403,
@@ -299,6 +301,14 @@ class _Held:
         if self.size:
             self.budget.give(self.signer, self.size)
             self.size = 0
+
+
+def _drop_uncovered(scope: Scope, verified: VerifiedSignature) -> None:
+    """Remove the headers the node would act on (``COVERED_WHEN_PRESENT``) that the signature
+    does not cover: nothing downstream sees a value someone on the path may have set."""
+    drop = {n.encode() for n in COVERED_WHEN_PRESENT if n not in verified.covered}
+    if drop:
+        scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in drop]
 
 
 def _is_loopback(address: str) -> bool:

@@ -49,9 +49,10 @@ MAX_COMPONENT_VALUE_CHARS = 8192
 MAX_NONCE_CHARS = 64
 MAX_KEYID_CHARS = 128
 
-#: Headers a node acts on beyond the body: covered by the signature whenever present.
-#: ``bcfl-node-url`` names where the signer's node is reached; the receiver fetches that URL,
-#: so an uncovered one would let anyone on the path point it at any host.
+#: Headers a node acts on beyond the body: ``sign_request`` covers them whenever present, and a
+#: receiver ignores one its signature does not cover. ``bcfl-node-url`` names where the
+#: signer's node is reached and the receiver fetches that URL: uncovered, anyone on the path
+#: could point it at any host.
 COVERED_WHEN_PRESENT = ("bcfl-node-url",)
 _METADATA_PARAMS = frozenset({"created", "expires", "keyid", "nonce", "alg", "tag"})
 _DIGESTS: dict[str, Callable[[bytes], Any]] = {
@@ -443,7 +444,9 @@ def verify_request_head(
         if component.startswith("@") and component not in _DERIVED:
             raise SignatureError("unknown_component", f"unsupported component {component}")
     if policy.require_bcfl_components:
-        required = set(bcfl_components(view, has_body=has_body))
+        # headers covered when present are not required: an uncovered one is not acted on
+        # (``auth.py`` drops it), so that nodes signing without it still interoperate
+        required = set(bcfl_components(view, has_body=has_body)) - set(COVERED_WHEN_PRESENT)
         missing = sorted(required - set(components))
         if missing:
             raise SignatureError(
