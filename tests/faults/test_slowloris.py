@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 import threading
 import time
@@ -207,6 +208,16 @@ def _member_requests(c: LocalConsortium, scratch: Path) -> dict[str, float]:
     return took
 
 
+def _streamed_to(c: LocalConsortium, url: str) -> dict[str, tuple[int, bool]]:
+    """For each other node: messages it sent ``url`` on its stream, and whether it is open."""
+    out = {}
+    for name in c.names:
+        for peer in c.status(name)["peers"]:
+            if peer["url"] == url:
+                out[name] = (int(peer["streamed"]), bool(peer["stream_open"]))
+    return out
+
+
 def test_consensus_and_members_outlast_a_slowloris_run(
     consortium: MakeConsortium, tmp_path: Path
 ) -> None:
@@ -219,6 +230,7 @@ def test_consensus_and_members_outlast_a_slowloris_run(
     time.sleep(2)
     rss_before = _rss_bytes(pid)
     heights_before = c.heights()
+    streamed_before = _streamed_to(c, alice.url)
     rss_peak = rss_before
     member_calls: list[dict[str, float]] = []
     status_latency: list[float] = []
@@ -234,6 +246,7 @@ def test_consensus_and_members_outlast_a_slowloris_run(
                 member_calls.append(_member_requests(c, tmp_path / f"s{len(member_calls)}"))
             time.sleep(1.0)
         heights_during = c.heights()
+        streamed_during = _streamed_to(c, alice.url)
         rss_peak = max(rss_peak, _rss_bytes(pid))
     figures = {
         **attack.figures,
@@ -242,9 +255,17 @@ def test_consensus_and_members_outlast_a_slowloris_run(
         "rss_growth_mib": round((rss_peak - rss_before) / MIB, 1),
         "heights_before": heights_before,
         "heights_during": heights_during,
+        "streamed_to_alice_before": streamed_before,
+        "streamed_to_alice_during": streamed_during,
         "status_latency_max_s": round(max(status_latency), 3),
         "member_requests": member_calls,
     }
+    guard_lines = re.findall(
+        r"so far: (\d+) refused, (\d+) idle closed, (\d+) head timeouts", c.log("alice", 200_000)
+    )
+    if guard_lines:
+        refused, evicted, timeouts = (int(v) for v in guard_lines[-1])
+        figures["node_guard"] = {"refused": refused, "evicted": evicted, "head_timeouts": timeouts}
     save_figures("slowloris", figures)
     # the attack did happen: more sockets than the old global limit were held or tried
     assert attack.figures["half_open_opened"] > 520, figures
@@ -252,6 +273,10 @@ def test_consensus_and_members_outlast_a_slowloris_run(
     # consensus went on, on every node, the attacked one included
     for name in NAMES:
         assert heights_during[name] >= heights_before[name] + 5, figures
+    # the validators' streams to the attacked node stayed open and carried the votes
+    for name in NAMES[1:]:
+        assert streamed_during[name][0] > streamed_before[name][0] + 20, figures
+        assert streamed_during[name][1], figures
     assert len(member_calls) == 3 and max(status_latency) < 5.0, figures
     # the bodies were refused unread: the node holds nothing of them (the bytes the attacker's
     # kernel accepted before the node closed the socket are a figure, not the node's memory)

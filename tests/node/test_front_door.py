@@ -409,3 +409,44 @@ def test_guard_evicts_idle_before_refusing_and_never_a_busy_one() -> None:
     assert newer.aborted and not b.aborted and not a[0].aborted and not a[2].aborted
     guard.close(c)  # type: ignore[arg-type]
     assert len(guard) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["open", "busy", "idle", "close"]), st.integers(0, 5)),
+        max_size=80,
+    )
+)
+def test_guard_caps_hold_and_busy_connections_are_never_closed(
+    ops: list[tuple[str, int]],
+) -> None:
+    class _T:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    guard = ConnectionGuard(max_total=6, max_per_address=3, head_timeout_s=1)
+    opened: list[tuple[_T, str]] = []
+    busy: set[int] = set()
+    for op, n in ops:
+        if op == "open":
+            t = _T()
+            if guard.open(t, f"10.0.0.{n % 3}"):  # type: ignore[arg-type]
+                opened.append((t, f"10.0.0.{n % 3}"))
+            else:
+                assert t not in [o for o, _ in opened]
+        elif opened:
+            t, _ = opened[n % len(opened)]
+            if op == "close":
+                guard.close(t)  # type: ignore[arg-type]
+                opened.remove((t, _))
+                busy.discard(id(t))
+            elif not t.aborted:
+                guard.set_busy(t, op == "busy")  # type: ignore[arg-type]
+                (busy.add if op == "busy" else busy.discard)(id(t))
+        live = [(t, a) for t, a in opened if not t.aborted]
+        assert len(guard) == len(live) <= 6
+        assert all(guard.count(f"10.0.0.{i}") <= 3 for i in range(3))
+        assert not any(t.aborted and id(t) in busy for t, _ in opened)
