@@ -40,7 +40,11 @@ def _saved_peers(home: Home) -> list[str]:
 def node(
     home: HomeOption = None,
     listen: Annotated[
-        str, typer.Option("--listen", help="HOST:PORT to serve the peer API on.")
+        str,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT to serve the peer API on (0.0.0.0 or :: needs --advertise).",
+        ),
     ] = DEFAULT_LISTEN,
     peer: Annotated[
         list[str] | None,
@@ -114,11 +118,13 @@ def node(
     """Run this member's peer: sync, consensus, blob transfer and the training rounds."""
     from bcfl_cli.consensus.messages import TimeoutConfig
     from bcfl_cli.identity import load_identity, passphrase_from
+    from bcfl_cli.node.app import advertised_authorities
     from bcfl_cli.node.logging import setup_logging
     from bcfl_cli.node.server import NodeOptions, iter_peers, serve
 
     resolved = Home.resolve(home)
     host, port = _split_listen(listen)
+    advertised_authorities(host, port, advertise)  # a wildcard needs a name, before the key
     identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
     setup_logging(json_lines=log_json, log_file=resolved.node_dir / "node.log")
     peers = list(iter_peers(peer)) if peer else _saved_peers(resolved)

@@ -781,9 +781,10 @@ def advertised_authorities(host: str, port: int, advertise: str | None) -> list[
     if advertise:
         names.add(advertise.split("://", 1)[-1].rstrip("/").split("/", 1)[0])
     if host in WILDCARD_HOSTS:
+        shown = f"[{host.strip('[]')}]" if ":" in host else host or "*"
         if not names:
             raise NodeError(
-                f"listening on all addresses ({host or '*'}:{port}) needs the name peers use",
+                f"listening on all addresses ({shown}:{port}) needs the name peers use",
                 hint="add --advertise URL (the URL peers reach this node at), or listen on one "
                 "address: signed requests are bound to this node's name",
             )

@@ -313,9 +313,11 @@ def _drop_uncovered(scope: Scope, verified: VerifiedSignature) -> None:
 
 def _is_loopback(address: str) -> bool:
     try:
-        return ipaddress.ip_address(address).is_loopback
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a node listening on ::
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
 def _signature_refusal(exc: SignatureError) -> _Refusal:

@@ -259,6 +259,7 @@ def test_wildcard_listener_checks_its_advertised_name() -> None:
     assert send_to("node-a.example", "203.0.113.7") == 401  # signed for node A: refused at B
     assert send_to("node-b.example", "203.0.113.7") == 200
     assert send_to("127.0.0.1:7420", "127.0.0.1") == 200  # the member's own commands
+    assert send_to("localhost:7420", "::ffff:127.0.0.1") == 200  # the same, on a node on ::
     assert send_to("127.0.0.1:7420", "203.0.113.7") == 401  # a loopback name from afar
 
 
