@@ -6,6 +6,10 @@ stopped every request, a member's signed POST included. The ASGI layers cannot h
 only once a head is complete. So the node serves HTTP through uvicorn's own protocol classes,
 subclassed here to report to one ``ConnectionGuard``, which enforces:
 
+- **no body before the verdict**: once a head is complete, the socket is not read again until
+  the app asks for the body (the signature layer asks only once the head checked out) or has
+  answered; what uvicorn holds of a refused body is the rest of the one read that carried the
+  head (at most 256 KiB);
 - a **head deadline**: a connection must deliver a complete request head within
   ``head_timeout_s`` of opening, and of the first byte of each later request on it (and
   whatever trails a response, like an unread body, starts that clock again); else it is closed;
@@ -200,6 +204,11 @@ def guarded_protocols(
             self._cancel_head_timer()
             guard.set_busy(self.transport, True)
             super().on_headers_complete()
+            if not self.parser.should_upgrade():
+                # read no more of the body until the app asks for it, which the signature
+                # layer does only once the head checked out: a stranger's body stays in the
+                # kernel's buffers (uvicorn's receive, or the response's end, resumes reading)
+                self.flow.pause_reading()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
