@@ -17,7 +17,9 @@ subclassed here to report to one ``ConnectionGuard``, which enforces:
   it waits for a head (or between keep-alive requests) and *busy* while a request it sent runs
   or while it carries a WebSocket stream. At a cap, the oldest idle connection goes first (of
   the same address for the per-address cap; of the address holding the most connections for
-  the total); only when none is idle is the new connection refused (closed at once).
+  the total); only when none is idle is the new connection refused (closed at once);
+- a **write-stall deadline**: a response the client stops reading (its socket's buffer full)
+  for ``write_stall_s`` closes the connection, so a slow reader cannot hold a busy one.
 
 An attacker thus holds at most ``max_per_address`` sockets per address, and even a spread-out
 one cannot keep a member's new connection out, since every socket that has not completed a head
@@ -41,6 +43,9 @@ log = logging.getLogger("bcfl.node.connections")
 
 #: Seconds a connection has to deliver a complete request head (line and headers).
 HEAD_TIMEOUT_S = 10.0
+#: Seconds a response may stay stalled because the client does not read it (a slow read holds
+#: a busy connection, which no cap would otherwise ever close).
+WRITE_STALL_S = 30.0
 #: Open connections from one address (the peers of a ten-node demo on one machine use ~80).
 MAX_CONNECTIONS_PER_ADDRESS = 256
 #: Open connections in all (the process's file limit is raised above it where it can be).
@@ -65,6 +70,7 @@ class GuardFigures:
     refused: int = 0
     evicted: int = 0
     head_timeouts: int = 0
+    write_stalls: int = 0
     peak: int = 0
 
 
@@ -75,14 +81,18 @@ class ConnectionGuard:
     max_total: int = MAX_CONNECTIONS
     max_per_address: int = MAX_CONNECTIONS_PER_ADDRESS
     head_timeout_s: float = HEAD_TIMEOUT_S
+    write_stall_s: float = WRITE_STALL_S
     figures: GuardFigures = field(default_factory=GuardFigures)
     _conns: dict[asyncio.BaseTransport, _Conn] = field(default_factory=dict)  # oldest first
     _by_address: dict[str, dict[asyncio.BaseTransport, _Conn]] = field(default_factory=dict)
     _logged_at: float = -LOG_EVERY_S
 
     def __post_init__(self) -> None:
-        if self.max_total < 1 or self.max_per_address < 1 or self.head_timeout_s <= 0:
-            raise ValueError("connection caps and the head deadline must be positive")
+        if (
+            min(self.max_total, self.max_per_address) < 1
+            or min(self.head_timeout_s, self.write_stall_s) <= 0
+        ):
+            raise ValueError("connection caps and deadlines must be positive")
 
     def __len__(self) -> int:
         return len(self._conns)
@@ -128,6 +138,10 @@ class ConnectionGuard:
         self.figures.head_timeouts += 1
         self._warn(f"closed a connection from {address}: no complete request head in time")
 
+    def write_stalled(self, address: str) -> None:
+        self.figures.write_stalls += 1
+        self._warn(f"closed a connection from {address}: it stopped reading its response")
+
     def _evict_one(self, candidates: Any) -> bool:
         for conn in candidates:  # insertion order: oldest first
             if not conn.busy:
@@ -155,11 +169,12 @@ class ConnectionGuard:
         if now - self._logged_at >= LOG_EVERY_S:
             self._logged_at = now
             log.warning(
-                "%s (so far: %d refused, %d idle closed, %d head timeouts)",
+                "%s (so far: %d refused, %d idle closed, %d head timeouts, %d write stalls)",
                 message,
                 self.figures.refused,
                 self.figures.evicted,
                 self.figures.head_timeouts,
+                self.figures.write_stalls,
             )
 
 
@@ -178,6 +193,7 @@ def guarded_protocols(
 
     class GuardedHttp(HttpToolsProtocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _stall_timer: asyncio.TimerHandle | None = None
         _guard_address = "unknown"
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -190,6 +206,7 @@ def guarded_protocols(
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel_head_timer()
+            self._cancel_stall_timer()
             if self.transport is not None:
                 guard.close(self.transport)
             super().connection_lost(exc)
@@ -214,6 +231,26 @@ def guarded_protocols(
             super().on_response_complete()
             if not self.pipeline:
                 guard.set_busy(self.transport, False)
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._stall_timer is None:
+                self._stall_timer = self.loop.call_later(guard.write_stall_s, self._stalled)
+
+        def resume_writing(self) -> None:
+            self._cancel_stall_timer()
+            super().resume_writing()
+
+        def _cancel_stall_timer(self) -> None:
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
+
+        def _stalled(self) -> None:
+            self._stall_timer = None
+            if self.transport is not None and not self.transport.is_closing():
+                guard.write_stalled(self._guard_address)
+                self.transport.abort()
 
         def _arm_head_timer(self) -> None:
             if self._head_timer is None:

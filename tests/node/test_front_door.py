@@ -271,12 +271,22 @@ async def _app(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
+async def _big(scope: Scope, receive: Receive, send: Send) -> None:
+    """64 MiB in 1 MiB pieces: a response a slow reader never finishes."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    for _ in range(64):
+        await send({"type": "http.response.body", "body": b"b" * MIB, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
 @contextlib.asynccontextmanager
-async def _served(**config: Any) -> AsyncIterator[int]:
+async def _served(app: Any = None, **config: Any) -> AsyncIterator[int]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = int(sock.getsockname()[1])
-    server = uvicorn.Server(http_config(_app, "127.0.0.1", port, **config))
+    server = uvicorn.Server(http_config(app or _app, "127.0.0.1", port, **config))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         for _ in range(500):
@@ -451,3 +461,32 @@ def test_guard_caps_hold_and_busy_connections_are_never_closed(
         assert len(guard) == len(live) <= 6
         assert all(guard.count(f"10.0.0.{i}") <= 3 for i in range(3))
         assert not any(t.aborted and id(t) in busy for t, _ in opened)
+
+
+def test_a_reader_that_stops_reading_is_let_go() -> None:
+    """A slow read holds a busy connection, which the caps never close: a stall deadline does."""
+
+    async def scenario() -> tuple[int, int, int]:
+        guard = ConnectionGuard(max_total=50, max_per_address=10, write_stall_s=1.0)
+        async with _served(_big, guard=guard) as port:
+            readers = []
+            for _ in range(5):
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                s.bind(("127.0.0.2", 0))
+                s.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
+                s.send(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                readers.append(s)
+            await asyncio.sleep(0.5)
+            held = guard.count("127.0.0.2")
+            for _ in range(100):  # bounded: 10 s
+                if guard.count("127.0.0.2") == 0:
+                    break
+                await asyncio.sleep(0.1)
+            for s in readers:
+                s.close()
+            return held, guard.count("127.0.0.2"), guard.figures.write_stalls
+
+    held, left, stalls = asyncio.run(scenario())
+    assert held == 5 and left == 0 and stalls == 5, (held, left, stalls)
