@@ -48,7 +48,11 @@ def _saved_peers(home: Home) -> list[str]:
 def node(
     home: HomeOption = None,
     listen: Annotated[
-        str, typer.Option("--listen", help="HOST:PORT to serve the peer API on.")
+        str,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT to serve the peer API on (0.0.0.0 or :: needs --advertise).",
+        ),
     ] = DEFAULT_LISTEN,
     peer: Annotated[
         list[str] | None,
@@ -154,6 +158,7 @@ def node(
     """Run this member's peer: sync, consensus, blob transfer and the training rounds."""
     from bcfl_cli.consensus.messages import TimeoutConfig
     from bcfl_cli.identity import load_identity, passphrase_from
+    from bcfl_cli.node.app import advertised_authorities
     from bcfl_cli.node.blob_keeper import parse_retention
     from bcfl_cli.node.logging import setup_logging
     from bcfl_cli.node.server import NodeOptions, iter_peers, serve
@@ -161,6 +166,7 @@ def node(
     resolved = Home.resolve(home)
     host, port = _split_listen(listen)
     retention_s = parse_retention(blob_retention)
+    advertised_authorities(host, port, advertise)  # a wildcard needs a name, before the key
     identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
     setup_logging(
         json_lines=log_json,

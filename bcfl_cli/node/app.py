@@ -28,9 +28,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bcfl_cli.consensus.messages import Proposal
-from bcfl_cli.errors import BcflError, EncodingError, StoreError
+from bcfl_cli.errors import BcflError, EncodingError, NodeError, StoreError
 from bcfl_cli.node.auth import LIMITER_KEY, SignatureAuth, peer_did
 from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
+from bcfl_cli.node.budget import BodyBudget
+from bcfl_cli.node.httpsig import normalise_authority
 from bcfl_cli.node.limits import NodeLimits, TokenBucketLimiter
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import MempoolRefusal, precheck
@@ -582,7 +584,8 @@ def openapi_document(
                     "in": "header",
                     "name": "Signature",
                     "description": "RFC 9421 ed25519 signature (keyid = member did:key) over "
-                    "@method, @authority, @path, @query, content-digest; created and nonce",
+                    "@method, @authority, @path, @query, content-digest and bcfl-node-url (where "
+                    "present); created and nonce. Checked on the head, before the body is read",
                 }
             }
         },
@@ -760,28 +763,60 @@ def create_app(node: Node) -> ASGIApp:
         )
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
-    authorities = _authorities(node)
+    host, port = node.options.host, node.options.port
+    authorities = advertised_authorities(host, port, node.options.advertise)
+    local = loopback_authorities(port) if host in WILDCARD_HOSTS else ()
+    budget = BodyBudget()  # members and newcomers share it: together they hold at most this
     members = SignatureAuth(
         app,
         is_member=node.is_member,
         limits=limits,
         authorities=authorities,
         replay_journal=node.home.node_dir / REPLAY_JOURNAL,
+        local_authorities=local,
+        budget=budget,
     )
     newcomers = SignatureAuth(
-        app, is_member=lambda _did: True, limits=JOIN_LIMITS, authorities=authorities
+        app,
+        is_member=lambda _did: True,
+        limits=JOIN_LIMITS,
+        authorities=authorities,
+        local_authorities=local,
+        budget=budget,
     )
     return _ReadTimeout(_SplitAuth(members, newcomers), BODY_READ_TIMEOUT_S)
 
 
-def _authorities(node: Node) -> list[str] | None:
-    """Host names a signed request must name: this node's, unless it listens on all addresses."""
-    host, port = node.options.host, node.options.port
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104
-        return None
-    names = {f"{host}:{port}"}
-    if host in ("127.0.0.1", "localhost"):
-        names |= {f"127.0.0.1:{port}", f"localhost:{port}"}
-    if node.options.advertise:
-        names.add(node.options.advertise.split("://", 1)[-1].rstrip("/").split("/", 1)[0])
-    return sorted(names)
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 - names, not a bind
+
+
+def advertised_authorities(host: str, port: int, advertise: str | None) -> list[str]:
+    """The host names a signed request must name (``@authority``): the advertised URL's, the
+    listening address's, and the loopback names when the node listens on loopback.
+
+    A node listening on all addresses has no name of its own to check, so it must be given one
+    (``--advertise``): with none, a request signed for another node listening on all addresses
+    would be accepted here within the freshness window. Its loopback names
+    (``loopback_authorities``) are accepted then only from a loopback address: the member's own
+    commands on the machine. NodeError when a wildcard has no advertised name.
+    """
+    names: set[str] = set()
+    if advertise:
+        names.add(advertise.split("://", 1)[-1].rstrip("/").split("/", 1)[0])
+    if host in WILDCARD_HOSTS:
+        shown = f"[{host.strip('[]')}]" if ":" in host else host or "*"
+        if not names:
+            raise NodeError(
+                f"listening on all addresses ({shown}:{port}) needs the name peers use",
+                hint="add --advertise URL (the URL peers reach this node at), or listen on one "
+                "address: signed requests are bound to this node's name",
+            )
+    else:
+        names.add(f"{host}:{port}")
+        if host in ("127.0.0.1", "localhost"):
+            names |= set(loopback_authorities(port))
+    return sorted(normalise_authority(n) for n in names)
+
+
+def loopback_authorities(port: int) -> tuple[str, ...]:
+    return (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}")

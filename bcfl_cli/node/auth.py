@@ -1,12 +1,17 @@
 """The node's front door: an ASGI layer that checks who is asking before any route runs.
 
-For every state-changing request (anything but GET, HEAD, OPTIONS) it requires, in this order:
-a per-address rate limit (429); a body within the size cap, read whole before anything else
-(413); a valid RFC 9421 signature covering the bcfl components, with ``created`` inside the
-window and the body matching its Content-Digest (401); a signer that is a CURRENT member, asked
-of the app's ``is_member`` on every request so a removal takes effect at once (403); a nonce not
-seen within the window (401); a per-member rate limit (429). A refusal is a JSON body
-``{"error": code, "message": one line}`` and nothing downstream runs. Read-only requests are
+For every state-changing request (anything but GET, HEAD, OPTIONS) it requires, in this order,
+all on the request's head, before a byte of the body is read: a per-address rate limit (429);
+an announced body within the size cap (413); a ``Host`` this node answers to (401); a valid
+RFC 9421 signature covering the bcfl components (a body's ``Content-Digest`` among them), with
+``created`` inside the window (401); a signer that is a CURRENT member, asked of the app's
+``is_member`` on every request so a removal takes effect at once (403); a nonce not seen within
+the window (401); a per-member rate limit (429). Only then is the body read: within the size cap
+(413), the total read deadline (408) and the signer's share of the body budget
+(``budget.py``, 503), and it must match the signed digest (401). A stranger's body is thus
+refused unread, and nobody can make the node hold more than the budget. A refusal is a JSON
+body ``{"error": code, "message": one line}``, the connection is closed when a body may still be
+on its way, and nothing downstream runs. Read-only requests are
 public, but one that carries a signature has it checked the same way (membership aside), so a
 peer with a broken clock or key learns it from any request.
 
@@ -20,10 +25,13 @@ The verified did is put in the ASGI scope (``peer_did(request)`` reads it back).
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -31,12 +39,16 @@ from urllib.parse import quote
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bcfl_cli.node.budget import BodyBudget
 from bcfl_cli.node.httpsig import (
+    COVERED_WHEN_PRESENT,
     RequestView,
     SignatureError,
+    VerifiedSignature,
     VerifyPolicy,
+    check_body,
     normalise_authority,
-    verify_request,
+    verify_request_head,
 )
 from bcfl_cli.node.limits import NodeLimits, NonceCache, ReplayJournal, TokenBucketLimiter
 
@@ -46,6 +58,9 @@ PUBLIC_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SCOPE_KEY = "bcfl.peer_did"
 LIMITER_KEY = "bcfl.peer_limiter"
 MAX_HEADER_BYTES = 32 * 1024
+#: The longest a signed body may take to arrive, whole (the gap between pieces is bounded
+#: apart, by the app's read timeout): 8 MiB at 140 KB/s.
+BODY_TIMEOUT_S = 60.0
 
 
 class _Refusal(Exception):
@@ -100,15 +115,22 @@ class SignatureAuth:
         is_member: Callable[[str], bool],
         limits: NodeLimits | None = None,
         authorities: Iterable[str] | None = None,
+        local_authorities: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
         replay_journal: Path | None = None,
+        budget: BodyBudget | None = None,
+        body_timeout_s: float = BODY_TIMEOUT_S,
     ) -> None:
         self.app = app
+        self.budget = budget or BodyBudget()
+        self.body_timeout_s = body_timeout_s
         self.is_member = is_member
         self.limits = limits or NodeLimits()
         self.authorities = (
             frozenset(normalise_authority(a) for a in authorities) if authorities else None
         )
+        # names accepted only from a loopback address (a node listening on all addresses)
+        self.local_authorities = frozenset(normalise_authority(a) for a in local_authorities)
         self.clock = clock
         self.policy = VerifyPolicy(window_s=self.limits.window_s)
         # Nothing signed before this layer existed is accepted (a restart forgets the cache);
@@ -138,35 +160,44 @@ class SignatureAuth:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        held = _Held(self.budget)
         try:
-            body, did = await self._admit(scope, receive)
-        except _Refusal as refusal:
-            _log_refusal(scope, refusal)
-            await send_error(send, refusal.status, refusal.code, refusal.message, refusal.headers)
-            return
-        if did is not None:
-            scope[SCOPE_KEY] = did
-        if body is None:
-            await self.app(scope, receive, send)
-            return
-        await self.app(scope, _replay(body, receive), send)
+            try:
+                head = await self._admit(scope, receive)
+                body = None if head is None else await self._read_signed_body(head, receive, held)
+            except _Refusal as refusal:
+                _log_refusal(scope, refusal)
+                headers = dict(refusal.headers)
+                if _may_have_body(scope):  # unread bytes may follow: never parse them
+                    headers["Connection"] = "close"
+                await send_error(send, refusal.status, refusal.code, refusal.message, headers)
+                return
+            if head is None:
+                await self.app(scope, receive, send)
+                return
+            scope[SCOPE_KEY] = head.did
+            await self.app(scope, _replay(body or b"", receive), send)
+        finally:
+            held.release()
 
     async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket opening: a member's signed GET, or an HTTP denial and nothing else."""
         try:
-            _, did = await self._admit(scope, receive, websocket=True)
+            head = await self._admit(scope, receive, websocket=True)
         except _Refusal as refusal:
             _log_refusal(scope, refusal)
             await send_websocket_denial(scope, send, refusal)
             return
-        scope[SCOPE_KEY] = did
+        assert head is not None  # a handshake is never a public read
+        scope[SCOPE_KEY] = head.did
         scope[LIMITER_KEY] = self.by_peer
         await self.app(scope, receive, send)
 
     async def _admit(
         self, scope: Scope, receive: Receive, *, websocket: bool = False
-    ) -> tuple[bytes | None, str | None]:
-        """Return (buffered body or None for pass-through, verified did or None)."""
+    ) -> _SignedHead | None:
+        """Every check the request's head allows (see the module docstring), in order; None for
+        an unsigned public read, which passes through. The body is still unread."""
         method = "GET" if websocket else str(scope["method"]).upper()
         client = scope.get("client")
         address = str(client[0]) if client else "unknown"
@@ -180,11 +211,11 @@ class SignatureAuth:
                 401, "missing_signature", "a stream is opened by a member's signed request"
             )
         if method in PUBLIC_METHODS and not signed:
-            return None, None
+            return None
         # a handshake has no body (its first ASGI message is websocket.connect)
-        body = None if websocket else await _read_body(headers, receive, self.limits.max_body_bytes)
+        has_body = not websocket and _announced_body(headers, self.limits.max_body_bytes)
         host = headers.get("host", "")
-        if self.authorities is not None and normalise_authority(host) not in self.authorities:
+        if self.authorities is not None and not self._names_me(host, address):
             raise _Refusal(
                 401,
                 "wrong_authority",
@@ -201,11 +232,13 @@ class SignatureAuth:
             scheme=str(scope.get("scheme", "http")),
         )
         try:
-            verified = verify_request(view, body, policy=self.policy, now=int(self.clock()))
+            verified = verify_request_head(
+                view, has_body=has_body, policy=self.policy, now=int(self.clock())
+            )
         except SignatureError as exc:
-            message = exc.message + (f"; {exc.hint}" if exc.hint else "")
-            raise _Refusal(401, exc.code, message) from exc
+            raise _signature_refusal(exc) from exc
         did = verified.keyid
+        _drop_uncovered(scope, verified)
         if (websocket or method not in PUBLIC_METHODS) and not self.is_member(did):
             raise _Refusal(
                 403,
@@ -222,7 +255,96 @@ class SignatureAuth:
         wait = self.by_peer.acquire(did)
         if wait > 0:
             raise _too_many(wait)
-        return body, did
+        return _SignedHead(did, view, verified, read_body=not websocket)
+
+    def _names_me(self, host: str, address: str) -> bool:
+        authority = normalise_authority(host)
+        assert self.authorities is not None
+        if authority in self.authorities:
+            return True
+        return authority in self.local_authorities and _is_loopback(address)
+
+    async def _read_signed_body(self, head: _SignedHead, receive: Receive, held: _Held) -> bytes:
+        """The body of a request whose head checked out, within the size cap, the deadline and
+        the signer's budget, and matching the signed digest; _Refusal otherwise."""
+        if not head.read_body:
+            return b""
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                body = await _read_body(receive, self.limits.max_body_bytes, held, head.did)
+        except TimeoutError:
+            raise _Refusal(
+                408, "body_timeout", f"the body took over {self.body_timeout_s:g} s; resend it"
+            ) from None
+        try:
+            check_body(head.view, head.verified, body, policy=self.policy)
+        except SignatureError as exc:
+            raise _signature_refusal(exc) from exc
+        return body
+
+
+@dataclass(frozen=True)
+class _SignedHead:
+    did: str
+    view: RequestView
+    verified: VerifiedSignature
+    read_body: bool
+
+
+class _Held:
+    """The bytes one request took from the body budget, all given back when it is answered."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self.budget = budget
+        self.signer = ""
+        self.size = 0
+
+    def take(self, signer: str, size: int) -> None:
+        if not self.budget.take(signer, size):
+            raise _Refusal(
+                503,
+                "busy",
+                "this node holds as many request bodies as it may (for this signer or in all); "
+                "retry in a moment",
+                headers={"Retry-After": "1"},
+            )
+        self.signer = signer
+        self.size += size
+
+    def release(self) -> None:
+        if self.size:
+            self.budget.give(self.signer, self.size)
+            self.size = 0
+
+
+def _drop_uncovered(scope: Scope, verified: VerifiedSignature) -> None:
+    """Remove the headers the node would act on (``COVERED_WHEN_PRESENT``) that the signature
+    does not cover: nothing downstream sees a value someone on the path may have set."""
+    drop = {n.encode() for n in COVERED_WHEN_PRESENT if n not in verified.covered}
+    if drop:
+        scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in drop]
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1 on a node listening on ::
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def _signature_refusal(exc: SignatureError) -> _Refusal:
+    return _Refusal(401, exc.code, exc.message + (f"; {exc.hint}" if exc.hint else ""))
+
+
+def _may_have_body(scope: Scope) -> bool:
+    """Whether bytes of a body may still follow this request's head on the connection."""
+    for raw_name, raw_value in scope.get("headers", []):
+        name = raw_name.lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and raw_value.strip(b" 0")):
+            return True
+    return False
 
 
 def _log_refusal(scope: Scope, refusal: _Refusal) -> None:
@@ -277,13 +399,20 @@ def _headers(scope: Scope) -> dict[str, str]:
     return combined
 
 
-async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> bytes:
+def _announced_body(headers: dict[str, str], limit: int) -> bool:
+    """Whether the head announces a body (a Content-Length over 0, or a transfer coding);
+    refused at once when its announced length is over ``limit`` or not a number."""
     declared = headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:
             raise _Refusal(400, "bad_request", "Content-Length is not a number")
         if int(declared) > limit:
             raise _too_large(limit)
+        return int(declared) > 0
+    return "transfer-encoding" in headers
+
+
+async def _read_body(receive: Receive, limit: int, held: _Held, signer: str) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -294,6 +423,7 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
+        held.take(signer, len(chunk))
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

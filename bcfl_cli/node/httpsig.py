@@ -49,6 +49,11 @@ MAX_COMPONENT_VALUE_CHARS = 8192
 MAX_NONCE_CHARS = 64
 MAX_KEYID_CHARS = 128
 
+#: Headers a node acts on beyond the body: ``sign_request`` covers them whenever present, and a
+#: receiver ignores one its signature does not cover. ``bcfl-node-url`` names where the
+#: signer's node is reached and the receiver fetches that URL: uncovered, anyone on the path
+#: could point it at any host.
+COVERED_WHEN_PRESENT = ("bcfl-node-url",)
 _METADATA_PARAMS = frozenset({"created", "expires", "keyid", "nonce", "alg", "tag"})
 _DIGESTS: dict[str, Callable[[bytes], Any]] = {
     "sha-256": hashlib.sha256,
@@ -133,8 +138,9 @@ def content_digest(body: bytes) -> str:
     return "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode("ascii") + ":"
 
 
-def check_content_digest(field: str, body: bytes) -> None:
-    """Refuse a body that does not match every known digest in its ``Content-Digest``."""
+def parse_content_digest(field: str) -> dict[str, bytes]:
+    """The known digests of a ``Content-Digest`` field, by algorithm; SignatureError
+    (``malformed_signature``) when it is not a dictionary of byte sequences naming one."""
     if len(field) > MAX_CONTENT_DIGEST_CHARS:
         raise SignatureError("malformed_signature", "Content-Digest field too long")
     try:
@@ -145,23 +151,28 @@ def check_content_digest(field: str, body: bytes) -> None:
         ) from exc
     if not isinstance(parsed, dict):
         raise SignatureError("malformed_signature", "Content-Digest is not a dictionary")
-    checked = 0
+    known: dict[str, bytes] = {}
     entries: dict[str, Any] = parsed
     for algorithm, (value, _params) in entries.items():
-        hasher = _DIGESTS.get(algorithm)
-        if hasher is None:
+        if algorithm not in _DIGESTS:
             continue
         if not isinstance(value, bytes):
             raise SignatureError("malformed_signature", f"Content-Digest {algorithm} not bytes")
-        if not hmac.compare_digest(hasher(body).digest(), value):
+        known[algorithm] = value
+    if not known:
+        raise SignatureError("malformed_signature", "Content-Digest has no sha-256 or sha-512")
+    return known
+
+
+def check_content_digest(field: str, body: bytes) -> None:
+    """Refuse a body that does not match every known digest in its ``Content-Digest``."""
+    for algorithm, value in parse_content_digest(field).items():
+        if not hmac.compare_digest(_DIGESTS[algorithm](body).digest(), value):
             raise SignatureError(
                 "digest_mismatch",
                 f"the body does not match its Content-Digest ({algorithm})",
                 hint="the body changed in transit or was signed over other bytes; resend it",
             )
-        checked += 1
-    if checked == 0:
-        raise SignatureError("malformed_signature", "Content-Digest has no sha-256 or sha-512")
 
 
 def _sf_string(value: str) -> str:
@@ -231,11 +242,14 @@ def signature_base(view: RequestView, components: Sequence[str], params_line: st
 
 
 def bcfl_components(view: RequestView, *, has_body: bool) -> list[str]:
+    """What a bcfl signature covers: the target, the body's digest, and every header in
+    :data:`COVERED_WHEN_PRESENT` the request carries (so none can be added or changed)."""
     components = ["@method", "@authority", "@path"]
     if view.query:
         components.append("@query")
     if has_body or "content-digest" in view.headers:
         components.append("content-digest")
+    components += [name for name in COVERED_WHEN_PRESENT if name in view.headers]
     return components
 
 
@@ -316,11 +330,49 @@ def verify_request(
     now: int | None = None,
     resolve_key: Callable[[str], bytes] = default_key_resolver,
 ) -> VerifiedSignature:
-    """Verify the one signature on a request; return its keyid or raise SignatureError.
+    """Verify the one signature on a request and its body; return it or raise SignatureError.
+
+    ``verify_request_head`` then ``check_body``: a server that has not read the body yet calls
+    them apart, so that a stranger's body is refused before it is read.
+    """
+    verified = verify_request_head(
+        view, has_body=bool(body), policy=policy, now=now, resolve_key=resolve_key
+    )
+    check_body(view, verified, body, policy=policy)
+    return verified
+
+
+def check_body(
+    view: RequestView,
+    verified: VerifiedSignature,
+    body: bytes | None,
+    *,
+    policy: VerifyPolicy = STRICT,
+) -> None:
+    """Step (4) of ``verify_request_head``, once the body is read: it must match the signed
+    ``Content-Digest``; under :data:`STRICT`, a body whose digest is not covered is refused
+    (a head announced none, and a body came anyway)."""
+    digest_field = view.headers.get("content-digest")
+    if "content-digest" in verified.covered and digest_field is not None:
+        check_content_digest(digest_field, body or b"")
+    elif body and policy.require_bcfl_components:
+        raise SignatureError("uncovered_component", "a request body needs a signed Content-Digest")
+
+
+def verify_request_head(
+    view: RequestView,
+    *,
+    has_body: bool,
+    policy: VerifyPolicy = STRICT,
+    now: int | None = None,
+    resolve_key: Callable[[str], bytes] = default_key_resolver,
+) -> VerifiedSignature:
+    """Verify the signature on a request's head alone; ``has_body``: a body follows.
 
     Steps: (1) parse both dictionaries, exactly one label; (2) parameter types and policy
     (alg, keyid, nonce, created window); (3) covered components: known, unique, and for
-    :data:`STRICT` the bcfl set; (4) the body against Content-Digest; (5) the Ed25519 signature.
+    :data:`STRICT` the bcfl set (a body needs a covered ``Content-Digest``, which binds it);
+    (5) the Ed25519 signature. (4), the body against that digest, is ``check_body``'s.
     """
     # (1) structure
     inputs = _parse_dictionary(
@@ -391,22 +443,22 @@ def verify_request(
     for component in components:
         if component.startswith("@") and component not in _DERIVED:
             raise SignatureError("unknown_component", f"unsupported component {component}")
-    has_body = bool(body)
     if policy.require_bcfl_components:
-        required = set(bcfl_components(view, has_body=has_body))
+        # headers covered when present are not required: an uncovered one is not acted on
+        # (``auth.py`` drops it), so that nodes signing without it still interoperate
+        required = set(bcfl_components(view, has_body=has_body)) - set(COVERED_WHEN_PRESENT)
         missing = sorted(required - set(components))
         if missing:
             raise SignatureError(
                 "uncovered_component", f"the signature does not cover {', '.join(missing)}"
             )
-    # (4) body digest: a body, or a Content-Digest field, must be covered and must match
+    # (4) a body, or a Content-Digest field, needs a covered digest (checked by check_body)
     digest_field = view.headers.get("content-digest")
-    covers_digest = "content-digest" in components
     needs_digest = has_body or digest_field is not None
-    if policy.require_bcfl_components and needs_digest and not covers_digest:
+    if policy.require_bcfl_components and needs_digest and "content-digest" not in components:
         raise SignatureError("uncovered_component", "a request body needs a signed Content-Digest")
-    if covers_digest and digest_field is not None:
-        check_content_digest(digest_field, body or b"")
+    if digest_field is not None and "content-digest" in components:
+        parse_content_digest(digest_field)  # well formed now; matched against the body later
 
     # (5) signature
     params_line = serialise_params(components, params.items())

@@ -38,6 +38,7 @@ from bcfl_cli.home import Home, HomeLock
 from bcfl_cli.identity import Identity
 from bcfl_cli.node.blob_keeper import DEFAULT_RETENTION_S, BlobKeeper, default_quota
 from bcfl_cli.node.clock import Clock
+from bcfl_cli.node.connections import ConnectionGuard, guarded_protocols, node_guard
 from bcfl_cli.node.consensus_driver import ConsensusDriver
 from bcfl_cli.node.limits import (
     JOIN_RELAY_BURST,
@@ -619,8 +620,15 @@ class _Server(uvicorn.Server):
 STREAM_PING_S = 20.0
 
 
-def http_config(app: Any, host: str, port: int) -> uvicorn.Config:
+def http_config(
+    app: Any, host: str, port: int, guard: ConnectionGuard | None = None
+) -> uvicorn.Config:
     """How a node serves HTTP.
+
+    Through uvicorn's httptools and sans-I/O WebSocket protocols, subclassed to report every
+    connection to ``guard`` (``connections.py``: a deadline for each request head, caps per
+    address and in all). uvicorn's own ``limit_concurrency`` (503 for everyone once that many
+    sockets are open, half-open ones included) sits above the guard's total, as a backstop only.
 
     ``proxy_headers`` is off: uvicorn would otherwise take the client address from
     ``X-Forwarded-For`` on connections from 127.0.0.1, so that on a machine of several nodes (the
@@ -629,22 +637,25 @@ def http_config(app: Any, host: str, port: int) -> uvicorn.Config:
     """
     from bcfl_cli.node.app import MAX_CONSENSUS_BODY, STREAM_QUEUE
 
+    guard = node_guard() if guard is None else guard
+    http_protocol, ws_protocol = guarded_protocols(guard)
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=http_protocol,
         log_config=None,
         access_log=False,
         proxy_headers=False,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=3,
-        limit_concurrency=512,
+        limit_concurrency=guard.max_total + 64,
         lifespan="off",
         server_header=False,
         # the peer stream (``/v1/stream``): a frame is one consensus message or small update,
         # bounded as its POST body is; nothing is compressed (no inflation bomb); a peer that
         # stops answering pings is dropped
-        ws="websockets-sansio",
+        ws=ws_protocol,
         ws_max_size=MAX_CONSENSUS_BODY,
         ws_max_queue=STREAM_QUEUE,
         ws_per_message_deflate=False,
@@ -662,8 +673,9 @@ async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
 
 async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     """Run the node until SIGINT/SIGTERM; everything is closed on the way out."""
-    from bcfl_cli.node.app import create_app
+    from bcfl_cli.node.app import advertised_authorities, create_app
 
+    advertised_authorities(options.host, options.port, options.advertise)  # before any work
     node = Node(home, identity, options)
     if options.train is not None:
         from bcfl_cli.node.trainer import warm_up
