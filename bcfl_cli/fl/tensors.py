@@ -71,6 +71,8 @@ def check_safetensors_layout(data: bytes, *, max_bytes: int) -> dict[str, tuple[
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise ContractError("malformed_blob", f"tensor {name!r} entry malformed")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str):  # found by bench/fuzz.py: a list is not hashable
+            raise ContractError("malformed_blob", f"tensor {name!r} dtype is not a string")
         if dtype not in _DTYPE_SIZES:
             raise ContractError("wrong_dtype", f"tensor {name!r} has dtype {dtype!r}")
         if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(map(_size_int, shape))):

@@ -77,8 +77,19 @@ def test_deep_metadata_is_refused_whatever_the_stack_depth() -> None:
         (lambda h: h.replace(b'"dtype"', b'"x":NaN,"dtype"', 1), "constant"),
         (lambda h: h.replace(b"{", b'{"__metadata__":{"a":1},', 1), "__metadata__"),
         (lambda h: h.decode().encode("utf-16"), "not JSON"),
+        (lambda h: h.replace(b'"dtype":"F32"', b'"dtype":[2,3]', 1), "dtype is not a string"),
     ],
-    ids=["dup_key", "bool_dim", "65_dims", "unsafe_dim", "negative_offset", "nan", "meta", "utf16"],
+    ids=[
+        "dup_key",
+        "bool_dim",
+        "65_dims",
+        "unsafe_dim",
+        "negative_offset",
+        "nan",
+        "meta",
+        "utf16",
+        "list_dtype",
+    ],
 )
 def test_lying_headers_are_malformed_blobs(change: object, why: str) -> None:
     header, body = _good_header()
