@@ -12,9 +12,10 @@ import httpx
 import nacl.signing
 import pytest
 
-from bcfl_cli.errors import NodeError
+from bcfl_cli.errors import NodeError, UsageError
 from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.client import PeerRefused, SignedClient
+from bcfl_cli.node.operations import read_update
 from bcfl_cli.store.blobs import BlobStore
 
 KEY = nacl.signing.SigningKey(b"\x07" * 32)
@@ -55,3 +56,13 @@ def test_a_hostile_chunk_acknowledgement_is_a_node_error(tmp_path: Path) -> None
 
     with _client(httpx.MockTransport(handler)) as client, pytest.raises(NodeError):
         upload_blob(client, digest, store)
+
+
+def test_a_sidecar_nested_deep_is_a_usage_error(tmp_path: Path) -> None:
+    """An update's ``.json`` sidecar (it may come from anywhere) is parsed like peer JSON."""
+    update = tmp_path / "round-1.safetensors"
+    update.write_bytes(b"\0" * 16)
+    for text in (NESTED, b'{"round": 1, "metrics": ' + NESTED + b"}", b"[1, 2]"):
+        update.with_suffix(".json").write_bytes(text)
+        with pytest.raises(UsageError):
+            read_update(update)
