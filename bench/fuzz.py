@@ -10,7 +10,10 @@ Four targets, each the code a node runs on bytes it did not write:
   and commit certificate ``from_canonical``, hashes and Merkle root); expected: ``BcflError``;
 - ``sig``: the RFC 9421 ``Signature-Input``/``Signature`` and RFC 9530 ``Content-Digest``
   headers of a signed request, and its body (``node/httpsig.verify_request``); expected:
-  ``SignatureError``.
+  ``SignatureError``;
+- ``body``: a signed route's or a peer-stream frame's JSON body as the node's API reads it
+  (``POST /v1/txs``, ``/v1/updates`` with its base64 blob, ``/v1/consensus``, stream update
+  frames and their ``seen`` list); expected: ``BcflError`` or the API's ``Refused``.
 
 Any other exception is *unexpected*: it is counted, its first samples are printed (type,
 message, innermost bcfl frame) and the input is written under ``--crashes``; the run goes on.
@@ -32,6 +35,7 @@ figures as JSON; exits 1 when any target had an unexpected exception or a slow i
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -50,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-TARGETS = ("blob", "tx", "block", "sig")
+TARGETS = ("blob", "tx", "block", "sig", "body")
 #: Inputs that once failed (one folder a target): replayed first by both engines, kept forever.
 CORPUS = ROOT / "bench" / "fuzz_corpus"
 #: Modules atheris instruments for coverage feedback (the parsers and what they call).
@@ -133,7 +137,38 @@ def _load_targets() -> dict[str, tuple[Callable[[bytes], None], tuple[type[BaseE
         view = RequestView("POST", "127.0.0.1:8700", "/v1/txs", "", headers)
         verify_request(view, fields[3], now=CREATED)
 
+    import types
+
+    from bcfl_cli.node.app import Api, Refused
+    from bcfl_cli.node.peers import parse_seen
+    from bcfl_cli.node.schemas import (
+        ConsensusMessage,
+        StreamUpdate,
+        SubmitTx,
+        SubmitUpdate,
+        validate_body,
+    )
+
+    api = types.SimpleNamespace(
+        max_inline_blob=1 << 20, node=types.SimpleNamespace(genesis_hash=CHAIN)
+    )
+
+    def body(data: bytes) -> None:
+        value = parse_json(data, max_bytes=1 << 20)
+        if isinstance(value, dict) and "update" in value:
+            frame = validate_body(StreamUpdate, value)
+            parse_seen(frame.seen)
+            Api._update_and_blob(api, frame.update)  # type: ignore[arg-type]
+        elif isinstance(value, dict) and "blob" in value:
+            Api._update_and_blob(api, validate_body(SubmitUpdate, value))  # type: ignore[arg-type]
+        elif isinstance(value, dict) and ("proposal" in value or "vote" in value):
+            validate_body(ConsensusMessage, value)
+            Api._consensus_message(api, value)  # type: ignore[arg-type]
+        else:
+            Transaction.from_dict(validate_body(SubmitTx, value).tx).digest()
+
     return {
+        "body": (body, (BcflError, Refused)),
         "blob": (blob, (ContractError,)),
         "tx": (tx, (BcflError,)),
         "block": (block, (BcflError,)),
@@ -192,14 +227,23 @@ def _valid_seeds(target: str) -> list[bytes]:
     vote = Vote(CHAIN, 1, 0, VoteType.PRECOMMIT, header.hash, proposer).signed(key)
     commit = CommitCertificate.from_votes([vote])
     block = Block(header, (update, validation), commit)
+    proposal = Proposal(CHAIN, 1, 0, Block(header, (update,)), -1, proposer).signed(key)
     if target == "block":
-        proposal = Proposal(CHAIN, 1, 0, Block(header, (update,)), -1, proposer).signed(key)
         return [
             canonical(block.to_dict()),
             canonical(header.to_dict()),
             canonical(commit.to_dict()),
             canonical(vote.to_dict()),
             canonical(proposal.to_dict()),
+        ]
+    if target == "body":
+        inline = base64.b64encode(b"\0" * 100).decode()
+        return [
+            canonical({"tx": update.to_dict()}),
+            canonical({"tx": update.to_dict(), "blob": inline}),
+            canonical({"update": {"tx": update.to_dict(), "blob": inline}, "seen": "abc,def"}),
+            canonical({"vote": vote.to_dict()}),
+            canonical({"proposal": proposal.to_dict()}),
         ]
     out = []
     for body in (canonical(update.to_dict()), b"", None):
