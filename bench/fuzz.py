@@ -40,6 +40,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import struct
 import subprocess
 import sys
@@ -80,6 +81,8 @@ class Figures:
     slow: int = 0
     slowest_s: float = 0.0
     samples: list[str] = field(default_factory=list)
+    #: libFuzzer's last status (atheris only): coverage edges, features, corpus entries
+    coverage: str = ""
 
     @property
     def rate(self) -> float:
@@ -90,6 +93,7 @@ class Figures:
             f"{self.target:5s} {self.engine:7s} inputs {self.inputs:>9,d}  "
             f"seconds {self.seconds:9.1f}  rate {self.rate:8.0f}/s  "
             f"unexpected {self.unexpected}  slow {self.slow} (slowest {self.slowest_s:.3f} s)"
+            + (f"  {self.coverage}" if self.coverage else "")
         )
 
 
@@ -423,7 +427,14 @@ def _atheris_in_subprocess(target: str, args: argparse.Namespace) -> Figures:
             fig = Figures(target, "atheris", unexpected=1)
             fig.samples.append(f"the fuzzing process ended with {proc.returncode}: {tail}")
             return fig
-        return Figures(**json.loads(out.read_text()))
+        fig = Figures(**json.loads(out.read_text()))
+        found = _LIBFUZZER_STATUS.findall(proc.stderr)
+        if found:
+            fig.coverage = "cov {} ft {} corp {}".format(*found[-1])
+        return fig
+
+
+_LIBFUZZER_STATUS = re.compile(r"cov: (\d+) ft: (\d+) corp: (\d+)")
 
 
 def engine_available(name: str) -> str:
