@@ -13,6 +13,13 @@ reason for a blob with several faults is the same everywhere:
 3. the blob as safetensors, layout only (nothing is built yet, nothing is ever unpickled):
    ``malformed_blob``, ``wrong_tensor_names``, ``wrong_dtype``, ``wrong_shape``;
 4. the values: ``non_finite``, ``norm_exceeded`` (exact L2 norm, see ``numerics``).
+
+Checking ends in a verdict, whatever the bytes: a blob on which the checks themselves fail
+with an unexpected exception (a parser bug, a ``RecursionError``) is rejected as
+``malformed_blob`` with the exception's type in the detail, so one hostile update can neither
+crash a validator nor stop the round it was sent to. Only ``MemoryError`` and the node's own
+``BcflError``s (a corrupt local copy, say) still propagate: they say nothing about the bytes,
+and a verdict drawn from them could differ from a peer's.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 
 import torch
 
-from bcfl_cli.errors import ContractError
+from bcfl_cli.errors import BcflError, ContractError
 from bcfl_cli.fl.numerics import l2_norm
 from bcfl_cli.fl.spec import ContractRules, ModelSpec
 from bcfl_cli.fl.tensors import check_safetensors_layout, decode_tensors
@@ -256,4 +263,11 @@ def check_update(
     if verdict is not None:
         return verdict
     layout = layout_for(model) if isinstance(model, ModelSpec) else model
-    return check_blob(rules, layout, claim, blob)[0]
+    try:
+        return check_blob(rules, layout, claim, blob)[0]
+    except (BcflError, MemoryError):
+        raise
+    except Exception as exc:  # whatever a peer sends ends in a verdict
+        return Verdict.reject(
+            Reason.MALFORMED_BLOB, f"checking the blob failed: {type(exc).__name__}: {exc}"
+        )

@@ -1,8 +1,11 @@
 """Tensors on the wire and on disk: safetensors only, never pickle.
 
-Everything that comes from another member is parsed here, with the file size and the 8-byte
-header length capped *before* parsing, and the header's offsets checked against the file, so a
-blob that lies about its layout is refused before any tensor is built.
+Everything that comes from another member is parsed here, with the file size, the 8-byte
+header length and the header's nesting capped *before* parsing, and the header's offsets
+checked against the file, so a blob that lies about its layout is refused before any tensor is
+built. Every failure is a ``ContractError`` (a verdict with a reason), never another exception:
+a header of 5,000 nested ``[`` once raised ``RecursionError`` out of the contract and stalled
+the round it was submitted to.
 """
 
 from __future__ import annotations
@@ -16,9 +19,16 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from bcfl_cli.errors import ContractError
+from bcfl_cli.protocol.encoding import MAX_SAFE_INT, nesting_within
 
 MAX_HEADER_BYTES = 1024 * 1024
 MAX_TENSORS = 4096
+#: A safetensors header nests three deep: {name: {"shape": [...]}}; ``__metadata__`` is a flat
+#: string-to-string map. Anything deeper is refused before ``json.loads`` sees it.
+MAX_HEADER_DEPTH = 3
+#: Dimensions of one tensor (torch's own limit); each dimension and offset is an I-JSON safe
+#: integer, so the element count of a lying header is a small product, not a huge one.
+MAX_DIMS = 64
 _DTYPE_SIZES = {
     "F64": 8,
     "F32": 4,
@@ -48,13 +58,10 @@ def check_safetensors_layout(data: bytes, *, max_bytes: int) -> dict[str, tuple[
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
         raise ContractError("malformed_blob", f"header length {header_len} is impossible")
-    try:
-        header = json.loads(data[8 : 8 + header_len])
-    except ValueError as exc:
-        raise ContractError("malformed_blob", "header is not JSON (not safetensors)") from exc
-    if not isinstance(header, dict):
-        raise ContractError("malformed_blob", "header is not a JSON object")
-    header.pop("__metadata__", None)
+    header = _parse_header(data[8 : 8 + header_len])
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise ContractError("malformed_blob", "__metadata__ is not a string-to-string map")
     if len(header) > MAX_TENSORS:
         raise ContractError("malformed_blob", f"more than {MAX_TENSORS} tensors")
     body = len(data) - 8 - header_len
@@ -64,15 +71,13 @@ def check_safetensors_layout(data: bytes, *, max_bytes: int) -> dict[str, tuple[
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise ContractError("malformed_blob", f"tensor {name!r} entry malformed")
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if not isinstance(dtype, str):  # found by bench/fuzz.py: a list is not hashable
+            raise ContractError("malformed_blob", f"tensor {name!r} dtype is not a string")
         if dtype not in _DTYPE_SIZES:
             raise ContractError("wrong_dtype", f"tensor {name!r} has dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(map(_size_int, shape))):
             raise ContractError("malformed_blob", f"tensor {name!r} shape malformed")
-        if not (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) for o in offsets)
-        ):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_size_int, offsets))):
             raise ContractError("malformed_blob", f"tensor {name!r} offsets malformed")
         start, end = offsets
         count = 1
@@ -87,6 +92,39 @@ def check_safetensors_layout(data: bytes, *, max_bytes: int) -> dict[str, tuple[
         if b_start < a_end:
             raise ContractError("malformed_blob", "tensor data regions overlap")
     return layout
+
+
+def _size_int(value: object) -> bool:
+    """A dimension or an offset: a plain (not bool) integer in 0 .. 2^53 - 1."""
+    return type(value) is int and 0 <= value <= MAX_SAFE_INT
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """Refuse duplicate names: the layout check and the tensor loader must read the same entry."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ContractError("malformed_blob", "duplicate name in the header")
+    return result
+
+
+def _no_constant(text: str) -> object:
+    raise ContractError("malformed_blob", f"non-standard JSON constant {text} in the header")
+
+
+def _parse_header(raw: bytes) -> dict[str, object]:
+    """The header as a JSON object; any failure is ``malformed_blob``, never another exception."""
+    if not nesting_within(raw, MAX_HEADER_DEPTH):
+        raise ContractError(
+            "malformed_blob", f"header nests deeper than {MAX_HEADER_DEPTH} levels or is unbalanced"
+        )
+    try:
+        text = raw.decode("utf-8")  # safetensors is UTF-8; json.loads would also guess UTF-16
+        header = json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ContractError("malformed_blob", "header is not JSON (not safetensors)") from exc
+    if not isinstance(header, dict):
+        raise ContractError("malformed_blob", "header is not a JSON object")
+    return header
 
 
 def decode_tensors(data: bytes, *, max_bytes: int) -> dict[str, torch.Tensor]:

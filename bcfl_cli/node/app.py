@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -322,7 +321,7 @@ class Api:
             )
         try:
             data = base64.b64decode(body.blob, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or a plain ValueError for non-ASCII text
             raise Refused(400, "malformed_body", f"blob: not base64: {exc}") from exc
         digest = tx.body["blob"]
         if len(data) > self.max_inline_blob:

@@ -32,13 +32,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bcfl_cli.errors import BcflError, BlobError, NodeError
+from bcfl_cli.errors import BcflError, BlobError, EncodingError, NodeError
 from bcfl_cli.node.client import PeerRefused, SignedClient
-from bcfl_cli.protocol.encoding import is_hash_hex
+from bcfl_cli.protocol.encoding import is_hash_hex, parse_json
 from bcfl_cli.store.blobs import BlobStore
 
 if sys.platform != "win32":
@@ -50,6 +51,8 @@ MIN_CHUNK = 64 * 1024
 MAX_CHUNK = 64 * 1024 * 1024
 READ_SIZE = 1024 * 1024
 MAX_ATTEMPTS = 5
+#: An upload status or a chunk's acknowledgement is a small JSON object (three fields).
+MAX_STATUS_BYTES = 4096
 
 
 class FetchCancelled(BcflError):
@@ -341,6 +344,24 @@ def _download_from(
     return done
 
 
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    """A peer's JSON object answer, or NodeError: never ``RecursionError`` or ``KeyError``."""
+    try:
+        value = parse_json(response.content, max_bytes=MAX_STATUS_BYTES)
+    except EncodingError as exc:
+        raise NodeError(f"peer sent a malformed answer: {exc.message}") from exc
+    if not isinstance(value, dict):
+        raise NodeError("peer sent an answer that is not a JSON object")
+    return value
+
+
+def _count(answer: dict[str, Any], name: str) -> int:
+    value = answer.get(name)
+    if type(value) is not int:
+        raise NodeError(f"peer sent an upload status without an integer {name!r}")
+    return value
+
+
 def upload_blob(
     client: SignedClient,
     digest: str,
@@ -355,13 +376,13 @@ def upload_blob(
     failures = 0
     with store.open(digest) as f:
         while True:
-            status = client.get(f"/blobs/{digest}/upload", params={"size": size}).json()
+            status = _answer(client.get(f"/blobs/{digest}/upload", params={"size": size}))
             if status.get("complete") is True:
                 break
-            chunk_size = int(status["chunk_size"])
-            received = int(status["received"])
+            chunk_size = _count(status, "chunk_size")
+            received = _count(status, "received")
             if not MIN_CHUNK <= chunk_size <= MAX_CHUNK or not 0 <= received <= size:
-                raise NodeError(f"peer sent an inconsistent upload status: {status}")
+                raise NodeError(f"peer sent an inconsistent upload status: {str(status)[:200]}")
             before = received
             try:
                 complete = False
@@ -369,10 +390,12 @@ def upload_blob(
                     index = received // chunk_size
                     f.seek(index * chunk_size)
                     data = f.read(min(chunk_size, size - index * chunk_size))
-                    answer = client.put(
-                        f"/blobs/{digest}/chunks/{index}", params={"size": size}, content=data
-                    ).json()
-                    received = int(answer["received"])
+                    answer = _answer(
+                        client.put(
+                            f"/blobs/{digest}/chunks/{index}", params={"size": size}, content=data
+                        )
+                    )
+                    received = _count(answer, "received")
                     if progress is not None:
                         progress(received, size)
                     complete = answer.get("complete") is True

@@ -246,7 +246,7 @@ def _refusal(method: str, response: httpx.Response) -> PeerRefused:
     code, message = f"http_{response.status_code}", raw[:200].decode("utf-8", "replace")
     try:
         payload = json.loads(raw[:MAX_ERROR_BODY_BYTES])
-    except ValueError:
+    except (ValueError, RecursionError):  # a peer's error body may be 4 KB of "["
         payload = None
     if isinstance(payload, dict):
         code = str(payload.get("error", code))[:64]

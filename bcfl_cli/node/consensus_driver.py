@@ -408,8 +408,9 @@ class ConsensusDriver:
         node = self.node
         try:
             after = await node.run_worker(partial(state.apply, block, checks=node.checks))
-        except BcflError as exc:
-            log.error("decided block %d fails our checks: %s", block.height, exc.message)
+        except Exception as exc:  # a BcflError, or a check that failed unexpectedly: logged
+            message = exc.message if isinstance(exc, BcflError) else repr(exc)
+            log.error("decided block %d fails our checks: %s", block.height, message)
             node.syncer.wake()
             return
         if node.state is state:
@@ -619,6 +620,11 @@ class ConsensusDriver:
             except BcflError as exc:
                 log.warning("proposal could not be checked: %s", exc.message)
                 return
+            except Exception:
+                # A check that fails unexpectedly: prevoting nil is always safe, and a verdict
+                # now (INVALID) spares the propose timeout; the task must not die unlogged.
+                log.exception("checking proposal %s failed; prevoting nil", block.hash[:16])
+                self._store_validity(block.hash, state.head_hash, Validity.INVALID, None)
         finally:
             self._validating.pop(key, None)
         if node.state is state:

@@ -463,7 +463,15 @@ class Node:
                     return
                 if not self.blobs.has(tx.body["blob"]):
                     continue
-                verdict = await self.run_worker(partial(self.checks.check_update, state, tx))
+                # Each update on its own: one whose check fails (a corrupt local copy, a bug
+                # the contract does not turn into a verdict) stays without a verdict, so it
+                # is left out of blocks and the round closes at its deadline without it; the
+                # others still get theirs, and the aggregate below is still prepared.
+                try:
+                    verdict = await self.run_worker(partial(self.checks.check_update, state, tx))
+                except Exception:
+                    log.exception("checking update %s failed; left out", tx.hash[:16])
+                    continue
                 log.info(
                     "update checked",
                     extra=fields(update=tx.hash, accept=verdict.accept, reason=verdict.reason),

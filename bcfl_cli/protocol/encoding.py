@@ -89,6 +89,34 @@ def _check(obj: Any, depth: int) -> bool:
     raise EncodingError(f"type {type(obj).__name__} cannot be encoded")
 
 
+#: A JSON string token, unterminated ones included (they run to the end of the text), so that
+#: stripping strings is one linear pass: a pattern that needs the closing quote retries from
+#: every later quote and is quadratic on ``"\\"\\"\\"...``.
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.DOTALL)
+_NOT_BRACKET = re.compile(rb"[^\[\]{}]+")
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+
+
+def nesting_within(data: bytes, limit: int) -> bool:
+    """Whether the JSON text ``data`` nests at most ``limit`` arrays/objects deep.
+
+    Checked before parsing, without recursion: ``json.loads`` on ``[[[[...`` raises
+    ``RecursionError`` at a depth that depends on the caller's stack, so a parser's verdict on
+    such text could differ between two peers (a worker thread and verify-chain's main thread).
+    Strings are stripped, then each pass removes the innermost ``[]``/``{}`` pairs; text still
+    holding brackets after ``limit`` passes nests deeper, or its brackets do not balance (then
+    it is not JSON either). Linear per pass, at most ``limit`` passes.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return True
+    skeleton = _NOT_BRACKET.sub(b"", _JSON_STRING.sub(b"", data))
+    for _ in range(limit):
+        if not skeleton:
+            return True
+        skeleton = _INNERMOST.sub(b"", skeleton)
+    return not skeleton
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.state import ChainState
-from bcfl_cli.errors import StoreError, VerificationError
+from bcfl_cli.errors import BcflError, StoreError, VerificationError
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.tx import TxKind
@@ -132,8 +132,22 @@ def apply_block(
     checks: AppChecks | None,
     signatures_verified: bool,
 ) -> ChainState:
-    """§8.4 Chain rules (§6) for one block, on top of the state after its parent."""
-    return state.apply(block, checks=checks, verify_signatures=not signatures_verified)
+    """§8.4 Chain rules (§6) for one block, on top of the state after its parent.
+
+    A check that fails unexpectedly (not a ``BcflError``) is reported as this block's fault,
+    ``check_crashed``, instead of ending verify-chain with a traceback: the store may hold
+    anything, and the report must still say where it stopped.
+    """
+    try:
+        return state.apply(block, checks=checks, verify_signatures=not signatures_verified)
+    except (BcflError, MemoryError):
+        raise
+    except Exception as exc:
+        raise VerificationError(
+            f"block {block.height}: checking it failed: {type(exc).__name__}: {exc}"[:500],
+            height=block.height,
+            code="check_crashed",
+        ) from exc
 
 
 def block_signature_fault(chain_id: str, block: Block) -> VerificationError | None:
