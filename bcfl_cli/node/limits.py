@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bcfl_cli.node.httpsig import DEFAULT_WINDOW_S
+
 log = logging.getLogger("bcfl.node.auth")
 
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -40,6 +42,13 @@ DEFAULT_NONCES_PER_MEMBER = 8192
 #: the members' rate. A request not relayed stays in this node's pool (a validator proposes it).
 JOIN_RELAY_RATE_PER_S = 1.0
 JOIN_RELAY_BURST = 20.0
+#: The per-address bucket is this many times the per-signer one (``NodeLimits.address_factor``).
+DEFAULT_ADDRESS_FACTOR = 4.0
+#: A nonce is remembered until its ``created`` is this many signature windows old: a request
+#: is fresh while ``created`` is within one window of the node's clock, so one window past
+#: ``created`` is the least that is safe; the second is a margin (expiry runs lazily, and the
+#: node's clock may be stepped).
+NONCE_MEMORY_WINDOWS = 2
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ class NodeLimits:
     """The HTTP-side limits of a node (the genesis sets the blob limits)."""
 
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    window_s: int = 30
+    window_s: int = DEFAULT_WINDOW_S
     rate_per_s: float = DEFAULT_RATE_PER_S
     burst: float = DEFAULT_BURST
     max_peers: int = DEFAULT_MAX_PEERS
@@ -55,7 +64,7 @@ class NodeLimits:
     nonces_per_member: int = DEFAULT_NONCES_PER_MEMBER
     #: the per-address bucket is this many times the per-signer one (several members may share
     #: an address; a join route's signers are fresh keys, so there it is 1: the address is all)
-    address_factor: float = 4.0
+    address_factor: float = DEFAULT_ADDRESS_FACTOR
 
 
 class TokenBucketLimiter:
@@ -149,7 +158,7 @@ class NonceCache:
 
     def __init__(
         self,
-        window_s: int = 30,
+        window_s: int = DEFAULT_WINDOW_S,
         *,
         max_entries: int = DEFAULT_MAX_NONCES,
         per_member: int = DEFAULT_NONCES_PER_MEMBER,
@@ -171,7 +180,7 @@ class NonceCache:
         self.not_before = _NO_FLOOR if not_before is None else not_before
         if journal is not None:
             now = self._clock()
-            last, kept = journal.load(horizon=now - 2 * window_s)
+            last, kept = journal.load(horizon=now - NONCE_MEMORY_WINDOWS * window_s)
             # a last second far ahead means the clock went back: whatever was signed after
             # now + window is refused as stale anyway, so refusing longer would only stall us
             self.not_before = max(self.not_before, min(last + 1, int(now) + window_s + 1))
@@ -223,7 +232,7 @@ class NonceCache:
         """Expire ``share`` and the strangers' pool now, every member's share once a second
         (a sweep of all shares on every request would cost a flood of signers dearly)."""
         now = self._clock()
-        horizon = now - 2 * self.window_s
+        horizon = now - NONCE_MEMORY_WINDOWS * self.window_s
         self._size -= self._strangers.expire(horizon)
         if share is not self._strangers:
             self._size -= share.expire(horizon)
