@@ -39,6 +39,10 @@ if TYPE_CHECKING:  # the type only: the node does not call into verify (docs/ARC
 #: Seconds per request to the peer (connect, read), and retries after a transport error.
 COMPARE_TIMEOUT_S = 10.0
 COMPARE_RETRIES = 1
+#: Requests a comparison makes at most (genesis, status, the block at the common height, the
+#: block after the store's head), each retried at most ``COMPARE_RETRIES`` times; ``_compare``
+#: has no loop, and tests/node/test_compare.py counts them.
+COMPARE_MAX_REQUESTS = 4
 
 
 def compare_with_peer(

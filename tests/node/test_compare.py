@@ -16,7 +16,7 @@ import pytest
 
 from bcfl_cli.errors import VerificationError
 from bcfl_cli.home import Home
-from bcfl_cli.node.compare import compare_with_peer
+from bcfl_cli.node.compare import COMPARE_MAX_REQUESTS, compare_with_peer
 from bcfl_cli.protocol.block import CommitCertificate
 from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.protocol.tx import TxKind
@@ -198,3 +198,26 @@ def test_errors_and_refusals_are_a_verdict(chains):
 
     code, _ = _compare(local, httpx.MockTransport(boom))
     assert code == "peer_unverifiable"
+
+
+def test_a_comparison_makes_at_most_the_documented_requests(chains):
+    """docs/OPERATIONS.md: `verify-chain --against` makes 4 requests at most; the longest path
+    (a store behind the peer: genesis, status, the common block, the one after it) makes 4."""
+    local, peer = chains
+    made: dict[str, int] = {}
+    for name, store, served in (
+        ("same", local, local),
+        ("ahead", peer, local),
+        ("behind", local, peer),
+    ):
+        honest = _peer(served)
+        count = 0
+
+        def handle(request: httpx.Request, honest=honest) -> httpx.Response:
+            nonlocal count
+            count += 1
+            return honest.handle_request(request)
+
+        _compare(store, httpx.MockTransport(handle))
+        made[name] = count
+    assert max(made.values()) == made["behind"] == COMPARE_MAX_REQUESTS, made
