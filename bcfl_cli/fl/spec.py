@@ -11,6 +11,10 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: The largest model or update blob a consortium accepts when its file states no
+#: ``contract.max_blob_bytes`` (docs/OPERATIONS.md's limits table).
+DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -76,7 +80,7 @@ class ContractRules(_Spec):
     max_update_norm: float = Field(default=100.0, gt=0.0)
     min_samples: int = Field(default=1, ge=1)
     max_samples: int = Field(default=10_000_000, ge=1)
-    max_blob_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, le=2**40)
+    max_blob_bytes: int = Field(default=DEFAULT_MAX_BLOB_BYTES, ge=1024, le=2**40)
 
     @model_validator(mode="after")
     def _ordered(self) -> ContractRules:
