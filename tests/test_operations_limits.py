@@ -7,7 +7,8 @@ CLI defaults, or genesis defaults) that enforce it, each rendered the way the do
 - a row of the table has no binding (a new limit must name its code);
 - a binding names a row that is not in the table (a renamed or removed row);
 - a rendered code value is not in its row's default cell (the doc or the code changed);
-- a figure in a default cell is covered by no rendered value (a number nobody checks).
+- a figure in a default cell is covered by no rendered value (a number nobody checks), unless
+  ``NOT_LIMITS`` says why it is no limit (an HTTP status).
 
 A renderer never rounds: a value that is not a whole number of the doc's unit renders with a
 fraction ("8.5 MiB") and so no longer matches the doc.
