@@ -48,6 +48,7 @@ from bcfl_cli.consensus.messages import (
     EngineState,
     Event,
     Evidence,
+    LockProof,
     Proposal,
     ProposalReceived,
     Recheck,
@@ -149,6 +150,11 @@ class Engine:
     # --- public ---------------------------------------------------------------------------
     @property
     def state(self) -> EngineState:
+        proof = None
+        messages = self.proof_of_lock()
+        if messages and isinstance(messages[0], Proposal):
+            votes = [m for m in messages[1:] if isinstance(m, Vote)]
+            proof = LockProof.from_messages(messages[0], votes)
         return EngineState(
             self.height,
             self.round,
@@ -157,6 +163,7 @@ class Engine:
             self.locked_block,
             self.valid_round,
             self.valid_block,
+            proof,
         )
 
     def proof_of_lock(self) -> list[Proposal | Vote]:
@@ -230,6 +237,14 @@ class Engine:
                 Step.PREVOTE: TimeoutKind.PREVOTE,
             }.get(self.step, TimeoutKind.PRECOMMIT)
             self._schedule(kind, out)
+            # The proof of validValue, persisted with the lock: back into the message log
+            # (checked like anything received) so that relay() re-sends it. Without it, peers
+            # that missed a prevote only we saw could never accept our re-proposal (L28).
+            for message in restored.proof_messages(self.chain):
+                if isinstance(message, Proposal):
+                    self._on_proposal(message)
+                else:
+                    self._on_vote(message, out)
         else:
             # L53: reset lockedRound, lockedValue, validRound, validValue for the new height.
             self.locked_round, self.locked_block = -1, None

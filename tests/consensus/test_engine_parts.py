@@ -15,6 +15,7 @@ from bcfl_cli.consensus import (
     Engine,
     EngineState,
     Evidence,
+    LockProof,
     Proposal,
     ProposalReceived,
     Recheck,
@@ -28,6 +29,7 @@ from bcfl_cli.consensus import (
     VoteReceived,
     proposer,
 )
+from bcfl_cli.errors import EncodingError
 from bcfl_cli.protocol.block import NIL, Block, ValidatorSet, Vote, VoteType
 from bcfl_cli.protocol.tx import TxKind, validate_body
 from bcfl_cli.store.vote_guard import DoubleSignError, VoteGuard
@@ -228,3 +230,89 @@ def test_engine_timeouts_grow_with_the_round_and_reset_at_each_height() -> None:
         seen += propose_timeouts(engine.handle(TimeoutFired(TimeoutKind.PRECOMMIT, 1, r)))
     assert seen == [(1, r, min(1_000 * 2**r, 20_000)) for r in range(7)]
     assert propose_timeouts(engine.handle(StartHeight(2, vset))) == [(2, 0, 1_000)]
+
+
+def _proof_of(block: Block, vset: ValidatorSet, signers: list[int]) -> tuple[Proposal, list[Vote]]:
+    lead = DIDS.index(proposer(vset, 1, 0))
+    p = Proposal(CHAIN, 1, 0, block, -1, DIDS[lead]).signed(KEYS[lead])
+    votes = [
+        Vote(CHAIN, 1, 0, VoteType.PREVOTE, block.hash, DIDS[i]).signed(KEYS[i]) for i in signers
+    ]
+    return p, votes
+
+
+def test_the_lock_state_carries_its_proof_through_the_vote_guard(tmp_path: Path) -> None:
+    """The engine's state names the proposal and the prevotes that made validValue valid, and
+    the vote guard keeps them with the lock (issue 16, item 10)."""
+    vset = _vset([1] * 4)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    p, votes = _proof_of(block, vset, [0, 1, 2])
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App())
+    engine.handle(StartHeight(1, vset))
+    engine.handle(ProposalReceived(p))
+    actions: list = []
+    for vote in votes:
+        actions += engine.handle(VoteReceived(vote))
+    precommit = next(a for a in actions if isinstance(a, BroadcastVote))
+    assert precommit.vote.type is VoteType.PRECOMMIT and precommit.vote.block == block.hash
+    state = precommit.state
+    assert state.proof is not None and state.proof_messages(CHAIN)[0] == p
+    assert {m for m in state.proof_messages(CHAIN)[1:]} >= set(votes)
+    with VoteGuard(tmp_path / "vote_guard.sqlite") as guard:
+        guard.sign_vote(precommit.vote, KEYS[3], state)
+    with VoteGuard(tmp_path / "vote_guard.sqlite") as guard:
+        assert guard.state(CHAIN) == state
+
+
+def test_a_restored_engine_readmits_its_proof_and_relays_it() -> None:
+    vset = _vset([1] * 4)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    p, votes = _proof_of(block, vset, [0, 1, 2])
+    proof = LockProof.from_messages(p, votes)
+    state = EngineState(1, 2, Step.PROPOSE, 0, block, 0, block, proof)
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), restored=state)
+    engine.handle(StartHeight(1, vset))
+    assert engine.votes.quorum_for(0, VoteType.PREVOTE, block.hash)
+    assert set(engine.relay()) == {p, *votes}
+
+
+def test_a_restored_proof_is_checked_like_received_messages() -> None:
+    """Forged signatures and strangers in the guard file count for nothing."""
+    vset = _vset([1] * 4)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    p, votes = _proof_of(block, vset, [0, 1, 5])  # 5 is not a validator
+    forged = Vote(CHAIN, 1, 0, VoteType.PREVOTE, block.hash, DIDS[2], votes[0].signature)
+    proof = LockProof.from_messages(p, [*votes, forged])
+    state = EngineState(1, 1, Step.PROPOSE, 0, block, 0, block, proof)
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), restored=state)
+    engine.handle(StartHeight(1, vset))
+    assert engine.votes.get(0, VoteType.PREVOTE).power == 2
+    assert not engine.votes.quorum_for(0, VoteType.PREVOTE, block.hash)
+
+
+def test_a_vote_guard_state_from_before_the_proof_still_loads() -> None:
+    vset = _vset([1] * 4)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    state = EngineState(1, 0, Step.PRECOMMIT, 0, block, 0, block)
+    old = state.to_dict()
+    del old["proof"]
+    assert EngineState.from_dict(old) == state and state.proof_messages(CHAIN) == []
+    for bad in ({**old, "step": 9}, {**old, "proof": {"junk": 1}}, {**old, "extra": 1}):
+        with pytest.raises(EncodingError):
+            EngineState.from_dict(bad)
+
+
+@given(
+    st.lists(st.sampled_from(range(8)), max_size=8),
+    st.integers(min_value=-1, max_value=2**53 - 1),
+)
+@settings(max_examples=50, deadline=None)
+def test_lock_proof_round_trips(signers: list[int], valid_round: int) -> None:
+    vset = _vset([1] * 8)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    p, votes = _proof_of(block, vset, signers)
+    proof = LockProof(
+        p.proposer, valid_round, p.signature, LockProof.from_messages(p, votes).prevotes
+    )
+    assert LockProof.from_dict(proof.to_dict()) == proof
+    assert len(proof.prevotes) == len(set(signers))
