@@ -100,6 +100,21 @@ def header_hash(header: BlockHeader) -> str:
     return header.hash
 
 
+def sound_validator_set(validators: ValidatorSet) -> bool:
+    """Distinct dids, each with a positive integer power.
+
+    ``ValidatorSet.from_mapping`` builds only such sets, but the engine is a boundary: a set
+    built otherwise (all powers zero, a did twice) made ``proposer()`` divide by zero or a
+    validator count twice, and an exception out of ``handle`` stops the node's consensus.
+    """
+    dids = [did for did, _ in validators.powers]
+    return (
+        bool(dids)
+        and len(set(dids)) == len(dids)
+        and all(type(power) is int and power > 0 for _, power in validators.powers)
+    )
+
+
 class Application(Protocol):
     def propose(self, height: int, round: int) -> Block:
         """getValue() of the paper: a new block for (height, round), without commit."""
@@ -216,7 +231,7 @@ class Engine:
 
     # --- events -----------------------------------------------------------------------------
     def _start_height(self, event: StartHeight, out: list[Action]) -> None:
-        if event.height <= self.height or len(event.validators) == 0:
+        if event.height <= self.height or not sound_validator_set(event.validators):
             return
         self.height = event.height
         self.validators = event.validators
@@ -339,6 +354,9 @@ class Engine:
             return
         if block.height != self.height or cert.height != self.height:
             return
+        signers = [did for did, _ in cert.signatures]
+        if len(set(signers)) != len(signers):
+            return  # one precommit listed twice would count its power twice
         if cert.block != header_hash(block.header):
             return
         if self._valid(replace(block, commit=None)) is not Validity.VALID:

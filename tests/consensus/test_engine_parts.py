@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 
 from bcfl_cli.consensus import (
     BroadcastVote,
+    Commit,
+    CommitReceived,
     Engine,
     EngineState,
     Evidence,
@@ -30,7 +33,7 @@ from bcfl_cli.consensus import (
     proposer,
 )
 from bcfl_cli.errors import EncodingError
-from bcfl_cli.protocol.block import NIL, Block, ValidatorSet, Vote, VoteType
+from bcfl_cli.protocol.block import NIL, Block, CommitCertificate, ValidatorSet, Vote, VoteType
 from bcfl_cli.protocol.tx import TxKind, validate_body
 from bcfl_cli.store.vote_guard import DoubleSignError, VoteGuard
 
@@ -316,3 +319,56 @@ def test_lock_proof_round_trips(signers: list[int], valid_round: int) -> None:
     )
     assert LockProof.from_dict(proof.to_dict()) == proof
     assert len(proof.prevotes) == len(set(signers))
+
+
+@pytest.mark.parametrize(
+    "powers",
+    [
+        ((0, 0),),  # all zero power: proposer() divided by zero
+        ((0, 0), (1, 0), (2, 0), (3, 0)),
+        ((0, 1), (1, -1)),  # a total of zero through a negative power
+        ((0, 1), (0, 1), (1, 1)),  # one did twice
+    ],
+)
+def test_a_validator_set_without_positive_distinct_powers_is_refused(
+    powers: tuple[tuple[int, int], ...],
+) -> None:
+    """Built by hand (``from_mapping`` drops zero powers), such a set must not start a height:
+    an exception out of ``handle`` would stop the node's consensus loop (issue 16, item 10)."""
+    vset = ValidatorSet(tuple((DIDS[i], p) for i, p in powers))
+    engine = Engine(chain=CHAIN, me=DIDS[0], app=_App())
+    assert engine.handle(StartHeight(1, vset)) == []
+    assert engine.height == -1 and engine.validators is None
+    vote = Vote(CHAIN, 1, 0, VoteType.PREVOTE, NIL, DIDS[1]).signed(KEYS[1])
+    assert engine.handle(VoteReceived(vote)) == []
+    assert engine.handle(StartHeight(1, _vset([1] * 4)))  # a sound set still starts
+
+
+def test_proposer_of_a_set_without_power_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="power"):
+        proposer(ValidatorSet(((DIDS[0], 0),)), 1, 0)
+
+
+def test_a_commit_whose_certificate_repeats_a_signer_is_refused() -> None:
+    """One precommit listed twice must not count twice: 2 of 4 is no quorum."""
+    vset = _vset([1] * 4)
+    engine = _engine()
+    block = make_block(1, CHAIN, 2, DIDS[0], vset)
+    sigs = {
+        i: Vote(CHAIN, 1, 0, VoteType.PRECOMMIT, block.hash, DIDS[i]).signed(KEYS[i]).signature
+        for i in range(4)
+    }
+    doubled = CommitCertificate(1, 0, block.hash, ((DIDS[0], sigs[0]),) * 2 + ((DIDS[1], sigs[1]),))
+    assert not [
+        a
+        for a in engine.handle(CommitReceived(replace(block, commit=doubled)))
+        if isinstance(a, Commit)
+    ]
+    assert engine.step != Step.COMMITTED
+    good = CommitCertificate(1, 0, block.hash, tuple((DIDS[i], sigs[i]) for i in range(3)))
+    commits = [
+        a
+        for a in engine.handle(CommitReceived(replace(block, commit=good)))
+        if isinstance(a, Commit)
+    ]
+    assert len(commits) == 1
