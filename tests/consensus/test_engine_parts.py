@@ -372,3 +372,22 @@ def test_a_commit_whose_certificate_repeats_a_signer_is_refused() -> None:
         if isinstance(a, Commit)
     ]
     assert len(commits) == 1
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=7), st.integers(min_value=-3, max_value=5)),
+        max_size=6,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_any_validator_set_gets_a_verdict_never_an_exception(
+    powers: list[tuple[int, int]],
+) -> None:
+    """Any set the edge hands over either starts the height or is refused, without raising."""
+    vset = ValidatorSet(tuple((DIDS[i], p) for i, p in powers))
+    engine = Engine(chain=CHAIN, me=DIDS[0], app=_App())
+    actions = engine.handle(StartHeight(1, vset))
+    dids = [d for d, _ in vset.powers]
+    sound = bool(dids) and len(set(dids)) == len(dids) and all(p > 0 for _, p in vset.powers)
+    assert (engine.height == 1) == sound == bool(actions)
