@@ -53,6 +53,7 @@ from bcfl_cli.consensus.messages import (
     EngineState,
     Event,
     Evidence,
+    LockProof,
     Proposal,
     ProposalReceived,
     Recheck,
@@ -102,6 +103,21 @@ def vote_digest(vote: Vote) -> str:
 @lru_cache(maxsize=1 << 12)
 def header_hash(header: BlockHeader) -> str:
     return header.hash
+
+
+def sound_validator_set(validators: ValidatorSet) -> bool:
+    """Distinct dids, each with a positive integer power.
+
+    ``ValidatorSet.from_mapping`` builds only such sets, but the engine is a boundary: a set
+    built otherwise (all powers zero, a did twice) made ``proposer()`` divide by zero or a
+    validator count twice, and an exception out of ``handle`` stops the node's consensus.
+    """
+    dids = [did for did, _ in validators.powers]
+    return (
+        bool(dids)
+        and len(set(dids)) == len(dids)
+        and all(type(power) is int and power > 0 for _, power in validators.powers)
+    )
 
 
 class Application(Protocol):
@@ -156,6 +172,11 @@ class Engine:
     # --- public ---------------------------------------------------------------------------
     @property
     def state(self) -> EngineState:
+        proof = None
+        messages = self.proof_of_lock()
+        if messages and isinstance(messages[0], Proposal):
+            votes = [m for m in messages[1:] if isinstance(m, Vote)]
+            proof = LockProof.from_messages(messages[0], votes)
         return EngineState(
             self.height,
             self.round,
@@ -164,6 +185,7 @@ class Engine:
             self.locked_block,
             self.valid_round,
             self.valid_block,
+            proof,
         )
 
     def proof_of_lock(self) -> list[Proposal | Vote]:
@@ -216,7 +238,7 @@ class Engine:
 
     # --- events -----------------------------------------------------------------------------
     def _start_height(self, event: StartHeight, out: list[Action]) -> None:
-        if event.height <= self.height or len(event.validators) == 0:
+        if event.height <= self.height or not sound_validator_set(event.validators):
             return
         self.height = event.height
         self.validators = event.validators
@@ -237,6 +259,14 @@ class Engine:
                 Step.PREVOTE: TimeoutKind.PREVOTE,
             }.get(self.step, TimeoutKind.PRECOMMIT)
             self._schedule(kind, out)
+            # The proof of validValue, persisted with the lock: back into the message log
+            # (checked like anything received) so that relay() re-sends it. Without it, peers
+            # that missed a prevote only we saw could never accept our re-proposal (L28).
+            for message in restored.proof_messages(self.chain):
+                if isinstance(message, Proposal):
+                    self._on_proposal(message)
+                else:
+                    self._on_vote(message, out)
         else:
             # L53: reset lockedRound, lockedValue, validRound, validValue for the new height.
             self.locked_round, self.locked_block = -1, None
@@ -331,6 +361,9 @@ class Engine:
             return
         if block.height != self.height or cert.height != self.height:
             return
+        signers = [did for did, _ in cert.signatures]
+        if len(set(signers)) != len(signers):
+            return  # one precommit listed twice would count its power twice
         if cert.block != header_hash(block.header):
             return
         if self._valid(replace(block, commit=None)) is not Validity.VALID:

@@ -17,7 +17,14 @@ from typing import Any
 import nacl.signing
 
 from bcfl_cli.errors import EncodingError
-from bcfl_cli.protocol.block import Block, CommitCertificate, ValidatorSet, Vote
+from bcfl_cli.protocol.block import (
+    MAX_VALIDATORS,
+    Block,
+    CommitCertificate,
+    ValidatorSet,
+    Vote,
+    VoteType,
+)
 from bcfl_cli.protocol.crypto import (
     Domain,
     did_from_public_key,
@@ -180,11 +187,94 @@ Event = StartHeight | ProposalReceived | VoteReceived | TimeoutFired | Recheck |
 
 # --- actions (outputs) -------------------------------------------------------------------------
 @dataclass(frozen=True)
+class LockProof:
+    """Why validValue is valid: its PROPOSAL in validRound and the PREVOTEs for it there.
+
+    A peer that missed some of those messages (a Byzantine validator may have prevoted to us
+    alone) cannot accept the re-proposal of validValue (L28), and if we are locked on it the
+    height may never end. Persisted with the lock, so that a restarted validator can still show
+    it. Kept without what ``EngineState`` already holds (the block, the height, validRound):
+    the proposal's author, its own valid_round and signature, and each prevote's signer and
+    signature, sorted by signer. Restored messages are checked like any received ones.
+    """
+
+    proposer: str
+    proposal_valid_round: int
+    proposal_signature: str
+    prevotes: tuple[tuple[str, str], ...]  # (validator did, signature hex), sorted by did
+
+    def messages(self, chain: str, height: int, round: int, block: Block) -> list[Proposal | Vote]:
+        """The proposal and prevotes, rebuilt for ``block`` at (``height``, ``round``)."""
+        proposal = Proposal(
+            chain,
+            height,
+            round,
+            block,
+            self.proposal_valid_round,
+            self.proposer,
+            self.proposal_signature,
+        )
+        votes = [
+            Vote(chain, height, round, VoteType.PREVOTE, proposal.block_hash, did, sig)
+            for did, sig in self.prevotes
+        ]
+        return [proposal, *votes]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "proposer": self.proposer,
+            "valid_round": self.proposal_valid_round,
+            "sig": self.proposal_signature,
+            "prevotes": [{"validator": d, "sig": s} for d, s in self.prevotes],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LockProof:
+        if not isinstance(data, dict) or set(data) != {
+            "proposer",
+            "valid_round",
+            "sig",
+            "prevotes",
+        }:
+            raise EncodingError("lock proof fields must be proposer, valid_round, sig, prevotes")
+        vr = data["valid_round"]
+        if not isinstance(vr, int) or isinstance(vr, bool) or not -1 <= vr <= _MAX_INT:
+            raise EncodingError("lock proof valid_round must be an integer >= -1")
+        if not is_did(data["proposer"]) or not is_signature_hex(data["sig"]):
+            raise EncodingError("lock proof proposer or signature malformed")
+        prevotes = data["prevotes"]
+        if not isinstance(prevotes, list) or len(prevotes) > MAX_VALIDATORS:
+            raise EncodingError(f"lock proof holds at most {MAX_VALIDATORS} prevotes")
+        pairs: list[tuple[str, str]] = []
+        for item in prevotes:
+            if not isinstance(item, dict) or set(item) != {"validator", "sig"}:
+                raise EncodingError("lock proof prevote must be {validator, sig}")
+            if not is_did(item["validator"]) or not is_signature_hex(item["sig"]):
+                raise EncodingError("lock proof prevote validator or sig malformed")
+            pairs.append((item["validator"], item["sig"]))
+        if [p[0] for p in pairs] != sorted({p[0] for p in pairs}):
+            raise EncodingError("lock proof prevotes must be sorted by validator, without repeats")
+        return cls(data["proposer"], vr, data["sig"], tuple(pairs))
+
+    @classmethod
+    def from_messages(cls, proposal: Proposal, prevotes: list[Vote]) -> LockProof:
+        """The proof of ``proposal``'s block from its prevotes (one per signer is enough)."""
+        by_did = {v.validator: v.signature for v in prevotes if v.block == proposal.block_hash}
+        return cls(
+            proposal.proposer,
+            proposal.valid_round,
+            proposal.signature,
+            tuple(sorted(by_did.items())),
+        )
+
+
+@dataclass(frozen=True)
 class EngineState:
-    """What must survive a crash for safety: the lock (paper lines 6-9) and where we voted.
+    """What must survive a crash: the lock (paper lines 6-9), where we voted, and the proof.
 
     Persisted atomically with every vote or proposal the node signs (see VoteGuard), so a
-    restarted validator neither unlocks nor re-enters a step it already voted in.
+    restarted validator neither unlocks nor re-enters a step it already voted in (safety), and
+    can still show peers why validValue is valid (``proof``, liveness: issue 16, item 10).
     """
 
     height: int
@@ -194,6 +284,14 @@ class EngineState:
     locked_block: Block | None = None
     valid_round: int = -1
     valid_block: Block | None = None
+    proof: LockProof | None = None
+
+    def proof_messages(self, chain: str) -> list[Proposal | Vote]:
+        """The persisted proof of validValue as messages, to re-admit and re-send after a
+        restart; empty when there is none (nothing valid yet, or a file from before it)."""
+        if self.proof is None or self.valid_block is None or self.valid_round < 0:
+            return []
+        return self.proof.messages(chain, self.height, self.valid_round, self.valid_block)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -204,20 +302,25 @@ class EngineState:
             "locked_block": self.locked_block.to_dict() if self.locked_block else None,
             "valid_round": self.valid_round,
             "valid_block": self.valid_block.to_dict() if self.valid_block else None,
+            "proof": self.proof.to_dict() if self.proof else None,
         }
 
     @classmethod
     def from_dict(cls, data: Any) -> EngineState:
         keys = {"height", "round", "step", "locked_round", "locked_block"}
         keys |= {"valid_round", "valid_block"}
-        if not isinstance(data, dict) or set(data) != keys:
-            raise EncodingError(f"engine state fields must be exactly {sorted(keys)}")
+        # "proof" is absent from a vote guard written before it existed: no proof, as then.
+        if not isinstance(data, dict) or set(data) not in (keys, keys | {"proof"}):
+            raise EncodingError(f"engine state fields must be exactly {sorted(keys)} (+ proof)")
         for name in ("height", "round", "step", "locked_round", "valid_round"):
             v = data[name]
             if not isinstance(v, int) or isinstance(v, bool) or not -1 <= v <= _MAX_INT:
                 raise EncodingError(f"engine state {name} must be an integer")
+        if data["step"] not in {int(s) for s in Step}:
+            raise EncodingError("engine state step must be 0 to 3")
         locked = data["locked_block"]
         valid = data["valid_block"]
+        proof = data.get("proof")
         return cls(
             data["height"],
             data["round"],
@@ -226,6 +329,7 @@ class EngineState:
             None if locked is None else Block.from_dict(locked),
             data["valid_round"],
             None if valid is None else Block.from_dict(valid),
+            None if proof is None else LockProof.from_dict(proof),
         )
 
 

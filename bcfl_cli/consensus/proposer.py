@@ -33,6 +33,8 @@ def proposer_sequence(powers: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
     """One full period of the weighted round-robin for ``powers`` (did, power), by did."""
     if not powers:
         raise ValueError("an empty validator set has no proposer")
+    if any(power <= 0 for _, power in powers):
+        raise ValueError("every validator needs a positive voting power to propose in turn")
     weights = _scaled(powers)
     total = sum(p for _, p in weights)
     priority = {did: 0 for did, _ in weights}

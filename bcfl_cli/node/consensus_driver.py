@@ -200,10 +200,15 @@ class ConsensusDriver:
             last = now
 
     def _resend_own(self, height: int) -> None:
+        """Re-send our own messages of ``height`` and the proof of our validValue (duty 5):
+        a peer that missed a prevote only we hold cannot accept our re-proposal without it."""
         for kind, wire in list(self._log.get(height, {}).values()):
             mine = wire.get("validator") if kind == "vote" else wire.get("proposer")
             if mine == self.node.did:
                 self.node.peers.broadcast(CONSENSUS_PATH, {kind: wire})
+        if self.engine.height == height:
+            for message in self.engine.proof_of_lock():
+                self._send(message)
 
     def poke(self) -> None:
         """Something changed (new transaction, prepared verdict, commit): re-check for work."""
@@ -216,12 +221,32 @@ class ConsensusDriver:
             task.cancel()
 
     async def _resend_recorded_votes(self) -> None:
-        """After a restart, re-send what we signed at this height (same signatures)."""
-        height = self.node.state.height + 1
-        for vote in self.guard.votes_at(self.node.genesis_hash, height, self.node.did):
+        """After a restart (docs/CONSENSUS.md §4, duty 6): re-send the proof of our lock and
+        what we signed at this height, and feed our own votes back to the engine.
+
+        The proof (the proposal of validValue and the prevotes for it, persisted with the lock)
+        is what lets peers accept our re-proposal of the block we are locked on: one of its
+        prevotes may have reached only us, and without it the height never ends (issue 16,
+        item 10). It also goes into the log that peers pull. Our own votes (same signatures:
+        Ed25519 is deterministic) count towards our own quorums like anyone's; the engine
+        keeps them until ``StartHeight``.
+        """
+        chain, height = self.node.genesis_hash, self.node.state.height + 1
+        restored = self.guard.state(chain)
+        if restored is not None and restored.height == height:
+            for message in restored.proof_messages(chain):
+                self._send(message)
+        for vote in self.guard.votes_at(chain, height, self.node.did):
             signed = vote.signed(self.node.key)
-            self._remember(signed.height, signed.hash, "vote", signed.to_dict())
-            self.node.peers.broadcast(CONSENSUS_PATH, {"vote": signed.to_dict()})
+            self._send(signed)
+            self.handle(VoteReceived(signed))
+
+    def _send(self, message: Proposal | Vote) -> None:
+        """Remember ``message`` in the log peers pull, and send it to every peer."""
+        kind = "proposal" if isinstance(message, Proposal) else "vote"
+        wire = message.to_dict()
+        self._remember(message.height, message.hash, kind, wire)
+        self.node.peers.broadcast(CONSENSUS_PATH, {kind: wire})
 
     # --- inbound ----------------------------------------------------------------------------
     def on_message(self, proposal: Proposal | None, vote: Vote | None) -> None:

@@ -12,6 +12,11 @@ block passes the validity predicate on the decided chain) and the commit certifi
 2/3 of the power in valid PRECOMMIT signatures); on every evidence: the offender is Byzantine;
 on every signature: the vote guard never had to refuse a correct engine. After the network
 heals (GST, restarts done): termination, every correct node commits K heights in bounded time.
+
+One pattern is drawn on purpose because random faults almost never line it up (``LockCrash``):
+a validator locks on a block through a Byzantine PREVOTE that reached only it, then crashes
+before it relayed that prevote; after the restart only the proof of lock it persisted with its
+vote guard state lets the others accept the block it is locked on.
 """
 
 from __future__ import annotations
@@ -62,6 +67,12 @@ SYNC_RETRY_MS = 300
 TERMINATION_BOUND_MS = 120_000
 MAX_EVENTS = 400_000
 BEHAVIOURS = ("silent", "equivocate", "invalid", "garbage")
+#: Prevotes a round-0 proposal to one correct node only, and is otherwise silent (LockCrash).
+PARTIAL = "partial"
+#: Share of the scenarios (with f >= 1) drawn as a LockCrash.
+LOCK_CRASH_SHARE = 0.15
+#: How long a slow node of a LockCrash waits for a block's blob: past round 0's propose timeout.
+SLOW_BLOB_MS = 2_500
 
 
 def _key(i: int) -> nacl.signing.SigningKey:
@@ -78,6 +89,25 @@ class SafetyViolation(AssertionError):
     pass
 
 
+@dataclass(frozen=True)
+class LockCrash:
+    """Lock, crash, Byzantine partial prevote, heal.
+
+    At ``height`` the ``slow`` correct nodes (n - quorum of them) get every block's blob only
+    SLOW_BLOB_MS after they first see it, so they prevote nil in round 0; the Byzantine
+    validators (behaviour PARTIAL) prevote the proposal to ``victim`` only. The victim alone
+    sees a quorum, locks, and crashes right after recording its precommit, before sending it or
+    relaying the Byzantine prevote; it is back ``down_ms`` later. The others hold fewer than
+    2f+1 prevotes for the block and are too few to decide without the victim, which prevotes
+    nothing else: the height ends only if the restarted victim re-sends its proof of lock.
+    """
+
+    victim: int
+    height: int
+    slow: frozenset[int]
+    down_ms: int
+
+
 @dataclass
 class Scenario:
     seed: int
@@ -92,6 +122,7 @@ class Scenario:
     crashes: list[tuple[int, int, int]] = field(default_factory=list)  # node, at, restart at
     crash_after_signatures: tuple[int, int] | None = None  # node, k-th signature
     missing_pct: int = 0
+    lock_crash: LockCrash | None = None
 
     @property
     def heal_time(self) -> int:
@@ -102,7 +133,8 @@ class Scenario:
             f"seed={self.seed} n={self.n} byzantine={self.byzantine} K={self.heights} "
             f"loss={self.loss} dup={self.dup} delay<={self.delay_max}ms gst={self.gst} "
             f"partition={self.partition} crashes={self.crashes} "
-            f"crash_after={self.crash_after_signatures} missing={self.missing_pct}%"
+            f"crash_after={self.crash_after_signatures} missing={self.missing_pct}% "
+            f"lock_crash={self.lock_crash}"
         )
 
 
@@ -133,7 +165,30 @@ def scenario_from_seed(seed: int, *, n: int | None = None, faults: bool = True) 
         sc.crashes = [(node, at, at + rng.randint(100, 5_000))]
     if rng.random() < 0.2:
         sc.missing_pct = rng.choice((20, 50))
+    if fmax and rng.random() < LOCK_CRASH_SHARE:
+        lock_crash(sc, rng)
     return sc
+
+
+def lock_crash(sc: Scenario, rng: random.Random) -> None:
+    """Turn ``sc`` into a LockCrash scenario: f PARTIAL validators, a victim, slow nodes.
+
+    Drawn last, so that the other seeds' scenarios stay as they were. Half of them keep the
+    seed's loss, delays and missing blobs (the lock may then not form: still a valid run), half
+    run on a clean network, where it always forms.
+    """
+    n = sc.n
+    fmax = (n - 1) // 3
+    sc.byzantine = {i: PARTIAL for i in rng.sample(range(n), fmax)}
+    correct = [i for i in range(n) if i not in sc.byzantine]
+    victim = rng.choice(correct)
+    quorum = 2 * n // 3 + 1
+    slow = frozenset(rng.sample([i for i in correct if i != victim], n - quorum))
+    height = rng.randint(1, sc.heights - 1)
+    sc.lock_crash = LockCrash(victim, height, slow, rng.choice((300, 2_000, 10_000)))
+    sc.partition, sc.crashes, sc.crash_after_signatures = None, [], None
+    if rng.random() < 0.5:
+        sc.loss, sc.dup, sc.delay_max, sc.gst, sc.missing_pct = 0.0, 0.0, 50, 0, 0
 
 
 # --- the application: blocks and the validity predicate --------------------------------------
@@ -168,6 +223,12 @@ class SimApp:
 
     def validate(self, block: Block) -> Validity:
         sim, node = self.sim, self.node
+        lc = sim.sc.lock_crash
+        if lc is not None and node.index in lc.slow and block.height == lc.height:
+            arrives = node.blob_arrival.setdefault(block.hash, sim.now + SLOW_BLOB_MS)
+            if sim.now < arrives:
+                sim.schedule(arrives, "recheck", node.index, None)
+                return Validity.UNKNOWN
         if sim.sc.missing_pct:
             digest = hashlib.sha256(f"{sim.sc.seed}/{node.index}/{block.hash}".encode()).digest()
             if digest[0] * 100 < sim.sc.missing_pct * 256:
@@ -219,6 +280,7 @@ class Result:
     evidence: int
     sim_time: int
     events: int
+    lock_crashed: bool = False  # a LockCrash victim did crash while locked
 
     def replay_hint(self) -> str:
         return (
@@ -244,6 +306,8 @@ class Simulation:
         self.evidence: list[Evidence] = []
         self.nodes = [SimNode(i, KEYS[i], DIDS[i], VoteGuard(":memory:")) for i in range(sc.n)]
         self.correct = [i for i in range(sc.n) if i not in sc.byzantine]
+        self.healed = sc.heal_time  # moved on by every restart
+        self.lock_crashed = False
         self.adversary = Adversary(self)
 
     # --- event queue ------------------------------------------------------------------------
@@ -261,10 +325,9 @@ class Simulation:
             for node, at, back in self.sc.crashes:
                 self.schedule(at, "crash", node, None)
                 self.schedule(back, "restart", node, None)
-            deadline = self.sc.heal_time + TERMINATION_BOUND_MS
             while self.queue and not self.finished():
                 at, _, kind, target, payload, incarnation = heapq.heappop(self.queue)
-                if at > deadline or self.events > MAX_EVENTS:
+                if at > self.healed + TERMINATION_BOUND_MS or self.events > MAX_EVENTS:
                     break
                 self.now = at
                 self.events += 1
@@ -273,7 +336,7 @@ class Simulation:
                 heights = [len(self.nodes[i].ledger) for i in self.correct]
                 violation = (
                     f"termination: correct nodes reached heights {heights} of "
-                    f"{self.sc.heights} by t={self.now}ms (healed at {self.sc.heal_time}ms)"
+                    f"{self.sc.heights} by t={self.now}ms (healed at {self.healed}ms)"
                 )
         except SafetyViolation as exc:
             violation = str(exc)
@@ -288,6 +351,7 @@ class Simulation:
             len(self.evidence),
             self.now,
             self.events,
+            self.lock_crashed,
         )
 
     def finished(self) -> bool:
@@ -301,6 +365,7 @@ class Simulation:
             node.incarnation += 1
         elif kind == "restart":
             if not node.up:
+                self.healed = max(self.healed, self.now)
                 node.incarnation += 1
                 self.start(node)
                 self.schedule(self.now + GOSSIP_MS, "gossip", target, None)
@@ -392,6 +457,9 @@ class Simulation:
         )
         height = len(node.ledger) + 1
         self.feed(node, StartHeight(height, self.vset))
+        if restored is not None and restored.height == height:
+            for msg in restored.proof_messages(CHAIN):  # duty 6: re-send the proof of lock
+                self.broadcast(node, msg, first=False)
         for vote in node.guard.votes_at(CHAIN, height, node.did):
             signed = vote.signed(node.key)  # deterministic: the very signature sent before
             node.own.append(signed)
@@ -442,12 +510,28 @@ class Simulation:
         node.signatures += 1
         crash = self.sc.crash_after_signatures
         if crash is not None and crash == (node.index, node.signatures):
-            node.engine = None
-            node.own = []
-            node.incarnation += 1
-            self.schedule(self.now + 300, "restart", node.index, None)
+            self.crash_now(node, 300)
+            return None
+        lc = self.sc.lock_crash
+        if (
+            lc is not None
+            and not self.lock_crashed
+            and node.index == lc.victim
+            and isinstance(signed, Vote)
+            and signed.type is VoteType.PRECOMMIT
+            and signed.block != NIL
+            and signed.height == lc.height
+        ):
+            self.lock_crashed = True  # locked (L38): down before sending or relaying anything
+            self.crash_now(node, lc.down_ms)
             return None
         return signed
+
+    def crash_now(self, node: SimNode, down_ms: int) -> None:
+        node.engine = None
+        node.own = []
+        node.incarnation += 1
+        self.schedule(self.now + down_ms, "restart", node.index, None)
 
     # --- the properties -----------------------------------------------------------------------
     def check_commit(self, node: SimNode, commit: Commit) -> None:
@@ -532,7 +616,16 @@ class Adversary:
                 self._split_votes(h, r, side, block.hash)
 
     def on_proposal(self, p: Proposal) -> None:
-        """A correct proposer spoke: equivocators vote for it to half and nil to the rest."""
+        """A correct proposer spoke: equivocators vote for it to half and nil to the rest;
+        PARTIAL validators prevote it to one correct node only (the LockCrash victim), in round
+        0 only: a prevote for a later round's proposal would lend the victim a quorum for that
+        block, unlock it, and the height would end anyway."""
+        lc = self.sim.sc.lock_crash
+        victim = lc.victim if lc is not None else self.sim.correct[0]
+        for b in self._of(PARTIAL) if p.round == 0 else []:
+            self.sim.send(
+                b, victim, self._vote(b, p.height, p.round, VoteType.PREVOTE, p.block_hash)
+            )
         if not self._of("equivocate"):
             return
         side_a, side_b = self._sides()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from hypothesis import strategies as st
 from bcfl_cli.consensus import (
     BroadcastVote,
     Commit,
+    CommitReceived,
     Engine,
     EngineState,
     Evidence,
+    LockProof,
     Proposal,
     ProposalReceived,
     Recheck,
@@ -29,7 +32,8 @@ from bcfl_cli.consensus import (
     VoteReceived,
     proposer,
 )
-from bcfl_cli.protocol.block import NIL, Block, ValidatorSet, Vote, VoteType
+from bcfl_cli.errors import EncodingError
+from bcfl_cli.protocol.block import NIL, Block, CommitCertificate, ValidatorSet, Vote, VoteType
 from bcfl_cli.protocol.tx import TxKind, validate_body
 from bcfl_cli.store.vote_guard import DoubleSignError, VoteGuard
 
@@ -289,3 +293,161 @@ def test_a_re_proposal_with_a_quorum_of_prevotes_is_not_judged_by_the_clock() ->
     again = Proposal(CHAIN, 1, 1, block, 0, DIDS[author]).signed(KEYS[author])
     actions = engine.handle(ProposalReceived(again))
     assert _prevotes(actions) == [block.hash]
+
+
+def _proof_of(block: Block, vset: ValidatorSet, signers: list[int]) -> tuple[Proposal, list[Vote]]:
+    lead = DIDS.index(proposer(vset, 1, 0))
+    p = Proposal(CHAIN, 1, 0, block, -1, DIDS[lead]).signed(KEYS[lead])
+    votes = [
+        Vote(CHAIN, 1, 0, VoteType.PREVOTE, block.hash, DIDS[i]).signed(KEYS[i]) for i in signers
+    ]
+    return p, votes
+
+
+def test_the_lock_state_carries_its_proof_through_the_vote_guard(tmp_path: Path) -> None:
+    """The engine's state names the proposal and the prevotes that made validValue valid, and
+    the vote guard keeps them with the lock (issue 16, item 10)."""
+    vset = _vset([1] * 4)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    p, votes = _proof_of(block, vset, [0, 1, 2])
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App())
+    engine.handle(StartHeight(1, vset))
+    engine.handle(ProposalReceived(p))
+    actions: list = []
+    for vote in votes:
+        actions += engine.handle(VoteReceived(vote))
+    precommit = next(a for a in actions if isinstance(a, BroadcastVote))
+    assert precommit.vote.type is VoteType.PRECOMMIT and precommit.vote.block == block.hash
+    state = precommit.state
+    assert state.proof is not None and state.proof_messages(CHAIN)[0] == p
+    assert {m for m in state.proof_messages(CHAIN)[1:]} >= set(votes)
+    with VoteGuard(tmp_path / "vote_guard.sqlite") as guard:
+        guard.sign_vote(precommit.vote, KEYS[3], state)
+    with VoteGuard(tmp_path / "vote_guard.sqlite") as guard:
+        assert guard.state(CHAIN) == state
+
+
+def test_a_restored_engine_readmits_its_proof_and_relays_it() -> None:
+    vset = _vset([1] * 4)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    p, votes = _proof_of(block, vset, [0, 1, 2])
+    proof = LockProof.from_messages(p, votes)
+    state = EngineState(1, 2, Step.PROPOSE, 0, block, 0, block, proof)
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), restored=state)
+    engine.handle(StartHeight(1, vset))
+    assert engine.votes.quorum_for(0, VoteType.PREVOTE, block.hash)
+    assert set(engine.relay()) == {p, *votes}
+
+
+def test_a_restored_proof_is_checked_like_received_messages() -> None:
+    """Forged signatures and strangers in the guard file count for nothing."""
+    vset = _vset([1] * 4)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    p, votes = _proof_of(block, vset, [0, 1, 5])  # 5 is not a validator
+    forged = Vote(CHAIN, 1, 0, VoteType.PREVOTE, block.hash, DIDS[2], votes[0].signature)
+    proof = LockProof.from_messages(p, [*votes, forged])
+    state = EngineState(1, 1, Step.PROPOSE, 0, block, 0, block, proof)
+    engine = Engine(chain=CHAIN, me=DIDS[3], app=_App(), restored=state)
+    engine.handle(StartHeight(1, vset))
+    assert engine.votes.get(0, VoteType.PREVOTE).power == 2
+    assert not engine.votes.quorum_for(0, VoteType.PREVOTE, block.hash)
+
+
+def test_a_vote_guard_state_from_before_the_proof_still_loads() -> None:
+    vset = _vset([1] * 4)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    state = EngineState(1, 0, Step.PRECOMMIT, 0, block, 0, block)
+    old = state.to_dict()
+    del old["proof"]
+    assert EngineState.from_dict(old) == state and state.proof_messages(CHAIN) == []
+    for bad in ({**old, "step": 9}, {**old, "proof": {"junk": 1}}, {**old, "extra": 1}):
+        with pytest.raises(EncodingError):
+            EngineState.from_dict(bad)
+
+
+@given(
+    st.lists(st.sampled_from(range(8)), max_size=8),
+    st.integers(min_value=-1, max_value=2**53 - 1),
+)
+@settings(max_examples=50, deadline=None)
+def test_lock_proof_round_trips(signers: list[int], valid_round: int) -> None:
+    vset = _vset([1] * 8)
+    block = make_block(1, CHAIN, 4, DIDS[0], vset)
+    p, votes = _proof_of(block, vset, signers)
+    proof = LockProof(
+        p.proposer, valid_round, p.signature, LockProof.from_messages(p, votes).prevotes
+    )
+    assert LockProof.from_dict(proof.to_dict()) == proof
+    assert len(proof.prevotes) == len(set(signers))
+
+
+@pytest.mark.parametrize(
+    "powers",
+    [
+        ((0, 0),),  # all zero power: proposer() divided by zero
+        ((0, 0), (1, 0), (2, 0), (3, 0)),
+        ((0, 1), (1, -1)),  # a total of zero through a negative power
+        ((0, 1), (0, 1), (1, 1)),  # one did twice
+    ],
+)
+def test_a_validator_set_without_positive_distinct_powers_is_refused(
+    powers: tuple[tuple[int, int], ...],
+) -> None:
+    """Built by hand (``from_mapping`` drops zero powers), such a set must not start a height:
+    an exception out of ``handle`` would stop the node's consensus loop (issue 16, item 10)."""
+    vset = ValidatorSet(tuple((DIDS[i], p) for i, p in powers))
+    engine = Engine(chain=CHAIN, me=DIDS[0], app=_App())
+    assert engine.handle(StartHeight(1, vset)) == []
+    assert engine.height == -1 and engine.validators is None
+    vote = Vote(CHAIN, 1, 0, VoteType.PREVOTE, NIL, DIDS[1]).signed(KEYS[1])
+    assert engine.handle(VoteReceived(vote)) == []
+    assert engine.handle(StartHeight(1, _vset([1] * 4)))  # a sound set still starts
+
+
+def test_proposer_of_a_set_without_power_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="power"):
+        proposer(ValidatorSet(((DIDS[0], 0),)), 1, 0)
+
+
+def test_a_commit_whose_certificate_repeats_a_signer_is_refused() -> None:
+    """One precommit listed twice must not count twice: 2 of 4 is no quorum."""
+    vset = _vset([1] * 4)
+    engine = _engine()
+    block = make_block(1, CHAIN, 2, DIDS[0], vset)
+    sigs = {
+        i: Vote(CHAIN, 1, 0, VoteType.PRECOMMIT, block.hash, DIDS[i]).signed(KEYS[i]).signature
+        for i in range(4)
+    }
+    doubled = CommitCertificate(1, 0, block.hash, ((DIDS[0], sigs[0]),) * 2 + ((DIDS[1], sigs[1]),))
+    assert not [
+        a
+        for a in engine.handle(CommitReceived(replace(block, commit=doubled)))
+        if isinstance(a, Commit)
+    ]
+    assert engine.step != Step.COMMITTED
+    good = CommitCertificate(1, 0, block.hash, tuple((DIDS[i], sigs[i]) for i in range(3)))
+    commits = [
+        a
+        for a in engine.handle(CommitReceived(replace(block, commit=good)))
+        if isinstance(a, Commit)
+    ]
+    assert len(commits) == 1
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(min_value=0, max_value=7), st.integers(min_value=-3, max_value=5)),
+        max_size=6,
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_any_validator_set_gets_a_verdict_never_an_exception(
+    powers: list[tuple[int, int]],
+) -> None:
+    """Any set the edge hands over either starts the height or is refused, without raising."""
+    vset = ValidatorSet(tuple((DIDS[i], p) for i, p in powers))
+    engine = Engine(chain=CHAIN, me=DIDS[0], app=_App())
+    actions = engine.handle(StartHeight(1, vset))
+    dids = [d for d, _ in vset.powers]
+    sound = bool(dids) and len(set(dids)) == len(dids) and all(p > 0 for _, p in vset.powers)
+    assert (engine.height == 1) == sound == bool(actions)

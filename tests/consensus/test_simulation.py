@@ -7,7 +7,10 @@ from collections import Counter
 
 import pytest
 
-from .sim import Scenario, Simulation, run_seed, scenario_from_seed
+from bcfl_cli.consensus import proposer
+from bcfl_cli.protocol.block import ValidatorSet
+
+from .sim import DIDS, PARTIAL, LockCrash, Scenario, Simulation, run_seed, scenario_from_seed
 
 SWEEP = 1_000
 
@@ -24,6 +27,8 @@ def test_sweep_of_seeded_scenarios() -> None:
     faults = Counter((r.scenario.n, len(r.scenario.byzantine)) for r in results)
     assert faults[(4, 1)] and faults[(7, 2)], faults  # f up to floor((n-1)/3) is exercised
     assert sum(r.evidence for r in results) > 0  # equivocators were caught
+    locked = [r for r in results if r.lock_crashed]
+    assert len(locked) >= 20, len(locked)  # lock, crash, partial prevote, heal: and terminated
 
 
 def test_replay() -> None:
@@ -70,3 +75,36 @@ def test_scenarios_are_deterministic() -> None:
     a, b = run_seed(123), run_seed(123)
     assert a == b
     assert scenario_from_seed(123) == scenario_from_seed(123)
+
+
+@pytest.mark.parametrize("n", [4, 7])
+@pytest.mark.parametrize("height", [1, 2])
+@pytest.mark.parametrize("victim_proposes", [False, True])
+@pytest.mark.parametrize("down_ms", [300, 10_000])
+def test_locked_validator_restarts_after_a_byzantine_partial_prevote(
+    n: int, height: int, victim_proposes: bool, down_ms: int
+) -> None:
+    """Issue 16, item 10: a validator locks through a Byzantine prevote that reached only it,
+    crashes before relaying it, and restarts; the f Byzantine validators then stay silent.
+
+    The others hold too few prevotes to accept the block it is locked on, and are too few to
+    decide anything without it. Restoring the lock without its proof halted the height for
+    good (n = 4: 60 rounds, 221 s on real nodes); the vote guard now keeps the proof with the
+    lock, and the restarted engine re-admits and relays it.
+    """
+    vset = ValidatorSet.from_mapping({DIDS[i]: 1 for i in range(n)})
+    lead = DIDS.index(proposer(vset, height, 0))
+    byzantine = [i for i in range(n) if i != lead][: (n - 1) // 3]
+    correct = [i for i in range(n) if i not in byzantine]
+    victim = lead if victim_proposes else next(i for i in correct if i != lead)
+    others = [i for i in correct if i not in (lead, victim)]
+    slow = frozenset(others[: n - (2 * n // 3 + 1)])
+    sc = Scenario(
+        seed=height,
+        n=n,
+        byzantine=dict.fromkeys(byzantine, PARTIAL),
+        lock_crash=LockCrash(victim, height, slow, down_ms),
+    )
+    result = Simulation(sc).run()
+    assert result.lock_crashed, "the victim never locked: the scenario tests nothing"
+    assert result.ok, f"{result.violation}\n  {result.replay_hint()}"

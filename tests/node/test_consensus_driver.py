@@ -17,10 +17,15 @@ import pytest
 
 from bcfl_cli.chain import ChainState
 from bcfl_cli.chain.state import MAX_CLOCK_DRIFT_MS
+from bcfl_cli.consensus import proposer
 from bcfl_cli.consensus.messages import (
+    EngineState,
     Event,
+    LockProof,
+    Proposal,
     Recheck,
     ScheduleTimeout,
+    StartHeight,
     Step,
     TimeoutFired,
     TimeoutKind,
@@ -31,7 +36,8 @@ from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.consensus_driver import ConsensusDriver
 from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
 from bcfl_cli.node.sync import CachingChecks
-from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.block import Block, Vote, VoteType
+from bcfl_cli.store.vote_guard import VoteGuard
 from tests.node._chain_fixture import Chain, did, key, make_chain
 
 PROPOSE_S = 0.2
@@ -406,3 +412,74 @@ def test_the_proposer_waits_while_updates_keep_arriving(
         driver.close()
 
     asyncio.run(scenario())
+
+
+class SentPeers(Peers):
+    """Records every broadcast payload."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    def broadcast(self, path: str, payload: Any) -> None:
+        self.sent.append(payload)
+
+
+def test_a_restarted_validator_resends_its_proof_of_lock_and_feeds_back_its_votes(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """Issue 16, item 10, at the node's edge (docs/CONSENSUS.md §4, duty 6).
+
+    carol locked on alice's block through prevotes of alice, bob and dave, signed her own
+    prevote and precommit, and crashed. Restarted, she must send the proof of her lock (the
+    proposal and those prevotes, persisted with the lock in her vote guard) to every peer and
+    serve it to pulls, re-send her votes, and count her own votes again: the engine's log is
+    rebuilt from the guard, not only from the peers' gossip.
+    """
+    (block,), _ = proposals(chain, 1)
+    state = chain.state
+    height, vset, genesis = state.height + 1, state.validator_set, chain.ledger.block(0).hash
+    rnd = next(r for r in range(len(vset)) if proposer(vset, height, r) == did("alice"))
+    proposal = Proposal(genesis, height, rnd, block, -1, did("alice")).signed(key("alice"))
+    prevotes = [
+        Vote(genesis, height, rnd, VoteType.PREVOTE, block.hash, did(n)).signed(key(n))
+        for n in ("alice", "bob", "dave")
+    ]
+    proof = LockProof.from_messages(proposal, prevotes)
+    locked = EngineState(height, rnd, Step.PRECOMMIT, rnd, block, rnd, block, proof)
+    mine = [
+        Vote(genesis, height, rnd, vtype, block.hash, did("carol"))
+        for vtype in (VoteType.PREVOTE, VoteType.PRECOMMIT)
+    ]
+    with VoteGuard(tmp_path / "vote_guard.sqlite") as guard:
+        for vote in mine:
+            guard.sign_vote(vote, key("carol"), locked)
+    node = StubNode(chain, Syncer(result=True, delay_s=0), state)
+    node.key = key("carol")  # type: ignore[attr-defined]
+    node.peers = SentPeers()  # type: ignore[assignment]
+
+    async def restart() -> ConsensusDriver:
+        with VoteGuard(tmp_path / "vote_guard.sqlite") as guard:
+            driver = ConsensusDriver(node, guard)  # type: ignore[arg-type]
+            await driver._resend_recorded_votes()
+            driver.handle(StartHeight(height, vset))
+            driver.close()
+        return driver
+
+    driver = asyncio.run(restart())
+    sent = node.peers.sent  # type: ignore[attr-defined]
+    signed_mine = [v.signed(key("carol")) for v in sorted(mine, key=lambda v: str(v.type))]
+    by_signer = sorted(prevotes, key=lambda v: v.validator)  # the proof keeps them so
+    expected = [{"proposal": proposal.to_dict()}, *({"vote": v.to_dict()} for v in by_signer)]
+    expected += [{"vote": v.to_dict()} for v in signed_mine]
+    assert sent == expected
+    proposals_log, votes_log = driver.messages_at(height)
+    assert proposals_log == [proposal.to_dict()]
+    assert sorted(v["validator"] for v in votes_log) == sorted(
+        [did("alice"), did("bob"), did("dave"), did("carol"), did("carol")]
+    )
+    engine = driver.engine
+    assert (engine.locked_block, engine.locked_round) == (block, rnd)
+    assert engine.votes.quorum_for(rnd, VoteType.PREVOTE, block.hash)  # the proof, re-admitted
+    precommits = engine.votes.rounds[(rnd, VoteType.PRECOMMIT)].by_validator
+    assert did("carol") in precommits  # her own precommit, fed back
+    assert proposal in engine.relay() and all(v in engine.relay() for v in prevotes)
