@@ -86,6 +86,9 @@ MAX_ROUNDS_AHEAD = 1_000
 MAX_PROPOSALS_PER_ROUND = 4
 #: Messages for the next height, kept until it starts (a fast peer may already be there).
 MAX_BUFFERED = 4_096
+#: ... and at most this many from one signer, each with a valid signature: one validator (or
+#: one forging the others' names) cannot fill the buffer that a lagging node needs.
+MAX_BUFFERED_PER_SIGNER = 64
 
 #: Verified signatures remembered (then forgotten at once: a Byzantine validator can sign junk).
 MAX_SIGNATURE_CACHE = 1 << 16
@@ -168,6 +171,7 @@ class Engine:
         self._rejected: SignatureCache = set()
         self._evidence: set[tuple[str, int, VoteType]] = set()
         self._buffer: list[Event] = []
+        self._buffered_by: dict[str, int] = {}
 
     # --- public ---------------------------------------------------------------------------
     @property
@@ -273,6 +277,7 @@ class Engine:
             self.valid_round, self.valid_block = -1, None
             self._start_round(0, out)
         buffered, self._buffer = self._buffer, []
+        self._buffered_by = {}
         for item in buffered:
             if isinstance(item, ProposalReceived):
                 self._on_proposal(item.proposal)
@@ -296,13 +301,25 @@ class Engine:
         # a restart) still prevotes nil. OnTimeoutPropose acts only in the propose step.
         self._schedule(TimeoutKind.PROPOSE, out)
 
-    def _accepts(self, chain: str, height: int, round: int, event: Event) -> bool:
+    def _accepts(
+        self, chain: str, height: int, round: int, event: ProposalReceived | VoteReceived
+    ) -> bool:
         """Common gate: our chain, this height (the next one is buffered), a sane round."""
         if chain != self.chain:
             return False
         if height == self.height + 1 or (self.validators is None and height > self.height):
-            if len(self._buffer) < MAX_BUFFERED:
+            message: Proposal | Vote = (
+                event.proposal if isinstance(event, ProposalReceived) else event.vote
+            )
+            signer = message.proposer if isinstance(message, Proposal) else message.validator
+            count = self._buffered_by.get(signer, 0)
+            if (
+                len(self._buffer) < MAX_BUFFERED
+                and count < MAX_BUFFERED_PER_SIGNER
+                and self.authentic(message)
+            ):
                 self._buffer.append(event)
+                self._buffered_by[signer] = count + 1
             return False
         return height == self.height and round <= self.round + MAX_ROUNDS_AHEAD
 
@@ -505,6 +522,18 @@ class Engine:
     def _schedule(self, kind: TimeoutKind, out: list[Action]) -> None:
         duration = self.timeouts.duration(kind, self.round)
         out.append(ScheduleTimeout(kind, self.height, self.round, duration))
+
+    def authentic(self, message: Proposal | Vote) -> bool:
+        """Whether ``message`` carries its signer's valid signature (cached: the engine's own
+        check of the same message later costs nothing). The node asks it before it keeps a
+        message for peers that pull, so that forged messages fill no one's share."""
+        if isinstance(message, Proposal):
+            return self._signature_ok(
+                message.proposer, Domain.PROPOSAL, message.hash, message.signature
+            )
+        return self._signature_ok(
+            message.validator, Domain.VOTE, vote_digest(message), message.signature
+        )
 
     def _signature_ok(self, did: str, domain: Domain, digest: str, signature: str) -> bool:
         key = (did, domain.value, digest, signature)

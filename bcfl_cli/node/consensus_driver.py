@@ -65,6 +65,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("bcfl.node.consensus")
 
 MAX_LOG_MESSAGES = 4_096
+#: ... of which at most this many a height from one signer (three messages a round: 21 rounds),
+#: so that one validator's equivocations cannot crowd the others' messages out of the log.
+MAX_LOG_PER_SIGNER = 64
 VALIDATION_CACHE = 256
 PULL_TIMEOUT_S = 3.0
 MAX_PULLED_MESSAGES = 2_000
@@ -103,6 +106,7 @@ class ConsensusDriver:
         self._timers: set[asyncio.TimerHandle] = set()
         # Messages of recent heights, served to peers that pull: {height: {hash: wire dict}}.
         self._log: OrderedDict[int, dict[str, tuple[str, dict[str, Any]]]] = OrderedDict()
+        self._log_signers: dict[int, dict[str, int]] = {}  # height -> signer -> messages kept
         # (block hash, state head hash) -> (validity, state after the block)
         self._validated: OrderedDict[tuple[str, str], tuple[Validity, ChainState | None]] = (
             OrderedDict()
@@ -253,6 +257,12 @@ class ConsensusDriver:
         newest = max(m.height for m in (proposal, vote) if m is not None)
         if newest > self.engine.height + 1:
             self.node.syncer.behind()  # heights behind: sync, do not wait for the next poll
+        # A message whose signature does not check is neither kept for pulls nor handled: a
+        # validator could otherwise fill the log with votes forged in the others' names.
+        if proposal is not None and not self.engine.authentic(proposal):
+            proposal = None
+        if vote is not None and not self.engine.authentic(vote):
+            vote = None
         if proposal is not None:
             if proposal.height > self.engine.height and self.engine.height >= 0:
                 self._next_height_seen.set()
@@ -277,10 +287,18 @@ class ConsensusDriver:
         if not current - 2 <= height <= current + 1:
             return
         entries = self._log.setdefault(height, {})
-        if len(entries) < MAX_LOG_MESSAGES:
+        signer = str(wire.get("proposer" if kind == "proposal" else "validator", ""))
+        counts = self._log_signers.setdefault(height, {})
+        if (
+            digest not in entries
+            and len(entries) < MAX_LOG_MESSAGES
+            and counts.get(signer, 0) < MAX_LOG_PER_SIGNER
+        ):
             entries[digest] = (kind, wire)
+            counts[signer] = counts.get(signer, 0) + 1
         while len(self._log) > 4:
-            self._log.popitem(last=False)
+            old_height, _ = self._log.popitem(last=False)
+            self._log_signers.pop(old_height, None)
 
     # --- the engine loop --------------------------------------------------------------------
     def handle(self, event: Event) -> None:

@@ -451,3 +451,21 @@ def test_any_validator_set_gets_a_verdict_never_an_exception(
     dids = [d for d, _ in vset.powers]
     sound = bool(dids) and len(set(dids)) == len(dids) and all(p > 0 for _, p in vset.powers)
     assert (engine.height == 1) == sound == bool(actions)
+
+
+def test_the_next_height_buffer_keeps_only_signed_messages_and_a_share_per_signer() -> None:
+    """A validator's equivocations, or votes forged in the others' names, used to fill the
+    4,096 places a lagging node needs for the next height (issue 16: bounded per signer)."""
+    from bcfl_cli.consensus.engine import MAX_BUFFERED_PER_SIGNER
+
+    engine = _engine()
+    forged = Vote(CHAIN, 2, 0, VoteType.PREVOTE, NIL, DIDS[1], "00" * 64)
+    engine.handle(VoteReceived(forged))
+    assert engine._buffer == []
+    for r in range(MAX_BUFFERED_PER_SIGNER + 20):  # one signer, valid signatures
+        vote = Vote(CHAIN, 2, r, VoteType.PREVOTE, NIL, DIDS[2]).signed(KEYS[2])
+        engine.handle(VoteReceived(vote))
+    assert len(engine._buffer) == MAX_BUFFERED_PER_SIGNER
+    honest = Vote(CHAIN, 2, 0, VoteType.PREVOTE, NIL, DIDS[0]).signed(KEYS[0])
+    engine.handle(VoteReceived(honest))
+    assert len(engine._buffer) == MAX_BUFFERED_PER_SIGNER + 1  # another signer still gets in

@@ -9,6 +9,7 @@ driven: what the driver feeds it is recorded instead, and its height and round a
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.consensus_driver import ConsensusDriver
 from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
 from bcfl_cli.node.sync import CachingChecks
-from bcfl_cli.protocol.block import Block, Vote, VoteType
+from bcfl_cli.protocol.block import NIL, Block, Vote, VoteType
 from bcfl_cli.store.vote_guard import VoteGuard
 from tests.node._chain_fixture import Chain, did, key, make_chain
 
@@ -483,3 +484,38 @@ def test_a_restarted_validator_resends_its_proof_of_lock_and_feeds_back_its_vote
     precommits = engine.votes.rounds[(rnd, VoteType.PRECOMMIT)].by_validator
     assert did("carol") in precommits  # her own precommit, fed back
     assert proposal in engine.relay() and all(v in engine.relay() for v in prevotes)
+
+
+def test_the_pull_log_keeps_only_signed_messages_and_a_share_per_signer(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """What peers pull must not be crowded out by one validator: forged messages are not kept,
+    and one signer's messages of a height are capped (issue 16: bounded per signer)."""
+    from bcfl_cli.node.consensus_driver import MAX_LOG_PER_SIGNER
+
+    state = chain.state
+    height, vset, genesis = state.height + 1, state.validator_set, chain.ledger.block(0).hash
+    node = StubNode(chain, Syncer(result=True, delay_s=0), state)
+
+    async def feed() -> ConsensusDriver:
+        with VoteGuard(tmp_path / "vote_guard.sqlite") as guard:
+            driver = ConsensusDriver(node, guard)  # type: ignore[arg-type]
+            return run(driver)
+
+    def run(driver: ConsensusDriver) -> ConsensusDriver:
+        driver.handle(StartHeight(height, vset))
+        forged = Vote(genesis, height, 0, VoteType.PREVOTE, NIL, did("bob"), "00" * 64)
+        driver.on_message(None, forged)
+        for r in range(MAX_LOG_PER_SIGNER + 10):
+            vote = Vote(genesis, height, r, VoteType.PREVOTE, NIL, did("dave")).signed(key("dave"))
+            driver.on_message(None, vote)
+        honest = Vote(genesis, height, 0, VoteType.PREVOTE, NIL, did("bob")).signed(key("bob"))
+        driver.on_message(None, honest)
+        driver.close()
+        return driver
+
+    driver = asyncio.run(feed())
+    _, votes = driver.messages_at(height)
+    by = Counter(v["validator"] for v in votes)
+    assert by[did("dave")] == MAX_LOG_PER_SIGNER
+    assert by[did("bob")] == 1 and all(v["sig"] != "00" * 64 for v in votes)
