@@ -1,0 +1,184 @@
+"""The chain explorer in-process: its page, its read routes, the proof download and its bounds.
+
+A real round on the harness node (three honest updates and one NaN update the contract
+rejects), then the routes the page reads, checked against the chain; the browser test is
+tests/faults/test_explorer_browser.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.applications import Starlette
+
+from bcfl_cli.node.explorer.routes import PROOF_BURST, ProofCache
+from bcfl_cli.node.trainer import AutoTrainer, attack_by_name, load_training_data
+from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.provenance.verify import verify_model
+from tests.node._node_harness import LocalNode, key, part
+
+
+def _trainer(local: LocalNode, name: str, index: int, **kw: object) -> AutoTrainer:
+    async def submit(tx: Transaction, told: frozenset[str]) -> object:
+        return local.node.submit(tx, seen=told)
+
+    return AutoTrainer(
+        key=key(name),
+        data=load_training_data(part(index), local.state),
+        blobs=local.node.blobs,
+        state=lambda: local.state,
+        submit=submit,
+        seed=index,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def played(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalNode, dict[str, str]]]:
+    """One closed round: alice, bob and carol accepted, dave's NaN update rejected."""
+    local = LocalNode(tmp_path_factory.mktemp("explorer"))
+    local.auto_mine = False
+    local.mine()  # round 1 opens
+    local.open_rounds = False  # and no other
+    txs: dict[str, str] = {}
+    for i, name in enumerate(("alice", "bob", "carol", "dave"), start=1):
+        attack = {"attack": attack_by_name("nan")} if name == "dave" else {}
+        tx = asyncio.run(_trainer(local, name, i, **attack).step())
+        assert tx is not None
+        txs[name] = tx.hash
+    for _ in range(6):
+        if not local.state.round.open:
+            break
+        local.mine()
+    assert not local.state.round.open, "round 1 did not close"
+    yield local, txs
+    local.close()
+
+
+def test_page_and_static_files_are_served_with_a_strict_policy(
+    played: tuple[LocalNode, dict[str, str]],
+) -> None:
+    local, _ = played
+    page = local.client.get("/explorer/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'self'" in policy
+    assert page.headers["x-content-type-options"] == "nosniff"
+    # nothing is loaded from elsewhere: every src/href of the page is this node's
+    assert "http" not in page.text.replace("http-equiv", "")
+    for name, kind in (("explorer.js", "javascript"), ("explorer.css", "css")):
+        r = local.client.get(f"/explorer/static/{name}")
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+    script = local.client.get("/explorer/static/explorer.js").text
+    assert "innerHTML" not in script and "eval(" not in script
+    for bad in ("../app.py", "..%2Fapp.py", "index.html", "explorer.jsx", "%00"):
+        assert local.client.get(f"/explorer/static/{bad}").status_code == 404, bad
+
+
+def test_the_explorer_answers_only_to_this_nodes_names(
+    played: tuple[LocalNode, dict[str, str]],
+) -> None:
+    local, _ = played
+    for path in ("/explorer/", "/explorer/static/explorer.js", "/explorer/proof/1"):
+        r = local.client.get(path, headers={"Host": "evil.example"})
+        assert r.status_code == 421 and r.json()["error"] == "misdirected", path
+    assert local.client.get("/explorer/", headers={"Host": "testserver:80"}).status_code == 200
+
+
+def test_rounds_show_verdicts_reasons_and_inclusion(
+    played: tuple[LocalNode, dict[str, str]],
+) -> None:
+    local, txs = played
+    body = local.client.get("/v1/rounds").json()
+    assert body["latest"] >= 1 and body["height"] == local.state.height
+    first = body["rounds"][0]
+    assert first["number"] == 1 and first["state"] == "closed"
+    by_name = {u["name"]: u for u in first["updates"]}
+    assert by_name["dave"]["verdict"] == "reject" and by_name["dave"]["reason"] == "non_finite"
+    assert not by_name["dave"]["included"] and by_name["dave"]["tx"] == txs["dave"]
+    honest = [by_name[n] for n in ("alice", "bob", "carol")]
+    assert all(u["verdict"] == "accept" and u["included"] for u in honest)
+    assert (first["accepted"], first["rejected"]) == (3, 1)
+    # the aggregate named exactly the included updates
+    agg = local.client.get(f"/v1/txs/{first['aggregate_tx']}").json()
+    assert sorted(agg["tx"]["tx"]["body"]["updates"]) == sorted(u["tx"] for u in honest)
+    assert first["model"] == local.state.round.model or local.state.round.number > 1
+    # pages are bounded
+    assert local.client.get("/v1/rounds?start=2&limit=0").json()["rounds"] == []
+    assert len(local.client.get("/v1/rounds?limit=100000").json()["rounds"]) <= 100
+    for bad in ("-1", "x", "1" * 16, "²"):
+        assert local.client.get(f"/v1/rounds?start={bad}").status_code == 400, bad
+
+
+def test_a_block_lists_its_transactions(played: tuple[LocalNode, dict[str, str]]) -> None:
+    local, txs = played
+    rounds = local.client.get("/v1/rounds").json()["rounds"]
+    height = next(u["height"] for u in rounds[0]["updates"] if u["name"] == "dave")
+    body = local.client.get(f"/v1/blocks/{height}").json()
+    assert body["block"]["header"]["height"] == height
+    assert txs["dave"] in body["tx_hashes"]
+    i = body["tx_hashes"].index(txs["dave"])
+    assert body["tx_kinds"][i] == "update" and body["tx_kinds"][i + 1] == "validation"
+    tx = local.client.get(f"/v1/txs/{txs['dave']}").json()
+    assert tx["status"] == "committed" and tx["height"] == height
+    assert local.client.get(f"/v1/blocks/{local.state.height + 1}").status_code == 404
+    assert local.client.get("/v1/blocks/1e3").status_code == 400
+
+
+def test_proof_download_verifies_and_is_cached(
+    played: tuple[LocalNode, dict[str, str]], tmp_path: Path
+) -> None:
+    local, _ = played
+    r = local.client.get("/explorer/proof/1")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/gzip"
+    assert "round-1.proof.json.gz" in r.headers["content-disposition"]
+    json.loads(gzip.decompress(r.content))  # plain gzip JSON, as bcfl model export writes
+    # what the page tells the user to run: the model from /v1/blobs, checked offline
+    rounds = local.client.get("/v1/rounds").json()["rounds"]
+    model = tmp_path / "round-1.safetensors"
+    model.write_bytes(local.client.get(f"/v1/blobs/{rounds[0]['model']}").content)
+    report = verify_model(r.content, local.node.genesis_hash, model, workers=1)
+    assert report.ok and report.round == 1, report.to_dict()
+    # a cached proof costs no build, so the rate limit never refuses it
+    for _ in range(int(PROOF_BURST) + 3):
+        assert local.client.get("/explorer/proof/1").status_code == 200
+    for missing in ("0", str(local.state.round.number + 5)):
+        assert local.client.get(f"/explorer/proof/{missing}").status_code == 404
+
+
+def test_proof_builds_are_rate_limited_per_address(
+    played: tuple[LocalNode, dict[str, str]],
+) -> None:
+    """Cache misses cost a ledger scan each: an address gets PROOF_BURST, then 429."""
+    local, _ = played
+    explorer = _explorer(local)
+    explorer.proofs = ProofCache(max_entries=0)  # every request a miss
+    codes = [local.client.get("/explorer/proof/1").status_code for _ in range(int(PROOF_BURST) + 2)]
+    assert codes.count(200) <= PROOF_BURST and codes[-1] == 429, codes
+    refused = local.client.get("/explorer/proof/1")
+    assert refused.json()["error"] == "rate_limited" and int(refused.headers["retry-after"]) >= 1
+
+
+def test_proof_cache_is_bounded_in_entries_and_bytes() -> None:
+    cache = ProofCache(max_entries=2, max_bytes=10)
+    cache.put(1, b"aaaa")
+    cache.put(2, b"bbbb")
+    cache.get(1)
+    cache.put(3, b"cccc")  # evicts 2, the least recently used
+    assert cache.get(2) is None and cache.get(1) == b"aaaa" and len(cache) == 2
+    cache.put(4, b"dddddddd")  # 12 bytes with one other: evicts down to fit
+    assert cache.size <= 10
+    cache.put(5, b"x" * 11)  # larger than the whole cache: never kept
+    assert cache.get(5) is None
+
+
+def _explorer(local: LocalNode):  # type: ignore[no-untyped-def]
+    app = local.client.app
+    while not isinstance(app, Starlette):  # peel the read-timeout and auth layers
+        app = app.members if hasattr(app, "members") else app.app  # type: ignore[attr-defined]
+    return app.state.explorer
