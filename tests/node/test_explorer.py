@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from starlette.applications import Starlette
 
+from bcfl_cli.node.explorer import routes
 from bcfl_cli.node.explorer.routes import PROOF_BURST, ProofCache
 from bcfl_cli.node.trainer import AutoTrainer, attack_by_name, load_training_data
 from bcfl_cli.protocol.tx import Transaction
@@ -182,3 +184,23 @@ def _explorer(local: LocalNode):  # type: ignore[no-untyped-def]
     while not isinstance(app, Starlette):  # peel the read-timeout and auth layers
         app = app.members if hasattr(app, "members") else app.app  # type: ignore[attr-defined]
     return app.state.explorer
+
+
+def _luminance(hex_colour: str) -> float:
+    channels = [int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_text_colours_have_at_least_4_5_to_1_contrast() -> None:
+    """WCAG AA for normal text: every text colour of the style sheet on both backgrounds."""
+    css = (Path(routes.__file__).parent / "static" / "explorer.css").read_text()
+    colours = dict(re.findall(r"--([a-z]+):\s*(#[0-9a-fA-F]{6})", css))
+    for text in ("fg", "muted", "link", "ok", "bad", "warn", "focus"):
+        for background in ("bg", "panel"):
+            lighter, darker = sorted(
+                (_luminance(colours[text]), _luminance(colours[background])), reverse=True
+            )
+            ratio = (lighter + 0.05) / (darker + 0.05)
+            limit = 3.0 if text == "focus" else 4.5  # a focus ring is a graphic: 3:1
+            assert ratio >= limit, (text, background, round(ratio, 2))

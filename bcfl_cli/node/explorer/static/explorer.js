@@ -26,7 +26,7 @@ function el(tag, attrs, ...children) {
 }
 const link = (href, text, attrs) => el("a", Object.assign({ href }, attrs || {}), text);
 const short = (h) => (typeof h === "string" && h.length > 16 ? h.slice(0, 12) + "…" : String(h ?? ""));
-const hashCell = (h) => el("code", { title: h ?? "" }, short(h));
+const hashCell = (h) => el("code", { title: h ?? "", class: "short" }, short(h));
 const txLink = (h) => link("#/tx/" + encodeURIComponent(h), short(h), { class: "hash", title: h });
 const blockLink = (n) => link("#/block/" + encodeURIComponent(n), String(n));
 const time = (ms) => (ms ? new Date(ms).toISOString().replace("T", " ").slice(0, 19) + " UTC" : "");
@@ -47,7 +47,7 @@ function table(caption, headers, rows, attrs) {
 }
 const row = (...cells) => el("tr", {}, ...cells.map((c) => (c instanceof Node && c.tagName === "TH" ? c : el("td", {}, c))));
 const pairs = (caption, items) =>
-  el("table", {}, el("caption", {}, caption),
+  el("table", { class: "pairs" }, el("caption", {}, caption),
     el("tbody", {}, ...items.map(([k, v]) => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, v)))));
 
 function verdictCell(u) {
@@ -198,7 +198,11 @@ async function blockView(height) {
       ["Proposer", hd.proposer ? nameOf(hd.proposer) : "(genesis)"], ["Transaction root", hashCell(hd.tx_root)],
       ["Commit signatures", b.block.commit ? String(b.block.commit.sigs.length) : "none (genesis)"]]),
     table("Transactions", ["#", "Kind", "Author", "Hash"],
-      b.tx_hashes.map((h, i) => row(String(i), b.tx_kinds[i], nameOf(b.block.txs[i].tx.author), txLink(h))), { id: "txs" })];
+      b.tx_hashes.map((h, i) => {
+        const tr = row(String(i), b.tx_kinds[i], nameOf(b.block.txs[i].tx.author), txLink(h));
+        tr.dataset.kind = b.tx_kinds[i];
+        return tr;
+      }), { id: "txs" })];
 }
 
 async function txView(hash) {
@@ -217,7 +221,7 @@ const ROUTES = [
 ];
 
 async function render(force) {
-  const route = location.hash || "#/";
+  const route = location.hash.startsWith("#/") ? location.hash : "#/";
   if (!status || (!force && route === shownRoute && status.height === shownHeight)) return;
   const found = ROUTES.find(([re]) => re.test(route));
   const main = document.getElementById("main");
@@ -251,5 +255,11 @@ async function poll() {
   setTimeout(poll, backoff);
 }
 
-window.addEventListener("hashchange", () => render(true));
+window.addEventListener("hashchange", () => {
+  if (location.hash.startsWith("#/") || !location.hash) render(true);
+});
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault(); // the views live in the hash: jump to the content by focus instead
+  document.getElementById("main").focus();
+});
 poll();
