@@ -5,7 +5,7 @@ one), four ``bcfl node`` processes on 127.0.0.1 training the demo's digits model
 a ``scaling`` attacker whose boosted update the contract rejects (norm bound 10, ~6x an honest
 first-round update). The page must load from the node alone, show rounds as they close without
 a reload, show the rejected update with its reason, and link a block to its transactions.
-Skipped, with the reason, where chromium or the playwright package is missing (``.ci/run``
+Skipped, with the reason, where chromium or the playwright package is missing (``make test``
 installs both).
 """
 
@@ -58,7 +58,9 @@ def explorer_consortium(
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[LocalConsortium]:
     if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/run does)")
+        pytest.skip(
+            "chromium is not installed (apt-get install -y chromium; make test does as root)"
+        )
     pytest.importorskip("playwright.sync_api", reason="playwright is not installed (dev extra)")
     # a consortium name written as markup: the page must show it as the characters it is
     consortium = explorer_consortium(tmp_path, name=HOSTILE_NAME)

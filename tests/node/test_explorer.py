@@ -13,11 +13,16 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 
+from bcfl_cli.node.explorer import index as index_module
 from bcfl_cli.node.explorer import routes
+from bcfl_cli.node.explorer.index import RoundIndex
 from bcfl_cli.node.explorer.routes import PROOF_BURST, ProofCache
 from bcfl_cli.node.trainer import AutoTrainer, attack_by_name, load_training_data
 from bcfl_cli.protocol.tx import Transaction
@@ -204,3 +209,24 @@ def test_text_colours_have_at_least_4_5_to_1_contrast() -> None:
             ratio = (lighter + 0.05) / (darker + 0.05)
             limit = 3.0 if text == "focus" else 4.5  # a focus ring is a graphic: 3:1
             assert ratio >= limit, (text, background, round(ratio, 2))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(st.lists(st.integers(min_value=0, max_value=40), max_size=6), st.integers(1, 5))
+def test_the_index_is_the_same_however_it_catches_up(
+    played: tuple[LocalNode, dict[str, str]], stops: list[int], chunk: int
+) -> None:
+    """Folding the chain in any steps, any chunk size, gives the rounds one pass gives."""
+    local, _ = played
+    ledger, top = local.node.ledger, local.state.height
+    whole = RoundIndex()
+    asyncio.run(whole.catch_up(ledger.blocks, top))
+    stepped = RoundIndex()
+    for stop in sorted(min(s, top) for s in stops) + [top]:
+        with patch.object(index_module, "CATCH_UP_CHUNK", chunk):
+            asyncio.run(stepped.catch_up(ledger.blocks, stop))
+    name = local.state.name_of
+    assert [r.to_dict(name) for r in stepped.page(0, 100)] == [
+        r.to_dict(name) for r in whole.page(0, 100)
+    ]
+    assert stepped.height == whole.height == top

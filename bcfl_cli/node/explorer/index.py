@@ -23,7 +23,7 @@ from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.tx import TxKind
 
 #: Blocks read from the ledger between two yields to the event loop while catching up.
-CATCH_UP_CHUNK = 200
+CATCH_UP_CHUNK = 50
 #: The metric the model card averages (provenance/card.py): a member's held-out accuracy.
 ACCURACY_METRIC = "eval_accuracy"
 

@@ -12,6 +12,7 @@ let status = null;
 let shownHeight = -1;
 let shownRoute = "";
 let backoff = POLL_MS;
+let renders = 0;
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -225,12 +226,14 @@ async function render(force) {
   if (!status || (!force && route === shownRoute && status.height === shownHeight)) return;
   const found = ROUTES.find(([re]) => re.test(route));
   const main = document.getElementById("main");
+  const seq = ++renders; // a later render (a click during a poll) wins over an earlier one
   let nodes;
   try {
     nodes = found ? await found[1](...route.match(found[0]).slice(1)) : [el("p", {}, "No such view. "), link("#/", "Back to the overview")];
   } catch (err) {
     nodes = [el("p", { class: "bad", role: "alert" }, "Could not load this view: " + err.message)];
   }
+  if (seq !== renders) return;
   const moved = route !== shownRoute;
   shownRoute = route;
   shownHeight = status.height;
