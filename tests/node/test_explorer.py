@@ -165,6 +165,7 @@ def test_proof_builds_are_rate_limited_per_address(
     local, _ = played
     explorer = _explorer(local)
     explorer.proofs = ProofCache(max_entries=0)  # every request a miss
+    explorer.proof_limiter = routes.TokenBucketLimiter(routes.PROOF_RATE_PER_S, PROOF_BURST)
     codes = [local.client.get("/explorer/proof/1").status_code for _ in range(int(PROOF_BURST) + 2)]
     assert codes.count(200) <= PROOF_BURST and codes[-1] == 429, codes
     refused = local.client.get("/explorer/proof/1")
@@ -230,3 +231,27 @@ def test_the_index_is_the_same_however_it_catches_up(
         r.to_dict(name) for r in whole.page(0, 100)
     ]
     assert stepped.height == whole.height == top
+
+
+def test_rounds_answers_are_cut_at_whole_rounds_past_the_update_bound(
+    played: tuple[LocalNode, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local, _ = played
+    monkeypatch.setattr(routes, "MAX_UPDATES_PER_RESPONSE", 1)
+    rounds = local.client.get("/v1/rounds").json()["rounds"]
+    assert len(rounds) == 1 and len(rounds[0]["updates"]) == 4  # one round always goes whole
+
+
+def test_proof_builds_past_the_waiting_bound_are_refused_at_once(
+    played: tuple[LocalNode, dict[str, str]],
+) -> None:
+    local, _ = played
+    explorer = _explorer(local)
+    explorer.proofs = ProofCache(max_entries=0)
+    explorer.proof_limiter = routes.TokenBucketLimiter(100.0, 100.0)
+    explorer._waiting = routes.PROOF_MAX_WAITING  # as many as allowed are queued already
+    try:
+        r = local.client.get("/explorer/proof/1")
+    finally:
+        explorer._waiting = 0
+    assert r.status_code == 503 and r.json()["error"] == "busy"

@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bcfl.node.explorer")
 
+#: Updates in one ``GET /v1/rounds`` answer: rounds are cut there (one round always goes), so
+#: that a consortium of many trainers still gets answers of a few hundred KiB.
+MAX_UPDATES_PER_RESPONSE = 2000
 #: Proof builds (cache misses) per client address: one per 10 s, a burst of 3.
 PROOF_RATE_PER_S = 0.1
 PROOF_BURST = 3.0
@@ -146,7 +149,8 @@ class Explorer:
 
     # --- reads the page polls -----------------------------------------------------------
     async def rounds(self, request: Request) -> Response:
-        """Rounds ``start`` onwards (at most 100): updates, verdicts, reasons, inclusion."""
+        """Rounds ``start`` onwards (at most 100, and whole rounds up to 2,000 updates): updates,
+        verdicts, reasons, inclusion."""
         params = request.query_params
         start_raw, limit_raw = params.get("start", "1"), params.get("limit", "100")
         if not all(_is_height(v) for v in (start_raw, limit_raw)):
@@ -154,13 +158,20 @@ class Explorer:
         start, limit = int(start_raw), min(int(limit_raw), MAX_ROUNDS_PER_RESPONSE)
         await self._catch_up()
         state = self.node.state
+        page: list[dict[str, object]] = []
+        updates = 0
+        for rnd in self.index.page(start, limit):
+            updates += len(rnd.updates)
+            if page and updates > MAX_UPDATES_PER_RESPONSE:
+                break  # the answer stays small with many trainers: ask again from the next
+            page.append(rnd.to_dict(state.name_of))
         return _json(
             RoundsResponse.model_validate(
                 {
                     "height": self.index.height,
                     "latest": self.index.latest,
                     "rounds_planned": state.config.training.rounds,
-                    "rounds": [r.to_dict(state.name_of) for r in self.index.page(start, limit)],
+                    "rounds": page,
                 }
             )
         )

@@ -109,8 +109,11 @@ function roundsTable(rounds, caption) {
 
 /* --- views --------------------------------------------------------------------------------- */
 async function fetchRounds() {
+  // the latest rounds that fit one answer (the node cuts an answer at 2,000 updates)
   const latest = status ? status.round.number : 0;
-  return getJSON("/v1/rounds?start=" + Math.max(1, latest - 99) + "&limit=100");
+  const trainers = status ? Math.max(1, status.members.length) : 1;
+  const count = Math.max(1, Math.min(100, Math.floor(2000 / trainers)));
+  return getJSON("/v1/rounds?start=" + Math.max(1, latest - count + 1) + "&limit=" + count);
 }
 
 async function overview() {
