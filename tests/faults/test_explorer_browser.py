@@ -20,7 +20,7 @@ import pytest
 
 from bcfl_cli.demo.launcher import LocalConsortium, MemberPlan
 from bcfl_cli.demo.run import DemoOptions, genesis_plan
-from tests.network.cluster import DIGITS_4, PASSPHRASE
+from tests.network.cluster import DIGITS_4, GENESIS_TIME_MS, PASSPHRASE
 
 pytestmark = [pytest.mark.network]
 
@@ -32,7 +32,11 @@ WAIT_MS = 90_000
 
 
 def explorer_consortium(
-    root: Path, *, rounds: int = ROUNDS, name: str | None = None
+    root: Path,
+    *,
+    rounds: int = ROUNDS,
+    name: str | None = None,
+    genesis_time_ms: int = GENESIS_TIME_MS,
 ) -> LocalConsortium:
     """Four members on the demo's genesis (digits MLP, norm bound 10), the last a ``scaling``
     attacker; each trains with a fixed seed, so every run submits the same updates."""
@@ -52,7 +56,9 @@ def explorer_consortium(
     plan = genesis_plan(options)
     if name is not None:
         plan = dataclasses.replace(plan, name=name)
-    return LocalConsortium(root, plans, plan, passphrase=PASSPHRASE)
+    return LocalConsortium(
+        root, plans, plan, passphrase=PASSPHRASE, genesis_time_ms=genesis_time_ms
+    )
 
 
 @pytest.fixture

@@ -26,7 +26,11 @@ function el(tag, attrs, ...children) {
   return node;
 }
 const link = (href, text, attrs) => el("a", Object.assign({ href }, attrs || {}), text);
-const short = (h) => (typeof h === "string" && h.length > 16 ? h.slice(0, 12) + "…" : String(h ?? ""));
+// hashes by their head, did:key names by their tail (every did:key of Ed25519 starts z6Mk)
+const short = (h) =>
+  typeof h !== "string" ? String(h ?? "")
+    : h.startsWith("did:key:") ? "did:key:…" + h.slice(-8)
+      : h.length > 16 ? h.slice(0, 12) + "…" : h;
 const hashCell = (h) => el("code", { title: h ?? "", class: "short" }, short(h));
 const txLink = (h) => link("#/tx/" + encodeURIComponent(h), short(h), { class: "hash", title: h });
 const blockLink = (n) => link("#/block/" + encodeURIComponent(n), String(n));
