@@ -254,7 +254,10 @@ async function poll() {
     try {
       status = await getJSON("/v1/status");
       document.getElementById("consortium").textContent = "· " + status.consortium;
-      live.textContent = `live · height ${status.height} · round ${status.round.number} ${status.round.state}`;
+      // a live region: it changes once a round, not once a block, so a screen reader is told
+      // when a round opens or closes and is not read every height
+      const text = `live · round ${status.round.number} ${status.round.state}`;
+      if (live.textContent !== text) live.textContent = text;
       backoff = POLL_MS;
       await render(false);
     } catch (err) {
