@@ -110,7 +110,11 @@ def test_the_explorer_shows_rounds_rejections_and_block_links(running: LocalCons
             expect(rejected).to_contain_text("mallory")
             expect(rejected).to_contain_text("norm_exceeded")
             expect(page.locator('#updates tr[data-verdict="accept"]')).to_have_count(3)
-            expect(page.get_by_role("link", name="Download the proof of round 1")).to_be_visible()
+            proof_link = page.get_by_role("link", name="Download the proof of round 1")
+            expect(proof_link).to_be_visible()
+            # the real node builds it (in a spawned process) and serves the gzip bundle
+            proof = page.request.get(url + str(proof_link.get_attribute("href")), timeout=WAIT_MS)
+            assert proof.status == 200 and proof.body()[:2] == b"\x1f\x8b", proof.status
             # a block links to its transactions, and a transaction back to its block
             rejected.locator("td").nth(2).get_by_role("link").click()
             txs = page.locator("#txs tbody tr")

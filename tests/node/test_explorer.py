@@ -166,6 +166,7 @@ def test_proof_builds_are_rate_limited_per_address(
     explorer = _explorer(local)
     explorer.proofs = ProofCache(max_entries=0)  # every request a miss
     explorer.proof_limiter = routes.TokenBucketLimiter(routes.PROOF_RATE_PER_S, PROOF_BURST)
+    explorer.proof_builds = routes.TokenBucketLimiter(100.0, 100.0)  # the address's bound alone
     codes = [local.client.get("/explorer/proof/1").status_code for _ in range(int(PROOF_BURST) + 2)]
     assert codes.count(200) <= PROOF_BURST and codes[-1] == 429, codes
     refused = local.client.get("/explorer/proof/1")
@@ -249,9 +250,24 @@ def test_proof_builds_past_the_waiting_bound_are_refused_at_once(
     explorer = _explorer(local)
     explorer.proofs = ProofCache(max_entries=0)
     explorer.proof_limiter = routes.TokenBucketLimiter(100.0, 100.0)
+    explorer.proof_builds = routes.TokenBucketLimiter(100.0, 100.0)
     explorer._waiting = routes.PROOF_MAX_WAITING  # as many as allowed are queued already
     try:
         r = local.client.get("/explorer/proof/1")
     finally:
         explorer._waiting = 0
     assert r.status_code == 503 and r.json()["error"] == "busy"
+
+
+def test_proof_builds_are_rate_limited_in_all(played: tuple[LocalNode, dict[str, str]]) -> None:
+    """Many addresses (an IPv6 prefix) still share one bound on builds, each a process."""
+    local, _ = played
+    explorer = _explorer(local)
+    explorer.proofs = ProofCache(max_entries=0)
+    explorer.proof_limiter = routes.TokenBucketLimiter(100.0, 100.0)  # as if each a new address
+    explorer.proof_builds = routes.TokenBucketLimiter(
+        routes.PROOF_TOTAL_RATE_PER_S, routes.PROOF_TOTAL_BURST, max_keys=1
+    )
+    n = int(routes.PROOF_TOTAL_BURST)
+    codes = [local.client.get("/explorer/proof/1").status_code for _ in range(n + 1)]
+    assert codes == [200] * n + [429], codes
