@@ -1,7 +1,7 @@
 """A proof bundle for the explorer's download, built in a process of its own.
 
 Building a proof replays the chain's headers from genesis to the round's aggregate in Python
-(5 s and 10 MB for a late round of a 10,000-block chain, bench figures in the module's tests):
+(5 s and 10 MB for a late round of a 10,000-block chain, docs/OPERATIONS.md, "The explorer"):
 on a thread of the node it would hold the interpreter lock against the event loop that runs
 consensus for all that time. A spawned process (not forked: the node has threads) reads the
 ledger with a reader of its own and hands back the gzip bytes; it ends with the build. Only this

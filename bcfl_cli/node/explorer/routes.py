@@ -131,7 +131,8 @@ class Explorer:
             PROOF_TOTAL_RATE_PER_S, PROOF_TOTAL_BURST, max_keys=1
         )
         self._build_slot = asyncio.Lock()
-        self._waiting = 0
+        self._waiting = 0  # builds asked for and not finished (waiting or running)
+        self._builds: set[asyncio.Task[bytes]] = set()
         folder = resources.files("bcfl_cli.node.explorer") / "static"
         self.html = (folder / "index.html").read_bytes()
         self.static = {name: (folder / name).read_bytes() for name in STATIC}
@@ -244,18 +245,16 @@ class Explorer:
                 response.headers["Retry-After"] = str(max(1, round(wait)))
                 return response
             self._waiting += 1
+            task = asyncio.create_task(self._build(number))
+            self._builds.add(task)
+            task.add_done_callback(_forget_build(self._builds))
             try:
-                async with self._build_slot:
-                    data = self.proofs.get(number)
-                    if data is None:
-                        node = self.node
-                        data = await build_in_process(node.ledger.url, node.blobs.root, number)
-                        self.proofs.put(number, data)
+                # shielded: a client that goes away does not free the slot while its child
+                # still builds (another build would start beside it); the proof gets cached
+                data = await asyncio.shield(task)
             except Exception as exc:  # the child's failure, whatever it is, is this answer's
                 log.warning("building the proof of round %d failed: %r", number, exc)
                 return _refuse(request, 500, "proof_failed", "the proof could not be built here")
-            finally:
-                self._waiting -= 1
         return Response(
             data,
             media_type="application/gzip",
@@ -264,6 +263,19 @@ class Explorer:
                 "Content-Disposition": f'attachment; filename="round-{number}.proof.json.gz"',
             },
         )
+
+    async def _build(self, number: int) -> bytes:
+        """Round ``number``'s proof from the cache, or built in the one build slot."""
+        try:
+            async with self._build_slot:
+                data = self.proofs.get(number)
+                if data is None:
+                    node = self.node
+                    data = await build_in_process(node.ledger.url, node.blobs.root, number)
+                    self.proofs.put(number, data)
+                return data
+        finally:
+            self._waiting -= 1
 
     # --- helpers ------------------------------------------------------------------------
     async def _catch_up(self) -> None:
@@ -280,6 +292,15 @@ class Explorer:
             "misdirected",
             f"this node is not {host[:64]!r}; open the explorer at the node's own address",
         )
+
+
+def _forget_build(builds: set[asyncio.Task[bytes]]) -> Callable[[asyncio.Task[bytes]], None]:
+    def done(task: asyncio.Task[bytes]) -> None:
+        builds.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a build nobody awaits any more fails quietly
+
+    return done
 
 
 def _is_height(value: str) -> bool:
