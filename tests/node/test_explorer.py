@@ -8,6 +8,7 @@ tests/faults/test_explorer_browser.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import re
@@ -19,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
+from starlette.requests import Request
 
 from bcfl_cli.node.explorer import index as index_module
 from bcfl_cli.node.explorer import routes
@@ -271,3 +273,42 @@ def test_proof_builds_are_rate_limited_in_all(played: tuple[LocalNode, dict[str,
     n = int(routes.PROOF_TOTAL_BURST)
     codes = [local.client.get("/explorer/proof/1").status_code for _ in range(n + 1)]
     assert codes == [200] * n + [429], codes
+
+
+def test_a_client_that_leaves_does_not_free_the_build_slot(
+    played: tuple[LocalNode, dict[str, str]],
+) -> None:
+    """Cancelled while its proof builds, a request leaves the build running in the one slot
+    (no second child beside it) and the proof cached for the next request."""
+    local, _ = played
+    explorer = routes.Explorer(local.node, names_me=lambda host, address: True)
+
+    def request() -> Request:
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/explorer/proof/1",
+            "path_params": {"round": "1"},
+            "headers": [(b"host", b"testserver")],
+            "query_string": b"",
+            "client": ("10.0.0.1", 1),
+        }
+        return Request(scope)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(explorer.proof(request()))
+        for _ in range(500):  # bounded: 5 s for the build to start
+            if explorer._build_slot.locked():
+                break
+            await asyncio.sleep(0.01)
+        assert explorer._build_slot.locked()
+        first.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        assert explorer._build_slot.locked() and len(explorer._builds) == 1
+        await asyncio.wait_for(asyncio.gather(*explorer._builds), 120)
+        assert explorer.proofs.get(1) is not None and explorer._waiting == 0
+        again = await explorer.proof(request())
+        assert again.status_code == 200
+
+    asyncio.run(scenario())
