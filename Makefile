@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
 
-.PHONY: demo walkthrough test lint bench clean
+.PHONY: demo walkthrough test lint browser bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 2; }
@@ -29,8 +29,15 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check bcfl_cli tests bench
 	$(BIN)/mypy --strict bcfl_cli
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+
+# The system browser the explorer's browser test drives (Debian's chromium; Playwright never
+# downloads one). Installed where make runs as root (CI); elsewhere the test says it is skipped.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "no chromium: tests/faults/test_explorer_browser.py will be skipped"
 
 # Benchmarks (bench/README.md): every bench in its quick mode, with ratios to its baseline.
 bench: $(BIN)/.installed

@@ -47,6 +47,7 @@ from bcfl_cli.node import (
     schemas,
     sync,
 )
+from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, tx
 from bcfl_cli.provenance import bundle
 from bcfl_cli.store import pin
@@ -68,6 +69,10 @@ PROOF_BLOCK_BYTES = (2_100, 1_300)
 NOT_LIMITS: dict[str, dict[str, str]] = {
     "request bodies held": {
         "503 `busy`": "the HTTP refusal past the budget (tests/node/test_front_door.py)",
+    },
+    "explorer proof builds (`GET /explorer/proof/{round}`)": {
+        "503 `busy`": "the HTTP refusal past the waiting bound (tests/node/test_explorer.py)",
+        "(429)": "the HTTP refusal past the rates (tests/node/test_explorer.py)",
     },
 }
 
@@ -322,11 +327,36 @@ def _bindings() -> dict[str, list[str]]:
             f"{s(compare.COMPARE_TIMEOUT_S)} each",
             times(compare.COMPARE_RETRIES, "retry", "retries"),
         ],
+        "rounds per `GET /v1/rounds`": [
+            _n(schemas.MAX_ROUNDS_PER_RESPONSE),
+            f"{_n(explorer_routes.MAX_UPDATES_PER_RESPONSE)} updates",
+        ],
+        "explorer proof builds (`GET /explorer/proof/{round}`)": [
+            f"{_n(explorer_routes.PROOF_MAX_WAITING)} waiting",
+            f"1 per {_n(1 / explorer_routes.PROOF_RATE_PER_S)} s "
+            f"(burst {_n(explorer_routes.PROOF_BURST)}) per client address",
+            f"1 per {_n(1 / explorer_routes.PROOF_TOTAL_RATE_PER_S)} s "
+            f"(burst {_n(explorer_routes.PROOF_TOTAL_BURST)}) in all",
+            f"the last {_n(explorer_routes.PROOF_CACHE_ENTRIES)} rounds",
+            f"{mib(explorer_routes.PROOF_CACHE_BYTES)} in all",
+        ],
+        "explorer status poll": [
+            f"every {s(ms_to_s(_explorer_js_const('POLL_MS')))}",
+            f"backing off to {s(ms_to_s(_explorer_js_const('MAX_BACKOFF_MS')))}",
+        ],
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",
             f"{_n(proof_low)}-{_n(proof_high)} blocks with 4 validators",
         ],
     }
+
+
+def _explorer_js_const(name: str) -> int:
+    """A ``const NAME = N;`` of the explorer's script (package data, not Python)."""
+    script = Path(explorer_routes.__file__).parent / "static" / "explorer.js"
+    found = re.search(rf"^const {name} = (\d+);", script.read_text(encoding="utf-8"), re.M)
+    assert found, f"explorer.js has no const {name}"
+    return int(found.group(1))
 
 
 # --- the tests ------------------------------------------------------------------------------

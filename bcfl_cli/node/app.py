@@ -28,9 +28,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bcfl_cli.consensus.messages import Proposal
 from bcfl_cli.errors import BcflError, EncodingError, NodeError, StoreError
-from bcfl_cli.node.auth import LIMITER_KEY, SignatureAuth, peer_did
+from bcfl_cli.node.auth import LIMITER_KEY, SignatureAuth, is_loopback, peer_did
 from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
 from bcfl_cli.node.budget import BodyBudget
+from bcfl_cli.node.explorer import Explorer
 from bcfl_cli.node.httpsig import normalise_authority
 from bcfl_cli.node.limits import NodeLimits, TokenBucketLimiter
 from bcfl_cli.node.logging import fields
@@ -47,6 +48,7 @@ from bcfl_cli.node.schemas import (
     MAX_HEIGHT_DIGITS,
     MAX_INLINE_BLOB_BYTES,
     AlarmView,
+    BlockResponse,
     BlocksResponse,
     ConsensusLog,
     ConsensusMessage,
@@ -55,6 +57,7 @@ from bcfl_cli.node.schemas import (
     MemberView,
     MeView,
     PeerView,
+    RoundsResponse,
     RoundView,
     StatusResponse,
     StreamUpdate,
@@ -614,6 +617,22 @@ ROUTE_TABLE: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] |
         BlocksResponse,
         False,
     ),
+    (
+        "get",
+        "/v1/blocks/{height}",
+        "One block with its transactions' hashes",
+        None,
+        BlockResponse,
+        False,
+    ),
+    (
+        "get",
+        "/v1/rounds",
+        "Rounds: updates, verdicts, reasons, aggregates (start, limit <= 100)",
+        None,
+        RoundsResponse,
+        False,
+    ),
     ("get", "/v1/txs/{hash}", "Transaction status", None, TxStatus, False),
     ("post", "/v1/txs", "Submit a signed transaction (members)", SubmitTx, TxAccepted, True),
     (
@@ -668,6 +687,16 @@ ROUTE_TABLE: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] |
     ("put", "/v1/blobs/{hash}/chunks/{index}", "Upload one chunk (members)", None, None, True),
     ("put", "/v1/blobs/{hash}", "Finalise an upload (members)", None, None, True),
     ("get", "/openapi.json", "This description", None, None, False),
+    ("get", "/explorer/", "The chain explorer (a read-only web page)", None, None, False),
+    ("get", "/explorer/static/{name}", "The explorer's script or style sheet", None, None, False),
+    (
+        "get",
+        "/explorer/proof/{round}",
+        "A closed round's model proof bundle, gzip (bcfl model verify reads it)",
+        None,
+        None,
+        False,
+    ),
 ]
 
 
@@ -722,6 +751,10 @@ def create_app(node: Node) -> ASGIApp:
     document = openapi_document(
         ROUTE_TABLE, route_parameters(max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)
     )
+    host, port = node.options.host, node.options.port
+    authorities = advertised_authorities(host, port, node.options.advertise)
+    local = loopback_authorities(port) if host in WILDCARD_HOSTS else ()
+    explorer = Explorer(node, names_me=_names_me(authorities, local))
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
@@ -734,6 +767,8 @@ def create_app(node: Node) -> ASGIApp:
                 Route("/status", _guard(api.status), methods=["GET"]),
                 Route("/genesis", _guard(api.genesis), methods=["GET"]),
                 Route("/blocks", _guard(api.blocks), methods=["GET"]),
+                Route("/blocks/{height}", _guard(explorer.block), methods=["GET"]),
+                Route("/rounds", _guard(explorer.rounds), methods=["GET"]),
                 Route("/txs/{hash}", _guard(api.tx), methods=["GET"]),
                 Route("/txs", _guard(api.submit_tx), methods=["POST"]),
                 Route("/updates", _guard(api.submit_update), methods=["POST"]),
@@ -742,6 +777,14 @@ def create_app(node: Node) -> ASGIApp:
                 WebSocketRoute(PEER_STREAM_PATH.removeprefix("/v1"), api.peer_stream),
                 Route("/consensus/{height}", _guard(api.consensus_log), methods=["GET"]),
                 *blob_routes.routes,
+            ],
+        ),
+        Mount(
+            "/explorer",
+            routes=[
+                Route("/", _guard(explorer.page), methods=["GET"]),
+                Route("/static/{name}", _guard(explorer.static_file), methods=["GET"]),
+                Route("/proof/{round}", _guard(explorer.proof), methods=["GET"]),
             ],
         ),
     ]
@@ -762,9 +805,7 @@ def create_app(node: Node) -> ASGIApp:
         )
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
-    host, port = node.options.host, node.options.port
-    authorities = advertised_authorities(host, port, node.options.advertise)
-    local = loopback_authorities(port) if host in WILDCARD_HOSTS else ()
+    app.state.explorer = explorer  # its caches and limits, for tests and operators' tools
     budget = BodyBudget()  # members and newcomers share it: together they hold at most this
     members = SignatureAuth(
         app,
@@ -815,6 +856,19 @@ def advertised_authorities(host: str, port: int, advertise: str | None) -> list[
         if host in ("127.0.0.1", "localhost"):
             names |= set(loopback_authorities(port))
     return sorted(normalise_authority(n) for n in names)
+
+
+def _names_me(authorities: list[str], local: tuple[str, ...]) -> Callable[[str, str], bool]:
+    """Whether a ``Host`` (from a client at an address) names this node, as ``SignatureAuth``
+    decides it for signed requests: the explorer answers only to this node's own names."""
+    names = frozenset(normalise_authority(a) for a in authorities)
+    local_names = frozenset(normalise_authority(a) for a in local)
+
+    def names_me(host: str, address: str) -> bool:
+        authority = normalise_authority(host)
+        return authority in names or (authority in local_names and is_loopback(address))
+
+    return names_me
 
 
 def loopback_authorities(port: int) -> tuple[str, ...]:

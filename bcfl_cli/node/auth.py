@@ -262,7 +262,7 @@ class SignatureAuth:
         assert self.authorities is not None
         if authority in self.authorities:
             return True
-        return authority in self.local_authorities and _is_loopback(address)
+        return authority in self.local_authorities and is_loopback(address)
 
     async def _read_signed_body(self, head: _SignedHead, receive: Receive, held: _Held) -> bytes:
         """The body of a request whose head checked out, within the size cap, the deadline and
@@ -325,7 +325,7 @@ def _drop_uncovered(scope: Scope, verified: VerifiedSignature) -> None:
         scope["headers"] = [(k, v) for k, v in scope.get("headers", []) if k.lower() not in drop]
 
 
-def _is_loopback(address: str) -> bool:
+def is_loopback(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

@@ -146,6 +146,58 @@ class BlocksResponse(_Body):
     blocks: list[dict[str, Any]] = Field(max_length=100)
 
 
+#: Rounds in one GET /v1/rounds answer (the explorer's rounds view).
+MAX_ROUNDS_PER_RESPONSE = 100
+
+
+class UpdateSummaryView(_Body):
+    tx: str
+    author: str
+    name: str
+    height: int
+    num_samples: int
+    eval_accuracy: str | None
+    verdict: str | None
+    reason: str
+    detail: str
+    included: bool
+
+
+class RoundSummaryView(_Body):
+    number: int
+    state: Literal["open", "closed"]
+    opened_at: int
+    open_tx: str
+    base_model: str
+    deadline_height: int
+    closed_at: int | None
+    aggregate_tx: str | None
+    model: str | None
+    rule: str | None
+    mean_eval_accuracy: str | None
+    accepted: int
+    rejected: int
+    updates: list[UpdateSummaryView]
+
+
+class RoundsResponse(_Body):
+    """Rounds as the committed blocks tell them (the explorer's rounds view)."""
+
+    height: int
+    latest: int
+    rounds_planned: int
+    rounds: list[RoundSummaryView] = Field(max_length=MAX_ROUNDS_PER_RESPONSE)
+
+
+class BlockResponse(_Body):
+    """One decided block, with its hash and each transaction's hash and kind."""
+
+    hash: str
+    block: dict[str, Any]
+    tx_hashes: list[str]
+    tx_kinds: list[str]
+
+
 class ConsensusLog(_Body):
     height: int
     proposals: list[dict[str, Any]]
@@ -250,6 +302,49 @@ def route_parameters(
                 "path",
                 {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT},
                 "block height",
+            )
+        ],
+        ("get", "/v1/blocks/{height}"): [
+            _param(
+                "height",
+                "path",
+                {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT},
+                "block height",
+            )
+        ],
+        ("get", "/v1/rounds"): [
+            _param(
+                "start",
+                "query",
+                {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT, "default": 1},
+                "first round",
+            ),
+            _param(
+                "limit",
+                "query",
+                {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": MAX_ROUNDS_PER_RESPONSE,
+                    "default": MAX_ROUNDS_PER_RESPONSE,
+                },
+                f"most rounds returned (a larger value counts as {MAX_ROUNDS_PER_RESPONSE})",
+            ),
+        ],
+        ("get", "/explorer/static/{name}"): [
+            _param(
+                "name",
+                "path",
+                {"type": "string", "pattern": "^explorer\\.(js|css)$", "maxLength": 12},
+                "the page's script or style sheet",
+            )
+        ],
+        ("get", "/explorer/proof/{round}"): [
+            _param(
+                "round",
+                "path",
+                {"type": "integer", "minimum": 0, "maximum": MAX_HEIGHT},
+                "a closed round",
             )
         ],
         ("get", "/v1/blobs/{hash}"): [blob, byte_range],

@@ -72,6 +72,7 @@ def test_openapi_declares_every_parameter(local: LocalNode) -> None:
     doc = local.client.get("/openapi.json").json()
     queries = {
         ("get", "/v1/blocks"): {"start", "limit"},
+        ("get", "/v1/rounds"): {"start", "limit"},
         ("get", "/v1/blobs/{hash}/upload"): {"size"},
         ("put", "/v1/blobs/{hash}/chunks/{index}"): {"size"},
         ("put", "/v1/blobs/{hash}"): {"size"},

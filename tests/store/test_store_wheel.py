@@ -42,6 +42,9 @@ def test_wheel_ships_migrations_and_creates_a_store(tmp_path):
     assert "bcfl_cli/_migrations/env.py" in names
     assert "bcfl_cli/_migrations/versions/0001_ledger.py" in names
     assert "bcfl_cli/_migrations/versions/0002_tx_indexes.py" in names
+    # the explorer's page is package data: an installed node serves it without the checkout
+    for name in ("index.html", "explorer.js", "explorer.css"):
+        assert f"bcfl_cli/node/explorer/static/{name}" in names, name
     factories = (ROOT / "tests" / "chain" / "factories.py").read_text()
     (tmp_path / "helpers").mkdir()
     (tmp_path / "helpers" / "tests_factories.py").write_text(factories)
