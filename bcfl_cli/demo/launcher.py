@@ -211,6 +211,7 @@ class LocalConsortium:
         passphrase: str = DEMO_PASSPHRASE,
         genesis_time_ms: int = DEFAULT_GENESIS_TIME_MS,
         empty_block_interval: float = 0.3,
+        empty_blocks: bool = True,
         timeout_propose_ms: int = 1500,
         log_json: bool = True,
         env: dict[str, str] | None = None,
@@ -222,6 +223,9 @@ class LocalConsortium:
         self.passphrase = passphrase
         self.genesis_plan = genesis
         self.empty_block_interval = empty_block_interval
+        # The demo's rounds close on a deadline in blocks, and the tests wait for heights to
+        # grow: both keep the empty-block pace (``bcfl node --empty-blocks``).
+        self.empty_blocks = empty_blocks
         self.timeout_propose_ms = timeout_propose_ms
         self.log_json = log_json
         self.extra_env = dict(env or {})
@@ -295,6 +299,7 @@ class LocalConsortium:
             f"127.0.0.1:{member.port}",
             "--empty-block-interval",
             str(self.empty_block_interval),
+            "--empty-blocks" if self.empty_blocks else "--no-empty-blocks",
             "--timeout-propose-ms",
             str(self.timeout_propose_ms),
         ]
