@@ -61,10 +61,19 @@ json_field() {  # json_field EXPR: evaluate EXPR on the JSON document read from 
 }
 
 step "6. Start the four nodes (in the background here; a terminal each in real life)"
-read -r -a ports <<<"$(python3 -c 'import socket
-socks = [socket.socket() for _ in range(4)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+# four free ports out of the kernel's ephemeral range (where outgoing connections take theirs)
+read -r -a ports <<<"$(python3 -c 'import random, socket
+ports = []
+while len(ports) < 4:
+    port = random.randint(20000, 30000)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    if port not in ports:
+        ports.append(port)
+print(*ports)')"
 names=(alice bob carol dave)
 pids=()
 stop_nodes() {

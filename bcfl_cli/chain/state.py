@@ -53,6 +53,11 @@ MAX_BLOCK_TIME_STEP_MS = 24 * 60 * 60 * 1000
 #: for it (§6.2, the prevote rule). Only an upper bound: once a block is within it, it stays
 #: within it, so a block validators locked on never turns invalid for them later.
 MAX_CLOCK_DRIFT_MS = 10_000
+#: How far a fresh proposal's time may lag a validator's clock when the step limit does not
+#: force it (§6.2 prevote rule). An idle chain makes no blocks, so a head can be hours old: a
+#: proposer free to date its block just after such a head could open a round whose deadline
+#: in time has passed already. Generous against slow validation (blob fetch, checks).
+MAX_CLOCK_LAG_MS = 60_000
 
 ACTIVE = "active"
 REMOVED = "removed"
@@ -602,9 +607,11 @@ def check_block_time(state: ChainState, time_ms: int, height: int) -> None:
         )
 
 
-def check_proposal_time(block: Block, now_ms: int) -> None:
+def check_proposal_time(block: Block, now_ms: int, *, parent_time: int | None = None) -> None:
     """§6.2 prevote rule: a proposed block's time is at most ``MAX_CLOCK_DRIFT_MS`` past the
-    validator's own clock ``now_ms``.
+    validator's own clock ``now_ms`` and, given its parent's time, at most
+    ``MAX_CLOCK_LAG_MS`` behind it unless the chain's step limit holds it back (a chain idle
+    for more than a day catches up a day a block).
 
     Not a chain rule (a verifier has no clock to compare with): each validator applies it
     before it prevotes, so a proposer alone cannot date a block into the future; a block
@@ -617,6 +624,16 @@ def check_proposal_time(block: Block, now_ms: int) -> None:
             block.height,
             "time_in_future",
             f"time: expected at most {limit} (local clock {now_ms} + {MAX_CLOCK_DRIFT_MS} ms), "
+            f"found {block.header.time}",
+        )
+    if parent_time is None:
+        return
+    floor = min(now_ms - MAX_CLOCK_LAG_MS, parent_time + MAX_BLOCK_TIME_STEP_MS)
+    if block.header.time < floor:
+        raise _fail(
+            block.height,
+            "time_in_past",
+            f"time: expected at least {floor} (local clock {now_ms} - {MAX_CLOCK_LAG_MS} ms), "
             f"found {block.header.time}",
         )
 

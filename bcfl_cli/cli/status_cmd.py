@@ -150,7 +150,7 @@ def _plan(plan: Any, planned: Any) -> str:
             "%Y-%m-%d %H:%M:%S UTC", time.gmtime(plan["finished_time"] / 1000)
         )
     return (
-        f"[bold]finished[/] ({rounds} of {rounds} rounds) at height "
+        f"finished ({rounds} of {rounds} rounds) at height "
         f"{plan.get('finished_height', '-')}{when}; nothing to train"
     )
 

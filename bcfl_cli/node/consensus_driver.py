@@ -575,10 +575,13 @@ class ConsensusDriver:
 
     def _timely(self, block: Block) -> bool:
         """The prevote rule on the block time (PROTOCOL.md §6.2): not past our clock plus the
-        drift allowed. The engine asks it before it prevotes for a fresh proposal (not part
-        of ``validate``, which also decides and locks); each refused block is logged once."""
+        drift allowed, nor behind it by more than the lag allowed. The engine asks it before it
+        prevotes for a fresh proposal (not part of ``validate``, which also decides and
+        locks); each refused block is logged once."""
+        state = self.node.state
+        parent = state.head_time if block.header.prev == state.head_hash else None
         try:
-            check_proposal_time(block, self.node.clock.now_ms())
+            check_proposal_time(block, self.node.clock.now_ms(), parent_time=parent)
         except VerificationError as exc:
             if block.hash not in self._untimely:
                 self._untimely[block.hash] = None

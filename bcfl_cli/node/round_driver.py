@@ -42,7 +42,7 @@ import nacl.signing
 
 from bcfl_cli.chain.builder import build_block, next_block_time
 from bcfl_cli.chain.checks import AppChecks, VerdictLike
-from bcfl_cli.chain.state import AcceptedUpdate, ChainState, round_deadlines
+from bcfl_cli.chain.state import MAX_CLOCK_LAG_MS, AcceptedUpdate, ChainState, round_deadlines
 from bcfl_cli.errors import BlobError, VerificationError
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
 from bcfl_cli.fl.tensors import decode_tensors
@@ -233,9 +233,12 @@ def _open_next(
     """
     if not rounds_left(state):
         return []
-    deadline_height, deadline_time = round_deadlines(
-        state.config.training, height, next_block_time(state.head_time, now_ms)
-    )
+    time_ms = next_block_time(state.head_time, now_ms)
+    if state.config.training.round_deadline_s is not None and time_ms < now_ms - MAX_CLOCK_LAG_MS:
+        # a chain idle for more than a day lags the clock (a block moves it a day at most): a
+        # deadline counted from this block would be past already; catch up first (empty blocks)
+        return []
+    deadline_height, deadline_time = round_deadlines(state.config.training, height, time_ms)
     body: dict[str, Any] = {
         "round": state.round.number + 1,
         "base_model": base_model,
