@@ -108,11 +108,12 @@ for m in alice bob; do
 done
 "$BCFL" status --home "$DEMO/alice"
 
-step "7. Two members train on their own data and submit (default options)"
-PARTS="$REPO/sample_data/partitions/digits/4-dir0.5"   # or: bcfl data split DATA.csv --members 4
-"$BCFL" train --home "$DEMO/alice" --data "$PARTS/member-01.csv"
+step "7. Each member's own data; two members train and submit by hand (default options)"
+"$BCFL" data split "$REPO/sample_data/digits-train.csv" --members 4 --dirichlet 0.5 --seed 7 \
+  --out "$DEMO/parts"
+"$BCFL" train --home "$DEMO/alice" --data "$DEMO/parts/member-01.csv"
 "$BCFL" submit --home "$DEMO/alice"
-"$BCFL" train --home "$DEMO/bob" --data "$PARTS/member-02.csv"
+"$BCFL" train --home "$DEMO/bob" --data "$DEMO/parts/member-02.csv"
 "$BCFL" submit --home "$DEMO/bob"
 
 step "8. Round 1 closes with an aggregate (min_updates = 2 accepted updates)"
