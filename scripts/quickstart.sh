@@ -126,6 +126,11 @@ until [ "$("$BCFL" status --home "$DEMO/alice" --json | json_field 'int(d["round
   fi
 done
 "$BCFL" status --home "$DEMO/alice"
+# nothing to do now (round 2 waits for its trainers): the chain stays at its height
+height() { "$BCFL" status --home "$DEMO/alice" --json | json_field 'd["height"]'; }
+before=$(height); sleep 5; after=$(height)
+[ "$before" = "$after" ] || { echo "the idle chain grew from $before to $after" >&2; exit 1; }
+echo "idle for 5 s: still at height $after"
 
 step "9. Export round 1's model with its proof, and verify the chain again"
 "$BCFL" model export --home "$DEMO/alice" --round 1 --out "$DEMO/global.safetensors"
