@@ -6,6 +6,7 @@ traceback). Subclasses name the area so callers can catch narrowly::
 
     BcflError
      ├── UsageError          (exit 2) bad arguments, bad config file
+     ├── PlanFinished        (exit 0) the training plan is over: nothing to train or submit
      ├── IdentityError       wrong passphrase, missing or corrupt key file
      ├── EncodingError       bytes that are not the canonical form of what they claim to be
      ├── StoreError          the SQLite store or the blob store
@@ -31,6 +32,20 @@ class BcflError(Exception):
 
 class UsageError(BcflError):
     exit_code = 2
+
+
+class PlanFinished(BcflError):
+    """The training plan's last round is closed: nothing to train or submit.
+
+    Not a failure (exit code 0): ``bcfl train`` and ``bcfl submit`` print the message and
+    succeed, so a script that trains every round ends cleanly with the plan.
+    """
+
+    exit_code = 0
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__(f"the training plan is finished ({rounds} rounds); nothing to train")
+        self.rounds = rounds
 
 
 class IdentityError(BcflError):

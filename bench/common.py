@@ -603,6 +603,7 @@ class LocalConsortium:
         # the node's own defaults unless a bench asks otherwise: measure bcfl as shipped
         if self.empty_block_interval is not None:
             args += ["--empty-block-interval", str(self.empty_block_interval)]
+        args.append("--empty-blocks")  # the pace every figure in bench/README.md was taken at
         if self.timeout_propose_ms is not None:
             args += ["--timeout-propose-ms", str(self.timeout_propose_ms)]
         for other in self.nodes if peers is None else peers:

@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# The Quick start's main job: four member identities, a consortium file filled with their dids,
-# the genesis block, the chain verified, then one byte of a stored blob changed and the fault
-# named by verify-chain. Everything lives in a throwaway directory, .bcfl-demo/quickstart
-# (or $BCFL_DEMO_DIR: the test suite runs this script in a temporary directory).
+# The README's walkthrough, by hand, as a script: four member identities, a consortium file
+# filled with their dids (the example's defaults), the genesis block, the chain verified, one
+# byte of a stored blob changed and the fault named by verify-chain; then the four nodes
+# started, two members training and submitting by hand (`bcfl train`, `bcfl submit`, default
+# options), round 1 closed by a committed aggregate, the model exported and the chain
+# verified again. Everything lives in a throwaway directory, .bcfl-demo/quickstart (or
+# $BCFL_DEMO_DIR: the test suite runs this script in a temporary directory); the nodes are
+# stopped on exit, however it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+REPO=$PWD
 BCFL=${BCFL:-.venv/bin/bcfl}
+# how long the nodes may take to open round 1, and round 1 to close (bounded waits)
+WAIT_S=${BCFL_QUICKSTART_WAIT_S:-180}
 DEMO=${BCFL_DEMO_DIR:-.bcfl-demo/quickstart}
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
@@ -47,4 +54,86 @@ if "$BCFL" verify-chain --home "$DEMO/tampered"; then
   echo "verify-chain missed a changed byte" >&2
   exit 1
 fi
-step "Done: the tampered copy was refused (exit 1), the original verifies (exit 0)."
+echo "the tampered copy was refused (exit 1), the original verifies (exit 0)"
+
+json_field() {  # json_field EXPR: evaluate EXPR on the JSON document read from stdin
+  python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"
+}
+
+step "6. Start the four nodes (in the background here; a terminal each in real life)"
+# four free ports out of the kernel's ephemeral range (where outgoing connections take theirs)
+read -r -a ports <<<"$(python3 -c 'import random, socket
+ports = []
+while len(ports) < 4:
+    port = random.randint(20000, 30000)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    if port not in ports:
+        ports.append(port)
+print(*ports)')"
+names=(alice bob carol dave)
+pids=()
+stop_nodes() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap stop_nodes EXIT
+for i in 0 1 2 3; do
+  peers=()
+  for j in 0 1 2 3; do
+    [ "$i" = "$j" ] || peers+=(--peer "http://127.0.0.1:${ports[$j]}")
+  done
+  "$BCFL" node --home "$DEMO/${names[$i]}" --listen "127.0.0.1:${ports[$i]}" "${peers[@]}" \
+    >"$DEMO/${names[$i]}.node.log" 2>&1 &
+  pids+=($!)
+done
+round_open() {  # round_open HOME: round 1 is open on that member's node
+  "$BCFL" status --home "$1" --json 2>/dev/null \
+    | json_field 'int(not d.get("offline") and d["round"]["number"] == 1 and d["round"]["state"] == "open")' \
+    2>/dev/null | grep -qx 1
+}
+for m in alice bob; do
+  waited=0
+  until round_open "$DEMO/$m"; do
+    sleep 1; waited=$((waited + 1))
+    if [ "$waited" -ge "$WAIT_S" ]; then
+      echo "round 1 did not open on $m's node within ${WAIT_S} s" >&2
+      tail -n 20 "$DEMO/$m.node.log" >&2
+      exit 1
+    fi
+  done
+done
+"$BCFL" status --home "$DEMO/alice"
+
+step "7. Each member's own data; two members train and submit by hand (default options)"
+"$BCFL" data split "$REPO/sample_data/digits-train.csv" --members 4 --dirichlet 0.5 --seed 7 \
+  --out "$DEMO/parts"
+"$BCFL" train --home "$DEMO/alice" --data "$DEMO/parts/member-01.csv"
+"$BCFL" submit --home "$DEMO/alice"
+"$BCFL" train --home "$DEMO/bob" --data "$DEMO/parts/member-02.csv"
+"$BCFL" submit --home "$DEMO/bob"
+
+step "8. Round 1 closes with an aggregate (min_updates = 2 accepted updates)"
+waited=0
+until [ "$("$BCFL" status --home "$DEMO/alice" --json | json_field 'int(d["round"]["number"] > 1 or d["round"]["state"] == "closed")')" = 1 ]; do
+  sleep 1; waited=$((waited + 1))
+  if [ "$waited" -ge "$WAIT_S" ]; then
+    echo "round 1 was not closed within ${WAIT_S} s" >&2
+    exit 1
+  fi
+done
+"$BCFL" status --home "$DEMO/alice"
+# nothing to do now (round 2 waits for its trainers): the chain stays at its height
+height() { "$BCFL" status --home "$DEMO/alice" --json | json_field 'd["height"]'; }
+before=$(height); sleep 5; after=$(height)
+[ "$before" = "$after" ] || { echo "the idle chain grew from $before to $after" >&2; exit 1; }
+echo "idle for 5 s: still at height $after"
+
+step "9. Export round 1's model with its proof, and verify the chain again"
+"$BCFL" model export --home "$DEMO/alice" --round 1 --out "$DEMO/global.safetensors"
+"$BCFL" verify-chain --home "$DEMO/alice"
+
+step "Done: the tampered copy was refused (exit 1), round 1 closed with a committed aggregate."

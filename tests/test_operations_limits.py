@@ -45,6 +45,7 @@ from bcfl_cli.node import (
     operations,
     peers,
     schemas,
+    server,
     sync,
 )
 from bcfl_cli.node.explorer import routes as explorer_routes
@@ -178,6 +179,24 @@ def _field(model: Any, name: str) -> str:
     return name
 
 
+def _example_training(key: str) -> Any:
+    """A value of the ``[training]`` table of the shipped example consortium file."""
+    import tomllib
+
+    from bcfl_cli.consortium import example
+
+    text = (Path(example.__file__).parent / "example.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)["training"][key]
+
+
+def _bound(model: Any, name: str, kind: str) -> Any:
+    """A pydantic field's ``ge`` / ``le`` constraint."""
+    for item in model.model_fields[name].metadata:
+        if hasattr(item, kind):
+            return getattr(item, kind)
+    raise AssertionError(f"{model.__name__}.{name} has no {kind} bound")
+
+
 def _consortium_key(name: str) -> str:
     assert name in chain_config.OPTIONAL_CONSORTIUM_KEYS, f"no consortium key {name}"
     return name
@@ -251,6 +270,27 @@ def _bindings() -> dict[str, list[str]]:
             s(ms_to_s(chain_state.MAX_CLOCK_DRIFT_MS)),
         ],
         "block time step over its parent": [days(ms_to_s(chain_state.MAX_BLOCK_TIME_STEP_MS))],
+        "block time behind a validator's clock, for its prevote": [
+            s(ms_to_s(chain_state.MAX_CLOCK_LAG_MS)),
+            f"{_n(chain_state.MAX_BLOCK_TIME_STEP_MS / 86_400_000)}-day step limit",
+        ],
+        "round deadline in time": [
+            f"`training.{_field(spec.TrainingPlan, 'round_deadline_s')}`",
+            f"{s(spec.MIN_ROUND_DEADLINE_S)} to {days(spec.MAX_ROUND_DEADLINE_S)}",
+            f"({s(_example_training('round_deadline_s'))} in the example file)",
+            f"{days(ms_to_s(chain_state.MAX_BLOCK_TIME_STEP_MS))} is the largest step",
+        ],
+        "round deadline in blocks": [
+            f"`training.{_field(spec.TrainingPlan, 'deadline_blocks')}`",
+            f"{_n(_bound(spec.TrainingPlan, 'deadline_blocks', 'ge'))} to "
+            f"{_n(_bound(spec.TrainingPlan, 'deadline_blocks', 'le'))}",
+            f"({_n(spec.DEFAULT_DEADLINE_BLOCKS)} when the genesis names no deadline)",
+        ],
+        "empty blocks while idle": [
+            f"default {s(_default('node', '--empty-block-interval'))}",
+            f"at most every {s(server.DEFAULT_HEARTBEAT_S)}",
+            f"at most every {s(_default('node', '--heartbeat-interval'))}",
+        ],
         "replay cache": [
             f"{_n(node.nonces_per_member)} nonces per member",
             f"{_n(node.max_nonces)} shared",

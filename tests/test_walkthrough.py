@@ -1,4 +1,5 @@
-"""`make walkthrough` (scripts/quickstart.sh) runs end to end: what the README promises works."""
+"""`make walkthrough` (scripts/quickstart.sh) runs end to end: what the README promises works,
+by hand and at default options, from the identities to a committed aggregate of round 1."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the walkthrough is a bash script")
 def test_quickstart_script_runs_and_catches_the_tampered_byte(tmp_path: Path) -> None:
     bcfl = Path(sys.executable).parent / "bcfl"
@@ -24,8 +25,10 @@ def test_quickstart_script_runs_and_catches_the_tampered_byte(tmp_path: Path) ->
         env=env,
         capture_output=True,
         text=True,
-        timeout=230,
+        timeout=410,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "the tampered copy was refused (exit 1)" in out.stdout
+    assert "round 1 closed with a committed aggregate" in out.stdout
+    assert (tmp_path / "quickstart" / "global.safetensors").is_file()
     assert (tmp_path / "quickstart" / "alice" / "chain.sqlite").is_file()

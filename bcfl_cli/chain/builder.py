@@ -18,6 +18,16 @@ from bcfl_cli.protocol.merkle import merkle_root
 from bcfl_cli.protocol.tx import Transaction
 
 
+def next_block_time(head_time: int, now_ms: int) -> int:
+    """The time a block proposed at ``now_ms`` on a head of ``head_time`` carries (§6.2).
+
+    The proposer's round driver asks it too: an ``open_round`` names a ``deadline_time``
+    counted from its own block's time, and a round closes on its deadline by the time of the
+    block that closes it.
+    """
+    return min(max(now_ms, head_time + 1), head_time + MAX_BLOCK_TIME_STEP_MS)
+
+
 def build_block(
     state: ChainState,
     head: Block,
@@ -38,7 +48,7 @@ def build_block(
     header = BlockHeader(
         height=head.height + 1,
         prev=head.hash,
-        time=min(max(time_ms, head.header.time + 1), head.header.time + MAX_BLOCK_TIME_STEP_MS),
+        time=next_block_time(head.header.time, time_ms),
         proposer=did_from_public_key(bytes(proposer_key.verify_key)),
         tx_root=merkle_root([t.hash for t in txs]),
         validators=state.validator_set.hash,

@@ -29,6 +29,7 @@ from rpds import HashTrieMap, HashTrieSet
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.config import GenesisConfig, parse_document
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
+from bcfl_cli.fl.spec import TrainingPlan
 from bcfl_cli.protocol.block import (
     MAX_TXS_PER_BLOCK,
     Block,
@@ -52,6 +53,11 @@ MAX_BLOCK_TIME_STEP_MS = 24 * 60 * 60 * 1000
 #: for it (§6.2, the prevote rule). Only an upper bound: once a block is within it, it stays
 #: within it, so a block validators locked on never turns invalid for them later.
 MAX_CLOCK_DRIFT_MS = 10_000
+#: How far a fresh proposal's time may lag a validator's clock when the step limit does not
+#: force it (§6.2 prevote rule). An idle chain makes no blocks, so a head can be hours old: a
+#: proposer free to date its block just after such a head could open a round whose deadline
+#: in time has passed already. Generous against slow validation (blob fetch, checks).
+MAX_CLOCK_LAG_MS = 60_000
 
 ACTIVE = "active"
 REMOVED = "removed"
@@ -129,7 +135,10 @@ class RoundState:
     base_model: str
     model: str  # the aggregate's model once closed; the base while open
     opened_at: int = 0
-    deadline_height: int = 0
+    deadline_height: int = 0  # 0: the plan has no deadline in blocks
+    deadline_time: int = 0  # ms of block time; 0: the plan has no deadline in seconds
+    closed_at: int = 0  # height of the block whose aggregate closed it; 0 while open
+    closed_time: int = 0  # that block's time (ms)
     accepted: tuple[AcceptedUpdate, ...] = ()
     submitted: frozenset[str] = frozenset()  # authors with an update (accepted or not)
 
@@ -320,11 +329,13 @@ class ChainState:
         """Whether ``max_pending_joins`` requests are pending: a new one would be refused."""
         return len(self._pending) >= self.config.max_pending_joins
 
-    def round_may_close(self, height: int) -> bool:
-        """Whether the block at ``height`` may aggregate the open round (PROTOCOL.md §6).
+    def round_may_close(self, height: int, time_ms: int) -> bool:
+        """Whether the block at ``height`` with time ``time_ms`` may aggregate the open round
+        (PROTOCOL.md §6.3).
 
         Enough accepted updates, or every trainer heard from (each sends one update a round,
-        so waiting for the deadline after that would add nothing but blocks), or the deadline.
+        so waiting for the deadline after that would add nothing but blocks), or a deadline:
+        the round's deadline height, or its deadline time, whichever comes first.
         """
         rnd = self.round
         if not rnd.open:
@@ -333,7 +344,37 @@ class ChainState:
             return True
         if self._trainers and all(d in rnd.submitted for d in self._trainers):
             return True
-        return height >= rnd.deadline_height
+        return self.round_deadline_passed(height, time_ms)
+
+    def round_deadline_passed(self, height: int, time_ms: int) -> bool:
+        """Whether the open round's deadline (in blocks or in block time) is reached by the
+        block at ``height`` with time ``time_ms``."""
+        rnd = self.round
+        if rnd.deadline_height and height >= rnd.deadline_height:
+            return True
+        return bool(rnd.deadline_time) and time_ms >= rnd.deadline_time
+
+    @property
+    def plan_finished(self) -> bool:
+        """Whether the training plan is over: its last round is closed by an aggregate.
+
+        No ``open_round`` may follow (``training_finished``), so no update can be submitted
+        and no block is needed until some member sends a transaction.
+        """
+        rnd = self.round
+        return not rnd.open and rnd.number >= self.config.training.rounds
+
+    def plan_progress(self) -> dict[str, Any]:
+        """The training plan as ``bcfl status`` shows it: rounds planned, whether it is
+        finished, and the height and time of the block that finished it."""
+        finished = self.plan_finished
+        rnd = self.round
+        return {
+            "rounds": self.config.training.rounds,
+            "finished": finished,
+            "finished_height": rnd.closed_at if finished else None,
+            "finished_time": rnd.closed_time if finished else None,
+        }
 
     def member(self, did: str) -> Member | None:
         return self._members.get(did)
@@ -566,9 +607,11 @@ def check_block_time(state: ChainState, time_ms: int, height: int) -> None:
         )
 
 
-def check_proposal_time(block: Block, now_ms: int) -> None:
+def check_proposal_time(block: Block, now_ms: int, *, parent_time: int | None = None) -> None:
     """§6.2 prevote rule: a proposed block's time is at most ``MAX_CLOCK_DRIFT_MS`` past the
-    validator's own clock ``now_ms``.
+    validator's own clock ``now_ms`` and, given its parent's time, at most
+    ``MAX_CLOCK_LAG_MS`` behind it unless the chain's step limit holds it back (a chain idle
+    for more than a day catches up a day a block).
 
     Not a chain rule (a verifier has no clock to compare with): each validator applies it
     before it prevotes, so a proposer alone cannot date a block into the future; a block
@@ -581,6 +624,16 @@ def check_proposal_time(block: Block, now_ms: int) -> None:
             block.height,
             "time_in_future",
             f"time: expected at most {limit} (local clock {now_ms} + {MAX_CLOCK_DRIFT_MS} ms), "
+            f"found {block.header.time}",
+        )
+    if parent_time is None:
+        return
+    floor = min(now_ms - MAX_CLOCK_LAG_MS, parent_time + MAX_BLOCK_TIME_STEP_MS)
+    if block.header.time < floor:
+        raise _fail(
+            block.height,
+            "time_in_past",
+            f"time: expected at least {floor} (local clock {now_ms} - {MAX_CLOCK_LAG_MS} ms), "
             f"found {block.header.time}",
         )
 
@@ -615,6 +668,16 @@ def check_commit(state: ChainState, block: Block, *, verify_signatures: bool = T
             f"commit power: expected at least {vs.quorum_power()} of {vs.total_power}, "
             f"found {signed}",
         )
+
+
+def round_deadlines(plan: TrainingPlan, height: int, time_ms: int) -> tuple[int, int | None]:
+    """(``deadline_height``, ``deadline_time``) of a round opened by the block at ``height``
+    with time ``time_ms`` (PROTOCOL.md §6.3): ``deadline_height`` is 0 when the plan has no
+    deadline in blocks; ``deadline_time`` is None (left out of the body) when it has none in
+    seconds."""
+    blocks = height + plan.deadline_blocks if plan.deadline_blocks is not None else 0
+    seconds = plan.round_deadline_s
+    return blocks, (time_ms + seconds * 1000 if seconds is not None else None)
 
 
 # --- §6.3 transaction rules --------------------------------------------------------------------
@@ -832,12 +895,20 @@ class _TxRules:
                 "wrong_base_model",
                 f"base_model: expected {rnd.model}, found {body['base_model']}",
             )
-        deadline = self.h + self.s.config.training.deadline_blocks
+        deadline, deadline_time = round_deadlines(
+            self.s.config.training, self.h, self.block.header.time
+        )
         if body["deadline_height"] != deadline:
             raise self.fail(
                 tx,
                 "wrong_deadline",
                 f"deadline_height: expected {deadline}, found {body['deadline_height']}",
+            )
+        if body.get("deadline_time") != deadline_time:
+            raise self.fail(
+                tx,
+                "wrong_deadline_time",
+                f"deadline_time: expected {deadline_time}, found {body.get('deadline_time')}",
             )
         self.s.round = RoundState(
             number=body["round"],
@@ -846,6 +917,7 @@ class _TxRules:
             model=rnd.model,
             opened_at=self.h,
             deadline_height=deadline,
+            deadline_time=deadline_time or 0,
         )
 
     def on_update(self, tx: Transaction, body: dict[str, Any]) -> None:
@@ -905,13 +977,22 @@ class _TxRules:
         self.require_proposer(tx)
         rnd = self.require_open_round(tx, body["round"])
         plan = self.s.config.training
-        if not self.s.round_may_close(self.h):
+        time_ms = self.block.header.time
+        if not self.s.round_may_close(self.h, time_ms):
+            deadlines = " or ".join(
+                d
+                for d in (
+                    f"height {rnd.deadline_height}" if rnd.deadline_height else "",
+                    f"time {rnd.deadline_time}" if rnd.deadline_time else "",
+                )
+                if d
+            )
             raise self.fail(
                 tx,
                 "aggregate_too_early",
                 f"expected {plan.min_updates} accepted updates, an update from every trainer "
-                f"or height {rnd.deadline_height}, found {len(rnd.accepted)} accepted of "
-                f"{len(rnd.submitted)} submitted at height {self.h}",
+                f"or {deadlines}, found {len(rnd.accepted)} accepted of "
+                f"{len(rnd.submitted)} submitted at height {self.h}, time {time_ms}",
             )
         if body["updates"] != rnd.accepted_hashes:
             raise self.fail(
@@ -944,7 +1025,13 @@ class _TxRules:
                 raise
             except BcflError as exc:
                 raise self.fail(tx, "aggregate_check_failed", exc.message) from exc
-        self.s.round = dataclasses.replace(rnd, open=False, model=body["model"])
+        self.s.round = dataclasses.replace(
+            rnd,
+            open=False,
+            model=body["model"],
+            closed_at=self.h,
+            closed_time=self.block.header.time,
+        )
 
     # --- evidence ------------------------------------------------------------------------
     def on_misbehaviour(self, tx: Transaction, body: dict[str, Any]) -> None:

@@ -89,12 +89,36 @@ def node(
             min=0.05,
             max=3600.0,
             help=(
-                "Seconds an idle proposer waits before proposing an empty block (or a round's "
-                "first updates while other trainers' are still expected; up to 4 intervals "
-                "while more keep arriving)."
+                "Seconds a proposer waits for more before proposing a round's first updates"
+                " while other trainers' are still expected (up to 4 intervals while more keep"
+                " arriving); with --empty-blocks, also the pace of empty blocks."
             ),
         ),
     ] = 1.0,
+    empty_blocks: Annotated[
+        bool,
+        typer.Option(
+            "--empty-blocks/--no-empty-blocks",
+            help=(
+                "Propose an empty block every --empty-block-interval while there is nothing"
+                " to do (the demo's and tests' pace). Default: a block only when there is"
+                " something to put in it (a transaction, a round to open or close)."
+            ),
+        ),
+    ] = False,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            "--heartbeat-interval",
+            min=1.0,
+            max=86400.0,
+            help=(
+                "Without --empty-blocks: seconds between empty blocks while the open round's"
+                " deadline is counted in blocks only (a genesis with training.deadline_blocks"
+                " and no round_deadline_s); no other idle state makes blocks."
+            ),
+        ),
+    ] = 60.0,
     train: Annotated[
         Path | None,
         typer.Option(
@@ -181,6 +205,8 @@ def node(
         advertise=advertise,
         timeouts=TimeoutConfig(propose_ms=timeout_propose_ms),
         empty_block_interval_s=empty_block_interval,
+        empty_blocks=empty_blocks,
+        heartbeat_interval_s=heartbeat_interval,
         train=train,
         attack=attack,
         train_seed=train_seed,

@@ -70,8 +70,8 @@ def render_status(status: dict[str, Any]) -> None:
     planned = status.get("rounds_planned")
     of = f" of {planned}" if planned else ""
     deadline = ""
-    if rnd.get("state") == "open" and "deadline_height" in rnd:
-        deadline = f", deadline height {rnd['deadline_height']}"
+    if rnd.get("state") == "open":
+        deadline = _deadline(rnd)
     rows = [
         ("genesis", status.get("genesis", "-")),
         ("height", _cell(status.get("height"))),
@@ -81,6 +81,7 @@ def render_status(status: dict[str, Any]) -> None:
             f"{rnd.get('number', '-')}{of} ({rnd.get('state', '-')}, "
             f"{accepted} updates accepted{deadline})",
         ),
+        ("training plan", _plan(status.get("plan"), planned)),
         ("global model", rnd.get("model", rnd.get("base_model", "-"))),
         ("this node", f"{me.get('name') or me.get('did', '-')} ({me.get('role', '-')})"),
     ]
@@ -122,6 +123,35 @@ def render_status(status: dict[str, Any]) -> None:
             if isinstance(m, dict)
         ],
         no_wrap=["did"],
+    )
+
+
+def _deadline(rnd: dict[str, Any]) -> str:
+    """The open round's deadlines: a height (0: none) and/or a block time (ms)."""
+    parts = []
+    if rnd.get("deadline_height"):
+        parts.append(f"height {rnd['deadline_height']}")
+    if isinstance(rnd.get("deadline_time"), int):
+        at = time.strftime("%H:%M:%S UTC", time.gmtime(rnd["deadline_time"] / 1000))
+        parts.append(f"{at}")
+    return f", deadline {' or '.join(parts)}" if parts else ""
+
+
+def _plan(plan: Any, planned: Any) -> str:
+    """ "finished (10 of 10 rounds) at height 41, 12:03:04 UTC", or "running"."""
+    if not isinstance(plan, dict):
+        return "-"
+    rounds = plan.get("rounds", planned)
+    if not plan.get("finished"):
+        return f"running ({rounds} rounds planned)"
+    when = ""
+    if isinstance(plan.get("finished_time"), int):
+        when = ", " + time.strftime(
+            "%Y-%m-%d %H:%M:%S UTC", time.gmtime(plan["finished_time"] / 1000)
+        )
+    return (
+        f"finished ({rounds} of {rounds} rounds) at height "
+        f"{plan.get('finished_height', '-')}{when}; nothing to train"
     )
 
 

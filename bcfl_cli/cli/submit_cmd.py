@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from rich.progress import (
 from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
-from bcfl_cli.errors import NodeError
+from bcfl_cli.errors import NodeError, PlanFinished, UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity, passphrase_from
 from bcfl_cli.node.client import PeerUnreachable
@@ -30,6 +31,7 @@ from bcfl_cli.node.operations import (
     DEFAULT_WAIT_S,
     NodeApi,
     SubmitOutcome,
+    ensure_plan_running,
     latest_update,
     node_url,
     read_update,
@@ -89,6 +91,27 @@ def _render(outcome: SubmitOutcome) -> None:
         render.print_line(f"[bold red]rejected:[/] {escape(outcome.reason + detail)}")
 
 
+def _latest_or_finished(home: Home, url: str) -> Path:
+    """The latest update ``bcfl train`` wrote; when there is none because the plan is over
+    (train writes nothing then), PlanFinished rather than "no update"."""
+    try:
+        return latest_update(home)
+    except UsageError:
+        with contextlib.suppress(NodeError), NodeApi(url) as api:
+            ensure_plan_running(api)
+        raise
+
+
+def render_plan_finished(finished: PlanFinished, *, json_out: bool) -> None:
+    """What train and submit print once the plan is over (exit 0)."""
+    if json_out:
+        render.print_json(
+            {"plan_finished": True, "rounds": finished.rounds, "message": finished.message}
+        )
+    else:
+        render.info(finished.message)
+
+
 def submit(
     update: Annotated[
         Path | None,
@@ -110,11 +133,11 @@ def submit(
     Exits 1 when the contract (or the node) rejects the update, printing the reason.
     """
     member_home = Home.resolve(home)
-    path = update if update is not None else latest_update(member_home)
-    update_file = read_update(path)
     url = node_url(member_home, node)
-    identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
     try:
+        path = update if update is not None else _latest_or_finished(member_home, url)
+        update_file = read_update(path)
+        identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
         with (
             NodeApi(url, identity.signing_key) as api,
             transfer_progress(f"uploading {path.name}", enabled=not json_out) as progress,
@@ -127,6 +150,9 @@ def submit(
                 wait_s=timeout,
                 progress=progress,
             )
+    except PlanFinished as finished:
+        render_plan_finished(finished, json_out=json_out)
+        return
     except PeerUnreachable as exc:
         if node:
             raise

@@ -9,6 +9,8 @@ import typer
 
 from bcfl_cli.cli import render
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
+from bcfl_cli.cli.submit_cmd import render_plan_finished
+from bcfl_cli.errors import PlanFinished
 from bcfl_cli.home import Home
 
 
@@ -60,20 +62,28 @@ def train(
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Train on local data from the round's global model; write the weight delta + metrics."""
+    """Train on local data from the round's global model; write the weight delta + metrics.
+
+    Once the training plan is finished (its last round closed), says so and exits 0 without
+    writing anything.
+    """
     from bcfl_cli.fl.local_round import train_for_round  # torch loads only when needed
 
-    with render.progress_bar("training", enabled=not json_out) as progress:
-        update = train_for_round(
-            Home.resolve(home),
-            data,
-            round=round,
-            out=out,
-            seed=seed,
-            progress=progress,
-            device=device,
-            force=force,
-        )
+    try:
+        with render.progress_bar("training", enabled=not json_out) as progress:
+            update = train_for_round(
+                Home.resolve(home),
+                data,
+                round=round,
+                out=out,
+                seed=seed,
+                progress=progress,
+                device=device,
+                force=force,
+            )
+    except PlanFinished as finished:  # exit 0: nothing to train is not a failure
+        render_plan_finished(finished, json_out=json_out)
+        return
     for warning in update.warnings:
         render.warn(warning)
     side = update.sidecar

@@ -120,7 +120,7 @@ def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]
             "",
         ]
     lines += _toml_table("model", plan.model.model_dump(mode="python"))
-    lines += _toml_table("training", plan.training.model_dump(mode="python"))
+    lines += _toml_table("training", plan.training.model_dump(mode="python", exclude_none=True))
     lines += _toml_table("contract", plan.contract.model_dump(mode="python"))
     lines += _toml_table("aggregation", plan.aggregation.model_dump(mode="python"))
     return "\n".join(lines)
@@ -211,6 +211,8 @@ class LocalConsortium:
         passphrase: str = DEMO_PASSPHRASE,
         genesis_time_ms: int = DEFAULT_GENESIS_TIME_MS,
         empty_block_interval: float = 0.3,
+        empty_blocks: bool = True,
+        heartbeat_interval: float | None = None,
         timeout_propose_ms: int = 1500,
         log_json: bool = True,
         env: dict[str, str] | None = None,
@@ -222,6 +224,10 @@ class LocalConsortium:
         self.passphrase = passphrase
         self.genesis_plan = genesis
         self.empty_block_interval = empty_block_interval
+        # The demo's rounds close on a deadline in blocks, and the tests wait for heights to
+        # grow: both keep the empty-block pace (``bcfl node --empty-blocks``).
+        self.empty_blocks = empty_blocks
+        self.heartbeat_interval = heartbeat_interval  # None: the node's default
         self.timeout_propose_ms = timeout_propose_ms
         self.log_json = log_json
         self.extra_env = dict(env or {})
@@ -295,9 +301,12 @@ class LocalConsortium:
             f"127.0.0.1:{member.port}",
             "--empty-block-interval",
             str(self.empty_block_interval),
+            "--empty-blocks" if self.empty_blocks else "--no-empty-blocks",
             "--timeout-propose-ms",
             str(self.timeout_propose_ms),
         ]
+        if self.heartbeat_interval is not None:
+            args += ["--heartbeat-interval", str(self.heartbeat_interval)]
         if self.log_json:
             args.append("--log-json")
         urls = (

@@ -29,7 +29,13 @@ import torch
 
 from bcfl_cli.chain.config import GenesisConfig
 from bcfl_cli.chain.state import ChainState
-from bcfl_cli.errors import ContractError, StoreError, UsageError, VerificationError
+from bcfl_cli.errors import (
+    ContractError,
+    PlanFinished,
+    StoreError,
+    UsageError,
+    VerificationError,
+)
 from bcfl_cli.fl.data import load_csv
 from bcfl_cli.fl.device import pick_device
 from bcfl_cli.fl.dp import epsilon_spent
@@ -80,7 +86,14 @@ def replay_state(ledger: Ledger) -> ChainState:
 
 
 def target_round(state: ChainState, requested: int | None) -> RoundTarget:
-    """The open round; if none is open, the next one (its base is the latest global model)."""
+    """The open round; if none is open, the next one (its base is the latest global model).
+
+    PlanFinished once the plan's last round is closed: no round will open again, so an update
+    trained now could never be submitted (it used to be written for round N+1, "not open yet",
+    and refused by the node).
+    """
+    if state.plan_finished:
+        raise PlanFinished(state.config.training.rounds)
     current = state.round
     target = (
         RoundTarget(current.number, current.base_model, True)

@@ -14,6 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 #: The largest model or update blob a consortium accepts when its file states no
 #: ``contract.max_blob_bytes`` (docs/OPERATIONS.md's limits table).
 DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
+#: The round deadline of a plan that names none (in blocks; the value every genesis held
+#: before ``round_deadline_s`` existed).
+DEFAULT_DEADLINE_BLOCKS = 20
+#: Bounds of ``training.round_deadline_s``. At most one day, the largest step one block's time
+#: may take past its parent's (PROTOCOL.md §6.2): the first block a proposer makes once the
+#: deadline has passed, however long the chain sat idle, then always carries a time at or past
+#: it, so the round can close in that block.
+MIN_ROUND_DEADLINE_S = 10
+MAX_ROUND_DEADLINE_S = 24 * 3600
 
 
 class _Spec(BaseModel):
@@ -70,10 +79,37 @@ class TrainingPlan(_Spec):
     label_column: str = Field(default="label", min_length=1, max_length=64)
     #: a round closes once this many updates are accepted ...
     min_updates: int = Field(default=2, ge=1, le=10_000)
-    #: ... or once every trainer has sent its update (accepted or not), or this many blocks
-    #: after it opened, whichever comes first.
-    deadline_blocks: int = Field(default=20, ge=1, le=1_000_000)
+    #: ... or once every trainer has sent its update (accepted or not), or at its deadline:
+    #: this many blocks after it opened, and/or this many seconds of block time after it
+    #: opened, whichever comes first (PROTOCOL.md §6.3). A plan that names neither gets
+    #: ``deadline_blocks = DEFAULT_DEADLINE_BLOCKS`` (what every genesis before
+    #: ``round_deadline_s`` held). A deadline in blocks needs heights to grow while nobody
+    #: sends anything (a node's heartbeat, ``bcfl node --heartbeat-interval``); a deadline in
+    #: seconds does not: the proposer wakes up for it.
+    deadline_blocks: int | None = Field(default=None, ge=1, le=1_000_000)
+    round_deadline_s: int | None = Field(
+        default=None, ge=MIN_ROUND_DEADLINE_S, le=MAX_ROUND_DEADLINE_S
+    )
     dp: DPSpec = Field(default_factory=DPSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_deadline(cls, data: Any) -> Any:
+        """A plan naming no deadline keeps the block deadline every older genesis had."""
+        if isinstance(data, dict) and (
+            data.get("deadline_blocks") is None and data.get("round_deadline_s") is None
+        ):
+            data = {**data, "deadline_blocks": DEFAULT_DEADLINE_BLOCKS}
+        return data
+
+    def to_document(self) -> dict[str, Any]:
+        """As ``_Spec.to_document``, leaving out a deadline the plan does not use (older
+        genesis documents, which all name ``deadline_blocks``, keep their bytes and hash)."""
+        document = super().to_document()
+        for key in ("deadline_blocks", "round_deadline_s"):
+            if document.get(key) is None:
+                document.pop(key, None)
+        return document
 
 
 class ContractRules(_Spec):

@@ -57,6 +57,7 @@ from bcfl_cli.node.schemas import (
     MemberView,
     MeView,
     PeerView,
+    PlanView,
     RoundsResponse,
     RoundView,
     StatusResponse,
@@ -181,10 +182,12 @@ class Api:
                 base_model=rnd.base_model,
                 model=rnd.model,
                 deadline_height=rnd.deadline_height,
+                deadline_time=rnd.deadline_time or None,
                 updates=rnd.accepted_hashes,
                 submitted=len(rnd.submitted),
             ),
             rounds_planned=state.config.training.rounds,
+            plan=PlanView(**state.plan_progress()),
             peers=[
                 PeerView(
                     url=p.url,

@@ -10,7 +10,11 @@ actions into effects, in the order its docstring prescribes:
   (``GET /v1/consensus/{height}``), so a message lost on the way costs one timeout, never
   liveness;
 * ``Commit``: the node appends the block and its state; the next height starts once there is
-  something to propose, a message of that height arrives, or ``empty_block_interval`` passes;
+  something to propose, a message of that height arrives, or ``empty_block_interval`` passes
+  with something to put in the block. An idle chain makes no block (CometBFT's
+  ``create_empty_blocks = false``) unless ``empty_blocks`` is on (an empty block every
+  interval, the old pace) or the open round's deadline is counted in blocks only (then an
+  empty heartbeat block every ``heartbeat_interval_s``: that deadline needs heights);
 * ``Evidence``: a ``misbehaviour`` transaction into the mempool.
 
 The application callbacks never compute on the event loop. ``validate`` answers from a cache
@@ -89,10 +93,14 @@ class ConsensusDriver:
         *,
         timeouts: TimeoutConfig | None = None,
         empty_block_interval_s: float = 1.0,
+        empty_blocks: bool = True,
+        heartbeat_interval_s: float = 60.0,
     ) -> None:
         self.node = node
         self.guard = guard
         self.empty_block_interval_s = empty_block_interval_s
+        self.empty_blocks = empty_blocks
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.engine: Engine = Engine(
             chain=node.genesis_hash,
             me=node.did,
@@ -153,12 +161,19 @@ class ConsensusDriver:
         interval and other trainers' are expected), the interval is extended, up to
         UPDATE_WAIT_INTERVALS of them: proposing the first few alone cost every round one more
         height, a full consensus instance (measured with 10 members: two heights a round).
+
+        Without ``empty_blocks``, the interval's end starts the height only if the block would
+        hold something (``has_content``) or a heartbeat is due (``needs_heartbeat``, at most
+        one every ``heartbeat_interval_s``); otherwise the wait goes on, woken by new
+        transactions, prepared verdicts, a round's deadline time passing (``has_work`` checks
+        it at each 0.1 s step) and messages of the next height.
         """
         loop = asyncio.get_running_loop()
         interval = self.empty_block_interval_s
-        deadline = loop.time() + interval
+        started = loop.time()
+        deadline = started + interval
         if target == 1 or self.engine.height < 0:
-            deadline = loop.time()
+            deadline = started
         extensions = 0
         arrived = self.node.updates_still_arriving()
         while True:
@@ -168,10 +183,11 @@ class ConsensusDriver:
                     now_arrived is None
                     or extensions >= UPDATE_WAIT_INTERVALS - 1
                     or now_arrived <= (arrived or 0)
-                ):
+                ) and self._idle_block_due(target, loop.time() - started):
                     return
-                extensions += 1
-                arrived = now_arrived
+                if now_arrived is not None and now_arrived > (arrived or 0):
+                    extensions += 1
+                    arrived = now_arrived
                 deadline = loop.time() + interval
             if self._next_height_seen.is_set() or self.node.has_work(target):
                 return
@@ -182,6 +198,15 @@ class ConsensusDriver:
                 await asyncio.wait_for(
                     self._work.wait(), max(0.0, min(0.1, deadline - loop.time()))
                 )
+
+    def _idle_block_due(self, target: int, waited_s: float) -> bool:
+        """Whether the interval's end should start the height at ``target`` (see above)."""
+        # a node whose engine never started cannot hear of the next height (``on_message``)
+        if self.empty_blocks or target == 1 or self.engine.height < 0:
+            return True
+        if self.node.has_content(target):
+            return True
+        return self.node.needs_heartbeat() and waited_s >= self.heartbeat_interval_s
 
     async def _watch_stalls(self) -> None:
         """If a height makes no progress for STALL_S, pull from peers and re-send our votes.
@@ -593,10 +618,13 @@ class ConsensusDriver:
 
     def _timely(self, block: Block) -> bool:
         """The prevote rule on the block time (PROTOCOL.md §6.2): not past our clock plus the
-        drift allowed. The engine asks it before it prevotes for a fresh proposal (not part
-        of ``validate``, which also decides and locks); each refused block is logged once."""
+        drift allowed, nor behind it by more than the lag allowed. The engine asks it before it
+        prevotes for a fresh proposal (not part of ``validate``, which also decides and
+        locks); each refused block is logged once."""
+        state = self.node.state
+        parent = state.head_time if block.header.prev == state.head_hash else None
         try:
-            check_proposal_time(block, self.node.clock.now_ms())
+            check_proposal_time(block, self.node.clock.now_ms(), parent_time=parent)
         except VerificationError as exc:
             if block.hash not in self._untimely:
                 self._untimely[block.hash] = None

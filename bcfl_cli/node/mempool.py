@@ -131,6 +131,12 @@ def _precheck_update(state: ChainState, tx: Transaction) -> None:
         raise MempoolRefusal("not_trainer", f"{tx.author} is not an active trainer", status=403)
     rnd = state.round
     body = tx.body
+    if state.plan_finished:
+        raise MempoolRefusal(
+            "training_finished",
+            f"the training plan is finished ({state.config.training.rounds} rounds); "
+            "no round will open for this update",
+        )
     if not rnd.open or body["round"] != rnd.number:
         current = f"round {rnd.number} is {rnd.state}"
         raise MempoolRefusal(

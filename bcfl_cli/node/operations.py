@@ -33,6 +33,7 @@ from bcfl_cli.errors import (
     BlobError,
     EncodingError,
     NodeError,
+    PlanFinished,
     StoreError,
     UsageError,
     VerificationError,
@@ -752,6 +753,18 @@ def build_update_tx(
         raise UsageError(f"the update cannot be signed as it is: {exc.message}") from exc
 
 
+def ensure_plan_running(api: NodeApi) -> None:
+    """PlanFinished if the member's node says the training plan is over.
+
+    Asked before anything is uploaded or signed: the node would only refuse the update
+    (``training_finished``), and the member's last ``bcfl train`` wrote none to submit.
+    """
+    plan = api.status().get("plan")
+    if isinstance(plan, dict) and plan.get("finished") is True:
+        rounds = plan.get("rounds")
+        raise PlanFinished(rounds if isinstance(rounds, int) else 0)
+
+
 def submit_update(
     home: Home,
     key: nacl.signing.SigningKey,
@@ -765,7 +778,9 @@ def submit_update(
 
     A refusal at the door (the node's mempool checks the round, base model and duplicates) is
     a rejection with the node's code as reason, like a contract rejection on chain.
+    PlanFinished, before anything is uploaded, when the node says the plan is over.
     """
+    ensure_plan_running(api)
     with Ledger.open(home) as ledger:
         chain_id = ledger.genesis_hash
         blobs = ledger.blobs
@@ -888,10 +903,12 @@ def local_status(home: Home, did: str | None = None) -> dict[str, Any]:
             "base_model": rnd.base_model,
             "model": rnd.model,
             "deadline_height": rnd.deadline_height,
+            "deadline_time": rnd.deadline_time or None,
             "updates": rnd.accepted_hashes,
             "submitted": len(rnd.submitted),
         },
         "rounds_planned": state.config.training.rounds,
+        "plan": state.plan_progress(),
         "peers": [],
         "members": [
             {

@@ -6,12 +6,13 @@ transactions of the next block:
 
 1. membership and evidence transactions, in arrival order;
 2. ``open_round`` when no round is open and the plan has rounds left (base = the latest
-   aggregate model, or the genesis initial model; ``deadline_height`` = height + plan);
+   aggregate model, or the genesis initial model; ``deadline_height`` = height + plan's
+   blocks, ``deadline_time`` = this block's time + plan's seconds, as the plan names them);
 3. while the round collects updates: each prepared update immediately followed by this
    proposer's ``validation`` carrying the contract's verdict; an update whose blob this node
    does not hold (``has_blob``) waits in the mempool for a later block, as the validators fetch
    the blobs of a proposal from its proposer first, and a proposer must be able to serve them;
-4. once ``min_updates`` are accepted or the deadline height is reached: the ``aggregate``
+4. once ``min_updates`` are accepted or a deadline (height or time) is reached: the ``aggregate``
    (no more updates after that point: the aggregate lists exactly the accepted set); in the
    same block as the updates that complete the quorum when it has been prepared for them;
 5. right after an ``aggregate``, when the plan has rounds left: the next round's
@@ -35,12 +36,13 @@ import dataclasses
 import logging
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import nacl.signing
 
-from bcfl_cli.chain.builder import build_block
+from bcfl_cli.chain.builder import build_block, next_block_time
 from bcfl_cli.chain.checks import AppChecks, VerdictLike
-from bcfl_cli.chain.state import AcceptedUpdate, ChainState
+from bcfl_cli.chain.state import MAX_CLOCK_LAG_MS, AcceptedUpdate, ChainState, round_deadlines
 from bcfl_cli.errors import BlobError, VerificationError
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
 from bcfl_cli.fl.tensors import decode_tensors
@@ -160,10 +162,11 @@ def plan_block(
         elif tx.kind in (TxKind.APPROVE_MEMBER, TxKind.REMOVE_MEMBER, TxKind.MISBEHAVIOUR):
             txs.append(tx)
     rnd = state.round
+    time_ms = next_block_time(state.head_time, now_ms)
     if not rnd.open:
         txs += _open_next(state, rnd.model, height=height, key=key, now_ms=now_ms)
         return txs
-    if state.round_may_close(height):
+    if state.round_may_close(height, time_ms):
         txs += _close_and_open(state, height=height, key=key, now_ms=now_ms, of=aggregate_of)
         return txs
     judged: list[tuple[Transaction, VerdictLike]] = []
@@ -191,7 +194,7 @@ def plan_block(
         judged.append((update, verdict))
     if judged and len(txs) + 2 <= max_txs:
         after = state_after_updates(state, judged)
-        if after.round_may_close(height):
+        if after.round_may_close(height, time_ms):
             txs += _close_and_open(after, height=height, key=key, now_ms=now_ms, of=aggregate_of)
     return txs
 
@@ -223,14 +226,26 @@ def state_after_updates(
 def _open_next(
     state: ChainState, base_model: str, *, height: int, key: nacl.signing.SigningKey, now_ms: int
 ) -> list[Transaction]:
-    """``open_round`` for the round after ``state.round`` on ``base_model``, if one is left."""
+    """``open_round`` for the round after ``state.round`` on ``base_model``, if one is left.
+
+    Its deadlines count from the block's own time (``next_block_time``, what ``build_block``
+    will give the block proposed at ``now_ms``), as the rules require.
+    """
     if not rounds_left(state):
         return []
-    body = {
+    time_ms = next_block_time(state.head_time, now_ms)
+    if state.config.training.round_deadline_s is not None and time_ms < now_ms - MAX_CLOCK_LAG_MS:
+        # a chain idle for more than a day lags the clock (a block moves it a day at most): a
+        # deadline counted from this block would be past already; catch up first (empty blocks)
+        return []
+    deadline_height, deadline_time = round_deadlines(state.config.training, height, time_ms)
+    body: dict[str, Any] = {
         "round": state.round.number + 1,
         "base_model": base_model,
-        "deadline_height": height + state.config.training.deadline_blocks,
+        "deadline_height": deadline_height,
     }
+    if deadline_time is not None:
+        body["deadline_time"] = deadline_time
     return [make_tx(key, state.chain_id, TxKind.OPEN_ROUND, body, time_ms=now_ms)]
 
 
@@ -265,6 +280,7 @@ def has_work(
     pending: Sequence[Transaction],
     *,
     height: int,
+    now_ms: int,
     verdict_of: VerdictOf,
     aggregate_of: AggregateOf,
     has_blob: HasBlob | None = None,
@@ -272,17 +288,19 @@ def has_work(
     """Whether the block at ``height`` should be proposed now (else the proposer may wait).
 
     The proposer waits at most its idle interval (``empty_block_interval``) and then proposes
-    what it has. Updates that do not yet complete the round's quorum count as work only when
-    no other trainer's update is still expected: all the round's updates then go in one block,
-    with the aggregate and the next open_round, instead of one block for the first update to
-    arrive and another for the rest.
+    what it has (``has_content``). Updates that do not yet complete the round's quorum count
+    as work only when no other trainer's update is still expected: all the round's updates
+    then go in one block, with the aggregate and the next open_round, instead of one block for
+    the first update to arrive and another for the rest. A round whose deadline time has
+    passed (by the time the block would carry) is work: that is the proposer's wake-up for it.
     """
     if any(tx.kind not in (TxKind.UPDATE,) for tx in pending):
         return True
     rnd = state.round
     if not rnd.open:
         return rounds_left(state)
-    if state.round_may_close(height):
+    time_ms = next_block_time(state.head_time, now_ms)
+    if state.round_may_close(height, time_ms):
         return aggregate_of(state) is not None
     judged = [
         (tx, verdict)
@@ -292,9 +310,53 @@ def has_work(
     if not judged:
         return False
     after = state_after_updates(state, judged)
-    if after.round_may_close(height):
+    if after.round_may_close(height, time_ms):
         return aggregate_of(after) is not None
     return not (state.trainers - after.round.submitted)
+
+
+def has_content(
+    state: ChainState,
+    pending: Sequence[Transaction],
+    *,
+    height: int,
+    now_ms: int,
+    verdict_of: VerdictOf,
+    aggregate_of: AggregateOf,
+    has_blob: HasBlob | None = None,
+) -> bool:
+    """Whether ``plan_block`` would put anything in the block at ``height`` now.
+
+    What a proposer that makes no empty blocks asks once its idle interval has passed: a
+    round's first updates (judged) are worth a block even while others are still expected;
+    nothing at all is not.
+    """
+    if has_work(
+        state,
+        pending,
+        height=height,
+        now_ms=now_ms,
+        verdict_of=verdict_of,
+        aggregate_of=aggregate_of,
+        has_blob=has_blob,
+    ):
+        return True
+    if not state.round.open:
+        return False
+    return any(verdict_of(tx) is not None for tx in proposable_updates(state, pending, has_blob))
+
+
+def needs_heartbeat(state: ChainState) -> bool:
+    """Whether heights must grow while nothing happens, for the open round to reach its end.
+
+    Only a round whose deadline is counted in blocks alone (a genesis with ``deadline_blocks``
+    and no ``round_deadline_s``) needs that: its deadline comes only with new heights. A
+    deadline in time wakes the proposer by itself, and a closed round or a finished plan needs
+    nothing: an idle chain then makes no block at all until a transaction arrives (CometBFT's
+    ``create_empty_blocks = false``).
+    """
+    rnd = state.round
+    return rnd.open and rnd.deadline_height > 0 and not rnd.deadline_time
 
 
 def build_proposal(

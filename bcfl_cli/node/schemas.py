@@ -84,8 +84,19 @@ class RoundView(_Body):
     base_model: str
     model: str
     deadline_height: int
+    #: ms of block time; None when the plan has no deadline in seconds
+    deadline_time: int | None = None
     updates: list[str]
     submitted: int
+
+
+class PlanView(_Body):
+    """The training plan: finished once its last round's aggregate is committed."""
+
+    rounds: int
+    finished: bool
+    finished_height: int | None
+    finished_time: int | None
 
 
 class PeerView(_Body):
@@ -128,6 +139,7 @@ class StatusResponse(_Body):
     head_time: int
     round: RoundView
     rounds_planned: int
+    plan: PlanView | None = None
     peers: list[PeerView]
     members: list[MemberView]
     pending_members: list[str]

@@ -52,7 +52,9 @@ from bcfl_cli.node.peers import Peers, normalise_url
 from bcfl_cli.node.round_driver import (
     AggregateKey,
     compute_aggregate,
+    has_content,
     has_work,
+    needs_heartbeat,
     pending_updates,
     plan_block,
     updates_still_arriving,
@@ -77,6 +79,9 @@ T = TypeVar("T")
 ALARM_FILE = "alarm.json"
 NODE_FILE = "node.json"
 BLOB_OWNERS_FILE = "blob_owners.sqlite"
+#: Seconds between empty blocks while the open round's deadline is counted in blocks only
+#: (``bcfl node --heartbeat-interval``); no other idle state makes blocks.
+DEFAULT_HEARTBEAT_S = 60.0
 CLOSE_GRACE_S = 5.0  # per stage of a shutdown (tasks, peer connections, the worker)
 
 
@@ -89,6 +94,10 @@ class NodeOptions:
     limits: NodeLimits = field(default_factory=NodeLimits)
     timeouts: TimeoutConfig = field(default_factory=TimeoutConfig)
     empty_block_interval_s: float = 1.0
+    #: --empty-blocks: an empty block every interval while idle (the demo's and tests' pace);
+    #: else blocks only with something in them, and heartbeats where a deadline needs heights
+    empty_blocks: bool = False
+    heartbeat_interval_s: float = DEFAULT_HEARTBEAT_S  # --heartbeat-interval
     train: Path | None = None  # --train PART.csv: train and submit each round
     attack: str | None = None  # --attack NAME (demo and tests only)
     train_seed: int | None = None  # --train-seed S (None: random at each start)
@@ -132,6 +141,8 @@ class Node:
             self.guard,
             timeouts=options.timeouts,
             empty_block_interval_s=options.empty_block_interval_s,
+            empty_blocks=options.empty_blocks,
+            heartbeat_interval_s=options.heartbeat_interval_s,
         )
         self._aggregates: dict[AggregateKey, tuple[str, int]] = {}
         # this node's validations signed while planning, reused by later plans (plan_block)
@@ -344,6 +355,7 @@ class Node:
     def _adopt_appended(self, block: Block, new_state: ChainState, *, source: str) -> None:
         if new_state.validator_set != self.state.validator_set:
             self._validator_sets.append((block.height + 1, new_state.validator_set))
+        finishes = new_state.plan_finished and not self.state.plan_finished
         self.state = new_state
         self.head = block
         self.mempool.remove(tx.hash for tx in block.txs)
@@ -361,6 +373,16 @@ class Node:
                 accepted=len(rnd.accepted),
             ),
         )
+        if finishes:  # once: the block whose aggregate closes the plan's last round
+            log.info(
+                "training plan finished",
+                extra=fields(
+                    rounds=rnd.number,
+                    height=block.height,
+                    time=block.header.time,
+                    model=rnd.model,
+                ),
+            )
         for callback in self.on_commit:
             callback(block)
         self._advanced.set()
@@ -417,10 +439,29 @@ class Node:
             self.state,
             self.mempool.snapshot(),
             height=height,
+            now_ms=self.clock.now_ms(),
             verdict_of=self.prepared_verdict,
             aggregate_of=self.prepared_aggregate,
             has_blob=self.blobs.has,
         )
+
+    def has_content(self, height: int) -> bool:
+        """Whether a block proposed now would hold anything (``round_driver.has_content``)."""
+        if self.role != "validator" or self._computing:
+            return False
+        return has_content(
+            self.state,
+            self.mempool.snapshot(),
+            height=height,
+            now_ms=self.clock.now_ms(),
+            verdict_of=self.prepared_verdict,
+            aggregate_of=self.prepared_aggregate,
+            has_blob=self.blobs.has,
+        )
+
+    def needs_heartbeat(self) -> bool:
+        """Whether the open round's deadline needs heights to grow (``needs_heartbeat``)."""
+        return needs_heartbeat(self.state)
 
     def updates_still_arriving(self) -> int | None:
         """The open round's updates in the mempool, while others are still expected."""

@@ -157,6 +157,11 @@ BODY_SCHEMAS: Mapping[TxKind, Mapping[str, Check]] = {
 }
 
 
+#: Fields a body may leave out (PROTOCOL.md §5): ``open_round`` carries ``deadline_time`` (ms)
+#: exactly when the genesis's training plan has a deadline in seconds (§6.3).
+OPTIONAL_BODY_FIELDS: Mapping[TxKind, Mapping[str, Check]] = {
+    TxKind.OPEN_ROUND: {"deadline_time": _int(1, _U64)},
+}
 _BODY_FIELDS = {kind: frozenset(schema) for kind, schema in BODY_SCHEMAS.items()}
 _SIGNED_FIELDS = frozenset({"tx", "sig"})
 _TX_FIELDS = frozenset({"v", "chain", "kind", "author", "nonce", "time", "body"})
@@ -165,15 +170,16 @@ _TIME = _int(0, _U64)
 
 
 def validate_body(kind: TxKind, body: Any) -> None:
-    schema = BODY_SCHEMAS[kind]
+    optional = OPTIONAL_BODY_FIELDS.get(kind, {})
+    schema = {**BODY_SCHEMAS[kind], **optional}
     if not isinstance(body, dict):
         raise EncodingError(f"{kind} body must be an object")
-    if body.keys() != _BODY_FIELDS[kind]:
-        missing = sorted(set(schema) - set(body))
+    if body.keys() - optional.keys() != _BODY_FIELDS[kind]:
+        missing = sorted(_BODY_FIELDS[kind] - set(body))
         extra = sorted(set(body) - set(schema))
         raise EncodingError(f"{kind} body fields wrong: missing {missing}, unexpected {extra}")
     for field, check in schema.items():
-        if not check(body[field]):
+        if field in body and not check(body[field]):
             raise EncodingError(f"{kind} body field {field!r} has an invalid value")
 
 

@@ -329,7 +329,7 @@ def test_a_round_may_close_once_every_trainer_has_sent_its_update(tmp_path):
     # deadline; one trainer still to send keeps it open
     c = make_consortium(tmp_path)
     _open_round(c)
-    assert not c.state.round_may_close(c.state.height + 1)
+    assert not c.state.round_may_close(c.state.height + 1, c.state.head_time + 1)
     sent = []
     for name, payload in [("alice", b"a"), ("bob", b"b"), ("carol", b"c")]:
         u = c.tx(name, TxKind.UPDATE, update_body(c, 1, payload * 10))
@@ -348,7 +348,7 @@ def test_a_round_may_close_once_every_trainer_has_sent_its_update(tmp_path):
     u = c.tx("dave", TxKind.UPDATE, update_body(c, 1, b"d" * 10))
     c.commit([u, validation(c, u)])
     assert len(c.state.round.accepted) == 1 < c.state.config.training.min_updates
-    assert c.state.round_may_close(c.state.height + 1)
+    assert c.state.round_may_close(c.state.height + 1, c.state.head_time + 1)
     agg = {**agg, "updates": [u.hash], "model": "cd" * 32}
     c.commit([c.tx("alice", TxKind.AGGREGATE, agg)])
     assert not c.state.round.open and c.state.round.model == "cd" * 32

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,20 @@ runner = CliRunner()
 
 @pytest.fixture
 def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalNode]:
-    harness = LocalNode(tmp_path)
+    yield from _wired(LocalNode(tmp_path), monkeypatch)
+
+
+#: A plan of one round that one update closes, for the finished state.
+ONE_ROUND = {"rounds = 10": "rounds = 1", "min_updates = 2 ": "min_updates = 1 "}
+
+
+@pytest.fixture
+def one_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalNode]:
+    yield from _wired(LocalNode(tmp_path, edit=ONE_ROUND), monkeypatch)
+
+
+def _wired(harness: LocalNode, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalNode]:
+    """The CLI modules talk to ``harness``'s app in-process, as founder alice."""
 
     def api(url: str, signer: Any = None, **_: Any) -> NodeApi:
         assert url.rstrip("/") == URL
@@ -232,3 +246,45 @@ def test_init_tells_the_other_founders_what_to_run(tmp_path: Path) -> None:
     text = " ".join(result.output.split())
     assert "--time-ms 1767225600000 --home THEIR_HOME" in text
     assert "Founders never run `bcfl join`" in text
+
+
+def test_the_finished_plan_in_status_train_submit_and_the_log(
+    one_round: LocalNode, caplog: pytest.LogCaptureFixture
+) -> None:
+    local = one_round
+    home = str(local.home.root)
+    local.mine()  # round 1 of 1 opens
+    running = json.loads(bcfl("status", "--home", home, "--json").stdout)
+    assert running["plan"] == {
+        "rounds": 1, "finished": False, "finished_height": None, "finished_time": None
+    }  # fmt: skip
+    train_for_round(local.home, part(1), seed=2)
+    with caplog.at_level(logging.INFO, logger="bcfl.node"):
+        accepted = bcfl("submit", "--home", home, "--json")  # its update closes the round
+    assert accepted.exit_code == 0, accepted.output
+    assert not local.state.round.open and local.state.plan_finished
+    finished_logs = [r for r in caplog.records if r.getMessage() == "training plan finished"]
+    assert len(finished_logs) == 1
+    data = json.loads(bcfl("status", "--home", home, "--json").stdout)
+    head = local.node.head
+    assert data["plan"] == {
+        "rounds": 1,
+        "finished": True,
+        "finished_height": head.height,
+        "finished_time": head.header.time,
+    }
+    table = bcfl("status", "--home", home)
+    assert "finished (1 of 1 rounds) at height" in table.stdout
+    # train: nothing to train, exit 0, nothing written (it used to write round 2, "not open yet")
+    trained = bcfl("train", "--home", home, "--data", str(part(1)))
+    assert trained.exit_code == 0, trained.output
+    assert "the training plan is finished (1 rounds); nothing to train" in trained.stdout
+    assert not (local.home.root / "updates" / "round-2.safetensors").exists()
+    as_json = json.loads(bcfl("train", "--home", home, "--data", str(part(1)), "--json").stdout)
+    assert as_json["plan_finished"] is True and as_json["rounds"] == 1
+    # submit: the same answer before anything is uploaded (it used to be refused wrong_round)
+    submitted = bcfl("submit", "--home", home)
+    assert submitted.exit_code == 0, submitted.output
+    assert "the training plan is finished (1 rounds)" in submitted.stdout
+    # the node's door says why too, to a client that does not ask the status first
+    assert local.mine() is None  # and nothing more to propose: no block

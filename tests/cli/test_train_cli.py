@@ -55,7 +55,13 @@ def open_round(home: Home) -> None:
             key("alice"),
             ledger.genesis_hash,
             TxKind.OPEN_ROUND,
-            {"round": 1, "base_model": state.round.model, "deadline_height": 21},
+            # the example's deadline is 600 s of block time after the opening block's
+            {
+                "round": 1,
+                "base_model": state.round.model,
+                "deadline_height": 0,
+                "deadline_time": 1_700_000_000_200 + 600_000,
+            },
             time_ms=1_700_000_000_100,
         )
         block = build_block(state, ledger.head(), [tx], key("alice"), time_ms=1_700_000_000_200)

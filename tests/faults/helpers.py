@@ -38,7 +38,8 @@ def plan(
     *,
     rounds: int = 1000,
     min_updates: int = 3,
-    deadline_blocks: int = 20,
+    deadline_blocks: int | None = 20,
+    round_deadline_s: int | None = None,
     rule: str = "fedavg",
     max_update_norm: float = 10.0,
     local_epochs: int = 1,
@@ -56,6 +57,7 @@ def plan(
             local_epochs=local_epochs,
             min_updates=min_updates,
             deadline_blocks=deadline_blocks,
+            round_deadline_s=round_deadline_s,
         ),
         contract=ContractRules(
             max_update_norm=max_update_norm, min_samples=10, max_blob_bytes=max_blob_bytes

@@ -173,7 +173,12 @@ def test_open_rounds_stop_when_the_plan_is_done(chain: Chain) -> None:
     assert step(chain, [], checks) == []
     state = chain.state
     assert not has_work(
-        state, [], height=state.height + 1, verdict_of=lambda t: None, aggregate_of=lambda s: None
+        state,
+        [],
+        height=state.height + 1,
+        now_ms=chain.now(),
+        verdict_of=lambda t: None,
+        aggregate_of=lambda s: None,
     )
     # and the whole chain, packed blocks included, re-verifies deeply from genesis
     report = verify_chain(chain.ledger, deep=True, checks=FLChecks(chain.blobs), workers=1)
@@ -191,6 +196,7 @@ def test_a_partial_set_of_updates_waits_for_the_others(chain: Chain) -> None:
             state,
             pending,
             height=state.height + 1,
+            now_ms=chain.now(),
             verdict_of=lambda tx: checks.check_update(state, tx),
             aggregate_of=lambda s: prepared,
         )
@@ -274,6 +280,7 @@ def test_updates_whose_blob_the_proposer_lacks_wait_for_a_later_block(chain: Cha
         state,
         [lacked, held],
         height=height,
+        now_ms=chain.now(),
         verdict_of=lambda tx: checks.check_update(state, tx),
         aggregate_of=lambda s: ("00" * 32, 1),
     )
@@ -281,6 +288,7 @@ def test_updates_whose_blob_the_proposer_lacks_wait_for_a_later_block(chain: Cha
         state,
         [lacked, held],
         height=height,
+        now_ms=chain.now(),
         verdict_of=lambda tx: checks.check_update(state, tx),
         aggregate_of=lambda s: ("00" * 32, 1),
         has_blob=lambda blob: blob not in missing,
