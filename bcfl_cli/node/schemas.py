@@ -182,6 +182,7 @@ class RoundSummaryView(_Body):
     open_tx: str
     base_model: str
     deadline_height: int
+    deadline_time: int | None
     closed_at: int | None
     aggregate_tx: str | None
     model: str | None

@@ -113,6 +113,8 @@ def test_rounds_show_verdicts_reasons_and_inclusion(
     honest = [by_name[n] for n in ("alice", "bob", "carol")]
     assert all(u["verdict"] == "accept" and u["included"] for u in honest)
     assert (first["accepted"], first["rejected"]) == (3, 1)
+    # this harness's plan counts its deadline in blocks only: no deadline in block time
+    assert first["deadline_height"] > first["opened_at"] and first["deadline_time"] is None
     # the aggregate named exactly the included updates
     agg = local.client.get(f"/v1/txs/{first['aggregate_tx']}").json()
     assert sorted(agg["tx"]["tx"]["body"]["updates"]) == sorted(u["tx"] for u in honest)
@@ -312,3 +314,11 @@ def test_a_client_that_leaves_does_not_free_the_build_slot(
         assert again.status_code == 200
 
     asyncio.run(scenario())
+
+
+def test_a_round_with_a_deadline_in_time_shows_it() -> None:
+    from bcfl_cli.node.explorer.index import RoundSummary
+
+    timed = RoundSummary(1, 3, "ab" * 32, "cd" * 32, 0, deadline_time=1_767_225_600_000)
+    view = timed.to_dict(lambda did: did)
+    assert view["deadline_time"] == 1_767_225_600_000 and view["deadline_height"] == 0

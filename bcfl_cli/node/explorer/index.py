@@ -62,6 +62,8 @@ class RoundSummary:
     open_tx: str
     base_model: str
     deadline_height: int
+    #: the round's deadline in block time (ms), when the plan counts one (round_deadline_s)
+    deadline_time: int | None = None
     closed_at: int | None = None
     aggregate_tx: str | None = None
     model: str | None = None
@@ -91,6 +93,7 @@ class RoundSummary:
             "open_tx": self.open_tx,
             "base_model": self.base_model,
             "deadline_height": self.deadline_height,
+            "deadline_time": self.deadline_time,
             "closed_at": self.closed_at,
             "aggregate_tx": self.aggregate_tx,
             "model": self.model,
@@ -154,6 +157,7 @@ class RoundIndex:
             open_tx=digest,
             base_model=str(body["base_model"]),
             deadline_height=int(body["deadline_height"]),
+            deadline_time=int(body["deadline_time"]) if "deadline_time" in body else None,
         )
         self._pending = {}
 

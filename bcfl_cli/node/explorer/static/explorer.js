@@ -164,12 +164,22 @@ async function roundsView() {
   return [el("h2", {}, "Rounds"), chart(rounds.rounds), roundsTable(rounds.rounds.slice().reverse(), "Every round (newest first)")];
 }
 
+function deadlineText(r) {
+  // a plan counts its deadline in blocks, in block time, or both (whichever comes first)
+  const parts = [];
+  if (r.deadline_height) parts.push("height " + r.deadline_height);
+  if (r.deadline_time !== null && r.deadline_time !== undefined) {
+    parts.push(new Date(r.deadline_time).toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC"));
+  }
+  return parts.length ? parts.join(" or ") : "-";
+}
+
 async function roundView(number) {
   const rounds = await getJSON("/v1/rounds?start=" + number + "&limit=1");
   const r = rounds.rounds[0];
   if (!r) return [el("p", {}, `Round ${number} has not opened yet.`)];
   const out = [el("h2", {}, `Round ${r.number}`),
-    pairs("Summary", [["State", r.state], ["Opened in block", blockLink(r.opened_at)], ["Deadline height", String(r.deadline_height)],
+    pairs("Summary", [["State", r.state], ["Opened in block", blockLink(r.opened_at)], ["Deadline", deadlineText(r)],
       ["Closed in block", r.closed_at === null ? "open" : blockLink(r.closed_at)], ["Aggregate", r.aggregate_tx ? txLink(r.aggregate_tx) : ""],
       ["Rule", r.rule ?? ""], ["Base model", hashCell(r.base_model)], ["Model", r.model ? hashCell(r.model) : ""],
       ["Mean eval accuracy", r.mean_eval_accuracy ?? ""]]),
