@@ -389,8 +389,14 @@ class Peers:
         return any(p.did == did for p in self.peers.values())
 
     def learn(self, url: str, did: str, genesis: str) -> None:
-        """A member pushing to us says its node is at ``url``: check that, then add it."""
-        parts = urlsplit(url.strip())
+        """A member pushing to us says its node is at ``url``: check that, then add it.
+
+        A claim that does not parse (``urlsplit`` raises ValueError on a broken IPv6 host) is
+        ignored like any other bad claim: it comes from a peer's header."""
+        try:
+            parts = urlsplit(url.strip())
+        except ValueError:
+            return
         if (
             parts.scheme not in ("http", "https")
             or not parts.hostname

@@ -198,3 +198,18 @@ def test_the_peer_client_bounds_every_answer() -> None:
         await peers.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://[zz]:1", "https://[::1/v1"])
+def test_a_member_naming_an_unparseable_node_url_is_ignored_not_raised(url: str) -> None:
+    """``Bcfl-Node-Url`` is a member's header: ``urlsplit`` raises ValueError on a broken IPv6
+    host, which escaped ``_learn_peer`` (a 500 on /v1/txs and /v1/consensus, the stream
+    closed with ``_streams`` still naming it); it must be a claim refused, nothing more."""
+
+    async def scenario() -> None:
+        peers = Peers(nacl.signing.SigningKey(b"\x01" * 32), [], self_url="http://me:1")
+        peers.learn(url, _dids(1)[0], "00" * 32)
+        assert not peers.peers and not peers._learning
+        await peers.close()
+
+    asyncio.run(scenario())
