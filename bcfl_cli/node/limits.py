@@ -286,7 +286,8 @@ class ReplayJournal:
                     self._last = max(self._last, int(record["s"]))
                 elif int(record["c"]) >= horizon:
                     self._live[(str(record["k"]), str(record["n"]))] = int(record["c"])
-            except (ValueError, TypeError, KeyError, RecursionError, AttributeError):
+            # OverflowError: int() of an infinite float ({"s": 1e999} parses)
+            except (ValueError, TypeError, KeyError, RecursionError, AttributeError, OverflowError):
                 continue
         self._rewrite(horizon)
         return self._last, [(k, n, c) for (k, n), c in self._live.items()]

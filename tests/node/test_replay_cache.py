@@ -196,3 +196,19 @@ def test_a_clock_set_back_does_not_stall_the_node_past_the_window(tmp_path: Path
     cache = NonceCache(30, not_before=100, journal=ReplayJournal(journal), clock=lambda: 100.0)
     assert cache.not_before == 131
     assert cache.check_and_add("k", "m", 131) is None
+
+
+def test_a_foreign_journal_line_with_an_infinite_number_is_skipped(tmp_path: Path) -> None:
+    """``int(float('inf'))`` raises OverflowError, which ``load`` did not catch: a line such as
+    ``{"s": 1e999}`` (or ``Infinity``, which json.loads accepts) stopped the node at start,
+    where the docstring promises a torn or foreign line is skipped, never fatal."""
+    journal = tmp_path / "replay.log"
+    now = time.time()
+    good = json.dumps({"k": "did:key:z6Mkx", "n": "abc", "c": int(now)})
+    journal.write_text(
+        '{"s": 1e999}\n{"s": Infinity}\n{"k": "a", "n": "b", "c": -1e999}\n' + good + "\n",
+        encoding="utf-8",
+    )
+    last, kept = ReplayJournal(journal).load(horizon=now - 120)
+    assert kept == [("did:key:z6Mkx", "abc", int(now))]
+    assert last < int(now) + 1  # the infinite seconds were skipped, not taken as the last
