@@ -87,6 +87,8 @@ MAX_CONSENSUS_BODY = 8 * 1024 * 1024
 STREAM_QUEUE = 16
 #: Update frames of one stream being taken at once (each may wait for the next round).
 MAX_STREAM_UPDATES = 16
+#: Bytes of reason a WebSocket close frame carries at most (RFC 6455 §5.5: 125 - the code).
+MAX_CLOSE_REASON_BYTES = 123
 BODY_READ_TIMEOUT_S = 15.0
 #: How long an update for the round after this node's waits for this node to open that round.
 NEXT_ROUND_HOLD_S = 2.0
@@ -532,8 +534,11 @@ async def _close_stream(
         message,
         extra=fields(peer=sender, code=reason),
     )
+    # a close frame holds 123 bytes of reason (RFC 6455 §5.5): cut by bytes, not characters,
+    # or a message quoting a peer's non-ASCII text makes the close itself raise
+    text = f"{reason}: {message}".encode()[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
     with contextlib.suppress(RuntimeError, OSError):
-        await websocket.close(code, f"{reason}: {message}"[:120])
+        await websocket.close(code, text)
 
 
 # --- OpenAPI ------------------------------------------------------------------------------------

@@ -521,3 +521,23 @@ def test_the_peer_client_pushes_an_update_on_the_stream(local: LocalNode, tmp_pa
 
     assert asyncio.run(scenario()) == (True, 1)
     assert local.node.blobs.verify(tx.body["blob"])
+
+
+def test_a_close_reason_fits_a_close_frame_whatever_the_message() -> None:
+    """A close frame holds at most 123 bytes of reason (RFC 6455 §5.5); the reason was cut at
+    120 *characters*, so a refusal quoting a peer's non-ASCII text (a duplicate JSON key
+    ``'é' * 200``) made uvicorn's websockets raise ProtocolError out of ``_close_stream``: no
+    close frame, and a traceback in the node's log for every such frame."""
+    from websockets.protocol import OPEN, Protocol, Side
+
+    class Socket:  # closes as uvicorn's sans-I/O websockets protocol does
+        def __init__(self) -> None:
+            self.conn = Protocol(Side.SERVER, state=OPEN)
+
+        async def close(self, code: int, reason: str) -> None:
+            self.conn.send_close(code, reason)
+
+    socket = Socket()
+    message = f"duplicate JSON key {'é' * 200!r}"
+    asyncio.run(app_module._close_stream(socket, did("bob"), 1007, "malformed_body", message))  # type: ignore[arg-type]
+    assert socket.conn.data_to_send()  # the close frame went out
