@@ -6,6 +6,7 @@ card is backed by the certified chain; nothing is taken from the exporter's word
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -120,11 +121,13 @@ def _round_json(r: RoundRecord) -> dict[str, Any]:
 
 def _mean_accuracy(r: RoundRecord) -> str | None:
     """Mean of the accepted updates' held-out accuracy, where they report one."""
-    values = [
-        v
-        for u in r.updates
-        if u.verdict == "accept" and (v := _decimal(u.metrics.get(_ACCURACY))) is not None
-    ]
+    return mean_decimal(u.metrics.get(_ACCURACY) for u in r.updates if u.verdict == "accept")
+
+
+def mean_decimal(texts: Iterable[str | None]) -> str | None:
+    """The mean of the finite decimal strings among ``texts`` to four places (None when there
+    are none): the card's and the explorer's accuracy column, computed once for both."""
+    values = [v for text in texts if (v := _decimal(text)) is not None]
     if not values:
         return None
     return f"{sum(values) / len(values):.4f}"

@@ -16,11 +16,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.tx import TxKind
+from bcfl_cli.provenance.card import mean_decimal
 
 #: Blocks read from the ledger between two yields to the event loop while catching up.
 CATCH_UP_CHUNK = 50
@@ -76,14 +76,7 @@ class RoundSummary:
 
     def mean_eval_accuracy(self) -> str | None:
         """Mean of the accepted updates' reported accuracy, as the model card computes it."""
-        values = [
-            v
-            for u in self.updates
-            if u.verdict == "accept" and (v := _decimal(u.eval_accuracy)) is not None
-        ]
-        if not values:
-            return None
-        return f"{sum(values) / len(values):.4f}"
+        return mean_decimal(u.eval_accuracy for u in self.updates if u.verdict == "accept")
 
     def to_dict(self, name_of: Callable[[str], str]) -> dict[str, Any]:
         return {
@@ -195,13 +188,3 @@ class RoundIndex:
         rnd.closed_at, rnd.aggregate_tx = height, digest
         rnd.model, rnd.rule = str(body["model"]), str(body["rule"])
         self._pending = {}
-
-
-def _decimal(text: str | None) -> Decimal | None:
-    if text is None:
-        return None
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        return None
-    return value if value.is_finite() else None
