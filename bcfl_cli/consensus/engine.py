@@ -89,6 +89,10 @@ MAX_BUFFERED = 4_096
 #: ... and at most this many from one signer, each with a valid signature: one validator (or
 #: one forging the others' names) cannot fill the buffer that a lagging node needs.
 MAX_BUFFERED_PER_SIGNER = 64
+#: The one share that every signer outside the validator set in force counts against: a key
+#: costs nothing to mint, so a share per key would let one validator relaying messages signed
+#: by keys of its own making fill the buffer (and a node's pull log) 64 places at a time.
+OUTSIDERS = ""
 
 #: Verified signatures remembered (then forgotten at once: a Byzantine validator can sign junk).
 MAX_SIGNATURE_CACHE = 1 << 16
@@ -312,14 +316,15 @@ class Engine:
                 event.proposal if isinstance(event, ProposalReceived) else event.vote
             )
             signer = message.proposer if isinstance(message, Proposal) else message.validator
-            count = self._buffered_by.get(signer, 0)
+            share = signer_share(signer, self.validators)
+            count = self._buffered_by.get(share, 0)
             if (
                 len(self._buffer) < MAX_BUFFERED
                 and count < MAX_BUFFERED_PER_SIGNER
                 and self.authentic(message)
             ):
                 self._buffer.append(event)
-                self._buffered_by[signer] = count + 1
+                self._buffered_by[share] = count + 1
             return False
         return height == self.height and round <= self.round + MAX_ROUNDS_AHEAD
 
@@ -549,3 +554,14 @@ class Engine:
         if len(self._rejected) < MAX_SIGNATURE_CACHE:
             self._rejected.add(key)
         return False
+
+
+def signer_share(signer: str, validators: ValidatorSet | None) -> str:
+    """The share a message from ``signer`` counts against where messages are kept per signer:
+    its own while it is in ``validators`` (the set in force; None: not known yet), else the
+    one ``OUTSIDERS`` share. A validator of the next height not yet in force gets its place
+    there, or, past it, by the re-sends and pulls every node makes after 3 s without
+    progress."""
+    if validators is None or signer in validators:
+        return signer
+    return OUTSIDERS

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from bcfl_cli.chain.builder import build_block
 from bcfl_cli.chain.state import ChainState, check_proposal_time
-from bcfl_cli.consensus.engine import Engine
+from bcfl_cli.consensus.engine import Engine, signer_share
 from bcfl_cli.consensus.messages import (
     Action,
     BroadcastProposal,
@@ -313,14 +313,16 @@ class ConsensusDriver:
             return
         entries = self._log.setdefault(height, {})
         signer = str(wire.get("proposer" if kind == "proposal" else "validator", ""))
+        # signers outside the set in force share one share: minted keys get no room of their own
+        share = signer_share(signer, self.node.state.validator_set)
         counts = self._log_signers.setdefault(height, {})
         if (
             digest not in entries
             and len(entries) < MAX_LOG_MESSAGES
-            and counts.get(signer, 0) < MAX_LOG_PER_SIGNER
+            and counts.get(share, 0) < MAX_LOG_PER_SIGNER
         ):
             entries[digest] = (kind, wire)
-            counts[signer] = counts.get(signer, 0) + 1
+            counts[share] = counts.get(share, 0) + 1
         while len(self._log) > 4:
             old_height, _ = self._log.popitem(last=False)
             self._log_signers.pop(old_height, None)

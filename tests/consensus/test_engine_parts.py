@@ -469,3 +469,33 @@ def test_the_next_height_buffer_keeps_only_signed_messages_and_a_share_per_signe
     honest = Vote(CHAIN, 2, 0, VoteType.PREVOTE, NIL, DIDS[0]).signed(KEYS[0])
     engine.handle(VoteReceived(honest))
     assert len(engine._buffer) == MAX_BUFFERED_PER_SIGNER + 1  # another signer still gets in
+
+
+def test_signers_outside_the_validator_set_cannot_fill_the_next_height_buffer() -> None:
+    """The share per signer was taken per *key*: a validator relaying votes signed by keys it
+    mints (valid signatures, no power) filled the 4,096 places 64 at a time, and the next
+    height's honest messages were dropped. Signers outside the set in force share one share."""
+    import hashlib
+
+    import nacl.signing
+
+    from bcfl_cli.consensus.engine import MAX_BUFFERED, MAX_BUFFERED_PER_SIGNER
+    from bcfl_cli.protocol.crypto import did_from_public_key
+
+    engine = _engine()
+    minted = [
+        nacl.signing.SigningKey(hashlib.sha256(b"minted %d" % i).digest())
+        for i in range(MAX_BUFFERED // MAX_BUFFERED_PER_SIGNER + 1)
+    ]
+    for k in minted:
+        signer = did_from_public_key(bytes(k.verify_key))
+        for r in range(MAX_BUFFERED_PER_SIGNER):
+            engine.handle(VoteReceived(Vote(CHAIN, 2, r, VoteType.PREVOTE, NIL, signer).signed(k)))
+    assert len(engine._buffer) <= MAX_BUFFERED_PER_SIGNER
+    for i in range(3):  # every validator of the set in force still gets its messages in
+        vote = Vote(CHAIN, 2, 0, VoteType.PREVOTE, NIL, DIDS[i]).signed(KEYS[i])
+        engine.handle(VoteReceived(vote))
+    assert (
+        sum(isinstance(e, VoteReceived) and e.vote.validator in DIDS[:3] for e in engine._buffer)
+        == 3
+    )

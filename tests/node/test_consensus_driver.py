@@ -519,3 +519,44 @@ def test_the_pull_log_keeps_only_signed_messages_and_a_share_per_signer(
     by = Counter(v["validator"] for v in votes)
     assert by[did("dave")] == MAX_LOG_PER_SIGNER
     assert by[did("bob")] == 1 and all(v["sig"] != "00" * 64 for v in votes)
+
+
+def test_signers_outside_the_validator_set_cannot_fill_the_pull_log(
+    chain: Chain, tmp_path: Path
+) -> None:
+    """The pull log's share was per key: votes signed by keys a validator mints (valid
+    signatures, no power) filled its 4,096 places 64 at a time, and an honest validator's
+    vote for the same height was no longer kept for peers that pull."""
+    import hashlib
+
+    import nacl.signing
+
+    from bcfl_cli.node.consensus_driver import MAX_LOG_MESSAGES, MAX_LOG_PER_SIGNER
+    from bcfl_cli.protocol.crypto import did_from_public_key
+
+    state = chain.state
+    height, vset, genesis = state.height + 1, state.validator_set, chain.ledger.block(0).hash
+    node = StubNode(chain, Syncer(result=True, delay_s=0), state)
+    minted = [
+        nacl.signing.SigningKey(hashlib.sha256(b"minted %d" % i).digest())
+        for i in range(MAX_LOG_MESSAGES // MAX_LOG_PER_SIGNER + 1)
+    ]
+
+    async def feed() -> ConsensusDriver:
+        with VoteGuard(tmp_path / "vote_guard.sqlite") as guard:
+            driver = ConsensusDriver(node, guard)  # type: ignore[arg-type]
+            driver.handle(StartHeight(height, vset))
+            for k in minted:
+                signer = did_from_public_key(bytes(k.verify_key))
+                for r in range(MAX_LOG_PER_SIGNER):
+                    vote = Vote(genesis, height, r, VoteType.PREVOTE, NIL, signer).signed(k)
+                    driver.on_message(None, vote)
+            honest = Vote(genesis, height, 0, VoteType.PREVOTE, NIL, did("bob")).signed(key("bob"))
+            driver.on_message(None, honest)
+            driver.close()
+            return driver
+
+    driver = asyncio.run(feed())
+    _, votes = driver.messages_at(height)
+    assert sum(v["validator"] not in vset for v in votes) <= MAX_LOG_PER_SIGNER
+    assert [v["validator"] for v in votes if v["validator"] in vset] == [did("bob")]
