@@ -94,6 +94,9 @@ BODY_READ_TIMEOUT_S = 15.0
 NEXT_ROUND_HOLD_S = 2.0
 #: How many such updates may wait at once; past it, one is refused at once (``wrong_round``).
 MAX_HELD_UPDATES = 32
+#: ... and at most this many from one author (a trainer sends one update a round; two leave
+#: room for a resend): one trainer's many genuine updates cannot take every slot.
+MAX_HELD_PER_AUTHOR = 2
 #: Under HOME/node: what the replay cache must remember across a restart (limits.ReplayJournal).
 REPLAY_JOURNAL = "replay.log"
 #: /v1/join admits any signer, each with its own small share of the nonce cache (a join takes
@@ -162,6 +165,7 @@ class Api:
         self.max_inline_blob = max_inline_blob
         self.max_update_body = MAX_TX_BODY + 4 * -(-max_inline_blob // 3) + 1024
         self._held = 0
+        self._held_by: dict[str, int] = {}  # author -> its updates held (the keys: < 32)
         self._streams: dict[str, WebSocket] = {}  # one peer stream per member
 
     # --- public reads -----------------------------------------------------------------------
@@ -346,8 +350,9 @@ class Api:
         return tx, data
 
     async def _await_round_of(self, tx: Transaction) -> None:
-        """Hold an update for the next FL round until this node opens it (bounded in time and
-        in number), so that a peer's commit a moment ahead of ours does not cost a refusal.
+        """Hold an update for the next FL round until this node opens it (bounded in time, in
+        number and per author), so that a peer's commit a moment ahead of ours does not cost a
+        refusal.
 
         Whatever the wait's outcome, the mempool's checks then decide as they would have.
         """
@@ -361,11 +366,20 @@ class Api:
         author = state.member(tx.author)
         if author is None or not author.is_trainer or not tx.signature_valid():
             return
+        mine = self._held_by.get(tx.author, 0)
+        if mine >= MAX_HELD_PER_AUTHOR:
+            return
         self._held += 1
+        self._held_by[tx.author] = mine + 1
         try:
             await self.node.wait_for_round(wanted, NEXT_ROUND_HOLD_S)
         finally:
             self._held -= 1
+            left = self._held_by[tx.author] - 1
+            if left:
+                self._held_by[tx.author] = left
+            else:
+                del self._held_by[tx.author]
 
     def _admit_from(self, request: Request, tx: Transaction) -> Response:
         """Admit ``tx`` as sent by this request's signer, naming who holds it already."""

@@ -177,3 +177,56 @@ def test_a_forged_update_for_the_next_round_is_not_held(
     assert 400 <= info.value.status < 500
     assert time.monotonic() - started < 10  # refused at once, not after the 30 s hold
     assert not local.node.blobs.has(tx.body["blob"]) and len(local.node.mempool) == 0
+
+
+def test_one_trainer_cannot_take_every_hold_for_the_next_round() -> None:
+    """The holds for next-round updates were bounded in all (32), not per author: one trainer
+    sending 32 distinct genuine updates for the next round kept every slot, and the other
+    trainers' updates were refused at once (``wrong_round``) while the chain was a block
+    behind. Each author now holds at most ``MAX_HELD_PER_AUTHOR`` of them."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from bcfl_cli.node.app import MAX_HELD_PER_AUTHOR, MAX_HELD_UPDATES, Api
+
+    opened = asyncio.Event()
+    waits: list[int] = []
+
+    class Node:
+        state = SimpleNamespace(
+            round=SimpleNamespace(number=0),
+            member=lambda _did: SimpleNamespace(is_trainer=True),
+        )
+
+        async def wait_for_round(self, number: int, timeout_s: float) -> bool:
+            waits.append(number)
+            await opened.wait()
+            return True
+
+    def update(author: str, n: int) -> object:
+        return SimpleNamespace(
+            kind=TxKind.UPDATE,
+            body={"round": 1, "n": n},
+            author=author,
+            signature_valid=lambda: True,
+        )
+
+    async def scenario() -> tuple[int, int]:
+        api = Api(Node())  # type: ignore[arg-type]
+        greedy = [
+            asyncio.create_task(api._await_round_of(update("greedy", n)))  # type: ignore[arg-type]
+            for n in range(MAX_HELD_UPDATES + 8)
+        ]
+        await asyncio.sleep(0.05)
+        by_greedy = len(waits)
+        other = asyncio.create_task(api._await_round_of(update("other", 0)))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        held_other = len(waits) - by_greedy
+        opened.set()
+        await asyncio.gather(*greedy, other)
+        assert api._held == 0
+        return by_greedy, held_other
+
+    by_greedy, held_other = asyncio.run(scenario())
+    assert by_greedy <= MAX_HELD_PER_AUTHOR
+    assert held_other == 1
