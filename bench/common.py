@@ -474,6 +474,18 @@ def rounds_from_log(path: Path, rounds: int) -> tuple[float, list[float]] | None
     return opened, [closed[r] for r in range(1, rounds + 1)]
 
 
+def first_training_from_logs(paths: Sequence[Path]) -> float | None:
+    """When the first member began training round 1 (wall-clock seconds): the earliest
+    ``round 1: training`` line of the nodes' trainers; None if no log holds one."""
+    starts = [
+        entry["ts"]
+        for path in paths
+        for entry in parse_log(path)
+        if entry["msg"] == "round 1: training"
+    ]
+    return min(starts) if starts else None
+
+
 class RoundTimeout(RuntimeError):
     """The rounds did not finish in time; ``opened`` and ``closed`` say how far they got."""
 
@@ -810,6 +822,15 @@ def run_nodes(
                 run.extra["timing"] = f"polled every {POLL_S} s"
             run.startup_s = opened
             run.round_s = [b - a for a, b in itertools.pairwise([opened, *closed])]
+            # start-up as every arm of flower_compare defines it: launch -> the first member
+            # starts training, and launch -> the first aggregate is committed
+            trained = first_training_from_logs(
+                [n.root / "node" / "node.log" for n in consortium.nodes]
+            )
+            if trained is not None:
+                run.extra["first_training_s"] = trained - consortium.launched_wall
+            if closed:
+                run.extra["first_aggregate_s"] = closed[0]
             run.total_s = closed[-1]
             run.extra["rss_bytes"] = consortium.rss()
             state = consortium.final_state()

@@ -13,11 +13,17 @@ FedAvg weighted by samples, scored on ``sample_data/digits-test.csv``:
 (a) plain in-process FedAvg, no ledger, signatures or HTTP (bench/common.py): the floor;
 (b) Flower 1.42's simulation engine (Ray backend, one CPU per client so both cores are used,
     no client-side evaluation), run in a child process; the per-round time is the interval
-    between Flower's server-side ``evaluate_fn`` calls, start-up is launch -> round 1 starts;
+    between Flower's server-side ``evaluate_fn`` calls. Each Ray actor loads the partitions
+    once and keeps them in a module-level cache (a ``ClientApp`` closure is rebuilt for every
+    message inside the actors, so a dict it captures never keeps anything); every actor writes
+    its cache loads and hits to a per-pid file and the bench prints their sums;
 (c) bcfl: one real ``bcfl node --train`` process per member on loopback, full BFT consensus,
     signed transactions, contract checks and the aggregate recomputed by every validator; the
-    per-round time is the interval between committed aggregates as the first node logs them,
-    start-up is launch -> round 1 opens on chain.
+    per-round time is the interval between committed aggregates as the first node logs them.
+
+Start-up is measured the same way in every arm, twice: launch -> the first member starts its
+round-1 training, and launch -> the first aggregate exists (returned by plain FedAvg, handed to
+Flower's ``evaluate_fn`` after round 1, committed on the first node's chain).
 
 Flower is an optional extra (``pip install -e '.[bench]'``); without it this bench runs (a) and
 (c) and says so. Absolute times on a shared 2-core machine are noisy: read the ratios.
@@ -58,6 +64,45 @@ from bench.common import (  # noqa: E402
 
 BENCH_VENV_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 
+#: The members' partitions, per process and per member count: in a Ray actor this module is
+#: imported once, so the partitions load once per actor, not once per message.
+_MEMBER_CACHE: dict[int, list[Any]] = {}
+#: This process's cache loads and hits, and when it first started a training (wall clock).
+_CACHE_COUNTS: dict[str, float] = {"loads": 0, "hits": 0, "first_train": float("inf")}
+
+
+def cached_members(members: int) -> list[Any]:
+    """The ``members`` partitions, loaded on this process's first call, counted either way."""
+    if members in _MEMBER_CACHE:
+        _CACHE_COUNTS["hits"] += 1
+    else:
+        _MEMBER_CACHE[members] = load_members(members)
+        _CACHE_COUNTS["loads"] += 1
+    return _MEMBER_CACHE[members]
+
+
+def record_training(counter_dir: Path, started: float) -> None:
+    """Write this process's cache counters and its first training start to ``<pid>.json``:
+    the actors are separate processes, so the bench sums their files afterwards."""
+    _CACHE_COUNTS["first_train"] = min(_CACHE_COUNTS["first_train"], started)
+    target = counter_dir / f"{os.getpid()}.json"
+    partial = target.with_suffix(".tmp")
+    partial.write_text(json.dumps(_CACHE_COUNTS))
+    partial.replace(target)
+
+
+def sum_counters(counter_dir: Path) -> dict[str, Any]:
+    """The actors' cache loads and hits summed, how many processes trained, and the earliest
+    training start (None if no actor wrote a file)."""
+    files = [json.loads(p.read_text()) for p in sorted(counter_dir.glob("*.json"))]
+    first = min((f["first_train"] for f in files), default=None)
+    return {
+        "processes": len(files),
+        "loads": int(sum(f["loads"] for f in files)),
+        "hits": int(sum(f["hits"] for f in files)),
+        "first_train": first,
+    }
+
 
 # --- (b) Flower, in a child process -------------------------------------------------------------
 def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: float) -> None:
@@ -76,15 +121,21 @@ def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: flo
     from bench.common import round_seed
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
-    cache: dict[str, Any] = {}
+    counter_dir = out.parent / "counters"
+    counter_dir.mkdir(exist_ok=True)
 
     client = ClientApp()
 
     @client.train()  # type: ignore[misc]
     def train(msg: Message, context: Context) -> Message:
+        # This closure runs in Ray actors, where the script is not ``__main__``: reach the
+        # cache through the imported module, whose globals live as long as the actor.
+        import bench.flower_compare as bench_module
+
+        started = time.time()
         torch.set_num_threads(1)
-        if "data" not in cache:
-            cache["data"] = load_members(members)
+        data = bench_module.cached_members(members)
+        bench_module.record_training(counter_dir, started)
         pid = int(context.node_config["partition-id"])
         state = msg.content["arrays"].to_torch_state_dict()
         server_round = int(msg.content["config"]["server-round"])
@@ -92,7 +143,7 @@ def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: flo
             DIGITS_MLP,
             PLAN,
             state,
-            cache["data"][pid],
+            data[pid],
             seed=round_seed(seed, pid, server_round),
         )
         new = {k: (state[k] + result.delta[k]).contiguous() for k in state}
@@ -148,6 +199,7 @@ def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: flo
                 "done": done,
                 "accuracy": accuracy,
                 "flwr": _flwr_version(),
+                "counters": sum_counters(counter_dir),
             }
         )
     )
@@ -208,10 +260,29 @@ def run_flower(python: str, members: int, rounds: int, seed: int, *, quiet: bool
         data = json.loads(out.read_text())
     stamps = data["stamps"]
     run = FedRun(f"Flower {data['flwr']} (Ray simulation)", rounds)
+    counters = data["counters"]
     run.startup_s = stamps[0] - data["launched"]
     run.round_s = [b - a for a, b in itertools.pairwise(stamps)]
     run.total_s = total
     run.accuracy = data["accuracy"]
+    if counters["first_train"] is not None:
+        run.extra["first_training_s"] = counters["first_train"] - data["launched"]
+    if len(stamps) > 1:  # stamps[0] scores the initial model, stamps[1] round 1's aggregate
+        run.extra["first_aggregate_s"] = stamps[1] - data["launched"]
+    run.extra["cache_loads"] = counters["loads"]
+    run.extra["cache_hits"] = counters["hits"]
+    run.extra["actor_processes"] = counters["processes"]
+    return run
+
+
+def with_startup(run: FedRun) -> FedRun:
+    """Fill in the plain arm's two start-up figures: it trains as soon as the initial model
+    exists and holds its first aggregate one round later. It loads the partitions once."""
+    run.extra.setdefault("first_training_s", run.startup_s)
+    if run.round_s:
+        run.extra.setdefault("first_aggregate_s", run.startup_s + run.round_s[0])
+    run.extra.setdefault("cache_loads", 1)
+    run.extra.setdefault("cache_hits", None)
     return run
 
 
@@ -237,18 +308,21 @@ def run(
         },
         columns=[
             "arm",
-            "start-up s",
+            "to 1st training s",
+            "to 1st aggregate s",
             "round s (median)",
             "x plain",
             "x Flower",
             "accuracy",
             "total s",
+            "data loads",
+            "cache hits",
         ],
     )
     data, test = load_members(members), load_test()
     log("(a) plain in-process FedAvg ...", quiet=quiet)
     with torch_threads(1):
-        runs = [plain_fedavg(DIGITS_MLP, PLAN, data, test, rounds, seed=seed)]
+        runs = [with_startup(plain_fedavg(DIGITS_MLP, PLAN, data, test, rounds, seed=seed))]
     flower_run: FedRun | None = None
     python = flower_python(flower)
     if python is None:
@@ -263,13 +337,16 @@ def run(
     if nodes:
         log("(c) bcfl nodes ...", quiet=quiet)
         node_run = run_nodes(DIGITS_MLP, PLAN, members, rounds, test=test, quiet=quiet)
+        node_run.extra.setdefault("cache_loads", members)  # each node reads its partition once
+        node_run.extra.setdefault("cache_hits", None)
         runs.append(node_run)
     plain = runs[0].median_round_s
     for r in runs:
         report.add(
             arm=r.name,
             **{
-                "start-up s": r.startup_s,
+                "to 1st training s": r.extra.get("first_training_s"),
+                "to 1st aggregate s": r.extra.get("first_aggregate_s"),
                 "round s (median)": r.median_round_s,
                 "x plain": ratio(r.median_round_s, plain),
                 "x Flower": ratio(r.median_round_s, flower_run.median_round_s)
@@ -277,12 +354,25 @@ def run(
                 else None,
                 "accuracy": r.accuracy,
                 "total s": r.total_s,
+                "data loads": r.extra.get("cache_loads"),
+                "cache hits": r.extra.get("cache_hits"),
             },
         )
     report.settings["runs"] = [r.to_dict() for r in runs]
     report.notes.append(
         "x plain / x Flower: median time per round divided by that arm's (lower is faster)"
     )
+    report.notes.append(
+        "start-up, every arm: launch -> the first member starts round-1 training, and launch -> "
+        "the first aggregate (plain: returned; Flower: handed to evaluate_fn; bcfl: committed)"
+    )
+    if flower_run is not None:
+        report.notes.append(
+            f"Flower data cache: {flower_run.extra['cache_loads']} loads, "
+            f"{flower_run.extra['cache_hits']} hits over "
+            f"{flower_run.extra['actor_processes']} actor processes "
+            f"({members * rounds} client calls)"
+        )
     return report
 
 

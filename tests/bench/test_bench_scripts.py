@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+import time
 
 import nacl.signing
 import pytest
@@ -72,6 +76,56 @@ def test_flower_compare_runs_the_baseline_without_flower():
     assert [r["arm"] for r in report.rows] == ["plain FedAvg (no ledger)"]
     assert report.rows[0]["x plain"] == 1.0
     assert any("Flower skipped" in note for note in report.notes)
+
+
+def test_flower_compare_reports_both_start_ups_and_data_loads():
+    report = flower_compare.run(4, 2, flower="/nonexistent/python", nodes=False, quiet=True)
+    plain = report.rows[0]
+    assert 0 <= plain["to 1st training s"] <= plain["to 1st aggregate s"]
+    assert plain["data loads"] == 1
+    assert any("launch -> the first member starts" in note for note in report.notes)
+
+
+@pytest.fixture
+def fresh_flower_cache(monkeypatch):
+    """The Flower arm's per-process cache, emptied for one test and restored after."""
+    monkeypatch.setattr(flower_compare, "_MEMBER_CACHE", {})
+    monkeypatch.setattr(
+        flower_compare, "_CACHE_COUNTS", {"loads": 0, "hits": 0, "first_train": math.inf}
+    )
+
+
+def test_flower_cache_loads_the_partitions_once_per_process(fresh_flower_cache):
+    """Issue 21: a dict captured by the ClientApp closure missed on 200 of 200 calls; the
+    module-level cache loads once and counts every later call as a hit."""
+    first = flower_compare.cached_members(4)
+    for _ in range(9):
+        assert flower_compare.cached_members(4) is first
+    assert flower_compare._CACHE_COUNTS["loads"] == 1
+    assert flower_compare._CACHE_COUNTS["hits"] == 9
+
+
+def test_flower_cache_counters_are_summed_over_actor_processes(tmp_path):
+    """Ray's actors are separate processes: each writes its own counters, the bench sums them
+    (two processes, three calls each: two loads, four hits)."""
+    code = (
+        "import time; from pathlib import Path; import bench.flower_compare as f\n"
+        "for _ in range(3):\n"
+        f"    f.cached_members(4); f.record_training(Path({str(tmp_path)!r}), time.time())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(common.ROOT))
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
+    counters = flower_compare.sum_counters(tmp_path)
+    assert counters["processes"] == 2
+    assert (counters["loads"], counters["hits"]) == (2, 4)
+    assert counters["first_train"] is not None and counters["first_train"] <= time.time()
+    assert flower_compare.sum_counters(tmp_path / "none") == {
+        "processes": 0,
+        "loads": 0,
+        "hits": 0,
+        "first_train": None,
+    }
 
 
 def test_raw_loopback_transfer_moves_every_byte():
