@@ -433,23 +433,18 @@ class Node:
         return self._aggregates.get(AggregateKey.of(state))
 
     def has_work(self, height: int) -> bool:
-        if self.role != "validator" or self._computing:
-            return False
-        return has_work(
-            self.state,
-            self.mempool.snapshot(),
-            height=height,
-            now_ms=self.clock.now_ms(),
-            verdict_of=self.prepared_verdict,
-            aggregate_of=self.prepared_aggregate,
-            has_blob=self.blobs.has,
-        )
+        return self._ask_round_driver(has_work, height)
 
     def has_content(self, height: int) -> bool:
         """Whether a block proposed now would hold anything (``round_driver.has_content``)."""
+        return self._ask_round_driver(has_content, height)
+
+    def _ask_round_driver(self, question: Callable[..., bool], height: int) -> bool:
+        """``has_work`` / ``has_content`` of the round driver, on this node's state and pool;
+        only a validator that is not busy preparing proposes at all."""
         if self.role != "validator" or self._computing:
             return False
-        return has_content(
+        return question(
             self.state,
             self.mempool.snapshot(),
             height=height,

@@ -85,6 +85,22 @@ def members(
 MakeConsortium = Callable[..., LocalConsortium]
 
 
+def lone_validator(tmp_path: Path, max_blob_bytes: int) -> Iterator[LocalConsortium]:
+    """One validator, alice, running without training: the target of the single-node attacks
+    (a generator for a fixture to delegate to; the process is always stopped)."""
+    c = LocalConsortium(
+        tmp_path / "c",
+        members(["alice"]),
+        plan(validators=1, min_updates=1, max_blob_bytes=max_blob_bytes),
+    )
+    try:
+        c.start("alice", train=False)
+        c.wait_ready("alice", timeout=120)
+        yield c
+    finally:
+        c.close()
+
+
 @pytest.fixture
 def consortium(tmp_path: Path) -> Iterator[MakeConsortium]:
     """Factory of ``LocalConsortium``s whose processes are always stopped at teardown."""

@@ -26,7 +26,7 @@ from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.client import SignedClient
 from bcfl_cli.protocol.tx import TxKind, make_tx
 from bcfl_cli.store.blobs import BlobStore
-from tests.faults.helpers import members, plan, wait_until
+from tests.faults.helpers import lone_validator, wait_until
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
 
@@ -35,15 +35,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[LocalConsortium]:
-    c = LocalConsortium(
-        tmp_path / "c", members(["alice"]), plan(validators=1, min_updates=1, max_blob_bytes=MIB)
-    )
-    try:
-        c.start("alice", train=False)
-        c.wait_ready("alice", timeout=120)
-        yield c
-    finally:
-        c.close()
+    yield from lone_validator(tmp_path, MIB)
 
 
 def _alive(c: LocalConsortium) -> None:

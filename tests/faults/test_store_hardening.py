@@ -23,7 +23,7 @@ from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.verify import verify_chain
-from tests.faults.helpers import members, plan
+from tests.faults.helpers import lone_validator
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
 
@@ -32,15 +32,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[LocalConsortium]:
-    c = LocalConsortium(
-        tmp_path / "c", members(["alice"]), plan(validators=1, min_updates=1, max_blob_bytes=MIB)
-    )
-    try:
-        c.start("alice", train=False)
-        c.wait_ready("alice", timeout=120)
-        yield c
-    finally:
-        c.close()
+    yield from lone_validator(tmp_path, MIB)
 
 
 def test_a_second_node_on_the_same_home_exits_1_and_changes_nothing(node: LocalConsortium) -> None:
