@@ -50,9 +50,10 @@ if TYPE_CHECKING:  # the interface stays importable without torch (bcfl --help l
 
     from bcfl_cli.fl.spec import TrainingPlan
 
-#: The app's config as the genesis pins it (``[model.app] config`` in the consortium file):
-#: JSON values (str, int, bool, lists, tables; floats arrive as numbers), read-only. For the
-#: builtin app it is the ``[model]`` table itself (architecture, input_shape, num_classes, ...).
+#: The app's config as the genesis pins it (``[model.app.config]`` in the consortium file),
+#: read-only: strings, integers, booleans, lists and tables. No floats (the genesis is signed and
+#: hashed, and a float has no single spelling): write ``lr = "0.05"`` and parse it in the app.
+#: For the builtin app it is the ``[model]`` table itself (architecture, input_shape, ...).
 AppConfig = Mapping[str, Any]
 
 #: Metrics an app reports for a round: names of at most 64 characters, values numbers or short
