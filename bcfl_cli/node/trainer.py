@@ -25,13 +25,15 @@ from typing import Any, Protocol
 import nacl.signing
 import torch
 
+from bcfl_cli.apps.runner import BoundApp, bind_app
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
-from bcfl_cli.fl.data import Dataset, load_csv
-from bcfl_cli.fl.models import num_features, state_bytes
+from bcfl_cli.fl.data import Dataset
+from bcfl_cli.fl.models import state_bytes
+from bcfl_cli.fl.spec import ModelSpec
 from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.training import subseed, train_local
+from bcfl_cli.fl.training import subseed
 from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.operations import NodeApi, build_update_tx
@@ -76,6 +78,12 @@ def _resample(data: Dataset, seed: int) -> Dataset:
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, len(data.labels), (len(data.labels),), generator=generator)
     return Dataset(data.features[rows], data.labels[rows])
+
+
+def _as_dataset(data: Any, attack: Attack) -> Dataset:
+    if not isinstance(data, Dataset):
+        raise UsageError(f"--attack {attack.name} needs data loaded as rows (a Dataset)")
+    return data
 
 
 def _nan(delta: Delta, _round: int) -> Delta:
@@ -136,12 +144,15 @@ def warm_up() -> None:
         optimiser.step()
 
 
-def load_training_data(path: Path, state: ChainState) -> Dataset:
-    """The member's CSV, checked once against the genesis model (fail at start, not mid-round)."""
-    spec, plan = state.config.model, state.config.training
-    return load_csv(
-        path, plan.label_column, num_classes=spec.num_classes, num_features=num_features(spec)
-    )
+def load_training_data(path: Path, state: ChainState, app_folder: Path | None = None) -> Any:
+    """The member's data, loaded by the genesis' app, which must match its pin (fail at
+    start, not mid-round); the builtin app's CSV is checked against the model here too."""
+    app = bind_app(state.config.model, state.config.training, app_folder)
+    data = app.load_data(path)
+    spec = state.config.model
+    if isinstance(spec, ModelSpec) and isinstance(data, Dataset):
+        data.check_fits(math.prod(spec.input_shape), spec.num_classes, source=str(path))
+    return data
 
 
 def http_submitter(api: NodeApi) -> Submit:
@@ -160,7 +171,7 @@ class AutoTrainer:
         self,
         *,
         key: nacl.signing.SigningKey,
-        data: Dataset,
+        data: Any,
         blobs: BlobStore,
         state: StateSource,
         submit: Submit,
@@ -168,8 +179,11 @@ class AutoTrainer:
         seed: int | None = None,
         poll_s: float = DEFAULT_POLL_S,
         publish: Publish | None = None,
+        app_folder: Path | None = None,
     ) -> None:
         self.key = key
+        self.app_folder = app_folder
+        self._app: BoundApp | None = None
         self.did = did_from_public_key(bytes(key.verify_key))
         self.data = data
         self.blobs = blobs
@@ -260,20 +274,27 @@ class AutoTrainer:
             base = decode_tensors(self.blobs.get(rnd.base_model, max_bytes=limit), max_bytes=limit)
         except ContractError as exc:
             raise StoreError(f"base model {rnd.base_model} unreadable: {exc.message}") from exc
+        if self._app is None:  # bound once: the genesis, and so the app, never changes
+            self._app = bind_app(config.model, config.training, self.app_folder)
+        app = self._app
         data = self.data
         if self.attack is not None and self.attack.labels is not None:
-            flipped = self.attack.labels(data.labels, config.model.num_classes)
-            data = Dataset(data.features, flipped)
+            data = _as_dataset(data, self.attack)
+            classes = (
+                config.model.num_classes
+                if isinstance(config.model, ModelSpec)
+                else int(data.labels.max()) + 1
+            )
+            data = Dataset(data.features, self.attack.labels(data.labels, classes))
         seed = subseed(self.seed, f"round-{rnd.number}")
-        result = train_local(config.model, config.training, base, data, seed=seed)
+        result = app.train_round(base, data, seed=seed)
         delta = result.delta
         if self.attack is not None and self.attack.from_estimates is not None:
+            rows = _as_dataset(data, self.attack)
             estimates = [
-                train_local(
-                    config.model,
-                    config.training,
+                app.train_round(
                     base,
-                    _resample(data, subseed(seed, f"estimate-{k}")),
+                    _resample(rows, subseed(seed, f"estimate-{k}")),
                     seed=subseed(seed, f"estimate-train-{k}"),
                 ).delta
                 for k in range(ESTIMATE_MODELS)
@@ -385,13 +406,14 @@ async def run_node_trainer(
     attack: str | None = None,
     seed: int | None = None,
     poll_s: float = DEFAULT_POLL_S,
+    app_folder: Path | None = None,
 ) -> None:
     """The ``bcfl node --train PART.csv [--attack NAME]`` task, inside the node's event loop.
 
     The data is checked against the genesis model before the first round, so a wrong file
     fails the node at start rather than silently later.
     """
-    data = await asyncio.to_thread(load_training_data, data_path, host.state)
+    data = await asyncio.to_thread(load_training_data, data_path, host.state, app_folder)
 
     async def submit(tx: Transaction, told: frozenset[str]) -> object:
         return host.submit(tx, seen=told)
@@ -406,6 +428,7 @@ async def run_node_trainer(
         seed=seed,
         poll_s=poll_s,
         publish=peer_publisher(host.peers, host.blobs),
+        app_folder=app_folder,
     )
     host.on_commit.append(lambda _block: trainer.wake())
     await trainer.run(stop)
