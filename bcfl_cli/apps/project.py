@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +36,8 @@ class AppProject:
     folder: Path
     entry_point: str
     config: dict[str, Any]
+    #: ``[tool.bcfl.demo.training]``: training plan keys ``bcfl demo --app`` uses (not pinned)
+    demo_training: dict[str, Any] = field(default_factory=dict)
 
 
 def read_project(folder: Path) -> AppProject:
@@ -66,7 +68,11 @@ def read_project(folder: Path) -> AppProject:
     config = section.get("config", {})
     if not isinstance(config, dict) or set(section) - {"entry_point", "config"}:
         raise UsageError(f"{path}: [tool.bcfl.app] holds entry_point and a config table only")
-    return AppProject(folder, section["entry_point"], config)
+    demo = data.get("tool", {}).get("bcfl", {}).get("demo", {})
+    training = demo.get("training", {}) if isinstance(demo, dict) else None
+    if not isinstance(training, dict):
+        raise UsageError(f"{path}: [tool.bcfl.demo.training] must be a table")
+    return AppProject(folder, section["entry_point"], config, training)
 
 
 def pin_for(project: AppProject, app: BoundApp | None = None) -> AppPin:
