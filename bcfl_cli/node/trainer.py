@@ -144,15 +144,22 @@ def warm_up() -> None:
         optimiser.step()
 
 
-def load_training_data(path: Path, state: ChainState, app_folder: Path | None = None) -> Any:
-    """The member's data, loaded by the genesis' app, which must match its pin (fail at
-    start, not mid-round); the builtin app's CSV is checked against the model here too."""
+def load_app_and_data(
+    path: Path, state: ChainState, app_folder: Path | None = None
+) -> tuple[BoundApp, Any]:
+    """The genesis' app, which must match its pin, and the member's data loaded by it (both
+    at start, not mid-round); the builtin app's CSV is checked against the model here too."""
     app = bind_app(state.config.model, state.config.training, app_folder)
     data = app.load_data(path)
     spec = state.config.model
     if isinstance(spec, ModelSpec) and isinstance(data, Dataset):
         data.check_fits(math.prod(spec.input_shape), spec.num_classes, source=str(path))
-    return data
+    return app, data
+
+
+def load_training_data(path: Path, state: ChainState, app_folder: Path | None = None) -> Any:
+    """The member's data, as :func:`load_app_and_data` loads it."""
+    return load_app_and_data(path, state, app_folder)[1]
 
 
 def http_submitter(api: NodeApi) -> Submit:
@@ -179,11 +186,10 @@ class AutoTrainer:
         seed: int | None = None,
         poll_s: float = DEFAULT_POLL_S,
         publish: Publish | None = None,
-        app_folder: Path | None = None,
+        app: BoundApp | None = None,
     ) -> None:
         self.key = key
-        self.app_folder = app_folder
-        self._app: BoundApp | None = None
+        self._app = app  # None: bound from the genesis at the first round
         self.did = did_from_public_key(bytes(key.verify_key))
         self.data = data
         self.blobs = blobs
@@ -275,7 +281,7 @@ class AutoTrainer:
         except ContractError as exc:
             raise StoreError(f"base model {rnd.base_model} unreadable: {exc.message}") from exc
         if self._app is None:  # bound once: the genesis, and so the app, never changes
-            self._app = bind_app(config.model, config.training, self.app_folder)
+            self._app = bind_app(config.model, config.training)
         app = self._app
         data = self.data
         if self.attack is not None and self.attack.labels is not None:
@@ -413,7 +419,7 @@ async def run_node_trainer(
     The data is checked against the genesis model before the first round, so a wrong file
     fails the node at start rather than silently later.
     """
-    data = await asyncio.to_thread(load_training_data, data_path, host.state, app_folder)
+    app, data = await asyncio.to_thread(load_app_and_data, data_path, host.state, app_folder)
 
     async def submit(tx: Transaction, told: frozenset[str]) -> object:
         return host.submit(tx, seen=told)
@@ -428,7 +434,7 @@ async def run_node_trainer(
         seed=seed,
         poll_s=poll_s,
         publish=peer_publisher(host.peers, host.blobs),
-        app_folder=app_folder,
+        app=app,
     )
     host.on_commit.append(lambda _block: trainer.wake())
     await trainer.run(stop)
@@ -440,6 +446,7 @@ __all__ = [
     "TrainerHost",
     "attack_by_name",
     "http_submitter",
+    "load_app_and_data",
     "load_training_data",
     "peer_publisher",
     "run_node_trainer",

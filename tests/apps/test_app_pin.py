@@ -146,3 +146,13 @@ def test_app_new_scaffolds_an_app_that_checks(tmp_path: Path) -> None:
     assert checked.exit_code == 0, checked.output
     again = runner.invoke(app, ["app", "new", "my_model", "--dir", str(tmp_path)])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+def test_an_app_named_like_a_loaded_module_is_refused_not_reloaded() -> None:
+    import typer
+
+    with pytest.raises(AppError, match="standard library"):
+        load_app("json:loads")
+    with pytest.raises(AppError, match="collides with the module 'typer'"):
+        load_app("typer:Typer")
+    assert typer.Typer is __import__("sys").modules["typer"].Typer  # still the same module
