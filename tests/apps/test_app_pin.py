@@ -156,3 +156,14 @@ def test_an_app_named_like_a_loaded_module_is_refused_not_reloaded() -> None:
     with pytest.raises(AppError, match="collides with the module 'typer'"):
         load_app("typer:Typer")
     assert typer.Typer is __import__("sys").modules["typer"].Typer  # still the same module
+
+
+def test_a_builtin_genesis_keeps_the_hash_it_had_before_model_apps(tmp_path: Path) -> None:
+    """The example file's genesis, as main built it before apps existed: existing consortium
+    files and stores keep working because the builtin model is the builtin app, unchanged."""
+    result = init_consortium(Home.resolve(tmp_path / "h"), write_config(tmp_path), time_ms=T)
+    assert result.genesis_hash == "980c3dc0b3e3b82b7c85d71fc254ec720f3c73d306605e8679214cb8cc8a8789"
+    assert result.initial_model == (
+        "d588cac6dd3c8d8a26ae42f96fcc9c7d1031de3e725ba12525fafa66b01de156"
+    )
+    assert "app" not in result.document["model"]
