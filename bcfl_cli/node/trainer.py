@@ -34,6 +34,7 @@ from bcfl_cli.fl.models import state_bytes
 from bcfl_cli.fl.spec import ModelSpec
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import subseed
+from bcfl_cli.home import Home
 from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.operations import NodeApi, build_update_tx
@@ -155,6 +156,17 @@ def load_app_and_data(
     if isinstance(spec, ModelSpec) and isinstance(data, Dataset):
         data.check_fits(math.prod(spec.input_shape), spec.num_classes, source=str(path))
     return app, data
+
+
+def check_app_at_start(home: Home, app_folder: Path | None = None) -> BoundApp:
+    """Before the node serves: the genesis' app is installed and matches its pin (AppError,
+    naming the files that differ, otherwise), so ``bcfl node --train`` fails at once."""
+    from bcfl_cli.chain.config import parse_document
+    from bcfl_cli.store.ledger import Ledger
+
+    with Ledger.open(home) as ledger:
+        config = parse_document(ledger.document)
+    return bind_app(config.model, config.training, app_folder)
 
 
 def load_training_data(path: Path, state: ChainState, app_folder: Path | None = None) -> Any:
@@ -445,6 +457,7 @@ __all__ = [
     "AutoTrainer",
     "TrainerHost",
     "attack_by_name",
+    "check_app_at_start",
     "http_submitter",
     "load_app_and_data",
     "load_training_data",

@@ -121,3 +121,25 @@ def test_real_nodes_train_the_app_and_a_member_without_it_verifies(tmp_path: Pat
     assert verified.returncode == 0, verified.stdout + verified.stderr
     report = json.loads(verified.stdout)
     assert report["ok"] and report["deep"]
+
+
+def test_a_node_with_a_changed_app_refuses_to_start_training(tmp_path: Path) -> None:
+    folder = tiny_copy(tmp_path)
+    home = app_home(tmp_path, folder)
+    (folder / "tiny_app" / "extra.py").write_text("x = 1\n")
+    out = runner.invoke(
+        app,
+        [
+            "node",
+            "--home",
+            str(home.root),
+            "--train",
+            str(PART),
+            "--app",
+            str(folder),
+            "--listen",
+            "127.0.0.1:1",
+        ],
+    )
+    assert out.exit_code == 1
+    assert "tiny_app/extra.py (not in the pin)" in out.output
