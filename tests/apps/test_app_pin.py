@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from bcfl_cli.apps.loader import load_app
@@ -18,6 +20,7 @@ from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.errors import AppError, UsageError
 from bcfl_cli.fl.spec import AppModelSpec, AppPin
 from bcfl_cli.home import Home
+from bcfl_cli.protocol.manifest import manifest_hash
 from tests.consortium.helpers import example_toml, write_config
 
 TINY = Path(__file__).resolve().parent / "tiny"
@@ -167,3 +170,31 @@ def test_a_builtin_genesis_keeps_the_hash_it_had_before_model_apps(tmp_path: Pat
         "d588cac6dd3c8d8a26ae42f96fcc9c7d1031de3e725ba12525fafa66b01de156"
     )
     assert "app" not in result.document["model"]
+
+
+_leaf = st.one_of(st.booleans(), st.integers(-(2**62), 2**62), st.text(max_size=12))
+_config = st.dictionaries(
+    st.text(min_size=1, max_size=8),
+    st.recursive(
+        _leaf,
+        lambda inner: st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(min_size=1, max_size=5), inner, max_size=3),
+        max_leaves=8,
+    ),
+    max_size=5,
+)
+
+
+@given(_config)
+def test_the_written_pin_reads_back_as_the_same_config(config: dict) -> None:  # type: ignore[type-arg]
+    import tomllib
+
+    pin = AppPin(
+        entry_point="a.b:c",
+        manifest=manifest_hash({"a/b.py": "1" * 64}),
+        files={"a/b.py": "1" * 64},
+        initial_model="2" * 64,
+        config=config,
+    )
+    parsed = tomllib.loads(pin_toml(pin))["model"]["app"]
+    assert AppPin.model_validate(parsed) == pin
