@@ -198,3 +198,34 @@ def test_the_written_pin_reads_back_as_the_same_config(config: dict) -> None:  #
     )
     parsed = tomllib.loads(pin_toml(pin))["model"]["app"]
     assert AppPin.model_validate(parsed) == pin
+
+
+def test_a_planted_pyc_beside_the_checked_source_is_never_run(tmp_path: Path) -> None:
+    """A ``__pycache__`` entry whose header matches the source (same mtime and size) would be
+    run by a plain import instead of the source; the loader compiles the hashed source."""
+    import os
+    import py_compile
+
+    folder = tmp_path / "planted"
+    package = folder / "planted_app"
+    package.mkdir(parents=True)
+    (folder / "pyproject.toml").write_text('[tool.bcfl.app]\nentry_point = "planted_app:app"\n')
+    source = package / "__init__.py"
+    honest = (
+        "from torch import nn\n"
+        "VALUE = 1\n"
+        "class app:\n"
+        "    @staticmethod\n"
+        "    def build_model(config):\n"
+        "        return nn.Linear(2, 2)\n"
+    )
+    source.write_text(honest.replace("VALUE = 1", "VALUE = 2"))
+    stamp = 1_600_000_000
+    os.utime(source, (stamp, stamp))
+    py_compile.compile(str(source), doraise=True)  # __pycache__/__init__.cpython-*.pyc
+    source.write_text(honest)  # the reviewed source: same size, same mtime as the planted pyc
+    os.utime(source, (stamp, stamp))
+    pin = pin_for(read_project(folder))
+    loaded = load_app("planted_app:app", folder, pin)
+    assert __import__("sys").modules["planted_app"].VALUE == 1
+    assert loaded.manifest.files.keys() == {"planted_app/__init__.py"}
