@@ -29,7 +29,6 @@ from rpds import HashTrieMap, HashTrieSet
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.config import GenesisConfig, parse_document
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
-from bcfl_cli.fl.spec import TrainingPlan
 from bcfl_cli.protocol.block import (
     MAX_TXS_PER_BLOCK,
     Block,
@@ -40,6 +39,7 @@ from bcfl_cli.protocol.block import (
 )
 from bcfl_cli.protocol.encoding import MAX_SAFE_INT, hash_object
 from bcfl_cli.protocol.merkle import merkle_root
+from bcfl_cli.protocol.spec import TrainingPlan
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind, tx_signature_valid
 
 #: Upper bound on the canonical bytes of all transactions of one block.
