@@ -26,6 +26,7 @@ from bcfl_cli.fl.contract import (
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.views import Blobs, StateView
 from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.protocol.txbodies import AggregateBody
 
 #: Decoded global models kept in memory: a deep verification reads each one twice in a row
 #: (aggregate n's result is round n+1's base), so two are enough.
@@ -73,16 +74,16 @@ class FLChecks:
     # --- aggregates ------------------------------------------------------------------------
     def check_aggregate(self, state: StateView, tx: Transaction) -> None:
         """Recompute the round's aggregate; raise ContractError unless ``model`` matches."""
-        if tx.kind is not TxKind.AGGREGATE:
+        body = tx.parsed_body
+        if not isinstance(body, AggregateBody):
             raise ContractError("not_an_aggregate", f"transaction {tx.hash} is a {tx.kind}")
         rnd = state.round
-        body = tx.body
         if not rnd.accepted:
-            if body["model"] != rnd.base_model:
+            if body.model != rnd.base_model:
                 raise ContractError(
                     "aggregate_mismatch",
                     f"no accepted update: expected the base model {rnd.base_model}, "
-                    f"found {body['model']}",
+                    f"found {body.model}",
                 )
             return
         cfg = state.config
@@ -96,11 +97,11 @@ class FLChecks:
             initial = self._initial_model(cfg.initial_model, limit)
         result = aggregate(cfg.aggregation, base, updates, initial_state=initial)
         data = result.model_bytes
-        if result.model_hash != body["model"] or len(data) != body["model_size"]:
+        if result.model_hash != body.model or len(data) != body.model_size:
             raise ContractError(
                 "aggregate_mismatch",
                 f"round {rnd.number} under {result.rule!r}: expected model {result.model_hash} "
-                f"({len(data)} bytes), found {body['model']} ({body['model_size']} bytes)",
+                f"({len(data)} bytes), found {body.model} ({body.model_size} bytes)",
             )
         if self.keep_models and not self.blobs.has(result.model_hash):
             self.blobs.put(data)
