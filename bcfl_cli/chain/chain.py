@@ -186,11 +186,15 @@ class Chain:
         self._adopt(block, new_state, source)
         return Persisted.APPENDED
 
-    def persist_many(self, decided: Sequence[tuple[Block, ChainState]], *, source: str) -> None:
+    def persist_many(
+        self, decided: Sequence[tuple[Block, ChainState]], *, source: str
+    ) -> Persisted:
         """``persist`` for consecutive blocks (sync), appended in one database transaction.
 
         Each pair is a block and the state after it, validated in order on top of the head.
         """
+        if self.alarm is not None:
+            return Persisted.HALTED
         height, head = self._state.height, self._state.head_hash
         for block, new_state in decided:
             if block.height != height + 1 or block.header.prev != head:
@@ -201,6 +205,7 @@ class Chain:
         self.ledger.append_many([block for block, _ in decided])
         for block, new_state in decided:
             self._adopt(block, new_state, source)
+        return Persisted.APPENDED
 
     def _adopt(self, block: Block, new_state: ChainState, source: str) -> None:
         previous = self._state

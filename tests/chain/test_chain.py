@@ -122,7 +122,7 @@ def test_persist_many_appends_consecutive_blocks_and_notifies_each(tmp_path: Pat
         decided.append((block, c.state))
         c.ledger.head = lambda b=block: b  # type: ignore[method-assign]  # next_block's parent
     del c.ledger.head
-    chain.persist_many(decided, source="sync")
+    assert chain.persist_many(decided, source="sync") is Persisted.APPENDED
     assert seen == [1, 2, 3]
     assert _store(c) == (3, decided[-1][0].hash)
     assert Chain(c.ledger).state.head_hash == chain.state.head_hash
@@ -146,6 +146,7 @@ def test_a_second_certified_block_at_a_held_height_raises_the_alarm_once(tmp_pat
     c.state = chain.state
     nxt = c.next_block([])
     assert chain.persist(nxt, chain.validate(nxt), source="consensus") is Persisted.HALTED
+    assert chain.persist_many([(nxt, chain.validate(nxt))], source="sync") is Persisted.HALTED
     assert c.ledger.height == 1
     c.ledger.close()
     with Chain.open(c.home) as reopened:
