@@ -31,7 +31,7 @@ from bcfl_cli.apps import runner as app_runner
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
-from bcfl_cli.fl import spec, tensors
+from bcfl_cli.fl import tensors
 from bcfl_cli.node import (
     auth,
     blob_fetch,
@@ -51,7 +51,7 @@ from bcfl_cli.node import (
     sync,
 )
 from bcfl_cli.node.explorer import routes as explorer_routes
-from bcfl_cli.protocol import block, encoding, tx
+from bcfl_cli.protocol import block, encoding, spec, tx, txbodies
 from bcfl_cli.provenance import bundle
 from bcfl_cli.store import pin
 
@@ -205,9 +205,9 @@ def _consortium_key(name: str) -> str:
 
 
 def tx_metrics_cap() -> int:
-    """The most metrics an update transaction carries (``protocol/tx.py``'s body schema)."""
+    """The most metrics an update transaction carries (``protocol/txbodies.py``'s schema)."""
     names = {f"m{i}": "1" for i in range(64)}
-    return max(n for n in range(65) if tx._metrics(dict(list(names.items())[:n])))
+    return max(n for n in range(65) if txbodies._metrics(dict(list(names.items())[:n])))
 
 
 @cache

@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # the interface stays importable without torch (bcfl --help l
     import torch
     from torch import nn
 
-    from bcfl_cli.fl.spec import TrainingPlan
+    from bcfl_cli.protocol.spec import TrainingPlan
 
 #: The app's config as the genesis pins it (``[model.app.config]`` in the consortium file),
 #: read-only: strings, integers, booleans, lists and tables. No floats (the genesis is signed and

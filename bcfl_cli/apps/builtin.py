@@ -17,7 +17,7 @@ from torch import nn
 from bcfl_cli.apps import defaults
 from bcfl_cli.apps.api import AppConfig, Metrics, Progress, TrainOutput
 from bcfl_cli.fl import models
-from bcfl_cli.fl.spec import ModelSpec, TrainingPlan
+from bcfl_cli.protocol.spec import ModelSpec, TrainingPlan
 
 ENTRY_POINT = "bcfl_cli.apps.builtin:app"
 

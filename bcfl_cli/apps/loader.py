@@ -22,7 +22,7 @@ from typing import Any
 from bcfl_cli.apps.api import ModelApp
 from bcfl_cli.apps.manifest import SourceManifest, differing_files, read_manifest
 from bcfl_cli.errors import AppError, BcflError
-from bcfl_cli.fl.spec import ENTRY_POINT_RE, AppPin
+from bcfl_cli.protocol.spec import ENTRY_POINT_RE, AppPin
 
 #: Differing files named in a refusal; the rest are counted.
 MAX_NAMED_DIFFERENCES = 10

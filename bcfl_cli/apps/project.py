@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bcfl_cli.errors import AppError, UsageError
-from bcfl_cli.fl.spec import AppPin, TrainingPlan
+from bcfl_cli.protocol.spec import AppPin, TrainingPlan
 
 if TYPE_CHECKING:
     from bcfl_cli.apps.runner import BoundApp

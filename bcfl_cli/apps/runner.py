@@ -28,8 +28,8 @@ from bcfl_cli.apps.loader import load_app
 from bcfl_cli.apps.manifest import SourceManifest
 from bcfl_cli.errors import AppError, BcflError
 from bcfl_cli.fl.models import load_state, state_bytes
-from bcfl_cli.fl.spec import AppModelSpec, ModelSpec, TrainingPlan
 from bcfl_cli.fl.training import TrainResult, decimal
+from bcfl_cli.protocol.spec import AppModelSpec, ModelSpec, TrainingPlan
 
 #: Metrics an app may report a round (the update transaction holds at most 32, and bcfl adds
 #: its own, such as ``dp_epsilon_total``).

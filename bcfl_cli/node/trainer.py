@@ -31,7 +31,6 @@ from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.data import Dataset
 from bcfl_cli.fl.models import state_bytes
-from bcfl_cli.fl.spec import ModelSpec
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import subseed
 from bcfl_cli.home import Home
@@ -41,6 +40,7 @@ from bcfl_cli.node.operations import NodeApi, build_update_tx
 from bcfl_cli.node.peers import did_tag
 from bcfl_cli.node.schemas import MAX_INLINE_BLOB_BYTES
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blobs import BlobStore
 

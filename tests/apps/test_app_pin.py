@@ -18,9 +18,9 @@ from bcfl_cli.consortium.config import genesis_config_from_document, load_config
 from bcfl_cli.consortium.example import with_model_section
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.errors import AppError, UsageError
-from bcfl_cli.fl.spec import AppModelSpec, AppPin
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.manifest import manifest_hash
+from bcfl_cli.protocol.spec import AppModelSpec, AppPin
 from tests.consortium.helpers import example_toml, write_config
 
 TINY = Path(__file__).resolve().parent / "tiny"

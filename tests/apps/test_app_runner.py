@@ -12,7 +12,7 @@ from torch import nn
 from bcfl_cli.apps.runner import BoundApp
 from bcfl_cli.errors import AppError
 from bcfl_cli.fl.data import Dataset
-from bcfl_cli.fl.spec import TrainingPlan
+from bcfl_cli.protocol.spec import TrainingPlan
 
 DATA = Dataset(torch.randn(40, 4, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 3)
 
