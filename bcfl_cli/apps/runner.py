@@ -267,7 +267,8 @@ def bind_app(
 ) -> BoundApp:
     """The genesis' app: builtin, or the pinned one (refused unless it matches its pin)."""
     if isinstance(model, ModelSpec):
-        return BoundApp(builtin.ENTRY_POINT, builtin.app, model.to_document(), plan)
+        app = builtin.BuiltinApp(plan.label_column)
+        return BoundApp(builtin.ENTRY_POINT, app, model.to_document(), plan)
     pin = model.app
     loaded = load_app(pin.entry_point, folder, pin)
     return BoundApp(pin.entry_point, loaded.obj, pin.config, plan, loaded.manifest)

@@ -149,13 +149,9 @@ def load_app_and_data(
     path: Path, state: ChainState, app_folder: Path | None = None
 ) -> tuple[BoundApp, Any]:
     """The genesis' app, which must match its pin, and the member's data loaded by it (both
-    at start, not mid-round); the builtin app's CSV is checked against the model here too."""
+    at start, not mid-round; the builtin app checks the CSV against the model)."""
     app = bind_app(state.config.model, state.config.training, app_folder)
-    data = app.load_data(path)
-    spec = state.config.model
-    if isinstance(spec, ModelSpec) and isinstance(data, Dataset):
-        data.check_fits(math.prod(spec.input_shape), spec.num_classes, source=str(path))
-    return app, data
+    return app, app.load_data(path)
 
 
 def check_app_at_start(home: Home, app_folder: Path | None = None) -> BoundApp:

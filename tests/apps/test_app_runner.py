@@ -108,3 +108,16 @@ class Builds(Good):
 def test_a_model_bcfl_cannot_average_is_refused(model: Any, message: str) -> None:
     with pytest.raises(AppError, match=message):
         bound(Builds(model)).build_model()
+
+
+def test_the_builtin_app_refuses_a_csv_that_does_not_fit_naming_the_file() -> None:
+    from pathlib import Path
+
+    from bcfl_cli.apps.runner import bind_app
+    from bcfl_cli.errors import UsageError
+    from bcfl_cli.protocol.spec import ModelSpec
+
+    sample = Path(__file__).resolve().parents[2] / "sample_data" / "digits-test.csv"
+    spec = ModelSpec(architecture="mlp", input_shape=[30], num_classes=10)
+    with pytest.raises(UsageError, match=r"digits-test\.csv: 64 feature columns.*expects 30"):
+        bind_app(spec, TrainingPlan()).load_data(sample)
