@@ -229,3 +229,13 @@ def test_a_planted_pyc_beside_the_checked_source_is_never_run(tmp_path: Path) ->
     loaded = load_app("planted_app:app", folder, pin)
     assert __import__("sys").modules["planted_app"].VALUE == 1
     assert loaded.manifest.files.keys() == {"planted_app/__init__.py"}
+
+
+def test_init_refuses_an_app_whose_weights_are_not_the_pinned_ones(tmp_path: Path) -> None:
+    folder = tiny_copy(tmp_path)
+    path = app_consortium(tmp_path, folder)
+    pinned = load_config(path).model
+    assert isinstance(pinned, AppModelSpec)
+    path.write_text(path.read_text().replace(pinned.app.initial_model, "0" * 64))
+    with pytest.raises(AppError, match="builds initial weights"):
+        init_consortium(Home.resolve(tmp_path / "h"), path, time_ms=T, app_folder=folder)
