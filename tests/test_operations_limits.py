@@ -29,22 +29,21 @@ import bcfl_cli.node.app as node_app
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
+from bcfl_cli.client import blobs as blob_fetch
+from bcfl_cli.client import operations
+from bcfl_cli.client import transport as client
 from bcfl_cli.fl import spec, tensors
 from bcfl_cli.node import (
     auth,
-    blob_fetch,
     blob_keeper,
     blob_routes,
     budget,
-    client,
     compare,
     connections,
     consensus_driver,
     limits,
     mempool,
-    operations,
     peers,
-    schemas,
     server,
     sync,
 )
@@ -52,6 +51,7 @@ from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, tx
 from bcfl_cli.provenance import bundle
 from bcfl_cli.store import pin
+from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
 HEADING = "## Limits and their defaults"

@@ -11,11 +11,11 @@ from rich.markup import escape
 from bcfl_cli.cli import render
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption
+from bcfl_cli.client.operations import NodeApi, local_status, node_status, node_url
+from bcfl_cli.client.transport import PeerRefused
 from bcfl_cli.errors import IdentityError, NodeError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import read_public_identity
-from bcfl_cli.node.client import PeerRefused
-from bcfl_cli.node.operations import NodeApi, local_status, node_status, node_url
 
 
 def _short(value: Any, n: int = 16) -> str:

@@ -23,11 +23,7 @@ from rich.progress import (
 from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
-from bcfl_cli.errors import NodeError, PlanFinished, UsageError
-from bcfl_cli.home import Home
-from bcfl_cli.identity import load_identity, passphrase_from
-from bcfl_cli.node.client import PeerUnreachable
-from bcfl_cli.node.operations import (
+from bcfl_cli.client.operations import (
     DEFAULT_WAIT_S,
     NodeApi,
     SubmitOutcome,
@@ -37,6 +33,10 @@ from bcfl_cli.node.operations import (
     read_update,
     submit_update,
 )
+from bcfl_cli.client.transport import PeerUnreachable
+from bcfl_cli.errors import NodeError, PlanFinished, UsageError
+from bcfl_cli.home import Home
+from bcfl_cli.identity import load_identity, passphrase_from
 
 NodeOption = Annotated[
     str | None,

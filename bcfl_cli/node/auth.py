@@ -40,7 +40,8 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bcfl_cli.node.budget import BodyBudget
-from bcfl_cli.node.httpsig import (
+from bcfl_cli.node.limits import NodeLimits, NonceCache, ReplayJournal, TokenBucketLimiter
+from bcfl_cli.wire.httpsig import (
     COVERED_WHEN_PRESENT,
     RequestView,
     SignatureError,
@@ -50,7 +51,6 @@ from bcfl_cli.node.httpsig import (
     normalise_authority,
     verify_request_head,
 )
-from bcfl_cli.node.limits import NodeLimits, NonceCache, ReplayJournal, TokenBucketLimiter
 
 log = logging.getLogger("bcfl.node.auth")
 

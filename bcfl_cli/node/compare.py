@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from bcfl_cli.client.operations import NodeApi
 from bcfl_cli.errors import BcflError, VerificationError
-from bcfl_cli.node.operations import NodeApi
 from bcfl_cli.node.sync import certificate_valid
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.store.ledger import Ledger

@@ -32,14 +32,14 @@ import aiohttp
 import nacl.signing
 import yarl
 
+from bcfl_cli.client.transport import SignedClient, shared_ssl_context
 from bcfl_cli.errors import EncodingError, NodeError
-from bcfl_cli.node.client import SignedClient, shared_ssl_context
-from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.node.logging import fields
-from bcfl_cli.node.schemas import MAX_INLINE_BLOB_BYTES
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical, parse_json
 from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.wire.httpsig import sign_request
+from bcfl_cli.wire.schemas import MAX_INLINE_BLOB_BYTES
 
 log = logging.getLogger("bcfl.node.peers")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from bcfl_cli.node.client import PeerRefused, SignedClient
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.protocol.tx import TxKind, make_tx
 from tests.faults.helpers import (
     MakeConsortium,

@@ -18,10 +18,10 @@ from hypothesis_jsonschema import from_schema
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.node.app import ROUTE_TABLE
-from bcfl_cli.node.client import PeerRefused, SignedClient
-from bcfl_cli.node.schemas import StatusResponse
 from bcfl_cli.protocol.tx import TxKind, make_tx
+from bcfl_cli.wire.schemas import StatusResponse
 from tests.node._node_harness import URL, LocalNode, did, key
 
 

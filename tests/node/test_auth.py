@@ -21,18 +21,18 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.errors import NodeError
 from bcfl_cli.node.auth import SignatureAuth, peer_did
-from bcfl_cli.node.client import PeerRefused, SignedClient
-from bcfl_cli.node.httpsig import (
+from bcfl_cli.node.limits import NodeLimits, NonceCache, TokenBucketLimiter
+from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.wire.httpsig import (
     RequestView,
     SignatureError,
     content_digest,
     sign_request,
     verify_request,
 )
-from bcfl_cli.node.limits import NodeLimits, NonceCache, TokenBucketLimiter
-from bcfl_cli.protocol.crypto import did_from_public_key
 
 BASE = "http://testserver"
 

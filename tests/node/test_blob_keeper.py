@@ -13,12 +13,12 @@ import nacl.signing
 import pytest
 from starlette.applications import Starlette
 
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.node.auth import SignatureAuth
 from bcfl_cli.node.blob_keeper import BlobKeeper, parse_retention
 from bcfl_cli.node.blob_routes import BlobRoutes
-from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.crypto import did_from_public_key

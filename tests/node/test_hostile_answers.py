@@ -12,10 +12,10 @@ import httpx
 import nacl.signing
 import pytest
 
+from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.operations import read_update
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.errors import NodeError, UsageError
-from bcfl_cli.node.blob_fetch import upload_blob
-from bcfl_cli.node.client import PeerRefused, SignedClient
-from bcfl_cli.node.operations import read_update
 from bcfl_cli.store.blobs import BlobStore
 
 KEY = nacl.signing.SigningKey(b"\x07" * 32)

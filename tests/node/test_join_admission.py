@@ -11,7 +11,7 @@ import nacl.signing
 import pytest
 
 from bcfl_cli.chain import build_block
-from bcfl_cli.node.client import PeerRefused, SignedClient
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.node.limits import JOIN_RELAY_BURST, JOIN_RELAY_RATE_PER_S
 from bcfl_cli.node.mempool import Mempool, MempoolRefusal, precheck
 from bcfl_cli.node.round_driver import plan_block

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bcfl_cli.client.operations import build_update_tx
 from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.data import load_csv
-from bcfl_cli.node.operations import build_update_tx
 from bcfl_cli.node.trainer import (
     AutoTrainer,
     attack_by_name,
@@ -182,7 +182,7 @@ def test_peer_publisher_pushes_to_reachable_peers(local: LocalNode, tmp_path: Pa
 
     import httpx
 
-    from bcfl_cli.node.client import SignedClient
+    from bcfl_cli.client.transport import SignedClient
     from bcfl_cli.node.trainer import peer_publisher
 
     other = LocalNode(tmp_path / "other")

@@ -16,7 +16,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from bcfl_cli.node.client import PeerRefused, SignedClient
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 from tests.node._node_harness import URL, LocalNode, key, trained_update
 

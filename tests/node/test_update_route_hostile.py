@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bcfl_cli.node.client import PeerRefused
+from bcfl_cli.client.transport import PeerRefused
 from tests.node._node_harness import LocalNode
 from tests.node.test_update_route import _post, _update
 

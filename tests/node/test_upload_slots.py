@@ -13,10 +13,10 @@ import nacl.signing
 import pytest
 from starlette.applications import Starlette
 
+from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.node.auth import SignatureAuth
-from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.blob_routes import MAX_UPLOADS_PER_MEMBER, STALE_UPLOAD_S, BlobRoutes
-from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.store.blobs import BlobStore

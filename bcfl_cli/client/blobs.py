@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.errors import BcflError, BlobError, EncodingError, NodeError
-from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.protocol.encoding import is_hash_hex, parse_json
 from bcfl_cli.store.blobs import BlobStore
 

@@ -23,9 +23,9 @@ import httpx
 import nacl.signing
 
 from bcfl_cli.errors import NodeError
-from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical
+from bcfl_cli.wire.httpsig import sign_request
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024

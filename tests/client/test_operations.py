@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bcfl_cli.client import operations as ops
+from bcfl_cli.client.transport import PeerRefused
 from bcfl_cli.errors import BlobError, NodeError, UsageError, VerificationError
 from bcfl_cli.fl.local_round import train_for_round
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity
-from bcfl_cli.node import operations as ops
-from bcfl_cli.node.client import PeerRefused
 from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.store.ledger import Ledger
 from tests.conftest import PASSPHRASE, MakeHome

@@ -19,10 +19,10 @@ import httpx
 import nacl.signing
 import pytest
 
+from bcfl_cli.client.blobs import FetchCancelled, fetch_blob, fetch_manifest, upload_blob
+from bcfl_cli.client.transport import PeerRefused, SignedClient
 from bcfl_cli.errors import BlobError
-from bcfl_cli.node.blob_fetch import FetchCancelled, fetch_blob, fetch_manifest, upload_blob
 from bcfl_cli.node.blob_routes import blob_app
-from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.store.blobs import BlobStore
 

@@ -28,6 +28,8 @@ import httpx
 import nacl.signing
 
 from bcfl_cli.chain.state import ChainState, JoinRequest, Member
+from bcfl_cli.client.blobs import fetch_blob, upload_blob
+from bcfl_cli.client.transport import DEFAULT_TIMEOUT, PeerRefused, SignedClient
 from bcfl_cli.errors import (
     BcflError,
     BlobError,
@@ -39,8 +41,6 @@ from bcfl_cli.errors import (
     VerificationError,
 )
 from bcfl_cli.home import Home
-from bcfl_cli.node.blob_fetch import fetch_blob, upload_blob
-from bcfl_cli.node.client import DEFAULT_TIMEOUT, PeerRefused, SignedClient
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import hash_object, is_hash_hex, parse_json
