@@ -29,8 +29,8 @@ import bcfl_cli.node.app as node_app
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
+from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
-from bcfl_cli.client import operations
 from bcfl_cli.client import transport as client
 from bcfl_cli.fl import spec, tensors
 from bcfl_cli.node import (
@@ -357,7 +357,7 @@ def _bindings() -> dict[str, list[str]]:
             f"at most {s(sync.PEER_BLOB_SLICE_S)}",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
-            f"{s(operations.DEFAULT_WAIT_S)} (`--timeout`)",
+            f"{s(client_api.DEFAULT_WAIT_S)} (`--timeout`)",
             *waits,
         ],
         "pin moved forward by a running node": [f"at most every {s(pin.PIN_INTERVAL_S)}"],

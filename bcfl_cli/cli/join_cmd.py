@@ -11,7 +11,7 @@ from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import transfer_progress
-from bcfl_cli.client.operations import (
+from bcfl_cli.client import (
     JoinOutcome,
     NodeApi,
     RemoteGenesis,

@@ -10,7 +10,7 @@ from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption, TimeoutOption
-from bcfl_cli.client.operations import (
+from bcfl_cli.client import (
     DEFAULT_WAIT_S,
     MemberChange,
     NodeApi,

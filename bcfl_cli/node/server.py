@@ -48,7 +48,7 @@ from bcfl_cli.node.limits import (
 )
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import Mempool, MempoolRefusal
-from bcfl_cli.node.peers import Peers, normalise_url
+from bcfl_cli.node.peers import Peers
 from bcfl_cli.node.round_driver import (
     AggregateKey,
     compute_aggregate,
@@ -71,6 +71,7 @@ from bcfl_cli.store.blob_owners import BlobOwners
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.store.pin import PinKeeper
 from bcfl_cli.store.vote_guard import VoteGuard
+from bcfl_cli.wire.urls import normalise_url
 
 log = logging.getLogger("bcfl.node")
 

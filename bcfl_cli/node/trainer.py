@@ -26,8 +26,9 @@ import nacl.signing
 import torch
 
 from bcfl_cli.chain.state import ChainState
+from bcfl_cli.client.api import NodeApi
 from bcfl_cli.client.blobs import upload_blob
-from bcfl_cli.client.operations import NodeApi, build_update_tx
+from bcfl_cli.client.submit import build_update_tx
 from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
@@ -240,7 +241,7 @@ class AutoTrainer:
         try:
             await self.submit(tx, told)
         except BcflError as exc:
-            status = getattr(exc, "status", None)  # PeerRefused and MempoolRefusal carry one
+            status = getattr(exc, "status", None)  # a Refusal and a MempoolRefusal carry one
             if not isinstance(status, int) or not 400 <= status < 500:
                 raise  # the node could not judge it (down, overloaded): the next poll retries
             # the node judged it (round closed meanwhile, duplicate): retrying cannot help

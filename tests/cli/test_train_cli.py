@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bcfl_cli.chain import ChainState, build_block, commit_with_keys
 from bcfl_cli.cli.app import app
-from bcfl_cli.client.operations import read_update
+from bcfl_cli.client import read_update
 from bcfl_cli.consortium.example import filled_example
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.fl import models

@@ -23,7 +23,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from bcfl_cli.chain import commit_with_keys
-from bcfl_cli.client.operations import NodeApi
+from bcfl_cli.client import NodeApi
 from bcfl_cli.consortium.example import filled_example
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.home import Home

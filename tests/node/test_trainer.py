@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bcfl_cli.client.operations import build_update_tx
+from bcfl_cli.client import build_update_tx
 from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.data import load_csv
 from bcfl_cli.node.trainer import (
