@@ -21,10 +21,10 @@ def normalise_url(url: str) -> str:
     credentials, a query or a fragment are refused rather than silently kept in the string
     (``ftp://x`` used to become ``http://ftp://x`` on the node's side).
     """
-    text = url.strip().rstrip("/")
+    text = url.strip()
     if "://" not in text:
         text = f"http://{text}"
-    shown = text
+    shown = text.rstrip("/")
     scheme, _, rest = text.partition("://")
     text = f"{scheme.lower()}://{rest}"
     try:
@@ -40,4 +40,4 @@ def normalise_url(url: str) -> str:
         or parts.fragment
     ):
         raise UsageError(f"node URL {shown!r}: expected http://HOST:PORT or https://HOST")
-    return text.removesuffix(API_PREFIX).rstrip("/")
+    return text.rstrip("/").removesuffix(API_PREFIX).rstrip("/")
