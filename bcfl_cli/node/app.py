@@ -319,7 +319,7 @@ class Api:
         # the blob of a pending update counts against its author's quota (blob_keeper)
         over = node.keeper.admit(tx.author, digest, len(data))
         if over is not None:
-            raise MempoolRefusal("over_quota", over, status=507)
+            raise MempoolRefusal(over, code="over_quota", status=507)
         await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
         node.keeper.record(tx.author, digest, len(data))
 

@@ -288,9 +288,9 @@ class Node:
             relay = not self._join_relay.acquire("join")
             if not relay and self.role != "validator":
                 raise MempoolRefusal(
-                    "join_relay_busy",
                     "this node relays join requests at a bounded rate and is busy; retry in a "
                     "few seconds, or send the request to a validator's node",
+                    code="join_relay_busy",
                     status=503,
                 )
         added = self.mempool.add(tx, self.state, now_ms=self.clock.now_ms())

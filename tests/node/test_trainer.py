@@ -97,7 +97,7 @@ def test_refusal_by_the_node_stops_retrying_that_round(local: LocalNode) -> None
         from bcfl_cli.node.mempool import MempoolRefusal
 
         calls.append(tx.hash)
-        raise MempoolRefusal("duplicate_update", "already sent", status=409)
+        raise MempoolRefusal("already sent", code="duplicate_update", status=409)
 
     trainer = _trainer(local)
     trainer.submit = refuse
