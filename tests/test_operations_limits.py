@@ -32,7 +32,7 @@ from bcfl_cli.cli.app import app
 from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
 from bcfl_cli.client import transport as client
-from bcfl_cli.fl import spec, tensors
+from bcfl_cli.fl import tensors
 from bcfl_cli.node import (
     auth,
     blob_keeper,
@@ -48,7 +48,7 @@ from bcfl_cli.node import (
     sync,
 )
 from bcfl_cli.node.explorer import routes as explorer_routes
-from bcfl_cli.protocol import block, encoding, tx
+from bcfl_cli.protocol import block, encoding, spec, tx
 from bcfl_cli.provenance import bundle
 from bcfl_cli.store import pin
 from bcfl_cli.wire import schemas

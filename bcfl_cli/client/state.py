@@ -6,6 +6,7 @@ every rule, certificate and signature checked before a command decides anything 
 
 from __future__ import annotations
 
+from bcfl_cli.chain.chain import Chain
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.client.api import NodeApi
 from bcfl_cli.errors import (
@@ -24,15 +25,12 @@ def replay_state(ledger: Ledger) -> ChainState:
     Signatures are not re-checked: every block in a member's store was verified when its node
     appended it (``bcfl verify-chain`` re-checks everything from scratch).
     """
-    state = ChainState.from_genesis(ledger.block(0), ledger.document)
-    for block in ledger.blocks(1):
-        state = state.apply(block, verify_signatures=False)
-    return state
+    return Chain(ledger).state
 
 
 def local_state(home: Home) -> ChainState:
-    with Ledger.open(home) as ledger:
-        return replay_state(ledger)
+    with Chain.open(home) as chain:
+        return chain.state
 
 
 #: Blocks a command replays from the node in memory when this home's ledger lags behind it.

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from bcfl_cli.chain.chain import Chain
 from bcfl_cli.client.api import NodeApi
-from bcfl_cli.client.state import replay_state
-from bcfl_cli.errors import (
-    EncodingError,
-)
 from bcfl_cli.home import Home
-from bcfl_cli.protocol.block import Block
-from bcfl_cli.store.ledger import Ledger
-
-ALARM_FILE = "alarm.json"
 
 
 def node_status(api: NodeApi) -> dict[str, Any]:
@@ -28,8 +20,8 @@ def local_status(home: Home, did: str | None = None) -> dict[str, Any]:
     ``offline`` is true and there are no peers; a safety alarm the node recorded before it
     stopped (HOME/node/alarm.json) is reported, since an alarm is often why a node is down.
     """
-    with Ledger.open(home) as ledger:
-        state = replay_state(ledger)
+    with Chain.open(home) as chain:
+        state, alarm = chain.state, chain.alarm
     rnd = state.round
     member = state.member(did) if did else None
     role = "observer"
@@ -67,17 +59,5 @@ def local_status(home: Home, did: str | None = None) -> dict[str, Any]:
         ],
         "pending_members": sorted(state.pending),
         "me": {"did": did, "name": member.name if member else None, "role": role},
-        "alarm": _recorded_alarm(home),
+        "alarm": alarm,
     }
-
-
-def _recorded_alarm(home: Home) -> dict[str, Any] | None:
-    path = home.node_dir / ALARM_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        blocks = [Block.from_dict(b).hash for b in data["blocks"]]
-        return {"height": int(data["height"]), "blocks": blocks, "message": str(data["message"])}
-    except (OSError, ValueError, KeyError, TypeError, EncodingError):
-        return {"height": -1, "blocks": [], "message": f"unreadable alarm file {path}"}

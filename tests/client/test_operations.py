@@ -13,11 +13,11 @@ import pytest
 
 import bcfl_cli.client as ops
 from bcfl_cli.errors import BlobError, NodeError, UsageError, VerificationError
-from bcfl_cli.fl.local_round import train_for_round
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity
 from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.training.local_round import train_for_round
 from bcfl_cli.wire.refusal import Refusal
 from bcfl_cli.wire.schemas import PeerView
 from tests.conftest import PASSPHRASE, MakeHome
