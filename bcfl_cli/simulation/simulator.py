@@ -491,11 +491,10 @@ class Simulation:
         if m.behaviour != "equivocate" or vote.block == NIL:
             self._broadcast(m, vote)
             return
-        # Byzantine: the real vote to half of the peers, a conflicting nil vote to the others
+        # Byzantine: the real vote to everyone, and a conflicting nil vote to half of the peers
         other = Vote(vote.chain, vote.height, vote.round, vote.type, NIL, m.did).signed(m.key)
-        peers = [i for i in range(len(self.members)) if i != m.index]
-        self._broadcast(m, vote, to=peers[0::2])
-        self._broadcast(m, other, to=peers[1::2])
+        self._broadcast(m, vote)
+        self._broadcast(m, other, to=[i for i in range(len(self.members)) if i % 2 != m.index % 2])
 
     def _evidence(self, m: Member, action: Evidence) -> None:
         first = action.first
