@@ -47,6 +47,9 @@ class SimOptions:
     out: Path | None = None  # where the member homes go (default: a new temporary directory)
     data_dir: Path | None = None
     score: bool = True  # test accuracy of every aggregate on digits-test.csv
+    #: one contract verdict and one aggregate check per process instead of per member
+    #: (deterministic computations; every member still applies every chain rule)
+    share_checks: bool = False
 
     def behaviour(self, member: int) -> str | None:
         return dict(self.byzantine).get(member)
@@ -75,6 +78,10 @@ class SimOptions:
                     f"--byzantine {member}:{what}: expected one of "
                     f"{', '.join(TRAINER_ATTACKS + VALIDATOR_FAULTS)}"
                 )
+        try:
+            NetworkConfig(self.network.delay_ms, self.network.drop, self.network.partitions)
+        except ValueError as exc:
+            raise UsageError(f"network: {exc}") from exc
         faulty = {m for m, what in self.byzantine if what in VALIDATOR_FAULTS}
         faulty |= {c.member for c in self.crashes}
         if len(faulty) > (n - 1) // 3:
@@ -117,3 +124,15 @@ def parse_byzantine(text: str) -> tuple[int, str]:
         return int(member), what
     except ValueError as exc:
         raise UsageError(f"--byzantine {text!r}: expected MEMBER:BEHAVIOUR") from exc
+
+
+def parse_delay(text: str) -> tuple[int, int]:
+    """``LOW-HIGH`` or ``MS`` (logical milliseconds)."""
+    low, _, high = text.partition("-")
+    try:
+        pair = (int(low), int(high or low))
+    except ValueError as exc:
+        raise UsageError(f"--delay {text!r}: expected LOW-HIGH in milliseconds") from exc
+    if not 0 <= pair[0] <= pair[1]:
+        raise UsageError(f"--delay {text!r}: expected 0 <= LOW <= HIGH")
+    return pair
