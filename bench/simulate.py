@@ -1,0 +1,148 @@
+"""`bcfl simulate` against plain FedAvg: the same job, N members in one process.
+
+Usage::
+
+    .venv/bin/python bench/simulate.py                       # 10 and 100 members, 5 rounds
+    .venv/bin/python bench/simulate.py --members 10 --rounds 20 --json
+    .venv/bin/python bench/simulate.py --quick               # 4 members, 2 rounds
+
+The job of bench/common.py (digits MLP, Dirichlet(0.5), SGD lr 0.05, batch 32, one local epoch,
+no holdout) three ways, in one run on one machine:
+
+(a) plain in-process FedAvg, no ledger (bench/common.py): the floor;
+(b) ``bcfl simulate``: every member keeps its own ledger (``Chain`` on the real SQLite store,
+    fsynced), runs the consensus engine with real Ed25519 signatures, checks every update's
+    contract and recomputes every aggregate itself;
+(c) the same with ``--share-checks``: each deterministic FL check computed once per process.
+
+A round is timed from one aggregate's commit (by the first member) to the next, in wall and in
+process CPU seconds: on a shared 2-core machine the CPU figure is the one that does not move with
+the other jobs' load. Start-up is launch -> the first member starts training, and launch -> the
+first aggregate committed, as in flower_compare.py. Flower's arm lives in flower_compare.py (it
+needs .venv-bench); compare with it only inside one run.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bcfl_cli.simulation import SimOptions, Simulation  # noqa: E402
+from bench.common import (  # noqa: E402
+    DIGITS_MLP,
+    PLAN,
+    Report,
+    base_parser,
+    emit,
+    load_members,
+    load_test,
+    log,
+    plain_fedavg,
+    ratio,
+    torch_threads,
+)
+
+COLUMNS = [
+    "members",
+    "arm",
+    "start-up s",
+    "to 1st aggregate s",
+    "round s (median)",
+    "round cpu s (median)",
+    "x plain",
+    "peak RSS MB",
+    "accuracy",
+]
+
+
+def simulate_arm(members: int, rounds: int, *, share: bool, seed: int) -> dict[str, object]:
+    launched = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bcfl-bench-sim-") as tmp:
+        options = SimOptions(
+            members=members, rounds=rounds, seed=seed, share_checks=share, out=Path(tmp)
+        )
+        result = Simulation(options).run()
+        first = result.rounds[0] if result.rounds else None
+        later = result.rounds[1:] or result.rounds
+        return {
+            "ok": result.ok,
+            "head": result.head,
+            "start-up s": result.setup_s,
+            "to 1st aggregate s": (time.perf_counter() - launched)
+            - result.run_s
+            + (first.wall_s if first else float("nan")),
+            "round s (median)": statistics.median(r.wall_s for r in later),
+            "round cpu s (median)": statistics.median(r.cpu_s for r in later),
+            "peak RSS MB": result.peak_rss_mb,
+            "accuracy": result.rounds[-1].accuracy if result.rounds else None,
+            "bytes": result.bytes,
+            "messages": result.messages,
+        }
+
+
+def run(members_list: Sequence[int], rounds: int, *, seed: int = 0, quiet: bool = False) -> Report:
+    report = Report(
+        "simulate",
+        f"bcfl simulate vs plain FedAvg ({rounds} rounds, digits MLP)",
+        {"members": list(members_list), "rounds": rounds, "seed": seed},
+        COLUMNS,
+    )
+    test = load_test()
+    for members in members_list:
+        log(f"{members} members: plain FedAvg", quiet=quiet)
+        with torch_threads(1):
+            start = time.process_time()
+            plain = plain_fedavg(DIGITS_MLP, PLAN, load_members(members), test, rounds, seed=seed)
+            plain_cpu = (time.process_time() - start) / rounds
+        base = plain.median_round_s
+        report.add(
+            members=members,
+            arm="plain FedAvg (no ledger)",
+            **{
+                "start-up s": plain.startup_s,
+                "to 1st aggregate s": plain.startup_s + plain.round_s[0],
+                "round s (median)": base,
+                "round cpu s (median)": plain_cpu,
+                "x plain": 1.0,
+                "accuracy": plain.accuracy,
+            },
+        )
+        for share in (False, True):
+            name = "bcfl simulate" + (" --share-checks" if share else "")
+            log(f"{members} members: {name}", quiet=quiet)
+            row = simulate_arm(members, rounds, share=share, seed=seed)
+            row["x plain"] = ratio(float(row["round s (median)"]), base)  # type: ignore[arg-type]
+            report.add(members=members, arm=name, **row)
+    report.notes.append(
+        "round = one committed aggregate to the next (first member); the first round is left "
+        "out of the median (torch warms up); cpu = this process's CPU seconds in that interval"
+    )
+    report.notes.append(
+        "plain FedAvg trains the shipped/bench partitions; bcfl simulate splits digits-train "
+        "with fl/split.py (Dirichlet 0.5, seed 7) in-process: same rows, other shards"
+    )
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    members, rounds = ([4], 2) if args.quick else (args.members, args.rounds)
+    report = run(members, rounds, seed=args.seed, quiet=args.json)
+    emit(report, as_json=args.json)
+    return 0 if all(row.get("ok", True) for row in report.rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
