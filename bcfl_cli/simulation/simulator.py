@@ -245,6 +245,9 @@ class Simulation:
         self._round_started_ms = 0
         self.test: Dataset | None = None
         self.root = Path(".")
+        self._done: bool | None = None
+        self._sizes: dict[tuple[str, str], int] = {}
+        self._trainers: dict[str, frozenset[str]] = {}
 
     # --- setting up --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -361,11 +364,16 @@ class Simulation:
         return result
 
     def _finished(self) -> bool:
-        live = [m for m in self.members if m.up and m.behaviour not in VALIDATOR_FAULTS]
-        return bool(live) and all(m.chain.state.plan_finished for m in live)
+        """Whether every live correct member's plan is over (asked again after commits only)."""
+        if self._done is None:
+            live = [m for m in self.members if m.up and m.behaviour not in VALIDATOR_FAULTS]
+            self._done = bool(live) and all(m.chain.state.plan_finished for m in live)
+        return self._done
 
     def _dispatch(self, kind: str, target: int, payload: Any) -> None:
         m = self.members[target]
+        if kind in ("crash", "restart"):
+            self._done = None
         if kind == "crash":
             self.net.down.add(target)
             m.engine, m.own = None, []
@@ -417,7 +425,7 @@ class Simulation:
             return
         rnd = state.round
         if not force and rnd.open:
-            waiting = set(state.trainers) - set(rnd.submitted)
+            waiting = set(self._trainers_of(state)) - set(rnd.submitted)
             waiting -= {tx.author for tx in pending_updates(state, list(m.mempool.values()))}
             if waiting:
                 due = m.round_seen_ms + self.options.update_wait_ms
@@ -429,6 +437,15 @@ class Simulation:
         if m.engine is not None:
             for vote in m.guard.votes_at(m.chain.genesis_hash, target, m.did):
                 self._feed(m, VoteReceived(vote.signed(m.key)))
+
+    def _trainers_of(self, state: ChainState) -> frozenset[str]:
+        """``state.trainers`` (a new frozenset at each call), kept per head."""
+        trainers = self._trainers.get(state.head_hash)
+        if trainers is None:
+            if len(self._trainers) >= MAX_MEMPOOL:
+                self._trainers.clear()
+            trainers = self._trainers[state.head_hash] = state.trainers
+        return trainers
 
     def _deliver(self, m: Member, message: Any) -> None:
         engine = m.engine
@@ -464,7 +481,12 @@ class Simulation:
     def _broadcast(
         self, m: Member, message: Proposal | Vote | Transaction, to: list[int] | None = None
     ) -> None:
-        size = len(canonical(message.to_dict()))
+        key = (type(message).__name__, message.hash)
+        size = self._sizes.get(key)
+        if size is None:
+            if len(self._sizes) >= MAX_MEMPOOL * 16:
+                self._sizes.clear()
+            size = self._sizes[key] = len(canonical(message.to_dict()))
         if isinstance(message, Transaction) and message.kind is TxKind.UPDATE:
             size += int(message.body["blob_size"])  # the blob travels to every peer once
         self.net.broadcast(m.index, message, size=size, to=to)
@@ -546,6 +568,7 @@ class Simulation:
         self._after_block(m, block)
 
     def _after_block(self, m: Member, block: Block) -> None:
+        self._done = None
         m.own = []
         m.validated.clear()
         for tx in block.txs:
@@ -608,7 +631,8 @@ class Simulation:
     # --- training ------------------------------------------------------------------------
     def _train_if_due(self, m: Member) -> None:
         rnd = m.chain.state.round
-        if rnd.open and m.did in m.chain.state.trainers and m.did not in rnd.submitted:
+        trainers = self._trainers_of(m.chain.state)
+        if rnd.open and m.did in trainers and m.did not in rnd.submitted:
             self.net.schedule(
                 self.net.now_ms + self.options.train_ms,
                 "train",
