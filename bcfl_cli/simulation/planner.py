@@ -139,7 +139,7 @@ def plan_block(
         after = _trial(state, head, txs, time_ms, key)
     if after is not None and after.round_may_close(height, time_ms):
         model, size = compute_aggregate(after, blobs)
-        body = {
+        aggregate_body: dict[str, Any] = {
             "round": after.round.number,
             "updates": after.round.accepted_hashes,
             "rule": after.config.aggregation_rule,
@@ -147,7 +147,9 @@ def plan_block(
             "model": model,
             "model_size": size,
         }
-        txs.append(make_tx(key, chain, TxKind.AGGREGATE, body, time_ms=time_ms, nonce=nonce(rng)))
+        txs.append(
+            make_tx(key, chain, TxKind.AGGREGATE, aggregate_body, time_ms=time_ms, nonce=nonce(rng))
+        )
         closed = _trial(state, head, txs, time_ms, key)
         if closed is not None:
             txs += open_round(closed, model, height=height, time_ms=time_ms, key=key, rng=rng)

@@ -496,15 +496,15 @@ class Simulation:
         while work and m.engine is not None:
             for action in m.engine.handle(work.pop(0)):
                 if isinstance(action, BroadcastVote):
-                    signed: Proposal | Vote = m.guard.sign_vote(action.vote, m.key, action.state)
-                    m.own.append(signed)
-                    self._send_vote(m, signed)
-                    work.append(VoteReceived(signed))
+                    vote = m.guard.sign_vote(action.vote, m.key, action.state)
+                    m.own.append(vote)
+                    self._send_vote(m, vote)
+                    work.append(VoteReceived(vote))
                 elif isinstance(action, BroadcastProposal):
-                    signed = m.guard.sign_proposal(action.proposal, m.key, action.state)
-                    m.own.append(signed)
-                    self._broadcast(m, signed)
-                    work.append(ProposalReceived(signed))
+                    proposal = m.guard.sign_proposal(action.proposal, m.key, action.state)
+                    m.own.append(proposal)
+                    self._broadcast(m, proposal)
+                    work.append(ProposalReceived(proposal))
                 elif isinstance(action, ScheduleTimeout):
                     fired = TimeoutFired(action.kind, action.height, action.round)
                     self.net.schedule(
