@@ -50,7 +50,7 @@ from bcfl_cli.consensus import (
 )
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.demo.launcher import DEFAULT_GENESIS_TIME_MS, GenesisPlan, MemberPlan, consortium_toml
-from bcfl_cli.errors import BcflError, VerificationError
+from bcfl_cli.errors import BcflError, UsageError, VerificationError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.fl.data import Dataset, load_csv
@@ -257,6 +257,11 @@ class Simulation:
             if o.out is not None
             else Path(tempfile.mkdtemp(prefix="bcfl-simulate-"))
         )
+        if (self.root / "consortium.toml").exists():
+            raise UsageError(
+                f"{self.root} already holds a simulated consortium",
+                hint="pass an empty or new --out DIR",
+            )
         self.root.mkdir(parents=True, exist_ok=True)
         keys = [member_key(o.seed, i) for i in range(o.members)]
         dids = [did_from_public_key(bytes(k.verify_key)) for k in keys]
@@ -314,8 +319,15 @@ class Simulation:
 
     # --- the run -------------------------------------------------------------------------
     def run(self) -> SimResult:
-        started = time.perf_counter()
+        threads = torch.get_num_threads()
         torch.set_num_threads(1)  # one process, many members: no oversubscription, and bits fixed
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self) -> SimResult:
+        started = time.perf_counter()
         self.setup()
         _warm_up()
         setup_s = time.perf_counter() - started

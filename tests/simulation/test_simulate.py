@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from bcfl_cli.chain.chain import Chain
 from bcfl_cli.cli.app import app
+from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.simulation import Crash, NetworkConfig, Partition, SimOptions, Simulation
 
@@ -112,3 +113,9 @@ def test_a_single_member_runs_alone(tmp_path: Path, members: int) -> None:
         SimOptions(members=members, rounds=2, seed=0, out=tmp_path, score=False)
     ).run()
     assert result.ok
+
+
+def test_an_existing_simulation_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "consortium.toml").write_text("# a previous run\n")
+    with pytest.raises(UsageError, match="already holds"):
+        Simulation(SimOptions(members=4, out=tmp_path)).run()
