@@ -137,6 +137,8 @@ class Member:
     )
     own: list[Proposal | Vote] = field(default_factory=list)
     round_seen_ms: int = 0
+    #: (incarnation, height, logical ms) of the forced start already scheduled
+    wait_until: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def up(self) -> bool:
@@ -440,10 +442,11 @@ class Simulation:
             waiting = set(self._trainers_of(state)) - set(rnd.submitted)
             waiting -= {tx.author for tx in pending_updates(state, list(m.mempool.values()))}
             if waiting:
-                due = m.round_seen_ms + self.options.update_wait_ms
-                self.net.schedule(
-                    max(due, self.net.now_ms), "start", m.index, (m.incarnation, True)
-                )
+                due = max(m.round_seen_ms + self.options.update_wait_ms, self.net.now_ms)
+                wake = (m.incarnation, target, due)
+                if m.wait_until != wake:  # one wake-up per height, not one per update
+                    m.wait_until = wake
+                    self.net.schedule(due, "start", m.index, (m.incarnation, True))
                 return
         self._feed(m, StartHeight(target, state.validator_set))
         if m.engine is not None:
