@@ -80,6 +80,8 @@ GOSSIP_MS = 1_000
 TIMEOUTS = TimeoutConfig(propose_ms=1_000, prevote_ms=500, precommit_ms=500, max_ms=8_000)
 #: Logical time a run may take per planned round before it is stopped as stuck.
 MAX_MS_PER_ROUND = 600_000
+#: Plans a proposer tries, each without the pending transaction the rules refused last.
+MAX_PROPOSAL_TRIES = 8
 #: A member's mempool holds at most this many transactions (evidence and updates).
 MAX_MEMPOOL = 4_096
 SPLIT_SEED = 7
@@ -721,27 +723,38 @@ class _App:
         self.m = member
 
     def propose(self, height: int, round: int) -> Block:
+        """The planned block, checked with every rule; a pending transaction the rules refuse
+        is dropped and the block planned again; an empty block if nothing else passes."""
         m = self.m
-        chain = m.chain
-        state, head = chain.state, chain.head
+        state, head = m.chain.state, m.chain.head
         now = self.sim._time()
-        try:
-            txs = plan_block(
-                state,
-                head,
-                list(m.mempool.values()),
-                height=height,
-                now_ms=now,
-                key=m.key,
-                checks=m.checks,
-                blobs=m.checks.blobs,  # type: ignore[arg-type]
-                rng=self.sim.rng,
-            )
-            block = build_block(state, head, txs, m.key, time_ms=now)
-            after = state.apply(block, checks=m.checks, verify_signatures=False, proposal=True)
-        except BcflError:
-            block = build_block(state, head, [], m.key, time_ms=now)
-            after = state.apply(block, verify_signatures=False, proposal=True)
+        pending = list(m.mempool.values())
+        for _ in range(MAX_PROPOSAL_TRIES):
+            try:
+                txs = plan_block(
+                    state,
+                    head,
+                    pending,
+                    height=height,
+                    now_ms=now,
+                    key=m.key,
+                    checks=m.checks,
+                    blobs=m.checks.blobs,  # type: ignore[arg-type]
+                    rng=self.sim.rng,
+                )
+                block = build_block(state, head, txs, m.key, time_ms=now)
+                after = state.apply(block, checks=m.checks, verify_signatures=False, proposal=True)
+                m.validated[(block.hash, state.head_hash)] = (Validity.VALID, after)
+                return block
+            except VerificationError as exc:
+                if exc.tx_hash is None or exc.tx_hash not in m.mempool:
+                    break
+                m.mempool.pop(exc.tx_hash, None)
+                pending = [tx for tx in pending if tx.hash != exc.tx_hash]
+            except BcflError:
+                break
+        block = build_block(state, head, [], m.key, time_ms=now)
+        after = state.apply(block, verify_signatures=False, proposal=True)
         m.validated[(block.hash, state.head_hash)] = (Validity.VALID, after)
         return block
 

@@ -119,3 +119,32 @@ def test_an_existing_simulation_is_not_overwritten(tmp_path: Path) -> None:
     (tmp_path / "consortium.toml").write_text("# a previous run\n")
     with pytest.raises(UsageError, match="already holds"):
         Simulation(SimOptions(members=4, out=tmp_path)).run()
+
+
+def test_a_proposer_leaves_out_what_the_rules_refuse(tmp_path: Path) -> None:
+    """A pending transaction the chain rules refuse (here evidence from a non-member) is
+    dropped from the plan, and the block carries the rest: the round still opens."""
+    import nacl.signing
+
+    from bcfl_cli.protocol.block import NIL, Vote, VoteType
+    from bcfl_cli.protocol.crypto import did_from_public_key
+    from bcfl_cli.protocol.tx import TxKind, make_tx
+    from bcfl_cli.simulation.simulator import _App
+
+    sim = Simulation(SimOptions(members=4, rounds=1, out=tmp_path, score=False))
+    sim.setup()
+    member = sim.members[0]
+    stranger = nacl.signing.SigningKey(b"\x07" * 32)
+    did = did_from_public_key(bytes(stranger.verify_key))
+    chain_id = member.chain.genesis_hash
+    votes = [
+        Vote(chain_id, 1, 0, VoteType.PREVOTE, block, did).signed(stranger).to_dict()
+        for block in (NIL, "ab" * 32)
+    ]
+    bogus = make_tx(stranger, chain_id, TxKind.MISBEHAVIOUR, {"offender": did, "votes": votes})
+    member.mempool[bogus.hash] = bogus
+    block = _App(sim, member).propose(1, 0)
+    assert [tx.kind for tx in block.txs] == [TxKind.OPEN_ROUND]
+    assert bogus.hash not in member.mempool
+    for m in sim.members:
+        m.chain.close()
