@@ -18,7 +18,8 @@ def round_line(console: Console) -> Callable[[RoundRecord], None]:
         console.print(
             f"round {record.round:>4}  height {record.closed_height:>5}  "
             f"{record.accepted:>4} updates  accuracy {accuracy}  "
-            f"{record.wall_s:.3f} s wall  {record.cpu_s:.3f} s cpu  {record.logical_ms} ms logical",
+            f"{record.wall_s:.3f} s wall  {record.cpu_s:.3f} s cpu  "
+            f"{record.logical_ms} ms logical  {record.bytes / 1e6:.1f} MB sent",
             highlight=False,
         )
 

@@ -154,6 +154,7 @@ class RoundRecord:
     logical_ms: int
     wall_s: float
     cpu_s: float
+    bytes: int
     accepted: int
     model: str
     accuracy: float | None = None
@@ -216,6 +217,7 @@ class SimResult:
                     "logical_ms": r.logical_ms,
                     "wall_s": round(r.wall_s, 4),
                     "cpu_s": round(r.cpu_s, 4),
+                    "bytes": r.bytes,
                     "accepted": r.accepted,
                     "accuracy": r.accuracy,
                     "loss": r.loss,
@@ -246,6 +248,7 @@ class Simulation:
         self.genesis_time = DEFAULT_GENESIS_TIME_MS
         self._round_started_wall = 0.0
         self._round_started_cpu = 0.0
+        self._round_started_bytes = 0
         self._round_started_ms = 0
         self.test: Dataset | None = None
         self.root = Path(".")
@@ -628,6 +631,7 @@ class Simulation:
             logical_ms=self.net.now_ms - self._round_started_ms,
             wall_s=now - self._round_started_wall,
             cpu_s=cpu - self._round_started_cpu,
+            bytes=self.net.stats.bytes - self._round_started_bytes,
             accepted=len(
                 next(tx for tx in block.txs if tx.kind is TxKind.AGGREGATE).body["updates"]
             ),
@@ -644,6 +648,7 @@ class Simulation:
         self._round_started_wall = time.perf_counter()
         self._round_started_cpu = time.process_time()
         self._round_started_ms = self.net.now_ms
+        self._round_started_bytes = self.net.stats.bytes
 
     # --- training ------------------------------------------------------------------------
     def _train_if_due(self, m: Member) -> None:

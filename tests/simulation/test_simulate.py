@@ -97,8 +97,11 @@ def test_cli_json_summary(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["ok"] and len(summary["rounds"]) == 1
-    for key in ("round_wall_s_median", "bytes", "head", "accuracy"):
-        assert key in summary or key in summary["rounds"][0]
+    for key in ("round_wall_s_median", "round_cpu_s_median", "bytes", "head"):
+        assert key in summary
+    for key in ("wall_s", "cpu_s", "bytes", "accuracy", "model"):
+        assert key in summary["rounds"][0]
+    assert 0 < summary["rounds"][0]["bytes"] <= summary["bytes"]
 
 
 def test_cli_refuses_too_many_faults() -> None:
