@@ -59,6 +59,7 @@ COLUMNS = [
     "round cpu s (median)",
     "x plain",
     "peak RSS MB",
+    "cache",
     "accuracy",
 ]
 
@@ -88,7 +89,30 @@ def simulate_arm(members: int, rounds: int, *, share: bool, seed: int) -> dict[s
         }
 
 
-def run(members_list: Sequence[int], rounds: int, *, seed: int = 0, quiet: bool = False) -> Report:
+def flower_arm(python: str, members: int, rounds: int, seed: int, quiet: bool) -> dict[str, object]:
+    """Flower 1.42's simulation engine on the same job (flower_compare.py's arm, data cached per
+    actor process), in this run; round 1 holds Ray's start and is left out like ours."""
+    from bench.flower_compare import run_flower
+
+    flower = run_flower(python, members, rounds, seed, quiet=quiet)
+    later = flower.round_s[1:] or flower.round_s
+    return {
+        "start-up s": flower.extra.get("first_training_s", flower.startup_s),
+        "to 1st aggregate s": flower.extra.get("first_aggregate_s"),
+        "round s (median)": statistics.median(later),
+        "accuracy": flower.accuracy,
+        "cache": f"{flower.extra.get('cache_loads')} loads, {flower.extra.get('cache_hits')} hits",
+    }
+
+
+def run(
+    members_list: Sequence[int],
+    rounds: int,
+    *,
+    seed: int = 0,
+    quiet: bool = False,
+    flower_python: str | None = None,
+) -> Report:
     report = Report(
         "simulate",
         f"bcfl simulate vs plain FedAvg ({rounds} rounds, digits MLP)",
@@ -119,6 +143,11 @@ def run(members_list: Sequence[int], rounds: int, *, seed: int = 0, quiet: bool 
                 "accuracy": plain.accuracy,
             },
         )
+        if flower_python is not None:
+            log(f"{members} members: Flower simulation", quiet=quiet)
+            row = flower_arm(flower_python, members, rounds, seed, quiet)
+            row["x plain"] = ratio(float(row["round s (median)"]), base)  # type: ignore[arg-type]
+            report.add(members=members, arm="Flower (Ray simulation)", **row)
         for share in (False, True):
             name = "bcfl simulate" + (" --share-checks" if share else "")
             log(f"{members} members: {name}", quiet=quiet)
@@ -141,9 +170,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--members", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--flower-python",
+        help="a Python that imports flwr[simulation] (.venv-bench's): adds Flower's arm",
+    )
     args = parser.parse_args(argv)
     members, rounds = ([4], 2) if args.quick else (args.members, args.rounds)
-    report = run(members, rounds, seed=args.seed, quiet=args.json)
+    flower = None
+    if args.flower_python:
+        from bench.flower_compare import flower_python
+
+        flower = flower_python(args.flower_python)
+        if flower is None:
+            raise SystemExit(f"{args.flower_python} cannot import flwr.simulation")
+    report = run(members, rounds, seed=args.seed, quiet=args.json, flower_python=flower)
     emit(report, as_json=args.json)
     return 0 if all(row.get("ok", True) for row in report.rows) else 1
 
