@@ -24,7 +24,10 @@ needs .venv-bench); compare with it only inside one run.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +38,6 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bcfl_cli.simulation import SimOptions, Simulation  # noqa: E402
 from bench.common import (  # noqa: E402
     DIGITS_MLP,
     PLAN,
@@ -65,28 +67,50 @@ COLUMNS = [
 
 
 def simulate_arm(members: int, rounds: int, *, share: bool, seed: int) -> dict[str, object]:
-    launched = time.perf_counter()
+    """``bcfl simulate --json`` in a fresh process, as Flower's arm runs in one: its start-up
+    holds the imports (torch among them) like Flower's does."""
     with tempfile.TemporaryDirectory(prefix="bcfl-bench-sim-") as tmp:
-        options = SimOptions(
-            members=members, rounds=rounds, seed=seed, share_checks=share, out=Path(tmp)
-        )
-        result = Simulation(options).run()
-        first = result.rounds[0] if result.rounds else None
-        later = result.rounds[1:] or result.rounds
-        return {
-            "ok": result.ok,
-            "head": result.head,
-            "start-up s": result.setup_s,
-            "to 1st aggregate s": (time.perf_counter() - launched)
-            - result.run_s
-            + (first.wall_s if first else float("nan")),
-            "round s (median)": statistics.median(r.wall_s for r in later),
-            "round cpu s (median)": statistics.median(r.cpu_s for r in later),
-            "peak RSS MB": result.peak_rss_mb,
-            "accuracy": result.rounds[-1].accuracy if result.rounds else None,
-            "bytes": result.bytes,
-            "messages": result.messages,
-        }
+        command = [
+            sys.executable,
+            "-c",
+            "from bcfl_cli.cli.app import main; main()",
+            "simulate",
+            "--members",
+            str(members),
+            "--rounds",
+            str(rounds),
+            "--seed",
+            str(seed),
+            "--out",
+            str(Path(tmp) / "homes"),
+            "--json",
+            *(["--share-checks"] if share else []),
+        ]
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        launched = time.perf_counter()
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        total = time.perf_counter() - launched
+        if proc.returncode != 0:
+            raise SystemExit(
+                f"bcfl simulate failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+            )
+        data = json.loads(proc.stdout)
+    rounds_done = data["rounds"]
+    later = rounds_done[1:] or rounds_done
+    # launch -> the run starts (imports, homes, genesis, data, warm-up): members train at once
+    before_run = total - data["run_s"]
+    return {
+        "ok": data["ok"],
+        "head": data["head"],
+        "start-up s": before_run,
+        "to 1st aggregate s": before_run + rounds_done[0]["wall_s"],
+        "round s (median)": statistics.median(r["wall_s"] for r in later),
+        "round cpu s (median)": statistics.median(r["cpu_s"] for r in later),
+        "peak RSS MB": data["peak_rss_mb"],
+        "accuracy": rounds_done[-1]["accuracy"],
+        "bytes": data["bytes"],
+        "messages": data["messages"],
+    }
 
 
 def flower_arm(python: str, members: int, rounds: int, seed: int, quiet: bool) -> dict[str, object]:
