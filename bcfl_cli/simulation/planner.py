@@ -22,9 +22,9 @@ from bcfl_cli.errors import VerificationError
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.fl.views import Blobs
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
-from bcfl_cli.store.blobs import BlobStore
 
 #: Transactions in one simulated block (the protocol allows 2,000).
 MAX_BLOCK_TXS = 1_000
@@ -52,7 +52,7 @@ def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[T
     return out
 
 
-def compute_aggregate(state: ChainState, blobs: BlobStore) -> tuple[str, int]:
+def compute_aggregate(state: ChainState, blobs: Blobs) -> tuple[str, int]:
     """(model hash, size) of the open round's aggregate under the genesis rule; the model is
     stored in ``blobs``. The computation ``FLChecks.check_aggregate`` repeats on every member."""
     rnd, cfg = state.round, state.config
@@ -104,7 +104,7 @@ def plan_block(
     now_ms: int,
     key: nacl.signing.SigningKey,
     checks: FLChecks,
-    blobs: BlobStore,
+    blobs: Blobs,
     rng: random.Random,
 ) -> list[Transaction]:
     """The transactions of the block at ``height`` proposed at ``now_ms`` on ``state``."""

@@ -744,7 +744,7 @@ class _App:
                     now_ms=now,
                     key=m.key,
                     checks=m.checks,
-                    blobs=m.checks.blobs,  # type: ignore[arg-type]
+                    blobs=m.checks.blobs,
                     rng=self.sim.rng,
                 )
                 block = build_block(state, head, txs, m.key, time_ms=now)
