@@ -31,23 +31,34 @@ def simulate(
     ] = 1,
     delay: Annotated[
         str,
-        typer.Option("--delay", help="Message delay, LOW-HIGH logical ms (uniform, seeded)."),
+        typer.Option(
+            "--delay",
+            metavar="LOW-HIGH",
+            help="Message delay, LOW-HIGH logical ms (uniform, seeded).",
+        ),
     ] = "5-20",
     drop: Annotated[
         float, typer.Option("--drop", min=0.0, max=0.99, help="Share of messages lost.")
     ] = 0.0,
     partition: Annotated[
         list[str] | None,
-        typer.Option("--partition", help="START_MS-END_MS:I,J,... (repeatable)."),
+        typer.Option(
+            "--partition", metavar="START-END:I,J", help="START_MS-END_MS:I,J,... (repeatable)."
+        ),
     ] = None,
     crash: Annotated[
         list[str] | None,
-        typer.Option("--crash", help="MEMBER@AT_MS or MEMBER@AT_MS-BACK_MS (repeatable)."),
+        typer.Option(
+            "--crash",
+            metavar="MEMBER@AT[-BACK]",
+            help="MEMBER@AT_MS or MEMBER@AT_MS-BACK_MS (repeatable).",
+        ),
     ] = None,
     byzantine: Annotated[
         list[str] | None,
         typer.Option(
             "--byzantine",
+            metavar="MEMBER:WHAT",
             help=(
                 "MEMBER:BEHAVIOUR (repeatable): sign-flip, scaling, noise, free-rider "
                 "(trainers), silent or equivocate (validators)."
