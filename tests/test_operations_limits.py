@@ -31,29 +31,32 @@ from bcfl_cli.apps import runner as app_runner
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
+from bcfl_cli.client import api as client_api
+from bcfl_cli.client import blobs as blob_fetch
+from bcfl_cli.client import transport as client
 from bcfl_cli.fl import tensors
 from bcfl_cli.node import (
     auth,
-    blob_fetch,
     blob_keeper,
     blob_routes,
     budget,
-    client,
     compare,
     connections,
     consensus_driver,
     limits,
     mempool,
-    operations,
     peers,
-    schemas,
     server,
     sync,
 )
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, spec, tx, txbodies
 from bcfl_cli.provenance import bundle
+from bcfl_cli.simulation import network as sim_network
+from bcfl_cli.simulation import options as sim_options
+from bcfl_cli.simulation import shared_checks, simulator
 from bcfl_cli.store import pin
+from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
 HEADING = "## Limits and their defaults"
@@ -365,7 +368,7 @@ def _bindings() -> dict[str, list[str]]:
             f"at most {s(sync.PEER_BLOB_SLICE_S)}",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
-            f"{s(operations.DEFAULT_WAIT_S)} (`--timeout`)",
+            f"{s(client_api.DEFAULT_WAIT_S)} (`--timeout`)",
             *waits,
         ],
         "pin moved forward by a running node": [f"at most every {s(pin.PIN_INTERVAL_S)}"],
@@ -400,6 +403,15 @@ def _bindings() -> dict[str, list[str]]:
         "metrics a model app reports per update": [
             f"{_n(app_runner.MAX_APP_METRICS)} names",
             f"the update holds {_n(tx_metrics_cap())}",
+        ],
+        "`bcfl simulate` run": [
+            f"{_n(sim_options.MAX_SIM_MEMBERS)} members",
+            f"{_n(sim_network.MAX_EVENTS)} events",
+            f"{_n(simulator.MAX_MS_PER_ROUND)} logical ms a planned round",
+        ],
+        "`bcfl simulate` memory per member": [
+            f"{_n(simulator.MAX_MEMPOOL)} transactions in a member's mempool",
+            f"{_n(shared_checks.MAX_SHARED_ANSWERS)} answers kept by `--share-checks`",
         ],
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",
