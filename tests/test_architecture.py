@@ -14,11 +14,13 @@ table; a new package gets a row here and a line in docs/ARCHITECTURE.md.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bcfl_cli"
+ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 
 #: Imported by everyone: the error base, and the package root itself.
 BASE = frozenset({"errors"})
@@ -117,13 +119,13 @@ ARROWS: dict[str, frozenset[str]] = {
 DEBT: dict[tuple[str, str], str] = {
     ("chain", "fl"): "chain/config.py reads the FL spec types; they move to protocol/spec.py "
     "(i17-chain)",
-    ("fl", "chain"): "fl/checks.py implements chain's AppChecks hooks, fl/local_round.py "
-    "replays the chain (i17-chain moves local_round out of fl)",
-    ("fl", "store"): "fl/checks.py and fl/local_round.py read the ledger and the blob store "
-    "(i17-chain)",
+    ("fl", "chain"): "fl/local_round.py replays the chain (i17-chain moves it out of fl); "
+    "fl/checks.py implements chain's AppChecks hooks (no branch moves it yet: lead's call)",
+    ("fl", "store"): "fl/local_round.py opens the ledger (i17-chain); fl/checks.py reads the "
+    "BlobStore (no branch moves it yet)",
     ("fl", "home"): "fl/local_round.py opens a member's home (i17-chain)",
     ("provenance", "store"): "provenance/build.py reads the ledger; through chain's Chain "
-    "once it exists (i17-chain)",
+    "once it exists (no branch does it yet)",
 }
 
 #: Third-party libraries only some parts may import: library -> the parts that may.
@@ -132,11 +134,11 @@ LIBRARIES: dict[str, frozenset[str]] = {
     "sqlalchemy": frozenset({"store"}),
     "alembic": frozenset({"store"}),
     # tensors: the FL engine, model apps, and the node's trainer; never chain, cli or protocol
-    "torch": frozenset({"fl", "apps", "node", "demo"}),
+    "torch": frozenset({"fl", "apps", "node"}),
     "safetensors": frozenset({"fl", "apps"}),
-    "numpy": frozenset({"fl", "apps", "demo"}),
+    "numpy": frozenset({"fl", "apps"}),
     # HTTP: the node, the client and the demo's observer
-    "starlette": frozenset({"node", "wire"}),
+    "starlette": frozenset({"node"}),
     "uvicorn": frozenset({"node"}),
     "aiohttp": frozenset({"node", "client"}),
     "httpx": frozenset({"node", "client", "demo"}),
@@ -274,3 +276,36 @@ def test_a_forbidden_import_is_named_by_file_line_and_arrow(tmp_path: Path) -> N
         " tests/test_architecture.py's ARROWS; give it one, and a line in"
         " docs/ARCHITECTURE.md",
     ]
+
+
+def _code_block_after(heading: str) -> list[str]:
+    """The lines of the first fenced block under ``heading`` in docs/ARCHITECTURE.md."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text.split(f"\n{heading}\n", 1)[1]
+    return section.split("```", 2)[1].splitlines()[1:]
+
+
+def test_the_document_draws_the_same_arrows() -> None:
+    """docs/ARCHITECTURE.md's arrow table lists, part by part, what ARROWS allows.
+
+    ``cli`` and ``demo`` say "anything below" in words; every other row names its parts.
+    """
+    rows: dict[str, str] = {}
+    part = ""
+    for line in _code_block_after("## The arrows"):
+        if line[:1].strip():
+            part, _, line = line.partition(" ")
+            rows[part] = ""
+        rows[part] += " " + re.sub(r"\([^)]*\)", "", line)  # asides in brackets name no arrow
+    assert set(rows) == set(ARROWS) - {"__init__", "errors", "home"}
+    for part, text in rows.items():
+        if part in {"cli", "demo"}:
+            continue
+        named = set(re.findall(r"[a-z]+", text)) & set(ARROWS)
+        assert named - BASE == ARROWS[part], f"docs/ARCHITECTURE.md's row {part}: {text.strip()}"
+
+
+def test_the_document_has_every_part_in_its_tree() -> None:
+    tree = _code_block_after("## Who owns what")
+    listed = {line.split()[0].rstrip("/").removesuffix(".py") for line in tree if line[2:3].strip()}
+    assert set(ARROWS) - {"__init__"} <= listed, sorted(set(ARROWS) - {"__init__"} - listed)
