@@ -1,5 +1,10 @@
 """A whole consortium on one machine: one real ``bcfl node`` process per member on loopback.
 
+The one local-consortium harness: ``bcfl demo`` (``run.py``), the multi-process tests
+(``tests/network/cluster.py``, ``tests/faults/helpers.py``) and the benchmarks
+(``bench/common.py``'s ``BenchConsortium``) all start their nodes here, so that a fix to how
+homes are made, ports are chosen or processes are stopped reaches all of them.
+
 How the founders' homes are made: every founder generates its own identity, the consortium file
 lists all their dids, and *each* founder runs ``init_consortium`` on that same file with the
 same genesis time, exactly as each organisation would run ``bcfl init consortium.toml`` on its
