@@ -133,6 +133,8 @@ LIBRARIES: dict[str, frozenset[str]] = {
     # "store is the only module with SQL"
     "sqlalchemy": frozenset({"store"}),
     "alembic": frozenset({"store"}),
+    "psycopg": frozenset({"store"}),
+    "psycopg2": frozenset({"store"}),
     # tensors: the FL engine, model apps, and the node's trainer; never chain, cli or protocol
     "torch": frozenset({"fl", "apps", "node"}),
     "safetensors": frozenset({"fl", "apps"}),
