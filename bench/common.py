@@ -356,8 +356,7 @@ def log(message: str, *, quiet: bool = False) -> None:
 # --- real nodes ---------------------------------------------------------------------------------
 PASSPHRASE = "bench passphrase, not a secret"
 GENESIS_TIME_MS = 1_763_000_000_000
-#: Every bench founder validates with power 1; the contract is loose (a bench measures, the
-#: fault suites attack).
+#: The contract's norm bound: loose, as a bench measures honest rounds (the fault suites attack).
 BENCH_CONTRACT_NORM = 1000.0
 
 
