@@ -42,6 +42,8 @@ ARROWS: dict[str, frozenset[str]] = {
     "chain": frozenset({"protocol", "store"}) | HOME,
     # models, training, aggregation, the contract: no ledger, no HTTP, no SQL
     "fl": frozenset({"protocol"}),
+    # the glue of `bcfl train`: the member's Chain, fl on its data, the update written
+    "training": frozenset({"chain", "fl", "apps", "store", "protocol"}) | HOME,
     # model apps (issue 18) on top of fl
     "apps": frozenset({"fl", "protocol"}),
     "identity": frozenset({"protocol"}) | HOME,
@@ -70,6 +72,7 @@ ARROWS: dict[str, frozenset[str]] = {
             "provenance",
             "wire",
             "client",
+            "training",
         }
     )
     | HOME,
@@ -88,6 +91,7 @@ ARROWS: dict[str, frozenset[str]] = {
             "provenance",
             "wire",
             "client",
+            "training",
             "node",
         }
     )
@@ -107,6 +111,7 @@ ARROWS: dict[str, frozenset[str]] = {
             "provenance",
             "wire",
             "client",
+            "training",
             "node",
             "demo",
         }
@@ -117,13 +122,6 @@ ARROWS: dict[str, frozenset[str]] = {
 #: Today's arrows against ARROWS, each with what removes it. The lead deletes a row when the
 #: branch that removes the arrow lands (``test_no_debt_row_outlives_its_arrow`` says which).
 DEBT: dict[tuple[str, str], str] = {
-    ("chain", "fl"): "chain/config.py reads the FL spec types; they move to protocol/spec.py "
-    "(i17-chain)",
-    ("fl", "chain"): "fl/local_round.py replays the chain (i17-chain moves it out of fl); "
-    "fl/checks.py implements chain's AppChecks hooks (no branch moves it yet: lead's call)",
-    ("fl", "store"): "fl/local_round.py opens the ledger (i17-chain); fl/checks.py reads the "
-    "BlobStore (no branch moves it yet)",
-    ("fl", "home"): "fl/local_round.py opens a member's home (i17-chain)",
     ("provenance", "store"): "provenance/build.py reads the ledger; through chain's Chain "
     "once it exists (no branch does it yet)",
 }
@@ -135,8 +133,9 @@ LIBRARIES: dict[str, frozenset[str]] = {
     "alembic": frozenset({"store"}),
     "psycopg": frozenset({"store"}),
     "psycopg2": frozenset({"store"}),
-    # tensors: the FL engine, model apps, and the node's trainer; never chain, cli or protocol
-    "torch": frozenset({"fl", "apps", "node"}),
+    # tensors: the FL engine, model apps, bcfl train and the node's trainer; never chain, cli
+    # or protocol
+    "torch": frozenset({"fl", "apps", "training", "node"}),
     "safetensors": frozenset({"fl", "apps"}),
     "numpy": frozenset({"fl", "apps"}),
     # HTTP: the node, the client and the demo's observer
