@@ -96,6 +96,11 @@ ARROWS: dict[str, frozenset[str]] = {
         }
     )
     | HOME,
+    # `bcfl simulate`: N members in one process on the real rules, never the node
+    "simulation": frozenset(
+        {"demo", "consortium", "chain", "consensus", "store", "fl", "apps", "protocol"}
+    )
+    | HOME,
     # the edge: anything of bcfl (its SQL and tensors only through the library, see LIBRARIES)
     "cli": frozenset(
         {
@@ -114,6 +119,7 @@ ARROWS: dict[str, frozenset[str]] = {
             "training",
             "node",
             "demo",
+            "simulation",
         }
     )
     | HOME,
@@ -133,9 +139,9 @@ LIBRARIES: dict[str, frozenset[str]] = {
     "alembic": frozenset({"store"}),
     "psycopg": frozenset({"store"}),
     "psycopg2": frozenset({"store"}),
-    # tensors: the FL engine, model apps, bcfl train and the node's trainer; never chain, cli
-    # or protocol
-    "torch": frozenset({"fl", "apps", "training", "node"}),
+    # tensors: the FL engine, model apps, bcfl train, the node's trainer and bcfl simulate;
+    # never chain, cli or protocol
+    "torch": frozenset({"fl", "apps", "training", "node", "simulation"}),
     "safetensors": frozenset({"fl", "apps"}),
     "numpy": frozenset({"fl", "apps"}),
     # HTTP: the node, the client and the demo's observer
