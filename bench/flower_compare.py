@@ -109,16 +109,13 @@ def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: flo
     """Runs inside the child: the Flower ServerApp/ClientApp pair through run_simulation."""
     import logging
 
-    import torch
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from bcfl_cli.fl.models import initial_state
-    from bcfl_cli.fl.training import evaluate, train_local
-    from bench.common import round_seed
+    from bcfl_cli.fl.training import evaluate
+    from bench.flower_job import serve, train_reply
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     counter_dir = out.parent / "counters"
@@ -128,32 +125,7 @@ def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: flo
 
     @client.train()  # type: ignore[misc]
     def train(msg: Message, context: Context) -> Message:
-        # This closure runs in Ray actors, where the script is not ``__main__``: reach the
-        # cache through the imported module, whose globals live as long as the actor.
-        import bench.flower_compare as bench_module
-
-        started = time.time()
-        torch.set_num_threads(1)
-        data = bench_module.cached_members(members)
-        bench_module.record_training(counter_dir, started)
-        pid = int(context.node_config["partition-id"])
-        state = msg.content["arrays"].to_torch_state_dict()
-        server_round = int(msg.content["config"]["server-round"])
-        result = train_local(
-            DIGITS_MLP,
-            PLAN,
-            state,
-            data[pid],
-            seed=round_seed(seed, pid, server_round),
-        )
-        new = {k: (state[k] + result.delta[k]).contiguous() for k in state}
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord(new),
-                "metrics": MetricRecord({"num-examples": result.num_samples}),
-            }
-        )
-        return Message(content=content, reply_to=msg)
+        return train_reply(msg, context, members, seed, counter_dir)
 
     server = ServerApp()
     stamps: list[float] = []
@@ -161,24 +133,8 @@ def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: flo
 
     @server.main()  # type: ignore[misc]
     def main(grid: Grid, context: Context) -> None:
-        strategy = FedAvg(
-            fraction_train=1.0,
-            fraction_evaluate=0.0,
-            min_train_nodes=members,
-            min_available_nodes=members,
-        )
-
-        def stamp(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-            stamps.append(time.time())
-            return None
-
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(initial_state(DIGITS_MLP)),
-            num_rounds=rounds,
-            evaluate_fn=stamp,
-        )
-        final["state"] = result.arrays.to_torch_state_dict()
+        run_stamps, final["state"] = serve(grid, members, rounds)
+        stamps.extend(run_stamps)
 
     run_simulation(
         server_app=server,
