@@ -250,6 +250,7 @@ def run(
     seed: int = 0,
     flower: str | None = None,
     nodes: bool = True,
+    deployment: bool = True,
     quiet: bool = False,
 ) -> Report:
     report = Report(
@@ -269,6 +270,7 @@ def run(
             "round s (median)",
             "x plain",
             "x Flower",
+            "x Flower deploy",
             "accuracy",
             "total s",
             "data loads",
@@ -290,6 +292,13 @@ def run(
         log(f"(b) Flower simulation ({python}) ...", quiet=quiet)
         flower_run = run_flower(python, members, rounds, seed, quiet=quiet)
         runs.append(flower_run)
+    deploy_run: FedRun | None = None
+    if python is not None and deployment:
+        from bench.flower_deploy import run_flower_deployment
+
+        log(f"(b') Flower deployment engine, {members} SuperNodes ...", quiet=quiet)
+        deploy_run = run_flower_deployment(python, members, rounds, seed, quiet=quiet)
+        runs.append(deploy_run)
     if nodes:
         log("(c) bcfl nodes ...", quiet=quiet)
         node_run = run_nodes(DIGITS_MLP, PLAN, members, rounds, test=test, quiet=quiet)
@@ -307,6 +316,9 @@ def run(
                 "x plain": ratio(r.median_round_s, plain),
                 "x Flower": ratio(r.median_round_s, flower_run.median_round_s)
                 if flower_run
+                else None,
+                "x Flower deploy": ratio(r.median_round_s, deploy_run.median_round_s)
+                if deploy_run
                 else None,
                 "accuracy": r.accuracy,
                 "total s": r.total_s,
@@ -329,6 +341,15 @@ def run(
             f"{flower_run.extra['actor_processes']} actor processes "
             f"({members * rounds} client calls)"
         )
+    if deploy_run is not None:
+        report.notes.append(
+            f"Flower deployment data cache: {deploy_run.extra['cache_loads']} loads, "
+            f"{deploy_run.extra['cache_hits']} hits over "
+            f"{deploy_run.extra['actor_processes']} ClientApp processes "
+            f"({members * rounds} client calls; Flower 1.42's SuperNode starts one "
+            "flwr-clientapp process per message, so a per-process cache cannot hit); "
+            f"{deploy_run.extra['killed_at_stop']} processes needed SIGKILL at the end"
+        )
     return report
 
 
@@ -339,6 +360,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flower-python", help="a Python with flwr[simulation] installed")
     parser.add_argument("--no-nodes", action="store_true", help="skip the bcfl node arm")
+    parser.add_argument(
+        "--no-deployment", action="store_true", help="skip Flower's deployment-engine arm"
+    )
     parser.add_argument("--flower-child", type=Path, help=argparse_hidden())
     parser.add_argument("--launched", type=float, help=argparse_hidden())
     args = parser.parse_args(argv)
@@ -354,6 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         flower=args.flower_python,
         nodes=not args.no_nodes,
+        deployment=not args.no_deployment,
         quiet=args.json,
     )
     emit(report, as_json=args.json)

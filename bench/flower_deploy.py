@@ -28,7 +28,7 @@ APP_DIR = ROOT / "bench" / "flower_app"
 #: The SuperLink and the SuperNodes must be up within this (a bound, not an expectation).
 STARTUP_TIMEOUT_S = 120.0
 #: Each round may take this long before the run is declared stuck.
-ROUND_TIMEOUT_S = 30.0
+ROUND_TIMEOUT_S = 90.0
 #: How long a stopped process gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 5.0
 
