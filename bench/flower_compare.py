@@ -17,6 +17,11 @@ FedAvg weighted by samples, scored on ``sample_data/digits-test.csv``:
     once and keeps them in a module-level cache (a ``ClientApp`` closure is rebuilt for every
     message inside the actors, so a dict it captures never keeps anything); every actor writes
     its cache loads and hits to a per-pid file and the bench prints their sums;
+(b') Flower 1.42's deployment engine (bench/flower_deploy.py): one ``flower-superlink`` and N
+    ``flower-supernode`` processes on 127.0.0.1 (insecure mode), the same ClientApp and
+    ServerApp (bench/flower_job.py, packaged in bench/flower_app) submitted with ``flwr run``;
+    timed as (b). Its SuperNodes start one ``flwr-clientapp`` process per message, so its
+    cache counters show one load per client call (``--no-deployment`` skips it);
 (c) bcfl: one real ``bcfl node --train`` process per member on loopback, full BFT consensus,
     signed transactions, contract checks and the aggregate recomputed by every validator; the
     per-round time is the interval between committed aggregates as the first node logs them.
