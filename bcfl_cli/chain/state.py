@@ -78,6 +78,7 @@ class Member:
     power: int
     status: str  # ACTIVE or REMOVED
     since: int  # height at which the member was admitted (0: founding member)
+    tls: str | None = None  # fingerprint of its pinned node certificate (issue 22)
 
     @property
     def active(self) -> bool:
@@ -101,6 +102,7 @@ class JoinRequest:
     power: int
     approvals: frozenset[str] = frozenset()
     height: int = 0  # the block that holds the request
+    tls: str | None = None  # the applicant's certificate fingerprint, pinned on admission
 
     def expires_after(self, ttl_blocks: int) -> int:
         """The last height at which the request can still be approved."""
@@ -267,7 +269,8 @@ class ChainState:
         """The state right after genesis, from the genesis document alone."""
         config = parse_document(document)
         members = {
-            m.did: Member(m.did, m.name, m.roles, m.power, ACTIVE, 0) for m in config.members
+            m.did: Member(m.did, m.name, m.roles, m.power, ACTIVE, 0, m.tls)
+            for m in config.members
         }
         return cls(
             chain_id=genesis_hash,
@@ -305,6 +308,15 @@ class ChainState:
     @property
     def pending(self) -> Mapping[str, JoinRequest]:
         return self._pending
+
+    def tls_pins(self) -> dict[str, str]:
+        """did -> pinned certificate fingerprint of each active member that has one (issue 22);
+        O(members), read by a node once per block that changes the members."""
+        return {d: m.tls for d, m in self._members.items() if m.active and m.tls is not None}
+
+    def tls_pinned_by(self, fingerprint: str) -> str | None:
+        """The active member whose pinned certificate ``fingerprint`` is, if any."""
+        return next((d for d, fp in self.tls_pins().items() if fp == fingerprint), None)
 
     @property
     def removals(self) -> Mapping[str, frozenset[str]]:
@@ -780,6 +792,8 @@ class _TxRules:
             raise self.fail(tx, code, f"{tx.author} is already a member ({member.status})")
         if tx.author in self.s.pending:
             raise self.fail(tx, "request_pending", f"{tx.author} already has a pending request")
+        if "tls" in body and self.s.tls_pinned_by(body["tls"]) is not None:
+            raise self.fail(tx, "tls_pin_taken", "this TLS certificate is pinned by another member")
         if self.s.name_taken(body["name"]):
             raise self.fail(tx, "name_taken", f"member name {body['name']!r} is taken")
         if self.s.joins_full:
@@ -798,6 +812,7 @@ class _TxRules:
                 tuple(body["roles"]),
                 body["power"],
                 height=self.h,
+                tls=body.get("tls"),
             )
         )
         self.joined.append(tx.author)
@@ -826,7 +841,18 @@ class _TxRules:
         if len(approvals) >= self.s.config.admission_approvals:
             self.s._pending = self.s._pending.remove(request.did)
             self.s._set_member(
-                Member(request.did, request.name, request.roles, request.power, ACTIVE, self.h)
+                Member(
+                    request.did,
+                    request.name,
+                    request.roles,
+                    request.power,
+                    ACTIVE,
+                    self.h,
+                    # a certificate another member pinned meanwhile is not pinned twice
+                    None
+                    if request.tls is None or self.s.tls_pinned_by(request.tls) is not None
+                    else request.tls,
+                )
             )
         else:
             self.s._pending = self.s._pending.insert(
@@ -1032,6 +1058,21 @@ class _TxRules:
             closed_at=self.h,
             closed_time=self.block.header.time,
         )
+
+    # --- transport (issue 22) -----------------------------------------------------------
+    def on_tls_certificate(self, tx: Transaction, body: dict[str, Any]) -> None:
+        """A member pins a new node certificate: the rotation takes effect at this height."""
+        if self.s.config.tls_mode != "pinned":
+            raise self.fail(
+                tx, "tls_not_pinned", "the genesis does not pin certificates (consortium.tls)"
+            )
+        holder = self.s.tls_pinned_by(body["fingerprint"])
+        if holder is not None:
+            code = "tls_pin_unchanged" if holder == tx.author else "tls_pin_taken"
+            raise self.fail(tx, code, f"this TLS certificate is already pinned by {holder}")
+        member = self.s.member(tx.author)
+        assert member is not None  # common() admitted only active members
+        self.s._set_member(dataclasses.replace(member, tls=body["fingerprint"]))
 
     # --- evidence ------------------------------------------------------------------------
     def on_misbehaviour(self, tx: Transaction, body: dict[str, Any]) -> None:

@@ -58,6 +58,7 @@ class TxKind(enum.StrEnum):
     VALIDATION = "validation"
     AGGREGATE = "aggregate"
     MISBEHAVIOUR = "misbehaviour"
+    TLS_CERTIFICATE = "tls_certificate"  # a member pins (rotates) its node certificate
 
 
 # --- body schemas -------------------------------------------------------------------------
@@ -154,6 +155,7 @@ BODY_SCHEMAS: Mapping[TxKind, Mapping[str, Check]] = {
         "model_size": _int(1, _U64),
     },
     TxKind.MISBEHAVIOUR: {"offender": is_did, "votes": _votes},
+    TxKind.TLS_CERTIFICATE: {"fingerprint": is_hash_hex},
 }
 
 
@@ -161,6 +163,8 @@ BODY_SCHEMAS: Mapping[TxKind, Mapping[str, Check]] = {
 #: exactly when the genesis's training plan has a deadline in seconds (§6.3).
 OPTIONAL_BODY_FIELDS: Mapping[TxKind, Mapping[str, Check]] = {
     TxKind.OPEN_ROUND: {"deadline_time": _int(1, _U64)},
+    # the SHA-256 fingerprint of the applicant's node certificate (issue 22, pinned mode)
+    TxKind.JOIN_REQUEST: {"tls": is_hash_hex},
 }
 _BODY_FIELDS = {kind: frozenset(schema) for kind, schema in BODY_SCHEMAS.items()}
 _SIGNED_FIELDS = frozenset({"tx", "sig"})
