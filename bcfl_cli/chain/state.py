@@ -269,8 +269,7 @@ class ChainState:
         """The state right after genesis, from the genesis document alone."""
         config = parse_document(document)
         members = {
-            m.did: Member(m.did, m.name, m.roles, m.power, ACTIVE, 0, m.tls)
-            for m in config.members
+            m.did: Member(m.did, m.name, m.roles, m.power, ACTIVE, 0, m.tls) for m in config.members
         }
         return cls(
             chain_id=genesis_hash,

@@ -296,9 +296,8 @@ def _cross_checks(shape: _FileShape) -> None:
         seen_dids[member.did] = i
         if member.tls is not None:
             if member.tls.fingerprint in seen_pins:
-                raise ValueError(
-                    f"members[{i}].tls: the certificate of members[{seen_pins[member.tls.fingerprint]}]"
-                )
+                first = seen_pins[member.tls.fingerprint]
+                raise ValueError(f"members[{i}].tls: the certificate of members[{first}]")
             seen_pins[member.tls.fingerprint] = i
         if member.is_validator and member.power < 1:
             raise ValueError(f"members[{i}].power: a validator needs power >= 1")

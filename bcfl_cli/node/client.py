@@ -78,6 +78,7 @@ class SignedClient:
         backoff_s: float = 0.2,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self._key = identity_key
         self.did = did_from_public_key(bytes(identity_key.verify_key))
@@ -89,7 +90,7 @@ class SignedClient:
             base_url=self.base_url,
             timeout=timeout,
             transport=transport,
-            verify=shared_ssl_context(),
+            verify=shared_ssl_context() if verify is None else verify,  # node/tls.py
             follow_redirects=False,
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
         )

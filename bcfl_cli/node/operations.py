@@ -39,8 +39,10 @@ from bcfl_cli.errors import (
     VerificationError,
 )
 from bcfl_cli.home import Home
+from bcfl_cli.identity.tls_cert import read_fingerprint
 from bcfl_cli.node.blob_fetch import fetch_blob, upload_blob
 from bcfl_cli.node.client import DEFAULT_TIMEOUT, PeerRefused, SignedClient
+from bcfl_cli.node.tls import command_verify
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import hash_object, is_hash_hex, parse_json
@@ -88,7 +90,8 @@ def node_url(home: Home, explicit: str | None = None) -> str:
         host, _, port = data["listen"].rpartition(":")
         if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 - reading, not binding
             host = "127.0.0.1"
-        return _normalise_url(f"http://{host}:{port}")
+        scheme = "https" if data.get("tls") is True else "http"
+        return _normalise_url(f"{scheme}://{host}:{port}")
     if isinstance(data, dict) and isinstance(data.get("url"), str):
         return _normalise_url(data["url"])
     raise NodeError(f"{path} names no url or listen address", hint="restart `bcfl node`")
@@ -128,6 +131,7 @@ class NodeApi:
         transport: httpx.BaseTransport | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         retries: int = 2,
+        home: Home | None = None,
     ) -> None:
         self.url = _normalise_url(url)
         self.client = SignedClient(
@@ -136,6 +140,7 @@ class NodeApi:
             transport=transport,
             timeout=timeout,
             retries=retries,
+            verify=command_verify(home, self.url),  # node/tls.py: own pinned cert, or CAs
         )
 
     def __enter__(self) -> NodeApi:
@@ -372,7 +377,10 @@ def join_consortium(
             "used) and compares the genesis hash",
         )
     created = _pin_genesis(home, api, remote, progress)
-    body = {"name": name, "roles": sorted(roles), "power": power}
+    body: dict[str, Any] = {"name": name, "roles": sorted(roles), "power": power}
+    fingerprint = read_fingerprint(home)  # `bcfl tls init`: pinned on admission (issue 22)
+    if fingerprint is not None:
+        body["tls"] = fingerprint
     tx = make_tx(key, remote.hash, TxKind.JOIN_REQUEST, body)
     api.submit_tx(tx, path="/join")
     config = remote.state.config

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import ipaddress
+import json
+import logging
+import os
 import socket
 import ssl
 import threading
@@ -31,18 +33,36 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import aiohttp
+import nacl.signing
 
-from bcfl_cli.errors import NodeError
-from bcfl_cli.identity.tls_cert import NodeCertificate, fingerprint_of
+from bcfl_cli.chain.state import ChainState
+from bcfl_cli.errors import NodeError, UsageError
+from bcfl_cli.home import Home
+from bcfl_cli.identity.tls_cert import (
+    TLS_CERT_FILE,
+    NodeCertificate,
+    fingerprint_of,
+    load_certificate,
+    promote_next,
+    read_fingerprint,
+)
+from bcfl_cli.node.logging import fields
+from bcfl_cli.protocol.crypto import did_from_public_key
 
 TlsMode = Literal["pinned", "ca"]
 TLS_MODES: tuple[TlsMode, ...] = ("pinned", "ca")
 #: Why a link was refused: the certificate is pinned for nobody; it is pinned for another member
 #: than the one called; CA verification failed; clear text to a non-loopback peer.
-REASONS = ("certificate_not_pinned", "certificate_of_other_member", "ca_verify_failed", "clear_text")
+REASONS = (
+    "certificate_not_pinned",
+    "certificate_of_other_member",
+    "ca_verify_failed",
+    "clear_text",
+)
 #: At most this many peer certificates are remembered (for the synchronous blob client).
 MAX_REMEMBERED_CERTS = 1024
 PREFETCH_TIMEOUT_S = 5.0
+log = logging.getLogger("bcfl.node.tls")
 
 
 class TlsRefused(NodeError):
@@ -147,7 +167,9 @@ class TransportTrust:
         allow_clear_text: bool = False,
     ) -> None:
         self.mode = mode
+        self.own_did: str | None = None
         self.certificate = certificate
+        self.cert_files: tuple[Path, Path] | None = None  # CA mode: --tls-cert, --tls-key
         self.ca_bundle = ca_bundle
         self.allow_clear_text = allow_clear_text
         self.pins = PinTable()
@@ -159,14 +181,24 @@ class TransportTrust:
     # --- serving ------------------------------------------------------------------------
     def server_context(self) -> ssl.SSLContext:
         """TLS 1.3 only, this node's certificate; reloadable in place (rotation)."""
-        if self.certificate is None:
-            raise NodeError("no TLS certificate to serve", hint="create one with `bcfl tls init`")
         if self._server_context is None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
             self._server_context = ctx
-        self._load(self._server_context, self.certificate)
+        if self.cert_files is not None:
+            try:
+                self._server_context.load_cert_chain(*self.cert_files)
+            except (OSError, ssl.SSLError) as exc:
+                raise NodeError(f"--tls-cert/--tls-key: cannot load: {exc}") from exc
+        elif self.certificate is not None:
+            self._load(self._server_context, self.certificate)
+        else:
+            raise NodeError("no TLS certificate to serve", hint="create one with `bcfl tls init`")
         return self._server_context
+
+    @property
+    def serving(self) -> bool:
+        return self._server_context is not None
 
     def take_up(self, certificate: NodeCertificate) -> None:
         """Serve ``certificate`` from the next handshake on; open connections keep theirs."""
@@ -178,6 +210,16 @@ class TransportTrust:
     def _load(ctx: ssl.SSLContext, certificate: NodeCertificate) -> None:
         with certificate.pem_files() as (cert, key, password):
             ctx.load_cert_chain(cert, key, password=password)
+
+    def view(self) -> dict[str, str | bool | None]:
+        """This node's transport for ``bcfl status``."""
+        fingerprint = self.certificate.fingerprint if self.certificate is not None else None
+        return {"mode": self.mode, "serving": self.serving, "fingerprint": fingerprint}
+
+    def link_view(self, url: str) -> dict[str, str | bool | None]:
+        """How the link to ``url`` is protected (``PeerView`` fields)."""
+        link = self.links.get(url, LinkState())
+        return {"encrypted": link.encrypted, "verified": link.verified, "tls_refused": link.refused}
 
     # --- calling ------------------------------------------------------------------------
     def check_peer_certificate(self, peer: str, der: bytes | None, expected: str | None) -> str:
@@ -246,6 +288,46 @@ class TransportTrust:
         return None
 
 
+CA_BUNDLE_ENV = "BCFL_CA_BUNDLE"
+
+
+def command_verify(home: Home | None, url: str) -> ssl.SSLContext | None:
+    """How a command (``bcfl submit``, ``status``, ...) checks the node it calls over https.
+
+    This member's own node (the URL ``bcfl node`` recorded in the home, or its listen address)
+    is held to exactly the certificate in ``HOME/tls.crt``, pinned mode or not. Any other https
+    node is verified against ``BCFL_CA_BUNDLE`` or the system's CAs, hostname included. None:
+    plain http, the client's default.
+    """
+    if not url.startswith("https://"):
+        return None
+    der = _own_certificate(home, url) if home is not None else None
+    if der is not None:
+        return _exact_context(der)
+    return _ca_context(os.environ.get(CA_BUNDLE_ENV) or None)
+
+
+def _own_certificate(home: Home, url: str) -> bytes | None:
+    try:
+        recorded = json.loads((home.node_dir / "node.json").read_text(encoding="utf-8"))
+        pem = (home.root / TLS_CERT_FILE).read_bytes()
+    except (OSError, ValueError):
+        return None
+    if not isinstance(recorded, dict) or recorded.get("tls") is not True:
+        return None
+    ours = {str(recorded.get("url", "")).rstrip("/")}
+    host, _, port = str(recorded.get("listen", "")).rpartition(":")
+    wildcard = host in ("", "0.0.0.0", "::")  # noqa: S104 - reading, not binding
+    for name in {host, "127.0.0.1", "localhost"} if wildcard else {host}:
+        ours.add(f"https://{name}:{port}")
+    if url.rstrip("/") not in ours:
+        return None
+    try:
+        return ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def _fetch_certificate(url: str) -> bytes | None:
     """The certificate ``url`` presents (a handshake, then close: no request is sent)."""
     parts = urlsplit(url)
@@ -283,8 +365,87 @@ def _ca_context(ca_bundle: str | None) -> ssl.SSLContext:
     return ctx
 
 
-def certificate_digest(der: bytes) -> bytes:
-    return hashlib.sha256(der).digest()
+@dataclass(frozen=True)
+class TlsOptions:
+    """The node's transport options: ``--tls``, ``--tls-cert``/``--tls-key``, ``--ca-bundle``,
+    ``--allow-clear-text``."""
+
+    serve: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_bundle: Path | None = None
+    allow_clear_text: bool = False
+
+    def transport(
+        self, home: Home, identity_key: nacl.signing.SigningKey, state: ChainState
+    ) -> TransportTrust:
+        return node_transport(
+            home,
+            identity_key,
+            state,
+            serve_tls=self.serve,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+            ca_bundle=self.ca_bundle,
+            allow_clear_text=self.allow_clear_text,
+        )
+
+
+def node_transport(
+    home: Home,
+    identity_key: nacl.signing.SigningKey,
+    state: ChainState,
+    *,
+    serve_tls: bool,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    ca_bundle: Path | None = None,
+    allow_clear_text: bool = False,
+) -> TransportTrust:
+    """The node's TLS rules at start-up: the genesis's mode, the chain's pins, and (with
+    ``--tls``) the certificate it serves: the home's own (pinned) or ``--tls-cert``/``--tls-key``
+    (a CA's). A rotation pinned while the node was down is taken up here."""
+    mode: TlsMode | None = state.config.tls_mode  # type: ignore[assignment]
+    trust = TransportTrust(mode, ca_bundle=ca_bundle, allow_clear_text=allow_clear_text)
+    trust.own_did = did_from_public_key(bytes(identity_key.verify_key))
+    trust.pins.update(state.tls_pins())
+    if serve_tls:
+        if cert_file is not None or key_file is not None:
+            if cert_file is None or key_file is None:
+                raise UsageError("--tls-cert and --tls-key go together")
+            trust.cert_files = (cert_file, key_file)
+        else:
+            trust.certificate = load_certificate(home, identity_key)
+            if trust.certificate is None:
+                raise NodeError(
+                    f"--tls: no node certificate in {home.root}",
+                    hint="create one with `bcfl tls init` (and pin it: genesis or join)",
+                )
+    follow_chain(trust, state, home, identity_key)
+    return trust
+
+
+def follow_chain(
+    trust: TransportTrust, state: ChainState, home: Home, identity_key: nacl.signing.SigningKey
+) -> None:
+    """After a block: take up the chain's pins, and this node's rotated certificate once its
+    ``tls_certificate`` transaction is committed (new handshakes get it; open links keep the
+    old one until they close, so the rotation costs no downtime)."""
+    pins = state.tls_pins()
+    trust.pins.update(pins)
+    own = pins.get(trust.own_did) if trust.own_did else None
+    if own is None or trust.certificate is None or trust.certificate.fingerprint == own:
+        return
+    if read_fingerprint(home, next_key=True) == own:
+        promoted = promote_next(home, identity_key)
+        if promoted is not None:
+            trust.take_up(promoted)
+            log.info("TLS certificate rotated", extra=fields(fingerprint=own))
+            return
+    log.warning(
+        "the chain pins another TLS certificate for this member; peers will refuse this one",
+        extra=fields(pinned=own, serving=trust.certificate.fingerprint),
+    )
 
 
 __all__ = [
@@ -293,8 +454,12 @@ __all__ = [
     "LinkState",
     "PinTable",
     "TlsMode",
+    "TlsOptions",
     "TlsRefused",
     "TransportTrust",
     "check_clear_text",
+    "command_verify",
+    "follow_chain",
     "is_loopback",
+    "node_transport",
 ]
