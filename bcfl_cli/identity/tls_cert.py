@@ -48,6 +48,7 @@ TLS_KEY_VERSION = 1
 TLS_KEY_FILE = "tls.key"
 TLS_NEXT_KEY_FILE = "tls.next.key"  # made by `bcfl tls rotate`, taken up once pinned
 TLS_CERT_FILE = "tls.crt"
+TLS_NEXT_CERT_FILE = "tls.next.crt"  # public, so commands trust their node across a rotation
 MAX_TLS_KEY_FILE_BYTES = 4096
 _AT_REST_CONTEXT = b"bcfl/tls-key-at-rest/v1"
 _NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)
@@ -154,13 +155,12 @@ def generate_certificate(
     }
     home.ensure()
     _write_private(_path(home, next_key=next_key), canonical(document) + b"\n", replace=True)
-    if not next_key:
-        _write_cert_pem(home, cert)
+    _write_cert_pem(home, cert, next_key=next_key)
     return cert
 
 
-def _write_cert_pem(home: Home, cert: NodeCertificate) -> None:
-    (home.root / TLS_CERT_FILE).write_bytes(cert.pem)
+def _write_cert_pem(home: Home, cert: NodeCertificate, *, next_key: bool = False) -> None:
+    (home.root / (TLS_NEXT_CERT_FILE if next_key else TLS_CERT_FILE)).write_bytes(cert.pem)
 
 
 def _read(home: Home, *, next_key: bool) -> dict[str, Any] | None:
@@ -227,6 +227,7 @@ def promote_next(home: Home, identity_key: nacl.signing.SigningKey) -> NodeCerti
         return None
     os.replace(_path(home, next_key=True), _path(home, next_key=False))
     _write_cert_pem(home, cert)
+    (home.root / TLS_NEXT_CERT_FILE).unlink(missing_ok=True)
     return cert
 
 

@@ -18,6 +18,7 @@ non-loopback peer unless the operator passes ``--allow-clear-text``. Every refus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import json
@@ -40,6 +41,7 @@ from bcfl_cli.errors import NodeError, UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.identity.tls_cert import (
     TLS_CERT_FILE,
+    TLS_NEXT_CERT_FILE,
     NodeCertificate,
     fingerprint_of,
     load_certificate,
@@ -301,31 +303,32 @@ def command_verify(home: Home | None, url: str) -> ssl.SSLContext | None:
     """
     if not url.startswith("https://"):
         return None
-    der = _own_certificate(home, url) if home is not None else None
-    if der is not None:
-        return _exact_context(der)
+    ders = _own_certificates(home, url) if home is not None else ()
+    if ders:
+        return _exact_context(*ders)
     return _ca_context(os.environ.get(CA_BUNDLE_ENV) or None)
 
 
-def _own_certificate(home: Home, url: str) -> bytes | None:
+def _own_certificates(home: Home, url: str) -> tuple[bytes, ...]:
+    """The home's node certificate, and the next one while a rotation is under way."""
     try:
         recorded = json.loads((home.node_dir / "node.json").read_text(encoding="utf-8"))
-        pem = (home.root / TLS_CERT_FILE).read_bytes()
     except (OSError, ValueError):
-        return None
+        return ()
     if not isinstance(recorded, dict) or recorded.get("tls") is not True:
-        return None
+        return ()
     ours = {str(recorded.get("url", "")).rstrip("/")}
     host, _, port = str(recorded.get("listen", "")).rpartition(":")
     wildcard = host in ("", "0.0.0.0", "::")  # noqa: S104 - reading, not binding
     for name in {host, "127.0.0.1", "localhost"} if wildcard else {host}:
         ours.add(f"https://{name}:{port}")
     if url.rstrip("/") not in ours:
-        return None
-    try:
-        return ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        return None
+        return ()
+    ders = []
+    for name in (TLS_CERT_FILE, TLS_NEXT_CERT_FILE):
+        with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+            ders.append(ssl.PEM_cert_to_DER_cert((home.root / name).read_text(encoding="ascii")))
+    return tuple(ders)
 
 
 def _fetch_certificate(url: str) -> bytes | None:
@@ -347,13 +350,15 @@ def _fetch_certificate(url: str) -> bytes | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _exact_context(der: bytes) -> ssl.SSLContext:
-    """A client context that trusts exactly the certificate ``der`` (and checks no hostname)."""
+def _exact_context(*ders: bytes) -> ssl.SSLContext:
+    """A client context that trusts exactly the certificates ``ders`` (and checks no
+    hostname: the certificate is the identity)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cadata=der)
+    for der in ders:
+        ctx.load_verify_locations(cadata=der)
     return ctx
 
 
