@@ -81,7 +81,9 @@ def test_an_eavesdropper_records_no_json_no_header_no_model(tmp_path):
         relays = {n: Recorder(c.members[n].port).start() for n in c.names}
         try:
             for name in c.names:
-                c.start(name, peers=[relays[o].url for o in c.names if o != name])
+                # signed requests name the relay (RFC 9421 @authority): the node answers to it
+                others = [relays[o].url for o in c.names if o != name]
+                c.start(name, peers=others, extra=["--advertise", relays[name].url])
             for name in c.names:
                 c.wait_ready(name, timeout=180)
             c.wait_round_closed(1, timeout=300)
