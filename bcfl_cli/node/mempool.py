@@ -110,6 +110,11 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
             raise MempoolRefusal("not_active_member", f"{body['member']} is not an active member")
     elif tx.kind is TxKind.UPDATE:
         _precheck_update(state, tx)
+    elif tx.kind is TxKind.TLS_CERTIFICATE:
+        if state.config.tls_mode != "pinned":
+            raise MempoolRefusal("tls_not_pinned", "the genesis does not pin certificates")
+        if state.tls_pinned_by(body["fingerprint"]) is not None:
+            raise MempoolRefusal("tls_pin_taken", "this certificate is pinned already", status=409)
     elif tx.kind is TxKind.MISBEHAVIOUR and offence_of(body) in state.offences:
         raise MempoolRefusal(
             "duplicate_evidence", "this equivocation is already recorded on chain", status=409
