@@ -204,7 +204,9 @@ class Api:
                     error=p.error,
                     streamed=p.streamed,
                     stream_open=p.stream is not None and not p.stream.closed,
-                    **node.tls.link_view(p.url),
+                    encrypted=node.tls.link(p.url).encrypted,
+                    verified=node.tls.link(p.url).verified,
+                    tls_refused=node.tls.link(p.url).refused,
                 )
                 for p in node.peers
             ],

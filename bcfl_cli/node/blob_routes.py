@@ -394,14 +394,15 @@ class BlobRoutes:
 
 
 def _in_clear_off_loopback(request: Request) -> bool:
-    """A plain-HTTP request from another machine (issue 22: no model in clear)."""
+    """A plain-HTTP request from another machine (issue 22: no model in clear). A client that
+    is no IP address (a Unix socket, an in-process test client) is on this machine."""
     if request.url.scheme == "https":
         return False
     host = request.client.host if request.client is not None else ""
     try:
         return not ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return True
+        return False
 
 
 def _signer_tag(did: str | None) -> str:

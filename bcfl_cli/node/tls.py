@@ -218,9 +218,12 @@ class TransportTrust:
         fingerprint = self.certificate.fingerprint if self.certificate is not None else None
         return {"mode": self.mode, "serving": self.serving, "fingerprint": fingerprint}
 
+    def link(self, url: str) -> LinkState:
+        """How the link to ``url`` is protected (``PeerView``'s fields)."""
+        return self.links.get(url, LinkState())
+
     def link_view(self, url: str) -> dict[str, str | bool | None]:
-        """How the link to ``url`` is protected (``PeerView`` fields)."""
-        link = self.links.get(url, LinkState())
+        link = self.link(url)
         return {"encrypted": link.encrypted, "verified": link.verified, "tls_refused": link.refused}
 
     # --- calling ------------------------------------------------------------------------

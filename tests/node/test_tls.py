@@ -72,6 +72,7 @@ def test_clear_text_only_to_loopback(url, loopback):
 
 async def _serve(cert, handler_text: str = "ok"):
     trust = TransportTrust("pinned", certificate=cert)
+
     async def handler(_request: web.Request) -> web.Response:
         return web.Response(text=handler_text)
 
