@@ -175,7 +175,7 @@ def status(
     """
     member_home = Home.resolve(home)
     try:
-        with NodeApi(node_url(member_home, node)) as api:
+        with NodeApi(node_url(member_home, node), home=member_home) as api:
             data = node_status(api)
     except NodeError as exc:
         if node or not member_home.store_file.exists() or isinstance(exc, PeerRefused):

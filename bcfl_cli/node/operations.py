@@ -132,6 +132,7 @@ class NodeApi:
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         retries: int = 2,
         home: Home | None = None,
+        tls_pin: str | None = None,
     ) -> None:
         self.url = _normalise_url(url)
         self.client = SignedClient(
@@ -140,7 +141,7 @@ class NodeApi:
             transport=transport,
             timeout=timeout,
             retries=retries,
-            verify=command_verify(home, self.url),  # node/tls.py: own pinned cert, or CAs
+            verify=command_verify(home, self.url, pin=tls_pin),  # node/tls.py
         )
 
     def __enter__(self) -> NodeApi:

@@ -50,6 +50,7 @@ from bcfl_cli.identity.tls_cert import (
 )
 from bcfl_cli.node.logging import fields
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.encoding import is_hash_hex
 
 TlsMode = Literal["pinned", "ca"]
 TLS_MODES: tuple[TlsMode, ...] = ("pinned", "ca")
@@ -296,9 +297,11 @@ class TransportTrust:
 CA_BUNDLE_ENV = "BCFL_CA_BUNDLE"
 
 
-def command_verify(home: Home | None, url: str) -> ssl.SSLContext | None:
+def command_verify(home: Home | None, url: str, *, pin: str | None = None) -> ssl.SSLContext | None:
     """How a command (``bcfl submit``, ``status``, ...) checks the node it calls over https.
 
+    With ``pin`` (``bcfl join --tls-fingerprint``: the fingerprint a founder gives out with the
+    genesis hash, as a Syncthing device id) the node must present exactly that certificate.
     This member's own node (the URL ``bcfl node`` recorded in the home, or its listen address)
     is held to exactly the certificate in ``HOME/tls.crt``, pinned mode or not. Any other https
     node is verified against ``BCFL_CA_BUNDLE`` or the system's CAs, hostname included. None:
@@ -306,6 +309,12 @@ def command_verify(home: Home | None, url: str) -> ssl.SSLContext | None:
     """
     if not url.startswith("https://"):
         return None
+    if pin is not None:
+        if not is_hash_hex(pin):
+            raise UsageError(f"--tls-fingerprint {pin!r}: expected 64 lowercase hex digits")
+        trust = TransportTrust("pinned")
+        trust.pins.update({url: pin})
+        return trust.httpx_verify(url, url)
     ders = _own_certificates(home, url) if home is not None else ()
     if ders:
         return _exact_context(*ders)

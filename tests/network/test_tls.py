@@ -210,6 +210,10 @@ def test_certificate_rotation_by_transaction_without_downtime(tmp_path):
         pinned_old.pins.update({alice.did: old})
         with pytest.raises(TlsRefused, match="certificate_not_pinned"):
             pinned_old.httpx_verify(alice.url, alice.did)
+        # the member's own commands reach its TLS node (bcfl status reads node.json's https URL)
+        shown = c.run_cli("status", "--home", str(alice.home.root), "--json", timeout=120)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert json.loads(shown.stdout)["tls"]["fingerprint"] == new
         # a peer that connects afresh (bob restarted) verifies alice by her new pin
         c.stop("bob")
         c.start("bob", train=False)

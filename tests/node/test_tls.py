@@ -168,3 +168,20 @@ def test_a_command_trusts_its_own_nodes_certificate_only(tmp_path, monkeypatch):
     # during a rotation the next certificate is trusted too
     generate_certificate(home, key, next_key=True)
     assert command_verify(home, "https://127.0.0.1:7420").cert_store_stats()["x509"] == 2  # type: ignore[union-attr]
+
+
+def test_join_holds_the_node_to_the_fingerprint_given_with_the_genesis():
+    good, bad = certificate_from_seed(b"\x21" * 32), certificate_from_seed(b"\x22" * 32)
+
+    async def main() -> None:
+        runner, _server, url = await _serve(good)
+        try:
+            ctx = await asyncio.to_thread(command_verify, None, url, pin=good.fingerprint)
+            answer = await asyncio.to_thread(lambda: httpx.get(url, verify=ctx))
+            assert answer.text == "ok"
+            with pytest.raises(TlsRefused, match="certificate_not_pinned"):
+                await asyncio.to_thread(command_verify, None, url, pin=bad.fingerprint)
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
