@@ -55,7 +55,9 @@ def init(
         "Node certificate" + (" (new)" if pin.created else " (existing)"),
         [("fingerprint", pin.fingerprint), ("certificate", data["certificate"])],
     )
-    render.console().print("\nfor this member's [[members]] entry in the consortium file:")
+    render.console().print(
+        "\nfor this member's [[members]] entry in the consortium file:", markup=False
+    )
     render.console().print(pin.toml(), markup=False, soft_wrap=True)
 
 
