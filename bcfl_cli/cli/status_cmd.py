@@ -202,8 +202,10 @@ def register(app: typer.Typer) -> None:
 
 def _link(peer: dict[str, Any]) -> str:
     """Whether the link to this peer is encrypted and how its certificate was verified."""
-    if peer.get("tls_refused"):
-        return f"refused: {peer['tls_refused']}"
+    refused = peer.get("tls_refused")
+    if refused:  # "TLS refused for URL: REASON: detail": the reason code (the JSON has it all)
+        parts = str(refused).split(": ")
+        return f"refused ({parts[1] if len(parts) >= 3 else refused})"
     if not peer.get("encrypted"):
         return "clear"
     verified = str(peer.get("verified", "none"))
