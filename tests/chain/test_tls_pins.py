@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bcfl_cli.chain import ChainState
 from bcfl_cli.chain.config import parse_document
@@ -152,3 +154,31 @@ def test_removed_member_pin_is_dropped(tmp_path):
     body = {"member": did_for("dave"), "reason": ""}
     c.commit([c.tx("alice", TxKind.REMOVE_MEMBER, body), c.tx("bob", TxKind.REMOVE_MEMBER, body)])
     assert did_for("dave") not in c.state.tls_pins()
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([n for n, _, _ in FOUR]), st.integers(0, 5)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_no_sequence_of_rotations_pins_one_certificate_twice(tmp_path_factory, steps):
+    """Whatever the members rotate to, in whatever order and blocks, each pinned certificate
+    belongs to one member, and a refused rotation changes nothing."""
+    c = pinned_consortium(tmp_path_factory.mktemp("pins"))
+    for name, label in steps:
+        tx = c.tx(name, TxKind.TLS_CERTIFICATE, {"fingerprint": fp(f"cert-{label}")})
+        before = c.state.tls_pins()
+        try:
+            c.commit([tx])
+        except VerificationError as exc:
+            assert exc.code in ("tls_pin_taken", "tls_pin_unchanged")
+            assert c.state.tls_pins() == before
+            continue
+        assert c.state.tls_pins()[did_for(name)] == fp(f"cert-{label}")
+        pins = list(c.state.tls_pins().values())
+        assert len(pins) == len(set(pins)) == len(FOUR)
