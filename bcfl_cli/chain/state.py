@@ -49,6 +49,7 @@ from bcfl_cli.protocol.txbodies import (
     OpenRoundBody,
     RemoveMemberBody,
     TlsCertificateBody,
+    TlsModeBody,
     TxBody,
     UpdateBody,
     ValidationBody,
@@ -237,6 +238,7 @@ class ChainState:
         seen_tx: SeenSet,
         offences: Iterable[Offence] = (),
         expired: Mapping[str, ExpiredRequest] | None = None,
+        tls_mode: str | None = None,
     ) -> None:
         self.chain_id = chain_id
         self.document = document
@@ -269,6 +271,10 @@ class ChainState:
         self.seen_tx = seen_tx
         # equivocations already recorded by a misbehaviour tx
         self.offences: HashTrieSet[Offence] = HashTrieSet(offences)
+        # how nodes trust certificates (issue 22): the genesis's, until tls_mode votes change it;
+        # mode -> the validators that asked for it since the last change
+        self.tls_mode = tls_mode
+        self.tls_votes: HashTrieMap[str, frozenset[str]] = HashTrieMap()
         self._members_changed = False
         self.config_hash = hash_object(document)
         self.validator_set = self._compute_validator_set()
@@ -295,6 +301,7 @@ class ChainState:
             removals={},
             round=RoundState(0, False, config.initial_model, config.initial_model),
             seen_tx=SeenSet(),
+            tls_mode=config.tls_mode,
         )
 
     @classmethod
@@ -449,6 +456,19 @@ class ChainState:
         new._put_member(
             Member(request.did, request.name, request.roles, request.power, ACTIVE, height, pin)
         )
+        return new
+
+    def with_tls_votes(self, mode: str, approvals: frozenset[str]) -> ChainState:
+        """``approvals`` ask for trust mode ``mode``, still short of the threshold."""
+        new = self._derive()
+        new.tls_votes = self.tls_votes.insert(mode, approvals)
+        return new
+
+    def with_tls_mode(self, mode: str) -> ChainState:
+        """The consortium trusts certificates by ``mode`` from now on; the votes start afresh."""
+        new = self._derive()
+        new.tls_mode = mode
+        new.tls_votes = HashTrieMap()
         return new
 
     def with_tls_pin(self, member: Member, fingerprint: str) -> ChainState:
@@ -857,6 +877,8 @@ class _TxRules:
                 self.on_misbehaviour(tx, body)
             case TlsCertificateBody():
                 self.on_tls_certificate(tx, body)
+            case TlsModeBody():
+                self.on_tls_mode(tx, body)
             case _:
                 assert_never(body)
 
@@ -1166,9 +1188,9 @@ class _TxRules:
     # --- transport (issue 22) -----------------------------------------------------------
     def on_tls_certificate(self, tx: Transaction, body: TlsCertificateBody) -> None:
         """A member pins a new node certificate: the rotation takes effect at this height."""
-        if self.s.config.tls_mode != "pinned":
+        if self.s.tls_mode != "pinned":
             raise self.fail(
-                tx, "tls_not_pinned", "the genesis does not pin certificates (consortium.tls)"
+                tx, "tls_not_pinned", "the consortium does not pin certificates (consortium.tls)"
             )
         holder = self.s.tls_pinned_by(body.fingerprint)
         if holder is not None:
@@ -1177,6 +1199,21 @@ class _TxRules:
         member = self.s.member(tx.author)
         assert member is not None  # common() admitted only active members
         self.s = self.s.with_tls_pin(member, body.fingerprint)
+
+    def on_tls_mode(self, tx: Transaction, body: TlsModeBody) -> None:
+        """A validator asks for another trust mode; it changes once ``admission_approvals``
+        validators asked for the same one (a consortium decision, like an admission)."""
+        self.require_validator(tx)
+        if body.mode == self.s.tls_mode:
+            raise self.fail(tx, "tls_mode_unchanged", f"the consortium's mode is {body.mode}")
+        approvals = self.s.tls_votes.get(body.mode, frozenset())
+        if tx.author in approvals:
+            raise self.fail(tx, "duplicate_approval", f"{tx.author} already asked for {body.mode}")
+        approvals = approvals | {tx.author}
+        if len(approvals) >= self.s.config.admission_approvals:
+            self.s = self.s.with_tls_mode(body.mode)
+        else:
+            self.s = self.s.with_tls_votes(body.mode, approvals)
 
     # --- evidence ------------------------------------------------------------------------
     def on_misbehaviour(self, tx: Transaction, body: MisbehaviourBody) -> None:

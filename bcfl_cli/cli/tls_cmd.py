@@ -1,4 +1,5 @@
-"""``bcfl tls init|show|rotate``: this member's node certificate (issue 22)."""
+"""``bcfl tls init|show|rotate|mode``: this member's node certificate, and the consortium's
+trust mode (issue 22)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity, passphrase_from
 from bcfl_cli.identity.tls_cert import TLS_CERT_FILE, read_fingerprint
 from bcfl_cli.node.operations import DEFAULT_WAIT_S, NodeApi, node_url
-from bcfl_cli.node.tls_rotation import init_certificate, rotate_certificate
+from bcfl_cli.node.tls_rotation import init_certificate, rotate_certificate, vote_tls_mode
 
 tls_app = typer.Typer(
     name="tls",
@@ -115,9 +116,38 @@ def rotate(
     )
 
 
+def mode(
+    wanted: Annotated[str, typer.Argument(metavar="MODE", help="pinned or ca.")],
+    node: NodeOption = None,
+    timeout: TimeoutOption = DEFAULT_WAIT_S,
+    no_wait: NoWaitOption = False,
+    passphrase_file: PassphraseFileOption = None,
+    home: HomeOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Ask, as a validator, for another trust mode (a signed tls_mode transaction).
+
+    The consortium's mode changes once as many validators as admit a member asked for the same
+    one; every node then calls its peers under the new rules.
+    """
+    member_home = Home.resolve(home)
+    identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
+    with NodeApi(node_url(member_home, node), identity.signing_key, home=member_home) as api:
+        outcome = vote_tls_mode(
+            identity.signing_key, api, wanted, wait_s=None if no_wait else timeout
+        )
+    data = {"tx": outcome.tx_hash, "mode": wanted, "committed": outcome.committed}
+    if json_out:
+        render.print_json({**data, "height": outcome.height})
+        return
+    where = f"committed at height {outcome.height}" if outcome.committed else "sent"
+    render.print_kv(f"Vote for TLS trust mode {wanted} {where}", [("transaction", outcome.tx_hash)])
+
+
 tls_app.command("init", epilog=examples("bcfl tls init --home homes/alice"))(init)
 tls_app.command("show", epilog=examples("bcfl tls show --home homes/alice --json"))(show)
 tls_app.command("rotate", epilog=examples("bcfl tls rotate --home homes/alice"))(rotate)
+tls_app.command("mode", epilog=examples("bcfl tls mode ca --home homes/alice"))(mode)
 
 
 def register(app: typer.Typer) -> None:

@@ -85,7 +85,12 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
         raise MempoolRefusal(
             "not_member", f"author {tx.author} is not an active member", status=403
         )
-    validator_kinds = (TxKind.APPROVE_MEMBER, TxKind.REMOVE_MEMBER, TxKind.MISBEHAVIOUR)
+    validator_kinds = (
+        TxKind.APPROVE_MEMBER,
+        TxKind.REMOVE_MEMBER,
+        TxKind.MISBEHAVIOUR,
+        TxKind.TLS_MODE,
+    )
     if tx.kind in validator_kinds and not member.is_validator:
         raise MempoolRefusal("not_validator", f"{tx.kind} needs a validator", status=403)
     if tx.kind is TxKind.APPROVE_MEMBER:
@@ -110,8 +115,13 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
             raise MempoolRefusal("not_active_member", f"{body['member']} is not an active member")
     elif tx.kind is TxKind.UPDATE:
         _precheck_update(state, tx)
+    elif tx.kind is TxKind.TLS_MODE:
+        if body["mode"] == state.tls_mode:
+            raise MempoolRefusal("tls_mode_unchanged", f"the consortium's mode is {body['mode']}")
+        if tx.author in state.tls_votes.get(body["mode"], frozenset()):
+            raise MempoolRefusal("duplicate_approval", f"you already asked for {body['mode']}")
     elif tx.kind is TxKind.TLS_CERTIFICATE:
-        if state.config.tls_mode != "pinned":
+        if state.tls_mode != "pinned":
             raise MempoolRefusal("tls_not_pinned", "the genesis does not pin certificates")
         if state.tls_pinned_by(body["fingerprint"]) is not None:
             raise MempoolRefusal("tls_pin_taken", "this certificate is pinned already", status=409)

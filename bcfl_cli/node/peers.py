@@ -173,6 +173,7 @@ class Peers:
         self._key = key
         # TLS rules (node/tls.py): pins or CAs, and no blob in clear to another machine
         self.trust = trust if trust is not None else TransportTrust(None, allow_clear_text=True)
+        self.trust.on_mode_change.append(self._drop_sessions)
         self.stream = stream
         self.own_tag = did_tag(did_from_public_key(bytes(key.verify_key)))
         own = normalise_url(self_url)
@@ -215,6 +216,21 @@ class Peers:
                 await client.close()
         self._clients.clear()
         self._other = None
+
+    def _drop_sessions(self) -> None:
+        """The trust mode changed: sessions (and streams) made under the old one are closed,
+        and the next request to each peer makes a new one under the new rules."""
+        old = [*self._clients.values(), *([self._other] if self._other else [])]
+        self._clients.clear()
+        self._other = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test, or shutting down): nothing left to close on
+            return
+        for session in old:
+            task = loop.create_task(session.close())
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
 
     def _client_for(self, peer: PeerInfo) -> aiohttp.ClientSession:
         if self.peers.get(peer.url) is not peer:

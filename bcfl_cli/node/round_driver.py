@@ -164,6 +164,7 @@ def plan_block(
             TxKind.REMOVE_MEMBER,
             TxKind.MISBEHAVIOUR,
             TxKind.TLS_CERTIFICATE,
+            TxKind.TLS_MODE,
         ):
             txs.append(tx)
     rnd = state.round

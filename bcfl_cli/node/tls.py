@@ -180,6 +180,14 @@ class TransportTrust:
         self._certs: dict[str, bytes] = {}  # fingerprint -> DER, of peers that passed
         self._lock = threading.Lock()
         self._server_context: ssl.SSLContext | None = None
+        self.on_mode_change: list[Callable[[], None]] = []
+
+    def set_mode(self, mode: TlsMode | None) -> None:
+        """Another trust mode (a ``tls_mode`` decision on chain): clients made for the old one
+        are dropped by whoever registered in ``on_mode_change`` (the peer sessions)."""
+        self.mode = mode
+        for callback in list(self.on_mode_change):
+            callback()
 
     # --- serving ------------------------------------------------------------------------
     def server_context(self) -> ssl.SSLContext:
@@ -422,7 +430,7 @@ def node_transport(
     """The node's TLS rules at start-up: the genesis's mode, the chain's pins, and (with
     ``--tls``) the certificate it serves: the home's own (pinned) or ``--tls-cert``/``--tls-key``
     (a CA's). A rotation pinned while the node was down is taken up here."""
-    mode: TlsMode | None = state.config.tls_mode  # type: ignore[assignment]
+    mode: TlsMode | None = state.tls_mode  # type: ignore[assignment]
     trust = TransportTrust(mode, ca_bundle=ca_bundle, allow_clear_text=allow_clear_text)
     trust.own_did = did_from_public_key(bytes(identity_key.verify_key))
     trust.pins.update(state.tls_pins())
@@ -450,6 +458,9 @@ def follow_chain(
     old one until they close, so the rotation costs no downtime)."""
     pins = state.tls_pins()
     trust.pins.update(pins)
+    if state.tls_mode != trust.mode:  # a tls_mode decision: new links follow the new rule
+        log.info("TLS trust mode changed", extra=fields(old=trust.mode, new=state.tls_mode))
+        trust.set_mode(state.tls_mode)  # type: ignore[arg-type]
     own = pins.get(trust.own_did) if trust.own_did else None
     if own is None or trust.certificate is None or trust.certificate.fingerprint == own:
         return

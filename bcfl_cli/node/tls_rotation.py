@@ -77,4 +77,34 @@ def rotate_certificate(
     return RotationOutcome(tx.hash, cert.fingerprint, True, status.height)
 
 
-__all__ = ["CertificatePin", "RotationOutcome", "init_certificate", "rotate_certificate"]
+def vote_tls_mode(
+    key: nacl.signing.SigningKey,
+    api: NodeApi,
+    mode: str,
+    *,
+    wait_s: float | None = DEFAULT_WAIT_S,
+) -> RotationOutcome:
+    """Sign and submit this validator's ``tls_mode`` vote; the mode changes once
+    ``admission_approvals`` validators asked for it (``fingerprint`` holds the mode asked)."""
+    if mode not in ("pinned", "ca"):
+        raise UsageError(f"trust mode {mode!r}: expected pinned or ca")
+    chain = api.status().get("genesis")
+    if not is_hash_hex(chain):
+        raise NodeError(f"{api.url}/v1/status names no genesis hash")
+    tx = make_tx(key, str(chain), TxKind.TLS_MODE, {"mode": mode})
+    api.submit_tx(tx)
+    if wait_s is None:
+        return RotationOutcome(tx.hash, mode, False, None)
+    status = api.wait_for_tx(tx.hash, wait_s)
+    if status.status == "rejected":
+        raise NodeError(f"the node dropped the tls_mode: {status.reason or 'no reason'}")
+    return RotationOutcome(tx.hash, mode, True, status.height)
+
+
+__all__ = [
+    "CertificatePin",
+    "RotationOutcome",
+    "init_certificate",
+    "rotate_certificate",
+    "vote_tls_mode",
+]

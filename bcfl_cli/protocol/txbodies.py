@@ -39,6 +39,7 @@ class TxKind(enum.StrEnum):
     AGGREGATE = "aggregate"
     MISBEHAVIOUR = "misbehaviour"
     TLS_CERTIFICATE = "tls_certificate"  # a member pins (rotates) its node certificate
+    TLS_MODE = "tls_mode"  # a validator asks the consortium to trust certificates another way
 
 
 # --- body schemas -------------------------------------------------------------------------
@@ -136,6 +137,7 @@ BODY_SCHEMAS: Mapping[TxKind, Mapping[str, Check]] = {
     },
     TxKind.MISBEHAVIOUR: {"offender": is_did, "votes": _votes},
     TxKind.TLS_CERTIFICATE: {"fingerprint": is_hash_hex},
+    TxKind.TLS_MODE: {"mode": lambda v: v in ("pinned", "ca")},
 }
 
 
@@ -305,6 +307,17 @@ class TlsCertificateBody:
         return {"fingerprint": self.fingerprint}
 
 
+@dataclass(frozen=True)
+class TlsModeBody:
+    """A validator's vote to change how nodes trust each other's certificates (issue 22)."""
+
+    KIND: ClassVar[TxKind] = TxKind.TLS_MODE
+    mode: Literal["pinned", "ca"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode}
+
+
 TxBody = (
     JoinRequestBody
     | ApproveMemberBody
@@ -315,6 +328,7 @@ TxBody = (
     | AggregateBody
     | MisbehaviourBody
     | TlsCertificateBody
+    | TlsModeBody
 )
 
 
@@ -364,4 +378,6 @@ def parse_body(kind: TxKind, body: Any) -> TxBody:
             )
         case TxKind.TLS_CERTIFICATE:
             return TlsCertificateBody(body["fingerprint"])
+        case TxKind.TLS_MODE:
+            return TlsModeBody(body["mode"])
     assert_never(kind)

@@ -182,3 +182,44 @@ def test_no_sequence_of_rotations_pins_one_certificate_twice(tmp_path_factory, s
         assert c.state.tls_pins()[did_for(name)] == fp(f"cert-{label}")
         pins = list(c.state.tls_pins().values())
         assert len(pins) == len(set(pins)) == len(FOUR)
+
+
+def test_the_trust_mode_changes_by_a_consortium_decision(tmp_path):
+    """``tls_mode``: validators ask; at ``admission_approvals`` (2 here) the mode changes."""
+    c = pinned_consortium(tmp_path)
+    assert c.state.tls_mode == "pinned"
+    c.commit([c.tx("alice", TxKind.TLS_MODE, {"mode": "ca"})])
+    assert c.state.tls_mode == "pinned" and c.state.tls_votes["ca"] == {did_for("alice")}
+    again = c.tx("alice", TxKind.TLS_MODE, {"mode": "ca"})
+    with pytest.raises(VerificationError) as info:
+        c.state.apply(c.next_block([again]))
+    assert info.value.code == "duplicate_approval"
+    c.commit([c.tx("bob", TxKind.TLS_MODE, {"mode": "ca"})])
+    assert c.state.tls_mode == "ca" and dict(c.state.tls_votes) == {}
+    # no pinning in ca mode; and asking for the mode in force is refused
+    rotate = c.tx("bob", TxKind.TLS_CERTIFICATE, {"fingerprint": fp("bob-2")})
+    with pytest.raises(VerificationError) as info:
+        c.state.apply(c.next_block([rotate]))
+    assert info.value.code == "tls_not_pinned"
+    same = c.tx("carol", TxKind.TLS_MODE, {"mode": "ca"})
+    with pytest.raises(VerificationError) as info:
+        c.state.apply(c.next_block([same]))
+    assert info.value.code == "tls_mode_unchanged"
+
+
+def test_only_validators_vote_on_the_trust_mode(tmp_path):
+    c = pinned_consortium(tmp_path)
+    body = {"name": "erin", "roles": ["trainer"], "power": 0}
+    join = c.tx("erin", TxKind.JOIN_REQUEST, body)
+    c.commit([join])
+    approve = {"member": did_for("erin"), "request": join.hash}
+    c.commit(
+        [
+            c.tx("alice", TxKind.APPROVE_MEMBER, approve),
+            c.tx("bob", TxKind.APPROVE_MEMBER, approve),
+        ]
+    )
+    vote = c.tx("erin", TxKind.TLS_MODE, {"mode": "ca"})
+    with pytest.raises(VerificationError) as info:
+        c.state.apply(c.next_block([vote]))
+    assert info.value.code == "not_validator"

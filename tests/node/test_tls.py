@@ -185,3 +185,29 @@ def test_join_holds_the_node_to_the_fingerprint_given_with_the_genesis():
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def test_a_trust_mode_decision_drops_the_sessions_made_under_the_old_mode():
+    from bcfl_cli.node.peers import Peers
+
+    trust = TransportTrust("pinned")
+    peers = Peers(
+        nacl.signing.SigningKey(b"\x31" * 32),
+        ["https://127.0.0.1:1"],
+        self_url="https://127.0.0.1:2",
+        trust=trust,
+    )
+
+    async def main() -> None:
+        peer = next(iter(peers))
+        pinned = peers._client_for(peer)
+        assert isinstance(pinned.connector._ssl, aiohttp.Fingerprint)  # type: ignore[union-attr]
+        trust.set_mode("ca")
+        assert peers._clients == {}
+        verified = peers._client_for(peer)
+        assert verified is not pinned and verified.connector._ssl is trust.ca_context()  # type: ignore[union-attr]
+        await asyncio.sleep(0)  # let the old session close
+        assert pinned.closed
+        await peers.close()
+
+    asyncio.run(main())

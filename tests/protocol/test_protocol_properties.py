@@ -94,6 +94,7 @@ BODIES = {
         {"offender": dids, "votes": st.just([{"a": 1}, {"b": 2}])}
     ),
     TxKind.TLS_CERTIFICATE: st.fixed_dictionaries({"fingerprint": hashes}),
+    TxKind.TLS_MODE: st.fixed_dictionaries({"mode": st.sampled_from(["pinned", "ca"])}),
 }
 
 
