@@ -29,23 +29,22 @@ import bcfl_cli.node.app as node_app
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
+from bcfl_cli.client import api as client_api
+from bcfl_cli.client import blobs as blob_fetch
+from bcfl_cli.client import transport as client
 from bcfl_cli.fl import tensors
 from bcfl_cli.identity import tls_cert
 from bcfl_cli.node import (
     auth,
-    blob_fetch,
     blob_keeper,
     blob_routes,
     budget,
-    client,
     compare,
     connections,
     consensus_driver,
     limits,
     mempool,
-    operations,
     peers,
-    schemas,
     server,
     sync,
 )
@@ -53,7 +52,11 @@ from bcfl_cli.node import tls as node_tls
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, spec, tx
 from bcfl_cli.provenance import bundle
+from bcfl_cli.simulation import network as sim_network
+from bcfl_cli.simulation import options as sim_options
+from bcfl_cli.simulation import shared_checks, simulator
 from bcfl_cli.store import pin
+from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
 HEADING = "## Limits and their defaults"
@@ -359,7 +362,7 @@ def _bindings() -> dict[str, list[str]]:
             f"at most {s(sync.PEER_BLOB_SLICE_S)}",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
-            f"{s(operations.DEFAULT_WAIT_S)} (`--timeout`)",
+            f"{s(client_api.DEFAULT_WAIT_S)} (`--timeout`)",
             *waits,
         ],
         "pin moved forward by a running node": [f"at most every {s(pin.PIN_INTERVAL_S)}"],
@@ -390,6 +393,15 @@ def _bindings() -> dict[str, list[str]]:
         "explorer status poll": [
             f"every {s(ms_to_s(_explorer_js_const('POLL_MS')))}",
             f"backing off to {s(ms_to_s(_explorer_js_const('MAX_BACKOFF_MS')))}",
+        ],
+        "`bcfl simulate` run": [
+            f"{_n(sim_options.MAX_SIM_MEMBERS)} members",
+            f"{_n(sim_network.MAX_EVENTS)} events",
+            f"{_n(simulator.MAX_MS_PER_ROUND)} logical ms a planned round",
+        ],
+        "`bcfl simulate` memory per member": [
+            f"{_n(simulator.MAX_MEMPOOL)} transactions in a member's mempool",
+            f"{_n(shared_checks.MAX_SHARED_ANSWERS)} answers kept by `--share-checks`",
         ],
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",

@@ -12,10 +12,11 @@ from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.members_cmd import NoWaitOption
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption, TimeoutOption
+from bcfl_cli.client.address import node_url
+from bcfl_cli.client.api import DEFAULT_WAIT_S, NodeApi
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity, passphrase_from
 from bcfl_cli.identity.tls_cert import TLS_CERT_FILE, read_fingerprint
-from bcfl_cli.node.operations import DEFAULT_WAIT_S, NodeApi, node_url
 from bcfl_cli.node.tls_rotation import init_certificate, rotate_certificate, vote_tls_mode
 
 tls_app = typer.Typer(

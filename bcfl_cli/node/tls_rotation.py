@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import nacl.signing
 
+from bcfl_cli.client.api import DEFAULT_WAIT_S, NodeApi
 from bcfl_cli.errors import NodeError, UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.identity.tls_cert import generate_certificate, load_certificate, sign_pin
-from bcfl_cli.node.operations import DEFAULT_WAIT_S, NodeApi
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.protocol.tx import TxKind, make_tx
 
@@ -63,7 +63,7 @@ def rotate_certificate(
         raise UsageError(
             f"no node certificate in {home.root} to rotate", hint="run `bcfl tls init` first"
         )
-    chain = api.status().get("genesis")
+    chain = api.status().genesis
     if not is_hash_hex(chain):
         raise NodeError(f"{api.url}/v1/status names no genesis hash")
     cert = generate_certificate(home, key, next_key=True)
@@ -88,7 +88,7 @@ def vote_tls_mode(
     ``admission_approvals`` validators asked for it (``fingerprint`` holds the mode asked)."""
     if mode not in ("pinned", "ca"):
         raise UsageError(f"trust mode {mode!r}: expected pinned or ca")
-    chain = api.status().get("genesis")
+    chain = api.status().genesis
     if not is_hash_hex(chain):
         raise NodeError(f"{api.url}/v1/status names no genesis hash")
     tx = make_tx(key, str(chain), TxKind.TLS_MODE, {"mode": mode})
