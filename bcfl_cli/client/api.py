@@ -18,6 +18,7 @@ import nacl.signing
 from pydantic import BaseModel
 
 from bcfl_cli.client.blobs import fetch_blob, upload_blob
+from bcfl_cli.client.tls import command_verify
 from bcfl_cli.client.transport import DEFAULT_TIMEOUT, SignedClient
 from bcfl_cli.errors import EncodingError, NodeError
 from bcfl_cli.home import Home
@@ -33,7 +34,6 @@ from bcfl_cli.wire.schemas import (
     TxStatus,
     validate_body,
 )
-from bcfl_cli.wire.tls import command_verify
 from bcfl_cli.wire.urls import API_PREFIX, normalise_url
 
 DEFAULT_WAIT_S = 60.0

@@ -1,6 +1,6 @@
 """The node's side of the TLS rules (issue 22): its options, its trust at start-up, and what it
 takes up from each block (pins, a rotated certificate, a changed trust mode). The rules every
-caller applies (contexts, pins, refusals, clear text) are in ``bcfl_cli/wire/tls.py``, shared
+caller applies (contexts, pins, refusals, clear text) are in ``bcfl_cli/client/tls.py``, shared
 with the member's commands."""
 
 from __future__ import annotations
@@ -12,12 +12,7 @@ from pathlib import Path
 import nacl.signing
 
 from bcfl_cli.chain.state import ChainState
-from bcfl_cli.errors import NodeError, UsageError
-from bcfl_cli.home import Home
-from bcfl_cli.identity.tls_cert import load_certificate, promote_next, read_fingerprint
-from bcfl_cli.node.logging import fields
-from bcfl_cli.protocol.crypto import did_from_public_key
-from bcfl_cli.wire.tls import (
+from bcfl_cli.client.tls import (
     MAX_REMEMBERED_CERTS,
     PREFETCH_TIMEOUT_S,
     REASONS,
@@ -31,6 +26,11 @@ from bcfl_cli.wire.tls import (
     command_verify,
     is_loopback,
 )
+from bcfl_cli.errors import NodeError, UsageError
+from bcfl_cli.home import Home
+from bcfl_cli.identity.tls_cert import load_certificate, promote_next, read_fingerprint
+from bcfl_cli.node.logging import fields
+from bcfl_cli.protocol.crypto import did_from_public_key
 
 log = logging.getLogger("bcfl.node.tls")
 
