@@ -29,25 +29,26 @@ import bcfl_cli.node.app as node_app
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
+from bcfl_cli.client import api as client_api
+from bcfl_cli.client import blobs as blob_fetch
+from bcfl_cli.client import transport as client
 from bcfl_cli.fl import tensors
+from bcfl_cli.identity import tls_cert
 from bcfl_cli.node import (
     auth,
-    blob_fetch,
     blob_keeper,
     blob_routes,
     budget,
-    client,
     compare,
     connections,
     consensus_driver,
     limits,
     mempool,
-    operations,
     peers,
-    schemas,
     server,
     sync,
 )
+from bcfl_cli.node import tls as node_tls
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, spec, tx
 from bcfl_cli.provenance import bundle
@@ -55,6 +56,7 @@ from bcfl_cli.simulation import network as sim_network
 from bcfl_cli.simulation import options as sim_options
 from bcfl_cli.simulation import shared_checks, simulator
 from bcfl_cli.store import pin
+from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
 HEADING = "## Limits and their defaults"
@@ -360,11 +362,16 @@ def _bindings() -> dict[str, list[str]]:
             f"at most {s(sync.PEER_BLOB_SLICE_S)}",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
-            f"{s(operations.DEFAULT_WAIT_S)} (`--timeout`)",
+            f"{s(client_api.DEFAULT_WAIT_S)} (`--timeout`)",
             *waits,
         ],
         "pin moved forward by a running node": [f"at most every {s(pin.PIN_INTERVAL_S)}"],
         "pin file size": [kib(pin.MAX_PIN_BYTES)],
+        "peer certificates remembered (pinned mode)": [
+            _n(node_tls.MAX_REMEMBERED_CERTS),
+            f"at most {s(node_tls.PREFETCH_TIMEOUT_S)}",
+        ],
+        "TLS key file (`tls.key`, `tls.next.key`)": [kib(tls_cert.MAX_TLS_KEY_FILE_BYTES)],
         "`verify-chain --against` requests": [
             f"{_n(compare.COMPARE_MAX_REQUESTS)} at most",
             f"{s(compare.COMPARE_TIMEOUT_S)} each",

@@ -10,9 +10,7 @@ from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption, TimeoutOption
-from bcfl_cli.home import Home
-from bcfl_cli.identity import load_identity, passphrase_from
-from bcfl_cli.node.operations import (
+from bcfl_cli.client import (
     DEFAULT_WAIT_S,
     MemberChange,
     NodeApi,
@@ -22,6 +20,8 @@ from bcfl_cli.node.operations import (
     node_url,
     remove_member,
 )
+from bcfl_cli.home import Home
+from bcfl_cli.identity import load_identity, passphrase_from
 
 members_app = typer.Typer(
     name="members", help="List, admit and remove consortium members.", no_args_is_help=True
@@ -107,7 +107,7 @@ def approve(
     """
     member_home = Home.resolve(home)
     identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
-    with NodeApi(node_url(member_home, node), identity.signing_key) as api:
+    with NodeApi(node_url(member_home, node), identity.signing_key, home=member_home) as api:
         change = approve_member(
             member_home, identity.signing_key, api, member, wait_s=None if no_wait else timeout
         )
@@ -129,7 +129,7 @@ def remove(
     """Ask for a member's removal; it takes effect when enough validators asked."""
     member_home = Home.resolve(home)
     identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
-    with NodeApi(node_url(member_home, node), identity.signing_key) as api:
+    with NodeApi(node_url(member_home, node), identity.signing_key, home=member_home) as api:
         change = remove_member(
             member_home,
             identity.signing_key,

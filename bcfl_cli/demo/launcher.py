@@ -1,5 +1,10 @@
 """A whole consortium on one machine: one real ``bcfl node`` process per member on loopback.
 
+The one local-consortium harness: ``bcfl demo`` (``run.py``), the multi-process tests
+(``tests/network/cluster.py``, ``tests/faults/helpers.py``) and the benchmarks
+(``bench/common.py``'s ``BenchConsortium``) all start their nodes here, so that a fix to how
+homes are made, ports are chosen or processes are stopped reaches all of them.
+
 How the founders' homes are made: every founder generates its own identity, the consortium file
 lists all their dids, and *each* founder runs ``init_consortium`` on that same file with the
 same genesis time, exactly as each organisation would run ``bcfl init consortium.toml`` on its
@@ -69,6 +74,8 @@ class GenesisPlan:
     removal_approvals: int = 2
     #: the genesis cap on pending join requests; None leaves it at the default (not written)
     max_pending_joins: int | None = None
+    #: ``consortium.tls`` (issue 22): "pinned" has every founder's node certificate pinned
+    tls: str | None = None
 
 
 def _toml_value(value: Any) -> str:
@@ -92,8 +99,13 @@ def _toml_table(name: str, values: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]) -> str:
-    """The consortium file (what ``bcfl init`` reads) for ``members`` as (plan, did) pairs."""
+def consortium_toml(
+    plan: GenesisPlan,
+    members: Sequence[tuple[MemberPlan, str]],
+    pins: dict[str, str] | None = None,
+) -> str:
+    """The consortium file (what ``bcfl init`` reads) for ``members`` as (plan, did) pairs;
+    ``pins``: member name -> its ``tls = {...}`` line (``bcfl tls init`` prints it)."""
     lines = [
         "# Written by bcfl_cli.demo: a local consortium, one node process per member.",
         *_toml_table(
@@ -107,6 +119,7 @@ def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]
                     if plan.max_pending_joins is not None
                     else {}
                 ),
+                **({"tls": plan.tls} if plan.tls is not None else {}),
             },
         ),
     ]
@@ -117,6 +130,7 @@ def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]
             f"did = {_toml_value(did)}",
             f"roles = {_toml_value(list(member.roles))}",
             f"power = {member.power}",
+            *([pins[member.name]] if pins and member.name in pins else []),
             "",
         ]
     lines += _toml_table("model", plan.model.model_dump(mode="python"))
@@ -185,10 +199,11 @@ class Member:
     log_path: Path | None = None
     starts: int = 0
     paused: bool = False
+    tls: bool = False  # serves HTTPS with its pinned certificate (``bcfl node --tls``)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def did(self) -> str:
@@ -210,10 +225,10 @@ class LocalConsortium:
         *,
         passphrase: str = DEMO_PASSPHRASE,
         genesis_time_ms: int = DEFAULT_GENESIS_TIME_MS,
-        empty_block_interval: float = 0.3,
+        empty_block_interval: float | None = 0.3,
         empty_blocks: bool = True,
         heartbeat_interval: float | None = None,
-        timeout_propose_ms: int = 1500,
+        timeout_propose_ms: int | None = 1500,
         log_json: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
@@ -223,6 +238,7 @@ class LocalConsortium:
         self.root.mkdir(parents=True, exist_ok=True)
         self.passphrase = passphrase
         self.genesis_plan = genesis
+        # None leaves a setting at the node's own default (the benches measure bcfl as shipped)
         self.empty_block_interval = empty_block_interval
         # The demo's rounds close on a deadline in blocks, and the tests wait for heights to
         # grow: both keep the empty-block pace (``bcfl node --empty-blocks``).
@@ -233,15 +249,19 @@ class LocalConsortium:
         self.extra_env = dict(env or {})
         self.members: dict[str, Member] = {}
         self.http = httpx.Client(timeout=5.0)
+        self._https: dict[str, httpx.Client] = {}  # per TLS member: trusts its certificate only
         ports = free_ports(len(members))
+        pins: dict[str, str] = {}
         for plan, port in zip(members, ports, strict=True):
             member = self._new_member(plan.name, port)
             member.data, member.attack = plan.data, plan.attack
             member.train_seed = plan.train_seed
             self.members[plan.name] = member
+            if genesis.tls == "pinned":
+                pins[plan.name] = self._make_certificate(member)
         self.names = [m.name for m in members]
         self.config_file = self.root / "consortium.toml"
-        toml = consortium_toml(genesis, [(p, self.members[p.name].did) for p in members])
+        toml = consortium_toml(genesis, [(p, self.members[p.name].did) for p in members], pins)
         self.config_file.write_text(toml, encoding="utf-8")
         self.genesis_hash = ""
         self.initial_model = ""
@@ -253,6 +273,35 @@ class LocalConsortium:
         home = Home.resolve(self.root / name).ensure()
         identity = generate_identity(home, name, self.passphrase.encode(), kdf="interactive")
         return Member(name, home, identity, port)
+
+    def _make_certificate(self, member: Member) -> str:
+        """``bcfl tls init`` for ``member``: its certificate, and the pin line for the file."""
+        from bcfl_cli.node.tls_rotation import init_certificate
+
+        member.tls = True
+        return init_certificate(member.home, member.identity.signing_key).toml()
+
+    def client_for(self, member: Member) -> httpx.Client:
+        """An observer's client for ``member``: over TLS it trusts that member's node
+        certificate only (the one in its home, re-read after a rotation)."""
+        if not member.tls:
+            return self.http
+        import ssl
+
+        from bcfl_cli.identity.tls_cert import TLS_CERT_FILE
+
+        pem = (member.home.root / TLS_CERT_FILE).read_text(encoding="ascii")
+        cached = self._https.get(member.name)
+        if cached is None or getattr(cached, "_bcfl_pem", None) != pem:
+            if cached is not None:
+                cached.close()
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.load_verify_locations(cadata=pem)
+            cached = httpx.Client(timeout=5.0, verify=ctx)
+            cached._bcfl_pem = pem  # type: ignore[attr-defined]
+            self._https[member.name] = cached
+        return cached
 
     def add_member(self, name: str) -> Member:
         """A newcomer: identity and port only (no ledger: it joins with ``bcfl join``)."""
@@ -299,16 +348,18 @@ class LocalConsortium:
             str(member.home.root),
             "--listen",
             f"127.0.0.1:{member.port}",
-            "--empty-block-interval",
-            str(self.empty_block_interval),
             "--empty-blocks" if self.empty_blocks else "--no-empty-blocks",
-            "--timeout-propose-ms",
-            str(self.timeout_propose_ms),
         ]
+        if self.empty_block_interval is not None:
+            args += ["--empty-block-interval", str(self.empty_block_interval)]
+        if self.timeout_propose_ms is not None:
+            args += ["--timeout-propose-ms", str(self.timeout_propose_ms)]
         if self.heartbeat_interval is not None:
             args += ["--heartbeat-interval", str(self.heartbeat_interval)]
         if self.log_json:
             args.append("--log-json")
+        if member.tls:
+            args.append("--tls")
         urls = (
             [m.url for m in self.members.values() if m.name != member.name]
             if peers is None
@@ -423,6 +474,8 @@ class LocalConsortium:
                 member.proc.kill()
                 member.proc.wait(5)
         self.http.close()
+        for client in self._https.values():
+            client.close()
 
     def pids(self) -> list[int]:
         """Process ids of the nodes still running."""
@@ -431,7 +484,8 @@ class LocalConsortium:
     # --- observation ----------------------------------------------------------------------------
     def status(self, name: str) -> dict[str, Any]:
         """``GET /v1/status`` of ``name``'s node (httpx.HTTPError when it does not answer)."""
-        response = self.http.get(self.members[name].url + "/v1/status")
+        member = self.members[name]
+        response = self.client_for(member).get(member.url + "/v1/status")
         response.raise_for_status()
         data: dict[str, Any] = response.json()
         return data
@@ -439,7 +493,7 @@ class LocalConsortium:
     def try_status(self, name: str) -> dict[str, Any] | None:
         try:
             return self.status(name)
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, OSError):
             return None
 
     def heights(self, names: Iterable[str] | None = None) -> dict[str, int]:
@@ -476,8 +530,9 @@ class LocalConsortium:
 
     def blocks(self, name: str, start: int, limit: int = 100) -> list[dict[str, Any]]:
         """Decided blocks from ``start`` (at most ``limit``) as served by ``name``'s node."""
-        response = self.http.get(
-            self.members[name].url + "/v1/blocks", params={"start": start, "limit": limit}
+        member = self.members[name]
+        response = self.client_for(member).get(
+            member.url + "/v1/blocks", params={"start": start, "limit": limit}
         )
         response.raise_for_status()
         blocks: list[dict[str, Any]] = response.json()["blocks"]

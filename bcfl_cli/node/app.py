@@ -32,7 +32,6 @@ from bcfl_cli.node.auth import LIMITER_KEY, SignatureAuth, is_loopback, peer_did
 from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
 from bcfl_cli.node.budget import BodyBudget
 from bcfl_cli.node.explorer import Explorer
-from bcfl_cli.node.httpsig import normalise_authority
 from bcfl_cli.node.limits import NodeLimits, TokenBucketLimiter
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import MempoolRefusal, precheck
@@ -43,7 +42,11 @@ from bcfl_cli.node.peers import (
     did_tag,
     parse_seen,
 )
-from bcfl_cli.node.schemas import (
+from bcfl_cli.protocol.block import Vote
+from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
+from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
+from bcfl_cli.wire.httpsig import normalise_authority
+from bcfl_cli.wire.schemas import (
     MAX_BLOCKS_PER_RESPONSE,
     MAX_HEIGHT_DIGITS,
     MAX_INLINE_BLOB_BYTES,
@@ -70,9 +73,6 @@ from bcfl_cli.node.schemas import (
     route_parameters,
     validate_body,
 )
-from bcfl_cli.protocol.block import Vote
-from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
-from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 
 if TYPE_CHECKING:
     from bcfl_cli.node.server import Node
@@ -204,6 +204,9 @@ class Api:
                     error=p.error,
                     streamed=p.streamed,
                     stream_open=p.stream is not None and not p.stream.closed,
+                    encrypted=node.tls.link(p.url).encrypted,
+                    verified=node.tls.link(p.url).verified,
+                    tls_refused=node.tls.link(p.url).refused,
                 )
                 for p in node.peers
             ],
@@ -223,6 +226,7 @@ class Api:
                 "commits": node.driver.commits,
             },
             alarm=AlarmView(**node.alarm) if node.alarm else None,
+            tls=node.tls.view(),
         )
         return _json(body)
 
@@ -319,7 +323,7 @@ class Api:
         # the blob of a pending update counts against its author's quota (blob_keeper)
         over = node.keeper.admit(tx.author, digest, len(data))
         if over is not None:
-            raise MempoolRefusal("over_quota", over, status=507)
+            raise MempoolRefusal(over, code="over_quota", status=507)
         await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
         node.keeper.record(tx.author, digest, len(data))
 
@@ -768,7 +772,11 @@ def create_app(node: Node) -> ASGIApp:
     api = Api(node, max_inline_blob=max(0, min(MAX_INLINE_BLOB_BYTES, max_blob_bytes, body_room)))
     chunk_size = min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024))
     blob_routes = BlobRoutes(
-        node.blobs, max_blob_bytes=max_blob_bytes, chunk_size=chunk_size, keeper=node.keeper
+        node.blobs,
+        max_blob_bytes=max_blob_bytes,
+        chunk_size=chunk_size,
+        keeper=node.keeper,
+        allow_clear_text=node.tls.allow_clear_text,
     )
     document = openapi_document(
         ROUTE_TABLE, route_parameters(max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)
