@@ -394,7 +394,7 @@ def join_consortium(
 def _pin_genesis(
     home: Home, api: NodeApi, remote: RemoteGenesis, progress: Progress | None
 ) -> bool:
-    if home.store_file.exists():
+    if home.has_ledger:
         with Ledger.open(home) as ledger:
             if ledger.genesis_hash != remote.hash:
                 raise StoreError(
