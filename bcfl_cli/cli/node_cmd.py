@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bcfl_cli.cli.options import HomeOption, examples
+from bcfl_cli.cli.options import HomeOption, StoreUrlOption, examples
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 
@@ -178,6 +178,7 @@ def node(
             ),
         ),
     ] = None,
+    store_url: StoreUrlOption = None,
 ) -> None:
     """Run this member's peer: sync, consensus, blob transfer and the training rounds."""
     from bcfl_cli.consensus.messages import TimeoutConfig
@@ -191,6 +192,10 @@ def node(
     host, port = _split_listen(listen)
     retention_s = parse_retention(blob_retention)
     advertised_authorities(host, port, advertise)  # a wildcard needs a name, before the key
+    if store_url is not None:
+        from bcfl_cli.store.ledger import use_store_url
+
+        use_store_url(resolved, store_url)
     identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
     setup_logging(
         json_lines=log_json,
@@ -256,5 +261,6 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl node --home homes/alice --listen 127.0.0.1:7420 --peer http://127.0.0.1:7421",
             "bcfl node --home homes/alice --train parts/member-01.csv --log-json",
+            "bcfl node --home homes/alice --store-url postgresql+psycopg://alice@db.example.org/bcfl",
         ),
     )(node)

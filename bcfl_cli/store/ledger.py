@@ -35,7 +35,7 @@ from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store import migrate
 from bcfl_cli.store.backends import Backend, backend_for
 from bcfl_cli.store.blobs import BlobStore
-from bcfl_cli.store.location import is_sqlite, redact
+from bcfl_cli.store.location import is_sqlite, normalise_store_url, record_store_url, redact
 from bcfl_cli.store.pin import pin_genesis, read_pin
 from bcfl_cli.store.tables import blocks, meta, txs
 
@@ -126,9 +126,13 @@ class Ledger:
         return cls(engine, blobs, url=url)
 
     @classmethod
-    def open(cls, home: Home) -> Ledger:
-        """Open the member's store, upgrading an older schema; a newer one is refused."""
-        url = home.store_url
+    def open(cls, home: Home, store_url: str | None = None) -> Ledger:
+        """Open the member's store, upgrading an older schema; a newer one is refused.
+
+        ``store_url`` reads another store with this home's blobs (``verify-chain --store-url``)
+        without recording it; by default the home's own (``home.store_url``).
+        """
+        url = home.store_url if store_url is None else normalise_store_url(store_url)
         if is_sqlite(url) and not _sqlite_file(url).is_file():
             raise StoreError(f"no ledger at {_sqlite_file(url)}", hint=_HINT_MISSING)
         return cls.open_url(url, home.blob_dir)
@@ -362,6 +366,21 @@ def ledger_exists(url: str) -> bool:
         engine.dispose()
 
 
+def use_store_url(home: Home, store_url: str) -> str:
+    """Make the ledger at ``store_url`` this home's, for this and every later command.
+
+    The store must already hold a ledger (``bcfl init --store-url`` creates one); a home that
+    keeps its ledger elsewhere is refused (``location.record_store_url``). The normalised URL.
+    """
+    url = normalise_store_url(store_url)
+    if not ledger_exists(url):
+        raise StoreError(
+            f"no ledger at {redact(url)}",
+            hint=f"create it with `bcfl init CONSORTIUM.toml --store-url {redact(url)}`",
+        )
+    return record_store_url(home, url)
+
+
 def _sqlite_file(url: str) -> Path:
     return Path(make_url(url).database or "")
 
@@ -430,4 +449,4 @@ def _block_from_rows(row: Row[Any], tx_rows: Sequence[Row[Any]]) -> Block:
     return Block(header, tuple(_tx_from_row(r) for r in tx_rows), commit)
 
 
-__all__ = ["Ledger", "ledger_exists"]
+__all__ = ["Ledger", "ledger_exists", "use_store_url"]
