@@ -58,8 +58,7 @@ def _as_user() -> tuple[list[str], int | None, int | None]:
 @dataclass
 class _Server:
     admin_url: str
-    stop: list[str] | None  # the pg_ctl command that stops it (None: not ours)
-    prefix: list[str]
+    stop: list[str]  # the pg_ctl command that stops it
 
 
 def _start_server(root: Path) -> _Server:
@@ -69,11 +68,12 @@ def _start_server(root: Path) -> _Server:
     if uid is not None and gid is not None:
         os.chown(root, uid, gid)
     data = root / "data"
-    subprocess.run(
+    subprocess.run(  # in a directory the server's user can enter (the checkout may not be)
         [*prefix, initdb, "-D", str(data), "-U", "bcfl", "--auth=trust", "--no-sync", "-E", "UTF8"],
         check=True,
         capture_output=True,
         timeout=_START_TIMEOUT_S,
+        cwd=root,
     )
     last = ""
     for _ in range(_START_TRIES):  # a free port may be taken between the probe and the start
@@ -100,11 +100,12 @@ def _start_server(root: Path) -> _Server:
             capture_output=True,
             text=True,
             timeout=_START_TIMEOUT_S + 10,
+            cwd=root,
         )
         if started.returncode == 0:
             url = f"postgresql+psycopg://bcfl:{TEST_PASSWORD}@127.0.0.1:{port}/postgres"
             stop = [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]
-            return _Server(url, stop, prefix)
+            return _Server(url, stop)
         last = started.stderr + (root / "log").read_text(errors="replace")[-2000:]
     pytest.fail(f"PostgreSQL did not start in {_START_TRIES} tries: {last}")
 
@@ -124,14 +125,15 @@ def postgres_server() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail(reason + " (CI must run them: .ci/run installs PostgreSQL)")
         pytest.skip(reason)
-    root = Path(tempfile.mkdtemp(prefix="bcfl-pg-"))
+    # as root, under /tmp: the server runs as nobody, who must reach it ($TMPDIR may be private)
+    root = Path(tempfile.mkdtemp(prefix="bcfl-pg-", dir="/tmp" if os.geteuid() == 0 else None))
     server: _Server | None = None
     try:
         server = _start_server(root)
         yield server.admin_url
     finally:
-        if server is not None and server.stop is not None:
-            subprocess.run(server.stop, capture_output=True, timeout=60, check=False)
+        if server is not None:
+            subprocess.run(server.stop, capture_output=True, timeout=60, check=False, cwd=root)
         shutil.rmtree(root, ignore_errors=True)
 
 

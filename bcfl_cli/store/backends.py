@@ -14,6 +14,8 @@ from typing import Any, Protocol
 from sqlalchemy import JSON, ColumnElement, Engine, cast, create_engine, event, func
 from sqlalchemy.engine import make_url
 
+from bcfl_cli.errors import StoreError
+
 SQLITE_PRAGMAS: tuple[tuple[str, str], ...] = (
     ("journal_mode", "WAL"),
     ("synchronous", "FULL"),
@@ -88,14 +90,20 @@ class PostgresBackend:
     name = "postgresql"
 
     def make_engine(self, url: str) -> Engine:
-        return create_engine(
-            url,
-            pool_pre_ping=True,
-            connect_args={
-                "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
-                "application_name": "bcfl",
-            },
-        )
+        try:
+            return create_engine(
+                url,
+                pool_pre_ping=True,
+                connect_args={
+                    "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
+                    "application_name": "bcfl",
+                },
+            )
+        except ImportError as exc:  # psycopg comes with the optional `postgres` extra
+            raise StoreError(
+                "a PostgreSQL store needs the psycopg driver, which is not installed",
+                hint="pip install 'bcfl[postgres]'",
+            ) from exc
 
     def json_field(self, column: Any, *path: str) -> ColumnElement[Any]:
         return func.json_extract_path_text(cast(column, JSON), *path)
