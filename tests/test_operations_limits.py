@@ -51,7 +51,7 @@ from bcfl_cli.node import (
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, tx
 from bcfl_cli.provenance import bundle
-from bcfl_cli.store import pin
+from bcfl_cli.store import backends, pin
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
 HEADING = "## Limits and their defaults"
@@ -362,6 +362,7 @@ def _bindings() -> dict[str, list[str]]:
         ],
         "pin moved forward by a running node": [f"at most every {s(pin.PIN_INTERVAL_S)}"],
         "pin file size": [kib(pin.MAX_PIN_BYTES)],
+        "PostgreSQL connection attempt (`--store-url`)": [s(backends.POSTGRES_CONNECT_TIMEOUT_S)],
         "`verify-chain --against` requests": [
             f"{_n(compare.COMPARE_MAX_REQUESTS)} at most",
             f"{s(compare.COMPARE_TIMEOUT_S)} each",

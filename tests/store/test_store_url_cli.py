@@ -13,6 +13,8 @@ import time
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from bcfl_cli.cli.app import app
@@ -71,6 +73,24 @@ def test_init_records_the_url_and_verify_chain_finds_it(tmp_path, make_home, pos
     )
     assert read.exit_code == 0, read.output
     assert not Home.resolve(auditor).has_ledger
+
+    # ... with a role that may only read (docs/OPERATIONS.md, "PostgreSQL store")
+    reader = make_url(postgres_url).database + "_reader"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE ROLE "{reader}" LOGIN'))
+        conn.execute(text(f'GRANT SELECT ON ALL TABLES IN SCHEMA public TO "{reader}"'))
+    try:
+        url = make_url(postgres_url).set(username=reader).render_as_string(hide_password=False)
+        read = runner.invoke(
+            app, ["verify-chain", "--home", str(auditor), "--store-url", url, "--no-pin"]
+        )
+        assert read.exit_code == 0, read.output
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP OWNED BY "{reader}"'))
+            conn.execute(text(f'DROP ROLE "{reader}"'))
+        admin.dispose()
 
 
 @pytest.mark.parametrize(
