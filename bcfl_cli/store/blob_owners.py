@@ -13,6 +13,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -156,7 +157,9 @@ class PostgresBlobOwners(BlobOwners):
     def all(self) -> list[tuple[str, str, int, float]]:
         try:
             with self._engine.connect() as conn:
-                rows = conn.execute(text("SELECT hash, owner, size, time FROM blob_owners")).all()
+                rows: list[Any] = list(
+                    conn.execute(text("SELECT hash, owner, size, time FROM blob_owners"))
+                )
         except SQLAlchemyError as exc:
             raise StoreError(f"blob owners read failed: {exc}") from exc
         return [(str(h), str(o), int(s), float(t)) for h, o, s, t in rows]

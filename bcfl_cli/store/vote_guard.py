@@ -21,6 +21,7 @@ import json
 import sqlite3
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import nacl.signing
 from sqlalchemy import text
@@ -228,7 +229,7 @@ class PostgresVoteGuard(VoteGuard):
                     ),
                     {**key, "block": block},
                 )
-                signed = conn.execute(
+                signed: str = conn.execute(
                     text(
                         "SELECT block FROM vote_guard_signed WHERE chain=:chain AND "
                         "height=:height AND round=:round AND step=:step"
@@ -274,7 +275,7 @@ class PostgresVoteGuard(VoteGuard):
         )
         return str(rows[0][0]) if rows else None
 
-    def _read(self, statement: str, params: dict[str, object]) -> list[tuple[object, ...]]:
+    def _read(self, statement: str, params: dict[str, object]) -> list[tuple[Any, ...]]:
         try:
             with self._engine.connect() as conn:
                 return [tuple(row) for row in conn.execute(text(statement), params)]
