@@ -135,14 +135,13 @@ def test_create_refuses_an_existing_store_and_a_mismatched_document(tmp_path, st
     assert not other.store_file.exists()
 
 
-def test_open_failures_never_show_the_password(tmp_path, store_backend):
-    if not store_backend.is_postgres:
-        pytest.skip("only a PostgreSQL URL carries a password")
-    url = store_backend.url.replace("127.0.0.1:", "127.0.0.1:1") + "_missing"
+def test_open_failures_never_show_the_password(tmp_path, postgres_url):
+    """Only a PostgreSQL URL carries a password: an unreachable server, then a ledger."""
+    url = postgres_url.replace("127.0.0.1:", "127.0.0.1:1") + "_missing"
     with pytest.raises(StoreError) as info:
         Ledger.open_url(url, tmp_path / "blobs")
     assert TEST_PASSWORD not in str(info.value) and "***" in info.value.message
-    c = _consortium(tmp_path, store_backend)
+    c = _consortium(tmp_path, StoreBackend("postgresql", postgres_url))
     assert TEST_PASSWORD not in c.ledger.display_url and TEST_PASSWORD in c.ledger.url
 
 
