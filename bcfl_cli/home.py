@@ -5,7 +5,7 @@ Layout::
     HOME/identity.key      encrypted Ed25519 key (0600)
     HOME/chain.sqlite      the ledger (SQLite, WAL), unless HOME/store.url names another
     HOME/store.url         the ledger's SQLAlchemy URL when it is not chain.sqlite (0600: it may
-                           hold a database password); written by ``bcfl init --store-url``
+                           hold a database password); written by ``--store-url``
     HOME/pin.json          the genesis and highest verified head, outside the ledger
     HOME/blobs/ab/ab...    content-addressed tensors
     HOME/node/             node state (vote guard, peers, logs)

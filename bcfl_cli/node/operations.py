@@ -49,7 +49,7 @@ from bcfl_cli.provenance.build import build_proof
 from bcfl_cli.provenance.card import card_markdown
 from bcfl_cli.provenance.verify import verify_model
 from bcfl_cli.store.blobs import BlobStore
-from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.store.ledger import Ledger, ledger_exists
 
 API_PREFIX = "/v1"
 NODE_FILE = "node.json"
@@ -394,7 +394,7 @@ def join_consortium(
 def _pin_genesis(
     home: Home, api: NodeApi, remote: RemoteGenesis, progress: Progress | None
 ) -> bool:
-    if home.has_ledger:
+    if ledger_exists(home.store_url):
         with Ledger.open(home) as ledger:
             if ledger.genesis_hash != remote.hash:
                 raise StoreError(

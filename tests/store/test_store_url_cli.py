@@ -21,6 +21,7 @@ from bcfl_cli.cli.app import app
 from bcfl_cli.demo.launcher import MemberPlan, bcfl_command, consortium_toml, free_ports
 from bcfl_cli.home import Home
 from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.store.location import record_store_url
 from tests.conftest import PASSPHRASE
 from tests.faults.helpers import plan
 from tests.store_backends import TEST_PASSWORD
@@ -176,3 +177,46 @@ def test_a_node_on_postgresql_commits_blocks(tmp_path, make_home, postgres_url):
     verified = runner.invoke(app, ["verify-chain", "--home", str(home.root), "--json"])
     assert verified.exit_code == 0, verified.output
     assert json.loads(verified.stdout)["height"] >= TARGET_HEIGHT
+
+
+def test_a_member_joins_into_postgresql(tmp_path, make_home, postgres_url):
+    """``bcfl join --store-url`` records the URL, then joins: the ledger the join creates (the
+    pinned genesis) is the database's, and a second join finds it there (node in-process)."""
+    from bcfl_cli.node import operations as ops
+    from bcfl_cli.node.client import PeerRefused
+    from tests.node._node_harness import LocalNode
+
+    local = LocalNode(tmp_path / "consortium")
+    try:
+        erin = make_home("erin")
+        record_store_url(erin.home, postgres_url)
+        with local.api(erin.identity.signing_key) as api:
+            remote = ops.fetch_genesis(api)
+            outcome = ops.join_consortium(
+                erin.home,
+                erin.identity.signing_key,
+                api,
+                remote,
+                name="erin",
+                roles=["trainer"],
+                power=0,
+            )
+            assert outcome.ledger_created
+            # again: the pin stage finds the ledger in the database (no second create), and
+            # the node refuses the request as pending
+            with pytest.raises(PeerRefused, match="pending"):
+                ops.join_consortium(
+                    erin.home,
+                    erin.identity.signing_key,
+                    api,
+                    remote,
+                    name="erin",
+                    roles=["trainer"],
+                    power=0,
+                )
+    finally:
+        local.close()
+    assert not erin.home.store_file.exists()
+    with Ledger.open(erin.home) as ledger:
+        assert ledger.genesis_hash == local.node.genesis_hash
+        assert TEST_PASSWORD in ledger.url and TEST_PASSWORD not in ledger.display_url
