@@ -31,7 +31,7 @@ from bcfl_cli.store.location import record_store_url
 
 ENV_URL = "BCFL_TEST_POSTGRES_URL"
 #: The password the throwaway server's URLs carry (trust authentication ignores it): tests
-#: check that no command ever shows it.
+#: check that no command ever shows it (``secret_of``: the password of a given server's URL).
 TEST_PASSWORD = "s3cret-not-shown"
 _START_TRIES = 3
 _START_TIMEOUT_S = 60
@@ -108,6 +108,18 @@ def _start_server(root: Path) -> _Server:
             return _Server(url, stop)
         last = started.stderr + (root / "log").read_text(errors="replace")[-2000:]
     pytest.fail(f"PostgreSQL did not start in {_START_TRIES} tries: {last}")
+
+
+def secret_of(url: str) -> str:
+    """The password in ``url``, which no output may show; a placeholder when it has none (a
+    server given by BCFL_TEST_POSTGRES_URL may authenticate otherwise), so that the checks
+    that it is not shown stay meaningful."""
+    return make_url(url).password or TEST_PASSWORD
+
+
+def hides_password(url: str) -> bool:
+    """Whether ``url`` carries a password, so that its masked form shows ``***``."""
+    return bool(make_url(url).password)
 
 
 @pytest.fixture(scope="session")
