@@ -319,3 +319,39 @@ def test_a_home_keeps_the_store_it_recorded(tmp_path, store_backend):
     with pytest.raises(StoreError, match="already keeps its ledger") as info:
         record_store_url(c.home, "postgresql://someone:pw@elsewhere/db")
     assert "pw@" not in info.value.message
+
+
+#: The SQLite schema text of a new store, as bcfl wrote it before PostgreSQL came (read from
+#: main's code): 64-bit columns on PostgreSQL must leave the SQLite file format as it was.
+_SQLITE_BLOCKS = (
+    "CREATE TABLE blocks (\n\theight INTEGER NOT NULL, \n\thash VARCHAR(64) NOT NULL, \n\t"
+    "prev VARCHAR(64) NOT NULL, \n\ttime INTEGER NOT NULL, \n\tproposer VARCHAR(64) NOT NULL, "
+    '\n\theader TEXT NOT NULL, \n\t"commit" TEXT, \n\tPRIMARY KEY (height), \n\tUNIQUE (hash)\n)'
+)
+_SQLITE_TXS = (
+    "CREATE TABLE txs (\n\thash VARCHAR(64) NOT NULL, \n\theight INTEGER NOT NULL, \n\t"
+    "idx INTEGER NOT NULL, \n\tkind VARCHAR(32) NOT NULL, \n\tauthor VARCHAR(64) NOT NULL, "
+    "\n\tbody TEXT NOT NULL, \n\tPRIMARY KEY (hash), \n\tCONSTRAINT uq_txs_height_idx "
+    "UNIQUE (height, idx), \n\tFOREIGN KEY(height) REFERENCES blocks (height)\n)"
+)
+
+
+def test_the_sqlite_file_format_is_unchanged(tmp_path):
+    c = make_consortium(tmp_path)
+    c.ledger.close()
+    conn = sqlite3.connect(c.home.store_file)
+    schema = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    conn.close()
+    assert schema["blocks"] == _SQLITE_BLOCKS and schema["txs"] == _SQLITE_TXS
+    assert sorted(schema) == [
+        "alembic_version",
+        "blocks",
+        "blocks_no_delete",
+        "blocks_no_update",
+        "ix_txs_author",
+        "ix_txs_kind",
+        "meta",
+        "txs",
+        "txs_no_delete",
+        "txs_no_update",
+    ]
