@@ -22,7 +22,13 @@ from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.encoding import sha256_hex
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.ledger import Ledger, ledger_exists
-from bcfl_cli.store.location import is_sqlite, normalise_store_url, record_store_url, redact
+from bcfl_cli.store.location import (
+    home_store_url,
+    is_sqlite,
+    normalise_store_url,
+    record_store_url,
+    redact,
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,9 @@ def init_consortium(
     """``store_url``: keep the ledger there (e.g. an empty PostgreSQL database), recorded in
     the home for later commands; default the home's own SQLite file."""
     config = load_config(config_path)
-    url = home.store_url if store_url is None else normalise_store_url(store_url)
-    if home.has_ledger and url != home.store_url:
+    current = home_store_url(home)
+    url = current if store_url is None else normalise_store_url(store_url)
+    if home.has_ledger and url != current:
         record_store_url(home, url)  # raises: the home keeps its ledger elsewhere
     if ledger_exists(url):
         where = home.root if is_sqlite(url) else f"the database {redact(url)}"

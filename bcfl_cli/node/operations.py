@@ -51,6 +51,7 @@ from bcfl_cli.provenance.card import card_markdown
 from bcfl_cli.provenance.verify import verify_model
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.ledger import Ledger, ledger_exists
+from bcfl_cli.store.location import home_store_url
 
 API_PREFIX = "/v1"
 NODE_FILE = "node.json"
@@ -391,7 +392,7 @@ def join_consortium(
 def _pin_genesis(
     home: Home, api: NodeApi, remote: RemoteGenesis, progress: Progress | None
 ) -> bool:
-    if ledger_exists(home.store_url):
+    if ledger_exists(home_store_url(home)):
         with Ledger.open(home) as ledger:
             if ledger.genesis_hash != remote.hash:
                 raise StoreError(

@@ -22,7 +22,7 @@ from bcfl_cli.errors import StoreError
 from bcfl_cli.home import Home
 from bcfl_cli.store.backends import PostgresBackend
 from bcfl_cli.store.db import apply_sqlite_settings
-from bcfl_cli.store.location import is_sqlite, redact
+from bcfl_cli.store.location import home_store_url, is_sqlite, redact
 
 #: The SQLite file's name in HOME/node/.
 BLOB_OWNERS_FILE = "blob_owners.sqlite"
@@ -52,7 +52,7 @@ class BlobOwners:
     @classmethod
     def for_home(cls, home: Home) -> BlobOwners:
         """The home's record: beside its ledger in PostgreSQL, else HOME/node/blob_owners.sqlite."""
-        url = home.store_url
+        url = home_store_url(home)
         if not is_sqlite(url):
             return PostgresBlobOwners(url)
         home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -35,7 +35,13 @@ from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store import migrate
 from bcfl_cli.store.backends import Backend, backend_for
 from bcfl_cli.store.blobs import BlobStore
-from bcfl_cli.store.location import is_sqlite, normalise_store_url, record_store_url, redact
+from bcfl_cli.store.location import (
+    home_store_url,
+    is_sqlite,
+    normalise_store_url,
+    record_store_url,
+    redact,
+)
 from bcfl_cli.store.pin import pin_genesis, read_pin
 from bcfl_cli.store.tables import blocks, meta, txs
 
@@ -84,7 +90,7 @@ class Ledger:
         consortium is refused.
         """
         home.ensure()
-        url = home.store_url
+        url = home_store_url(home)
         if ledger_exists(url):
             raise StoreError(
                 f"a ledger already exists at {redact(url)}",
@@ -132,7 +138,7 @@ class Ledger:
         ``store_url`` reads another store with this home's blobs (``verify-chain --store-url``)
         without recording it; by default the home's own (``home.store_url``).
         """
-        url = home.store_url if store_url is None else normalise_store_url(store_url)
+        url = home_store_url(home) if store_url is None else normalise_store_url(store_url)
         if is_sqlite(url) and not _sqlite_file(url).is_file():
             raise StoreError(f"no ledger at {_sqlite_file(url)}", hint=_HINT_MISSING)
         return cls.open_url(url, home.blob_dir)

@@ -65,6 +65,21 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def home_store_url(home: Home) -> str:
+    """The home's store URL, checked: ``HOME/store.url`` if recorded, else its SQLite file.
+
+    A recorded file that holds no usable URL is refused naming the file (never its content,
+    which may hold a password), rather than let a parser's exception escape.
+    """
+    try:
+        return normalise_store_url(home.store_url)
+    except UsageError as exc:
+        raise StoreError(
+            f"{home.store_url_file} holds no usable store URL: {exc.message}",
+            hint="write one SQLAlchemy URL in it, or remove it to use HOME/chain.sqlite",
+        ) from exc
+
+
 def record_store_url(home: Home, url: str) -> str:
     """Make ``url`` this home's store, for this and every later command; the normalised URL.
 
@@ -73,7 +88,7 @@ def record_store_url(home: Home, url: str) -> str:
     again is a no-op; naming the home's own SQLite file records nothing.
     """
     wanted = normalise_store_url(url)
-    current = normalise_store_url(home.store_url)
+    current = home_store_url(home)
     if wanted == current:
         return wanted
     if home.has_ledger:
@@ -92,6 +107,7 @@ def record_store_url(home: Home, url: str) -> str:
 
 __all__ = [
     "POSTGRES_DRIVER",
+    "home_store_url",
     "is_sqlite",
     "normalise_store_url",
     "parse_store_url",

@@ -34,7 +34,7 @@ from bcfl_cli.protocol.block import Vote, VoteType
 from bcfl_cli.protocol.encoding import parse_json
 from bcfl_cli.store.backends import PostgresBackend
 from bcfl_cli.store.db import apply_sqlite_settings
-from bcfl_cli.store.location import is_sqlite, redact
+from bcfl_cli.store.location import home_store_url, is_sqlite, redact
 
 PROPOSAL_STEP = "proposal"
 
@@ -74,7 +74,7 @@ class VoteGuard:
     @classmethod
     def for_home(cls, home: Home) -> VoteGuard:
         """The home's guard: beside its ledger in PostgreSQL, else HOME/node/vote_guard.sqlite."""
-        url = home.store_url
+        url = home_store_url(home)
         if not is_sqlite(url):
             return PostgresVoteGuard(url)
         home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

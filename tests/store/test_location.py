@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from bcfl_cli.errors import StoreError, UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.store.location import (
+    home_store_url,
     is_sqlite,
     normalise_store_url,
     parse_store_url,
@@ -75,3 +76,18 @@ def test_a_home_records_one_store_mode_0600(tmp_path):
     with pytest.raises(StoreError):
         record_store_url(sqlite_home, "postgresql://u@h/db")
     assert not sqlite_home.store_url_file.exists()
+
+
+def test_a_garbled_store_url_file_is_named_not_shown(tmp_path):
+    from typer.testing import CliRunner
+
+    from bcfl_cli.cli.app import app
+
+    home = Home.resolve(tmp_path / "h").ensure()
+    home.store_url_file.write_text("mysql://u:hunter2x@h/db\n", encoding="utf-8")
+    with pytest.raises(StoreError, match="holds no usable store URL") as info:
+        home_store_url(home)
+    assert "hunter2x" not in info.value.message
+    result = CliRunner().invoke(app, ["verify-chain", "--home", str(home.root)])
+    assert result.exit_code == 1 and "store.url holds no usable store URL" in result.stderr
+    assert "hunter2x" not in result.output
