@@ -68,16 +68,21 @@ def _start_server(root: Path) -> _Server:
     if uid is not None and gid is not None:
         os.chown(root, uid, gid)
     data = root / "data"
-    subprocess.run(  # in a directory the server's user can enter (the checkout may not be)
+    made = subprocess.run(  # in a directory the server's user can enter (the checkout may not)
         [*prefix, initdb, "-D", str(data), "-U", "bcfl", "--auth=trust", "--no-sync", "-E", "UTF8"],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=_START_TIMEOUT_S,
         cwd=root,
+        check=False,
     )
+    if made.returncode != 0:
+        pytest.fail(f"initdb failed ({made.returncode}): {made.stderr[-2000:]}")
     last = ""
     for _ in range(_START_TRIES):  # a free port may be taken between the probe and the start
         port = _free_port()
+        # a throwaway server need not survive a power cut (a killed client is what the kill -9
+        # test kills): no fsync, which keeps the suite's added time small
         options = (
             f"-c listen_addresses=127.0.0.1 -p {port} -k {root} "
             "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
@@ -135,7 +140,7 @@ def postgres_server() -> Iterator[str]:
             f"{ENV_URL}: the PostgreSQL store tests cannot run"
         )
         if os.environ.get("CI"):
-            pytest.fail(reason + " (CI must run them: .ci/run installs PostgreSQL)")
+            pytest.fail(reason + " (CI must run them: `make test` installs PostgreSQL as root)")
         pytest.skip(reason)
     # as root, under /tmp: the server runs as nobody, who must reach it ($TMPDIR may be private)
     root = Path(tempfile.mkdtemp(prefix="bcfl-pg-", dir="/tmp" if os.geteuid() == 0 else None))
