@@ -185,8 +185,8 @@ def test_a_node_on_postgresql_commits_blocks(tmp_path, make_home, postgres_url):
 def test_a_member_joins_into_postgresql(tmp_path, make_home, postgres_url):
     """``bcfl join --store-url`` records the URL, then joins: the ledger the join creates (the
     pinned genesis) is the database's, and a second join finds it there (node in-process)."""
-    from bcfl_cli.node import operations as ops
-    from bcfl_cli.node.client import PeerRefused
+    import bcfl_cli.client as ops
+    from bcfl_cli.wire.refusal import Refusal
     from tests.node._node_harness import LocalNode
 
     local = LocalNode(tmp_path / "consortium")
@@ -207,7 +207,7 @@ def test_a_member_joins_into_postgresql(tmp_path, make_home, postgres_url):
             assert outcome.ledger_created
             # again: the pin stage finds the ledger in the database (no second create), and
             # the node refuses the request as pending
-            with pytest.raises(PeerRefused, match="pending"):
+            with pytest.raises(Refusal, match="pending"):
                 ops.join_consortium(
                     erin.home,
                     erin.identity.signing_key,
