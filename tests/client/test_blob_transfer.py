@@ -6,7 +6,6 @@ import fcntl
 import hashlib
 import os
 import resource
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ import pytest
 
 from bcfl_cli.client.blobs import FetchCancelled, fetch_blob, fetch_manifest, upload_blob
 from bcfl_cli.client.transport import SignedClient
+from bcfl_cli.demo.launcher import free_ports
 from bcfl_cli.errors import BlobError
 from bcfl_cli.node.blob_routes import blob_app
 from bcfl_cli.protocol.crypto import did_from_public_key
@@ -349,12 +349,6 @@ def test_partial_file_of_a_dead_attempt_is_reused_but_not_a_running_ones(
 # --- real process --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _vm(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -374,7 +368,7 @@ def _write_random_file(path: Path, size: int) -> None:
 def _transfer(tmp_path: Path, size: int) -> dict[str, float]:
     key = nacl.signing.SigningKey.generate()
     did = did_from_public_key(bytes(key.verify_key))
-    port = _free_port()
+    port = free_ports(1)[0]  # outside the ephemeral range: no race with outgoing sockets
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
