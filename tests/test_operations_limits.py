@@ -55,7 +55,7 @@ from bcfl_cli.provenance import bundle
 from bcfl_cli.simulation import network as sim_network
 from bcfl_cli.simulation import options as sim_options
 from bcfl_cli.simulation import shared_checks, simulator
-from bcfl_cli.store import pin
+from bcfl_cli.store import backends, pin
 from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
@@ -372,6 +372,7 @@ def _bindings() -> dict[str, list[str]]:
             f"at most {s(node_tls.PREFETCH_TIMEOUT_S)}",
         ],
         "TLS key file (`tls.key`, `tls.next.key`)": [kib(tls_cert.MAX_TLS_KEY_FILE_BYTES)],
+        "PostgreSQL connection attempt (`--store-url`)": [s(backends.POSTGRES_CONNECT_TIMEOUT_S)],
         "`verify-chain --against` requests": [
             f"{_n(compare.COMPARE_MAX_REQUESTS)} at most",
             f"{s(compare.COMPARE_TIMEOUT_S)} each",

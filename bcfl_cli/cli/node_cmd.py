@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bcfl_cli.cli.options import HomeOption, examples
+from bcfl_cli.cli.options import HomeOption, StoreUrlOption, examples
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 
@@ -219,6 +219,7 @@ def node(
             ),
         ),
     ] = False,
+    store_url: StoreUrlOption = None,
 ) -> None:
     """Run this member's peer: sync, consensus, blob transfer and the training rounds."""
     from bcfl_cli.consensus.messages import TimeoutConfig
@@ -233,6 +234,10 @@ def node(
     host, port = _split_listen(listen)
     retention_s = parse_retention(blob_retention)
     advertised_authorities(host, port, advertise)  # a wildcard needs a name, before the key
+    if store_url is not None:
+        from bcfl_cli.store.ledger import use_store_url
+
+        use_store_url(resolved, store_url)
     identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
     setup_logging(
         json_lines=log_json,
@@ -307,5 +312,6 @@ def register(app: typer.Typer) -> None:
             "bcfl node --home homes/alice --train parts/member-01.csv --log-json",
             "bcfl node --home homes/alice --tls --listen 0.0.0.0:7420"
             " --advertise https://alice.example:7420 --peer https://bob.example:7420",
+            "bcfl node --home homes/alice --store-url postgresql+psycopg://alice@db.example.org/bcfl",
         ),
     )(node)

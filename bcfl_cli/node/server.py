@@ -74,7 +74,6 @@ log = logging.getLogger("bcfl.node")
 T = TypeVar("T")
 
 NODE_FILE = "node.json"
-BLOB_OWNERS_FILE = "blob_owners.sqlite"
 #: Seconds between empty blocks while the open round's deadline is counted in blocks only
 #: (``bcfl node --heartbeat-interval``); no other idle state makes blocks.
 DEFAULT_HEARTBEAT_S = 60.0
@@ -226,7 +225,7 @@ class Node:
             quota = default_quota(config.contract.max_blob_bytes)
         return BlobKeeper.for_ledger(
             self.ledger,
-            BlobOwners(self.home.node_dir / BLOB_OWNERS_FILE),
+            BlobOwners.for_home(self.home),
             genesis_blobs=(self.genesis.header.config, config.initial_model),
             quota_bytes=quota,
             retention_s=self.options.blob_retention_s,
