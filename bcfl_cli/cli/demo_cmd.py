@@ -65,6 +65,13 @@ def demo(
             "from there) instead of the builtin model for --dataset.",
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Every node serves TLS 1.3 with a certificate pinned in the genesis (issue 22).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run a consortium on this machine: train, watch the chain, verify every node's copy."""
@@ -85,6 +92,7 @@ def demo(
         keep=keep,
         seed=seed,
         app=app,
+        tls=tls,
     )
     options.check()
     console = Console(stderr=as_json)
@@ -116,5 +124,6 @@ def register(app: typer.Typer) -> None:
             "bcfl demo --members 10 --attackers 3 --attack ipm --rule cosine_trajectory",
             "bcfl demo --seed 7 --json",
             "bcfl demo --app my_app --rounds 5",
+            "bcfl demo --tls --rounds 5",
         ),
     )(demo)

@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import AppFolderOption, HomeOption, JsonOption, examples
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, JsonOption, StoreUrlOption, examples
 from bcfl_cli.consortium.example import example_text, filled_example, with_model_section
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import read_public_identity
+from bcfl_cli.store.location import redact
 
 if TYPE_CHECKING:
     from bcfl_cli.consortium.setup import InitResult
@@ -33,6 +34,7 @@ def _result_json(result: InitResult) -> dict[str, Any]:
         "initial_model": result.initial_model,
         "time": header.time,
         "home": str(result.home.root),
+        "store": redact(result.home.store_url),
         "local_member": result.local_member,
         "members": [m.to_document() for m in result.config.members],
         "warnings": result.warnings,
@@ -63,6 +65,7 @@ def init(
         ),
     ] = None,
     app: AppFolderOption = None,
+    store_url: StoreUrlOption = None,
 ) -> None:
     """Create the genesis block from CONSORTIUM.toml; its hash is the consortium's identity.
 
@@ -73,7 +76,9 @@ def init(
     # (keygen, identity show, --help) would otherwise pay for at start-up.
     from bcfl_cli.consortium.setup import init_consortium
 
-    result = init_consortium(Home.resolve(home), config_file, time_ms=time_ms, app_folder=app)
+    result = init_consortium(
+        Home.resolve(home), config_file, time_ms=time_ms, store_url=store_url, app_folder=app
+    )
     for warning in result.warnings:
         render.warn(warning)
     if json_out:
@@ -89,6 +94,7 @@ def init(
             ("initial model", result.initial_model),
             ("aggregation", config.aggregation.rule),
             ("home", str(result.home.root)),
+            ("ledger", redact(result.home.store_url)),
         ],
     )
     render.print_table(
@@ -181,6 +187,8 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl init consortium.toml --home homes/alice",
             "bcfl init consortium.toml --time-ms 1767225600000 --home homes/bob",
+            "bcfl init consortium.toml --home homes/alice "
+            "--store-url postgresql+psycopg://alice@db.example.org/bcfl",
         ),
     )(init)
     app.add_typer(consortium_app)

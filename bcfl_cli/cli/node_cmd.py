@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bcfl_cli.cli.options import AppFolderOption, HomeOption, examples
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, StoreUrlOption, examples
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 
@@ -179,6 +179,48 @@ def node(
             ),
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help=(
+                "Serve HTTPS (TLS 1.3) with this member's node certificate (`bcfl tls init`),"
+                " or with --tls-cert/--tls-key."
+            ),
+        ),
+    ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            help="With --tls: a PEM certificate chain from a CA (ca mode).",
+            exists=True,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", help="With --tls-cert: its PEM private key.", exists=True),
+    ] = None,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-bundle",
+            help="Trust the CAs in this PEM file for https:// peers (default: the system's).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    allow_clear_text: Annotated[
+        bool,
+        typer.Option(
+            "--allow-clear-text",
+            help=(
+                "Send and serve blobs and models over plain HTTP to other machines (default:"
+                " only to loopback; use it only on a network you trust)."
+            ),
+        ),
+    ] = False,
+    store_url: StoreUrlOption = None,
 ) -> None:
     """Run this member's peer: sync, consensus, blob transfer and the training rounds."""
     from bcfl_cli.consensus.messages import TimeoutConfig
@@ -187,11 +229,16 @@ def node(
     from bcfl_cli.node.blob_keeper import parse_retention
     from bcfl_cli.node.logging import setup_logging
     from bcfl_cli.node.server import NodeOptions, iter_peers, serve
+    from bcfl_cli.node.tls import TlsOptions
 
     resolved = Home.resolve(home)
     host, port = _split_listen(listen)
     retention_s = parse_retention(blob_retention)
     advertised_authorities(host, port, advertise)  # a wildcard needs a name, before the key
+    if store_url is not None:
+        from bcfl_cli.store.ledger import use_store_url
+
+        use_store_url(resolved, store_url)
     if train is not None:
         from bcfl_cli.node.trainer import check_app_at_start
 
@@ -218,6 +265,13 @@ def node(
         app=app,
         blob_retention_s=retention_s,
         blob_quota_bytes=None if blob_quota_mib is None else blob_quota_mib * 1024 * 1024,
+        tls=TlsOptions(
+            serve=tls or tls_cert is not None,
+            cert_file=tls_cert,
+            key_file=tls_key,
+            ca_bundle=ca_bundle,
+            allow_clear_text=allow_clear_text,
+        ),
     )
     _run_to_exit(serve(resolved, identity, options))
 
@@ -262,5 +316,8 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl node --home homes/alice --listen 127.0.0.1:7420 --peer http://127.0.0.1:7421",
             "bcfl node --home homes/alice --train parts/member-01.csv --log-json",
+            "bcfl node --home homes/alice --tls --listen 0.0.0.0:7420"
+            " --advertise https://alice.example:7420 --peer https://bob.example:7420",
+            "bcfl node --home homes/alice --store-url postgresql+psycopg://alice@db.example.org/bcfl",
         ),
     )(node)

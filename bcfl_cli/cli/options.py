@@ -16,6 +16,17 @@ HomeOption = Annotated[
         show_default=False,
     ),
 ]
+StoreUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store-url",
+        metavar="URL",
+        help="Keep the ledger in this PostgreSQL database (a SQLAlchemy URL, see the "
+        "examples) instead of HOME/chain.sqlite; keep its password in ~/.pgpass, not in the "
+        "URL. Recorded in the home: later commands find it.",
+        show_default=False,
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 AppFolderOption = Annotated[
     Path | None,

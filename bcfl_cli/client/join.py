@@ -16,12 +16,14 @@ from bcfl_cli.errors import (
     VerificationError,
 )
 from bcfl_cli.home import Home
+from bcfl_cli.identity.tls_cert import read_fingerprint
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.tx import ROLES, TxKind, make_tx
 from bcfl_cli.store.blobs import BlobStore
-from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.store.ledger import Ledger, ledger_exists
+from bcfl_cli.store.location import home_store_url
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,10 @@ def join_consortium(
             "used) and compares the genesis hash",
         )
     created = _pin_genesis(home, api, remote, progress)
-    body = {"name": name, "roles": sorted(roles), "power": power}
+    body: dict[str, Any] = {"name": name, "roles": sorted(roles), "power": power}
+    fingerprint = read_fingerprint(home)  # `bcfl tls init`: pinned on admission (issue 22)
+    if fingerprint is not None:
+        body["tls"] = fingerprint
     tx = make_tx(key, remote.hash, TxKind.JOIN_REQUEST, body)
     api.submit_tx(tx, path="/join")
     config = remote.state.config
@@ -162,7 +167,7 @@ def join_consortium(
 def _pin_genesis(
     home: Home, api: NodeApi, remote: RemoteGenesis, progress: Progress | None
 ) -> bool:
-    if home.store_file.exists():
+    if ledger_exists(home_store_url(home)):
         with Ledger.open(home) as ledger:
             if ledger.genesis_hash != remote.hash:
                 raise StoreError(

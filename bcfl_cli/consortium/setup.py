@@ -22,7 +22,14 @@ from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.encoding import sha256_hex
 from bcfl_cli.protocol.spec import AppModelSpec
 from bcfl_cli.store.blobs import BlobStore
-from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.store.ledger import Ledger, ledger_exists
+from bcfl_cli.store.location import (
+    home_store_url,
+    is_sqlite,
+    normalise_store_url,
+    record_store_url,
+    redact,
+)
 
 
 @dataclass(frozen=True)
@@ -72,13 +79,28 @@ def build_initial_model(config: ConsortiumConfig, app_folder: Path | None = None
 
 
 def init_consortium(
-    home: Home, config_path: Path, time_ms: int | None = None, *, app_folder: Path | None = None
+    home: Home,
+    config_path: Path,
+    time_ms: int | None = None,
+    store_url: str | None = None,
+    *,
+    app_folder: Path | None = None,
 ) -> InitResult:
+    """``store_url``: keep the ledger there (e.g. an empty PostgreSQL database), recorded in
+    the home for later commands; default the home's own SQLite file. ``app_folder``: where the
+    pinned model app is, if it is not installed."""
     config = load_config(config_path)
-    if home.store_file.exists():
+    current = home_store_url(home)
+    url = current if store_url is None else normalise_store_url(store_url)
+    if home.has_ledger and url != current:
+        record_store_url(home, url)  # raises: the home keeps its ledger elsewhere
+    if ledger_exists(url):
+        where = home.root if is_sqlite(url) else f"the database {redact(url)}"
         raise StoreError(
-            f"{home.root} already holds a ledger",
-            hint="use another --home; a home holds one consortium",
+            f"{where} already holds a ledger",
+            hint="use another --home; a home holds one consortium"
+            if is_sqlite(url)
+            else "a database holds one ledger: give this home an empty database",
         )
     weights = build_initial_model(config, app_folder)
     initial_model = sha256_hex(weights)
@@ -88,6 +110,8 @@ def init_consortium(
     )
     home.ensure()
     BlobStore(home.blob_dir).put(weights)
+    if store_url is not None:
+        record_store_url(home, url)
     Ledger.create(home, genesis, document).close()
     return InitResult(
         config=config,

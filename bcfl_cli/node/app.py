@@ -204,6 +204,9 @@ class Api:
                     error=p.error,
                     streamed=p.streamed,
                     stream_open=p.stream is not None and not p.stream.closed,
+                    encrypted=node.tls.link(p.url).encrypted,
+                    verified=node.tls.link(p.url).verified,
+                    tls_refused=node.tls.link(p.url).refused,
                 )
                 for p in node.peers
             ],
@@ -223,6 +226,7 @@ class Api:
                 "commits": node.driver.commits,
             },
             alarm=AlarmView(**node.alarm) if node.alarm else None,
+            tls=node.tls.view(),
         )
         return _json(body)
 
@@ -768,7 +772,11 @@ def create_app(node: Node) -> ASGIApp:
     api = Api(node, max_inline_blob=max(0, min(MAX_INLINE_BLOB_BYTES, max_blob_bytes, body_room)))
     chunk_size = min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024))
     blob_routes = BlobRoutes(
-        node.blobs, max_blob_bytes=max_blob_bytes, chunk_size=chunk_size, keeper=node.keeper
+        node.blobs,
+        max_blob_bytes=max_blob_bytes,
+        chunk_size=chunk_size,
+        keeper=node.keeper,
+        allow_clear_text=node.tls.allow_clear_text,
     )
     document = openapi_document(
         ROUTE_TABLE, route_parameters(max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -60,6 +61,7 @@ from bcfl_cli.node.round_driver import (
     updates_still_arriving,
 )
 from bcfl_cli.node.sync import CachingChecks, Syncer, blob_owners
+from bcfl_cli.node.tls import TlsOptions, follow_chain
 from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.store.blob_owners import BlobOwners
@@ -72,7 +74,6 @@ log = logging.getLogger("bcfl.node")
 T = TypeVar("T")
 
 NODE_FILE = "node.json"
-BLOB_OWNERS_FILE = "blob_owners.sqlite"
 #: Seconds between empty blocks while the open round's deadline is counted in blocks only
 #: (``bcfl node --heartbeat-interval``); no other idle state makes blocks.
 DEFAULT_HEARTBEAT_S = 60.0
@@ -98,10 +99,12 @@ class NodeOptions:
     app: Path | None = None  # --app FOLDER: the model app's folder (None: installed packages)
     blob_retention_s: float | None = DEFAULT_RETENTION_S  # --blob-retention (None: keep all)
     blob_quota_bytes: int | None = None  # --blob-quota-mib (None: from the genesis)
+    tls: TlsOptions = field(default_factory=TlsOptions)  # --tls, --ca-bundle, ... (issue 22)
 
     @property
     def url(self) -> str:
-        return self.advertise or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls.serve else "http"
+        return self.advertise or f"{scheme}://{self.host}:{self.port}"
 
 
 class Node:
@@ -125,7 +128,8 @@ class Node:
         self.mempool = Mempool()
         self.keeper = self._blob_keeper()
         self._join_relay = TokenBucketLimiter(JOIN_RELAY_RATE_PER_S, JOIN_RELAY_BURST, max_keys=1)
-        self.peers = Peers(self.key, list(options.peers), self_url=options.url)
+        self.tls = options.tls.transport(home, self.key, self.state)
+        self.peers = Peers(self.key, list(options.peers), self_url=options.url, trust=self.tls)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-worker")
         self.syncer = Syncer(self)
         self.guard = VoteGuard.for_home(home)
@@ -145,6 +149,7 @@ class Node:
         self._computing = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.on_commit: list[Callable[[Block], None]] = [self.keeper.on_commit]
+        self.on_commit.append(lambda _: follow_chain(self.tls, self.state, home, self.key))
         self.chain.subscribe(self._adopt_appended)
         log.info(
             "node opened",
@@ -221,7 +226,7 @@ class Node:
             quota = default_quota(config.contract.max_blob_bytes)
         return BlobKeeper.for_ledger(
             self.ledger,
-            BlobOwners(self.home.node_dir / BLOB_OWNERS_FILE),
+            BlobOwners.for_home(self.home),
             genesis_blobs=(self.genesis.header.config, config.initial_model),
             quota_bytes=quota,
             retention_s=self.options.blob_retention_s,
@@ -593,6 +598,7 @@ class Node:
             "peers": [p.url for p in self.peers],
             "did": self.did,
             "pid": os.getpid(),
+            "tls": self.options.tls.serve,  # commands then call the listen address over https
         }
         (self.home.node_dir / NODE_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
 
@@ -627,7 +633,11 @@ STREAM_PING_S = 20.0
 
 
 def http_config(
-    app: Any, host: str, port: int, guard: ConnectionGuard | None = None
+    app: Any,
+    host: str,
+    port: int,
+    guard: ConnectionGuard | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> uvicorn.Config:
     """How a node serves HTTP.
 
@@ -667,6 +677,8 @@ def http_config(
         ws_per_message_deflate=False,
         ws_ping_interval=STREAM_PING_S,
         ws_ping_timeout=STREAM_PING_S,
+        # HTTPS with the node's own context (node/tls.py: TLS 1.3, reloaded on rotation)
+        ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
 
 
@@ -692,7 +704,8 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    server = _Server(http_config(create_app(node), options.host, options.port))
+    tls = node.tls.server_context() if options.tls.serve else None
+    server = _Server(http_config(create_app(node), options.host, options.port, tls=tls))
     server_task = asyncio.create_task(_serve_http(server), name="http")
     try:
         while not server.started:
