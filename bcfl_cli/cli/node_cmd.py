@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bcfl_cli.cli.options import HomeOption, StoreUrlOption, examples
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, StoreUrlOption, examples
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 
@@ -124,11 +124,12 @@ def node(
         typer.Option(
             "--train",
             metavar="PART.csv",
-            help="Train on this CSV and submit an update in every round.",
+            help="Train on this data (a CSV, or what the consortium's model app loads) and "
+            "submit an update in every round.",
             exists=True,
-            dir_okay=False,
         ),
     ] = None,
+    app: AppFolderOption = None,
     attack: Annotated[
         str | None,
         typer.Option("--attack", hidden=True, help="Simulated attack (demo and tests only)."),
@@ -238,6 +239,10 @@ def node(
         from bcfl_cli.store.ledger import use_store_url
 
         use_store_url(resolved, store_url)
+    if train is not None:
+        from bcfl_cli.node.trainer import check_app_at_start
+
+        check_app_at_start(resolved, app)  # a missing or changed app stops the node here
     identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
     setup_logging(
         json_lines=log_json,
@@ -257,6 +262,7 @@ def node(
         train=train,
         attack=attack,
         train_seed=train_seed,
+        app=app,
         blob_retention_s=retention_s,
         blob_quota_bytes=None if blob_quota_mib is None else blob_quota_mib * 1024 * 1024,
         tls=TlsOptions(
