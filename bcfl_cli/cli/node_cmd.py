@@ -123,10 +123,11 @@ def node(
         Path | None,
         typer.Option(
             "--train",
-            metavar="PART.csv",
-            help="Train on this CSV and submit an update in every round.",
+            metavar="PATH",
+            help="Train on this data (.csv, .npz, .parquet, or a folder of images by class) and "
+            "submit an update in every round.",
             exists=True,
-            dir_okay=False,
+            dir_okay=True,
         ),
     ] = None,
     attack: Annotated[

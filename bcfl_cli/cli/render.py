@@ -119,3 +119,30 @@ def progress_bar(description: str, *, enabled: bool = True) -> Iterator[Callable
     ) as bar:
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@contextmanager
+def training_bar(*, enabled: bool = True) -> Iterator[Callable[[int, int, float], None]]:
+    """``bcfl train``'s bar: steps done of the round's total and the recent mean loss; yields
+    ``update(step, total, loss)``. Silent when disabled (--json) or stderr is no terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda step, total, loss: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        "[bold]training",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=err_console(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("training", total=None, loss="-")
+
+        def update(step: int, total: int, loss: float) -> None:
+            shown = "-" if loss != loss else f"{loss:.4f}"  # NaN: no loss formed (DP-SGD)
+            bar.update(task, completed=step, total=total, loss=shown)
+
+        yield update

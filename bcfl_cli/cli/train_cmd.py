@@ -19,10 +19,11 @@ def train(
         Path,
         typer.Option(
             "--data",
-            metavar="PART.csv",
-            help="This member's data: CSV with the genesis label column and numeric features.",
+            metavar="PATH",
+            help="This member's data: a .csv, .npz or .parquet file (the genesis label column "
+            "and numeric features), or a folder of images by class (0/, 1/, ...).",
             exists=True,
-            dir_okay=False,
+            dir_okay=True,
             readable=True,
         ),
     ],
@@ -53,7 +54,8 @@ def train(
     device: Annotated[
         str | None,
         typer.Option(
-            "--device", help="cpu or cuda[:N] (default: $BCFL_DEVICE, else CUDA if present)."
+            "--device",
+            help="cpu, cuda[:N] or auto (default: $BCFL_DEVICE, else auto: CUDA if present).",
         ),
     ] = None,
     force: Annotated[
@@ -70,14 +72,14 @@ def train(
     from bcfl_cli.fl.local_round import train_for_round  # torch loads only when needed
 
     try:
-        with render.progress_bar("training", enabled=not json_out) as progress:
+        with render.training_bar(enabled=not json_out) as on_step:
             update = train_for_round(
                 Home.resolve(home),
                 data,
                 round=round,
                 out=out,
                 seed=seed,
-                progress=progress,
+                on_step=on_step,
                 device=device,
                 force=force,
             )
@@ -113,5 +115,6 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl train --home homes/alice --data parts/member-01.csv",
             "bcfl train --home homes/alice --data parts/member-01.csv --seed 7 --json",
+            "bcfl train --home homes/alice --data xrays/ --device cuda",
         ),
     )(train)

@@ -36,12 +36,12 @@ from bcfl_cli.errors import (
     UsageError,
     VerificationError,
 )
-from bcfl_cli.fl.data import load_csv
 from bcfl_cli.fl.device import pick_device
 from bcfl_cli.fl.dp import epsilon_spent
-from bcfl_cli.fl.models import num_features, state_bytes
+from bcfl_cli.fl.loaders import load_dataset
+from bcfl_cli.fl.models import state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.training import Progress, decimal, train_local
+from bcfl_cli.fl.training import Progress, StepReport, decimal, train_local
 from bcfl_cli.home import Home
 from bcfl_cli.store.ledger import Ledger
 
@@ -159,6 +159,7 @@ def train_for_round(
     progress: Progress | None = None,
     device: str | None = None,
     force: bool = False,
+    on_step: StepReport | None = None,
 ) -> LocalUpdate:
     """Train this member's update for the open (or next) round and write it out."""
     with Ledger.open(home) as ledger:
@@ -182,11 +183,8 @@ def train_for_round(
                 f"{path} already exists", hint="use --force to overwrite it, or --out FILE"
             )
         spec, plan = config.model, config.training
-        dataset = load_csv(
-            data_path,
-            plan.label_column,
-            num_classes=spec.num_classes,
-            num_features=num_features(spec),
+        dataset = load_dataset(
+            data_path, plan.label_column, num_classes=spec.num_classes, input_shape=spec.input_shape
         )
         try:
             global_state = decode_tensors(
@@ -201,7 +199,14 @@ def train_for_round(
         dev = pick_device(device)
         started = time.monotonic()
         result = train_local(
-            spec, plan, global_state, dataset, seed=run_seed, progress=progress, device=str(dev)
+            spec,
+            plan,
+            global_state,
+            dataset,
+            seed=run_seed,
+            progress=progress,
+            on_step=on_step,
+            device=str(dev),
         )
         elapsed = time.monotonic() - started
         data = state_bytes(result.delta)

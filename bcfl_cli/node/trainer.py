@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,9 @@ import torch
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
-from bcfl_cli.fl.data import Dataset, load_csv
-from bcfl_cli.fl.models import num_features, state_bytes
+from bcfl_cli.fl.data import Dataset
+from bcfl_cli.fl.loaders import load_dataset
+from bcfl_cli.fl.models import state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import subseed, train_local
 from bcfl_cli.node.blob_fetch import upload_blob
@@ -54,6 +56,8 @@ Publish = Callable[[Transaction], Awaitable[frozenset[str]]]
 DEFAULT_POLL_S = 0.5
 PUBLISH_TIMEOUT_S = 60.0
 MAX_ATTEMPTS_PER_ROUND = 3
+#: Seconds between two progress lines of one round's training in the node's log.
+STEP_LOG_S = 5.0
 
 
 # --- attacks --------------------------------------------------------------------------------
@@ -137,11 +141,28 @@ def warm_up() -> None:
 
 
 def load_training_data(path: Path, state: ChainState) -> Dataset:
-    """The member's CSV, checked once against the genesis model (fail at start, not mid-round)."""
+    """The member's data (any format ``fl/loaders`` reads), checked once against the genesis
+    model (fail at start, not mid-round)."""
     spec, plan = state.config.model, state.config.training
-    return load_csv(
-        path, plan.label_column, num_classes=spec.num_classes, num_features=num_features(spec)
+    return load_dataset(
+        path, plan.label_column, num_classes=spec.num_classes, input_shape=spec.input_shape
     )
+
+
+class StepLog:
+    """Logs a round's training progress (step, mean loss since the last line) at most every
+    ``STEP_LOG_S`` seconds, and its last step always: the node's log shows training move."""
+
+    def __init__(self, round_number: int) -> None:
+        self.round = round_number
+        self.last = time.monotonic()
+
+    def __call__(self, step: int, total: int, loss: float) -> None:
+        now = time.monotonic()
+        if step < total and now - self.last < STEP_LOG_S:
+            return
+        self.last = now
+        log.info("round %d: step %d/%d, loss %.4f", self.round, step, total, loss)
 
 
 def http_submitter(api: NodeApi) -> Submit:
@@ -265,7 +286,9 @@ class AutoTrainer:
             flipped = self.attack.labels(data.labels, config.model.num_classes)
             data = Dataset(data.features, flipped)
         seed = subseed(self.seed, f"round-{rnd.number}")
-        result = train_local(config.model, config.training, base, data, seed=seed)
+        result = train_local(
+            config.model, config.training, base, data, seed=seed, on_step=StepLog(rnd.number)
+        )
         delta = result.delta
         if self.attack is not None and self.attack.from_estimates is not None:
             estimates = [
