@@ -1,0 +1,62 @@
+"""The builtin app: the ``logreg``, ``mlp`` and ``cnn`` architectures on numeric CSV rows.
+
+Its config is the genesis' ``[model]`` table itself (architecture, input_shape, num_classes,
+hidden, seed), so every genesis written before model apps is a genesis of this app, with the
+same document and hash. It is shipped inside bcfl and pinned by bcfl's own version, not by a
+manifest. It keeps bcfl's loader, loop and evaluation, adding the check that the data's columns
+and labels fit the architecture (an error that names what was expected and found).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import nn
+
+from bcfl_cli.apps import defaults
+from bcfl_cli.apps.api import AppConfig, Metrics, Progress, TrainOutput
+from bcfl_cli.fl import models
+from bcfl_cli.fl.spec import ModelSpec, TrainingPlan
+
+ENTRY_POINT = "bcfl_cli.apps.builtin:app"
+
+
+def _spec(config: AppConfig) -> ModelSpec:
+    return ModelSpec.model_validate(dict(config))
+
+
+class BuiltinApp:
+    """Today's architectures as a model app (see the module docstring)."""
+
+    @staticmethod
+    def build_model(config: AppConfig) -> nn.Module:
+        return models.build_model(_spec(config))
+
+    @staticmethod
+    def _fits(model: nn.Module, data: Any) -> None:
+        """Columns and labels the architecture takes, read off the model it built."""
+        unflatten, out = getattr(model, "unflatten", None), getattr(model, "out", None)
+        if isinstance(unflatten, nn.Unflatten) and isinstance(out, nn.Linear):
+            features = math.prod(int(d) for d in unflatten.unflattened_size)
+            defaults.as_dataset(data).check_fits(features, out.out_features)
+
+    def train(
+        self,
+        model: nn.Module,
+        data: Any,
+        plan: TrainingPlan,
+        *,
+        seed: int,
+        device: str,
+        progress: Progress | None,
+    ) -> TrainOutput:
+        self._fits(model, data)
+        return defaults.train(model, data, plan, seed=seed, device=device, progress=progress)
+
+    def evaluate(self, model: nn.Module, data: Any) -> Metrics:
+        self._fits(model, data)
+        return defaults.evaluate(model, data)
+
+
+app = BuiltinApp()
