@@ -168,7 +168,7 @@ def _train(
     holdout: Dataset,
     seed: int,
     progress: Progress | None,
-    on_step: StepReport | None,
+    on_step: StepReport | None = None,
 ) -> TrainResult:
     anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
     params = list(model.parameters())
