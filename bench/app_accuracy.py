@@ -201,7 +201,8 @@ def machine_line() -> str:
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"{now}, commit {commit}, load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, {os.cpu_count()} cores"
+    loads = "/".join(f"{x:.1f}" for x in load)
+    return f"{now}, commit {commit}, load {loads}, {os.cpu_count()} cores"
 
 
 def run_matrix(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:

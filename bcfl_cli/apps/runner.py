@@ -12,11 +12,12 @@ metrics into the decimal strings that go on chain, and report an app's own failu
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import torch
 from torch import nn
@@ -126,13 +127,20 @@ class BoundApp:
         *,
         seed: int,
         device: str = "cpu",
-        progress: Progress | None = None,
+        progress: Progress | Callable[[int, int], None] | None = None,
     ) -> TrainResult:
         """One local round from ``global_state``: the delta, sample count and chain metrics."""
         model = self.model_with(global_state)
         hook = self._hook("train") or defaults.train
         out = self._call(
-            "train", hook, model, data, self.plan, seed=seed, device=device, progress=progress
+            "train",
+            hook,
+            model,
+            data,
+            self.plan,
+            seed=seed,
+            device=device,
+            progress=relay_progress(progress),
         )
         if not isinstance(out, tuple) or len(out) != 3:
             raise AppError(f"the model app {self.entry_point!r}: train must return a TrainOutput")
@@ -203,6 +211,24 @@ class BoundApp:
             for k, v in found.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
+
+
+def relay_progress(report: Progress | Callable[[int, int], None] | None) -> Progress | None:
+    """``report`` as a :class:`Progress` an app may call with or without the loss."""
+    if report is None:
+        return None
+    try:
+        takes_loss = "loss" in inspect.signature(report).parameters
+    except (TypeError, ValueError):
+        takes_loss = False
+    if takes_loss:
+        return cast(Progress, report)
+    plain = report
+
+    def relay(step: int, total: int, /, loss: float | None = None) -> None:
+        plain(step, total)
+
+    return relay
 
 
 def _number(value: int | float) -> str:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption, examples
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, JsonOption, examples
 from bcfl_cli.consortium.example import example_text, filled_example
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
@@ -62,13 +62,18 @@ def init(
             "only suits a consortium with one founder.",
         ),
     ] = None,
+    app: AppFolderOption = None,
 ) -> None:
-    """Create the genesis block from CONSORTIUM.toml; its hash is the consortium's identity."""
+    """Create the genesis block from CONSORTIUM.toml; its hash is the consortium's identity.
+
+    A file that pins a model app needs that app installed (or --app FOLDER), matching its pin:
+    its initial weights go into the genesis.
+    """
     # Imported here: building the initial model needs torch, which every other command
     # (keygen, identity show, --help) would otherwise pay for at start-up.
     from bcfl_cli.consortium.setup import init_consortium
 
-    result = init_consortium(Home.resolve(home), config_file, time_ms=time_ms)
+    result = init_consortium(Home.resolve(home), config_file, time_ms=time_ms, app_folder=app)
     for warning in result.warnings:
         render.warn(warning)
     if json_out:
@@ -80,7 +85,7 @@ def init(
         [
             ("genesis hash", result.genesis_hash),
             ("genesis time", _time_text(result.genesis.header.time)),
-            ("model", f"{config.model.architecture} {config.model.input_shape}"),
+            ("model", render.model_text(config.model)),
             ("initial model", result.initial_model),
             ("aggregation", config.aggregation.rule),
             ("home", str(result.home.root)),

@@ -33,7 +33,7 @@ def _show_genesis(remote: RemoteGenesis) -> None:
             ("genesis hash", remote.hash),
             ("served by", remote.url),
             ("members", ", ".join(sorted(m.name for m in state.members.values()))),
-            ("model", f"{state.config.model.architecture} {list(state.config.model.input_shape)}"),
+            ("model", render.model_text(state.config.model)),
             ("rounds", state.config.training.rounds),
             ("admission", f"{state.config.admission_approvals} validator approvals"),
         ],

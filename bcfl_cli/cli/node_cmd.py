@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bcfl_cli.cli.options import HomeOption, examples
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, examples
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 
@@ -124,12 +124,13 @@ def node(
         typer.Option(
             "--train",
             metavar="PATH",
-            help="Train on this data (.csv, .npz, .parquet, or a folder of images by class) and "
-            "submit an update in every round.",
+            help="Train on this data (.csv, .npz, .parquet, a folder of images by class, or "
+            "what the consortium's model app loads) and submit an update in every round.",
             exists=True,
             dir_okay=True,
         ),
     ] = None,
+    app: AppFolderOption = None,
     attack: Annotated[
         str | None,
         typer.Option("--attack", hidden=True, help="Simulated attack (demo and tests only)."),
@@ -211,6 +212,7 @@ def node(
         train=train,
         attack=attack,
         train_seed=train_seed,
+        app=app,
         blob_retention_s=retention_s,
         blob_quota_bytes=None if blob_quota_mib is None else blob_quota_mib * 1024 * 1024,
     )

@@ -17,6 +17,19 @@ HomeOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+AppFolderOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--app",
+        metavar="FOLDER",
+        help="Import the consortium's model app from FOLDER (on the import path for this load "
+        "only) instead of the installed packages; checked against the genesis pin either way. "
+        "Not needed for the builtin models.",
+        envvar="BCFL_APP",
+        file_okay=False,
+        show_default=False,
+    ),
+]
 
 
 def examples(*lines: str) -> str:

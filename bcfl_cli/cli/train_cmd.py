@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption, examples
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import render_plan_finished
 from bcfl_cli.errors import PlanFinished
 from bcfl_cli.home import Home
@@ -21,7 +21,8 @@ def train(
             "--data",
             metavar="PATH",
             help="This member's data: a .csv, .npz or .parquet file (the genesis label column "
-            "and numeric features), or a folder of images by class (0/, 1/, ...).",
+            "and numeric features), a folder of images by class (0/, 1/, ...), or what the "
+            "consortium's model app loads.",
             exists=True,
             dir_okay=True,
             readable=True,
@@ -61,6 +62,7 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing update file.")
     ] = False,
+    app: AppFolderOption = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -82,6 +84,7 @@ def train(
                 on_step=on_step,
                 device=device,
                 force=force,
+                app_folder=app,
             )
     except PlanFinished as finished:  # exit 0: nothing to train is not a failure
         render_plan_finished(finished, json_out=json_out)
@@ -116,5 +119,6 @@ def register(app: typer.Typer) -> None:
             "bcfl train --home homes/alice --data parts/member-01.csv",
             "bcfl train --home homes/alice --data parts/member-01.csv --seed 7 --json",
             "bcfl train --home homes/alice --data xrays/ --device cuda",
+            "bcfl train --home homes/alice --data parts/member-01.csv --app my_app",
         ),
     )(train)

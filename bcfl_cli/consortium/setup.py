@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bcfl_cli.apps.runner import bind_app
 from bcfl_cli.consortium.config import ConsortiumConfig, load_config
 from bcfl_cli.consortium.genesis import make_genesis
-from bcfl_cli.errors import IdentityError, StoreError, UsageError
-from bcfl_cli.fl.models import initial_state_bytes
+from bcfl_cli.errors import AppError, IdentityError, StoreError, UsageError
+from bcfl_cli.fl.spec import AppModelSpec
 from bcfl_cli.home import Home
 from bcfl_cli.identity import read_public_identity
 from bcfl_cli.protocol.block import Block
@@ -40,12 +41,27 @@ class InitResult:
         return self.genesis.hash
 
 
-def build_initial_model(config: ConsortiumConfig) -> bytes:
-    """The initial global weights; a model that cannot be built or is too large is a UsageError."""
+def build_initial_model(config: ConsortiumConfig, app_folder: Path | None = None) -> bytes:
+    """The initial global weights, built by the consortium's app.
+
+    A pinned app must be installed (or given by ``app_folder``) and match its pin, and the
+    weights it builds must hash to the pin's ``initial_model``: otherwise founders would sign
+    different genesis documents. A model that cannot be built or is too large is refused.
+    """
+    app = bind_app(config.model, config.training, app_folder)
     try:
-        data = initial_state_bytes(config.model)
+        data = app.initial_state_bytes()
     except (ValueError, RuntimeError) as exc:
         raise UsageError(f"model: cannot build this model: {exc}") from exc
+    if isinstance(config.model, AppModelSpec):
+        pinned = config.model.app.initial_model
+        if sha256_hex(data) != pinned:
+            raise AppError(
+                f"model.app: the app builds initial weights {sha256_hex(data)[:16]}..., the "
+                f"file pins {pinned[:16]}...",
+                hint="build_model must be deterministic (seed it from its config); regenerate "
+                "the pin with `bcfl consortium example --app PATH` if the app changed",
+            )
     limit = config.contract.max_blob_bytes
     if len(data) > limit:
         raise UsageError(
@@ -55,14 +71,16 @@ def build_initial_model(config: ConsortiumConfig) -> bytes:
     return data
 
 
-def init_consortium(home: Home, config_path: Path, time_ms: int | None = None) -> InitResult:
+def init_consortium(
+    home: Home, config_path: Path, time_ms: int | None = None, *, app_folder: Path | None = None
+) -> InitResult:
     config = load_config(config_path)
     if home.store_file.exists():
         raise StoreError(
             f"{home.root} already holds a ledger",
             hint="use another --home; a home holds one consortium",
         )
-    weights = build_initial_model(config)
+    weights = build_initial_model(config, app_folder)
     initial_model = sha256_hex(weights)
     document = config.to_document(initial_model)
     genesis = make_genesis(

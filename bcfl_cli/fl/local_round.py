@@ -38,10 +38,9 @@ from bcfl_cli.errors import (
 )
 from bcfl_cli.fl.device import pick_device
 from bcfl_cli.fl.dp import epsilon_spent
-from bcfl_cli.fl.loaders import load_dataset
 from bcfl_cli.fl.models import state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.training import Progress, StepReport, decimal, train_local
+from bcfl_cli.fl.training import Progress, StepReport, decimal
 from bcfl_cli.home import Home
 from bcfl_cli.store.ledger import Ledger
 
@@ -159,9 +158,16 @@ def train_for_round(
     progress: Progress | None = None,
     device: str | None = None,
     force: bool = False,
+    app_folder: Path | None = None,
     on_step: StepReport | None = None,
 ) -> LocalUpdate:
-    """Train this member's update for the open (or next) round and write it out."""
+    """Train this member's update for the open (or next) round and write it out.
+
+    The genesis' model app does the training; a pinned app must be installed (or in
+    ``app_folder``) and match its pin, or nothing is trained (AppError naming the files).
+    """
+    from bcfl_cli.apps.runner import bind_app  # apps sit above fl: imported when training
+
     with Ledger.open(home) as ledger:
         try:
             state = replay_state(ledger)
@@ -182,10 +188,9 @@ def train_for_round(
             raise UsageError(
                 f"{path} already exists", hint="use --force to overwrite it, or --out FILE"
             )
-        spec, plan = config.model, config.training
-        dataset = load_dataset(
-            data_path, plan.label_column, num_classes=spec.num_classes, input_shape=spec.input_shape
-        )
+        plan = config.training
+        app = bind_app(config.model, plan, app_folder)
+        dataset = app.load_data(Path(data_path))
         try:
             global_state = decode_tensors(
                 ledger.blobs.get(target.base_model, max_bytes=config.contract.max_blob_bytes),
@@ -198,14 +203,11 @@ def train_for_round(
         run_seed = secrets.randbits(SEED_BITS) if seed is None else seed
         dev = pick_device(device)
         started = time.monotonic()
-        result = train_local(
-            spec,
-            plan,
+        result = app.train_round(
             global_state,
             dataset,
             seed=run_seed,
-            progress=progress,
-            on_step=on_step,
+            progress=on_step if on_step is not None else _with_loss(progress),
             device=str(dev),
         )
         elapsed = time.monotonic() - started
@@ -232,7 +234,8 @@ def train_for_round(
             "update_norm": decimal(norm),
             "local": {
                 "data": str(Path(data_path).resolve()),
-                "rows": len(dataset),
+                "rows": _rows(dataset),
+                "app": app.entry_point,
                 "device": str(dev),
                 "seconds": decimal(elapsed, 3),
                 "seed": None if plan.dp.enabled else run_seed,
@@ -242,6 +245,25 @@ def train_for_round(
     _write_atomic(path, data)
     _write_atomic(sidecar_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     return LocalUpdate(path, sidecar_path, sidecar, warnings)
+
+
+def _rows(dataset: object) -> int | None:
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _with_loss(progress: Progress | None) -> StepReport | None:
+    """A two-argument progress callback that an app may also call with its loss."""
+    if progress is None:
+        return None
+    report = progress
+
+    def call(step: int, total: int, /, loss: float | None = None) -> None:
+        report(step, total)
+
+    return call
 
 
 def update_tx_body(sidecar: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -28,10 +29,17 @@ from bcfl_cli.fl.spec import ModelSpec, TrainingPlan
 
 #: ``progress(step, total)`` after each optimiser step.
 Progress = Callable[[int, int], None]
-#: ``on_step(step, total, loss)`` after each optimiser step, with the mean training loss of
-#: the steps since the previous call (NaN under DP-SGD, whose loss is never formed): what
-#: ``bcfl train``'s bar and the node's log show.
-StepReport = Callable[[int, int, float], None]
+
+
+class StepReport(Protocol):
+    """``on_step(step, total, loss)`` after each optimiser step, with the mean training loss
+    of the steps since the previous call (None where no loss was formed: DP-SGD), what
+    ``bcfl train``'s bar and the node's log show. The shape of ``apps.api.Progress``, so
+    one callable serves both."""
+
+    def __call__(self, step: int, total: int, /, loss: float | None = None) -> None: ...
+
+
 EVAL_BATCH = 4096
 #: Below this many parameters a CPU step is dominated by per-operation overhead, and intra-op
 #: threads only add contention: measured on a busy 2-core machine, one digits MLP epoch took
@@ -240,7 +248,7 @@ def _train(
             if progress is not None:
                 progress(step, total)
             if on_step is not None:
-                on_step(step, total, sum(losses) / len(losses) if losses else math.nan)
+                on_step(step, total, sum(losses) / len(losses) if losses else None)
                 losses.clear()
     local = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     delta = {k: (local[k] - global_state[k].to(torch.float32)).contiguous() for k in local}

@@ -101,6 +101,7 @@ class NodeOptions:
     train: Path | None = None  # --train PART.csv: train and submit each round
     attack: str | None = None  # --attack NAME (demo and tests only)
     train_seed: int | None = None  # --train-seed S (None: random at each start)
+    app: Path | None = None  # --app FOLDER: the model app's folder (None: installed packages)
     blob_retention_s: float | None = DEFAULT_RETENTION_S  # --blob-retention (None: keep all)
     blob_quota_bytes: int | None = None  # --blob-quota-mib (None: from the genesis)
 
@@ -746,7 +747,12 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
             from bcfl_cli.node.trainer import run_node_trainer
 
             trainer = run_node_trainer(
-                node, options.train, stop, attack=options.attack, seed=options.train_seed
+                node,
+                options.train,
+                stop,
+                attack=options.attack,
+                seed=options.train_seed,
+                app_folder=options.app,
             )
             node.add_task("trainer", trainer)
         log.info("listening", extra=fields(url=options.url, peers=[p.url for p in node.peers]))

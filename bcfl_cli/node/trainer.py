@@ -26,14 +26,15 @@ from typing import Any, Protocol
 import nacl.signing
 import torch
 
+from bcfl_cli.apps.runner import BoundApp, bind_app
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.data import Dataset
-from bcfl_cli.fl.loaders import load_dataset
 from bcfl_cli.fl.models import state_bytes
+from bcfl_cli.fl.spec import ModelSpec
 from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.training import subseed, train_local
+from bcfl_cli.fl.training import subseed
 from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.operations import NodeApi, build_update_tx
@@ -80,6 +81,12 @@ def _resample(data: Dataset, seed: int) -> Dataset:
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, len(data.labels), (len(data.labels),), generator=generator)
     return Dataset(data.features[rows], data.labels[rows])
+
+
+def _as_dataset(data: Any, attack: Attack) -> Dataset:
+    if not isinstance(data, Dataset):
+        raise UsageError(f"--attack {attack.name} needs data loaded as rows (a Dataset)")
+    return data
 
 
 def _nan(delta: Delta, _round: int) -> Delta:
@@ -140,13 +147,15 @@ def warm_up() -> None:
         optimiser.step()
 
 
-def load_training_data(path: Path, state: ChainState) -> Dataset:
-    """The member's data (any format ``fl/loaders`` reads), checked once against the genesis
-    model (fail at start, not mid-round)."""
-    spec, plan = state.config.model, state.config.training
-    return load_dataset(
-        path, plan.label_column, num_classes=spec.num_classes, input_shape=spec.input_shape
-    )
+def load_training_data(path: Path, state: ChainState, app_folder: Path | None = None) -> Any:
+    """The member's data, loaded by the genesis' app, which must match its pin (fail at
+    start, not mid-round); the builtin app's CSV is checked against the model here too."""
+    app = bind_app(state.config.model, state.config.training, app_folder)
+    data = app.load_data(path)
+    spec = state.config.model
+    if isinstance(spec, ModelSpec) and isinstance(data, Dataset):
+        data.check_fits(math.prod(spec.input_shape), spec.num_classes, source=str(path))
+    return data
 
 
 class StepLog:
@@ -157,12 +166,13 @@ class StepLog:
         self.round = round_number
         self.last = time.monotonic()
 
-    def __call__(self, step: int, total: int, loss: float) -> None:
+    def __call__(self, step: int, total: int, /, loss: float | None = None) -> None:
         now = time.monotonic()
         if step < total and now - self.last < STEP_LOG_S:
             return
         self.last = now
-        log.info("round %d: step %d/%d, loss %.4f", self.round, step, total, loss)
+        shown = "-" if loss is None else f"{loss:.4f}"
+        log.info("round %d: step %d/%s, loss %s", self.round, step, total or "?", shown)
 
 
 def http_submitter(api: NodeApi) -> Submit:
@@ -181,7 +191,7 @@ class AutoTrainer:
         self,
         *,
         key: nacl.signing.SigningKey,
-        data: Dataset,
+        data: Any,
         blobs: BlobStore,
         state: StateSource,
         submit: Submit,
@@ -189,8 +199,11 @@ class AutoTrainer:
         seed: int | None = None,
         poll_s: float = DEFAULT_POLL_S,
         publish: Publish | None = None,
+        app_folder: Path | None = None,
     ) -> None:
         self.key = key
+        self.app_folder = app_folder
+        self._app: BoundApp | None = None
         self.did = did_from_public_key(bytes(key.verify_key))
         self.data = data
         self.blobs = blobs
@@ -281,22 +294,27 @@ class AutoTrainer:
             base = decode_tensors(self.blobs.get(rnd.base_model, max_bytes=limit), max_bytes=limit)
         except ContractError as exc:
             raise StoreError(f"base model {rnd.base_model} unreadable: {exc.message}") from exc
+        if self._app is None:  # bound once: the genesis, and so the app, never changes
+            self._app = bind_app(config.model, config.training, self.app_folder)
+        app = self._app
         data = self.data
         if self.attack is not None and self.attack.labels is not None:
-            flipped = self.attack.labels(data.labels, config.model.num_classes)
-            data = Dataset(data.features, flipped)
+            data = _as_dataset(data, self.attack)
+            classes = (
+                config.model.num_classes
+                if isinstance(config.model, ModelSpec)
+                else int(data.labels.max()) + 1
+            )
+            data = Dataset(data.features, self.attack.labels(data.labels, classes))
         seed = subseed(self.seed, f"round-{rnd.number}")
-        result = train_local(
-            config.model, config.training, base, data, seed=seed, on_step=StepLog(rnd.number)
-        )
+        result = app.train_round(base, data, seed=seed, progress=StepLog(rnd.number))
         delta = result.delta
         if self.attack is not None and self.attack.from_estimates is not None:
+            rows = _as_dataset(data, self.attack)
             estimates = [
-                train_local(
-                    config.model,
-                    config.training,
+                app.train_round(
                     base,
-                    _resample(data, subseed(seed, f"estimate-{k}")),
+                    _resample(rows, subseed(seed, f"estimate-{k}")),
                     seed=subseed(seed, f"estimate-train-{k}"),
                 ).delta
                 for k in range(ESTIMATE_MODELS)
@@ -408,13 +426,14 @@ async def run_node_trainer(
     attack: str | None = None,
     seed: int | None = None,
     poll_s: float = DEFAULT_POLL_S,
+    app_folder: Path | None = None,
 ) -> None:
     """The ``bcfl node --train PART.csv [--attack NAME]`` task, inside the node's event loop.
 
     The data is checked against the genesis model before the first round, so a wrong file
     fails the node at start rather than silently later.
     """
-    data = await asyncio.to_thread(load_training_data, data_path, host.state)
+    data = await asyncio.to_thread(load_training_data, data_path, host.state, app_folder)
 
     async def submit(tx: Transaction, told: frozenset[str]) -> object:
         return host.submit(tx, seen=told)
@@ -429,6 +448,7 @@ async def run_node_trainer(
         seed=seed,
         poll_s=poll_s,
         publish=peer_publisher(host.peers, host.blobs),
+        app_folder=app_folder,
     )
     host.on_commit.append(lambda _block: trainer.wake())
     await trainer.run(stop)
