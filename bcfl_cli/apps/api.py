@@ -141,6 +141,15 @@ class FullModelApp(ModelApp, Protocol):
         accuracy over a ``Dataset``."""
         ...
 
+    def demo_data(
+        self, members: int, out_dir: Path, *, seed: int, non_iid: float
+    ) -> tuple[list[Path], Path]:
+        """For ``bcfl demo --app`` only: write one data partition per member under ``out_dir``
+        (a Dirichlet(``non_iid``) label split; 0 means IID) and return (their paths, the test
+        set's path), each something ``load_data`` reads. Without it the demo splits the
+        sample CSV of ``--dataset``. Never called on a member's node."""
+        ...
+
 
 #: The optional hooks, in the order bcfl looks them up on the app object.
-OPTIONAL_HOOKS = ("load_data", "train", "evaluate")
+OPTIONAL_HOOKS = ("load_data", "train", "evaluate", "demo_data")

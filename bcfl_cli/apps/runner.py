@@ -195,6 +195,28 @@ class BoundApp:
             out[name] = text
         return out
 
+    def demo_data(
+        self, members: int, out_dir: Path, *, seed: int, non_iid: float
+    ) -> tuple[list[Path], Path] | None:
+        """The app's ``demo_data`` hook (member partitions, test set), or None without one."""
+        hook = self._hook("demo_data")
+        if hook is None:
+            return None
+        found = self._call("demo_data", hook, members, Path(out_dir), seed=seed, non_iid=non_iid)
+        try:
+            parts, test = _paths(found)
+        except (TypeError, ValueError) as exc:
+            raise AppError(
+                f"the model app {self.entry_point!r}: demo_data must return "
+                "(member paths, test path)"
+            ) from exc
+        if len(parts) != members:
+            raise AppError(
+                f"the model app {self.entry_point!r}: demo_data gave {len(parts)} partitions "
+                f"for {members} members"
+            )
+        return parts, test
+
     def evaluate(self, state: Mapping[str, torch.Tensor], data: Any) -> dict[str, float]:
         """The app's metrics of the model ``state`` on ``data`` (numbers only)."""
         model = self.model_with(state)
@@ -211,6 +233,11 @@ class BoundApp:
             for k, v in found.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         }
+
+
+def _paths(found: Any) -> tuple[list[Path], Path]:
+    parts, test = found
+    return [Path(p) for p in parts], Path(test)
 
 
 def relay_progress(report: Progress | Callable[[int, int], None] | None) -> Progress | None:

@@ -54,6 +54,17 @@ def demo(
             help="Seed every member's training, for a reproducible run (default: random).",
         ),
     ] = None,
+    app: Annotated[
+        Path | None,
+        typer.Option(
+            "--app",
+            metavar="FOLDER",
+            file_okay=False,
+            exists=True,
+            help="Train the model app in FOLDER (pinned in the genesis; every node imports it "
+            "from there) instead of the builtin model for --dataset.",
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run a consortium on this machine: train, watch the chain, verify every node's copy."""
@@ -73,6 +84,7 @@ def demo(
         rule=rule,
         keep=keep,
         seed=seed,
+        app=app,
     )
     options.check()
     console = Console(stderr=as_json)
@@ -103,5 +115,6 @@ def register(app: typer.Typer) -> None:
             "bcfl demo",
             "bcfl demo --members 10 --attackers 3 --attack ipm --rule cosine_trajectory",
             "bcfl demo --seed 7 --json",
+            "bcfl demo --app my_app --rounds 5",
         ),
     )(demo)

@@ -10,7 +10,7 @@ import typer
 
 from bcfl_cli.cli import render
 from bcfl_cli.cli.options import AppFolderOption, HomeOption, JsonOption, examples
-from bcfl_cli.consortium.example import example_text, filled_example
+from bcfl_cli.consortium.example import example_text, filled_example, with_model_section
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import read_public_identity
@@ -131,7 +131,8 @@ def _parse_member(spec: str) -> tuple[str, str]:
     "example",
     epilog=examples(
         "bcfl consortium example --member alice=homes/alice --member bob=homes/bob "
-        "--out consortium.toml"
+        "--out consortium.toml",
+        "bcfl consortium example --app my_app --member alice=homes/alice --out consortium.toml",
     ),
 )
 def example(
@@ -148,9 +149,23 @@ def example(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+    app: Annotated[
+        Path | None,
+        typer.Option(
+            "--app",
+            metavar="FOLDER",
+            file_okay=False,
+            help="Pin the model app in FOLDER (its pyproject.toml's [tool.bcfl.app]) instead "
+            "of a builtin model: entry point, source manifest, config, initial weights' hash.",
+        ),
+    ] = None,
 ) -> None:
     """Print the commented example consortium file, optionally filled with real members."""
     text = filled_example([_parse_member(m) for m in member]) if member else example_text()
+    if app is not None:
+        from bcfl_cli.apps.project import pin_for, pin_toml, read_project  # imports the app
+
+        text = with_model_section(text, pin_toml(pin_for(read_project(app))))
     if out is None:
         typer.echo(text, nl=False)
         return

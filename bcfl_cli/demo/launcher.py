@@ -31,7 +31,13 @@ import httpx
 
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.errors import NodeError
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
+from bcfl_cli.fl.spec import (
+    AggregationSpec,
+    AppModelSpec,
+    ContractRules,
+    ModelSpec,
+    TrainingPlan,
+)
 from bcfl_cli.home import Home
 from bcfl_cli.identity import Identity, generate_identity
 
@@ -60,7 +66,7 @@ class MemberPlan:
 class GenesisPlan:
     """Everything of the consortium file except the members."""
 
-    model: ModelSpec
+    model: ModelSpec | AppModelSpec
     training: TrainingPlan
     contract: ContractRules = field(default_factory=ContractRules)
     aggregation: AggregationSpec = field(default_factory=AggregationSpec)
@@ -69,6 +75,8 @@ class GenesisPlan:
     removal_approvals: int = 2
     #: the genesis cap on pending join requests; None leaves it at the default (not written)
     max_pending_joins: int | None = None
+    #: the folder of the model app ``model`` pins (every node gets ``--app`` through BCFL_APP)
+    app_folder: Path | None = None
 
 
 def _toml_value(value: Any) -> str:
@@ -119,7 +127,12 @@ def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]
             f"power = {member.power}",
             "",
         ]
-    lines += _toml_table("model", plan.model.model_dump(mode="python"))
+    if isinstance(plan.model, AppModelSpec):
+        from bcfl_cli.apps.project import pin_toml
+
+        lines += [pin_toml(plan.model.app)]
+    else:
+        lines += _toml_table("model", plan.model.model_dump(mode="python"))
     lines += _toml_table("training", plan.training.model_dump(mode="python", exclude_none=True))
     lines += _toml_table("contract", plan.contract.model_dump(mode="python"))
     lines += _toml_table("aggregation", plan.aggregation.model_dump(mode="python"))
@@ -231,6 +244,9 @@ class LocalConsortium:
         self.timeout_propose_ms = timeout_propose_ms
         self.log_json = log_json
         self.extra_env = dict(env or {})
+        app_folder = genesis.app_folder
+        if app_folder is not None:  # every node imports the app from there (bcfl node --app)
+            self.extra_env["BCFL_APP"] = str(Path(app_folder).resolve())
         self.members: dict[str, Member] = {}
         self.http = httpx.Client(timeout=5.0)
         ports = free_ports(len(members))
@@ -246,7 +262,9 @@ class LocalConsortium:
         self.genesis_hash = ""
         self.initial_model = ""
         for member in self.members.values():
-            result = init_consortium(member.home, self.config_file, time_ms=genesis_time_ms)
+            result = init_consortium(
+                member.home, self.config_file, time_ms=genesis_time_ms, app_folder=app_folder
+            )
             self.genesis_hash, self.initial_model = result.genesis_hash, result.initial_model
 
     def _new_member(self, name: str, port: int) -> Member:
