@@ -70,8 +70,6 @@ SCALING_FACTOR = 10.0
 class Split:
     members: list[Dataset]
     test: Dataset
-    paths: list[Path]
-    test_path: Path
 
 
 def bind(plan: TrainingPlan = PLAN) -> BoundApp:
@@ -83,7 +81,7 @@ def make_split(out: Path, members: int, seed: int, alpha: float = 0.5) -> Split:
 
     paths, test_path = write_partitions(out, members, alpha=alpha, seed=seed)
     app = bind()
-    return Split([app.load_data(p) for p in paths], app.load_data(test_path), paths, test_path)
+    return Split([app.load_data(p) for p in paths], app.load_data(test_path))
 
 
 def pooled(members: Sequence[Dataset]) -> Dataset:
@@ -139,57 +137,71 @@ def federated(
 
 
 # --- the network part ---------------------------------------------------------------------
-def network(split: Split, rounds: int, work: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    """4 (or len(split.members)) real nodes train the pinned app; verify-chain --deep on all."""
-    from bcfl_cli.apps.loader import locate_source
-    from bcfl_cli.apps.manifest import read_manifest
-    from bcfl_cli.demo.launcher import GenesisPlan, LocalConsortium
-    from bcfl_cli.protocol.encoding import canonical_json  # noqa: F401  (import check only)
+def network(
+    members: int,
+    rounds: int,
+    seed: int,
+    central_epochs: int,
+    work: Path,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """``members`` real node processes (``bcfl demo --app``'s run: the local-consortium
+    launcher, the app pinned in the genesis, a Dirichlet(0.5) split from the app's
+    ``demo_data``) train ``rounds`` rounds; then ``bcfl verify-chain --deep`` on every home, and
+    centralised training on the same members' data, in the same run."""
+    from bcfl_cli.demo.launcher import bcfl_command
+    from bcfl_cli.demo.run import DemoOptions, run_demo
 
-    source = locate_source(ENTRY_POINT, APP_FOLDER)
-    manifest = read_manifest(source)
-    app = bind()
-    pin = {
-        "entry_point": ENTRY_POINT,
-        "manifest": manifest.hash,
-        "files": manifest.files,
-        "initial_model": app.initial_model_hash(),
-        "config": {},
-    }
-    names = [f"member-{i:02d}" for i in range(1, len(split.members) + 1)]
-    genesis = GenesisPlan(
-        model={"app": pin},
-        training={
-            **{k: v for k, v in PLAN.model_dump().items() if k in ("optimizer", "batch_size")},
-            "lr": PLAN.lr,
-            "local_epochs": PLAN.local_epochs,
-            "holdout_fraction": PLAN.holdout_fraction,
-            "rounds": rounds,
-            "min_updates": len(names),
-            "round_deadline_s": 600,
-        },
+    options = DemoOptions(
+        members=members,
+        rounds=rounds,
+        non_iid=0.5,
+        seed=seed,
+        app=APP_FOLDER,
+        keep=work,
+        timeout_s=rounds * 900.0,
     )
     started = time.perf_counter()
-    with LocalConsortium(work, names, genesis, env={"PYTHONPATH": str(APP_FOLDER)}) as net:
-        for name, path in zip(names, split.paths, strict=True):
-            net.start(name, train=path)
-        for name in names:
-            net.wait_ready(name, timeout=300)
-        net.wait_round_closed(names[0], rounds, timeout=rounds * 600)
-        seconds = time.perf_counter() - started
-        status = net.status(names[0])
-        final_model = status["round"]["model"]
-        state = net.model(names[0], final_model)
-        verified = {}
-        for name in names:
-            done = net.run_cli("verify-chain", "--deep", "--home", str(net.home(name)), timeout=900)
-            verified[name] = done.returncode == 0
-            log(f"  {name}: verify-chain --deep {'passed' if verified[name] else 'FAILED'}")
+    run = run_demo(options)
+    seconds = time.perf_counter() - started
+    log(f"  demo run: ok={run.ok}, rounds closed {len(run.curve()) - 1}, {seconds:.0f} s")
+    homes = sorted((work / "homes").glob("*/"))
+    verified: dict[str, bool] = {}
+    for home in homes:
+        if not (home / "chain.sqlite").exists():
+            continue
+        done = subprocess.run(
+            [*bcfl_command(), "verify-chain", "--deep", "--home", str(home)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            check=False,
+        )
+        verified[home.name] = done.returncode == 0
+        verdict = "passed" if verified[home.name] else "FAILED"
+        log(f"  {home.name}: bcfl verify-chain --deep {verdict}")
+    parts = sorted((work / "data").glob("member-*.npz"))
+    app = bind()
+    data = [app.load_data(p) for p in parts]
+    test = app.load_data(work / "data" / "test.npz")
+    t0 = time.perf_counter()
+    central = centralised(data, test, central_epochs, seed)
+    log(
+        f"  centralised ({central_epochs} epochs, pooled): {central:.4f} "
+        f"[{time.perf_counter() - t0:.0f} s]"
+    )
+    final = run.final_accuracy
     return {
+        "members": members,
         "rounds": rounds,
+        "rounds_closed": len(run.curve()) - 1,
         "seconds": seconds,
-        "final_model": final_model,
-        "accuracy": accuracy(app, state, split.test),
+        "timings": run.timings,
+        "curve": run.curve(),
+        "accuracy": final,
+        "centralised": central,
+        "demo_verified": [n.verified for n in run.nodes],
+        "consistent": run.consistent,
         "verified": verified,
     }
 
@@ -267,23 +279,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": machine_line()}
     if args.part in ("all", "network"):
         with tempfile.TemporaryDirectory(prefix="bcfl-app-net-") as tmp:
-            split = make_split(Path(tmp) / "data", args.members, args.seed)
-            t0 = time.perf_counter()
-            central = centralised(split.members, split.test, args.central_epochs, args.seed)
-            print(
-                f"centralised ({args.central_epochs} epochs, pooled): {central:.4f} "
-                f"[{time.perf_counter() - t0:.0f} s]"
+            net = network(
+                args.members, args.rounds, args.seed, args.central_epochs, Path(tmp) / "run", print
             )
-            net = network(split, args.rounds, Path(tmp) / "net", print)
-        gap = 100 * (net["accuracy"] - central)
-        ok = gap >= -3.0 and all(net["verified"].values())
+        acc, central = net["accuracy"], net["centralised"]
+        gap = 100 * ((acc if acc is not None else 0.0) - central)
+        verified = bool(net["verified"]) and all(net["verified"].values())
+        ok = gap >= -3.0 and verified and net["rounds_closed"] >= args.rounds
         print(
-            f"network: {args.members} nodes, {net['rounds']} rounds in {net['seconds']:.0f} s, "
-            f"accuracy {net['accuracy']:.4f} vs centralised {central:.4f} ({gap:+.1f} points), "
-            f"verify-chain --deep on every node: {all(net['verified'].values())} -> "
+            f"network: {args.members} nodes, {net['rounds_closed']} rounds in "
+            f"{net['seconds']:.0f} s, accuracy {acc} vs centralised {central:.4f} "
+            f"({gap:+.1f} points), verify-chain --deep on every node: {verified} -> "
             f"{'PASS' if ok else 'FAIL'}"
         )
-        out["network"] = {**net, "centralised": central, "gap_points": gap, "pass": ok}
+        out["network"] = {**net, "gap_points": gap, "pass": ok}
     if args.part in ("all", "matrix"):
         matrix = run_matrix(args, print)
         print(render_matrix(matrix, args.rules))

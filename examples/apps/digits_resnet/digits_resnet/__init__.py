@@ -21,7 +21,8 @@ __all__ = ["App", "DigitsResNet", "app"]
 
 
 class App:
-    """The app object the entry point names: ``build_model`` and ``load_data``."""
+    """The app object the entry point names: ``build_model``, ``load_data`` and, for
+    ``bcfl demo --app``, ``demo_data``."""
 
     @staticmethod
     def build_model(config: Mapping[str, Any]) -> nn.Module:
@@ -38,5 +39,18 @@ class App:
             Path(path), num_classes=settings.classes, input_shape=[1, settings.side, settings.side]
         )
 
+    @staticmethod
+    def demo_data(
+        members: int, out_dir: Path, *, seed: int, non_iid: float
+    ) -> tuple[list[Path], Path]:
+        """The demo's partitions: Dirichlet(``non_iid``) over the classes (0: an IID split)."""
+        from digits_resnet.data import write_partitions
+
+        alpha = non_iid if non_iid > 0 else IID_ALPHA
+        return write_partitions(Path(out_dir), members, alpha=alpha, seed=seed)
+
+
+#: A Dirichlet alpha so large that every member gets each class in proportion: an IID split.
+IID_ALPHA = 1e6
 
 app = App()
