@@ -137,6 +137,30 @@ def federated(
 
 
 # --- the network part ---------------------------------------------------------------------
+def network_genesis(members: int, rounds: int) -> Any:
+    """The consortium of the network part: the app pinned, PLAN, every member's update awaited
+    (a round closes on all ``members`` updates, or after 10 minutes of block time), FedAvg, and
+    a contract norm bound above an honest Adam update of this 1.2M-parameter model (~20)."""
+    from bcfl_cli.apps.project import pin_for, read_project
+    from bcfl_cli.demo.launcher import GenesisPlan
+    from bcfl_cli.fl.spec import AppModelSpec, ContractRules
+
+    return GenesisPlan(
+        model=AppModelSpec(app=pin_for(read_project(APP_FOLDER))),
+        training=PLAN.model_copy(
+            update={"rounds": rounds, "min_updates": members, "round_deadline_s": 600}
+        ),
+        contract=ContractRules(max_update_norm=NETWORK_NORM_BOUND, min_samples=10),
+        aggregation=AggregationSpec(rule="fedavg"),
+        name=f"digits_resnet, {members} members",
+        app_folder=APP_FOLDER,
+    )
+
+
+#: The contract's norm bound in the network part (an honest update's norm is ~10-25 here).
+NETWORK_NORM_BOUND = 200.0
+
+
 def network(
     members: int,
     rounds: int,
@@ -145,31 +169,43 @@ def network(
     work: Path,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """``members`` real node processes (``bcfl demo --app``'s run: the local-consortium
-    launcher, the app pinned in the genesis, a Dirichlet(0.5) split from the app's
-    ``demo_data``) train ``rounds`` rounds; then ``bcfl verify-chain --deep`` on every home, and
-    centralised training on the same members' data, in the same run."""
-    from bcfl_cli.demo.launcher import bcfl_command
-    from bcfl_cli.demo.run import DemoOptions, run_demo
+    """``members`` real node processes (bcfl_cli/demo/launcher.py) train the pinned app for
+    ``rounds`` rounds on a Dirichlet(0.5) split; then ``bcfl verify-chain --deep`` on every
+    home, and centralised training on the same members' data, in the same run."""
+    from bcfl_cli.demo.launcher import LocalConsortium, MemberPlan, bcfl_command
+    from bcfl_cli.fl.tensors import decode_tensors
+    from bcfl_cli.store.blobs import BlobStore
 
-    options = DemoOptions(
-        members=members,
-        rounds=rounds,
-        non_iid=0.5,
-        seed=seed,
-        app=APP_FOLDER,
-        keep=work,
-        timeout_s=rounds * 900.0,
-    )
+    split_dir = work / "data"
+    split = make_split(split_dir, members, seed)
+    parts = sorted(split_dir.glob("member-*.npz"))
+    names = [f"member-{i:02d}" for i in range(1, members + 1)]
+    plans = [
+        MemberPlan(name, data=part, train_seed=_seed(seed, name))
+        for name, part in zip(names, parts, strict=True)
+    ]
     started = time.perf_counter()
-    run = run_demo(options)
-    seconds = time.perf_counter() - started
-    log(f"  demo run: ok={run.ok}, rounds closed {len(run.curve()) - 1}, {seconds:.0f} s")
-    homes = sorted((work / "homes").glob("*/"))
+    curve: list[tuple[int, float, float]] = []
+    app = bind()
+    with LocalConsortium(work / "homes", plans, network_genesis(members, rounds)) as net:
+        net.start_all(wait=True, timeout=300)
+        log(f"  {members} nodes up [{time.perf_counter() - started:.0f} s]")
+        for number in range(1, rounds + 1):
+            net.wait_round_closed(number, names[:1], timeout=900)
+            status = net.status(names[0])["round"]
+            model = status["model"] if status["number"] == number else ""
+            store = BlobStore(net.members[names[0]].home.blob_dir)
+            acc = float("nan")
+            if model and store.has(model):
+                state = decode_tensors(store.get(model, max_bytes=1 << 30), max_bytes=1 << 30)
+                acc = accuracy(app, state, split.test)
+            elapsed = time.perf_counter() - started
+            curve.append((number, acc, elapsed))
+            log(f"  round {number} closed: test accuracy {acc:.4f} [{elapsed:.0f} s]")
+        seconds = time.perf_counter() - started
+        homes = {name: net.members[name].home.root for name in names}
     verified: dict[str, bool] = {}
-    for home in homes:
-        if not (home / "chain.sqlite").exists():
-            continue
+    for name, home in homes.items():
         done = subprocess.run(
             [*bcfl_command(), "verify-chain", "--deep", "--home", str(home)],
             capture_output=True,
@@ -177,31 +213,23 @@ def network(
             timeout=1800,
             check=False,
         )
-        verified[home.name] = done.returncode == 0
-        verdict = "passed" if verified[home.name] else "FAILED"
-        log(f"  {home.name}: bcfl verify-chain --deep {verdict}")
-    parts = sorted((work / "data").glob("member-*.npz"))
-    app = bind()
-    data = [app.load_data(p) for p in parts]
-    test = app.load_data(work / "data" / "test.npz")
+        verified[name] = done.returncode == 0
+        verdict = "passed" if verified[name] else f"FAILED: {done.stderr.strip()[-300:]}"
+        log(f"  {name}: bcfl verify-chain --deep {verdict}")
     t0 = time.perf_counter()
-    central = centralised(data, test, central_epochs, seed)
+    central = centralised(split.members, split.test, central_epochs, seed)
     log(
         f"  centralised ({central_epochs} epochs, pooled): {central:.4f} "
         f"[{time.perf_counter() - t0:.0f} s]"
     )
-    final = run.final_accuracy
     return {
         "members": members,
         "rounds": rounds,
-        "rounds_closed": len(run.curve()) - 1,
+        "rounds_closed": len(curve),
         "seconds": seconds,
-        "timings": run.timings,
-        "curve": run.curve(),
-        "accuracy": final,
+        "curve": curve,
+        "accuracy": curve[-1][1] if curve else None,
         "centralised": central,
-        "demo_verified": [n.verified for n in run.nodes],
-        "consistent": run.consistent,
         "verified": verified,
     }
 
@@ -280,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.part in ("all", "network"):
         with tempfile.TemporaryDirectory(prefix="bcfl-app-net-") as tmp:
             net = network(
-                args.members, args.rounds, args.seed, args.central_epochs, Path(tmp) / "run", print
+                args.members, args.rounds, args.seed, args.central_epochs, Path(tmp), print
             )
         acc, central = net["accuracy"], net["centralised"]
         gap = 100 * ((acc if acc is not None else 0.0) - central)
