@@ -174,7 +174,6 @@ def network(
     home, and centralised training on the same members' data, in the same run."""
     from bcfl_cli.demo.launcher import LocalConsortium, MemberPlan, bcfl_command
     from bcfl_cli.fl.tensors import decode_tensors
-    from bcfl_cli.store.blobs import BlobStore
 
     split_dir = work / "data"
     split = make_split(split_dir, members, seed)
@@ -185,25 +184,41 @@ def network(
         for name, part in zip(names, parts, strict=True)
     ]
     started = time.perf_counter()
-    curve: list[tuple[int, float, float]] = []
-    app = bind()
+    closed: list[float] = []
     with LocalConsortium(work / "homes", plans, network_genesis(members, rounds)) as net:
         net.start_all(wait=True, timeout=300)
         log(f"  {members} nodes up [{time.perf_counter() - started:.0f} s]")
         for number in range(1, rounds + 1):
             net.wait_round_closed(number, names[:1], timeout=900)
-            status = net.status(names[0])["round"]
-            model = status["model"] if status["number"] == number else ""
-            store = BlobStore(net.members[names[0]].home.blob_dir)
-            acc = float("nan")
-            if model and store.has(model):
-                state = decode_tensors(store.get(model, max_bytes=1 << 30), max_bytes=1 << 30)
-                acc = accuracy(app, state, split.test)
-            elapsed = time.perf_counter() - started
-            curve.append((number, acc, elapsed))
-            log(f"  round {number} closed: test accuracy {acc:.4f} [{elapsed:.0f} s]")
+            closed.append(time.perf_counter() - started)
+            log(f"  round {number} closed [{closed[-1]:.0f} s]")
         seconds = time.perf_counter() - started
         homes = {name: net.members[name].home.root for name in names}
+    app = bind()
+    curve: list[tuple[int, float, float]] = []
+    for number, at in enumerate(closed, start=1):
+        out = work / f"round-{number}.safetensors"
+        subprocess.run(
+            [
+                *bcfl_command(),
+                "model",
+                "export",
+                "--home",
+                str(homes[names[0]]),
+                "--round",
+                str(number),
+                "--out",
+                str(out),
+                "--no-proof",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=True,
+        )
+        state = decode_tensors(out.read_bytes(), max_bytes=1 << 30)
+        curve.append((number, accuracy(app, state, split.test), at))
+        log(f"  round {number}: test accuracy {curve[-1][1]:.4f}")
     verified: dict[str, bool] = {}
     for name, home in homes.items():
         done = subprocess.run(

@@ -29,7 +29,9 @@ import bcfl_cli.node.app as node_app
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
-from bcfl_cli.fl import spec, tensors
+from bcfl_cli.fl import data, spec, tensors
+from bcfl_cli.fl.loaders import _checks as loader_checks
+from bcfl_cli.fl.loaders import images
 from bcfl_cli.node import (
     auth,
     blob_fetch,
@@ -387,6 +389,14 @@ def _bindings() -> dict[str, list[str]]:
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",
             f"{_n(proof_low)}-{_n(proof_high)} blocks with 4 validators",
+        ],
+        "a member's local data file (CSV, `.npz`, Parquet)": [
+            f"{mib(loader_checks.MAX_DATA_BYTES)} and {_n(data.MAX_ROWS)} rows",
+        ],
+        "a member's folder of images by class": [
+            f"{_n(images.MAX_IMAGE_FILES)} images",
+            f"{mib(images.MAX_IMAGE_BYTES)} a file",
+            f"{_n(images.MAX_IMAGE_PIXELS)} pixels an image",
         ],
     }
 
