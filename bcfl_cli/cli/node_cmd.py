@@ -123,11 +123,10 @@ def node(
         Path | None,
         typer.Option(
             "--train",
-            metavar="PATH",
-            help="Train on this data (.csv, .npz, .parquet, a folder of images by class, or "
-            "what the consortium's model app loads) and submit an update in every round.",
+            metavar="PART.csv",
+            help="Train on this data (a CSV, or what the consortium's model app loads) and "
+            "submit an update in every round.",
             exists=True,
-            dir_okay=True,
         ),
     ] = None,
     app: AppFolderOption = None,

@@ -19,12 +19,10 @@ def train(
         Path,
         typer.Option(
             "--data",
-            metavar="PATH",
-            help="This member's data: a .csv, .npz or .parquet file (the genesis label column "
-            "and numeric features), a folder of images by class (0/, 1/, ...), or what the "
-            "consortium's model app loads.",
+            metavar="PART.csv",
+            help="This member's data: CSV with the genesis label column and numeric features, "
+            "or what the consortium's model app loads (a file or a folder).",
             exists=True,
-            dir_okay=True,
             readable=True,
         ),
     ],
@@ -118,7 +116,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl train --home homes/alice --data parts/member-01.csv",
             "bcfl train --home homes/alice --data parts/member-01.csv --seed 7 --json",
-            "bcfl train --home homes/alice --data xrays/ --device cuda",
+            "bcfl train --home homes/alice --data parts/member-01.csv --device cuda",
             "bcfl train --home homes/alice --data parts/member-01.csv --app my_app",
         ),
     )(train)
