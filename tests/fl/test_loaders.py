@@ -228,3 +228,17 @@ def test_image_file_at_top_level_refused(tmp_path: Path) -> None:
     _image(tmp_path / "a.png")
     with pytest.raises(UsageError, match="expected only class folders"):
         load_image_folder(tmp_path)
+
+
+def test_image_over_the_pixel_bound_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pillow's decompression-bomb guard, at bcfl's bound: refused, not decoded."""
+    from bcfl_cli.fl.loaders import images
+
+    _image(tmp_path / "0" / "big.png", size=(4, 3))
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 11)
+    with pytest.raises(UsageError, match=r"big.png: more than 11 pixels"):
+        load_image_folder(tmp_path)
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 12)
+    assert len(load_image_folder(tmp_path)) == 1

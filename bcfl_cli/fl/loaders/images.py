@@ -9,6 +9,7 @@ and become ``[C*H*W]`` rows scaled to ``[0, 1]``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,19 +59,24 @@ def _files(path: Path) -> list[tuple[Path, int]]:
 def _read(file: Path, shape: list[int] | None) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     size = file.stat().st_size
     if size > MAX_IMAGE_BYTES:
         raise UsageError(f"{file}: {size} bytes is more than the {MAX_IMAGE_BYTES} byte limit")
     try:
-        with Image.open(file) as image:
-            channels = shape[0] if shape is not None else len(image.getbands())
-            if channels not in _MODES:
-                raise UsageError(f"{file}: {channels} channels; images take 1 or 3")
-            pixels = np.asarray(image.convert(_MODES[channels]), dtype=np.float32) / 255.0
+        with warnings.catch_warnings():
+            # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that: refuse at the bound
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+            with Image.open(file) as image:
+                channels = shape[0] if shape is not None else len(image.getbands())
+                if channels not in _MODES:
+                    raise UsageError(f"{file}: {channels} channels; images take 1 or 3")
+                pixels = np.asarray(image.convert(_MODES[channels]), dtype=np.float32) / 255.0
     except UsageError:
         raise
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, ValueError) as exc:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise UsageError(f"{file}: more than {MAX_IMAGE_PIXELS} pixels ({exc})") from exc
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise UsageError(f"{file}: not a readable image ({exc})") from exc
     pixels = pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
     if shape is not None and list(pixels.shape[1:]) != list(shape[1:]):
