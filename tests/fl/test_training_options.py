@@ -167,3 +167,12 @@ def test_dp_keeps_its_epsilon_with_local_steps() -> None:
 def test_device_auto() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device("auto").type == expected
+
+
+def test_fp16_on_a_cpu_trains_with_bf16() -> None:
+    """fp16 autocast needs CUDA (and loss scaling); a CPU member of an fp16 consortium uses
+    bf16, the CPU's half type, rather than refusing to train."""
+    g = models.initial_state(SPEC)
+    half = train_local(SPEC, plan(precision="fp16", local_steps=3), g, toy(), seed=5, device="cpu")
+    bf16 = train_local(SPEC, plan(precision="bf16", local_steps=3), g, toy(), seed=5, device="cpu")
+    assert models.state_bytes(half.delta) == models.state_bytes(bf16.delta)
