@@ -139,7 +139,7 @@ def federated(
 # --- the network part ---------------------------------------------------------------------
 def network_genesis(members: int, rounds: int) -> Any:
     """The consortium of the network part: the app pinned, PLAN, every member's update awaited
-    (a round closes on all ``members`` updates, or after 10 minutes of block time), FedAvg, and
+    (a round closes on all ``members`` updates, else after 10 minutes), FedAvg, and
     a contract norm bound above an honest Adam update of this 1.2M-parameter model (~20)."""
     from bcfl_cli.apps.project import pin_for, read_project
     from bcfl_cli.demo.launcher import GenesisPlan
@@ -148,7 +148,14 @@ def network_genesis(members: int, rounds: int) -> Any:
     return GenesisPlan(
         model=AppModelSpec(app=pin_for(read_project(APP_FOLDER))),
         training=PLAN.model_copy(
-            update={"rounds": rounds, "min_updates": members, "round_deadline_s": 600}
+            update={
+                "rounds": rounds,
+                "min_updates": members,
+                # PLAN names no deadline, so it holds the default 20 blocks: 6 s at the
+                # launcher's 0.3 s empty-block pace closed rounds before every member's update
+                "deadline_blocks": NETWORK_DEADLINE_BLOCKS,
+                "round_deadline_s": 600,
+            }
         ),
         contract=ContractRules(max_update_norm=NETWORK_NORM_BOUND, min_samples=10),
         aggregation=AggregationSpec(rule="fedavg"),
@@ -157,6 +164,8 @@ def network_genesis(members: int, rounds: int) -> Any:
     )
 
 
+#: A round's deadline in blocks in the network part: 10 min at the launcher's empty-block pace.
+NETWORK_DEADLINE_BLOCKS = 2000
 #: The contract's norm bound in the network part (an honest update's norm is ~10-25 here).
 NETWORK_NORM_BOUND = 200.0
 

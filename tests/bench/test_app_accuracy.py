@@ -24,4 +24,5 @@ def test_one_round_of_the_matrix_and_the_network_genesis(tmp_path: Path) -> None
     assert 0.0 <= acc <= 1.0 and not math.isnan(acc)
     genesis = app_accuracy.network_genesis(4, 10)
     assert genesis.training.min_updates == 4 and genesis.training.rounds == 10
+    assert genesis.training.deadline_blocks == app_accuracy.NETWORK_DEADLINE_BLOCKS
     assert genesis.model.app.entry_point == "digits_resnet:app"
