@@ -48,7 +48,7 @@ from bcfl_cli.apps.runner import BoundApp, bind_unpinned  # noqa: E402
 from bcfl_cli.fl import attacks  # noqa: E402
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate  # noqa: E402
 from bcfl_cli.fl.data import Dataset  # noqa: E402
-from bcfl_cli.fl.spec import AggregationSpec, TrainingPlan  # noqa: E402
+from bcfl_cli.protocol.spec import AggregationSpec, TrainingPlan  # noqa: E402
 
 ENTRY_POINT = "digits_resnet:app"
 #: The plan of both parts: Adam, one local epoch of batches of 32, no holdout inside a round.
@@ -143,7 +143,7 @@ def network_genesis(members: int, rounds: int) -> Any:
     a contract norm bound above an honest Adam update of this 1.2M-parameter model (~20)."""
     from bcfl_cli.apps.project import pin_for, read_project
     from bcfl_cli.demo.launcher import GenesisPlan
-    from bcfl_cli.fl.spec import AppModelSpec, ContractRules
+    from bcfl_cli.protocol.spec import AppModelSpec, ContractRules
 
     return GenesisPlan(
         model=AppModelSpec(app=pin_for(read_project(APP_FOLDER))),

@@ -26,10 +26,12 @@ import pytest
 import typer
 
 import bcfl_cli.node.app as node_app
+from bcfl_cli.apps import manifest as app_manifest
+from bcfl_cli.apps import runner as app_runner
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
-from bcfl_cli.fl import data, spec, tensors
+from bcfl_cli.fl import data, tensors
 from bcfl_cli.fl.loaders import _checks as loader_checks
 from bcfl_cli.fl.loaders import images
 from bcfl_cli.node import (
@@ -51,7 +53,7 @@ from bcfl_cli.node import (
     sync,
 )
 from bcfl_cli.node.explorer import routes as explorer_routes
-from bcfl_cli.protocol import block, encoding, tx
+from bcfl_cli.protocol import block, encoding, spec, tx, txbodies
 from bcfl_cli.provenance import bundle
 from bcfl_cli.store import pin
 
@@ -202,6 +204,12 @@ def _bound(model: Any, name: str, kind: str) -> Any:
 def _consortium_key(name: str) -> str:
     assert name in chain_config.OPTIONAL_CONSORTIUM_KEYS, f"no consortium key {name}"
     return name
+
+
+def tx_metrics_cap() -> int:
+    """The most metrics an update transaction carries (``protocol/txbodies.py``'s schema)."""
+    names = {f"m{i}": "1" for i in range(64)}
+    return max(n for n in range(65) if txbodies._metrics(dict(list(names.items())[:n])))
 
 
 @cache
@@ -385,6 +393,15 @@ def _bindings() -> dict[str, list[str]]:
         "explorer status poll": [
             f"every {s(ms_to_s(_explorer_js_const('POLL_MS')))}",
             f"backing off to {s(ms_to_s(_explorer_js_const('MAX_BACKOFF_MS')))}",
+        ],
+        "model app source (what the genesis pins)": [
+            f"{_n(spec.MAX_APP_FILES)} files",
+            f"{mib(app_manifest.MAX_APP_SOURCE_BYTES)} in all",
+            f"at most {_n(spec.MAX_APP_PATH_CHARS)} characters",
+        ],
+        "metrics a model app reports per update": [
+            f"{_n(app_runner.MAX_APP_METRICS)} names",
+            f"the update holds {_n(tx_metrics_cap())}",
         ],
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",

@@ -32,6 +32,12 @@ A minimal app (``my_app/__init__.py``, entry point ``my_app:app``)::
 
     app = App()
 
+An app folder names its entry point and config in ``pyproject.toml`` (``[tool.bcfl.app]``
+``entry_point`` and ``[tool.bcfl.app.config]``); ``bcfl app new NAME`` writes one that works,
+``bcfl app check FOLDER --data SAMPLE`` tries it, ``bcfl consortium example --app FOLDER``
+pins it, and ``--app FOLDER`` (or ``BCFL_APP``) makes ``init``, ``train`` and ``node`` import it
+from there rather than from the installed packages.
+
 Determinism: ``build_model`` must build the same initial weights on every member from the same
 config (seed your RNG from the config, as the builtin app does with a forked RNG), or founders
 derive different genesis hashes. ``train`` receives a seed; use it for every random choice so a
@@ -48,7 +54,7 @@ if TYPE_CHECKING:  # the interface stays importable without torch (bcfl --help l
     import torch
     from torch import nn
 
-    from bcfl_cli.fl.spec import TrainingPlan
+    from bcfl_cli.protocol.spec import TrainingPlan
 
 #: The app's config as the genesis pins it (``[model.app.config]`` in the consortium file),
 #: read-only: strings, integers, booleans, lists and tables. No floats (the genesis is signed and

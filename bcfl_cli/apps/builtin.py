@@ -3,13 +3,14 @@
 Its config is the genesis' ``[model]`` table itself (architecture, input_shape, num_classes,
 hidden, seed), so every genesis written before model apps is a genesis of this app, with the
 same document and hash. It is shipped inside bcfl and pinned by bcfl's own version, not by a
-manifest. It keeps bcfl's loader, loop and evaluation, adding the check that the data's columns
-and labels fit the architecture (an error that names what was expected and found).
+manifest. It keeps bcfl's CSV loader, loop and evaluation, adding the check that the data's columns
+and labels fit the architecture (an error that names the file, what was expected and found).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -17,7 +18,8 @@ from torch import nn
 from bcfl_cli.apps import defaults
 from bcfl_cli.apps.api import AppConfig, Metrics, Progress, TrainOutput
 from bcfl_cli.fl import models
-from bcfl_cli.fl.spec import ModelSpec, TrainingPlan
+from bcfl_cli.fl.data import Dataset, load_csv
+from bcfl_cli.protocol.spec import ModelSpec, TrainingPlan
 
 ENTRY_POINT = "bcfl_cli.apps.builtin:app"
 
@@ -27,7 +29,24 @@ def _spec(config: AppConfig) -> ModelSpec:
 
 
 class BuiltinApp:
-    """Today's architectures as a model app (see the module docstring)."""
+    """Today's architectures as a model app (see the module docstring).
+
+    ``label_column`` is the genesis' ``training.label_column`` (bcfl binds one app per genesis);
+    the module's ``app`` reads the default, ``label``.
+    """
+
+    def __init__(self, label_column: str = "label") -> None:
+        self.label_column = label_column
+
+    def load_data(self, path: Path, config: AppConfig) -> Dataset:
+        """The member's CSV, checked against the architecture: the refusal names the file."""
+        spec = _spec(config)
+        return load_csv(
+            Path(path),
+            self.label_column,
+            num_classes=spec.num_classes,
+            num_features=models.num_features(spec),
+        )
 
     @staticmethod
     def build_model(config: AppConfig) -> nn.Module:

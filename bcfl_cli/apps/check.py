@@ -19,8 +19,8 @@ from bcfl_cli.apps.project import pin_for, read_project
 from bcfl_cli.apps.runner import bind_unpinned
 from bcfl_cli.fl.data import Dataset
 from bcfl_cli.fl.models import state_bytes
-from bcfl_cli.fl.spec import AppPin, TrainingPlan
 from bcfl_cli.fl.training import apply_delta
+from bcfl_cli.protocol.spec import AppPin, TrainingPlan
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from bcfl_cli.apps.api import AppConfig, Metrics, Progress, TrainOutput
 from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.data import Dataset, load_csv
 from bcfl_cli.fl.device import pick_device
-from bcfl_cli.fl.spec import TrainingPlan
 from bcfl_cli.fl.training import _cpu_threads, _evaluate_model, _train, subseed
+from bcfl_cli.protocol.spec import TrainingPlan
 
 
 def load_data(path: Path, config: AppConfig, plan: TrainingPlan) -> Dataset:

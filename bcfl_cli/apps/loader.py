@@ -22,7 +22,7 @@ from typing import Any
 from bcfl_cli.apps.api import ModelApp
 from bcfl_cli.apps.manifest import SourceManifest, differing_files, read_manifest
 from bcfl_cli.errors import AppError, BcflError
-from bcfl_cli.fl.spec import ENTRY_POINT_RE, AppPin
+from bcfl_cli.protocol.spec import ENTRY_POINT_RE, AppPin
 
 #: Differing files named in a refusal; the rest are counted.
 MAX_NAMED_DIFFERENCES = 10
@@ -108,8 +108,22 @@ def _import_context(folder: Path | None) -> Iterator[None]:
             sys.pycache_prefix = saved_prefix
 
 
-def _forget(top: str) -> None:
-    """Drop earlier imports of ``top`` (another folder's copy) so the checked one is imported."""
+#: Top-level names this process imported as apps: only those may be dropped and re-imported.
+_APP_TOPS: set[str] = set()
+
+
+def _forget(top: str, source: Path) -> None:
+    """Drop an earlier import of the app (maybe another copy) so the checked one is imported.
+
+    A module of that name that bcfl did not import as an app (the standard library, torch,
+    bcfl itself) is never dropped: the app's name collides with it, and that is refused.
+    """
+    loaded = sys.modules.get(top)
+    if loaded is not None and top not in _APP_TOPS:
+        raise AppError(
+            f"the app's package name {top!r} collides with the module {top!r} already loaded "
+            f"from {getattr(loaded, '__file__', None) or 'the interpreter'}, not {source}"
+        )
     for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
         del sys.modules[name]
 
@@ -129,8 +143,11 @@ def load_app(entry_point: str, folder: Path | None = None, pin: AppPin | None = 
         check_pin(pin, manifest)
     module_name, attr = parse_entry_point(entry_point)
     top = module_name.split(".")[0]
+    if top in sys.stdlib_module_names:
+        raise AppError(f"the app's package name {top!r} is a standard library module")
     with _import_context(folder):
-        _forget(top)
+        _forget(top, source)
+        _APP_TOPS.add(top)
         try:
             module = importlib.import_module(module_name)
         except BcflError:

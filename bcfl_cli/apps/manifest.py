@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bcfl_cli.errors import AppError
-from bcfl_cli.fl.spec import MAX_APP_FILES, MAX_APP_PATH_CHARS
 from bcfl_cli.protocol.manifest import manifest_hash
+from bcfl_cli.protocol.spec import MAX_APP_FILES, MAX_APP_PATH_CHARS
 
 #: Bytes an app's source may hold in all: a wrong root (a home directory, a data set) fails
 #: fast instead of hashing a disk.

@@ -14,7 +14,6 @@ read them; the genesis then pins them, and members never read this file again.
 
 from __future__ import annotations
 
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from bcfl_cli.errors import AppError, UsageError
-from bcfl_cli.fl.spec import AppPin, TrainingPlan
+from bcfl_cli.protocol.spec import AppPin, TrainingPlan
 
 if TYPE_CHECKING:
     from bcfl_cli.apps.runner import BoundApp
@@ -96,15 +95,31 @@ def pin_for(project: AppProject, app: BoundApp | None = None) -> AppPin:
         raise AppError(f"{project.folder}: cannot pin this app: {where}: {first['msg']}") from exc
 
 
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped, the rest as
+    it is (JSON's surrogate-pair escapes are not TOML)."""
+    out = []
+    for char in text:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int | str):
-        return json.dumps(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        inner = ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items())
+        inner = ", ".join(f"{_toml_string(str(k))} = {_toml_value(v)}" for k, v in value.items())
         return "{ " + inner + " }" if inner else "{}"
     raise AppError(f"app config value {value!r}: only strings, integers, booleans, lists, tables")
 
@@ -119,13 +134,13 @@ def pin_toml(pin: AppPin) -> str:
         "# manifest: SHA-256 of the manifest of the files below (PROTOCOL.md); initial_model:",
         "# SHA-256 of the initial weights build_model(config) builds.",
         "[model.app]",
-        f"entry_point = {json.dumps(pin.entry_point)}",
-        f"manifest = {json.dumps(pin.manifest)}",
-        f"initial_model = {json.dumps(pin.initial_model)}",
+        f"entry_point = {_toml_string(pin.entry_point)}",
+        f"manifest = {_toml_string(pin.manifest)}",
+        f"initial_model = {_toml_string(pin.initial_model)}",
         f"config = {_toml_value(pin.config)}",
         "",
         "[model.app.files]",
-        *(f"{json.dumps(path)} = {json.dumps(digest)}" for path, digest in pin.files.items()),
+        *(f"{_toml_string(path)} = {_toml_string(d)}" for path, d in pin.files.items()),
         "",
     ]
     return "\n".join(lines)

@@ -28,8 +28,8 @@ from bcfl_cli.apps.loader import load_app
 from bcfl_cli.apps.manifest import SourceManifest
 from bcfl_cli.errors import AppError, BcflError
 from bcfl_cli.fl.models import load_state, state_bytes
-from bcfl_cli.fl.spec import AppModelSpec, ModelSpec, TrainingPlan
 from bcfl_cli.fl.training import TrainResult, decimal
+from bcfl_cli.protocol.spec import AppModelSpec, ModelSpec, TrainingPlan
 
 #: Metrics an app may report a round (the update transaction holds at most 32, and bcfl adds
 #: its own, such as ``dp_epsilon_total``).
@@ -267,7 +267,8 @@ def bind_app(
 ) -> BoundApp:
     """The genesis' app: builtin, or the pinned one (refused unless it matches its pin)."""
     if isinstance(model, ModelSpec):
-        return BoundApp(builtin.ENTRY_POINT, builtin.app, model.to_document(), plan)
+        app = builtin.BuiltinApp(plan.label_column)
+        return BoundApp(builtin.ENTRY_POINT, app, model.to_document(), plan)
     pin = model.app
     loaded = load_app(pin.entry_point, folder, pin)
     return BoundApp(pin.entry_point, loaded.obj, pin.config, plan, loaded.manifest)

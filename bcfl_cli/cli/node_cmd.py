@@ -192,6 +192,10 @@ def node(
     host, port = _split_listen(listen)
     retention_s = parse_retention(blob_retention)
     advertised_authorities(host, port, advertise)  # a wildcard needs a name, before the key
+    if train is not None:
+        from bcfl_cli.node.trainer import check_app_at_start
+
+        check_app_at_start(resolved, app)  # a missing or changed app stops the node here
     identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
     setup_logging(
         json_lines=log_json,

@@ -69,7 +69,7 @@ def train(
     Once the training plan is finished (its last round closed), says so and exits 0 without
     writing anything.
     """
-    from bcfl_cli.fl.local_round import train_for_round  # torch loads only when needed
+    from bcfl_cli.training.local_round import train_for_round  # torch loads only when needed
 
     try:
         with render.training_bar(enabled=not json_out) as on_step:

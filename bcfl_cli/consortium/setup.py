@@ -16,11 +16,11 @@ from bcfl_cli.apps.runner import bind_app
 from bcfl_cli.consortium.config import ConsortiumConfig, load_config
 from bcfl_cli.consortium.genesis import make_genesis
 from bcfl_cli.errors import AppError, IdentityError, StoreError, UsageError
-from bcfl_cli.fl.spec import AppModelSpec
 from bcfl_cli.home import Home
 from bcfl_cli.identity import read_public_identity
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.encoding import sha256_hex
+from bcfl_cli.protocol.spec import AppModelSpec
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.ledger import Ledger
 

@@ -12,7 +12,6 @@ nothing signed is ever signed differently.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import faulthandler
 import json
@@ -30,9 +29,10 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from bcfl_cli.chain.chain import Chain, Commit, Persisted
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.consensus.messages import TimeoutConfig
-from bcfl_cli.errors import BcflError, NodeError, StoreError
+from bcfl_cli.errors import NodeError, StoreError
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.home import Home, HomeLock
 from bcfl_cli.identity import Identity
@@ -59,16 +59,10 @@ from bcfl_cli.node.round_driver import (
     plan_block,
     updates_still_arriving,
 )
-from bcfl_cli.node.sync import (
-    CachingChecks,
-    Syncer,
-    alarm_document,
-    blob_owners,
-)
+from bcfl_cli.node.sync import CachingChecks, Syncer, blob_owners
 from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.store.blob_owners import BlobOwners
-from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.store.pin import PinKeeper
 from bcfl_cli.store.vote_guard import VoteGuard
 
@@ -76,7 +70,6 @@ log = logging.getLogger("bcfl.node")
 
 T = TypeVar("T")
 
-ALARM_FILE = "alarm.json"
 NODE_FILE = "node.json"
 BLOB_OWNERS_FILE = "blob_owners.sqlite"
 #: Seconds between empty blocks while the open round's deadline is counted in blocks only
@@ -120,20 +113,18 @@ class Node:
         self.key = identity.signing_key
         self.did = identity.did
         self.clock = Clock()
-        self.ledger = Ledger.open(home)
+        self.chain = Chain.open(home)  # the one replay from genesis, and the alarm file
+        self.ledger = self.chain.ledger
         self.blobs = self.ledger.blobs
-        self.document = self.ledger.document
-        self.genesis = self.ledger.block(0)
+        self.document = self.chain.document
+        self.genesis = self.chain.genesis
         self.genesis_hash = self.genesis.hash
-        self.state, self._validator_sets = self._replay()
-        self.head = self.ledger.head()
         self.pin = self._open_pin()
         self.checks = CachingChecks(FLChecks(self.blobs))
         self.mempool = Mempool()
         self.keeper = self._blob_keeper()
         self._join_relay = TokenBucketLimiter(JOIN_RELAY_RATE_PER_S, JOIN_RELAY_BURST, max_keys=1)
         self.peers = Peers(self.key, list(options.peers), self_url=options.url)
-        self.alarm: dict[str, Any] | None = self._load_alarm()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-worker")
         self.syncer = Syncer(self)
         self.guard = VoteGuard.for_home(home)
@@ -153,6 +144,7 @@ class Node:
         self._computing = False
         self._tasks: list[asyncio.Task[Any]] = []
         self.on_commit: list[Callable[[Block], None]] = [self.keeper.on_commit]
+        self.chain.subscribe(self._adopt_appended)
         log.info(
             "node opened",
             extra=fields(
@@ -163,17 +155,24 @@ class Node:
             ),
         )
 
-    # --- start-up -------------------------------------------------------------------------
-    def _replay(self) -> tuple[ChainState, list[tuple[int, ValidatorSet]]]:
-        """Rebuild the state from our own store (verified when appended, so no signatures)."""
-        state = ChainState.from_genesis(self.genesis, self.document)
-        sets = [(1, state.validator_set)]
-        for block in self.ledger.blocks(1):
-            state = state.apply(block, verify_signatures=False)
-            if state.validator_set != sets[-1][1]:
-                sets.append((block.height + 1, state.validator_set))
-        return state, sets
+    # --- the chain (chain/chain.py holds the state, the head and the alarm) ------------------
+    @property
+    def state(self) -> ChainState:
+        return self.chain.state
 
+    @property
+    def head(self) -> Block:
+        return self.chain.head
+
+    @property
+    def alarm(self) -> dict[str, Any] | None:
+        return self.chain.alarm
+
+    @alarm.setter
+    def alarm(self, value: dict[str, Any] | None) -> None:
+        self.chain.alarm = value
+
+    # --- start-up -------------------------------------------------------------------------
     def _open_pin(self) -> PinKeeper:
         """The home's pin (genesis, highest verified head): a store it says was replaced or
         rewritten is refused; a shorter one starts and syncs back (``bcfl_cli.store.pin``)."""
@@ -234,20 +233,6 @@ class Node:
         pending = {tx.body["blob"] for tx in self.mempool.snapshot() if tx.kind is TxKind.UPDATE}
         return pending | {model for model, _ in self._aggregates.values()}
 
-    def _load_alarm(self) -> dict[str, Any] | None:
-        path = self.home.node_dir / ALARM_FILE
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return {
-                "height": int(data["height"]),
-                "blocks": [Block.from_dict(b).hash for b in data["blocks"]],
-                "message": str(data["message"]),
-            }
-        except (OSError, ValueError, KeyError, TypeError, BcflError):
-            return {"height": -1, "blocks": [], "message": f"unreadable alarm file {path}"}
-
     # --- queries --------------------------------------------------------------------------
     def is_member(self, did: str) -> bool:
         member = self.state.member(did)
@@ -255,18 +240,10 @@ class Node:
 
     def head_hash_at(self, height: int) -> str | None:
         """Hash of our block at ``height`` (None above the head)."""
-        if height == self.state.height:
-            return self.state.head_hash
-        if height > self.state.height:
-            return None
-        return self.ledger.block(height).hash
+        return self.chain.head_hash_at(height)
 
     def validator_set_at(self, height: int) -> ValidatorSet | None:
-        if height < 1 or height > self.state.height + 1:
-            return None
-        starts = [h for h, _ in self._validator_sets]
-        index = bisect.bisect_right(starts, height) - 1
-        return self._validator_sets[index][1]
+        return self.chain.validator_set_at(height)
 
     @property
     def role(self) -> str:
@@ -312,22 +289,18 @@ class Node:
         Under a safety alarm nothing more is appended: the node stops following the chain
         until an operator has looked at the evidence (docs: what to do on a safety alarm).
         """
-        if self.alarm is not None:
+        outcome = self.chain.persist(block, new_state, source=source)
+        if outcome is Persisted.HALTED:
             log.error(
                 "not appending block %d: a safety alarm is raised",
                 block.height,
                 extra=fields(source=source),
             )
             return
-        if block.height <= self.state.height:
-            ours = self.ledger.block(block.height)
-            if ours.hash != block.hash:
-                self.raise_alarm(block.height, ours, block, source=source)
+        if outcome is Persisted.FORKED:
+            self._log_alarm()
+        if outcome is not Persisted.APPENDED:
             return
-        if block.height != self.state.height + 1 or new_state.head_hash != block.hash:
-            raise NodeError(f"block {block.height} does not follow the head {self.state.height}")
-        self.ledger.append(block)
-        self._adopt_appended(block, new_state, source=source)
         self._note_pin(block)
         if source == "consensus":
             self.syncer.note_consensus_commit()
@@ -341,24 +314,13 @@ class Node:
             for block, new_state in decided:
                 self.accept_block(block, new_state, source=source)
             return
-        height, head = self.state.height, self.state.head_hash
-        for block, new_state in decided:
-            if block.height != height + 1 or block.header.prev != head:
-                raise NodeError(f"block {block.height} does not follow the head {height}")
-            if new_state.head_hash != block.hash:
-                raise NodeError(f"block {block.height} and its state do not match")
-            height, head = block.height, block.hash
-        self.ledger.append_many([block for block, _ in decided])
-        for block, new_state in decided:
-            self._adopt_appended(block, new_state, source=source)
+        self.chain.persist_many(decided, source=source)
         self._note_pin(decided[-1][0])
 
-    def _adopt_appended(self, block: Block, new_state: ChainState, *, source: str) -> None:
-        if new_state.validator_set != self.state.validator_set:
-            self._validator_sets.append((block.height + 1, new_state.validator_set))
-        finishes = new_state.plan_finished and not self.state.plan_finished
-        self.state = new_state
-        self.head = block
+    def _adopt_appended(self, commit: Commit) -> None:
+        """The chain's commit notification: mempool, log, callbacks, wake-ups."""
+        block, new_state, source = commit.block, commit.state, commit.source
+        finishes = new_state.plan_finished and not commit.previous.plan_finished
         self.mempool.remove(tx.hash for tx in block.txs)
         self.mempool.prune(new_state)
         rnd = new_state.round
@@ -414,17 +376,15 @@ class Node:
         self.driver.poke()
 
     def raise_alarm(self, height: int, ours: Block, theirs: Block, *, source: str) -> None:
-        message = (
-            f"SAFETY ALARM: two blocks with valid commit certificates at height {height} "
-            f"({ours.hash[:16]} here, {theirs.hash[:16]} from {source}); this node stopped "
-            f"following the chain. Evidence in {self.home.node_dir / ALARM_FILE}"
-        )
-        if self.alarm is None:
-            self.home.node_dir.mkdir(parents=True, exist_ok=True)
-            path = self.home.node_dir / ALARM_FILE
-            path.write_text(alarm_document(height, ours, theirs, source, message), encoding="utf-8")
-            self.alarm = {"height": height, "blocks": [ours.hash, theirs.hash], "message": message}
+        message = self.chain.raise_alarm(height, ours, theirs, source=source)
         log.critical(message, extra=fields(height=height, blocks=[ours.hash, theirs.hash]))
+
+    def _log_alarm(self) -> None:
+        alarm = self.alarm or {}
+        log.critical(
+            alarm.get("message", "SAFETY ALARM"),
+            extra=fields(height=alarm.get("height"), blocks=alarm.get("blocks")),
+        )
 
     # --- the round driver's preparation -------------------------------------------------------
     def prepared_verdict(self, tx: Transaction) -> Any:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import threading
@@ -475,15 +474,3 @@ def certificate_valid(chain: str, block: Block, validators: ValidatorSet) -> boo
     if cert.height != block.height or cert.block != block.hash:
         return False
     return validators.has_quorum(cert.signed_power(chain, validators))
-
-
-def alarm_document(height: int, ours: Block, theirs: Block, source: str, message: str) -> str:
-    return json.dumps(
-        {
-            "height": height,
-            "message": message,
-            "source": source,
-            "blocks": [ours.to_dict(), theirs.to_dict()],
-        },
-        indent=1,
-    )

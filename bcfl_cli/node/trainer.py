@@ -32,15 +32,16 @@ from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.data import Dataset
 from bcfl_cli.fl.models import state_bytes
-from bcfl_cli.fl.spec import ModelSpec
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import subseed
+from bcfl_cli.home import Home
 from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.operations import NodeApi, build_update_tx
 from bcfl_cli.node.peers import did_tag
 from bcfl_cli.node.schemas import MAX_INLINE_BLOB_BYTES
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blobs import BlobStore
 
@@ -147,15 +148,29 @@ def warm_up() -> None:
         optimiser.step()
 
 
-def load_training_data(path: Path, state: ChainState, app_folder: Path | None = None) -> Any:
-    """The member's data, loaded by the genesis' app, which must match its pin (fail at
-    start, not mid-round); the builtin app's CSV is checked against the model here too."""
+def load_app_and_data(
+    path: Path, state: ChainState, app_folder: Path | None = None
+) -> tuple[BoundApp, Any]:
+    """The genesis' app, which must match its pin, and the member's data loaded by it (both
+    at start, not mid-round; the builtin app checks the CSV against the model)."""
     app = bind_app(state.config.model, state.config.training, app_folder)
-    data = app.load_data(path)
-    spec = state.config.model
-    if isinstance(spec, ModelSpec) and isinstance(data, Dataset):
-        data.check_fits(math.prod(spec.input_shape), spec.num_classes, source=str(path))
-    return data
+    return app, app.load_data(path)
+
+
+def check_app_at_start(home: Home, app_folder: Path | None = None) -> BoundApp:
+    """Before the node serves: the genesis' app is installed and matches its pin (AppError,
+    naming the files that differ, otherwise), so ``bcfl node --train`` fails at once."""
+    from bcfl_cli.chain.config import parse_document
+    from bcfl_cli.store.ledger import Ledger
+
+    with Ledger.open(home) as ledger:
+        config = parse_document(ledger.document)
+    return bind_app(config.model, config.training, app_folder)
+
+
+def load_training_data(path: Path, state: ChainState, app_folder: Path | None = None) -> Any:
+    """The member's data, as :func:`load_app_and_data` loads it."""
+    return load_app_and_data(path, state, app_folder)[1]
 
 
 class StepLog:
@@ -199,11 +214,10 @@ class AutoTrainer:
         seed: int | None = None,
         poll_s: float = DEFAULT_POLL_S,
         publish: Publish | None = None,
-        app_folder: Path | None = None,
+        app: BoundApp | None = None,
     ) -> None:
         self.key = key
-        self.app_folder = app_folder
-        self._app: BoundApp | None = None
+        self._app = app  # None: bound from the genesis at the first round
         self.did = did_from_public_key(bytes(key.verify_key))
         self.data = data
         self.blobs = blobs
@@ -295,7 +309,7 @@ class AutoTrainer:
         except ContractError as exc:
             raise StoreError(f"base model {rnd.base_model} unreadable: {exc.message}") from exc
         if self._app is None:  # bound once: the genesis, and so the app, never changes
-            self._app = bind_app(config.model, config.training, self.app_folder)
+            self._app = bind_app(config.model, config.training)
         app = self._app
         data = self.data
         if self.attack is not None and self.attack.labels is not None:
@@ -433,7 +447,7 @@ async def run_node_trainer(
     The data is checked against the genesis model before the first round, so a wrong file
     fails the node at start rather than silently later.
     """
-    data = await asyncio.to_thread(load_training_data, data_path, host.state, app_folder)
+    app, data = await asyncio.to_thread(load_app_and_data, data_path, host.state, app_folder)
 
     async def submit(tx: Transaction, told: frozenset[str]) -> object:
         return host.submit(tx, seen=told)
@@ -448,7 +462,7 @@ async def run_node_trainer(
         seed=seed,
         poll_s=poll_s,
         publish=peer_publisher(host.peers, host.blobs),
-        app_folder=app_folder,
+        app=app,
     )
     host.on_commit.append(lambda _block: trainer.wake())
     await trainer.run(stop)
@@ -459,7 +473,9 @@ __all__ = [
     "AutoTrainer",
     "TrainerHost",
     "attack_by_name",
+    "check_app_at_start",
     "http_submitter",
+    "load_app_and_data",
     "load_training_data",
     "peer_publisher",
     "run_node_trainer",

@@ -11,7 +11,7 @@ import torch
 
 from bcfl_cli.apps.runner import BoundApp, bind_unpinned
 from bcfl_cli.errors import UsageError
-from bcfl_cli.fl.spec import TrainingPlan
+from bcfl_cli.protocol.spec import TrainingPlan
 
 FOLDER = Path(__file__).resolve().parents[2] / "examples" / "apps" / "digits_resnet"
 PLAN = TrainingPlan(optimizer="adam", lr=0.001, batch_size=32, holdout_fraction=0.0)

@@ -11,7 +11,7 @@ import pytest
 
 from bcfl_cli.apps.runner import BoundApp, bind_unpinned
 from bcfl_cli.errors import UsageError
-from bcfl_cli.fl.spec import TrainingPlan
+from bcfl_cli.protocol.spec import TrainingPlan
 
 FOLDER = Path(__file__).resolve().parents[2] / "examples" / "apps" / "kv_transformer"
 SMALL = {"width": 64, "layers": 2, "heads": 4, "feedforward": 128}

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from bcfl_cli.fl import models
 from bcfl_cli.fl.data import Dataset
 from bcfl_cli.fl.device import pick_device
-from bcfl_cli.fl.spec import OPTIONAL_PLAN_KEYS, ModelSpec, TrainingPlan
 from bcfl_cli.fl.training import learning_rate, total_steps, train_local
+from bcfl_cli.protocol.spec import OPTIONAL_PLAN_KEYS, ModelSpec, TrainingPlan
 
 SPEC = ModelSpec(architecture="mlp", input_shape=[8], num_classes=3, hidden=[16], seed=3)
 
