@@ -37,9 +37,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_FOLDER = ROOT / "examples" / "apps" / "digits_resnet"
-for extra in (ROOT, APP_FOLDER):
-    if str(extra) not in sys.path:
-        sys.path.insert(0, str(extra))
+if str(ROOT) not in sys.path:  # the app itself is imported by bcfl's loader only (bind)
+    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -77,10 +76,10 @@ def bind(plan: TrainingPlan = PLAN) -> BoundApp:
 
 
 def make_split(out: Path, members: int, seed: int, alpha: float = 0.5) -> Split:
+    app = bind()  # imports the app through bcfl's loader (checked source), then its data module
     from digits_resnet.data import write_partitions
 
     paths, test_path = write_partitions(out, members, alpha=alpha, seed=seed)
-    app = bind()
     return Split([app.load_data(p) for p in paths], app.load_data(test_path))
 
 
