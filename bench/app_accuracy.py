@@ -139,7 +139,7 @@ def federated(
 def network_genesis(members: int, rounds: int) -> Any:
     """The consortium of the network part: the app pinned, PLAN, every member's update awaited
     (a round closes on all ``members`` updates, else after 10 minutes), FedAvg, and
-    a contract norm bound above an honest Adam update of this 1.2M-parameter model (~20)."""
+    a contract norm bound far above an honest Adam update of this model."""
     from bcfl_cli.apps.project import pin_for, read_project
     from bcfl_cli.demo.launcher import GenesisPlan
     from bcfl_cli.protocol.spec import AppModelSpec, ContractRules
@@ -165,7 +165,8 @@ def network_genesis(members: int, rounds: int) -> Any:
 
 #: A round's deadline in blocks in the network part: 10 min at the launcher's empty-block pace.
 NETWORK_DEADLINE_BLOCKS = 2000
-#: The contract's norm bound in the network part (an honest update's norm is ~10-25 here).
+#: The contract's norm bound in the network part: far above an honest update (measured 5.4 for
+#: the largest member's first round), so the bound never decides a clean run.
 NETWORK_NORM_BOUND = 200.0
 
 
