@@ -55,6 +55,9 @@ from bcfl_cli.node import (
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, spec, tx, txbodies
 from bcfl_cli.provenance import bundle
+from bcfl_cli.simulation import network as sim_network
+from bcfl_cli.simulation import options as sim_options
+from bcfl_cli.simulation import shared_checks, simulator
 from bcfl_cli.store import pin
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
@@ -402,6 +405,15 @@ def _bindings() -> dict[str, list[str]]:
         "metrics a model app reports per update": [
             f"{_n(app_runner.MAX_APP_METRICS)} names",
             f"the update holds {_n(tx_metrics_cap())}",
+        ],
+        "`bcfl simulate` run": [
+            f"{_n(sim_options.MAX_SIM_MEMBERS)} members",
+            f"{_n(sim_network.MAX_EVENTS)} events",
+            f"{_n(simulator.MAX_MS_PER_ROUND)} logical ms a planned round",
+        ],
+        "`bcfl simulate` memory per member": [
+            f"{_n(simulator.MAX_MEMPOOL)} transactions in a member's mempool",
+            f"{_n(shared_checks.MAX_SHARED_ANSWERS)} answers kept by `--share-checks`",
         ],
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",

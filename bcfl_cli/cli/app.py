@@ -37,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "app_cmd",
     "chain_cmds",
     "demo_cmd",
+    "simulate_cmd",
 )
 
 _state = {"verbose": False}
