@@ -679,7 +679,10 @@ class Simulation:
             max_bytes=cfg.contract.max_blob_bytes,
         )
         seed = subseed(self.options.seed, f"train/{m.index}/{number}")
-        result = train_local(cfg.model, cfg.training, base, m.data, seed=seed)
+        model = cfg.model
+        if not isinstance(model, ModelSpec):  # the simulator's own genesis is always builtin
+            raise UsageError("bcfl simulate trains the builtin architectures, not a model app")
+        result = train_local(model, cfg.training, base, m.data, seed=seed)
         delta = _attacked(m.behaviour, result.delta, seed)
         data = state_bytes(delta)
         blob = blobs.put(data)
