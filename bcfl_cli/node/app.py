@@ -32,7 +32,6 @@ from bcfl_cli.node.auth import LIMITER_KEY, SignatureAuth, is_loopback, peer_did
 from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
 from bcfl_cli.node.budget import BodyBudget
 from bcfl_cli.node.explorer import Explorer
-from bcfl_cli.node.httpsig import normalise_authority
 from bcfl_cli.node.limits import NodeLimits, TokenBucketLimiter
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import MempoolRefusal, precheck
@@ -43,7 +42,11 @@ from bcfl_cli.node.peers import (
     did_tag,
     parse_seen,
 )
-from bcfl_cli.node.schemas import (
+from bcfl_cli.protocol.block import Vote
+from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
+from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
+from bcfl_cli.wire.httpsig import normalise_authority
+from bcfl_cli.wire.schemas import (
     MAX_BLOCKS_PER_RESPONSE,
     MAX_HEIGHT_DIGITS,
     MAX_INLINE_BLOB_BYTES,
@@ -70,9 +73,6 @@ from bcfl_cli.node.schemas import (
     route_parameters,
     validate_body,
 )
-from bcfl_cli.protocol.block import Vote
-from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
-from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 
 if TYPE_CHECKING:
     from bcfl_cli.node.server import Node
@@ -319,7 +319,7 @@ class Api:
         # the blob of a pending update counts against its author's quota (blob_keeper)
         over = node.keeper.admit(tx.author, digest, len(data))
         if over is not None:
-            raise MempoolRefusal("over_quota", over, status=507)
+            raise MempoolRefusal(over, code="over_quota", status=507)
         await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
         node.keeper.record(tx.author, digest, len(data))
 

@@ -48,7 +48,7 @@ from bcfl_cli.node.limits import (
 )
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import Mempool, MempoolRefusal
-from bcfl_cli.node.peers import Peers, normalise_url
+from bcfl_cli.node.peers import Peers
 from bcfl_cli.node.round_driver import (
     AggregateKey,
     compute_aggregate,
@@ -65,6 +65,7 @@ from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.store.blob_owners import BlobOwners
 from bcfl_cli.store.pin import PinKeeper
 from bcfl_cli.store.vote_guard import VoteGuard
+from bcfl_cli.wire.urls import normalise_url
 
 log = logging.getLogger("bcfl.node")
 
@@ -265,9 +266,9 @@ class Node:
             relay = not self._join_relay.acquire("join")
             if not relay and self.role != "validator":
                 raise MempoolRefusal(
-                    "join_relay_busy",
                     "this node relays join requests at a bounded rate and is busy; retry in a "
                     "few seconds, or send the request to a validator's node",
+                    code="join_relay_busy",
                     status=503,
                 )
         added = self.mempool.add(tx, self.state, now_ms=self.clock.now_ms())

@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from bcfl_cli.chain.checks import AppChecks, VerdictLike
 from bcfl_cli.chain.state import ChainState
+from bcfl_cli.client.blobs import fetch_blob
 from bcfl_cli.errors import BcflError, EncodingError, NodeError, VerificationError
-from bcfl_cli.node.blob_fetch import fetch_blob
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.peers import PeerInfo, PeerRequestError
 from bcfl_cli.protocol.block import Block, CommitCertificate, ValidatorSet

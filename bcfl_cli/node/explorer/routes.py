@@ -37,7 +37,7 @@ from bcfl_cli.errors import BcflError
 from bcfl_cli.node.explorer.index import RoundIndex
 from bcfl_cli.node.explorer.proof import build_in_process
 from bcfl_cli.node.limits import TokenBucketLimiter
-from bcfl_cli.node.schemas import (
+from bcfl_cli.wire.schemas import (
     MAX_HEIGHT_DIGITS,
     MAX_ROUNDS_PER_RESPONSE,
     BlockResponse,
