@@ -18,7 +18,8 @@ from torch import nn
 from bcfl_cli.apps import defaults
 from bcfl_cli.apps.api import AppConfig, Metrics, Progress, TrainOutput
 from bcfl_cli.fl import models
-from bcfl_cli.fl.data import Dataset, load_csv
+from bcfl_cli.fl.data import Dataset
+from bcfl_cli.fl.loaders import load_dataset
 from bcfl_cli.protocol.spec import ModelSpec, TrainingPlan
 
 ENTRY_POINT = "bcfl_cli.apps.builtin:app"
@@ -39,13 +40,14 @@ class BuiltinApp:
         self.label_column = label_column
 
     def load_data(self, path: Path, config: AppConfig) -> Dataset:
-        """The member's CSV, checked against the architecture: the refusal names the file."""
+        """The member's data (CSV, ``.npz``, Parquet or images by class), checked against the
+        architecture: the refusal names the file."""
         spec = _spec(config)
-        return load_csv(
+        return load_dataset(
             Path(path),
             self.label_column,
             num_classes=spec.num_classes,
-            num_features=models.num_features(spec),
+            input_shape=[models.num_features(spec)],
         )
 
     @staticmethod

@@ -15,16 +15,18 @@ from torch import nn
 
 from bcfl_cli.apps.api import AppConfig, Metrics, Progress, TrainOutput
 from bcfl_cli.errors import UsageError
-from bcfl_cli.fl.data import Dataset, load_csv
+from bcfl_cli.fl.data import Dataset
 from bcfl_cli.fl.device import pick_device
+from bcfl_cli.fl.loaders import load_dataset
 from bcfl_cli.fl.training import _cpu_threads, _evaluate_model, _train, subseed
 from bcfl_cli.protocol.spec import TrainingPlan
 
 
 def load_data(path: Path, config: AppConfig, plan: TrainingPlan) -> Dataset:
-    """The member's CSV file; every refusal names the file, line and column."""
+    """The member's data (CSV, ``.npz``, Parquet or a folder of images by class, by the path);
+    every refusal names the file and the row or item."""
     del config  # the default loader reads the training plan's label column only
-    return load_csv(Path(path), plan.label_column)
+    return load_dataset(Path(path), plan.label_column)
 
 
 def as_dataset(data: Any) -> Dataset:
@@ -54,7 +56,8 @@ def train(
             raise UsageError("no rows left to train on after the holdout")
         start = {k: v.detach().to(torch.float32).clone() for k, v in model.state_dict().items()}
         model.to(dev)
-        result = _train(model, dev, plan, start, rows, holdout, seed, progress)
+        # the app's progress takes the loss too: it is the loop's per-step report
+        result = _train(model, dev, plan, start, rows, holdout, seed, None, on_step=progress)
     weights = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     return TrainOutput(weights, result.num_samples, result.metrics)
 
