@@ -20,7 +20,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import nacl.signing
 import torch
@@ -33,7 +33,7 @@ from bcfl_cli.fl.models import num_features, state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import subseed, train_local
 from bcfl_cli.node.blob_fetch import upload_blob
-from bcfl_cli.node.client import SignedClient
+from bcfl_cli.node.interfaces import BlobPeers, TrainerHost
 from bcfl_cli.node.operations import NodeApi, build_update_tx
 from bcfl_cli.node.peers import did_tag
 from bcfl_cli.node.schemas import MAX_INLINE_BLOB_BYTES
@@ -295,14 +295,6 @@ class AutoTrainer:
         )
 
 
-class BlobPeers(Protocol):
-    """The node's peers, as far as pushing a blob to them goes (``bcfl_cli.node.peers.Peers``)."""
-
-    def live(self) -> list[Any]: ...
-
-    def blob_client(self, peer: Any) -> SignedClient: ...
-
-
 def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
     """Push an update's blob to every peer before its transaction is gossiped.
 
@@ -354,27 +346,6 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
         return frozenset(told)
 
     return publish
-
-
-class TrainerHost(Protocol):
-    """What the trainer needs of the in-process node (``bcfl_cli.node.server.Node``)."""
-
-    @property
-    def key(self) -> nacl.signing.SigningKey: ...
-
-    @property
-    def state(self) -> ChainState: ...
-
-    @property
-    def blobs(self) -> BlobStore: ...
-
-    @property
-    def peers(self) -> BlobPeers: ...
-
-    @property
-    def on_commit(self) -> list[Callable[[Any], None]]: ...
-
-    def submit(self, tx: Transaction, *, seen: frozenset[str] = ...) -> bool: ...
 
 
 async def run_node_trainer(
