@@ -35,6 +35,7 @@ from bcfl_cli.node import (
     blob_fetch,
     blob_keeper,
     blob_routes,
+    blob_service,
     budget,
     client,
     compare,
@@ -46,7 +47,6 @@ from bcfl_cli.node import (
     peers,
     schemas,
     server,
-    sync,
 )
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, tx
@@ -353,8 +353,8 @@ def _bindings() -> dict[str, list[str]]:
             f"{s(consensus_driver.VALIDATION_FETCH_S)} for all its blobs",
         ],
         "blob fetch while catching up (sync)": [
-            f"{s(sync.BLOB_FETCH_TIMEOUT_S)} a blob",
-            f"at most {s(sync.PEER_BLOB_SLICE_S)}",
+            f"{s(blob_service.BLOB_FETCH_TIMEOUT_S)} a blob",
+            f"at most {s(blob_service.PEER_BLOB_SLICE_S)}",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
             f"{s(operations.DEFAULT_WAIT_S)} (`--timeout`)",
