@@ -39,8 +39,8 @@ from bcfl_cli.fl import attacks  # noqa: E402
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate  # noqa: E402
 from bcfl_cli.fl.data import Dataset, load_csv  # noqa: E402
 from bcfl_cli.fl.models import initial_state  # noqa: E402
-from bcfl_cli.fl.spec import AggregationSpec, ModelSpec, TrainingPlan  # noqa: E402
 from bcfl_cli.fl.training import evaluate, train_local  # noqa: E402
+from bcfl_cli.protocol.spec import AggregationSpec, ModelSpec, TrainingPlan  # noqa: E402
 
 DATA = ROOT / "sample_data"
 PARTS = DATA / "partitions" / "digits" / "10-dir0.5"

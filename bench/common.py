@@ -37,9 +37,9 @@ import torch  # noqa: E402
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate  # noqa: E402
 from bcfl_cli.fl.data import Dataset, load_csv  # noqa: E402
 from bcfl_cli.fl.models import initial_state, parameter_count  # noqa: E402
-from bcfl_cli.fl.spec import AggregationSpec, ModelSpec, TrainingPlan  # noqa: E402
 from bcfl_cli.fl.split import split_csv  # noqa: E402
 from bcfl_cli.fl.training import evaluate, subseed, train_local  # noqa: E402
+from bcfl_cli.protocol.spec import AggregationSpec, ModelSpec, TrainingPlan  # noqa: E402
 
 DATA = ROOT / "sample_data"
 RESULTS = ROOT / "bench" / "results"

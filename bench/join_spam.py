@@ -47,11 +47,16 @@ import nacl.signing  # noqa: E402
 from bcfl_cli.chain import ChainState, build_block  # noqa: E402
 from bcfl_cli.chain.config import DEFAULT_MAX_PENDING_JOINS  # noqa: E402
 from bcfl_cli.errors import VerificationError  # noqa: E402
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan  # noqa: E402
 from bcfl_cli.protocol.block import ZERO_HASH, Block, BlockHeader, ValidatorSet  # noqa: E402
 from bcfl_cli.protocol.crypto import did_from_public_key  # noqa: E402
 from bcfl_cli.protocol.encoding import hash_object  # noqa: E402
 from bcfl_cli.protocol.merkle import merkle_root  # noqa: E402
+from bcfl_cli.protocol.spec import (  # noqa: E402
+    AggregationSpec,
+    ContractRules,
+    ModelSpec,
+    TrainingPlan,
+)
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx  # noqa: E402
 
 GENESIS_TIME = 1_700_000_000_000

@@ -28,7 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bcfl_cli.fl.models import parameter_count  # noqa: E402
-from bcfl_cli.fl.spec import ModelSpec  # noqa: E402
+from bcfl_cli.protocol.spec import ModelSpec  # noqa: E402
 from bench.common import (  # noqa: E402
     DIGITS_MLP,
     FEATURES,

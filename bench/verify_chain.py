@@ -45,10 +45,15 @@ from bcfl_cli.consortium.genesis import make_genesis  # noqa: E402
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate  # noqa: E402
 from bcfl_cli.fl.checks import FLChecks  # noqa: E402
 from bcfl_cli.fl.models import initial_state, state_bytes  # noqa: E402
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan  # noqa: E402
 from bcfl_cli.home import Home  # noqa: E402
 from bcfl_cli.protocol.block import Block  # noqa: E402
 from bcfl_cli.protocol.crypto import Domain, did_from_public_key, signing_message  # noqa: E402
+from bcfl_cli.protocol.spec import (  # noqa: E402
+    AggregationSpec,
+    ContractRules,
+    ModelSpec,
+    TrainingPlan,
+)
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx  # noqa: E402
 from bcfl_cli.store.ledger import Ledger  # noqa: E402
 from bcfl_cli.verify import verify_chain  # noqa: E402

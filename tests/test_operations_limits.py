@@ -29,7 +29,7 @@ import bcfl_cli.node.app as node_app
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
-from bcfl_cli.fl import spec, tensors
+from bcfl_cli.fl import tensors
 from bcfl_cli.node import (
     auth,
     blob_fetch,
@@ -49,7 +49,7 @@ from bcfl_cli.node import (
     server,
 )
 from bcfl_cli.node.explorer import routes as explorer_routes
-from bcfl_cli.protocol import block, encoding, tx
+from bcfl_cli.protocol import block, encoding, spec, tx
 from bcfl_cli.provenance import bundle
 from bcfl_cli.store import pin
 

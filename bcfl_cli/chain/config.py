@@ -19,9 +19,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from bcfl_cli.errors import EncodingError, VerificationError
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.protocol.crypto import is_did
 from bcfl_cli.protocol.encoding import canonical, is_hash_hex
+from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.protocol.tx import PROTOCOL_VERSION, ROLES
 
 DOCUMENT_KEYS = frozenset(

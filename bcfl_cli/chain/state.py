@@ -22,14 +22,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, assert_never
 
 from rpds import HashTrieMap, HashTrieSet
 
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.config import GenesisConfig, parse_document
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
-from bcfl_cli.fl.spec import TrainingPlan
 from bcfl_cli.protocol.block import (
     MAX_TXS_PER_BLOCK,
     Block,
@@ -40,7 +39,19 @@ from bcfl_cli.protocol.block import (
 )
 from bcfl_cli.protocol.encoding import MAX_SAFE_INT, hash_object
 from bcfl_cli.protocol.merkle import merkle_root
+from bcfl_cli.protocol.spec import TrainingPlan
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind, tx_signature_valid
+from bcfl_cli.protocol.txbodies import (
+    AggregateBody,
+    ApproveMemberBody,
+    JoinRequestBody,
+    MisbehaviourBody,
+    OpenRoundBody,
+    RemoveMemberBody,
+    TxBody,
+    UpdateBody,
+    ValidationBody,
+)
 
 #: Upper bound on the canonical bytes of all transactions of one block.
 MAX_BLOCK_TX_BYTES = 4 * 1024 * 1024
@@ -383,9 +394,75 @@ class ChainState:
         member = self._members.get(did)
         return member.name if member else did
 
-    # --- changes (on a private copy, inside apply) -----------------------------------------
-    def _set_member(self, member: Member) -> None:
-        """Add or replace ``member``, keeping the role indexes and the names in step."""
+    @property
+    def validator_count(self) -> int:
+        """Active members with the validator role and power (the set in force, as of now)."""
+        return len(self._validators)
+
+    # --- derived states: what the transaction rules of §6.3 build the next state with --------
+    def _derive(self) -> ChainState:
+        """A shallow copy inside ``apply``, keeping whether the members changed in the block."""
+        new = object.__new__(ChainState)
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def with_join_request(self, request: JoinRequest) -> ChainState:
+        """``request`` pending; its name is taken and an earlier expiry of its did forgotten."""
+        new = self._derive()
+        new._pending = self._pending.insert(request.did, request)
+        new._names = self._names.insert(request.name, request.did)
+        new._expired = self._expired.discard(request.did)
+        return new
+
+    def with_joins_at(self, height: int, dids: Iterable[str]) -> ChainState:
+        """The applicants whose requests the block at ``height`` holds (the expiry index)."""
+        new = self._derive()
+        new._joins_at = self._joins_at.insert(height, tuple(dids))
+        return new
+
+    def with_approvals(self, request: JoinRequest, approvals: frozenset[str]) -> ChainState:
+        """``request`` still pending, now with ``approvals``."""
+        new = self._derive()
+        new._pending = self._pending.insert(
+            request.did, dataclasses.replace(request, approvals=approvals)
+        )
+        return new
+
+    def with_admitted(self, request: JoinRequest, height: int) -> ChainState:
+        """The applicant of ``request`` an active member since ``height``."""
+        new = self._derive()
+        new._pending = self._pending.remove(request.did)
+        new._put_member(
+            Member(request.did, request.name, request.roles, request.power, ACTIVE, height)
+        )
+        return new
+
+    def with_removal_approvals(self, did: str, approvals: frozenset[str]) -> ChainState:
+        """The removal of ``did`` asked by ``approvals``, still short of the threshold."""
+        new = self._derive()
+        new._removals = self._removals.insert(did, approvals)
+        return new
+
+    def with_removed(self, member: Member) -> ChainState:
+        """``member`` removed (its removal approvals forgotten)."""
+        new = self._derive()
+        new._removals = self._removals.discard(member.did)
+        new._put_member(dataclasses.replace(member, status=REMOVED))
+        return new
+
+    def with_round(self, rnd: RoundState) -> ChainState:
+        new = self._derive()
+        new.round = rnd
+        return new
+
+    def with_offence(self, offence: Offence) -> ChainState:
+        new = self._derive()
+        new.offences = self.offences.insert(offence)
+        return new
+
+    def _put_member(self, member: Member) -> None:
+        """Add or replace ``member`` in a state just derived, keeping the role indexes and the
+        names in step."""
         did = member.did
         self._members = self._members.insert(did, member)
         self._names = self._names.insert(member.name, did)
@@ -396,11 +473,6 @@ class ChainState:
             self._trainers.insert(did) if member.is_trainer else self._trainers.discard(did)
         )
         self._members_changed = True
-
-    def _add_request(self, request: JoinRequest) -> None:
-        self._pending = self._pending.insert(request.did, request)
-        self._names = self._names.insert(request.name, request.did)
-        self._expired = self._expired.discard(request.did)
 
     def _expire_requests(self, height: int) -> None:
         """Drop the join requests that can no longer be approved at ``height`` (§6.3), and
@@ -453,7 +525,7 @@ class ChainState:
         new = self._copy()
         new._expire_requests(block.height)
         hashes = [h for h, _ in digests]
-        _TxRules(new, block, hashes, checks, verify_signatures).run()
+        new = _TxRules(new, block, hashes, checks, verify_signatures).run()
         new.height = block.height
         new.head_hash = block.hash
         new.head_time = block.header.time
@@ -486,7 +558,7 @@ class ChainState:
         new._expire_requests(header.height)
         block = Block(header, tuple(txs), commit)
         hashes = [tx.hash for tx in txs]
-        _TxRules(new, block, hashes, None, verify_signatures, handled=MEMBERSHIP_KINDS).run()
+        new = _TxRules(new, block, hashes, None, verify_signatures, handled=MEMBERSHIP_KINDS).run()
         new.height = header.height
         new.head_hash = header.hash
         new.head_time = header.time
@@ -682,7 +754,9 @@ def round_deadlines(plan: TrainingPlan, height: int, time_ms: int) -> tuple[int,
 
 # --- §6.3 transaction rules --------------------------------------------------------------------
 class _TxRules:
-    """One block's transactions applied in order to ``state`` (a private copy)."""
+    """One block's transactions applied in order on top of ``state``; ``run`` returns the
+    state after them. Each rule reads a typed body (``protocol/txbodies.py``) and builds the
+    next state through ``ChainState``'s ``with_*`` methods."""
 
     def __init__(
         self,
@@ -703,7 +777,8 @@ class _TxRules:
         self.checks = checks
         self.verify_signatures = verify_signatures
         self.in_block: set[str] = set()
-        self.awaiting: Transaction | None = None  # an update waiting for its validation
+        # an update waiting for its validation
+        self.awaiting: tuple[Transaction, UpdateBody] | None = None
         self.joined: list[str] = []  # applicants whose request this block holds (expiry index)
 
     def fail(self, tx: Transaction, code: str, message: str) -> VerificationError:
@@ -712,7 +787,7 @@ class _TxRules:
     def hash_of(self, tx: Transaction) -> str:
         return self._hash_of[id(tx)]
 
-    def run(self) -> None:
+    def run(self) -> ChainState:
         for tx in self.block.txs:
             self.common(tx)
             if self.awaiting is not None and tx.kind is not TxKind.VALIDATION:
@@ -720,20 +795,48 @@ class _TxRules:
                     self.h,
                     "missing_validation",
                     f"update must be followed by its validation, found {tx.kind}",
-                    self.hash_of(self.awaiting),
+                    self.hash_of(self.awaiting[0]),
                 )
             if self.handled is None or tx.kind in self.handled:
-                handler = getattr(self, f"on_{tx.kind.value}")
-                handler(tx, tx.body)
+                self.dispatch(tx, self.body(tx))
         if self.awaiting is not None:
             raise _fail(
                 self.h,
                 "missing_validation",
                 "update must be followed by its validation, found the end of the block",
-                self.hash_of(self.awaiting),
+                self.hash_of(self.awaiting[0]),
             )
         if self.joined:
-            self.s._joins_at = self.s._joins_at.insert(self.h, tuple(self.joined))
+            self.s = self.s.with_joins_at(self.h, self.joined)
+        return self.s
+
+    def body(self, tx: Transaction) -> TxBody:
+        """The typed body; a body that breaks its schema is this transaction's fault."""
+        try:
+            return tx.parsed_body
+        except EncodingError as exc:
+            raise self.fail(tx, "malformed_body", exc.message) from exc
+
+    def dispatch(self, tx: Transaction, body: TxBody) -> None:
+        match body:
+            case JoinRequestBody():
+                self.on_join_request(tx, body)
+            case ApproveMemberBody():
+                self.on_approve_member(tx, body)
+            case RemoveMemberBody():
+                self.on_remove_member(tx, body)
+            case OpenRoundBody():
+                self.on_open_round(tx, body)
+            case UpdateBody():
+                self.on_update(tx, body)
+            case ValidationBody():
+                self.on_validation(tx, body)
+            case AggregateBody():
+                self.on_aggregate(tx, body)
+            case MisbehaviourBody():
+                self.on_misbehaviour(tx, body)
+            case _:
+                assert_never(body)
 
     def common(self, tx: Transaction) -> None:
         if tx.chain != self.s.chain_id:
@@ -773,15 +876,15 @@ class _TxRules:
         return rnd
 
     # --- membership ----------------------------------------------------------------------
-    def on_join_request(self, tx: Transaction, body: dict[str, Any]) -> None:
+    def on_join_request(self, tx: Transaction, body: JoinRequestBody) -> None:
         member = self.s.member(tx.author)
         if member is not None:
             code = "removed_member" if not member.active else "already_member"
             raise self.fail(tx, code, f"{tx.author} is already a member ({member.status})")
         if tx.author in self.s.pending:
             raise self.fail(tx, "request_pending", f"{tx.author} already has a pending request")
-        if self.s.name_taken(body["name"]):
-            raise self.fail(tx, "name_taken", f"member name {body['name']!r} is taken")
+        if self.s.name_taken(body.name):
+            raise self.fail(tx, "name_taken", f"member name {body.name!r} is taken")
         if self.s.joins_full:
             cap = self.s.config.max_pending_joins
             raise self.fail(
@@ -790,69 +893,58 @@ class _TxRules:
                 f"{cap} join requests are pending, the most the consortium holds "
                 "(max_pending_joins); ask again once one is approved or expires",
             )
-        self.s._add_request(
+        self.s = self.s.with_join_request(
             JoinRequest(
-                self.hash_of(tx),
-                tx.author,
-                body["name"],
-                tuple(body["roles"]),
-                body["power"],
-                height=self.h,
+                self.hash_of(tx), tx.author, body.name, body.roles, body.power, height=self.h
             )
         )
         self.joined.append(tx.author)
 
-    def on_approve_member(self, tx: Transaction, body: dict[str, Any]) -> None:
+    def on_approve_member(self, tx: Transaction, body: ApproveMemberBody) -> None:
         self.require_validator(tx)
-        request = self.s.pending.get(body["member"])
+        request = self.s.pending.get(body.member)
         if request is None:
-            expired = self.s.expired_requests.get(body["member"])
-            if expired is not None and expired.tx == body["request"]:
+            expired = self.s.expired_requests.get(body.member)
+            if expired is not None and expired.tx == body.request:
                 raise self.fail(
                     tx,
                     "request_expired",
-                    f"join request {expired.tx[:16]} of {body['member']} expired unapproved at "
+                    f"join request {expired.tx[:16]} of {body.member} expired unapproved at "
                     f"height {expired.expired_at} (join_request_ttl_blocks = "
                     f"{self.s.config.join_request_ttl_blocks}); the applicant must send a new one",
                 )
-            raise self.fail(tx, "no_pending_request", f"{body['member']} has no pending request")
-        if request.tx != body["request"]:
+            raise self.fail(tx, "no_pending_request", f"{body.member} has no pending request")
+        if request.tx != body.request:
             raise self.fail(
-                tx, "wrong_request", f"request: expected {request.tx}, found {body['request']}"
+                tx, "wrong_request", f"request: expected {request.tx}, found {body.request}"
             )
         if tx.author in request.approvals:
             raise self.fail(tx, "duplicate_approval", f"{tx.author} already approved this request")
         approvals = request.approvals | {tx.author}  # at most the validators: small
         if len(approvals) >= self.s.config.admission_approvals:
-            self.s._pending = self.s._pending.remove(request.did)
-            self.s._set_member(
-                Member(request.did, request.name, request.roles, request.power, ACTIVE, self.h)
-            )
+            self.s = self.s.with_admitted(request, self.h)
         else:
-            self.s._pending = self.s._pending.insert(
-                request.did, dataclasses.replace(request, approvals=approvals)
-            )
+            self.s = self.s.with_approvals(request, approvals)
 
-    def on_remove_member(self, tx: Transaction, body: dict[str, Any]) -> None:
+    def on_remove_member(self, tx: Transaction, body: RemoveMemberBody) -> None:
         self.require_validator(tx)
-        subject = self.s.member(body["member"])
+        subject = self.s.member(body.member)
         if subject is None or not subject.active:
-            raise self.fail(tx, "not_active_member", f"{body['member']} is not an active member")
+            raise self.fail(tx, "not_active_member", f"{body.member} is not an active member")
         approvals = self.s.removals.get(subject.did, frozenset())
         if tx.author in approvals:
             raise self.fail(tx, "duplicate_approval", f"{tx.author} already asked this removal")
         approvals = approvals | {tx.author}
         if len(approvals) < self.s.config.removal_approvals:
-            self.s._removals = self.s._removals.insert(subject.did, approvals)
+            self.s = self.s.with_removal_approvals(subject.did, approvals)
             return
         self.keep_thresholds_reachable(tx, subject)
-        self.s._removals = self.s._removals.discard(subject.did)
-        self.s._set_member(dataclasses.replace(subject, status=REMOVED))
+        self.s = self.s.with_removed(subject)
 
     def keep_thresholds_reachable(self, tx: Transaction, subject: Member) -> None:
         """Refuse a removal after which too few validators remain to ever reach the admission
         or the removal threshold: no member could then be admitted or removed again (§6.3)."""
-        remaining = len(self.s._validators) - (1 if subject.is_validator else 0)
+        remaining = self.s.validator_count - (1 if subject.is_validator else 0)
         if not remaining:
             raise self.fail(tx, "last_validator", f"removing {subject.did} leaves no validator")
         if not subject.is_validator:
@@ -875,107 +967,111 @@ class _TxRules:
             )
 
     # --- rounds --------------------------------------------------------------------------
-    def on_open_round(self, tx: Transaction, body: dict[str, Any]) -> None:
+    def on_open_round(self, tx: Transaction, body: OpenRoundBody) -> None:
         self.require_proposer(tx)
         rnd = self.s.round
         if rnd.open:
             raise self.fail(tx, "round_already_open", f"round {rnd.number} is still open")
-        if body["round"] != rnd.number + 1:
+        if body.round != rnd.number + 1:
             raise self.fail(
                 tx,
                 "round_out_of_sequence",
-                f"round: expected {rnd.number + 1}, found {body['round']}",
+                f"round: expected {rnd.number + 1}, found {body.round}",
             )
         limit = self.s.config.training.rounds
-        if body["round"] > limit:
+        if body.round > limit:
             raise self.fail(tx, "training_finished", f"the plan has {limit} rounds")
-        if body["base_model"] != rnd.model:
+        if body.base_model != rnd.model:
             raise self.fail(
                 tx,
                 "wrong_base_model",
-                f"base_model: expected {rnd.model}, found {body['base_model']}",
+                f"base_model: expected {rnd.model}, found {body.base_model}",
             )
         deadline, deadline_time = round_deadlines(
             self.s.config.training, self.h, self.block.header.time
         )
-        if body["deadline_height"] != deadline:
+        if body.deadline_height != deadline:
             raise self.fail(
                 tx,
                 "wrong_deadline",
-                f"deadline_height: expected {deadline}, found {body['deadline_height']}",
+                f"deadline_height: expected {deadline}, found {body.deadline_height}",
             )
-        if body.get("deadline_time") != deadline_time:
+        if body.deadline_time != deadline_time:
             raise self.fail(
                 tx,
                 "wrong_deadline_time",
-                f"deadline_time: expected {deadline_time}, found {body.get('deadline_time')}",
+                f"deadline_time: expected {deadline_time}, found {body.deadline_time}",
             )
-        self.s.round = RoundState(
-            number=body["round"],
-            open=True,
-            base_model=rnd.model,
-            model=rnd.model,
-            opened_at=self.h,
-            deadline_height=deadline,
-            deadline_time=deadline_time or 0,
+        self.s = self.s.with_round(
+            RoundState(
+                number=body.round,
+                open=True,
+                base_model=rnd.model,
+                model=rnd.model,
+                opened_at=self.h,
+                deadline_height=deadline,
+                deadline_time=deadline_time or 0,
+            )
         )
 
-    def on_update(self, tx: Transaction, body: dict[str, Any]) -> None:
+    def on_update(self, tx: Transaction, body: UpdateBody) -> None:
         member = self.s.member(tx.author)
         if member is None or not member.is_trainer:
             raise self.fail(tx, "not_trainer", f"author {tx.author} is not an active trainer")
-        rnd = self.require_open_round(tx, body["round"])
-        if body["base_model"] != rnd.base_model:
+        rnd = self.require_open_round(tx, body.round)
+        if body.base_model != rnd.base_model:
             raise self.fail(
                 tx,
                 "wrong_base_model",
-                f"base_model: expected {rnd.base_model}, found {body['base_model']}",
+                f"base_model: expected {rnd.base_model}, found {body.base_model}",
             )
         if tx.author in rnd.submitted:
             raise self.fail(
                 tx, "duplicate_update", f"{tx.author} already sent an update this round"
             )
-        self.awaiting = tx
+        self.awaiting = (tx, body)
 
-    def on_validation(self, tx: Transaction, body: dict[str, Any]) -> None:
-        update = self.awaiting
-        if update is None:
+    def on_validation(self, tx: Transaction, body: ValidationBody) -> None:
+        if self.awaiting is None:
             raise self.fail(tx, "orphan_validation", "a validation must directly follow its update")
+        update, claim = self.awaiting
         self.require_proposer(tx)
-        if body["update"] != self.hash_of(update):
+        if body.update != self.hash_of(update):
             raise self.fail(
                 tx,
                 "wrong_update",
-                f"update: expected {self.hash_of(update)}, found {body['update']}",
+                f"update: expected {self.hash_of(update)}, found {body.update}",
             )
-        accept = body["verdict"] == "accept"
         if self.checks is not None:
             try:
                 verdict = self.checks.check_update(self.s, update)
             except BcflError as exc:
                 raise self.fail(tx, "update_check_failed", exc.message) from exc
             want = ("accept" if verdict.accept else "reject", verdict.reason)
-            found = (body["verdict"], body["reason"])
+            found = (body.verdict, body.reason)
             if want != found:
                 raise self.fail(tx, "verdict_mismatch", f"verdict: expected {want}, found {found}")
         rnd = self.s.round
         accepted = rnd.accepted
-        if accept:
-            u = update.body
+        if body.accept:
             accepted = (
                 *accepted,
                 AcceptedUpdate(
-                    self.hash_of(update), update.author, u["blob"], u["blob_size"], u["num_samples"]
+                    self.hash_of(update),
+                    update.author,
+                    claim.blob,
+                    claim.blob_size,
+                    claim.num_samples,
                 ),
             )
-        self.s.round = dataclasses.replace(
-            rnd, accepted=accepted, submitted=rnd.submitted | {update.author}
+        self.s = self.s.with_round(
+            dataclasses.replace(rnd, accepted=accepted, submitted=rnd.submitted | {update.author})
         )
         self.awaiting = None
 
-    def on_aggregate(self, tx: Transaction, body: dict[str, Any]) -> None:
+    def on_aggregate(self, tx: Transaction, body: AggregateBody) -> None:
         self.require_proposer(tx)
-        rnd = self.require_open_round(tx, body["round"])
+        rnd = self.require_open_round(tx, body.round)
         plan = self.s.config.training
         time_ms = self.block.header.time
         if not self.s.round_may_close(self.h, time_ms):
@@ -994,29 +1090,31 @@ class _TxRules:
                 f"or {deadlines}, found {len(rnd.accepted)} accepted of "
                 f"{len(rnd.submitted)} submitted at height {self.h}, time {time_ms}",
             )
-        if body["updates"] != rnd.accepted_hashes:
+        updates = list(body.updates)
+        if updates != rnd.accepted_hashes:
             raise self.fail(
                 tx,
                 "wrong_update_set",
-                f"updates: expected {rnd.accepted_hashes}, found {body['updates']}",
+                f"updates: expected {rnd.accepted_hashes}, found {updates}",
             )
         cfg = self.s.config
-        if body["rule"] != cfg.aggregation_rule:
+        if body.rule != cfg.aggregation_rule:
             raise self.fail(
-                tx, "wrong_rule", f"rule: expected {cfg.aggregation_rule!r}, found {body['rule']!r}"
+                tx, "wrong_rule", f"rule: expected {cfg.aggregation_rule!r}, found {body.rule!r}"
             )
-        if body["params"] != cfg.aggregation_params:
+        params = dict(body.params)
+        if params != cfg.aggregation_params:
             raise self.fail(
                 tx,
                 "wrong_params",
-                f"params: expected {cfg.aggregation_params}, found {body['params']}",
+                f"params: expected {cfg.aggregation_params}, found {params}",
             )
-        if not rnd.accepted and body["model"] != rnd.base_model:
+        if not rnd.accepted and body.model != rnd.base_model:
             raise self.fail(
                 tx,
                 "empty_aggregate_model",
                 f"an aggregate of no update keeps the base model {rnd.base_model}, "
-                f"found {body['model']}",
+                f"found {body.model}",
             )
         if self.checks is not None:
             try:
@@ -1025,22 +1123,24 @@ class _TxRules:
                 raise
             except BcflError as exc:
                 raise self.fail(tx, "aggregate_check_failed", exc.message) from exc
-        self.s.round = dataclasses.replace(
-            rnd,
-            open=False,
-            model=body["model"],
-            closed_at=self.h,
-            closed_time=self.block.header.time,
+        self.s = self.s.with_round(
+            dataclasses.replace(
+                rnd,
+                open=False,
+                model=body.model,
+                closed_at=self.h,
+                closed_time=self.block.header.time,
+            )
         )
 
     # --- evidence ------------------------------------------------------------------------
-    def on_misbehaviour(self, tx: Transaction, body: dict[str, Any]) -> None:
+    def on_misbehaviour(self, tx: Transaction, body: MisbehaviourBody) -> None:
         self.require_validator(tx)
         try:
-            a, b = (Vote.from_dict(v) for v in body["votes"])
+            a, b = (Vote.from_dict(dict(v)) for v in body.votes)
         except EncodingError as exc:
             raise self.fail(tx, "bad_evidence", f"vote malformed: {exc.message}") from exc
-        offender = body["offender"]
+        offender = body.offender
         for vote in (a, b):
             if vote.validator != offender or vote.chain != self.s.chain_id:
                 raise self.fail(
@@ -1062,4 +1162,4 @@ class _TxRules:
                 f"equivocation of {offender} at height {a.height} round {a.round} ({a.type}) "
                 "is already recorded",
             )
-        self.s.offences = self.s.offences.insert(offence)
+        self.s = self.s.with_offence(offence)

@@ -67,7 +67,7 @@ def train(
     Once the training plan is finished (its last round closed), says so and exits 0 without
     writing anything.
     """
-    from bcfl_cli.fl.local_round import train_for_round  # torch loads only when needed
+    from bcfl_cli.training.local_round import train_for_round  # torch loads only when needed
 
     try:
         with render.progress_bar("training", enabled=not json_out) as progress:

@@ -29,10 +29,10 @@ from bcfl_cli.chain.config import (
     MAX_MEMBERS,
 )
 from bcfl_cli.errors import EncodingError, UsageError
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.protocol.block import MAX_VALIDATORS
 from bcfl_cli.protocol.crypto import public_key_from_did
 from bcfl_cli.protocol.encoding import canonical, is_hash_hex
+from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 
 DOCUMENT_VERSION = 1
 MAX_CONFIG_BYTES = 1024 * 1024

@@ -31,9 +31,9 @@ import httpx
 
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.errors import NodeError
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.home import Home
 from bcfl_cli.identity import Identity, generate_identity
+from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 
 #: Local demo keys only: the homes are throw-away and the passphrase reaches the nodes by env.
 DEMO_PASSPHRASE = "bcfl local consortium (not a secret)"  # noqa: S105

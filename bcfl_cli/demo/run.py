@@ -29,8 +29,14 @@ from typing import Any, Literal
 from bcfl_cli.demo.launcher import GenesisPlan, LocalConsortium, MemberPlan, wait_for
 from bcfl_cli.demo.progress import ChainProgress
 from bcfl_cli.errors import BcflError, NodeError, UsageError
-from bcfl_cli.fl.spec import RULE_NAMES, AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.home import Home
+from bcfl_cli.protocol.spec import (
+    RULE_NAMES,
+    AggregationSpec,
+    ContractRules,
+    ModelSpec,
+    TrainingPlan,
+)
 
 Dataset = Literal["digits", "breast-cancer"]
 DATASETS: tuple[str, ...] = ("digits", "breast-cancer")

@@ -10,7 +10,6 @@ nothing here depends on who sent what, or in which order it arrived.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,11 +24,9 @@ from bcfl_cli.fl.contract import (
     layout_for,
 )
 from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.fl.views import Blobs, StateView
 from bcfl_cli.protocol.tx import Transaction, TxKind
-from bcfl_cli.store.blobs import BlobStore
-
-if TYPE_CHECKING:
-    from bcfl_cli.chain.state import ChainState
+from bcfl_cli.protocol.txbodies import AggregateBody
 
 #: Decoded global models kept in memory: a deep verification reads each one twice in a row
 #: (aggregate n's result is round n+1's base), so two are enough.
@@ -43,14 +40,14 @@ class FLChecks:
     the transaction, so a peer that verified a round also holds the next round's base model.
     """
 
-    def __init__(self, blobs: BlobStore, *, keep_models: bool = True) -> None:
+    def __init__(self, blobs: Blobs, *, keep_models: bool = True) -> None:
         self.blobs = blobs
         self.keep_models = keep_models
         self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._initial: tuple[str, dict[str, torch.Tensor]] | None = None
 
     # --- updates ---------------------------------------------------------------------------
-    def check_update(self, state: ChainState, tx: Transaction) -> Verdict:
+    def check_update(self, state: StateView, tx: Transaction) -> Verdict:
         """The contract's verdict on ``tx`` in ``state`` (before its own validation applies)."""
         if tx.kind is not TxKind.UPDATE:
             raise ContractError("not_an_update", f"transaction {tx.hash} is a {tx.kind}")
@@ -75,18 +72,18 @@ class FLChecks:
         return check_update(cfg.contract, cfg.model, claim, ctx, blob)
 
     # --- aggregates ------------------------------------------------------------------------
-    def check_aggregate(self, state: ChainState, tx: Transaction) -> None:
+    def check_aggregate(self, state: StateView, tx: Transaction) -> None:
         """Recompute the round's aggregate; raise ContractError unless ``model`` matches."""
-        if tx.kind is not TxKind.AGGREGATE:
+        body = tx.parsed_body
+        if not isinstance(body, AggregateBody):
             raise ContractError("not_an_aggregate", f"transaction {tx.hash} is a {tx.kind}")
         rnd = state.round
-        body = tx.body
         if not rnd.accepted:
-            if body["model"] != rnd.base_model:
+            if body.model != rnd.base_model:
                 raise ContractError(
                     "aggregate_mismatch",
                     f"no accepted update: expected the base model {rnd.base_model}, "
-                    f"found {body['model']}",
+                    f"found {body.model}",
                 )
             return
         cfg = state.config
@@ -100,11 +97,11 @@ class FLChecks:
             initial = self._initial_model(cfg.initial_model, limit)
         result = aggregate(cfg.aggregation, base, updates, initial_state=initial)
         data = result.model_bytes
-        if result.model_hash != body["model"] or len(data) != body["model_size"]:
+        if result.model_hash != body.model or len(data) != body.model_size:
             raise ContractError(
                 "aggregate_mismatch",
                 f"round {rnd.number} under {result.rule!r}: expected model {result.model_hash} "
-                f"({len(data)} bytes), found {body['model']} ({body['model_size']} bytes)",
+                f"({len(data)} bytes), found {body.model} ({body.model_size} bytes)",
             )
         if self.keep_models and not self.blobs.has(result.model_hash):
             self.blobs.put(data)

@@ -35,8 +35,8 @@ import torch
 
 from bcfl_cli.errors import BcflError, ContractError
 from bcfl_cli.fl.numerics import l2_norm
-from bcfl_cli.fl.spec import ContractRules, ModelSpec
 from bcfl_cli.fl.tensors import check_safetensors_layout, decode_tensors
+from bcfl_cli.protocol.spec import ContractRules, ModelSpec
 
 MAX_DETAIL_CHARS = 512
 

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from bcfl_cli.errors import ContractError
-from bcfl_cli.fl.spec import ModelSpec
 from bcfl_cli.fl.tensors import encode_tensors
+from bcfl_cli.protocol.spec import ModelSpec
 
 #: Channels of the two 3x3 convolutions of the ``cnn`` architecture.
 CNN_CHANNELS = (16, 32)

@@ -24,7 +24,7 @@ from bcfl_cli.fl.data import Dataset
 from bcfl_cli.fl.device import pick_device
 from bcfl_cli.fl.dp import clipped_noisy_gradient, epsilon_spent
 from bcfl_cli.fl.models import build_model, load_state, num_features
-from bcfl_cli.fl.spec import ModelSpec, TrainingPlan
+from bcfl_cli.protocol.spec import ModelSpec, TrainingPlan
 
 Progress = Callable[[int, int], None]
 EVAL_BATCH = 4096

@@ -1,4 +1,6 @@
-"""The chain a node follows: its ledger replayed, the head, the safety alarm, the home's pin.
+"""The chain a node follows: ``chain.Chain`` (the one replay, persist, the safety alarm) with
+what a running node adds around it: the home's pin, the commit log lines, a wait for a round,
+and commit notifications by block for the node's services.
 
 The one place where a decided block is appended (``accept_block``), whether the consensus
 reactor decided it here or block sync verified it from a peer, and the one source of commit
@@ -12,25 +14,21 @@ appended; the evidence is kept in ``HOME/node/alarm.json`` and read back at the 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+from bcfl_cli.chain.chain import Chain, Commit, Persisted
 from bcfl_cli.chain.state import ChainState
-from bcfl_cli.errors import BcflError, NodeError, StoreError
+from bcfl_cli.errors import StoreError
 from bcfl_cli.home import Home
 from bcfl_cli.node.interfaces import CommitListener
 from bcfl_cli.node.logging import fields
 from bcfl_cli.protocol.block import Block, ValidatorSet
-from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.store.pin import PinKeeper
 
 log = logging.getLogger("bcfl.node")
-
-ALARM_FILE = "alarm.json"
 
 
 def member_role(state: ChainState, did: str) -> str:
@@ -41,47 +39,38 @@ def member_role(state: ChainState, did: str) -> str:
     return "validator" if member.is_validator else "member"
 
 
-def replay(ledger: Ledger, genesis: Block) -> tuple[ChainState, list[tuple[int, ValidatorSet]]]:
-    """Rebuild the state from our own store (verified when appended, so no signatures), and
-    the validator sets by the height they start at."""
-    state = ChainState.from_genesis(genesis, ledger.document)
-    sets = [(1, state.validator_set)]
-    for block in ledger.blocks(1):
-        state = state.apply(block, verify_signatures=False)
-        if state.validator_set != sets[-1][1]:
-            sets.append((block.height + 1, state.validator_set))
-    return state, sets
-
-
-def alarm_document(height: int, ours: Block, theirs: Block, source: str, message: str) -> str:
-    return json.dumps(
-        {
-            "height": height,
-            "message": message,
-            "source": source,
-            "blocks": [ours.to_dict(), theirs.to_dict()],
-        },
-        indent=1,
-    )
-
-
 class LocalChain:
     """The node's chain (see the module docstring); implements ``CommittingChain``."""
 
     def __init__(self, home: Home) -> None:
         self.home = home
-        self.ledger = Ledger.open(home)
+        self.chain = Chain.open(home)  # the one replay from genesis, and the alarm file
+        self.ledger = self.chain.ledger
         self.blobs = self.ledger.blobs
-        self.document = self.ledger.document
-        self.genesis = self.ledger.block(0)
-        self.genesis_hash = self.genesis.hash
-        self.state, self._validator_sets = replay(self.ledger, self.genesis)
-        self.head = self.ledger.head()
+        self.document = self.chain.document
+        self.genesis = self.chain.genesis
+        self.genesis_hash = self.chain.genesis_hash
         self.pin = self._open_pin()
-        self.alarm: dict[str, Any] | None = self._load_alarm()
         #: commit notifications, called in order after each appended block
         self.on_commit: list[CommitListener] = []
         self._advanced = asyncio.Event()  # set, then replaced, on each appended block
+        self.chain.subscribe(self._adopted)
+
+    @property
+    def state(self) -> ChainState:
+        return self.chain.state
+
+    @property
+    def head(self) -> Block:
+        return self.chain.head
+
+    @property
+    def alarm(self) -> dict[str, Any] | None:
+        return self.chain.alarm
+
+    @alarm.setter
+    def alarm(self, value: dict[str, Any] | None) -> None:
+        self.chain.alarm = value
 
     # --- start-up -------------------------------------------------------------------------
     def _open_pin(self) -> PinKeeper:
@@ -127,38 +116,16 @@ class LocalChain:
         except StoreError as exc:
             log.warning("cannot move the pin forward: %s", exc.message)
 
-    def _load_alarm(self) -> dict[str, Any] | None:
-        path = self.home.node_dir / ALARM_FILE
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return {
-                "height": int(data["height"]),
-                "blocks": [Block.from_dict(b).hash for b in data["blocks"]],
-                "message": str(data["message"]),
-            }
-        except (OSError, ValueError, KeyError, TypeError, BcflError):
-            return {"height": -1, "blocks": [], "message": f"unreadable alarm file {path}"}
-
     # --- queries --------------------------------------------------------------------------
     def block(self, height: int) -> Block:
         return self.ledger.block(height)
 
     def head_hash_at(self, height: int) -> str | None:
         """Hash of our block at ``height`` (None above the head)."""
-        if height == self.state.height:
-            return self.state.head_hash
-        if height > self.state.height:
-            return None
-        return self.ledger.block(height).hash
+        return self.chain.head_hash_at(height)
 
     def validator_set_at(self, height: int) -> ValidatorSet | None:
-        if height < 1 or height > self.state.height + 1:
-            return None
-        starts = [h for h, _ in self._validator_sets]
-        index = bisect.bisect_right(starts, height) - 1
-        return self._validator_sets[index][1]
+        return self.chain.validator_set_at(height)
 
     async def wait_for_round(self, number: int, timeout_s: float) -> bool:
         """Wait, at most ``timeout_s``, until this node's chain has reached FL round ``number``.
@@ -186,23 +153,17 @@ class LocalChain:
         Under a safety alarm nothing more is appended: the node stops following the chain
         until an operator has looked at the evidence (docs: what to do on a safety alarm).
         """
-        if self.alarm is not None:
+        outcome = self.chain.persist(block, new_state, source=source)
+        if outcome is Persisted.HALTED:
             log.error(
                 "not appending block %d: a safety alarm is raised",
                 block.height,
                 extra=fields(source=source),
             )
-            return
-        if block.height <= self.state.height:
-            ours = self.ledger.block(block.height)
-            if ours.hash != block.hash:
-                self.raise_alarm(block.height, ours, block, source=source)
-            return
-        if block.height != self.state.height + 1 or new_state.head_hash != block.hash:
-            raise NodeError(f"block {block.height} does not follow the head {self.state.height}")
-        self.ledger.append(block)
-        self._adopt_appended(block, new_state, source=source)
-        self._note_pin(block)
+        elif outcome is Persisted.FORKED:
+            self._log_alarm()
+        elif outcome is Persisted.APPENDED:
+            self._note_pin(block)
 
     def accept_blocks(self, decided: Sequence[tuple[Block, ChainState]], *, source: str) -> None:
         """``accept_block`` for consecutive blocks (sync): appended in one database transaction.
@@ -213,24 +174,13 @@ class LocalChain:
             for block, new_state in decided:
                 self.accept_block(block, new_state, source=source)
             return
-        height, head = self.state.height, self.state.head_hash
-        for block, new_state in decided:
-            if block.height != height + 1 or block.header.prev != head:
-                raise NodeError(f"block {block.height} does not follow the head {height}")
-            if new_state.head_hash != block.hash:
-                raise NodeError(f"block {block.height} and its state do not match")
-            height, head = block.height, block.hash
-        self.ledger.append_many([block for block, _ in decided])
-        for block, new_state in decided:
-            self._adopt_appended(block, new_state, source=source)
+        self.chain.persist_many(decided, source=source)
         self._note_pin(decided[-1][0])
 
-    def _adopt_appended(self, block: Block, new_state: ChainState, *, source: str) -> None:
-        if new_state.validator_set != self.state.validator_set:
-            self._validator_sets.append((block.height + 1, new_state.validator_set))
-        finishes = new_state.plan_finished and not self.state.plan_finished
-        self.state = new_state
-        self.head = block
+    def _adopted(self, commit: Commit) -> None:
+        """The chain's commit notification: the log lines, then the node's listeners."""
+        block, new_state = commit.block, commit.state
+        finishes = new_state.plan_finished and not commit.previous.plan_finished
         rnd = new_state.round
         log.info(
             "committed",
@@ -238,7 +188,7 @@ class LocalChain:
                 height=block.height,
                 block=block.hash,
                 txs=len(block.txs),
-                source=source,
+                source=commit.source,
                 round=rnd.number,
                 round_state=rnd.state,
                 accepted=len(rnd.accepted),
@@ -260,18 +210,16 @@ class LocalChain:
         self._advanced = asyncio.Event()
 
     def raise_alarm(self, height: int, ours: Block, theirs: Block, *, source: str) -> None:
-        message = (
-            f"SAFETY ALARM: two blocks with valid commit certificates at height {height} "
-            f"({ours.hash[:16]} here, {theirs.hash[:16]} from {source}); this node stopped "
-            f"following the chain. Evidence in {self.home.node_dir / ALARM_FILE}"
-        )
-        if self.alarm is None:
-            self.home.node_dir.mkdir(parents=True, exist_ok=True)
-            path = self.home.node_dir / ALARM_FILE
-            path.write_text(alarm_document(height, ours, theirs, source, message), encoding="utf-8")
-            self.alarm = {"height": height, "blocks": [ours.hash, theirs.hash], "message": message}
+        message = self.chain.raise_alarm(height, ours, theirs, source=source)
         log.critical(message, extra=fields(height=height, blocks=[ours.hash, theirs.hash]))
+
+    def _log_alarm(self) -> None:
+        alarm = self.alarm or {}
+        log.critical(
+            alarm.get("message", "SAFETY ALARM"),
+            extra=fields(height=alarm.get("height"), blocks=alarm.get("blocks")),
+        )
 
     # --- life cycle -----------------------------------------------------------------------
     def close(self) -> None:
-        self.ledger.close()
+        self.chain.close()

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import nacl.signing
 
+from bcfl_cli.chain.chain import Chain
 from bcfl_cli.chain.state import ChainState, JoinRequest, Member
 from bcfl_cli.errors import (
     BcflError,
@@ -53,7 +54,6 @@ from bcfl_cli.store.ledger import Ledger
 
 API_PREFIX = "/v1"
 NODE_FILE = "node.json"
-ALARM_FILE = "alarm.json"
 UPDATES_DIR = "updates"
 DEFAULT_WAIT_S = 60.0
 PUSH_TIMEOUT_S = 10.0
@@ -244,15 +244,12 @@ def replay_state(ledger: Ledger) -> ChainState:
     Signatures are not re-checked: every block in a member's store was verified when its node
     appended it (``bcfl verify-chain`` re-checks everything from scratch).
     """
-    state = ChainState.from_genesis(ledger.block(0), ledger.document)
-    for block in ledger.blocks(1):
-        state = state.apply(block, verify_signatures=False)
-    return state
+    return Chain(ledger).state
 
 
 def local_state(home: Home) -> ChainState:
-    with Ledger.open(home) as ledger:
-        return replay_state(ledger)
+    with Chain.open(home) as chain:
+        return chain.state
 
 
 # --- join ------------------------------------------------------------------------------------
@@ -883,8 +880,8 @@ def local_status(home: Home, did: str | None = None) -> dict[str, Any]:
     ``offline`` is true and there are no peers; a safety alarm the node recorded before it
     stopped (HOME/node/alarm.json) is reported, since an alarm is often why a node is down.
     """
-    with Ledger.open(home) as ledger:
-        state = replay_state(ledger)
+    with Chain.open(home) as chain:
+        state, alarm = chain.state, chain.alarm
     rnd = state.round
     member = state.member(did) if did else None
     role = "observer"
@@ -922,20 +919,8 @@ def local_status(home: Home, did: str | None = None) -> dict[str, Any]:
         ],
         "pending_members": sorted(state.pending),
         "me": {"did": did, "name": member.name if member else None, "role": role},
-        "alarm": _recorded_alarm(home),
+        "alarm": alarm,
     }
-
-
-def _recorded_alarm(home: Home) -> dict[str, Any] | None:
-    path = home.node_dir / ALARM_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        blocks = [Block.from_dict(b).hash for b in data["blocks"]]
-        return {"height": int(data["height"]), "blocks": blocks, "message": str(data["message"])}
-    except (OSError, ValueError, KeyError, TypeError, EncodingError):
-        return {"height": -1, "blocks": [], "message": f"unreadable alarm file {path}"}
 
 
 # --- model export ----------------------------------------------------------------------------

@@ -8,12 +8,10 @@ transaction hash may appear at most once on a chain, which is the replay protect
 
 from __future__ import annotations
 
-import enum
 import functools
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +32,10 @@ from bcfl_cli.protocol.encoding import (
     parse_canonical,
     sha256_hex,
 )
+from bcfl_cli.protocol.txbodies import ROLES as ROLES
+from bcfl_cli.protocol.txbodies import TxBody, parse_body
+from bcfl_cli.protocol.txbodies import TxKind as TxKind
+from bcfl_cli.protocol.txbodies import validate_body as validate_body
 
 PROTOCOL_VERSION = 1
 MAX_TX_BYTES = 64 * 1024
@@ -42,145 +44,14 @@ MAX_TX_BYTES = 64 * 1024
 _UNSIGNED_START = len('{"sig":"') + 128 + len('","tx":')
 SIGNED_OVERHEAD = _UNSIGNED_START + 1
 _NONCE = re.compile(r"^[0-9a-f]{32}$")
-_DECIMAL = re.compile(
-    r"^-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$|^(nan|inf|-inf)$"
-)
-_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-ROLES = ("trainer", "validator")
-
-
-class TxKind(enum.StrEnum):
-    JOIN_REQUEST = "join_request"
-    APPROVE_MEMBER = "approve_member"
-    REMOVE_MEMBER = "remove_member"
-    OPEN_ROUND = "open_round"
-    UPDATE = "update"
-    VALIDATION = "validation"
-    AGGREGATE = "aggregate"
-    MISBEHAVIOUR = "misbehaviour"
-
-
-# --- body schemas -------------------------------------------------------------------------
-Check = Callable[[Any], bool]
-
-
-def _int(lo: int, hi: int) -> Check:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-
-def _str(lo: int, hi: int) -> Check:
-    return lambda v: isinstance(v, str) and lo <= len(v) <= hi and v.isprintable()
-
-
-def _roles(v: Any) -> bool:
-    return (
-        isinstance(v, list)
-        and 1 <= len(v) <= len(ROLES)
-        and all(r in ROLES for r in v)
-        and v == sorted(set(v))
-    )
-
-
-def _metrics(v: Any) -> bool:
-    return (
-        isinstance(v, dict)
-        and len(v) <= 32
-        and all(
-            isinstance(k, str) and _CODE.match(k) and isinstance(x, str) and _DECIMAL.match(x)
-            for k, x in v.items()
-        )
-    )
-
-
-def _params(v: Any) -> bool:
-    return (
-        isinstance(v, dict)
-        and len(v) <= 32
-        and all(
-            isinstance(k, str)
-            and _CODE.match(k)
-            and (
-                (isinstance(x, str) and len(x) <= 64)
-                or (isinstance(x, int) and not isinstance(x, bool) and abs(x) <= _U64)
-            )
-            for k, x in v.items()
-        )
-    )
-
-
-def _hash_list(max_len: int) -> Check:
-    return lambda v: (
-        isinstance(v, list)
-        and len(v) <= max_len
-        and all(is_hash_hex(h) for h in v)
-        and len(set(v)) == len(v)
-    )
-
-
-def _votes(v: Any) -> bool:
-    return isinstance(v, list) and len(v) == 2 and all(isinstance(x, dict) for x in v)
-
-
-_U64 = 2**53 - 1
-BODY_SCHEMAS: Mapping[TxKind, Mapping[str, Check]] = {
-    TxKind.JOIN_REQUEST: {"name": _str(1, 64), "roles": _roles, "power": _int(0, 1_000_000)},
-    TxKind.APPROVE_MEMBER: {"member": is_did, "request": is_hash_hex},
-    TxKind.REMOVE_MEMBER: {"member": is_did, "reason": _str(0, 256)},
-    TxKind.OPEN_ROUND: {
-        "round": _int(1, _U64),
-        "base_model": is_hash_hex,
-        "deadline_height": _int(0, _U64),
-    },
-    TxKind.UPDATE: {
-        "round": _int(1, _U64),
-        "base_model": is_hash_hex,
-        "blob": is_hash_hex,
-        "blob_size": _int(1, _U64),
-        "num_samples": _int(1, _U64),
-        "metrics": _metrics,
-    },
-    TxKind.VALIDATION: {
-        "update": is_hash_hex,
-        "verdict": lambda v: v in ("accept", "reject"),
-        "reason": lambda v: isinstance(v, str) and _CODE.match(v) is not None,
-        "detail": _str(0, 512),
-    },
-    TxKind.AGGREGATE: {
-        "round": _int(1, _U64),
-        "updates": _hash_list(10_000),
-        "rule": lambda v: isinstance(v, str) and _CODE.match(v) is not None,
-        "params": _params,
-        "model": is_hash_hex,
-        "model_size": _int(1, _U64),
-    },
-    TxKind.MISBEHAVIOUR: {"offender": is_did, "votes": _votes},
-}
-
-
-#: Fields a body may leave out (PROTOCOL.md §5): ``open_round`` carries ``deadline_time`` (ms)
-#: exactly when the genesis's training plan has a deadline in seconds (§6.3).
-OPTIONAL_BODY_FIELDS: Mapping[TxKind, Mapping[str, Check]] = {
-    TxKind.OPEN_ROUND: {"deadline_time": _int(1, _U64)},
-}
-_BODY_FIELDS = {kind: frozenset(schema) for kind, schema in BODY_SCHEMAS.items()}
 _SIGNED_FIELDS = frozenset({"tx", "sig"})
 _TX_FIELDS = frozenset({"v", "chain", "kind", "author", "nonce", "time", "body"})
 _KINDS = {str(kind): kind for kind in TxKind}
-_TIME = _int(0, _U64)
+_MAX_TIME = 2**53 - 1
 
 
-def validate_body(kind: TxKind, body: Any) -> None:
-    optional = OPTIONAL_BODY_FIELDS.get(kind, {})
-    schema = {**BODY_SCHEMAS[kind], **optional}
-    if not isinstance(body, dict):
-        raise EncodingError(f"{kind} body must be an object")
-    if body.keys() - optional.keys() != _BODY_FIELDS[kind]:
-        missing = sorted(_BODY_FIELDS[kind] - set(body))
-        extra = sorted(set(body) - set(schema))
-        raise EncodingError(f"{kind} body fields wrong: missing {missing}, unexpected {extra}")
-    for field, check in schema.items():
-        if field in body and not check(body[field]):
-            raise EncodingError(f"{kind} body field {field!r} has an invalid value")
+def _is_time(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_TIME
 
 
 # --- the transaction ----------------------------------------------------------------------
@@ -237,6 +108,20 @@ class Transaction:
     def to_dict(self) -> dict[str, Any]:
         return {"tx": self.unsigned(), "sig": self.signature}
 
+    @property
+    def parsed_body(self) -> TxBody:
+        """The body as its kind's frozen value (``txbodies.py``), what the chain rules read.
+
+        Parsed by ``from_dict`` (every transaction from outside comes through it) and kept with
+        the object, like the digest; one built in code is parsed on first use, and a body that
+        breaks its schema raises EncodingError here.
+        """
+        known: TxBody | None = self.__dict__.get("_parsed_body")
+        if known is None:
+            known = parse_body(self.kind, self.body)
+            object.__setattr__(self, "_parsed_body", known)
+        return known
+
     @classmethod
     def from_canonical(cls, data: str | bytes) -> Transaction:
         """A signed transaction from its canonical bytes (refusing any other spelling).
@@ -272,12 +157,14 @@ class Transaction:
             raise EncodingError("transaction author must be an Ed25519 did:key")
         if not isinstance(tx["nonce"], str) or not _NONCE.match(tx["nonce"]):
             raise EncodingError("transaction nonce must be 32 lowercase hex digits")
-        if not _TIME(tx["time"]):
+        if not _is_time(tx["time"]):
             raise EncodingError("transaction time must be integer milliseconds")
         if not is_signature_hex(sig):
             raise EncodingError("transaction signature must be 128 lowercase hex digits")
-        validate_body(kind, tx["body"])
-        return cls(tx["chain"], kind, tx["author"], tx["nonce"], tx["time"], tx["body"], sig)
+        parsed = parse_body(kind, tx["body"])  # the body's schema, checked once, kept typed
+        signed = cls(tx["chain"], kind, tx["author"], tx["nonce"], tx["time"], tx["body"], sig)
+        object.__setattr__(signed, "_parsed_body", parsed)
+        return signed
 
 
 def now_ms() -> int:

@@ -12,7 +12,7 @@ from typing import Any
 
 from bcfl_cli.provenance.verify import ModelHistory, RoundRecord
 
-#: Metric names a trainer's update reports (fl/training.py, fl/local_round.py).
+#: Metric names a trainer's update reports (fl/training.py, training/local_round.py).
 _ACCURACY = "eval_accuracy"
 _EPSILON = "dp_epsilon"
 _EPSILON_TOTAL = "dp_epsilon_total"

@@ -12,12 +12,12 @@ from typing import Any
 import nacl.signing
 
 from bcfl_cli.chain import ChainState, build_block, commit_with_keys
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import ZERO_HASH, Block, BlockHeader, ValidatorSet
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.merkle import merkle_root
+from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 from bcfl_cli.store.ledger import Ledger
 

@@ -20,8 +20,8 @@ from bcfl_cli.chain.state import (
     check_proposal_time,
 )
 from bcfl_cli.errors import EncodingError, VerificationError
-from bcfl_cli.fl.spec import MAX_ROUND_DEADLINE_S, MIN_ROUND_DEADLINE_S, TrainingPlan
 from bcfl_cli.node.round_driver import plan_block
+from bcfl_cli.protocol.spec import MAX_ROUND_DEADLINE_S, MIN_ROUND_DEADLINE_S, TrainingPlan
 from bcfl_cli.protocol.tx import TxKind, validate_body
 from bcfl_cli.verify.chain import verify_chain
 from tests.chain.factories import Consortium, key_for, make_consortium

@@ -17,7 +17,6 @@ from bcfl_cli.consortium.example import filled_example
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.fl import models
 from bcfl_cli.fl.data import load_csv
-from bcfl_cli.fl.local_round import MAX_SEED, update_tx_body
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import apply_delta, evaluate
 from bcfl_cli.home import Home
@@ -25,6 +24,7 @@ from bcfl_cli.node.operations import read_update
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import TxKind, make_tx, validate_body
 from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.training.local_round import MAX_SEED, update_tx_body
 
 runner = CliRunner()
 SAMPLE = Path(__file__).resolve().parents[2] / "sample_data"

@@ -24,8 +24,8 @@ from bcfl_cli.demo.run import (
     sample_data_dir,
 )
 from bcfl_cli.errors import UsageError
-from bcfl_cli.fl.spec import AggregationSpec, DPSpec, TrainingPlan
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.spec import AggregationSpec, DPSpec, TrainingPlan
 from bcfl_cli.protocol.tx import TxKind, make_tx
 
 

@@ -21,9 +21,9 @@ import pytest
 
 from bcfl_cli.demo.launcher import GenesisPlan, LocalConsortium, MemberPlan
 from bcfl_cli.fl.checks import FLChecks
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.verify import verify_chain
 

@@ -16,8 +16,8 @@ from bcfl_cli.fl import numerics
 from bcfl_cli.fl.aggregation import RULES, UpdateInput, aggregate, aggregate_hash
 from bcfl_cli.fl.aggregation.base import Combined, Prepared
 from bcfl_cli.fl.aggregation.trimmed import trim_count
-from bcfl_cli.fl.spec import AggregationSpec
 from bcfl_cli.fl.tensors import encode_tensors
+from bcfl_cli.protocol.spec import AggregationSpec
 
 SPECS = [
     AggregationSpec(rule="fedavg"),

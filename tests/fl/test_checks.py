@@ -15,12 +15,12 @@ from bcfl_cli.errors import BlobError, ContractError, VerificationError
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.fl.models import initial_state, initial_state_bytes
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.fl.tensors import decode_tensors, encode_tensors
 from bcfl_cli.protocol.block import ZERO_HASH, Block, BlockHeader, ValidatorSet
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.merkle import merkle_root
+from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 from bcfl_cli.store.blobs import BlobStore
 

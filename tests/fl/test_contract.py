@@ -15,8 +15,8 @@ import torch
 from bcfl_cli.fl import contract
 from bcfl_cli.fl.contract import Reason, RoundContext, UpdateClaim, Verdict, check_update
 from bcfl_cli.fl.models import initial_state
-from bcfl_cli.fl.spec import ContractRules, ModelSpec
 from bcfl_cli.fl.tensors import encode_tensors
+from bcfl_cli.protocol.spec import ContractRules, ModelSpec
 
 SPEC = ModelSpec(architecture="mlp", input_shape=[4], num_classes=3, hidden=[5])
 RULES = ContractRules(max_update_norm=10.0, min_samples=5, max_samples=1000, max_blob_bytes=4096)

@@ -20,9 +20,9 @@ from bcfl_cli.errors import ContractError
 from bcfl_cli.fl import contract
 from bcfl_cli.fl.contract import RoundContext, UpdateClaim, check_update
 from bcfl_cli.fl.models import initial_state
-from bcfl_cli.fl.spec import ContractRules, ModelSpec
 from bcfl_cli.fl.tensors import MAX_HEADER_DEPTH, check_safetensors_layout, encode_tensors
 from bcfl_cli.protocol.encoding import nesting_within
+from bcfl_cli.protocol.spec import ContractRules, ModelSpec
 
 SPEC = ModelSpec(architecture="mlp", input_shape=[4], num_classes=3, hidden=[5])
 RULES = ContractRules(

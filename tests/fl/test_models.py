@@ -9,8 +9,8 @@ import torch
 
 from bcfl_cli.errors import ContractError
 from bcfl_cli.fl import models
-from bcfl_cli.fl.spec import ModelSpec
 from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.protocol.spec import ModelSpec
 
 SPECS = [
     ModelSpec(architecture="logreg", input_shape=[64], num_classes=10),

@@ -11,8 +11,8 @@ from bcfl_cli.errors import UsageError
 from bcfl_cli.fl import models
 from bcfl_cli.fl.data import Dataset
 from bcfl_cli.fl.dp import clipped_noisy_gradient, epsilon_spent, rdp_sampled_gaussian
-from bcfl_cli.fl.spec import DPSpec, ModelSpec, TrainingPlan
 from bcfl_cli.fl.training import apply_delta, evaluate, train_local
+from bcfl_cli.protocol.spec import DPSpec, ModelSpec, TrainingPlan
 
 SPEC = ModelSpec(architecture="mlp", input_shape=[8], num_classes=3, hidden=[16], seed=3)
 

@@ -26,7 +26,7 @@ from bcfl_cli.demo.launcher import (
     free_ports,
 )
 from bcfl_cli.errors import NodeError
-from bcfl_cli.fl.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
+from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 
 PASSPHRASE = "correct horse battery staple"
 REPO = Path(__file__).resolve().parents[2]

@@ -12,13 +12,13 @@ import httpx
 import pytest
 
 from bcfl_cli.errors import BlobError, NodeError, UsageError, VerificationError
-from bcfl_cli.fl.local_round import train_for_round
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity
 from bcfl_cli.node import operations as ops
 from bcfl_cli.node.client import PeerRefused
 from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.training.local_round import train_for_round
 from tests.conftest import PASSPHRASE, MakeHome
 from tests.node._node_harness import LocalNode, consortium_home, did, key, part
 

@@ -12,8 +12,8 @@ from bcfl_cli.cli.app import app
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.fl.models import initial_state, initial_state_bytes
-from bcfl_cli.fl.spec import ModelSpec
 from bcfl_cli.fl.tensors import encode_tensors
+from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import TxKind
 from bcfl_cli.verify import verify_chain
 from tests.chain.factories import make_consortium, update_body, validation

@@ -19,7 +19,7 @@ from bcfl_cli.chain import ChainState
 from bcfl_cli.cli.app import app
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.fl.models import initial_state_bytes
-from bcfl_cli.fl.spec import ModelSpec
+from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.verify import verify_chain
 from tests.chain.factories import make_consortium, update_body, validation

@@ -26,8 +26,8 @@ from typing import Protocol, TypeGuard
 import torch
 
 from bcfl_cli.errors import ContractError
-from bcfl_cli.fl.spec import AggregationSpec
 from bcfl_cli.fl.tensors import encode_tensors
+from bcfl_cli.protocol.spec import AggregationSpec
 
 #: Values allowed in the ``params`` of an aggregate transaction (floats as decimal strings).
 Params = dict[str, str | int]

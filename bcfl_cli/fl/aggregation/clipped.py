@@ -16,7 +16,7 @@ from bcfl_cli.fl.aggregation.base import (
     weighted_mean,
 )
 from bcfl_cli.fl.numerics import l2_norm
-from bcfl_cli.fl.spec import AggregationSpec
+from bcfl_cli.protocol.spec import AggregationSpec
 
 
 def clip(update: Prepared, clip_norm: float) -> Prepared:

@@ -26,7 +26,7 @@ import torch
 from bcfl_cli.fl.aggregation.base import Combined, Prepared, register
 from bcfl_cli.fl.aggregation.median import coordinate_median
 from bcfl_cli.fl.numerics import dot, l2_norm
-from bcfl_cli.fl.spec import AggregationSpec
+from bcfl_cli.protocol.spec import AggregationSpec
 
 
 def trust_scores(

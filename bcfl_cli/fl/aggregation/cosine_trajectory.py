@@ -34,7 +34,7 @@ from bcfl_cli.fl.aggregation.base import Combined, Prepared, register
 from bcfl_cli.fl.aggregation.cosine import cosine_trust
 from bcfl_cli.fl.aggregation.median import coordinate_median
 from bcfl_cli.fl.numerics import dot
-from bcfl_cli.fl.spec import AggregationSpec
+from bcfl_cli.protocol.spec import AggregationSpec
 
 
 def agreeing(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bcfl_cli.fl.aggregation.base import Combined, Prepared, register, weighted_mean
-from bcfl_cli.fl.spec import AggregationSpec
+from bcfl_cli.protocol.spec import AggregationSpec
 
 
 class FedAvg:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from bcfl_cli.fl.aggregation.base import Combined, Prepared, register, weighted_mean
 from bcfl_cli.fl.numerics import flat_float64, squared_distance_flat
-from bcfl_cli.fl.spec import AggregationSpec
+from bcfl_cli.protocol.spec import AggregationSpec
 
 
 def krum_scores(updates: Sequence[Prepared], f: int) -> list[float]:

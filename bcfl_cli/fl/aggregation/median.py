@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from bcfl_cli.fl.aggregation.base import Combined, Prepared, register, sorted_stack
-from bcfl_cli.fl.spec import AggregationSpec
+from bcfl_cli.protocol.spec import AggregationSpec
 
 
 def coordinate_median(updates: Sequence[Prepared]) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from bcfl_cli.fl.aggregation.base import (
     register,
     sorted_stack,
 )
-from bcfl_cli.fl.spec import AggregationSpec
+from bcfl_cli.protocol.spec import AggregationSpec
 
 
 def trim_count(beta: float, n: int) -> int:

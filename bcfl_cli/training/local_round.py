@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from bcfl_cli.chain.chain import Chain
 from bcfl_cli.chain.config import GenesisConfig
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import (
@@ -43,7 +44,6 @@ from bcfl_cli.fl.models import num_features, state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import Progress, decimal, train_local
 from bcfl_cli.home import Home
-from bcfl_cli.store.ledger import Ledger
 
 SIDECAR_VERSION = 1
 # The sidecar is JSON read back by `bcfl submit` with the protocol's I-JSON parser, whose integers
@@ -71,18 +71,6 @@ class LocalUpdate:
     @property
     def blob(self) -> str:
         return str(self.sidecar["blob"])
-
-
-def replay_state(ledger: Ledger) -> ChainState:
-    """The chain state at the head of the member's own store.
-
-    Signatures are not re-verified: the blocks were checked when they were appended, and
-    ``bcfl verify-chain`` re-checks everything on demand.
-    """
-    state = ChainState.from_genesis(ledger.block(0), ledger.document)
-    for block in ledger.blocks(1):
-        state = state.apply(block, verify_signatures=False)
-    return state
 
 
 def target_round(state: ChainState, requested: int | None) -> RoundTarget:
@@ -161,14 +149,15 @@ def train_for_round(
     force: bool = False,
 ) -> LocalUpdate:
     """Train this member's update for the open (or next) round and write it out."""
-    with Ledger.open(home) as ledger:
-        try:
-            state = replay_state(ledger)
-        except VerificationError as exc:
-            raise StoreError(
-                f"the local ledger does not replay: {exc.message}",
-                hint="run `bcfl verify-chain` to locate the fault",
-            ) from exc
+    try:
+        chain = Chain.open(home)
+    except VerificationError as exc:
+        raise StoreError(
+            f"the local ledger does not replay: {exc.message}",
+            hint="run `bcfl verify-chain` to locate the fault",
+        ) from exc
+    with chain:
+        ledger, state = chain.ledger, chain.state
         config = state.config
         target = target_round(state, round)
         path = (

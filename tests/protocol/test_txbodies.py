@@ -1,0 +1,103 @@
+"""Typed transaction bodies: each valid body parses to its kind's value and serialises back to
+the very same dict (so the same canonical bytes and hash); a bad body is an EncodingError at
+the boundary and a ``malformed_body`` verdict in the chain rules, never a KeyError."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, get_args
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bcfl_cli.errors import EncodingError, VerificationError
+from bcfl_cli.protocol.crypto import Domain, sign_digest
+from bcfl_cli.protocol.encoding import canonical, hash_object, parse_json
+from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.protocol.txbodies import OpenRoundBody, TxBody, parse_body
+from tests.chain.factories import did_for, key_for, make_consortium
+from tests.protocol.test_protocol_properties import BODIES, transactions, u53
+
+fast = settings(max_examples=60, deadline=None)
+
+BODY_CLASSES = get_args(TxBody)
+
+
+def test_every_kind_has_exactly_one_body_class() -> None:
+    kinds = [cls.KIND for cls in BODY_CLASSES]
+    assert sorted(kinds) == sorted(TxKind) and len(set(kinds)) == len(kinds)
+
+
+@st.composite
+def kinds_and_bodies(draw: st.DrawFn) -> tuple[TxKind, dict[str, Any]]:
+    kind = draw(st.sampled_from(list(TxKind)))
+    body = draw(BODIES[kind])
+    if kind is TxKind.OPEN_ROUND and draw(st.booleans()):
+        body["deadline_time"] = draw(u53.filter(lambda t: t >= 1))
+    return kind, body
+
+
+@fast
+@given(kinds_and_bodies())
+def test_parse_then_to_json_gives_back_the_body(kind_body: tuple[TxKind, dict[str, Any]]) -> None:
+    kind, body = kind_body
+    parsed = parse_body(kind, body)
+    assert type(parsed).KIND is kind
+    assert parsed.to_json() == body
+    assert canonical(parsed.to_json()) == canonical(body)
+    assert hash_object(parsed.to_json()) == hash_object(body)
+    assert parse_body(kind, parsed.to_json()) == parsed  # frozen values compare by content
+
+
+@fast
+@given(transactions())
+def test_a_transaction_from_the_wire_carries_its_parsed_body(tx: Transaction) -> None:
+    back = Transaction.from_dict(parse_json(canonical(tx.to_dict())))
+    assert "_parsed_body" in back.__dict__  # parsed once, at the boundary
+    assert back.parsed_body.to_json() == tx.body and back.hash == tx.hash
+
+
+@fast
+@given(kinds_and_bodies(), st.data())
+def test_a_body_without_a_field_or_with_an_extra_one_is_refused(
+    kind_body: tuple[TxKind, dict[str, Any]], data: st.DataObject
+) -> None:
+    kind, body = kind_body
+    key = data.draw(st.sampled_from(sorted(body)))
+    if not (kind is TxKind.OPEN_ROUND and key == "deadline_time"):
+        with pytest.raises(EncodingError):
+            parse_body(kind, {k: v for k, v in body.items() if k != key})
+    with pytest.raises(EncodingError):
+        parse_body(kind, {**body, "surplus": 1})
+    with pytest.raises(EncodingError):
+        parse_body(kind, [body])
+
+
+def test_open_round_leaves_an_absent_deadline_time_out() -> None:
+    body = {"round": 1, "base_model": "ab" * 32, "deadline_height": 7}
+    parsed = parse_body(TxKind.OPEN_ROUND, body)
+    assert parsed == OpenRoundBody(1, "ab" * 32, 7, None)
+    assert "deadline_time" not in parsed.to_json()
+
+
+def _signed_with_body(tx: Transaction, body: dict[str, Any], name: str) -> Transaction:
+    """``tx`` with another body, correctly signed, built without ``from_dict``'s checks."""
+    unsigned = dataclasses.replace(tx, body=body, signature="")
+    return dataclasses.replace(
+        unsigned, signature=sign_digest(key_for(name), Domain.TX, unsigned.hash)
+    )
+
+
+def test_a_malformed_body_in_a_block_is_a_verdict_not_a_key_error(tmp_path: Path) -> None:
+    c = make_consortium(tmp_path)
+    good = c.tx("alice", TxKind.REMOVE_MEMBER, {"member": did_for("dave"), "reason": "x"})
+    bad = _signed_with_body(good, {"member": did_for("dave")}, "alice")
+    assert bad.signature_valid()
+    with pytest.raises(EncodingError):
+        _ = bad.parsed_body
+    block = c.next_block([bad])
+    with pytest.raises(VerificationError) as caught:
+        c.state.apply(block)
+    assert caught.value.code == "malformed_body" and caught.value.tx_hash == bad.hash
