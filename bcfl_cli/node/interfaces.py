@@ -33,7 +33,7 @@ from bcfl_cli.store.blobs import BlobStore
 T = TypeVar("T")
 
 #: A commit notification: called with each appended block, once the chain's state is after it.
-CommitListener = Callable[[Block], None]
+BlockListener = Callable[[Block], None]
 
 
 class ChainView(Protocol):
@@ -56,7 +56,7 @@ class ChainView(Protocol):
     def alarm(self) -> dict[str, Any] | None: ...
 
     @property
-    def on_commit(self) -> list[CommitListener]: ...
+    def on_commit(self) -> list[BlockListener]: ...
 
     def block(self, height: int) -> Block: ...
 
@@ -223,7 +223,7 @@ class TrainerHost(Protocol):
     def peers(self) -> BlobPeers: ...
 
     @property
-    def on_commit(self) -> list[CommitListener]: ...
+    def on_commit(self) -> list[BlockListener]: ...
 
     def submit(self, tx: Transaction, *, seen: frozenset[str] = ...) -> bool: ...
 
@@ -232,8 +232,8 @@ __all__ = [
     "BlobFetcher",
     "BlobIndex",
     "BlobPeers",
+    "BlockListener",
     "ChainView",
-    "CommitListener",
     "CommittingChain",
     "ConsensusReactor",
     "Gossip",

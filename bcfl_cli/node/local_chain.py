@@ -23,7 +23,7 @@ from bcfl_cli.chain.chain import Chain, Commit, Persisted
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import StoreError
 from bcfl_cli.home import Home
-from bcfl_cli.node.interfaces import CommitListener
+from bcfl_cli.node.interfaces import BlockListener
 from bcfl_cli.node.logging import fields
 from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.store.pin import PinKeeper
@@ -52,7 +52,7 @@ class LocalChain:
         self.genesis_hash = self.chain.genesis_hash
         self.pin = self._open_pin()
         #: commit notifications, called in order after each appended block
-        self.on_commit: list[CommitListener] = []
+        self.on_commit: list[BlockListener] = []
         self._advanced = asyncio.Event()  # set, then replaced, on each appended block
         self.chain.subscribe(self._adopted)
 

@@ -47,7 +47,7 @@ from bcfl_cli.node.blob_service import BlobService
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.connections import ConnectionGuard, guarded_protocols, node_guard
 from bcfl_cli.node.consensus_driver import ConsensusDriver
-from bcfl_cli.node.interfaces import CommitListener
+from bcfl_cli.node.interfaces import BlockListener
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.local_chain import LocalChain
 from bcfl_cli.node.logging import fields
@@ -296,7 +296,7 @@ class _TrainerHost:
         return self.chain.blobs
 
     @property
-    def on_commit(self) -> list[CommitListener]:
+    def on_commit(self) -> list[BlockListener]:
         return self.chain.on_commit
 
     def submit(self, tx: Transaction, *, seen: frozenset[str] = frozenset()) -> bool:
