@@ -51,6 +51,9 @@ from bcfl_cli.node import (
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, spec, tx
 from bcfl_cli.provenance import bundle
+from bcfl_cli.simulation import network as sim_network
+from bcfl_cli.simulation import options as sim_options
+from bcfl_cli.simulation import shared_checks, simulator
 from bcfl_cli.store import pin
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
@@ -383,6 +386,15 @@ def _bindings() -> dict[str, list[str]]:
         "explorer status poll": [
             f"every {s(ms_to_s(_explorer_js_const('POLL_MS')))}",
             f"backing off to {s(ms_to_s(_explorer_js_const('MAX_BACKOFF_MS')))}",
+        ],
+        "`bcfl simulate` run": [
+            f"{_n(sim_options.MAX_SIM_MEMBERS)} members",
+            f"{_n(sim_network.MAX_EVENTS)} events",
+            f"{_n(simulator.MAX_MS_PER_ROUND)} logical ms a planned round",
+        ],
+        "`bcfl simulate` memory per member": [
+            f"{_n(simulator.MAX_MEMPOOL)} transactions in a member's mempool",
+            f"{_n(shared_checks.MAX_SHARED_ANSWERS)} answers kept by `--share-checks`",
         ],
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",

@@ -36,6 +36,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "data_cmd",
     "chain_cmds",
     "demo_cmd",
+    "simulate_cmd",
 )
 
 _state = {"verbose": False}

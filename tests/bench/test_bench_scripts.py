@@ -19,6 +19,7 @@ import bench.common as common
 import bench.flower_compare as flower_compare
 import bench.ledger_overhead as ledger_overhead
 import bench.model_proof as model_proof
+import bench.simulate as simulate_bench
 import bench.sync_bench as sync_bench
 import bench.verify_chain as verify_chain
 from bcfl_cli.consortium.config import load_config
@@ -187,3 +188,12 @@ def test_model_proof_bench_on_a_short_chain():
     (row,) = report.rows
     assert row["rounds"] == 3 and 0 < row["proof KB (gzip)"] < row["proof KB (plain)"]
     assert row["verify s"] > 0 and row["verify-chain s"] > 0
+
+
+def test_simulate_bench_quick_runs_every_arm(capsys):
+    assert simulate_bench.main(["--quick", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    arms = [row["arm"] for row in data["rows"]]
+    assert arms == ["plain FedAvg (no ledger)", "bcfl simulate", "bcfl simulate --share-checks"]
+    heads = {row["head"] for row in data["rows"][1:]}
+    assert len(heads) == 1 and "" not in heads  # shared checks change no answer

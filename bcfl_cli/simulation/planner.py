@@ -1,0 +1,172 @@
+"""What a simulated proposer puts in its block, from the chain state and its mempool.
+
+The round's life cycle as the chain rules allow it (PROTOCOL.md §6.3), packed so that a round
+takes two heights when every update is in: ``open_round``; then every pending update followed by
+this proposer's ``validation`` (the contract's verdict, from ``fl/checks.py``), the
+``aggregate`` once the round may close, and the next ``open_round``. Evidence of equivocation
+goes first. The block is trial-applied with the real rules by the caller; this module only
+chooses. It depends on chain, fl and protocol, never on the node.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import nacl.signing
+
+from bcfl_cli.chain.builder import build_block, next_block_time
+from bcfl_cli.chain.state import ChainState, round_deadlines
+from bcfl_cli.errors import VerificationError
+from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
+from bcfl_cli.fl.checks import FLChecks
+from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.fl.views import Blobs
+from bcfl_cli.protocol.block import Block
+from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+
+#: Transactions in one simulated block (the protocol allows 2,000).
+MAX_BLOCK_TXS = 1_000
+
+
+def nonce(rng: random.Random) -> str:
+    """A transaction nonce from the run's seed (``make_tx`` draws a random one otherwise)."""
+    return f"{rng.getrandbits(128):032x}"
+
+
+def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[Transaction]:
+    """Updates in ``pending`` that fit the open round, one per author, in the given order."""
+    rnd = state.round
+    if not rnd.open:
+        return []
+    seen = set(rnd.submitted)
+    out = []
+    for tx in pending:
+        if tx.kind is not TxKind.UPDATE or tx.author in seen:
+            continue
+        if tx.body["round"] != rnd.number or tx.body["base_model"] != rnd.base_model:
+            continue
+        seen.add(tx.author)
+        out.append(tx)
+    return out
+
+
+def compute_aggregate(state: ChainState, blobs: Blobs) -> tuple[str, int]:
+    """(model hash, size) of the open round's aggregate under the genesis rule; the model is
+    stored in ``blobs``. The computation ``FLChecks.check_aggregate`` repeats on every member."""
+    rnd, cfg = state.round, state.config
+    limit = cfg.contract.max_blob_bytes
+    if not rnd.accepted:
+        return rnd.base_model, blobs.size(rnd.base_model)
+
+    def load(digest: str) -> Any:
+        return decode_tensors(blobs.get(digest, max_bytes=limit), max_bytes=limit)
+
+    updates = [UpdateInput(u.tx, load(u.blob), u.num_samples) for u in rnd.accepted]
+    initial = load(cfg.initial_model) if rule_needs_initial_model(cfg.aggregation.rule) else None
+    result = aggregate(cfg.aggregation, load(rnd.base_model), updates, initial_state=initial)
+    blobs.put(result.model_bytes)
+    return result.model_hash, len(result.model_bytes)
+
+
+def open_round(
+    state: ChainState,
+    model: str,
+    *,
+    height: int,
+    time_ms: int,
+    key: nacl.signing.SigningKey,
+    rng: random.Random,
+) -> list[Transaction]:
+    """The next round's ``open_round`` on ``model``, if the plan has rounds left."""
+    if state.round.number >= state.config.training.rounds:
+        return []
+    deadline_height, deadline_time = round_deadlines(state.config.training, height, time_ms)
+    body: dict[str, Any] = {
+        "round": state.round.number + 1,
+        "base_model": model,
+        "deadline_height": deadline_height,
+    }
+    if deadline_time is not None:
+        body["deadline_time"] = deadline_time
+    return [
+        make_tx(key, state.chain_id, TxKind.OPEN_ROUND, body, time_ms=time_ms, nonce=nonce(rng))
+    ]
+
+
+def plan_block(
+    state: ChainState,
+    head: Block,
+    pending: Sequence[Transaction],
+    *,
+    height: int,
+    now_ms: int,
+    key: nacl.signing.SigningKey,
+    checks: FLChecks,
+    blobs: Blobs,
+    rng: random.Random,
+) -> list[Transaction]:
+    """The transactions of the block at ``height`` proposed at ``now_ms`` on ``state``."""
+    chain = state.chain_id
+    time_ms = next_block_time(state.head_time, now_ms)
+    txs: list[Transaction] = []
+    offences = set(state.offences)
+    for tx in pending:
+        if tx.kind is TxKind.MISBEHAVIOUR:
+            first = tx.body["votes"][0]
+            offence = (tx.body["offender"], first["height"], first["round"], str(first["type"]))
+            if offence not in offences:
+                offences.add(offence)
+                txs.append(tx)
+    rnd = state.round
+    if not rnd.open:
+        return txs + open_round(state, rnd.model, height=height, time_ms=time_ms, key=key, rng=rng)
+    after: ChainState | None = state
+    for update in pending_updates(state, pending):
+        if len(txs) + 4 > MAX_BLOCK_TXS:
+            break
+        verdict = checks.check_update(state, update)
+        body = {
+            "update": update.hash,
+            "verdict": "accept" if verdict.accept else "reject",
+            "reason": verdict.reason,
+            "detail": verdict.detail,
+        }
+        validation = make_tx(key, chain, TxKind.VALIDATION, body, time_ms=time_ms, nonce=nonce(rng))
+        txs += [update, validation]
+    if len(txs) > 0 and txs[-1].kind is TxKind.VALIDATION:
+        after = _trial(state, head, txs, time_ms, key)
+    if after is not None and after.round_may_close(height, time_ms):
+        model, size = compute_aggregate(after, blobs)
+        aggregate_body: dict[str, Any] = {
+            "round": after.round.number,
+            "updates": after.round.accepted_hashes,
+            "rule": after.config.aggregation_rule,
+            "params": after.config.aggregation_params,
+            "model": model,
+            "model_size": size,
+        }
+        txs.append(
+            make_tx(key, chain, TxKind.AGGREGATE, aggregate_body, time_ms=time_ms, nonce=nonce(rng))
+        )
+        closed = _trial(state, head, txs, time_ms, key)
+        if closed is not None:
+            txs += open_round(closed, model, height=height, time_ms=time_ms, key=key, rng=rng)
+    return txs
+
+
+def _trial(
+    state: ChainState,
+    head: Block,
+    txs: Sequence[Transaction],
+    time_ms: int,
+    key: nacl.signing.SigningKey,
+) -> ChainState | None:
+    """The state after ``txs`` in the next block (the rules without the app checks, which the
+    caller's full check of the whole block repeats); None if a rule refuses them."""
+    try:
+        block = build_block(state, head, txs, key, time_ms=time_ms)
+        return state.apply(block, verify_signatures=False, proposal=True)
+    except VerificationError:
+        return None
