@@ -34,12 +34,23 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
+from bcfl_cli.demo.launcher import (  # noqa: E402
+    GenesisPlan,
+    LocalConsortium,
+    Member,
+    MemberPlan,
+)
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate  # noqa: E402
 from bcfl_cli.fl.data import Dataset, load_csv  # noqa: E402
 from bcfl_cli.fl.models import initial_state, parameter_count  # noqa: E402
 from bcfl_cli.fl.split import split_csv  # noqa: E402
 from bcfl_cli.fl.training import evaluate, subseed, train_local  # noqa: E402
-from bcfl_cli.protocol.spec import AggregationSpec, ModelSpec, TrainingPlan  # noqa: E402
+from bcfl_cli.protocol.spec import (  # noqa: E402
+    AggregationSpec,
+    ContractRules,
+    ModelSpec,
+    TrainingPlan,
+)
 
 DATA = ROOT / "sample_data"
 RESULTS = ROOT / "bench" / "results"
@@ -345,14 +356,11 @@ def log(message: str, *, quiet: bool = False) -> None:
 # --- real nodes ---------------------------------------------------------------------------------
 PASSPHRASE = "bench passphrase, not a secret"
 GENESIS_TIME_MS = 1_763_000_000_000
+#: The contract's norm bound: loose, as a bench measures honest rounds (the fault suites attack).
+BENCH_CONTRACT_NORM = 1000.0
 
 
-def _toml_float(value: float) -> str:
-    return repr(float(value))
-
-
-def consortium_toml(
-    dids: Sequence[tuple[str, str]],
+def genesis_plan(
     spec: ModelSpec,
     plan: TrainingPlan,
     *,
@@ -360,78 +368,20 @@ def consortium_toml(
     min_updates: int,
     deadline_blocks: int,
     max_blob_bytes: int = 256 * 1024 * 1024,
-) -> str:
-    """A genesis file for the bench: every member trains and validates with power 1.
-
-    Members named ``spare-*`` only train (power 0): a node started late to measure catch-up.
-    """
-    lines = [
-        "[consortium]",
-        'name = "Bench Consortium"',
-        "admission_approvals = 2",
-        "removal_approvals = 2",
-        "",
-    ]
-    for name, did in dids:
-        spare = name.startswith("spare-")
-        lines += [
-            "[[members]]",
-            f'name = "{name}"',
-            f'did = "{did}"',
-            'roles = ["trainer"]' if spare else 'roles = ["trainer", "validator"]',
-            f"power = {0 if spare else 1}",
-            "",
-        ]
-    lines += [
-        "[model]",
-        f'architecture = "{spec.architecture}"',
-        f"input_shape = {list(spec.input_shape)}",
-        f"num_classes = {spec.num_classes}",
-        f"hidden = {list(spec.hidden)}",
-        f"seed = {spec.seed}",
-        "",
-        "[training]",
-        f"rounds = {rounds}",
-        f'optimizer = "{plan.optimizer}"',
-        f"lr = {_toml_float(plan.lr)}",
-        f"batch_size = {plan.batch_size}",
-        f"local_epochs = {plan.local_epochs}",
-        f"holdout_fraction = {_toml_float(plan.holdout_fraction)}",
-        f"min_updates = {min_updates}",
-        f"deadline_blocks = {deadline_blocks}",
-        "",
-        "[contract]",
-        "max_update_norm = 1000.0",
-        "min_samples = 1",
-        f"max_blob_bytes = {max_blob_bytes}",
-        "",
-        "[aggregation]",
-        'rule = "fedavg"',
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def bcfl_command() -> list[str]:
-    script = Path(sys.executable).parent / "bcfl"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from bcfl_cli.cli.app import main; main()"]
+) -> GenesisPlan:
+    """The bench's genesis: ``spec`` trained with ``plan`` for ``rounds`` rounds, FedAvg."""
+    training = plan.model_copy(
+        update={"rounds": rounds, "min_updates": min_updates, "deadline_blocks": deadline_blocks}
+    )
+    return GenesisPlan(
+        model=spec,
+        training=training,
+        contract=ContractRules(
+            max_update_norm=BENCH_CONTRACT_NORM, min_samples=1, max_blob_bytes=max_blob_bytes
+        ),
+        aggregation=FEDAVG,
+        name="Bench Consortium",
+    )
 
 
 LOG_LINE = re.compile(
@@ -501,25 +451,34 @@ class MemoryBoundExceeded(RuntimeError):
     """The nodes together took more memory than the bench allows."""
 
 
-@dataclass
-class NodeProcess:
-    name: str
-    root: Path
-    port: int
-    data: Path | None
-    proc: Any = None  # subprocess.Popen
+def member_plans(members: int, spare: int, files: Sequence[Path | None]) -> list[MemberPlan]:
+    """Founders ``member-NN`` (trainer and validator, power 1), then ``spare`` members
+    ``spare-NN`` that only train (power 0); each trains on ``files`` in turn."""
+    founders = [
+        MemberPlan(f"member-{i + 1:02d}", data=files[i % len(files)]) for i in range(members)
+    ]
+    spares = [
+        MemberPlan(
+            f"spare-{i + 1:02d}",
+            roles=("trainer",),
+            power=0,
+            data=files[(members + i) % len(files)],
+        )
+        for i in range(spare)
+    ]
+    return founders + spares
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-
-class LocalConsortium:
+class BenchConsortium(LocalConsortium):
     """``members`` real ``bcfl node`` processes on loopback, each training on its partition.
 
-    Each founder makes its own identity and runs ``init`` on the same consortium file, as
-    separate organisations would; nothing is shared but the file. Always use it as a context
-    manager: every process it started is stopped (SIGTERM, then SIGKILL after a grace).
+    The library's ``LocalConsortium`` (the one harness of ``bcfl demo``, the tests and the
+    benches) with what the benches measure on top: round times from launch, resident memory,
+    the final model. Founders are ``member-NN``; ``spare`` more members named ``spare-NN`` only
+    train (power 0) and are not started with the others: nodes started late to measure
+    catch-up. The nodes run with their own defaults unless a bench asks otherwise, at the
+    empty-block pace every figure in bench/README.md was taken at, logging text lines (which
+    ``parse_log`` reads). Always use it as a context manager.
     """
 
     def __init__(
@@ -537,31 +496,12 @@ class LocalConsortium:
         spare: int = 0,
         max_blob_bytes: int = 256 * 1024 * 1024,
     ) -> None:
-        from bcfl_cli.consortium.setup import init_consortium
-        from bcfl_cli.home import Home
-        from bcfl_cli.identity import generate_identity
-
-        self.root = root
-        self.spec = spec
-        self.rounds = rounds
-        self.empty_block_interval = empty_block_interval
-        self.timeout_propose_ms = timeout_propose_ms
         files = list(data) if data is not None else list(partition_files(members))
-        ports = free_ports(members + spare)
-        self.nodes: list[NodeProcess] = []
-        self.spares: list[NodeProcess] = []
-        dids = []
-        for i in range(members + spare):
-            name = f"member-{i + 1:02d}" if i < members else f"spare-{i - members + 1:02d}"
-            home = Home.resolve(root / name).ensure()
-            identity = generate_identity(home, name, PASSPHRASE.encode(), kdf="interactive")
-            dids.append((name, identity.did))
-            node = NodeProcess(name, home.root, ports[i], files[i % len(files)])
-            (self.nodes if i < members else self.spares).append(node)
-        self.config_file = root / "consortium.toml"
-        self.config_file.write_text(
-            consortium_toml(
-                dids,
+        plans = member_plans(members, spare, files)
+        super().__init__(
+            root,
+            plans,
+            genesis_plan(
                 spec,
                 plan,
                 rounds=rounds,
@@ -569,82 +509,38 @@ class LocalConsortium:
                 deadline_blocks=deadline_blocks,
                 max_blob_bytes=max_blob_bytes,
             ),
-            encoding="utf-8",
+            passphrase=PASSPHRASE,
+            genesis_time_ms=GENESIS_TIME_MS,
+            empty_block_interval=empty_block_interval,
+            empty_blocks=True,
+            timeout_propose_ms=timeout_propose_ms,
+            log_json=False,
+            env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
         )
-        for node in self.nodes + self.spares:
-            init_consortium(Home.resolve(node.root), self.config_file, time_ms=GENESIS_TIME_MS)
-        import httpx
-
-        self.http = httpx.Client(timeout=5.0)
+        self.spec = spec
+        self.rounds = rounds
+        self.nodes: list[Member] = [self.members[m.name] for m in plans[:members]]
+        self.spares: list[Member] = [self.members[m.name] for m in plans[members:]]
         self.launched = 0.0
         self.launched_wall = 0.0
         self.peak_rss: list[int] = []
         self.peak_total_rss = 0
 
-    def __enter__(self) -> LocalConsortium:
+    def __enter__(self) -> BenchConsortium:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["BCFL_PASSPHRASE"] = PASSPHRASE
-        env.pop("BCFL_HOME", None)
-        env["OMP_NUM_THREADS"] = "1"
-        env["PYTHONPATH"] = str(ROOT)
-        return env
-
-    def start(
-        self,
-        node: NodeProcess,
-        *,
-        train: bool = True,
-        peers: Sequence[NodeProcess] | None = None,
-    ) -> None:
-        import subprocess
-
-        args = [
-            *bcfl_command(),
-            "node",
-            "--home",
-            str(node.root),
-            "--listen",
-            f"127.0.0.1:{node.port}",
-        ]
-        # the node's own defaults unless a bench asks otherwise: measure bcfl as shipped
-        if self.empty_block_interval is not None:
-            args += ["--empty-block-interval", str(self.empty_block_interval)]
-        args.append("--empty-blocks")  # the pace every figure in bench/README.md was taken at
-        if self.timeout_propose_ms is not None:
-            args += ["--timeout-propose-ms", str(self.timeout_propose_ms)]
-        for other in self.nodes if peers is None else peers:
-            if other is not node:
-                args += ["--peer", other.url]
-        if train and node.data is not None:
-            args += ["--train", str(node.data)]
-        with open(node.root / "stdout.log", "ab") as out:
-            node.proc = subprocess.Popen(args, env=self.env(), stdout=out, stderr=subprocess.STDOUT)
-
-    def start_all(self) -> None:
+    def start_founders(self) -> None:
+        """Start every founder's node (not the spares), each peered with the other founders."""
         self.launched = time.perf_counter()
         self.launched_wall = time.time()
+        urls = [n.url for n in self.nodes]
         for node in self.nodes:
-            self.start(node)
+            self.start(node.name, peers=[u for u in urls if u != node.url])
 
-    def status(self, node: NodeProcess) -> dict[str, Any] | None:
-        import httpx
-
-        if node.proc is not None and node.proc.poll() is not None:
-            tail = (node.root / "stdout.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{node.name} exited with {node.proc.returncode}:\n{tail}")
-        try:
-            response = self.http.get(node.url + "/v1/status")
-            response.raise_for_status()
-            data: dict[str, Any] = response.json()
-            return data
-        except httpx.HTTPError:
-            return None
+    def node_status(self, node: Member) -> dict[str, Any] | None:
+        """``/v1/status`` of ``node``, None while it does not answer; NodeError once it exited."""
+        self.check_alive(node.name)
+        return self.try_status(node.name)
 
     def watch_rounds(
         self,
@@ -676,7 +572,7 @@ class LocalConsortium:
                     opened_at,
                     [closed[r] for r in sorted(closed)],
                 )
-            status = self.status(first)
+            status = self.node_status(first)
             if status is not None:
                 rnd = status["round"]
                 number, state = int(rnd["number"]), rnd["state"]
@@ -690,10 +586,14 @@ class LocalConsortium:
             time.sleep(poll)
         return opened_at, [closed[r] for r in sorted(closed)]
 
+    def node_log(self, node: Member) -> Path:
+        """The node's own log file (``bcfl node`` writes HOME/node/node.log)."""
+        return node.home.node_dir / "node.log"
+
     def logged_rounds(self) -> tuple[float, list[float]] | None:
         """Launch -> round 1 open, and launch -> each round closed, from the first node's own
         commit log (millisecond stamps, no observer's polling in them); None if incomplete."""
-        found = rounds_from_log(self.nodes[0].root / "node" / "node.log", self.rounds)
+        found = rounds_from_log(self.node_log(self.nodes[0]), self.rounds)
         if found is None:
             return None
         opened, closed = found
@@ -702,28 +602,15 @@ class LocalConsortium:
     def final_state(self) -> dict[str, torch.Tensor]:
         """The global model after the last round, read from the first node's blob store."""
         from bcfl_cli.fl.tensors import decode_tensors
-        from bcfl_cli.home import Home
         from bcfl_cli.store.blobs import BlobStore
 
-        status = self.status(self.nodes[0])
+        status = self.node_status(self.nodes[0])
         if status is None:
             raise RuntimeError("the first node does not answer")
         digest = status["round"].get("model") or status["round"]["base_model"]
-        blobs = BlobStore(Home.resolve(self.nodes[0].root).blob_dir)
+        blobs = BlobStore(self.nodes[0].home.blob_dir)
         limit = 1 << 30
         return decode_tensors(blobs.get(digest, max_bytes=limit), max_bytes=limit)
-
-    def stop(self, node: NodeProcess) -> None:
-        import subprocess
-
-        if node.proc is None or node.proc.poll() is not None:
-            return
-        node.proc.terminate()
-        try:
-            node.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            node.proc.kill()
-            node.proc.wait(5)
 
     def _sample_rss(self, memory_limit: int | None) -> None:
         current = self.rss()
@@ -739,24 +626,6 @@ class LocalConsortium:
 
     def rss(self) -> list[int]:
         return [rss_bytes(n.proc.pid) if n.proc is not None else 0 for n in self.nodes]
-
-    def close(self) -> None:
-        import signal
-        import subprocess
-
-        for node in self.nodes + self.spares:
-            if node.proc is not None and node.proc.poll() is None:
-                node.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for node in self.nodes + self.spares:
-            if node.proc is None:
-                continue
-            try:
-                node.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                node.proc.kill()
-                node.proc.wait(5)
-        self.http.close()
 
 
 #: How often ``run_nodes`` asks the first node how far it got. Round times come from the node's
@@ -795,8 +664,8 @@ def run_nodes(
     run = FedRun(f"bcfl, {members} nodes (BFT)", rounds)
     try:
         options = {} if max_blob_bytes is None else {"max_blob_bytes": max_blob_bytes}
-        with LocalConsortium(root, spec, plan, members, rounds, **options) as consortium:
-            consortium.start_all()
+        with BenchConsortium(root, spec, plan, members, rounds, **options) as consortium:
+            consortium.start_founders()
             limit = timeout if timeout is not None else 300.0 + 120.0 * rounds
             try:
                 opened, closed = consortium.watch_rounds(
@@ -824,9 +693,7 @@ def run_nodes(
             run.round_s = [b - a for a, b in itertools.pairwise([opened, *closed])]
             # start-up as every arm of flower_compare defines it: launch -> the first member
             # starts training, and launch -> the first aggregate is committed
-            trained = first_training_from_logs(
-                [n.root / "node" / "node.log" for n in consortium.nodes]
-            )
+            trained = first_training_from_logs([consortium.node_log(n) for n in consortium.nodes])
             if trained is not None:
                 run.extra["first_training_s"] = trained - consortium.launched_wall
             if closed:

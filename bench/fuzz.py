@@ -104,10 +104,10 @@ def _load_targets() -> dict[str, tuple[Callable[[bytes], None], tuple[type[BaseE
     from bcfl_cli.consensus.messages import Proposal
     from bcfl_cli.errors import BcflError, ContractError
     from bcfl_cli.fl.tensors import check_safetensors_layout, decode_tensors
-    from bcfl_cli.node.httpsig import RequestView, SignatureError, verify_request
     from bcfl_cli.protocol.block import Block, BlockHeader, CommitCertificate, Vote
     from bcfl_cli.protocol.encoding import parse_json
     from bcfl_cli.protocol.tx import Transaction
+    from bcfl_cli.wire.httpsig import RequestView, SignatureError, verify_request
 
     def blob(data: bytes) -> None:
         check_safetensors_layout(data, max_bytes=1 << 20)
@@ -145,7 +145,7 @@ def _load_targets() -> dict[str, tuple[Callable[[bytes], None], tuple[type[BaseE
 
     from bcfl_cli.node.app import Api, Refused
     from bcfl_cli.node.peers import parse_seen
-    from bcfl_cli.node.schemas import (
+    from bcfl_cli.wire.schemas import (
         ConsensusMessage,
         StreamUpdate,
         SubmitTx,
@@ -191,10 +191,10 @@ def _valid_seeds(target: str) -> list[bytes]:
 
     from bcfl_cli.consensus.messages import Proposal
     from bcfl_cli.fl.tensors import encode_tensors
-    from bcfl_cli.node.httpsig import sign_request
     from bcfl_cli.protocol.block import Block, BlockHeader, CommitCertificate, Vote, VoteType
     from bcfl_cli.protocol.encoding import canonical
     from bcfl_cli.protocol.tx import TxKind, make_tx
+    from bcfl_cli.wire.httpsig import sign_request
 
     key = nacl.signing.SigningKey(bytes(range(32)))
     if target == "blob":

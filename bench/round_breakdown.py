@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import DIGITS_MLP, PLAN, LocalConsortium, parse_log  # noqa: E402
+from bench.common import DIGITS_MLP, PLAN, BenchConsortium, parse_log  # noqa: E402
 
 
 def median(xs: Sequence[float]) -> float:
@@ -204,7 +204,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def follow(consortium: LocalConsortium, rounds: int, *, timeout: float) -> dict[str, float]:
+def follow(consortium: BenchConsortium, rounds: int, *, timeout: float) -> dict[str, float]:
     """Wait for every round; the nodes' CPU seconds per round after the first (all nodes).
 
     CPU time does not depend on how many other jobs share the machine, so it is the figure to
@@ -216,7 +216,7 @@ def follow(consortium: LocalConsortium, rounds: int, *, timeout: float) -> dict[
     while len(marks) < rounds:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out: {len(marks)} of {rounds} rounds closed")
-        status = consortium.status(first)
+        status = consortium.node_status(first)
         if status is not None:
             rnd = status["round"]
             done = int(rnd["number"]) if rnd["state"] == "closed" else int(rnd["number"]) - 1
@@ -249,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         # votes, timeouts and proposals are logged at debug level; this analysis reads them
         os.environ["BCFL_LOG_LEVEL"] = "debug"
-        with LocalConsortium(root, DIGITS_MLP, PLAN, args.members, args.rounds) as consortium:
-            consortium.start_all()
+        with BenchConsortium(root, DIGITS_MLP, PLAN, args.members, args.rounds) as consortium:
+            consortium.start_founders()
             started = time.perf_counter()
             cpu = follow(consortium, args.rounds, timeout=120.0 + 60.0 * args.rounds)
             print(f"wall {time.perf_counter() - started:.1f} s", file=sys.stderr)

@@ -35,17 +35,16 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
-from bcfl_cli.home import Home  # noqa: E402
+from bcfl_cli.demo.launcher import free_ports  # noqa: E402
 from bcfl_cli.store.blobs import BlobStore  # noqa: E402
 from bench.common import (  # noqa: E402
     DIGITS_MLP,
     MLP_1M,
     PLAN,
-    LocalConsortium,
+    BenchConsortium,
     Report,
     base_parser,
     emit,
-    free_ports,
     log,
 )
 
@@ -120,11 +119,11 @@ def raw_transfer(pages: list[bytes], blobs: list[bytes], repeats: int = 3) -> fl
 
 # --- the bench ------------------------------------------------------------------------------------
 def chain_bytes(
-    consortium: LocalConsortium, height: int
+    consortium: BenchConsortium, height: int
 ) -> tuple[list[bytes], list[bytes], list[int]]:
     """What a fresh node must download: block pages, update blobs, and each blob's height."""
     node = consortium.nodes[0]
-    store = BlobStore(Home.resolve(node.root).blob_dir)
+    store = BlobStore(node.home.blob_dir)
     pages: list[bytes] = []
     blobs: list[bytes] = []
     heights: list[int] = []
@@ -152,15 +151,15 @@ def run(rounds: int, model: str, *, quiet: bool = False, timeout: float = 600.0)
     )
     root = Path(tempfile.mkdtemp(prefix="bcfl-bench-sync-"))
     try:
-        with LocalConsortium(root, spec, PLAN, 4, rounds, spare=1) as consortium:
+        with BenchConsortium(root, spec, PLAN, 4, rounds, spare=1) as consortium:
             log(f"4 nodes train {rounds} rounds ...", quiet=quiet)
-            consortium.start_all()
+            consortium.start_founders()
             consortium.watch_rounds(timeout=120.0 + 60.0 * rounds, quiet=quiet)
             for node in consortium.nodes[1:]:
-                consortium.stop(node)
+                consortium.stop(node.name)
             source = consortium.nodes[0]
             time.sleep(1.0)  # let the last commit settle: nothing can commit with 1 of 4 up
-            status = consortium.status(source)
+            status = consortium.node_status(source)
             assert status is not None
             height = int(status["height"])
             pages, blobs, heights = chain_bytes(consortium, height)
@@ -168,14 +167,14 @@ def run(rounds: int, model: str, *, quiet: bool = False, timeout: float = 600.0)
             log(f"fresh node syncs {height} blocks, {total_bytes / MB:.1f} MB ...", quiet=quiet)
             fresh = consortium.spares[0]
             launched = time.perf_counter()
-            consortium.start(fresh, train=False, peers=[source])
+            consortium.start(fresh.name, train=False, peers=[source.url])
             first: tuple[float, int] | None = None
             deadline = launched + timeout
             while True:
                 now = time.perf_counter()
                 if now > deadline:
                     raise RuntimeError(f"the fresh node did not reach height {height}")
-                st = consortium.status(fresh)
+                st = consortium.node_status(fresh)
                 if st is not None:
                     h = int(st["height"])
                     if first is None:

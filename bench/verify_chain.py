@@ -280,7 +280,7 @@ def raw_verify_seconds(signatures: int, processes: int) -> float:
 # --- the bench -----------------------------------------------------------------------------------
 def cli_seconds(blocks: int) -> float:
     """Wall time of the real command, process start and imports included."""
-    from bench.common import bcfl_command
+    from bcfl_cli.demo.launcher import bcfl_command
 
     start = time.perf_counter()
     proc = subprocess.run(

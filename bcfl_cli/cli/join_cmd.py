@@ -11,10 +11,7 @@ from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import transfer_progress
-from bcfl_cli.errors import UsageError
-from bcfl_cli.home import Home
-from bcfl_cli.identity import load_identity, passphrase_from
-from bcfl_cli.node.operations import (
+from bcfl_cli.client import (
     JoinOutcome,
     NodeApi,
     RemoteGenesis,
@@ -23,6 +20,9 @@ from bcfl_cli.node.operations import (
     join_consortium,
     parse_roles,
 )
+from bcfl_cli.errors import UsageError
+from bcfl_cli.home import Home
+from bcfl_cli.identity import load_identity, passphrase_from
 
 
 def _show_genesis(remote: RemoteGenesis) -> None:

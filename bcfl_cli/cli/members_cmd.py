@@ -10,9 +10,7 @@ from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption, TimeoutOption
-from bcfl_cli.home import Home
-from bcfl_cli.identity import load_identity, passphrase_from
-from bcfl_cli.node.operations import (
+from bcfl_cli.client import (
     DEFAULT_WAIT_S,
     MemberChange,
     NodeApi,
@@ -22,6 +20,8 @@ from bcfl_cli.node.operations import (
     node_url,
     remove_member,
 )
+from bcfl_cli.home import Home
+from bcfl_cli.identity import load_identity, passphrase_from
 
 members_app = typer.Typer(
     name="members", help="List, admit and remove consortium members.", no_args_is_help=True

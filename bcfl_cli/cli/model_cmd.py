@@ -14,9 +14,9 @@ import typer
 from bcfl_cli.cli import render
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption, transfer_progress
+from bcfl_cli.client import NodeApi, export_model, node_url
 from bcfl_cli.errors import NodeError, UsageError
 from bcfl_cli.home import Home
-from bcfl_cli.node.operations import NodeApi, export_model, node_url
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.provenance import MAX_PROOF_BYTES, ProofReport, card_json, card_markdown, verify_model
 

@@ -11,11 +11,11 @@ from rich.markup import escape
 from bcfl_cli.cli import render
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import NodeOption
+from bcfl_cli.client import NodeApi, local_status, node_status, node_url
 from bcfl_cli.errors import IdentityError, NodeError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import read_public_identity
-from bcfl_cli.node.client import PeerRefused
-from bcfl_cli.node.operations import NodeApi, local_status, node_status, node_url
+from bcfl_cli.wire.refusal import Refusal
 
 
 def _short(value: Any, n: int = 16) -> str:
@@ -177,7 +177,11 @@ def status(
         with NodeApi(node_url(member_home, node)) as api:
             data = node_status(api)
     except NodeError as exc:
-        if node or not member_home.store_file.exists() or isinstance(exc, PeerRefused):
+        if (
+            node
+            or not member_home.store_file.exists()
+            or (isinstance(exc, Refusal) and exc.answered)
+        ):
             raise
         # this member's node is down: say so, and show what its own ledger holds
         render.warn(f"{exc.message}; showing this home's ledger instead")

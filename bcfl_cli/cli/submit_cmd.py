@@ -23,11 +23,7 @@ from rich.progress import (
 from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
 from bcfl_cli.cli.options import HomeOption, JsonOption, examples
-from bcfl_cli.errors import NodeError, PlanFinished, UsageError
-from bcfl_cli.home import Home
-from bcfl_cli.identity import load_identity, passphrase_from
-from bcfl_cli.node.client import PeerUnreachable
-from bcfl_cli.node.operations import (
+from bcfl_cli.client import (
     DEFAULT_WAIT_S,
     NodeApi,
     SubmitOutcome,
@@ -37,6 +33,10 @@ from bcfl_cli.node.operations import (
     read_update,
     submit_update,
 )
+from bcfl_cli.errors import NodeError, PlanFinished, UsageError
+from bcfl_cli.home import Home
+from bcfl_cli.identity import load_identity, passphrase_from
+from bcfl_cli.wire.refusal import Refusal
 
 NodeOption = Annotated[
     str | None,
@@ -153,8 +153,8 @@ def submit(
     except PlanFinished as finished:
         render_plan_finished(finished, json_out=json_out)
         return
-    except PeerUnreachable as exc:
-        if node:
+    except Refusal as exc:
+        if node or exc.answered:
             raise
         raise NodeError(
             f"this member's node does not answer at {url} ({exc.message})",

@@ -1,4 +1,4 @@
-"""Starting and watching local nodes: the launcher behind ``bcfl demo`` and the fault suites."""
+"""Starting and watching local nodes: the one harness of ``bcfl demo``, the tests and benches."""
 
 from bcfl_cli.demo.launcher import (
     DEMO_PASSPHRASE,

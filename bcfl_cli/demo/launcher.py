@@ -1,5 +1,10 @@
 """A whole consortium on one machine: one real ``bcfl node`` process per member on loopback.
 
+The one local-consortium harness: ``bcfl demo`` (``run.py``), the multi-process tests
+(``tests/network/cluster.py``, ``tests/faults/helpers.py``) and the benchmarks
+(``bench/common.py``'s ``BenchConsortium``) all start their nodes here, so that a fix to how
+homes are made, ports are chosen or processes are stopped reaches all of them.
+
 How the founders' homes are made: every founder generates its own identity, the consortium file
 lists all their dids, and *each* founder runs ``init_consortium`` on that same file with the
 same genesis time, exactly as each organisation would run ``bcfl init consortium.toml`` on its
@@ -210,10 +215,10 @@ class LocalConsortium:
         *,
         passphrase: str = DEMO_PASSPHRASE,
         genesis_time_ms: int = DEFAULT_GENESIS_TIME_MS,
-        empty_block_interval: float = 0.3,
+        empty_block_interval: float | None = 0.3,
         empty_blocks: bool = True,
         heartbeat_interval: float | None = None,
-        timeout_propose_ms: int = 1500,
+        timeout_propose_ms: int | None = 1500,
         log_json: bool = True,
         env: dict[str, str] | None = None,
     ) -> None:
@@ -223,6 +228,7 @@ class LocalConsortium:
         self.root.mkdir(parents=True, exist_ok=True)
         self.passphrase = passphrase
         self.genesis_plan = genesis
+        # None leaves a setting at the node's own default (the benches measure bcfl as shipped)
         self.empty_block_interval = empty_block_interval
         # The demo's rounds close on a deadline in blocks, and the tests wait for heights to
         # grow: both keep the empty-block pace (``bcfl node --empty-blocks``).
@@ -299,12 +305,12 @@ class LocalConsortium:
             str(member.home.root),
             "--listen",
             f"127.0.0.1:{member.port}",
-            "--empty-block-interval",
-            str(self.empty_block_interval),
             "--empty-blocks" if self.empty_blocks else "--no-empty-blocks",
-            "--timeout-propose-ms",
-            str(self.timeout_propose_ms),
         ]
+        if self.empty_block_interval is not None:
+            args += ["--empty-block-interval", str(self.empty_block_interval)]
+        if self.timeout_propose_ms is not None:
+            args += ["--timeout-propose-ms", str(self.timeout_propose_ms)]
         if self.heartbeat_interval is not None:
             args += ["--heartbeat-interval", str(self.heartbeat_interval)]
         if self.log_json:

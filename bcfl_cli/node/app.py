@@ -35,7 +35,6 @@ from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
 from bcfl_cli.node.budget import BodyBudget
 from bcfl_cli.node.explorer import Explorer
-from bcfl_cli.node.httpsig import normalise_authority
 from bcfl_cli.node.interfaces import ChainView, ConsensusReactor, MempoolView, PeerBook
 from bcfl_cli.node.limits import NodeLimits, TokenBucketLimiter
 from bcfl_cli.node.local_chain import member_role
@@ -49,7 +48,12 @@ from bcfl_cli.node.peers import (
     did_tag,
     parse_seen,
 )
-from bcfl_cli.node.schemas import (
+from bcfl_cli.protocol.block import Vote
+from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
+from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
+from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.wire.httpsig import normalise_authority
+from bcfl_cli.wire.schemas import (
     MAX_BLOCKS_PER_RESPONSE,
     MAX_HEIGHT_DIGITS,
     MAX_INLINE_BLOB_BYTES,
@@ -74,10 +78,6 @@ from bcfl_cli.node.schemas import (
     route_parameters,
     validate_body,
 )
-from bcfl_cli.protocol.block import Vote
-from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
-from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
-from bcfl_cli.store.ledger import Ledger
 
 log = logging.getLogger("bcfl.node.api")
 
@@ -381,7 +381,7 @@ class Api:
         # the blob of a pending update counts against its author's quota (blob_keeper)
         over = self.keeper.admit(tx.author, digest, len(data))
         if over is not None:
-            raise MempoolRefusal("over_quota", over, status=507)
+            raise MempoolRefusal(over, code="over_quota", status=507)
         await run_in_threadpool(self.blobs.put_stream, [data], expected=digest)
         self.keeper.record(tx.author, digest, len(data))
 

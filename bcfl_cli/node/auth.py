@@ -40,7 +40,8 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bcfl_cli.node.budget import BodyBudget
-from bcfl_cli.node.httpsig import (
+from bcfl_cli.node.limits import NodeLimits, NonceCache, ReplayJournal, TokenBucketLimiter
+from bcfl_cli.wire.httpsig import (
     COVERED_WHEN_PRESENT,
     RequestView,
     SignatureError,
@@ -50,7 +51,7 @@ from bcfl_cli.node.httpsig import (
     normalise_authority,
     verify_request_head,
 )
-from bcfl_cli.node.limits import NodeLimits, NonceCache, ReplayJournal, TokenBucketLimiter
+from bcfl_cli.wire.refusal import Refusal
 
 log = logging.getLogger("bcfl.node.auth")
 
@@ -61,17 +62,6 @@ MAX_HEADER_BYTES = 32 * 1024
 #: The longest a signed body may take to arrive, whole (the gap between pieces is bounded
 #: apart, by the app's read timeout): 8 MiB at 140 KB/s.
 BODY_TIMEOUT_S = 60.0
-
-
-class _Refusal(Exception):
-    def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
 
 
 def peer_did(request: HTTPConnection | Scope) -> str | None:
@@ -165,7 +155,7 @@ class SignatureAuth:
             try:
                 head = await self._admit(scope, receive)
                 body = None if head is None else await self._read_signed_body(head, receive, held)
-            except _Refusal as refusal:
+            except Refusal as refusal:
                 _log_refusal(scope, refusal)
                 headers = dict(refusal.headers)
                 if _may_have_body(scope):  # unread bytes may follow: never parse them
@@ -184,7 +174,7 @@ class SignatureAuth:
         """A WebSocket opening: a member's signed GET, or an HTTP denial and nothing else."""
         try:
             head = await self._admit(scope, receive, websocket=True)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             _log_refusal(scope, refusal)
             await send_websocket_denial(scope, send, refusal)
             return
@@ -207,8 +197,10 @@ class SignatureAuth:
         headers = _headers(scope)
         signed = "signature" in headers or "signature-input" in headers
         if websocket and not signed:
-            raise _Refusal(
-                401, "missing_signature", "a stream is opened by a member's signed request"
+            raise Refusal(
+                "a stream is opened by a member's signed request",
+                status=401,
+                code="missing_signature",
             )
         if method in PUBLIC_METHODS and not signed:
             return None
@@ -216,10 +208,10 @@ class SignatureAuth:
         has_body = not websocket and _announced_body(headers, self.limits.max_body_bytes)
         host = headers.get("host", "")
         if self.authorities is not None and not self._names_me(host, address):
-            raise _Refusal(
-                401,
-                "wrong_authority",
+            raise Refusal(
                 f"this node is not {host!r}; sign the request for the node you send it to",
+                status=401,
+                code="wrong_authority",
             )
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else quote(str(scope["path"]))
@@ -240,18 +232,18 @@ class SignatureAuth:
         did = verified.keyid
         _drop_uncovered(scope, verified)
         if (websocket or method not in PUBLIC_METHODS) and not self.is_member(did):
-            raise _Refusal(
-                403,
-                "not_member",
+            raise Refusal(
                 f"{did} is not a current member of this consortium; "
                 "ask the members to admit you (bcfl join, then bcfl members approve)",
+                status=403,
+                code="not_member",
             )
         assert verified.nonce is not None and verified.created is not None  # STRICT policy
         replay = self.nonces.check_and_add(
             did, verified.nonce, verified.created, member=self.is_member(did)
         )
         if replay is not None:
-            raise _Refusal(401, "replay", replay + "; sign every request afresh")
+            raise Refusal(replay + "; sign every request afresh", status=401, code="replay")
         wait = self.by_peer.acquire(did)
         if wait > 0:
             raise _too_many(wait)
@@ -266,15 +258,17 @@ class SignatureAuth:
 
     async def _read_signed_body(self, head: _SignedHead, receive: Receive, held: _Held) -> bytes:
         """The body of a request whose head checked out, within the size cap, the deadline and
-        the signer's budget, and matching the signed digest; _Refusal otherwise."""
+        the signer's budget, and matching the signed digest; Refusal otherwise."""
         if not head.read_body:
             return b""
         try:
             async with asyncio.timeout(self.body_timeout_s):
                 body = await _read_body(receive, self.limits.max_body_bytes, held, head.did)
         except TimeoutError:
-            raise _Refusal(
-                408, "body_timeout", f"the body took over {self.body_timeout_s:g} s; resend it"
+            raise Refusal(
+                f"the body took over {self.body_timeout_s:g} s; resend it",
+                status=408,
+                code="body_timeout",
             ) from None
         try:
             check_body(head.view, head.verified, body, policy=self.policy)
@@ -301,11 +295,11 @@ class _Held:
 
     def take(self, signer: str, size: int) -> None:
         if not self.budget.take(signer, size):
-            raise _Refusal(
-                503,
-                "busy",
+            raise Refusal(
                 "this node holds as many request bodies as it may (for this signer or in all); "
                 "retry in a moment",
+                status=503,
+                code="busy",
                 headers={"Retry-After": "1"},
             )
         self.signer = signer
@@ -334,8 +328,8 @@ def is_loopback(address: str) -> bool:
     return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
-def _signature_refusal(exc: SignatureError) -> _Refusal:
-    return _Refusal(401, exc.code, exc.message + (f"; {exc.hint}" if exc.hint else ""))
+def _signature_refusal(exc: SignatureError) -> Refusal:
+    return Refusal(exc.message + (f"; {exc.hint}" if exc.hint else ""), status=401, code=exc.code)
 
 
 def _may_have_body(scope: Scope) -> bool:
@@ -347,7 +341,7 @@ def _may_have_body(scope: Scope) -> bool:
     return False
 
 
-def _log_refusal(scope: Scope, refusal: _Refusal) -> None:
+def _log_refusal(scope: Scope, refusal: Refusal) -> None:
     client = scope.get("client") or ("?", 0)
     log.warning(
         "refused %s %s from %s: %d %s: %s",
@@ -360,7 +354,7 @@ def _log_refusal(scope: Scope, refusal: _Refusal) -> None:
     )
 
 
-async def send_websocket_denial(scope: Scope, send: Send, refusal: _Refusal) -> None:
+async def send_websocket_denial(scope: Scope, send: Send, refusal: Refusal) -> None:
     """Refuse a WebSocket opening with the JSON body an HTTP refusal has, where the server can
     answer a handshake with a response (uvicorn can); else close it (the client sees 403)."""
     if "websocket.http.response" not in (scope.get("extensions") or {}):
@@ -376,12 +370,12 @@ async def send_websocket_denial(scope: Scope, send: Send, refusal: _Refusal) -> 
     )
 
 
-def _too_many(wait: float) -> _Refusal:
+def _too_many(wait: float) -> Refusal:
     seconds = max(1, int(wait + 0.999))
-    return _Refusal(
-        429,
-        "rate_limited",
+    return Refusal(
         f"too many requests from this peer; retry in {seconds} s",
+        status=429,
+        code="rate_limited",
         headers={"Retry-After": str(seconds)},
     )
 
@@ -392,7 +386,7 @@ def _headers(scope: Scope) -> dict[str, str]:
     for raw_name, raw_value in scope.get("headers", []):
         total += len(raw_name) + len(raw_value)
         if total > MAX_HEADER_BYTES:
-            raise _Refusal(431, "headers_too_large", "request headers are too large")
+            raise Refusal("request headers are too large", status=431, code="headers_too_large")
         name = raw_name.decode("latin-1").lower()
         value = raw_value.decode("latin-1").strip(" \t")
         combined[name] = f"{combined[name]}, {value}" if name in combined else value
@@ -405,7 +399,7 @@ def _announced_body(headers: dict[str, str], limit: int) -> bool:
     declared = headers.get("content-length")
     if declared is not None:
         if not (declared.isascii() and declared.isdigit()) or len(declared) > 19:
-            raise _Refusal(400, "bad_request", "Content-Length is not a number")
+            raise Refusal("Content-Length is not a number", status=400, code="bad_request")
         if int(declared) > limit:
             raise _too_large(limit)
         return int(declared) > 0
@@ -418,7 +412,7 @@ async def _read_body(receive: Receive, limit: int, held: _Held, signer: str) -> 
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _Refusal(400, "disconnected", "the client went away mid-body")
+            raise Refusal("the client went away mid-body", status=400, code="disconnected")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -429,11 +423,11 @@ async def _read_body(receive: Receive, limit: int, held: _Held, signer: str) -> 
             return b"".join(chunks)
 
 
-def _too_large(limit: int) -> _Refusal:
-    return _Refusal(
-        413,
-        "body_too_large",
+def _too_large(limit: int) -> Refusal:
+    return Refusal(
         f"request body over the limit of {limit} bytes; send large blobs in chunks",
+        status=413,
+        code="body_too_large",
     )
 
 

@@ -58,6 +58,7 @@ from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import DEFAULT_MAX_BLOB_BYTES, BlobStore
+from bcfl_cli.wire.refusal import Refusal
 
 CHUNK_SIZE = 4 * 1024 * 1024
 READ_SIZE = 1024 * 1024
@@ -73,11 +74,6 @@ MANIFEST_CACHE = 64
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": code, "message": message, **extra}, status_code=status)
-
-
-class _BadRequest(Exception):
-    def __init__(self, response: JSONResponse) -> None:
-        self.response = response
 
 
 def compute_manifest(store: BlobStore, digest: str, chunk_size: int) -> dict[str, Any]:
@@ -138,24 +134,22 @@ class BlobRoutes:
     def _hash(request: Request) -> str:
         digest = request.path_params.get("hash")
         if not is_hash_hex(digest):
-            raise _BadRequest(
-                _error(400, "bad_hash", "a blob is named by 64 lowercase hex (its SHA-256)")
+            raise Refusal(
+                "a blob is named by 64 lowercase hex (its SHA-256)", status=400, code="bad_hash"
             )
         return str(digest)
 
     def _size(self, request: Request) -> int:
         raw = request.query_params.get("size", "")
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 19:
-            raise _BadRequest(_error(400, "bad_size", "give the blob size as ?size=BYTES"))
+            raise Refusal("give the blob size as ?size=BYTES", status=400, code="bad_size")
         size = int(raw)
         if size > self.max_blob_bytes:
-            raise _BadRequest(
-                _error(
-                    413,
-                    "blob_too_large",
-                    f"blob of {size} bytes is over this consortium's limit of "
-                    f"{self.max_blob_bytes}",
-                )
+            raise Refusal(
+                f"blob of {size} bytes is over this consortium's limit of "
+                f"{self.max_blob_bytes}",
+                status=413,
+                code="blob_too_large",
             )
         return size
 
@@ -228,8 +222,8 @@ class BlobRoutes:
     async def get_blob(self, request: Request) -> Response:
         try:
             digest = self._hash(request)
-        except _BadRequest as bad:
-            return bad.response
+        except Refusal as bad:
+            return _error(bad.status, bad.code, bad.message)
         if not self.store.has(digest):
             return _error(404, "no_blob", f"this node has no blob {digest}; ask another peer")
         size = self.store.size(digest)
@@ -253,8 +247,8 @@ class BlobRoutes:
     async def manifest(self, request: Request) -> Response:
         try:
             digest = self._hash(request)
-        except _BadRequest as bad:
-            return bad.response
+        except Refusal as bad:
+            return _error(bad.status, bad.code, bad.message)
         cached = self._manifests.get(digest)
         if cached is None:
             if not self.store.has(digest):
@@ -273,8 +267,8 @@ class BlobRoutes:
     async def upload_status(self, request: Request) -> Response:
         try:
             digest, size = self._hash(request), self._size(request)
-        except _BadRequest as bad:
-            return bad.response
+        except Refusal as bad:
+            return _error(bad.status, bad.code, bad.message)
         complete = self.store.has(digest)
         part = self._part(request, digest, size)
         received = size if complete else (part.stat().st_size if part.exists() else 0)
@@ -285,8 +279,8 @@ class BlobRoutes:
     async def put_chunk(self, request: Request) -> Response:
         try:
             digest, size = self._hash(request), self._size(request)
-        except _BadRequest as bad:
-            return bad.response
+        except Refusal as bad:
+            return _error(bad.status, bad.code, bad.message)
         raw_index = request.path_params.get("index", "")
         chunks = -(-size // self.chunk_size)
         raw_index = str(raw_index)
@@ -351,8 +345,8 @@ class BlobRoutes:
     async def finalise(self, request: Request) -> Response:
         try:
             digest, size = self._hash(request), self._size(request)
-        except _BadRequest as bad:
-            return bad.response
+        except Refusal as bad:
+            return _error(bad.status, bad.code, bad.message)
         if self.store.has(digest):
             if self.keeper is not None:
                 self.keeper.sent_again(digest)

@@ -2,7 +2,7 @@
 blob at a time, each peer given a slice of the deadline so that a hung one cannot use it up.
 
 Consensus (a proposal's update blobs), block sync (a page of blocks) and the round preparation
-(pending updates) all ask here; a blob is hash-checked piece by piece (``blob_fetch``) before it
+(pending updates) all ask here; a blob is hash-checked piece by piece (``client.blobs``) before it
 is kept.
 """
 
@@ -14,8 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
+from bcfl_cli.client.blobs import fetch_blob
 from bcfl_cli.errors import BcflError
-from bcfl_cli.node.blob_fetch import fetch_blob
 from bcfl_cli.node.interfaces import BlobPeers
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.peers import PeerInfo

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from bcfl_cli.client.api import NodeApi
 from bcfl_cli.errors import BcflError, VerificationError
-from bcfl_cli.node.operations import NodeApi
 from bcfl_cli.node.sync import certificate_valid
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.store.ledger import Ledger
@@ -101,7 +101,9 @@ def _compare(api: NodeApi, ledger: Ledger, verified: Verified, row: dict[str, An
             height=0,
             code="peer_genesis_differs",
         )
-    peer_height = api.status().get("height")
+    # only the height is read: a status of another version still compares
+    status = api.get("/status", strict=False)
+    peer_height = status.get("height") if isinstance(status, dict) else None
     if type(peer_height) is not int or peer_height < 0:
         raise _unverifiable(f"{api.url}/v1/status: no height in the answer")
     row["peer_height"] = peer_height

@@ -23,8 +23,8 @@ import nacl.signing
 
 from bcfl_cli.chain.checks import VerdictLike
 from bcfl_cli.chain.state import ChainState, Offence
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.consensus.messages import EngineState, Proposal
-from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.peers import PeerInfo
 from bcfl_cli.protocol.block import Block, ValidatorSet, Vote
 from bcfl_cli.protocol.tx import Transaction

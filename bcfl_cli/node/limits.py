@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bcfl_cli.node.httpsig import DEFAULT_WINDOW_S
+from bcfl_cli.wire.httpsig import DEFAULT_WINDOW_S
 
 log = logging.getLogger("bcfl.node.auth")
 

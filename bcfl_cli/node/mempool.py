@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bcfl_cli.chain.state import ChainState, Offence, offence_of
-from bcfl_cli.errors import BcflError
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.interfaces import ChainView, Gossip
 from bcfl_cli.node.limits import JOIN_RELAY_BURST, JOIN_RELAY_RATE_PER_S, TokenBucketLimiter
 from bcfl_cli.node.local_chain import member_role
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
+from bcfl_cli.wire.refusal import Refusal
 
 DEFAULT_MAX_TXS = 5_000
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
@@ -39,13 +39,9 @@ REJECTED_MEMORY = 10_000
 PROPOSER_ONLY = frozenset({TxKind.OPEN_ROUND, TxKind.VALIDATION, TxKind.AGGREGATE})
 
 
-class MempoolRefusal(BcflError):
-    """A transaction the pool will not hold; ``code`` is stable, ``status`` the HTTP answer."""
-
-    def __init__(self, code: str, message: str, *, status: int = 422) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
+#: A transaction the pool will not hold: ``code`` is stable, ``status`` the HTTP answer. The one
+#: refusal type of the wire, under the name the node's services catch.
+MempoolRefusal = Refusal
 
 
 @dataclass(frozen=True)
@@ -58,74 +54,87 @@ class Pending:
 def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = True) -> None:
     """The rules ``tx`` must pass alone against ``state``; MempoolRefusal names the first broken."""
     if tx.chain != state.chain_id:
-        raise MempoolRefusal(
-            "wrong_chain",
+        raise Refusal(
             f"transaction is for chain {tx.chain[:16]}, this is {state.chain_id[:16]}",
+            status=422,
+            code="wrong_chain",
         )
     if tx.hash in state.seen_tx:
-        raise MempoolRefusal("already_committed", "transaction is already on the chain", status=409)
+        raise Refusal("transaction is already on the chain", code="already_committed", status=409)
     if verify_signature and not tx.signature_valid():
-        raise MempoolRefusal(
-            "bad_tx_signature", f"transaction signature does not verify for {tx.author}"
+        raise Refusal(
+            f"transaction signature does not verify for {tx.author}",
+            status=422,
+            code="bad_tx_signature",
         )
     if tx.kind in PROPOSER_ONLY:
-        raise MempoolRefusal(
-            "proposer_only", f"{tx.kind} transactions are written by a block's proposer only"
+        raise Refusal(
+            f"{tx.kind} transactions are written by a block's proposer only",
+            status=422,
+            code="proposer_only",
         )
     member = state.member(tx.author)
     body = tx.body
     if tx.kind is TxKind.JOIN_REQUEST:
         if member is not None:
-            raise MempoolRefusal(
-                "already_member", f"{tx.author} is already a member ({member.status})"
+            raise Refusal(
+                f"{tx.author} is already a member ({member.status})",
+                status=422,
+                code="already_member",
             )
         if tx.author in state.pending:
-            raise MempoolRefusal("request_pending", f"{tx.author} already has a pending request")
+            raise Refusal(
+                f"{tx.author} already has a pending request", status=422, code="request_pending"
+            )
         if state.name_taken(body["name"]):
-            raise MempoolRefusal("name_taken", f"member name {body['name']!r} is taken")
+            raise Refusal(f"member name {body['name']!r} is taken", status=422, code="name_taken")
         if state.joins_full:
             raise _joins_full(state.config.max_pending_joins)
         return
     if member is None or not member.active:
-        raise MempoolRefusal(
-            "not_member", f"author {tx.author} is not an active member", status=403
-        )
+        raise Refusal(f"author {tx.author} is not an active member", code="not_member", status=403)
     validator_kinds = (TxKind.APPROVE_MEMBER, TxKind.REMOVE_MEMBER, TxKind.MISBEHAVIOUR)
     if tx.kind in validator_kinds and not member.is_validator:
-        raise MempoolRefusal("not_validator", f"{tx.kind} needs a validator", status=403)
+        raise Refusal(f"{tx.kind} needs a validator", code="not_validator", status=403)
     if tx.kind is TxKind.APPROVE_MEMBER:
         request = state.pending.get(body["member"])
         expired = state.expired_requests.get(body["member"])
         if request is None and expired is not None and expired.tx == body["request"]:
-            raise MempoolRefusal(
-                "request_expired",
+            raise Refusal(
                 f"the join request of {body['member']} expired unapproved at height "
                 f"{expired.expired_at}; the applicant must send a new one",
+                status=422,
+                code="request_expired",
             )
         if request is None or request.tx != body["request"]:
-            raise MempoolRefusal(
-                "no_pending_request",
+            raise Refusal(
                 f"{body['member']} has no pending request {body['request'][:16]}",
+                status=422,
+                code="no_pending_request",
             )
         if tx.author in request.approvals:
-            raise MempoolRefusal("duplicate_approval", "you already approved this request")
+            raise Refusal(
+                "you already approved this request", status=422, code="duplicate_approval"
+            )
     elif tx.kind is TxKind.REMOVE_MEMBER:
         subject = state.member(body["member"])
         if subject is None or not subject.active:
-            raise MempoolRefusal("not_active_member", f"{body['member']} is not an active member")
+            raise Refusal(
+                f"{body['member']} is not an active member", status=422, code="not_active_member"
+            )
     elif tx.kind is TxKind.UPDATE:
         _precheck_update(state, tx)
     elif tx.kind is TxKind.MISBEHAVIOUR and offence_of(body) in state.offences:
-        raise MempoolRefusal(
-            "duplicate_evidence", "this equivocation is already recorded on chain", status=409
+        raise Refusal(
+            "this equivocation is already recorded on chain", code="duplicate_evidence", status=409
         )
 
 
 def _joins_full(cap: int) -> MempoolRefusal:
-    return MempoolRefusal(
-        "join_requests_full",
+    return Refusal(
         f"the consortium holds at most {cap} pending join requests and has no room now; "
         "ask again once one is approved or expires",
+        code="join_requests_full",
         status=503,
     )
 
@@ -133,35 +142,38 @@ def _joins_full(cap: int) -> MempoolRefusal:
 def _precheck_update(state: ChainState, tx: Transaction) -> None:
     member = state.member(tx.author)
     if member is None or not member.is_trainer:
-        raise MempoolRefusal("not_trainer", f"{tx.author} is not an active trainer", status=403)
+        raise Refusal(f"{tx.author} is not an active trainer", code="not_trainer", status=403)
     rnd = state.round
     body = tx.body
     if state.plan_finished:
-        raise MempoolRefusal(
-            "training_finished",
+        raise Refusal(
             f"the training plan is finished ({state.config.training.rounds} rounds); "
             "no round will open for this update",
+            status=422,
+            code="training_finished",
         )
     if not rnd.open or body["round"] != rnd.number:
         current = f"round {rnd.number} is {rnd.state}"
-        raise MempoolRefusal(
-            "wrong_round",
+        raise Refusal(
             f"update for round {body['round']}, but {current}; train on the open round",
+            status=422,
+            code="wrong_round",
         )
     if body["base_model"] != rnd.base_model:
-        raise MempoolRefusal(
-            "wrong_base_model",
+        raise Refusal(
             f"update trained on {body['base_model'][:16]}, round base is "
             f"{rnd.base_model[:16]}; fetch the round's model and train again",
+            status=422,
+            code="wrong_base_model",
         )
     if tx.author in rnd.submitted:
-        raise MempoolRefusal(
-            "duplicate_update", "you already sent an update this round", status=409
-        )
+        raise Refusal("you already sent an update this round", code="duplicate_update", status=409)
     limit = state.config.contract.max_blob_bytes
     if body["blob_size"] > limit:
-        raise MempoolRefusal(
-            "blob_too_large", f"update blob of {body['blob_size']} bytes is over the limit {limit}"
+        raise Refusal(
+            f"update blob of {body['blob_size']} bytes is over the limit {limit}",
+            status=422,
+            code="blob_too_large",
         )
 
 
@@ -221,8 +233,10 @@ class Mempool:
             return False
         size = tx.digest()[1]  # the canonical signed form's length
         if size > MAX_TX_BYTES:
-            raise MempoolRefusal(
-                "tx_too_large", f"transaction of {size} bytes, limit {MAX_TX_BYTES}", status=413
+            raise Refusal(
+                f"transaction of {size} bytes, limit {MAX_TX_BYTES}",
+                code="tx_too_large",
+                status=413,
             )
         try:
             precheck(state, tx)
@@ -233,38 +247,38 @@ class Mempool:
         if tx.kind is TxKind.UPDATE and any(
             p.tx.kind is TxKind.UPDATE and p.tx.author == tx.author for p in self._txs.values()
         ):
-            raise MempoolRefusal(
-                "duplicate_update", "an update of yours is already pending", status=409
+            raise Refusal(
+                "an update of yours is already pending", code="duplicate_update", status=409
             )
         if tx.kind is TxKind.MISBEHAVIOUR:
             offence = offence_of(tx.body)
             if offence is not None and self.has_evidence(offence):
-                raise MempoolRefusal(
-                    "duplicate_evidence",
+                raise Refusal(
                     "evidence of this equivocation is already pending",
+                    code="duplicate_evidence",
                     status=409,
                 )
         if self._by_author.get(tx.author, 0) >= self.per_author:
-            raise MempoolRefusal(
-                "too_many_pending",
+            raise Refusal(
                 f"{self.per_author} transactions of yours are pending; wait for them to commit",
+                code="too_many_pending",
                 status=429,
             )
         if len(self._txs) >= self.max_txs or self._bytes + size > self.max_bytes:
-            raise MempoolRefusal(
-                "mempool_full",
+            raise Refusal(
                 "this node's pending transactions are at their limit; retry later",
+                code="mempool_full",
                 status=503,
             )
         if tx.kind is TxKind.JOIN_REQUEST:
             if tx.author in self._join_authors:
-                raise MempoolRefusal(
-                    "request_pending", "a join request of yours is already pending", status=409
+                raise Refusal(
+                    "a join request of yours is already pending", code="request_pending", status=409
                 )
             if tx.body["name"] in self._join_names:
-                raise MempoolRefusal(
-                    "name_taken",
+                raise Refusal(
                     f"member name {tx.body['name']!r} is asked for by a pending join request",
+                    code="name_taken",
                     status=409,
                 )
             room = state.config.max_pending_joins - len(state.pending)
@@ -370,9 +384,9 @@ class MempoolService:
             relay = not self._join_relay.acquire("join")
             if not relay and member_role(state, self.did) != "validator":
                 raise MempoolRefusal(
-                    "join_relay_busy",
                     "this node relays join requests at a bounded rate and is busy; retry in a "
                     "few seconds, or send the request to a validator's node",
+                    code="join_relay_busy",
                     status=503,
                 )
         added = self.pool.add(tx, state, now_ms=self.clock.now_ms())

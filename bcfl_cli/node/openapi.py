@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from bcfl_cli.node.peers import PEER_STREAM_PATH
-from bcfl_cli.node.schemas import (
+from bcfl_cli.wire.schemas import (
     BlockResponse,
     BlocksResponse,
     ConsensusLog,

@@ -32,14 +32,16 @@ import aiohttp
 import nacl.signing
 import yarl
 
-from bcfl_cli.errors import EncodingError, NodeError
-from bcfl_cli.node.client import SignedClient, shared_ssl_context
-from bcfl_cli.node.httpsig import sign_request
+from bcfl_cli.client.transport import SignedClient, shared_ssl_context
+from bcfl_cli.errors import EncodingError
 from bcfl_cli.node.logging import fields
-from bcfl_cli.node.schemas import MAX_INLINE_BLOB_BYTES
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical, parse_json
 from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.wire.httpsig import sign_request
+from bcfl_cli.wire.refusal import Refusal
+from bcfl_cli.wire.schemas import MAX_INLINE_BLOB_BYTES
+from bcfl_cli.wire.urls import normalise_url
 
 log = logging.getLogger("bcfl.node.peers")
 
@@ -112,22 +114,8 @@ class PeerInfo:
     opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-class PeerRequestError(NodeError):
-    """A peer did not answer usefully; ``status`` is the HTTP status (0: no answer)."""
-
-    def __init__(self, message: str, *, status: int = 0, code: str = "unreachable") -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
-def normalise_url(url: str) -> str:
-    url = url.strip().rstrip("/")
-    if url.endswith("/v1"):
-        url = url[: -len("/v1")]
-    if not url.startswith(("http://", "https://")):
-        url = "http://" + url
-    return url
+#: A peer did not answer usefully (``status`` 0: no answer): the one refusal type of the wire.
+PeerRequestError = Refusal
 
 
 @functools.lru_cache(maxsize=16)

@@ -52,7 +52,7 @@ from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.local_chain import LocalChain
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import Mempool, MempoolService
-from bcfl_cli.node.peers import Peers, normalise_url
+from bcfl_cli.node.peers import Peers
 from bcfl_cli.node.round_preparation import RoundPreparation
 from bcfl_cli.node.sync import CachingChecks, Syncer
 from bcfl_cli.node.trainer import run_node_trainer, warm_up
@@ -61,6 +61,7 @@ from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blob_owners import BlobOwners
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.vote_guard import VoteGuard
+from bcfl_cli.wire.urls import normalise_url
 
 log = logging.getLogger("bcfl.node")
 

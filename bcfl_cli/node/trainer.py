@@ -26,20 +26,21 @@ import nacl.signing
 import torch
 
 from bcfl_cli.chain.state import ChainState
+from bcfl_cli.client.api import NodeApi
+from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.submit import build_update_tx
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.data import Dataset, load_csv
 from bcfl_cli.fl.models import num_features, state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import subseed, train_local
-from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.interfaces import BlobPeers, TrainerHost
-from bcfl_cli.node.operations import NodeApi, build_update_tx
 from bcfl_cli.node.peers import did_tag
-from bcfl_cli.node.schemas import MAX_INLINE_BLOB_BYTES
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.wire.schemas import MAX_INLINE_BLOB_BYTES
 
 log = logging.getLogger("bcfl.node.trainer")
 
@@ -240,7 +241,7 @@ class AutoTrainer:
         try:
             await self.submit(tx, told)
         except BcflError as exc:
-            status = getattr(exc, "status", None)  # PeerRefused and MempoolRefusal carry one
+            status = getattr(exc, "status", None)  # a Refusal and a MempoolRefusal carry one
             if not isinstance(status, int) or not 400 <= status < 500:
                 raise  # the node could not judge it (down, overloaded): the next poll retries
             # the node judged it (round closed meanwhile, duplicate): retrying cannot help

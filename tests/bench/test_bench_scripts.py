@@ -23,6 +23,7 @@ import bench.simulate as simulate_bench
 import bench.sync_bench as sync_bench
 import bench.verify_chain as verify_chain
 from bcfl_cli.consortium.config import load_config
+from bcfl_cli.demo.launcher import consortium_toml
 from bcfl_cli.protocol.crypto import did_from_public_key
 
 
@@ -140,10 +141,13 @@ def test_bench_consortium_file_is_a_valid_genesis_file(tmp_path):
     names = ["member-01", "member-02", "member-03", "member-04", "spare-01"]
     # real Ed25519 public keys: did:key refuses 32 arbitrary bytes that are not a prime-order point
     keys = [nacl.signing.SigningKey(bytes([i + 1]) * 32).verify_key for i in range(len(names))]
-    dids = [(n, did_from_public_key(bytes(k))) for n, k in zip(names, keys, strict=True)]
-    text = common.consortium_toml(
-        dids, common.MLP_1M, common.PLAN, rounds=3, min_updates=4, deadline_blocks=50
+    dids = [did_from_public_key(bytes(k)) for k in keys]
+    genesis = common.genesis_plan(
+        common.MLP_1M, common.PLAN, rounds=3, min_updates=4, deadline_blocks=50
     )
+    founders = common.member_plans(4, 1, [None])
+    assert [f.name for f in founders] == names
+    text = consortium_toml(genesis, list(zip(founders, dids, strict=True)))
     path = tmp_path / "consortium.toml"
     path.write_text(text)
     config = load_config(path)

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from bcfl_cli.cli import join_cmd, members_cmd, model_cmd, status_cmd, submit_cmd
 from bcfl_cli.cli.app import app
+from bcfl_cli.client import NodeApi
 from bcfl_cli.identity import Identity
-from bcfl_cli.node.operations import NodeApi
 from bcfl_cli.training.local_round import train_for_round
 from tests.conftest import PASSPHRASE, MakeHome
 from tests.node._node_harness import URL, LocalNode, key, part

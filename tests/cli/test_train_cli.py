@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from bcfl_cli.chain import ChainState, build_block, commit_with_keys
 from bcfl_cli.cli.app import app
+from bcfl_cli.client import read_update
 from bcfl_cli.consortium.example import filled_example
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.fl import models
@@ -20,7 +21,6 @@ from bcfl_cli.fl.data import load_csv
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import apply_delta, evaluate
 from bcfl_cli.home import Home
-from bcfl_cli.node.operations import read_update
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import TxKind, make_tx, validate_body
 from bcfl_cli.store.ledger import Ledger

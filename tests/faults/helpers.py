@@ -8,6 +8,8 @@ restarts must come back at least as high as it was seen before the fault.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import time
@@ -104,18 +106,16 @@ def lone_validator(tmp_path: Path, max_blob_bytes: int) -> Iterator[LocalConsort
 @pytest.fixture
 def consortium(tmp_path: Path) -> Iterator[MakeConsortium]:
     """Factory of ``LocalConsortium``s whose processes are always stopped at teardown."""
-    made: list[LocalConsortium] = []
+    with contextlib.ExitStack() as made:
+        count = itertools.count()
 
-    def factory(founders: Sequence[MemberPlan], genesis: GenesisPlan, **kw: Any) -> LocalConsortium:
-        c = LocalConsortium(tmp_path / f"c{len(made)}", founders, genesis, **kw)
-        made.append(c)
-        return c
+        def factory(
+            founders: Sequence[MemberPlan], genesis: GenesisPlan, **kw: Any
+        ) -> LocalConsortium:
+            root = tmp_path / f"c{next(count)}"
+            return made.enter_context(LocalConsortium(root, founders, genesis, **kw))
 
-    try:
         yield factory
-    finally:
-        for c in made:
-            c.close()
 
 
 @dataclass

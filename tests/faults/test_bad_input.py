@@ -21,9 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.demo.launcher import LocalConsortium
-from bcfl_cli.node.blob_fetch import upload_blob
-from bcfl_cli.node.client import SignedClient
 from bcfl_cli.protocol.tx import TxKind, make_tx
 from bcfl_cli.store.blobs import BlobStore
 from tests.faults.helpers import lone_validator, wait_until

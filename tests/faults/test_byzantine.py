@@ -17,10 +17,10 @@ import time
 import pytest
 
 from bcfl_cli.chain.state import MAX_CLOCK_DRIFT_MS
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.consensus.messages import Proposal
 from bcfl_cli.consensus.proposer import proposer
 from bcfl_cli.demo.launcher import LocalConsortium
-from bcfl_cli.node.client import SignedClient
 from bcfl_cli.protocol.block import NIL, Block, BlockHeader, ValidatorSet, Vote, VoteType
 from bcfl_cli.protocol.encoding import MAX_SAFE_INT
 from bcfl_cli.protocol.merkle import merkle_root

@@ -25,7 +25,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from bcfl_cli.demo.launcher import LocalConsortium
-from bcfl_cli.node.httpsig import sign_request
+from bcfl_cli.wire.httpsig import sign_request
 from tests.faults.helpers import members, plan
 
 pytestmark = [pytest.mark.network]

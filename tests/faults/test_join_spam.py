@@ -18,8 +18,9 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from bcfl_cli.node.client import PeerRefused, SignedClient
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.protocol.tx import TxKind, make_tx
+from bcfl_cli.wire.refusal import Refusal
 from tests.faults.helpers import (
     MakeConsortium,
     members,
@@ -47,7 +48,7 @@ def _send(url: str, genesis: str, i: int) -> str:
     with SignedClient(key, url + "/v1", retries=0) as client:
         try:
             client.post("/join", json_body={"tx": tx.to_dict()})
-        except PeerRefused as exc:
+        except Refusal as exc:
             return str(exc.code)
     return "accepted"
 

@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
+from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.demo.launcher import LocalConsortium
-from bcfl_cli.node.blob_fetch import upload_blob
-from bcfl_cli.node.client import SignedClient
-from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.wire.httpsig import sign_request
 from tests.faults.helpers import MakeConsortium, members, plan, save_figures, wait_until
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(900)]

@@ -16,13 +16,13 @@ import httpx
 import nacl.signing
 import pytest
 
+from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.demo.launcher import LocalConsortium, free_ports
-from bcfl_cli.node.blob_fetch import upload_blob
-from bcfl_cli.node.client import SignedClient
-from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.verify import verify_chain
+from bcfl_cli.wire.httpsig import sign_request
 from tests.faults.helpers import lone_validator
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]

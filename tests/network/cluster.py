@@ -1,9 +1,9 @@
 """Real ``bcfl node`` processes on 127.0.0.1 for multi-process tests (and the CLI tests).
 
 A thin layer over ``bcfl_cli.demo.LocalConsortium`` (the one in-package launcher, shared with
-``bcfl demo`` and the fault suites): founders' homes are made the honest, simple way (each
-generates its own identity and runs ``init_consortium`` on the same consortium file with the
-same genesis time, as each organisation would run ``bcfl init``), one node process per member.
+``bcfl demo``, the fault suites and the benchmarks): founders' homes are made the honest, simple
+way (each generates its own identity and runs ``init_consortium`` on the same consortium file with
+the same genesis time, as each organisation would run ``bcfl init``), one node process per member.
 This module only fixes what the network tests expect: the tiny model and plan below, digits
 partitions, the test passphrase, and AssertionError on a timeout.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,17 +17,12 @@ MakeCluster = Callable[..., Cluster]
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[MakeCluster]:
-    made: list[Cluster] = []
+    with contextlib.ExitStack() as made:
+        count = itertools.count()
 
-    def factory(names: list[str] | None = None, **kw: Any) -> Cluster:
-        c = Cluster(
-            tmp_path / f"cluster{len(made)}", names or ["alice", "bob", "carol", "dave"], **kw
-        )
-        made.append(c)
-        return c
+        def factory(names: list[str] | None = None, **kw: Any) -> Cluster:
+            root = tmp_path / f"cluster{next(count)}"
+            names = names or ["alice", "bob", "carol", "dave"]
+            return made.enter_context(Cluster(root, names, **kw))
 
-    try:
         yield factory
-    finally:
-        for c in made:
-            c.close()

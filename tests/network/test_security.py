@@ -15,12 +15,12 @@ import httpx
 import nacl.signing
 import pytest
 
-from bcfl_cli.node.blob_fetch import upload_blob
-from bcfl_cli.node.client import SignedClient
-from bcfl_cli.node.httpsig import sign_request
+from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.protocol.tx import TxKind, make_tx
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.wire.httpsig import sign_request
 from tests.network.cluster import Cluster, wait_for
 from tests.network.conftest import MakeCluster
 

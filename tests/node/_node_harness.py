@@ -23,11 +23,11 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from bcfl_cli.chain import commit_with_keys
+from bcfl_cli.client import NodeApi
 from bcfl_cli.consortium.example import filled_example
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.home import Home
 from bcfl_cli.identity import Identity
-from bcfl_cli.node.operations import NodeApi
 from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
 from bcfl_cli.node.server import Node, NodeOptions, http_config
 from bcfl_cli.node.trainer import AutoTrainer, load_training_data

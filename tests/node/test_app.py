@@ -18,10 +18,11 @@ from hypothesis_jsonschema import from_schema
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.node.app import ROUTE_TABLE
-from bcfl_cli.node.client import PeerRefused, SignedClient
-from bcfl_cli.node.schemas import StatusResponse
 from bcfl_cli.protocol.tx import TxKind, make_tx
+from bcfl_cli.wire.refusal import Refusal
+from bcfl_cli.wire.schemas import StatusResponse
 from tests.node._node_harness import URL, LocalNode, did, key
 
 
@@ -179,7 +180,7 @@ def test_tx_status_pending_committed_unknown(local: LocalNode) -> None:
     ],
 )
 def test_malformed_bodies_are_refused(local: LocalNode, body: bytes, code: str) -> None:
-    with signed(local, key("bob")) as client, pytest.raises(PeerRefused) as info:
+    with signed(local, key("bob")) as client, pytest.raises(Refusal) as info:
         client.post("/txs", content=body, headers={"Content-Type": "application/json"})
     assert info.value.status == 400 and info.value.code == code
     assert len(local.node.mempool) == 0
@@ -187,10 +188,10 @@ def test_malformed_bodies_are_refused(local: LocalNode, body: bytes, code: str) 
 
 def test_consensus_route_is_for_validators_only(local: LocalNode) -> None:
     outsider = nacl.signing.SigningKey(b"\x07" * 32)
-    with signed(local, outsider) as client, pytest.raises(PeerRefused) as info:
+    with signed(local, outsider) as client, pytest.raises(Refusal) as info:
         client.post("/consensus", json_body={"vote": {}})
     assert info.value.status == 403 and info.value.code == "not_member"
-    with signed(local, key("bob")) as client, pytest.raises(PeerRefused) as info:
+    with signed(local, key("bob")) as client, pytest.raises(Refusal) as info:
         client.post("/consensus", json_body={"vote": {}, "proposal": {}})
     assert info.value.status == 400
 
@@ -200,13 +201,13 @@ def test_join_takes_the_signers_own_request_only(local: LocalNode) -> None:
     other = nacl.signing.SigningKey(b"\x0a" * 32)
     body = {"name": "erin", "roles": ["trainer"], "power": 0}
     tx = make_tx(newcomer, local.node.genesis_hash, TxKind.JOIN_REQUEST, body)
-    with signed(local, other) as client, pytest.raises(PeerRefused) as info:
+    with signed(local, other) as client, pytest.raises(Refusal) as info:
         client.post("/join", json_body={"tx": tx.to_dict()})
     assert info.value.code == "signer_not_author"
     with signed(local, newcomer) as client:
         assert client.post("/join", json_body={"tx": tx.to_dict()}).status_code == 202
         # the same newcomer may not use the member routes
-        with pytest.raises(PeerRefused) as info:
+        with pytest.raises(Refusal) as info:
             client.post("/txs", json_body={"tx": tx.to_dict()})
         assert info.value.status == 403
 

@@ -21,18 +21,19 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.errors import NodeError
 from bcfl_cli.node.auth import SignatureAuth, peer_did
-from bcfl_cli.node.client import PeerRefused, SignedClient
-from bcfl_cli.node.httpsig import (
+from bcfl_cli.node.limits import NodeLimits, NonceCache, TokenBucketLimiter
+from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.wire.httpsig import (
     RequestView,
     SignatureError,
     content_digest,
     sign_request,
     verify_request,
 )
-from bcfl_cli.node.limits import NodeLimits, NonceCache, TokenBucketLimiter
-from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.wire.refusal import Refusal
 
 BASE = "http://testserver"
 
@@ -103,7 +104,7 @@ def test_signed_client_through_the_layer(app: _App) -> None:
         stranger = SignedClient(
             nacl.signing.SigningKey.generate(), BASE, transport=client._client._transport
         )
-        with pytest.raises(PeerRefused) as info:
+        with pytest.raises(Refusal) as info:
             stranger.post("/tx", json_body={"a": 1})
         assert info.value.status == 403 and info.value.code == "not_member"
     assert len(app.calls) == 2
@@ -302,7 +303,7 @@ def test_client_retries_re_sign_and_give_up_clearly() -> None:
         return httpx.Response(403, json={"error": "not_member", "message": "ask to be admitted"})
 
     refusing = SignedClient(key, BASE, transport=httpx.MockTransport(refuse))
-    with refusing, pytest.raises(PeerRefused, match="not_member.*ask to be admitted"):
+    with refusing, pytest.raises(Refusal, match="not_member.*ask to be admitted"):
         refusing.post("/tx", content=b"{}")
 
 

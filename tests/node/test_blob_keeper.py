@@ -13,18 +13,19 @@ import nacl.signing
 import pytest
 from starlette.applications import Starlette
 
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.node.auth import SignatureAuth
 from bcfl_cli.node.blob_keeper import BlobKeeper, parse_retention
 from bcfl_cli.node.blob_routes import BlobRoutes
-from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.store.blob_owners import BlobOwners
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.verify.chain import verify_chain
+from bcfl_cli.wire.refusal import Refusal
 from tests.node._chain_fixture import Chain, make_chain
 from tests.node.test_round_driver import EDIT, step
 
@@ -181,7 +182,7 @@ def test_a_members_unreferenced_uploads_displace_only_its_own(node: _Node) -> No
 def test_uploads_still_needed_are_not_displaced_and_the_next_is_refused(node: _Node) -> None:
     mine = [node.put(node.mallory, _blob(i)) for i in range(4)]
     node.needed |= set(mine)  # say, four pending updates
-    with pytest.raises(PeerRefused) as refused:
+    with pytest.raises(Refusal) as refused:
         node.put(node.mallory, _blob(99))
     assert refused.value.status == 507 and refused.value.code == "over_quota"
     assert all(node.store.has(d) for d in mine)

@@ -27,11 +27,11 @@ from bcfl_cli.node.app import advertised_authorities, loopback_authorities
 from bcfl_cli.node.auth import SignatureAuth
 from bcfl_cli.node.budget import BodyBudget
 from bcfl_cli.node.connections import ConnectionGuard
-from bcfl_cli.node.httpsig import RequestView, sign_request, verify_request
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.peers import NODE_URL_HEADER
 from bcfl_cli.node.server import http_config
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.wire.httpsig import RequestView, sign_request, verify_request
 
 MIB = 1024 * 1024
 

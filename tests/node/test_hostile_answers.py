@@ -12,11 +12,12 @@ import httpx
 import nacl.signing
 import pytest
 
+from bcfl_cli.client import read_update
+from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.errors import NodeError, UsageError
-from bcfl_cli.node.blob_fetch import upload_blob
-from bcfl_cli.node.client import PeerRefused, SignedClient
-from bcfl_cli.node.operations import read_update
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.wire.refusal import Refusal
 
 KEY = nacl.signing.SigningKey(b"\x07" * 32)
 NESTED = b"[" * 4000
@@ -28,7 +29,7 @@ def _client(handler: httpx.MockTransport) -> SignedClient:
 
 def test_a_refusal_whose_body_nests_deep_is_a_peer_refusal() -> None:
     transport = httpx.MockTransport(lambda request: httpx.Response(400, content=NESTED))
-    with _client(transport) as client, pytest.raises(PeerRefused, match="http_400"):
+    with _client(transport) as client, pytest.raises(Refusal, match="http_400"):
         client.get("/status")
 
 

@@ -11,11 +11,12 @@ import nacl.signing
 import pytest
 
 from bcfl_cli.chain import build_block
-from bcfl_cli.node.client import PeerRefused, SignedClient
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.node.limits import JOIN_RELAY_BURST, JOIN_RELAY_RATE_PER_S
 from bcfl_cli.node.mempool import Mempool, MempoolRefusal, precheck
 from bcfl_cli.node.round_driver import plan_block
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from bcfl_cli.wire.refusal import Refusal
 from tests.node._chain_fixture import Chain, did, key, make_chain
 from tests.node._node_harness import URL, LocalNode
 
@@ -60,7 +61,7 @@ def test_join_route_admits_one_per_second_burst_ten_per_address(local: LocalNode
             try:
                 c.post("/join", json_body={"tx": tx.to_dict()})
                 admitted += 1
-            except PeerRefused as exc:
+            except Refusal as exc:
                 assert exc.status == 429 and exc.code == "rate_limited", exc
                 limited += 1
     elapsed = time.monotonic() - start

@@ -32,7 +32,6 @@ from starlette.types import ASGIApp
 
 from bcfl_cli.node import app as app_module
 from bcfl_cli.node.app import MAX_CONSENSUS_BODY
-from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.peers import (
     CONSENSUS_PATH,
@@ -42,6 +41,7 @@ from bcfl_cli.node.peers import (
 )
 from bcfl_cli.protocol.block import Vote, VoteType
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from bcfl_cli.wire.httpsig import sign_request
 from tests.node._node_harness import URL, LocalNode, did, key, served, trained_update
 
 with warnings.catch_warnings():

@@ -28,10 +28,10 @@ from bcfl_cli.node.peers import (
     PeerRequestError,
     Peers,
     did_tag,
-    normalise_url,
     parse_seen,
 )
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.wire.urls import normalise_url
 from tests.node._node_harness import served
 
 

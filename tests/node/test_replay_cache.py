@@ -18,9 +18,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bcfl_cli.node.auth import SignatureAuth
-from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.node.limits import NodeLimits, NonceCache, ReplayJournal
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.wire.httpsig import sign_request
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.node.blob_service import BlobService
-from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.mempool import Mempool, MempoolService
 from bcfl_cli.node.peers import PeerInfo

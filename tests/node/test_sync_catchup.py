@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.node.blob_routes import blob_app
-from bcfl_cli.node.client import SignedClient
 from bcfl_cli.node.peers import PeerInfo
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.block import Block

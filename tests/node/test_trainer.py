@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from bcfl_cli.client import build_update_tx
 from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.data import load_csv
-from bcfl_cli.node.operations import build_update_tx
 from bcfl_cli.node.trainer import (
     AutoTrainer,
     attack_by_name,
@@ -97,7 +97,7 @@ def test_refusal_by_the_node_stops_retrying_that_round(local: LocalNode) -> None
         from bcfl_cli.node.mempool import MempoolRefusal
 
         calls.append(tx.hash)
-        raise MempoolRefusal("duplicate_update", "already sent", status=409)
+        raise MempoolRefusal("already sent", code="duplicate_update", status=409)
 
     trainer = _trainer(local)
     trainer.submit = refuse
@@ -184,7 +184,7 @@ def test_peer_publisher_pushes_to_reachable_peers(local: LocalNode, tmp_path: Pa
 
     import httpx
 
-    from bcfl_cli.node.client import SignedClient
+    from bcfl_cli.client.transport import SignedClient
     from bcfl_cli.node.trainer import peer_publisher
 
     other = LocalNode(tmp_path / "other")

@@ -16,8 +16,9 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from bcfl_cli.node.client import PeerRefused, SignedClient
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from bcfl_cli.wire.refusal import Refusal
 from tests.node._node_harness import URL, LocalNode, key, trained_update
 
 
@@ -43,7 +44,7 @@ def _post(local: LocalNode, tx: Transaction, blob: str, signer: str = "bob") -> 
 
 
 def _refused(local: LocalNode, tx: Transaction, blob: str) -> tuple[int, str]:
-    with pytest.raises(PeerRefused) as info:
+    with pytest.raises(Refusal) as info:
         _post(local, tx, blob)
     return info.value.status, info.value.code
 
@@ -86,7 +87,7 @@ def test_refused_updates_change_nothing(local: LocalNode, tmp_path: Path) -> Non
     # signed by an outsider: the signature layer refuses it before anything is read
     with (
         _signed(local, nacl.signing.SigningKey(b"\x07" * 32)) as client,
-        pytest.raises(PeerRefused) as outsider,
+        pytest.raises(Refusal) as outsider,
     ):
         client.post("/updates", json_body={"tx": tx.to_dict(), "blob": encoded})
     assert outsider.value.status == 403
@@ -172,7 +173,7 @@ def test_a_forged_update_for_the_next_round_is_not_held(
     wire["sig"] = sig[:-1] + ("0" if sig[-1] != "0" else "1")  # no longer the author's
     body = {"tx": wire, "blob": base64.b64encode(blob).decode()}
     started = time.monotonic()
-    with pytest.raises(PeerRefused) as info, _signed(local, key("bob")) as client:
+    with pytest.raises(Refusal) as info, _signed(local, key("bob")) as client:
         client.post("/updates", json_body=body)
     assert 400 <= info.value.status < 500
     assert time.monotonic() - started < 10  # refused at once, not after the 30 s hold

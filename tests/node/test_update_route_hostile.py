@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bcfl_cli.node.client import PeerRefused
+from bcfl_cli.wire.refusal import Refusal
 from tests.node._node_harness import LocalNode
 from tests.node.test_update_route import _post, _update
 
@@ -31,7 +31,7 @@ def test_a_non_ascii_blob_field_is_a_malformed_body(local: LocalNode, tmp_path: 
     local.mine()
     tx, _ = _update(local, tmp_path)
     for blob in ("\u00e9AAA", "AA\u0660="):
-        with pytest.raises(PeerRefused) as info:
+        with pytest.raises(Refusal) as info:
             _post(local, tx, blob)
         assert (info.value.status, info.value.code) == (400, "malformed_body"), blob
     assert tx.hash not in local.node.mempool

@@ -13,13 +13,14 @@ import nacl.signing
 import pytest
 from starlette.applications import Starlette
 
+from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.node.auth import SignatureAuth
-from bcfl_cli.node.blob_fetch import upload_blob
 from bcfl_cli.node.blob_routes import MAX_UPLOADS_PER_MEMBER, STALE_UPLOAD_S, BlobRoutes
-from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.wire.refusal import Refusal
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -73,7 +74,7 @@ def test_one_member_holding_partial_uploads_blocks_only_itself(node: _Node, tmp_
         try:
             _start_upload(node.mallory, _data(3 * CHUNK, seed))
             held += 1
-        except PeerRefused as refused:
+        except Refusal as refused:
             assert refused.status == 503 and refused.code == "busy"
             assert "you have" in refused.message
     assert held == MAX_UPLOADS_PER_MEMBER
@@ -86,7 +87,7 @@ def test_one_member_holding_partial_uploads_blocks_only_itself(node: _Node, tmp_
 def test_stale_partial_uploads_free_their_slots(node: _Node) -> None:
     for seed in range(MAX_UPLOADS_PER_MEMBER):
         _start_upload(node.mallory, _data(3 * CHUNK, seed))
-    with pytest.raises(PeerRefused):
+    with pytest.raises(Refusal):
         _start_upload(node.mallory, _data(3 * CHUNK, 50))
     node.now += STALE_UPLOAD_S + 1
     _start_upload(node.mallory, _data(3 * CHUNK, 50))

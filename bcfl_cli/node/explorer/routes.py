@@ -37,14 +37,14 @@ from bcfl_cli.node.explorer.index import RoundIndex
 from bcfl_cli.node.explorer.proof import build_in_process
 from bcfl_cli.node.interfaces import ChainView
 from bcfl_cli.node.limits import TokenBucketLimiter
-from bcfl_cli.node.schemas import (
+from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.wire.schemas import (
     MAX_HEIGHT_DIGITS,
     MAX_ROUNDS_PER_RESPONSE,
     BlockResponse,
     ErrorBody,
     RoundsResponse,
 )
-from bcfl_cli.store.ledger import Ledger
 
 log = logging.getLogger("bcfl.node.explorer")
 

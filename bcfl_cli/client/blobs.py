@@ -37,10 +37,11 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.errors import BcflError, BlobError, EncodingError, NodeError
-from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.protocol.encoding import is_hash_hex, parse_json
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.wire.refusal import Refusal
 
 if sys.platform != "win32":
     import fcntl  # only the partial files' locks; see _try_lock
@@ -231,7 +232,7 @@ def fetch_blob(
             try:
                 done = _download_from(client, manifest, part, done, progress, cancel)
             except (httpx.TransportError, NodeError) as exc:
-                if isinstance(exc, PeerRefused) and exc.status < 500:
+                if isinstance(exc, Refusal) and exc.kind == "refused":
                     raise
                 done = part.stat().st_size  # cut back to the last whole, checked chunk
                 failures = 0 if done > before else failures + 1
@@ -403,7 +404,11 @@ def upload_blob(
                     client.put(f"/blobs/{digest}", params={"size": size}, content=b"")
                 break
             except NodeError as exc:
-                if isinstance(exc, PeerRefused) and exc.code not in {"out_of_order", "incomplete"}:
+                if (
+                    isinstance(exc, Refusal)
+                    and exc.answered
+                    and exc.code not in {"out_of_order", "incomplete"}
+                ):
                     raise
                 failures = 0 if received > before else failures + 1
                 if failures >= max_attempts:

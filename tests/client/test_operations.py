@@ -11,14 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+import bcfl_cli.client as ops
 from bcfl_cli.errors import BlobError, NodeError, UsageError, VerificationError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity
-from bcfl_cli.node import operations as ops
-from bcfl_cli.node.client import PeerRefused
 from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.training.local_round import train_for_round
+from bcfl_cli.wire.refusal import Refusal
+from bcfl_cli.wire.schemas import PeerView
 from tests.conftest import PASSPHRASE, MakeHome
 from tests.node._node_harness import LocalNode, consortium_home, did, key, part
 
@@ -115,7 +116,7 @@ def test_rejoin_keeps_ledger_and_reports_the_nodes_refusal(
     identity = load_identity(erin, PASSPHRASE)
     with local.api(identity.signing_key) as api:
         remote = ops.fetch_genesis(api)
-        with pytest.raises(PeerRefused) as refused:
+        with pytest.raises(Refusal) as refused:
             ops.join_consortium(
                 erin, identity.signing_key, api, remote, name="erin", roles=["trainer"], power=0
             )
@@ -165,7 +166,7 @@ def test_approve_until_admitted_then_remove(local: LocalNode, make_home: MakeHom
     with Ledger.open(erin_home) as ledger:
         blobs = ledger.blobs
     blob = blobs.put(b"an update erin may no longer send" * 8)
-    with local.api(erin.signing_key) as api, pytest.raises(PeerRefused) as refused:
+    with local.api(erin.signing_key) as api, pytest.raises(Refusal) as refused:
         api.upload_blob(blob, blobs, progress=None)
     assert refused.value.status == 403 and refused.value.code == "not_member"
 
@@ -319,9 +320,17 @@ def test_push_to_peers_offers_the_blob_and_reports_the_unreachable(
     try:
         blob = local.node.blobs.put(b"an update blob" * 100)
 
+        with local.api(key("alice")) as api:
+            answer = api.status().model_dump(mode="json")
+        answer["peers"] = [
+            PeerView(
+                url=url, did=None, height=None, head=None, last_seen=None, error=None
+            ).model_dump(mode="json")
+            for url in ("http://peer-ok", "http://peer-down")
+        ]
+
         def status(request: httpx.Request) -> httpx.Response:
-            peers = [{"url": "http://peer-ok"}, {"url": "http://peer-down"}]
-            return httpx.Response(200, json={"peers": peers})
+            return httpx.Response(200, json=answer)
 
         def connect(url: str) -> ops.NodeApi:
             if url == "http://peer-ok":

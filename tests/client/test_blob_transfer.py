@@ -6,7 +6,6 @@ import fcntl
 import hashlib
 import os
 import resource
-import socket
 import subprocess
 import sys
 import threading
@@ -19,12 +18,14 @@ import httpx
 import nacl.signing
 import pytest
 
+from bcfl_cli.client.blobs import FetchCancelled, fetch_blob, fetch_manifest, upload_blob
+from bcfl_cli.client.transport import SignedClient
+from bcfl_cli.demo.launcher import free_ports
 from bcfl_cli.errors import BlobError
-from bcfl_cli.node.blob_fetch import FetchCancelled, fetch_blob, fetch_manifest, upload_blob
 from bcfl_cli.node.blob_routes import blob_app
-from bcfl_cli.node.client import PeerRefused, SignedClient
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.wire.refusal import Refusal
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette 1.x nudges towards httpx2 for its TestClient
@@ -116,7 +117,7 @@ def test_upload_requires_member_signature(peer: _Peer) -> None:
         "http://peer",
         transport=peer.http._transport,  # type: ignore[arg-type]
     )
-    with pytest.raises(PeerRefused) as info:
+    with pytest.raises(Refusal) as info:
         stranger.put(f"/blobs/{digest}/chunks/0", params={"size": 3}, content=b"abc")
     assert info.value.status == 403
     assert list((peer.store.root / "tmp").iterdir()) == []
@@ -134,20 +135,20 @@ def test_upload_roundtrip_and_refusals(peer: _Peer, tmp_path: Path) -> None:
     other = _blob(local, 100_000, seed=2)
     data = local.get(other)
     # out of order
-    with pytest.raises(PeerRefused) as info:
+    with pytest.raises(Refusal) as info:
         peer.client.put(f"/blobs/{other}/chunks/1", params={"size": 100_000}, content=data[CHUNK:])
     assert info.value.status == 409 and info.value.code == "out_of_order"
     # wrong chunk length
-    with pytest.raises(PeerRefused) as info:
+    with pytest.raises(Refusal) as info:
         peer.client.put(f"/blobs/{other}/chunks/0", params={"size": 100_000}, content=data[:10])
     assert info.value.code == "bad_chunk"
     # over the blob limit
-    with pytest.raises(PeerRefused) as info:
+    with pytest.raises(Refusal) as info:
         peer.client.put(f"/blobs/{other}/chunks/0", params={"size": 2 * MB}, content=data[:CHUNK])
     assert info.value.status == 413
     # finalise before all chunks
     peer.client.put(f"/blobs/{other}/chunks/0", params={"size": 100_000}, content=data[:CHUNK])
-    with pytest.raises(PeerRefused) as info:
+    with pytest.raises(Refusal) as info:
         peer.client.put(f"/blobs/{other}", params={"size": 100_000}, content=b"")
     assert info.value.code == "incomplete"
     # bytes that do not hash to the name are not kept
@@ -155,7 +156,7 @@ def test_upload_roundtrip_and_refusals(peer: _Peer, tmp_path: Path) -> None:
     for i in range(2):
         chunk = data[i * CHUNK : (i + 1) * CHUNK]
         peer.client.put(f"/blobs/{liar}/chunks/{i}", params={"size": 100_000}, content=chunk)
-    with pytest.raises(PeerRefused) as info:
+    with pytest.raises(Refusal) as info:
         peer.client.put(f"/blobs/{liar}", params={"size": 100_000}, content=b"")
     assert info.value.status == 422 and info.value.code == "hash_mismatch"
     assert not peer.store.has(liar)
@@ -174,7 +175,7 @@ def test_a_one_chunk_blob_is_stored_by_its_chunk(peer: _Peer, tmp_path: Path) ->
     assert done == {"hash": digest, "size": len(data)}
     # bytes that do not hash to the name are refused and not kept, nor a partial file
     liar = "c" * 64
-    with pytest.raises(PeerRefused) as info:
+    with pytest.raises(Refusal) as info:
         peer.client.put(f"/blobs/{liar}/chunks/0", params={"size": len(data)}, content=data)
     assert info.value.status == 422 and info.value.code == "hash_mismatch"
     assert not peer.store.has(liar)
@@ -224,7 +225,7 @@ def test_fetch_verifies_and_resumes_from_partial_file(peer: _Peer, tmp_path: Pat
     other = BlobStore(tmp_path / "other")
     with pytest.raises(BlobError):
         fetch_blob(peer.client, digest, other, max_bytes=1000)
-    with pytest.raises(PeerRefused):
+    with pytest.raises(Refusal):
         fetch_manifest(peer.client, "c" * 64, max_bytes=MB)
 
 
@@ -348,12 +349,6 @@ def test_partial_file_of_a_dead_attempt_is_reused_but_not_a_running_ones(
 # --- real process --------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _vm(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -373,7 +368,7 @@ def _write_random_file(path: Path, size: int) -> None:
 def _transfer(tmp_path: Path, size: int) -> dict[str, float]:
     key = nacl.signing.SigningKey.generate()
     did = did_from_public_key(bytes(key.verify_key))
-    port = _free_port()
+    port = free_ports(1)[0]  # outside the ephemeral range: no race with outgoing sockets
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}

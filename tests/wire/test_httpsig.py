@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from http_message_signatures import HTTPMessageSigner, HTTPMessageVerifier, MappingKeyResolver
 from http_message_signatures.algorithms import ED25519
 
-from bcfl_cli.node.httpsig import (
+from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.wire.httpsig import (
     STRICT,
     RequestView,
     SignatureError,
@@ -26,7 +27,6 @@ from bcfl_cli.node.httpsig import (
     signature_base,
     verify_request,
 )
-from bcfl_cli.protocol.crypto import did_from_public_key
 
 # RFC 9421 Appendix B.1.4 (test-key-ed25519, JWK "d" and "x") and B.2 / B.2.6.
 RFC_D = "n4Ni-HpISpVObnQMW0wOhCKROaIKqKtW_2ZYb2p9KcU"

@@ -1,11 +1,14 @@
-"""A signed HTTP client for talking to peers: one pooled ``httpx.Client``, every request signed.
+"""The signed HTTP client: one pooled ``httpx.Client``, every request signed on its way out.
 
-Retries are bounded and only for failures that say nothing about the request itself
-(connection errors, timeouts, 429/502/503/504). Each retry is signed afresh (new nonce and
-``created``), since the first attempt may have reached the peer and its nonce is spent; so
-routes that change state must be idempotent (transactions are keyed by hash, blob chunks by
-offset). A refusal (any other 4xx/5xx) is raised at once as :class:`PeerRefused`, carrying the
-peer's one-line reason.
+As in httpx, the client (retries, refusals, response limits) is apart from its transport (the
+connection pool, TLS; a test passes ``httpx.MockTransport``), and the RFC 9421 signature is an
+``httpx.Auth`` flow, :class:`RequestSigner`. Retries are bounded and only for failures that say
+nothing about the request itself (connection errors, timeouts, 429/502/503/504). Each retry is
+signed afresh (new nonce and ``created``), since the first attempt may have reached the peer and
+its nonce is spent; so routes that change state must be idempotent (transactions are keyed by
+hash, blob chunks by offset). A refusal (any other 4xx/5xx) is raised at once as a
+:class:`~bcfl_cli.wire.refusal.Refusal` carrying the peer's code and one-line reason; no answer
+after every retry is a ``Refusal`` of kind ``unreachable``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import json
 import random
 import ssl
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,16 +26,23 @@ import httpx
 import nacl.signing
 
 from bcfl_cli.errors import NodeError
-from bcfl_cli.node.httpsig import sign_request
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical
+from bcfl_cli.wire.httpsig import sign_request
+from bcfl_cli.wire.refusal import Refusal
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 4096
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MAX_BACKOFF_S = 5.0
+#: Connections one client keeps to its node (and, of those, idle for reuse).
+MAX_CONNECTIONS = 16
+MAX_KEEPALIVE_CONNECTIONS = 8
 
+#: The request extension that carries the exact body bytes to sign (None: no body), so that a
+#: large body can travel as a one-shot stream and still be signed.
+SIGNED_BODY = "bcfl.signed_body"
 
 _INLINE_BODY_BYTES = 64 * 1024
 
@@ -52,17 +62,54 @@ def shared_ssl_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-class PeerRefused(NodeError):
-    """The peer answered, and said no; ``status`` and ``code`` say how."""
+class RequestSigner(httpx.Auth):
+    """Signs every request that goes through it with ``key`` (RFC 9421, ``bcfl/http/v1``).
 
-    def __init__(self, message: str, *, status: int, code: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.status = status
-        self.code = code
+    The body signed is the request extension :data:`SIGNED_BODY` when set (the client sets it:
+    a large body is sent as a one-shot stream that cannot be read twice), else the request's
+    own content; a GET or HEAD without content is signed with no Content-Digest.
+    """
+
+    requires_request_body = False
+
+    def __init__(self, key: nacl.signing.SigningKey) -> None:
+        self._key = key
+        self.did = did_from_public_key(bytes(key.verify_key))
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if SIGNED_BODY in request.extensions:
+            # taken off the request once signed: httpx keeps a sent request alive (in a
+            # reference cycle with its response) until the garbage collector runs
+            body: bytes | None = request.extensions.pop(SIGNED_BODY)
+        elif request.method in {"GET", "HEAD"} and not request.headers.get("content-length"):
+            body = None
+        else:
+            body = request.read()
+        request.headers.update(
+            sign_request(self._key, request.method, str(request.url), dict(request.headers), body)
+        )
+        yield request
 
 
-class PeerUnreachable(NodeError):
-    """No answer at all (refused connection, timeouts, 5xx after every retry)."""
+def http_client(
+    base_url: str,
+    *,
+    auth: httpx.Auth | None,
+    timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """The one place an ``httpx.Client`` to a node is made: pool bounds, TLS, no redirects."""
+    return httpx.Client(
+        base_url=base_url,
+        auth=auth,
+        timeout=timeout,
+        transport=transport,
+        verify=shared_ssl_context(),
+        follow_redirects=False,
+        limits=httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
+        ),
+    )
 
 
 class SignedClient:
@@ -79,19 +126,14 @@ class SignedClient:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        self._key = identity_key
-        self.did = did_from_public_key(bytes(identity_key.verify_key))
+        self._signer = RequestSigner(identity_key)
+        self.did = self._signer.did
         self.base_url = base_url.rstrip("/")
         self.retries = retries
         self.backoff_s = backoff_s
         self.max_response_bytes = max_response_bytes
-        self._client = httpx.Client(
-            base_url=self.base_url,
-            timeout=timeout,
-            transport=transport,
-            verify=shared_ssl_context(),
-            follow_redirects=False,
-            limits=httpx.Limits(max_connections=16, max_keepalive_connections=8),
+        self._client = http_client(
+            self.base_url, auth=self._signer, timeout=timeout, transport=transport
         )
 
     def __enter__(self) -> SignedClient:
@@ -121,13 +163,9 @@ class SignedClient:
             # garbage collector runs; a one-shot iterator lets a large body go as soon as sent.
             sent = _once(content)
             extra["Content-Length"] = str(len(content))
-        request = self._client.build_request(
-            method, path, content=sent, params=params, headers=extra
+        return self._client.build_request(
+            method, path, content=sent, params=params, headers=extra, extensions={SIGNED_BODY: body}
         )
-        request.headers.update(
-            sign_request(self._key, method, str(request.url), dict(request.headers), body)
-        )
-        return request
 
     def request(
         self,
@@ -222,7 +260,7 @@ class SignedClient:
             finally:
                 response.close()
             return
-        raise PeerUnreachable(
+        raise Refusal(
             f"{method} {self.base_url}{path}: no answer after {self.retries + 1} attempts "
             f"({last_error})",
             hint="check that the peer is running and reachable (bcfl status on that machine)",
@@ -237,7 +275,7 @@ class SignedClient:
         time.sleep(min(delay, MAX_BACKOFF_S))
 
 
-def _refusal(method: str, response: httpx.Response) -> PeerRefused:
+def _refusal(method: str, response: httpx.Response) -> Refusal:
     raw = b""
     for piece in response.iter_bytes():
         raw += piece
@@ -251,7 +289,7 @@ def _refusal(method: str, response: httpx.Response) -> PeerRefused:
     if isinstance(payload, dict):
         code = str(payload.get("error", code))[:64]
         message = str(payload.get("message", message))[:300]
-    return PeerRefused(
+    return Refusal(
         f"{method} {response.request.url} refused ({response.status_code} {code}): {message}",
         status=response.status_code,
         code=code,
