@@ -33,6 +33,7 @@ from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
 from bcfl_cli.client import transport as client
 from bcfl_cli.fl import tensors
+from bcfl_cli.identity import tls_cert
 from bcfl_cli.node import (
     auth,
     blob_keeper,
@@ -47,6 +48,7 @@ from bcfl_cli.node import (
     peers,
     server,
 )
+from bcfl_cli.node import tls as node_tls
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, spec, tx
 from bcfl_cli.provenance import bundle
@@ -365,6 +367,11 @@ def _bindings() -> dict[str, list[str]]:
         ],
         "pin moved forward by a running node": [f"at most every {s(pin.PIN_INTERVAL_S)}"],
         "pin file size": [kib(pin.MAX_PIN_BYTES)],
+        "peer certificates remembered (pinned mode)": [
+            _n(node_tls.MAX_REMEMBERED_CERTS),
+            f"at most {s(node_tls.PREFETCH_TIMEOUT_S)}",
+        ],
+        "TLS key file (`tls.key`, `tls.next.key`)": [kib(tls_cert.MAX_TLS_KEY_FILE_BYTES)],
         "`verify-chain --against` requests": [
             f"{_n(compare.COMPARE_MAX_REQUESTS)} at most",
             f"{s(compare.COMPARE_TIMEOUT_S)} each",

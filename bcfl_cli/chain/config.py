@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bcfl_cli.errors import EncodingError, VerificationError
-from bcfl_cli.protocol.crypto import is_did
+from bcfl_cli.protocol.crypto import Domain, is_did, public_key_from_did, verify_digest
 from bcfl_cli.protocol.encoding import canonical, is_hash_hex
 from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.protocol.tx import PROTOCOL_VERSION, ROLES
@@ -49,7 +49,15 @@ MAX_JOIN_REQUEST_TTL_BLOCKS = 100_000_000
 #: it differs, like the TTL, so older documents keep their hash.
 DEFAULT_MAX_PENDING_JOINS = 1_000
 MAX_MAX_PENDING_JOINS = 1_000_000
-OPTIONAL_CONSORTIUM_KEYS = frozenset({"join_request_ttl_blocks", "max_pending_joins"})
+#: ``consortium.tls`` (issue 22): how nodes trust each other's TLS certificates, ``pinned`` (each
+#: member's certificate fingerprint on chain) or ``ca``; absent in documents from before TLS
+#: (their hash is unchanged) and for consortia that leave transport security to a proxy.
+OPTIONAL_CONSORTIUM_KEYS = frozenset({"join_request_ttl_blocks", "max_pending_joins", "tls"})
+TLS_MODES = ("pinned", "ca")
+MEMBER_KEYS = frozenset({"name", "did", "roles", "power"})
+#: ``members[i].tls``: ``{fingerprint, sig}``, the SHA-256 of the member's node certificate and
+#: the member's did-key signature of it under ``bcfl/tls-pin/v1``; optional.
+MEMBER_TLS_KEYS = frozenset({"fingerprint", "sig"})
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ class GenesisMember:
     did: str
     roles: tuple[str, ...]
     power: int
+    tls: str | None = None  # pinned certificate fingerprint (issue 22)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class GenesisConfig:
     initial_model: str
     join_request_ttl_blocks: int = DEFAULT_JOIN_REQUEST_TTL_BLOCKS
     max_pending_joins: int = DEFAULT_MAX_PENDING_JOINS
+    tls_mode: str | None = None  # "pinned" | "ca" | None (no TLS rule: before issue 22)
 
     @property
     def aggregation_rule(self) -> str:
@@ -125,8 +135,11 @@ def parse_document(document: Any) -> GenesisConfig:
     ):
         raise _bad(
             "consortium must be {name, admission_approvals, removal_approvals} and optionally "
-            "join_request_ttl_blocks and max_pending_joins"
+            "join_request_ttl_blocks, max_pending_joins and tls"
         )
+    tls_mode = consortium.get("tls")
+    if tls_mode is not None and tls_mode not in TLS_MODES:
+        raise _bad(f"consortium.tls must be one of {list(TLS_MODES)}, found {tls_mode!r}")
     ttl = _optional_int(
         consortium,
         "join_request_ttl_blocks",
@@ -144,8 +157,8 @@ def parse_document(document: Any) -> GenesisConfig:
         raise _bad(f"members must be a list of 1-{MAX_MEMBERS} entries")
     parsed: list[GenesisMember] = []
     for i, m in enumerate(members):
-        if not isinstance(m, dict) or set(m) != {"name", "did", "roles", "power"}:
-            raise _bad(f"members[{i}] must be {{name, did, roles, power}}")
+        if not isinstance(m, dict) or not MEMBER_KEYS <= set(m) <= MEMBER_KEYS | {"tls"}:
+            raise _bad(f"members[{i}] must be {{name, did, roles, power}} and optionally tls")
         roles = m["roles"]
         power = m["power"]
         if not isinstance(m["name"], str) or not 1 <= len(m["name"]) <= 64:
@@ -161,9 +174,13 @@ def parse_document(document: Any) -> GenesisConfig:
             raise _bad(f"members[{i}].roles must be a sorted subset of {list(ROLES)}")
         if not isinstance(power, int) or isinstance(power, bool) or power < 0:
             raise _bad(f"members[{i}].power must be a non-negative integer")
-        parsed.append(GenesisMember(m["name"], m["did"], tuple(roles), power))
+        pin = _member_pin(m, i) if "tls" in m else None
+        parsed.append(GenesisMember(m["name"], m["did"], tuple(roles), power, pin))
     if len({m.did for m in parsed}) != len(parsed) or len({m.name for m in parsed}) != len(parsed):
         raise _bad("member dids and names must be unique")
+    pins = [m.tls for m in parsed if m.tls is not None]
+    if len(set(pins)) != len(pins):
+        raise _bad("two members pin the same TLS certificate")
     if not any("validator" in m.roles and m.power > 0 for m in parsed):
         raise _bad("at least one member must be a validator with power > 0")
     if not is_hash_hex(document["initial_model"]):
@@ -197,4 +214,19 @@ def parse_document(document: Any) -> GenesisConfig:
         initial_model=document["initial_model"],
         join_request_ttl_blocks=ttl,
         max_pending_joins=max_pending_joins,
+        tls_mode=tls_mode,
     )
+
+
+def _member_pin(member: dict[str, Any], i: int) -> str:
+    """``members[i].tls``: a fingerprint the member itself signed (a founder cannot pin a
+    certificate of its choosing on someone else's behalf)."""
+    tls = member["tls"]
+    if not isinstance(tls, dict) or set(tls) != MEMBER_TLS_KEYS:
+        raise _bad(f"members[{i}].tls must be {{fingerprint, sig}}")
+    fingerprint, sig = tls["fingerprint"], tls["sig"]
+    if not is_hash_hex(fingerprint) or not isinstance(sig, str):
+        raise _bad(f"members[{i}].tls.fingerprint must be a SHA-256 hex hash")
+    if not verify_digest(public_key_from_did(member["did"]), Domain.TLS_PIN, fingerprint, sig):
+        raise _bad(f"members[{i}].tls.sig is not the member's signature of its fingerprint")
+    return str(fingerprint)

@@ -48,6 +48,8 @@ from bcfl_cli.protocol.txbodies import (
     MisbehaviourBody,
     OpenRoundBody,
     RemoveMemberBody,
+    TlsCertificateBody,
+    TlsModeBody,
     TxBody,
     UpdateBody,
     ValidationBody,
@@ -89,6 +91,7 @@ class Member:
     power: int
     status: str  # ACTIVE or REMOVED
     since: int  # height at which the member was admitted (0: founding member)
+    tls: str | None = None  # fingerprint of its pinned node certificate (issue 22)
 
     @property
     def active(self) -> bool:
@@ -112,6 +115,7 @@ class JoinRequest:
     power: int
     approvals: frozenset[str] = frozenset()
     height: int = 0  # the block that holds the request
+    tls: str | None = None  # the applicant's certificate fingerprint, pinned on admission
 
     def expires_after(self, ttl_blocks: int) -> int:
         """The last height at which the request can still be approved."""
@@ -234,6 +238,7 @@ class ChainState:
         seen_tx: SeenSet,
         offences: Iterable[Offence] = (),
         expired: Mapping[str, ExpiredRequest] | None = None,
+        tls_mode: str | None = None,
     ) -> None:
         self.chain_id = chain_id
         self.document = document
@@ -266,6 +271,10 @@ class ChainState:
         self.seen_tx = seen_tx
         # equivocations already recorded by a misbehaviour tx
         self.offences: HashTrieSet[Offence] = HashTrieSet(offences)
+        # how nodes trust certificates (issue 22): the genesis's, until tls_mode votes change it;
+        # mode -> the validators that asked for it since the last change
+        self.tls_mode = tls_mode
+        self.tls_votes: HashTrieMap[str, frozenset[str]] = HashTrieMap()
         self._members_changed = False
         self.config_hash = hash_object(document)
         self.validator_set = self._compute_validator_set()
@@ -278,7 +287,7 @@ class ChainState:
         """The state right after genesis, from the genesis document alone."""
         config = parse_document(document)
         members = {
-            m.did: Member(m.did, m.name, m.roles, m.power, ACTIVE, 0) for m in config.members
+            m.did: Member(m.did, m.name, m.roles, m.power, ACTIVE, 0, m.tls) for m in config.members
         }
         return cls(
             chain_id=genesis_hash,
@@ -292,6 +301,7 @@ class ChainState:
             removals={},
             round=RoundState(0, False, config.initial_model, config.initial_model),
             seen_tx=SeenSet(),
+            tls_mode=config.tls_mode,
         )
 
     @classmethod
@@ -316,6 +326,15 @@ class ChainState:
     @property
     def pending(self) -> Mapping[str, JoinRequest]:
         return self._pending
+
+    def tls_pins(self) -> dict[str, str]:
+        """did -> pinned certificate fingerprint of each active member that has one (issue 22);
+        O(members), read by a node once per block that changes the members."""
+        return {d: m.tls for d, m in self._members.items() if m.active and m.tls is not None}
+
+    def tls_pinned_by(self, fingerprint: str) -> str | None:
+        """The active member whose pinned certificate ``fingerprint`` is, if any."""
+        return next((d for d, fp in self.tls_pins().items() if fp == fingerprint), None)
 
     @property
     def removals(self) -> Mapping[str, frozenset[str]]:
@@ -432,9 +451,30 @@ class ChainState:
         """The applicant of ``request`` an active member since ``height``."""
         new = self._derive()
         new._pending = self._pending.remove(request.did)
+        # a certificate another member pinned meanwhile is not pinned twice (issue 22)
+        pin = request.tls if request.tls and self.tls_pinned_by(request.tls) is None else None
         new._put_member(
-            Member(request.did, request.name, request.roles, request.power, ACTIVE, height)
+            Member(request.did, request.name, request.roles, request.power, ACTIVE, height, pin)
         )
+        return new
+
+    def with_tls_votes(self, mode: str, approvals: frozenset[str]) -> ChainState:
+        """``approvals`` ask for trust mode ``mode``, still short of the threshold."""
+        new = self._derive()
+        new.tls_votes = self.tls_votes.insert(mode, approvals)
+        return new
+
+    def with_tls_mode(self, mode: str) -> ChainState:
+        """The consortium trusts certificates by ``mode`` from now on; the votes start afresh."""
+        new = self._derive()
+        new.tls_mode = mode
+        new.tls_votes = HashTrieMap()
+        return new
+
+    def with_tls_pin(self, member: Member, fingerprint: str) -> ChainState:
+        """``member``'s node certificate is now the one of ``fingerprint`` (a rotation)."""
+        new = self._derive()
+        new._put_member(dataclasses.replace(member, tls=fingerprint))
         return new
 
     def with_removal_approvals(self, did: str, approvals: frozenset[str]) -> ChainState:
@@ -835,6 +875,10 @@ class _TxRules:
                 self.on_aggregate(tx, body)
             case MisbehaviourBody():
                 self.on_misbehaviour(tx, body)
+            case TlsCertificateBody():
+                self.on_tls_certificate(tx, body)
+            case TlsModeBody():
+                self.on_tls_mode(tx, body)
             case _:
                 assert_never(body)
 
@@ -883,6 +927,8 @@ class _TxRules:
             raise self.fail(tx, code, f"{tx.author} is already a member ({member.status})")
         if tx.author in self.s.pending:
             raise self.fail(tx, "request_pending", f"{tx.author} already has a pending request")
+        if body.tls is not None and self.s.tls_pinned_by(body.tls) is not None:
+            raise self.fail(tx, "tls_pin_taken", "this TLS certificate is pinned by another member")
         if self.s.name_taken(body.name):
             raise self.fail(tx, "name_taken", f"member name {body.name!r} is taken")
         if self.s.joins_full:
@@ -895,7 +941,13 @@ class _TxRules:
             )
         self.s = self.s.with_join_request(
             JoinRequest(
-                self.hash_of(tx), tx.author, body.name, body.roles, body.power, height=self.h
+                self.hash_of(tx),
+                tx.author,
+                body.name,
+                body.roles,
+                body.power,
+                height=self.h,
+                tls=body.tls,
             )
         )
         self.joined.append(tx.author)
@@ -1132,6 +1184,36 @@ class _TxRules:
                 closed_time=self.block.header.time,
             )
         )
+
+    # --- transport (issue 22) -----------------------------------------------------------
+    def on_tls_certificate(self, tx: Transaction, body: TlsCertificateBody) -> None:
+        """A member pins a new node certificate: the rotation takes effect at this height."""
+        if self.s.tls_mode != "pinned":
+            raise self.fail(
+                tx, "tls_not_pinned", "the consortium does not pin certificates (consortium.tls)"
+            )
+        holder = self.s.tls_pinned_by(body.fingerprint)
+        if holder is not None:
+            code = "tls_pin_unchanged" if holder == tx.author else "tls_pin_taken"
+            raise self.fail(tx, code, f"this TLS certificate is already pinned by {holder}")
+        member = self.s.member(tx.author)
+        assert member is not None  # common() admitted only active members
+        self.s = self.s.with_tls_pin(member, body.fingerprint)
+
+    def on_tls_mode(self, tx: Transaction, body: TlsModeBody) -> None:
+        """A validator asks for another trust mode; it changes once ``admission_approvals``
+        validators asked for the same one (a consortium decision, like an admission)."""
+        self.require_validator(tx)
+        if body.mode == self.s.tls_mode:
+            raise self.fail(tx, "tls_mode_unchanged", f"the consortium's mode is {body.mode}")
+        approvals = self.s.tls_votes.get(body.mode, frozenset())
+        if tx.author in approvals:
+            raise self.fail(tx, "duplicate_approval", f"{tx.author} already asked for {body.mode}")
+        approvals = approvals | {tx.author}
+        if len(approvals) >= self.s.config.admission_approvals:
+            self.s = self.s.with_tls_mode(body.mode)
+        else:
+            self.s = self.s.with_tls_votes(body.mode, approvals)
 
     # --- evidence ------------------------------------------------------------------------
     def on_misbehaviour(self, tx: Transaction, body: MisbehaviourBody) -> None:

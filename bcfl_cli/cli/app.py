@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "node_cmd",
     "join_cmd",
     "members_cmd",
+    "tls_cmd",
     "submit_cmd",
     "status_cmd",
     "model_cmd",

@@ -392,6 +392,10 @@ def _summary(tx: Transaction) -> str:
             )
         case TxKind.MISBEHAVIOUR:
             return f"evidence against {_short(str(b['offender']))}"
+        case TxKind.TLS_CERTIFICATE:
+            return f"pins TLS certificate {b['fingerprint'][:16]}"
+        case TxKind.TLS_MODE:
+            return f"asks for TLS trust mode {b['mode']}"
     return ""
 
 

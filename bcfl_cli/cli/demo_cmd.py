@@ -54,6 +54,13 @@ def demo(
             help="Seed every member's training, for a reproducible run (default: random).",
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help="Every node serves TLS 1.3 with a certificate pinned in the genesis (issue 22).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Run a consortium on this machine: train, watch the chain, verify every node's copy."""
@@ -73,6 +80,7 @@ def demo(
         rule=rule,
         keep=keep,
         seed=seed,
+        tls=tls,
     )
     options.check()
     console = Console(stderr=as_json)
@@ -103,5 +111,6 @@ def register(app: typer.Typer) -> None:
             "bcfl demo",
             "bcfl demo --members 10 --attackers 3 --attack ipm --rule cosine_trajectory",
             "bcfl demo --seed 7 --json",
+            "bcfl demo --tls --rounds 5",
         ),
     )(demo)

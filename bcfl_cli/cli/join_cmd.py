@@ -98,6 +98,17 @@ def join(
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask to confirm the genesis.")
     ] = False,
+    tls_fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-fingerprint",
+            help=(
+                "Pinned consortium: the SHA-256 fingerprint of that node's certificate (given"
+                " with the genesis hash); the node must present exactly it."
+            ),
+            show_default=False,
+        ),
+    ] = None,
     passphrase_file: PassphraseFileOption = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
@@ -107,7 +118,7 @@ def join(
     chosen_power = power if power is not None else (1 if "validator" in wanted else 0)
     member_home = Home.resolve(home)
     identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
-    with NodeApi(url, identity.signing_key) as api:
+    with NodeApi(url, identity.signing_key, tls_pin=tls_fingerprint) as api:
         remote = fetch_genesis(api)
         if genesis_hash is not None:
             check_pinned_hash(remote, genesis_hash)

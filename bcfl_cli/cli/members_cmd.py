@@ -107,7 +107,7 @@ def approve(
     """
     member_home = Home.resolve(home)
     identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
-    with NodeApi(node_url(member_home, node), identity.signing_key) as api:
+    with NodeApi(node_url(member_home, node), identity.signing_key, home=member_home) as api:
         change = approve_member(
             member_home, identity.signing_key, api, member, wait_s=None if no_wait else timeout
         )
@@ -129,7 +129,7 @@ def remove(
     """Ask for a member's removal; it takes effect when enough validators asked."""
     member_home = Home.resolve(home)
     identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
-    with NodeApi(node_url(member_home, node), identity.signing_key) as api:
+    with NodeApi(node_url(member_home, node), identity.signing_key, home=member_home) as api:
         change = remove_member(
             member_home,
             identity.signing_key,

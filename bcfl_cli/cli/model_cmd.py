@@ -26,7 +26,7 @@ model_app = typer.Typer(name="model", help="The consortium's global models.", no
 def _node_api(home: Home, node: str | None) -> NodeApi | None:
     """--node, else this member's own node if one is recorded, else none (local blobs only)."""
     try:
-        return NodeApi(node_url(home, node))
+        return NodeApi(node_url(home, node), home=home)
     except NodeError:
         if node:
             raise

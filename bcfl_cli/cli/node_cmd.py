@@ -178,6 +178,47 @@ def node(
             ),
         ),
     ] = None,
+    tls: Annotated[
+        bool,
+        typer.Option(
+            "--tls",
+            help=(
+                "Serve HTTPS (TLS 1.3) with this member's node certificate (`bcfl tls init`),"
+                " or with --tls-cert/--tls-key."
+            ),
+        ),
+    ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            help="With --tls: a PEM certificate chain from a CA (ca mode).",
+            exists=True,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option("--tls-key", help="With --tls-cert: its PEM private key.", exists=True),
+    ] = None,
+    ca_bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-bundle",
+            help="Trust the CAs in this PEM file for https:// peers (default: the system's).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    allow_clear_text: Annotated[
+        bool,
+        typer.Option(
+            "--allow-clear-text",
+            help=(
+                "Send and serve blobs and models over plain HTTP to other machines (default:"
+                " only to loopback; use it only on a network you trust)."
+            ),
+        ),
+    ] = False,
 ) -> None:
     """Run this member's peer: sync, consensus, blob transfer and the training rounds."""
     from bcfl_cli.consensus.messages import TimeoutConfig
@@ -186,6 +227,7 @@ def node(
     from bcfl_cli.node.blob_keeper import parse_retention
     from bcfl_cli.node.logging import setup_logging
     from bcfl_cli.node.server import NodeOptions, iter_peers, serve
+    from bcfl_cli.node.tls import TlsOptions
 
     resolved = Home.resolve(home)
     host, port = _split_listen(listen)
@@ -212,6 +254,13 @@ def node(
         train_seed=train_seed,
         blob_retention_s=retention_s,
         blob_quota_bytes=None if blob_quota_mib is None else blob_quota_mib * 1024 * 1024,
+        tls=TlsOptions(
+            serve=tls or tls_cert is not None,
+            cert_file=tls_cert,
+            key_file=tls_key,
+            ca_bundle=ca_bundle,
+            allow_clear_text=allow_clear_text,
+        ),
     )
     _run_to_exit(serve(resolved, identity, options))
 
@@ -256,5 +305,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl node --home homes/alice --listen 127.0.0.1:7420 --peer http://127.0.0.1:7421",
             "bcfl node --home homes/alice --train parts/member-01.csv --log-json",
+            "bcfl node --home homes/alice --tls --listen 0.0.0.0:7420"
+            " --advertise https://alice.example:7420 --peer https://bob.example:7420",
         ),
     )(node)

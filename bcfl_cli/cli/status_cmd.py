@@ -94,7 +94,7 @@ def render_status(status: dict[str, Any]) -> None:
     peers = status.get("peers") or []
     render.print_table(
         "Peers",
-        ["url", "did", "height", "last seen", "stream"],
+        ["url", "did", "height", "last seen", "stream", "link"],
         [
             (
                 p.get("url", "-"),
@@ -102,6 +102,7 @@ def render_status(status: dict[str, Any]) -> None:
                 _cell(p.get("height")),
                 _ago(p.get("last_seen")),
                 _stream(p),
+                _link(p),
             )
             for p in peers
             if isinstance(p, dict)
@@ -174,7 +175,7 @@ def status(
     """
     member_home = Home.resolve(home)
     try:
-        with NodeApi(node_url(member_home, node)) as api:
+        with NodeApi(node_url(member_home, node), home=member_home) as api:
             data = node_status(api)
     except NodeError as exc:
         if (
@@ -201,6 +202,20 @@ def register(app: typer.Typer) -> None:
             "bcfl status --home homes/alice", "bcfl status --node http://127.0.0.1:7421 --json"
         ),
     )(status)
+
+
+def _link(peer: dict[str, Any]) -> str:
+    """Whether the link to this peer is encrypted and how its certificate was verified."""
+    refused = peer.get("tls_refused")
+    if refused:  # "TLS refused for URL: REASON: detail": the reason code (the JSON has it all)
+        parts = str(refused).split(": ")
+        return f"refused ({parts[1] if len(parts) >= 3 else refused})"
+    if not peer.get("encrypted"):
+        return "clear"
+    verified = str(peer.get("verified", "none"))
+    if verified.startswith("pinned:"):
+        return f"TLS, pinned ({_short(verified.removeprefix('pinned:'), 20)})"
+    return f"TLS, {verified}"
 
 
 def _stream(peer: dict[str, Any]) -> str:

@@ -97,7 +97,7 @@ def _latest_or_finished(home: Home, url: str) -> Path:
     try:
         return latest_update(home)
     except UsageError:
-        with contextlib.suppress(NodeError), NodeApi(url) as api:
+        with contextlib.suppress(NodeError), NodeApi(url, home=home) as api:
             ensure_plan_running(api)
         raise
 
@@ -139,7 +139,7 @@ def submit(
         update_file = read_update(path)
         identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
         with (
-            NodeApi(url, identity.signing_key) as api,
+            NodeApi(url, identity.signing_key, home=member_home) as api,
             transfer_progress(f"uploading {path.name}", enabled=not json_out) as progress,
         ):
             outcome = submit_update(

@@ -38,7 +38,8 @@ def node_url(home: Home, explicit: str | None = None) -> str:
             host = "127.0.0.1"
         elif ":" in host and not host.startswith("["):
             host = f"[{host}]"  # an IPv6 literal, bracketed as a URL needs it
-        return normalise_url(f"http://{host}:{port}")
+        scheme = "https" if data.get("tls") is True else "http"  # bcfl node --tls
+        return normalise_url(f"{scheme}://{host}:{port}")
     if isinstance(data, dict) and isinstance(data.get("url"), str):
         return normalise_url(data["url"])
     raise NodeError(f"{path} names no url or listen address", hint="restart `bcfl node`")

@@ -18,8 +18,10 @@ import nacl.signing
 from pydantic import BaseModel
 
 from bcfl_cli.client.blobs import fetch_blob, upload_blob
+from bcfl_cli.client.tls import command_verify
 from bcfl_cli.client.transport import DEFAULT_TIMEOUT, SignedClient
 from bcfl_cli.errors import EncodingError, NodeError
+from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.encoding import parse_json
 from bcfl_cli.protocol.tx import Transaction
@@ -57,6 +59,8 @@ class NodeApi:
         transport: httpx.BaseTransport | None = None,
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         retries: int = 2,
+        home: Home | None = None,
+        tls_pin: str | None = None,
     ) -> None:
         self.url = normalise_url(url)
         self.client = SignedClient(
@@ -65,6 +69,9 @@ class NodeApi:
             transport=transport,
             timeout=timeout,
             retries=retries,
+            # issue 22: this member's own node by its certificate, a founder's by the pin
+            # given with the genesis hash, any other by the CAs
+            verify=command_verify(home, self.url, pin=tls_pin),
         )
 
     def __enter__(self) -> NodeApi:

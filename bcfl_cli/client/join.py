@@ -16,6 +16,7 @@ from bcfl_cli.errors import (
     VerificationError,
 )
 from bcfl_cli.home import Home
+from bcfl_cli.identity.tls_cert import read_fingerprint
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import hash_object
@@ -140,7 +141,10 @@ def join_consortium(
             "used) and compares the genesis hash",
         )
     created = _pin_genesis(home, api, remote, progress)
-    body = {"name": name, "roles": sorted(roles), "power": power}
+    body: dict[str, Any] = {"name": name, "roles": sorted(roles), "power": power}
+    fingerprint = read_fingerprint(home)  # `bcfl tls init`: pinned on admission (issue 22)
+    if fingerprint is not None:
+        body["tls"] = fingerprint
     tx = make_tx(key, remote.hash, TxKind.JOIN_REQUEST, body)
     api.submit_tx(tx, path="/join")
     config = remote.state.config

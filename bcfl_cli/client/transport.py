@@ -97,14 +97,16 @@ def http_client(
     auth: httpx.Auth | None,
     timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     transport: httpx.BaseTransport | None = None,
+    verify: ssl.SSLContext | None = None,
 ) -> httpx.Client:
-    """The one place an ``httpx.Client`` to a node is made: pool bounds, TLS, no redirects."""
+    """The one place an ``httpx.Client`` to a node is made: pool bounds, TLS, no redirects.
+    ``verify``: the node/tls.py rules (a pinned certificate); default the system's CAs."""
     return httpx.Client(
         base_url=base_url,
         auth=auth,
         timeout=timeout,
         transport=transport,
-        verify=shared_ssl_context(),
+        verify=shared_ssl_context() if verify is None else verify,
         follow_redirects=False,
         limits=httpx.Limits(
             max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
@@ -125,6 +127,7 @@ class SignedClient:
         backoff_s: float = 0.2,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
         self._signer = RequestSigner(identity_key)
         self.did = self._signer.did
@@ -133,7 +136,7 @@ class SignedClient:
         self.backoff_s = backoff_s
         self.max_response_bytes = max_response_bytes
         self._client = http_client(
-            self.base_url, auth=self._signer, timeout=timeout, transport=transport
+            self.base_url, auth=self._signer, timeout=timeout, transport=transport, verify=verify
         )
 
     def __enter__(self) -> SignedClient:

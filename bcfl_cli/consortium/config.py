@@ -30,7 +30,7 @@ from bcfl_cli.chain.config import (
 )
 from bcfl_cli.errors import EncodingError, UsageError
 from bcfl_cli.protocol.block import MAX_VALIDATORS
-from bcfl_cli.protocol.crypto import public_key_from_did
+from bcfl_cli.protocol.crypto import Domain, public_key_from_did, verify_digest
 from bcfl_cli.protocol.encoding import canonical, is_hash_hex
 from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
 
@@ -48,11 +48,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsPin(_Strict):
+    """A member's node certificate pinned in the genesis: its SHA-256 fingerprint and the
+    member's did-key signature of it (``bcfl tls init`` prints both, ready to paste)."""
+
+    fingerprint: str
+    sig: str
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, value: str) -> str:
+        if not is_hash_hex(value):
+            raise ValueError("expected the SHA-256 fingerprint in lowercase hex (64 characters)")
+        return value
+
+
 class MemberSpec(_Strict):
     name: str
     did: str
     roles: list[Role] = Field(min_length=1, max_length=2)
     power: int = Field(ge=0, le=MAX_POWER)
+    tls: TlsPin | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -92,6 +108,14 @@ class MemberSpec(_Strict):
             raise ValueError("roles listed twice")
         return sorted(value)
 
+    @model_validator(mode="after")
+    def _pin_signed(self) -> MemberSpec:
+        if self.tls is not None and not verify_digest(
+            public_key_from_did(self.did), Domain.TLS_PIN, self.tls.fingerprint, self.tls.sig
+        ):
+            raise ValueError("tls.sig: not this member's signature of tls.fingerprint")
+        return self
+
     @property
     def is_validator(self) -> bool:
         return "validator" in self.roles
@@ -101,7 +125,15 @@ class MemberSpec(_Strict):
         return "trainer" in self.roles
 
     def to_document(self) -> dict[str, Any]:
-        return {"name": self.name, "did": self.did, "roles": list(self.roles), "power": self.power}
+        doc: dict[str, Any] = {
+            "name": self.name,
+            "did": self.did,
+            "roles": list(self.roles),
+            "power": self.power,
+        }
+        if self.tls is not None:  # absent: the document (and its hash) as before issue 22
+            doc["tls"] = {"fingerprint": self.tls.fingerprint, "sig": self.tls.sig}
+        return doc
 
 
 class _ConsortiumSection(_Strict):
@@ -114,6 +146,8 @@ class _ConsortiumSection(_Strict):
     max_pending_joins: int = Field(
         default=DEFAULT_MAX_PENDING_JOINS, ge=1, le=MAX_MAX_PENDING_JOINS
     )
+    #: how nodes trust each other's certificates (issue 22); None: no rule (plain or a proxy)
+    tls: Literal["pinned", "ca"] | None = None
 
     @field_validator("name")
     @classmethod
@@ -140,6 +174,7 @@ class ConsortiumConfig(_Strict):
     removal_approvals: int
     join_request_ttl_blocks: int = DEFAULT_JOIN_REQUEST_TTL_BLOCKS
     max_pending_joins: int = DEFAULT_MAX_PENDING_JOINS
+    tls: Literal["pinned", "ca"] | None = None
     members: list[MemberSpec]
     model: ModelSpec
     training: TrainingPlan
@@ -172,6 +207,8 @@ class ConsortiumConfig(_Strict):
             consortium["join_request_ttl_blocks"] = self.join_request_ttl_blocks
         if self.max_pending_joins != DEFAULT_MAX_PENDING_JOINS:
             consortium["max_pending_joins"] = self.max_pending_joins
+        if self.tls is not None:
+            consortium["tls"] = self.tls
         return {
             "v": DOCUMENT_VERSION,
             "consortium": consortium,
@@ -186,6 +223,13 @@ class ConsortiumConfig(_Strict):
     def warnings(self) -> list[str]:
         """Legal but risky choices, shown by ``bcfl init`` without refusing the file."""
         found: list[str] = []
+        unpinned = [m.name for m in self.members if m.tls is None]
+        if self.tls == "pinned" and unpinned:
+            found.append(
+                "consortium.tls = pinned but no certificate is pinned for "
+                + ", ".join(unpinned)
+                + ": their nodes can serve plain HTTP on loopback only (run `bcfl tls init`)"
+            )
         powers = [m.power for m in self.validators]
         total, quorum = sum(powers), (2 * sum(powers)) // 3 + 1
         # BFT: the chain stalls once the validators still up hold no quorum; with equal powers
@@ -238,6 +282,7 @@ def _cross_checks(shape: _FileShape) -> None:
     """Rules spanning several keys; each message names the key to change."""
     seen_names: dict[str, int] = {}
     seen_dids: dict[str, int] = {}
+    seen_pins: dict[str, int] = {}
     for i, member in enumerate(shape.members):
         if member.name in seen_names:
             raise ValueError(
@@ -249,6 +294,11 @@ def _cross_checks(shape: _FileShape) -> None:
             )
         seen_names[member.name] = i
         seen_dids[member.did] = i
+        if member.tls is not None:
+            if member.tls.fingerprint in seen_pins:
+                first = seen_pins[member.tls.fingerprint]
+                raise ValueError(f"members[{i}].tls: the certificate of members[{first}]")
+            seen_pins[member.tls.fingerprint] = i
         if member.is_validator and member.power < 1:
             raise ValueError(f"members[{i}].power: a validator needs power >= 1")
         if not member.is_validator and member.power != 0:
@@ -275,6 +325,7 @@ def _from_shape(shape: _FileShape) -> ConsortiumConfig:
         removal_approvals=shape.consortium.removal_approvals,
         join_request_ttl_blocks=shape.consortium.join_request_ttl_blocks,
         max_pending_joins=shape.consortium.max_pending_joins,
+        tls=shape.consortium.tls,
         members=shape.members,
         model=shape.model,
         training=shape.training,

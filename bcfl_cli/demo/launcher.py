@@ -74,6 +74,8 @@ class GenesisPlan:
     removal_approvals: int = 2
     #: the genesis cap on pending join requests; None leaves it at the default (not written)
     max_pending_joins: int | None = None
+    #: ``consortium.tls`` (issue 22): "pinned" has every founder's node certificate pinned
+    tls: str | None = None
 
 
 def _toml_value(value: Any) -> str:
@@ -97,8 +99,13 @@ def _toml_table(name: str, values: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]) -> str:
-    """The consortium file (what ``bcfl init`` reads) for ``members`` as (plan, did) pairs."""
+def consortium_toml(
+    plan: GenesisPlan,
+    members: Sequence[tuple[MemberPlan, str]],
+    pins: dict[str, str] | None = None,
+) -> str:
+    """The consortium file (what ``bcfl init`` reads) for ``members`` as (plan, did) pairs;
+    ``pins``: member name -> its ``tls = {...}`` line (``bcfl tls init`` prints it)."""
     lines = [
         "# Written by bcfl_cli.demo: a local consortium, one node process per member.",
         *_toml_table(
@@ -112,6 +119,7 @@ def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]
                     if plan.max_pending_joins is not None
                     else {}
                 ),
+                **({"tls": plan.tls} if plan.tls is not None else {}),
             },
         ),
     ]
@@ -122,6 +130,7 @@ def consortium_toml(plan: GenesisPlan, members: Sequence[tuple[MemberPlan, str]]
             f"did = {_toml_value(did)}",
             f"roles = {_toml_value(list(member.roles))}",
             f"power = {member.power}",
+            *([pins[member.name]] if pins and member.name in pins else []),
             "",
         ]
     lines += _toml_table("model", plan.model.model_dump(mode="python"))
@@ -190,10 +199,11 @@ class Member:
     log_path: Path | None = None
     starts: int = 0
     paused: bool = False
+    tls: bool = False  # serves HTTPS with its pinned certificate (``bcfl node --tls``)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def did(self) -> str:
@@ -239,15 +249,19 @@ class LocalConsortium:
         self.extra_env = dict(env or {})
         self.members: dict[str, Member] = {}
         self.http = httpx.Client(timeout=5.0)
+        self._https: dict[str, httpx.Client] = {}  # per TLS member: trusts its certificate only
         ports = free_ports(len(members))
+        pins: dict[str, str] = {}
         for plan, port in zip(members, ports, strict=True):
             member = self._new_member(plan.name, port)
             member.data, member.attack = plan.data, plan.attack
             member.train_seed = plan.train_seed
             self.members[plan.name] = member
+            if genesis.tls == "pinned":
+                pins[plan.name] = self._make_certificate(member)
         self.names = [m.name for m in members]
         self.config_file = self.root / "consortium.toml"
-        toml = consortium_toml(genesis, [(p, self.members[p.name].did) for p in members])
+        toml = consortium_toml(genesis, [(p, self.members[p.name].did) for p in members], pins)
         self.config_file.write_text(toml, encoding="utf-8")
         self.genesis_hash = ""
         self.initial_model = ""
@@ -259,6 +273,35 @@ class LocalConsortium:
         home = Home.resolve(self.root / name).ensure()
         identity = generate_identity(home, name, self.passphrase.encode(), kdf="interactive")
         return Member(name, home, identity, port)
+
+    def _make_certificate(self, member: Member) -> str:
+        """``bcfl tls init`` for ``member``: its certificate, and the pin line for the file."""
+        from bcfl_cli.node.tls_rotation import init_certificate
+
+        member.tls = True
+        return init_certificate(member.home, member.identity.signing_key).toml()
+
+    def client_for(self, member: Member) -> httpx.Client:
+        """An observer's client for ``member``: over TLS it trusts that member's node
+        certificate only (the one in its home, re-read after a rotation)."""
+        if not member.tls:
+            return self.http
+        import ssl
+
+        from bcfl_cli.identity.tls_cert import TLS_CERT_FILE
+
+        pem = (member.home.root / TLS_CERT_FILE).read_text(encoding="ascii")
+        cached = self._https.get(member.name)
+        if cached is None or getattr(cached, "_bcfl_pem", None) != pem:
+            if cached is not None:
+                cached.close()
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.load_verify_locations(cadata=pem)
+            cached = httpx.Client(timeout=5.0, verify=ctx)
+            cached._bcfl_pem = pem  # type: ignore[attr-defined]
+            self._https[member.name] = cached
+        return cached
 
     def add_member(self, name: str) -> Member:
         """A newcomer: identity and port only (no ledger: it joins with ``bcfl join``)."""
@@ -315,6 +358,8 @@ class LocalConsortium:
             args += ["--heartbeat-interval", str(self.heartbeat_interval)]
         if self.log_json:
             args.append("--log-json")
+        if member.tls:
+            args.append("--tls")
         urls = (
             [m.url for m in self.members.values() if m.name != member.name]
             if peers is None
@@ -429,6 +474,8 @@ class LocalConsortium:
                 member.proc.kill()
                 member.proc.wait(5)
         self.http.close()
+        for client in self._https.values():
+            client.close()
 
     def pids(self) -> list[int]:
         """Process ids of the nodes still running."""
@@ -437,7 +484,8 @@ class LocalConsortium:
     # --- observation ----------------------------------------------------------------------------
     def status(self, name: str) -> dict[str, Any]:
         """``GET /v1/status`` of ``name``'s node (httpx.HTTPError when it does not answer)."""
-        response = self.http.get(self.members[name].url + "/v1/status")
+        member = self.members[name]
+        response = self.client_for(member).get(member.url + "/v1/status")
         response.raise_for_status()
         data: dict[str, Any] = response.json()
         return data
@@ -445,7 +493,7 @@ class LocalConsortium:
     def try_status(self, name: str) -> dict[str, Any] | None:
         try:
             return self.status(name)
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, OSError):
             return None
 
     def heights(self, names: Iterable[str] | None = None) -> dict[str, int]:
@@ -482,8 +530,9 @@ class LocalConsortium:
 
     def blocks(self, name: str, start: int, limit: int = 100) -> list[dict[str, Any]]:
         """Decided blocks from ``start`` (at most ``limit``) as served by ``name``'s node."""
-        response = self.http.get(
-            self.members[name].url + "/v1/blocks", params={"start": start, "limit": limit}
+        member = self.members[name]
+        response = self.client_for(member).get(
+            member.url + "/v1/blocks", params={"start": start, "limit": limit}
         )
         response.raise_for_status()
         blocks: list[dict[str, Any]] = response.json()["blocks"]

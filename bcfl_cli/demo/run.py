@@ -73,6 +73,7 @@ class DemoOptions:
     empty_block_interval: float = 0.3
     timeout_propose_ms: int = 1500
     seed: int | None = None  # seeds every member's training (None: each node draws its own)
+    tls: bool = False  # --tls: every node serves TLS 1.3 with its pinned certificate (issue 22)
 
     def check(self) -> None:
         """Refuse impossible combinations before anything is created."""
@@ -157,6 +158,7 @@ def genesis_plan(options: DemoOptions) -> GenesisPlan:
         name=f"bcfl demo ({options.dataset}, {options.members} members)",
         admission_approvals=approvals,
         removal_approvals=approvals,
+        tls="pinned" if options.tls else None,
     )
 
 
@@ -350,6 +352,7 @@ class DemoRun:
                 "attack": o.attack,
                 "rule": o.rule,
                 "seed": o.seed,
+                "tls": o.tls,
             },
             "genesis": self.genesis,
             "homes": str(self.root),

@@ -28,6 +28,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from bcfl_cli.client.tls import TransportTrust
 from bcfl_cli.consensus.messages import Proposal
 from bcfl_cli.errors import BcflError, EncodingError, NodeError, StoreError
 from bcfl_cli.node.auth import LIMITER_KEY, SignatureAuth, is_loopback, peer_did
@@ -214,6 +215,7 @@ class Api:
         peers: PeerBook,
         reactor: ConsensusReactor,
         did: str,
+        tls: TransportTrust,
         max_inline_blob: int = MAX_INLINE_BLOB_BYTES,
     ) -> None:
         self.chain = chain
@@ -224,6 +226,7 @@ class Api:
         self.peers = peers
         self.reactor = reactor
         self.did = did
+        self.tls = tls
         self.hold = NextRoundHold(chain)
         self.max_inline_blob = max_inline_blob
         self.max_update_body = MAX_TX_BODY + 4 * -(-max_inline_blob // 3) + 1024
@@ -268,6 +271,9 @@ class Api:
                     error=p.error,
                     streamed=p.streamed,
                     stream_open=p.stream is not None and not p.stream.closed,
+                    encrypted=self.tls.link(p.url).encrypted,
+                    verified=self.tls.link(p.url).verified,
+                    tls_refused=self.tls.link(p.url).refused,
                 )
                 for p in self.peers
             ],
@@ -286,6 +292,7 @@ class Api:
             mempool=len(self.pool),
             consensus=self.reactor.progress(),
             alarm=AlarmView(**chain.alarm) if chain.alarm else None,
+            tls=self.tls.view(),
         )
         return _json(body)
 
@@ -644,6 +651,7 @@ def create_app(
     peers: PeerBook,
     reactor: ConsensusReactor,
     did: str,
+    tls: TransportTrust,
     settings: HttpSettings,
 ) -> ASGIApp:
     """The node's ASGI application: Starlette routes behind the signature layer."""
@@ -659,11 +667,16 @@ def create_app(
         peers=peers,
         reactor=reactor,
         did=did,
+        tls=tls,
         max_inline_blob=max(0, min(MAX_INLINE_BLOB_BYTES, max_blob_bytes, body_room)),
     )
     chunk_size = min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024))
     blob_routes = BlobRoutes(
-        ledger.blobs, max_blob_bytes=max_blob_bytes, chunk_size=chunk_size, keeper=keeper
+        ledger.blobs,
+        max_blob_bytes=max_blob_bytes,
+        chunk_size=chunk_size,
+        keeper=keeper,
+        allow_clear_text=tls.allow_clear_text,
     )
     document = openapi_document(
         ROUTE_TABLE, route_parameters(max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -105,8 +106,10 @@ class BlobRoutes:
         stale_upload_s: float = STALE_UPLOAD_S,
         clock: Callable[[], float] = time.time,
         keeper: BlobKeeper | None = None,
+        allow_clear_text: bool = True,
     ) -> None:
         self.store = store
+        self.allow_clear_text = allow_clear_text  # False: no blob over plain HTTP off loopback
         self.max_blob_bytes = max_blob_bytes
         self.chunk_size = chunk_size
         self.max_pending_uploads = max_pending_uploads
@@ -224,6 +227,12 @@ class BlobRoutes:
             digest = self._hash(request)
         except Refusal as bad:
             return _error(bad.status, bad.code, bad.message)
+        if not self.allow_clear_text and _in_clear_off_loopback(request):
+            return _error(
+                403,
+                "clear_text",
+                "this node sends no blob unencrypted to another machine; call it over https",
+            )
         if not self.store.has(digest):
             return _error(404, "no_blob", f"this node has no blob {digest}; ask another peer")
         size = self.store.size(digest)
@@ -376,6 +385,18 @@ class BlobRoutes:
                 self._locks.pop(part.name, None)
             self._stored(request, digest, size)
         return JSONResponse({"hash": digest, "size": size}, status_code=201)
+
+
+def _in_clear_off_loopback(request: Request) -> bool:
+    """A plain-HTTP request from another machine (issue 22: no model in clear). A client that
+    is no IP address (a Unix socket, an in-process test client) is on this machine."""
+    if request.url.scheme == "https":
+        return False
+    host = request.client.host if request.client is not None else ""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _signer_tag(did: str | None) -> str:

@@ -93,7 +93,12 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
         return
     if member is None or not member.active:
         raise Refusal(f"author {tx.author} is not an active member", code="not_member", status=403)
-    validator_kinds = (TxKind.APPROVE_MEMBER, TxKind.REMOVE_MEMBER, TxKind.MISBEHAVIOUR)
+    validator_kinds = (
+        TxKind.APPROVE_MEMBER,
+        TxKind.REMOVE_MEMBER,
+        TxKind.MISBEHAVIOUR,
+        TxKind.TLS_MODE,
+    )
     if tx.kind in validator_kinds and not member.is_validator:
         raise Refusal(f"{tx.kind} needs a validator", code="not_validator", status=403)
     if tx.kind is TxKind.APPROVE_MEMBER:
@@ -124,6 +129,22 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
             )
     elif tx.kind is TxKind.UPDATE:
         _precheck_update(state, tx)
+    elif tx.kind is TxKind.TLS_MODE:
+        if body["mode"] == state.tls_mode:
+            raise Refusal(
+                f"the consortium's mode is {body['mode']}", code="tls_mode_unchanged", status=422
+            )
+        if tx.author in state.tls_votes.get(body["mode"], frozenset()):
+            raise Refusal(
+                f"you already asked for {body['mode']}", code="duplicate_approval", status=422
+            )
+    elif tx.kind is TxKind.TLS_CERTIFICATE:
+        if state.tls_mode != "pinned":
+            raise Refusal(
+                "the consortium does not pin certificates", code="tls_not_pinned", status=422
+            )
+        if state.tls_pinned_by(body["fingerprint"]) is not None:
+            raise Refusal("this certificate is pinned already", code="tls_pin_taken", status=409)
     elif tx.kind is TxKind.MISBEHAVIOUR and offence_of(body) in state.offences:
         raise Refusal(
             "this equivocation is already recorded on chain", code="duplicate_evidence", status=409

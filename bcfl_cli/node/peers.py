@@ -23,6 +23,7 @@ import functools
 import hashlib
 import logging
 import re
+import ssl as ssl_module
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +34,9 @@ import nacl.signing
 import yarl
 
 from bcfl_cli.client.transport import SignedClient, shared_ssl_context
-from bcfl_cli.errors import EncodingError
+from bcfl_cli.errors import BcflError, EncodingError
 from bcfl_cli.node.logging import fields
+from bcfl_cli.node.tls import TlsRefused, TransportTrust
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical, parse_json
 from bcfl_cli.protocol.tx import Transaction
@@ -124,14 +126,18 @@ def _timeout(read_s: float) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT_S, sock_read=read_s)
 
 
-def _new_client(connections: int) -> aiohttp.ClientSession:
+def _new_client(
+    connections: int, ssl: aiohttp.Fingerprint | ssl_module.SSLContext | bool | None = None
+) -> aiohttp.ClientSession:
     """A session for peer requests (aiohttp: about a quarter of httpx's CPU per small request,
     measured on loopback; with 10 nodes on 2 cores the client side was a third of a node's CPU).
 
     Bodies are never decompressed (peers do not compress; a compressed answer is refused as
     malformed, so no zip bomb is inflated) and no cookies are kept."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=connections, ssl=shared_ssl_context()),
+        connector=aiohttp.TCPConnector(
+            limit=connections, ssl=shared_ssl_context() if ssl is None else ssl
+        ),
         timeout=_timeout(READ_TIMEOUT_S),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -150,8 +156,12 @@ class Peers:
         *,
         self_url: str,
         stream: bool = True,
+        trust: TransportTrust | None = None,
     ) -> None:
         self._key = key
+        # TLS rules (node/tls.py): pins or CAs, and no blob in clear to another machine
+        self.trust = trust if trust is not None else TransportTrust(None, allow_clear_text=True)
+        self.trust.on_mode_change.append(self._drop_sessions)
         self.stream = stream
         self.own_tag = did_tag(did_from_public_key(bytes(key.verify_key)))
         own = normalise_url(self_url)
@@ -195,14 +205,31 @@ class Peers:
         self._clients.clear()
         self._other = None
 
+    def _drop_sessions(self) -> None:
+        """The trust mode changed: sessions (and streams) made under the old one are closed,
+        and the next request to each peer makes a new one under the new rules."""
+        old = [*self._clients.values(), *([self._other] if self._other else [])]
+        self._clients.clear()
+        self._other = None
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a test, or shutting down): nothing left to close on
+            return
+        for session in old:
+            task = loop.create_task(session.close())
+            self._watchers.add(task)
+            task.add_done_callback(self._watchers.discard)
+
     def _client_for(self, peer: PeerInfo) -> aiohttp.ClientSession:
         if self.peers.get(peer.url) is not peer:
             if self._other is None:
-                self._other = _new_client(PEER_CONNECTIONS)
+                tls = self.trust.aiohttp_ssl("", lambda: None)
+                self._other = _new_client(PEER_CONNECTIONS, tls)
             return self._other
         client = self._clients.get(peer.url)
         if client is None:
-            client = self._clients[peer.url] = _new_client(PEER_CONNECTIONS)
+            tls = self.trust.aiohttp_ssl(peer.url, lambda: peer.did)
+            client = self._clients[peer.url] = _new_client(PEER_CONNECTIONS, tls)
         return client
 
     # --- requests -------------------------------------------------------------------------
@@ -249,8 +276,12 @@ class Peers:
                     data += piece
                     if len(data) > max_bytes:
                         raise PeerRequestError(f"{url}: answer over {max_bytes} bytes")
+        except TlsRefused as exc:
+            log.warning("peer refused", extra=fields(peer=peer.url, reason=exc.reason))
+            raise PeerRequestError(exc.message, code=exc.reason) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerRequestError(f"{peer.url}{path}: {type(exc).__name__}: {exc}") from exc
+        self.trust.note_link(peer.url)
         try:
             payload = parse_json(bytes(data), max_bytes=max_bytes) if data else None
         except EncodingError as exc:
@@ -285,6 +316,7 @@ class Peers:
         size = len(data)
         params: dict[str, str | int] = {"size": size}
         octets = "application/octet-stream"
+        self._refuse_clear_text(peer)
         try:
             answer = await self.request(
                 peer,
@@ -318,6 +350,7 @@ class Peers:
         peer cannot be reached. Names every live peer as covered, as the author's
         ``broadcast`` would, so that the receivers relay it to no one.
         """
+        self._refuse_clear_text(peer)
         update = self._update_body
         if update is None or update.tx_hash != tx.hash:
             # one encoding and one covering list for every peer (~27 KB for the digits MLP)
@@ -342,9 +375,22 @@ class Peers:
         covered = seen | {self.own_tag} | {did_tag(p.did) for p in targets if p.did}
         return " ".join(sorted(covered)) if len(covered) <= MAX_SEEN_TAGS else None
 
+    def _refuse_clear_text(self, peer: PeerInfo) -> None:
+        """Blobs and models go in clear only to loopback, or where the operator allowed it."""
+        try:
+            self.trust.before_send(peer.url)
+        except TlsRefused as exc:
+            raise PeerRequestError(exc.message, code=exc.reason) from exc
+
     def blob_client(self, peer: PeerInfo) -> SignedClient:
-        """A synchronous signed client for ``blob_fetch`` (run it in a thread)."""
-        return SignedClient(self._key, peer.url + "/v1", retries=1, timeout=30.0)
+        """A synchronous signed client for ``blob_fetch`` (run it in a thread), under the same
+        TLS rules (its certificate check may do a handshake: call it in that thread too)."""
+        self._refuse_clear_text(peer)
+        try:
+            verify = self.trust.httpx_verify(peer.url, peer.did)
+        except BcflError as exc:
+            raise PeerRequestError(exc.message, code=getattr(exc, "reason", "unreachable")) from exc
+        return SignedClient(self._key, peer.url + "/v1", retries=1, timeout=30.0, verify=verify)
 
     # --- push ----------------------------------------------------------------------------
     def broadcast(self, path: str, payload: Any, *, seen: frozenset[str] | None = None) -> None:
@@ -494,7 +540,7 @@ class Peers:
                 extra=fields(peer=peer.url, status=exc.status),
             )
             return None
-        except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
+        except (aiohttp.ClientError, ConnectionError, TimeoutError, TlsRefused) as exc:
             peer.stream_retry_at = now + STREAM_RETRY_S
             log.debug("stream not opened", extra=fields(peer=peer.url, reason=repr(exc)))
             return None

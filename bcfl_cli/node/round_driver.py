@@ -159,7 +159,13 @@ def plan_block(
             join_room -= 1
             join_keys |= keys
             txs.append(tx)
-        elif tx.kind in (TxKind.APPROVE_MEMBER, TxKind.REMOVE_MEMBER, TxKind.MISBEHAVIOUR):
+        elif tx.kind in (
+            TxKind.APPROVE_MEMBER,
+            TxKind.REMOVE_MEMBER,
+            TxKind.MISBEHAVIOUR,
+            TxKind.TLS_CERTIFICATE,
+            TxKind.TLS_MODE,
+        ):
             txs.append(tx)
     rnd = state.round
     time_ms = next_block_time(state.head_time, now_ms)

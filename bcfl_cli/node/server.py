@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ from bcfl_cli.node.mempool import Mempool, MempoolService
 from bcfl_cli.node.peers import Peers
 from bcfl_cli.node.round_preparation import RoundPreparation
 from bcfl_cli.node.sync import CachingChecks, Syncer
+from bcfl_cli.node.tls import TlsOptions, follow_chain
 from bcfl_cli.node.trainer import run_node_trainer, warm_up
 from bcfl_cli.node.worker import ThreadWorker
 from bcfl_cli.protocol.tx import Transaction
@@ -91,10 +93,12 @@ class NodeOptions:
     train_seed: int | None = None  # --train-seed S (None: random at each start)
     blob_retention_s: float | None = DEFAULT_RETENTION_S  # --blob-retention (None: keep all)
     blob_quota_bytes: int | None = None  # --blob-quota-mib (None: from the genesis)
+    tls: TlsOptions = field(default_factory=TlsOptions)  # --tls, --ca-bundle, ... (issue 22)
 
     @property
     def url(self) -> str:
-        return self.advertise or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls.serve else "http"
+        return self.advertise or f"{scheme}://{self.host}:{self.port}"
 
 
 class Node:
@@ -113,7 +117,10 @@ class Node:
         self.checks = CachingChecks(FLChecks(self.blobs))
         self._worker = ThreadWorker()
         self.guard = VoteGuard.for_home(home)
-        self.peers = Peers(identity.signing_key, list(options.peers), self_url=options.url)
+        self.tls = options.tls.transport(home, identity.signing_key, self.chain.state)
+        self.peers = Peers(
+            identity.signing_key, list(options.peers), self_url=options.url, trust=self.tls
+        )
         self.mempool = Mempool()
         self.pool = MempoolService(self.mempool, self.chain, self.peers, did=self.did, clock=clock)
         self.fetcher = BlobService(
@@ -168,6 +175,7 @@ class Node:
             self.keeper.on_commit,
             lambda _block: self.preparation.wake(),
             lambda _block: self.driver.poke(),
+            lambda _block: follow_chain(self.tls, self.chain.state, home, identity.signing_key),
         ]
         self.trainer_host = _TrainerHost(identity.signing_key, self.chain, self.pool, self.peers)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -212,6 +220,7 @@ class Node:
             peers=self.peers,
             reactor=self.driver,
             did=self.did,
+            tls=self.tls,
             settings=HttpSettings(
                 limits=options.limits,
                 host=options.host,
@@ -275,6 +284,7 @@ class Node:
             "peers": [p.url for p in self.peers],
             "did": self.did,
             "pid": os.getpid(),
+            "tls": self.options.tls.serve,  # commands then call the listen address over https
         }
         (self.home.node_dir / NODE_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
 
@@ -334,7 +344,11 @@ STREAM_PING_S = 20.0
 
 
 def http_config(
-    app: Any, host: str, port: int, guard: ConnectionGuard | None = None
+    app: Any,
+    host: str,
+    port: int,
+    guard: ConnectionGuard | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> uvicorn.Config:
     """How a node serves HTTP.
 
@@ -372,6 +386,8 @@ def http_config(
         ws_per_message_deflate=False,
         ws_ping_interval=STREAM_PING_S,
         ws_ping_timeout=STREAM_PING_S,
+        # HTTPS with the node's own context (node/tls.py: TLS 1.3, reloaded on rotation)
+        ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
     )
 
 
@@ -393,7 +409,8 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    server = _Server(http_config(node.http_app(), options.host, options.port))
+    tls = node.tls.server_context() if options.tls.serve else None
+    server = _Server(http_config(node.http_app(), options.host, options.port, tls=tls))
     server_task = asyncio.create_task(_serve_http(server), name="http")
     try:
         while not server.started:

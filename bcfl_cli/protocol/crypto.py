@@ -28,6 +28,7 @@ class Domain(enum.Enum):
     VOTE = b"bcfl/vote/v1"
     PROPOSAL = b"bcfl/proposal/v1"
     HTTP = b"bcfl/http/v1"
+    TLS_PIN = b"bcfl/tls-pin/v1"  # a member vouching for its node certificate (issue 22)
 
 
 def signing_message(domain: Domain, digest_hex: str) -> bytes:

@@ -38,6 +38,8 @@ class TxKind(enum.StrEnum):
     VALIDATION = "validation"
     AGGREGATE = "aggregate"
     MISBEHAVIOUR = "misbehaviour"
+    TLS_CERTIFICATE = "tls_certificate"  # a member pins (rotates) its node certificate
+    TLS_MODE = "tls_mode"  # a validator asks the consortium to trust certificates another way
 
 
 # --- body schemas -------------------------------------------------------------------------
@@ -134,6 +136,8 @@ BODY_SCHEMAS: Mapping[TxKind, Mapping[str, Check]] = {
         "model_size": _int(1, _U64),
     },
     TxKind.MISBEHAVIOUR: {"offender": is_did, "votes": _votes},
+    TxKind.TLS_CERTIFICATE: {"fingerprint": is_hash_hex},
+    TxKind.TLS_MODE: {"mode": lambda v: v in ("pinned", "ca")},
 }
 
 
@@ -141,6 +145,8 @@ BODY_SCHEMAS: Mapping[TxKind, Mapping[str, Check]] = {
 #: exactly when the genesis's training plan has a deadline in seconds (§6.3).
 OPTIONAL_BODY_FIELDS: Mapping[TxKind, Mapping[str, Check]] = {
     TxKind.OPEN_ROUND: {"deadline_time": _int(1, _U64)},
+    # the SHA-256 fingerprint of the applicant's node certificate (issue 22, pinned mode)
+    TxKind.JOIN_REQUEST: {"tls": is_hash_hex},
 }
 _BODY_FIELDS = {kind: frozenset(schema) for kind, schema in BODY_SCHEMAS.items()}
 
@@ -166,9 +172,13 @@ class JoinRequestBody:
     name: str
     roles: tuple[str, ...]
     power: int
+    tls: str | None = None  # the applicant's certificate fingerprint, pinned on admission
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "roles": list(self.roles), "power": self.power}
+        body: dict[str, Any] = {"name": self.name, "roles": list(self.roles), "power": self.power}
+        if self.tls is not None:
+            body["tls"] = self.tls
+        return body
 
 
 @dataclass(frozen=True)
@@ -286,6 +296,28 @@ class MisbehaviourBody:
         return {"offender": self.offender, "votes": [dict(v) for v in self.votes]}
 
 
+@dataclass(frozen=True)
+class TlsCertificateBody:
+    """A member pins a new node certificate (a rotation, issue 22)."""
+
+    KIND: ClassVar[TxKind] = TxKind.TLS_CERTIFICATE
+    fingerprint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fingerprint": self.fingerprint}
+
+
+@dataclass(frozen=True)
+class TlsModeBody:
+    """A validator's vote to change how nodes trust each other's certificates (issue 22)."""
+
+    KIND: ClassVar[TxKind] = TxKind.TLS_MODE
+    mode: Literal["pinned", "ca"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode}
+
+
 TxBody = (
     JoinRequestBody
     | ApproveMemberBody
@@ -295,6 +327,8 @@ TxBody = (
     | ValidationBody
     | AggregateBody
     | MisbehaviourBody
+    | TlsCertificateBody
+    | TlsModeBody
 )
 
 
@@ -303,7 +337,9 @@ def parse_body(kind: TxKind, body: Any) -> TxBody:
     validate_body(kind, body)
     match kind:
         case TxKind.JOIN_REQUEST:
-            return JoinRequestBody(body["name"], tuple(body["roles"]), body["power"])
+            return JoinRequestBody(
+                body["name"], tuple(body["roles"]), body["power"], body.get("tls")
+            )
         case TxKind.APPROVE_MEMBER:
             return ApproveMemberBody(body["member"], body["request"])
         case TxKind.REMOVE_MEMBER:
@@ -340,4 +376,8 @@ def parse_body(kind: TxKind, body: Any) -> TxBody:
             return MisbehaviourBody(
                 body["offender"], (MappingProxyType(first), MappingProxyType(second))
             )
+        case TxKind.TLS_CERTIFICATE:
+            return TlsCertificateBody(body["fingerprint"])
+        case TxKind.TLS_MODE:
+            return TlsModeBody(body["mode"])
     assert_never(kind)

@@ -109,6 +109,11 @@ class PeerView(_Body):
     #: messages (votes, proposals, updates) sent to this peer on its stream, and whether it is open
     streamed: int = 0
     stream_open: bool = False
+    #: the link (issue 22): encrypted or not, how the peer's certificate was verified
+    #: (``none``, ``ca`` or ``pinned:<did>``), and the last TLS refusal with its reason
+    encrypted: bool = False
+    verified: str = "none"
+    tls_refused: str | None = None
 
 
 class MemberView(_Body):
@@ -147,6 +152,8 @@ class StatusResponse(_Body):
     mempool: int
     consensus: dict[str, int | str]
     alarm: AlarmView | None
+    #: this node's transport: the genesis's trust mode, whether it serves TLS, its fingerprint
+    tls: dict[str, str | bool | None] | None = None
 
 
 class GenesisResponse(_Body):

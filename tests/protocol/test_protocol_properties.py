@@ -54,7 +54,8 @@ BODIES = {
             "name": text.filter(lambda s: 1 <= len(s) <= 64),
             "roles": st.sampled_from([["trainer"], ["validator"], ["trainer", "validator"]]),
             "power": st.integers(0, 1_000_000),
-        }
+        },
+        optional={"tls": hashes},
     ),
     TxKind.APPROVE_MEMBER: st.fixed_dictionaries({"member": dids, "request": hashes}),
     TxKind.REMOVE_MEMBER: st.fixed_dictionaries({"member": dids, "reason": text}),
@@ -92,6 +93,8 @@ BODIES = {
     TxKind.MISBEHAVIOUR: st.fixed_dictionaries(
         {"offender": dids, "votes": st.just([{"a": 1}, {"b": 2}])}
     ),
+    TxKind.TLS_CERTIFICATE: st.fixed_dictionaries({"fingerprint": hashes}),
+    TxKind.TLS_MODE: st.fixed_dictionaries({"mode": st.sampled_from(["pinned", "ca"])}),
 }
 
 
