@@ -41,6 +41,14 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+def model_text(model: Any) -> str:
+    """One line for a genesis' model section: the builtin architecture or the pinned app."""
+    app = getattr(model, "app", None)
+    if app is not None:
+        return f"app {app.entry_point} (manifest {app.manifest[:16]}...)"
+    return f"{model.architecture} {list(model.input_shape)}"
+
+
 def print_kv(title: str | None, rows: Iterable[tuple[str, Any]]) -> None:
     """A two-column key/value table (no borders) for one object."""
     table = Table(title=title, show_header=False, box=None, pad_edge=False, title_justify="left")

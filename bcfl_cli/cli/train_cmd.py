@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption, examples
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import render_plan_finished
 from bcfl_cli.errors import PlanFinished
 from bcfl_cli.home import Home
@@ -20,9 +20,9 @@ def train(
         typer.Option(
             "--data",
             metavar="PART.csv",
-            help="This member's data: CSV with the genesis label column and numeric features.",
+            help="This member's data: CSV with the genesis label column and numeric features, "
+            "or what the consortium's model app loads (a file or a folder).",
             exists=True,
-            dir_okay=False,
             readable=True,
         ),
     ],
@@ -59,6 +59,7 @@ def train(
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing update file.")
     ] = False,
+    app: AppFolderOption = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -80,6 +81,7 @@ def train(
                 progress=progress,
                 device=device,
                 force=force,
+                app_folder=app,
             )
     except PlanFinished as finished:  # exit 0: nothing to train is not a failure
         render_plan_finished(finished, json_out=json_out)
@@ -113,5 +115,6 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl train --home homes/alice --data parts/member-01.csv",
             "bcfl train --home homes/alice --data parts/member-01.csv --seed 7 --json",
+            "bcfl train --home homes/alice --data parts/member-01.csv --app my_app",
         ),
     )(train)

@@ -7,9 +7,21 @@ TOML file may use plain numbers.
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+import re
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
+
+from bcfl_cli.protocol.manifest import manifest_hash
 
 #: The largest model or update blob a consortium accepts when its file states no
 #: ``contract.max_blob_bytes`` (docs/OPERATIONS.md's limits table).
@@ -58,6 +70,108 @@ class ModelSpec(_Spec):
         if self.architecture == "cnn" and len(self.input_shape) != 3:
             raise ValueError("cnn needs input_shape = [channels, height, width]")
         return self
+
+
+#: A model app's entry point, ``module:object`` (both may be dotted), as pinned by a genesis.
+ENTRY_POINT_RE = re.compile(
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+)
+MAX_ENTRY_POINT_CHARS = 200
+#: Files an app's source manifest may list (each is a line of the genesis document).
+MAX_APP_FILES = 1_000
+MAX_APP_PATH_CHARS = 256
+_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _no_floats(value: Any, where: str = "config") -> None:
+    if isinstance(value, float):
+        raise ValueError(f'{where}: {value!r} is a float; write it as a string ("{value!r}")')
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _no_floats(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _no_floats(item, f"{where}[{i}]")
+
+
+class AppPin(_Spec):
+    """What a genesis pins of a model app (PROTOCOL.md, "The model app pin").
+
+    ``files`` maps each source file's path (relative to the folder holding the app's top-level
+    package) to its SHA-256; ``manifest`` is the SHA-256 of the canonical manifest built from
+    them, so the one hash a founder reads and the list a member diffs against always agree.
+    """
+
+    entry_point: str = Field(min_length=3, max_length=MAX_ENTRY_POINT_CHARS)
+    manifest: str
+    files: dict[str, str] = Field(min_length=1, max_length=MAX_APP_FILES)
+    initial_model: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("entry_point")
+    @classmethod
+    def _entry_point(cls, value: str) -> str:
+        if not ENTRY_POINT_RE.match(value):
+            raise ValueError("expected module:object (Python names, dots allowed)")
+        return value
+
+    @field_validator("manifest", "initial_model")
+    @classmethod
+    def _hash(cls, value: str) -> str:
+        if not _HASH_RE.match(value):
+            raise ValueError("expected a SHA-256 hex hash (64 lowercase hex digits)")
+        return value
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, value: dict[str, str]) -> dict[str, str]:
+        for path, digest in value.items():
+            parts = path.split("/")
+            if (
+                not 1 <= len(path) <= MAX_APP_PATH_CHARS
+                or not path.isprintable()
+                or "\\" in path
+                or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+            ):
+                raise ValueError(f"{path!r} is not a relative path of the app's source")
+            if not _HASH_RE.match(digest):
+                raise ValueError(f"{path!r}: expected a SHA-256 hex hash")
+        return dict(sorted(value.items(), key=lambda item: item[0].encode()))
+
+    @field_validator("config")
+    @classmethod
+    def _config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _no_floats(value)
+        return value
+
+    @model_validator(mode="after")
+    def _manifest_matches(self) -> AppPin:
+        if manifest_hash(self.files) != self.manifest:
+            raise ValueError("manifest is not the SHA-256 of the manifest of files")
+        return self
+
+
+class AppModelSpec(_Spec):
+    """A ``[model]`` section that names a model app instead of a builtin architecture."""
+
+    app: AppPin
+
+
+def _model_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "app_model" if "app" in value else "builtin_model"
+    return "app_model" if isinstance(value, AppModelSpec) else "builtin_model"
+
+
+#: The genesis' ``[model]`` section: a builtin architecture (every genesis before model apps,
+#: unchanged byte for byte) or a pinned model app.
+ModelSection = Annotated[
+    Annotated[ModelSpec, Tag("builtin_model")] | Annotated[AppModelSpec, Tag("app_model")],
+    Discriminator(_model_kind),
+]
+MODEL_SECTION: TypeAdapter[ModelSpec | AppModelSpec] = TypeAdapter(ModelSection)
+#: Tags in a validation error's location, left out when the error names the key.
+MODEL_SECTION_TAGS = frozenset({"builtin_model", "app_model"})
 
 
 class DPSpec(_Spec):
