@@ -34,7 +34,9 @@ from bcfl_cli.cli.app import app
 from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
 from bcfl_cli.client import transport as client
-from bcfl_cli.fl import tensors
+from bcfl_cli.fl import data, tensors
+from bcfl_cli.fl.loaders import _checks as loader_checks
+from bcfl_cli.fl.loaders import images
 from bcfl_cli.identity import tls_cert
 from bcfl_cli.node import (
     auth,
@@ -424,6 +426,14 @@ def _bindings() -> dict[str, list[str]]:
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",
             f"{_n(proof_low)}-{_n(proof_high)} blocks with 4 validators",
+        ],
+        "a member's local data file (CSV, `.npz`, Parquet)": [
+            f"{mib(loader_checks.MAX_DATA_BYTES)} and {_n(data.MAX_ROWS)} rows",
+        ],
+        "a member's folder of images by class": [
+            f"{_n(images.MAX_IMAGE_FILES)} images",
+            f"{mib(images.MAX_IMAGE_BYTES)} a file",
+            f"{_n(images.MAX_IMAGE_PIXELS)} pixels an image",
         ],
     }
 

@@ -53,7 +53,8 @@ def train(
     device: Annotated[
         str | None,
         typer.Option(
-            "--device", help="cpu or cuda[:N] (default: $BCFL_DEVICE, else CUDA if present)."
+            "--device",
+            help="cpu, cuda[:N] or auto (default: $BCFL_DEVICE, else auto: CUDA if present).",
         ),
     ] = None,
     force: Annotated[
@@ -71,14 +72,14 @@ def train(
     from bcfl_cli.training.local_round import train_for_round  # torch loads only when needed
 
     try:
-        with render.progress_bar("training", enabled=not json_out) as progress:
+        with render.training_bar(enabled=not json_out) as on_step:
             update = train_for_round(
                 Home.resolve(home),
                 data,
                 round=round,
                 out=out,
                 seed=seed,
-                progress=progress,
+                on_step=on_step,
                 device=device,
                 force=force,
                 app_folder=app,
@@ -115,6 +116,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl train --home homes/alice --data parts/member-01.csv",
             "bcfl train --home homes/alice --data parts/member-01.csv --seed 7 --json",
+            "bcfl train --home homes/alice --data parts/member-01.csv --device cuda",
             "bcfl train --home homes/alice --data parts/member-01.csv --app my_app",
         ),
     )(train)

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,8 @@ Publish = Callable[[Transaction], Awaitable[frozenset[str]]]
 DEFAULT_POLL_S = 0.5
 PUBLISH_TIMEOUT_S = 60.0
 MAX_ATTEMPTS_PER_ROUND = 3
+#: Seconds between two progress lines of one round's training in the node's log.
+STEP_LOG_S = 5.0
 
 
 # --- attacks --------------------------------------------------------------------------------
@@ -169,6 +172,23 @@ def check_app_at_start(home: Home, app_folder: Path | None = None) -> BoundApp:
 def load_training_data(path: Path, state: ChainState, app_folder: Path | None = None) -> Any:
     """The member's data, as :func:`load_app_and_data` loads it."""
     return load_app_and_data(path, state, app_folder)[1]
+
+
+class StepLog:
+    """Logs a round's training progress (step, mean loss since the last line) at most every
+    ``STEP_LOG_S`` seconds, and its last step always: the node's log shows training move."""
+
+    def __init__(self, round_number: int) -> None:
+        self.round = round_number
+        self.last = time.monotonic()
+
+    def __call__(self, step: int, total: int, /, loss: float | None = None) -> None:
+        now = time.monotonic()
+        if step < total and now - self.last < STEP_LOG_S:
+            return
+        self.last = now
+        shown = "-" if loss is None else f"{loss:.4f}"
+        log.info("round %d: step %d/%s, loss %s", self.round, step, total or "?", shown)
 
 
 def http_submitter(api: NodeApi) -> Submit:
@@ -302,7 +322,7 @@ class AutoTrainer:
             )
             data = Dataset(data.features, self.attack.labels(data.labels, classes))
         seed = subseed(self.seed, f"round-{rnd.number}")
-        result = app.train_round(base, data, seed=seed)
+        result = app.train_round(base, data, seed=seed, progress=StepLog(rnd.number))
         delta = result.delta
         if self.attack is not None and self.attack.from_estimates is not None:
             rows = _as_dataset(data, self.attack)

@@ -181,9 +181,32 @@ class DPSpec(_Spec):
     delta: float = Field(default=1e-5, gt=0.0, lt=1.0)
 
 
+#: Keys of the training plan that a genesis document holds only when the plan sets them, so
+#: every genesis written before they existed keeps its bytes and its hash.
+OPTIONAL_PLAN_KEYS = (
+    "deadline_blocks",
+    "round_deadline_s",
+    "weight_decay",
+    "lr_schedule",
+    "lr_step_size",
+    "lr_gamma",
+    "local_steps",
+    "grad_clip_norm",
+    "precision",
+)
+
+
 class TrainingPlan(_Spec):
+    """How every member trains a round (the default loop, ``fl/training.py``).
+
+    Options added after the first release (``OPTIONAL_PLAN_KEYS``) are absent unless set, and
+    absent means the loop of that release: no weight decay (AdamW: torch's 0.01), a constant
+    learning rate, ``local_epochs`` passes, no gradient clipping, float32.
+    """
+
     rounds: int = Field(default=10, ge=1, le=100_000)
-    optimizer: Literal["sgd", "adam"] = "sgd"
+    #: sgd (with ``momentum``), adam, or adamw (decoupled weight decay)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(default=0.05, gt=0.0, le=10.0)
     momentum: float = Field(default=0.0, ge=0.0, lt=1.0)
     batch_size: int = Field(default=32, ge=1, le=65_536)
@@ -205,6 +228,34 @@ class TrainingPlan(_Spec):
         default=None, ge=MIN_ROUND_DEADLINE_S, le=MAX_ROUND_DEADLINE_S
     )
     dp: DPSpec = Field(default_factory=DPSpec)
+    #: L2 penalty (sgd, adam) or decoupled decay (adamw)
+    weight_decay: float | None = Field(default=None, ge=0.0, le=10.0)
+    #: how the learning rate moves over a member's steps in one round: constant; cosine (from
+    #: ``lr`` down to 0 at the round's last step); step (times ``lr_gamma`` every
+    #: ``lr_step_size`` steps)
+    lr_schedule: Literal["constant", "cosine", "step"] | None = None
+    lr_step_size: int | None = Field(default=None, ge=1, le=10_000_000)
+    lr_gamma: float | None = Field(default=None, gt=0.0, le=1.0)
+    #: optimiser steps per round; set, it replaces ``local_epochs`` (a member with little data
+    #: cycles through it; one with much sees part of it), so every member's update weighs the
+    #: same number of steps
+    local_steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    #: clip the gradient of each step to this L2 norm (after DP-SGD's noise, when DP is on)
+    grad_clip_norm: float | None = Field(default=None, gt=0.0, le=1e6)
+    #: mixed precision of the forward pass: bf16 autocast on CPU; fp16 (with loss scaling) or
+    #: bf16 on CUDA (fp16 asked on a CPU trains with bf16); the weights, the optimiser and the
+    #: update stay float32. DP-SGD steps always run in float32.
+    precision: Literal["fp32", "bf16", "fp16"] | None = None
+
+    @model_validator(mode="after")
+    def _schedule_keys(self) -> TrainingPlan:
+        stepped = self.lr_schedule == "step"
+        if stepped and self.lr_step_size is None:
+            raise ValueError("lr_schedule = 'step' needs lr_step_size (steps between decays)")
+        for key in ("lr_step_size", "lr_gamma"):
+            if getattr(self, key) is not None and not stepped:
+                raise ValueError(f"{key} is only used with lr_schedule = 'step'")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -217,10 +268,10 @@ class TrainingPlan(_Spec):
         return data
 
     def to_document(self) -> dict[str, Any]:
-        """As ``_Spec.to_document``, leaving out a deadline the plan does not use (older
+        """As ``_Spec.to_document``, leaving out the optional keys the plan does not set (older
         genesis documents, which all name ``deadline_blocks``, keep their bytes and hash)."""
         document = super().to_document()
-        for key in ("deadline_blocks", "round_deadline_s"):
+        for key in OPTIONAL_PLAN_KEYS:
             if document.get(key) is None:
                 document.pop(key, None)
         return document

@@ -42,7 +42,7 @@ from bcfl_cli.fl.device import pick_device
 from bcfl_cli.fl.dp import epsilon_spent
 from bcfl_cli.fl.models import state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.training import Progress, decimal
+from bcfl_cli.fl.training import Progress, StepReport, decimal
 from bcfl_cli.home import Home
 
 SIDECAR_VERSION = 1
@@ -148,6 +148,7 @@ def train_for_round(
     device: str | None = None,
     force: bool = False,
     app_folder: Path | None = None,
+    on_step: StepReport | None = None,
 ) -> LocalUpdate:
     """Train this member's update for the open (or next) round and write it out.
 
@@ -191,7 +192,11 @@ def train_for_round(
         dev = pick_device(device)
         started = time.monotonic()
         result = app.train_round(
-            global_state, dataset, seed=run_seed, progress=progress, device=str(dev)
+            global_state,
+            dataset,
+            seed=run_seed,
+            progress=on_step if on_step is not None else _with_loss(progress),
+            device=str(dev),
         )
         elapsed = time.monotonic() - started
         data = state_bytes(result.delta)
@@ -235,6 +240,18 @@ def _rows(dataset: object) -> int | None:
         return len(dataset)  # type: ignore[arg-type]
     except TypeError:
         return None
+
+
+def _with_loss(progress: Progress | None) -> StepReport | None:
+    """A two-argument progress callback that an app may also call with its loss."""
+    if progress is None:
+        return None
+    report = progress
+
+    def call(step: int, total: int, /, loss: float | None = None) -> None:
+        report(step, total)
+
+    return call
 
 
 def update_tx_body(sidecar: dict[str, Any]) -> dict[str, Any]:
