@@ -154,7 +154,7 @@ def _load_targets() -> dict[str, tuple[Callable[[bytes], None], tuple[type[BaseE
     )
 
     api = types.SimpleNamespace(
-        max_inline_blob=1 << 20, node=types.SimpleNamespace(genesis_hash=CHAIN)
+        max_inline_blob=1 << 20, chain=types.SimpleNamespace(genesis_hash=CHAIN)
     )
 
     def body(data: bytes) -> None:

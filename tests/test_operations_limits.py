@@ -42,6 +42,7 @@ from bcfl_cli.node import (
     auth,
     blob_keeper,
     blob_routes,
+    blob_service,
     budget,
     compare,
     connections,
@@ -50,7 +51,6 @@ from bcfl_cli.node import (
     mempool,
     peers,
     server,
-    sync,
 )
 from bcfl_cli.node import tls as node_tls
 from bcfl_cli.node.explorer import routes as explorer_routes
@@ -368,8 +368,8 @@ def _bindings() -> dict[str, list[str]]:
             f"{s(consensus_driver.VALIDATION_FETCH_S)} for all its blobs",
         ],
         "blob fetch while catching up (sync)": [
-            f"{s(sync.BLOB_FETCH_TIMEOUT_S)} a blob",
-            f"at most {s(sync.PEER_BLOB_SLICE_S)}",
+            f"{s(blob_service.BLOB_FETCH_TIMEOUT_S)} a blob",
+            f"at most {s(blob_service.PEER_BLOB_SLICE_S)}",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
             f"{s(client_api.DEFAULT_WAIT_S)} (`--timeout`)",

@@ -13,8 +13,10 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.applications import Starlette
@@ -26,15 +28,20 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from bcfl_cli.client.tls import TransportTrust
 from bcfl_cli.consensus.messages import Proposal
 from bcfl_cli.errors import BcflError, EncodingError, NodeError, StoreError
 from bcfl_cli.node.auth import LIMITER_KEY, SignatureAuth, is_loopback, peer_did
+from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
 from bcfl_cli.node.budget import BodyBudget
 from bcfl_cli.node.explorer import Explorer
+from bcfl_cli.node.interfaces import ChainView, ConsensusReactor, MempoolView, PeerBook
 from bcfl_cli.node.limits import NodeLimits, TokenBucketLimiter
+from bcfl_cli.node.local_chain import member_role
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import MempoolRefusal, precheck
+from bcfl_cli.node.openapi import ROUTE_TABLE, openapi_document
 from bcfl_cli.node.peers import (
     NODE_URL_HEADER,
     PEER_STREAM_PATH,
@@ -45,13 +52,13 @@ from bcfl_cli.node.peers import (
 from bcfl_cli.protocol.block import Vote
 from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
+from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.wire.httpsig import normalise_authority
 from bcfl_cli.wire.schemas import (
     MAX_BLOCKS_PER_RESPONSE,
     MAX_HEIGHT_DIGITS,
     MAX_INLINE_BLOB_BYTES,
     AlarmView,
-    BlockResponse,
     BlocksResponse,
     ConsensusLog,
     ConsensusMessage,
@@ -61,7 +68,6 @@ from bcfl_cli.wire.schemas import (
     MeView,
     PeerView,
     PlanView,
-    RoundsResponse,
     RoundView,
     StatusResponse,
     StreamUpdate,
@@ -73,9 +79,6 @@ from bcfl_cli.wire.schemas import (
     route_parameters,
     validate_body,
 )
-
-if TYPE_CHECKING:
-    from bcfl_cli.node.server import Node
 
 log = logging.getLogger("bcfl.node.api")
 
@@ -159,25 +162,89 @@ def _guard(handler: Handler) -> Handler:
     return wrapped
 
 
+class NextRoundHold:
+    """Updates for the FL round after this node's, held until this node opens it (bounded in
+    time, in number and per author), so that a peer's commit a moment ahead of ours does not
+    cost a refusal. Whatever the wait's outcome, the mempool's checks then decide as they
+    would have."""
+
+    def __init__(self, chain: ChainView) -> None:
+        self.chain = chain
+        self.held = 0
+        self._held_by: dict[str, int] = {}  # author -> its updates held (the keys: < 32)
+
+    async def wait_for(self, tx: Transaction) -> None:
+        if tx.kind is not TxKind.UPDATE or self.held >= MAX_HELD_UPDATES:
+            return
+        state = self.chain.state
+        wanted = tx.body["round"]
+        if not isinstance(wanted, int) or wanted != state.round.number + 1:
+            return
+        # only a trainer's genuine update takes a slot: no member fills them with forgeries
+        author = state.member(tx.author)
+        if author is None or not author.is_trainer or not tx.signature_valid():
+            return
+        mine = self._held_by.get(tx.author, 0)
+        if mine >= MAX_HELD_PER_AUTHOR:
+            return
+        self.held += 1
+        self._held_by[tx.author] = mine + 1
+        try:
+            await self.chain.wait_for_round(wanted, NEXT_ROUND_HOLD_S)
+        finally:
+            self.held -= 1
+            left = self._held_by[tx.author] - 1
+            if left:
+                self._held_by[tx.author] = left
+            else:
+                del self._held_by[tx.author]
+
+
 class Api:
-    def __init__(self, node: Node, *, max_inline_blob: int = MAX_INLINE_BLOB_BYTES) -> None:
-        self.node = node
+    """The routes' handlers, built from what they read and feed: the chain, the ledger (blocks
+    and transactions by hash), the mempool, the blob store and its keeper, the peers, the
+    consensus reactor, and this node's did (its role in the status)."""
+
+    def __init__(
+        self,
+        *,
+        chain: ChainView,
+        ledger: Ledger,
+        pool: MempoolView,
+        keeper: BlobKeeper,
+        peers: PeerBook,
+        reactor: ConsensusReactor,
+        did: str,
+        tls: TransportTrust,
+        max_inline_blob: int = MAX_INLINE_BLOB_BYTES,
+    ) -> None:
+        self.chain = chain
+        self.ledger = ledger
+        self.blobs = ledger.blobs
+        self.pool = pool
+        self.keeper = keeper
+        self.peers = peers
+        self.reactor = reactor
+        self.did = did
+        self.tls = tls
+        self.hold = NextRoundHold(chain)
         self.max_inline_blob = max_inline_blob
         self.max_update_body = MAX_TX_BODY + 4 * -(-max_inline_blob // 3) + 1024
-        self._held = 0
-        self._held_by: dict[str, int] = {}  # author -> its updates held (the keys: < 32)
         self._streams: dict[str, WebSocket] = {}  # one peer stream per member
+
+    def is_member(self, did: str) -> bool:
+        member = self.chain.state.member(did)
+        return member is not None and member.active
 
     # --- public reads -----------------------------------------------------------------------
     async def status(self, request: Request) -> Response:
         """Height, head, round, peers, members, this node's role and any safety alarm."""
-        node = self.node
-        state = node.state
+        chain = self.chain
+        state = chain.state
         rnd = state.round
-        member = state.member(node.did)
-        engine = node.driver.engine
+        member = state.member(self.did)
         body = StatusResponse(
-            genesis=node.genesis_hash,
+            genesis=chain.genesis_hash,
             consortium=state.config.name,
             height=state.height,
             head=state.head_hash,
@@ -204,11 +271,11 @@ class Api:
                     error=p.error,
                     streamed=p.streamed,
                     stream_open=p.stream is not None and not p.stream.closed,
-                    encrypted=node.tls.link(p.url).encrypted,
-                    verified=node.tls.link(p.url).verified,
-                    tls_refused=node.tls.link(p.url).refused,
+                    encrypted=self.tls.link(p.url).encrypted,
+                    verified=self.tls.link(p.url).verified,
+                    tls_refused=self.tls.link(p.url).refused,
                 )
-                for p in node.peers
+                for p in self.peers
             ],
             members=[
                 MemberView(
@@ -217,23 +284,22 @@ class Api:
                 for m in sorted(state.members.values(), key=lambda m: (m.since, m.name))
             ],
             pending_members=sorted(state.pending),
-            me=MeView(did=node.did, name=member.name if member else None, role=node.role),  # type: ignore[arg-type]
-            mempool=len(node.mempool),
-            consensus={
-                "height": engine.height,
-                "round": engine.round,
-                "step": engine.step.name.lower(),
-                "commits": node.driver.commits,
-            },
-            alarm=AlarmView(**node.alarm) if node.alarm else None,
-            tls=node.tls.view(),
+            me=MeView(
+                did=self.did,
+                name=member.name if member else None,
+                role=member_role(state, self.did),  # type: ignore[arg-type]
+            ),
+            mempool=len(self.pool),
+            consensus=self.reactor.progress(),
+            alarm=AlarmView(**chain.alarm) if chain.alarm else None,
+            tls=self.tls.view(),
         )
         return _json(body)
 
     async def genesis(self, request: Request) -> Response:
         """The genesis block and the signed configuration document it commits to."""
         return _json(
-            GenesisResponse(block=self.node.genesis.to_dict(), document=self.node.document)
+            GenesisResponse(block=self.ledger.block(0).to_dict(), document=self.ledger.document)
         )
 
     async def blocks(self, request: Request) -> Response:
@@ -247,11 +313,11 @@ class Api:
         ):
             raise Refused(400, "bad_query", "give start and limit as non-negative integers")
         start, limit = int(start_raw), min(int(limit_raw), MAX_BLOCKS_PER_RESPONSE)
-        height = self.node.state.height
+        height = self.chain.state.height
         out: list[dict[str, Any]] = []
         if limit > 0 and start <= height:
             size = 0
-            for block in self.node.ledger.blocks(start, min(height, start + limit - 1)):
+            for block in self.ledger.blocks(start, min(height, start + limit - 1)):
                 data = block.to_dict()
                 out.append(data)
                 size += sum(len(str(t)) for t in data["txs"])
@@ -264,17 +330,16 @@ class Api:
         digest = request.path_params["hash"]
         if not is_hash_hex(digest):
             raise Refused(400, "bad_hash", "a transaction is named by 64 lowercase hex")
-        node = self.node
-        pending = node.mempool.get(digest)
+        pending = self.pool.get(digest)
         if pending is not None:
             return _json(TxStatus(tx=pending.to_dict(), height=None, status="pending", reason=""))
-        if digest in node.state.seen_tx:
+        if digest in self.chain.state.seen_tx:
             try:
-                tx, height = node.ledger.tx(digest)
+                tx, height = self.ledger.tx(digest)
             except StoreError:
                 raise Refused(404, "unknown_tx", "no such transaction here") from None
             return _json(TxStatus(tx=tx.to_dict(), height=height, status="committed", reason=""))
-        reason = node.mempool.rejected_reason(digest)
+        reason = self.pool.rejected_reason(digest)
         if reason is not None:
             return _json(TxStatus(tx=None, height=None, status="rejected", reason=reason))
         raise Refused(404, "unknown_tx", f"transaction {digest[:16]} is unknown to this node")
@@ -284,7 +349,7 @@ class Api:
         raw = request.path_params["height"]
         if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_HEIGHT_DIGITS:
             raise Refused(400, "bad_height", "height must be a non-negative integer")
-        proposals, votes = self.node.driver.messages_at(int(raw))
+        proposals, votes = self.reactor.messages_at(int(raw))
         return _json(ConsensusLog(height=int(raw), proposals=proposals, votes=votes))
 
     # --- signed writes ----------------------------------------------------------------------
@@ -312,20 +377,20 @@ class Api:
     async def _check_and_store(self, tx: Transaction, data: bytes) -> None:
         """An update (for the next round, held until it opens) through the mempool's checks,
         then its blob stored; MempoolRefusal, with nothing kept, where it fails them."""
-        node = self.node
         await self._await_round_of(tx)
-        if tx.hash not in node.state.seen_tx and tx.hash not in node.mempool:
-            precheck(node.state, tx)
+        state = self.chain.state
+        if tx.hash not in state.seen_tx and tx.hash not in self.pool:
+            precheck(state, tx)
         digest = tx.body["blob"]
-        if node.blobs.has(digest):
-            node.keeper.sent_again(digest)
+        if self.blobs.has(digest):
+            self.keeper.sent_again(digest)
             return
         # the blob of a pending update counts against its author's quota (blob_keeper)
-        over = node.keeper.admit(tx.author, digest, len(data))
+        over = self.keeper.admit(tx.author, digest, len(data))
         if over is not None:
             raise MempoolRefusal(over, code="over_quota", status=507)
-        await run_in_threadpool(node.blobs.put_stream, [data], expected=digest)
-        node.keeper.record(tx.author, digest, len(data))
+        await run_in_threadpool(self.blobs.put_stream, [data], expected=digest)
+        self.keeper.record(tx.author, digest, len(data))
 
     def _update_and_blob(self, body: SubmitUpdate) -> tuple[Transaction, bytes]:
         """The update and its blob, if the blob is the one it names and small enough to travel
@@ -354,36 +419,8 @@ class Api:
         return tx, data
 
     async def _await_round_of(self, tx: Transaction) -> None:
-        """Hold an update for the next FL round until this node opens it (bounded in time, in
-        number and per author), so that a peer's commit a moment ahead of ours does not cost a
-        refusal.
-
-        Whatever the wait's outcome, the mempool's checks then decide as they would have.
-        """
-        if tx.kind is not TxKind.UPDATE or self._held >= MAX_HELD_UPDATES:
-            return
-        state = self.node.state
-        wanted = tx.body["round"]
-        if not isinstance(wanted, int) or wanted != state.round.number + 1:
-            return
-        # only a trainer's genuine update takes a slot: no member fills them with forgeries
-        author = state.member(tx.author)
-        if author is None or not author.is_trainer or not tx.signature_valid():
-            return
-        mine = self._held_by.get(tx.author, 0)
-        if mine >= MAX_HELD_PER_AUTHOR:
-            return
-        self._held += 1
-        self._held_by[tx.author] = mine + 1
-        try:
-            await self.node.wait_for_round(wanted, NEXT_ROUND_HOLD_S)
-        finally:
-            self._held -= 1
-            left = self._held_by[tx.author] - 1
-            if left:
-                self._held_by[tx.author] = left
-            else:
-                del self._held_by[tx.author]
+        """Hold an update for the next FL round until this node opens it (``NextRoundHold``)."""
+        await self.hold.wait_for(tx)
 
     def _admit_from(self, request: Request, tx: Transaction) -> Response:
         """Admit ``tx`` as sent by this request's signer, naming who holds it already."""
@@ -407,27 +444,25 @@ class Api:
     def _learn_peer(self, request: HTTPConnection) -> None:
         sender = peer_did(request)
         url = request.headers.get(NODE_URL_HEADER)
-        if sender and url and not self.node.peers.knows(sender):
-            self.node.peers.learn(url, sender, self.node.genesis_hash)
+        if sender and url and not self.peers.knows(sender):
+            self.peers.learn(url, sender, self.chain.genesis_hash)
 
     def _admit(self, tx: Transaction, seen: frozenset[str] = frozenset()) -> Response:
-        node = self.node
-        if tx.hash in node.state.seen_tx:
+        if tx.hash in self.chain.state.seen_tx:
             return _json(TxAccepted(hash=tx.hash, status="committed"), 200)
-        node.submit(tx, seen=seen)
+        self.pool.submit(tx, seen=seen)
         return _json(TxAccepted(hash=tx.hash, status="pending"), 202)
 
     async def consensus(self, request: Request) -> Response:
         """A signed proposal or vote from a validator (the engine checks its signature)."""
-        node = self.node
         sender = peer_did(request)
-        validators = node.state.validator_set
+        validators = self.chain.state.validator_set
         if sender is None or sender not in validators:
             raise Refused(403, "not_validator", "only validators send consensus messages")
         data = parse_json(await request.body(), max_bytes=MAX_CONSENSUS_BODY)
         proposal, vote = self._consensus_message(data)
         self._learn_peer(request)
-        node.driver.on_message(proposal, vote)
+        self.reactor.on_message(proposal, vote)
         return JSONResponse({"accepted": True}, status_code=202)
 
     def _consensus_message(self, data: Any) -> tuple[Proposal | None, Vote | None]:
@@ -437,7 +472,7 @@ class Api:
         proposal = Proposal.from_dict(body.proposal) if body.proposal is not None else None
         vote = Vote.from_dict(body.vote) if body.vote is not None else None
         for what in (proposal, vote):
-            if what is not None and what.chain != self.node.genesis_hash:
+            if what is not None and what.chain != self.chain.genesis_hash:
                 raise Refused(409, "wrong_chain", "message is for another consortium")
         return proposal, vote
 
@@ -477,7 +512,6 @@ class Api:
     async def _read_stream(
         self, websocket: WebSocket, sender: str, limiter: TokenBucketLimiter
     ) -> None:
-        node = self.node
         updates: set[asyncio.Task[None]] = set()  # each may wait for the next round (2 s)
         while True:
             message = await websocket.receive()
@@ -487,7 +521,7 @@ class Api:
             if raw is None:
                 await _close_stream(websocket, sender, 1003, "binary_only", "binary frames only")
                 return
-            if not node.is_member(sender):
+            if not self.is_member(sender):
                 await _close_stream(websocket, sender, 1008, "not_member", "no longer a member")
                 return
             if limiter.acquire(sender) > 0:
@@ -509,7 +543,7 @@ class Api:
                     updates.add(task)
                     task.add_done_callback(updates.discard)
                     continue
-                if sender not in node.state.validator_set:
+                if sender not in self.chain.state.validator_set:
                     raise Refused(403, "not_validator", "only validators send consensus messages")
                 proposal, vote = self._consensus_message(data)
             except Refused as exc:
@@ -519,7 +553,7 @@ class Api:
             except BcflError as exc:
                 await _close_stream(websocket, sender, 1007, "malformed_body", exc.message)
                 return
-            node.driver.on_message(proposal, vote)
+            self.reactor.on_message(proposal, vote)
 
     async def _take_update(
         self, tx: Transaction, blob: bytes, seen: frozenset[str], sender: str
@@ -559,173 +593,6 @@ async def _close_stream(
         await websocket.close(code, text)
 
 
-# --- OpenAPI ------------------------------------------------------------------------------------
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    return model.model_json_schema(ref_template="#/components/schemas/{model}")
-
-
-def openapi_document(
-    routes: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None, bool]],
-    parameters: Mapping[tuple[str, str], list[dict[str, Any]]] | None = None,
-) -> dict[str, Any]:
-    """The OpenAPI 3.1 description of ``routes``; ``parameters`` by (method, path)."""
-    paths: dict[str, dict[str, Any]] = {}
-    for method, path, summary, request_model, response_model, signed in routes:
-        op: dict[str, Any] = {"summary": summary, "responses": {}}
-        declared = (parameters or {}).get((method, path))
-        if declared:
-            op["parameters"] = declared
-        if request_model is not None:
-            op["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": _schema(request_model)}},
-            }
-        ok = {"description": "OK"}
-        if response_model is not None:
-            ok["content"] = {"application/json": {"schema": _schema(response_model)}}  # type: ignore[assignment]
-        op["responses"]["202" if method == "post" and response_model is TxAccepted else "200"] = ok
-        error = {
-            "description": "refused",
-            "content": {"application/json": {"schema": _schema(ErrorBody)}},
-        }
-        refusals = ("400", "401", "403", "413", "422", "429", "503", "507")
-        for status in ("400", "404") if not signed else refusals:
-            op["responses"][status] = error
-        if signed:
-            op["security"] = [{"httpSignature": []}]
-        paths.setdefault(path, {})[method] = op
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "bcfl node", "version": "1"},
-        "paths": paths,
-        # OpenAPI has no words for a WebSocket: the stream is described beside the paths
-        "x-websockets": {
-            PEER_STREAM_PATH: {
-                **STREAM_DESCRIPTION,
-                "messages": [_schema(ConsensusMessage), _schema(StreamUpdate)],
-            }
-        },
-        "components": {
-            "securitySchemes": {
-                "httpSignature": {
-                    "type": "apiKey",
-                    "in": "header",
-                    "name": "Signature",
-                    "description": "RFC 9421 ed25519 signature (keyid = member did:key) over "
-                    "@method, @authority, @path, @query, content-digest and bcfl-node-url (where "
-                    "present); created and nonce. Checked on the head, before the body is read",
-                }
-            }
-        },
-    }
-
-
-STREAM_DESCRIPTION = {
-    "summary": "Proposals, votes and updates on one WebSocket (members)",
-    "description": "Opened by a current member's signed GET (RFC 9421, as any route); each "
-    "binary frame is one message (see 'messages'): a ConsensusMessage (validators only), "
-    "as POST /v1/consensus takes it, or a StreamUpdate, an update with its blob as POST "
-    "/v1/updates takes it and the members known to hold it; at most 8 MiB, uncompressed, each "
-    "counted against the sender's rate. A bad frame closes the stream with 1007 (1003: a "
-    "text frame; 1008: not a member or not a validator; 1009: too large; 1013: over the rate "
-    "or too many updates at once) and a reason 'code: message'; an update the mempool "
-    "refuses is logged, not answered.",
-}
-
-ROUTE_TABLE: list[tuple[str, str, str, type[BaseModel] | None, type[BaseModel] | None, bool]] = [
-    ("get", "/v1/status", "Node status", None, StatusResponse, False),
-    ("get", "/v1/genesis", "Genesis block and document", None, GenesisResponse, False),
-    (
-        "get",
-        "/v1/blocks",
-        "Blocks with commit certificates (start, limit <= 100)",
-        None,
-        BlocksResponse,
-        False,
-    ),
-    (
-        "get",
-        "/v1/blocks/{height}",
-        "One block with its transactions' hashes",
-        None,
-        BlockResponse,
-        False,
-    ),
-    (
-        "get",
-        "/v1/rounds",
-        "Rounds: updates, verdicts, reasons, aggregates (start, limit <= 100)",
-        None,
-        RoundsResponse,
-        False,
-    ),
-    ("get", "/v1/txs/{hash}", "Transaction status", None, TxStatus, False),
-    ("post", "/v1/txs", "Submit a signed transaction (members)", SubmitTx, TxAccepted, True),
-    (
-        "post",
-        "/v1/updates",
-        "Submit an update transaction with its blob, at most 1 MiB (members)",
-        SubmitUpdate,
-        TxAccepted,
-        True,
-    ),
-    (
-        "post",
-        "/v1/join",
-        "Ask for admission (signed join_request, non-members)",
-        SubmitTx,
-        TxAccepted,
-        True,
-    ),
-    (
-        "post",
-        "/v1/consensus",
-        "Push a proposal or a vote (validators)",
-        ConsensusMessage,
-        None,
-        True,
-    ),
-    (
-        "get",
-        "/v1/consensus/{height}",
-        "Consensus messages held for a height",
-        None,
-        ConsensusLog,
-        False,
-    ),
-    ("get", "/v1/blobs/{hash}", "A blob, streamed (Range honoured)", None, None, False),
-    (
-        "get",
-        "/v1/blobs/{hash}/manifest",
-        "Blob size, chunk size and chunk hashes",
-        None,
-        None,
-        False,
-    ),
-    (
-        "get",
-        "/v1/blobs/{hash}/upload",
-        "Where an interrupted upload stands (?size=N)",
-        None,
-        None,
-        False,
-    ),
-    ("put", "/v1/blobs/{hash}/chunks/{index}", "Upload one chunk (members)", None, None, True),
-    ("put", "/v1/blobs/{hash}", "Finalise an upload (members)", None, None, True),
-    ("get", "/openapi.json", "This description", None, None, False),
-    ("get", "/explorer/", "The chain explorer (a read-only web page)", None, None, False),
-    ("get", "/explorer/static/{name}", "The explorer's script or style sheet", None, None, False),
-    (
-        "get",
-        "/explorer/proof/{round}",
-        "A closed round's model proof bundle, gzip (bcfl model verify reads it)",
-        None,
-        None,
-        False,
-    ),
-]
-
-
 class _ReadTimeout:
     """Bound how long a client may take to send each piece of its body (slow-loris guard)."""
 
@@ -763,28 +630,61 @@ class _SplitAuth:
             await self.members(scope, receive, send)
 
 
-def create_app(node: Node) -> ASGIApp:
+@dataclass(frozen=True)
+class HttpSettings:
+    """How this node serves: its limits, the address it listens on and the name it is known by,
+    and the file where the replay cache survives a restart."""
+
+    limits: NodeLimits
+    host: str
+    port: int
+    advertise: str | None
+    replay_journal: Path
+
+
+def create_app(
+    *,
+    chain: ChainView,
+    ledger: Ledger,
+    pool: MempoolView,
+    keeper: BlobKeeper,
+    peers: PeerBook,
+    reactor: ConsensusReactor,
+    did: str,
+    tls: TransportTrust,
+    settings: HttpSettings,
+) -> ASGIApp:
     """The node's ASGI application: Starlette routes behind the signature layer."""
-    limits = node.options.limits
-    max_blob_bytes = node.state.config.contract.max_blob_bytes
+    limits = settings.limits
+    max_blob_bytes = chain.state.config.contract.max_blob_bytes
     # what travels inline is base64 (4/3) beside a transaction, under the signature layer's cap
     body_room = (limits.max_body_bytes - MAX_TX_BODY - 2048) * 3 // 4
-    api = Api(node, max_inline_blob=max(0, min(MAX_INLINE_BLOB_BYTES, max_blob_bytes, body_room)))
+    api = Api(
+        chain=chain,
+        ledger=ledger,
+        pool=pool,
+        keeper=keeper,
+        peers=peers,
+        reactor=reactor,
+        did=did,
+        tls=tls,
+        max_inline_blob=max(0, min(MAX_INLINE_BLOB_BYTES, max_blob_bytes, body_room)),
+    )
     chunk_size = min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024))
     blob_routes = BlobRoutes(
-        node.blobs,
+        ledger.blobs,
         max_blob_bytes=max_blob_bytes,
         chunk_size=chunk_size,
-        keeper=node.keeper,
-        allow_clear_text=node.tls.allow_clear_text,
+        keeper=keeper,
+        allow_clear_text=tls.allow_clear_text,
     )
     document = openapi_document(
         ROUTE_TABLE, route_parameters(max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)
     )
-    host, port = node.options.host, node.options.port
-    authorities = advertised_authorities(host, port, node.options.advertise)
+    host, port = settings.host, settings.port
+    authorities = advertised_authorities(host, port, settings.advertise)
     local = loopback_authorities(port) if host in WILDCARD_HOSTS else ()
-    explorer = Explorer(node, names_me=_names_me(authorities, local))
+    explorer = Explorer(chain, ledger, names_me=_names_me(authorities, local))
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(document)
@@ -839,10 +739,10 @@ def create_app(node: Node) -> ASGIApp:
     budget = BodyBudget()  # members and newcomers share it: together they hold at most this
     members = SignatureAuth(
         app,
-        is_member=node.is_member,
+        is_member=api.is_member,
         limits=limits,
         authorities=authorities,
-        replay_journal=node.home.node_dir / REPLAY_JOURNAL,
+        replay_journal=settings.replay_journal,
         local_authorities=local,
         budget=budget,
     )

@@ -30,7 +30,9 @@ import contextlib
 import logging
 from collections import OrderedDict
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import nacl.signing
 
 from bcfl_cli.chain.builder import build_block
 from bcfl_cli.chain.state import ChainState, check_proposal_time
@@ -55,16 +57,27 @@ from bcfl_cli.consensus.messages import (
     VoteReceived,
 )
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
+from bcfl_cli.node.blob_service import blob_owners, referenced_blobs
+from bcfl_cli.node.clock import Clock
+from bcfl_cli.node.interfaces import (
+    BlobFetcher,
+    BlobIndex,
+    CommittingChain,
+    Gossip,
+    PreparedRound,
+    SyncSignals,
+    TxPool,
+    VoteRecord,
+    Worker,
+)
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.peers import CONSENSUS_PATH, PeerInfo, PeerRequestError
 from bcfl_cli.node.round_driver import build_proposal, plan_block
-from bcfl_cli.node.sync import blob_owners, referenced_blobs
+from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.block import Block, Vote
+from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import TxKind, make_tx
-from bcfl_cli.store.vote_guard import DoubleSignError, VoteGuard
-
-if TYPE_CHECKING:
-    from bcfl_cli.node.server import Node
+from bcfl_cli.store.vote_guard import DoubleSignError
 
 log = logging.getLogger("bcfl.node.consensus")
 
@@ -86,27 +99,53 @@ FAILED_FETCHES = 256
 
 
 class ConsensusDriver:
+    """The consensus reactor: built from the chain it appends to, the mempool, the round
+    preparation, the blob fetcher, the peers, block sync's signals, the checks and their
+    worker, the vote guard and the key it signs with (implements
+    ``interfaces.ConsensusReactor``)."""
+
     def __init__(
         self,
-        node: Node,
-        guard: VoteGuard,
         *,
+        chain: CommittingChain,
+        pool: TxPool,
+        prepared: PreparedRound,
+        fetcher: BlobFetcher,
+        blobs: BlobIndex,
+        gossip: Gossip,
+        sync: SyncSignals,
+        checks: CachingChecks,
+        worker: Worker,
+        guard: VoteRecord,
+        key: nacl.signing.SigningKey,
+        clock: Clock,
         timeouts: TimeoutConfig | None = None,
         empty_block_interval_s: float = 1.0,
         empty_blocks: bool = True,
         heartbeat_interval_s: float = 60.0,
     ) -> None:
-        self.node = node
+        self.chain = chain
+        self.pool = pool
+        self.prepared = prepared
+        self.fetcher = fetcher
+        self.blobs = blobs
+        self.gossip = gossip
+        self.sync = sync
+        self.checks = checks
+        self.worker = worker
         self.guard = guard
+        self.key = key
+        self.did = did_from_public_key(bytes(key.verify_key))
+        self.clock = clock
         self.empty_block_interval_s = empty_block_interval_s
         self.empty_blocks = empty_blocks
         self.heartbeat_interval_s = heartbeat_interval_s
         self.engine: Engine = Engine(
-            chain=node.genesis_hash,
-            me=node.did,
+            chain=chain.genesis_hash,
+            me=self.did,
             app=self,
             timeouts=timeouts,
-            restored=guard.state(node.genesis_hash),
+            restored=guard.state(chain.genesis_hash),
             timely=self._timely,
         )
         self._queue: list[Event] = []
@@ -141,18 +180,18 @@ class ConsensusDriver:
         await self._resend_recorded_votes()
         self._spawn(self._watch_stalls())
         while True:
-            target = self.node.state.height + 1
+            target = self.chain.state.height + 1
             if self.engine.height >= target:
                 self._work.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._work.wait(), 1.0)
                 continue
             await self._wait_for_work(target)
-            if self.node.state.height + 1 != target or self.engine.height >= target:
+            if self.chain.state.height + 1 != target or self.engine.height >= target:
                 continue
             self._started_height = target
             self._next_height_seen.clear()
-            self.handle(StartHeight(target, self.node.state.validator_set))
+            self.handle(StartHeight(target, self.chain.state.validator_set))
 
     async def _wait_for_work(self, target: int) -> None:
         """Wait until the block at ``target`` would hold something, or the interval passed.
@@ -175,10 +214,10 @@ class ConsensusDriver:
         if target == 1 or self.engine.height < 0:
             deadline = started
         extensions = 0
-        arrived = self.node.updates_still_arriving()
+        arrived = self.prepared.updates_still_arriving()
         while True:
             if loop.time() >= deadline:
-                now_arrived = self.node.updates_still_arriving()
+                now_arrived = self.prepared.updates_still_arriving()
                 if (
                     now_arrived is None
                     or extensions >= UPDATE_WAIT_INTERVALS - 1
@@ -189,9 +228,9 @@ class ConsensusDriver:
                     extensions += 1
                     arrived = now_arrived
                 deadline = loop.time() + interval
-            if self._next_height_seen.is_set() or self.node.has_work(target):
+            if self._next_height_seen.is_set() or self.prepared.has_work(target):
                 return
-            if self.node.state.height + 1 != target:
+            if self.chain.state.height + 1 != target:
                 return
             self._work.clear()
             with contextlib.suppress(TimeoutError):
@@ -204,9 +243,9 @@ class ConsensusDriver:
         # a node whose engine never started cannot hear of the next height (``on_message``)
         if self.empty_blocks or target == 1 or self.engine.height < 0:
             return True
-        if self.node.has_content(target):
+        if self.prepared.has_content(target):
             return True
-        return self.node.needs_heartbeat() and waited_s >= self.heartbeat_interval_s
+        return self.prepared.needs_heartbeat() and waited_s >= self.heartbeat_interval_s
 
     async def _watch_stalls(self) -> None:
         """If a height makes no progress for STALL_S, pull from peers and re-send our votes.
@@ -233,8 +272,8 @@ class ConsensusDriver:
         a peer that missed a prevote only we hold cannot accept our re-proposal without it."""
         for kind, wire in list(self._log.get(height, {}).values()):
             mine = wire.get("validator") if kind == "vote" else wire.get("proposer")
-            if mine == self.node.did:
-                self.node.peers.broadcast(CONSENSUS_PATH, {kind: wire})
+            if mine == self.did:
+                self.gossip.broadcast(CONSENSUS_PATH, {kind: wire})
         if self.engine.height == height:
             for message in self.engine.proof_of_lock():
                 self._send(message)
@@ -260,13 +299,13 @@ class ConsensusDriver:
         Ed25519 is deterministic) count towards our own quorums like anyone's; the engine
         keeps them until ``StartHeight``.
         """
-        chain, height = self.node.genesis_hash, self.node.state.height + 1
+        chain, height = self.chain.genesis_hash, self.chain.state.height + 1
         restored = self.guard.state(chain)
         if restored is not None and restored.height == height:
             for message in restored.proof_messages(chain):
                 self._send(message)
-        for vote in self.guard.votes_at(chain, height, self.node.did):
-            signed = vote.signed(self.node.key)
+        for vote in self.guard.votes_at(chain, height, self.did):
+            signed = vote.signed(self.key)
             self._send(signed)
             self.handle(VoteReceived(signed))
 
@@ -275,13 +314,13 @@ class ConsensusDriver:
         kind = "proposal" if isinstance(message, Proposal) else "vote"
         wire = message.to_dict()
         self._remember(message.height, message.hash, kind, wire)
-        self.node.peers.broadcast(CONSENSUS_PATH, {kind: wire})
+        self.gossip.broadcast(CONSENSUS_PATH, {kind: wire})
 
     # --- inbound ----------------------------------------------------------------------------
     def on_message(self, proposal: Proposal | None, vote: Vote | None) -> None:
         newest = max(m.height for m in (proposal, vote) if m is not None)
         if newest > self.engine.height + 1:
-            self.node.syncer.behind()  # heights behind: sync, do not wait for the next poll
+            self.sync.behind()  # heights behind: sync, do not wait for the next poll
         # A message whose signature does not check is neither kept for pulls nor handled: a
         # validator could otherwise fill the log with votes forged in the others' names.
         if proposal is not None and not self.engine.authentic(proposal):
@@ -301,6 +340,16 @@ class ConsensusDriver:
             self._remember(vote.height, vote.hash, "vote", vote.to_dict())
             self.handle(VoteReceived(vote))
 
+    def progress(self) -> dict[str, Any]:
+        """Where the engine stands, for ``/v1/status``."""
+        engine = self.engine
+        return {
+            "height": engine.height,
+            "round": engine.round,
+            "step": engine.step.name.lower(),
+            "commits": self.commits,
+        }
+
     def messages_at(self, height: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         entries = self._log.get(height, {})
         proposals = [d for kind, d in entries.values() if kind == "proposal"]
@@ -308,13 +357,13 @@ class ConsensusDriver:
         return proposals, votes
 
     def _remember(self, height: int, digest: str, kind: str, wire: dict[str, Any]) -> None:
-        current = self.node.state.height + 1
+        current = self.chain.state.height + 1
         if not current - 2 <= height <= current + 1:
             return
         entries = self._log.setdefault(height, {})
         signer = str(wire.get("proposer" if kind == "proposal" else "validator", ""))
         # signers outside the set in force share one share: minted keys get no room of their own
-        share = signer_share(signer, self.node.state.validator_set)
+        share = signer_share(signer, self.chain.state.validator_set)
         counts = self._log_signers.setdefault(height, {})
         if (
             digest not in entries
@@ -370,20 +419,19 @@ class ConsensusDriver:
             )
 
     def _act(self, action: Action) -> None:
-        node = self.node
         if isinstance(action, BroadcastProposal):
             try:
-                signed = self.guard.sign_proposal(action.proposal, node.key, action.state)
+                signed = self.guard.sign_proposal(action.proposal, self.key, action.state)
             except DoubleSignError as exc:
                 log.error("not proposing: %s", exc.message)
                 return
             wire = signed.to_dict()
             self._remember(signed.height, signed.hash, "proposal", wire)
-            node.peers.broadcast(CONSENSUS_PATH, {"proposal": wire})
+            self.gossip.broadcast(CONSENSUS_PATH, {"proposal": wire})
             self._queue.append(ProposalReceived(signed))
         elif isinstance(action, BroadcastVote):
             try:
-                vote = self.guard.sign_vote(action.vote, node.key, action.state)
+                vote = self.guard.sign_vote(action.vote, self.key, action.state)
             except DoubleSignError as exc:
                 log.error("not voting: %s", exc.message)
                 return
@@ -398,7 +446,7 @@ class ConsensusDriver:
                 ),
             )
             self._remember(vote.height, vote.hash, "vote", wire)
-            node.peers.broadcast(CONSENSUS_PATH, {"vote": wire})
+            self.gossip.broadcast(CONSENSUS_PATH, {"vote": wire})
             self._queue.append(VoteReceived(vote))
         elif isinstance(action, ScheduleTimeout):
             self._schedule(action)
@@ -418,7 +466,7 @@ class ConsensusDriver:
         round, runs while the timeout takes its base course.
         """
         event = TimeoutFired(action.kind, action.height, action.round)
-        clock = self.node.clock
+        clock = self.clock
         give_up = clock.monotonic() + action.duration_ms / 1000.0 + VALIDATION_GRACE_S
         if action.kind is TimeoutKind.PROPOSE and self._retry_due(action.height, action.round):
             self.handle(Recheck())  # the engine asks ``validate`` again: one retry this round
@@ -446,12 +494,12 @@ class ConsensusDriver:
 
     def _holding(self) -> bool:
         """A check of a proposal on our head is under way that may hold the propose timeout."""
-        head = self.node.state.head_hash
+        head = self.chain.state.head_hash
         return any(holds and key[1] == head for key, holds in self._validating.items())
 
     def _retry_due(self, height: int, round: int) -> bool:
         """A proposal on our head whose fetch failed in an earlier round of ``height``."""
-        state = self.node.state
+        state = self.chain.state
         if height != state.height + 1:
             return False
         return any(
@@ -460,8 +508,7 @@ class ConsensusDriver:
         )
 
     def _commit(self, block: Block) -> None:
-        node = self.node
-        state = node.state
+        state = self.chain.state
         key = (block.hash, state.head_hash)
         known = self._validated.get(key)
         if block.height != state.height + 1:
@@ -471,21 +518,24 @@ class ConsensusDriver:
             # certificate) before appending, off the event loop.
             self._spawn(self._commit_checked(block, state))
             return
+        self._append(block, known[1])
+
+    def _append(self, block: Block, after: ChainState) -> None:
         self.commits += 1
-        node.accept_block(block, known[1], source="consensus")
+        self.chain.accept_block(block, after, source="consensus")
+        if self.chain.state.head_hash == block.hash:  # appended (no safety alarm)
+            self.sync.note_consensus_commit()
 
     async def _commit_checked(self, block: Block, state: ChainState) -> None:
-        node = self.node
         try:
-            after = await node.run_worker(partial(state.apply, block, checks=node.checks))
+            after = await self.worker.run(partial(state.apply, block, checks=self.checks))
         except Exception as exc:  # a BcflError, or a check that failed unexpectedly: logged
             message = exc.message if isinstance(exc, BcflError) else repr(exc)
             log.error("decided block %d fails our checks: %s", block.height, message)
-            node.syncer.wake()
+            self.sync.wake()
             return
-        if node.state is state:
-            self.commits += 1
-            node.accept_block(block, after, source="consensus")
+        if self.chain.state is state:
+            self._append(block, after)
 
     def _evidence(self, action: Evidence) -> None:
         """Submit evidence of an equivocation unless the chain or the mempool already holds it.
@@ -493,8 +543,7 @@ class ConsensusDriver:
         Every honest validator sees the same double vote; the first evidence to reach the
         mempools is the one recorded (the chain refuses a second one, ``duplicate_evidence``).
         """
-        node = self.node
-        member = node.state.member(node.did)
+        member = self.chain.state.member(self.did)
         if member is None or not member.is_validator:
             return
         first = action.first
@@ -503,7 +552,7 @@ class ConsensusDriver:
             "validator equivocated: two votes at one height/round/step",
             extra=fields(offender=action.offender, height=first.height),
         )
-        if offence in node.state.offences or node.mempool.has_evidence(offence):
+        if offence in self.chain.state.offences or self.pool.has_evidence(offence):
             log.info(
                 "misbehaviour evidence already on chain or pending; not submitted again",
                 extra=fields(offender=action.offender, height=first.height),
@@ -511,13 +560,13 @@ class ConsensusDriver:
             return
         try:
             tx = make_tx(
-                node.key,
-                node.genesis_hash,
+                self.key,
+                self.chain.genesis_hash,
                 TxKind.MISBEHAVIOUR,
                 action.to_body(),
-                time_ms=node.clock.now_ms(),
+                time_ms=self.clock.now_ms(),
             )
-            node.submit(tx)
+            self.pool.submit(tx)
         except BcflError as exc:
             log.warning("misbehaviour evidence not submitted: %s", exc.message)
 
@@ -525,7 +574,7 @@ class ConsensusDriver:
     async def _pull(self, height: int) -> None:
         async def one(peer: PeerInfo) -> list[Event]:
             try:
-                data = await self.node.peers.get(
+                data = await self.gossip.get(
                     peer, f"/v1/consensus/{height}", timeout_s=PULL_TIMEOUT_S
                 )
             except PeerRequestError:
@@ -545,7 +594,7 @@ class ConsensusDriver:
                     events.append(VoteReceived(Vote.from_dict(raw)))
             return events
 
-        results = await asyncio.gather(*(one(p) for p in self.node.peers.live()))
+        results = await asyncio.gather(*(one(p) for p in self.gossip.live()))
         for events in results:
             for event in events:
                 if isinstance(event, ProposalReceived):
@@ -560,36 +609,34 @@ class ConsensusDriver:
 
     # --- the application (engine callbacks) -------------------------------------------------
     def propose(self, height: int, round: int) -> Block:
-        node = self.node
-        state = node.state
+        state = self.chain.state
         try:
             return self._propose(height, round)
         except Exception:
             log.exception("building the proposal failed; proposing an empty block instead")
-            return build_block(state, node.head, [], node.key, time_ms=node.clock.now_ms())
+            return build_block(state, self.chain.head, [], self.key, time_ms=self.clock.now_ms())
 
     def _propose(self, height: int, round: int) -> Block:
-        node = self.node
-        state = node.state
-        now = node.clock.now_ms()
+        state = self.chain.state
+        now = self.clock.now_ms()
         txs = plan_block(
             state,
-            node.mempool.snapshot(),
+            self.pool.snapshot(),
             height=height,
-            key=node.key,
+            key=self.key,
             now_ms=now,
-            verdict_of=node.prepared_verdict,
-            aggregate_of=node.prepared_aggregate,
-            has_blob=node.blobs.has,
+            verdict_of=self.prepared.verdict_of,
+            aggregate_of=self.prepared.aggregate_of,
+            has_blob=self.blobs.has,
         )
         block, new_state = build_proposal(
             state,
-            node.head,
+            self.chain.head,
             txs,
-            node.key,
+            self.key,
             now_ms=now,
-            checks=node.checks.cached_only(),
-            on_dropped=node.drop_from_mempool,
+            checks=self.checks.cached_only(),
+            on_dropped=self.pool.drop,
         )
         self._store_validity(block.hash, state.head_hash, Validity.VALID, new_state)
         log.debug(
@@ -599,7 +646,7 @@ class ConsensusDriver:
         return block
 
     def validate(self, block: Block) -> Validity:
-        state = self.node.state
+        state = self.chain.state
         if block.header.prev != state.head_hash or block.height != state.height + 1:
             return Validity.INVALID
         key = (block.hash, state.head_hash)
@@ -623,10 +670,10 @@ class ConsensusDriver:
         drift allowed, nor behind it by more than the lag allowed. The engine asks it before it
         prevotes for a fresh proposal (not part of ``validate``, which also decides and
         locks); each refused block is logged once."""
-        state = self.node.state
+        state = self.chain.state
         parent = state.head_time if block.header.prev == state.head_hash else None
         try:
-            check_proposal_time(block, self.node.clock.now_ms(), parent_time=parent)
+            check_proposal_time(block, self.clock.now_ms(), parent_time=parent)
         except VerificationError as exc:
             if block.hash not in self._untimely:
                 self._untimely[block.hash] = None
@@ -642,7 +689,6 @@ class ConsensusDriver:
         return True
 
     async def _validate_async(self, block: Block, state: ChainState) -> None:
-        node = self.node
         key = (block.hash, state.head_hash)
         try:
             digests = referenced_blobs(block)
@@ -657,7 +703,7 @@ class ConsensusDriver:
                 # bounded as a whole: a download of the same blob by the round preparation or
                 # the sync loop (holding its lock, asking a hung author) is not waited out
                 fetched = await asyncio.wait_for(
-                    node.syncer.ensure_blobs(digests, timeout_s=VALIDATION_FETCH_S, prefer=prefer),
+                    self.fetcher.ensure_blobs(digests, timeout_s=VALIDATION_FETCH_S, prefer=prefer),
                     VALIDATION_FETCH_S,
                 )
             except TimeoutError:
@@ -677,10 +723,10 @@ class ConsensusDriver:
                 self._validating[key] = True  # a computation under way holds the timeout
 
             def check() -> ChainState:
-                return state.apply(block, checks=node.checks, proposal=True)
+                return state.apply(block, checks=self.checks, proposal=True)
 
             try:
-                new_state = await node.run_worker(check)
+                new_state = await self.worker.run(check)
                 self._store_validity(block.hash, state.head_hash, Validity.VALID, new_state)
             except VerificationError as exc:
                 log.warning(
@@ -700,7 +746,7 @@ class ConsensusDriver:
                 self._store_validity(block.hash, state.head_hash, Validity.INVALID, None)
         finally:
             self._validating.pop(key, None)
-        if node.state is state:
+        if self.chain.state is state:
             self.handle(Recheck())
 
     def _note_fetch_failed(self, key: tuple[str, str], digests: list[str]) -> None:
@@ -710,7 +756,7 @@ class ConsensusDriver:
         while len(self._fetch_failed) > FAILED_FETCHES:
             self._fetch_failed.popitem(last=False)
         for digest in digests:
-            if not self.node.blobs.has(digest):
+            if not self.blobs.has(digest):
                 self._missing_blobs[digest] = None
                 self._missing_blobs.move_to_end(digest)
         while len(self._missing_blobs) > FAILED_FETCHES:

@@ -16,10 +16,15 @@ every one a proposer has to leave out costs it another apply of the whole block.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bcfl_cli.chain.state import ChainState, Offence, offence_of
+from bcfl_cli.node.clock import Clock
+from bcfl_cli.node.interfaces import ChainView, Gossip
+from bcfl_cli.node.limits import JOIN_RELAY_BURST, JOIN_RELAY_RATE_PER_S, TokenBucketLimiter
+from bcfl_cli.node.local_chain import member_role
+from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 from bcfl_cli.wire.refusal import Refusal
 
@@ -337,8 +342,83 @@ class Mempool:
                 self._remember_rejected(digest, code)
         return dropped
 
+    def drop(self, digest: str, code: str) -> None:
+        """Remove a transaction a proposal had to leave out, remembering why."""
+        self.remove([digest])
+        self._remember_rejected(digest, code)
+
     def _remember_rejected(self, digest: str, code: str) -> None:
         self._rejected[digest] = code
         self._rejected.move_to_end(digest)
         while len(self._rejected) > REJECTED_MEMORY:
             self._rejected.popitem(last=False)
+
+
+class MempoolService:
+    """The mempool as a service (implements ``interfaces.TxPool``): admission against the
+    chain's state, gossip of what is new, pruning on each commit notification, and a signal
+    (``on_added``) to the services that build blocks from it."""
+
+    def __init__(
+        self, pool: Mempool, chain: ChainView, gossip: Gossip, *, did: str, clock: Clock
+    ) -> None:
+        self.pool = pool
+        self.chain = chain
+        self.gossip = gossip
+        self.did = did
+        self.clock = clock
+        #: called after each new transaction (the round preparation, the consensus reactor)
+        self.on_added: list[Callable[[], None]] = []
+        self._join_relay = TokenBucketLimiter(JOIN_RELAY_RATE_PER_S, JOIN_RELAY_BURST, max_keys=1)
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    def __contains__(self, tx_hash: object) -> bool:
+        return tx_hash in self.pool
+
+    def get(self, tx_hash: str) -> Transaction | None:
+        return self.pool.get(tx_hash)
+
+    def rejected_reason(self, tx_hash: str) -> str | None:
+        return self.pool.rejected_reason(tx_hash)
+
+    def snapshot(self) -> list[Transaction]:
+        return self.pool.snapshot()
+
+    def has_evidence(self, offence: Offence) -> bool:
+        return self.pool.has_evidence(offence)
+
+    def drop(self, tx_hash: str, code: str) -> None:
+        self.pool.drop(tx_hash, code)
+
+    def submit(self, tx: Transaction, *, seen: frozenset[str] = frozenset()) -> bool:
+        """Into the pool (MempoolRefusal if it cannot be held); gossiped when new.
+
+        ``seen``: tags (``peers.did_tag``) of members that hold it already, who are skipped.
+        """
+        relay = True
+        state = self.chain.state
+        if tx.kind is TxKind.JOIN_REQUEST and tx.hash not in self.pool:
+            # strangers' join requests are relayed within a node-wide budget (limits.py); past
+            # it a validator keeps the request to propose it, another node would only hold it
+            relay = not self._join_relay.acquire("join")
+            if not relay and member_role(state, self.did) != "validator":
+                raise MempoolRefusal(
+                    "this node relays join requests at a bounded rate and is busy; retry in a "
+                    "few seconds, or send the request to a validator's node",
+                    code="join_relay_busy",
+                    status=503,
+                )
+        added = self.pool.add(tx, state, now_ms=self.clock.now_ms())
+        if added:
+            if relay:
+                self.gossip.broadcast("/v1/txs", {"tx": tx.to_dict()}, seen=seen)
+            for listener in self.on_added:
+                listener()
+        return added
+
+    def on_commit(self, block: Block) -> None:
+        """A commit notification: forget the block's transactions and what it made stale."""
+        self.pool.remove(tx.hash for tx in block.txs)
+        self.pool.prune(self.chain.state)

@@ -1,11 +1,11 @@
-"""The long-running peer: one asyncio loop with the HTTP server and the node's background tasks.
+"""The long-running peer: one asyncio loop with the HTTP server and the node's services.
 
-``Node`` holds everything a member's peer knows (ledger, chain state, mempool, peers, caches)
-and is the single place where a decided block is appended (``accept_block``), whether consensus
-decided it here or the sync loop verified it from a peer. ``serve`` runs uvicorn (the Starlette
-app of ``app.py``) beside the consensus driver, the sync loop, the round preparation and the
-per-peer outboxes; SIGINT/SIGTERM stop it gracefully (tasks cancelled, stores closed). After a
-SIGKILL the next start replays the store and the vote guard restores the engine's lock, so
+``Node`` is wiring only (CometBFT's ``node/setup.go``): it builds each service from exactly what
+it needs (the interfaces of ``interfaces.py``), connects their signals (commit notifications of
+``LocalChain``, wake-ups), starts and stops them. ``serve`` runs uvicorn (the Starlette app of
+``app.py``) beside the consensus reactor, block sync, the round preparation, the blob keeper and
+the per-peer outboxes; SIGINT/SIGTERM stop it gracefully (tasks cancelled, stores closed). After
+a SIGKILL the next start replays the store and the vote guard restores the engine's lock, so
 nothing signed is ever signed differently.
 """
 
@@ -20,58 +20,52 @@ import os
 import signal
 import ssl
 import sys
-import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import nacl.signing
 import uvicorn
+from starlette.types import ASGIApp
 
-from bcfl_cli.chain.chain import Chain, Commit, Persisted
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.consensus.messages import TimeoutConfig
-from bcfl_cli.errors import NodeError, StoreError
+from bcfl_cli.errors import NodeError
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.home import Home, HomeLock
 from bcfl_cli.identity import Identity
+from bcfl_cli.node.app import (
+    MAX_CONSENSUS_BODY,
+    REPLAY_JOURNAL,
+    STREAM_QUEUE,
+    HttpSettings,
+    advertised_authorities,
+    create_app,
+)
 from bcfl_cli.node.blob_keeper import DEFAULT_RETENTION_S, BlobKeeper, default_quota
+from bcfl_cli.node.blob_service import BlobService
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.connections import ConnectionGuard, guarded_protocols, node_guard
 from bcfl_cli.node.consensus_driver import ConsensusDriver
-from bcfl_cli.node.limits import (
-    JOIN_RELAY_BURST,
-    JOIN_RELAY_RATE_PER_S,
-    NodeLimits,
-    TokenBucketLimiter,
-)
+from bcfl_cli.node.interfaces import BlockListener
+from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.node.local_chain import LocalChain
 from bcfl_cli.node.logging import fields
-from bcfl_cli.node.mempool import Mempool, MempoolRefusal
+from bcfl_cli.node.mempool import Mempool, MempoolService
 from bcfl_cli.node.peers import Peers
-from bcfl_cli.node.round_driver import (
-    AggregateKey,
-    compute_aggregate,
-    has_content,
-    has_work,
-    needs_heartbeat,
-    pending_updates,
-    plan_block,
-    updates_still_arriving,
-)
-from bcfl_cli.node.sync import CachingChecks, Syncer, blob_owners
+from bcfl_cli.node.round_preparation import RoundPreparation
+from bcfl_cli.node.sync import CachingChecks, Syncer
 from bcfl_cli.node.tls import TlsOptions, follow_chain
-from bcfl_cli.protocol.block import Block, ValidatorSet
-from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.node.trainer import run_node_trainer, warm_up
+from bcfl_cli.node.worker import ThreadWorker
+from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blob_owners import BlobOwners
-from bcfl_cli.store.pin import PinKeeper
+from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.vote_guard import VoteGuard
 from bcfl_cli.wire.urls import normalise_url
 
 log = logging.getLogger("bcfl.node")
-
-T = TypeVar("T")
 
 NODE_FILE = "node.json"
 #: Seconds between empty blocks while the open round's deadline is counted in blocks only
@@ -108,432 +102,133 @@ class NodeOptions:
 
 
 class Node:
-    """A member's peer: state, stores and background work (see module docstring)."""
+    """A member's peer, as wiring: each service built from exactly what it needs, then started
+    and stopped together (see the module docstring). Nothing here decides anything."""
 
     def __init__(self, home: Home, identity: Identity, options: NodeOptions) -> None:
         self.home = home
-        self.identity = identity
         self.options = options
-        self.key = identity.signing_key
         self.did = identity.did
-        self.clock = Clock()
-        self.chain = Chain.open(home)  # the one replay from genesis, and the alarm file
+        clock = Clock()
+        self.chain = LocalChain(home)
         self.ledger = self.chain.ledger
-        self.blobs = self.ledger.blobs
-        self.document = self.chain.document
-        self.genesis = self.chain.genesis
-        self.genesis_hash = self.genesis.hash
-        self.pin = self._open_pin()
+        self.blobs = self.chain.blobs
+        self.genesis_hash = self.chain.genesis_hash
         self.checks = CachingChecks(FLChecks(self.blobs))
-        self.mempool = Mempool()
-        self.keeper = self._blob_keeper()
-        self._join_relay = TokenBucketLimiter(JOIN_RELAY_RATE_PER_S, JOIN_RELAY_BURST, max_keys=1)
-        self.tls = options.tls.transport(home, self.key, self.state)
-        self.peers = Peers(self.key, list(options.peers), self_url=options.url, trust=self.tls)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-worker")
-        self.syncer = Syncer(self)
+        self._worker = ThreadWorker()
         self.guard = VoteGuard.for_home(home)
+        self.tls = options.tls.transport(home, identity.signing_key, self.chain.state)
+        self.peers = Peers(
+            identity.signing_key, list(options.peers), self_url=options.url, trust=self.tls
+        )
+        self.mempool = Mempool()
+        self.pool = MempoolService(self.mempool, self.chain, self.peers, did=self.did, clock=clock)
+        self.fetcher = BlobService(
+            self.peers,
+            self.blobs,
+            max_blob_bytes=lambda: self.chain.state.config.contract.max_blob_bytes,
+        )
+        self.syncer = Syncer(
+            chain=self.chain,
+            gossip=self.peers,
+            fetcher=self.fetcher,
+            blobs=self.blobs,
+            checks=self.checks,
+            worker=self._worker,
+            clock=clock,
+        )
+        self.preparation = RoundPreparation(
+            chain=self.chain,
+            pool=self.pool,
+            checks=self.checks,
+            blobs=self.blobs,
+            fetcher=self.fetcher,
+            worker=self._worker,
+            key=identity.signing_key,
+            did=self.did,
+            clock=clock,
+        )
         self.driver = ConsensusDriver(
-            self,
-            self.guard,
+            chain=self.chain,
+            pool=self.pool,
+            prepared=self.preparation,
+            fetcher=self.fetcher,
+            blobs=self.blobs,
+            gossip=self.peers,
+            sync=self.syncer,
+            checks=self.checks,
+            worker=self._worker,
+            guard=self.guard,
+            key=identity.signing_key,
+            clock=clock,
             timeouts=options.timeouts,
             empty_block_interval_s=options.empty_block_interval_s,
             empty_blocks=options.empty_blocks,
             heartbeat_interval_s=options.heartbeat_interval_s,
         )
-        self._aggregates: dict[AggregateKey, tuple[str, int]] = {}
-        # this node's validations signed while planning, reused by later plans (plan_block)
-        self._validations: dict[tuple[str, str, str, str], Transaction] = {}
-        self._prepare_wake = asyncio.Event()
-        self._advanced = asyncio.Event()  # set, then replaced, on each appended block
-        self._computing = False
+        self.keeper = self._blob_keeper(self.preparation.blobs_in_flight)
+        # the signals between services: a new transaction, a prepared verdict, a commit
+        self.pool.on_added += [self.preparation.wake, self.driver.poke]
+        self.preparation.on_prepared.append(self.driver.poke)
+        self.chain.on_commit += [
+            self.pool.on_commit,
+            self.keeper.on_commit,
+            lambda _block: self.preparation.wake(),
+            lambda _block: self.driver.poke(),
+            lambda _block: follow_chain(self.tls, self.chain.state, home, identity.signing_key),
+        ]
+        self.trainer_host = _TrainerHost(identity.signing_key, self.chain, self.pool, self.peers)
         self._tasks: list[asyncio.Task[Any]] = []
-        self.on_commit: list[Callable[[Block], None]] = [self.keeper.on_commit]
-        self.on_commit.append(lambda _: follow_chain(self.tls, self.state, home, self.key))
-        self.chain.subscribe(self._adopt_appended)
         log.info(
             "node opened",
             extra=fields(
                 home=str(home.root),
                 did=self.did,
-                height=self.state.height,
+                height=self.chain.state.height,
                 genesis=self.genesis_hash,
             ),
         )
 
-    # --- the chain (chain/chain.py holds the state, the head and the alarm) ------------------
     @property
     def state(self) -> ChainState:
         return self.chain.state
 
-    @property
-    def head(self) -> Block:
-        return self.chain.head
-
-    @property
-    def alarm(self) -> dict[str, Any] | None:
-        return self.chain.alarm
-
-    @alarm.setter
-    def alarm(self, value: dict[str, Any] | None) -> None:
-        self.chain.alarm = value
-
-    # --- start-up -------------------------------------------------------------------------
-    def _open_pin(self) -> PinKeeper:
-        """The home's pin (genesis, highest verified head): a store it says was replaced or
-        rewritten is refused; a shorter one starts and syncs back (``bcfl_cli.store.pin``)."""
-        keeper = PinKeeper(
-            self.home.pin_file,
-            self.genesis_hash,
-            self.state.height,
-            lambda height: self.ledger.block(height).hash,
-        )
-        if keeper.pin is None:
-            log.warning(
-                "no pin in this home (made before pins): pinning the store's genesis and head "
-                "on first use",
-                extra=fields(pin=str(self.home.pin_file), height=self.state.height),
-            )
-        if keeper.behind:
-            log.warning(
-                "the store is %d blocks below the head pinned in this home (truncated or "
-                "restored from an older copy); syncing them back from peers",
-                keeper.behind,
-                extra=fields(pin=str(self.home.pin_file), height=self.state.height),
-            )
-        self._flush_pin(keeper)
-        return keeper
-
-    def _flush_pin(self, keeper: PinKeeper) -> None:
-        try:
-            keeper.flush()
-        except StoreError as exc:  # a full disk must not stop the chain; the pin catches up
-            log.warning("cannot move the pin forward: %s", exc.message)
-
-    def _note_pin(self, block: Block) -> None:
-        """After the block's database transaction committed: the pin never runs ahead."""
-        try:
-            self.pin.note(block.height, block.hash)
-        except StoreError as exc:
-            log.warning("cannot move the pin forward: %s", exc.message)
-
-    def _blob_keeper(self) -> BlobKeeper:
+    def _blob_keeper(self, in_flight: Callable[[], set[str]]) -> BlobKeeper:
         """Upload quotas and the collection of blobs no block references (blob_keeper)."""
         self.home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        config = self.state.config
+        config = self.chain.state.config
         quota = self.options.blob_quota_bytes
         if quota is None:
             quota = default_quota(config.contract.max_blob_bytes)
         return BlobKeeper.for_ledger(
             self.ledger,
             BlobOwners.for_home(self.home),
-            genesis_blobs=(self.genesis.header.config, config.initial_model),
+            genesis_blobs=(self.chain.genesis.header.config, config.initial_model),
             quota_bytes=quota,
             retention_s=self.options.blob_retention_s,
-            in_flight=self._blobs_in_flight,
+            in_flight=in_flight,
         )
 
-    def _blobs_in_flight(self) -> set[str]:
-        """Blobs no block names yet that this node still needs: pending updates' and the
-        aggregates being prepared."""
-        pending = {tx.body["blob"] for tx in self.mempool.snapshot() if tx.kind is TxKind.UPDATE}
-        return pending | {model for model, _ in self._aggregates.values()}
-
-    # --- queries --------------------------------------------------------------------------
-    def is_member(self, did: str) -> bool:
-        member = self.state.member(did)
-        return member is not None and member.active
-
-    def head_hash_at(self, height: int) -> str | None:
-        """Hash of our block at ``height`` (None above the head)."""
-        return self.chain.head_hash_at(height)
-
-    def validator_set_at(self, height: int) -> ValidatorSet | None:
-        return self.chain.validator_set_at(height)
-
-    @property
-    def role(self) -> str:
-        member = self.state.member(self.did)
-        if member is None or not member.active:
-            return "observer"
-        return "validator" if member.is_validator else "member"
-
-    # --- transactions ---------------------------------------------------------------------
-    def submit(self, tx: Transaction, *, seen: frozenset[str] = frozenset()) -> bool:
-        """Into the mempool (MempoolRefusal if it cannot be held); gossiped when new.
-
-        ``seen``: tags (``peers.did_tag``) of members that hold it already, who are skipped.
-        """
-        relay = True
-        if tx.kind is TxKind.JOIN_REQUEST and tx.hash not in self.mempool:
-            # strangers' join requests are relayed within a node-wide budget (limits.py); past
-            # it a validator keeps the request to propose it, another node would only hold it
-            relay = not self._join_relay.acquire("join")
-            if not relay and self.role != "validator":
-                raise MempoolRefusal(
-                    "this node relays join requests at a bounded rate and is busy; retry in a "
-                    "few seconds, or send the request to a validator's node",
-                    code="join_relay_busy",
-                    status=503,
-                )
-        added = self.mempool.add(tx, self.state, now_ms=self.clock.now_ms())
-        if added:
-            if relay:
-                self.peers.broadcast("/v1/txs", {"tx": tx.to_dict()}, seen=seen)
-            self.wake_prepare()
-            self.driver.poke()
-        return added
-
-    def drop_from_mempool(self, tx_hash: str, code: str) -> None:
-        self.mempool.remove([tx_hash])
-        self.mempool._remember_rejected(tx_hash, code)
-
-    # --- blocks ---------------------------------------------------------------------------
-    def accept_block(self, block: Block, new_state: ChainState, *, source: str) -> None:
-        """Append a decided, verified ``block`` whose state after is ``new_state``.
-
-        Under a safety alarm nothing more is appended: the node stops following the chain
-        until an operator has looked at the evidence (docs: what to do on a safety alarm).
-        """
-        outcome = self.chain.persist(block, new_state, source=source)
-        if outcome is Persisted.HALTED:
-            log.error(
-                "not appending block %d: a safety alarm is raised",
-                block.height,
-                extra=fields(source=source),
-            )
-            return
-        if outcome is Persisted.FORKED:
-            self._log_alarm()
-        if outcome is not Persisted.APPENDED:
-            return
-        self._note_pin(block)
-        if source == "consensus":
-            self.syncer.note_consensus_commit()
-
-    def accept_blocks(self, decided: Sequence[tuple[Block, ChainState]], *, source: str) -> None:
-        """``accept_block`` for consecutive blocks (sync): appended in one database transaction.
-
-        Each pair is a block and the state after it, verified in order on top of the head.
-        """
-        if len(decided) <= 1 or self.alarm is not None:
-            for block, new_state in decided:
-                self.accept_block(block, new_state, source=source)
-            return
-        self.chain.persist_many(decided, source=source)
-        self._note_pin(decided[-1][0])
-
-    def _adopt_appended(self, commit: Commit) -> None:
-        """The chain's commit notification: mempool, log, callbacks, wake-ups."""
-        block, new_state, source = commit.block, commit.state, commit.source
-        finishes = new_state.plan_finished and not commit.previous.plan_finished
-        self.mempool.remove(tx.hash for tx in block.txs)
-        self.mempool.prune(new_state)
-        rnd = new_state.round
-        log.info(
-            "committed",
-            extra=fields(
-                height=block.height,
-                block=block.hash,
-                txs=len(block.txs),
-                source=source,
-                round=rnd.number,
-                round_state=rnd.state,
-                accepted=len(rnd.accepted),
+    def http_app(self) -> ASGIApp:
+        """The HTTP app, given what its routes read and feed."""
+        options = self.options
+        return create_app(
+            chain=self.chain,
+            ledger=self.ledger,
+            pool=self.pool,
+            keeper=self.keeper,
+            peers=self.peers,
+            reactor=self.driver,
+            did=self.did,
+            tls=self.tls,
+            settings=HttpSettings(
+                limits=options.limits,
+                host=options.host,
+                port=options.port,
+                advertise=options.advertise,
+                replay_journal=self.home.node_dir / REPLAY_JOURNAL,
             ),
         )
-        if finishes:  # once: the block whose aggregate closes the plan's last round
-            log.info(
-                "training plan finished",
-                extra=fields(
-                    rounds=rnd.number,
-                    height=block.height,
-                    time=block.header.time,
-                    model=rnd.model,
-                ),
-            )
-        for callback in self.on_commit:
-            callback(block)
-        self._advanced.set()
-        self._advanced = asyncio.Event()
-        self.wake_prepare()
-        self.driver.poke()
-
-    async def wait_for_round(self, number: int, timeout_s: float) -> bool:
-        """Wait, at most ``timeout_s``, until this node's chain has reached FL round ``number``.
-
-        A peer that commits a block a moment before this node trains on the round it opens and
-        sends its update at once; waiting for the same commit here costs milliseconds, where a
-        refusal costs the update's trip (the blob goes again on its own, the transaction comes
-        back by gossip or in a proposal, to be checked on the proposal's critical path).
-        Polled as well as woken: a block appended outside the event loop (tests) still counts.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.state.round.number < number:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
-        return True
-
-    def on_synced(self) -> None:
-        self.driver.poke()
-
-    def raise_alarm(self, height: int, ours: Block, theirs: Block, *, source: str) -> None:
-        message = self.chain.raise_alarm(height, ours, theirs, source=source)
-        log.critical(message, extra=fields(height=height, blocks=[ours.hash, theirs.hash]))
-
-    def _log_alarm(self) -> None:
-        alarm = self.alarm or {}
-        log.critical(
-            alarm.get("message", "SAFETY ALARM"),
-            extra=fields(height=alarm.get("height"), blocks=alarm.get("blocks")),
-        )
-
-    # --- the round driver's preparation -------------------------------------------------------
-    def prepared_verdict(self, tx: Transaction) -> Any:
-        return self.checks.known_verdict(self.state, tx)
-
-    def prepared_aggregate(self, state: ChainState) -> tuple[str, int] | None:
-        return self._aggregates.get(AggregateKey.of(state))
-
-    def has_work(self, height: int) -> bool:
-        return self._ask_round_driver(has_work, height)
-
-    def has_content(self, height: int) -> bool:
-        """Whether a block proposed now would hold anything (``round_driver.has_content``)."""
-        return self._ask_round_driver(has_content, height)
-
-    def _ask_round_driver(self, question: Callable[..., bool], height: int) -> bool:
-        """``has_work`` / ``has_content`` of the round driver, on this node's state and pool;
-        only a validator that is not busy preparing proposes at all."""
-        if self.role != "validator" or self._computing:
-            return False
-        return question(
-            self.state,
-            self.mempool.snapshot(),
-            height=height,
-            now_ms=self.clock.now_ms(),
-            verdict_of=self.prepared_verdict,
-            aggregate_of=self.prepared_aggregate,
-            has_blob=self.blobs.has,
-        )
-
-    def needs_heartbeat(self) -> bool:
-        """Whether the open round's deadline needs heights to grow (``needs_heartbeat``)."""
-        return needs_heartbeat(self.state)
-
-    def updates_still_arriving(self) -> int | None:
-        """The open round's updates in the mempool, while others are still expected."""
-        return updates_still_arriving(self.state, self.mempool.snapshot())
-
-    def wake_prepare(self) -> None:
-        self._prepare_wake.set()
-
-    async def _prepare_loop(self) -> None:
-        """Compute verdicts of pending updates and the due aggregate, off the event loop."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._prepare_wake.wait(), 2.0)
-            self._prepare_wake.clear()
-            if self.role != "validator" or self.alarm is not None:
-                continue
-            try:
-                await self._prepare_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("round preparation failed")
-
-    async def _prepare_once(self) -> None:
-        state = self.state
-        todo = [
-            tx
-            for tx in pending_updates(state, self.mempool.snapshot())
-            if self.checks.known_verdict(state, tx) is None
-        ]
-        owners = blob_owners(todo)
-        await self.syncer.ensure_blobs(list(owners), timeout_s=30.0, prefer=owners)
-        # While verdicts and the aggregate they complete are computed (CPU only, every blob
-        # here), ``has_work`` waits: a block proposed between the last verdict and its
-        # aggregate would cost a height more for the aggregate alone.
-        self._computing = True
-        try:
-            for tx in todo:
-                if self.state is not state:
-                    return
-                if not self.blobs.has(tx.body["blob"]):
-                    continue
-                # Each update on its own: one whose check fails (a corrupt local copy, a bug
-                # the contract does not turn into a verdict) stays without a verdict, so it
-                # is left out of blocks and the round closes at its deadline without it; the
-                # others still get theirs, and the aggregate below is still prepared.
-                try:
-                    verdict = await self.run_worker(partial(self.checks.check_update, state, tx))
-                except Exception:
-                    log.exception("checking update %s failed; left out", tx.hash[:16])
-                    continue
-                log.info(
-                    "update checked",
-                    extra=fields(update=tx.hash, accept=verdict.accept, reason=verdict.reason),
-                )
-            missing: list[str] = []
-            for target in self._aggregates_wanted(state):
-                if self.state is not state:
-                    return
-                blobs = [u.blob for u in target.round.accepted]
-                if not all(self.blobs.has(b) for b in blobs):
-                    missing += blobs
-                    continue
-                model, size = await self.run_worker(partial(compute_aggregate, target, self.blobs))
-                self._aggregates[AggregateKey.of(target)] = (model, size)
-                self.checks.note_aggregate(target, model, size)
-                while len(self._aggregates) > 8:
-                    self._aggregates.pop(next(iter(self._aggregates)))
-                log.info(
-                    "aggregate prepared",
-                    extra=fields(round=target.round.number, model=model, updates=len(blobs)),
-                )
-        finally:
-            self._computing = False
-            self.driver.poke()
-        if missing and await self.syncer.ensure_blobs(missing, timeout_s=60.0):
-            self.wake_prepare()  # compute it on the next pass, now that the blobs are here
-
-    def _aggregates_wanted(self, state: ChainState) -> list[ChainState]:
-        """The round states whose aggregate our next proposal would carry, not prepared yet.
-
-        Asked of ``plan_block`` itself, so that what is prepared is exactly what it would
-        propose: the open round's aggregate once it is due, or the aggregate that would follow
-        the pending updates (with their verdicts) in the same block.
-        """
-        wanted: list[ChainState] = []
-
-        def want(target: ChainState) -> tuple[str, int] | None:
-            prepared = self.prepared_aggregate(target)
-            if prepared is None:
-                wanted.append(target)
-            return prepared
-
-        plan_block(
-            state,
-            self.mempool.snapshot(),
-            height=state.height + 1,
-            key=self.key,
-            now_ms=max(self.clock.now_ms(), state.head_time + 1),
-            verdict_of=self.prepared_verdict,
-            aggregate_of=want,
-            has_blob=self.blobs.has,
-            signed=self._validations,
-        )
-        return wanted
-
-    # --- threads ----------------------------------------------------------------------------
-    async def run_worker(self, fn: Callable[[], T]) -> T:
-        """Run CPU-heavy ``fn`` on the node's single worker thread (one at a time)."""
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn)
 
     # --- life cycle -------------------------------------------------------------------------
     def start_background(self) -> None:
@@ -541,10 +236,10 @@ class Node:
         for name, coro in (
             ("sync", self.syncer.run()),
             ("consensus", self.driver.run()),
-            ("prepare", self._prepare_loop()),
+            ("prepare", self.preparation.run()),
             ("blobs", self.keeper.run()),
         ):
-            self._tasks.append(asyncio.create_task(_guarded(name, coro), name=name))
+            self.add_task(name, coro)
 
     def add_task(self, name: str, coro: Any) -> None:
         self._tasks.append(asyncio.create_task(_guarded(name, coro), name=name))
@@ -570,25 +265,16 @@ class Node:
                     CLOSE_GRACE_S,
                     extra=fields(stack=frames),
                 )
-        self._flush_pin(self.pin)  # the blocks appended since the last write
+        self.chain.flush_pin()  # the blocks appended since the last write
         try:
             await asyncio.wait_for(self.peers.close(), CLOSE_GRACE_S)
         except Exception as exc:  # a timeout included: closing sockets must not hold the exit
             log.warning("peer connections not closed cleanly: %r", exc)
-        self._worker.shutdown(wait=False, cancel_futures=True)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + CLOSE_GRACE_S
-        while any(t.is_alive() for t in self._worker_threads()) and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        if any(t.is_alive() for t in self._worker_threads()):
-            log.warning("a check is still running in the worker; closing the stores anyway")
+        await self._worker.stop(CLOSE_GRACE_S)
         self.guard.close()
         self.keeper.owners.close()
-        self.ledger.close()
-        log.info("node stopped", extra=fields(height=self.state.height))
-
-    def _worker_threads(self) -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name.startswith("bcfl-worker")]
+        self.chain.close()
+        log.info("node stopped", extra=fields(height=self.chain.state.height))
 
     def write_node_file(self) -> None:
         self.home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -601,6 +287,31 @@ class Node:
             "tls": self.options.tls.serve,  # commands then call the listen address over https
         }
         (self.home.node_dir / NODE_FILE).write_text(json.dumps(info, indent=1), encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class _TrainerHost:
+    """What ``bcfl node --train``'s trainer gets of the node (``interfaces.TrainerHost``)."""
+
+    key: nacl.signing.SigningKey
+    chain: LocalChain
+    pool: MempoolService
+    peers: Peers
+
+    @property
+    def state(self) -> ChainState:
+        return self.chain.state
+
+    @property
+    def blobs(self) -> BlobStore:
+        return self.chain.blobs
+
+    @property
+    def on_commit(self) -> list[BlockListener]:
+        return self.chain.on_commit
+
+    def submit(self, tx: Transaction, *, seen: frozenset[str] = frozenset()) -> bool:
+        return self.pool.submit(tx, seen=seen)
 
 
 async def _guarded(name: str, coro: Any) -> None:
@@ -651,8 +362,6 @@ def http_config(
     demo, tests) any local peer could claim any address and slip past the per-address rate
     limit; a node behind a reverse proxy sees the proxy's address instead.
     """
-    from bcfl_cli.node.app import MAX_CONSENSUS_BODY, STREAM_QUEUE
-
     guard = node_guard() if guard is None else guard
     http_protocol, ws_protocol = guarded_protocols(guard)
     return uvicorn.Config(
@@ -691,13 +400,9 @@ async def serve(home: Home, identity: Identity, options: NodeOptions) -> None:
 
 async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     """Run the node until SIGINT/SIGTERM; everything is closed on the way out."""
-    from bcfl_cli.node.app import advertised_authorities, create_app
-
     advertised_authorities(options.host, options.port, options.advertise)  # before any work
     node = Node(home, identity, options)
     if options.train is not None:
-        from bcfl_cli.node.trainer import warm_up
-
         await asyncio.to_thread(warm_up)  # before serving: round 1 then costs what others do
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -705,7 +410,7 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     tls = node.tls.server_context() if options.tls.serve else None
-    server = _Server(http_config(create_app(node), options.host, options.port, tls=tls))
+    server = _Server(http_config(node.http_app(), options.host, options.port, tls=tls))
     server_task = asyncio.create_task(_serve_http(server), name="http")
     try:
         while not server.started:
@@ -718,10 +423,8 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
         node.write_node_file()
         node.start_background()
         if options.train is not None:
-            from bcfl_cli.node.trainer import run_node_trainer
-
             trainer = run_node_trainer(
-                node,
+                node.trainer_host,
                 options.train,
                 stop,
                 attack=options.attack,

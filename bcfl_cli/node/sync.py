@@ -8,7 +8,7 @@ the update blobs it references were fetched and hash-checked. Only then is it ap
 Catching up runs a page of blocks at a time: the update blobs of the whole page are fetched in
 the background (a few at a time, in block order) while the blocks are verified one after the
 other, each on the state its predecessor produced; the verified blocks are appended together
-(``Node.accept_blocks``: one database transaction) at the end of the page, at the first block
+(``LocalChain.accept_blocks``: one database transaction) at the end of the page, at the first block
 that fails, and at least every ``APPEND_EVERY_S``. A block that fails, or whose blobs cannot be
 had, is not appended, nor is anything after it.
 
@@ -25,24 +25,22 @@ import asyncio
 import contextlib
 import logging
 import math
-import threading
 import time
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bcfl_cli.chain.checks import AppChecks, VerdictLike
 from bcfl_cli.chain.state import ChainState
-from bcfl_cli.client.blobs import fetch_blob
-from bcfl_cli.errors import BcflError, EncodingError, NodeError, VerificationError
+from bcfl_cli.errors import EncodingError, NodeError, VerificationError
+from bcfl_cli.node.blob_service import BLOB_FETCH_TIMEOUT_S, blob_owners, referenced_blobs
+from bcfl_cli.node.clock import Clock
+from bcfl_cli.node.interfaces import BlobFetcher, BlobIndex, CommittingChain, Gossip, Worker
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.peers import PeerInfo, PeerRequestError
 from bcfl_cli.protocol.block import Block, CommitCertificate, ValidatorSet
-from bcfl_cli.protocol.tx import Transaction, TxKind
-
-if TYPE_CHECKING:
-    from bcfl_cli.node.server import Node
+from bcfl_cli.protocol.tx import Transaction
 
 log = logging.getLogger("bcfl.node.sync")
 
@@ -56,10 +54,7 @@ LIVE_SYNC_INTERVAL_S = 4.0
 LIVE_WINDOW_S = 3.0
 MAX_BLOCKS_PER_PASS = 2_000
 MAX_PASS_S = 30.0
-BLOB_FETCH_TIMEOUT_S = 60.0
-PEER_BLOB_SLICE_S = 10.0
 CHECK_CACHE = 4_096
-MAX_FETCH_LOCKS = 1_024
 #: Blob downloads running at once ahead of the verification of a page of blocks.
 PREFETCH_BLOBS = 4
 #: Verified blocks are appended at least this often while a page is being verified.
@@ -146,25 +141,30 @@ def _remember(cache: OrderedDict[Hashable, Any], key: Hashable, value: Any) -> N
         cache.popitem(last=False)
 
 
-def referenced_blobs(block: Block) -> list[str]:
-    """Blobs a validator must hold to judge ``block``: the blobs of its updates."""
-    return [tx.body["blob"] for tx in block.txs if tx.kind is TxKind.UPDATE]
-
-
-def blob_owners(txs: list[Transaction]) -> dict[str, str]:
-    """Blob hash -> the did of the update's author (whose node surely holds it)."""
-    return {tx.body["blob"]: tx.author for tx in txs if tx.kind is TxKind.UPDATE}
-
-
 class Syncer:
-    """The catch-up loop and the blob fetcher of one node."""
+    """The catch-up loop of one node: built from the chain it appends to, the peers it asks,
+    the blob fetcher, the checks and the worker that runs them."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(
+        self,
+        *,
+        chain: CommittingChain,
+        gossip: Gossip,
+        fetcher: BlobFetcher,
+        blobs: BlobIndex,
+        checks: AppChecks,
+        worker: Worker,
+        clock: Clock,
+    ) -> None:
+        self.chain = chain
+        self.gossip = gossip
+        self.fetcher = fetcher
+        self.blobs = blobs
+        self.checks = checks
+        self.worker = worker
+        self.clock = clock
         self._wake = asyncio.Event()
         self.blocks_synced = 0
-        self._fetching: dict[str, asyncio.Lock] = {}
-        self.bytes_synced = 0
         self._consensus_commit_at = -math.inf
         self._last_pass_at = -math.inf
 
@@ -185,74 +185,6 @@ class Syncer:
         live = time.monotonic() - self._consensus_commit_at < LIVE_WINDOW_S
         return LIVE_SYNC_INTERVAL_S if live else SYNC_INTERVAL_S
 
-    # --- blobs -----------------------------------------------------------------------------
-    async def ensure_blobs(
-        self,
-        digests: list[str],
-        *,
-        timeout_s: float = BLOB_FETCH_TIMEOUT_S,
-        prefer: Mapping[str, str | tuple[str, ...]] | None = None,
-    ) -> bool:
-        """Fetch the missing ones from peers, concurrently; True when all are held.
-
-        ``prefer`` maps a blob to the did (or dids, in order) most likely to hold it (an
-        update's author, a proposal's proposer), whose nodes are asked first.
-        """
-        missing = [d for d in dict.fromkeys(digests) if not self.node.blobs.has(d)]
-        if not missing:
-            return True
-        results = await asyncio.gather(
-            *(self._ensure_one(d, timeout_s, (prefer or {}).get(d)) for d in missing)
-        )
-        return all(results)
-
-    async def _ensure_one(
-        self, digest: str, timeout_s: float, owner: str | tuple[str, ...] | None
-    ) -> bool:
-        """One blob, from the owners' nodes first, then the others (one download at a time)."""
-        node = self.node
-        deadline = time.monotonic() + timeout_s
-        owners = (owner,) if isinstance(owner, str) else (owner or ())
-        if len(self._fetching) > MAX_FETCH_LOCKS:
-            self._fetching = {d: k for d, k in self._fetching.items() if k.locked()}
-        lock = self._fetching.setdefault(digest, asyncio.Lock())
-        async with lock:
-            peers = sorted(
-                node.peers.live(),
-                key=lambda p: owners.index(p.did) if p.did in owners else len(owners),
-            )
-            for i, peer in enumerate(peers):
-                left = deadline - time.monotonic()
-                if node.blobs.has(digest) or left <= 0:
-                    break
-                # A hung peer (paused, cut off) must not use up the whole deadline: each but
-                # the last gets a slice, so a blob its author cannot serve comes from another.
-                budget = left if i == len(peers) - 1 else min(left, PEER_BLOB_SLICE_S)
-                try:
-                    await asyncio.wait_for(self._fetch_from(peer, digest), budget)
-                except (TimeoutError, BcflError, OSError) as exc:
-                    log.debug("blob %s not from %s: %s", digest[:16], peer.url, exc)
-        return node.blobs.has(digest)
-
-    async def _fetch_from(self, peer: PeerInfo, digest: str) -> None:
-        node = self.node
-        limit = node.state.config.contract.max_blob_bytes
-
-        # Given up on (``_ensure_one``'s slice ran out, the node stops), the thread is told to
-        # stop at its next piece; until then it writes only its own partial file.
-        cancel = threading.Event()
-
-        def work() -> None:
-            with node.peers.blob_client(peer) as client:
-                fetch_blob(client, digest, node.blobs, max_bytes=limit, cancel=cancel)
-
-        try:
-            await asyncio.to_thread(work)
-        finally:
-            cancel.set()
-        self.bytes_synced += node.blobs.size(digest)
-        log.info("fetched blob", extra=fields(blob=digest, peer=peer.url))
-
     # --- the loop --------------------------------------------------------------------------
     async def run(self) -> None:
         self._wake.set()  # the first pass at once: a node that starts behind catches up now
@@ -260,7 +192,7 @@ class Syncer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval_s())
             self._wake.clear()
-            if self.node.alarm is not None:
+            if self.chain.alarm is not None:
                 continue
             self._last_pass_at = time.monotonic()
             try:
@@ -271,11 +203,11 @@ class Syncer:
                 log.exception("sync pass failed")
 
     async def refresh_peers(self) -> None:
-        node = self.node
+        chain = self.chain
 
         async def one(peer: PeerInfo) -> None:
             try:
-                status = await node.peers.get(peer, "/v1/status", timeout_s=3.0)
+                status = await self.gossip.get(peer, "/v1/status", timeout_s=3.0)
             except PeerRequestError as exc:
                 peer.error = exc.message
                 return
@@ -283,7 +215,7 @@ class Syncer:
                 peer.error = "status is not an object"
                 return
             genesis = status.get("genesis")
-            if genesis != node.genesis_hash:
+            if genesis != chain.genesis_hash:
                 if not peer.refused:
                     log.warning(
                         "peer has another genesis; never following it",
@@ -297,25 +229,25 @@ class Syncer:
             height, head = status.get("height"), status.get("head")
             peer.height = height if isinstance(height, int) else None
             peer.head = head if isinstance(head, str) else None
-            peer.last_seen_ms = node.clock.now_ms()
+            peer.last_seen_ms = self.clock.now_ms()
             peer.error = None
 
-        await asyncio.gather(*(one(p) for p in node.peers.peers.values() if not p.refused))
+        await asyncio.gather(*(one(p) for p in self.gossip.live()))
 
     async def pass_once(self) -> None:
         """One bounded catch-up pass: at most MAX_BLOCKS_PER_PASS blocks or MAX_PASS_S seconds."""
-        node = self.node
+        chain = self.chain
         await self.refresh_peers()
         started = time.monotonic()
         applied = 0
-        for peer in sorted(node.peers.live(), key=lambda p: -(p.height or -1)):
+        for peer in sorted(self.gossip.live(), key=lambda p: -(p.height or -1)):
             if peer.height is None:
                 continue
-            if peer.height == node.state.height and peer.head not in (None, node.state.head_hash):
-                await self._check_conflict(peer, node.state.height)
+            if peer.height == chain.state.height and peer.head not in (None, chain.state.head_hash):
+                await self._check_conflict(peer, chain.state.height)
             while (
-                node.alarm is None
-                and (peer.height or -1) > node.state.height
+                chain.alarm is None
+                and (peer.height or -1) > chain.state.height
                 and applied < MAX_BLOCKS_PER_PASS
                 and time.monotonic() - started < MAX_PASS_S
             ):
@@ -323,14 +255,11 @@ class Syncer:
                 if got == 0:
                     break
                 applied += got
-        if applied:
-            node.on_synced()
 
     async def _pull_from(self, peer: PeerInfo) -> int:
-        node = self.node
-        start = node.state.height + 1
+        start = self.chain.state.height + 1
         try:
-            data = await node.peers.get(
+            data = await self.gossip.get(
                 peer, "/v1/blocks", params={"start": start - 1, "limit": BLOCKS_PER_REQUEST}
             )
             raw = data["blocks"] if isinstance(data, dict) else None
@@ -363,21 +292,23 @@ class Syncer:
         owners: dict[str, str] = {}
         for block in blocks:
             owners.update(blob_owners(list(block.txs)))
-        missing = [d for d in owners if not self.node.blobs.has(d)]
+        missing = [d for d in owners if not self.blobs.has(d)]
         if not missing:
             return
         slots = asyncio.Semaphore(PREFETCH_BLOBS)
 
         async def one(digest: str) -> None:
             async with slots:
-                await self._ensure_one(digest, BLOB_FETCH_TIMEOUT_S, owners[digest])
+                await self.fetcher.ensure_blobs(
+                    [digest], timeout_s=BLOB_FETCH_TIMEOUT_S, prefer={digest: owners[digest]}
+                )
 
         await asyncio.gather(*(one(d) for d in missing))
 
     async def _verify_and_append(self, peer: PeerInfo, start: int, blocks: list[Block]) -> int:
         """Verify ``blocks`` in order, each on its predecessor's state; append them in runs."""
-        node = self.node
-        base = node.state  # the state the pending blocks build on
+        chain = self.chain
+        base = chain.state  # the state the pending blocks build on
         state = base
         pending: list[tuple[Block, ChainState]] = []
         appended = 0
@@ -390,17 +321,17 @@ class Syncer:
             if not pending:
                 return True
             batch, pending = pending, []
-            if node.state is not base:
+            if chain.state is not base:
                 return False  # consensus moved on meanwhile; the next pass resumes
-            node.accept_blocks(batch, source=peer.url)
-            base = node.state
+            chain.accept_blocks(batch, source=peer.url)
+            base = chain.state
             appended += len(batch)
             self.blocks_synced += len(batch)
             return True
 
         for block in blocks:
             if block.height < start:
-                if block.height == start - 1 and block.hash != node.head_hash_at(block.height):
+                if block.height == start - 1 and block.hash != chain.head_hash_at(block.height):
                     await self._conflict(peer, block)
                     return 0
                 continue
@@ -408,7 +339,7 @@ class Syncer:
                 peer.error = f"served block {block.height} out of order"
                 break
             owners = blob_owners(list(block.txs))
-            if not await self.ensure_blobs(referenced_blobs(block), prefer=owners):
+            if not await self.fetcher.ensure_blobs(referenced_blobs(block), prefer=owners):
                 log.warning(
                     "cannot fetch the blobs of block %d yet; will retry",
                     block.height,
@@ -416,7 +347,7 @@ class Syncer:
                 )
                 break
             try:
-                new_state = await node.run_worker(partial(state.apply, block, checks=node.checks))
+                new_state = await self.worker.run(partial(state.apply, block, checks=self.checks))
             except VerificationError as exc:
                 log.warning(
                     "peer served an invalid block; not following it",
@@ -426,7 +357,7 @@ class Syncer:
                 )
                 peer.error = f"invalid block {block.height}: {exc.code}"
                 break
-            if node.state is not base or node.alarm is not None:
+            if chain.state is not base or chain.alarm is not None:
                 break  # consensus moved on meanwhile (or an alarm): the next pass resumes
             pending.append((block, new_state))
             state = new_state
@@ -438,33 +369,31 @@ class Syncer:
     # --- forks -----------------------------------------------------------------------------
     async def _check_conflict(self, peer: PeerInfo, height: int) -> None:
         try:
-            data = await self.node.peers.get(
-                peer, "/v1/blocks", params={"start": height, "limit": 1}
-            )
+            data = await self.gossip.get(peer, "/v1/blocks", params={"start": height, "limit": 1})
             theirs = Block.from_dict(data["blocks"][0])
         except (PeerRequestError, EncodingError, KeyError, IndexError, TypeError):
             return
-        if theirs.height == height and theirs.hash != self.node.head_hash_at(height):
+        if theirs.height == height and theirs.hash != self.chain.head_hash_at(height):
             await self._conflict(peer, theirs)
 
     async def _conflict(self, peer: PeerInfo, theirs: Block) -> None:
         """``theirs`` differs from our block at its height: an alarm if its certificate holds."""
-        node = self.node
+        chain = self.chain
         height = theirs.height
-        if height == 0 or height > node.state.height or theirs.commit is None:
+        if height == 0 or height > chain.state.height or theirs.commit is None:
             return
-        ours = node.ledger.block(height)
-        validators = node.validator_set_at(height)
+        ours = chain.block(height)
+        validators = chain.validator_set_at(height)
         if ours.hash == theirs.hash or validators is None:
             return
-        if not certificate_valid(node.genesis_hash, theirs, validators):
+        if not certificate_valid(chain.genesis_hash, theirs, validators):
             log.warning(
                 "peer serves a different block without a valid certificate; ignoring it",
                 extra=fields(peer=peer.url, height=height),
             )
             peer.error = f"bad block at {height}"
             return
-        node.raise_alarm(height, ours, theirs, source=peer.url)
+        chain.raise_alarm(height, ours, theirs, source=peer.url)
 
 
 def certificate_valid(chain: str, block: Block, validators: ValidatorSet) -> bool:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import nacl.signing
 import torch
@@ -31,7 +31,6 @@ from bcfl_cli.chain.state import ChainState
 from bcfl_cli.client.api import NodeApi
 from bcfl_cli.client.blobs import upload_blob
 from bcfl_cli.client.submit import build_update_tx
-from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.data import Dataset
@@ -39,6 +38,7 @@ from bcfl_cli.fl.models import state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import subseed
 from bcfl_cli.home import Home
+from bcfl_cli.node.interfaces import BlobPeers, TrainerHost
 from bcfl_cli.node.peers import did_tag
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.spec import ModelSpec
@@ -351,14 +351,6 @@ class AutoTrainer:
         )
 
 
-class BlobPeers(Protocol):
-    """The node's peers, as far as pushing a blob to them goes (``bcfl_cli.node.peers.Peers``)."""
-
-    def live(self) -> list[Any]: ...
-
-    def blob_client(self, peer: Any) -> SignedClient: ...
-
-
 def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
     """Push an update's blob to every peer before its transaction is gossiped.
 
@@ -410,27 +402,6 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
         return frozenset(told)
 
     return publish
-
-
-class TrainerHost(Protocol):
-    """What the trainer needs of the in-process node (``bcfl_cli.node.server.Node``)."""
-
-    @property
-    def key(self) -> nacl.signing.SigningKey: ...
-
-    @property
-    def state(self) -> ChainState: ...
-
-    @property
-    def blobs(self) -> BlobStore: ...
-
-    @property
-    def peers(self) -> BlobPeers: ...
-
-    @property
-    def on_commit(self) -> list[Callable[[Any], None]]: ...
-
-    def submit(self, tx: Transaction, *, seen: frozenset[str] = ...) -> bool: ...
 
 
 async def run_node_trainer(

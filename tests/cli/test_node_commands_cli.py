@@ -76,7 +76,8 @@ def test_status_json_and_table(local: LocalNode) -> None:
 
 
 def test_status_shows_a_safety_alarm_and_exits_3(local: LocalNode) -> None:
-    local.node.alarm = {"height": 7, "blocks": ["aa" * 32, "bb" * 32], "message": "two blocks"}
+    alarm = {"height": 7, "blocks": ["aa" * 32, "bb" * 32], "message": "two blocks"}
+    local.node.chain.alarm = alarm
     result = bcfl("status", "--home", str(local.home.root))
     assert result.exit_code == 3
     assert "SAFETY ALARM" in result.stdout and "height 7" in result.stdout
@@ -139,7 +140,7 @@ def test_model_export(local: LocalNode, tmp_path: Path) -> None:
     result = bcfl("model", "export", "--out", str(out), "--home", str(local.home.root), "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["round"] == 0 and data["model"] == local.node.document["initial_model"]
+    assert data["round"] == 0 and data["model"] == local.node.chain.document["initial_model"]
     assert hashlib.sha256(out.read_bytes()).hexdigest() == data["model"]
     missing = bcfl(
         "model", "export", "--round", "3", "--out", str(out), "--home", str(local.home.root)
@@ -266,7 +267,7 @@ def test_the_finished_plan_in_status_train_submit_and_the_log(
     finished_logs = [r for r in caplog.records if r.getMessage() == "training plan finished"]
     assert len(finished_logs) == 1
     data = json.loads(bcfl("status", "--home", home, "--json").stdout)
-    head = local.node.head
+    head = local.node.chain.head
     assert data["plan"] == {
         "rounds": 1,
         "finished": True,

@@ -259,7 +259,8 @@ def test_model_export_round_zero_and_aggregate(
     out0 = tmp_path / "export" / "initial.safetensors"
     first = ops.export_model(local.home, out0)
     assert first.round == 0 and first.height is None
-    assert hashlib.sha256(out0.read_bytes()).hexdigest() == local.node.document["initial_model"]
+    initial = local.node.chain.document["initial_model"]
+    assert hashlib.sha256(out0.read_bytes()).hexdigest() == initial
     _open_round(local)
     for index, name in ((1, "alice"), (2, "bob")):
         update = train_for_round(local.home, part(index), seed=index, force=True)

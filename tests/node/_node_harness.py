@@ -28,7 +28,6 @@ from bcfl_cli.consortium.example import filled_example
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.home import Home
 from bcfl_cli.identity import Identity
-from bcfl_cli.node.app import create_app
 from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
 from bcfl_cli.node.server import Node, NodeOptions, http_config
 from bcfl_cli.node.trainer import AutoTrainer, load_training_data
@@ -102,7 +101,7 @@ class LocalNode:
         self.node = Node(
             self.home, Identity("alice", key("alice")), NodeOptions(host="testserver", port=80)
         )
-        self.client = TestClient(create_app(self.node), base_url=URL)
+        self.client = TestClient(self.node.http_app(), base_url=URL)
         self.transport = _MiningTransport(self.client._transport, self)
         self.auto_mine = True
         self.open_rounds = True
@@ -135,11 +134,11 @@ class LocalNode:
         if not txs:
             return None
         block, after = build_proposal(
-            state, node.head, txs, key("alice"), now_ms=now, checks=node.checks
+            state, node.chain.head, txs, key("alice"), now_ms=now, checks=node.checks
         )
         signers = [k for n in self.names() if (k := key(n)) and did(n) in state.validator_set]
         block = commit_with_keys(block, signers, node.genesis_hash)
-        node.accept_block(block, after, source="test-miner")
+        node.chain.accept_block(block, after, source="test-miner")
         return block
 
     def mine_all(self, limit: int = 6) -> None:

@@ -141,7 +141,7 @@ def test_status_genesis_and_blocks(local: LocalNode) -> None:
     assert {m.name for m in status.members} == {"alice", "bob", "carol", "dave"}
     assert status.alarm is None
     genesis = local.client.get("/v1/genesis").json()
-    assert genesis["document"] == local.node.document
+    assert genesis["document"] == local.node.chain.document
     for _ in range(3):
         local.mine()  # the open_round of round 1, then nothing
     blocks = local.client.get("/v1/blocks", params={"start": 0, "limit": 1000}).json()["blocks"]

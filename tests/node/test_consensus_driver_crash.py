@@ -14,9 +14,10 @@ import pytest
 from bcfl_cli.consensus.messages import Validity
 from tests.node._chain_fixture import Chain
 from tests.node.test_consensus_driver import (
+    Fakes,
+    Fetcher,
     RecordingDriver,
-    StubNode,
-    Syncer,
+    Worker,
     chain,
     proposals,
     start,
@@ -26,9 +27,9 @@ from tests.node.test_consensus_driver import (
 __all__ = ["chain"]
 
 
-class CrashingNode(StubNode):
-    async def run_worker(self, fn: Any) -> Any:
-        self.worker_calls += 1
+class CrashingWorker(Worker):
+    async def run(self, fn: Any) -> Any:
+        self.calls += 1
         raise RecursionError("maximum recursion depth exceeded")
 
 
@@ -38,11 +39,12 @@ def test_a_check_that_crashes_makes_the_proposal_invalid(
     (block,), after = proposals(chain, 1)
 
     async def scenario() -> None:
-        node = CrashingNode(chain, Syncer(result=True, delay_s=0.0), after)
-        driver = RecordingDriver(node)
+        fakes = Fakes.of(chain, Fetcher(result=True, delay_s=0.0), after)
+        worker = fakes.worker = CrashingWorker(after)
+        driver = RecordingDriver(fakes)
         start(driver, block)
         assert driver.validate(block) is Validity.UNKNOWN
-        await until(lambda: node.worker_calls == 1 and not driver._validating)
+        await until(lambda: worker.calls == 1 and not driver._validating)
         assert driver.validate(block) is Validity.INVALID
         assert driver.rechecks() == 1
         driver.close()

@@ -59,6 +59,6 @@ def test_evidence_submitted_once(local: LocalNode) -> None:
 def test_peer_evidence_already_pending(local: LocalNode) -> None:
     ev = _evidence(local)
     theirs = make_tx(key("bob"), local.node.genesis_hash, TxKind.MISBEHAVIOUR, ev.to_body())
-    local.node.submit(theirs)
+    local.node.pool.submit(theirs)
     local.node.driver._evidence(Evidence(ev.second, ev.first))
     assert _pending_evidence(local) == [did("bob")]

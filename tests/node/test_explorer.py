@@ -34,7 +34,7 @@ from tests.node._node_harness import LocalNode, key, part
 
 def _trainer(local: LocalNode, name: str, index: int, **kw: object) -> AutoTrainer:
     async def submit(tx: Transaction, told: frozenset[str]) -> object:
-        return local.node.submit(tx, seen=told)
+        return local.node.pool.submit(tx, seen=told)
 
     return AutoTrainer(
         key=key(name),
@@ -283,7 +283,8 @@ def test_a_client_that_leaves_does_not_free_the_build_slot(
     """Cancelled while its proof builds, a request leaves the build running in the one slot
     (no second child beside it) and the proof cached for the next request."""
     local, _ = played
-    explorer = routes.Explorer(local.node, names_me=lambda host, address: True)
+    node = local.node
+    explorer = routes.Explorer(node.chain, node.ledger, names_me=lambda host, address: True)
 
     def request() -> Request:
         scope = {

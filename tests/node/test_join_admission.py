@@ -15,7 +15,6 @@ from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.node.limits import JOIN_RELAY_BURST, JOIN_RELAY_RATE_PER_S
 from bcfl_cli.node.mempool import Mempool, MempoolRefusal, precheck
 from bcfl_cli.node.round_driver import plan_block
-from bcfl_cli.node.server import Node
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 from bcfl_cli.wire.refusal import Refusal
 from tests.node._chain_fixture import Chain, did, key, make_chain
@@ -78,7 +77,7 @@ def test_join_relay_is_bounded_node_wide(local: LocalNode, monkeypatch) -> None:
     )
     start = time.monotonic()
     for i in range(1, 61):
-        assert local.node.submit(join_tx(local.node.genesis_hash, i))
+        assert local.node.pool.submit(join_tx(local.node.genesis_hash, i))
     elapsed = time.monotonic() - start
     assert len(local.node.mempool) == 60  # held (a validator proposes them), not all relayed
     assert len(relayed) <= JOIN_RELAY_BURST + elapsed * JOIN_RELAY_RATE_PER_S + 1, (
@@ -93,7 +92,7 @@ def test_join_relay_is_bounded_node_wide(local: LocalNode, monkeypatch) -> None:
         TxKind.REMOVE_MEMBER,
         {"member": did("carol"), "reason": "test"},
     )
-    assert local.node.submit(removal)
+    assert local.node.pool.submit(removal)
     assert len(relayed) == before + 1
 
 
@@ -102,11 +101,11 @@ def test_a_busy_non_validator_refuses_joins_it_could_not_relay(
 ) -> None:
     """Held by a node that never proposes, an unrelayed request would sit in its pool for ever."""
     monkeypatch.setattr(local.node.peers, "broadcast", lambda *a, **k: None)
-    monkeypatch.setattr(Node, "role", property(lambda self: "member"))
+    monkeypatch.setattr("bcfl_cli.node.mempool.member_role", lambda state, did: "member")
     codes = []
     for i in range(1, 41):
         try:
-            local.node.submit(join_tx(local.node.genesis_hash, i))
+            local.node.pool.submit(join_tx(local.node.genesis_hash, i))
         except MempoolRefusal as exc:
             codes.append((exc.code, exc.status))
     assert codes and set(codes) == {("join_relay_busy", 503)}

@@ -64,7 +64,7 @@ def test_a_short_store_starts_and_the_pin_stays(mined, caplog):
     with caplog.at_level(logging.WARNING):
         node = _open(home)
     try:
-        assert node.pin.behind == 39
+        assert node.chain.pin.behind == 39
         assert "below the head pinned" in caplog.text
     finally:
         _close(node)

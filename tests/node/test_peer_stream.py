@@ -31,7 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from bcfl_cli.node import app as app_module
-from bcfl_cli.node.app import MAX_CONSENSUS_BODY, create_app
+from bcfl_cli.node.app import MAX_CONSENSUS_BODY
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.peers import (
     CONSENSUS_PATH,
@@ -139,7 +139,10 @@ def test_a_sender_no_longer_a_member_is_cut_off(
     with local.client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws:
         ws.send_bytes(_vote(local, height=5))
         time.sleep(0.2)
-        monkeypatch.setattr(local.node, "is_member", lambda d: d != did("bob"))
+        member = local.node.state.member
+        monkeypatch.setattr(
+            local.node.state, "member", lambda d: None if d == did("bob") else member(d)
+        )
         ws.send_bytes(_vote(local, height=6))
         assert _closed(ws) == (1008, "not_member")
     assert [v.height for _, v in received] == [5]
@@ -203,7 +206,7 @@ def test_each_message_counts_against_the_senders_rate(
     node = local.node
     node.options = dataclasses.replace(node.options, limits=NodeLimits(rate_per_s=0.001, burst=4.0))
     with (
-        TestClient(create_app(node), base_url=URL) as client,
+        TestClient(node.http_app(), base_url=URL) as client,
         client.websocket_connect(PEER_STREAM_PATH, headers=_opening(key("bob"))) as ws,
     ):  # the opening takes one of the four
         for height in (5, 6, 7, 8):
@@ -228,7 +231,7 @@ def test_a_new_stream_of_the_same_validator_replaces_the_old(
 def _app_at(local: LocalNode) -> Any:
     def app_at(port: int) -> ASGIApp:
         local.node.options = dataclasses.replace(local.node.options, host="127.0.0.1", port=port)
-        return create_app(local.node)
+        return local.node.http_app()
 
     return app_at
 

@@ -2,50 +2,96 @@
 
 A 5 KB update whose safetensors header was 5,000 nested ``[`` raised ``RecursionError`` out of
 the node's preparation pass (issue 16, item 2): the honest updates queued behind it never got a
-verdict and the round never closed, not even at its deadline. The real ``Node._prepare_once``
-runs here on a stand-in node (no processes, no network) over the in-memory founders' chain.
+verdict and the round never closed, not even at its deadline. The real
+``RoundPreparation.prepare_once`` runs here, built from fakes of its interfaces (no processes,
+no network), over the in-memory founders' chain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from bcfl_cli.chain import ChainState
-from bcfl_cli.chain.checks import VerdictLike
+from bcfl_cli.chain.state import Offence
 from bcfl_cli.errors import BlobError
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.node.clock import Clock
-from bcfl_cli.node.round_driver import AggregateKey, build_proposal, compute_aggregate, plan_block
-from bcfl_cli.node.server import Node
+from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
+from bcfl_cli.node.round_preparation import RoundPreparation
 from bcfl_cli.node.sync import CachingChecks
+from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction, TxKind
-from tests.node._chain_fixture import Chain, key, make_chain
+from tests.node._chain_fixture import Chain, did, key, make_chain
+
+T = TypeVar("T")
 
 NESTED = struct.pack("<Q", 5000) + b"[" * 5000
 
 
-class Mempool:
+class Pool:
     def __init__(self, txs: list[Transaction]) -> None:
         self.txs = txs
+
+    def submit(self, tx: Transaction, *, seen: frozenset[str] = frozenset()) -> bool:
+        self.txs.append(tx)
+        return True
 
     def snapshot(self) -> list[Transaction]:
         return list(self.txs)
 
+    def drop(self, tx_hash: str, code: str) -> None:
+        self.txs = [t for t in self.txs if t.hash != tx_hash]
 
-class Syncer:
-    async def ensure_blobs(self, digests: list[str], **kw: Any) -> bool:
+    def has_evidence(self, offence: Offence) -> bool:
+        return False
+
+
+class Fetcher:
+    """Every blob is held already (the in-memory chain's store)."""
+
+    async def ensure_blobs(
+        self,
+        digests: list[str],
+        *,
+        timeout_s: float = 60.0,
+        prefer: Mapping[str, str | tuple[str, ...]] | None = None,
+    ) -> bool:
         return True
 
 
-class Driver:
-    def poke(self) -> None:
-        pass
+class InlineWorker:
+    async def run(self, fn: Callable[[], T]) -> T:
+        return fn()
+
+
+class Head:
+    """The chain at a fixed head, as the preparation reads it."""
+
+    def __init__(self, chain: Chain) -> None:
+        self.genesis_hash = chain.ledger.block(0).hash
+        self.state = chain.state
+        self.head = chain.head
+        self.alarm: dict[str, Any] | None = None
+        self.on_commit: list[Callable[[Block], None]] = []
+        self._chain = chain
+
+    def block(self, height: int) -> Block:
+        return self._chain.ledger.block(height)
+
+    def head_hash_at(self, height: int) -> str | None:
+        return self.block(height).hash if height <= self.state.height else None
+
+    def validator_set_at(self, height: int) -> ValidatorSet | None:
+        return self.state.validator_set
+
+    async def wait_for_round(self, number: int, timeout_s: float) -> bool:
+        return self.state.round.number >= number
 
 
 class Broken(FLChecks):
@@ -59,35 +105,19 @@ class Broken(FLChecks):
         return super().check_update(state, tx)
 
 
-class StubNode:
-    """What ``Node._prepare_once`` reads of a node, with the real methods it calls."""
-
-    _prepare_once = Node._prepare_once
-    _aggregates_wanted = Node._aggregates_wanted
-    prepared_verdict = Node.prepared_verdict
-    prepared_aggregate = Node.prepared_aggregate
-
-    def __init__(self, chain: Chain, pending: list[Transaction], checks: FLChecks) -> None:
-        self.state = chain.state
-        self.mempool = Mempool(pending)
-        self.checks = CachingChecks(checks)
-        self.syncer = Syncer()
-        self.blobs = chain.blobs
-        self.driver = Driver()
-        self.key = key("alice")
-        self.clock = Clock()
-        self._validations: dict[Any, Transaction] = {}
-        self._aggregates: dict[AggregateKey, tuple[str, int]] = {}
-        self._computing = False
-
-    async def run_worker(self, fn: Any) -> Any:
-        return fn()
-
-    def wake_prepare(self) -> None:
-        pass
-
-    def verdict(self, tx: Transaction) -> VerdictLike | None:
-        return self.checks.known_verdict(self.state, tx)
+def preparation(chain: Chain, pending: list[Transaction], checks: FLChecks) -> RoundPreparation:
+    """The real round preparation of alice's node, built from fakes of its interfaces."""
+    return RoundPreparation(
+        chain=Head(chain),
+        pool=Pool(pending),
+        checks=CachingChecks(checks),
+        blobs=chain.blobs,
+        fetcher=Fetcher(),
+        worker=InlineWorker(),
+        key=key("alice"),
+        did=did("alice"),
+        clock=Clock(),
+    )
 
 
 @pytest.fixture
@@ -136,20 +166,20 @@ def test_a_nested_header_is_rejected_and_the_honest_updates_are_judged(chain: Ch
     _open_round(chain)
     hostile = _hostile(chain, "dave")
     honest = [chain.update("bob", scale=0.01), chain.update("carol", scale=0.02)]
-    node = StubNode(chain, [hostile, *honest], FLChecks(chain.blobs))
-    asyncio.run(node._prepare_once())
-    verdict = node.verdict(hostile)
+    prep = preparation(chain, [hostile, *honest], FLChecks(chain.blobs))
+    asyncio.run(prep.prepare_once())
+    verdict = prep.verdict_of(hostile)
     assert verdict is not None and (verdict.accept, verdict.reason) == (False, "malformed_blob")
-    assert all((v := node.verdict(tx)) is not None and v.accept for tx in honest)
-    assert node._aggregates, "the aggregate the honest updates complete was not prepared"
+    assert all((v := prep.verdict_of(tx)) is not None and v.accept for tx in honest)
+    assert prep.aggregates, "the aggregate the honest updates complete was not prepared"
     txs = plan_block(
-        node.state,
-        node.mempool.snapshot(),
-        height=node.state.height + 1,
-        key=node.key,
+        chain.state,
+        prep.pool.snapshot(),
+        height=chain.state.height + 1,
+        key=key("alice"),
         now_ms=chain.now(),
-        verdict_of=node.prepared_verdict,
-        aggregate_of=node.prepared_aggregate,
+        verdict_of=prep.verdict_of,
+        aggregate_of=prep.aggregate_of,
     )
     kinds = [tx.kind for tx in txs]
     assert kinds.count(TxKind.UPDATE) == 3 and TxKind.AGGREGATE in kinds, kinds
@@ -163,11 +193,11 @@ def test_an_update_whose_check_fails_is_left_out_and_the_others_go_on(chain: Cha
     honest = [chain.update("bob", scale=0.01), chain.update("carol", scale=0.02)]
     checks = Broken(chain.blobs)
     checks.victim = victim.hash
-    node = StubNode(chain, [victim, *honest], checks)
-    asyncio.run(node._prepare_once())  # no exception escapes
-    assert node.verdict(victim) is None
-    assert all((v := node.verdict(tx)) is not None and v.accept for tx in honest)
-    assert node._aggregates
+    prep = preparation(chain, [victim, *honest], checks)
+    asyncio.run(prep.prepare_once())  # no exception escapes
+    assert prep.verdict_of(victim) is None
+    assert all((v := prep.verdict_of(tx)) is not None and v.accept for tx in honest)
+    assert prep.aggregates
 
 
 def test_the_round_closes_at_its_deadline_when_its_only_update_cannot_be_checked(
@@ -179,16 +209,16 @@ def test_the_round_closes_at_its_deadline_when_its_only_update_cannot_be_checked
         _commit(chain, [])
     checks = Broken(chain.blobs)
     checks.victim = victim.hash
-    node = StubNode(chain, [victim], checks)
-    asyncio.run(node._prepare_once())
+    prep = preparation(chain, [victim], checks)
+    asyncio.run(prep.prepare_once())
     txs = plan_block(
-        node.state,
-        node.mempool.snapshot(),
-        height=node.state.height + 1,
-        key=node.key,
+        chain.state,
+        prep.pool.snapshot(),
+        height=chain.state.height + 1,
+        key=key("alice"),
         now_ms=chain.now(),
-        verdict_of=node.prepared_verdict,
-        aggregate_of=node.prepared_aggregate,
+        verdict_of=prep.verdict_of,
+        aggregate_of=prep.aggregate_of,
     )
     assert [tx.kind for tx in txs] == [TxKind.AGGREGATE, TxKind.OPEN_ROUND]
     _commit(chain, txs)

@@ -16,7 +16,6 @@ from bcfl_cli.node.sync import (
     LIVE_SYNC_INTERVAL_S,
     SYNC_INTERVAL_S,
     CachingChecks,
-    Syncer,
     certificate_valid,
 )
 from bcfl_cli.protocol.tx import TxKind
@@ -37,7 +36,7 @@ def rival_block(local: LocalNode, signers: list[str]):  # type: ignore[no-untype
     genesis = node.ledger.block(0)
     from bcfl_cli.chain import ChainState
 
-    state = ChainState.from_genesis(genesis, node.document)
+    state = ChainState.from_genesis(genesis, node.chain.document)
     block = build_block(state, genesis, [], key("bob"), time_ms=genesis.header.time + 7)
     return commit_with_keys(block, [key(n) for n in signers], node.genesis_hash)
 
@@ -48,9 +47,10 @@ def test_conflicting_certified_block_raises_the_alarm(local: LocalNode) -> None:
     node = local.node
     theirs = rival_block(local, list(FOUNDERS))
     assert theirs.hash != ours.hash
-    assert certificate_valid(node.genesis_hash, theirs, node.validator_set_at(1))  # type: ignore[arg-type]
+    assert certificate_valid(node.genesis_hash, theirs, node.chain.validator_set_at(1))  # type: ignore[arg-type]
     asyncio.run(node.syncer._conflict(PeerInfo("http://evil.example"), theirs))
-    assert node.alarm is not None and set(node.alarm["blocks"]) == {ours.hash, theirs.hash}
+    alarm = node.chain.alarm
+    assert alarm is not None and set(alarm["blocks"]) == {ours.hash, theirs.hash}
     evidence = json.loads((node.home.node_dir / "alarm.json").read_text())
     assert evidence["height"] == 1 and len(evidence["blocks"]) == 2
     status = local.client.get("/v1/status").json()
@@ -64,13 +64,13 @@ def test_uncertified_rival_is_ignored(local: LocalNode) -> None:
     local.mine()
     node = local.node
     theirs = rival_block(local, ["alice", "bob"])  # 2 of 4: no quorum
-    assert not certificate_valid(node.genesis_hash, theirs, node.validator_set_at(1))  # type: ignore[arg-type]
+    assert not certificate_valid(node.genesis_hash, theirs, node.chain.validator_set_at(1))  # type: ignore[arg-type]
     peer = PeerInfo("http://liar.example")
     asyncio.run(node.syncer._conflict(peer, theirs))
-    assert node.alarm is None and peer.error is not None
+    assert node.chain.alarm is None and peer.error is not None
     # our own block again is no conflict at all
     asyncio.run(node.syncer._conflict(peer, node.ledger.block(1)))
-    assert node.alarm is None
+    assert node.chain.alarm is None
 
 
 class _Counting:
@@ -92,7 +92,7 @@ def test_caching_checks_compute_each_verdict_once(local: LocalNode) -> None:
     state = node.state
     from tests.node._chain_fixture import Chain
 
-    chain = Chain(node.ledger, state, node.head)
+    chain = Chain(node.ledger, state, node.chain.head)
     update = chain.update("bob", scale=0.01)
     counting = _Counting(node.checks.inner)
     cache = CachingChecks(counting)
@@ -109,7 +109,7 @@ def test_caching_checks_compute_each_verdict_once(local: LocalNode) -> None:
 def test_sync_polls_less_while_consensus_keeps_up_and_at_once_when_behind(
     local: LocalNode,
 ) -> None:
-    syncer = Syncer(local.node)
+    syncer = local.node.syncer
     assert syncer.interval_s() == SYNC_INTERVAL_S  # no commit of its own yet: poll each second
     syncer.note_consensus_commit()
     assert syncer.interval_s() == LIVE_SYNC_INTERVAL_S

@@ -34,7 +34,7 @@ def local(tmp_path: Path) -> Iterator[LocalNode]:
 
 def _trainer(local: LocalNode, name: str = "alice", **kw: object) -> AutoTrainer:
     async def submit(tx: Transaction, told: frozenset[str]) -> object:
-        return local.node.submit(tx, seen=told)
+        return local.node.pool.submit(tx, seen=told)
 
     return AutoTrainer(
         key=key(name),
@@ -112,7 +112,9 @@ def test_run_node_trainer_until_stopped(local: LocalNode) -> None:
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(
-            run_node_trainer(local.node, part(1), stop, attack="scaling:2", seed=1, poll_s=0.05)
+            run_node_trainer(
+                local.node.trainer_host, part(1), stop, attack="scaling:2", seed=1, poll_s=0.05
+            )
         )
         for _ in range(400):
             if len(local.node.mempool):
@@ -130,7 +132,7 @@ def test_a_commit_wakes_the_node_trainer_before_its_poll(local: LocalNode) -> No
         stop = asyncio.Event()
         # a poll far longer than the test: only the commit callback can make it train
         task = asyncio.create_task(
-            run_node_trainer(local.node, part(1), stop, seed=1, poll_s=3600.0)
+            run_node_trainer(local.node.trainer_host, part(1), stop, seed=1, poll_s=3600.0)
         )
         await asyncio.sleep(0.5)  # the trainer has stepped once (no round) and waits
         assert len(local.node.mempool) == 0
@@ -232,7 +234,6 @@ def test_a_small_update_goes_with_its_blob_on_the_pooled_async_client(
     alone, and the update follows by gossip. The stream's push: tests/node/test_peer_stream.py."""
     from starlette.types import ASGIApp
 
-    from bcfl_cli.node.app import create_app
     from bcfl_cli.node.peers import PeerInfo, Peers, did_tag
     from bcfl_cli.node.trainer import peer_publisher
     from tests.node._node_harness import did
@@ -269,7 +270,7 @@ def test_a_small_update_goes_with_its_blob_on_the_pooled_async_client(
                 other.node.options = dataclasses.replace(
                     other.node.options, host="127.0.0.1", port=port
                 )
-                return create_app(other.node)
+                return other.node.http_app()
 
             async with served(app_at) as url:
                 spy = Spy(Peers(key("alice"), [url], self_url="http://me", stream=False))

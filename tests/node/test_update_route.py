@@ -188,12 +188,12 @@ def test_one_trainer_cannot_take_every_hold_for_the_next_round() -> None:
     import asyncio
     from types import SimpleNamespace
 
-    from bcfl_cli.node.app import MAX_HELD_PER_AUTHOR, MAX_HELD_UPDATES, Api
+    from bcfl_cli.node.app import MAX_HELD_PER_AUTHOR, MAX_HELD_UPDATES, NextRoundHold
 
     opened = asyncio.Event()
     waits: list[int] = []
 
-    class Node:
+    class Chain:
         state = SimpleNamespace(
             round=SimpleNamespace(number=0),
             member=lambda _did: SimpleNamespace(is_trainer=True),
@@ -213,19 +213,19 @@ def test_one_trainer_cannot_take_every_hold_for_the_next_round() -> None:
         )
 
     async def scenario() -> tuple[int, int]:
-        api = Api(Node())  # type: ignore[arg-type]
+        hold = NextRoundHold(Chain())  # type: ignore[arg-type]
         greedy = [
-            asyncio.create_task(api._await_round_of(update("greedy", n)))  # type: ignore[arg-type]
+            asyncio.create_task(hold.wait_for(update("greedy", n)))  # type: ignore[arg-type]
             for n in range(MAX_HELD_UPDATES + 8)
         ]
         await asyncio.sleep(0.05)
         by_greedy = len(waits)
-        other = asyncio.create_task(api._await_round_of(update("other", 0)))  # type: ignore[arg-type]
+        other = asyncio.create_task(hold.wait_for(update("other", 0)))  # type: ignore[arg-type]
         await asyncio.sleep(0.05)
         held_other = len(waits) - by_greedy
         opened.set()
         await asyncio.gather(*greedy, other)
-        assert api._held == 0
+        assert hold.held == 0
         return by_greedy, held_other
 
     by_greedy, held_other = asyncio.run(scenario())

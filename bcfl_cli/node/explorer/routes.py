@@ -28,7 +28,6 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -36,7 +35,9 @@ from starlette.responses import JSONResponse, Response
 from bcfl_cli.errors import BcflError
 from bcfl_cli.node.explorer.index import RoundIndex
 from bcfl_cli.node.explorer.proof import build_in_process
+from bcfl_cli.node.interfaces import ChainView
 from bcfl_cli.node.limits import TokenBucketLimiter
+from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.wire.schemas import (
     MAX_HEIGHT_DIGITS,
     MAX_ROUNDS_PER_RESPONSE,
@@ -44,9 +45,6 @@ from bcfl_cli.wire.schemas import (
     ErrorBody,
     RoundsResponse,
 )
-
-if TYPE_CHECKING:
-    from bcfl_cli.node.server import Node
 
 log = logging.getLogger("bcfl.node.explorer")
 
@@ -118,8 +116,11 @@ class Explorer:
     """The explorer's handlers for one node; ``names_me(host, client address)`` says whether a
     ``Host`` names this node (the check signed requests get, applied to the page)."""
 
-    def __init__(self, node: Node, names_me: Callable[[str, str], bool]) -> None:
-        self.node = node
+    def __init__(
+        self, chain: ChainView, ledger: Ledger, names_me: Callable[[str, str], bool]
+    ) -> None:
+        self.chain = chain
+        self.ledger = ledger
         self.names_me = names_me
         self.index = RoundIndex()
         self.proofs = ProofCache()
@@ -165,7 +166,7 @@ class Explorer:
             return _refuse(request, 400, "bad_query", "give start and limit as integers >= 0")
         start, limit = int(start_raw), min(int(limit_raw), MAX_ROUNDS_PER_RESPONSE)
         await self._catch_up()
-        state = self.node.state
+        state = self.chain.state
         page: list[dict[str, object]] = []
         updates = 0
         for rnd in self.index.page(start, limit):
@@ -190,10 +191,10 @@ class Explorer:
         if not _is_height(raw):
             return _refuse(request, 400, "bad_height", "height must be a non-negative integer")
         height = int(raw)
-        if height > self.node.state.height:
+        if height > self.chain.state.height:
             return _refuse(request, 404, "unknown_block", f"no block {height} here yet")
         try:
-            block = self.node.ledger.block(height)
+            block = self.ledger.block(height)
         except BcflError:
             return _refuse(request, 404, "unknown_block", f"no block {height} here")
         return _json(
@@ -270,8 +271,8 @@ class Explorer:
             async with self._build_slot:
                 data = self.proofs.get(number)
                 if data is None:
-                    node = self.node
-                    data = await build_in_process(node.ledger.url, node.blobs.root, number)
+                    ledger = self.ledger
+                    data = await build_in_process(ledger.url, ledger.blobs.root, number)
                     self.proofs.put(number, data)
                 return data
         finally:
@@ -279,7 +280,7 @@ class Explorer:
 
     # --- helpers ------------------------------------------------------------------------
     async def _catch_up(self) -> None:
-        await self.index.catch_up(self.node.ledger.blocks, self.node.state.height)
+        await self.index.catch_up(self.ledger.blocks, self.chain.state.height)
 
     def _misdirected(self, request: Request) -> Response | None:
         host = request.headers.get("host", "")
