@@ -43,6 +43,7 @@ from bcfl_cli.identity.tls_cert import (
     fingerprint_of,
 )
 from bcfl_cli.protocol.encoding import is_hash_hex
+from bcfl_cli.wire.refusal import Refusal
 
 TlsMode = Literal["pinned", "ca"]
 TLS_MODES: tuple[TlsMode, ...] = ("pinned", "ca")
@@ -59,11 +60,12 @@ MAX_REMEMBERED_CERTS = 1024
 PREFETCH_TIMEOUT_S = 5.0
 
 
-class TlsRefused(NodeError):
-    """A link this node will not use; ``peer`` and ``reason`` say which and why."""
+class TlsRefused(Refusal):
+    """A link this node will not use; ``peer`` and ``reason`` say which and why. The one
+    refusal type, unanswered (status 0: no request was sent), its code the reason."""
 
     def __init__(self, peer: str, reason: str, detail: str) -> None:
-        super().__init__(f"TLS refused for {peer}: {reason}: {detail}")
+        super().__init__(f"TLS refused for {peer}: {reason}: {detail}", code=reason)
         self.peer = peer
         self.reason = reason
 

@@ -40,7 +40,7 @@ from bcfl_cli.node.interfaces import ChainView, ConsensusReactor, MempoolView, P
 from bcfl_cli.node.limits import NodeLimits, TokenBucketLimiter
 from bcfl_cli.node.local_chain import member_role
 from bcfl_cli.node.logging import fields
-from bcfl_cli.node.mempool import MempoolRefusal, precheck
+from bcfl_cli.node.mempool import precheck
 from bcfl_cli.node.openapi import ROUTE_TABLE, openapi_document
 from bcfl_cli.node.peers import (
     NODE_URL_HEADER,
@@ -54,6 +54,7 @@ from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.wire.httpsig import normalise_authority
+from bcfl_cli.wire.refusal import Refusal
 from bcfl_cli.wire.schemas import (
     MAX_BLOCKS_PER_RESPONSE,
     MAX_HEIGHT_DIGITS,
@@ -117,14 +118,6 @@ JOIN_LIMITS = NodeLimits(
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-class Refused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 def _json(model: BaseModel, status: int = 200) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json"), status_code=status)
 
@@ -148,9 +141,7 @@ def _guard(handler: Handler) -> Handler:
     async def wrapped(request: Request) -> Response:
         try:
             return await handler(request)
-        except Refused as exc:
-            return refusal(request, exc.status, exc.code, exc.message)
-        except MempoolRefusal as exc:
+        except Refusal as exc:
             return refusal(request, exc.status, exc.code, exc.message)
         except EncodingError as exc:
             return refusal(request, 400, "malformed_body", exc.message)
@@ -311,7 +302,9 @@ class Api:
             v.isascii() and v.isdigit() and len(v) <= MAX_HEIGHT_DIGITS
             for v in (start_raw, limit_raw)
         ):
-            raise Refused(400, "bad_query", "give start and limit as non-negative integers")
+            raise Refusal(
+                "give start and limit as non-negative integers", status=400, code="bad_query"
+            )
         start, limit = int(start_raw), min(int(limit_raw), MAX_BLOCKS_PER_RESPONSE)
         height = self.chain.state.height
         out: list[dict[str, Any]] = []
@@ -329,7 +322,7 @@ class Api:
         """Where a transaction stands: committed (with height), pending, rejected or unknown."""
         digest = request.path_params["hash"]
         if not is_hash_hex(digest):
-            raise Refused(400, "bad_hash", "a transaction is named by 64 lowercase hex")
+            raise Refusal("a transaction is named by 64 lowercase hex", status=400, code="bad_hash")
         pending = self.pool.get(digest)
         if pending is not None:
             return _json(TxStatus(tx=pending.to_dict(), height=None, status="pending", reason=""))
@@ -337,18 +330,20 @@ class Api:
             try:
                 tx, height = self.ledger.tx(digest)
             except StoreError:
-                raise Refused(404, "unknown_tx", "no such transaction here") from None
+                raise Refusal("no such transaction here", status=404, code="unknown_tx") from None
             return _json(TxStatus(tx=tx.to_dict(), height=height, status="committed", reason=""))
         reason = self.pool.rejected_reason(digest)
         if reason is not None:
             return _json(TxStatus(tx=None, height=None, status="rejected", reason=reason))
-        raise Refused(404, "unknown_tx", f"transaction {digest[:16]} is unknown to this node")
+        raise Refusal(
+            f"transaction {digest[:16]} is unknown to this node", status=404, code="unknown_tx"
+        )
 
     async def consensus_log(self, request: Request) -> Response:
         """Proposals and votes this node holds for ``height`` (peers pull them on timeouts)."""
         raw = request.path_params["height"]
         if not (raw.isascii() and raw.isdigit()) or len(raw) > MAX_HEIGHT_DIGITS:
-            raise Refused(400, "bad_height", "height must be a non-negative integer")
+            raise Refusal("height must be a non-negative integer", status=400, code="bad_height")
         proposals, votes = self.reactor.messages_at(int(raw))
         return _json(ConsensusLog(height=int(raw), proposals=proposals, votes=votes))
 
@@ -376,7 +371,7 @@ class Api:
 
     async def _check_and_store(self, tx: Transaction, data: bytes) -> None:
         """An update (for the next round, held until it opens) through the mempool's checks,
-        then its blob stored; MempoolRefusal, with nothing kept, where it fails them."""
+        then its blob stored; Refusal, with nothing kept, where it fails them."""
         await self._await_round_of(tx)
         state = self.chain.state
         if tx.hash not in state.seen_tx and tx.hash not in self.pool:
@@ -388,33 +383,37 @@ class Api:
         # the blob of a pending update counts against its author's quota (blob_keeper)
         over = self.keeper.admit(tx.author, digest, len(data))
         if over is not None:
-            raise MempoolRefusal(over, code="over_quota", status=507)
+            raise Refusal(over, code="over_quota", status=507)
         await run_in_threadpool(self.blobs.put_stream, [data], expected=digest)
         self.keeper.record(tx.author, digest, len(data))
 
     def _update_and_blob(self, body: SubmitUpdate) -> tuple[Transaction, bytes]:
         """The update and its blob, if the blob is the one it names and small enough to travel
-        with it; Refused otherwise."""
+        with it; Refusal otherwise."""
         tx = Transaction.from_dict(body.tx)
         if tx.kind is not TxKind.UPDATE:
-            raise Refused(
-                400, "not_an_update", "POST /v1/updates takes an update; send others to /v1/txs"
+            raise Refusal(
+                "POST /v1/updates takes an update; send others to /v1/txs",
+                status=400,
+                code="not_an_update",
             )
         try:
             data = base64.b64decode(body.blob, validate=True)
         except ValueError as exc:  # binascii.Error, or a plain ValueError for non-ASCII text
-            raise Refused(400, "malformed_body", f"blob: not base64: {exc}") from exc
+            raise Refusal(f"blob: not base64: {exc}", status=400, code="malformed_body") from exc
         digest = tx.body["blob"]
         if len(data) > self.max_inline_blob:
-            raise Refused(
-                413,
-                "blob_too_large",
+            raise Refusal(
                 f"at most {self.max_inline_blob} bytes travel with an update here; upload the "
                 "blob (PUT /v1/blobs/...) and send the update to /v1/txs",
+                status=413,
+                code="blob_too_large",
             )
         if len(data) != tx.body["blob_size"] or sha256_hex(data) != digest:
-            raise Refused(
-                422, "hash_mismatch", "the blob is not the one the update names (hash and size)"
+            raise Refusal(
+                "the blob is not the one the update names (hash and size)",
+                status=422,
+                code="hash_mismatch",
             )
         return tx, data
 
@@ -434,10 +433,14 @@ class Api:
         body = parse_body(SubmitTx, await request.body(), max_bytes=MAX_TX_BODY)
         tx = Transaction.from_dict(body.tx)
         if tx.kind is not TxKind.JOIN_REQUEST:
-            raise Refused(400, "not_a_join_request", "POST /v1/join takes a join_request only")
+            raise Refusal(
+                "POST /v1/join takes a join_request only", status=400, code="not_a_join_request"
+            )
         if tx.author != peer_did(request):
-            raise Refused(
-                403, "signer_not_author", "sign the request with the key that signed the request"
+            raise Refusal(
+                "sign the request with the key that signed the request",
+                status=403,
+                code="signer_not_author",
             )
         return self._admit(tx)
 
@@ -458,7 +461,9 @@ class Api:
         sender = peer_did(request)
         validators = self.chain.state.validator_set
         if sender is None or sender not in validators:
-            raise Refused(403, "not_validator", "only validators send consensus messages")
+            raise Refusal(
+                "only validators send consensus messages", status=403, code="not_validator"
+            )
         data = parse_json(await request.body(), max_bytes=MAX_CONSENSUS_BODY)
         proposal, vote = self._consensus_message(data)
         self._learn_peer(request)
@@ -467,13 +472,13 @@ class Api:
 
     def _consensus_message(self, data: Any) -> tuple[Proposal | None, Vote | None]:
         """A consensus message's proposal and vote (parsed JSON), well formed and for this chain
-        (the engine checks their signatures); EncodingError or Refused otherwise."""
+        (the engine checks their signatures); EncodingError or Refusal otherwise."""
         body = validate_body(ConsensusMessage, data)
         proposal = Proposal.from_dict(body.proposal) if body.proposal is not None else None
         vote = Vote.from_dict(body.vote) if body.vote is not None else None
         for what in (proposal, vote):
             if what is not None and what.chain != self.chain.genesis_hash:
-                raise Refused(409, "wrong_chain", "message is for another consortium")
+                raise Refusal("message is for another consortium", status=409, code="wrong_chain")
         return proposal, vote
 
     # --- the peer stream --------------------------------------------------------------------
@@ -533,20 +538,26 @@ class Api:
                 data = parse_json(raw, max_bytes=MAX_CONSENSUS_BODY)
                 if isinstance(data, dict) and "update" in data:
                     if len(raw) > self.max_update_body:
-                        raise Refused(413, "too_large", "an update frame over this node's bound")
+                        raise Refusal(
+                            "an update frame over this node's bound", status=413, code="too_large"
+                        )
                     frame = validate_body(StreamUpdate, data)
                     tx, blob = self._update_and_blob(frame.update)
                     if len(updates) >= MAX_STREAM_UPDATES:
-                        raise Refused(429, "too_many_updates", "too many updates in flight")
+                        raise Refusal(
+                            "too many updates in flight", status=429, code="too_many_updates"
+                        )
                     seen = parse_seen(frame.seen) | {did_tag(sender)}
                     task = asyncio.create_task(self._take_update(tx, blob, seen, sender))
                     updates.add(task)
                     task.add_done_callback(updates.discard)
                     continue
                 if sender not in self.chain.state.validator_set:
-                    raise Refused(403, "not_validator", "only validators send consensus messages")
+                    raise Refusal(
+                        "only validators send consensus messages", status=403, code="not_validator"
+                    )
                 proposal, vote = self._consensus_message(data)
-            except Refused as exc:
+            except Refusal as exc:
                 code = {403: 1008, 413: 1009, 429: 1013}.get(exc.status, 1007)
                 await _close_stream(websocket, sender, code, exc.code, exc.message)
                 return
@@ -564,7 +575,7 @@ class Api:
         try:
             await self._check_and_store(tx, blob)
             self._admit(tx, seen)
-        except MempoolRefusal as exc:
+        except Refusal as exc:
             log.info(
                 "refused a streamed update: %s: %s",
                 exc.code,

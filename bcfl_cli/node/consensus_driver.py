@@ -71,13 +71,14 @@ from bcfl_cli.node.interfaces import (
     Worker,
 )
 from bcfl_cli.node.logging import fields
-from bcfl_cli.node.peers import CONSENSUS_PATH, PeerInfo, PeerRequestError
+from bcfl_cli.node.peers import CONSENSUS_PATH, PeerInfo
 from bcfl_cli.node.round_driver import build_proposal, plan_block
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.block import Block, Vote
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import TxKind, make_tx
 from bcfl_cli.store.vote_guard import DoubleSignError
+from bcfl_cli.wire.refusal import Refusal
 
 log = logging.getLogger("bcfl.node.consensus")
 
@@ -577,7 +578,7 @@ class ConsensusDriver:
                 data = await self.gossip.get(
                     peer, f"/v1/consensus/{height}", timeout_s=PULL_TIMEOUT_S
                 )
-            except PeerRequestError:
+            except Refusal:
                 return []
             events: list[Event] = []
             if not isinstance(data, dict):

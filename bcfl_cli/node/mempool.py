@@ -41,7 +41,6 @@ PROPOSER_ONLY = frozenset({TxKind.OPEN_ROUND, TxKind.VALIDATION, TxKind.AGGREGAT
 
 #: A transaction the pool will not hold: ``code`` is stable, ``status`` the HTTP answer. The one
 #: refusal type of the wire, under the name the node's services catch.
-MempoolRefusal = Refusal
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Pending:
 
 
 def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = True) -> None:
-    """The rules ``tx`` must pass alone against ``state``; MempoolRefusal names the first broken."""
+    """The rules ``tx`` must pass alone against ``state``; Refusal names the first broken."""
     if tx.chain != state.chain_id:
         raise Refusal(
             f"transaction is for chain {tx.chain[:16]}, this is {state.chain_id[:16]}",
@@ -151,7 +150,7 @@ def precheck(state: ChainState, tx: Transaction, *, verify_signature: bool = Tru
         )
 
 
-def _joins_full(cap: int) -> MempoolRefusal:
+def _joins_full(cap: int) -> Refusal:
     return Refusal(
         f"the consortium holds at most {cap} pending join requests and has no room now; "
         "ask again once one is approved or expires",
@@ -248,7 +247,7 @@ class Mempool:
         return [p.tx for p in self._txs.values()]
 
     def add(self, tx: Transaction, state: ChainState, *, now_ms: int) -> bool:
-        """Admit ``tx``; False if already pending, MempoolRefusal if it cannot be held."""
+        """Admit ``tx``; False if already pending, Refusal if it cannot be held."""
         digest = tx.hash
         if digest in self._txs:
             return False
@@ -261,7 +260,7 @@ class Mempool:
             )
         try:
             precheck(state, tx)
-        except MempoolRefusal as refusal:
+        except Refusal as refusal:
             if refusal.code != "already_committed":
                 self._remember_rejected(digest, refusal.code)
             raise
@@ -334,7 +333,7 @@ class Mempool:
         for digest, pending in list(self._txs.items()):
             try:
                 precheck(state, pending.tx, verify_signature=False)
-            except MempoolRefusal as refusal:
+            except Refusal as refusal:
                 dropped.append((digest, refusal.code))
         self.remove(d for d, _ in dropped)
         for digest, code in dropped:
@@ -393,7 +392,7 @@ class MempoolService:
         self.pool.drop(tx_hash, code)
 
     def submit(self, tx: Transaction, *, seen: frozenset[str] = frozenset()) -> bool:
-        """Into the pool (MempoolRefusal if it cannot be held); gossiped when new.
+        """Into the pool (Refusal if it cannot be held); gossiped when new.
 
         ``seen``: tags (``peers.did_tag``) of members that hold it already, who are skipped.
         """
@@ -404,7 +403,7 @@ class MempoolService:
             # it a validator keeps the request to propose it, another node would only hold it
             relay = not self._join_relay.acquire("join")
             if not relay and member_role(state, self.did) != "validator":
-                raise MempoolRefusal(
+                raise Refusal(
                     "this node relays join requests at a bounded rate and is busy; retry in a "
                     "few seconds, or send the request to a validator's node",
                     code="join_relay_busy",

@@ -117,7 +117,6 @@ class PeerInfo:
 
 
 #: A peer did not answer usefully (``status`` 0: no answer): the one refusal type of the wire.
-PeerRequestError = Refusal
 
 
 @functools.lru_cache(maxsize=16)
@@ -246,7 +245,7 @@ class Peers:
         content_type: str = "application/json",
         seen: str | None = None,
     ) -> Any:
-        """Signed request; the parsed JSON answer of a 2xx, else PeerRequestError."""
+        """Signed request; the parsed JSON answer of a 2xx, else Refusal."""
         headers = {"Content-Type": content_type} if body is not None else {}
         if body is not None:
             headers[NODE_URL_HEADER] = self.own_url
@@ -271,27 +270,27 @@ class Peers:
             ) as response:
                 status = response.status
                 if (response.content_length or 0) > max_bytes:
-                    raise PeerRequestError(f"{url}: answer over {max_bytes} bytes")
+                    raise Refusal(f"{url}: answer over {max_bytes} bytes")
                 async for piece in response.content.iter_chunked(256 * 1024):
                     data += piece
                     if len(data) > max_bytes:
-                        raise PeerRequestError(f"{url}: answer over {max_bytes} bytes")
+                        raise Refusal(f"{url}: answer over {max_bytes} bytes")
         except TlsRefused as exc:
             log.warning("peer refused", extra=fields(peer=peer.url, reason=exc.reason))
-            raise PeerRequestError(exc.message, code=exc.reason) from exc
+            raise Refusal(exc.message, code=exc.reason) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PeerRequestError(f"{peer.url}{path}: {type(exc).__name__}: {exc}") from exc
+            raise Refusal(f"{peer.url}{path}: {type(exc).__name__}: {exc}") from exc
         self.trust.note_link(peer.url)
         try:
             payload = parse_json(bytes(data), max_bytes=max_bytes) if data else None
         except EncodingError as exc:
-            raise PeerRequestError(f"{peer.url}{path}: malformed answer: {exc.message}") from exc
+            raise Refusal(f"{peer.url}{path}: malformed answer: {exc.message}") from exc
         if not 200 <= status < 300:
             code, message = f"http_{status}", ""
             if isinstance(payload, dict):
                 code = str(payload.get("error", code))[:64]
                 message = str(payload.get("message", ""))[:300]
-            raise PeerRequestError(
+            raise Refusal(
                 f"{peer.url}{path}: {status} {code}: {message}",
                 status=status,
                 code=code,
@@ -311,7 +310,7 @@ class Peers:
         The same signed routes as ``blob_fetch.upload_blob`` (which a thread runs with a client
         of its own, and which asks where an upload stands first); False when the peer needs
         that resumable protocol instead (a partial upload of this blob there, or a chunk size
-        smaller than ``data``). Raises PeerRequestError when the peer cannot be reached.
+        smaller than ``data``). Raises Refusal when the peer cannot be reached.
         """
         size = len(data)
         params: dict[str, str | int] = {"size": size}
@@ -326,7 +325,7 @@ class Peers:
                 params=params,
                 content_type=octets,
             )
-        except PeerRequestError as exc:
+        except Refusal as exc:
             if exc.status in (400, 409):
                 return False
             raise
@@ -346,7 +345,7 @@ class Peers:
 
         True when the peer holds both now. False when it refused the pair (say its round is not
         open yet, or it is a node without the route): send the blob on its own then, and let
-        the transaction follow by gossip, as for any peer. Raises PeerRequestError when the
+        the transaction follow by gossip, as for any peer. Raises Refusal when the
         peer cannot be reached. Names every live peer as covered, as the author's
         ``broadcast`` would, so that the receivers relay it to no one.
         """
@@ -362,7 +361,7 @@ class Peers:
             return True  # taken as POST would; a refusal there is the peer's to log
         try:
             await self.request(peer, "POST", "/v1/updates", body=update.body(), seen=update.seen)
-        except PeerRequestError as exc:
+        except Refusal as exc:
             if 400 <= exc.status < 500:
                 log.debug("update pushed apart", extra=fields(peer=peer.url, reason=exc.message))
                 return False
@@ -380,7 +379,7 @@ class Peers:
         try:
             self.trust.before_send(peer.url)
         except TlsRefused as exc:
-            raise PeerRequestError(exc.message, code=exc.reason) from exc
+            raise Refusal(exc.message, code=exc.reason) from exc
 
     def blob_client(self, peer: PeerInfo) -> SignedClient:
         """A synchronous signed client for ``blob_fetch`` (run it in a thread), under the same
@@ -389,7 +388,7 @@ class Peers:
         try:
             verify = self.trust.httpx_verify(peer.url, peer.did)
         except BcflError as exc:
-            raise PeerRequestError(exc.message, code=getattr(exc, "reason", "unreachable")) from exc
+            raise Refusal(exc.message, code=getattr(exc, "reason", "unreachable")) from exc
         return SignedClient(self._key, peer.url + "/v1", retries=1, timeout=30.0, verify=verify)
 
     # --- push ----------------------------------------------------------------------------
@@ -463,7 +462,7 @@ class Peers:
         candidate = PeerInfo(url)
         try:
             status = await self.get(candidate, "/v1/status", timeout_s=3.0)
-        except PeerRequestError:
+        except Refusal:
             return
         finally:
             self._learning.discard(url)
@@ -485,7 +484,7 @@ class Peers:
                 continue
             try:
                 await self.request(peer, "POST", path, body=body, timeout_s=5.0, seen=seen)
-            except PeerRequestError as exc:
+            except Refusal as exc:
                 if exc.status == 0:
                     peer.error = exc.message
                 elif exc.status not in (409,):

@@ -38,9 +38,10 @@ from bcfl_cli.node.blob_service import BLOB_FETCH_TIMEOUT_S, blob_owners, refere
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.interfaces import BlobFetcher, BlobIndex, CommittingChain, Gossip, Worker
 from bcfl_cli.node.logging import fields
-from bcfl_cli.node.peers import PeerInfo, PeerRequestError
+from bcfl_cli.node.peers import PeerInfo
 from bcfl_cli.protocol.block import Block, CommitCertificate, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.wire.refusal import Refusal
 
 log = logging.getLogger("bcfl.node.sync")
 
@@ -208,7 +209,7 @@ class Syncer:
         async def one(peer: PeerInfo) -> None:
             try:
                 status = await self.gossip.get(peer, "/v1/status", timeout_s=3.0)
-            except PeerRequestError as exc:
+            except Refusal as exc:
                 peer.error = exc.message
                 return
             if not isinstance(status, dict):
@@ -266,7 +267,7 @@ class Syncer:
             if not isinstance(raw, list) or len(raw) > BLOCKS_PER_REQUEST:
                 raise EncodingError("blocks answer is not a list of at most 100 blocks")
             blocks = [Block.from_dict(b) for b in raw]
-        except (PeerRequestError, EncodingError, KeyError) as exc:
+        except (Refusal, EncodingError, KeyError) as exc:
             peer.error = str(exc)
             return 0
         ahead = [b for b in blocks if b.height >= start]
@@ -371,7 +372,7 @@ class Syncer:
         try:
             data = await self.gossip.get(peer, "/v1/blocks", params={"start": height, "limit": 1})
             theirs = Block.from_dict(data["blocks"][0])
-        except (PeerRequestError, EncodingError, KeyError, IndexError, TypeError):
+        except (Refusal, EncodingError, KeyError, IndexError, TypeError):
             return
         if theirs.height == height and theirs.hash != self.chain.head_hash_at(height):
             await self._conflict(peer, theirs)

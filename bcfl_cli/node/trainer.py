@@ -289,7 +289,7 @@ class AutoTrainer:
         try:
             await self.submit(tx, told)
         except BcflError as exc:
-            status = getattr(exc, "status", None)  # a Refusal and a MempoolRefusal carry one
+            status = getattr(exc, "status", None)  # a Refusal and a Refusal carry one
             if not isinstance(status, int) or not 400 <= status < 500:
                 raise  # the node could not judge it (down, overloaded): the next poll retries
             # the node judged it (round closed meanwhile, duplicate): retrying cannot help

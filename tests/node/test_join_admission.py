@@ -13,7 +13,7 @@ import pytest
 from bcfl_cli.chain import build_block
 from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.node.limits import JOIN_RELAY_BURST, JOIN_RELAY_RATE_PER_S
-from bcfl_cli.node.mempool import Mempool, MempoolRefusal, precheck
+from bcfl_cli.node.mempool import Mempool, precheck
 from bcfl_cli.node.round_driver import plan_block
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 from bcfl_cli.wire.refusal import Refusal
@@ -106,7 +106,7 @@ def test_a_busy_non_validator_refuses_joins_it_could_not_relay(
     for i in range(1, 41):
         try:
             local.node.pool.submit(join_tx(local.node.genesis_hash, i))
-        except MempoolRefusal as exc:
+        except Refusal as exc:
             codes.append((exc.code, exc.status))
     assert codes and set(codes) == {("join_relay_busy", 503)}
     assert len(local.node.mempool) == 40 - len(codes)
@@ -117,7 +117,7 @@ def test_pool_holds_no_more_joins_than_the_chain_has_room_for(chain: Chain) -> N
     joins = [join_tx(chain.state.chain_id, i) for i in range(1, 5)]
     for tx in joins[:3]:
         assert pool.add(tx, chain.state, now_ms=1)
-    with pytest.raises(MempoolRefusal) as info:
+    with pytest.raises(Refusal) as info:
         pool.add(joins[3], chain.state, now_ms=1)
     assert info.value.code == "join_requests_full" and info.value.status == 503
     pool.remove([joins[0].hash])  # a slot in the pool frees up
@@ -125,7 +125,7 @@ def test_pool_holds_no_more_joins_than_the_chain_has_room_for(chain: Chain) -> N
     # and a node-wide bound below the chain's room
     small = Mempool(max_joins=1)
     small.add(joins[0], chain.state, now_ms=1)
-    with pytest.raises(MempoolRefusal):
+    with pytest.raises(Refusal):
         small.add(joins[1], chain.state, now_ms=1)
 
 
@@ -146,7 +146,7 @@ def test_precheck_and_proposal_respect_the_cap_on_chain(chain: Chain) -> None:
     block = build_block(chain.state, chain.head, planned, key("alice"), time_ms=chain.now())
     chain.commit(block, chain.state.apply(block, proposal=True))
     assert len(chain.state.pending) == 3
-    with pytest.raises(MempoolRefusal) as info:
+    with pytest.raises(Refusal) as info:
         precheck(chain.state, joins[3])
     assert info.value.code == "join_requests_full"
     later = plan_block(
@@ -182,7 +182,7 @@ def test_one_join_per_applicant_and_per_name_in_pool_and_proposal(tmp_path: Path
         pool = Mempool()
         assert pool.add(same_key[0], chain.state, now_ms=1)
         for tx, code in ((same_key[1], "request_pending"), (same_name, "name_taken")):
-            with pytest.raises(MempoolRefusal) as info:
+            with pytest.raises(Refusal) as info:
                 pool.add(tx, chain.state, now_ms=1)
             assert info.value.code == code
         pool.remove([same_key[0].hash])

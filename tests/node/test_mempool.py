@@ -8,11 +8,12 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from bcfl_cli.node.mempool import Mempool, MempoolRefusal, precheck
+from bcfl_cli.node.mempool import Mempool, precheck
 from bcfl_cli.node.round_driver import build_proposal
 from bcfl_cli.protocol.block import Vote, VoteType
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from bcfl_cli.wire.refusal import Refusal
 from tests.node._chain_fixture import Chain, did, key, make_chain
 
 
@@ -70,7 +71,7 @@ def test_refuses_what_no_block_could_hold(chain: Chain, mangle: str, code: str) 
     else:
         tx = join(chain, name="alice")
     pool = Mempool()
-    with pytest.raises(MempoolRefusal) as info:
+    with pytest.raises(Refusal) as info:
         pool.add(tx, state, now_ms=1)
     assert info.value.code == code
     assert len(pool) == 0
@@ -81,7 +82,7 @@ def test_bounds_count_and_per_author(chain: Chain) -> None:
     pool = Mempool(max_txs=2)
     pool.add(join(chain, 1, "e1"), chain.state, now_ms=1)
     pool.add(join(chain, 2, "e2"), chain.state, now_ms=1)
-    with pytest.raises(MempoolRefusal) as info:
+    with pytest.raises(Refusal) as info:
         pool.add(join(chain, 3, "e3"), chain.state, now_ms=1)
     assert info.value.code == "mempool_full" and info.value.status == 503
 
@@ -89,7 +90,7 @@ def test_bounds_count_and_per_author(chain: Chain) -> None:
     first = chain.tx("alice", TxKind.REMOVE_MEMBER, {"member": did("bob"), "reason": "a"})
     second = chain.tx("alice", TxKind.REMOVE_MEMBER, {"member": did("carol"), "reason": "b"})
     pool.add(first, chain.state, now_ms=1)
-    with pytest.raises(MempoolRefusal) as info:
+    with pytest.raises(Refusal) as info:
         pool.add(second, chain.state, now_ms=1)
     assert info.value.code == "too_many_pending" and info.value.status == 429
 
@@ -102,7 +103,7 @@ def test_prune_forgets_committed_and_now_invalid(chain: Chain) -> None:
     pool.add(b, chain.state, now_ms=2)
     # same name: only one of the two can ever be admitted, so the pool holds one (issue 16)
     rival = join(chain, 3, "erin")
-    with pytest.raises(MempoolRefusal) as info:
+    with pytest.raises(Refusal) as info:
         pool.add(rival, chain.state, now_ms=3)
     assert info.value.code == "name_taken"
     # ... and when another node's pool had the rival and it is committed, b is dropped
@@ -127,7 +128,7 @@ def test_precheck_admits_a_founder_approval(chain: Chain) -> None:
     approve = chain.tx("bob", TxKind.APPROVE_MEMBER, {"member": who, "request": a.hash})
     precheck(chain.state, approve)
     wrong = chain.tx("bob", TxKind.APPROVE_MEMBER, {"member": who, "request": "00" * 32})
-    with pytest.raises(MempoolRefusal, match="no pending request"):
+    with pytest.raises(Refusal, match="no pending request"):
         precheck(chain.state, wrong)
 
 
@@ -151,7 +152,7 @@ def test_one_pending_evidence_per_offence(chain: Chain) -> None:
     assert pool.add(mine, chain.state, now_ms=1)
     assert pool.has_evidence((did("dave"), 7, 0, "prevote"))
     assert not pool.has_evidence((did("dave"), 7, 1, "prevote"))
-    with pytest.raises(MempoolRefusal) as info:
+    with pytest.raises(Refusal) as info:
         pool.add(theirs, chain.state, now_ms=2)
     assert (info.value.code, info.value.status) == ("duplicate_evidence", 409)
     block, after = build_proposal(
@@ -159,7 +160,7 @@ def test_one_pending_evidence_per_offence(chain: Chain) -> None:
     )
     chain.commit(block, after)
     assert dict(pool.prune(chain.state)) == {mine.hash: "already_committed"}
-    with pytest.raises(MempoolRefusal) as info:
+    with pytest.raises(Refusal) as info:
         Mempool().add(theirs, chain.state, now_ms=3)
     assert info.value.code == "duplicate_evidence"
 

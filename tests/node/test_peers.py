@@ -25,12 +25,12 @@ from bcfl_cli.node.peers import (
     MAX_SEEN_TAGS,
     PEER_CONNECTIONS,
     PeerInfo,
-    PeerRequestError,
     Peers,
     did_tag,
     parse_seen,
 )
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.wire.refusal import Refusal
 from bcfl_cli.wire.urls import normalise_url
 from tests.node._node_harness import served
 
@@ -166,7 +166,7 @@ def _lying_peer(port: int) -> Starlette:
 
 
 def test_the_peer_client_bounds_every_answer() -> None:
-    """Each bad answer is one PeerRequestError; a good one is parsed JSON."""
+    """Each bad answer is one Refusal; a good one is parsed JSON."""
 
     async def scenario() -> None:
         async with served(_lying_peer) as url:
@@ -174,25 +174,25 @@ def test_the_peer_client_bounds_every_answer() -> None:
             peer = peers.peers[url]
             try:
                 for path in ("/v1/big", "/v1/streamed"):
-                    with pytest.raises(PeerRequestError, match="answer over 1000 bytes"):
+                    with pytest.raises(Refusal, match="answer over 1000 bytes"):
                         await peers.get(peer, path, max_bytes=1000)
                     assert len(await peers.get(peer, path)) == 601
-                with pytest.raises(PeerRequestError, match="malformed answer"):
+                with pytest.raises(Refusal, match="malformed answer"):
                     await peers.get(peer, "/v1/gzipped")  # never inflated
-                with pytest.raises(PeerRequestError) as moved:
+                with pytest.raises(Refusal) as moved:
                     await peers.get(peer, "/v1/moved")  # never followed
                 assert moved.value.status == 307
-                with pytest.raises(PeerRequestError) as late:
+                with pytest.raises(Refusal) as late:
                     await peers.get(peer, "/v1/slow", timeout_s=0.3)
                 assert late.value.status == 0 and "Timeout" in late.value.message
-                with pytest.raises(PeerRequestError) as refused:
+                with pytest.raises(Refusal) as refused:
                     await peers.get(peer, "/v1/refused")
                 assert (refused.value.status, refused.value.code) == (403, "not_member")
                 echoed = await peers.post(peer, "/v1/echo", {"a": 1}, params={"size": 5})
                 assert echoed == {"query": "size=5", "signed": True, "body": '{"a":1}'}
             finally:
                 await peers.close()
-        with pytest.raises(PeerRequestError) as gone:  # the server is down now
+        with pytest.raises(Refusal) as gone:  # the server is down now
             await peers.get(peer, "/v1/echo")
         assert gone.value.status == 0
         await peers.close()

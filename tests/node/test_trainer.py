@@ -94,10 +94,10 @@ def test_refusal_by_the_node_stops_retrying_that_round(local: LocalNode) -> None
     calls: list[str] = []
 
     async def refuse(tx: Transaction, told: frozenset[str]) -> object:
-        from bcfl_cli.node.mempool import MempoolRefusal
+        from bcfl_cli.wire.refusal import Refusal
 
         calls.append(tx.hash)
-        raise MempoolRefusal("already sent", code="duplicate_update", status=409)
+        raise Refusal("already sent", code="duplicate_update", status=409)
 
     trainer = _trainer(local)
     trainer.submit = refuse
