@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 WHEELS := $(wildcard /opt/wheels)
 PIP_FLAGS := $(if $(WHEELS),--find-links $(WHEELS),)
 
-.PHONY: demo walkthrough test lint browser bench clean
+.PHONY: demo walkthrough test lint browser postgres bench clean
 
 $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH"; exit 2; }
@@ -29,8 +29,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check bcfl_cli tests bench
 	$(BIN)/mypy --strict bcfl_cli
 
-test: lint browser
-	$(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+# Debian puts PostgreSQL's binaries outside PATH (/usr/lib/postgresql/VERSION/bin).
+PG_PATH = $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tr '\n' ':')
+
+test: lint browser postgres
+	PATH="$(PG_PATH)$$PATH" $(BIN)/pytest -q -m "not slow" -p no:cacheprovider
 
 # The system browser the explorer's browser test drives (Debian's chromium; Playwright never
 # downloads one). Installed where make runs as root (CI); elsewhere the test says it is skipped.
@@ -38,6 +41,17 @@ browser:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] \
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		|| echo "no chromium: tests/faults/test_explorer_browser.py will be skipped"
+
+# PostgreSQL's server binaries (initdb, pg_ctl) for the PostgreSQL half of the store suite:
+# tests/store_backends.py starts a throwaway server with them, as an unprivileged user, and stops
+# it. Installed (Debian's postgresql) where make runs as root (CI); elsewhere the tests say they
+# are skipped, except with CI set, where they fail. BCFL_TEST_POSTGRES_URL names a server instead.
+postgres:
+	@{ command -v initdb && command -v pg_ctl; } >/dev/null \
+		|| ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+		|| { [ "$$(id -u)" = 0 ] && apt-get update -qq \
+			&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+		|| echo "no PostgreSQL binaries: the PostgreSQL store tests will be skipped"
 
 # Benchmarks (bench/README.md): every bench in its quick mode, with ratios to its baseline.
 bench: $(BIN)/.installed

@@ -13,6 +13,7 @@ traceback). Subclasses name the area so callers can catch narrowly::
      │    └── BlobError      a missing, oversized or corrupt content-addressed blob
      ├── VerificationError   the chain breaks a rule of docs/PROTOCOL.md
      ├── ContractError       an update breaks the consortium's contract
+     ├── AppError            the model app: missing, not the one the genesis pins, or failing
      └── NodeError           talking to peers
 """
 
@@ -88,6 +89,11 @@ class ContractError(BcflError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+
+
+class AppError(BcflError):
+    """The consortium's model app cannot be used: not installed, not matching the genesis pin
+    (the message names the files that differ), or failing in its own code."""
 
 
 class NodeError(BcflError):

@@ -3,7 +3,9 @@
 Layout::
 
     HOME/identity.key      encrypted Ed25519 key (0600)
-    HOME/chain.sqlite      the ledger (SQLite, WAL)
+    HOME/chain.sqlite      the ledger (SQLite, WAL), unless HOME/store.url names another
+    HOME/store.url         the ledger's SQLAlchemy URL when it is not chain.sqlite (0600: it may
+                           hold a database password); written by ``--store-url``
     HOME/pin.json          the genesis and highest verified head, outside the ledger
     HOME/blobs/ab/ab...    content-addressed tensors
     HOME/node/             node state (vote guard, peers, logs)
@@ -48,8 +50,26 @@ class Home:
         return self.root / "chain.sqlite"
 
     @property
+    def store_url_file(self) -> Path:
+        return self.root / "store.url"
+
+    @property
     def store_url(self) -> str:
-        return f"sqlite:///{self.store_file}"
+        """The URL recorded in ``store.url`` (e.g. PostgreSQL), else the home's SQLite file.
+
+        Read on each use, so that a command finds the store an earlier one recorded; checked
+        and recorded by ``bcfl_cli.store.location``.
+        """
+        try:
+            recorded = self.store_url_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            recorded = ""
+        return recorded or f"sqlite:///{self.store_file}"
+
+    @property
+    def has_ledger(self) -> bool:
+        """Whether this home has (or names) a ledger: its SQLite file, or a recorded URL."""
+        return self.store_file.exists() or self.store_url_file.exists()
 
     @property
     def pin_file(self) -> Path:

@@ -17,6 +17,11 @@ FedAvg weighted by samples, scored on ``sample_data/digits-test.csv``:
     once and keeps them in a module-level cache (a ``ClientApp`` closure is rebuilt for every
     message inside the actors, so a dict it captures never keeps anything); every actor writes
     its cache loads and hits to a per-pid file and the bench prints their sums;
+(b') Flower 1.42's deployment engine (bench/flower_deploy.py): one ``flower-superlink`` and N
+    ``flower-supernode`` processes on 127.0.0.1 (insecure mode), the same ClientApp and
+    ServerApp (bench/flower_job.py, packaged in bench/flower_app) submitted with ``flwr run``;
+    timed as (b). Its SuperNodes start one ``flwr-clientapp`` process per message, so its
+    cache counters show one load per client call (``--no-deployment`` skips it);
 (c) bcfl: one real ``bcfl node --train`` process per member on loopback, full BFT consensus,
     signed transactions, contract checks and the aggregate recomputed by every validator; the
     per-round time is the interval between committed aggregates as the first node logs them.
@@ -109,16 +114,13 @@ def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: flo
     """Runs inside the child: the Flower ServerApp/ClientApp pair through run_simulation."""
     import logging
 
-    import torch
-    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import Context, Message
     from flwr.clientapp import ClientApp
     from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from bcfl_cli.fl.models import initial_state
-    from bcfl_cli.fl.training import evaluate, train_local
-    from bench.common import round_seed
+    from bcfl_cli.fl.training import evaluate
+    from bench.flower_job import serve, train_reply
 
     logging.getLogger("flwr").setLevel(logging.WARNING)
     counter_dir = out.parent / "counters"
@@ -128,32 +130,7 @@ def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: flo
 
     @client.train()  # type: ignore[misc]
     def train(msg: Message, context: Context) -> Message:
-        # This closure runs in Ray actors, where the script is not ``__main__``: reach the
-        # cache through the imported module, whose globals live as long as the actor.
-        import bench.flower_compare as bench_module
-
-        started = time.time()
-        torch.set_num_threads(1)
-        data = bench_module.cached_members(members)
-        bench_module.record_training(counter_dir, started)
-        pid = int(context.node_config["partition-id"])
-        state = msg.content["arrays"].to_torch_state_dict()
-        server_round = int(msg.content["config"]["server-round"])
-        result = train_local(
-            DIGITS_MLP,
-            PLAN,
-            state,
-            data[pid],
-            seed=round_seed(seed, pid, server_round),
-        )
-        new = {k: (state[k] + result.delta[k]).contiguous() for k in state}
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord(new),
-                "metrics": MetricRecord({"num-examples": result.num_samples}),
-            }
-        )
-        return Message(content=content, reply_to=msg)
+        return train_reply(msg, context, members, seed, counter_dir)
 
     server = ServerApp()
     stamps: list[float] = []
@@ -161,24 +138,8 @@ def _flower_child(members: int, rounds: int, seed: int, out: Path, launched: flo
 
     @server.main()  # type: ignore[misc]
     def main(grid: Grid, context: Context) -> None:
-        strategy = FedAvg(
-            fraction_train=1.0,
-            fraction_evaluate=0.0,
-            min_train_nodes=members,
-            min_available_nodes=members,
-        )
-
-        def stamp(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-            stamps.append(time.time())
-            return None
-
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(initial_state(DIGITS_MLP)),
-            num_rounds=rounds,
-            evaluate_fn=stamp,
-        )
-        final["state"] = result.arrays.to_torch_state_dict()
+        run_stamps, final["state"] = serve(grid, members, rounds)
+        stamps.extend(run_stamps)
 
     run_simulation(
         server_app=server,
@@ -294,6 +255,7 @@ def run(
     seed: int = 0,
     flower: str | None = None,
     nodes: bool = True,
+    deployment: bool = True,
     quiet: bool = False,
 ) -> Report:
     report = Report(
@@ -313,6 +275,7 @@ def run(
             "round s (median)",
             "x plain",
             "x Flower",
+            "x Flower deploy",
             "accuracy",
             "total s",
             "data loads",
@@ -334,6 +297,13 @@ def run(
         log(f"(b) Flower simulation ({python}) ...", quiet=quiet)
         flower_run = run_flower(python, members, rounds, seed, quiet=quiet)
         runs.append(flower_run)
+    deploy_run: FedRun | None = None
+    if python is not None and deployment:
+        from bench.flower_deploy import run_flower_deployment
+
+        log(f"(b') Flower deployment engine, {members} SuperNodes ...", quiet=quiet)
+        deploy_run = run_flower_deployment(python, members, rounds, seed, quiet=quiet)
+        runs.append(deploy_run)
     if nodes:
         log("(c) bcfl nodes ...", quiet=quiet)
         node_run = run_nodes(DIGITS_MLP, PLAN, members, rounds, test=test, quiet=quiet)
@@ -351,6 +321,9 @@ def run(
                 "x plain": ratio(r.median_round_s, plain),
                 "x Flower": ratio(r.median_round_s, flower_run.median_round_s)
                 if flower_run
+                else None,
+                "x Flower deploy": ratio(r.median_round_s, deploy_run.median_round_s)
+                if deploy_run
                 else None,
                 "accuracy": r.accuracy,
                 "total s": r.total_s,
@@ -373,6 +346,15 @@ def run(
             f"{flower_run.extra['actor_processes']} actor processes "
             f"({members * rounds} client calls)"
         )
+    if deploy_run is not None:
+        report.notes.append(
+            f"Flower deployment data cache: {deploy_run.extra['cache_loads']} loads, "
+            f"{deploy_run.extra['cache_hits']} hits over "
+            f"{deploy_run.extra['actor_processes']} ClientApp processes "
+            f"({members * rounds} client calls; Flower 1.42's SuperNode starts one "
+            "flwr-clientapp process per message, so a per-process cache cannot hit); "
+            f"{deploy_run.extra['killed_at_stop']} processes needed SIGKILL at the end"
+        )
     return report
 
 
@@ -383,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--flower-python", help="a Python with flwr[simulation] installed")
     parser.add_argument("--no-nodes", action="store_true", help="skip the bcfl node arm")
+    parser.add_argument(
+        "--no-deployment", action="store_true", help="skip Flower's deployment-engine arm"
+    )
     parser.add_argument("--flower-child", type=Path, help=argparse_hidden())
     parser.add_argument("--launched", type=float, help=argparse_hidden())
     args = parser.parse_args(argv)
@@ -398,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         flower=args.flower_python,
         nodes=not args.no_nodes,
+        deployment=not args.no_deployment,
         quiet=args.json,
     )
     emit(report, as_json=args.json)

@@ -11,6 +11,9 @@ import pytest
 from bcfl_cli.home import Home
 from bcfl_cli.identity import Identity, generate_identity
 
+#: ``store_backend``, ``postgres_url``: the ledger's two backends (SQLite, PostgreSQL).
+pytest_plugins = ["tests.store_backends"]
+
 #: The passphrase of every identity made by ``make_home``.
 PASSPHRASE = b"correct horse battery staple"
 

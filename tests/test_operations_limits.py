@@ -26,13 +26,17 @@ import pytest
 import typer
 
 import bcfl_cli.node.app as node_app
+from bcfl_cli.apps import manifest as app_manifest
+from bcfl_cli.apps import runner as app_runner
 from bcfl_cli.chain import config as chain_config
 from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
 from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
 from bcfl_cli.client import transport as client
-from bcfl_cli.fl import tensors
+from bcfl_cli.fl import data, tensors
+from bcfl_cli.fl.loaders import _checks as loader_checks
+from bcfl_cli.fl.loaders import images
 from bcfl_cli.identity import tls_cert
 from bcfl_cli.node import (
     auth,
@@ -50,12 +54,12 @@ from bcfl_cli.node import (
 )
 from bcfl_cli.node import tls as node_tls
 from bcfl_cli.node.explorer import routes as explorer_routes
-from bcfl_cli.protocol import block, encoding, spec, tx
+from bcfl_cli.protocol import block, encoding, spec, tx, txbodies
 from bcfl_cli.provenance import bundle
 from bcfl_cli.simulation import network as sim_network
 from bcfl_cli.simulation import options as sim_options
 from bcfl_cli.simulation import shared_checks, simulator
-from bcfl_cli.store import pin
+from bcfl_cli.store import backends, pin
 from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
@@ -205,6 +209,12 @@ def _bound(model: Any, name: str, kind: str) -> Any:
 def _consortium_key(name: str) -> str:
     assert name in chain_config.OPTIONAL_CONSORTIUM_KEYS, f"no consortium key {name}"
     return name
+
+
+def tx_metrics_cap() -> int:
+    """The most metrics an update transaction carries (``protocol/txbodies.py``'s schema)."""
+    names = {f"m{i}": "1" for i in range(64)}
+    return max(n for n in range(65) if txbodies._metrics(dict(list(names.items())[:n])))
 
 
 @cache
@@ -372,6 +382,7 @@ def _bindings() -> dict[str, list[str]]:
             f"at most {s(node_tls.PREFETCH_TIMEOUT_S)}",
         ],
         "TLS key file (`tls.key`, `tls.next.key`)": [kib(tls_cert.MAX_TLS_KEY_FILE_BYTES)],
+        "PostgreSQL connection attempt (`--store-url`)": [s(backends.POSTGRES_CONNECT_TIMEOUT_S)],
         "`verify-chain --against` requests": [
             f"{_n(compare.COMPARE_MAX_REQUESTS)} at most",
             f"{s(compare.COMPARE_TIMEOUT_S)} each",
@@ -394,6 +405,15 @@ def _bindings() -> dict[str, list[str]]:
             f"every {s(ms_to_s(_explorer_js_const('POLL_MS')))}",
             f"backing off to {s(ms_to_s(_explorer_js_const('MAX_BACKOFF_MS')))}",
         ],
+        "model app source (what the genesis pins)": [
+            f"{_n(spec.MAX_APP_FILES)} files",
+            f"{mib(app_manifest.MAX_APP_SOURCE_BYTES)} in all",
+            f"at most {_n(spec.MAX_APP_PATH_CHARS)} characters",
+        ],
+        "metrics a model app reports per update": [
+            f"{_n(app_runner.MAX_APP_METRICS)} names",
+            f"the update holds {_n(tx_metrics_cap())}",
+        ],
         "`bcfl simulate` run": [
             f"{_n(sim_options.MAX_SIM_MEMBERS)} members",
             f"{_n(sim_network.MAX_EVENTS)} events",
@@ -406,6 +426,14 @@ def _bindings() -> dict[str, list[str]]:
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",
             f"{_n(proof_low)}-{_n(proof_high)} blocks with 4 validators",
+        ],
+        "a member's local data file (CSV, `.npz`, Parquet)": [
+            f"{mib(loader_checks.MAX_DATA_BYTES)} and {_n(data.MAX_ROWS)} rows",
+        ],
+        "a member's folder of images by class": [
+            f"{_n(images.MAX_IMAGE_FILES)} images",
+            f"{mib(images.MAX_IMAGE_BYTES)} a file",
+            f"{_n(images.MAX_IMAGE_PIXELS)} pixels an image",
         ],
     }
 

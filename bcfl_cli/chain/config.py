@@ -21,7 +21,15 @@ from pydantic import ValidationError
 from bcfl_cli.errors import EncodingError, VerificationError
 from bcfl_cli.protocol.crypto import Domain, is_did, public_key_from_did, verify_digest
 from bcfl_cli.protocol.encoding import canonical, is_hash_hex
-from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
+from bcfl_cli.protocol.spec import (
+    MODEL_SECTION,
+    MODEL_SECTION_TAGS,
+    AggregationSpec,
+    AppModelSpec,
+    ContractRules,
+    ModelSpec,
+    TrainingPlan,
+)
 from bcfl_cli.protocol.tx import PROTOCOL_VERSION, ROLES
 
 DOCUMENT_KEYS = frozenset(
@@ -75,7 +83,7 @@ class GenesisConfig:
     admission_approvals: int
     removal_approvals: int
     members: tuple[GenesisMember, ...]
-    model: ModelSpec
+    model: ModelSpec | AppModelSpec
     training: TrainingPlan
     contract: ContractRules
     aggregation: AggregationSpec
@@ -189,14 +197,16 @@ def parse_document(document: Any) -> GenesisConfig:
     if not isinstance(aggregation, dict) or not isinstance(aggregation.get("rule"), str):
         raise _bad("aggregation must be an object with a rule")
     try:
-        model = ModelSpec.model_validate(document["model"])
+        model = MODEL_SECTION.validate_python(document["model"])
         training = TrainingPlan.model_validate(document["training"])
         contract = ContractRules.model_validate(document["contract"])
         agg = AggregationSpec.model_validate(aggregation)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = ".".join(str(p) for p in first["loc"] if p not in MODEL_SECTION_TAGS)
         raise _bad(f"{where}: {first['msg']}") from exc
+    if isinstance(model, AppModelSpec) and model.app.initial_model != document["initial_model"]:
+        raise _bad("model.app.initial_model must equal initial_model")
     return GenesisConfig(
         name=name,
         admission_approvals=_positive_int(

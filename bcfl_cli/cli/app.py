@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model_cmd",
     "train_cmd",
     "data_cmd",
+    "app_cmd",
     "chain_cmds",
     "demo_cmd",
     "simulate_cmd",

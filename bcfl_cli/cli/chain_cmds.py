@@ -36,6 +36,8 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl verify-chain --home homes/alice",
             "bcfl verify-chain --deep --json --home homes/alice",
+            "bcfl verify-chain --home homes/alice "
+            "--store-url postgresql+psycopg://alice@db.example.org/bcfl",
         ),
     )(verify_chain_cmd)
     app.command("log", epilog=examples("bcfl log --limit 20 --home homes/alice"))(log_cmd)
@@ -93,6 +95,16 @@ def verify_chain_cmd(
         ),
     ] = False,
     as_json: JsonOption = False,
+    store_url: Annotated[
+        str | None,
+        typer.Option(
+            "--store-url",
+            metavar="URL",
+            help="Verify the ledger in this database (SQLite or PostgreSQL URL) instead of the "
+            "home's own, with the home's blobs and anchors; not recorded in the home.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Re-derive the whole chain from its genesis and check it against the anchors you hold.
 
@@ -106,7 +118,7 @@ def verify_chain_cmd(
         from bcfl_cli.node.compare import compare_with_peer
 
         after = functools.partial(compare_with_peer, against)
-    with Ledger.open(member_home) as ledger:
+    with Ledger.open(member_home, store_url) as ledger:
         checks = _deep_checks(ledger) if deep else None
         with _progress(enabled=not as_json and ledger.height >= PROGRESS_MIN_BLOCKS) as update:
             report = verify_anchored(

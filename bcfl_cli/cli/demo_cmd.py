@@ -54,6 +54,17 @@ def demo(
             help="Seed every member's training, for a reproducible run (default: random).",
         ),
     ] = None,
+    app: Annotated[
+        Path | None,
+        typer.Option(
+            "--app",
+            metavar="FOLDER",
+            file_okay=False,
+            exists=True,
+            help="Train the model app in FOLDER (pinned in the genesis; every node imports it "
+            "from there) instead of the builtin model for --dataset.",
+        ),
+    ] = None,
     tls: Annotated[
         bool,
         typer.Option(
@@ -80,6 +91,7 @@ def demo(
         rule=rule,
         keep=keep,
         seed=seed,
+        app=app,
         tls=tls,
     )
     options.check()
@@ -111,6 +123,7 @@ def register(app: typer.Typer) -> None:
             "bcfl demo",
             "bcfl demo --members 10 --attackers 3 --attack ipm --rule cosine_trajectory",
             "bcfl demo --seed 7 --json",
+            "bcfl demo --app my_app --rounds 5",
             "bcfl demo --tls --rounds 5",
         ),
     )(demo)

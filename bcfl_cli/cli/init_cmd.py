@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption, examples
-from bcfl_cli.consortium.example import example_text, filled_example
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, JsonOption, StoreUrlOption, examples
+from bcfl_cli.consortium.example import example_text, filled_example, with_model_section
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import read_public_identity
+from bcfl_cli.store.location import redact
 
 if TYPE_CHECKING:
     from bcfl_cli.consortium.setup import InitResult
@@ -33,6 +34,7 @@ def _result_json(result: InitResult) -> dict[str, Any]:
         "initial_model": result.initial_model,
         "time": header.time,
         "home": str(result.home.root),
+        "store": redact(result.home.store_url),
         "local_member": result.local_member,
         "members": [m.to_document() for m in result.config.members],
         "warnings": result.warnings,
@@ -62,13 +64,21 @@ def init(
             "only suits a consortium with one founder.",
         ),
     ] = None,
+    app: AppFolderOption = None,
+    store_url: StoreUrlOption = None,
 ) -> None:
-    """Create the genesis block from CONSORTIUM.toml; its hash is the consortium's identity."""
+    """Create the genesis block from CONSORTIUM.toml; its hash is the consortium's identity.
+
+    A file that pins a model app needs that app installed (or --app FOLDER), matching its pin:
+    its initial weights go into the genesis.
+    """
     # Imported here: building the initial model needs torch, which every other command
     # (keygen, identity show, --help) would otherwise pay for at start-up.
     from bcfl_cli.consortium.setup import init_consortium
 
-    result = init_consortium(Home.resolve(home), config_file, time_ms=time_ms)
+    result = init_consortium(
+        Home.resolve(home), config_file, time_ms=time_ms, store_url=store_url, app_folder=app
+    )
     for warning in result.warnings:
         render.warn(warning)
     if json_out:
@@ -80,10 +90,11 @@ def init(
         [
             ("genesis hash", result.genesis_hash),
             ("genesis time", _time_text(result.genesis.header.time)),
-            ("model", f"{config.model.architecture} {config.model.input_shape}"),
+            ("model", render.model_text(config.model)),
             ("initial model", result.initial_model),
             ("aggregation", config.aggregation.rule),
             ("home", str(result.home.root)),
+            ("ledger", redact(result.home.store_url)),
         ],
     )
     render.print_table(
@@ -126,7 +137,8 @@ def _parse_member(spec: str) -> tuple[str, str]:
     "example",
     epilog=examples(
         "bcfl consortium example --member alice=homes/alice --member bob=homes/bob "
-        "--out consortium.toml"
+        "--out consortium.toml",
+        "bcfl consortium example --app my_app --member alice=homes/alice --out consortium.toml",
     ),
 )
 def example(
@@ -143,9 +155,23 @@ def example(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite FILE if it exists.")] = False,
+    app: Annotated[
+        Path | None,
+        typer.Option(
+            "--app",
+            metavar="FOLDER",
+            file_okay=False,
+            help="Pin the model app in FOLDER (its pyproject.toml's [tool.bcfl.app]) instead "
+            "of a builtin model: entry point, source manifest, config, initial weights' hash.",
+        ),
+    ] = None,
 ) -> None:
     """Print the commented example consortium file, optionally filled with real members."""
     text = filled_example([_parse_member(m) for m in member]) if member else example_text()
+    if app is not None:
+        from bcfl_cli.apps.project import pin_for, pin_toml, read_project  # imports the app
+
+        text = with_model_section(text, pin_toml(pin_for(read_project(app))))
     if out is None:
         typer.echo(text, nl=False)
         return
@@ -161,6 +187,8 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl init consortium.toml --home homes/alice",
             "bcfl init consortium.toml --time-ms 1767225600000 --home homes/bob",
+            "bcfl init consortium.toml --home homes/alice "
+            "--store-url postgresql+psycopg://alice@db.example.org/bcfl",
         ),
     )(init)
     app.add_typer(consortium_app)

@@ -9,7 +9,7 @@ import typer
 
 from bcfl_cli.cli import render
 from bcfl_cli.cli.identity_cmd import PassphraseFileOption
-from bcfl_cli.cli.options import HomeOption, JsonOption, examples
+from bcfl_cli.cli.options import HomeOption, JsonOption, StoreUrlOption, examples
 from bcfl_cli.cli.submit_cmd import transfer_progress
 from bcfl_cli.client import (
     JoinOutcome,
@@ -23,6 +23,7 @@ from bcfl_cli.client import (
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import load_identity, passphrase_from
+from bcfl_cli.store.location import record_store_url
 
 
 def _show_genesis(remote: RemoteGenesis) -> None:
@@ -33,7 +34,7 @@ def _show_genesis(remote: RemoteGenesis) -> None:
             ("genesis hash", remote.hash),
             ("served by", remote.url),
             ("members", ", ".join(sorted(m.name for m in state.members.values()))),
-            ("model", f"{state.config.model.architecture} {list(state.config.model.input_shape)}"),
+            ("model", render.model_text(state.config.model)),
             ("rounds", state.config.training.rounds),
             ("admission", f"{state.config.admission_approvals} validator approvals"),
         ],
@@ -112,11 +113,14 @@ def join(
     passphrase_file: PassphraseFileOption = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
+    store_url: StoreUrlOption = None,
 ) -> None:
     """Pin the consortium's genesis from URL and send a signed join request to that node."""
     wanted = parse_roles(roles)
     chosen_power = power if power is not None else (1 if "validator" in wanted else 0)
     member_home = Home.resolve(home)
+    if store_url is not None:
+        record_store_url(member_home, store_url)  # the ledger the join creates goes there
     identity = load_identity(member_home, passphrase_from(passphrase_file, confirm=False))
     with NodeApi(url, identity.signing_key, tls_pin=tls_fingerprint) as api:
         remote = fetch_genesis(api)
@@ -146,6 +150,8 @@ def register(app: typer.Typer) -> None:
         "join",
         epilog=examples(
             "bcfl join http://node.partner.example:7420 --genesis-hash HASH --roles trainer "
-            "--home homes/erin"
+            "--home homes/erin",
+            "bcfl join http://node.partner.example:7420 --genesis-hash HASH --home homes/erin "
+            "--store-url postgresql+psycopg://erin@db.example.org/bcfl",
         ),
     )(join)

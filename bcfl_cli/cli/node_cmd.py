@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bcfl_cli.cli.options import HomeOption, examples
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, StoreUrlOption, examples
 from bcfl_cli.errors import UsageError
 from bcfl_cli.home import Home
 
@@ -124,11 +124,12 @@ def node(
         typer.Option(
             "--train",
             metavar="PART.csv",
-            help="Train on this CSV and submit an update in every round.",
+            help="Train on this data (a CSV, or what the consortium's model app loads) and "
+            "submit an update in every round.",
             exists=True,
-            dir_okay=False,
         ),
     ] = None,
+    app: AppFolderOption = None,
     attack: Annotated[
         str | None,
         typer.Option("--attack", hidden=True, help="Simulated attack (demo and tests only)."),
@@ -219,6 +220,7 @@ def node(
             ),
         ),
     ] = False,
+    store_url: StoreUrlOption = None,
 ) -> None:
     """Run this member's peer: sync, consensus, blob transfer and the training rounds."""
     from bcfl_cli.consensus.messages import TimeoutConfig
@@ -233,6 +235,14 @@ def node(
     host, port = _split_listen(listen)
     retention_s = parse_retention(blob_retention)
     advertised_authorities(host, port, advertise)  # a wildcard needs a name, before the key
+    if store_url is not None:
+        from bcfl_cli.store.ledger import use_store_url
+
+        use_store_url(resolved, store_url)
+    if train is not None:
+        from bcfl_cli.node.trainer import check_app_at_start
+
+        check_app_at_start(resolved, app)  # a missing or changed app stops the node here
     identity = load_identity(resolved, passphrase_from(passphrase_file, confirm=False))
     setup_logging(
         json_lines=log_json,
@@ -252,6 +262,7 @@ def node(
         train=train,
         attack=attack,
         train_seed=train_seed,
+        app=app,
         blob_retention_s=retention_s,
         blob_quota_bytes=None if blob_quota_mib is None else blob_quota_mib * 1024 * 1024,
         tls=TlsOptions(
@@ -307,5 +318,6 @@ def register(app: typer.Typer) -> None:
             "bcfl node --home homes/alice --train parts/member-01.csv --log-json",
             "bcfl node --home homes/alice --tls --listen 0.0.0.0:7420"
             " --advertise https://alice.example:7420 --peer https://bob.example:7420",
+            "bcfl node --home homes/alice --store-url postgresql+psycopg://alice@db.example.org/bcfl",
         ),
     )(node)

@@ -16,7 +16,31 @@ HomeOption = Annotated[
         show_default=False,
     ),
 ]
+StoreUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store-url",
+        metavar="URL",
+        help="Keep the ledger in this PostgreSQL database (a SQLAlchemy URL, see the "
+        "examples) instead of HOME/chain.sqlite; keep its password in ~/.pgpass, not in the "
+        "URL. Recorded in the home: later commands find it.",
+        show_default=False,
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+AppFolderOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--app",
+        metavar="FOLDER",
+        help="Import the consortium's model app from FOLDER (on the import path for this load "
+        "only) instead of the installed packages; checked against the genesis pin either way. "
+        "Not needed for the builtin models.",
+        envvar="BCFL_APP",
+        file_okay=False,
+        show_default=False,
+    ),
+]
 
 
 def examples(*lines: str) -> str:

@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.markup import escape
@@ -39,6 +39,14 @@ def print_json(obj: Any) -> None:
     """Machine-readable output: stable key order, two-space indent, one document on stdout."""
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+def model_text(model: Any) -> str:
+    """One line for a genesis' model section: the builtin architecture or the pinned app."""
+    app = getattr(model, "app", None)
+    if app is not None:
+        return f"app {app.entry_point} (manifest {app.manifest[:16]}...)"
+    return f"{model.architecture} {list(model.input_shape)}"
 
 
 def print_kv(title: str | None, rows: Iterable[tuple[str, Any]]) -> None:
@@ -119,3 +127,41 @@ def progress_bar(description: str, *, enabled: bool = True) -> Iterator[Callable
     ) as bar:
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+class StepUpdate(Protocol):
+    """``update(step, total, loss=None)``: the shape of ``fl.training.StepReport``."""
+
+    def __call__(self, step: int, total: int, /, loss: float | None = None) -> None: ...
+
+
+@contextmanager
+def training_bar(*, enabled: bool = True) -> Iterator[StepUpdate]:
+    """``bcfl train``'s bar: steps done of the round's total and the recent mean loss; yields
+    ``update(step, total, loss=None)``. Silent when disabled (--json) or stderr is no
+    terminal."""
+
+    def silent(step: int, total: int, /, loss: float | None = None) -> None:
+        return None
+
+    if not enabled or not sys.stderr.isatty():
+        yield silent
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        "[bold]training",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        console=err_console(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("training", total=None, loss="-")
+
+        def update(step: int, total: int, /, loss: float | None = None) -> None:
+            shown = "-" if loss is None else f"{loss:.4f}"  # None: no loss formed (DP-SGD)
+            bar.update(task, completed=step, total=total or None, loss=shown)
+
+        yield update

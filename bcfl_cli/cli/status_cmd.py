@@ -178,11 +178,7 @@ def status(
         with NodeApi(node_url(member_home, node), home=member_home) as api:
             data = node_status(api)
     except NodeError as exc:
-        if (
-            node
-            or not member_home.store_file.exists()
-            or (isinstance(exc, Refusal) and exc.answered)
-        ):
+        if node or not member_home.has_ledger or (isinstance(exc, Refusal) and exc.answered):
             raise
         # this member's node is down: say so, and show what its own ledger holds
         render.warn(f"{exc.message}; showing this home's ledger instead")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bcfl_cli.cli import render
-from bcfl_cli.cli.options import HomeOption, JsonOption, examples
+from bcfl_cli.cli.options import AppFolderOption, HomeOption, JsonOption, examples
 from bcfl_cli.cli.submit_cmd import render_plan_finished
 from bcfl_cli.errors import PlanFinished
 from bcfl_cli.home import Home
@@ -20,9 +20,9 @@ def train(
         typer.Option(
             "--data",
             metavar="PART.csv",
-            help="This member's data: CSV with the genesis label column and numeric features.",
+            help="This member's data: CSV with the genesis label column and numeric features, "
+            "or what the consortium's model app loads (a file or a folder).",
             exists=True,
-            dir_okay=False,
             readable=True,
         ),
     ],
@@ -53,12 +53,14 @@ def train(
     device: Annotated[
         str | None,
         typer.Option(
-            "--device", help="cpu or cuda[:N] (default: $BCFL_DEVICE, else CUDA if present)."
+            "--device",
+            help="cpu, cuda[:N] or auto (default: $BCFL_DEVICE, else auto: CUDA if present).",
         ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Overwrite an existing update file.")
     ] = False,
+    app: AppFolderOption = None,
     home: HomeOption = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -70,16 +72,17 @@ def train(
     from bcfl_cli.training.local_round import train_for_round  # torch loads only when needed
 
     try:
-        with render.progress_bar("training", enabled=not json_out) as progress:
+        with render.training_bar(enabled=not json_out) as on_step:
             update = train_for_round(
                 Home.resolve(home),
                 data,
                 round=round,
                 out=out,
                 seed=seed,
-                progress=progress,
+                on_step=on_step,
                 device=device,
                 force=force,
+                app_folder=app,
             )
     except PlanFinished as finished:  # exit 0: nothing to train is not a failure
         render_plan_finished(finished, json_out=json_out)
@@ -113,5 +116,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl train --home homes/alice --data parts/member-01.csv",
             "bcfl train --home homes/alice --data parts/member-01.csv --seed 7 --json",
+            "bcfl train --home homes/alice --data parts/member-01.csv --device cuda",
+            "bcfl train --home homes/alice --data parts/member-01.csv --app my_app",
         ),
     )(train)

@@ -22,7 +22,8 @@ from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.tx import ROLES, TxKind, make_tx
 from bcfl_cli.store.blobs import BlobStore
-from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.store.ledger import Ledger, ledger_exists
+from bcfl_cli.store.location import home_store_url
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def join_consortium(
 def _pin_genesis(
     home: Home, api: NodeApi, remote: RemoteGenesis, progress: Progress | None
 ) -> bool:
-    if home.store_file.exists():
+    if ledger_exists(home_store_url(home)):
         with Ledger.open(home) as ledger:
             if ledger.genesis_hash != remote.hash:
                 raise StoreError(

@@ -32,7 +32,15 @@ from bcfl_cli.errors import EncodingError, UsageError
 from bcfl_cli.protocol.block import MAX_VALIDATORS
 from bcfl_cli.protocol.crypto import Domain, public_key_from_did, verify_digest
 from bcfl_cli.protocol.encoding import canonical, is_hash_hex
-from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
+from bcfl_cli.protocol.spec import (
+    MODEL_SECTION_TAGS,
+    AggregationSpec,
+    AppModelSpec,
+    ContractRules,
+    ModelSection,
+    ModelSpec,
+    TrainingPlan,
+)
 
 DOCUMENT_VERSION = 1
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -162,7 +170,7 @@ class _FileShape(_Strict):
 
     consortium: _ConsortiumSection
     members: list[MemberSpec] = Field(max_length=MAX_MEMBERS)
-    model: ModelSpec
+    model: ModelSection
     training: TrainingPlan = Field(default_factory=TrainingPlan)
     contract: ContractRules = Field(default_factory=ContractRules)
     aggregation: AggregationSpec = Field(default_factory=AggregationSpec)
@@ -176,7 +184,7 @@ class ConsortiumConfig(_Strict):
     max_pending_joins: int = DEFAULT_MAX_PENDING_JOINS
     tls: Literal["pinned", "ca"] | None = None
     members: list[MemberSpec]
-    model: ModelSpec
+    model: ModelSpec | AppModelSpec
     training: TrainingPlan
     contract: ContractRules
     aggregation: AggregationSpec
@@ -260,6 +268,8 @@ class ConsortiumConfig(_Strict):
 def _location(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
+        if part in MODEL_SECTION_TAGS:
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
@@ -383,6 +393,8 @@ def genesis_config_from_document(document: Any) -> tuple[ConsortiumConfig, str]:
     except UsageError as exc:
         raise EncodingError(exc.message) from exc
     assert isinstance(initial_model, str)
+    if isinstance(config.model, AppModelSpec) and config.model.app.initial_model != initial_model:
+        raise EncodingError("genesis document: model.app.initial_model differs from initial_model")
     if canonical(config.to_document(initial_model)) != canonical(document):
         raise EncodingError("genesis document is not in canonical form")
     return config, initial_model

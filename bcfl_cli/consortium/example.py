@@ -40,3 +40,14 @@ def filled_example(members: list[tuple[str, str]]) -> str:
     for key in ("admission_approvals", "removal_approvals"):
         text = re.sub(rf"(?m)^{key} = \d+$", f"{key} = {majority}", text)
     return text
+
+
+def with_model_section(text: str, section: str) -> str:
+    """``text`` (the example) with its builtin ``[model]`` table, and the comment above it,
+    replaced by ``section`` (a ``[model.app]`` pin from ``bcfl_cli.apps.project.pin_toml``)."""
+    lines = text.split("\n")
+    start = lines.index("[model]")
+    while lines[start - 1].startswith("#"):
+        start -= 1
+    end = lines.index("[training]")
+    return "\n".join([*lines[:start], section.rstrip("\n"), "", *lines[end:]])

@@ -38,7 +38,13 @@ from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.errors import NodeError
 from bcfl_cli.home import Home
 from bcfl_cli.identity import Identity, generate_identity
-from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, TrainingPlan
+from bcfl_cli.protocol.spec import (
+    AggregationSpec,
+    AppModelSpec,
+    ContractRules,
+    ModelSpec,
+    TrainingPlan,
+)
 
 #: Local demo keys only: the homes are throw-away and the passphrase reaches the nodes by env.
 DEMO_PASSPHRASE = "bcfl local consortium (not a secret)"  # noqa: S105
@@ -65,7 +71,7 @@ class MemberPlan:
 class GenesisPlan:
     """Everything of the consortium file except the members."""
 
-    model: ModelSpec
+    model: ModelSpec | AppModelSpec
     training: TrainingPlan
     contract: ContractRules = field(default_factory=ContractRules)
     aggregation: AggregationSpec = field(default_factory=AggregationSpec)
@@ -74,6 +80,8 @@ class GenesisPlan:
     removal_approvals: int = 2
     #: the genesis cap on pending join requests; None leaves it at the default (not written)
     max_pending_joins: int | None = None
+    #: the folder of the model app ``model`` pins (every node gets ``--app`` through BCFL_APP)
+    app_folder: Path | None = None
     #: ``consortium.tls`` (issue 22): "pinned" has every founder's node certificate pinned
     tls: str | None = None
 
@@ -133,7 +141,12 @@ def consortium_toml(
             *([pins[member.name]] if pins and member.name in pins else []),
             "",
         ]
-    lines += _toml_table("model", plan.model.model_dump(mode="python"))
+    if isinstance(plan.model, AppModelSpec):
+        from bcfl_cli.apps.project import pin_toml
+
+        lines += [pin_toml(plan.model.app)]
+    else:
+        lines += _toml_table("model", plan.model.model_dump(mode="python"))
     lines += _toml_table("training", plan.training.model_dump(mode="python", exclude_none=True))
     lines += _toml_table("contract", plan.contract.model_dump(mode="python"))
     lines += _toml_table("aggregation", plan.aggregation.model_dump(mode="python"))
@@ -247,6 +260,9 @@ class LocalConsortium:
         self.timeout_propose_ms = timeout_propose_ms
         self.log_json = log_json
         self.extra_env = dict(env or {})
+        app_folder = genesis.app_folder
+        if app_folder is not None:  # every node imports the app from there (bcfl node --app)
+            self.extra_env["BCFL_APP"] = str(Path(app_folder).resolve())
         self.members: dict[str, Member] = {}
         self.http = httpx.Client(timeout=5.0)
         self._https: dict[str, httpx.Client] = {}  # per TLS member: trusts its certificate only
@@ -266,7 +282,9 @@ class LocalConsortium:
         self.genesis_hash = ""
         self.initial_model = ""
         for member in self.members.values():
-            result = init_consortium(member.home, self.config_file, time_ms=genesis_time_ms)
+            result = init_consortium(
+                member.home, self.config_file, time_ms=genesis_time_ms, app_folder=app_folder
+            )
             self.genesis_hash, self.initial_model = result.genesis_hash, result.initial_model
 
     def _new_member(self, name: str, port: int) -> Member:

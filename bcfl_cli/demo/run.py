@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -33,6 +33,7 @@ from bcfl_cli.home import Home
 from bcfl_cli.protocol.spec import (
     RULE_NAMES,
     AggregationSpec,
+    AppModelSpec,
     ContractRules,
     ModelSpec,
     TrainingPlan,
@@ -73,6 +74,7 @@ class DemoOptions:
     empty_block_interval: float = 0.3
     timeout_propose_ms: int = 1500
     seed: int | None = None  # seeds every member's training (None: each node draws its own)
+    app: Path | None = None  # a model app's folder (None: the builtin mlp for the dataset)
     tls: bool = False  # --tls: every node serves TLS 1.3 with its pinned certificate (issue 22)
 
     def check(self) -> None:
@@ -197,25 +199,64 @@ def partitions(options: DemoOptions, data: Path, scratch: Path) -> list[Path]:
     return list(report.files)
 
 
-class Scorer:
-    """Scores a model blob on the held-out test set (loss, accuracy)."""
+def demo_data(
+    options: DemoOptions, plan: GenesisPlan, data: Path, scratch: Path
+) -> tuple[list[Path], Path]:
+    """Each member's partition and the test set: the app's ``demo_data`` hook where it has
+    one (data that is not the sample CSVs), else the sample data set split as usual."""
+    if plan.app_folder is not None:
+        from bcfl_cli.apps.runner import bind_app
 
-    def __init__(self, spec: ModelSpec, test_csv: Path, max_bytes: int) -> None:
-        from bcfl_cli.fl.data import load_csv
-        from bcfl_cli.fl.models import num_features
-
-        self.spec = spec
-        self.max_bytes = max_bytes
-        self.test = load_csv(
-            test_csv, num_classes=spec.num_classes, num_features=num_features(spec)
+        app = bind_app(plan.model, plan.training, plan.app_folder)
+        found = app.demo_data(
+            options.members,
+            scratch,
+            seed=SPLIT_SEED,
+            non_iid=options.non_iid,
         )
+        if found is not None:
+            return found
+    return partitions(options, data, scratch), data / f"{options.dataset}-test.csv"
+
+
+class Scorer:
+    """Scores a model blob on the held-out test set (loss, accuracy), with the genesis' app."""
+
+    def __init__(self, plan: GenesisPlan, test_path: Path, max_bytes: int) -> None:
+        from bcfl_cli.apps.runner import bind_app
+
+        self.app = bind_app(plan.model, plan.training, plan.app_folder)
+        self.max_bytes = max_bytes
+        self.test = self.app.load_data(test_path)
 
     def score(self, blob: bytes) -> tuple[float, float]:
         from bcfl_cli.fl.tensors import decode_tensors
-        from bcfl_cli.fl.training import evaluate
 
         state = decode_tensors(blob, max_bytes=self.max_bytes)
-        return evaluate(self.spec, state, self.test)
+        metrics = self.app.evaluate(state, self.test)
+        return metrics.get("loss", float("nan")), metrics.get("accuracy", float("nan"))
+
+
+def with_app(plan: GenesisPlan, folder: Path) -> GenesisPlan:
+    """``plan`` training the app in ``folder``: its pin as the model, and its
+    ``[tool.bcfl.demo.training]`` keys (if any) over the demo's training plan."""
+    from bcfl_cli.apps.project import pin_for, read_project
+
+    project = read_project(folder)
+    training = plan.training
+    if project.demo_training:
+        try:
+            training = TrainingPlan.model_validate(
+                {**training.model_dump(exclude_none=True), **project.demo_training}
+            )
+        except ValueError as exc:
+            raise UsageError(f"{folder}/pyproject.toml [tool.bcfl.demo.training]: {exc}") from exc
+    return replace(
+        plan,
+        model=AppModelSpec(app=pin_for(project)),
+        training=training,
+        app_folder=Path(folder).resolve(),
+    )
 
 
 # --- the result -------------------------------------------------------------------------------
@@ -457,7 +498,9 @@ def _run(run: DemoRun, data: Path, notify: Listener) -> None:
     options = run.options
     plan = genesis_plan(options)
     t0 = time.monotonic()
-    parts = partitions(options, data, run.root / "data")
+    if options.app is not None:
+        plan = with_app(plan, options.app)
+    parts, test_path = demo_data(options, plan, data, run.root / "data")
     members = member_plans(run, parts)
     notify(run)
     with LocalConsortium(
@@ -474,7 +517,7 @@ def _run(run: DemoRun, data: Path, notify: Listener) -> None:
         notify(run)
         t_launch = time.monotonic()
         consortium.start_all(wait=False)
-        scorer = Scorer(plan.model, data / f"{options.dataset}-test.csv", 1 << 30)
+        scorer = Scorer(plan, test_path, 1 << 30)
         run.initial_accuracy = _initial_accuracy(scorer, consortium)
         for name in run.names:
             consortium.wait_ready(name, timeout=120.0)

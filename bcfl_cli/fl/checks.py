@@ -16,15 +16,18 @@ import torch
 from bcfl_cli.errors import BlobError, ContractError
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
 from bcfl_cli.fl.contract import (
+    Layout,
     Reason,
     RoundContext,
     UpdateClaim,
     Verdict,
     check_update,
     layout_for,
+    layout_of,
 )
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.views import Blobs, StateView
+from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.protocol.txbodies import AggregateBody
 
@@ -45,6 +48,7 @@ class FLChecks:
         self.keep_models = keep_models
         self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._initial: tuple[str, dict[str, torch.Tensor]] | None = None
+        self._app_layout: tuple[str, Layout] | None = None
 
     # --- updates ---------------------------------------------------------------------------
     def check_update(self, state: StateView, tx: Transaction) -> Verdict:
@@ -69,7 +73,20 @@ class FLChecks:
                 # The claim understates the size; never read more than the limit.
                 return Verdict.reject(Reason.BLOB_TOO_LARGE, f"{size} bytes, limit {limit}")
             blob = self.blobs.get(claim.blob, max_bytes=limit)  # a corrupt copy raises
-        return check_update(cfg.contract, cfg.model, claim, ctx, blob)
+        return check_update(cfg.contract, self._layout(state), claim, ctx, blob)
+
+    def _layout(self, state: StateView) -> ModelSpec | Layout:
+        """What an update must look like: for a builtin architecture, its spec; for a model
+        app, the genesis' initial weights (tensors, never the app: verifying needs no app)."""
+        cfg = state.config
+        if isinstance(cfg.model, ModelSpec):
+            return cfg.model
+        if self._app_layout is None or self._app_layout[0] != cfg.initial_model:
+            initial = self._initial_model(cfg.initial_model, cfg.contract.max_blob_bytes)
+            if any(t.dtype != torch.float32 for t in initial.values()):
+                raise ContractError("wrong_dtype", "the genesis initial model is not all float32")
+            self._app_layout = (cfg.initial_model, layout_of(initial))
+        return self._app_layout[1]
 
     # --- aggregates ------------------------------------------------------------------------
     def check_aggregate(self, state: StateView, tx: Transaction) -> None:

@@ -14,16 +14,17 @@ from bcfl_cli.errors import UsageError
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """``requested`` (or $BCFL_DEVICE): "cpu", "cuda", "cuda:N"; default: CUDA if available."""
+    """``requested`` (or $BCFL_DEVICE): "cpu", "cuda", "cuda:N", or "auto" (the default):
+    CUDA if available, else CPU."""
     name = requested or os.environ.get("BCFL_DEVICE") or ""
-    if not name:
+    if not name or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise UsageError(f"unknown device {name!r}; use cpu or cuda[:N]") from exc
+        raise UsageError(f"unknown device {name!r}; use cpu, cuda[:N] or auto") from exc
     if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"unsupported device {name!r}; use cpu or cuda[:N]")
+        raise UsageError(f"unsupported device {name!r}; use cpu, cuda[:N] or auto")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device {name!r} requested but CUDA is not available")
     return device

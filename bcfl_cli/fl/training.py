@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -26,7 +27,19 @@ from bcfl_cli.fl.dp import clipped_noisy_gradient, epsilon_spent
 from bcfl_cli.fl.models import build_model, load_state, num_features
 from bcfl_cli.protocol.spec import ModelSpec, TrainingPlan
 
+#: ``progress(step, total)`` after each optimiser step.
 Progress = Callable[[int, int], None]
+
+
+class StepReport(Protocol):
+    """``on_step(step, total, loss)`` after each optimiser step, with the mean training loss
+    of the steps since the previous call (None where no loss was formed: DP-SGD), what
+    ``bcfl train``'s bar and the node's log show. The shape of ``apps.api.Progress``, so
+    one callable serves both."""
+
+    def __call__(self, step: int, total: int, /, loss: float | None = None) -> None: ...
+
+
 EVAL_BATCH = 4096
 #: Below this many parameters a CPU step is dominated by per-operation overhead, and intra-op
 #: threads only add contention: measured on a busy 2-core machine, one digits MLP epoch took
@@ -74,10 +87,53 @@ def _cpu_threads(device: torch.device, params: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+#: AdamW's decay when the plan names none (torch's default).
+ADAMW_DEFAULT_DECAY = 0.01
+#: ``lr_gamma`` of a step schedule that names none.
+DEFAULT_LR_GAMMA = 0.1
+
+
 def _optimizer(plan: TrainingPlan, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    decay = plan.weight_decay
+    if plan.optimizer == "adamw":
+        return torch.optim.AdamW(
+            params, lr=plan.lr, weight_decay=ADAMW_DEFAULT_DECAY if decay is None else decay
+        )
     if plan.optimizer == "adam":
-        return torch.optim.Adam(params, lr=plan.lr)
-    return torch.optim.SGD(params, lr=plan.lr, momentum=plan.momentum)
+        return torch.optim.Adam(params, lr=plan.lr, weight_decay=decay or 0.0)
+    return torch.optim.SGD(params, lr=plan.lr, momentum=plan.momentum, weight_decay=decay or 0.0)
+
+
+def learning_rate(plan: TrainingPlan, step: int, total: int) -> float:
+    """The rate of optimiser step ``step`` (0-based) of ``total`` in a round."""
+    if plan.lr_schedule == "cosine":
+        return plan.lr * 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+    if plan.lr_schedule == "step":
+        gamma = DEFAULT_LR_GAMMA if plan.lr_gamma is None else plan.lr_gamma
+        return float(plan.lr * gamma ** (step // (plan.lr_step_size or 1)))
+    return plan.lr
+
+
+def total_steps(plan: TrainingPlan, rows: int) -> int:
+    """Optimiser steps a member with ``rows`` training rows takes in one round."""
+    if plan.local_steps is not None:
+        return plan.local_steps
+    return plan.local_epochs * math.ceil(rows / min(plan.batch_size, rows))
+
+
+def _cast(dev: torch.device, dtype: torch.dtype | None) -> AbstractContextManager[object]:
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(dev.type, dtype=dtype)
+
+
+def _autocast(plan: TrainingPlan, dev: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for float32, loss scaling?) for the plan on this device."""
+    if plan.precision in (None, "fp32") or plan.dp.enabled:
+        return None, False
+    if dev.type == "cuda" and plan.precision == "fp16":
+        return torch.float16, True
+    return torch.bfloat16, False
 
 
 def train_local(
@@ -88,9 +144,11 @@ def train_local(
     *,
     seed: int,
     progress: Progress | None = None,
+    on_step: StepReport | None = None,
     device: str | None = None,
 ) -> TrainResult:
-    """Train ``plan.local_epochs`` on the non-held-out part of ``dataset``; returns the delta.
+    """Train ``plan.local_epochs`` (or ``plan.local_steps``) on the non-held-out part of
+    ``dataset``; returns the delta.
 
     ``num_samples`` counts the rows trained on (the FedAvg weight). Metrics: ``train_loss``
     (after training, on the training rows), ``eval_loss`` and ``eval_accuracy`` (on the
@@ -106,7 +164,7 @@ def train_local(
             raise UsageError("no rows left to train on after the holdout")
         load_state(model, {k: v.to(torch.float32) for k, v in global_state.items()})
         model.to(dev)
-        return _train(model, dev, plan, global_state, train, holdout, seed, progress)
+        return _train(model, dev, plan, global_state, train, holdout, seed, progress, on_step)
 
 
 def _train(
@@ -118,6 +176,7 @@ def _train(
     holdout: Dataset,
     seed: int,
     progress: Progress | None,
+    on_step: StepReport | None = None,
 ) -> TrainResult:
     anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
     params = list(model.parameters())
@@ -126,15 +185,22 @@ def _train(
     n = len(train)
     batch = min(plan.batch_size, n)
     per_epoch = math.ceil(n / batch)
-    total = plan.local_epochs * per_epoch
+    total = total_steps(plan, n)
     order_gen = _generator(seed, "order")
     dp = plan.dp
     q = batch / n
+    cast, scaled = _autocast(plan, dev)
+    scaler = torch.amp.GradScaler("cuda") if scaled else None
     model.train()
     step = 0
-    for _ in range(plan.local_epochs):
+    losses: list[float] = []
+    while step < total:
         perm = torch.randperm(n, generator=order_gen).to(dev)
         for b in range(per_epoch):
+            if step >= total:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(plan, step, total)
             optimizer.zero_grad(set_to_none=True)
             if dp.enabled:
                 # Poisson sampling: what the RDP accountant assumes.
@@ -157,17 +223,33 @@ def _train(
                         p.grad = p.grad + plan.fedprox_mu * (p.detach() - anchor[name])
             else:
                 idx = perm[b * batch : (b + 1) * batch]
-                loss = functional.cross_entropy(model(x[idx]), y[idx])
+                with _cast(dev, cast):
+                    loss = functional.cross_entropy(model(x[idx]).float(), y[idx])
+                if on_step is not None:
+                    losses.append(float(loss.detach()))
                 if plan.fedprox_mu > 0:
                     prox = sum(
                         ((p - anchor[name]) ** 2).sum() for name, p in model.named_parameters()
                     )
                     loss = loss + (plan.fedprox_mu / 2.0) * prox
-                loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
+                if scaler is not None:
+                    scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()  # type: ignore[no-untyped-call]
+            if plan.grad_clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, plan.grad_clip_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
             step += 1
             if progress is not None:
                 progress(step, total)
+            if on_step is not None:
+                on_step(step, total, sum(losses) / len(losses) if losses else None)
+                losses.clear()
     local = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     delta = {k: (local[k] - global_state[k].to(torch.float32)).contiguous() for k in local}
     metrics = {"steps": str(total)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec
+from bcfl_cli.protocol.spec import AggregationSpec, AppModelSpec, ContractRules, ModelSpec
 
 
 class Blobs(Protocol):
@@ -29,7 +29,7 @@ class GenesisView(Protocol):
     """The FL parts of the genesis the checks need."""
 
     @property
-    def model(self) -> ModelSpec: ...
+    def model(self) -> ModelSpec | AppModelSpec: ...
 
     @property
     def contract(self) -> ContractRules: ...

@@ -74,7 +74,6 @@ log = logging.getLogger("bcfl.node")
 T = TypeVar("T")
 
 NODE_FILE = "node.json"
-BLOB_OWNERS_FILE = "blob_owners.sqlite"
 #: Seconds between empty blocks while the open round's deadline is counted in blocks only
 #: (``bcfl node --heartbeat-interval``); no other idle state makes blocks.
 DEFAULT_HEARTBEAT_S = 60.0
@@ -97,6 +96,7 @@ class NodeOptions:
     train: Path | None = None  # --train PART.csv: train and submit each round
     attack: str | None = None  # --attack NAME (demo and tests only)
     train_seed: int | None = None  # --train-seed S (None: random at each start)
+    app: Path | None = None  # --app FOLDER: the model app's folder (None: installed packages)
     blob_retention_s: float | None = DEFAULT_RETENTION_S  # --blob-retention (None: keep all)
     blob_quota_bytes: int | None = None  # --blob-quota-mib (None: from the genesis)
     tls: TlsOptions = field(default_factory=TlsOptions)  # --tls, --ca-bundle, ... (issue 22)
@@ -226,7 +226,7 @@ class Node:
             quota = default_quota(config.contract.max_blob_bytes)
         return BlobKeeper.for_ledger(
             self.ledger,
-            BlobOwners(self.home.node_dir / BLOB_OWNERS_FILE),
+            BlobOwners.for_home(self.home),
             genesis_blobs=(self.genesis.header.config, config.initial_model),
             quota_bytes=quota,
             retention_s=self.options.blob_retention_s,
@@ -721,7 +721,12 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
             from bcfl_cli.node.trainer import run_node_trainer
 
             trainer = run_node_trainer(
-                node, options.train, stop, attack=options.attack, seed=options.train_seed
+                node,
+                options.train,
+                stop,
+                attack=options.attack,
+                seed=options.train_seed,
+                app_folder=options.app,
             )
             node.add_task("trainer", trainer)
         log.info("listening", extra=fields(url=options.url, peers=[p.url for p in node.peers]))

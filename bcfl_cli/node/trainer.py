@@ -17,6 +17,7 @@ import asyncio
 import logging
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 import nacl.signing
 import torch
 
+from bcfl_cli.apps.runner import BoundApp, bind_app
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.client.api import NodeApi
 from bcfl_cli.client.blobs import upload_blob
@@ -32,12 +34,14 @@ from bcfl_cli.client.submit import build_update_tx
 from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
-from bcfl_cli.fl.data import Dataset, load_csv
-from bcfl_cli.fl.models import num_features, state_bytes
+from bcfl_cli.fl.data import Dataset
+from bcfl_cli.fl.models import state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.training import subseed, train_local
+from bcfl_cli.fl.training import subseed
+from bcfl_cli.home import Home
 from bcfl_cli.node.peers import did_tag
 from bcfl_cli.protocol.crypto import did_from_public_key
+from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.wire.schemas import MAX_INLINE_BLOB_BYTES
@@ -55,6 +59,8 @@ Publish = Callable[[Transaction], Awaitable[frozenset[str]]]
 DEFAULT_POLL_S = 0.5
 PUBLISH_TIMEOUT_S = 60.0
 MAX_ATTEMPTS_PER_ROUND = 3
+#: Seconds between two progress lines of one round's training in the node's log.
+STEP_LOG_S = 5.0
 
 
 # --- attacks --------------------------------------------------------------------------------
@@ -77,6 +83,12 @@ def _resample(data: Dataset, seed: int) -> Dataset:
     generator = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, len(data.labels), (len(data.labels),), generator=generator)
     return Dataset(data.features[rows], data.labels[rows])
+
+
+def _as_dataset(data: Any, attack: Attack) -> Dataset:
+    if not isinstance(data, Dataset):
+        raise UsageError(f"--attack {attack.name} needs data loaded as rows (a Dataset)")
+    return data
 
 
 def _nan(delta: Delta, _round: int) -> Delta:
@@ -137,12 +149,46 @@ def warm_up() -> None:
         optimiser.step()
 
 
-def load_training_data(path: Path, state: ChainState) -> Dataset:
-    """The member's CSV, checked once against the genesis model (fail at start, not mid-round)."""
-    spec, plan = state.config.model, state.config.training
-    return load_csv(
-        path, plan.label_column, num_classes=spec.num_classes, num_features=num_features(spec)
-    )
+def load_app_and_data(
+    path: Path, state: ChainState, app_folder: Path | None = None
+) -> tuple[BoundApp, Any]:
+    """The genesis' app, which must match its pin, and the member's data loaded by it (both
+    at start, not mid-round; the builtin app checks the CSV against the model)."""
+    app = bind_app(state.config.model, state.config.training, app_folder)
+    return app, app.load_data(path)
+
+
+def check_app_at_start(home: Home, app_folder: Path | None = None) -> BoundApp:
+    """Before the node serves: the genesis' app is installed and matches its pin (AppError,
+    naming the files that differ, otherwise), so ``bcfl node --train`` fails at once."""
+    from bcfl_cli.chain.config import parse_document
+    from bcfl_cli.store.ledger import Ledger
+
+    with Ledger.open(home) as ledger:
+        config = parse_document(ledger.document)
+    return bind_app(config.model, config.training, app_folder)
+
+
+def load_training_data(path: Path, state: ChainState, app_folder: Path | None = None) -> Any:
+    """The member's data, as :func:`load_app_and_data` loads it."""
+    return load_app_and_data(path, state, app_folder)[1]
+
+
+class StepLog:
+    """Logs a round's training progress (step, mean loss since the last line) at most every
+    ``STEP_LOG_S`` seconds, and its last step always: the node's log shows training move."""
+
+    def __init__(self, round_number: int) -> None:
+        self.round = round_number
+        self.last = time.monotonic()
+
+    def __call__(self, step: int, total: int, /, loss: float | None = None) -> None:
+        now = time.monotonic()
+        if step < total and now - self.last < STEP_LOG_S:
+            return
+        self.last = now
+        shown = "-" if loss is None else f"{loss:.4f}"
+        log.info("round %d: step %d/%s, loss %s", self.round, step, total or "?", shown)
 
 
 def http_submitter(api: NodeApi) -> Submit:
@@ -161,7 +207,7 @@ class AutoTrainer:
         self,
         *,
         key: nacl.signing.SigningKey,
-        data: Dataset,
+        data: Any,
         blobs: BlobStore,
         state: StateSource,
         submit: Submit,
@@ -169,8 +215,10 @@ class AutoTrainer:
         seed: int | None = None,
         poll_s: float = DEFAULT_POLL_S,
         publish: Publish | None = None,
+        app: BoundApp | None = None,
     ) -> None:
         self.key = key
+        self._app = app  # None: bound from the genesis at the first round
         self.did = did_from_public_key(bytes(key.verify_key))
         self.data = data
         self.blobs = blobs
@@ -261,20 +309,27 @@ class AutoTrainer:
             base = decode_tensors(self.blobs.get(rnd.base_model, max_bytes=limit), max_bytes=limit)
         except ContractError as exc:
             raise StoreError(f"base model {rnd.base_model} unreadable: {exc.message}") from exc
+        if self._app is None:  # bound once: the genesis, and so the app, never changes
+            self._app = bind_app(config.model, config.training)
+        app = self._app
         data = self.data
         if self.attack is not None and self.attack.labels is not None:
-            flipped = self.attack.labels(data.labels, config.model.num_classes)
-            data = Dataset(data.features, flipped)
+            data = _as_dataset(data, self.attack)
+            classes = (
+                config.model.num_classes
+                if isinstance(config.model, ModelSpec)
+                else int(data.labels.max()) + 1
+            )
+            data = Dataset(data.features, self.attack.labels(data.labels, classes))
         seed = subseed(self.seed, f"round-{rnd.number}")
-        result = train_local(config.model, config.training, base, data, seed=seed)
+        result = app.train_round(base, data, seed=seed, progress=StepLog(rnd.number))
         delta = result.delta
         if self.attack is not None and self.attack.from_estimates is not None:
+            rows = _as_dataset(data, self.attack)
             estimates = [
-                train_local(
-                    config.model,
-                    config.training,
+                app.train_round(
                     base,
-                    _resample(data, subseed(seed, f"estimate-{k}")),
+                    _resample(rows, subseed(seed, f"estimate-{k}")),
                     seed=subseed(seed, f"estimate-train-{k}"),
                 ).delta
                 for k in range(ESTIMATE_MODELS)
@@ -386,13 +441,14 @@ async def run_node_trainer(
     attack: str | None = None,
     seed: int | None = None,
     poll_s: float = DEFAULT_POLL_S,
+    app_folder: Path | None = None,
 ) -> None:
     """The ``bcfl node --train PART.csv [--attack NAME]`` task, inside the node's event loop.
 
     The data is checked against the genesis model before the first round, so a wrong file
     fails the node at start rather than silently later.
     """
-    data = await asyncio.to_thread(load_training_data, data_path, host.state)
+    app, data = await asyncio.to_thread(load_app_and_data, data_path, host.state, app_folder)
 
     async def submit(tx: Transaction, told: frozenset[str]) -> object:
         return host.submit(tx, seen=told)
@@ -407,6 +463,7 @@ async def run_node_trainer(
         seed=seed,
         poll_s=poll_s,
         publish=peer_publisher(host.peers, host.blobs),
+        app=app,
     )
     host.on_commit.append(lambda _block: trainer.wake())
     await trainer.run(stop)
@@ -417,7 +474,9 @@ __all__ = [
     "AutoTrainer",
     "TrainerHost",
     "attack_by_name",
+    "check_app_at_start",
     "http_submitter",
+    "load_app_and_data",
     "load_training_data",
     "peer_publisher",
     "run_node_trainer",

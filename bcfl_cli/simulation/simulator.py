@@ -679,6 +679,8 @@ class Simulation:
             max_bytes=cfg.contract.max_blob_bytes,
         )
         seed = subseed(self.options.seed, f"train/{m.index}/{number}")
+        if not isinstance(cfg.model, ModelSpec):  # its genesis is its own: a builtin model
+            raise UsageError("bcfl simulate trains the builtin models only")
         result = train_local(cfg.model, cfg.training, base, m.data, seed=seed)
         delta = _attacked(m.behaviour, result.delta, seed)
         data = state_bytes(delta)

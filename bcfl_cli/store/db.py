@@ -1,4 +1,4 @@
-"""Engines for the ledger: the SQLite settings every connection must carry.
+"""Engines for the ledger; the SQLite settings every connection must carry (``backends``).
 
 A committed block must survive a power loss (``synchronous=FULL``), append-only triggers must
 also fire for the hidden DELETE of ``INSERT OR REPLACE`` (``recursive_triggers=ON``), and the
@@ -8,33 +8,14 @@ connections, so the settings go into the ``connect`` event, which runs for each 
 
 from __future__ import annotations
 
-from typing import Any
+from sqlalchemy import Engine
 
-from sqlalchemy import Engine, create_engine, event
-
-SQLITE_PRAGMAS: tuple[tuple[str, str], ...] = (
-    ("journal_mode", "WAL"),
-    ("synchronous", "FULL"),
-    ("foreign_keys", "ON"),
-    ("trusted_schema", "OFF"),
-    ("recursive_triggers", "ON"),
-    ("busy_timeout", "10000"),
-)
-
-
-def apply_sqlite_settings(dbapi_connection: Any, _record: Any = None) -> None:
-    """Set ``SQLITE_PRAGMAS`` on a new DB-API connection (the ledger's, the vote guard's)."""
-    cursor = dbapi_connection.cursor()
-    try:
-        for name, value in SQLITE_PRAGMAS:
-            cursor.execute(f"PRAGMA {name}={value}")
-    finally:
-        cursor.close()
+from bcfl_cli.store.backends import SQLITE_PRAGMAS, apply_sqlite_settings, backend_for
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite connections get the pragmas above on every connect."""
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", apply_sqlite_settings)
-    return engine
+    """An engine for ``url`` with its backend's settings (SQLite: the pragmas above)."""
+    return backend_for(url).make_engine(url)
+
+
+__all__ = ["SQLITE_PRAGMAS", "apply_sqlite_settings", "make_engine"]

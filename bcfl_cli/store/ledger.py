@@ -1,9 +1,11 @@
 """The ledger: blocks and their transactions in SQL, models in the blob store.
 
 This is the only module that speaks SQL (through SQLAlchemy Core), so that a member can point
-the store at another database with a URL. Rows hold the exact canonical JSON that was hashed
-and signed; every read re-parses it, refuses non-canonical bytes, and checks the index columns
-against it, so a tampered row surfaces as an error instead of a silently different block.
+the store at another database with a URL: SQLite (the default, ``HOME/chain.sqlite``) or
+PostgreSQL; what differs between the two is ``bcfl_cli.store.backends``'s. Rows hold the
+exact canonical JSON that was hashed and signed; every read re-parses it, refuses
+non-canonical bytes, and checks the index columns against it, so a tampered row surfaces as an
+error instead of a silently different block.
 Whether a block obeys the chain rules is not checked here: that is ``bcfl_cli.chain``.
 """
 
@@ -15,7 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, func, insert, select
+from sqlalchemy import Connection, Engine, Row, func, insert, inspect, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from bcfl_cli.errors import EncodingError, StoreError
@@ -30,8 +33,15 @@ from bcfl_cli.protocol.encoding import (
 )
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store import migrate
+from bcfl_cli.store.backends import Backend, backend_for
 from bcfl_cli.store.blobs import BlobStore
-from bcfl_cli.store.db import make_engine
+from bcfl_cli.store.location import (
+    home_store_url,
+    is_sqlite,
+    normalise_store_url,
+    record_store_url,
+    redact,
+)
 from bcfl_cli.store.pin import pin_genesis, read_pin
 from bcfl_cli.store.tables import blocks, meta, txs
 
@@ -49,8 +59,10 @@ class Ledger:
 
     def __init__(self, engine: Engine, blobs: BlobStore, *, url: str) -> None:
         self._engine = engine
+        self._backend: Backend = backend_for(url)
         self.blobs = blobs
-        self.url = url
+        self.url = url  # may hold a password: pass it on, never show it (``display_url``)
+        self.display_url = redact(url)
         with self._read() as conn:
             rows: dict[str, str] = {
                 str(k): str(v) for k, v in conn.execute(select(meta.c.key, meta.c.value))
@@ -58,7 +70,9 @@ class Ledger:
         genesis_hash = rows.get("genesis_hash")
         document_text = rows.get("document")
         if genesis_hash is None or document_text is None or not is_hash_hex(genesis_hash):
-            raise StoreError(f"the store at {url} holds no genesis", hint=_HINT_MISSING)
+            raise StoreError(
+                f"the store at {self.display_url} holds no genesis", hint=_HINT_MISSING
+            )
         self.genesis_hash: str = genesis_hash
         document = _from_canonical(parse_canonical, document_text, "genesis document")
         if not isinstance(document, dict):
@@ -70,14 +84,19 @@ class Ledger:
     def create(cls, home: Home, genesis: Block, document: dict[str, Any]) -> Ledger:
         """A new store holding ``genesis``; refuses to touch an existing one.
 
-        The genesis is also pinned in ``HOME/pin.json``, outside the store, so that a store
-        replaced later fails verification; a pin of another consortium is refused.
+        The store is the home's (``home.store_url``: its SQLite file, or the URL recorded by
+        ``store.location.record_store_url``). The genesis is also pinned in ``HOME/pin.json``,
+        outside the store, so that a store replaced later fails verification; a pin of another
+        consortium is refused.
         """
         home.ensure()
-        if home.store_file.exists():
+        url = home_store_url(home)
+        if ledger_exists(url):
             raise StoreError(
-                f"a ledger already exists at {home.store_file}",
-                hint="use another --home, or delete that directory to start over",
+                f"a ledger already exists at {redact(url)}",
+                hint="use another --home, or delete that directory to start over"
+                if is_sqlite(url)
+                else "a database holds one ledger: create an empty database for this home",
             )
         if genesis.height != 0 or genesis.commit is not None or genesis.txs:
             raise StoreError("a genesis block has height 0, no transactions and no commit")
@@ -89,7 +108,8 @@ class Ledger:
             pin_genesis(home.pin_file, genesis.hash)  # raises, naming the pinned consortium
         blobs = BlobStore(home.blob_dir)
         blobs.put(document_bytes)
-        engine = make_engine(home.store_url)
+        backend = backend_for(url)
+        engine = backend.make_engine(url)
         try:
             with engine.begin() as conn:
                 migrate.upgrade(conn)
@@ -101,26 +121,32 @@ class Ledger:
                     ],
                 )
                 _insert_blocks(conn, [genesis])
-        except BaseException:
+        except BaseException as exc:
             engine.dispose()
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{home.store_file}{suffix}").unlink(missing_ok=True)
+            backend.discard_failed_create(url)
+            if isinstance(exc, SQLAlchemyError):
+                raise StoreError(f"cannot create the ledger at {redact(url)}: {exc}") from exc
             raise
         if pinned is None:
             pin_genesis(home.pin_file, genesis.hash)
-        return cls(engine, blobs, url=home.store_url)
+        return cls(engine, blobs, url=url)
 
     @classmethod
-    def open(cls, home: Home) -> Ledger:
-        """Open the member's store, upgrading an older schema; a newer one is refused."""
-        if not home.store_file.is_file():
-            raise StoreError(f"no ledger at {home.store_file}", hint=_HINT_MISSING)
-        return cls.open_url(home.store_url, home.blob_dir)
+    def open(cls, home: Home, store_url: str | None = None) -> Ledger:
+        """Open the member's store, upgrading an older schema; a newer one is refused.
+
+        ``store_url`` reads another store with this home's blobs (``verify-chain --store-url``)
+        without recording it; by default the home's own (``home.store_url``).
+        """
+        url = home_store_url(home) if store_url is None else normalise_store_url(store_url)
+        if is_sqlite(url) and not _sqlite_file(url).is_file():
+            raise StoreError(f"no ledger at {_sqlite_file(url)}", hint=_HINT_MISSING)
+        return cls.open_url(url, home.blob_dir)
 
     @classmethod
     def open_url(cls, url: str, blob_dir: Path, *, upgrade: bool = True) -> Ledger:
         """Open by SQLAlchemy URL; ``upgrade=False`` for extra readers of a store already open."""
-        engine = make_engine(url)
+        engine = backend_for(url).make_engine(url)
         try:
             if upgrade:
                 with engine.begin() as conn:
@@ -128,7 +154,7 @@ class Ledger:
             return cls(engine, BlobStore(blob_dir), url=url)
         except SQLAlchemyError as exc:
             engine.dispose()
-            raise StoreError(f"cannot open the ledger at {url}: {exc}") from exc
+            raise StoreError(f"cannot open the ledger at {redact(url)}: {exc}") from exc
         except BaseException:
             engine.dispose()
             raise
@@ -232,9 +258,9 @@ class Ledger:
         could make it lie, and only to their own loss). Raises StoreError if a value is not a
         hash, so that a caller collects nothing rather than guess.
         """
-        body = txs.c.body
         fields = [
-            func.json_extract(body, f"$.tx.body.{name}") for name in ("blob", "base_model", "model")
+            self._backend.json_field(txs.c.body, "tx", "body", name)
+            for name in ("blob", "base_model", "model")
         ]
         found: set[str] = set()
         with self._read() as conn:
@@ -324,6 +350,47 @@ class Ledger:
             raise StoreError(f"cannot append block {first.height}: {exc.orig}") from exc
 
 
+def ledger_exists(url: str) -> bool:
+    """Whether the store at ``url`` is taken: a SQLite file that exists, or a database that
+    holds a genesis (an empty PostgreSQL database is free).
+
+    Raises StoreError when the database cannot be reached, so that ``bcfl init`` fails before
+    building a model rather than after.
+    """
+    if is_sqlite(url):
+        return _sqlite_file(url).exists()
+    engine = backend_for(url).make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table(meta.name):
+                return False
+            found = conn.execute(select(meta.c.value).where(meta.c.key == "genesis_hash"))
+            return found.first() is not None
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot reach the ledger at {redact(url)}: {exc}") from exc
+    finally:
+        engine.dispose()
+
+
+def use_store_url(home: Home, store_url: str) -> str:
+    """Make the ledger at ``store_url`` this home's, for this and every later command.
+
+    The store must already hold a ledger (``bcfl init --store-url`` creates one); a home that
+    keeps its ledger elsewhere is refused (``location.record_store_url``). The normalised URL.
+    """
+    url = normalise_store_url(store_url)
+    if not ledger_exists(url):
+        raise StoreError(
+            f"no ledger at {redact(url)}",
+            hint=f"create it with `bcfl init CONSORTIUM.toml --store-url {redact(url)}`",
+        )
+    return record_store_url(home, url)
+
+
+def _sqlite_file(url: str) -> Path:
+    return Path(make_url(url).database or "")
+
+
 def _insert_blocks(conn: Connection, chain: Sequence[Block]) -> None:
     conn.execute(
         insert(blocks),
@@ -388,4 +455,4 @@ def _block_from_rows(row: Row[Any], tx_rows: Sequence[Row[Any]]) -> Block:
     return Block(header, tuple(_tx_from_row(r) for r in tx_rows), commit)
 
 
-__all__ = ["Ledger"]
+__all__ = ["Ledger", "ledger_exists", "use_store_url"]

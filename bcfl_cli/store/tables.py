@@ -7,6 +7,7 @@ other columns are an index over them, re-checked against the JSON on every read.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     ForeignKey,
     Index,
@@ -17,6 +18,10 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+# 64-bit integers on PostgreSQL (block times are milliseconds since 1970, past 2^31);
+# SQLite's INTEGER already is 64-bit, and the schema text of its file stays as it was.
+_INT = Integer().with_variant(BigInteger(), "postgresql")
 
 metadata = MetaData()
 
@@ -30,10 +35,10 @@ meta = Table(
 blocks = Table(
     "blocks",
     metadata,
-    Column("height", Integer, primary_key=True, autoincrement=False),
+    Column("height", _INT, primary_key=True, autoincrement=False),
     Column("hash", String(64), nullable=False, unique=True),
     Column("prev", String(64), nullable=False),
-    Column("time", Integer, nullable=False),
+    Column("time", _INT, nullable=False),
     Column("proposer", String(64), nullable=False),
     Column("header", Text, nullable=False),
     Column("commit", Text, nullable=True),
@@ -43,8 +48,8 @@ txs = Table(
     "txs",
     metadata,
     Column("hash", String(64), primary_key=True),
-    Column("height", Integer, ForeignKey("blocks.height"), nullable=False),
-    Column("idx", Integer, nullable=False),
+    Column("height", _INT, ForeignKey("blocks.height"), nullable=False),
+    Column("idx", _INT, nullable=False),
     Column("kind", String(32), nullable=False),
     Column("author", String(64), nullable=False),
     Column("body", Text, nullable=False),

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from bcfl_cli.apps.runner import bind_app
 from bcfl_cli.chain.chain import Chain
 from bcfl_cli.chain.config import GenesisConfig
 from bcfl_cli.chain.state import ChainState
@@ -37,12 +38,11 @@ from bcfl_cli.errors import (
     UsageError,
     VerificationError,
 )
-from bcfl_cli.fl.data import load_csv
 from bcfl_cli.fl.device import pick_device
 from bcfl_cli.fl.dp import epsilon_spent
-from bcfl_cli.fl.models import num_features, state_bytes
+from bcfl_cli.fl.models import state_bytes
 from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.training import Progress, decimal, train_local
+from bcfl_cli.fl.training import Progress, StepReport, decimal
 from bcfl_cli.home import Home
 
 SIDECAR_VERSION = 1
@@ -147,8 +147,14 @@ def train_for_round(
     progress: Progress | None = None,
     device: str | None = None,
     force: bool = False,
+    app_folder: Path | None = None,
+    on_step: StepReport | None = None,
 ) -> LocalUpdate:
-    """Train this member's update for the open (or next) round and write it out."""
+    """Train this member's update for the open (or next) round and write it out.
+
+    The genesis' model app does the training; a pinned app must be installed (or in
+    ``app_folder``) and match its pin, or nothing is trained (AppError naming the files).
+    """
     try:
         chain = Chain.open(home)
     except VerificationError as exc:
@@ -170,13 +176,9 @@ def train_for_round(
             raise UsageError(
                 f"{path} already exists", hint="use --force to overwrite it, or --out FILE"
             )
-        spec, plan = config.model, config.training
-        dataset = load_csv(
-            data_path,
-            plan.label_column,
-            num_classes=spec.num_classes,
-            num_features=num_features(spec),
-        )
+        plan = config.training
+        app = bind_app(config.model, plan, app_folder)
+        dataset = app.load_data(Path(data_path))
         try:
             global_state = decode_tensors(
                 ledger.blobs.get(target.base_model, max_bytes=config.contract.max_blob_bytes),
@@ -189,8 +191,12 @@ def train_for_round(
         run_seed = secrets.randbits(SEED_BITS) if seed is None else seed
         dev = pick_device(device)
         started = time.monotonic()
-        result = train_local(
-            spec, plan, global_state, dataset, seed=run_seed, progress=progress, device=str(dev)
+        result = app.train_round(
+            global_state,
+            dataset,
+            seed=run_seed,
+            progress=on_step if on_step is not None else _with_loss(progress),
+            device=str(dev),
         )
         elapsed = time.monotonic() - started
         data = state_bytes(result.delta)
@@ -216,7 +222,8 @@ def train_for_round(
             "update_norm": decimal(norm),
             "local": {
                 "data": str(Path(data_path).resolve()),
-                "rows": len(dataset),
+                "rows": _rows(dataset),
+                "app": app.entry_point,
                 "device": str(dev),
                 "seconds": decimal(elapsed, 3),
                 "seed": None if plan.dp.enabled else run_seed,
@@ -226,6 +233,25 @@ def train_for_round(
     _write_atomic(path, data)
     _write_atomic(sidecar_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     return LocalUpdate(path, sidecar_path, sidecar, warnings)
+
+
+def _rows(dataset: object) -> int | None:
+    try:
+        return len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _with_loss(progress: Progress | None) -> StepReport | None:
+    """A two-argument progress callback that an app may also call with its loss."""
+    if progress is None:
+        return None
+    report = progress
+
+    def call(step: int, total: int, /, loss: float | None = None) -> None:
+        report(step, total)
+
+    return call
 
 
 def update_tx_body(sidecar: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The SQLite ledger: pragmas, migrations, append-only triggers, atomic appends."""
+"""The ledger on both backends (SQLite, PostgreSQL): migrations, append-only triggers, atomic
+appends, tampered rows; and SQLite's pragmas."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from bcfl_cli.errors import StoreError
 from bcfl_cli.home import Home
@@ -17,9 +19,18 @@ from bcfl_cli.protocol.tx import TxKind
 from bcfl_cli.store import migrate
 from bcfl_cli.store.db import SQLITE_PRAGMAS, make_engine
 from bcfl_cli.store.ledger import Ledger
+from bcfl_cli.store.location import record_store_url
 from bcfl_cli.store.tables import metadata
 from bcfl_cli.store.vote_guard import VoteGuard
-from tests.chain.factories import FOUR, did_for, make_consortium, make_document, make_genesis
+from tests.chain.factories import (
+    FOUR,
+    did_for,
+    make_consortium,
+    make_document,
+    make_genesis,
+    realistic_chain,
+)
+from tests.store_backends import StoreBackend, hides_password, secret_of
 
 
 def test_every_connection_carries_the_pragmas(tmp_path):
@@ -48,8 +59,27 @@ def test_the_vote_guard_carries_the_same_pragmas(tmp_path):
             assert str(found).lower() == as_read.get(value, value.lower()), name
 
 
-def test_migrations_match_the_table_definitions(tmp_path):
-    engine = make_engine(f"sqlite:///{tmp_path / 'x.sqlite'}")
+_open: list[Ledger] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_ledgers():
+    """Close the consortia's ledgers: a PostgreSQL connection left to the collector warns."""
+    yield
+    while _open:
+        _open.pop().close()
+
+
+def _consortium(tmp_path, backend: StoreBackend):
+    backend.use(Home.resolve(tmp_path))
+    c = make_consortium(tmp_path)
+    _open.append(c.ledger)
+    return c
+
+
+def test_migrations_match_the_table_definitions(tmp_path, store_backend):
+    url = store_backend.url or f"sqlite:///{tmp_path / 'x.sqlite'}"
+    engine = make_engine(url)
     with engine.begin() as conn:
         migrate.upgrade(conn)
         diffs = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -57,8 +87,8 @@ def test_migrations_match_the_table_definitions(tmp_path):
     assert diffs == []
 
 
-def test_older_schema_is_upgraded_on_open(tmp_path):
-    c = make_consortium(tmp_path)
+def test_older_schema_is_upgraded_on_open(tmp_path, store_backend):
+    c = _consortium(tmp_path, store_backend)
     c.commit(
         [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
     )
@@ -74,30 +104,48 @@ def test_older_schema_is_upgraded_on_open(tmp_path):
     engine = make_engine(c.home.store_url)
     with engine.connect() as conn:
         assert migrate.current_revision(conn) == migrate.head_revision()
-        names = {r[1] for r in conn.execute(text("PRAGMA index_list(txs)"))}
+        names = {index["name"] for index in inspect(conn).get_indexes("txs")}
         assert {"ix_txs_kind", "ix_txs_author"} <= names
     engine.dispose()
 
 
-def test_newer_schema_is_refused(tmp_path):
-    c = make_consortium(tmp_path)
+def test_newer_schema_is_refused(tmp_path, store_backend):
+    c = _consortium(tmp_path, store_backend)
     c.ledger.close()
-    conn = sqlite3.connect(c.home.store_file, isolation_level=None)
-    conn.execute("UPDATE alembic_version SET version_num='9999_from_the_future'")
-    conn.close()
+    engine = make_engine(c.home.store_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num='9999_from_the_future'"))
+    engine.dispose()
     with pytest.raises(StoreError) as info:
         Ledger.open(c.home)
     assert "9999_from_the_future" in info.value.message and "newer" in info.value.message
 
 
-def test_create_refuses_an_existing_store_and_a_mismatched_document(tmp_path):
-    c = make_consortium(tmp_path)
-    with pytest.raises(StoreError):
+def test_create_refuses_an_existing_store_and_a_mismatched_document(tmp_path, store_backend):
+    c = _consortium(tmp_path, store_backend)
+    with pytest.raises(StoreError, match="already exists") as info:
         Ledger.create(c.home, c.genesis, c.document)
+    assert secret_of(c.home.store_url) not in info.value.message
+    if store_backend.is_postgres:  # another home on the same database: one database, one ledger
+        with pytest.raises(StoreError, match="already exists"):
+            Ledger.create(store_backend.use(Home.resolve(tmp_path / "o2")), c.genesis, c.document)
     other = Home.resolve(tmp_path / "other")
     with pytest.raises(StoreError):
         Ledger.create(other, c.genesis, {**c.document, "v": 1, "initial_model": "ab" * 32})
     assert not other.store_file.exists()
+
+
+def test_open_failures_never_show_the_password(tmp_path, postgres_url):
+    """Only a PostgreSQL URL carries a password: an unreachable server, then a ledger."""
+    url = postgres_url.replace("127.0.0.1:", "127.0.0.1:1") + "_missing"
+    with pytest.raises(StoreError) as info:
+        Ledger.open_url(url, tmp_path / "blobs")
+    secret = secret_of(postgres_url)
+    assert secret not in str(info.value)
+    assert "***" in info.value.message or not hides_password(postgres_url)
+    c = _consortium(tmp_path, StoreBackend("postgresql", postgres_url))
+    assert secret not in c.ledger.display_url
+    assert secret in c.ledger.url or not hides_password(postgres_url)
 
 
 def _raw(c) -> sqlite3.Connection:
@@ -106,21 +154,48 @@ def _raw(c) -> sqlite3.Connection:
     return conn
 
 
+_TAMPERING = (
+    "UPDATE blocks SET time=0 WHERE height=1",
+    "DELETE FROM blocks WHERE height=1",
+    "UPDATE txs SET kind='x'",
+    "DELETE FROM txs",
+)
+
+
 def test_blocks_and_txs_are_append_only(tmp_path):
     c = make_consortium(tmp_path)
     c.commit(
         [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
     )
     conn = _raw(c)
-    for statement in (
-        "UPDATE blocks SET time=0 WHERE height=1",
-        "DELETE FROM blocks WHERE height=1",
-        "UPDATE txs SET kind='x'",
-        "DELETE FROM txs",
-    ):
+    for statement in _TAMPERING:
         with pytest.raises(sqlite3.IntegrityError, match="append-only"):
             conn.execute(statement)
     conn.close()
+
+
+def test_the_database_itself_refuses_changes_to_blocks_and_txs(tmp_path, store_backend):
+    """On both backends through SQLAlchemy, each statement in its own transaction; PostgreSQL's
+    TRUNCATE (no row trigger fires) and UPSERT (fires the UPDATE trigger) too."""
+    c = _consortium(tmp_path, store_backend)
+    c.commit(
+        [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
+    )
+    statements = list(_TAMPERING)
+    if store_backend.is_postgres:
+        statements += [
+            "TRUNCATE txs",
+            "TRUNCATE blocks CASCADE",
+            "INSERT INTO blocks SELECT * FROM blocks WHERE height=1 "
+            "ON CONFLICT (height) DO UPDATE SET time=0",
+        ]
+    engine = make_engine(c.home.store_url)
+    for statement in statements:
+        with pytest.raises(SQLAlchemyError, match="append-only"), engine.begin() as conn:
+            conn.execute(text(statement))
+    engine.dispose()
+    assert c.ledger.height == 1 and c.ledger.tx_count() == 1
+    assert c.ledger.block(1).header.time == c.ledger.head().header.time > 0
 
 
 def test_insert_or_replace_fails_through_the_delete_trigger(tmp_path):
@@ -150,8 +225,8 @@ def test_insert_or_replace_fails_through_the_delete_trigger(tmp_path):
     assert c.ledger.tx_count() == 1 and c.ledger.block(1).txs[0].kind is TxKind.JOIN_REQUEST
 
 
-def test_append_checks_the_link_and_is_atomic(tmp_path):
-    c = make_consortium(tmp_path)
+def test_append_checks_the_link_and_is_atomic(tmp_path, store_backend):
+    c = _consortium(tmp_path, store_backend)
     block = c.next_block(
         [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
     )
@@ -174,21 +249,25 @@ def test_append_checks_the_link_and_is_atomic(tmp_path):
     assert c.ledger.height == 1 and c.ledger.tx_count() == 1
 
 
-def test_reads_refuse_tampered_rows(tmp_path):
-    c = make_consortium(tmp_path)
+def test_reads_refuse_tampered_rows(tmp_path, store_backend):
+    c = _consortium(tmp_path, store_backend)
     c.commit(
         [c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})]
     )
-    conn = _raw(c)
-    conn.execute("DROP TRIGGER blocks_no_update")
-    conn.execute("UPDATE blocks SET proposer=? WHERE height=1", (did_for("bob"),))
-    conn.close()
+    engine = make_engine(c.home.store_url)
+    with engine.begin() as conn:  # the owner of the database can drop the triggers
+        trigger = (
+            "blocks_append_only ON blocks" if store_backend.is_postgres else "blocks_no_update"
+        )
+        conn.execute(text(f"DROP TRIGGER {trigger}"))
+        conn.execute(text("UPDATE blocks SET proposer=:p WHERE height=1"), {"p": did_for("bob")})
+    engine.dispose()
     with pytest.raises(StoreError, match="index columns"):
         c.ledger.block(1)
 
 
-def test_lookups(tmp_path):
-    c = make_consortium(tmp_path)
+def test_lookups(tmp_path, store_backend):
+    c = _consortium(tmp_path, store_backend)
     join = c.tx("erin", TxKind.JOIN_REQUEST, {"name": "erin", "roles": ["trainer"], "power": 0})
     block = c.commit([join])
     assert c.ledger.tx(join.hash) == (join, 1)
@@ -203,9 +282,76 @@ def test_lookups(tmp_path):
         c.ledger.block(7)
 
 
-def test_genesis_document_stored_as_blob(tmp_path):
+def test_genesis_document_stored_as_blob(tmp_path, store_backend):
     doc = make_document(FOUR, "ab" * 32)
-    home = Home.resolve(tmp_path)
+    home = store_backend.use(Home.resolve(tmp_path))
     with Ledger.create(home, make_genesis(doc), doc) as ledger:
         assert ledger.document == doc
         assert ledger.blobs.has(ledger.block(0).header.config)
+
+
+def test_blob_references_read_the_same_hashes_on_both_backends(tmp_path, store_backend):
+    """SQLite's json_extract and PostgreSQL's json_extract_path_text name the same blobs."""
+    store_backend.use(Home.resolve(tmp_path))
+    c = realistic_chain(tmp_path)
+    _open.append(c.ledger)
+    expected = {
+        tx.body[field]
+        for block in c.ledger.blocks()
+        for tx in block.txs
+        for field in ("blob", "base_model", "model")
+        if str(tx.kind) in ("update", "aggregate", "open_round") and field in tx.body
+    }
+    found, top = c.ledger.blob_references()
+    assert found == expected and len(found) == 5 and top == c.ledger.height
+    assert c.ledger.blob_references(above=top) == (set(), top)
+
+
+def test_a_home_keeps_the_store_it_recorded(tmp_path, store_backend):
+    c = _consortium(tmp_path, store_backend)
+    c.ledger.close()
+    with Ledger.open(Home.resolve(tmp_path)) as ledger:  # a later command finds the same store
+        assert ledger.genesis_hash == c.genesis.hash and ledger.url == c.home.store_url
+    assert c.home.has_ledger
+    if store_backend.is_postgres:
+        assert not c.home.store_file.exists()
+        assert c.home.store_url_file.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(StoreError, match="already keeps its ledger") as info:
+        record_store_url(c.home, "postgresql://someone:pw@elsewhere/db")
+    assert "pw@" not in info.value.message
+
+
+#: The SQLite schema text of a new store, as bcfl wrote it before PostgreSQL came (read from
+#: main's code): 64-bit columns on PostgreSQL must leave the SQLite file format as it was.
+_SQLITE_BLOCKS = (
+    "CREATE TABLE blocks (\n\theight INTEGER NOT NULL, \n\thash VARCHAR(64) NOT NULL, \n\t"
+    "prev VARCHAR(64) NOT NULL, \n\ttime INTEGER NOT NULL, \n\tproposer VARCHAR(64) NOT NULL, "
+    '\n\theader TEXT NOT NULL, \n\t"commit" TEXT, \n\tPRIMARY KEY (height), \n\tUNIQUE (hash)\n)'
+)
+_SQLITE_TXS = (
+    "CREATE TABLE txs (\n\thash VARCHAR(64) NOT NULL, \n\theight INTEGER NOT NULL, \n\t"
+    "idx INTEGER NOT NULL, \n\tkind VARCHAR(32) NOT NULL, \n\tauthor VARCHAR(64) NOT NULL, "
+    "\n\tbody TEXT NOT NULL, \n\tPRIMARY KEY (hash), \n\tCONSTRAINT uq_txs_height_idx "
+    "UNIQUE (height, idx), \n\tFOREIGN KEY(height) REFERENCES blocks (height)\n)"
+)
+
+
+def test_the_sqlite_file_format_is_unchanged(tmp_path):
+    c = make_consortium(tmp_path)
+    c.ledger.close()
+    conn = sqlite3.connect(c.home.store_file)
+    schema = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    conn.close()
+    assert schema["blocks"] == _SQLITE_BLOCKS and schema["txs"] == _SQLITE_TXS
+    assert sorted(schema) == [
+        "alembic_version",
+        "blocks",
+        "blocks_no_delete",
+        "blocks_no_update",
+        "ix_txs_author",
+        "ix_txs_kind",
+        "meta",
+        "txs",
+        "txs_no_delete",
+        "txs_no_update",
+    ]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
+from sqlalchemy import text
 from typer.testing import CliRunner
 
 from bcfl_cli.cli.app import app
+from bcfl_cli.home import Home
+from bcfl_cli.store.db import make_engine
 from tests.chain.factories import realistic_chain
 
 runner = CliRunner()
@@ -17,7 +19,8 @@ def _run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_verify_chain_ok_and_json(tmp_path):
+def test_verify_chain_ok_and_json(tmp_path, store_backend):
+    store_backend.use(Home.resolve(tmp_path))
     c = realistic_chain(tmp_path)
     c.ledger.close()
     human = _run("verify-chain", "--home", tmp_path)
@@ -27,21 +30,23 @@ def test_verify_chain_ok_and_json(tmp_path):
     assert report["ok"] is True and report["height"] == 5 and report["fault"] is None
 
 
-def test_verify_chain_names_the_fault(tmp_path):
+def test_verify_chain_names_the_fault(tmp_path, store_backend):
+    store_backend.use(Home.resolve(tmp_path))
     c = realistic_chain(tmp_path)
     c.ledger.close()
     update = c.blocks[3].txs[0]
-    conn = sqlite3.connect(tmp_path / "chain.sqlite", isolation_level=None)
-    conn.execute("DROP TRIGGER txs_no_update")
-    body = json.loads(
-        conn.execute("SELECT body FROM txs WHERE hash=?", (update.hash,)).fetchone()[0]
-    )
-    body["sig"] = "0" * 128
-    conn.execute(
-        "UPDATE txs SET body=? WHERE hash=?",
-        (json.dumps(body, separators=(",", ":"), sort_keys=True), update.hash),
-    )
-    conn.close()
+    engine = make_engine(c.home.store_url)  # the owner of the database drops the trigger
+    trigger = "txs_append_only ON txs" if store_backend.is_postgres else "txs_no_update"
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TRIGGER {trigger}"))
+        stored = conn.execute(text("SELECT body FROM txs WHERE hash=:h"), {"h": update.hash})
+        body = json.loads(stored.scalar_one())
+        body["sig"] = "0" * 128
+        conn.execute(
+            text("UPDATE txs SET body=:b WHERE hash=:h"),
+            {"b": json.dumps(body, separators=(",", ":"), sort_keys=True), "h": update.hash},
+        )
+    engine.dispose()
     result = _run("verify-chain", "--home", tmp_path, "--json")
     assert result.exit_code == 1
     fault = json.loads(result.stdout)["fault"]

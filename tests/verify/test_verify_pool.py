@@ -8,6 +8,7 @@ import random
 import pytest
 
 import bcfl_cli.verify.chain as verify_module
+from bcfl_cli.home import Home
 from bcfl_cli.protocol.tx import TxKind
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.verify import verify_chain
@@ -36,7 +37,9 @@ def _both(ledger: Ledger):
     return alone
 
 
-def test_honest_chain_counts_alike(tmp_path, pooled):
+def test_honest_chain_counts_alike(tmp_path, pooled, store_backend):
+    """On both backends: forked workers must not disturb the parent's database connections."""
+    store_backend.use(Home.resolve(tmp_path))
     c = realistic_chain(tmp_path)
     report = _both(c.ledger)
     assert report.ok
@@ -46,6 +49,8 @@ def test_honest_chain_counts_alike(tmp_path, pooled):
         report.blobs,
         report.txs,
     )
+    assert c.ledger.height == report.height and c.ledger.tx_count() == report.txs
+    c.ledger.close()
 
 
 def test_blob_faults_are_named_alike(tmp_path, pooled):
