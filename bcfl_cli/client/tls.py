@@ -247,6 +247,14 @@ class TransportTrust:
         link.encrypted, link.verified, link.refused = True, f"pinned:{did}", None
         return did
 
+    def refuse(self, peer: str, reason: str, detail: str) -> TlsRefused:
+        """Record a refusal found outside the pin check (CA mode: the ``ssl`` module's
+        verification failed) for ``bcfl status``; the caller raises or logs what it returns."""
+        refused = TlsRefused(peer, reason, detail)
+        link = self.links.setdefault(peer, LinkState())
+        link.encrypted, link.verified, link.refused = False, "none", str(refused.message)
+        return refused
+
     def note_link(self, url: str) -> None:
         """Record how a link that just worked was protected."""
         link = self.links.setdefault(url, LinkState())

@@ -278,6 +278,10 @@ class Peers:
         except TlsRefused as exc:
             log.warning("peer refused", extra=fields(peer=peer.url, reason=exc.reason))
             raise Refusal(exc.message, code=exc.reason) from exc
+        except aiohttp.ClientConnectorCertificateError as exc:  # CA mode: verification failed
+            refused = self.trust.refuse(peer.url, "ca_verify_failed", str(exc.certificate_error))
+            log.warning("peer refused", extra=fields(peer=peer.url, reason=refused.reason))
+            raise Refusal(refused.message, code=refused.reason) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise Refusal(f"{peer.url}{path}: {type(exc).__name__}: {exc}") from exc
         self.trust.note_link(peer.url)

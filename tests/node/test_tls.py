@@ -134,6 +134,18 @@ def test_ca_mode_verifies_hostnames_against_the_bundle():
     assert ctx.check_hostname and ctx.verify_mode.name == "CERT_REQUIRED"
 
 
+def test_a_ca_mode_refusal_is_named_for_status_and_cleared_by_a_good_link():
+    trust = TransportTrust("ca")
+    peer = "https://127.0.0.1:9"
+    refused = trust.refuse(peer, "ca_verify_failed", "unable to get local issuer certificate")
+    assert isinstance(refused, TlsRefused) and refused.reason == "ca_verify_failed"
+    shown = trust.link_view(peer)
+    assert shown["encrypted"] is False and shown["verified"] == "none"
+    assert peer in str(shown["tls_refused"]) and "ca_verify_failed" in str(shown["tls_refused"])
+    trust.note_link(peer)  # the peer now presents a certificate the bundle vouches for
+    assert trust.link_view(peer) == {"encrypted": True, "verified": "ca", "tls_refused": None}
+
+
 def test_blob_route_refuses_clear_text_off_loopback(tmp_path):
     store = BlobStore(tmp_path / "blobs")
     digest = store.put(b"model bytes")
