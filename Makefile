@@ -33,7 +33,7 @@ lint: $(BIN)/.installed
 PG_PATH = $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tr '\n' ':')
 
 test: lint browser postgres
-	PATH="$(PG_PATH)$$PATH" $(BIN)/pytest -q -m "not slow" -p no:cacheprovider
+	PATH="$(PG_PATH)$$PATH" $(BIN)/pytest -q -m "not slow" -p no:cacheprovider --durations=30
 
 # The system browser the explorer's browser test drives (Debian's chromium; Playwright never
 # downloads one). Installed where make runs as root (CI); elsewhere the test says it is skipped.
