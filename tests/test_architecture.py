@@ -98,7 +98,7 @@ ARROWS: dict[str, frozenset[str]] = {
     | HOME,
     # `bcfl simulate`: N members in one process on the real rules, never the node
     "simulation": frozenset(
-        {"demo", "consortium", "chain", "consensus", "store", "fl", "apps", "protocol"}
+        {"demo", "consortium", "chain", "consensus", "store", "fl", "apps", "training", "protocol"}
     )
     | HOME,
     # the edge: anything of bcfl (its SQL and tensors only through the library, see LIBRARIES)

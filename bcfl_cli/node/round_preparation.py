@@ -31,17 +31,16 @@ from bcfl_cli.node.local_chain import member_role
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.round_driver import (
     AggregateKey,
-    compute_aggregate,
     has_content,
     has_work,
     needs_heartbeat,
-    pending_updates,
     plan_block,
     updates_still_arriving,
 )
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.training.rounds import compute_aggregate, pending_updates
 
 log = logging.getLogger("bcfl.node")
 

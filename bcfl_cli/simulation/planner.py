@@ -19,12 +19,11 @@ import nacl.signing
 from bcfl_cli.chain.builder import build_block, next_block_time
 from bcfl_cli.chain.state import ChainState, round_deadlines
 from bcfl_cli.errors import VerificationError
-from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
 from bcfl_cli.fl.checks import FLChecks
-from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.views import Blobs
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
+from bcfl_cli.training.rounds import compute_aggregate, pending_updates
 
 #: Transactions in one simulated block (the protocol allows 2,000).
 MAX_BLOCK_TXS = 1_000
@@ -33,41 +32,6 @@ MAX_BLOCK_TXS = 1_000
 def nonce(rng: random.Random) -> str:
     """A transaction nonce from the run's seed (``make_tx`` draws a random one otherwise)."""
     return f"{rng.getrandbits(128):032x}"
-
-
-def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[Transaction]:
-    """Updates in ``pending`` that fit the open round, one per author, in the given order."""
-    rnd = state.round
-    if not rnd.open:
-        return []
-    seen = set(rnd.submitted)
-    out = []
-    for tx in pending:
-        if tx.kind is not TxKind.UPDATE or tx.author in seen:
-            continue
-        if tx.body["round"] != rnd.number or tx.body["base_model"] != rnd.base_model:
-            continue
-        seen.add(tx.author)
-        out.append(tx)
-    return out
-
-
-def compute_aggregate(state: ChainState, blobs: Blobs) -> tuple[str, int]:
-    """(model hash, size) of the open round's aggregate under the genesis rule; the model is
-    stored in ``blobs``. The computation ``FLChecks.check_aggregate`` repeats on every member."""
-    rnd, cfg = state.round, state.config
-    limit = cfg.contract.max_blob_bytes
-    if not rnd.accepted:
-        return rnd.base_model, blobs.size(rnd.base_model)
-
-    def load(digest: str) -> Any:
-        return decode_tensors(blobs.get(digest, max_bytes=limit), max_bytes=limit)
-
-    updates = [UpdateInput(u.tx, load(u.blob), u.num_samples) for u in rnd.accepted]
-    initial = load(cfg.initial_model) if rule_needs_initial_model(cfg.aggregation.rule) else None
-    result = aggregate(cfg.aggregation, load(rnd.base_model), updates, initial_state=initial)
-    blobs.put(result.model_bytes)
-    return result.model_hash, len(result.model_bytes)
 
 
 def open_round(

@@ -66,10 +66,11 @@ from bcfl_cli.protocol.spec import AggregationSpec, ContractRules, ModelSpec, Tr
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 from bcfl_cli.simulation.network import Network
 from bcfl_cli.simulation.options import VALIDATOR_FAULTS, SimOptions
-from bcfl_cli.simulation.planner import nonce, pending_updates, plan_block
+from bcfl_cli.simulation.planner import nonce, plan_block
 from bcfl_cli.simulation.shared_checks import SharedChecks
 from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.vote_guard import VoteGuard
+from bcfl_cli.training.rounds import pending_updates
 
 #: Logical gap between a commit and the next height's start when there is work.
 BLOCK_INTERVAL_MS = 10

@@ -28,13 +28,14 @@ from bcfl_cli.consortium.example import filled_example
 from bcfl_cli.consortium.setup import init_consortium
 from bcfl_cli.home import Home
 from bcfl_cli.identity import Identity
-from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
+from bcfl_cli.node.round_driver import build_proposal, plan_block
 from bcfl_cli.node.server import Node, NodeOptions, http_config
 from bcfl_cli.node.trainer import AutoTrainer, load_training_data
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.training.rounds import compute_aggregate
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette prefers the httpx2 fork for its TestClient

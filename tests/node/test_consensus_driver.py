@@ -41,11 +41,12 @@ from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.consensus_driver import ConsensusDriver
 from bcfl_cli.node.interfaces import VoteRecord
 from bcfl_cli.node.peers import PeerInfo
-from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
+from bcfl_cli.node.round_driver import build_proposal, plan_block
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.block import NIL, Block, ValidatorSet, Vote, VoteType
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.vote_guard import VoteGuard
+from bcfl_cli.training.rounds import compute_aggregate
 from tests.node._chain_fixture import Chain, did, key, make_chain
 
 PROPOSE_S = 0.2

@@ -12,7 +12,6 @@ from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.node.round_driver import (
     _without,
     build_proposal,
-    compute_aggregate,
     has_work,
     plan_block,
     state_after_updates,
@@ -20,6 +19,7 @@ from bcfl_cli.node.round_driver import (
 )
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.training.rounds import compute_aggregate
 from bcfl_cli.verify.chain import verify_chain
 from tests.node._chain_fixture import FOUNDERS, Chain, did, key, make_chain
 

@@ -22,11 +22,12 @@ from bcfl_cli.chain.state import Offence
 from bcfl_cli.errors import BlobError
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.node.clock import Clock
-from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
+from bcfl_cli.node.round_driver import build_proposal, plan_block
 from bcfl_cli.node.round_preparation import RoundPreparation
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction, TxKind
+from bcfl_cli.training.rounds import compute_aggregate
 from tests.node._chain_fixture import Chain, did, key, make_chain
 
 T = TypeVar("T")
