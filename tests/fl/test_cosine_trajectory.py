@@ -15,8 +15,8 @@ from bcfl_cli.errors import ContractError, VerificationError
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
 from bcfl_cli.fl.models import initial_state
 from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.node.round_driver import compute_aggregate
 from bcfl_cli.protocol.spec import AggregationSpec
+from bcfl_cli.training.rounds import compute_aggregate
 from tests.fl.test_checks import SPEC, Chain, delta
 
 RULE = AggregationSpec(rule="cosine_trajectory")

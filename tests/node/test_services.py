@@ -20,9 +20,10 @@ from bcfl_cli.node.blob_service import BlobService
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.mempool import Mempool, MempoolService
 from bcfl_cli.node.peers import PeerInfo
-from bcfl_cli.node.round_driver import build_proposal, compute_aggregate, plan_block
+from bcfl_cli.node.round_driver import build_proposal, plan_block
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.block import Block, ValidatorSet
+from bcfl_cli.training.rounds import compute_aggregate
 from tests.node._chain_fixture import Chain, did, key, make_chain
 
 
