@@ -124,6 +124,21 @@ def test_fresh_node_catches_up_verifying_every_block(
     assert list((node.blobs.root / "tmp").iterdir()) == []
 
 
+def test_a_pass_reports_transport_apart_from_re_verification(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect(fresh, served, monkeypatch)
+    node = fresh.node
+    updates = [tx for b in served.blocks for tx in b.txs if tx.kind == "update"]
+    asyncio.run(node.syncer.pass_once())
+    times = node.syncer.last_pass
+    assert times is not None
+    assert (times.blocks, times.pages, times.blobs) == (source.state.height, 1, len(updates))
+    assert times.blob_bytes == sum(int(tx.body["blob_size"]) for tx in updates)
+    assert times.transport_s > 0 and times.verify_s > 0
+    assert times.transport_s <= times.fields()["fields"]["seconds"]
+
+
 def _tamper(block: Block) -> Block:
     data = block.to_dict()
     data["header"]["time"] += 1  # another hash: its commit certificate no longer holds
