@@ -120,21 +120,31 @@ def _sum_of_squares_arrays(arrays: Iterable[np.ndarray]) -> float:
 def sum_of_squares(tensors: Iterable[torch.Tensor]) -> float:
     """Exactly rounded sum of the squares of every element of ``tensors``.
 
-    Finite float32 tensors (every update's) take ``_float32_squares_total``, three times
-    cheaper than widening and squaring in float64 first; the exact total is the same integer,
-    rounded the same way, so the bits are the same.
+    Finite float32 tensors take ``float32_squares_units``, cheaper than widening and squaring in
+    float64 first; the exact total is the same integer, rounded the same way: the same bits.
     """
     tensors = list(tensors)
     if all(t.dtype == torch.float32 for t in tensors):
         flats = [t.detach().to("cpu").contiguous().reshape(-1).numpy() for t in tensors]
         if all(bool(np.isfinite(flat).all()) for flat in flats):
-            total = sum(
-                _float32_squares_total(flat[start : start + CHUNK])
-                for flat in flats
-                for start in range(0, flat.shape[0], CHUNK)
-            )
-            return total / _UNIT if total else 0.0
+            return from_units(sum(float32_squares_units(flat) for flat in flats))
     return _sum_of_squares_arrays(as_float64(t) for t in tensors)
+
+
+def float32_squares_units(values: np.ndarray) -> int:
+    """The sum of the squares of finite float32 ``values``, exactly, in 2**-1074 units (add
+    such totals in any grouping, then round once with ``from_units``): ~0.7x the CPU of
+    ``exact_sum`` over the float64 squares, for the same integer."""
+    flat = values.reshape(-1)
+    return sum(
+        _float32_squares_total(flat[start : start + CHUNK])
+        for start in range(0, flat.shape[0], CHUNK)
+    )
+
+
+def from_units(total: int) -> float:
+    """An exact total of 2**-1074 units, correctly rounded (round-half-even) to a double."""
+    return total / _UNIT if total else 0.0
 
 
 def _float32_squares_total(values: np.ndarray) -> int:
