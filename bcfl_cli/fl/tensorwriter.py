@@ -144,7 +144,7 @@ class SafetensorsWriter:
         if piece.dtype != spec.dtype:
             raise ValueError(f"tensor {name!r}: {piece.dtype} written, {spec.dtype} declared")
         flat = piece.detach().to("cpu").contiguous().reshape(-1)
-        data = memoryview(flat.view(torch.uint8).numpy())
+        data = flat.view(torch.uint8).numpy().data
         if self._written + len(data) > spec.nbytes:
             raise ValueError(f"tensor {name!r}: more bytes than its shape {spec.shape}")
         self._emit(data)
