@@ -26,7 +26,7 @@ from typing import BinaryIO, Protocol, TypeGuard, cast
 import torch
 
 from bcfl_cli.errors import ContractError
-from bcfl_cli.fl.aggregation.stream import Member, Plan, RoundTensors, shape_now
+from bcfl_cli.fl.aggregation.stream import Member, Plan, RoundTensors, one_thread, shape_now
 from bcfl_cli.fl.tensors import encode_tensors
 from bcfl_cli.fl.tensorwriter import SafetensorsWriter, TensorSpec, data_order
 from bcfl_cli.protocol.spec import AggregationSpec
@@ -234,14 +234,14 @@ class AggregateJob:
     def run(self, sink: Sink) -> tuple[list[str], str, Params]:
         """Stream the new model into ``sink``; (included hashes, rule name, params)."""
         tensors = self.tensors
-        plan = self._plan()
-        tensors.release()
-        order = data_order(self.layout)
-        for name in order:
-            for part in tensors.parts(name):
-                new = tensors.base(name, part) + plan.delta(name, part)
-                sink(name, new.to(torch.float32))
-        tensors.release()
+        with one_thread():
+            plan = self._plan()
+            tensors.release()
+            for name in data_order(self.layout):
+                for part in tensors.parts(name):
+                    new = tensors.base(name, part) + plan.delta(name, part)
+                    sink(name, new.to(torch.float32))
+            tensors.release()
         return list(plan.included), self.rule.name, tx_params(self.spec)
 
     def _plan(self) -> Plan:
