@@ -15,7 +15,7 @@ import weakref
 from collections import OrderedDict
 from pathlib import Path
 
-from bcfl_cli.errors import ContractError
+from bcfl_cli.errors import BlobError, ContractError
 from bcfl_cli.fl.aggregation import rule_needs_initial_model
 from bcfl_cli.fl.contract import (
     Layout,
@@ -26,14 +26,8 @@ from bcfl_cli.fl.contract import (
     check_update,
     layout_for,
 )
-from bcfl_cli.fl.stored_aggregate import (
-    BlobFiles,
-    BlobTensors,
-    RoundBlobs,
-    aggregate_file,
-    keep_as_blob,
-    verified_path,
-)
+from bcfl_cli.fl.stored_aggregate import BlobFiles, RoundBlobs, aggregate_file, keep_as_blob
+from bcfl_cli.fl.tensorfile import TensorFile, sha256_of
 from bcfl_cli.fl.views import StateView
 from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction, TxKind
@@ -82,8 +76,11 @@ class FLChecks:
             if size > limit:
                 # The claim understates the size; never read more than the limit.
                 return Verdict.reject(Reason.BLOB_TOO_LARGE, f"{size} bytes, limit {limit}")
-            blob = self.blobs.get(claim.blob, max_bytes=limit)  # a corrupt copy raises
-        return check_update(cfg.contract, self._layout(state), claim, ctx, blob)
+            # The file, not its bytes: the contract reads it a piece at a time, and a copy
+            # whose content does not hash to its name raises (corrupt), as ``get`` did.
+            blob = self.blobs.path_for(claim.blob)
+        layout = self._layout(state)
+        return check_update(cfg.contract, layout, claim, ctx, blob, named_by_hash=True)
 
     def _layout(self, state: StateView) -> ModelSpec | Layout:
         """What an update must look like: for a builtin architecture, its spec; for a model
@@ -92,14 +89,26 @@ class FLChecks:
         if isinstance(cfg.model, ModelSpec):
             return cfg.model
         if self._app_layout is None or self._app_layout[0] != cfg.initial_model:
-            limit = cfg.contract.max_blob_bytes
-            path = verified_path(self.blobs, cfg.initial_model, max_bytes=limit)
-            with BlobTensors(path, max_bytes=limit) as initial:  # the header alone is read
-                layout = dict(initial.layout)
-            if any(dtype != "F32" for dtype, _ in layout.values()):
+            found = self._initial_layout(cfg.initial_model, cfg.contract.max_blob_bytes)
+            if any(dtype != "F32" for dtype, _ in found.values()):
                 raise ContractError("wrong_dtype", "the genesis initial model is not all float32")
-            self._app_layout = (cfg.initial_model, layout)
+            self._app_layout = (cfg.initial_model, found)
         return self._app_layout[1]
+
+    def _initial_layout(self, digest: str, max_bytes: int) -> Layout:
+        """The genesis model's layout from its header; its tensors are not read (only hashed,
+        a MiB at a time, since a corrupt copy would change every verdict)."""
+        if not self.blobs.has(digest):
+            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer")
+        try:
+            with TensorFile.open(self.blobs.path_for(digest), max_bytes=max_bytes) as file:
+                if sha256_of(file.source) != digest:
+                    raise BlobError(
+                        f"blob {digest} is corrupt: its content does not match its name"
+                    )
+                return {name: (dtype, tuple(shape)) for name, (dtype, shape) in file.layout.items()}
+        except FileNotFoundError:
+            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer") from None
 
     # --- aggregates ------------------------------------------------------------------------
     def check_aggregate(self, state: StateView, tx: Transaction) -> None:
