@@ -80,6 +80,9 @@ NOT_LIMITS: dict[str, dict[str, str]] = {
     "request bodies held": {
         "503 `busy`": "the HTTP refusal past the budget (tests/node/test_front_door.py)",
     },
+    "blob size (models and updates)": {
+        "(413)": "the HTTP refusal of a larger size (tests/node/test_blob_streaming.py)",
+    },
     "explorer proof builds (`GET /explorer/proof/{round}`)": {
         "503 `busy`": "the HTTP refusal past the waiting bound (tests/node/test_explorer.py)",
         "(429)": "the HTTP refusal past the rates (tests/node/test_explorer.py)",
@@ -344,6 +347,8 @@ def _bindings() -> dict[str, list[str]]:
         "blobs no block references, per member": [
             f"{_n(quota_factor)} x `contract.{max_blob}`",
             f"{_n(blob_keeper.QUOTA_BLOBS)} x `contract.{max_blob}`",
+            f"{_n(blob_keeper.QUOTA_BLOBS)} x (the genesis initial model's size + "
+            f"{mib(blob_keeper.QUOTA_SLACK_BYTES)})",
             f"at least {mib(blob_keeper.default_quota(1))}",
             f"at least {mib(blob_keeper.MIN_QUOTA_BYTES)}",
             _opt("node", "--blob-quota-mib"),

@@ -18,8 +18,13 @@ taken from a request, so ``..%2F..`` can name nothing):
   of one chunk is stored on arrival if it hashes to ``{hash}`` (``"complete": true``; 422
   otherwise): no partial file, no finalise.
 - ``PUT /blobs/{hash}?size=N`` (signed, member, empty body): finalise; the partial file is
-  streamed through ``BlobStore.put_stream(expected=hash, max_bytes=...)``, which keeps it only
-  if the whole hash matches (422 otherwise, and the partial file is dropped).
+  hashed in pieces and renamed into the store by ``BlobStore.adopt(expected=hash,
+  max_bytes=N)``, which keeps it only if the whole hash matches (422 otherwise, and the partial
+  file is dropped). A 440 MB update is written to disk once, never copied nor held whole.
+
+The genesis cap (``max_blob_bytes``) is enforced before any byte is stored: a ``size`` over it is
+refused (413 ``blob_too_large``) on every route, a chunk never reaches past ``size``, and what a
+node holds in memory for an upload is one chunk (the signature layer's digest check).
 
 Chosen over ``Content-Range`` uploads because every request stays small enough for the signature
 layer to read and digest-check whole before anything is written.
@@ -438,8 +443,8 @@ def _append(part: Path, data: bytes) -> None:
 
 
 def _store_part(store: BlobStore, part: Path, digest: str, size: int) -> None:
-    with open(part, "rb") as f:
-        store.put_stream(iter(lambda: f.read(READ_SIZE), b""), expected=digest, max_bytes=size)
+    """The finished partial file, hashed and renamed into the store (never copied)."""
+    store.adopt(part, expected=digest, max_bytes=size)
 
 
 def blob_app(

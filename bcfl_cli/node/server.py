@@ -199,7 +199,9 @@ class Node:
         config = self.chain.state.config
         quota = self.options.blob_quota_bytes
         if quota is None:
-            quota = default_quota(config.contract.max_blob_bytes)
+            model = config.initial_model
+            model_bytes = self.blobs.size(model) if self.blobs.has(model) else None
+            quota = default_quota(config.contract.max_blob_bytes, model_bytes)
         return BlobKeeper.for_ledger(
             self.ledger,
             BlobOwners.for_home(self.home),
