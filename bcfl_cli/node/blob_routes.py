@@ -62,6 +62,7 @@ from bcfl_cli.errors import BlobError
 from bcfl_cli.node.auth import SignatureAuth, peer_did
 from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.node.traffic import BlobTraffic
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import DEFAULT_MAX_BLOB_BYTES, BlobStore
 from bcfl_cli.wire.refusal import Refusal
@@ -112,8 +113,10 @@ class BlobRoutes:
         clock: Callable[[], float] = time.time,
         keeper: BlobKeeper | None = None,
         allow_clear_text: bool = True,
+        traffic: BlobTraffic | None = None,
     ) -> None:
         self.store = store
+        self.traffic = traffic if traffic is not None else BlobTraffic()
         self.allow_clear_text = allow_clear_text  # False: no blob over plain HTTP off loopback
         self.max_blob_bytes = max_blob_bytes
         self.chunk_size = chunk_size
@@ -255,7 +258,9 @@ class BlobRoutes:
         length = max(0, end - start + 1)
         headers["Content-Length"] = str(length)
         return StreamingResponse(
-            _read_range(self.store, digest, start, length), status_code=status, headers=headers
+            _read_range(self.store, digest, start, length, self.traffic),
+            status_code=status,
+            headers=headers,
         )
 
     async def manifest(self, request: Request) -> Response:
@@ -317,6 +322,7 @@ class BlobRoutes:
                 )
             pieces.append(piece)
         body = b"".join(pieces)
+        self.traffic.received(len(body))
         if len(body) != expected_len:
             return _error(
                 400, "bad_chunk", f"chunk {index} must have {expected_len} bytes, got {len(body)}"
@@ -425,7 +431,11 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _read_range(store: BlobStore, digest: str, start: int, length: int) -> Iterator[bytes]:
+def _read_range(
+    store: BlobStore, digest: str, start: int, length: int, traffic: BlobTraffic
+) -> Iterator[bytes]:
+    """``length`` bytes from ``start``, READ_SIZE at a time: Starlette pulls the next piece only
+    once the last one is sent, so a slow reader holds one piece here, never the blob."""
     with store.open(digest) as f:
         f.seek(start)
         remaining = length
@@ -434,6 +444,7 @@ def _read_range(store: BlobStore, digest: str, start: int, length: int) -> Itera
             if not data:
                 return
             remaining -= len(data)
+            traffic.sent(len(data))
             yield data
 
 
