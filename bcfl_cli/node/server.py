@@ -50,7 +50,7 @@ from bcfl_cli.node.connections import ConnectionGuard, guarded_protocols, node_g
 from bcfl_cli.node.consensus_driver import ConsensusDriver
 from bcfl_cli.node.interfaces import BlockListener
 from bcfl_cli.node.limits import NodeLimits
-from bcfl_cli.node.local_chain import LocalChain, member_role
+from bcfl_cli.node.local_chain import LocalChain
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.mempool import Mempool, MempoolService
 from bcfl_cli.node.peers import Peers
@@ -126,9 +126,7 @@ class Node:
         self.traffic = BlobTraffic(lambda: self.chain.state.round.number)
         self.scope = BlobScope(
             self.checks,
-            verifies=lambda: (
-                options.verify_updates or member_role(self.chain.state, self.did) == "validator"
-            ),
+            verifies=lambda: options.verify_updates or not _trains_only(self.chain.state, self.did),
         )
         self.peers = Peers(
             identity.signing_key,
@@ -335,6 +333,14 @@ class _TrainerHost:
 
     def submit(self, tx: Transaction, *, seen: frozenset[str] = frozenset()) -> bool:
         return self.pool.submit(tx, seen=seen)
+
+
+def _trains_only(state: ChainState, did: str) -> bool:
+    """An active member that trains and does not validate: it needs each round's model, not
+    the others' updates (``BlobScope``). Any other node (a validator, a node catching up before
+    its admission, a member with neither role) fetches and recomputes everything."""
+    member = state.member(did)
+    return member is not None and member.active and member.is_trainer and not member.is_validator
 
 
 async def _guarded(name: str, coro: Any) -> None:

@@ -450,11 +450,12 @@ async def run_node_trainer(
 
 
 def _checks_updates(host: TrainerHost, did: str | None) -> bool:
-    """Whether the peer ``did`` may check updates: a validator, or one not known yet."""
+    """Whether the peer ``did`` may check updates: anyone but an active member that only
+    trains (node/server.py's ``BlobScope``: such a node fetches the round's model alone)."""
     if did is None:
         return True
     member = host.state.member(did)
-    return member is None or member.is_validator
+    return member is None or not member.active or member.is_validator or not member.is_trainer
 
 
 __all__ = [
