@@ -51,6 +51,7 @@ from bcfl_cli.node import (
     mempool,
     peers,
     server,
+    traffic,
 )
 from bcfl_cli.node import tls as node_tls
 from bcfl_cli.node.explorer import routes as explorer_routes
@@ -353,6 +354,10 @@ def _bindings() -> dict[str, list[str]]:
             f"at least {mib(blob_keeper.MIN_QUOTA_BYTES)}",
             _opt("node", "--blob-quota-mib"),
             f"{_n(blob_keeper.MAX_UNREFERENCED_PER_MEMBER)} blobs",
+        ],
+        "rounds shown in `/v1/status` (`traffic`, `unverified_rounds`)": [
+            f"the last {_n(traffic.KEEP_ROUNDS)} rounds",
+            f"the last {_n(blob_service.KEEP_UNVERIFIED_ROUNDS)} rounds",
         ],
         "unreferenced blob retention": [
             f"{hours(blob_keeper.DEFAULT_RETENTION_S)} ({_opt('node', '--blob-retention')}",
