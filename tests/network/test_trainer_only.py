@@ -8,6 +8,7 @@ push to a peer before it knows who that peer is); every validator holds them all
 eve's ``/v1/status`` names the rounds it took on the validators' certificate, and its blob
 traffic is below a validator's. ``verify-chain --deep`` on eve's home names those rounds as
 not recomputed (``--models-only``) and fails without the flag, naming them in its hint.
+Restarted with ``--verify-updates``, eve fetches the others' updates of the next round too.
 """
 
 from __future__ import annotations
@@ -97,3 +98,17 @@ def test_a_trainer_only_member_fetches_the_models_not_the_updates(tmp_path: Path
         assert partial.returncode == 0, partial.stdout + partial.stderr
         report = json.loads(partial.stdout)
         assert {1, 2} <= set(report["unverified_rounds"])
+
+        # --verify-updates: eve fetches every update again and recomputes what it imports
+        c.start("eve", extra=["--verify-updates"])
+        c.wait_ready("eve", timeout=120)
+        after = c.status("eve")["round"]["number"] + 1
+        c.wait_round_closed(after, ["eve"], timeout=240)
+        assert c.status("eve")["unverified_rounds"] == []
+        fresh = [
+            tx.body["blob"]
+            for block in _blocks(c, "eve")
+            for tx in block.txs
+            if tx.kind is TxKind.UPDATE and tx.body["round"] == after and tx.author != eve_did
+        ]
+        assert fresh and all(held.has(b) for b in fresh)
