@@ -83,8 +83,14 @@ def blob_fault(
 ) -> VerificationError | None:
     """The fault, if any, of a blob check that found ``status`` and ``found`` bytes."""
     if status == "missing":
+        # the store of a member that trains without validating holds no other member's update
+        hint = (
+            " (the store of a member that only trains: add --models-only)"
+            if what == "update"
+            else ""
+        )
         return VerificationError(
-            f"{what} blob {digest} is missing", height=height, tx_hash=tx, code="blob_missing"
+            f"{what} blob {digest} is missing{hint}", height=height, tx_hash=tx, code="blob_missing"
         )
     if status == "corrupt":
         return VerificationError(
