@@ -6,14 +6,14 @@ Usage::
 
 Four nodes train R rounds of the 1.13M-parameter MLP (every update is a 4.5 MB blob). Then all
 but one stop, so the chain stands still, and a fresh node (a founder's home holding only the
-genesis, trainer without voting power) starts with that one node as its only peer and catches
-up: it pulls the blocks 100 at a time, fetches every update blob in hash-checked chunks,
-re-applies every rule with the FL deep checks (contract verdicts and aggregates recomputed), and
+genesis, trainer without voting power, started with ``--verify-updates``) starts with that one
+node as its only peer and catches up: it pulls the blocks 100 at a time, fetches every update
+blob in hash-checked chunks, re-applies every rule with the FL deep checks (contract verdicts and aggregates recomputed), and
 appends. Its rate is measured from its first status answer to the head, and split, from the
 node's own ``caught up`` log line, into its transport (pages and blobs held) and its
 re-verification (time in ``ChainState.apply``), which overlap.
 
-The node's transport is also timed alone: its own fetch code (``sync.fetch_update_blobs`` over a
+The node's transport is also timed alone: its own fetch code (``sync.fetch_block_blobs`` over a
 ``BlobService``: signed requests, manifests, chunk and whole-blob hash checks, fsync) downloads
 the same pages and blobs into an empty store, with nothing verified, alternating with the raw
 transfer below (medians of five runs each).
@@ -50,7 +50,7 @@ from bcfl_cli.demo.launcher import free_ports  # noqa: E402
 from bcfl_cli.identity.keystore import load_identity  # noqa: E402
 from bcfl_cli.node.blob_service import BlobService  # noqa: E402
 from bcfl_cli.node.peers import PeerInfo  # noqa: E402
-from bcfl_cli.node.sync import BLOCKS_PER_REQUEST, fetch_update_blobs  # noqa: E402
+from bcfl_cli.node.sync import BLOCKS_PER_REQUEST, fetch_block_blobs  # noqa: E402
 from bcfl_cli.protocol.block import Block  # noqa: E402
 from bcfl_cli.store.blobs import BlobStore  # noqa: E402
 from bench.common import (  # noqa: E402
@@ -165,7 +165,7 @@ def node_transport(key: nacl.signing.SigningKey, url: str, height: int, root: Pa
                 limit = min(BLOCKS_PER_REQUEST, height - first + 1)
                 page = client.get("/v1/blocks", params={"start": first, "limit": limit}).json()
                 blocks += [Block.from_dict(b) for b in page["blocks"]]
-        asyncio.run(fetch_update_blobs(fetcher, store, blocks))
+        asyncio.run(fetch_block_blobs(fetcher, store, blocks))
         seconds = time.perf_counter() - start
         wanted = {tx.body["blob"] for b in blocks for tx in b.txs if tx.kind == "update"}
         if not all(store.has(d) for d in wanted):
@@ -227,7 +227,11 @@ def run(
             log(f"fresh node syncs {height} blocks, {total_bytes / MB:.1f} MB ...", quiet=quiet)
             fresh = consortium.spares[0]
             launched = time.perf_counter()
-            consortium.start(fresh.name, train=False, peers=[source.url])
+            # a trainer-only member takes the quorum's verdicts and fetches models alone (issue
+            # 19); --verify-updates keeps what this bench measures: every update and deep check
+            consortium.start(
+                fresh.name, train=False, peers=[source.url], extra=["--verify-updates"]
+            )
             first: tuple[float, int] | None = None
             deadline = launched + timeout
             while True:

@@ -3,7 +3,9 @@
 Every block from a peer goes through exactly what ``bcfl verify-chain --deep`` applies:
 ``ChainState.apply`` (header, commit certificate against the validator set in force, every
 transaction rule) with the FL deep checks (contract verdicts and aggregates recomputed), after
-the update blobs it references were fetched and hash-checked. Only then is it appended.
+the update blobs it references were fetched and hash-checked. Only then is it appended. A member
+that trains but does not validate (without ``--verify-updates``) fetches the block's models
+instead and takes the certified verdicts and aggregates as they are (``BlobScope``).
 
 Catching up runs a page of blocks at a time: the update blobs of the whole page are fetched in
 the background (a few at a time, in block order) while the blocks are verified one after the
@@ -31,7 +33,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -39,7 +41,7 @@ from typing import Any
 from bcfl_cli.chain.checks import AppChecks, VerdictLike
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import EncodingError, NodeError, VerificationError
-from bcfl_cli.node.blob_service import BLOB_FETCH_TIMEOUT_S, blob_owners, referenced_blobs
+from bcfl_cli.node.blob_service import BLOB_FETCH_TIMEOUT_S, BlobScope, blob_owners
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.interfaces import BlobFetcher, BlobIndex, CommittingChain, Gossip, Worker
 from bcfl_cli.node.logging import fields
@@ -92,13 +94,13 @@ class PassTimes:
         """A page or a blob of this pass is held now."""
         self.last_byte_at = time.monotonic() if now is None else now
 
-    def fetched(self, blocks: list[Block], held: BlobIndex) -> None:
-        """Count the update blobs of ``blocks`` that this node does not hold yet."""
+    def fetched(self, blocks: list[Block], held: BlobIndex, scope: BlobScope) -> None:
+        """Count the blobs of ``blocks`` this node needs (``scope``) and does not hold yet."""
         for block in blocks:
-            for tx in block.txs:
-                if tx.kind is TxKind.UPDATE and not held.has(tx.body["blob"]):
+            for digest, size in _claimed_sizes(block, scope).items():
+                if not held.has(digest):
                     self.blobs += 1
-                    self.blob_bytes += int(tx.body["blob_size"])
+                    self.blob_bytes += size
 
     @property
     def transport_s(self) -> float:
@@ -212,12 +214,15 @@ class Syncer:
         checks: AppChecks,
         worker: Worker,
         clock: Clock,
+        scope: BlobScope | None = None,
     ) -> None:
         self.chain = chain
         self.gossip = gossip
         self.fetcher = fetcher
         self.blobs = blobs
         self.checks = checks
+        #: what a block needs fetched and recomputed here (a trainer-only member: its models)
+        self.scope = scope if scope is not None else BlobScope(checks, verifies=lambda: True)
         self.worker = worker
         self.clock = clock
         self._wake = asyncio.Event()
@@ -335,7 +340,7 @@ class Syncer:
         times.pages += 1
         times.landed()
         ahead = [b for b in blocks if b.height >= start]
-        times.fetched(ahead, self.blobs)
+        times.fetched(ahead, self.blobs, self.scope)
         prefetch = asyncio.create_task(self._prefetch_blobs(ahead, times), name="sync-prefetch")
         try:
             return await self._verify_and_append(peer, start, blocks, times)
@@ -349,8 +354,8 @@ class Syncer:
                 log.debug("blob prefetch failed", exc_info=True)
 
     async def _prefetch_blobs(self, blocks: list[Block], times: PassTimes | None = None) -> None:
-        """A head start on the blobs of ``blocks``: ``fetch_update_blobs`` (see there)."""
-        await fetch_update_blobs(self.fetcher, self.blobs, blocks, times)
+        """A head start on the blobs of ``blocks``: ``fetch_block_blobs`` (see there)."""
+        await fetch_block_blobs(self.fetcher, self.blobs, blocks, times, prefer=self.scope.prefer)
 
     async def _verify_and_append(
         self, peer: PeerInfo, start: int, blocks: list[Block], times: PassTimes
@@ -390,9 +395,12 @@ class Syncer:
             if block.height != state.height + 1:
                 peer.error = f"served block {block.height} out of order"
                 break
-            owners = blob_owners(list(block.txs))
+            scope = self.scope
             began = time.monotonic()
-            held = await self.fetcher.ensure_blobs(referenced_blobs(block), prefer=owners)
+            fetched = await self.fetcher.ensure_blobs(
+                scope.blobs(block), prefer=scope.prefer(block)
+            )
+            held = fetched and scope.held(self.blobs, block)
             waited = time.monotonic() - began
             times.blob_wait_s += waited
             if waited > 0.001 and held:
@@ -406,7 +414,9 @@ class Syncer:
                 break
             began = time.monotonic()
             try:
-                new_state = await self.worker.run(partial(state.apply, block, checks=self.checks))
+                new_state = await self.worker.run(
+                    partial(state.apply, block, checks=scope.checks())
+                )
             except VerificationError as exc:
                 log.warning(
                     "peer served an invalid block; not following it",
@@ -457,19 +467,25 @@ class Syncer:
         chain.raise_alarm(height, ours, theirs, source=peer.url)
 
 
-async def fetch_update_blobs(
-    fetcher: BlobFetcher, held: BlobIndex, blocks: list[Block], times: PassTimes | None = None
+async def fetch_block_blobs(
+    fetcher: BlobFetcher,
+    held: BlobIndex,
+    blocks: list[Block],
+    times: PassTimes | None = None,
+    *,
+    prefer: Callable[[Block], Mapping[str, str | tuple[str, ...]]] | None = None,
 ) -> None:
-    """Fetch the update blobs of ``blocks`` that ``held`` lacks, PREFETCH_BLOBS at a time, in
-    block order, each from its author's node first.
+    """Fetch the blobs of ``blocks`` that ``held`` lacks, PREFETCH_BLOBS at a time, in block
+    order, each from the nodes ``prefer`` names first (default: every update blob, from its
+    author's node; a node's ``BlobScope.prefer`` names what that node needs).
 
     Only a head start: the verification loop asks for each block's blobs itself (and waits on
     a download under way rather than starting another), so a failure here costs nothing but
     the time. ``bench/sync_bench.py`` runs it alone to time the transport without verification.
     """
-    owners: dict[str, str] = {}
+    owners: dict[str, str | tuple[str, ...]] = {}
     for block in blocks:
-        owners.update(blob_owners(list(block.txs)))
+        owners.update(prefer(block) if prefer is not None else blob_owners(list(block.txs)))
     missing = [d for d in owners if not held.has(d)]
     if not missing:
         return
@@ -484,6 +500,21 @@ async def fetch_update_blobs(
             times.landed()
 
     await asyncio.gather(*(one(d) for d in missing))
+
+
+def _claimed_sizes(block: Block, scope: BlobScope) -> dict[str, int]:
+    """The blobs ``block`` needs here (``scope``), with the size its transactions claim."""
+    if scope.verifies():
+        return {
+            tx.body["blob"]: int(tx.body["blob_size"])
+            for tx in block.txs
+            if tx.kind is TxKind.UPDATE
+        }
+    return {
+        tx.body["model"]: int(tx.body["model_size"])
+        for tx in block.txs
+        if tx.kind is TxKind.AGGREGATE
+    }
 
 
 def certificate_valid(chain: str, block: Block, validators: ValidatorSet) -> bool:
