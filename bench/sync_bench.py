@@ -8,10 +8,10 @@ Four nodes train R rounds of the 1.13M-parameter MLP (every update is a 4.5 MB b
 but one stop, so the chain stands still, and a fresh node (a founder's home holding only the
 genesis, trainer without voting power, started with ``--verify-updates``) starts with that one
 node as its only peer and catches up: it pulls the blocks 100 at a time, fetches every update
-blob in hash-checked chunks, re-applies every rule with the FL deep checks (contract verdicts and aggregates recomputed), and
-appends. Its rate is measured from its first status answer to the head, and split, from the
-node's own ``caught up`` log line, into its transport (pages and blobs held) and its
-re-verification (time in ``ChainState.apply``), which overlap.
+blob in hash-checked chunks, re-applies every rule with the FL deep checks (contract verdicts
+and aggregates recomputed), and appends. Its rate is measured from its first status answer to
+the head, and split, from the node's own ``caught up`` log line, into its transport (pages and
+blobs held) and its re-verification (time in ``ChainState.apply``), which overlap.
 
 The node's transport is also timed alone: its own fetch code (``sync.fetch_block_blobs`` over a
 ``BlobService``: signed requests, manifests, chunk and whole-blob hash checks, fsync) downloads
