@@ -34,6 +34,7 @@ from bcfl_cli.cli.app import app
 from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
 from bcfl_cli.client import transport as client
+from bcfl_cli.fl import checks as fl_checks
 from bcfl_cli.fl import data, tensors
 from bcfl_cli.fl.loaders import _checks as loader_checks
 from bcfl_cli.fl.loaders import images
@@ -422,6 +423,11 @@ def _bindings() -> dict[str, list[str]]:
         "`bcfl simulate` memory per member": [
             f"{_n(simulator.MAX_MEMPOOL)} transactions in a member's mempool",
             f"{_n(shared_checks.MAX_SHARED_ANSWERS)} answers kept by `--share-checks`",
+        ],
+        "decoded updates kept for their round's aggregate (deep checks, node and "
+        "`verify-chain --deep`)": [
+            f"{_n(fl_checks.DELTA_CACHE_ENTRIES)} updates",
+            f"{mib(fl_checks.DELTA_CACHE_BYTES)} of tensors",
         ],
         "model proof read by `model verify` / `model card`": [
             f"{mib(bundle.MAX_PROOF_BYTES)} once decompressed",

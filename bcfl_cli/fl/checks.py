@@ -21,7 +21,7 @@ from bcfl_cli.fl.contract import (
     RoundContext,
     UpdateClaim,
     Verdict,
-    check_update,
+    check_update_decoded,
     layout_for,
     layout_of,
 )
@@ -34,6 +34,11 @@ from bcfl_cli.protocol.txbodies import AggregateBody
 #: Decoded global models kept in memory: a deep verification reads each one twice in a row
 #: (aggregate n's result is round n+1's base), so two are enough.
 MODEL_CACHE = 2
+#: Decoded deltas of accepted updates kept for their round's aggregate, which would otherwise
+#: read and decode every one again (least recently kept dropped first, then decoded again from
+#: its blob when the aggregate comes): bounded in count and in tensor bytes, whoever sends.
+DELTA_CACHE_ENTRIES = 256
+DELTA_CACHE_BYTES = 256 * 1024 * 1024
 
 
 class FLChecks:
@@ -49,6 +54,9 @@ class FLChecks:
         self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._initial: tuple[str, dict[str, torch.Tensor]] | None = None
         self._app_layout: tuple[str, Layout] | None = None
+        # blob hash -> (blob size, decoded delta), for check_aggregate
+        self._deltas: OrderedDict[str, tuple[int, dict[str, torch.Tensor]]] = OrderedDict()
+        self._delta_bytes = 0
 
     # --- updates ---------------------------------------------------------------------------
     def check_update(self, state: StateView, tx: Transaction) -> Verdict:
@@ -73,7 +81,40 @@ class FLChecks:
                 # The claim understates the size; never read more than the limit.
                 return Verdict.reject(Reason.BLOB_TOO_LARGE, f"{size} bytes, limit {limit}")
             blob = self.blobs.get(claim.blob, max_bytes=limit)  # a corrupt copy raises
-        return check_update(cfg.contract, self._layout(state), claim, ctx, blob)
+        verdict, delta = check_update_decoded(cfg.contract, self._layout(state), claim, ctx, blob)
+        if verdict.accept and delta is not None and blob is not None:
+            self._keep_delta(claim.blob, len(blob), delta)
+        return verdict
+
+    def _keep_delta(self, digest: str, size: int, delta: dict[str, torch.Tensor]) -> None:
+        nbytes = sum(t.nelement() * t.element_size() for t in delta.values())
+        if nbytes > DELTA_CACHE_BYTES:
+            return
+        self._drop_delta(digest)
+        self._deltas[digest] = (size, delta)
+        self._delta_bytes += nbytes
+        while len(self._deltas) > DELTA_CACHE_ENTRIES or self._delta_bytes > DELTA_CACHE_BYTES:
+            self._drop_delta(next(iter(self._deltas)))
+
+    def _drop_delta(self, digest: str) -> dict[str, torch.Tensor] | None:
+        kept = self._deltas.pop(digest, None)
+        if kept is None:
+            return None
+        self._delta_bytes -= sum(t.nelement() * t.element_size() for t in kept[1].values())
+        return kept[1]
+
+    def _update_delta(self, digest: str, max_bytes: int) -> dict[str, torch.Tensor]:
+        """An accepted update's tensors: as decoded when its verdict was checked (a blob's
+        content is fixed by its hash), or decoded again; taken once, as a round's aggregate
+        reads each once. The blob must still be there, as when it is decoded again (its
+        content is hashed again by verify-chain's blob checks, §7); one over today's limit is
+        decoded again, to be refused as before."""
+        kept = self._deltas.get(digest)
+        if kept is not None and kept[0] <= max_bytes and self.blobs.has(digest):
+            delta = self._drop_delta(digest)
+            assert delta is not None
+            return delta
+        return self._decode(digest, max_bytes)
 
     def _layout(self, state: StateView) -> ModelSpec | Layout:
         """What an update must look like: for a builtin architecture, its spec; for a model
@@ -107,7 +148,8 @@ class FLChecks:
         limit = cfg.contract.max_blob_bytes
         base = self._model(rnd.base_model, limit)
         updates = [
-            UpdateInput(u.tx, self._decode(u.blob, limit), u.num_samples) for u in rnd.accepted
+            UpdateInput(u.tx, self._update_delta(u.blob, limit), u.num_samples)
+            for u in rnd.accepted
         ]
         initial = None
         if rule_needs_initial_model(cfg.aggregation.rule):

@@ -259,15 +259,28 @@ def check_update(
     blob: bytes | None,
 ) -> Verdict:
     """The contract's verdict on one update: every check, in the documented order."""
+    return check_update_decoded(rules, model, claim, ctx, blob)[0]
+
+
+def check_update_decoded(
+    rules: ContractRules,
+    model: ModelSpec | Layout,
+    claim: UpdateClaim,
+    ctx: RoundContext,
+    blob: bytes | None,
+) -> tuple[Verdict, dict[str, torch.Tensor] | None]:
+    """:func:`check_update`, with the decoded delta of an accepted update: the round's
+    aggregate reads the same tensors again, and decoding them twice was a fifth of a deep
+    verification's checks."""
     verdict = check_context(rules, claim, ctx)
     if verdict is not None:
-        return verdict
+        return verdict, None
     layout = layout_for(model) if isinstance(model, ModelSpec) else model
     try:
-        return check_blob(rules, layout, claim, blob)[0]
+        return check_blob(rules, layout, claim, blob)
     except (BcflError, MemoryError):
         raise
     except Exception as exc:  # whatever a peer sends ends in a verdict
         return Verdict.reject(
             Reason.MALFORMED_BLOB, f"checking the blob failed: {type(exc).__name__}: {exc}"
-        )
+        ), None
