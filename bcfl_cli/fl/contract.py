@@ -35,7 +35,7 @@ import torch
 
 from bcfl_cli.errors import BcflError, ContractError
 from bcfl_cli.fl.numerics import l2_norm
-from bcfl_cli.fl.tensors import check_safetensors_layout, decode_tensors
+from bcfl_cli.fl.tensors import check_safetensors_layout, load_checked_tensors
 from bcfl_cli.protocol.spec import ContractRules, ModelSpec
 
 MAX_DETAIL_CHARS = 512
@@ -189,7 +189,7 @@ def check_blob(
     if verdict is not None:
         return verdict, None
     try:
-        delta = decode_tensors(blob, max_bytes=limit)
+        delta = load_checked_tensors(blob)  # the layout was checked just above
     except ContractError as exc:
         return Verdict.reject(exc.reason, _message(exc)), None
     for name in sorted(delta):

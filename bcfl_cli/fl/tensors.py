@@ -130,6 +130,13 @@ def _parse_header(raw: bytes) -> dict[str, object]:
 def decode_tensors(data: bytes, *, max_bytes: int) -> dict[str, torch.Tensor]:
     """Parse untrusted safetensors bytes after checking their layout. Raises ContractError."""
     check_safetensors_layout(data, max_bytes=max_bytes)
+    return load_checked_tensors(data)
+
+
+def load_checked_tensors(data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of bytes whose layout :func:`check_safetensors_layout` has just passed (the
+    contract checks the layout, then the names and shapes, before decoding: parsing the header
+    once is enough). Raises ContractError."""
     try:
         return dict(st_load(data))
     except Exception as exc:  # safetensors raises its own error types
