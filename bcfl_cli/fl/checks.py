@@ -54,6 +54,7 @@ class FLChecks:
         self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._initial: tuple[str, dict[str, torch.Tensor]] | None = None
         self._app_layout: tuple[str, Layout] | None = None
+        self._spec_layout: tuple[ModelSpec, Layout] | None = None
         # blob hash -> (blob size, decoded delta), for check_aggregate
         self._deltas: OrderedDict[str, tuple[int, dict[str, torch.Tensor]]] = OrderedDict()
         self._delta_bytes = 0
@@ -116,12 +117,15 @@ class FLChecks:
             return delta
         return self._decode(digest, max_bytes)
 
-    def _layout(self, state: StateView) -> ModelSpec | Layout:
+    def _layout(self, state: StateView) -> Layout:
         """What an update must look like: for a builtin architecture, its spec; for a model
         app, the genesis' initial weights (tensors, never the app: verifying needs no app)."""
         cfg = state.config
         if isinstance(cfg.model, ModelSpec):
-            return cfg.model
+            # layout_for serialises the spec for its cache key (~50 us): once per spec here
+            if self._spec_layout is None or self._spec_layout[0] != cfg.model:
+                self._spec_layout = (cfg.model, layout_for(cfg.model))
+            return self._spec_layout[1]
         if self._app_layout is None or self._app_layout[0] != cfg.initial_model:
             initial = self._initial_model(cfg.initial_model, cfg.contract.max_blob_bytes)
             if any(t.dtype != torch.float32 for t in initial.values()):
