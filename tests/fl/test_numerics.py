@@ -163,3 +163,64 @@ def test_dot_of_float32_states_is_fsum_of_the_products(pairs: list[tuple[float, 
 def test_dot_refuses_states_with_different_names() -> None:
     with pytest.raises(ValueError):
         numerics.dot({"a": torch.zeros(1)}, {"b": torch.zeros(1)})
+
+
+# --- below SMALL_SUM values exact_sum is fsum itself: the vectorised path stays pinned here --
+EDGE_CASES = [
+    [],
+    [0.0],
+    [-0.0, 0.0],
+    [-0.0],
+    [TINY],
+    [TINY, TINY, 2.2250738585072014e-308, 2.225073858507201e-308],
+    [1e308, -1e308, 1.0],
+    [1.0, 2.0**-53, 2.0**-53],
+    [1.0, 2.0**-53],
+    [1.0, 2.0**-53, 2.0**-106],
+    [1e16, 1.0, -1e16],
+    [MAX, -MAX, MAX],
+    [0.1] * 10,
+    [1e100, 1.0, -1e100, 1e-100],
+    [3.0, -(2.0**-1074), 2.0**-1074 * 7],
+]
+
+
+@pytest.mark.parametrize("values", EDGE_CASES)
+def test_the_vectorised_sum_is_fsum_on_edge_cases(values: list[float]) -> None:
+    got = numerics._vectorised_sum([np.array(values, dtype=np.float64)])
+    assert _bits(got) == _bits(math.fsum(values))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(finite, max_size=40), max_size=4))
+def test_the_vectorised_sum_is_fsum_on_any_finite_doubles(parts: list[list[float]]) -> None:
+    arrays = [np.array(p, dtype=np.float64) for p in parts]
+    try:
+        expected = math.fsum(x for p in parts for x in p)
+    except OverflowError:
+        return  # a partial sum overflowed in fsum: exact_sum then takes the vectorised path
+    assert _bits(numerics._vectorised_sum(arrays)) == _bits(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=300),
+    st.integers(min_value=0, max_value=400),
+)
+def test_both_sides_of_the_small_sum_bound_give_the_same_bits(
+    values: list[float], bound: int
+) -> None:
+    squares = [np.square(np.array(values, dtype=np.float64))]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(numerics, "SMALL_SUM", bound)
+        got = exact_sum(squares)
+    assert _bits(got) == _bits(numerics._vectorised_sum(squares))
+
+
+def test_an_overflowing_partial_sum_in_fsum_goes_on_to_the_exact_total() -> None:
+    values = [MAX, MAX, -MAX]  # fsum: intermediate overflow; exactly, the sum is MAX
+    with pytest.raises(OverflowError):
+        math.fsum(values)
+    assert exact_sum([np.array(values)]) == MAX
+    with pytest.raises(OverflowError):
+        exact_sum([np.array([MAX, MAX])])
