@@ -271,47 +271,28 @@ def test_a_stored_blob_larger_than_the_limit_is_never_read(tmp_path: Path) -> No
     assert (verdict.accept, verdict.reason) == (False, "blob_too_large")
 
 
-def _decoded_updates(c: Chain, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Blob hashes of accepted updates that the aggregate check decodes again."""
-    decoded: list[str] = []
-    decode = FLChecks._decode
-
-    def counting(self: FLChecks, digest: str, max_bytes: int) -> dict[str, torch.Tensor]:
-        decoded.append(digest)
-        return decode(self, digest, max_bytes)
-
-    monkeypatch.setattr(FLChecks, "_decode", counting)
+def test_an_update_is_checked_from_its_file_never_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = Chain(tmp_path)
     c.open_round()
-    c.commit(
-        c.validated(c.update("bob", delta(0.01))) + c.validated(c.update("carol", delta(0.03)))
-    )
-    accepted = {u.blob for u in c.state.round.accepted}
-    agg = c.aggregate_tx()
-    c.commit([agg])  # the rules recompute the aggregate: it must match, bit for bit
-    assert c.state.round.model == agg.body["model"]
-    return [d for d in decoded if d in accepted]
+    good, bad = c.update("bob", delta(0.01)), c.update("carol", delta(2.0))
+
+    def whole(*_a: object, **_k: object) -> bytes:
+        raise AssertionError("the contract read a whole blob")
+
+    monkeypatch.setattr(c.blobs, "get", whole)
+    assert c.checks.check_update(c.state, good).accept
+    assert c.checks.check_update(c.state, bad).reason == "norm_exceeded"
 
 
-def test_the_aggregate_reuses_the_deltas_its_updates_were_checked_with(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert _decoded_updates(Chain(tmp_path), monkeypatch) == []
-
-
-def test_deltas_past_the_cache_bound_are_decoded_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("bcfl_cli.fl.checks.DELTA_CACHE_ENTRIES", 1)
+def test_a_corrupt_local_copy_is_an_error_not_a_verdict(tmp_path: Path) -> None:
     c = Chain(tmp_path)
-    assert len(_decoded_updates(c, monkeypatch)) == 1  # bob's was dropped for carol's
-    assert len(c.checks._deltas) <= 1
-
-
-def test_the_delta_cache_holds_no_more_bytes_than_its_bound(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    one = sum(t.nelement() * t.element_size() for t in delta(0.0).values())
-    monkeypatch.setattr("bcfl_cli.fl.checks.DELTA_CACHE_BYTES", one)
-    c = Chain(tmp_path)
-    assert len(_decoded_updates(c, monkeypatch)) == 1
-    assert c.checks._delta_bytes <= one
+    c.open_round()
+    u = c.update("bob", delta(0.01))
+    path = c.blobs.path_for(u.body["blob"])
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BlobError, match="corrupt"):
+        c.checks.check_update(c.state, u)
