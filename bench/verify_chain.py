@@ -15,7 +15,10 @@ by all 7 validators. About 9.7 signatures a block.
 The baseline is the physical limit: PyNaCl verifying the same number of signatures (the same
 message shape: domain prefix + 32-byte digest) with one process per core, on a warm pool. The
 ratio says how close verify-chain (which also reads SQLite, parses canonical JSON, hashes every
-transaction and blob, and replays the rules) comes to it.
+transaction and blob, and replays the rules) comes to it. Every arm runs ``--repeat`` times,
+alternating, and is reported by its medians, in wall seconds and in CPU seconds (the process
+and its workers): on a shared machine the wall ratio depends on how many runnable processes
+each arm has, the CPU ratio ("x raw CPU", against the one-process raw arm) does not.
 """
 
 from __future__ import annotations
