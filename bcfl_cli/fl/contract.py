@@ -40,7 +40,13 @@ import numpy as np
 import torch
 
 from bcfl_cli.errors import BcflError, BlobError, ContractError
-from bcfl_cli.fl.numerics import as_float64, exact_sum, float32_squares_units, from_units
+from bcfl_cli.fl.numerics import (
+    SMALL_SUM,
+    as_float64,
+    exact_sum,
+    float32_squares_units,
+    from_units,
+)
 from bcfl_cli.fl.tensorfile import PIECE_ELEMENTS, FileSource, TensorFile, sha256_of
 from bcfl_cli.fl.tensors import ByteSource, BytesSource, check_safetensors_layout
 from bcfl_cli.protocol.spec import ContractRules, ModelSpec
@@ -263,9 +269,12 @@ def finite_l2_norm(
     on how the values are grouped, so the norm is bit for bit ``l2_norm`` of the whole state.
     An all-float32 update (every builtin or app model's) sums its squares exactly from the
     integer mantissas instead (``numerics.float32_squares_units``): the same total, the same
-    bits, ~0.7x the CPU, which a node catching up spends on every update it re-checks.
+    bits, ~0.7x the CPU, which a node catching up spends on every update it re-checks (up to
+    ``SMALL_SUM`` values, ``exact_sum``'s own ``fsum`` costs less).
     """
-    if all(dtype == "F32" for dtype, _ in tensors.layout.values()):
+    layout = tensors.layout.values()
+    elements = sum(math.prod(shape) for _, shape in layout)
+    if elements > SMALL_SUM and all(dtype == "F32" for dtype, _ in layout):
         units = 0
         for name in tensors.names:
             for piece in tensors.pieces(name, piece_elements):
