@@ -1,0 +1,247 @@
+"""A trainer's update, streamed: the base weights read from their blob one tensor at a time,
+the delta computed, rounded to the genesis' update dtype and written tensor by tensor.
+
+A node that trains a 110M-parameter model must not hold the update several times over: the
+whole-update ``bytes`` of ``encode_tensors``, a dict of deltas, a decoded copy of the base. Here
+the base is a read-only mapping over its safetensors file (``pread``, no memory map, so its
+pages never count against the process), the delta of one tensor exists at a time, and the
+file is written with the exact bytes ``encode_tensors`` gives for the same tensors, hashing and
+summing the exact squared norm as it goes.
+
+The update dtype (PROTOCOL.md, "Update dtype"): every delta value is rounded from float32 with
+round-to-nearest-even (torch's cast). float16 ends at 65504: a finite delta that rounds to an
+infinity is refused here with the tensor's name, never clamped (a clamped update is not the
+one trained). A NaN or an infinity already in the delta is written as is, and the contract
+rejects it as ``non_finite``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+from safetensors import safe_open
+
+from bcfl_cli.errors import ContractError, UsageError
+from bcfl_cli.fl.numerics import sum_of_squares
+
+#: The genesis' ``contract.update_dtype`` as torch dtypes.
+UPDATE_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+#: safetensors' names of the dtypes an update or a model may hold.
+SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+}
+#: Elements rounded, checked, written and widened to float64 (for the norm) at a time: 8 MiB
+#: of float64 whatever the tensor.
+WRITE_CHUNK = 1 << 20
+FLOAT16_MAX = 65504.0
+
+Shapes = Mapping[str, tuple[int, ...]]
+
+
+def update_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a genesis ``contract.update_dtype``."""
+    try:
+        return UPDATE_DTYPES[name]
+    except KeyError:
+        raise UsageError(
+            f"update dtype {name!r}: expected one of {sorted(UPDATE_DTYPES)}"
+        ) from None
+
+
+class FileWeights(Mapping[str, torch.Tensor]):
+    """A read-only mapping over a safetensors file that reads one tensor per lookup.
+
+    For the trainer's own blob store (a file named by its verified hash): the base model of a
+    round, so that loading it into a model and subtracting it from the trained weights never
+    holds a second whole copy. Reads use ``pread``, not a memory map.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            with safe_open(str(self.path), framework="pt", backend="pread") as handle:
+                names = list(handle.keys())
+                self.shapes: dict[str, tuple[int, ...]] = {
+                    name: tuple(handle.get_slice(name).get_shape()) for name in names
+                }
+        except Exception as exc:  # safetensors raises its own types
+            raise ContractError("malformed_blob", f"{self.path.name}: {exc}") from exc
+        self._names = sorted(names)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.shapes:
+            raise KeyError(name)
+        with safe_open(str(self.path), framework="pt", backend="pread") as handle:
+            tensor: torch.Tensor = handle.get_tensor(name)
+        return tensor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+class DeltaView(Mapping[str, torch.Tensor]):
+    """``trained - base`` in float32, computed for one name at a time (never all at once)."""
+
+    def __init__(
+        self, trained: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], shapes: Shapes
+    ) -> None:
+        self.trained = trained
+        self.base = base
+        self.shapes = dict(shapes)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.shapes:
+            raise KeyError(name)
+        local = self.trained[name].detach().to("cpu", torch.float32)
+        base = self.base[name]
+        if isinstance(self.base, FileWeights) and base.dtype == torch.float32:
+            # a tensor just read for this call: the difference may take its place (the same
+            # IEEE subtraction, one tensor fewer in memory)
+            return torch.sub(local, base, out=base)
+        return (local - base.to(torch.float32)).contiguous()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.shapes))
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+
+def shapes_of(delta: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``delta`` without computing it where it can say them (a DeltaView)."""
+    known = getattr(delta, "shapes", None)
+    if isinstance(known, Mapping):
+        return {str(k): tuple(v) for k, v in known.items()}
+    return {k: tuple(v.shape) for k, v in delta.items()}
+
+
+def to_update_dtype(name: str, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` rounded to ``dtype`` (nearest even); refuses a finite value that overflows."""
+    if dtype == torch.float32:
+        return tensor.to(torch.float32).contiguous()
+    rounded = tensor.to(dtype).contiguous()
+    overflow = torch.isinf(rounded) & torch.isfinite(tensor)
+    if bool(overflow.any()):
+        worst = float(tensor[overflow].abs().max())
+        limit = FLOAT16_MAX if dtype == torch.float16 else float(torch.finfo(dtype).max)
+        raise UsageError(
+            f"the update's tensor {name!r} holds {worst:.6g}, beyond the largest "
+            f"{_dtype_word(dtype)} ({limit:g}): the genesis fixes contract.update_dtype, and a "
+            "value that does not fit is refused, not clamped",
+            hint="lower the learning rate or the local steps; a consortium whose updates need "
+            "that range uses update_dtype = 'bfloat16' or 'float32'",
+        )
+    return rounded
+
+
+def _dtype_word(dtype: torch.dtype) -> str:
+    return next(k for k, v in UPDATE_DTYPES.items() if v == dtype)
+
+
+def safetensors_header(dtype: torch.dtype, shapes: Shapes) -> bytes:
+    """The header ``encode_tensors`` writes for tensors of one ``dtype`` and these shapes:
+    the 8-byte length, then the JSON (names sorted, data in the same order, no spaces),
+    padded with spaces to a multiple of 8."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    entries: dict[str, object] = {}
+    offset = 0
+    for name in sorted(shapes):
+        count = math.prod(shapes[name])
+        entries[name] = {
+            "dtype": SAFETENSORS_DTYPES[dtype],
+            "shape": list(shapes[name]),
+            "data_offsets": [offset, offset + count * size],
+        }
+        offset += count * size
+    text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text
+
+
+@dataclass(frozen=True)
+class WrittenUpdate:
+    """What :func:`write_update` wrote: its size, SHA-256 and exact L2 norm."""
+
+    size: int
+    sha256: str
+    norm: float
+
+
+def write_update(
+    delta: Mapping[str, torch.Tensor],
+    out: BinaryIO,
+    dtype: torch.dtype = torch.float32,
+    *,
+    with_norm: bool = True,
+) -> WrittenUpdate:
+    """Write ``delta`` rounded to ``dtype`` as safetensors into ``out``, in bounded chunks.
+
+    The bytes are those of ``encode_tensors`` on the rounded tensors. With ``with_norm``, the
+    exact L2 norm of the rounded values (what the contract computes), else NaN. Beyond one
+    tensor of ``delta``, only ``WRITE_CHUNK`` elements are rounded, checked and summed at once.
+    """
+    shapes = shapes_of(delta)
+    hasher = hashlib.sha256()
+    written = 0
+    finite = True
+
+    def emit(data: bytes | memoryview) -> None:
+        nonlocal written
+        hasher.update(data)
+        out.write(data)
+        written += len(data)
+
+    emit(safetensors_header(dtype, shapes))
+
+    def pieces() -> Iterator[torch.Tensor]:
+        nonlocal finite
+        for name in sorted(shapes):
+            tensor = delta[name].detach()
+            if tuple(tensor.shape) != shapes[name]:
+                raise UsageError(
+                    f"the update's tensor {name!r} has shape {list(tensor.shape)}, "
+                    f"expected {list(shapes[name])}"
+                )
+            flat = tensor.to("cpu").reshape(-1)
+            del tensor
+            for start in range(0, flat.numel(), WRITE_CHUNK):
+                rounded = to_update_dtype(name, flat[start : start + WRITE_CHUNK], dtype)
+                emit(memoryview(rounded.view(torch.uint8).numpy()))
+                if finite and not bool(torch.isfinite(rounded).all()):
+                    finite = False  # the contract rejects it as non_finite; no norm to sum
+                if finite and with_norm:
+                    yield rounded
+
+    squares = sum_of_squares(pieces())
+    norm = math.sqrt(squares) if finite and with_norm else math.nan
+    return WrittenUpdate(written, hasher.hexdigest(), norm)
+
+
+__all__ = [
+    "UPDATE_DTYPES",
+    "DeltaView",
+    "FileWeights",
+    "WrittenUpdate",
+    "safetensors_header",
+    "shapes_of",
+    "to_update_dtype",
+    "update_dtype",
+    "write_update",
+]
