@@ -223,7 +223,7 @@ def write_update(
             del tensor
             for start in range(0, flat.numel(), WRITE_CHUNK):
                 rounded = to_update_dtype(name, flat[start : start + WRITE_CHUNK], dtype)
-                emit(memoryview(rounded.view(torch.uint8).numpy()))
+                emit(rounded.view(torch.uint8).numpy().data)
                 if finite and not bool(torch.isfinite(rounded).all()):
                     finite = False  # the contract rejects it as non_finite; no norm to sum
                 if finite and with_norm:

@@ -282,7 +282,7 @@ class TrainingPlan(_Spec):
 UpdateDtype = Literal["float32", "bfloat16", "float16"]
 UPDATE_DTYPE_NAMES: tuple[str, ...] = get_args(UpdateDtype)
 #: What a genesis that names no ``update_dtype`` means (every genesis before issue 19).
-DEFAULT_UPDATE_DTYPE = "float32"
+DEFAULT_UPDATE_DTYPE: UpdateDtype = "float32"
 
 
 class ContractRules(_Spec):
