@@ -23,8 +23,8 @@ from bcfl_cli.fl.contract import (
     Verdict,
     check_update,
     layout_for,
-    layout_of,
 )
+from bcfl_cli.fl.tensorfile import TensorFile, sha256_of
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.views import Blobs, StateView
 from bcfl_cli.protocol.spec import ModelSpec
@@ -72,8 +72,11 @@ class FLChecks:
             if size > limit:
                 # The claim understates the size; never read more than the limit.
                 return Verdict.reject(Reason.BLOB_TOO_LARGE, f"{size} bytes, limit {limit}")
-            blob = self.blobs.get(claim.blob, max_bytes=limit)  # a corrupt copy raises
-        return check_update(cfg.contract, self._layout(state), claim, ctx, blob)
+            # The file, not its bytes: the contract reads it a piece at a time, and a copy
+            # whose content does not hash to its name raises (corrupt), as ``get`` did.
+            blob = self.blobs.path_for(claim.blob)
+        layout = self._layout(state)
+        return check_update(cfg.contract, layout, claim, ctx, blob, named_by_hash=True)
 
     def _layout(self, state: StateView) -> ModelSpec | Layout:
         """What an update must look like: for a builtin architecture, its spec; for a model
@@ -82,11 +85,26 @@ class FLChecks:
         if isinstance(cfg.model, ModelSpec):
             return cfg.model
         if self._app_layout is None or self._app_layout[0] != cfg.initial_model:
-            initial = self._initial_model(cfg.initial_model, cfg.contract.max_blob_bytes)
-            if any(t.dtype != torch.float32 for t in initial.values()):
+            found = self._initial_layout(cfg.initial_model, cfg.contract.max_blob_bytes)
+            if any(dtype != "F32" for dtype, _ in found.values()):
                 raise ContractError("wrong_dtype", "the genesis initial model is not all float32")
-            self._app_layout = (cfg.initial_model, layout_of(initial))
+            self._app_layout = (cfg.initial_model, found)
         return self._app_layout[1]
+
+    def _initial_layout(self, digest: str, max_bytes: int) -> Layout:
+        """The genesis model's layout from its header; its tensors are not read (only hashed,
+        a MiB at a time, since a corrupt copy would change every verdict)."""
+        if not self.blobs.has(digest):
+            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer")
+        try:
+            with TensorFile.open(self.blobs.path_for(digest), max_bytes=max_bytes) as file:
+                if sha256_of(file.source) != digest:
+                    raise BlobError(
+                        f"blob {digest} is corrupt: its content does not match its name"
+                    )
+                return {name: (dtype, tuple(shape)) for name, (dtype, shape) in file.layout.items()}
+        except FileNotFoundError:
+            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer") from None
 
     # --- aggregates ------------------------------------------------------------------------
     def check_aggregate(self, state: StateView, tx: Transaction) -> None:
