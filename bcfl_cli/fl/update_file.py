@@ -22,14 +22,13 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import torch
-from safetensors import safe_open
 
-from bcfl_cli.errors import ContractError, UsageError
+from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.numerics import sum_of_squares
+from bcfl_cli.fl.tensorfile import LazyTensors, TensorFile
 
 #: The genesis' ``contract.update_dtype`` as torch dtypes.
 UPDATE_DTYPES: dict[str, torch.dtype] = {
@@ -62,38 +61,15 @@ def update_dtype(name: str) -> torch.dtype:
         ) from None
 
 
-class FileWeights(Mapping[str, torch.Tensor]):
-    """A read-only mapping over a safetensors file that reads one tensor per lookup.
+class BaseWeights(LazyTensors):
+    """A round's base model over its blob (``fl/tensorfile.py``): each lookup reads one
+    tensor with ``pread`` into memory of its own; ``shapes`` come from the header alone."""
 
-    For the trainer's own blob store (a file named by its verified hash): the base model of a
-    round, so that loading it into a model and subtracting it from the trained weights never
-    holds a second whole copy. Reads use ``pread``, not a memory map.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        try:
-            with safe_open(str(self.path), framework="pt", backend="pread") as handle:
-                names = list(handle.keys())
-                self.shapes: dict[str, tuple[int, ...]] = {
-                    name: tuple(handle.get_slice(name).get_shape()) for name in names
-                }
-        except Exception as exc:  # safetensors raises its own types
-            raise ContractError("malformed_blob", f"{self.path.name}: {exc}") from exc
-        self._names = sorted(names)
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self.shapes:
-            raise KeyError(name)
-        with safe_open(str(self.path), framework="pt", backend="pread") as handle:
-            tensor: torch.Tensor = handle.get_tensor(name)
-        return tensor
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
+    def __init__(self, file: TensorFile) -> None:
+        super().__init__(file)
+        self.shapes: dict[str, tuple[int, ...]] = {
+            name: tuple(shape) for name, (_, shape) in file.layout.items()
+        }
 
 
 class DeltaView(Mapping[str, torch.Tensor]):
@@ -111,7 +87,7 @@ class DeltaView(Mapping[str, torch.Tensor]):
             raise KeyError(name)
         local = self.trained[name].detach().to("cpu", torch.float32)
         base = self.base[name]
-        if isinstance(self.base, FileWeights) and base.dtype == torch.float32:
+        if isinstance(self.base, LazyTensors) and base.dtype == torch.float32:
             # a tensor just read for this call: the difference may take its place (the same
             # IEEE subtraction, one tensor fewer in memory)
             return torch.sub(local, base, out=base)
@@ -236,8 +212,8 @@ def write_update(
 
 __all__ = [
     "UPDATE_DTYPES",
+    "BaseWeights",
     "DeltaView",
-    "FileWeights",
     "WrittenUpdate",
     "safetensors_header",
     "shapes_of",

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ import torch
 from bcfl_cli.apps.api import Progress
 from bcfl_cli.apps.runner import BoundApp
 from bcfl_cli.errors import BlobError, StoreError
+from bcfl_cli.fl.tensorfile import TensorFile
 from bcfl_cli.fl.training import TrainResult
-from bcfl_cli.fl.update_file import FileWeights, WrittenUpdate, update_dtype, write_update
+from bcfl_cli.fl.update_file import BaseWeights, WrittenUpdate, update_dtype, write_update
 from bcfl_cli.protocol.spec import ContractRules
 from bcfl_cli.store.blobs import BlobStore
 
@@ -45,8 +47,10 @@ class TrainedUpdate:
     norm: float
 
 
-def base_weights(blobs: BlobStore, digest: str, max_bytes: int) -> FileWeights:
-    """The round's base model as a lazy mapping over its blob, checked against its hash."""
+@contextmanager
+def base_weights(blobs: BlobStore, digest: str, max_bytes: int) -> Iterator[BaseWeights]:
+    """The round's base model as a lazy mapping over its blob, checked against its hash
+    (streamed) and its layout (the header), open for as long as the caller trains on it."""
     status, size = blobs.check(digest)
     if status != "ok":
         raise BlobError(
@@ -55,7 +59,8 @@ def base_weights(blobs: BlobStore, digest: str, max_bytes: int) -> FileWeights:
         )
     if size > max_bytes:
         raise StoreError(f"base model {digest} has {size} bytes, over the limit of {max_bytes}")
-    return FileWeights(blobs.path_for(digest))
+    with TensorFile.open(blobs.path_for(digest), max_bytes=max_bytes) as file:
+        yield BaseWeights(file)
 
 
 def store_update(
@@ -97,10 +102,10 @@ def train_update(
     with_norm: bool = True,
 ) -> TrainedUpdate:
     """Train on ``base_model`` (a blob of ``blobs``) and store the update in ``blobs``."""
-    base = base_weights(blobs, base_model, rules.max_blob_bytes)
-    result = app.train_round(base, data, seed=seed, device=device, progress=progress)
-    delta = result.delta if rewrite is None else rewrite(base, result)
-    written = store_update(blobs, delta, rules, with_norm=with_norm)
+    with base_weights(blobs, base_model, rules.max_blob_bytes) as base:
+        result = app.train_round(base, data, seed=seed, device=device, progress=progress)
+        delta = result.delta if rewrite is None else rewrite(base, result)
+        written = store_update(blobs, delta, rules, with_norm=with_norm)
     return TrainedUpdate(
         written.sha256, written.size, result.num_samples, dict(result.metrics), written.norm
     )

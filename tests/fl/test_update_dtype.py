@@ -18,10 +18,11 @@ from bcfl_cli.fl import contract, numerics
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate
 from bcfl_cli.fl.contract import RoundContext, UpdateClaim, check_update
 from bcfl_cli.fl.models import initial_state
+from bcfl_cli.fl.tensorfile import TensorFile
 from bcfl_cli.fl.tensors import decode_tensors, encode_tensors
 from bcfl_cli.fl.update_file import (
+    BaseWeights,
     DeltaView,
-    FileWeights,
     safetensors_header,
     to_update_dtype,
     write_update,
@@ -146,12 +147,13 @@ def test_delta_view_computes_trained_minus_base_from_a_file(tmp_path):
     trained = {k: v + 0.25 for k, v in base.items()}
     path = tmp_path / "base.safetensors"
     path.write_bytes(encode_tensors(base))
-    weights = FileWeights(path)
-    assert sorted(weights) == sorted(base) and weights.shapes["out.bias"] == (3,)
-    view = DeltaView(trained, weights, weights.shapes)
-    for name in base:
-        assert torch.equal(view[name], trained[name] - base[name])
-        assert torch.equal(weights[name], base[name])  # the file is never written to
+    with TensorFile.open(path, max_bytes=1 << 20) as file:
+        weights = BaseWeights(file)
+        assert sorted(weights) == sorted(base) and weights.shapes["out.bias"] == (3,)
+        view = DeltaView(trained, weights, weights.shapes)
+        for name in base:
+            assert torch.equal(view[name], trained[name] - base[name])
+            assert torch.equal(weights[name], base[name])  # the file is never written to
 
 
 # --- the contract --------------------------------------------------------------------------
