@@ -34,7 +34,7 @@ from bcfl_cli.cli.app import app
 from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
 from bcfl_cli.client import transport as client
-from bcfl_cli.fl import data, tensorfile, tensors
+from bcfl_cli.fl import data, tensorfile, tensors, update_file
 from bcfl_cli.fl.loaders import _checks as loader_checks
 from bcfl_cli.fl.loaders import images
 from bcfl_cli.identity import tls_cert
@@ -327,6 +327,10 @@ def _bindings() -> dict[str, list[str]]:
             f"hashed {mib(tensorfile.HASH_CHUNK)} at a time",
             f"read {_n(tensorfile.PIECE_ELEMENTS)} at a time",
             f"({mib(tensorfile.PIECE_ELEMENTS * 4)} of single-precision floats)",
+        ],
+        "memory of a trainer writing its update": [
+            f"written and summed {_n(update_file.WRITE_CHUNK)} values at a time",
+            f"a half-precision value past {_n(update_file.FLOAT16_MAX)} refused",
         ],
         "a peer's error body, upload status, chunk acknowledgement": [
             f"{kib(client.MAX_ERROR_BODY_BYTES)} each",
