@@ -27,7 +27,8 @@ if str(ROOT) not in sys.path:
 
 from bcfl_cli.demo.run import DemoOptions, genesis_plan, run_demo  # noqa: E402
 from bcfl_cli.fl.models import initial_state  # noqa: E402
-from bcfl_cli.fl.update_file import safetensors_header, update_dtype  # noqa: E402
+from bcfl_cli.fl.tensorwriter import TensorSpec, header_bytes  # noqa: E402
+from bcfl_cli.fl.update_file import update_dtype  # noqa: E402
 from bcfl_cli.protocol.spec import ModelSpec  # noqa: E402
 from bench import common  # noqa: E402
 
@@ -41,7 +42,8 @@ def update_size(options: DemoOptions) -> int:
     shapes = {k: tuple(v.shape) for k, v in initial_state(model).items()}
     dtype = update_dtype(options.update_dtype)
     items = sum(math.prod(s) for s in shapes.values())
-    return len(safetensors_header(dtype, shapes)) + items * dtype.itemsize
+    header = header_bytes({k: TensorSpec(dtype, shape) for k, shape in shapes.items()})
+    return len(header) + items * dtype.itemsize
 
 
 def run_one(dtype: str, rounds: int, seed: int) -> dict[str, Any]:

@@ -5,8 +5,8 @@ A node that trains a 110M-parameter model must not hold the update several times
 whole-update ``bytes`` of ``encode_tensors``, a dict of deltas, a decoded copy of the base. Here
 the base is a read-only mapping over its safetensors file (``pread``, no memory map, so its
 pages never count against the process), the delta of one tensor exists at a time, and the
-file is written with the exact bytes ``encode_tensors`` gives for the same tensors, hashing and
-summing the exact squared norm as it goes.
+file is written by ``fl/tensorwriter.py`` (the exact bytes ``encode_tensors`` gives for the same
+tensors, hashed while written), summing the exact squared norm as it goes.
 
 The update dtype (PROTOCOL.md, "Update dtype"): every delta value is rounded from float32 with
 round-to-nearest-even (torch's cast). float16 ends at 65504: a finite delta that rounds to an
@@ -17,8 +17,6 @@ rejects it as ``non_finite``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ import torch
 from bcfl_cli.errors import UsageError
 from bcfl_cli.fl.numerics import sum_of_squares
 from bcfl_cli.fl.tensorfile import LazyTensors, TensorFile
+from bcfl_cli.fl.tensorwriter import SafetensorsWriter, TensorSpec
 
 #: The genesis' ``contract.update_dtype`` as torch dtypes.
 UPDATE_DTYPES: dict[str, torch.dtype] = {
@@ -131,26 +130,6 @@ def _dtype_word(dtype: torch.dtype) -> str:
     return next(k for k, v in UPDATE_DTYPES.items() if v == dtype)
 
 
-def safetensors_header(dtype: torch.dtype, shapes: Shapes) -> bytes:
-    """The header ``encode_tensors`` writes for tensors of one ``dtype`` and these shapes:
-    the 8-byte length, then the JSON (names sorted, data in the same order, no spaces),
-    padded with spaces to a multiple of 8."""
-    size = torch.empty(0, dtype=dtype).element_size()
-    entries: dict[str, object] = {}
-    offset = 0
-    for name in sorted(shapes):
-        count = math.prod(shapes[name])
-        entries[name] = {
-            "dtype": SAFETENSORS_DTYPES[dtype],
-            "shape": list(shapes[name]),
-            "data_offsets": [offset, offset + count * size],
-        }
-        offset += count * size
-    text = json.dumps(entries, separators=(",", ":"), ensure_ascii=False).encode()
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text
-
-
 @dataclass(frozen=True)
 class WrittenUpdate:
     """What :func:`write_update` wrote: its size, SHA-256 and exact L2 norm."""
@@ -174,21 +153,12 @@ def write_update(
     tensor of ``delta``, only ``WRITE_CHUNK`` elements are rounded, checked and summed at once.
     """
     shapes = shapes_of(delta)
-    hasher = hashlib.sha256()
-    written = 0
+    writer = SafetensorsWriter(out, {k: TensorSpec(dtype, shape) for k, shape in shapes.items()})
     finite = True
-
-    def emit(data: bytes | memoryview) -> None:
-        nonlocal written
-        hasher.update(data)
-        out.write(data)
-        written += len(data)
-
-    emit(safetensors_header(dtype, shapes))
 
     def pieces() -> Iterator[torch.Tensor]:
         nonlocal finite
-        for name in sorted(shapes):
+        for name in writer.order:  # one dtype: the names sorted
             tensor = delta[name].detach()
             if tuple(tensor.shape) != shapes[name]:
                 raise UsageError(
@@ -199,15 +169,16 @@ def write_update(
             del tensor
             for start in range(0, flat.numel(), WRITE_CHUNK):
                 rounded = to_update_dtype(name, flat[start : start + WRITE_CHUNK], dtype)
-                emit(rounded.view(torch.uint8).numpy().data)
+                writer.write(name, rounded)
                 if finite and not bool(torch.isfinite(rounded).all()):
                     finite = False  # the contract rejects it as non_finite; no norm to sum
                 if finite and with_norm:
                     yield rounded
 
     squares = sum_of_squares(pieces())
+    digest, size = writer.finish()
     norm = math.sqrt(squares) if finite and with_norm else math.nan
-    return WrittenUpdate(written, hasher.hexdigest(), norm)
+    return WrittenUpdate(size, digest, norm)
 
 
 __all__ = [
@@ -215,7 +186,6 @@ __all__ = [
     "BaseWeights",
     "DeltaView",
     "WrittenUpdate",
-    "safetensors_header",
     "shapes_of",
     "to_update_dtype",
     "update_dtype",
