@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from bcfl_cli.consortium import load_config
 from bcfl_cli.errors import EncodingError, UsageError
 from bcfl_cli.fl import contract, numerics
-from bcfl_cli.fl.aggregation import UpdateInput, aggregate
+from bcfl_cli.fl.aggregation import UpdateInput, aggregate, aggregate_to
 from bcfl_cli.fl.contract import RoundContext, UpdateClaim, check_update
 from bcfl_cli.fl.models import initial_state
 from bcfl_cli.fl.tensorfile import TensorFile
@@ -217,3 +217,15 @@ def test_compact_updates_aggregate_exactly_as_their_float32_values(
     b = aggregate(spec, base, wide, initial_state=initial)
     assert a.model_hash == b.model_hash
     assert all(v.dtype == torch.float32 for v in a.new_state.values())
+    # and streamed from the stored compact blobs, as a validator recomputes it
+    files = [
+        UpdateInput(
+            u.hash,
+            TensorFile.of_bytes(encode_tensors(dict(u.delta)), max_bytes=1 << 20).tensors(),
+            u.num_samples,
+        )
+        for u in compact
+    ]
+    out = io.BytesIO()
+    streamed = aggregate_to(out, spec, base, files, initial_state=initial)
+    assert streamed.model_hash == a.model_hash == hashlib.sha256(out.getvalue()).hexdigest()
