@@ -4,7 +4,7 @@ What the node's trainer and ``bcfl train`` run (``training/update.py``) trains a
 a fresh process, which reports its idle resident size (torch imported, data loaded; the kernel's
 high-water mark reset there) and the high-water mark once the update is in the blob store. The
 old path (the base decoded from its bytes, a dict of deltas, ``encode_tensors``' bytes) peaked
-at 7.1x; now weights + gradients + a read buffer, about 2.2x (torch's lazy optimiser imports,
+at 6.3x; now weights + gradients + a read buffer, about 2.4x (torch's lazy optimiser imports,
 which a node pays at start, are paid before the idle size is taken). About 10 s of CPU, most
 of it torch's import and that lazy start; more wall time on a loaded machine.
 """
