@@ -3,12 +3,12 @@ the delta computed, rounded to the genesis' update dtype and written tensor by t
 
 A node that trains a 110M-parameter model must not hold the update several times over: the
 whole-update ``bytes`` of ``encode_tensors``, a dict of deltas, a decoded copy of the base. Here
-the base is a read-only mapping over its safetensors file (``pread``, no memory map, so its
-pages never count against the process), the delta of one tensor exists at a time, and the
+the base is a read-only mapping over its safetensors file (``fl/tensorfile.py``: ``pread`` into
+buffers of ours, no memory map), the delta of one tensor exists at a time, and the
 file is written by ``fl/tensorwriter.py`` (the exact bytes ``encode_tensors`` gives for the same
 tensors, hashed while written), summing the exact squared norm as it goes.
 
-The update dtype (PROTOCOL.md, "Update dtype"): every delta value is rounded from float32 with
+The update dtype (PROTOCOL.md §7.1): every delta value is rounded from float32 with
 round-to-nearest-even (torch's cast). float16 ends at 65504: a finite delta that rounds to an
 infinity is refused here with the tensor's name, never clamped (a clamped update is not the
 one trained). A NaN or an infinity already in the delta is written as is, and the contract
@@ -35,16 +35,10 @@ UPDATE_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-#: safetensors' names of the dtypes an update or a model may hold.
-SAFETENSORS_DTYPES: dict[torch.dtype, str] = {
-    torch.float32: "F32",
-    torch.float64: "F64",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-}
 #: Elements rounded, checked, written and widened to float64 (for the norm) at a time: 8 MiB
 #: of float64 whatever the tensor.
 WRITE_CHUNK = 1 << 20
+#: The largest finite float16; values from 65520 up round to infinity (nearest even).
 FLOAT16_MAX = 65504.0
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -86,7 +80,7 @@ class DeltaView(Mapping[str, torch.Tensor]):
             raise KeyError(name)
         local = self.trained[name].detach().to("cpu", torch.float32)
         base = self.base[name]
-        if isinstance(self.base, LazyTensors) and base.dtype == torch.float32:
+        if isinstance(self.base, BaseWeights) and base.dtype == torch.float32:
             # a tensor just read for this call: the difference may take its place (the same
             # IEEE subtraction, one tensor fewer in memory)
             return torch.sub(local, base, out=base)
