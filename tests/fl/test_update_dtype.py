@@ -59,8 +59,10 @@ def test_a_genesis_without_the_field_keeps_its_bytes_and_hash(tmp_path):
     default (float32) is never written, and a document that spells it out is not canonical."""
     from bcfl_cli.consortium.config import genesis_config_from_document
 
-    text = example_toml(("alice", "bob", "carol", "dave")).replace(
-        "round_deadline_s = 600 ", "deadline_blocks = 20    ", 1
+    text = (
+        example_toml(("alice", "bob", "carol", "dave"))
+        .replace("round_deadline_s = 600 ", "deadline_blocks = 20    ", 1)
+        .replace("max_blob_bytes = 1073741824 # 1 GiB", "max_blob_bytes = 67108864   # 64 MiB", 1)
     )
     document = load_config(write_config(tmp_path, text)).to_document("cd" * 32)
     assert "update_dtype" not in document["contract"]
