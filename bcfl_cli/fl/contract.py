@@ -267,7 +267,7 @@ def finite_l2_norm(
 
     One pass, a piece at a time: the squares go to ``exact_sum``, whose result does not depend
     on how the values are grouped, so the norm is bit for bit ``l2_norm`` of the whole state.
-    An all-float32 update (every builtin or app model's) sums its squares exactly from the
+    An all-float32 update (the default ``update_dtype``) sums its squares exactly from the
     integer mantissas instead (``numerics.float32_squares_units``): the same total, the same
     bits, ~0.7x the CPU, which a node catching up spends on every update it re-checks (up to
     ``SMALL_SUM`` values, ``exact_sum``'s own ``fsum`` costs less).
