@@ -89,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--field", action="append", default=[], help="a report column (repeat)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per run")
+    parser.add_argument(
+        "--first", choices=["before", "after"], default="before", help="which runs first in pair 1"
+    )
     parser.add_argument("--out", type=Path, help="also write the raw runs and summary here")
     parser.add_argument("command", nargs="+", help="script and arguments, after --")
     args = parser.parse_args(argv)
@@ -96,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
     for pair in range(args.pairs):
-        order = ["before", "after"] if pair % 2 == 0 else ["after", "before"]
+        other = "after" if args.first == "before" else "before"
+        order = [args.first, other] if pair % 2 == 0 else [other, args.first]
         for which in order:
             print(f"pair {pair + 1}/{args.pairs}: {which} ...", file=sys.stderr, flush=True)
             runs[which].append(run_once(trees[which], args.command, args.timeout))
