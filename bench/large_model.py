@@ -63,7 +63,7 @@ import httpx  # noqa: E402
 
 from bcfl_cli.demo.launcher import LocalConsortium, Member  # noqa: E402
 from bcfl_cli.fl.aggregation import UpdateInput, aggregate  # noqa: E402
-from bcfl_cli.fl.models import initial_state, parameter_count  # noqa: E402
+from bcfl_cli.fl.models import initial_state  # noqa: E402
 from bcfl_cli.fl.tensors import encode_tensors  # noqa: E402
 from bcfl_cli.fl.training import train_local  # noqa: E402
 from bcfl_cli.protocol.spec import ModelSpec  # noqa: E402
@@ -121,6 +121,11 @@ def width_for(params: int) -> int:
     """
     b = FEATURES + 12
     return max(1, round((-b + math.sqrt(b * b + 4 * (params - 10))) / 2))
+
+
+def mlp_parameters(width: int) -> int:
+    """The parameter count of ``mlp(width)``, without building it (1B would take 4 GB)."""
+    return width * width + (FEATURES + 12) * width + 10
 
 
 def mlp(width: int) -> ModelSpec:
@@ -282,7 +287,7 @@ class LargeConsortium(LocalConsortium):
     def __init__(
         self, root: Path, spec: ModelSpec, members: int, trainers: int, rounds: int
     ) -> None:
-        params = parameter_count(spec)
+        params = mlp_parameters(spec.hidden[0])
         files = list(partition_files(members))
         plans = member_plans(members, 0, files)
         super().__init__(
@@ -483,7 +488,7 @@ def measure(
     """One row: ``members`` nodes, ``members - validators`` of them training, ``params``."""
     trainers = max(1, members - validators)
     spec = mlp(width_for(params))
-    count = parameter_count(spec)
+    count = mlp_parameters(spec.hidden[0])
     log(f"{label(params)} ({count:,} parameters, W={spec.hidden[0]}): floor ...", quiet=quiet)
     floor = measure_floor(spec, trainers, members)
     update = floor.update_bytes
