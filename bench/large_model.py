@@ -43,6 +43,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import itertools
+import json
 import math
 import shutil
 import statistics
@@ -674,6 +675,7 @@ def run(
     for params, n in jobs:
         row = measure(report, params, n, validators, rounds, **bounds)  # type: ignore[arg-type]
         log(f"  -> {row['result']}", quiet=quiet)
+        save_partial(report)
     if plan:
         plan_on_paper(report, plan)
     report.notes += [
@@ -688,6 +690,15 @@ def run(
         "serialised here",
     ]
     return report
+
+
+def save_partial(report: Report) -> None:
+    """The rows so far, on disk: a long run stopped half-way still leaves its figures."""
+    import bench.common as common
+
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    path = common.RESULTS / f"{report.bench}.partial.json"
+    path.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
 
 
 def parse_wide(text: str) -> tuple[int, int]:
