@@ -103,6 +103,7 @@ def _load_targets() -> dict[str, tuple[Callable[[bytes], None], tuple[type[BaseE
     instruments what is imported inside its context."""
     from bcfl_cli.consensus.messages import Proposal
     from bcfl_cli.errors import BcflError, ContractError
+    from bcfl_cli.fl.tensorfile import TensorFile
     from bcfl_cli.fl.tensors import check_safetensors_layout, decode_tensors
     from bcfl_cli.protocol.block import Block, BlockHeader, CommitCertificate, Vote
     from bcfl_cli.protocol.encoding import parse_json
@@ -111,6 +112,8 @@ def _load_targets() -> dict[str, tuple[Callable[[bytes], None], tuple[type[BaseE
 
     def blob(data: bytes) -> None:
         check_safetensors_layout(data, max_bytes=1 << 20)
+        for _ in TensorFile.of_bytes(data, max_bytes=1 << 20).tensors().values():
+            pass  # the contract's streaming reader, a tensor at a time
         decode_tensors(data, max_bytes=1 << 20)
 
     def tx(data: bytes) -> None:

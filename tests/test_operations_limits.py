@@ -34,7 +34,7 @@ from bcfl_cli.cli.app import app
 from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
 from bcfl_cli.client import transport as client
-from bcfl_cli.fl import data, tensors
+from bcfl_cli.fl import data, tensorfile, tensors
 from bcfl_cli.fl.loaders import _checks as loader_checks
 from bcfl_cli.fl.loaders import images
 from bcfl_cli.identity import tls_cert
@@ -322,6 +322,11 @@ def _bindings() -> dict[str, list[str]]:
             f"{_n(tensors.MAX_TENSORS)} tensors",
             f"{_n(tensors.MAX_DIMS)} dimensions a tensor",
             f"below {power_of_two(encoding.MAX_SAFE_INT + 1)}",
+        ],
+        "memory of the contract checking one update": [
+            f"hashed {mib(tensorfile.HASH_CHUNK)} at a time",
+            f"read {_n(tensorfile.PIECE_ELEMENTS)} at a time",
+            f"({mib(tensorfile.PIECE_ELEMENTS * 4)} of single-precision floats)",
         ],
         "a peer's error body, upload status, chunk acknowledgement": [
             f"{kib(client.MAX_ERROR_BODY_BYTES)} each",

@@ -14,6 +14,10 @@ reason for a blob with several faults is the same everywhere:
    ``malformed_blob``, ``wrong_tensor_names``, ``wrong_dtype``, ``wrong_shape``;
 4. the values: ``non_finite``, ``norm_exceeded`` (exact L2 norm, see ``numerics``).
 
+The blob is bytes or, on a node, a file of the blob store (``fl/tensorfile.py``): hashed a
+MiB at a time, its layout read from the header alone, its values a piece at a time, so a
+validator holds a few MiB while checking an update, not the update (issue 19).
+
 Checking ends in a verdict, whatever the bytes: a blob on which the checks themselves fail
 with an unexpected exception (a parser bug, a ``RecursionError``) is rejected as
 ``malformed_blob`` with the exception's type in the detail, so one hostile update can neither
@@ -26,16 +30,19 @@ from __future__ import annotations
 
 import enum
 import functools
-import hashlib
-from collections.abc import Mapping
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from bcfl_cli.errors import BcflError, ContractError
-from bcfl_cli.fl.numerics import l2_norm
-from bcfl_cli.fl.tensors import check_safetensors_layout, decode_tensors
+from bcfl_cli.errors import BcflError, BlobError, ContractError
+from bcfl_cli.fl.numerics import as_float64, exact_sum
+from bcfl_cli.fl.tensorfile import PIECE_ELEMENTS, FileSource, TensorFile, sha256_of
+from bcfl_cli.fl.tensors import ByteSource, BytesSource, check_safetensors_layout
 from bcfl_cli.protocol.spec import ContractRules, ModelSpec
 
 MAX_DETAIL_CHARS = 512
@@ -163,44 +170,120 @@ def check_context(rules: ContractRules, claim: UpdateClaim, ctx: RoundContext) -
 
 # --- 2-4. the blob -----------------------------------------------------------------------
 def check_blob(
-    rules: ContractRules, layout: Layout, claim: UpdateClaim, blob: bytes | None
-) -> tuple[Verdict, dict[str, torch.Tensor] | None]:
-    """The blob checks; on acceptance also returns the decoded delta (to spare a re-parse)."""
+    rules: ContractRules,
+    layout: Layout,
+    claim: UpdateClaim,
+    blob: bytes | Path | None,
+    *,
+    named_by_hash: bool = False,
+) -> Verdict:
+    """The blob checks, on bytes in memory or on a file read piece by piece (one code).
+
+    Nothing decoded is returned nor kept: a file is hashed ``HASH_CHUNK`` at a time, its
+    layout read from the header alone, and its values read ``PIECE_ELEMENTS`` at a time, so
+    checking an update holds a few MiB whatever its size. ``named_by_hash``: ``blob`` is a
+    content-addressed file named ``claim.blob``, so content that hashes to anything else is a
+    corrupt local copy (``BlobError``), not the sender's fault.
+    """
     limit = rules.max_blob_bytes
     if claim.blob_size > limit:
         return Verdict.reject(
             Reason.BLOB_TOO_LARGE, f"claimed {claim.blob_size} bytes, limit {limit}"
-        ), None
+        )
     if blob is None:
-        return Verdict.reject(Reason.BLOB_MISSING, f"blob {claim.blob} is not available"), None
-    if len(blob) > limit:
-        return Verdict.reject(Reason.BLOB_TOO_LARGE, f"{len(blob)} bytes, limit {limit}"), None
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != claim.blob or len(blob) != claim.blob_size:
+        return Verdict.reject(Reason.BLOB_MISSING, f"blob {claim.blob} is not available")
+    if isinstance(blob, Path):
+        try:
+            source: FileSource | BytesSource = FileSource(blob)
+        except FileNotFoundError:
+            return Verdict.reject(Reason.BLOB_MISSING, f"blob {claim.blob} is not available")
+    else:
+        source = BytesSource(blob)
+    try:
+        verdict = _check_source(rules, layout, claim, source, named_by_hash=named_by_hash)
+        if isinstance(source, FileSource) and source.changed():
+            raise BlobError(
+                f"blob {claim.blob} changed on disk while it was checked",
+                hint="check it again; nothing but the blob store should write there",
+            )
+        return verdict
+    finally:
+        source.close()
+
+
+def _check_source(
+    rules: ContractRules,
+    layout: Layout,
+    claim: UpdateClaim,
+    source: ByteSource,
+    *,
+    named_by_hash: bool,
+) -> Verdict:
+    limit = rules.max_blob_bytes
+    size = source.size
+    if size > limit:
+        return Verdict.reject(Reason.BLOB_TOO_LARGE, f"{size} bytes, limit {limit}")
+    digest = sha256_of(source)
+    if digest != claim.blob or size != claim.blob_size:
+        if named_by_hash and digest != claim.blob:
+            raise BlobError(f"blob {claim.blob} is corrupt: its content does not match its name")
         return Verdict.reject(
             Reason.BLOB_HASH_MISMATCH,
-            f"claimed {claim.blob} ({claim.blob_size} bytes), got {digest} ({len(blob)} bytes)",
-        ), None
+            f"claimed {claim.blob} ({claim.blob_size} bytes), got {digest} ({size} bytes)",
+        )
     try:
-        found = check_safetensors_layout(blob, max_bytes=limit)
+        found = check_safetensors_layout(source, max_bytes=limit)
     except ContractError as exc:
-        return Verdict.reject(exc.reason, _message(exc)), None
+        return Verdict.reject(exc.reason, _message(exc))
     verdict = check_layout(layout, found)
     if verdict is not None:
-        return verdict, None
+        return verdict
     try:
-        delta = decode_tensors(blob, max_bytes=limit)
+        tensors = TensorFile(source, max_bytes=limit)
+        if tensors.layout != found:
+            raise ContractError("malformed_blob", "the header changed while it was read")
+        non_finite, norm = finite_l2_norm(tensors)
     except ContractError as exc:
-        return Verdict.reject(exc.reason, _message(exc)), None
-    for name in sorted(delta):
-        if not bool(torch.isfinite(delta[name]).all()):
-            return Verdict.reject(Reason.NON_FINITE, f"tensor {name!r} has NaN or inf"), None
-    norm = l2_norm(delta)
+        return Verdict.reject(exc.reason, _message(exc))
+    if non_finite is not None:
+        return Verdict.reject(Reason.NON_FINITE, f"tensor {non_finite!r} has NaN or inf")
     if not norm <= rules.max_update_norm:
         return Verdict.reject(
             Reason.NORM_EXCEEDED, f"L2 norm {norm!r} exceeds {rules.max_update_norm!r}"
-        ), None
-    return Verdict.ok(f"L2 norm {norm!r}"), delta
+        )
+    return Verdict.ok(f"L2 norm {norm!r}")
+
+
+def finite_l2_norm(
+    tensors: TensorFile, *, piece_elements: int = PIECE_ELEMENTS
+) -> tuple[str | None, float]:
+    """The first tensor (by name) holding NaN or inf, else the exact L2 norm of all of them.
+
+    One pass, a piece at a time: the squares go to ``exact_sum``, whose result does not depend
+    on how the values are grouped, so the norm is bit for bit ``l2_norm`` of the whole state.
+    """
+    non_finite: list[str] = []
+
+    def squares() -> Iterator[np.ndarray]:
+        for name in tensors.names:
+            for piece in tensors.pieces(name, piece_elements):
+                values = as_float64(piece)
+                if not np.isfinite(values).all():
+                    non_finite.append(name)
+                    return
+                with np.errstate(over="ignore"):  # float64 squares may overflow to inf: the
+                    squared = values * values  # sum is then inf, as ``l2_norm`` finds too
+                yield squared
+
+    try:
+        total = exact_sum(squares())
+    except OverflowError:  # float64 squares past the largest double; NaN still comes first
+        if non_finite:
+            return non_finite[0], math.nan
+        raise
+    if non_finite:
+        return non_finite[0], math.nan
+    return None, math.sqrt(total)
 
 
 def _message(exc: ContractError) -> str:
@@ -256,7 +339,9 @@ def check_update(
     model: ModelSpec | Layout,
     claim: UpdateClaim,
     ctx: RoundContext,
-    blob: bytes | None,
+    blob: bytes | Path | None,
+    *,
+    named_by_hash: bool = False,
 ) -> Verdict:
     """The contract's verdict on one update: every check, in the documented order."""
     verdict = check_context(rules, claim, ctx)
@@ -264,7 +349,7 @@ def check_update(
         return verdict
     layout = layout_for(model) if isinstance(model, ModelSpec) else model
     try:
-        return check_blob(rules, layout, claim, blob)[0]
+        return check_blob(rules, layout, claim, blob, named_by_hash=named_by_hash)
     except (BcflError, MemoryError):
         raise
     except Exception as exc:  # whatever a peer sends ends in a verdict

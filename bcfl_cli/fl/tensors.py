@@ -13,6 +13,8 @@ from __future__ import annotations
 import itertools
 import json
 import struct
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from safetensors.torch import load as st_load
@@ -29,7 +31,7 @@ MAX_HEADER_DEPTH = 3
 #: Dimensions of one tensor (torch's own limit); each dimension and offset is an I-JSON safe
 #: integer, so the element count of a lying header is a small product, not a huge one.
 MAX_DIMS = 64
-_DTYPE_SIZES = {
+DTYPE_SIZES = {
     "F64": 8,
     "F32": 4,
     "F16": 2,
@@ -49,23 +51,103 @@ def encode_tensors(tensors: dict[str, torch.Tensor]) -> bytes:
     return bytes(st_save(ordered))
 
 
-def check_safetensors_layout(data: bytes, *, max_bytes: int) -> dict[str, tuple[str, list[int]]]:
+class ByteSource(Protocol):
+    """Random access to a blob's bytes, wherever they are: in memory or in a file on disk.
+
+    The header validator reads only the first ``8 + header length`` bytes through it, so a
+    file's layout is checked without reading its tensors.
+    """
+
+    @property
+    def size(self) -> int: ...
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        """Fill ``buffer`` with the bytes at ``offset``; ContractError when they are not there."""
+        ...
+
+
+class BytesSource:
+    """A blob already in memory, as a ``ByteSource`` (slices of a memoryview: no copy)."""
+
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
+        self._view = memoryview(data).cast("B")
+
+    @property
+    def size(self) -> int:
+        return self._view.nbytes
+
+    def read_into(self, offset: int, buffer: memoryview) -> None:
+        end = offset + buffer.nbytes
+        if not 0 <= offset <= end <= self._view.nbytes:
+            raise ContractError("malformed_blob", f"bytes {offset}..{end} are past the end")
+        buffer[:] = self._view[offset:end]
+
+    def close(self) -> None:
+        self._view.release()
+
+
+def read_bytes(source: ByteSource, offset: int, length: int) -> bytes:
+    """``length`` bytes of ``source`` at ``offset`` (for the header: at most 1 MiB)."""
+    buffer = bytearray(length)
+    source.read_into(offset, memoryview(buffer))
+    return bytes(buffer)
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lies in a blob: its dtype, shape and absolute byte range."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def elements(self) -> int:
+        return (self.end - self.start) // DTYPE_SIZES[self.dtype]
+
+
+@dataclass(frozen=True)
+class Header:
+    """A validated safetensors header: the entries in header order, and the blob's size."""
+
+    entries: dict[str, TensorEntry]
+    metadata: dict[str, str]
+    data_start: int
+    size: int
+
+    @property
+    def layout(self) -> dict[str, tuple[str, list[int]]]:
+        return {name: (e.dtype, list(e.shape)) for name, e in self.entries.items()}
+
+
+def check_safetensors_layout(
+    data: bytes | ByteSource, *, max_bytes: int
+) -> dict[str, tuple[str, list[int]]]:
     """Validate the raw layout; returns name -> (dtype, shape). Raises ContractError."""
-    if len(data) > max_bytes:
-        raise ContractError("blob_too_large", f"{len(data)} bytes exceeds the {max_bytes} limit")
-    if len(data) < 8:
+    source = BytesSource(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    return read_header(source, max_bytes=max_bytes).layout
+
+
+def read_header(source: ByteSource, *, max_bytes: int) -> Header:
+    """The one header validator, for bytes and files: reads the length and the header only."""
+    size = source.size
+    if size > max_bytes:
+        raise ContractError("blob_too_large", f"{size} bytes exceeds the {max_bytes} limit")
+    if size < 8:
         raise ContractError("malformed_blob", "shorter than a safetensors header")
-    (header_len,) = struct.unpack("<Q", data[:8])
-    if header_len > MAX_HEADER_BYTES or 8 + header_len > len(data):
+    (header_len,) = struct.unpack("<Q", read_bytes(source, 0, 8))
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
         raise ContractError("malformed_blob", f"header length {header_len} is impossible")
-    header = _parse_header(data[8 : 8 + header_len])
+    header = _parse_header(read_bytes(source, 8, header_len))
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise ContractError("malformed_blob", "__metadata__ is not a string-to-string map")
     if len(header) > MAX_TENSORS:
         raise ContractError("malformed_blob", f"more than {MAX_TENSORS} tensors")
-    body = len(data) - 8 - header_len
-    layout: dict[str, tuple[str, list[int]]] = {}
+    data_start = 8 + header_len
+    body = size - data_start
+    entries: dict[str, TensorEntry] = {}
     spans: list[tuple[int, int]] = []
     for name, info in header.items():
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
@@ -73,7 +155,7 @@ def check_safetensors_layout(data: bytes, *, max_bytes: int) -> dict[str, tuple[
         dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if not isinstance(dtype, str):  # found by bench/fuzz.py: a list is not hashable
             raise ContractError("malformed_blob", f"tensor {name!r} dtype is not a string")
-        if dtype not in _DTYPE_SIZES:
+        if dtype not in DTYPE_SIZES:
             raise ContractError("wrong_dtype", f"tensor {name!r} has dtype {dtype!r}")
         if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(map(_size_int, shape))):
             raise ContractError("malformed_blob", f"tensor {name!r} shape malformed")
@@ -83,15 +165,15 @@ def check_safetensors_layout(data: bytes, *, max_bytes: int) -> dict[str, tuple[
         count = 1
         for d in shape:
             count *= d
-        if not 0 <= start <= end <= body or end - start != count * _DTYPE_SIZES[dtype]:
+        if not 0 <= start <= end <= body or end - start != count * DTYPE_SIZES[dtype]:
             raise ContractError("malformed_blob", f"tensor {name!r} offsets lie about its size")
         spans.append((start, end))
-        layout[name] = (dtype, list(shape))
+        entries[name] = TensorEntry(dtype, tuple(shape), data_start + start, data_start + end)
     spans.sort()
     for (_, a_end), (b_start, _) in itertools.pairwise(spans):
         if b_start < a_end:
             raise ContractError("malformed_blob", "tensor data regions overlap")
-    return layout
+    return Header(entries, metadata, data_start, size)
 
 
 def _size_int(value: object) -> bool:

@@ -8,6 +8,7 @@ knowing them (mypy checks it wherever an ``FLChecks`` is used as ``AppChecks``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from bcfl_cli.protocol.spec import AggregationSpec, AppModelSpec, ContractRules, ModelSpec
@@ -21,6 +22,10 @@ class Blobs(Protocol):
     def size(self, digest: str) -> int: ...
 
     def get(self, digest: str, *, max_bytes: int = ...) -> bytes: ...
+
+    def path_for(self, digest: str) -> Path:
+        """Where the blob's file is (or would be): the contract reads it a piece at a time."""
+        ...
 
     def put(self, data: bytes) -> str: ...
 

@@ -269,3 +269,30 @@ def test_a_stored_blob_larger_than_the_limit_is_never_read(tmp_path: Path) -> No
     lying = c.tx("bob", TxKind.UPDATE, dict(u.body, blob="f" * 64, blob_size=100))
     verdict = c.checks.check_update(c.state, lying)
     assert (verdict.accept, verdict.reason) == (False, "blob_too_large")
+
+
+def test_an_update_is_checked_from_its_file_never_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    c = Chain(tmp_path)
+    c.open_round()
+    good, bad = c.update("bob", delta(0.01)), c.update("carol", delta(2.0))
+
+    def whole(*_a: object, **_k: object) -> bytes:
+        raise AssertionError("the contract read a whole blob")
+
+    monkeypatch.setattr(c.blobs, "get", whole)
+    assert c.checks.check_update(c.state, good).accept
+    assert c.checks.check_update(c.state, bad).reason == "norm_exceeded"
+
+
+def test_a_corrupt_local_copy_is_an_error_not_a_verdict(tmp_path: Path) -> None:
+    c = Chain(tmp_path)
+    c.open_round()
+    u = c.update("bob", delta(0.01))
+    path = c.blobs.path_for(u.body["blob"])
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(BlobError, match="corrupt"):
+        c.checks.check_update(c.state, u)

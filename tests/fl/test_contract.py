@@ -240,7 +240,8 @@ def test_detail_is_bounded_and_printable() -> None:
     assert v.detail.isprintable()
 
 
-def test_accepted_blob_returns_the_delta() -> None:
-    verdict, delta = contract.check_blob(RULES, contract.layout_for(SPEC), _claim(GOOD), GOOD)
-    assert verdict.accept
-    assert delta is not None and set(delta) == set(initial_state(SPEC))
+def test_accepted_blob_returns_the_verdict_alone() -> None:
+    """It once returned the decoded delta too; nobody may hold a whole update (issue 19)."""
+    verdict = contract.check_blob(RULES, contract.layout_for(SPEC), _claim(GOOD), GOOD)
+    assert isinstance(verdict, Verdict) and verdict.accept
+    assert verdict.detail.startswith("L2 norm ")

@@ -1,0 +1,142 @@
+"""The contract on a file read piece by piece: the verdicts of the bytes, the norm of the whole
+state to the bit, and a local file that changes or rots is the node's error, not a verdict."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bcfl_cli.errors import BlobError
+from bcfl_cli.fl import contract
+from bcfl_cli.fl.contract import RoundContext, UpdateClaim, check_update, finite_l2_norm
+from bcfl_cli.fl.numerics import l2_norm
+from bcfl_cli.fl.tensorfile import TensorFile
+from bcfl_cli.fl.tensors import encode_tensors
+from bcfl_cli.protocol.spec import ContractRules
+
+ALICE = "did:key:z6MkAlice"
+CTX = RoundContext(trainers=frozenset({ALICE}), round=1, round_open=True, base_model="b" * 64)
+LIMIT = 1 << 22
+
+_EXTREMES_32 = [0.0, -0.0, 1e-45, -1e-45, 1.17549435e-38, 3.4028235e38, -3.4028235e38, 1.0, 0.1]
+_EXTREMES_64 = [5e-324, 1e-300, 1e154, 1.3e154, 1e200, 1.7976931348623157e308, -1e308]
+
+
+def _values(dtype: torch.dtype, finite: bool) -> st.SearchStrategy[float]:
+    width = 64 if dtype == torch.float64 else 32
+    extremes = _EXTREMES_64 + _EXTREMES_32 if width == 64 else _EXTREMES_32
+    plain = st.floats(width=width, allow_nan=not finite, allow_infinity=not finite)
+    return st.one_of(plain, st.sampled_from(extremes))
+
+
+@st.composite
+def _states(draw: st.DrawFn) -> dict[str, torch.Tensor]:
+    finite = draw(st.booleans())
+    state: dict[str, torch.Tensor] = {}
+    for index in range(draw(st.integers(1, 4))):
+        dtype = draw(st.sampled_from([torch.float32, torch.float32, torch.float64]))
+        shape = draw(st.lists(st.integers(0, 4), min_size=1, max_size=2))
+        count = math.prod(shape)
+        values = draw(st.lists(_values(dtype, finite), min_size=count, max_size=count))
+        name = draw(st.sampled_from(["w", "b", "layer.0", "z"])) + str(index)
+        state[name] = torch.tensor(values, dtype=dtype).reshape(shape)
+    return state
+
+
+def _whole(state: dict[str, torch.Tensor]) -> tuple[str | None, str]:
+    """What the contract computed before it streamed: finite check first, then ``l2_norm``."""
+    for name in sorted(state):
+        if not bool(torch.isfinite(state[name]).all()):
+            return name, "nan"
+    try:
+        with np.errstate(over="ignore"):
+            return None, l2_norm(state).hex()
+    except OverflowError:
+        return None, "OverflowError"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_states(), st.sampled_from([1, 2, 3, 7, 1 << 20]))
+def test_the_streamed_norm_is_the_whole_norm_to_the_bit(
+    state: dict[str, torch.Tensor], piece: int
+) -> None:
+    file = TensorFile.of_bytes(encode_tensors(state), max_bytes=LIMIT)
+    try:
+        name, norm = finite_l2_norm(file, piece_elements=piece)
+        streamed = (name, "nan" if name is not None else norm.hex())
+    except OverflowError:
+        streamed = (None, "OverflowError")
+    assert streamed == _whole(state)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_states(), st.floats(1e-3, 1e3))
+def test_a_file_gets_the_verdict_of_its_bytes(
+    tmp_path_factory: pytest.TempPathFactory, state: dict[str, torch.Tensor], bound: float
+) -> None:
+    rules = ContractRules(max_update_norm=bound, max_blob_bytes=LIMIT)
+    data = encode_tensors(state)
+    path = tmp_path_factory.mktemp("blob") / "update"
+    path.write_bytes(data)
+    claim = UpdateClaim(ALICE, 1, "b" * 64, hashlib.sha256(data).hexdigest(), len(data), 50)
+    layout = contract.layout_of(state)
+    from_bytes = check_update(rules, layout, claim, CTX, data)
+    assert check_update(rules, layout, claim, CTX, path) == from_bytes
+    assert check_update(rules, layout, claim, CTX, path, named_by_hash=True) == from_bytes
+
+
+def _update(tmp_path: Path, scale: float = 0.01) -> tuple[Path, bytes, UpdateClaim, dict]:
+    state = {"w": torch.full((50, 20), scale), "b": torch.full((20,), scale)}
+    data = encode_tensors(state)
+    path = tmp_path / hashlib.sha256(data).hexdigest()
+    path.write_bytes(data)
+    claim = UpdateClaim(ALICE, 1, "b" * 64, path.name, len(data), 50)
+    return path, data, claim, contract.layout_of(state)
+
+
+RULES = ContractRules(max_update_norm=10.0, max_blob_bytes=LIMIT)
+
+
+def test_a_missing_file_is_a_missing_blob(tmp_path: Path) -> None:
+    _, _, claim, layout = _update(tmp_path)
+    verdict = check_update(RULES, layout, claim, CTX, tmp_path / "gone")
+    assert (verdict.accept, verdict.reason) == (False, "blob_missing")
+
+
+def test_a_file_that_does_not_hash_to_its_name_is_a_corrupt_copy(tmp_path: Path) -> None:
+    path, data, claim, layout = _update(tmp_path)
+    path.write_bytes(data[:-4] + b"\0\0\0\0")
+    verdict = check_update(RULES, layout, claim, CTX, path)  # a file someone handed us
+    assert (verdict.accept, verdict.reason) == (False, "blob_hash_mismatch")
+    with pytest.raises(BlobError, match="corrupt"):  # the store's own copy: our fault
+        check_update(RULES, layout, claim, CTX, path, named_by_hash=True)
+
+
+def test_a_file_changed_while_checked_is_the_nodes_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, data, claim, layout = _update(tmp_path)
+    real = contract.check_layout
+
+    def truncating(*args: object) -> object:
+        with path.open("r+b") as f:
+            f.truncate(len(data) - 40)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(contract, "check_layout", truncating)
+    with pytest.raises(BlobError, match="changed on disk"):
+        check_update(RULES, layout, claim, CTX, path, named_by_hash=True)
+
+
+def test_the_norm_bound_is_read_from_the_file(tmp_path: Path) -> None:
+    path, _, claim, layout = _update(tmp_path, scale=1.0)  # norm sqrt(1020) > 10
+    verdict = check_update(RULES, layout, claim, CTX, path)
+    assert (verdict.accept, verdict.reason) == (False, "norm_exceeded")
+    assert verdict.detail == f"L2 norm {math.sqrt(1020.0)!r} exceeds 10.0"
