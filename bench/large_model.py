@@ -340,6 +340,8 @@ class NodeRun:
     updates: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     verified: dict[str, bool] = field(default_factory=dict)
+    #: each node's blob bytes (sent, received) from ``/v1/status``'s ``traffic``, where shown
+    traffic: dict[str, tuple[int, int]] = field(default_factory=dict)
     failure: str | None = None
 
 
@@ -444,6 +446,10 @@ def _drive(
     ends = found[1]
     out.round_s = [ends[0] - trained] + [b - a for a, b in itertools.pairwise(ends)]
     out.updates, out.models = _round_blobs(consortium, rounds)
+    for node in consortium.nodes:
+        shown = (consortium.try_status(node.name) or {}).get("traffic")
+        if isinstance(shown, dict):
+            out.traffic[node.name] = (int(shown["sent"]), int(shown["received"]))
 
 
 def _round_blobs(consortium: LargeConsortium, rounds: int) -> tuple[list[str], list[str]]:
@@ -518,6 +524,9 @@ def measure(
     v_above, t_above = above(names_v), above(names_t)
     round_s = statistics.median(run.round_s) if run.round_s else float("nan")
     fetched_v, fetched_t, written_v, written_t = _bytes_per_round(run, names_v, names_t, rounds)
+    if run.traffic:  # the nodes' own counters (received) replace the blob stores' growth
+        fetched_v, fetched_t = (_traffic(run, names, 1, rounds) for names in (names_v, names_t))
+    sent_v, sent_t = (_traffic(run, names, 0, rounds) for names in (names_v, names_t))
     row: dict[str, Any] = {
         "params": label(params),
         "parameters": count,
@@ -539,6 +548,9 @@ def measure(
         ),
         "validator in MB/rnd": fetched_v / MB,
         "trainer in MB/rnd": fetched_t / MB,
+        "validator out MB/rnd": sent_v / MB,
+        "trainer out MB/rnd": sent_t / MB,
+        "bytes from": "/v1/status traffic" if run.traffic else "blob store growth",
         "written MB/rnd (v/t)": f"{written_v / MB:.0f} / {written_t / MB:.0f}",
         "deep verify": (
             f"{sum(run.verified.values())}/{len(run.verified)} ok" if run.verified else "-"
@@ -577,6 +589,12 @@ def _bytes_per_round(
     return max(a for a, _ in v), max(a for a, _ in t), max(b for _, b in v), max(b for _, b in t)
 
 
+def _traffic(run: NodeRun, names: list[str], side: int, rounds: int) -> float:
+    """The most blob bytes a node of ``names`` sent (side 0) or received (1) a round."""
+    values = [run.traffic[n][side] for n in names if n in run.traffic]
+    return max(values) / rounds if values else float("nan")
+
+
 def plan_on_paper(report: Report, target: int) -> None:
     """A row for ``target`` parameters from the slopes of the largest sizes that passed."""
     done = [r for r in report.rows if r.get("result") == "ok" and r.get("members") == 4]
@@ -610,6 +628,7 @@ def plan_on_paper(report: Report, target: int) -> None:
             "x floor": _x(round_s, big["floor s"] * scale),
             "validator in MB/rnd": big["validator in MB/rnd"] * scale,
             "trainer in MB/rnd": big["trainer in MB/rnd"] * scale,
+            "trainer out MB/rnd": big.get("trainer out MB/rnd", float("nan")) * scale,
             "result": f"planned on paper from {big['params']} (linear in parameters)",
         },
     )
@@ -630,6 +649,7 @@ COLUMNS = [
     "x floor",
     "validator in MB/rnd",
     "trainer in MB/rnd",
+    "trainer out MB/rnd",
     "deep verify",
     "result",
 ]
@@ -683,7 +703,8 @@ def run(
         "validator <= 2, trainer <= 5)",
         "floor = one member's local training + raw loopback transfer of the updates a "
         "validator fetches + sha256 of them + one exact aggregate() pass, in this process",
-        "in MB/rnd = updates fetched from peers per round (blob store growth); a validator must "
+        "in / out MB/rnd = blob bytes received / sent per round (the nodes' /v1/status traffic "
+        "where they show it, else the updates their blob stores gained); a validator must "
         "fetch every update but its own; the minimum a member needs is one update up, one "
         "model down",
         "all nodes share this machine's 2 cores: work a deployment spreads over N machines is "
