@@ -446,7 +446,10 @@ class Simulation:
         rnd = state.round
         if not force and rnd.open:
             waiting = set(self._trainers_of(state)) - set(rnd.submitted)
-            waiting -= {tx.author for tx in pending_updates(state, list(m.mempool.values()))}
+            # the pool's updates cover at most one author each: while more trainers wait than
+            # the pool holds transactions, someone still waits (no scan: N x N a round)
+            if len(waiting) <= len(m.mempool):
+                waiting -= {tx.author for tx in pending_updates(state, list(m.mempool.values()))}
             if waiting:
                 due = max(m.round_seen_ms + self.options.update_wait_ms, self.net.now_ms)
                 wake = (m.incarnation, target, due)
