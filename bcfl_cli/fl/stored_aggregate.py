@@ -48,6 +48,11 @@ class FileTensors(LazyTensors):
         super().__init__(file)
         self.file = file
 
+    def changed(self) -> bool:
+        """Whether the file changed (size, time or inode) since it was opened."""
+        changed = getattr(self.file.source, "changed", None)
+        return bool(changed()) if callable(changed) else False
+
     def shape_of(self, name: str) -> tuple[int, ...]:
         return tuple(self.file.header.entries[name].shape)
 
@@ -106,23 +111,31 @@ def aggregate_file(
     ``paths``: files for models that the store may not hold (a verifier's recomputed models).
     """
     known = paths or {}
+    files: list[tuple[str, FileTensors]] = []
 
-    def opened(digest: str) -> contextlib.AbstractContextManager[FileTensors]:
-        return open_blob(blobs, digest, max_bytes=max_bytes, path=known.get(digest))
+    def opened(digest: str) -> FileTensors:
+        file = stack.enter_context(
+            open_blob(blobs, digest, max_bytes=max_bytes, path=known.get(digest))
+        )
+        files.append((digest, file))
+        return file
 
     tmp_dir = blobs.root / "tmp"
     tmp_dir.mkdir(exist_ok=True)
     with contextlib.ExitStack() as stack:
-        base = stack.enter_context(opened(inputs.base))
-        updates = [
-            UpdateInput(tx, stack.enter_context(opened(blob)), n) for tx, blob, n in inputs.updates
-        ]
-        initial = None if inputs.initial is None else stack.enter_context(opened(inputs.initial))
+        base = opened(inputs.base)
+        updates = [UpdateInput(tx, opened(blob), n) for tx, blob, n in inputs.updates]
+        initial = None if inputs.initial is None else opened(inputs.initial)
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="aggregate-")
         tmp = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
                 result = aggregate_to(out, spec, base, updates, initial_state=initial)
+            for digest, file in files:
+                # A copy rewritten while read gives a model no peer computed: the node's
+                # fault (a BlobError), never an aggregate_mismatch blamed on the proposer.
+                if file.changed():
+                    raise BlobError(f"blob {digest} changed while the aggregate read it")
             stack.close()  # the inputs are no longer needed
             yield result, tmp
         finally:
