@@ -200,15 +200,27 @@ def check_blob(
     else:
         source = BytesSource(blob)
     try:
-        verdict = _check_source(rules, layout, claim, source, named_by_hash=named_by_hash)
-        if isinstance(source, FileSource) and source.changed():
-            raise BlobError(
-                f"blob {claim.blob} changed on disk while it was checked",
-                hint="check it again; nothing but the blob store should write there",
-            )
+        try:
+            verdict = _check_source(rules, layout, claim, source, named_by_hash=named_by_hash)
+        except ContractError as exc:  # a short read while hashing: the file shrank
+            _refuse_a_changed_file(source, claim, exc)
+            raise
+        _refuse_a_changed_file(source, claim, None)
         return verdict
     finally:
         source.close()
+
+
+def _refuse_a_changed_file(
+    source: ByteSource, claim: UpdateClaim, cause: BaseException | None
+) -> None:
+    """A file that changed while it was read got a verdict on no fixed bytes: the node's
+    problem (a peer checked other bytes), so no verdict at all."""
+    if isinstance(source, FileSource) and source.changed():
+        raise BlobError(
+            f"blob {claim.blob} changed on disk while it was checked",
+            hint="check it again; nothing but the blob store should write there",
+        ) from cause
 
 
 def _check_source(

@@ -119,18 +119,19 @@ def test_a_file_that_does_not_hash_to_its_name_is_a_corrupt_copy(tmp_path: Path)
         check_update(RULES, layout, claim, CTX, path, named_by_hash=True)
 
 
+@pytest.mark.parametrize("step", ["sha256_of", "check_layout"])
 def test_a_file_changed_while_checked_is_the_nodes_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
     path, data, claim, layout = _update(tmp_path)
-    real = contract.check_layout
+    real = getattr(contract, step)
 
     def truncating(*args: object) -> object:
         with path.open("r+b") as f:
             f.truncate(len(data) - 40)
-        return real(*args)  # type: ignore[arg-type]
+        return real(*args)
 
-    monkeypatch.setattr(contract, "check_layout", truncating)
+    monkeypatch.setattr(contract, step, truncating)
     with pytest.raises(BlobError, match="changed on disk"):
         check_update(RULES, layout, claim, CTX, path, named_by_hash=True)
 
