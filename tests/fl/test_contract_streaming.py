@@ -4,7 +4,9 @@ state to the bit, and a local file that changes or rots is the node's error, not
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +15,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bcfl_cli.errors import BlobError
+from bcfl_cli.errors import BlobError, ContractError
 from bcfl_cli.fl import contract
 from bcfl_cli.fl.contract import RoundContext, UpdateClaim, check_update, finite_l2_norm
 from bcfl_cli.fl.numerics import l2_norm
 from bcfl_cli.fl.tensorfile import TensorFile
-from bcfl_cli.fl.tensors import encode_tensors
+from bcfl_cli.fl.tensors import check_safetensors_layout, decode_tensors, encode_tensors
 from bcfl_cli.protocol.spec import ContractRules
 
 ALICE = "did:key:z6MkAlice"
@@ -141,3 +143,68 @@ def test_the_norm_bound_is_read_from_the_file(tmp_path: Path) -> None:
     verdict = check_update(RULES, layout, claim, CTX, path)
     assert (verdict.accept, verdict.reason) == (False, "norm_exceeded")
     assert verdict.detail == f"L2 norm {math.sqrt(1020.0)!r} exceeds 10.0"
+
+
+# --- the verdicts of the contract before it streamed ---------------------------------------
+def _verdict_before_streaming(
+    rules: ContractRules, layout: contract.Layout, claim: UpdateClaim, blob: bytes
+) -> tuple[bool, str]:
+    """``check_blob`` as it was: the bytes, then the whole state decoded (issue 19 removed it)."""
+    try:
+        if len(blob) > rules.max_blob_bytes:
+            return False, "blob_too_large"
+        if hashlib.sha256(blob).hexdigest() != claim.blob or len(blob) != claim.blob_size:
+            return False, "blob_hash_mismatch"
+        found = check_safetensors_layout(blob, max_bytes=rules.max_blob_bytes)
+        verdict = contract.check_layout(layout, found)
+        if verdict is not None:
+            return verdict.accept, verdict.reason
+        delta = decode_tensors(blob, max_bytes=rules.max_blob_bytes)
+        if any(not bool(torch.isfinite(delta[k]).all()) for k in sorted(delta)):
+            return False, "non_finite"
+        with np.errstate(over="ignore"):
+            norm = l2_norm(delta)
+        return (True, "ok") if norm <= rules.max_update_norm else (False, "norm_exceeded")
+    except ContractError as exc:
+        return False, exc.reason
+    except OverflowError:
+        return False, "malformed_blob"
+
+
+@st.composite
+def _blobs(draw: st.DrawFn) -> tuple[bytes, contract.Layout]:
+    """A state's blob, its layout, and now and then a header that lies about it."""
+    state = draw(_states())
+    data = encode_tensors(state)
+    layout = contract.layout_of(state)
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    name = draw(st.sampled_from(sorted(state)))
+    lie = draw(st.sampled_from(["none", "none", "gap", "tail", "shape", "offset", "cut"]))
+    body = data[8 + length :]
+    if lie == "gap":
+        start, end = header[name]["data_offsets"]
+        header[name]["data_offsets"] = [start + 4, end + 4]
+        body += b"\0" * 4
+    elif lie == "tail":
+        body += b"\0" * draw(st.integers(1, 9))
+    elif lie == "shape":
+        header[name]["shape"] = [*header[name]["shape"], 1]
+    elif lie == "offset":
+        header[name]["data_offsets"][1] += draw(st.integers(-4, 4))
+    elif lie == "cut":
+        body = body[: draw(st.integers(0, len(body)))]
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + body, layout
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_blobs(), st.floats(1e-3, 1e3))
+def test_the_verdicts_are_those_of_the_whole_state(
+    blob_and_layout: tuple[bytes, contract.Layout], bound: float
+) -> None:
+    blob, layout = blob_and_layout
+    rules = ContractRules(max_update_norm=bound, max_blob_bytes=LIMIT)
+    claim = UpdateClaim(ALICE, 1, "b" * 64, hashlib.sha256(blob).hexdigest(), len(blob), 50)
+    verdict = check_update(rules, layout, claim, CTX, blob)
+    assert (verdict.accept, verdict.reason) == _verdict_before_streaming(rules, layout, claim, blob)
