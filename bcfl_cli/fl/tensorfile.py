@@ -90,6 +90,10 @@ class FileSource:
             os.close(self._fd)
             self._fd = -1
 
+    def __del__(self) -> None:  # a file left open by a caller still gives its descriptor back
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
 
 def sha256_of(source: ByteSource) -> str:
     """SHA-256 of every byte of ``source``, read ``HASH_CHUNK`` at a time into one buffer."""

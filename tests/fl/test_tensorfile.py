@@ -3,8 +3,10 @@ tensors as the loader, only the header read up front, and a file changed under i
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -170,3 +172,12 @@ def test_a_file_opens_exactly_when_the_loader_loads(data: bytes) -> None:
     assert set(lazy) == set(expected)
     for name, value in expected.items():
         assert torch.equal(lazy[name], value)
+
+
+def test_a_file_left_open_gives_its_descriptor_back(tmp_path: Path) -> None:
+    path = _file(tmp_path, encode_tensors({"a": torch.ones(4)}))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        TensorFile.open(path, max_bytes=LIMIT).tensors()["a"]
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
