@@ -9,12 +9,14 @@ nothing here depends on who sent what, or in which order it arrived.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import weakref
 from collections import OrderedDict
-
-import torch
+from pathlib import Path
 
 from bcfl_cli.errors import BlobError, ContractError
-from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
+from bcfl_cli.fl.aggregation import rule_needs_initial_model
 from bcfl_cli.fl.contract import (
     Layout,
     Reason,
@@ -24,15 +26,15 @@ from bcfl_cli.fl.contract import (
     check_update,
     layout_for,
 )
+from bcfl_cli.fl.stored_aggregate import BlobFiles, RoundBlobs, aggregate_file, keep_as_blob
 from bcfl_cli.fl.tensorfile import TensorFile, sha256_of
-from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.views import Blobs, StateView
+from bcfl_cli.fl.views import StateView
 from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.protocol.txbodies import AggregateBody
 
-#: Decoded global models kept in memory: a deep verification reads each one twice in a row
-#: (aggregate n's result is round n+1's base), so two are enough.
+#: Recomputed models that the store does not hold, kept as files (never decoded in memory)
+#: when ``keep_models`` is off: aggregate n's result is round n+1's base, so two are enough.
 MODEL_CACHE = 2
 
 
@@ -41,13 +43,15 @@ class FLChecks:
 
     ``keep_models`` stores each recomputed aggregate model in the blob store when it matches
     the transaction, so a peer that verified a round also holds the next round's base model.
+    Without it (a read-only ``verify-chain --deep``), the last ``MODEL_CACHE`` recomputed
+    models the store lacks are kept as files in a private temporary folder of the store.
     """
 
-    def __init__(self, blobs: Blobs, *, keep_models: bool = True) -> None:
+    def __init__(self, blobs: BlobFiles, *, keep_models: bool = True) -> None:
         self.blobs = blobs
         self.keep_models = keep_models
-        self._models: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-        self._initial: tuple[str, dict[str, torch.Tensor]] | None = None
+        self._models: OrderedDict[str, Path] = OrderedDict()
+        self._held_dir: Path | None = None
         self._app_layout: tuple[str, Layout] | None = None
 
     # --- updates ---------------------------------------------------------------------------
@@ -122,49 +126,45 @@ class FLChecks:
                 )
             return
         cfg = state.config
-        limit = cfg.contract.max_blob_bytes
-        base = self._model(rnd.base_model, limit)
-        updates = [
-            UpdateInput(u.tx, self._decode(u.blob, limit), u.num_samples) for u in rnd.accepted
-        ]
         initial = None
         if rule_needs_initial_model(cfg.aggregation.rule):
-            initial = self._initial_model(cfg.initial_model, limit)
-        result = aggregate(cfg.aggregation, base, updates, initial_state=initial)
-        data = result.model_bytes
-        if result.model_hash != body.model or len(data) != body.model_size:
-            raise ContractError(
-                "aggregate_mismatch",
-                f"round {rnd.number} under {result.rule!r}: expected model {result.model_hash} "
-                f"({len(data)} bytes), found {body.model} ({body.model_size} bytes)",
-            )
-        if self.keep_models and not self.blobs.has(result.model_hash):
-            self.blobs.put(data)
-        self._remember(result.model_hash, result.new_state)
+            initial = cfg.initial_model
+        inputs = RoundBlobs(
+            rnd.base_model, [(u.tx, u.blob, u.num_samples) for u in rnd.accepted], initial
+        )
+        with aggregate_file(
+            self.blobs,
+            cfg.aggregation,
+            inputs,
+            max_bytes=cfg.contract.max_blob_bytes,
+            paths=dict(self._models),
+        ) as (result, written):
+            if result.model_hash != body.model or result.model_size != body.model_size:
+                raise ContractError(
+                    "aggregate_mismatch",
+                    f"round {rnd.number} under {result.rule!r}: expected model "
+                    f"{result.model_hash} ({result.model_size} bytes), found {body.model} "
+                    f"({body.model_size} bytes)",
+                )
+            if self.keep_models:
+                keep_as_blob(self.blobs, written, result.model_hash)
+            elif not self.blobs.has(result.model_hash):
+                self._hold(written, result.model_hash)
 
-    def _initial_model(self, digest: str, max_bytes: int) -> dict[str, torch.Tensor]:
-        """The genesis model, decoded once (rules that read the trajectory need it each round)."""
-        if self._initial is None or self._initial[0] != digest:
-            self._initial = (digest, self._decode(digest, max_bytes))
-        return self._initial[1]
-
-    def _decode(self, digest: str, max_bytes: int) -> dict[str, torch.Tensor]:
-        if not self.blobs.has(digest):
-            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer")
-        return decode_tensors(self.blobs.get(digest, max_bytes=max_bytes), max_bytes=max_bytes)
-
-    def _model(self, digest: str, max_bytes: int) -> dict[str, torch.Tensor]:
-        cached = self._models.get(digest)
-        if cached is None:
-            cached = self._decode(digest, max_bytes)
-            self._remember(digest, cached)
-        return cached
-
-    def _remember(self, digest: str, state: dict[str, torch.Tensor]) -> None:
-        self._models[digest] = state
+    def _hold(self, written: Path, digest: str) -> None:
+        """Keep a recomputed model the store lacks as a file: the next round's base."""
+        if self._held_dir is None:
+            tmp = self.blobs.root / "tmp"
+            tmp.mkdir(exist_ok=True)
+            self._held_dir = Path(tempfile.mkdtemp(dir=tmp, prefix="models-"))
+            weakref.finalize(self, shutil.rmtree, self._held_dir, ignore_errors=True)
+        path = self._held_dir / digest
+        written.replace(path)
+        self._models[digest] = path
         self._models.move_to_end(digest)
         while len(self._models) > MODEL_CACHE:
-            self._models.popitem(last=False)
+            _, old = self._models.popitem(last=False)
+            old.unlink(missing_ok=True)
 
 
 __all__ = ["FLChecks", "Verdict", "layout_for"]

@@ -113,6 +113,64 @@ def _pieces(total: int) -> Iterator[float]:
         shift += 52
 
 
+class ExactSum:
+    """A running exact sum of float64 values, fed piece by piece, rounded once by ``value``.
+
+    Streaming aggregation sees a model one tensor (and one slice of it) at a time, yet a norm,
+    a distance or a dot product must equal the whole-vector ``exact_sum`` bit for bit. The
+    finite values are kept as one exact integer number of 2**-1074 units (so the pieces combine
+    exactly, in any grouping), and the non-finite ones as ``math.fsum`` keeps them (their float
+    sum in arrival order, and the sum of the infinities alone), so ``value`` is what ``fsum``
+    over the concatenation returns: the same bits as ``exact_sum`` of all the pieces.
+    """
+
+    __slots__ = ("_infinite", "_special", "_total")
+
+    def __init__(self) -> None:
+        self._total = 0
+        self._special = 0.0
+        self._infinite = 0.0
+
+    def add(self, values: np.ndarray) -> None:
+        """Add every element of ``values`` (float64, any shape)."""
+        flat = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+        for start in range(0, flat.shape[0], CHUNK):
+            piece = flat[start : start + CHUNK]
+            finite = np.isfinite(piece)
+            if finite.all():
+                self._total += _exact_total(piece)
+                continue
+            self._total += _exact_total(piece[finite])
+            for x in piece[~finite].tolist():  # in order, as fsum meets them
+                if math.isinf(x):
+                    self._infinite += x
+                if not math.isnan(self._infinite):
+                    # fsum's own addition, so that a NaN's sign and payload follow it exactly
+                    self._special = math.fsum((self._special, x))
+
+    def add_squares(self, values: np.ndarray) -> None:
+        """Add the element-wise (IEEE) squares of ``values``."""
+        flat = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+        for chunk in _squares(flat):
+            self.add(chunk)
+
+    def add_products(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Add the element-wise (IEEE) products of ``a`` and ``b`` (same length)."""
+        fa = np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
+        fb = np.ascontiguousarray(b, dtype=np.float64).reshape(-1)
+        for start in range(0, fa.shape[0], CHUNK):
+            self.add(fa[start : start + CHUNK] * fb[start : start + CHUNK])
+
+    def value(self) -> float:
+        """The exactly rounded sum, as ``math.fsum`` of everything added would return it."""
+        if self._special != 0.0:  # a NaN or an infinity was added (fsum's own test)
+            if math.isnan(self._infinite):
+                raise ValueError("-inf + inf in fsum")
+            return self._special
+        # correctly rounded (round-half-even) by CPython; OverflowError past the largest double
+        return self._total / _UNIT if self._total else 0.0
+
+
 def _sum_of_squares_arrays(arrays: Iterable[np.ndarray]) -> float:
     return exact_sum(itertools.chain.from_iterable(_squares(a) for a in arrays))
 

@@ -20,7 +20,7 @@ from bcfl_cli.chain.builder import build_block, next_block_time
 from bcfl_cli.chain.state import ChainState, round_deadlines
 from bcfl_cli.errors import VerificationError
 from bcfl_cli.fl.checks import FLChecks
-from bcfl_cli.fl.views import Blobs
+from bcfl_cli.fl.stored_aggregate import BlobFiles
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 from bcfl_cli.training.rounds import compute_aggregate, pending_updates
@@ -68,7 +68,7 @@ def plan_block(
     now_ms: int,
     key: nacl.signing.SigningKey,
     checks: FLChecks,
-    blobs: Blobs,
+    blobs: BlobFiles,
     rng: random.Random,
 ) -> list[Transaction]:
     """The transactions of the block at ``height`` proposed at ``now_ms`` on ``state``."""

@@ -9,10 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bcfl_cli.chain.state import ChainState
-from bcfl_cli.errors import BlobError
-from bcfl_cli.fl.aggregation import UpdateInput, aggregate, rule_needs_initial_model
-from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.views import Blobs
+from bcfl_cli.fl.aggregation import rule_needs_initial_model
+from bcfl_cli.fl.stored_aggregate import BlobFiles, RoundBlobs, aggregate_file, keep_as_blob
 from bcfl_cli.protocol.tx import Transaction, TxKind
 
 
@@ -33,32 +31,22 @@ def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[T
     return out
 
 
-def compute_aggregate(state: ChainState, blobs: Blobs) -> tuple[str, int]:
+def compute_aggregate(state: ChainState, blobs: BlobFiles) -> tuple[str, int]:
     """(model hash, size) of the open round's aggregate; the model blob is stored in ``blobs``.
 
-    The same computation as ``FLChecks.check_aggregate`` (fl.aggregation over the accepted
-    update blobs on top of the base model), so every validator recomputes these exact bits.
+    The same computation as ``FLChecks.check_aggregate`` (fl.aggregation streamed over the
+    accepted update blobs on top of the base model, ``fl.stored_aggregate``), so every
+    validator recomputes these exact bits; no model is ever held whole in memory.
     """
     rnd = state.round
     cfg = state.config
-    limit = cfg.contract.max_blob_bytes
     if not rnd.accepted:
         return rnd.base_model, blobs.size(rnd.base_model)
-
-    def load(digest: str) -> bytes:
-        if not blobs.has(digest):
-            raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer")
-        return blobs.get(digest, max_bytes=limit)
-
-    base = decode_tensors(load(rnd.base_model), max_bytes=limit)
-    updates = [
-        UpdateInput(u.tx, decode_tensors(load(u.blob), max_bytes=limit), u.num_samples)
-        for u in rnd.accepted
-    ]
-    initial = None
-    if rule_needs_initial_model(cfg.aggregation.rule):
-        initial = decode_tensors(load(cfg.initial_model), max_bytes=limit)
-    result = aggregate(cfg.aggregation, base, updates, initial_state=initial)
-    data = result.model_bytes
-    blobs.put(data)
-    return result.model_hash, len(data)
+    initial = cfg.initial_model if rule_needs_initial_model(cfg.aggregation.rule) else None
+    inputs = RoundBlobs(
+        rnd.base_model, [(u.tx, u.blob, u.num_samples) for u in rnd.accepted], initial
+    )
+    limit = cfg.contract.max_blob_bytes
+    with aggregate_file(blobs, cfg.aggregation, inputs, max_bytes=limit) as (result, written):
+        keep_as_blob(blobs, written, result.model_hash)
+    return result.model_hash, result.model_size

@@ -163,3 +163,51 @@ def test_dot_of_float32_states_is_fsum_of_the_products(pairs: list[tuple[float, 
 def test_dot_refuses_states_with_different_names() -> None:
     with pytest.raises(ValueError):
         numerics.dot({"a": torch.zeros(1)}, {"b": torch.zeros(1)})
+
+
+# --- streaming: exact partial sums -------------------------------------------------------
+def _outcome(thunk: object) -> object:
+    try:
+        return _bits(thunk())  # type: ignore[operator]
+    except (ValueError, OverflowError) as exc:
+        return type(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    # finite values below 1e300, so that no partial sum of fsum's overflows (a case that the
+    # contract's finite, float32-valued tensors never reach; see ``exact_sum``)
+    values=st.lists(
+        st.floats(min_value=-1e300, max_value=1e300)
+        | st.sampled_from([math.inf, -math.inf, math.nan, -math.nan]),
+        max_size=40,
+    ),
+    cuts=st.lists(st.integers(0, 40), max_size=5),
+)
+def test_exact_sum_fed_in_pieces_is_fsum_of_the_whole(values: list[float], cuts: list[int]) -> None:
+    """What a streamed norm or distance rests on: pieces combine exactly, specials as fsum."""
+    whole = np.array(values, dtype=np.float64)
+    bounds = sorted({0, len(values), *(min(c, len(values)) for c in cuts)})
+    acc = numerics.ExactSum()
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        acc.add(whole[lo:hi])
+    assert _outcome(acc.value) == _outcome(lambda: math.fsum(values))
+    if all(math.isfinite(v) for v in values):
+        assert _outcome(acc.value) == _outcome(lambda: exact_sum([whole]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    a=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=30),
+    cut=st.integers(0, 30),
+)
+def test_streamed_squares_and_products_match_the_whole_vector(a: list[float], cut: int) -> None:
+    x = np.array(a, dtype=np.float64)
+    y = x[::-1].copy()
+    squares, products = numerics.ExactSum(), numerics.ExactSum()
+    for part in (slice(0, cut), slice(cut, None)):
+        squares.add_squares(x[part])
+        products.add_products(x[part], y[part])
+    assert _bits(squares.value()) == _bits(sum_of_squares([torch.from_numpy(x)]))
+    dot = numerics.dot({"v": torch.from_numpy(x)}, {"v": torch.from_numpy(y)})
+    assert _bits(products.value()) == _bits(dot)

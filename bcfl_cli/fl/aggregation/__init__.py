@@ -3,7 +3,8 @@
 ``aggregate(spec, global_state, updates)`` returns the next global model, the hashes of the
 updates it includes and the rule's parameters for the ``aggregate`` transaction; its
 ``model_hash`` (= ``aggregate_hash(new_state)``) is the blob hash that transaction records.
-Importing this package registers every rule shipped with bcfl.
+``aggregate_to(out, ...)`` streams the same bytes into a file, tensor by tensor, for models too
+large to hold (see ``stream``). Importing this package registers every rule shipped with bcfl.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from bcfl_cli.fl.aggregation.base import (
     AggregateResult,
     Params,
     Rule,
+    StreamedAggregate,
     UpdateInput,
     aggregate,
     aggregate_hash,
+    aggregate_to,
     register,
     rule_needs_initial_model,
 )
@@ -34,9 +37,11 @@ __all__ = [
     "AggregateResult",
     "Params",
     "Rule",
+    "StreamedAggregate",
     "UpdateInput",
     "aggregate",
     "aggregate_hash",
+    "aggregate_to",
     "clipped",
     "cosine",
     "cosine_trajectory",

@@ -19,14 +19,16 @@ A rule is a small object registered under its name (one file per rule); the regi
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeGuard
+from typing import BinaryIO, Protocol, TypeGuard, cast
 
 import torch
 
 from bcfl_cli.errors import ContractError
+from bcfl_cli.fl.aggregation.stream import Member, Plan, RoundTensors, one_thread, shape_now
 from bcfl_cli.fl.tensors import encode_tensors
+from bcfl_cli.fl.tensorwriter import SafetensorsWriter, TensorSpec, data_order
 from bcfl_cli.protocol.spec import AggregationSpec
 
 #: Values allowed in the ``params`` of an aggregate transaction (floats as decimal strings).
@@ -71,7 +73,9 @@ class AggregateResult:
 
 
 class Rule(Protocol):
-    """An aggregation rule. ``combine`` gets updates already sorted by hash and float64.
+    """An aggregation rule, registered under ``name``: a ``StreamingRule`` (every shipped
+    rule) or a ``WholeStateRule`` (all updates in memory at once; still accepted, for a rule
+    that cannot stream).
 
     It reads its parameters from the ``AggregationSpec``; the aggregate transaction records
     the whole signed aggregation section (see ``tx_params``), whichever fields a rule reads.
@@ -79,24 +83,36 @@ class Rule(Protocol):
 
     name: str
 
+
+class StreamingRule(Rule, Protocol):
+    """A rule that reads the round tensor by tensor (``stream.RoundTensors``, updates in hash
+    order) and returns a ``Plan``: what it includes and each slice's float64 delta."""
+
+    def plan(self, spec: AggregationSpec, tensors: RoundTensors) -> Plan: ...
+
+
+class WholeStateRule(Rule, Protocol):
+    """A rule that gets every update whole, already sorted by hash and float64."""
+
     def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined: ...
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """An update as rules see it: float64 tensors (zeros normalised), sorted by hash."""
+    """An update as a whole-state rule sees it: float64 tensors (zeros normalised)."""
 
     hash: str
     delta: dict[str, torch.Tensor]
     num_samples: int
 
 
-class TrajectoryRule(Rule, Protocol):
-    """A rule that also reads how far the global model has moved since genesis.
+class TrajectoryRule(WholeStateRule, Protocol):
+    """A whole-state rule that also reads how far the global model has moved since genesis.
 
     ``trajectory`` is the global model minus the genesis ``initial_model`` (float64, exact for
     float32 models), or ``None`` when the caller gave no initial model: the rule must then
-    behave as in a chain's first round (the global model still at genesis).
+    behave as in a chain's first round (the global model still at genesis). A streaming rule
+    reads the same from ``RoundTensors.trajectory``; both declare ``needs_initial_model``.
     """
 
     needs_initial_model: bool
@@ -112,9 +128,14 @@ class TrajectoryRule(Rule, Protocol):
 RULES: dict[str, Rule] = {}
 
 
-def reads_trajectory(rule: Rule) -> TypeGuard[TrajectoryRule]:
+def reads_trajectory(rule: Rule) -> bool:
     """Whether ``rule`` reads the global model's movement since genesis."""
     return bool(getattr(rule, "needs_initial_model", False))
+
+
+def streams(rule: Rule) -> TypeGuard[StreamingRule]:
+    """Whether ``rule`` reads the round tensor by tensor (else it gets whole updates)."""
+    return callable(getattr(rule, "plan", None))
 
 
 def rule_needs_initial_model(name: str) -> bool:
@@ -191,37 +212,113 @@ def sorted_stack(updates: Sequence[Prepared], name: str) -> torch.Tensor:
 # --- the entry point -------------------------------------------------------------------------
 #: An update as ``UpdateInput`` or as the plain tuple (hash, delta, num_samples).
 UpdateLike = UpdateInput | tuple[str, State, int]
+#: Receives the new model slice by slice (float32), in the order of the safetensors data.
+Sink = Callable[[str, torch.Tensor], None]
 
 
-def _prepare(global_state: State, items: Sequence[UpdateLike]) -> list[Prepared]:
-    updates = [u if isinstance(u, UpdateInput) else UpdateInput(*u) for u in items]
-    if not updates:
+@dataclass(frozen=True)
+class AggregateJob:
+    """A checked round, ready to stream: the rule, the inputs and the output's layout."""
+
+    rule: Rule
+    spec: AggregationSpec
+    tensors: RoundTensors
+
+    @property
+    def layout(self) -> dict[str, TensorSpec]:
+        """The new model's tensors: the base model's names and shapes, all float32."""
+        return {
+            name: TensorSpec(torch.float32, self.tensors.shape(name)) for name in self.tensors.names
+        }
+
+    def run(self, sink: Sink) -> tuple[list[str], str, Params]:
+        """Stream the new model into ``sink``; (included hashes, rule name, params)."""
+        tensors = self.tensors
+        with one_thread():
+            plan = self._plan()
+            tensors.release()
+            for name in data_order(self.layout):
+                for part in tensors.parts(name):
+                    new = tensors.base(name, part) + plan.delta(name, part)
+                    sink(name, new.to(torch.float32))
+            tensors.release()
+        return list(plan.included), self.rule.name, tx_params(self.spec)
+
+    def _plan(self) -> Plan:
+        rule, tensors = self.rule, self.tensors
+        if streams(rule):
+            return rule.plan(self.spec, tensors)
+        # A whole-state rule: every update widened at once, as before streaming.
+        names = tensors.names
+        prepared = []
+        for index, member in enumerate(tensors.members):
+            delta = {
+                k: _whole(tensors, k, tensors.rows(k, tensors.whole(k), [index])[0]) for k in names
+            }
+            prepared.append(Prepared(member.hash, delta, member.num_samples))
+        if reads_trajectory(rule):
+            trajectory = None
+            if tensors.has_initial:
+                trajectory = {
+                    k: _whole(tensors, k, tensors.trajectory(k, tensors.whole(k))) for k in names
+                }
+            combined = cast(TrajectoryRule, rule).combine_along(self.spec, prepared, trajectory)
+        else:
+            combined = cast(WholeStateRule, rule).combine(self.spec, prepared)
+        flat = {k: v.reshape(-1) for k, v in combined.delta.items()}
+        return Plan(list(combined.included), lambda name, part: flat[name][part])
+
+
+def _whole(tensors: RoundTensors, name: str, flat: torch.Tensor | None) -> torch.Tensor:
+    assert flat is not None
+    return flat.reshape(tensors.shape(name))
+
+
+def prepare(
+    spec: AggregationSpec,
+    global_state: State,
+    updates: Sequence[UpdateLike],
+    *,
+    rules: Mapping[str, Rule] | None = None,
+    initial_state: State | None = None,
+) -> AggregateJob:
+    """Check the round's inputs (names, sample counts, duplicates; shapes where known without
+    reading, otherwise as each tensor is read) and set up the streaming job."""
+    registry = RULES if rules is None else rules
+    rule = registry.get(spec.rule)
+    if rule is None:
+        raise ContractError("unknown_rule", f"no aggregation rule named {spec.rule!r}")
+    items = [u if isinstance(u, UpdateInput) else UpdateInput(*u) for u in updates]
+    if not items:
         raise ContractError("no_updates", "an aggregate needs at least one accepted update")
-    hashes = [u.hash for u in updates]
+    hashes = [u.hash for u in items]
     if len(set(hashes)) != len(hashes):
         raise ContractError("duplicate_update", "the same update appears twice in an aggregate")
-    expected = {k: tuple(v.shape) for k, v in global_state.items()}
-    prepared = []
-    for u in sorted(updates, key=lambda x: x.hash):
-        found = {k: tuple(v.shape) for k, v in u.delta.items()}
-        if found != expected:
+    names = set(global_state)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name in sorted(names):
+        shape = shape_now(global_state, name)
+        shapes[name] = tuple(global_state[name].shape) if shape is None else shape
+    ordered = sorted(items, key=lambda x: x.hash)
+    for u in ordered:
+        known = set(u.delta) == names and all(
+            shape_now(u.delta, k) in (None, shapes[k]) for k in sorted(names)
+        )
+        if not known:
             raise ContractError(
                 "wrong_shape", f"update {u.hash} does not match the global model's tensors"
             )
         if u.num_samples < 1:
             raise ContractError("samples_out_of_bounds", f"update {u.hash} has no samples")
-        delta = {k: to_float64(u.delta[k]) for k in sorted(u.delta)}
-        prepared.append(Prepared(u.hash, delta, u.num_samples))
-    return prepared
-
-
-def _trajectory(global_state: State, initial_state: State | None) -> dict[str, torch.Tensor] | None:
-    if initial_state is None:
-        return None
-    expected = {k: tuple(v.shape) for k, v in global_state.items()}
-    if {k: tuple(v.shape) for k, v in initial_state.items()} != expected:
+    initial = initial_state if reads_trajectory(rule) else None
+    if initial is not None and (
+        set(initial) != names
+        or any(shape_now(initial, k) not in (None, shapes[k]) for k in sorted(names))
+    ):
         raise ContractError("wrong_shape", "the initial model does not match the global model")
-    return {k: to_float64(global_state[k]) - to_float64(initial_state[k]) for k in sorted(expected)}
+    members = [Member(u.hash, u.num_samples) for u in ordered]
+    deltas = [u.delta for u in ordered]
+    return AggregateJob(rule, spec, RoundTensors(global_state, members, deltas, initial, shapes))
 
 
 def aggregate(
@@ -232,22 +329,47 @@ def aggregate(
     rules: Mapping[str, Rule] | None = None,
     initial_state: State | None = None,
 ) -> AggregateResult:
-    """The next global model under ``spec.rule``; the same bits whatever the update order.
+    """The next global model under ``spec.rule``, in memory; the same bits whatever the order.
 
     ``initial_state`` (the genesis model) is read only by a rule that needs it (see
     ``TrajectoryRule``); callers on a chain pass it whenever ``rule_needs_initial_model``.
+    For a model too large to hold, ``aggregate_to`` streams the same bytes into a file.
     """
-    registry = RULES if rules is None else rules
-    rule = registry.get(spec.rule)
-    if rule is None:
-        raise ContractError("unknown_rule", f"no aggregation rule named {spec.rule!r}")
-    prepared = _prepare(global_state, updates)
-    if reads_trajectory(rule):
-        combined = rule.combine_along(spec, prepared, _trajectory(global_state, initial_state))
-    else:
-        combined = rule.combine(spec, prepared)
+    job = prepare(spec, global_state, updates, rules=rules, initial_state=initial_state)
+    pieces: dict[str, list[torch.Tensor]] = {name: [] for name in job.tensors.names}
+    included, rule, params = job.run(lambda name, piece: pieces[name].append(piece))
     new_state = {}
-    for name in sorted(global_state):
-        base = global_state[name].detach().to("cpu", torch.float64)
-        new_state[name] = (base + combined.delta[name]).to(torch.float32).contiguous()
-    return AggregateResult(new_state, list(combined.included), rule.name, tx_params(spec))
+    for name in job.tensors.names:
+        shape = job.tensors.shape(name)
+        joined = torch.cat(pieces[name]) if pieces[name] else torch.zeros(0, dtype=torch.float32)
+        new_state[name] = joined.reshape(shape).contiguous()
+    return AggregateResult(new_state, included, rule, params)
+
+
+@dataclass(frozen=True)
+class StreamedAggregate:
+    """An aggregate written to a file: its blob hash and size, and what the transaction says."""
+
+    model_hash: str
+    model_size: int
+    included: list[str]
+    rule: str
+    params: Params = field(default_factory=dict)
+
+
+def aggregate_to(
+    out: BinaryIO,
+    spec: AggregationSpec,
+    global_state: State,
+    updates: Sequence[UpdateLike],
+    *,
+    rules: Mapping[str, Rule] | None = None,
+    initial_state: State | None = None,
+) -> StreamedAggregate:
+    """``aggregate``, written tensor by tensor into ``out`` as the model blob and hashed on
+    the way: the bytes of ``aggregate(...).model_bytes``, never the whole model in memory."""
+    job = prepare(spec, global_state, updates, rules=rules, initial_state=initial_state)
+    writer = SafetensorsWriter(out, job.layout)
+    included, rule, params = job.run(writer.write)
+    digest, size = writer.finish()
+    return StreamedAggregate(digest, size, included, rule, params)

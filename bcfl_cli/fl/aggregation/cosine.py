@@ -13,36 +13,75 @@ of the members cannot drag far. Then, in hash order:
   count is a claim; weighting by it would let one member buy trust).
 
 If every update scores 0 the round moves by the median itself. Norms and inner products are the
-exact ones of ``numerics`` and the sum runs update by update in hash order, so every peer gets
-the same bits. The rule has no parameter; the aggregate records the whole aggregation section.
+exact ones of ``numerics`` (accumulated tensor by tensor in one streaming pass, rounded once)
+and the sum runs update by update in hash order, so every peer gets the same bits. The rule has
+no parameter; the aggregate records the whole aggregation section.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
-from bcfl_cli.fl.aggregation.base import Combined, Prepared, register
-from bcfl_cli.fl.aggregation.median import coordinate_median
-from bcfl_cli.fl.numerics import dot, l2_norm
+from bcfl_cli.fl.aggregation.base import register
+from bcfl_cli.fl.aggregation.stream import Plan, RoundTensors, exact_sums, median_of
+from bcfl_cli.fl.numerics import ExactSum
 from bcfl_cli.protocol.spec import AggregationSpec
 
 
-def trust_scores(
-    updates: Sequence[Prepared], reference: dict[str, torch.Tensor]
-) -> tuple[list[float], list[float]]:
-    """Each update's trust (ReLU of its cosine to ``reference``) and its L2 norm."""
-    reference_norm = l2_norm(reference)
-    norms = [l2_norm(u.delta) for u in updates]
+@dataclass(frozen=True)
+class Geometry:
+    """What one pass over a subset of the updates measured, against its coordinate median."""
+
+    norms: list[float]  # each update's L2 norm
+    reference_norm: float  # the median's
+    dots: list[float]  # each update's inner product with the median
+    along: list[float] | None  # each update's inner product with median + trajectory
+
+
+def measure(tensors: RoundTensors, which: Sequence[int], *, along: bool = False) -> Geometry:
+    """One streaming pass over the updates ``which``: norms, the median's norm, inner products
+    with the median and (``along``) with the median plus the trajectory since genesis."""
+    n = len(which)
+    squares, dots, directed = exact_sums(n), exact_sums(n), exact_sums(n)
+    reference = ExactSum()
+    for name in tensors.names:
+        for part in tensors.parts(name):
+            rows = tensors.rows(name, part, which)
+            median = median_of(rows)
+            reference.add_squares(median.numpy())
+            direction = None
+            if along:
+                trajectory = tensors.trajectory(name, part)
+                direction = median if trajectory is None else trajectory + median
+            for i, row in enumerate(rows):
+                values = row.numpy()
+                squares[i].add_squares(values)
+                dots[i].add_products(values, median.numpy())
+                if direction is not None:
+                    directed[i].add_products(values, direction.numpy())
+    tensors.release()
+    return Geometry(
+        [math.sqrt(s.value()) for s in squares],
+        math.sqrt(reference.value()),
+        [d.value() for d in dots],
+        [d.value() for d in directed] if along else None,
+    )
+
+
+def trust_scores(geometry: Geometry) -> list[float]:
+    """Each update's trust: ReLU of its cosine to the median (0 for a zero vector)."""
     scores = []
-    for update, norm in zip(updates, norms, strict=True):
-        if norm == 0.0 or reference_norm == 0.0:
+    for dot, norm in zip(geometry.dots, geometry.norms, strict=True):
+        if norm == 0.0 or geometry.reference_norm == 0.0:
             scores.append(0.0)
             continue
-        cosine = dot(update.delta, reference) / (norm * reference_norm)
+        cosine = dot / (norm * geometry.reference_norm)
         scores.append(max(0.0, cosine))
-    return scores, norms
+    return scores
 
 
 def median_norm(norms: Sequence[float]) -> float:
@@ -52,38 +91,44 @@ def median_norm(norms: Sequence[float]) -> float:
 
 
 def cosine_trust(
-    updates: Sequence[Prepared], median: dict[str, torch.Tensor] | None = None
-) -> Combined:
-    """The whole rule over ``updates`` (hash order); ``cosine_trajectory`` runs it on a subset.
-
-    ``median``: the coordinate-wise median of exactly ``updates``, when the caller has it.
-    """
-    reference = coordinate_median(updates) if median is None else median
-    scores, norms = trust_scores(updates, reference)
+    tensors: RoundTensors, which: Sequence[int], geometry: Geometry | None = None
+) -> Plan:
+    """The whole rule over the updates ``which`` (hash order); ``cosine_trajectory`` runs it
+    on a subset. ``geometry``: ``measure`` of exactly ``which``, when the caller has it."""
+    which = list(which)
+    if geometry is None:
+        geometry = measure(tensors, which)
+    members = [tensors.members[i] for i in which]
+    scores = trust_scores(geometry)
     total = sum(scores)  # left to right in hash order: the same float everywhere
     if total == 0.0:
-        return Combined(reference, [u.hash for u in updates])
-    bound = median_norm(norms)
+
+        def median(name: str, part: slice) -> torch.Tensor:
+            return median_of(tensors.rows(name, part, which))
+
+        return Plan([m.hash for m in members], median)
+    bound = median_norm(geometry.norms)
     coefficients = [
         score * min(1.0, bound / norm) if score > 0.0 else 0.0
-        for score, norm in zip(scores, norms, strict=True)
+        for score, norm in zip(scores, geometry.norms, strict=True)
     ]
-    delta = {}
-    for name in sorted(reference):
-        acc = torch.zeros_like(reference[name])
-        for update, coefficient in zip(updates, coefficients, strict=True):
-            if coefficient > 0.0:
-                acc = acc + update.delta[name] * coefficient
-        delta[name] = acc / total
-    included = [u.hash for u, s in zip(updates, scores, strict=True) if s > 0.0]
-    return Combined(delta, included)
+    trusted = [i for i, c in zip(which, coefficients, strict=True) if c > 0.0]
+    weights = [c for c in coefficients if c > 0.0]
+
+    def delta(name: str, part: slice) -> torch.Tensor:
+        acc = torch.zeros(part.stop - part.start, dtype=torch.float64)
+        for row, coefficient in zip(tensors.rows(name, part, trusted), weights, strict=True):
+            acc = acc + row * coefficient
+        return acc / total
+
+    return Plan([m.hash for m, s in zip(members, scores, strict=True) if s > 0.0], delta)
 
 
 class CosineTrust:
     name = "cosine"
 
-    def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
-        return cosine_trust(updates)
+    def plan(self, spec: AggregationSpec, tensors: RoundTensors) -> Plan:
+        return cosine_trust(tensors, range(len(tensors.members)))
 
 
 register(CosineTrust())

@@ -26,48 +26,26 @@ attacker that knows the direction can add enough of it to agree, and is then jud
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import torch
-
-from bcfl_cli.fl.aggregation.base import Combined, Prepared, register
-from bcfl_cli.fl.aggregation.cosine import cosine_trust
-from bcfl_cli.fl.aggregation.median import coordinate_median
-from bcfl_cli.fl.numerics import dot
+from bcfl_cli.fl.aggregation.base import register
+from bcfl_cli.fl.aggregation.cosine import cosine_trust, measure
+from bcfl_cli.fl.aggregation.stream import Plan, RoundTensors
 from bcfl_cli.protocol.spec import AggregationSpec
-
-
-def agreeing(
-    updates: Sequence[Prepared],
-    trajectory: dict[str, torch.Tensor] | None,
-    median: dict[str, torch.Tensor],
-) -> list[Prepared]:
-    """The updates whose delta has a positive inner product with the consortium's direction
-    (``median`` is the coordinate-wise median of ``updates``)."""
-    direction = median
-    if trajectory is not None:
-        direction = {name: trajectory[name] + median[name] for name in median}
-    return [u for u in updates if dot(u.delta, direction) > 0.0]
 
 
 class CosineTrajectory:
     name = "cosine_trajectory"
     needs_initial_model = True
 
-    def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
-        return self.combine_along(spec, updates, None)
-
-    def combine_along(
-        self,
-        spec: AggregationSpec,
-        updates: Sequence[Prepared],
-        trajectory: dict[str, torch.Tensor] | None,
-    ) -> Combined:
-        median = coordinate_median(updates)
-        kept = agreeing(updates, trajectory, median)
-        if kept and len(kept) < len(updates):
-            return cosine_trust(kept)
-        return cosine_trust(updates, median)  # all agree, or none: the median is already known
+    def plan(self, spec: AggregationSpec, tensors: RoundTensors) -> Plan:
+        # One pass measures both the agreement with the direction and, for the case where
+        # every update (or none) agrees, everything ``cosine`` needs over all of them.
+        everyone = list(range(len(tensors.members)))
+        geometry = measure(tensors, everyone, along=True)
+        assert geometry.along is not None
+        kept = [i for i, dot in zip(everyone, geometry.along, strict=True) if dot > 0.0]
+        if kept and len(kept) < len(everyone):
+            return cosine_trust(tensors, kept)
+        return cosine_trust(tensors, everyone, geometry)
 
 
 register(CosineTrajectory())

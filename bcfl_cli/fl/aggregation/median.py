@@ -6,32 +6,21 @@ median. With an even count the two middle values are averaged ((a + b) * 0.5, ex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from bcfl_cli.fl.aggregation.base import Combined, Prepared, register, sorted_stack
+from bcfl_cli.fl.aggregation.base import register
+from bcfl_cli.fl.aggregation.stream import Plan, RoundTensors, median_of
 from bcfl_cli.protocol.spec import AggregationSpec
-
-
-def coordinate_median(updates: Sequence[Prepared]) -> dict[str, torch.Tensor]:
-    """The coordinate-wise median delta of ``updates`` (float64, the same bits everywhere)."""
-    n = len(updates)
-    delta = {}
-    for name in sorted(updates[0].delta):
-        ordered = sorted_stack(updates, name)
-        if n % 2:
-            delta[name] = ordered[n // 2].clone()
-        else:
-            delta[name] = (ordered[n // 2 - 1] + ordered[n // 2]) * 0.5
-    return delta
 
 
 class Median:
     name = "median"
 
-    def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
-        return Combined(coordinate_median(updates), [u.hash for u in updates])
+    def plan(self, spec: AggregationSpec, tensors: RoundTensors) -> Plan:
+        def delta(name: str, part: slice) -> torch.Tensor:
+            return median_of(tensors.rows(name, part))
+
+        return Plan([m.hash for m in tensors.members], delta)
 
 
 register(Median())

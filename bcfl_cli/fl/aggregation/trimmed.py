@@ -7,17 +7,12 @@ integer arithmetic, so 0.29 * 100 is 29 on every peer, not 28.999999999999996.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from decimal import Decimal
 
-from bcfl_cli.fl.aggregation.base import (
-    Combined,
-    Prepared,
-    decimal,
-    ordered_sum,
-    register,
-    sorted_stack,
-)
+import torch
+
+from bcfl_cli.fl.aggregation.base import decimal, ordered_sum, register
+from bcfl_cli.fl.aggregation.stream import Plan, RoundTensors, sorted_rows
 from bcfl_cli.protocol.spec import AggregationSpec
 
 
@@ -30,14 +25,15 @@ def trim_count(beta: float, n: int) -> int:
 class Trimmed:
     name = "trimmed"
 
-    def combine(self, spec: AggregationSpec, updates: Sequence[Prepared]) -> Combined:
-        n = len(updates)
+    def plan(self, spec: AggregationSpec, tensors: RoundTensors) -> Plan:
+        n = len(tensors.members)
         k = trim_count(spec.trim_beta, n)
-        delta = {}
-        for name in sorted(updates[0].delta):
-            kept = sorted_stack(updates, name)[k : n - k]
-            delta[name] = ordered_sum(kept) / float(n - 2 * k)
-        return Combined(delta, [u.hash for u in updates])
+
+        def delta(name: str, part: slice) -> torch.Tensor:
+            kept = sorted_rows(tensors.rows(name, part))[k : n - k]
+            return ordered_sum(kept) / float(n - 2 * k)
+
+        return Plan([m.hash for m in tensors.members], delta)
 
 
 register(Trimmed())

@@ -1,0 +1,147 @@
+"""A round's aggregate computed from blob files into a blob file: bounded memory, any model size.
+
+The proposer (``training.rounds.compute_aggregate``) and every validator
+(``fl.checks.FLChecks.check_aggregate``) recompute the same aggregate from the same blobs. Here
+the base model, the genesis model and the updates are opened as files, read one tensor slice at
+a time (``fl.aggregation.stream``), and the new model is written to a temporary file in the
+store, hashed while written, and renamed to its hash when it is wanted. Nothing holds a whole
+model: memory is a few slices per update, whatever the model's size or the number of members.
+
+Each input is opened as the contract opens an update (``tensorfile.TensorFile``: the header
+checked alone, then ``pread`` into buffers of ours) and hashed before it is used, as
+``BlobStore.get`` did, so a corrupted copy is a ``BlobError``, never a wrong aggregate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from bcfl_cli.errors import BlobError
+from bcfl_cli.fl.aggregation import StreamedAggregate, UpdateInput, aggregate_to
+from bcfl_cli.fl.tensorfile import TORCH_DTYPES, LazyTensors, TensorFile, sha256_of
+from bcfl_cli.fl.tensors import DTYPE_SIZES
+from bcfl_cli.fl.views import Blobs
+from bcfl_cli.protocol.spec import AggregationSpec
+
+
+class BlobFiles(Blobs, Protocol):
+    """A blob store whose blobs are files (``store.blobs.BlobStore``), with a folder to write
+    a new blob into before it is renamed to its hash (``root / "tmp"``, as the store does)."""
+
+    root: Path
+
+
+class FileTensors(LazyTensors):
+    """An opened blob (``tensorfile.TensorFile``) as the aggregation reads it: a lazily loaded
+    ``Mapping`` that also reads a slice of a tensor (a ``stream.SliceReader``), so a tensor
+    larger than everything else costs a slice per update, not the whole tensor."""
+
+    def __init__(self, file: TensorFile) -> None:
+        super().__init__(file)
+        self.file = file
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        return tuple(self.file.header.entries[name].shape)
+
+    def read_flat(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Elements ``start:stop`` of tensor ``name`` (row-major), in its own dtype."""
+        entry = self.file.header.entries[name]
+        width = DTYPE_SIZES[entry.dtype]
+        buffer = torch.empty((stop - start) * width, dtype=torch.uint8)
+        if stop > start:
+            self.file.source.read_into(entry.start + start * width, buffer.numpy().data)
+        return buffer.view(TORCH_DTYPES[entry.dtype])
+
+
+@contextlib.contextmanager
+def open_blob(
+    blobs: BlobFiles, digest: str, *, max_bytes: int, path: Path | None = None
+) -> Iterator[FileTensors]:
+    """Blob ``digest`` opened for reading, once its content hashes to its name (read through
+    the same descriptor, so what is read later is what was hashed), as ``BlobStore.get`` did:
+    a corrupt copy is a ``BlobError``, never a wrong aggregate. ``path``: a file of ours (a
+    recomputed model), used as it is."""
+    try:
+        file = TensorFile.open(path or blobs.path_for(digest), max_bytes=max_bytes)
+    except FileNotFoundError:
+        raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer") from None
+    with file:
+        if path is None and sha256_of(file.source) != digest:
+            raise BlobError(f"blob {digest} is corrupt: its content does not match its name")
+        yield FileTensors(file)
+
+
+@dataclass(frozen=True)
+class RoundBlobs:
+    """A round's inputs by blob hash: the base model, the updates, maybe the genesis model."""
+
+    base: str
+    updates: Sequence[tuple[str, str, int]]  # (update tx hash, blob hash, num_samples)
+    initial: str | None = None
+
+
+@contextlib.contextmanager
+def aggregate_file(
+    blobs: BlobFiles,
+    spec: AggregationSpec,
+    inputs: RoundBlobs,
+    *,
+    max_bytes: int,
+    paths: Mapping[str, Path] | None = None,
+) -> Iterator[tuple[StreamedAggregate, Path]]:
+    """Stream the round's aggregate into a temporary file in the store; yields it and its
+    path. The file is removed on exit unless the caller moved it (``keep_as_blob``).
+
+    ``paths``: files for models that the store may not hold (a verifier's recomputed models).
+    """
+    known = paths or {}
+
+    def opened(digest: str) -> contextlib.AbstractContextManager[FileTensors]:
+        return open_blob(blobs, digest, max_bytes=max_bytes, path=known.get(digest))
+
+    tmp_dir = blobs.root / "tmp"
+    tmp_dir.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        base = stack.enter_context(opened(inputs.base))
+        updates = [
+            UpdateInput(tx, stack.enter_context(opened(blob)), n) for tx, blob, n in inputs.updates
+        ]
+        initial = None if inputs.initial is None else stack.enter_context(opened(inputs.initial))
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="aggregate-")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                result = aggregate_to(out, spec, base, updates, initial_state=initial)
+                out.flush()
+                os.fsync(out.fileno())
+            stack.close()  # the inputs are no longer needed
+            yield result, tmp
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def keep_as_blob(blobs: BlobFiles, tmp: Path, digest: str) -> None:
+    """Move a written (and fsynced) aggregate file into the store under its hash."""
+    final = blobs.path_for(digest)
+    if final.is_file():
+        return
+    final.parent.mkdir(exist_ok=True)
+    os.replace(tmp, final)
+
+
+__all__ = [
+    "BlobFiles",
+    "FileTensors",
+    "RoundBlobs",
+    "aggregate_file",
+    "keep_as_blob",
+    "open_blob",
+]
