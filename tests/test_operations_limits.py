@@ -326,7 +326,7 @@ def _bindings() -> dict[str, list[str]]:
         "memory of the contract checking one update": [
             f"hashed {mib(tensorfile.HASH_CHUNK)} at a time",
             f"read {_n(tensorfile.PIECE_ELEMENTS)} at a time",
-            f"({mib(tensorfile.PIECE_ELEMENTS * 4)} of single-precision floats)",
+            f"({kib(tensorfile.PIECE_ELEMENTS * 4)} of single-precision floats)",
         ],
         "a peer's error body, upload status, chunk acknowledgement": [
             f"{kib(client.MAX_ERROR_BODY_BYTES)} each",

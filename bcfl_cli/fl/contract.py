@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from bcfl_cli.errors import BcflError, BlobError, ContractError
-from bcfl_cli.fl.numerics import as_float64, exact_sum
+from bcfl_cli.fl.numerics import ExactSum
 from bcfl_cli.fl.tensorfile import PIECE_ELEMENTS, FileSource, TensorFile, sha256_of
 from bcfl_cli.fl.tensors import ByteSource, BytesSource, check_safetensors_layout
 from bcfl_cli.protocol.spec import ContractRules, ModelSpec
@@ -271,31 +271,28 @@ def finite_l2_norm(
 ) -> tuple[str | None, float]:
     """The first tensor (by name) holding NaN or inf, else the exact L2 norm of all of them.
 
-    One pass, a piece at a time: the squares go to ``exact_sum``, whose result does not depend
-    on how the values are grouped, so the norm is bit for bit ``l2_norm`` of the whole state.
+    One pass, a piece at a time: the squares go to an ``ExactSum``, whose result does not
+    depend on how the values are grouped, so the norm is bit for bit ``l2_norm`` of the whole
+    state, and the pieces bound the memory (the exact sum's temporaries are a few times the
+    piece, not the update).
     """
-    non_finite: list[str] = []
-
-    def squares() -> Iterator[np.ndarray]:
-        for name in tensors.names:
-            for piece in tensors.pieces(name, piece_elements):
-                values = as_float64(piece)
-                if not np.isfinite(values).all():
-                    non_finite.append(name)
-                    return
-                with np.errstate(over="ignore"):  # float64 squares may overflow to inf: the
-                    squared = values * values  # sum is then inf, as ``l2_norm`` finds too
-                yield squared
-
-    try:
-        total = exact_sum(squares())
-    except OverflowError:  # float64 squares past the largest double; NaN still comes first
-        if non_finite:
-            return non_finite[0], math.nan
-        raise
-    if non_finite:
-        return non_finite[0], math.nan
-    return None, math.sqrt(total)
+    total = ExactSum()
+    overflowed = False
+    for name in tensors.names:
+        for values in tensors.float64_pieces(name, piece_elements):
+            if not np.isfinite(values).all():
+                return name, math.nan
+            with np.errstate(over="ignore"):
+                squares = values * values
+            huge = np.isinf(squares)  # a float64 value past 2^512 squares to inf
+            if huge.any():
+                overflowed = True
+                squares = squares[~huge]
+            total.add(squares)
+    # As ``l2_norm`` (``math.fsum``) has it: OverflowError when the finite squares alone pass
+    # the largest double, else inf when one square did; unreachable with float32 layouts.
+    finite = total.value()
+    return None, math.inf if overflowed else math.sqrt(finite)
 
 
 def _message(exc: ContractError) -> str:

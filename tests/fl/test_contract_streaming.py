@@ -28,27 +28,46 @@ CTX = RoundContext(trainers=frozenset({ALICE}), round=1, round_open=True, base_m
 LIMIT = 1 << 22
 
 _EXTREMES_32 = [0.0, -0.0, 1e-45, -1e-45, 1.17549435e-38, 3.4028235e38, -3.4028235e38, 1.0, 0.1]
-_EXTREMES_64 = [5e-324, 1e-300, 1e154, 1.3e154, 1e200, 1.7976931348623157e308, -1e308]
+#: float64 values up to 2^511 or so, whose squares stay finite; two squares of 1.3e154 add up
+#: past the largest double (an OverflowError, then as now). Past that no square is finite, and
+#: the old sum's answer (inf or OverflowError) depended on where the first inf fell among
+#: ``exact_sum``'s chunks: unreachable, since every update layout is float32 (or 16-bit).
+_HUGE_64 = 1.3e154
+_EXTREMES_64 = [5e-324, 1e-300, 1e100, 1e154, _HUGE_64, -_HUGE_64]
 
 
 def _values(dtype: torch.dtype, finite: bool) -> st.SearchStrategy[float]:
     width = 64 if dtype == torch.float64 else 32
     extremes = _EXTREMES_64 + _EXTREMES_32 if width == 64 else _EXTREMES_32
-    plain = st.floats(width=width, allow_nan=not finite, allow_infinity=not finite)
+    bound = _HUGE_64 if width == 64 else None
+    plain = st.floats(
+        min_value=bound and -bound,
+        max_value=bound,
+        width=width,
+        allow_nan=False,
+        allow_infinity=False,
+    )
+    if not finite:
+        plain = st.one_of(plain, st.sampled_from([math.nan, math.inf, -math.inf]))
     return st.one_of(plain, st.sampled_from(extremes))
 
 
+_HALVES = [torch.bfloat16, torch.float16]
+
+
 @st.composite
-def _states(draw: st.DrawFn) -> dict[str, torch.Tensor]:
+def _states(draw: st.DrawFn, halves: bool = False) -> dict[str, torch.Tensor]:
     finite = draw(st.booleans())
     state: dict[str, torch.Tensor] = {}
     for index in range(draw(st.integers(1, 4))):
-        dtype = draw(st.sampled_from([torch.float32, torch.float32, torch.float64]))
+        kinds = [torch.float32, torch.float32, torch.float64, *(_HALVES if halves else [])]
+        dtype = draw(st.sampled_from(kinds))
         shape = draw(st.lists(st.integers(0, 4), min_size=1, max_size=2))
         count = math.prod(shape)
         values = draw(st.lists(_values(dtype, finite), min_size=count, max_size=count))
         name = draw(st.sampled_from(["w", "b", "layer.0", "z"])) + str(index)
-        state[name] = torch.tensor(values, dtype=dtype).reshape(shape)
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        state[name] = torch.tensor(values, dtype=wide).to(dtype).reshape(shape)
     return state
 
 
@@ -65,7 +84,7 @@ def _whole(state: dict[str, torch.Tensor]) -> tuple[str | None, str]:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_states(), st.sampled_from([1, 2, 3, 7, 1 << 20]))
+@given(_states(halves=True), st.sampled_from([1, 2, 3, 7, 1 << 16]))
 def test_the_streamed_norm_is_the_whole_norm_to_the_bit(
     state: dict[str, torch.Tensor], piece: int
 ) -> None:

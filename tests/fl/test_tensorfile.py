@@ -10,6 +10,7 @@ import os
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -60,6 +61,10 @@ def test_a_file_reads_as_the_loader_reads_its_bytes(tmp_path: Path) -> None:
             assert all(p.numel() <= 2 for p in pieces)
             flat = torch.cat(pieces) if pieces else torch.empty(0, dtype=got.dtype)
             assert torch.equal(flat, whole[name].reshape(-1)), name
+            wide = list(file.float64_pieces(name, elements=2))
+            assert all(p.dtype == np.float64 and p.size <= 2 for p in wide)
+            joined = np.concatenate(wide) if wide else np.zeros(0)
+            assert np.array_equal(joined, whole[name].to(torch.float64).reshape(-1).numpy())
         with pytest.raises(KeyError):
             lazy["nope"]
         assert sha256_of(file.source) == hashlib.sha256(data).hexdigest()
