@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -72,7 +73,12 @@ class FileSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: opening a FIFO put where a blob should be must not hang the reader
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+        self._fd = os.open(path, flags)
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            self.close()
+            raise ContractError("malformed_blob", f"{path.name} is not a regular file")
         self._stamp = self._stat()
         self._size = self._stamp[0]
 

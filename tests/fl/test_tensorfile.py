@@ -186,3 +186,12 @@ def test_a_file_left_open_gives_its_descriptor_back(tmp_path: Path) -> None:
         TensorFile.open(path, max_bytes=LIMIT).tensors()["a"]
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ContractError, match="not a regular file"):
+        TensorFile.open(fifo, max_bytes=LIMIT)
+    with pytest.raises(ContractError, match="not a regular file"):
+        TensorFile.open(tmp_path, max_bytes=LIMIT)
