@@ -27,7 +27,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from bcfl_cli.errors import BcflError, UsageError
@@ -107,6 +107,7 @@ class BlobKeeper:
         retention_s: float | None = DEFAULT_RETENTION_S,
         in_flight: Callable[[], Iterable[str]] = lambda: (),
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.blobs = blobs
         self.owners = owners
@@ -114,6 +115,7 @@ class BlobKeeper:
         self.retention_s = retention_s
         self.in_flight = in_flight
         self._clock = clock
+        self._sleep = sleep  # the node's clock's: a test's faster clock shortens the passes too
         self.referenced: set[str] = set(referenced)
         self._owned: dict[str, dict[str, tuple[int, float]]] = {}  # owner -> hash -> (cost, t)
         self._owner_of: dict[str, str] = {}
@@ -136,6 +138,8 @@ class BlobKeeper:
         quota_bytes: int,
         retention_s: float | None = DEFAULT_RETENTION_S,
         in_flight: Callable[[], Iterable[str]] = lambda: (),
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> BlobKeeper:
         referenced, _ = ledger.blob_references()
         return cls(
@@ -145,6 +149,8 @@ class BlobKeeper:
             quota_bytes=quota_bytes,
             retention_s=retention_s,
             in_flight=in_flight,
+            clock=clock,
+            sleep=sleep,
         )
 
     # --- the chain ---------------------------------------------------------------------------
@@ -280,7 +286,7 @@ class BlobKeeper:
         """Collect for ever (a background task of the node), one prefix at a time between
         other work on the event loop."""
         while True:
-            await asyncio.sleep(self.interval_s)
+            await self._sleep(self.interval_s)
             for _ in range(PREFIXES_PER_PASS):
                 try:
                     self.collect(prefixes=1)

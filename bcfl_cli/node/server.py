@@ -45,7 +45,7 @@ from bcfl_cli.node.app import (
 )
 from bcfl_cli.node.blob_keeper import DEFAULT_RETENTION_S, BlobKeeper, default_quota
 from bcfl_cli.node.blob_service import BlobService
-from bcfl_cli.node.clock import Clock
+from bcfl_cli.node.clock import Clock, collection_clock
 from bcfl_cli.node.connections import ConnectionGuard, guarded_protocols, node_guard
 from bcfl_cli.node.consensus_driver import ConsensusDriver
 from bcfl_cli.node.interfaces import BlockListener
@@ -198,6 +198,7 @@ class Node:
         self.home.node_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config = self.chain.state.config
         quota = self.options.blob_quota_bytes
+        clock = collection_clock(self.options.host)
         if quota is None:
             quota = default_quota(config.contract.max_blob_bytes)
         return BlobKeeper.for_ledger(
@@ -207,6 +208,8 @@ class Node:
             quota_bytes=quota,
             retention_s=self.options.blob_retention_s,
             in_flight=in_flight,
+            clock=clock.time,
+            sleep=clock.sleep,
         )
 
     def http_app(self) -> ASGIApp:

@@ -414,7 +414,7 @@ def _insert_blocks(conn: Connection, chain: Sequence[Block]) -> None:
             "idx": index,
             "kind": str(tx.kind),
             "author": tx.author,
-            "body": _text(tx.to_dict()),
+            "body": tx.signed_text(),
         }
         for block in chain
         for index, tx in enumerate(block.txs)

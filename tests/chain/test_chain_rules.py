@@ -169,6 +169,22 @@ def test_removal_and_last_validator(tmp_path):
     )
 
 
+def test_the_trainers_kept_with_a_state_follow_every_change(tmp_path):
+    """``trainers`` is kept with the state it was asked of; a state derived from it after a
+    removal answers for itself (the kept set never leaks into the next state)."""
+    c = make_consortium(
+        tmp_path,
+        members=(("alice", ["trainer", "validator"], 1), ("bob", ["trainer"], 0)),
+        removal_approvals=1,
+    )
+    before = c.state
+    assert before.trainers == {did_for("alice"), did_for("bob")}
+    assert before.trainers is before.trainers  # kept, not built again
+    c.commit([c.tx("alice", TxKind.REMOVE_MEMBER, {"member": did_for("bob"), "reason": "left"})])
+    assert c.state.trainers == {did_for("alice")}
+    assert before.trainers == {did_for("alice"), did_for("bob")}  # the old state unchanged
+
+
 def test_block_rules(tmp_path):
     c = make_consortium(tmp_path)
     good = c.next_block([])

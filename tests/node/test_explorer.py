@@ -165,11 +165,15 @@ def test_proof_download_verifies_and_is_cached(
 def test_proof_builds_are_rate_limited_per_address(
     played: tuple[LocalNode, dict[str, str]],
 ) -> None:
-    """Cache misses cost a ledger scan each: an address gets PROOF_BURST, then 429."""
+    """Cache misses cost a ledger scan each: an address gets PROOF_BURST, then 429.
+
+    On a still clock, as below: under load three builds outlasted one refill (10 s)."""
     local, _ = played
     explorer = _explorer(local)
     explorer.proofs = ProofCache(max_entries=0)  # every request a miss
-    explorer.proof_limiter = routes.TokenBucketLimiter(routes.PROOF_RATE_PER_S, PROOF_BURST)
+    explorer.proof_limiter = routes.TokenBucketLimiter(
+        routes.PROOF_RATE_PER_S, PROOF_BURST, clock=lambda: 0.0
+    )
     explorer.proof_builds = routes.TokenBucketLimiter(100.0, 100.0)  # the address's bound alone
     codes = [local.client.get("/explorer/proof/1").status_code for _ in range(int(PROOF_BURST) + 2)]
     assert codes.count(200) <= PROOF_BURST and codes[-1] == 429, codes
@@ -264,13 +268,17 @@ def test_proof_builds_past_the_waiting_bound_are_refused_at_once(
 
 
 def test_proof_builds_are_rate_limited_in_all(played: tuple[LocalNode, dict[str, str]]) -> None:
-    """Many addresses (an IPv6 prefix) still share one bound on builds, each a process."""
+    """Many addresses (an IPv6 prefix) still share one bound on builds, each a process.
+
+    The bucket's clock stands still: each build is a child process, and under load the burst's
+    builds took longer than one refill (10 s), so the last request found a new token and the
+    test failed on the machine's speed, not on the bound."""
     local, _ = played
     explorer = _explorer(local)
     explorer.proofs = ProofCache(max_entries=0)
     explorer.proof_limiter = routes.TokenBucketLimiter(100.0, 100.0)  # as if each a new address
     explorer.proof_builds = routes.TokenBucketLimiter(
-        routes.PROOF_TOTAL_RATE_PER_S, routes.PROOF_TOTAL_BURST, max_keys=1
+        routes.PROOF_TOTAL_RATE_PER_S, routes.PROOF_TOTAL_BURST, max_keys=1, clock=lambda: 0.0
     )
     n = int(routes.PROOF_TOTAL_BURST)
     codes = [local.client.get("/explorer/proof/1").status_code for _ in range(n + 1)]

@@ -316,6 +316,16 @@ def test_ledger_reads_the_hash_off_the_canonical_text(tx):
     assert tx_digest(tx) == tx_digest(read) == (tx.hash, len(signed))
 
 
+@fast
+@given(transactions())
+def test_the_kept_signed_text_is_the_canonical_signed_form(tx):
+    """What the ledger stores for a transaction (kept with the object after the first call)."""
+    expected = canonical(tx.to_dict()).decode("utf-8")
+    assert tx.signed_text() == expected
+    assert tx.signed_text() == expected  # the kept value, the same
+    assert Transaction.from_canonical(expected).signed_text() == expected
+
+
 #: A lone surrogate, written as a JSON escape (in a value and in a key) and as the three bytes
 #: UTF-8 would give it (CESU-style; ``json.loads`` decodes bytes with ``surrogatepass``).
 _LONE_SURROGATES = [
