@@ -51,6 +51,7 @@ from bcfl_cli.node import (
     mempool,
     peers,
     server,
+    traffic,
 )
 from bcfl_cli.node import tls as node_tls
 from bcfl_cli.node.explorer import routes as explorer_routes
@@ -79,6 +80,9 @@ PROOF_BLOCK_BYTES = (2_100, 1_300)
 NOT_LIMITS: dict[str, dict[str, str]] = {
     "request bodies held": {
         "503 `busy`": "the HTTP refusal past the budget (tests/node/test_front_door.py)",
+    },
+    "blob size (models and updates)": {
+        "(413)": "the HTTP refusal of a larger size (tests/node/test_blob_streaming.py)",
     },
     "explorer proof builds (`GET /explorer/proof/{round}`)": {
         "503 `busy`": "the HTTP refusal past the waiting bound (tests/node/test_explorer.py)",
@@ -349,10 +353,16 @@ def _bindings() -> dict[str, list[str]]:
         "blobs no block references, per member": [
             f"{_n(quota_factor)} x `contract.{max_blob}`",
             f"{_n(blob_keeper.QUOTA_BLOBS)} x `contract.{max_blob}`",
+            f"{_n(blob_keeper.QUOTA_BLOBS)} x (the genesis initial model's size + "
+            f"{mib(blob_keeper.QUOTA_SLACK_BYTES)})",
             f"at least {mib(blob_keeper.default_quota(1))}",
             f"at least {mib(blob_keeper.MIN_QUOTA_BYTES)}",
             _opt("node", "--blob-quota-mib"),
             f"{_n(blob_keeper.MAX_UNREFERENCED_PER_MEMBER)} blobs",
+        ],
+        "rounds shown in `/v1/status` (`traffic`, `unverified_rounds`)": [
+            f"the last {_n(traffic.KEEP_ROUNDS)} rounds",
+            f"the last {_n(blob_service.KEEP_UNVERIFIED_ROUNDS)} rounds",
         ],
         "unreferenced blob retention": [
             f"{hours(blob_keeper.DEFAULT_RETENTION_S)} ({_opt('node', '--blob-retention')}",

@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl verify-chain --home homes/alice",
             "bcfl verify-chain --deep --json --home homes/alice",
+            "bcfl verify-chain --deep --models-only --home homes/eve",
             "bcfl verify-chain --home homes/alice "
             "--store-url postgresql+psycopg://alice@db.example.org/bcfl",
         ),
@@ -55,6 +56,15 @@ def verify_chain_cmd(
     deep: Annotated[
         bool,
         typer.Option("--deep", help="Also re-run the update contract and recompute aggregates."),
+    ] = False,
+    models_only: Annotated[
+        bool,
+        typer.Option(
+            "--models-only",
+            help="With --deep, for a member that trains without validating (its node fetches "
+            "each round's model, not the others' updates): rounds whose update blobs are not "
+            "here are checked to their certified model and listed, not recomputed.",
+        ),
     ] = False,
     genesis: Annotated[
         str | None,
@@ -130,6 +140,7 @@ def verify_chain_cmd(
                 deep=deep,
                 checks=checks,
                 progress=update,
+                models_only=models_only,
             )
     if as_json:
         render.print_json(report.to_dict())
@@ -166,6 +177,16 @@ def _progress(*, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
+def _rounds_text(rounds: list[int]) -> str:
+    """``none``, or the rounds and why: their update blobs are not in this store."""
+    if not rounds:
+        return "none"
+    shown = ", ".join(map(str, rounds[:20])) + (
+        f" (+{len(rounds) - 20})" if len(rounds) > 20 else ""
+    )
+    return f"{shown} (update blobs not here: their models were taken on the validators' commit)"
+
+
 def _render_report(report: Report, home: Home) -> None:
     fault = report.fault
     if fault is None:
@@ -182,6 +203,11 @@ def _render_report(report: Report, home: Home) -> None:
                 ("transactions", f"{report.txs} ({kinds})"),
                 ("signatures checked", report.signatures),
                 ("blobs checked", report.blobs),
+                *(
+                    [("rounds not recomputed", _rounds_text(report.unverified_rounds))]
+                    if report.models_only
+                    else []
+                ),
                 ("anchors", _anchors_text(report) or "none (see --genesis, --trusted-head)"),
                 ("pin", report.pin),
                 ("time", f"{report.elapsed_s:.2f} s"),

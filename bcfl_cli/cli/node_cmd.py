@@ -175,10 +175,21 @@ def node(
             min=1,
             help=(
                 "MiB of blobs no block references that one member may keep on this node"
-                " (default: 4 blobs of the genesis's largest size, at least 16 MiB)."
+                " (default: 4 blobs the size of the genesis model, at least 16 MiB)."
             ),
         ),
     ] = None,
+    verify_updates: Annotated[
+        bool,
+        typer.Option(
+            "--verify-updates",
+            help=(
+                "Fetch every update and recompute every verdict and aggregate although this"
+                " member does not validate (a validator always does; default: fetch each"
+                " round's model only and take the validators' certified aggregate)."
+            ),
+        ),
+    ] = False,
     tls: Annotated[
         bool,
         typer.Option(
@@ -265,6 +276,7 @@ def node(
         app=app,
         blob_retention_s=retention_s,
         blob_quota_bytes=None if blob_quota_mib is None else blob_quota_mib * 1024 * 1024,
+        verify_updates=verify_updates,
         tls=TlsOptions(
             serve=tls or tls_cert is not None,
             cert_file=tls_cert,
@@ -316,6 +328,7 @@ def register(app: typer.Typer) -> None:
         epilog=examples(
             "bcfl node --home homes/alice --listen 127.0.0.1:7420 --peer http://127.0.0.1:7421",
             "bcfl node --home homes/alice --train parts/member-01.csv --log-json",
+            "bcfl node --home homes/dana --train parts/member-04.csv --verify-updates",
             "bcfl node --home homes/alice --tls --listen 0.0.0.0:7420"
             " --advertise https://alice.example:7420 --peer https://bob.example:7420",
             "bcfl node --home homes/alice --store-url postgresql+psycopg://alice@db.example.org/bcfl",

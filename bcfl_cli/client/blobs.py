@@ -275,16 +275,10 @@ def _adopt(store: BlobStore, part: Path, digest: str) -> None:
     Same end as ``BlobStore.put_stream`` (a rename within the store's file system) without
     copying the file again.
     """
-    hasher = hashlib.sha256()
-    with open(part, "rb") as f:
-        for piece in iter(lambda: f.read(READ_SIZE), b""):
-            hasher.update(piece)
-    if hasher.hexdigest() != digest:
-        part.unlink(missing_ok=True)
-        raise BlobError(f"downloaded blob hashes to {hasher.hexdigest()}, expected {digest}")
-    final = store.path_for(digest)
-    final.parent.mkdir(exist_ok=True)
-    os.replace(part, final)
+    try:
+        store.adopt(part, expected=digest, max_bytes=os.path.getsize(part))
+    except BlobError as exc:
+        raise BlobError(f"downloaded blob {digest}: {exc.message}") from exc
 
 
 def _download_from(

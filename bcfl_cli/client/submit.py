@@ -238,9 +238,19 @@ def push_to_peers(
     Validators fetch an update's blob from the peers they know; a member admitted after the
     founders started is known to none of them, so its own node alone cannot serve the blob to
     them. Uploads are resumable and idempotent (a peer that has the blob answers at once).
+    A peer whose member only trains is skipped: its node fetches each round's model, not the
+    others' updates (issue 19), so the blob, up to the genesis cap, would go there for nothing.
     Returns ``"URL: why"`` for each peer that could not be reached.
     """
-    urls = [peer.url for peer in api.status().peers]
+    status = api.status()
+    trains_only = {
+        m.did
+        for m in status.members
+        if m.status == "active"
+        and "trainer" in m.roles
+        and ("validator" not in m.roles or m.power <= 0)
+    }
+    urls = [peer.url for peer in status.peers if peer.did is None or peer.did not in trains_only]
     missed: list[str] = []
     for url in urls[:MAX_PUSH_PEERS]:
         try:

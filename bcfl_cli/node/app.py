@@ -49,6 +49,7 @@ from bcfl_cli.node.peers import (
     did_tag,
     parse_seen,
 )
+from bcfl_cli.node.traffic import BlobTraffic
 from bcfl_cli.protocol.block import Vote
 from bcfl_cli.protocol.encoding import is_hash_hex, parse_json, sha256_hex
 from bcfl_cli.protocol.tx import MAX_TX_BYTES, Transaction, TxKind
@@ -208,8 +209,12 @@ class Api:
         did: str,
         tls: TransportTrust,
         max_inline_blob: int = MAX_INLINE_BLOB_BYTES,
+        traffic: BlobTraffic | None = None,
+        unverified_rounds: Callable[[], list[int]] | None = None,
     ) -> None:
         self.chain = chain
+        self.traffic = traffic if traffic is not None else BlobTraffic()
+        self.unverified_rounds = unverified_rounds
         self.ledger = ledger
         self.blobs = ledger.blobs
         self.pool = pool
@@ -284,6 +289,8 @@ class Api:
             consensus=self.reactor.progress(),
             alarm=AlarmView(**chain.alarm) if chain.alarm else None,
             tls=self.tls.view(),
+            traffic=self.traffic.view(),
+            unverified_rounds=self.unverified_rounds() if self.unverified_rounds else None,
         )
         return _json(body)
 
@@ -372,6 +379,7 @@ class Api:
     async def _check_and_store(self, tx: Transaction, data: bytes) -> None:
         """An update (for the next round, held until it opens) through the mempool's checks,
         then its blob stored; Refusal, with nothing kept, where it fails them."""
+        self.traffic.received(len(data))
         await self._await_round_of(tx)
         state = self.chain.state
         if tx.hash not in state.seen_tx and tx.hash not in self.pool:
@@ -664,6 +672,8 @@ def create_app(
     did: str,
     tls: TransportTrust,
     settings: HttpSettings,
+    traffic: BlobTraffic | None = None,
+    unverified_rounds: Callable[[], list[int]] | None = None,
 ) -> ASGIApp:
     """The node's ASGI application: Starlette routes behind the signature layer."""
     limits = settings.limits
@@ -680,6 +690,8 @@ def create_app(
         did=did,
         tls=tls,
         max_inline_blob=max(0, min(MAX_INLINE_BLOB_BYTES, max_blob_bytes, body_room)),
+        traffic=traffic,
+        unverified_rounds=unverified_rounds,
     )
     chunk_size = min(CHUNK_SIZE, max(64 * 1024, limits.max_body_bytes - 64 * 1024))
     blob_routes = BlobRoutes(
@@ -688,6 +700,7 @@ def create_app(
         chunk_size=chunk_size,
         keeper=keeper,
         allow_clear_text=tls.allow_clear_text,
+        traffic=api.traffic,
     )
     document = openapi_document(
         ROUTE_TABLE, route_parameters(max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)

@@ -40,9 +40,12 @@ from bcfl_cli.store.ledger import Ledger
 log = logging.getLogger("bcfl.node.blobs")
 
 DEFAULT_RETENTION_S = 24 * 3600.0
-#: A member's quota, in blobs of the largest size the genesis allows (and at least 16 MiB).
+#: A member's quota, in blobs the size of the model on the chain (and at least 16 MiB).
 QUOTA_BLOBS = 4
 MIN_QUOTA_BYTES = 16 * 1024 * 1024
+#: Room above the model's size for one update: its safetensors header may differ from the
+#: model's, and a header is at most 1 MiB (PROTOCOL.md §7).
+QUOTA_SLACK_BYTES = 1024 * 1024
 MAX_UNREFERENCED_PER_MEMBER = 1024
 BLOCK_BYTES = 4096
 PREFIXES_PER_PASS = 16
@@ -69,8 +72,19 @@ def parse_retention(text: str) -> float | None:
     return seconds
 
 
-def default_quota(max_blob_bytes: int) -> int:
-    return max(MIN_QUOTA_BYTES, QUOTA_BLOBS * max_blob_bytes)
+def default_quota(max_blob_bytes: int, model_bytes: int | None = None) -> int:
+    """A member's quota when ``--blob-quota-mib`` names none: ``QUOTA_BLOBS`` updates of the
+    model on the chain (``model_bytes``, the genesis initial model: every update and aggregate
+    has its layout), never more than the genesis cap allows.
+
+    Following the model rather than the cap keeps a node with the 1 GiB default cap from
+    letting each member park 4 GiB of blobs no block names (issue 19); a node that does not
+    know the model's size falls back to the cap.
+    """
+    per_blob = max_blob_bytes
+    if model_bytes is not None:
+        per_blob = min(max_blob_bytes, model_bytes + QUOTA_SLACK_BYTES)
+    return max(MIN_QUOTA_BYTES, QUOTA_BLOBS * per_blob)
 
 
 def block_references(block: Block) -> set[str]:

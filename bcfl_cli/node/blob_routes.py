@@ -18,8 +18,13 @@ taken from a request, so ``..%2F..`` can name nothing):
   of one chunk is stored on arrival if it hashes to ``{hash}`` (``"complete": true``; 422
   otherwise): no partial file, no finalise.
 - ``PUT /blobs/{hash}?size=N`` (signed, member, empty body): finalise; the partial file is
-  streamed through ``BlobStore.put_stream(expected=hash, max_bytes=...)``, which keeps it only
-  if the whole hash matches (422 otherwise, and the partial file is dropped).
+  hashed in pieces and renamed into the store by ``BlobStore.adopt(expected=hash,
+  max_bytes=N)``, which keeps it only if the whole hash matches (422 otherwise, and the partial
+  file is dropped). A 440 MB update is written to disk once, never copied nor held whole.
+
+The genesis cap (``max_blob_bytes``) is enforced before any byte is stored: a ``size`` over it is
+refused (413 ``blob_too_large``) on every route, a chunk never reaches past ``size``, and what a
+node holds in memory for an upload is one chunk (the signature layer's digest check).
 
 Chosen over ``Content-Range`` uploads because every request stays small enough for the signature
 layer to read and digest-check whole before anything is written.
@@ -57,6 +62,7 @@ from bcfl_cli.errors import BlobError
 from bcfl_cli.node.auth import SignatureAuth, peer_did
 from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.node.traffic import BlobTraffic
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import DEFAULT_MAX_BLOB_BYTES, BlobStore
 from bcfl_cli.wire.refusal import Refusal
@@ -107,8 +113,10 @@ class BlobRoutes:
         clock: Callable[[], float] = time.time,
         keeper: BlobKeeper | None = None,
         allow_clear_text: bool = True,
+        traffic: BlobTraffic | None = None,
     ) -> None:
         self.store = store
+        self.traffic = traffic if traffic is not None else BlobTraffic()
         self.allow_clear_text = allow_clear_text  # False: no blob over plain HTTP off loopback
         self.max_blob_bytes = max_blob_bytes
         self.chunk_size = chunk_size
@@ -250,7 +258,9 @@ class BlobRoutes:
         length = max(0, end - start + 1)
         headers["Content-Length"] = str(length)
         return StreamingResponse(
-            _read_range(self.store, digest, start, length), status_code=status, headers=headers
+            _read_range(self.store, digest, start, length, self.traffic),
+            status_code=status,
+            headers=headers,
         )
 
     async def manifest(self, request: Request) -> Response:
@@ -312,6 +322,7 @@ class BlobRoutes:
                 )
             pieces.append(piece)
         body = b"".join(pieces)
+        self.traffic.received(len(body))
         if len(body) != expected_len:
             return _error(
                 400, "bad_chunk", f"chunk {index} must have {expected_len} bytes, got {len(body)}"
@@ -420,7 +431,11 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
-def _read_range(store: BlobStore, digest: str, start: int, length: int) -> Iterator[bytes]:
+def _read_range(
+    store: BlobStore, digest: str, start: int, length: int, traffic: BlobTraffic
+) -> Iterator[bytes]:
+    """``length`` bytes from ``start``, READ_SIZE at a time: Starlette pulls the next piece only
+    once the last one is sent, so a slow reader holds one piece here, never the blob."""
     with store.open(digest) as f:
         f.seek(start)
         remaining = length
@@ -429,6 +444,7 @@ def _read_range(store: BlobStore, digest: str, start: int, length: int) -> Itera
             if not data:
                 return
             remaining -= len(data)
+            traffic.sent(len(data))
             yield data
 
 
@@ -438,8 +454,8 @@ def _append(part: Path, data: bytes) -> None:
 
 
 def _store_part(store: BlobStore, part: Path, digest: str, size: int) -> None:
-    with open(part, "rb") as f:
-        store.put_stream(iter(lambda: f.read(READ_SIZE), b""), expected=digest, max_bytes=size)
+    """The finished partial file, hashed and renamed into the store (never copied)."""
+    store.adopt(part, expected=digest, max_bytes=size)
 
 
 def blob_app(

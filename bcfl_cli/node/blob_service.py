@@ -12,11 +12,13 @@ import asyncio
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 
+from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.client.blobs import fetch_blob
 from bcfl_cli.errors import BcflError
-from bcfl_cli.node.interfaces import BlobPeers
+from bcfl_cli.node.interfaces import BlobIndex, BlobPeers
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.peers import PeerInfo
 from bcfl_cli.protocol.block import Block
@@ -26,6 +28,8 @@ from bcfl_cli.store.blobs import BlobStore
 log = logging.getLogger("bcfl.node.sync")
 
 BLOB_FETCH_TIMEOUT_S = 60.0
+#: Rounds a trainer-only node remembers having closed without recomputing (``/v1/status``).
+KEEP_UNVERIFIED_ROUNDS = 64
 PEER_BLOB_SLICE_S = 10.0
 MAX_FETCH_LOCKS = 1_024
 
@@ -33,6 +37,74 @@ MAX_FETCH_LOCKS = 1_024
 def referenced_blobs(block: Block) -> list[str]:
     """Blobs a validator must hold to judge ``block``: the blobs of its updates."""
     return [tx.body["blob"] for tx in block.txs if tx.kind is TxKind.UPDATE]
+
+
+def model_blobs(block: Block) -> dict[str, int]:
+    """The models ``block``'s aggregates commit to, with the size each claims."""
+    return {
+        tx.body["model"]: tx.body["model_size"] for tx in block.txs if tx.kind is TxKind.AGGREGATE
+    }
+
+
+class BlobScope:
+    """What a node fetches and recomputes to import a block (issue 19: bytes per member).
+
+    A validator, or a member started with ``--verify-updates``, *verifies*: it fetches every
+    update blob and applies the chain rules with the FL checks (every verdict and aggregate
+    recomputed). A member that only trains needs one model a round: it fetches the models the
+    block's aggregates commit to (checked against the committed hash and size) and applies the
+    chain rules without the FL checks, so it accepts the verdicts and the aggregate that the
+    validators' quorum certified. Each of those rounds is noted (``unverified_rounds``, in
+    ``/v1/status``; ``bcfl verify-chain --deep`` names them from the missing update blobs).
+
+    Which of the two a node does follows from its options and its role on the chain, never
+    from which blobs it happens to hold: the verdict on a block stays a function of the block.
+    """
+
+    def __init__(self, checks: AppChecks, *, verifies: Callable[[], bool]) -> None:
+        self._checks = checks
+        self._verifies = verifies
+        self._unverified: OrderedDict[int, None] = OrderedDict()
+
+    def verifies(self) -> bool:
+        return self._verifies()
+
+    def checks(self) -> AppChecks | None:
+        """The FL checks ``ChainState.apply`` runs for this node (None: the quorum's word)."""
+        return self._checks if self._verifies() else None
+
+    def blobs(self, block: Block) -> list[str]:
+        """What this node must hold before it applies ``block``."""
+        return referenced_blobs(block) if self._verifies() else list(model_blobs(block))
+
+    def prefer(self, block: Block) -> dict[str, str | tuple[str, ...]]:
+        """Who most likely holds each of them: the proposer (it held every blob it proposed,
+        and a model it computed), then an update's author."""
+        proposer = block.header.proposer
+        if not self._verifies():
+            return dict.fromkeys(model_blobs(block), proposer)
+        return {blob: (proposer, author) for blob, author in blob_owners(list(block.txs)).items()}
+
+    def held(self, blobs: BlobIndex, block: Block) -> bool:
+        """Whether this node holds the models ``block`` commits to, each of the size committed,
+        when it takes them on the quorum's word (True when it verifies: the checks read the
+        update blobs and fail on a missing one themselves)."""
+        if self._verifies():
+            return True
+        return all(blobs.has(d) and blobs.size(d) == size for d, size in model_blobs(block).items())
+
+    def on_commit(self, block: Block) -> None:
+        """Note the rounds this node closed on the quorum's word (the last ``KEEP_ROUNDS``)."""
+        if self._verifies():
+            return
+        for tx in block.txs:
+            if tx.kind is TxKind.AGGREGATE and tx.body["updates"]:
+                self._unverified[int(tx.body["round"])] = None
+                while len(self._unverified) > KEEP_UNVERIFIED_ROUNDS:
+                    self._unverified.popitem(last=False)
+
+    def unverified_rounds(self) -> list[int]:
+        return list(self._unverified)
 
 
 def blob_owners(txs: list[Transaction]) -> dict[str, str]:

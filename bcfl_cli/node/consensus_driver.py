@@ -57,7 +57,7 @@ from bcfl_cli.consensus.messages import (
     VoteReceived,
 )
 from bcfl_cli.errors import BcflError, EncodingError, VerificationError
-from bcfl_cli.node.blob_service import blob_owners, referenced_blobs
+from bcfl_cli.node.blob_service import BlobScope
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.interfaces import (
     BlobFetcher,
@@ -124,8 +124,11 @@ class ConsensusDriver:
         empty_block_interval_s: float = 1.0,
         empty_blocks: bool = True,
         heartbeat_interval_s: float = 60.0,
+        scope: BlobScope | None = None,
     ) -> None:
         self.chain = chain
+        #: what a block needs fetched and recomputed here (a trainer-only member: its models)
+        self.scope = scope if scope is not None else BlobScope(checks, verifies=lambda: True)
         self.pool = pool
         self.prepared = prepared
         self.fetcher = fetcher
@@ -528,8 +531,17 @@ class ConsensusDriver:
             self.sync.note_consensus_commit()
 
     async def _commit_checked(self, block: Block, state: ChainState) -> None:
+        scope = self.scope
+        if not scope.held(self.blobs, block):
+            await self.fetcher.ensure_blobs(
+                scope.blobs(block), timeout_s=VALIDATION_FETCH_S, prefer=scope.prefer(block)
+            )
+            if not scope.held(self.blobs, block):
+                log.warning("cannot fetch the blobs of decided block %d yet", block.height)
+                self.sync.wake()
+                return
         try:
-            after = await self.worker.run(partial(state.apply, block, checks=self.checks))
+            after = await self.worker.run(partial(state.apply, block, checks=scope.checks()))
         except Exception as exc:  # a BcflError, or a check that failed unexpectedly: logged
             message = exc.message if isinstance(exc, BcflError) else repr(exc)
             log.error("decided block %d fails our checks: %s", block.height, message)
@@ -661,7 +673,7 @@ class ConsensusDriver:
             self.engine.height == block.height and self.engine.round > failed
         ):
             return Validity.UNKNOWN  # its blobs were not to be had this round; retry in the next
-        missing = any(d in self._missing_blobs for d in referenced_blobs(block))
+        missing = any(d in self._missing_blobs for d in self.scope.blobs(block))
         self._validating[key] = failed is None and not missing
         self._spawn(self._validate_async(block, state))
         return Validity.UNKNOWN
@@ -692,14 +704,12 @@ class ConsensusDriver:
     async def _validate_async(self, block: Block, state: ChainState) -> None:
         key = (block.hash, state.head_hash)
         try:
-            digests = referenced_blobs(block)
+            scope = self.scope
+            digests = scope.blobs(block)
             # The proposer first: it held every blob when it proposed (``plan_block`` leaves
             # out updates whose blob it lacks) and it was alive a moment ago; the author, who
             # may be down or hung, only after it.
-            prefer: dict[str, str | tuple[str, ...]] = {
-                blob: (block.header.proposer, author)
-                for blob, author in blob_owners(list(block.txs)).items()
-            }
+            prefer = scope.prefer(block)
             try:
                 # bounded as a whole: a download of the same blob by the round preparation or
                 # the sync loop (holding its lock, asking a hung author) is not waited out
@@ -709,7 +719,7 @@ class ConsensusDriver:
                 )
             except TimeoutError:
                 fetched = False
-            if not fetched:
+            if not fetched or not scope.held(self.blobs, block):
                 self._note_fetch_failed(key, digests)
                 log.info(
                     "cannot fetch the blobs of proposal %s; not holding the propose timeout",
@@ -724,7 +734,7 @@ class ConsensusDriver:
                 self._validating[key] = True  # a computation under way holds the timeout
 
             def check() -> ChainState:
-                return state.apply(block, checks=self.checks, proposal=True)
+                return state.apply(block, checks=scope.checks(), proposal=True)
 
             try:
                 new_state = await self.worker.run(check)

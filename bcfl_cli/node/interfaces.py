@@ -108,6 +108,8 @@ class BlobIndex(Protocol):
 
     def has(self, digest: str) -> bool: ...
 
+    def size(self, digest: str) -> int: ...
+
 
 class BlobFetcher(Protocol):
     """Blobs fetched from peers, the likely holders first."""

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
+import httpx
 import nacl.signing
 import yarl
 
@@ -37,6 +38,7 @@ from bcfl_cli.client.transport import SignedClient, shared_ssl_context
 from bcfl_cli.errors import BcflError, EncodingError
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.tls import TlsRefused, TransportTrust
+from bcfl_cli.node.traffic import BlobTraffic, CountingTransport
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.encoding import canonical, parse_json
 from bcfl_cli.protocol.tx import Transaction
@@ -156,8 +158,11 @@ class Peers:
         self_url: str,
         stream: bool = True,
         trust: TransportTrust | None = None,
+        traffic: BlobTraffic | None = None,
     ) -> None:
         self._key = key
+        #: blob bytes pushed to and fetched from peers (node/traffic.py)
+        self.traffic = traffic if traffic is not None else BlobTraffic()
         # TLS rules (node/tls.py): pins or CAs, and no blob in clear to another machine
         self.trust = trust if trust is not None else TransportTrust(None, allow_clear_text=True)
         self.trust.on_mode_change.append(self._drop_sessions)
@@ -333,6 +338,7 @@ class Peers:
             if exc.status in (400, 409):
                 return False
             raise
+        self.traffic.sent(size)
         if not isinstance(answer, dict):
             return False
         if answer.get("complete") is True:
@@ -362,6 +368,7 @@ class Peers:
                 tx.hash, payload, self._covering(self.live(), frozenset())
             )
         if len(blob) <= MAX_INLINE_BLOB_BYTES and await self._stream_send(peer, update.frame()):
+            self.traffic.sent(len(blob))
             return True  # taken as POST would; a refusal there is the peer's to log
         try:
             await self.request(peer, "POST", "/v1/updates", body=update.body(), seen=update.seen)
@@ -370,6 +377,7 @@ class Peers:
                 log.debug("update pushed apart", extra=fields(peer=peer.url, reason=exc.message))
                 return False
             raise
+        self.traffic.sent(len(blob))
         return True
 
     def _covering(self, targets: list[PeerInfo], seen: frozenset[str]) -> str | None:
@@ -393,7 +401,14 @@ class Peers:
             verify = self.trust.httpx_verify(peer.url, peer.did)
         except BcflError as exc:
             raise Refusal(exc.message, code=getattr(exc, "reason", "unreachable")) from exc
-        return SignedClient(self._key, peer.url + "/v1", retries=1, timeout=30.0, verify=verify)
+        # the blob bytes it moves, as they stream, go to this node's traffic counts
+        transport = CountingTransport(
+            httpx.HTTPTransport(verify=shared_ssl_context() if verify is None else verify),
+            self.traffic,
+        )
+        return SignedClient(
+            self._key, peer.url + "/v1", retries=1, timeout=30.0, transport=transport
+        )
 
     # --- push ----------------------------------------------------------------------------
     def broadcast(self, path: str, payload: Any, *, seen: frozenset[str] | None = None) -> None:

@@ -44,7 +44,7 @@ from bcfl_cli.node.app import (
     create_app,
 )
 from bcfl_cli.node.blob_keeper import DEFAULT_RETENTION_S, BlobKeeper, default_quota
-from bcfl_cli.node.blob_service import BlobService
+from bcfl_cli.node.blob_service import BlobScope, BlobService
 from bcfl_cli.node.clock import Clock, collection_clock
 from bcfl_cli.node.connections import ConnectionGuard, guarded_protocols, node_guard
 from bcfl_cli.node.consensus_driver import ConsensusDriver
@@ -57,6 +57,7 @@ from bcfl_cli.node.peers import Peers
 from bcfl_cli.node.round_preparation import RoundPreparation
 from bcfl_cli.node.sync import CachingChecks, Syncer
 from bcfl_cli.node.tls import TlsOptions, follow_chain
+from bcfl_cli.node.traffic import BlobTraffic
 from bcfl_cli.node.trainer import run_node_trainer, warm_up
 from bcfl_cli.node.worker import ThreadWorker
 from bcfl_cli.protocol.tx import Transaction
@@ -94,6 +95,10 @@ class NodeOptions:
     blob_retention_s: float | None = DEFAULT_RETENTION_S  # --blob-retention (None: keep all)
     blob_quota_bytes: int | None = None  # --blob-quota-mib (None: from the genesis)
     tls: TlsOptions = field(default_factory=TlsOptions)  # --tls, --ca-bundle, ... (issue 22)
+    #: --verify-updates: fetch every update and recompute every verdict and aggregate even
+    #: when not a validator (a validator always does); else a member that only trains fetches
+    #: each round's model alone and takes the validators' certified aggregate (issue 19)
+    verify_updates: bool = False
 
     @property
     def url(self) -> str:
@@ -118,8 +123,17 @@ class Node:
         self._worker = ThreadWorker()
         self.guard = VoteGuard.for_home(home)
         self.tls = options.tls.transport(home, identity.signing_key, self.chain.state)
+        self.traffic = BlobTraffic(lambda: self.chain.state.round.number)
+        self.scope = BlobScope(
+            self.checks,
+            verifies=lambda: options.verify_updates or not _trains_only(self.chain.state, self.did),
+        )
         self.peers = Peers(
-            identity.signing_key, list(options.peers), self_url=options.url, trust=self.tls
+            identity.signing_key,
+            list(options.peers),
+            self_url=options.url,
+            trust=self.tls,
+            traffic=self.traffic,
         )
         self.mempool = Mempool()
         self.pool = MempoolService(self.mempool, self.chain, self.peers, did=self.did, clock=clock)
@@ -136,6 +150,7 @@ class Node:
             checks=self.checks,
             worker=self._worker,
             clock=clock,
+            scope=self.scope,
         )
         self.preparation = RoundPreparation(
             chain=self.chain,
@@ -165,12 +180,14 @@ class Node:
             empty_block_interval_s=options.empty_block_interval_s,
             empty_blocks=options.empty_blocks,
             heartbeat_interval_s=options.heartbeat_interval_s,
+            scope=self.scope,
         )
         self.keeper = self._blob_keeper(self.preparation.blobs_in_flight)
         # the signals between services: a new transaction, a prepared verdict, a commit
         self.pool.on_added += [self.preparation.wake, self.driver.poke]
         self.preparation.on_prepared.append(self.driver.poke)
         self.chain.on_commit += [
+            self.scope.on_commit,
             self.pool.on_commit,
             self.keeper.on_commit,
             lambda _block: self.preparation.wake(),
@@ -200,7 +217,9 @@ class Node:
         quota = self.options.blob_quota_bytes
         clock = collection_clock(self.options.host)
         if quota is None:
-            quota = default_quota(config.contract.max_blob_bytes)
+            model = config.initial_model
+            model_bytes = self.blobs.size(model) if self.blobs.has(model) else None
+            quota = default_quota(config.contract.max_blob_bytes, model_bytes)
         return BlobKeeper.for_ledger(
             self.ledger,
             BlobOwners.for_home(self.home),
@@ -224,6 +243,8 @@ class Node:
             reactor=self.driver,
             did=self.did,
             tls=self.tls,
+            traffic=self.traffic,
+            unverified_rounds=self.scope.unverified_rounds,
             settings=HttpSettings(
                 limits=options.limits,
                 host=options.host,
@@ -315,6 +336,14 @@ class _TrainerHost:
 
     def submit(self, tx: Transaction, *, seen: frozenset[str] = frozenset()) -> bool:
         return self.pool.submit(tx, seen=seen)
+
+
+def _trains_only(state: ChainState, did: str) -> bool:
+    """An active member that trains and does not validate: it needs each round's model, not
+    the others' updates (``BlobScope``). Any other node (a validator, a node catching up before
+    its admission, a member with neither role) fetches and recomputes everything."""
+    member = state.member(did)
+    return member is not None and member.active and member.is_trainer and not member.is_validator
 
 
 async def _guarded(name: str, coro: Any) -> None:

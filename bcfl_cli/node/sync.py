@@ -3,7 +3,9 @@
 Every block from a peer goes through exactly what ``bcfl verify-chain --deep`` applies:
 ``ChainState.apply`` (header, commit certificate against the validator set in force, every
 transaction rule) with the FL deep checks (contract verdicts and aggregates recomputed), after
-the update blobs it references were fetched and hash-checked. Only then is it appended.
+the update blobs it references were fetched and hash-checked. Only then is it appended. A member
+that trains but does not validate (without ``--verify-updates``) fetches the block's models
+instead and takes the certified verdicts and aggregates as they are (``BlobScope``).
 
 Catching up runs a page of blocks at a time: the update blobs of the whole page are fetched in
 the background (a few at a time, in block order) while the blocks are verified one after the
@@ -34,7 +36,7 @@ from typing import Any
 from bcfl_cli.chain.checks import AppChecks, VerdictLike
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import EncodingError, NodeError, VerificationError
-from bcfl_cli.node.blob_service import BLOB_FETCH_TIMEOUT_S, blob_owners, referenced_blobs
+from bcfl_cli.node.blob_service import BLOB_FETCH_TIMEOUT_S, BlobScope
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.interfaces import BlobFetcher, BlobIndex, CommittingChain, Gossip, Worker
 from bcfl_cli.node.logging import fields
@@ -156,12 +158,15 @@ class Syncer:
         checks: AppChecks,
         worker: Worker,
         clock: Clock,
+        scope: BlobScope | None = None,
     ) -> None:
         self.chain = chain
         self.gossip = gossip
         self.fetcher = fetcher
         self.blobs = blobs
         self.checks = checks
+        #: what a block needs fetched and recomputed here (a trainer-only member: its models)
+        self.scope = scope if scope is not None else BlobScope(checks, verifies=lambda: True)
         self.worker = worker
         self.clock = clock
         self._wake = asyncio.Event()
@@ -290,9 +295,9 @@ class Syncer:
         waits on a download under way rather than starting another), so a failure here costs
         nothing but the time.
         """
-        owners: dict[str, str] = {}
+        owners: dict[str, str | tuple[str, ...]] = {}
         for block in blocks:
-            owners.update(blob_owners(list(block.txs)))
+            owners.update(self.scope.prefer(block))
         missing = [d for d in owners if not self.blobs.has(d)]
         if not missing:
             return
@@ -339,8 +344,11 @@ class Syncer:
             if block.height != state.height + 1:
                 peer.error = f"served block {block.height} out of order"
                 break
-            owners = blob_owners(list(block.txs))
-            if not await self.fetcher.ensure_blobs(referenced_blobs(block), prefer=owners):
+            scope = self.scope
+            fetched = await self.fetcher.ensure_blobs(
+                scope.blobs(block), prefer=scope.prefer(block)
+            )
+            if not fetched or not scope.held(self.blobs, block):
                 log.warning(
                     "cannot fetch the blobs of block %d yet; will retry",
                     block.height,
@@ -348,7 +356,9 @@ class Syncer:
                 )
                 break
             try:
-                new_state = await self.worker.run(partial(state.apply, block, checks=self.checks))
+                new_state = await self.worker.run(
+                    partial(state.apply, block, checks=scope.checks())
+                )
             except VerificationError as exc:
                 log.warning(
                     "peer served an invalid block; not following it",

@@ -351,7 +351,9 @@ class AutoTrainer:
         )
 
 
-def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
+def peer_publisher(
+    peers: BlobPeers, blobs: BlobStore, *, checks: Callable[[str | None], bool] | None = None
+) -> Publish:
     """Push an update's blob to every peer before its transaction is gossiped.
 
     A validator checks an update only once it holds the blob, and it fetches blobs from the
@@ -361,6 +363,11 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
     goes with its transaction in one request where the peer takes the pair (half the requests
     of a round's updates). Best effort and bounded: a peer that is down or slow costs at most
     ``PUBLISH_TIMEOUT_S`` and is logged.
+
+    ``checks`` says whether a peer (by did, None while unknown) checks updates: only those
+    get the blob (issue 19: a member that only trains fetches the round's model, not its
+    peers' updates, and an update of 440 MB is not sent where nobody reads it). Without it,
+    every live peer does.
     """
 
     def push(peer: Any, digest: str) -> None:
@@ -385,7 +392,7 @@ def peer_publisher(peers: BlobPeers, blobs: BlobStore) -> Publish:
 
     async def publish(tx: Transaction) -> frozenset[str]:
         digest = tx.body["blob"]
-        targets = peers.live()
+        targets = [p for p in peers.live() if checks is None or checks(getattr(p, "did", None))]
         small = None
         if blobs.size(digest) <= MAX_INLINE_BLOB_BYTES:
             small = blobs.get(digest, max_bytes=MAX_INLINE_BLOB_BYTES)
@@ -433,11 +440,22 @@ async def run_node_trainer(
         attack=attack_by_name(attack) if attack else None,
         seed=seed,
         poll_s=poll_s,
-        publish=peer_publisher(host.peers, host.blobs),
+        publish=peer_publisher(
+            host.peers, host.blobs, checks=lambda did: _checks_updates(host, did)
+        ),
         app=app,
     )
     host.on_commit.append(lambda _block: trainer.wake())
     await trainer.run(stop)
+
+
+def _checks_updates(host: TrainerHost, did: str | None) -> bool:
+    """Whether the peer ``did`` may check updates: anyone but an active member that only
+    trains (node/server.py's ``BlobScope``: such a node fetches the round's model alone)."""
+    if did is None:
+        return True
+    member = host.state.member(did)
+    return member is None or not member.active or member.is_validator or not member.is_trainer
 
 
 __all__ = [

@@ -24,8 +24,10 @@ from pydantic import (
 from bcfl_cli.protocol.manifest import manifest_hash
 
 #: The largest model or update blob a consortium accepts when its file states no
-#: ``contract.max_blob_bytes`` (docs/OPERATIONS.md's limits table).
-DEFAULT_MAX_BLOB_BYTES = 64 * 1024 * 1024
+#: ``contract.max_blob_bytes`` (docs/OPERATIONS.md's limits table). 1 GiB: a float32 update of
+#: a 110M-parameter model (BERT-base, ~440 MB) fits out of the box; blobs are streamed to disk and
+#: never held whole (issue 19), and a node's disk quota follows the model on the chain, not this.
+DEFAULT_MAX_BLOB_BYTES = 1024 * 1024 * 1024
 #: The round deadline of a plan that names none (in blocks; the value every genesis held
 #: before ``round_deadline_s`` existed).
 DEFAULT_DEADLINE_BLOCKS = 20

@@ -117,6 +117,35 @@ class BlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def adopt(self, part: Path, *, expected: str, max_bytes: int = DEFAULT_MAX_BLOB_BYTES) -> str:
+        """Move a finished partial file of this store (``tmp/``) into place, without copying it.
+
+        The file is hashed in ``CHUNK`` pieces and fsynced first; it is kept only if it has at
+        most ``max_bytes`` and hashes to ``expected``, and removed otherwise (BlobError). A
+        multi-chunk upload or download of a 440 MB update is renamed, not written twice.
+        """
+        final = self.path_for(expected)  # validates the name before anything else
+        if part.parent.resolve() != self._tmp.resolve():
+            raise BlobError(f"{part} is not a partial file of this blob store")
+        try:
+            hasher = hashlib.sha256()
+            size = 0
+            with open(part, "r+b") as f:
+                while chunk := f.read(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise BlobError(f"blob larger than the limit of {max_bytes} bytes")
+                    hasher.update(chunk)
+                os.fsync(f.fileno())
+            digest = hasher.hexdigest()
+            if digest != expected:
+                raise BlobError(f"blob hash mismatch: expected {expected}, got {digest}")
+            final.parent.mkdir(exist_ok=True)
+            os.replace(part, final)
+        finally:
+            part.unlink(missing_ok=True)
+        return expected
+
     def put_file(self, path: Path, *, max_bytes: int = DEFAULT_MAX_BLOB_BYTES) -> str:
         with open(path, "rb") as f:
             return self.put_stream(iter(lambda: f.read(CHUNK), b""), max_bytes=max_bytes)

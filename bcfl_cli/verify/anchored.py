@@ -30,6 +30,7 @@ def verify_anchored(
     checks: AppChecks | None = None,
     workers: int | None = None,
     progress: Progress | None = None,
+    models_only: bool = False,
 ) -> Report:
     """verify-chain as a member runs it: the chain, checked against every anchor given and
     against the home's pin (``pin_file``; ``None``: not used), which then moves forward.
@@ -43,7 +44,9 @@ def verify_anchored(
         try:
             pin = read_pin(pin_file)
         except StoreError as exc:
-            report = Report(chain_id=ledger.genesis_hash, deep=deep, pin="unreadable")
+            report = Report(
+                chain_id=ledger.genesis_hash, deep=deep, models_only=models_only, pin="unreadable"
+            )
             report.fault = Fault(None, None, "pin_unreadable", exc.message)
             return report
     verified = verify_chain_state(
@@ -53,6 +56,7 @@ def verify_anchored(
         workers=workers,
         progress=progress,
         anchors=Anchors(genesis=genesis, trusted_head=trusted_head, pin=pin),
+        models_only=models_only,
     )
     report = verified.report
     report.pin = "not used" if pin_file is None else "checked"

@@ -32,6 +32,8 @@ from bcfl_cli.verify import anchor, steps
 from bcfl_cli.verify.anchor import Anchors
 from bcfl_cli.verify.report import Fault, Report
 
+#: Faults of the FL checks that a missing update blob causes (named ``blob_missing`` then).
+_FL_CHECK_FAULTS = frozenset({"verdict_mismatch", "update_check_failed", "aggregate_check_failed"})
 #: Below this many blocks a process pool costs more (start-up) than it saves.
 PARALLEL_MIN_BLOCKS = 400
 #: Blocks per batch handed to a worker (~1,000 signatures: large enough to amortise the hand-off,
@@ -68,15 +70,26 @@ def verify_chain(
     workers: int | None = None,
     progress: Progress | None = None,
     anchors: Anchors | None = None,
+    models_only: bool = False,
 ) -> Report:
     """Verify the whole stored chain; the report's ``fault`` is the first broken rule, if any.
 
     ``deep`` re-runs the FL contract and aggregation through ``checks`` (required when deep).
     ``workers``: processes for signatures (default: all cores; 1 verifies in-process).
     ``anchors``: the genesis and heads known from outside the store (§8.6), all checked.
+    ``models_only``: the store of a member that trains without validating, which holds the
+    models but not the other members' updates: a block whose update blobs are missing is
+    checked without the FL checks, its rounds listed in ``report.unverified_rounds``, and a
+    missing update blob is no fault (a corrupt one still is; every model must be there).
     """
     return verify_chain_state(
-        ledger, deep=deep, checks=checks, workers=workers, progress=progress, anchors=anchors
+        ledger,
+        deep=deep,
+        checks=checks,
+        workers=workers,
+        progress=progress,
+        anchors=anchors,
+        models_only=models_only,
     ).report
 
 
@@ -88,13 +101,14 @@ def verify_chain_state(
     workers: int | None = None,
     progress: Progress | None = None,
     anchors: Anchors | None = None,
+    models_only: bool = False,
 ) -> Verified:
     """:func:`verify_chain`, keeping the final state and validator sets for later checks."""
     if deep and checks is None:
         raise BcflError("deep verification needs the FL checks (AppChecks)")
     started = time.perf_counter()
     anchors = anchors or Anchors()
-    verified = Verified(Report(chain_id=ledger.genesis_hash, deep=deep))
+    verified = Verified(Report(chain_id=ledger.genesis_hash, deep=deep, models_only=models_only))
     report = verified.report
     report.anchors = _anchor_rows(anchors)
     try:
@@ -204,7 +218,12 @@ def _verify_blocks(
     if n_workers <= 1 or top < PARALLEL_MIN_BLOCKS:
         return _Replay(ledger, verified, checks, progress, watch=watch, seen=seen).run(state, top)
     with ProcessPoolExecutor(n_workers, mp_context=_mp_context()) as pool:
-        offload = _Offload(pool, ledger.genesis_hash, str(ledger.blobs.root))
+        offload = _Offload(
+            pool,
+            ledger.genesis_hash,
+            str(ledger.blobs.root),
+            models_only=verified.report.models_only,
+        )
         replay = _Replay(
             ledger, verified, checks, progress, offload=offload, watch=watch, seen=seen
         )
@@ -228,7 +247,9 @@ def _verify_blocks(
         if rule_fault.height < height or (rule_fault.height == height and after_rules):
             raise rule_fault
         if rule_fault.height == height:
-            _reexamine(ledger, replay.before, rule_fault, checks)
+            # with --models-only, the FL checks may lack their blobs: the order is what counts
+            fl_checks = None if verified.report.models_only else checks
+            _reexamine(ledger, replay.before, rule_fault, fl_checks)
     # the worker's fault comes first: only the blocks below it verified
     report.height = height - 1
     report.head = ledger.block(report.height).hash
@@ -263,10 +284,14 @@ _JobInfo = tuple[int, str | None, str, str | None, int | None]
 class _Offload:
     """Signature and blob checks of the replayed blocks, in batches, on the process pool."""
 
-    def __init__(self, pool: ProcessPoolExecutor, chain_id: str, blob_root: str) -> None:
+    def __init__(
+        self, pool: ProcessPoolExecutor, chain_id: str, blob_root: str, *, models_only: bool
+    ) -> None:
         self.pool = pool
         self.chain_id = chain_id
         self.blob_root = blob_root
+        self.models_only = models_only
+        self.store = BlobStore(Path(blob_root))
         self.jobs: list[_Job] = []
         self.infos: list[_JobInfo] = []
         self.blocks = 0
@@ -291,6 +316,8 @@ class _Offload:
             jobs.append((public_key_from_did(tx.author), message, bytes.fromhex(tx.signature)))
             infos.append((h, tx_hash, tx.author, None, None))
         for tx_hash, blob, size, what in steps.block_blobs(block):
+            if self.models_only and what == "update" and not self.store.has(blob):
+                continue  # a trainer-only member's store: the replay lists the round
             jobs.append((None, blob, size))
             infos.append((h, tx_hash, what, blob, size))
         self.blocks += 1
@@ -365,6 +392,41 @@ class _Replay:
         self.progress = progress
         self.offload = offload
         self.before: ChainState | None = None  # the state under the block being applied
+        self.partial_rounds: set[int] = set()  # rounds with an update blob missing here
+
+    def _checks_for(self, block: Block) -> AppChecks | None:
+        """The FL checks for ``block``: none where this store lacks an update blob they read
+        (``models_only``: the rounds are listed; else a ``blob_missing`` fault that says so,
+        instead of a verdict that differs only because the blob is not here)."""
+        if self.checks is None or not self.report.models_only:
+            return self.checks
+        missing = steps.missing_update_blobs(self.ledger.blobs, block)
+        rounds = {number for _, _, number, _ in missing}
+        rounds |= steps.aggregated_rounds(block) & self.partial_rounds
+        if not rounds:
+            return self.checks
+        self.partial_rounds |= rounds
+        self.report.unverified_rounds = sorted(set(self.report.unverified_rounds) | rounds)
+        return None
+
+    def _named(self, block: Block, fault: VerificationError) -> VerificationError:
+        """A deep check that failed because an accepted update's blob is not in this store,
+        named as that (``blob_missing``, with the way to verify such a store), not as a
+        verdict or aggregate that differs only because the blob is not here."""
+        if self.checks is None or fault.code not in _FL_CHECK_FAULTS:
+            return fault
+        for tx_hash, blob, number, accepted in steps.missing_update_blobs(self.ledger.blobs, block):
+            if accepted:
+                return VerificationError(
+                    f"update blob {blob} of round {number} is missing, so round {number} "
+                    "cannot be recomputed; a member that trains without validating holds "
+                    "only the models: verify-chain --deep --models-only checks the rest and "
+                    "lists the rounds it could not recompute",
+                    height=block.height,
+                    tx_hash=tx_hash,
+                    code="blob_missing",
+                )
+        return fault
 
     def run(self, state: ChainState, end: int) -> ChainState:
         report = self.report
@@ -373,12 +435,20 @@ class _Replay:
             self.before = state
             if offload is not None:
                 offload.add(block)  # before the rules: a rule fault here still needs them
-            state = steps.apply_block(
-                state, block, checks=self.checks, signatures_verified=offload is not None
-            )
+            try:
+                state = steps.apply_block(
+                    state,
+                    block,
+                    checks=self._checks_for(block),
+                    signatures_verified=offload is not None,
+                )
+            except VerificationError as fault:
+                raise self._named(block, fault) from None
             if offload is None:
                 report.signatures += steps.count_signatures(block)
-                report.blobs += steps.verify_block_blobs(self.ledger.blobs, block)
+                report.blobs += steps.verify_block_blobs(
+                    self.ledger.blobs, block, models_only=report.models_only
+                )
             report.height, report.head = block.height, state.head_hash
             self.validator_sets.setdefault(state.validator_set.hash, state.validator_set)
             if block.height in self.watch:

@@ -30,6 +30,11 @@ class Report:
     head: str = ""  # hash of the block at ``height``
     stored_height: int = -1  # the store's head, which may be above ``height`` when a fault stops
     deep: bool = False
+    #: --models-only: a store that may lack other members' update blobs (a trainer-only member)
+    models_only: bool = False
+    #: rounds whose verdicts and aggregate were not recomputed, their update blobs not being in
+    #: this store (only with ``models_only``; their hashes, signatures and models were checked)
+    unverified_rounds: list[int] = field(default_factory=list)
     blocks: int = 0
     txs: int = 0
     tx_kinds: dict[str, int] = field(default_factory=dict)

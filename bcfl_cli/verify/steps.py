@@ -83,8 +83,14 @@ def blob_fault(
 ) -> VerificationError | None:
     """The fault, if any, of a blob check that found ``status`` and ``found`` bytes."""
     if status == "missing":
+        # the store of a member that trains without validating holds no other member's update
+        hint = (
+            " (the store of a member that only trains: add --models-only)"
+            if what == "update"
+            else ""
+        )
         return VerificationError(
-            f"{what} blob {digest} is missing", height=height, tx_hash=tx, code="blob_missing"
+            f"{what} blob {digest} is missing{hint}", height=height, tx_hash=tx, code="blob_missing"
         )
     if status == "corrupt":
         return VerificationError(
@@ -116,13 +122,42 @@ def block_blobs(block: Block) -> Iterator[tuple[str, str, int, str]]:
         previous = tx
 
 
-def verify_block_blobs(blobs: BlobStore, block: Block) -> int:
-    """§7 Every blob :func:`block_blobs` names is present, intact and of the size claimed."""
+def verify_block_blobs(blobs: BlobStore, block: Block, *, models_only: bool = False) -> int:
+    """§7 Every blob :func:`block_blobs` names is present, intact and of the size claimed.
+
+    ``models_only``: an update blob that is not here is skipped (the store of a member that
+    trains without validating); one that is here is checked all the same.
+    """
     checked = 0
     for tx_hash, digest, size, what in block_blobs(block):
+        if models_only and what == "update" and not blobs.has(digest):
+            continue
         verify_blob(blobs, digest, size, height=block.height, tx=tx_hash, what=what)
         checked += 1
     return checked
+
+
+def missing_update_blobs(blobs: BlobStore, block: Block) -> list[tuple[str, str, int, bool]]:
+    """The updates of ``block`` whose blob this store lacks, as (tx hash, blob, round,
+    accepted); the FL checks cannot judge them here."""
+    found: list[tuple[str, str, int, bool]] = []
+    txs = list(block.txs)
+    for i, tx in enumerate(txs):
+        if tx.kind is not TxKind.UPDATE or blobs.has(tx.body["blob"]):
+            continue
+        following = txs[i + 1] if i + 1 < len(txs) else None
+        accepted = (
+            following is not None
+            and following.kind is TxKind.VALIDATION
+            and following.body["verdict"] == "accept"
+        )
+        found.append((tx.hash, tx.body["blob"], int(tx.body["round"]), accepted))
+    return found
+
+
+def aggregated_rounds(block: Block) -> set[int]:
+    """The rounds ``block``'s aggregates close."""
+    return {int(tx.body["round"]) for tx in block.txs if tx.kind is TxKind.AGGREGATE}
 
 
 def apply_block(

@@ -136,6 +136,20 @@ class AlarmView(_Body):
     message: str
 
 
+class RoundTrafficView(_Body):
+    round: int
+    sent: int
+    received: int
+
+
+class TrafficView(_Body):
+    """Blob bytes a node sent and received (node/traffic.py): in all, and for its last rounds."""
+
+    sent: int
+    received: int
+    rounds: list[RoundTrafficView]
+
+
 class StatusResponse(_Body):
     genesis: str
     consortium: str
@@ -154,6 +168,11 @@ class StatusResponse(_Body):
     alarm: AlarmView | None
     #: this node's transport: the genesis's trust mode, whether it serves TLS, its fingerprint
     tls: dict[str, str | bool | None] | None = None
+    #: blob bytes this node moved, per round (issue 19: bytes per member)
+    traffic: TrafficView | None = None
+    #: rounds whose aggregate this node took on the validators' commit without recomputing it
+    #: (a member that trains but does not validate, without --verify-updates)
+    unverified_rounds: list[int] | None = None
 
 
 class GenesisResponse(_Body):

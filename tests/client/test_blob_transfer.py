@@ -453,6 +453,17 @@ def test_real_process_transfer_20mb(tmp_path: Path) -> None:
 
 
 @pytest.mark.network
+def test_real_process_transfer_64mb_within_a_third_of_its_size(tmp_path: Path) -> None:
+    """Issue 19's bound: a 64 MB update (a 16M-parameter model) moves both ways, resumed after
+    a dropped connection, while neither process grows by a third of it (buffering the blob
+    whole, on either side, would grow it by at least the blob's size)."""
+    figures = _transfer(tmp_path, 64 * MB)
+    print("64 MB transfer:", figures)
+    assert figures["server_rss_growth_MB"] < 64 / 3
+    assert figures["client_rss_growth_MB"] < 64 / 3
+
+
+@pytest.mark.network
 @pytest.mark.slow
 def test_real_process_transfer_100mb(tmp_path: Path) -> None:
     figures = _transfer(tmp_path, 100 * MB)

@@ -19,7 +19,7 @@ from bcfl_cli.protocol.encoding import canonical
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.training.local_round import train_for_round
 from bcfl_cli.wire.refusal import Refusal
-from bcfl_cli.wire.schemas import PeerView
+from bcfl_cli.wire.schemas import MemberView, PeerView
 from tests.conftest import PASSPHRASE, MakeHome
 from tests.node._node_harness import LocalNode, consortium_home, did, key, part
 
@@ -343,6 +343,39 @@ def test_push_to_peers_offers_the_blob_and_reports_the_unreachable(
         assert len(missed) == 1 and missed[0].startswith("http://peer-down: ")
     finally:
         peer.close()
+
+
+def test_push_to_peers_skips_members_that_only_train(local: LocalNode) -> None:
+    """Their nodes fetch each round's model, not the others' updates (issue 19)."""
+    blob = local.node.blobs.put(b"an update blob" * 100)
+    with local.api(key("alice")) as api:
+        answer = api.status().model_dump(mode="json")
+    roles = {"did:key:eve": ["trainer"], "did:key:val": ["trainer", "validator"]}
+    answer["members"] += [
+        MemberView(
+            did=did, name=did[8:], roles=r, power=0 if r == ["trainer"] else 1, status="active"
+        ).model_dump(mode="json")
+        for did, r in roles.items()
+    ]
+    answer["peers"] = [
+        PeerView(
+            url=f"http://{name}", did=did, height=None, head=None, last_seen=None, error=None
+        ).model_dump(mode="json")
+        for name, did in (("eve", "did:key:eve"), ("val", "did:key:val"), ("new", None))
+    ]
+    asked: list[str] = []
+
+    def connect(url: str) -> ops.NodeApi:
+        asked.append(url)
+        return ops.NodeApi(url, transport=httpx.MockTransport(_refuse_all), retries=0)
+
+    own = ops.NodeApi(
+        "http://own",
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json=answer)),
+        retries=0,
+    )
+    ops.push_to_peers(own, key("alice"), blob, local.node.blobs, connect=connect)
+    assert asked == ["http://val", "http://new"]
 
 
 def _refuse_all(request: httpx.Request) -> httpx.Response:

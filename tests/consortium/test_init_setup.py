@@ -59,7 +59,7 @@ def test_refuses_a_home_with_a_ledger(tmp_path):
 
 
 def test_initial_model_larger_than_the_contract_is_refused(tmp_path):
-    text = example_toml().replace("max_blob_bytes = 67108864", "max_blob_bytes = 1024")
+    text = example_toml().replace("max_blob_bytes = 1073741824", "max_blob_bytes = 1024")
     home = Home.resolve(tmp_path / "h")
     with pytest.raises(UsageError, match=r"contract\.max_blob_bytes"):
         init_consortium(home, write_config(tmp_path, text), time_ms=T)
