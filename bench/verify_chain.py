@@ -2,7 +2,8 @@
 
 Usage::
 
-    .venv/bin/python bench/verify_chain.py [--blocks 10000] [--workers N] [--no-deep] [--json]
+    .venv/bin/python bench/verify_chain.py [--blocks 10000] [--workers N] [--repeat 3]
+                                           [--no-deep] [--no-cli] [--json]
 
 The chain (built once in-process and cached under bench/results/) has 7 validators that also
 train, and repeats a six-block round: ``open_round``; three blocks of ``update`` + ``validation``
@@ -14,7 +15,10 @@ by all 7 validators. About 9.7 signatures a block.
 The baseline is the physical limit: PyNaCl verifying the same number of signatures (the same
 message shape: domain prefix + 32-byte digest) with one process per core, on a warm pool. The
 ratio says how close verify-chain (which also reads SQLite, parses canonical JSON, hashes every
-transaction and blob, and replays the rules) comes to it.
+transaction and blob, and replays the rules) comes to it. Every arm runs ``--repeat`` times,
+alternating, and is reported by its medians, in wall seconds and in CPU seconds (the process
+and its workers): on a shared machine the wall ratio depends on how many runnable processes
+each arm has, the CPU ratio ("x raw CPU", against the one-process raw arm) does not.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +63,7 @@ from bcfl_cli.protocol.spec import (  # noqa: E402
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx  # noqa: E402
 from bcfl_cli.store.ledger import Ledger  # noqa: E402
 from bcfl_cli.verify import verify_chain  # noqa: E402
+from bcfl_cli.verify.report import Report as VerifyReport  # noqa: E402
 from bench.common import RESULTS, Report, base_parser, emit, log, ratio  # noqa: E402
 
 #: Bump when the chain's shape changes, so a stale cache is rebuilt.
@@ -278,35 +285,88 @@ def raw_verify_seconds(signatures: int, processes: int) -> float:
 
 
 # --- the bench -----------------------------------------------------------------------------------
-def cli_seconds(blocks: int) -> float:
-    """Wall time of the real command, process start and imports included."""
+def cpu_seconds() -> float:
+    """CPU time of this process and of its waited-for children (user + system).
+
+    On a machine shared with other work the wall time of an arm depends on how many runnable
+    processes it has (verify-chain runs a replay beside its N workers, the raw arm N workers):
+    the CPU time it needs does not, so the bench reports both.
+    """
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class Sample:
+    """One timed run of one arm: wall seconds, CPU seconds (own and children's)."""
+
+    wall: float
+    cpu: float
+
+
+def timed(fn: Callable[[], object]) -> tuple[Sample, object]:
+    cpu, start = cpu_seconds(), time.perf_counter()
+    result = fn()
+    return Sample(time.perf_counter() - start, cpu_seconds() - cpu), result
+
+
+def cli_run(blocks: int) -> None:
+    """The real command, process start and imports included."""
     from bcfl_cli.demo.launcher import bcfl_command
 
-    start = time.perf_counter()
     proc = subprocess.run(
         [*bcfl_command(), "verify-chain", "--home", str(chain_home(blocks)), "--json"],
         capture_output=True,
         text=True,
         check=False,
     )
-    seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"bcfl verify-chain failed (exit {proc.returncode}): {proc.stdout}")
-    return seconds
 
 
-def run(blocks: int, *, workers: int, deep: bool, cli: bool = True, quiet: bool = False) -> Report:
+def _checked(report: VerifyReport, what: str) -> VerifyReport:
+    if not report.ok:
+        raise SystemExit(f"{what} failed on the bench chain: {report.fault}")
+    return report
+
+
+def run(
+    blocks: int,
+    *,
+    workers: int,
+    deep: bool,
+    cli: bool = True,
+    repeat: int = 1,
+    quiet: bool = False,
+) -> Report:
+    """Every arm ``repeat`` times, alternating (raw, bcfl, raw, bcfl, ...), medians reported."""
     cores = os.cpu_count() or 1
     report = Report(
         bench="verify_chain",
         title=f"verify-chain on {blocks:,} blocks vs raw PyNaCl verify",
-        settings={"blocks": blocks, "workers": workers, "validators": VALIDATORS, "deep": deep},
-        columns=["what", "blocks", "signatures", "seconds", "sigs/s", "x raw limit"],
+        settings={
+            "blocks": blocks,
+            "workers": workers,
+            "validators": VALIDATORS,
+            "deep": deep,
+            "repeat": repeat,
+        },
+        columns=[
+            "what",
+            "blocks",
+            "signatures",
+            "seconds",
+            "sigs/s",
+            "x raw limit",
+            "CPU s",
+            "x raw CPU",
+        ],
     )
     built = build_chain(blocks, quiet=quiet)
     ledger = built.ledger
     try:
-        log("verify-chain ...", quiet=quiet)
+        log("verify-chain (a first pass, to check the cached chain) ...", quiet=quiet)
         shallow = verify_chain(ledger, workers=workers)
         if not shallow.ok and built.cached:
             ledger.close()
@@ -314,42 +374,68 @@ def run(blocks: int, *, workers: int, deep: bool, cli: bool = True, quiet: bool 
             built = build_chain(blocks, rebuild=True, quiet=quiet)
             ledger = built.ledger
             shallow = verify_chain(ledger, workers=workers)
-        if not shallow.ok:
-            raise SystemExit(f"verify-chain failed on the bench chain: {shallow.fault}")
+        _checked(shallow, "verify-chain")
         sigs = shallow.signatures
-        log(f"raw PyNaCl verify of {sigs:,} signatures ...", quiet=quiet)
-        raw_all = raw_verify_seconds(sigs, workers)
-        raw_one = raw_verify_seconds(sigs, 1)
-        rows = [
-            ("raw PyNaCl verify, 1 process", None, raw_one),
-            (f"raw PyNaCl verify, {workers} processes", None, raw_all),
-            ("bcfl verify-chain", shallow, shallow.elapsed_s),
-        ]
+        arms: dict[str, Callable[[], object]] = {
+            "raw PyNaCl verify, 1 process": lambda: raw_verify_seconds(sigs, 1),
+            f"raw PyNaCl verify, {workers} processes": lambda: raw_verify_seconds(sigs, workers),
+            "bcfl verify-chain": lambda: _checked(
+                verify_chain(ledger, workers=workers), "verify-chain"
+            ),
+        }
         if deep:
-            log("verify-chain --deep ...", quiet=quiet)
-            checks = FLChecks(ledger.blobs, keep_models=False)  # as the CLI's --deep
-            full = verify_chain(ledger, workers=workers, deep=True, checks=checks)
-            if not full.ok:
-                raise SystemExit(f"verify-chain --deep failed on the bench chain: {full.fault}")
-            rows.append(("bcfl verify-chain --deep", full, full.elapsed_s))
+            arms["bcfl verify-chain --deep"] = lambda: _checked(
+                verify_chain(
+                    ledger,
+                    workers=workers,
+                    deep=True,
+                    checks=FLChecks(ledger.blobs, keep_models=False),  # as the CLI's --deep
+                ),
+                "verify-chain --deep",
+            )
         if cli:
-            log("bcfl verify-chain (CLI process) ...", quiet=quiet)
-            rows.append(("bcfl verify-chain (CLI, whole process)", shallow, cli_seconds(blocks)))
-        # the limit is the faster raw row: on a loaded machine two processes may not get two cores
-        limit_rate = sigs / min(raw_all, raw_one)
-        for what, rep, seconds in rows:
-            rate = sigs / seconds
+            arms["bcfl verify-chain (CLI, whole process)"] = lambda: cli_run(blocks)
+        samples: dict[str, list[Sample]] = {what: [] for what in arms}
+        loads: list[float] = []
+        for n in range(repeat):
+            for what, fn in arms.items():
+                log(f"[{n + 1}/{repeat}] {what} ...", quiet=quiet)
+                loads.append(os.getloadavg()[0])
+                sample, result = timed(fn)
+                if isinstance(result, float):  # a raw arm times its warm pool itself
+                    sample = Sample(result, sample.cpu)
+                samples[what].append(sample)
+        wall = {w: statistics.median(s.wall for s in v) for w, v in samples.items()}
+        cpu = {w: statistics.median(s.cpu for s in v) for w, v in samples.items()}
+        raw_names = list(arms)[:2]
+        # the limit is the faster raw row: on a loaded machine N processes may not get N cores
+        limit_rate = sigs / min(wall[w] for w in raw_names)
+        raw_cpu = cpu[raw_names[0]]  # one process: signatures and nothing else
+        for what in arms:
+            rate = sigs / wall[what]
+            counted = shallow if what.startswith("bcfl") else None
             report.add(
                 what=what,
-                blocks=rep.blocks if rep else None,
+                blocks=counted.blocks if counted else None,
                 signatures=sigs,
-                seconds=seconds,
-                **{"sigs/s": rate, "x raw limit": ratio(rate, limit_rate)},
+                seconds=wall[what],
+                **{
+                    "sigs/s": rate,
+                    "x raw limit": ratio(rate, limit_rate),
+                    "CPU s": cpu[what],
+                    "x raw CPU": ratio(raw_cpu, cpu[what]),
+                },
             )
         report.notes += [
             f"{shallow.txs:,} transactions ({shallow.tx_kinds}), {shallow.blobs:,} blobs hashed",
             "x raw limit = signature rate / the faster raw PyNaCl row (1 process, or "
             f"{workers} warm processes on {cores} cores): 1.0 is the physical limit",
+            "CPU s = CPU seconds of the process and its workers (user + system; a raw pool's "
+            "includes its 200-signature warm-up per worker); x raw CPU = the 1-process raw "
+            "row's CPU / the row's: the share of the work that is signature checks, whatever "
+            "the load",
+            f"medians of {repeat} alternating runs; 1-minute load at each start: "
+            + ", ".join(f"{x:.1f}" for x in loads),
             (
                 f"chain read from the cache ({chain_home(blocks).name})"
                 if built.cached
@@ -357,6 +443,9 @@ def run(blocks: int, *, workers: int, deep: bool, cli: bool = True, quiet: bool 
             ),
         ]
         report.settings["build_seconds"] = built.seconds
+        report.settings["samples"] = {
+            w: [[round(s.wall, 3), round(s.cpu, 3)] for s in v] for w, v in samples.items()
+        }
     finally:
         ledger.close()
     return report
@@ -368,10 +457,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-deep", action="store_true", help="skip verify-chain --deep")
     parser.add_argument("--no-cli", action="store_true", help="skip timing the CLI process")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="alternating runs of every arm (medians reported)"
+    )
     args = parser.parse_args(argv)
     blocks = min(args.blocks, 2_000) if args.quick else args.blocks
     report = run(
-        blocks, workers=args.workers, deep=not args.no_deep, cli=not args.no_cli, quiet=args.json
+        blocks,
+        workers=args.workers,
+        deep=not args.no_deep,
+        cli=not args.no_cli,
+        repeat=max(1, args.repeat),
+        quiet=args.json,
     )
     emit(report, as_json=args.json)
     return 0

@@ -34,7 +34,9 @@ from bcfl_cli.cli.app import app
 from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
 from bcfl_cli.client import transport as client
-from bcfl_cli.fl import data, tensorfile, tensors
+from bcfl_cli.fl import checks as fl_checks
+from bcfl_cli.fl import data, tensorfile, tensors, update_file
+from bcfl_cli.fl.aggregation import stream
 from bcfl_cli.fl.loaders import _checks as loader_checks
 from bcfl_cli.fl.loaders import images
 from bcfl_cli.identity import tls_cert
@@ -331,6 +333,16 @@ def _bindings() -> dict[str, list[str]]:
             f"hashed {mib(tensorfile.HASH_CHUNK)} at a time",
             f"read {_n(tensorfile.PIECE_ELEMENTS)} at a time",
             f"({kib(tensorfile.PIECE_ELEMENTS * 4)} of single-precision floats)",
+        ],
+        "memory of an aggregate (proposer and every validator)": [
+            f"hashed {mib(tensorfile.HASH_CHUNK)} at a time",
+            f"combined {_n(stream.PART)} at a time",
+            f"({kib(stream.PART * 8)} of double-precision floats a row)",
+            f"at most {_n(fl_checks.MODEL_CACHE)} recomputed models",
+        ],
+        "memory of a trainer writing its update": [
+            f"written and summed {_n(update_file.WRITE_CHUNK)} values at a time",
+            f"a half-precision value past {_n(update_file.FLOAT16_MAX)} refused",
         ],
         "a peer's error body, upload status, chunk acknowledgement": [
             f"{kib(client.MAX_ERROR_BODY_BYTES)} each",

@@ -64,12 +64,13 @@ def check_app(
         data = data.subset(torch.arange(min(len(data), plan.batch_size)))
     initial = app.initial_state()
     result = app.train_round(initial, data, seed=seed, device=device or "cpu")
-    trained = apply_delta(initial, result.delta)
+    delta = dict(result.delta)
+    trained = apply_delta(initial, delta)
     return AppCheck(
         folder=project.folder,
         pin=pin,
         parameters=sum(t.numel() for t in initial.values()),
-        update_bytes=len(state_bytes(result.delta)),
+        update_bytes=len(state_bytes(delta)),
         samples=result.num_samples,
         metrics=result.metrics,
         evaluation=app.evaluate(trained, data),

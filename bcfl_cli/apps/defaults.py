@@ -54,10 +54,9 @@ def train(
         rows, holdout = dataset.split_holdout(plan.holdout_fraction, subseed(seed, "holdout"))
         if len(rows) == 0:
             raise UsageError("no rows left to train on after the holdout")
-        start = {k: v.detach().to(torch.float32).clone() for k, v in model.state_dict().items()}
         model.to(dev)
         # the app's progress takes the loss too: it is the loop's per-step report
-        result = _train(model, dev, plan, start, rows, holdout, seed, None, on_step=progress)
+        result = _train(model, dev, plan, rows, holdout, seed, None, on_step=progress)
     weights = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     return TrainOutput(weights, result.num_samples, result.metrics)
 

@@ -29,6 +29,7 @@ from bcfl_cli.apps.manifest import SourceManifest
 from bcfl_cli.errors import AppError, BcflError
 from bcfl_cli.fl.models import load_state, state_bytes
 from bcfl_cli.fl.training import TrainResult, decimal
+from bcfl_cli.fl.update_file import DeltaView, shapes_of
 from bcfl_cli.protocol.spec import AppModelSpec, ModelSpec, TrainingPlan
 
 #: Metrics an app may report a round (the update transaction holds at most 32, and bcfl adds
@@ -116,8 +117,9 @@ class BoundApp:
         return self._call("load_data", hook, Path(path), self.config)
 
     def model_with(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
+        """The app's model holding ``state`` (read one tensor at a time: it may be lazy)."""
         model = self.build_model()
-        load_state(model, {k: v.to(torch.float32) for k, v in state.items()})
+        load_state(model, state)
         return model
 
     def train_round(
@@ -150,12 +152,14 @@ class BoundApp:
                 f"the model app {self.entry_point!r}: train returned {num_samples!r} samples, "
                 "expected a positive integer"
             )
+        for parameter in model.parameters():
+            parameter.grad = None  # an app's loop may leave its last gradients behind
         delta = self._delta(global_state, weights)
         return TrainResult(delta, num_samples, self._chain_metrics(metrics))
 
-    def _delta(
-        self, global_state: Mapping[str, torch.Tensor], weights: Any
-    ) -> dict[str, torch.Tensor]:
+    def _delta(self, global_state: Mapping[str, torch.Tensor], weights: Any) -> DeltaView:
+        """``weights - global_state``, checked now and computed a tensor at a time later (by
+        whoever writes the update), so the round's delta is never whole in memory."""
         if not isinstance(weights, Mapping):
             raise AppError(
                 f"the model app {self.entry_point!r}: train must return the trained state_dict"
@@ -165,17 +169,15 @@ class BoundApp:
                 f"the model app {self.entry_point!r}: trained weights have names "
                 f"{sorted(set(weights) ^ set(global_state))[:5]} that differ from the model's"
             )
-        delta: dict[str, torch.Tensor] = {}
-        for name, base in global_state.items():
+        shapes = shapes_of(global_state)
+        for name, shape in shapes.items():
             value = weights[name]
-            if not isinstance(value, torch.Tensor) or value.shape != base.shape:
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
                 raise AppError(
                     f"the model app {self.entry_point!r}: trained weight {name!r} is not a "
-                    f"tensor of shape {list(base.shape)}"
+                    f"tensor of shape {list(shape)}"
                 )
-            local = value.detach().to("cpu", torch.float32)
-            delta[name] = (local - base.to(torch.float32)).contiguous()
-        return delta
+        return DeltaView(weights, global_state, shapes)
 
     def _chain_metrics(self, metrics: Any) -> dict[str, str]:
         if not isinstance(metrics, Mapping) or len(metrics) > MAX_APP_METRICS:

@@ -72,6 +72,14 @@ def demo(
             help="Every node serves TLS 1.3 with a certificate pinned in the genesis (issue 22).",
         ),
     ] = False,
+    update_dtype: Annotated[
+        str,
+        typer.Option(
+            "--update-dtype",
+            help="float32, bfloat16 or float16: the dtype of every update, fixed by the genesis "
+            "(half the bytes; the aggregate stays exact and float32).",
+        ),
+    ] = "float32",
     as_json: JsonOption = False,
 ) -> None:
     """Run a consortium on this machine: train, watch the chain, verify every node's copy."""
@@ -93,6 +101,7 @@ def demo(
         seed=seed,
         app=app,
         tls=tls,
+        update_dtype=update_dtype,
     )
     options.check()
     console = Console(stderr=as_json)
@@ -125,5 +134,6 @@ def register(app: typer.Typer) -> None:
             "bcfl demo --seed 7 --json",
             "bcfl demo --app my_app --rounds 5",
             "bcfl demo --tls --rounds 5",
+            "bcfl demo --update-dtype bfloat16 --seed 7",
         ),
     )(demo)

@@ -32,6 +32,7 @@ from bcfl_cli.errors import BcflError, NodeError, UsageError
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.spec import (
     RULE_NAMES,
+    UPDATE_DTYPE_NAMES,
     AggregationSpec,
     AppModelSpec,
     ContractRules,
@@ -76,6 +77,8 @@ class DemoOptions:
     seed: int | None = None  # seeds every member's training (None: each node draws its own)
     app: Path | None = None  # a model app's folder (None: the builtin mlp for the dataset)
     tls: bool = False  # --tls: every node serves TLS 1.3 with its pinned certificate (issue 22)
+    #: --update-dtype: the genesis' contract.update_dtype (issue 19: compact updates)
+    update_dtype: str = "float32"
 
     def check(self) -> None:
         """Refuse impossible combinations before anything is created."""
@@ -98,6 +101,11 @@ class DemoOptions:
             raise UsageError("--attackers needs --attack NAME", hint=f"one of {sorted(ATTACKS)}")
         if self.attack is not None and self.attack not in ATTACKS:
             raise UsageError(f"--attack {self.attack!r}: expected one of {sorted(ATTACKS)}")
+        if self.update_dtype not in UPDATE_DTYPE_NAMES:
+            raise UsageError(
+                f"--update-dtype {self.update_dtype!r}: expected one of "
+                f"{', '.join(UPDATE_DTYPE_NAMES)}"
+            )
 
     @property
     def split_name(self) -> str:
@@ -155,7 +163,11 @@ def genesis_plan(options: DemoOptions) -> GenesisPlan:
     return GenesisPlan(
         model=model,
         training=training,
-        contract=ContractRules(max_update_norm=max_norm, min_samples=10),
+        contract=ContractRules(
+            max_update_norm=max_norm,
+            min_samples=10,
+            update_dtype=options.update_dtype,  # type: ignore[arg-type]
+        ),
         aggregation=aggregation,
         name=f"bcfl demo ({options.dataset}, {options.members} members)",
         admission_approvals=approvals,

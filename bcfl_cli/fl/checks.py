@@ -53,6 +53,7 @@ class FLChecks:
         self._models: OrderedDict[str, Path] = OrderedDict()
         self._held_dir: Path | None = None
         self._app_layout: tuple[str, Layout] | None = None
+        self._spec_layout: tuple[ModelSpec, Layout] | None = None
 
     # --- updates ---------------------------------------------------------------------------
     def check_update(self, state: StateView, tx: Transaction) -> Verdict:
@@ -82,12 +83,15 @@ class FLChecks:
         layout = self._layout(state)
         return check_update(cfg.contract, layout, claim, ctx, blob, named_by_hash=True)
 
-    def _layout(self, state: StateView) -> ModelSpec | Layout:
+    def _layout(self, state: StateView) -> Layout:
         """What an update must look like: for a builtin architecture, its spec; for a model
         app, the genesis' initial weights (tensors, never the app: verifying needs no app)."""
         cfg = state.config
         if isinstance(cfg.model, ModelSpec):
-            return cfg.model
+            # layout_for serialises the spec for its cache key (~50 us): once per spec here
+            if self._spec_layout is None or self._spec_layout[0] != cfg.model:
+                self._spec_layout = (cfg.model, layout_for(cfg.model))
+            return self._spec_layout[1]
         if self._app_layout is None or self._app_layout[0] != cfg.initial_model:
             found = self._initial_layout(cfg.initial_model, cfg.contract.max_blob_bytes)
             if any(dtype != "F32" for dtype, _ in found.values()):

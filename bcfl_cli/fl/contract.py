@@ -323,12 +323,30 @@ def check_layout(layout: Layout, found: Mapping[str, tuple[str, list[int]]]) -> 
 
 
 # --- the whole contract ------------------------------------------------------------------
-_DTYPE_NAMES = {torch.float32: "F32", torch.float64: "F64", torch.float16: "F16"}
+_DTYPE_NAMES = {
+    torch.float32: "F32",
+    torch.float64: "F64",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+}
+#: ``contract.update_dtype`` -> the safetensors dtype every tensor of an update must have.
+UPDATE_DTYPE_CODES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 
-def layout_of(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """The layout an update of ``state``'s model must have (a delta mirrors the weights)."""
-    return {k: (_DTYPE_NAMES[v.dtype], tuple(v.shape)) for k, v in state.items()}
+def layout_of(
+    state: Mapping[str, torch.Tensor], update_dtype: str = "float32"
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """The layout an update of ``state``'s model must have (a delta mirrors the weights; its
+    float32 tensors travel in the genesis' ``update_dtype``)."""
+    return with_update_dtype(
+        {k: (_DTYPE_NAMES[v.dtype], tuple(v.shape)) for k, v in state.items()}, update_dtype
+    )
+
+
+def with_update_dtype(layout: Layout, update_dtype: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``layout`` with its F32 tensors in ``update_dtype`` (PROTOCOL.md §7.1)."""
+    code = UPDATE_DTYPE_CODES[update_dtype]
+    return {k: (code if dtype == "F32" else dtype, shape) for k, (dtype, shape) in layout.items()}
 
 
 @functools.lru_cache(maxsize=8)
@@ -338,9 +356,10 @@ def _layout_for(spec_json: str) -> dict[str, tuple[str, tuple[int, ...]]]:
     return layout_of(initial_state(ModelSpec.model_validate_json(spec_json)))
 
 
-def layout_for(spec: ModelSpec) -> Layout:
-    """Expected update layout: the genesis model's initial state (names, F32, shapes)."""
-    return dict(_layout_for(spec.model_dump_json()))
+def layout_for(spec: ModelSpec, update_dtype: str = "float32") -> Layout:
+    """Expected update layout: the genesis model's initial state (names, shapes), its tensors
+    in the genesis' ``update_dtype`` (F32, BF16 or F16)."""
+    return with_update_dtype(_layout_for(spec.model_dump_json()), update_dtype)
 
 
 def check_update(
@@ -356,7 +375,10 @@ def check_update(
     verdict = check_context(rules, claim, ctx)
     if verdict is not None:
         return verdict
-    layout = layout_for(model) if isinstance(model, ModelSpec) else model
+    if isinstance(model, ModelSpec):
+        layout = layout_for(model, rules.update_dtype)
+    else:
+        layout = with_update_dtype(model, rules.update_dtype)
     try:
         return check_blob(rules, layout, claim, blob, named_by_hash=named_by_hash)
     except (BcflError, MemoryError):

@@ -17,12 +17,14 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from bcfl_cli.errors import ContractError
 from bcfl_cli.fl.tensors import encode_tensors
+from bcfl_cli.fl.update_file import shapes_of
 from bcfl_cli.protocol.spec import ModelSpec
 
 #: Channels of the two 3x3 convolutions of the ``cnn`` architecture.
@@ -105,20 +107,35 @@ def state_hash(state: dict[str, torch.Tensor]) -> str:
     return hashlib.sha256(state_bytes(state)).hexdigest()
 
 
-def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy ``state`` into ``model``, refusing missing or extra names and shape mismatches."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    found = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != found:
-        missing = sorted(set(expected) - set(found))
-        extra = sorted(set(found) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-        raise ContractError(
-            "wrong_shape",
-            f"weights do not fit the genesis model (missing {missing}, extra {extra}, "
-            f"wrong shape {wrong})",
-        )
-    model.load_state_dict(state, strict=True)
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` into ``model``, refusing missing or extra names and shape mismatches.
+
+    One tensor at a time: ``state`` may be a lazy mapping over a file (the trainer's base
+    model), and ``load_state_dict`` would first copy every value of it into a dict.
+    """
+    targets = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in targets.items()}
+    if set(expected) != set(state):
+        _wrong_weights(expected, {k: expected.get(k, ()) for k in state})
+    wrong = sorted(
+        k for k, shape in shapes_of(state).items() if k in expected and expected[k] != shape
+    )
+    if wrong:
+        _wrong_weights(expected, shapes_of(state))
+    with torch.no_grad():
+        for name, target in targets.items():
+            target.copy_(state[name])
+
+
+def _wrong_weights(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    raise ContractError(
+        "wrong_shape",
+        f"weights do not fit the genesis model (missing {missing}, extra {extra}, "
+        f"wrong shape {wrong})",
+    )
 
 
 def parameter_count(spec: ModelSpec) -> int:

@@ -30,6 +30,8 @@ import torch
 #: Elements squared per step: bounds the temporary arrays (a 64 MB blob would otherwise need
 #: several copies of itself at once). Below 2**26, so per-exponent sums stay exact (see above).
 CHUNK = 1 << 20
+#: Below this many values in all, :func:`exact_sum` is ``math.fsum`` itself (faster there).
+SMALL_SUM = 4096
 _HALF = 26
 _LOW = (1 << _HALF) - 1
 _FRACTION = (1 << 52) - 1
@@ -73,7 +75,31 @@ def exact_sum(arrays: Iterable[np.ndarray]) -> float:
     The same bits as ``fsum``, and ``OverflowError`` when the sum passes the largest double.
     (Given mixed signs, ``fsum`` may also refuse when only a partial sum overflows; that
     fall-back only runs for non-finite input, which the contract never lets through.)
+
+    Up to ``SMALL_SUM`` values in all (a small model's update: the contract sums the squares
+    of each one) are summed by ``fsum`` itself, the definition, which costs less there than
+    the vectorised path's fixed ~0.1 ms; a partial sum that overflows in ``fsum`` goes on to
+    the vectorised path, which rounds the exact total.
     """
+    head: list[np.ndarray] = []
+    size = 0
+    rest = iter(arrays)
+    for values in rest:
+        flat = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+        head.append(flat)
+        size += flat.shape[0]
+        if size > SMALL_SUM:
+            break
+    else:
+        try:
+            return math.fsum(itertools.chain.from_iterable(a.tolist() for a in head))
+        except OverflowError:
+            pass
+    return _vectorised_sum(itertools.chain(head, rest))
+
+
+def _vectorised_sum(arrays: Iterable[np.ndarray]) -> float:
+    """:func:`exact_sum` by integer mantissas binned per exponent (the module's docstring)."""
     total = 0
     # Small arrays (a model's tensors) are summed together, up to CHUNK values at a time: the
     # integer total is the same in any grouping, and each _exact_total call has a fixed cost.

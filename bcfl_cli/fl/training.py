@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,7 +49,18 @@ SINGLE_THREAD_PARAMS = 2_000_000
 
 @dataclass(frozen=True)
 class TrainResult:
-    delta: dict[str, torch.Tensor]
+    """A local round's delta (a plain dict, or a lazy ``DeltaView`` over the trained model and
+    the base weights that computes one tensor at a time), its FedAvg weight and its metrics."""
+
+    delta: Mapping[str, torch.Tensor]
+    num_samples: int
+    metrics: dict[str, str]
+
+
+@dataclass(frozen=True)
+class LoopStats:
+    """What the loop reports besides the trained model: rows trained on and metrics."""
+
     num_samples: int
     metrics: dict[str, str]
 
@@ -164,21 +175,27 @@ def train_local(
             raise UsageError("no rows left to train on after the holdout")
         load_state(model, {k: v.to(torch.float32) for k, v in global_state.items()})
         model.to(dev)
-        return _train(model, dev, plan, global_state, train, holdout, seed, progress, on_step)
+        stats = _train(model, dev, plan, train, holdout, seed, progress, on_step)
+    local = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    delta = {k: (local[k] - global_state[k].to(torch.float32)).contiguous() for k in local}
+    return TrainResult(delta, stats.num_samples, stats.metrics)
 
 
 def _train(
     model: nn.Module,
     dev: torch.device,
     plan: TrainingPlan,
-    global_state: dict[str, torch.Tensor],
     train: Dataset,
     holdout: Dataset,
     seed: int,
     progress: Progress | None,
     on_step: StepReport | None = None,
-) -> TrainResult:
-    anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
+) -> LoopStats:
+    """Train ``model`` in place; the caller forms the delta (and holds the base weights)."""
+    # FedProx's anchor is a copy of the starting weights: only made when the plan uses it
+    anchor = (
+        {k: v.detach().clone() for k, v in model.named_parameters()} if plan.fedprox_mu > 0 else {}
+    )
     params = list(model.parameters())
     optimizer = _optimizer(plan, params)
     x, y = train.features.to(dev), train.labels.to(dev)
@@ -250,8 +267,8 @@ def _train(
             if on_step is not None:
                 on_step(step, total, sum(losses) / len(losses) if losses else None)
                 losses.clear()
-    local = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    delta = {k: (local[k] - global_state[k].to(torch.float32)).contiguous() for k in local}
+    optimizer.zero_grad(set_to_none=True)  # the gradients are not needed past the last step
+    del optimizer
     metrics = {"steps": str(total)}
     train_loss, _ = _evaluate_model(model, train, dev)
     metrics["train_loss"] = decimal(train_loss)
@@ -263,7 +280,7 @@ def _train(
         eps, _ = epsilon_spent(q, dp.noise_multiplier, total, dp.delta)
         metrics["dp_epsilon"] = decimal(eps, 4)
         metrics["dp_delta"] = repr(dp.delta)
-    return TrainResult(delta, n, metrics)
+    return LoopStats(n, metrics)
 
 
 def _evaluate_model(model: nn.Module, data: Dataset, dev: torch.device) -> tuple[float, float]:

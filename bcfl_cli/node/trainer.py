@@ -18,7 +18,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,7 @@ from bcfl_cli.client.submit import build_update_tx
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.data import Dataset
-from bcfl_cli.fl.models import state_bytes
-from bcfl_cli.fl.tensors import decode_tensors
-from bcfl_cli.fl.training import subseed
+from bcfl_cli.fl.training import TrainResult, subseed
 from bcfl_cli.home import Home
 from bcfl_cli.node.interfaces import BlobPeers, TrainerHost
 from bcfl_cli.node.peers import did_tag
@@ -44,6 +42,7 @@ from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.training.update import Rewrite, train_update
 from bcfl_cli.wire.schemas import MAX_INLINE_BLOB_BYTES
 
 log = logging.getLogger("bcfl.node.trainer")
@@ -301,14 +300,13 @@ class AutoTrainer:
         return tx
 
     def train(self, state: ChainState) -> Transaction:
-        """Blocking: train on the round's base model, store the delta, sign the update tx."""
+        """Blocking: train on the round's base model, store the delta, sign the update tx.
+
+        The base model is read from its blob and the delta written into the blob store one
+        tensor at a time (``training/update.py``): a trainer never holds the update whole.
+        """
         config = state.config
         rnd = state.round
-        limit = config.contract.max_blob_bytes
-        try:
-            base = decode_tensors(self.blobs.get(rnd.base_model, max_bytes=limit), max_bytes=limit)
-        except ContractError as exc:
-            raise StoreError(f"base model {rnd.base_model} unreadable: {exc.message}") from exc
         if self._app is None:  # bound once: the genesis, and so the app, never changes
             self._app = bind_app(config.model, config.training)
         app = self._app
@@ -322,33 +320,59 @@ class AutoTrainer:
             )
             data = Dataset(data.features, self.attack.labels(data.labels, classes))
         seed = subseed(self.seed, f"round-{rnd.number}")
-        result = app.train_round(base, data, seed=seed, progress=StepLog(rnd.number))
-        delta = result.delta
-        if self.attack is not None and self.attack.from_estimates is not None:
-            rows = _as_dataset(data, self.attack)
-            estimates = [
-                app.train_round(
-                    base,
-                    _resample(rows, subseed(seed, f"estimate-{k}")),
-                    seed=subseed(seed, f"estimate-train-{k}"),
-                ).delta
-                for k in range(ESTIMATE_MODELS)
-            ]
-            delta = self.attack.from_estimates([delta, *estimates])
-        if self.attack is not None and self.attack.delta is not None:
-            delta = self.attack.delta(delta, rnd.number)
-        blob_bytes = state_bytes(delta)
-        digest = self.blobs.put(blob_bytes)
+        rewrite = None
+        if self.attack is not None and (self.attack.delta or self.attack.from_estimates):
+            rewrite = self._attacked(app, data, seed, rnd.number)
+        try:
+            update = train_update(
+                app,
+                self.blobs,
+                rnd.base_model,
+                data,
+                config.contract,
+                seed=seed,
+                progress=StepLog(rnd.number),
+                rewrite=rewrite,
+                with_norm=False,  # nobody reads it here; the validators compute it
+            )
+        except ContractError as exc:
+            raise StoreError(f"base model {rnd.base_model} unreadable: {exc.message}") from exc
         return build_update_tx(
             self.key,
             state.chain_id,
             round_number=rnd.number,
             base_model=rnd.base_model,
-            blob=digest,
-            blob_size=len(blob_bytes),
-            num_samples=result.num_samples,
-            metrics=result.metrics,
+            blob=update.blob,
+            blob_size=update.blob_size,
+            num_samples=update.num_samples,
+            metrics=update.metrics,
         )
+
+    def _attacked(self, app: BoundApp, data: Any, seed: int, round_number: int) -> Rewrite:
+        """The attack's rewrite of the honest delta (attackers hold whole deltas: tests only)."""
+        attack = self.attack
+        assert attack is not None
+
+        def rewrite(base: Mapping[str, torch.Tensor], result: TrainResult) -> Delta:
+            delta = dict(result.delta)
+            if attack.from_estimates is not None:
+                rows = _as_dataset(data, attack)
+                estimates = [
+                    dict(
+                        app.train_round(
+                            base,
+                            _resample(rows, subseed(seed, f"estimate-{k}")),
+                            seed=subseed(seed, f"estimate-train-{k}"),
+                        ).delta
+                    )
+                    for k in range(ESTIMATE_MODELS)
+                ]
+                delta = attack.from_estimates([delta, *estimates])
+            if attack.delta is not None:
+                delta = attack.delta(delta, round_number)
+            return delta
+
+        return rewrite
 
 
 def peer_publisher(

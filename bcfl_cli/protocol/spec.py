@@ -279,11 +279,30 @@ class TrainingPlan(_Spec):
         return document
 
 
+#: The dtypes an update's deltas may travel in (``contract.update_dtype``, PROTOCOL.md "Update
+#: dtype"); the model itself, and every aggregate, stay float32.
+UpdateDtype = Literal["float32", "bfloat16", "float16"]
+UPDATE_DTYPE_NAMES: tuple[str, ...] = get_args(UpdateDtype)
+#: What a genesis that names no ``update_dtype`` means (every genesis before issue 19).
+DEFAULT_UPDATE_DTYPE: UpdateDtype = "float32"
+
+
 class ContractRules(_Spec):
     max_update_norm: float = Field(default=100.0, gt=0.0)
     min_samples: int = Field(default=1, ge=1)
     max_samples: int = Field(default=10_000_000, ge=1)
     max_blob_bytes: int = Field(default=DEFAULT_MAX_BLOB_BYTES, ge=1024, le=2**40)
+    #: the dtype every update's tensors must have: float32, or half the bytes with bfloat16
+    #: (float32's range, 8 bits of mantissa) or float16 (11 bits, at most 65504)
+    update_dtype: UpdateDtype = DEFAULT_UPDATE_DTYPE
+
+    def to_document(self) -> dict[str, Any]:
+        """As ``_Spec.to_document``, leaving ``update_dtype`` out when it is float32: a
+        genesis written before the key existed keeps its bytes and its hash."""
+        document = super().to_document()
+        if document.get("update_dtype") == DEFAULT_UPDATE_DTYPE:
+            del document["update_dtype"]
+        return document
 
     @model_validator(mode="after")
     def _ordered(self) -> ContractRules:

@@ -81,16 +81,17 @@ class Network:
         self.now_ms = 0
         self.down: set[int] = set()
         self.stats = NetworkStats()
-        self._queue: list[Event] = []
+        # (time, seq, event): ordered by the tuple's first two fields in C, never by the event
+        # (seq is unique); a dataclass ordering built two tuples a comparison in Python
+        self._queue: list[tuple[int, int, Event]] = []
         self._seq = 0
         self.processed = 0
 
     def schedule(self, at_ms: int, kind: str, target: int, payload: Any = None) -> None:
         """Run ``kind`` for ``target`` at logical time ``at_ms`` (never in the past)."""
         self._seq += 1
-        heapq.heappush(
-            self._queue, Event(max(at_ms, self.now_ms), self._seq, kind, target, payload)
-        )
+        at = max(at_ms, self.now_ms)
+        heapq.heappush(self._queue, (at, self._seq, Event(at, self._seq, kind, target, payload)))
 
     def send(self, src: int, dst: int, payload: Any, *, size: int = 0) -> bool:
         """Queue ``payload`` from ``src`` to ``dst``; False when the network lost it."""
@@ -121,7 +122,7 @@ class Network:
     def next_event(self) -> Event | None:
         """The next event to run (its time becomes now); None when the run is over."""
         while self._queue and self.processed < MAX_EVENTS:
-            event = heapq.heappop(self._queue)
+            event = heapq.heappop(self._queue)[2]
             self.now_ms = event.at_ms
             self.processed += 1
             if event.kind == "deliver" and event.target in self.down:

@@ -54,10 +54,11 @@ from bcfl_cli.errors import BcflError, UsageError, VerificationError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.fl.data import Dataset, load_csv
-from bcfl_cli.fl.models import num_features, state_bytes
+from bcfl_cli.fl.models import num_features
 from bcfl_cli.fl.split import partition_dirichlet, partition_iid
-from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.fl.tensors import decode_tensors, encode_tensors
 from bcfl_cli.fl.training import evaluate, subseed, train_local
+from bcfl_cli.fl.update_file import to_update_dtype, update_dtype
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import NIL, Block, Vote
 from bcfl_cli.protocol.crypto import did_from_public_key
@@ -446,7 +447,10 @@ class Simulation:
         rnd = state.round
         if not force and rnd.open:
             waiting = set(self._trainers_of(state)) - set(rnd.submitted)
-            waiting -= {tx.author for tx in pending_updates(state, list(m.mempool.values()))}
+            # the pool's updates cover at most one author each: while more trainers wait than
+            # the pool holds transactions, someone still waits (no scan: N x N a round)
+            if len(waiting) <= len(m.mempool):
+                waiting -= {tx.author for tx in pending_updates(state, list(m.mempool.values()))}
             if waiting:
                 due = max(m.round_seen_ms + self.options.update_wait_ms, self.net.now_ms)
                 wake = (m.incarnation, target, due)
@@ -683,8 +687,10 @@ class Simulation:
         if not isinstance(cfg.model, ModelSpec):  # its genesis is its own: a builtin model
             raise UsageError("bcfl simulate trains the builtin models only")
         result = train_local(cfg.model, cfg.training, base, m.data, seed=seed)
-        delta = _attacked(m.behaviour, result.delta, seed)
-        data = state_bytes(delta)
+        delta = _attacked(m.behaviour, dict(result.delta), seed)
+        # rounded to the genesis' update dtype, as a node's trainer writes it (PROTOCOL.md §7.1)
+        dtype = update_dtype(cfg.contract.update_dtype)
+        data = encode_tensors({k: to_update_dtype(k, v, dtype) for k, v in delta.items()})
         blob = blobs.put(data)
         body = {
             "round": number,

@@ -16,16 +16,14 @@ random bits): the sidecar is read back by the strict I-JSON parser, which refuse
 from __future__ import annotations
 
 import json
-import math
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import Any, BinaryIO
 
 from bcfl_cli.apps.runner import bind_app
 from bcfl_cli.chain.chain import Chain
@@ -40,16 +38,17 @@ from bcfl_cli.errors import (
 )
 from bcfl_cli.fl.device import pick_device
 from bcfl_cli.fl.dp import epsilon_spent
-from bcfl_cli.fl.models import state_bytes
-from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.fl.training import Progress, StepReport, decimal
 from bcfl_cli.home import Home
+from bcfl_cli.training.update import train_update
 
 SIDECAR_VERSION = 1
 # The sidecar is JSON read back by `bcfl submit` with the protocol's I-JSON parser, whose integers
 # stop at 2^53 - 1: a default seed of 63 bits broke train-then-submit on almost every run.
 SEED_BITS = 53
 MAX_SEED = (1 << SEED_BITS) - 1
+#: Bytes copied at a time from the stored update to the ``--out`` file.
+COPY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -97,25 +96,22 @@ def target_round(state: ChainState, requested: int | None) -> RoundTarget:
     return target
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_atomic(path: Path, data: bytes | BinaryIO) -> None:
+    """Write ``data`` (bytes, or a file streamed in chunks) to ``path`` or leave it as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            if isinstance(data, bytes):
+                handle.write(data)
+            else:
+                shutil.copyfileobj(data, handle, COPY_CHUNK)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _norm(delta: dict[str, torch.Tensor]) -> float:
-    """L2 norm, exactly summed: float32 squares are exact in float64, ``fsum`` rounds once."""
-    return math.sqrt(
-        math.fsum(s for k in sorted(delta) for s in delta[k].double().pow(2).flatten().tolist())
-    )
 
 
 def _precheck(config: GenesisConfig, norm: float, num_samples: int, size: int) -> list[str]:
@@ -179,36 +175,34 @@ def train_for_round(
         plan = config.training
         app = bind_app(config.model, plan, app_folder)
         dataset = app.load_data(Path(data_path))
-        try:
-            global_state = decode_tensors(
-                ledger.blobs.get(target.base_model, max_bytes=config.contract.max_blob_bytes),
-                max_bytes=config.contract.max_blob_bytes,
-            )
-        except ContractError as exc:
-            raise StoreError(f"global model {target.base_model} unreadable: {exc}") from exc
         if seed is not None and not 0 <= seed <= MAX_SEED:
             raise UsageError(f"seed {seed} is outside 0..{MAX_SEED} (2^53 - 1)")
         run_seed = secrets.randbits(SEED_BITS) if seed is None else seed
         dev = pick_device(device)
         started = time.monotonic()
-        result = app.train_round(
-            global_state,
-            dataset,
-            seed=run_seed,
-            progress=on_step if on_step is not None else _with_loss(progress),
-            device=str(dev),
-        )
+        try:
+            update = train_update(
+                app,
+                ledger.blobs,
+                target.base_model,
+                dataset,
+                config.contract,
+                seed=run_seed,
+                progress=on_step if on_step is not None else _with_loss(progress),
+                device=str(dev),
+            )
+        except ContractError as exc:
+            raise StoreError(f"global model {target.base_model} unreadable: {exc}") from exc
         elapsed = time.monotonic() - started
-        data = state_bytes(result.delta)
-        blob = ledger.blobs.put(data)
-        metrics = dict(result.metrics)
+        blob = update.blob
+        metrics = dict(update.metrics)
         if plan.dp.enabled:
-            steps = int(result.metrics["steps"]) * target.round
-            q = min(plan.batch_size, result.num_samples) / result.num_samples
+            steps = int(update.metrics["steps"]) * target.round
+            q = min(plan.batch_size, update.num_samples) / update.num_samples
             total, _ = epsilon_spent(q, plan.dp.noise_multiplier, steps, plan.dp.delta)
             # an upper bound: as if this member had trained on the same rows in every round
             metrics["dp_epsilon_total"] = decimal(total, 4)
-        norm = _norm(result.delta)
+        norm = update.norm
         sidecar: dict[str, Any] = {
             "v": SIDECAR_VERSION,
             "chain_id": ledger.genesis_hash,
@@ -216,8 +210,8 @@ def train_for_round(
             "round_open": target.open,
             "base_model": target.base_model,
             "blob": blob,
-            "blob_size": len(data),
-            "num_samples": result.num_samples,
+            "blob_size": update.blob_size,
+            "num_samples": update.num_samples,
             "metrics": metrics,
             "update_norm": decimal(norm),
             "local": {
@@ -229,8 +223,9 @@ def train_for_round(
                 "seed": None if plan.dp.enabled else run_seed,
             },
         }
-        warnings = _precheck(config, norm, result.num_samples, len(data))
-    _write_atomic(path, data)
+        warnings = _precheck(config, norm, update.num_samples, update.blob_size)
+        with ledger.blobs.open(blob) as source:  # streamed: never the whole update in memory
+            _write_atomic(path, source)
     _write_atomic(sidecar_path, (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
     return LocalUpdate(path, sidecar_path, sidecar, warnings)
 

@@ -163,8 +163,12 @@ def test_an_app_named_like_a_loaded_module_is_refused_not_reloaded() -> None:
 
 def test_a_builtin_genesis_keeps_the_hash_it_had_before_model_apps(tmp_path: Path) -> None:
     """The example file's genesis, as main built it before apps existed: existing consortium
-    files and stores keep working because the builtin model is the builtin app, unchanged."""
-    result = init_consortium(Home.resolve(tmp_path / "h"), write_config(tmp_path), time_ms=T)
+    files and stores keep working because the builtin model is the builtin app, unchanged.
+    (The file as it was then: with the 64 MiB blob cap line that issue 19 raised to 1 GiB.)"""
+    text = example_toml().replace(
+        "max_blob_bytes = 1073741824 # 1 GiB", "max_blob_bytes = 67108864   # 64 MiB", 1
+    )
+    result = init_consortium(Home.resolve(tmp_path / "h"), write_config(tmp_path, text), time_ms=T)
     assert result.genesis_hash == "980c3dc0b3e3b82b7c85d71fc254ec720f3c73d306605e8679214cb8cc8a8789"
     assert result.initial_model == (
         "d588cac6dd3c8d8a26ae42f96fcc9c7d1031de3e725ba12525fafa66b01de156"

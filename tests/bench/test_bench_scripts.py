@@ -73,6 +73,19 @@ def test_verify_chain_bench_on_a_short_chain(capsys):
     assert "bcfl verify-chain (CLI, whole process)" in [r["what"] for r in again.rows]
 
 
+def test_verify_chain_bench_reports_cpu_and_medians_of_alternating_runs():
+    report = verify_chain.run(24, workers=1, deep=False, cli=False, repeat=2, quiet=True)
+    rows = {r["what"]: r for r in report.rows}
+    assert set(rows) == {
+        "raw PyNaCl verify, 1 process",
+        "raw PyNaCl verify, 1 processes",
+        "bcfl verify-chain",
+    }
+    assert all(r["CPU s"] > 0 and r["x raw CPU"] > 0 for r in report.rows)
+    assert all(len(v) == 2 for v in report.settings["samples"].values())
+    assert any("medians of 2 alternating runs" in note for note in report.notes)
+
+
 def test_flower_compare_runs_the_baseline_without_flower():
     report = flower_compare.run(4, 1, flower="/nonexistent/python", nodes=False, quiet=True)
     assert [r["arm"] for r in report.rows] == ["plain FedAvg (no ledger)"]

@@ -80,10 +80,13 @@ def test_refuses_invalid_documents_and_times(tmp_path):
 def test_genesis_hash_unchanged_by_the_join_request_ttl_rule(tmp_path):
     """Pinned: the example file gives the genesis it gave before join_request_ttl_blocks
     existed (the default is not written into the document). The example's round deadline
-    became ``round_deadline_s``; with its former ``deadline_blocks = 20`` line the document
-    is byte for byte the old one (an unused deadline is not written either)."""
-    text = example_toml(("alice", "bob", "carol", "dave")).replace(
-        "round_deadline_s = 600 ", "deadline_blocks = 20    ", 1
+    became ``round_deadline_s``; with its former ``deadline_blocks = 20`` line (and its former
+    64 MiB blob cap: issue 19 raised the example's to 1 GiB) the document is byte for byte the
+    old one (an unused deadline is not written either)."""
+    text = (
+        example_toml(("alice", "bob", "carol", "dave"))
+        .replace("round_deadline_s = 600 ", "deadline_blocks = 20    ", 1)
+        .replace("max_blob_bytes = 1073741824 # 1 GiB", "max_blob_bytes = 67108864   # 64 MiB", 1)
     )
     document = load_config(write_config(tmp_path, text)).to_document(HASH)
     assert "join_request_ttl_blocks" not in document["consortium"]

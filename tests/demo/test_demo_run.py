@@ -129,3 +129,52 @@ def test_demo_with_tls(tmp_path: Path) -> None:
         assert node["tls"] is True and node["url"].startswith("https://")
         assert all(peer.startswith("https://") for peer in node["peers"])
         assert "peer refused" not in (homes / name / "node" / "node.log").read_text()
+
+
+def test_demo_with_bfloat16_updates(tmp_path: Path) -> None:
+    """Issue 19: a consortium whose genesis fixes ``update_dtype = "bfloat16"`` trains through
+    real nodes, every update BF16 on disk (half the bytes), every aggregate float32, and every
+    node's ``verify-chain --deep`` recomputes it all."""
+    from bcfl_cli.fl.tensors import check_safetensors_layout
+
+    keep = tmp_path / "demo"
+    out = subprocess.run(
+        [
+            *bcfl_command(),
+            "demo",
+            "--members",
+            "4",
+            "--rounds",
+            "2",
+            "--update-dtype",
+            "bfloat16",
+            "--seed",
+            "7",
+            "--json",
+            "--keep",
+            str(keep),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env=_env(),
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    assert summary["ok"] is True and summary["consistent"] is True
+    assert summary["final_accuracy"] > summary["initial_accuracy"]
+    for member in summary["members"]:
+        assert member["accepted"] == 2 and member["rejected"] == 0, member
+    assert all(n["verify"]["ok"] and n["verify"]["deep"] for n in summary["nodes"])
+    dtypes: dict[str, int] = {}
+    for blob in (keep / "homes" / "alice" / "blobs").glob("??/*"):
+        data = blob.read_bytes()
+        if data[8:9] != b"{" or b'"dtype"' not in data[:4096]:
+            continue  # not a tensor file (the genesis document)
+        kinds = {dtype for dtype, _ in check_safetensors_layout(data, max_bytes=2**30).values()}
+        assert len(kinds) == 1, kinds
+        kind = kinds.pop()
+        dtypes[kind] = dtypes.get(kind, 0) + 1
+    # 8 updates in BF16; the initial model and the 2 aggregates in F32
+    assert dtypes == {"BF16": 8, "F32": 3}, dtypes

@@ -296,3 +296,31 @@ def test_a_corrupt_local_copy_is_an_error_not_a_verdict(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(BlobError, match="corrupt"):
         c.checks.check_update(c.state, u)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_only_an_aggregate_kept_as_a_blob_is_synced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    """A recomputed model that becomes a blob must survive a crash; one that a verifier
+    compares and drops (or holds as its next base) costs no fsync (~10 ms each)."""
+    import bcfl_cli.fl.stored_aggregate as stored
+
+    c = Chain(tmp_path)
+    c.open_round()
+    c.commit(
+        c.validated(c.update("bob", delta(0.01))) + c.validated(c.update("carol", delta(0.03)))
+    )
+    agg = c.aggregate_tx()
+    synced: list[int] = []
+    real_fsync = stored.os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(stored.os, "fsync", counting)
+    checks = FLChecks(c.blobs, keep_models=keep)
+    checks.check_aggregate(c.state, agg)
+    assert c.blobs.has(agg.body["model"]) is keep
+    assert len(synced) == (1 if keep else 0)

@@ -211,3 +211,64 @@ def test_streamed_squares_and_products_match_the_whole_vector(a: list[float], cu
     assert _bits(squares.value()) == _bits(sum_of_squares([torch.from_numpy(x)]))
     dot = numerics.dot({"v": torch.from_numpy(x)}, {"v": torch.from_numpy(y)})
     assert _bits(products.value()) == _bits(dot)
+
+
+# --- below SMALL_SUM values exact_sum is fsum itself: the vectorised path stays pinned here --
+EDGE_CASES = [
+    [],
+    [0.0],
+    [-0.0, 0.0],
+    [-0.0],
+    [TINY],
+    [TINY, TINY, 2.2250738585072014e-308, 2.225073858507201e-308],
+    [1e308, -1e308, 1.0],
+    [1.0, 2.0**-53, 2.0**-53],
+    [1.0, 2.0**-53],
+    [1.0, 2.0**-53, 2.0**-106],
+    [1e16, 1.0, -1e16],
+    [MAX, -MAX, MAX],
+    [0.1] * 10,
+    [1e100, 1.0, -1e100, 1e-100],
+    [3.0, -(2.0**-1074), 2.0**-1074 * 7],
+]
+
+
+@pytest.mark.parametrize("values", EDGE_CASES)
+def test_the_vectorised_sum_is_fsum_on_edge_cases(values: list[float]) -> None:
+    got = numerics._vectorised_sum([np.array(values, dtype=np.float64)])
+    assert _bits(got) == _bits(math.fsum(values))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(finite, max_size=40), max_size=4))
+def test_the_vectorised_sum_is_fsum_on_any_finite_doubles(parts: list[list[float]]) -> None:
+    arrays = [np.array(p, dtype=np.float64) for p in parts]
+    try:
+        expected = math.fsum(x for p in parts for x in p)
+    except OverflowError:
+        return  # a partial sum overflowed in fsum: exact_sum then takes the vectorised path
+    assert _bits(numerics._vectorised_sum(arrays)) == _bits(expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=300),
+    st.integers(min_value=0, max_value=400),
+)
+def test_both_sides_of_the_small_sum_bound_give_the_same_bits(
+    values: list[float], bound: int
+) -> None:
+    squares = [np.square(np.array(values, dtype=np.float64))]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(numerics, "SMALL_SUM", bound)
+        got = exact_sum(squares)
+    assert _bits(got) == _bits(numerics._vectorised_sum(squares))
+
+
+def test_an_overflowing_partial_sum_in_fsum_goes_on_to_the_exact_total() -> None:
+    values = [MAX, MAX, -MAX]  # fsum: intermediate overflow; exactly, the sum is MAX
+    with pytest.raises(OverflowError):
+        math.fsum(values)
+    assert exact_sum([np.array(values)]) == MAX
+    with pytest.raises(OverflowError):
+        exact_sum([np.array([MAX, MAX])])

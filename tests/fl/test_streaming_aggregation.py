@@ -156,3 +156,36 @@ def test_a_lazy_update_is_read_one_tensor_at_a_time_a_pass(rule: str) -> None:
     most = passes.get(rule, 3) * len(shapes)
     assert all(u.loads <= most for u in lazy)
     assert held  # the sink was fed while reading, not after
+
+
+@pytest.mark.parametrize("rule", ALL_RULES)
+def test_the_bits_do_not_depend_on_torchs_thread_count(
+    rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine runs on one thread for speed only: with the switch off, any count agrees."""
+    import contextlib
+
+    from bcfl_cli.fl.aggregation import base as engine
+
+    monkeypatch.setattr(stream, "PART", 1 << 16)
+    monkeypatch.setattr(engine, "one_thread", contextlib.nullcontext)
+    g = torch.Generator().manual_seed(7)
+    shapes = {"big": (400, 500), "small": (3,)}  # large enough for torch to go parallel
+    state = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    updates = [
+        UpdateInput(
+            f"{i:064x}",
+            {k: torch.randn(s, generator=g) * 10.0 ** (i % 3) for k, s in shapes.items()},
+            1 + i,
+        )
+        for i in range(6)
+    ]
+    spec = AggregationSpec(rule=rule, krum_f=1, krum_m=3)
+    threads = torch.get_num_threads()
+    default = aggregate(spec, state, updates, initial_state=state).model_hash
+    try:
+        torch.set_num_threads(1)
+        single = aggregate(spec, state, updates, initial_state=state).model_hash
+    finally:
+        torch.set_num_threads(threads)
+    assert single == default

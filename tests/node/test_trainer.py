@@ -72,6 +72,20 @@ def test_attacker_update_is_rejected_by_the_contract(local: LocalNode) -> None:
     assert (validation.body["verdict"], validation.body["reason"]) == ("reject", "non_finite")
 
 
+def test_an_alie_attacker_writes_its_estimated_update(local: LocalNode) -> None:
+    """The attacks that rewrite a whole delta (ALIE trains estimates on the same lazily read
+    base model) still produce a stored, well-formed update (issue 19's streamed trainer)."""
+    from bcfl_cli.fl.tensors import decode_tensors
+
+    local.mine()
+    trainer = _trainer(local, "bob", attack=attack_by_name("alie"))
+    tx = asyncio.run(trainer.step())
+    assert tx is not None
+    delta = decode_tensors(local.node.blobs.get(tx.body["blob"]), max_bytes=1 << 24)
+    assert all(bool(torch.isfinite(v).all()) for v in delta.values())
+    assert len(local.node.blobs.get(tx.body["blob"])) == tx.body["blob_size"]
+
+
 def test_a_member_that_missed_a_round_trains_on_the_next(local: LocalNode) -> None:
     local.mine()  # round 1 opens; this trainer is "down"
     for name, index in (("bob", 2), ("carol", 3)):

@@ -16,7 +16,6 @@ n slices; any other ``Mapping`` costs n copies of the current tensor, loaded onc
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeGuard
@@ -48,24 +47,25 @@ def reads_slices(state: object) -> TypeGuard[SliceReader]:
     )
 
 
-_THREADS_LOCK = threading.RLock()
-
-
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Run torch's element-wise work on the calling thread alone, then restore the count.
+    """Run torch's element-wise work on one thread, then restore the caller's count.
 
     The values are the same with any thread count (element-wise IEEE operations; tested), but
-    a slice is small and memory-bound: waking a second thread for each operation cost 10x the
-    operation itself on a loaded 2-core machine (5 ms against 0.4 ms for 256k doubles).
+    a slice is small and memory-bound: waking a second thread for each operation cost 3-10x
+    the operation itself on a loaded 2-core machine. Like ``fl.training``, it changes nothing
+    when the count is already 1, so that two such blocks on two threads can only ever restore
+    the process's own setting.
     """
-    with _THREADS_LOCK:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
