@@ -40,7 +40,12 @@ import numpy as np
 import torch
 
 from bcfl_cli.errors import BcflError, BlobError, ContractError
-from bcfl_cli.fl.numerics import ExactSum
+from bcfl_cli.fl.numerics import (
+    SMALL_SUM,
+    ExactSum,
+    float32_squares_units,
+    from_units,
+)
 from bcfl_cli.fl.tensorfile import PIECE_ELEMENTS, FileSource, TensorFile, sha256_of
 from bcfl_cli.fl.tensors import ByteSource, BytesSource, check_safetensors_layout
 from bcfl_cli.protocol.spec import ContractRules, ModelSpec
@@ -271,11 +276,25 @@ def finite_l2_norm(
 ) -> tuple[str | None, float]:
     """The first tensor (by name) holding NaN or inf, else the exact L2 norm of all of them.
 
-    One pass, a piece at a time: the squares go to an ``ExactSum``, whose result does not
-    depend on how the values are grouped, so the norm is bit for bit ``l2_norm`` of the whole
-    state, and the pieces bound the memory (the exact sum's temporaries are a few times the
-    piece, not the update).
+    One pass, a piece at a time, and the pieces bound the memory (a few times a piece, not the
+    update). An all-float32 update (the default ``update_dtype``) sums its squares exactly
+    from the integer mantissas (``numerics.float32_squares_units``): the same total, the same
+    bits, ~0.7x the CPU, which a node catching up spends on every update it re-checks (up to
+    ``SMALL_SUM`` values the general path costs less). Other dtypes go to an ``ExactSum``,
+    whose result does not depend on how the values are grouped either: bit for bit
+    ``l2_norm`` of the whole state.
     """
+    layout = tensors.layout.values()
+    elements = sum(math.prod(shape) for _, shape in layout)
+    if elements > SMALL_SUM and all(dtype == "F32" for dtype, _ in layout):
+        units = 0
+        for name in tensors.names:
+            for piece in tensors.pieces(name, piece_elements):
+                values = piece.reshape(-1).numpy()
+                if not np.isfinite(values).all():
+                    return name, math.nan
+                units += float32_squares_units(values)
+        return None, math.sqrt(from_units(units))
     total = ExactSum()
     overflowed = False
     for name in tensors.names:

@@ -202,8 +202,59 @@ def _sum_of_squares_arrays(arrays: Iterable[np.ndarray]) -> float:
 
 
 def sum_of_squares(tensors: Iterable[torch.Tensor]) -> float:
-    """Exactly rounded sum of the squares of every element of ``tensors``."""
+    """Exactly rounded sum of the squares of every element of ``tensors``.
+
+    Finite float32 tensors of more than ``SMALL_SUM`` values take ``float32_squares_units``,
+    cheaper than widening and squaring in float64 first; the exact total is the same integer,
+    rounded the same way: the same bits.
+    """
+    tensors = list(tensors)
+    elements = sum(t.numel() for t in tensors)
+    if elements > SMALL_SUM and all(t.dtype == torch.float32 for t in tensors):
+        flats = [t.detach().to("cpu").contiguous().reshape(-1).numpy() for t in tensors]
+        if all(bool(np.isfinite(flat).all()) for flat in flats):
+            return from_units(sum(float32_squares_units(flat) for flat in flats))
     return _sum_of_squares_arrays(as_float64(t) for t in tensors)
+
+
+def float32_squares_units(values: np.ndarray) -> int:
+    """The sum of the squares of finite float32 ``values``, exactly, in 2**-1074 units (add
+    such totals in any grouping, then round once with ``from_units``): ~0.7x the CPU of
+    ``exact_sum`` over the float64 squares, for the same integer."""
+    flat = values.reshape(-1)
+    return sum(
+        _float32_squares_total(flat[start : start + CHUNK])
+        for start in range(0, flat.shape[0], CHUNK)
+    )
+
+
+def from_units(total: int) -> float:
+    """An exact total of 2**-1074 units, correctly rounded (round-half-even) to a double."""
+    return total / _UNIT if total else 0.0
+
+
+def _float32_squares_total(values: np.ndarray) -> int:
+    """Sum of the squares of finite float32 ``values`` (at most CHUNK), exactly, as an integer
+    number of 2**-1074 units: what ``_exact_total`` of their float64 squares returns.
+
+    A float32 is ``m * 2**(max(e, 1) - 150)`` with ``e`` its exponent field and ``m`` an
+    integer below 2**24, so its square is ``m*m`` (below 2**48, exact in int64) times
+    ``2**(2 * max(e, 1) - 300)``, at least 2**776 units. The ``m*m`` are binned by ``e`` in two
+    24-bit halves, whose per-bin sums (fewer than 2**26 values below 2**24) are exact in
+    float64, in any order.
+    """
+    bits = values.view(np.int32)
+    biased = (bits >> 23) & 0xFF  # the exponent field (the sign bit masked off)
+    mantissa = (bits & 0x7FFFFF).astype(np.int64)
+    mantissa |= (biased != 0).astype(np.int64) << 23  # the implicit bit of normal numbers
+    square = mantissa * mantissa
+    low = np.bincount(biased, weights=(square & 0xFFFFFF).astype(np.float64), minlength=256)
+    high = np.bincount(biased, weights=(square >> 24).astype(np.float64), minlength=256)
+    total = 0
+    for index in np.flatnonzero((low != 0) | (high != 0)).tolist():
+        units = (int(high[index]) << 24) + int(low[index])
+        total += units << (2 * max(index, 1) - 300 + 1074)
+    return total
 
 
 def l2_norm(state: Mapping[str, torch.Tensor]) -> float:

@@ -19,6 +19,10 @@ a height we already hold, a *different* block with a valid commit certificate, t
 conflicting blocks (a safety violation: more than a third of the power is Byzantine). The node
 then stops following anyone, writes both blocks to ``HOME/node/alarm.json`` as evidence, and
 reports the alarm in ``/v1/status`` and in its log, instead of choosing one.
+
+Each pass that appends blocks logs where its seconds went (``caught up``: ``PassTimes``), so that
+the transport (block pages and update blobs downloaded, hash-checked and on disk) can be told
+from the re-verification (every rule and FL deep check, on the worker thread).
 """
 
 from __future__ import annotations
@@ -29,20 +33,21 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from bcfl_cli.chain.checks import AppChecks, VerdictLike
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import EncodingError, NodeError, VerificationError
-from bcfl_cli.node.blob_service import BLOB_FETCH_TIMEOUT_S, BlobScope
+from bcfl_cli.node.blob_service import BLOB_FETCH_TIMEOUT_S, BlobScope, blob_owners
 from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.interfaces import BlobFetcher, BlobIndex, CommittingChain, Gossip, Worker
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.peers import PeerInfo
 from bcfl_cli.protocol.block import Block, CommitCertificate, ValidatorSet
-from bcfl_cli.protocol.tx import Transaction
+from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.wire.refusal import Refusal
 
 log = logging.getLogger("bcfl.node.sync")
@@ -62,6 +67,57 @@ CHECK_CACHE = 4_096
 PREFETCH_BLOBS = 4
 #: Verified blocks are appended at least this often while a page is being verified.
 APPEND_EVERY_S = 1.0
+
+
+@dataclass
+class PassTimes:
+    """Where one catch-up pass's seconds went (the figures of its ``caught up`` log line).
+
+    Transport and re-verification overlap (a page's blobs download while its blocks are
+    verified), so they do not add up to the pass: ``transport_s`` runs from the pass's start to
+    the moment its last block page or update blob was held, ``verify_s`` is the time spent in
+    ``ChainState.apply`` (every rule and FL deep check), ``blob_wait_s`` the time verification
+    stood waiting for a block's blobs, ``append_s`` the time spent appending.
+    """
+
+    started: float = field(default_factory=time.monotonic)
+    blocks: int = 0
+    pages: int = 0
+    blobs: int = 0
+    blob_bytes: int = 0
+    last_byte_at: float | None = None
+    verify_s: float = 0.0
+    blob_wait_s: float = 0.0
+    append_s: float = 0.0
+
+    def landed(self, now: float | None = None) -> None:
+        """A page or a blob of this pass is held now."""
+        self.last_byte_at = time.monotonic() if now is None else now
+
+    def fetched(self, blocks: list[Block], held: BlobIndex, scope: BlobScope) -> None:
+        """Count the blobs of ``blocks`` this node needs (``scope``) and does not hold yet."""
+        for block in blocks:
+            for digest, size in _claimed_sizes(block, scope).items():
+                if not held.has(digest):
+                    self.blobs += 1
+                    self.blob_bytes += size
+
+    @property
+    def transport_s(self) -> float:
+        return 0.0 if self.last_byte_at is None else self.last_byte_at - self.started
+
+    def fields(self) -> dict[str, Any]:
+        return fields(
+            blocks=self.blocks,
+            pages=self.pages,
+            blobs=self.blobs,
+            blob_bytes=self.blob_bytes,
+            seconds=round(time.monotonic() - self.started, 4),
+            transport_s=round(self.transport_s, 4),
+            verify_s=round(self.verify_s, 4),
+            blob_wait_s=round(self.blob_wait_s, 4),
+            append_s=round(self.append_s, 4),
+        )
 
 
 class CachingChecks:
@@ -171,6 +227,7 @@ class Syncer:
         self.clock = clock
         self._wake = asyncio.Event()
         self.blocks_synced = 0
+        self.last_pass: PassTimes | None = None
         self._consensus_commit_at = -math.inf
         self._last_pass_at = -math.inf
 
@@ -244,7 +301,8 @@ class Syncer:
         """One bounded catch-up pass: at most MAX_BLOCKS_PER_PASS blocks or MAX_PASS_S seconds."""
         chain = self.chain
         await self.refresh_peers()
-        started = time.monotonic()
+        times = PassTimes()
+        started = times.started
         applied = 0
         for peer in sorted(self.gossip.live(), key=lambda p: -(p.height or -1)):
             if peer.height is None:
@@ -257,12 +315,16 @@ class Syncer:
                 and applied < MAX_BLOCKS_PER_PASS
                 and time.monotonic() - started < MAX_PASS_S
             ):
-                got = await self._pull_from(peer)
+                got = await self._pull_from(peer, times)
                 if got == 0:
                     break
                 applied += got
+        if applied:
+            self.last_pass = times
+            log.info("caught up", extra=times.fields())
 
-    async def _pull_from(self, peer: PeerInfo) -> int:
+    async def _pull_from(self, peer: PeerInfo, times: PassTimes | None = None) -> int:
+        times = PassTimes() if times is None else times
         start = self.chain.state.height + 1
         try:
             data = await self.gossip.get(
@@ -275,10 +337,13 @@ class Syncer:
         except (Refusal, EncodingError, KeyError) as exc:
             peer.error = str(exc)
             return 0
+        times.pages += 1
+        times.landed()
         ahead = [b for b in blocks if b.height >= start]
-        prefetch = asyncio.create_task(self._prefetch_blobs(ahead), name="sync-prefetch")
+        times.fetched(ahead, self.blobs, self.scope)
+        prefetch = asyncio.create_task(self._prefetch_blobs(ahead, times), name="sync-prefetch")
         try:
-            return await self._verify_and_append(peer, start, blocks)
+            return await self._verify_and_append(peer, start, blocks, times)
         finally:
             prefetch.cancel()  # its downloads stop at their next piece (see _fetch_from)
             try:
@@ -288,30 +353,13 @@ class Syncer:
             except Exception:  # only a head start: the blocks' own fetches decide
                 log.debug("blob prefetch failed", exc_info=True)
 
-    async def _prefetch_blobs(self, blocks: list[Block]) -> None:
-        """Fetch the update blobs of ``blocks``, PREFETCH_BLOBS at a time, in block order.
+    async def _prefetch_blobs(self, blocks: list[Block], times: PassTimes | None = None) -> None:
+        """A head start on the blobs of ``blocks``: ``fetch_block_blobs`` (see there)."""
+        await fetch_block_blobs(self.fetcher, self.blobs, blocks, times, prefer=self.scope.prefer)
 
-        Only a head start: the verification loop asks for each block's blobs itself (and
-        waits on a download under way rather than starting another), so a failure here costs
-        nothing but the time.
-        """
-        owners: dict[str, str | tuple[str, ...]] = {}
-        for block in blocks:
-            owners.update(self.scope.prefer(block))
-        missing = [d for d in owners if not self.blobs.has(d)]
-        if not missing:
-            return
-        slots = asyncio.Semaphore(PREFETCH_BLOBS)
-
-        async def one(digest: str) -> None:
-            async with slots:
-                await self.fetcher.ensure_blobs(
-                    [digest], timeout_s=BLOB_FETCH_TIMEOUT_S, prefer={digest: owners[digest]}
-                )
-
-        await asyncio.gather(*(one(d) for d in missing))
-
-    async def _verify_and_append(self, peer: PeerInfo, start: int, blocks: list[Block]) -> int:
+    async def _verify_and_append(
+        self, peer: PeerInfo, start: int, blocks: list[Block], times: PassTimes
+    ) -> int:
         """Verify ``blocks`` in order, each on its predecessor's state; append them in runs."""
         chain = self.chain
         base = chain.state  # the state the pending blocks build on
@@ -329,9 +377,12 @@ class Syncer:
             batch, pending = pending, []
             if chain.state is not base:
                 return False  # consensus moved on meanwhile; the next pass resumes
+            began = time.monotonic()
             chain.accept_blocks(batch, source=peer.url)
+            times.append_s += time.monotonic() - began
             base = chain.state
             appended += len(batch)
+            times.blocks += len(batch)
             self.blocks_synced += len(batch)
             return True
 
@@ -345,16 +396,23 @@ class Syncer:
                 peer.error = f"served block {block.height} out of order"
                 break
             scope = self.scope
+            began = time.monotonic()
             fetched = await self.fetcher.ensure_blobs(
                 scope.blobs(block), prefer=scope.prefer(block)
             )
-            if not fetched or not scope.held(self.blobs, block):
+            held = fetched and scope.held(self.blobs, block)
+            waited = time.monotonic() - began
+            times.blob_wait_s += waited
+            if waited > 0.001 and held:
+                times.landed()  # this block's own fetch (or the prefetch's) just finished
+            if not held:
                 log.warning(
                     "cannot fetch the blobs of block %d yet; will retry",
                     block.height,
                     extra=fields(peer=peer.url),
                 )
                 break
+            began = time.monotonic()
             try:
                 new_state = await self.worker.run(
                     partial(state.apply, block, checks=scope.checks())
@@ -368,6 +426,8 @@ class Syncer:
                 )
                 peer.error = f"invalid block {block.height}: {exc.code}"
                 break
+            finally:
+                times.verify_s += time.monotonic() - began
             if chain.state is not base or chain.alarm is not None:
                 break  # consensus moved on meanwhile (or an alarm): the next pass resumes
             pending.append((block, new_state))
@@ -405,6 +465,56 @@ class Syncer:
             peer.error = f"bad block at {height}"
             return
         chain.raise_alarm(height, ours, theirs, source=peer.url)
+
+
+async def fetch_block_blobs(
+    fetcher: BlobFetcher,
+    held: BlobIndex,
+    blocks: list[Block],
+    times: PassTimes | None = None,
+    *,
+    prefer: Callable[[Block], Mapping[str, str | tuple[str, ...]]] | None = None,
+) -> None:
+    """Fetch the blobs of ``blocks`` that ``held`` lacks, PREFETCH_BLOBS at a time, in block
+    order, each from the nodes ``prefer`` names first (default: every update blob, from its
+    author's node; a node's ``BlobScope.prefer`` names what that node needs).
+
+    Only a head start: the verification loop asks for each block's blobs itself (and waits on
+    a download under way rather than starting another), so a failure here costs nothing but
+    the time. ``bench/sync_bench.py`` runs it alone to time the transport without verification.
+    """
+    owners: dict[str, str | tuple[str, ...]] = {}
+    for block in blocks:
+        owners.update(prefer(block) if prefer is not None else blob_owners(list(block.txs)))
+    missing = [d for d in owners if not held.has(d)]
+    if not missing:
+        return
+    slots = asyncio.Semaphore(PREFETCH_BLOBS)
+
+    async def one(digest: str) -> None:
+        async with slots:
+            got = await fetcher.ensure_blobs(
+                [digest], timeout_s=BLOB_FETCH_TIMEOUT_S, prefer={digest: owners[digest]}
+            )
+        if got and times is not None:
+            times.landed()
+
+    await asyncio.gather(*(one(d) for d in missing))
+
+
+def _claimed_sizes(block: Block, scope: BlobScope) -> dict[str, int]:
+    """The blobs ``block`` needs here (``scope``), with the size its transactions claim."""
+    if scope.verifies():
+        return {
+            tx.body["blob"]: int(tx.body["blob_size"])
+            for tx in block.txs
+            if tx.kind is TxKind.UPDATE
+        }
+    return {
+        tx.body["model"]: int(tx.body["model_size"])
+        for tx in block.txs
+        if tx.kind is TxKind.AGGREGATE
+    }
 
 
 def certificate_valid(chain: str, block: Block, validators: ValidatorSet) -> bool:

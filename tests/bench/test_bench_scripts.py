@@ -150,6 +150,24 @@ def test_raw_loopback_transfer_moves_every_byte():
     assert 0 < seconds < 30
 
 
+def test_the_split_of_a_catch_up_is_read_from_the_nodes_own_log_line(tmp_path):
+    import logging
+
+    from bcfl_cli.node.logging import TextFormatter
+    from bcfl_cli.node.sync import PassTimes
+
+    times = PassTimes(blocks=16, pages=1, blobs=20, blob_bytes=90_122_080, verify_s=4.5)
+    times.landed(times.started + 2.25)
+    record = logging.LogRecord("bcfl.node.sync", logging.INFO, __file__, 1, "caught up", (), None)
+    record.fields = times.fields()["fields"]
+    log = tmp_path / "stdout-1.log"
+    log.write_text(TextFormatter().format(record) + "\nnot a log line\n", encoding="utf-8")
+    (entry,) = sync_bench.caught_up(log)
+    assert (entry["blocks"], entry["blob_bytes"]) == ("16", "90122080")
+    assert float(entry["transport_s"]) == 2.25 and float(entry["verify_s"]) == 4.5
+    assert sync_bench.caught_up(None) == []
+
+
 def test_bench_consortium_file_is_a_valid_genesis_file(tmp_path):
     names = ["member-01", "member-02", "member-03", "member-04", "spare-01"]
     # real Ed25519 public keys: did:key refuses 32 arbitrary bytes that are not a prime-order point

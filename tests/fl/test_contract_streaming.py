@@ -8,6 +8,7 @@ import json
 import math
 import struct
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -95,6 +96,27 @@ def test_the_streamed_norm_is_the_whole_norm_to_the_bit(
     except OverflowError:
         streamed = (None, "OverflowError")
     assert streamed == _whole(state)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.lists(_values(torch.float32, True), min_size=0, max_size=40), min_size=1, max_size=3
+    ),
+    st.sampled_from([1, 3, 1 << 20]),
+)
+def test_a_float32_update_norm_is_fsum_of_its_squares(
+    tensors: list[list[float]], piece: int
+) -> None:
+    """The all-float32 path (integer mantissas) against the definition, not against l2_norm;
+    taken here for any size (it starts above ``SMALL_SUM`` values, where ``fsum`` costs more)."""
+    state = {f"t{i}": torch.tensor(v, dtype=torch.float32) for i, v in enumerate(tensors)}
+    file = TensorFile.of_bytes(encode_tensors(state), max_bytes=LIMIT)
+    with mock.patch.object(contract, "SMALL_SUM", -1):
+        name, norm = finite_l2_norm(file, piece_elements=piece)
+    values = [float(x) for t in state.values() for x in t.tolist()]
+    assert name is None
+    assert norm.hex() == math.sqrt(math.fsum(x * x for x in values)).hex()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

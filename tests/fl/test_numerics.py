@@ -113,6 +113,34 @@ def test_sum_of_squares_of_float32_is_fsum(values: list[float]) -> None:
     assert _bits(sum_of_squares([tensor])) == _bits(_reference_squares([flat]))
 
 
+def test_float32_squares_take_the_integer_path_with_the_same_bits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    edges = [0.0, -0.0, 1e-45, -1e-45, 1.1754942e-38, 1.1754944e-38, 3.4028235e38, -3.4028235e38]
+    gen = torch.Generator().manual_seed(3)
+    tensors = [torch.tensor(edges, dtype=torch.float32), torch.randn(5000, generator=gen) * 1e-3]
+    arrays = [t.double().numpy() for t in tensors]
+    widened = numerics._sum_of_squares_arrays
+
+    def refused(arrays: object) -> float:
+        raise AssertionError("finite float32 tensors should not be widened to float64")
+
+    monkeypatch.setattr(numerics, "_sum_of_squares_arrays", refused)
+    assert _bits(sum_of_squares(tensors)) == _bits(_reference_squares(arrays))
+    monkeypatch.setattr(numerics, "_sum_of_squares_arrays", widened)
+    # not finite, or not all float32: the float64 path, as before
+    for bad in (math.inf, -math.inf, math.nan):
+        odd = [torch.tensor([1.0, bad, 2.0], dtype=torch.float32)]
+        expected = _reference_squares([odd[0].double().numpy()])
+        if math.isnan(expected):
+            assert math.isnan(sum_of_squares(odd))
+        else:
+            assert _bits(sum_of_squares(odd)) == _bits(expected)
+    mixed = [tensors[1], tensors[1].double() * 3]
+    mixed_arrays = [t.double().numpy() for t in mixed]
+    assert _bits(sum_of_squares(mixed)) == _bits(_reference_squares(mixed_arrays))
+
+
 @pytest.mark.parametrize("scale", [1e-30, 1e-3, 1.0, 1e3, 1e30])
 def test_large_arrays_across_chunks_match_fsum(
     scale: float, monkeypatch: pytest.MonkeyPatch

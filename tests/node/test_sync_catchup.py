@@ -19,8 +19,9 @@ import pytest
 from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.node.blob_routes import blob_app
+from bcfl_cli.node.blob_service import BlobScope
 from bcfl_cli.node.peers import PeerInfo
-from bcfl_cli.node.sync import CachingChecks
+from bcfl_cli.node.sync import CachingChecks, PassTimes
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.verify.chain import verify_chain
 from tests.node._chain_fixture import Chain, key, make_chain
@@ -122,6 +123,37 @@ def test_fresh_node_catches_up_verifying_every_block(
     assert appends == [height]  # one page, one transaction
     assert verify_chain(node.ledger, deep=True, checks=FLChecks(node.blobs), workers=1).ok
     assert list((node.blobs.root / "tmp").iterdir()) == []
+
+
+def test_a_pass_reports_transport_apart_from_re_verification(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connect(fresh, served, monkeypatch)
+    node = fresh.node
+    updates = [tx for b in served.blocks for tx in b.txs if tx.kind == "update"]
+    asyncio.run(node.syncer.pass_once())
+    times = node.syncer.last_pass
+    assert times is not None
+    assert (times.blocks, times.pages, times.blobs) == (source.state.height, 1, len(updates))
+    assert times.blob_bytes == sum(int(tx.body["blob_size"]) for tx in updates)
+    assert times.transport_s > 0 and times.verify_s > 0
+    assert times.transport_s <= times.fields()["fields"]["seconds"]
+
+
+def test_a_pass_counts_the_blobs_its_scope_needs(served: Served) -> None:
+    """A verifying node counts every update blob; a trainer-only member the models alone."""
+
+    class Nothing:
+        def has(self, digest: str) -> bool:
+            return False
+
+    checks = CachingChecks(FLChecks(served.chain.blobs))
+    txs = [tx for b in served.blocks for tx in b.txs]
+    for verifies, kind, size in ((True, "update", "blob_size"), (False, "aggregate", "model_size")):
+        times = PassTimes()
+        times.fetched(served.blocks, Nothing(), BlobScope(checks, verifies=lambda v=verifies: v))
+        wanted = [int(tx.body[size]) for tx in txs if tx.kind == kind]
+        assert (times.blobs, times.blob_bytes) == (len(wanted), sum(wanted)) and wanted
 
 
 def _tamper(block: Block) -> Block:
