@@ -7,10 +7,9 @@ Usage::
 For each size (MB of float32 update) an update shaped like a transformer's (one embedding of a
 fifth of the parameters, then 768 x 3072 matrices and their biases) is written to a temporary
 file, a tensor at a time. Each mode then checks it in a fresh process, after a warm-up check of
-a small update (so imports are in the baseline), and reports the growth of the peak RSS
-(``ru_maxrss``) above that baseline. The default warm-up (1 MB) leaves the streamed check's
-fixed working set (the exact sum's temporaries for 2^20 values, ~70 MB) above the baseline; a
-warm-up of 8 MB puts it into the baseline, so what is left grows with the update alone:
+a small update (so imports and the streamed check's fixed working set, a few pieces of 65,536
+values, are in the baseline), and reports the growth of the peak RSS (``ru_maxrss``) above
+that baseline:
 
 - ``whole``: what ``FLChecks.check_update`` did before issue 19: ``blobs.get`` (the bytes),
   SHA-256, the layout check, ``decode_tensors`` (every tensor), the finite check, ``l2_norm``;

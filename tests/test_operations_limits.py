@@ -332,7 +332,7 @@ def _bindings() -> dict[str, list[str]]:
         "memory of the contract checking one update": [
             f"hashed {mib(tensorfile.HASH_CHUNK)} at a time",
             f"read {_n(tensorfile.PIECE_ELEMENTS)} at a time",
-            f"({mib(tensorfile.PIECE_ELEMENTS * 4)} of single-precision floats)",
+            f"({kib(tensorfile.PIECE_ELEMENTS * 4)} of single-precision floats)",
         ],
         "memory of an aggregate (proposer and every validator)": [
             f"hashed {mib(tensorfile.HASH_CHUNK)} at a time",

@@ -31,7 +31,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,7 @@ import torch
 from bcfl_cli.errors import BcflError, BlobError, ContractError
 from bcfl_cli.fl.numerics import (
     SMALL_SUM,
-    as_float64,
-    exact_sum,
+    ExactSum,
     float32_squares_units,
     from_units,
 )
@@ -206,15 +205,27 @@ def check_blob(
     else:
         source = BytesSource(blob)
     try:
-        verdict = _check_source(rules, layout, claim, source, named_by_hash=named_by_hash)
-        if isinstance(source, FileSource) and source.changed():
-            raise BlobError(
-                f"blob {claim.blob} changed on disk while it was checked",
-                hint="check it again; nothing but the blob store should write there",
-            )
+        try:
+            verdict = _check_source(rules, layout, claim, source, named_by_hash=named_by_hash)
+        except ContractError as exc:  # a short read while hashing: the file shrank
+            _refuse_a_changed_file(source, claim, exc)
+            raise
+        _refuse_a_changed_file(source, claim, None)
         return verdict
     finally:
         source.close()
+
+
+def _refuse_a_changed_file(
+    source: ByteSource, claim: UpdateClaim, cause: BaseException | None
+) -> None:
+    """A file that changed while it was read got a verdict on no fixed bytes: the node's
+    problem (a peer checked other bytes), so no verdict at all."""
+    if isinstance(source, FileSource) and source.changed():
+        raise BlobError(
+            f"blob {claim.blob} changed on disk while it was checked",
+            hint="check it again; nothing but the blob store should write there",
+        ) from cause
 
 
 def _check_source(
@@ -265,12 +276,13 @@ def finite_l2_norm(
 ) -> tuple[str | None, float]:
     """The first tensor (by name) holding NaN or inf, else the exact L2 norm of all of them.
 
-    One pass, a piece at a time: the squares go to ``exact_sum``, whose result does not depend
-    on how the values are grouped, so the norm is bit for bit ``l2_norm`` of the whole state.
-    An all-float32 update (the default ``update_dtype``) sums its squares exactly from the
-    integer mantissas instead (``numerics.float32_squares_units``): the same total, the same
+    One pass, a piece at a time, and the pieces bound the memory (a few times a piece, not the
+    update). An all-float32 update (the default ``update_dtype``) sums its squares exactly
+    from the integer mantissas (``numerics.float32_squares_units``): the same total, the same
     bits, ~0.7x the CPU, which a node catching up spends on every update it re-checks (up to
-    ``SMALL_SUM`` values, ``exact_sum``'s own ``fsum`` costs less).
+    ``SMALL_SUM`` values the general path costs less). Other dtypes go to an ``ExactSum``,
+    whose result does not depend on how the values are grouped either: bit for bit
+    ``l2_norm`` of the whole state.
     """
     layout = tensors.layout.values()
     elements = sum(math.prod(shape) for _, shape in layout)
@@ -283,28 +295,23 @@ def finite_l2_norm(
                     return name, math.nan
                 units += float32_squares_units(values)
         return None, math.sqrt(from_units(units))
-    non_finite: list[str] = []
-
-    def squares() -> Iterator[np.ndarray]:
-        for name in tensors.names:
-            for piece in tensors.pieces(name, piece_elements):
-                values = as_float64(piece)
-                if not np.isfinite(values).all():
-                    non_finite.append(name)
-                    return
-                with np.errstate(over="ignore"):  # float64 squares may overflow to inf: the
-                    squared = values * values  # sum is then inf, as ``l2_norm`` finds too
-                yield squared
-
-    try:
-        total = exact_sum(squares())
-    except OverflowError:  # float64 squares past the largest double; NaN still comes first
-        if non_finite:
-            return non_finite[0], math.nan
-        raise
-    if non_finite:
-        return non_finite[0], math.nan
-    return None, math.sqrt(total)
+    total = ExactSum()
+    overflowed = False
+    for name in tensors.names:
+        for values in tensors.float64_pieces(name, piece_elements):
+            if not np.isfinite(values).all():
+                return name, math.nan
+            with np.errstate(over="ignore"):
+                squares = values * values
+            huge = np.isinf(squares)  # a float64 value past 2^512 squares to inf
+            if huge.any():
+                overflowed = True
+                squares = squares[~huge]
+            total.add(squares)
+    # As ``l2_norm`` (``math.fsum``) has it: OverflowError when the finite squares alone pass
+    # the largest double, else inf when one square did; unreachable with float32 layouts.
+    finite = total.value()
+    return None, math.inf if overflowed else math.sqrt(finite)
 
 
 def _message(exc: ContractError) -> str:

@@ -3,11 +3,14 @@ tensors as the loader, only the header read up front, and a file changed under i
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import os
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -58,6 +61,10 @@ def test_a_file_reads_as_the_loader_reads_its_bytes(tmp_path: Path) -> None:
             assert all(p.numel() <= 2 for p in pieces)
             flat = torch.cat(pieces) if pieces else torch.empty(0, dtype=got.dtype)
             assert torch.equal(flat, whole[name].reshape(-1)), name
+            wide = list(file.float64_pieces(name, elements=2))
+            assert all(p.dtype == np.float64 and p.size <= 2 for p in wide)
+            joined = np.concatenate(wide) if wide else np.zeros(0)
+            assert np.array_equal(joined, whole[name].to(torch.float64).reshape(-1).numpy())
         with pytest.raises(KeyError):
             lazy["nope"]
         assert sha256_of(file.source) == hashlib.sha256(data).hexdigest()
@@ -170,3 +177,21 @@ def test_a_file_opens_exactly_when_the_loader_loads(data: bytes) -> None:
     assert set(lazy) == set(expected)
     for name, value in expected.items():
         assert torch.equal(lazy[name], value)
+
+
+def test_a_file_left_open_gives_its_descriptor_back(tmp_path: Path) -> None:
+    path = _file(tmp_path, encode_tensors({"a": torch.ones(4)}))
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        TensorFile.open(path, max_bytes=LIMIT).tensors()["a"]
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(ContractError, match="not a regular file"):
+        TensorFile.open(fifo, max_bytes=LIMIT)
+    with pytest.raises(ContractError, match="not a regular file"):
+        TensorFile.open(tmp_path, max_bytes=LIMIT)

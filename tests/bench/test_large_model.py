@@ -1,0 +1,64 @@
+"""bench/large_model.py's arithmetic: sizes, widths and the 1B row planned on paper."""
+
+from __future__ import annotations
+
+import pytest
+
+import bench.large_model as large
+from bcfl_cli.fl.models import parameter_count
+from bench.common import Report
+
+
+@pytest.mark.parametrize("text", ["1M", "10M", "25M", "110M", "1B"])
+def test_the_width_gives_the_asked_parameter_count(text: str) -> None:
+    params = large.parse_params(text)
+    count = large.mlp_parameters(large.width_for(params))
+    assert abs(count - params) / params < 0.001
+    assert large.label(params) == text
+
+
+@pytest.mark.parametrize("width", [1, 7, 963])
+def test_the_count_formula_is_the_model_s(width: int) -> None:
+    assert large.mlp_parameters(width) == parameter_count(large.mlp(width))
+
+
+def test_parse_params_reads_suffixes_and_plain_integers() -> None:
+    assert large.parse_params("2.5m") == 2_500_000
+    assert large.parse_params("4810") == 4810
+    assert large.parse_wide("25M:10") == (25_000_000, 10)
+
+
+def test_plan_on_paper_extrapolates_linearly_from_the_largest_rows() -> None:
+    report = Report("t", "t", {}, large.COLUMNS)
+    for params, seconds in ((10_000_000, 10.0), (20_000_000, 20.0)):
+        report.add(
+            params=large.label(params),
+            parameters=params,
+            members=4,
+            trainers=3,
+            result="ok",
+            **{
+                "round s": seconds,
+                "floor s": seconds / 2,
+                "validator x upd": 3.0,
+                "trainer x upd": 6.0,
+                "validator in MB/rnd": 3 * 4 * params / 1e6,
+                "trainer in MB/rnd": 2 * 4 * params / 1e6,
+            },
+        )
+    large.plan_on_paper(report, 1_000_000_000)
+    row = report.rows[-1]
+    assert row["params"] == "1B" and row["update MB"] == 4000.0
+    assert row["round s"] == pytest.approx(1000.0)
+    assert row["validator +MB"] == pytest.approx(12_000.0)
+    assert row["x floor"] == pytest.approx(2.0)
+    assert row["validator in MB/rnd"] == pytest.approx(12_000.0)
+    assert "planned" in row["result"]
+
+
+def test_a_node_status_field_reads_bytes_and_zero_once_gone() -> None:
+    import os
+
+    assert large.proc_status_kib(os.getpid(), "VmRSS") > 0
+    assert large.proc_status_kib(2**22 + 12345, "VmRSS") == 0
+    assert large.mem_available() > 0
