@@ -370,9 +370,10 @@ def with_update_dtype(layout: Layout, update_dtype: str) -> dict[str, tuple[str,
 
 @functools.lru_cache(maxsize=8)
 def _layout_for(spec_json: str) -> dict[str, tuple[str, tuple[int, ...]]]:
-    from bcfl_cli.fl.models import initial_state
+    from bcfl_cli.fl.models import initial_shapes
 
-    return layout_of(initial_state(ModelSpec.model_validate_json(spec_json)))
+    shapes = initial_shapes(ModelSpec.model_validate_json(spec_json))
+    return {name: ("F32", shape) for name, shape in shapes.items()}
 
 
 def layout_for(spec: ModelSpec, update_dtype: str = "float32") -> Layout:

@@ -90,6 +90,18 @@ def initial_state(spec: ModelSpec) -> dict[str, torch.Tensor]:
     }
 
 
+def initial_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """The initial state's names and shapes, without allocating a weight.
+
+    The model is built on torch's ``meta`` device (shapes, no storage): a validator needs the
+    layout an update must have, and building the weights for it once held the largest layer
+    twice (a 63 MB transient at a 16M-parameter MLP, issue 19's memory bound).
+    """
+    with torch.device("meta"):
+        model = nn.Sequential(_layers(spec))
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
 def initial_state_bytes(spec: ModelSpec) -> bytes:
     """Canonical safetensors bytes of the initial weights: the genesis ``initial_model`` blob."""
     return encode_tensors(initial_state(spec))
@@ -140,4 +152,4 @@ def _wrong_weights(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[
 
 def parameter_count(spec: ModelSpec) -> int:
     """Number of trainable scalars: sizes blobs and benchmark tables."""
-    return sum(t.numel() for t in initial_state(spec).values())
+    return sum(math.prod(shape) for shape in initial_shapes(spec).values())

@@ -9,6 +9,7 @@ import torch
 
 from bcfl_cli.errors import ContractError
 from bcfl_cli.fl import models
+from bcfl_cli.fl.models import initial_shapes, initial_state, parameter_count
 from bcfl_cli.fl.tensors import decode_tensors
 from bcfl_cli.protocol.spec import ModelSpec
 
@@ -70,3 +71,20 @@ def test_load_state_refuses_foreign_weights() -> None:
     with pytest.raises(ContractError, match="wrong_shape"):
         models.load_state(model, models.initial_state(SPECS[2]))
     models.load_state(model, models.initial_state(SPECS[0]))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ModelSpec(architecture="logreg", input_shape=[64], num_classes=3),
+        ModelSpec(architecture="mlp", input_shape=[64], num_classes=10, hidden=[32, 16]),
+        ModelSpec(architecture="cnn", input_shape=[1, 8, 8], num_classes=10),
+    ],
+)
+def test_the_shapes_without_weights_are_those_of_the_weights(spec: ModelSpec) -> None:
+    # the contract's expected layout comes from these (issue 19: building the weights to read
+    # their shapes held the largest layer twice in every validator)
+    state = initial_state(spec)
+    assert initial_shapes(spec) == {k: tuple(v.shape) for k, v in state.items()}
+    assert list(initial_shapes(spec)) == list(state)
+    assert parameter_count(spec) == sum(v.numel() for v in state.values())

@@ -36,12 +36,6 @@ def _rss(pid: int) -> int:
     return proc_status_kib(pid, "VmRSS")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 19: a validator holds more than 2x an update above idle (11.45x on 4a649b7, "
-    "2.25x with the streaming contract and aggregation, 2.15x with the streamed blob transport "
-    "on 7828ec1, 2026-12-05); remove this marker once it holds",
-)
 def test_a_validator_holds_less_than_two_updates_above_idle(tmp_path: Path) -> None:
     spec = mlp(width_for(UPDATE_PARAMS))
     update_bytes = 4 * parameter_count(spec)
@@ -87,6 +81,9 @@ def test_a_validator_holds_less_than_two_updates_above_idle(tmp_path: Path) -> N
     assert status["round"]["updates"], "the round closed without the update"
     above = peak - idle
     ratio = above / update_bytes
+    # in the CI log beside the durations: 11.45x on 4a649b7, 2.15x with every update streamed
+    # but the contract's expected layout built from the weights (issue 19)
+    print(f"validator peak {ratio:.2f}x the update above idle ({above / 1e6:.0f} MB)")
     assert ratio < VALIDATOR_BUDGET_X, (
         f"validator peak {peak / 1e6:.0f} MB, idle {idle / 1e6:.0f} MB: {above / 1e6:.0f} MB "
         f"above idle = {ratio:.2f}x the {update_bytes / 1e6:.0f} MB update "
