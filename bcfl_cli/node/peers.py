@@ -309,6 +309,22 @@ class Peers:
     async def get(self, peer: PeerInfo, path: str, **kw: Any) -> Any:
         return await self.request(peer, "GET", path, **kw)
 
+    async def identify(self, peer: PeerInfo, *, timeout_s: float = 10.0) -> str | None:
+        """The did a peer answers with (``GET /v1/status``), kept on ``peer``; None when it
+        does not answer. The sync loop learns it too, but maybe not yet: a trainer asks before
+        it decides whether that peer checks updates (and so needs the blob)."""
+        if peer.did is not None:
+            return peer.did
+        try:
+            status = await self.get(peer, "/v1/status", timeout_s=timeout_s)
+        except Refusal:
+            return None
+        me = status.get("me") if isinstance(status, dict) else None
+        did = me.get("did") if isinstance(me, dict) else None
+        if isinstance(did, str) and peer.did is None:
+            peer.did = did
+        return peer.did
+
     async def post(self, peer: PeerInfo, path: str, payload: Any, **kw: Any) -> Any:
         return await self.request(peer, "POST", path, body=canonical(payload), **kw)
 

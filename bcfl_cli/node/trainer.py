@@ -416,7 +416,14 @@ def peer_publisher(
 
     async def publish(tx: Transaction) -> frozenset[str]:
         digest = tx.body["blob"]
-        targets = [p for p in peers.live() if checks is None or checks(getattr(p, "did", None))]
+        live = peers.live()
+        identify = getattr(peers, "identify", None)
+        if checks is not None and identify is not None:
+            # a peer the sync loop has not reached yet: ask who it is, rather than send a
+            # whole update to a member that never reads it (one status request each)
+            unknown = [p for p in live if getattr(p, "did", None) is None]
+            await asyncio.gather(*(identify(p) for p in unknown), return_exceptions=True)
+        targets = [p for p in live if checks is None or checks(getattr(p, "did", None))]
         small = None
         if blobs.size(digest) <= MAX_INLINE_BLOB_BYTES:
             small = blobs.get(digest, max_bytes=MAX_INLINE_BLOB_BYTES)

@@ -305,3 +305,46 @@ def test_a_small_update_goes_with_its_blob_on_the_pooled_async_client(
             assert tx.hash not in other.node.mempool
     finally:
         other.close()
+
+
+def test_the_publisher_asks_a_peer_it_does_not_know_yet_before_pushing(
+    local: LocalNode, tmp_path: Path
+) -> None:
+    """A peer whose did the sync loop has not learnt yet is asked (one status request) before
+    the publisher decides: a member that only trains gets no update; one that does not answer
+    gets it, in case it checks updates (issue 19; a CI run saw a trainer push to such a peer)."""
+    from types import SimpleNamespace
+
+    from bcfl_cli.client.transport import SignedClient
+    from bcfl_cli.node.trainer import peer_publisher
+
+    other = LocalNode(tmp_path / "other")
+    try:
+        digest = local.node.blobs.put(b"update bytes" * 1000)
+        trainer_only = SimpleNamespace(url="http://eve", did=None)
+        silent = SimpleNamespace(url="http://silent", did=None)
+        pushed: list[str] = []
+        asked: list[str] = []
+
+        class Peers:
+            def live(self) -> list[object]:
+                return [trainer_only, silent]
+
+            async def identify(self, peer: SimpleNamespace) -> str | None:
+                asked.append(peer.url)
+                if peer is trainer_only:
+                    peer.did = "did:key:eve"
+                return peer.did  # type: ignore[no-any-return]
+
+            def blob_client(self, peer: SimpleNamespace) -> SignedClient:
+                pushed.append(peer.url)
+                return SignedClient(
+                    key("alice"), "http://testserver/v1", transport=other.transport, retries=0
+                )
+
+        publish = peer_publisher(Peers(), local.node.blobs, checks=lambda did: did != "did:key:eve")
+        asyncio.run(publish(_carrying(digest)))
+        assert sorted(asked) == ["http://eve", "http://silent"]
+        assert pushed == ["http://silent"]
+    finally:
+        other.close()
