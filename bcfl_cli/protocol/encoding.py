@@ -175,11 +175,11 @@ def _fast_value_type() -> Any:
     )
     value: Any = scalar
     for _ in range(_FAST_DEPTH):
-        value = scalar | list[value] | dict[str, value]  # type: ignore[valid-type]
+        value = scalar | list[value] | dict[str, value]
     return value
 
 
-_FAST_DECODER = msgspec.json.Decoder(_fast_value_type())
+_FAST_DECODER: msgspec.json.Decoder[Any] = msgspec.json.Decoder(_fast_value_type())
 #: For values of ASCII strings and keys, safe integers, booleans, null, arrays and objects,
 #: msgspec's compact output with keys sorted is RFC 8785: code point order is UTF-16 order
 #: for ASCII keys, integers print as themselves, and its escapes (``\"``, ``\\``, ``\b``
