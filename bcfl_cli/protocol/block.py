@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -204,43 +203,6 @@ def _vote_text(vote: Vote) -> bytes | None:
     return (_VOTE_TEMPLATE % values).encode("ascii")
 
 
-#: Decodes without hooks; what it yields is only trusted once a template reproduces the text.
-_PLAIN_DECODER = json.JSONDecoder()
-
-
-def _fast_text(data: str | bytes) -> str | None:
-    """``data`` as text when it may be a canonical certificate or header (bounded, ASCII)."""
-    if len(data) > MAX_JSON_BYTES:
-        return None
-    if isinstance(data, bytes):
-        return data.decode("ascii") if data.isascii() else None
-    return data if data.isascii() else None
-
-
-#: RFC 8785 of a header, keys in order, for fields that passed
-#: ``from_dict`` (hashes are hex, dids are canonical did:key, integers are checked safe);
-#: a property test pins it to ``canonical``.
-_HEADER_TEMPLATE = (
-    '{"config":"%s","height":%d,"prev":"%s","proposer":"%s","time":%d,"tx_root":"%s","v":'
-    + str(PROTOCOL_VERSION)
-    + ',"validators":"%s"}'
-)
-
-
-def _header_text(header: BlockHeader) -> str | None:
-    if not (_safe_int(header.height) and _safe_int(header.time) and _plain(header.proposer)):
-        return None
-    return _HEADER_TEMPLATE % (
-        header.config,
-        header.height,
-        header.prev,
-        header.proposer,
-        header.time,
-        header.tx_root,
-        header.validators,
-    )
-
-
 # --- commit certificates ------------------------------------------------------------------
 class _WireSignature(msgspec.Struct, forbid_unknown_fields=True):
     """A certificate's signature as stored, fields in RFC 8785 order."""
@@ -258,7 +220,23 @@ class _WireCommit(msgspec.Struct, forbid_unknown_fields=True):
     sigs: list[_WireSignature]
 
 
-_COMMIT_DECODER = msgspec.json.Decoder(_WireCommit)
+_COMMIT_DECODER: msgspec.json.Decoder[_WireCommit] = msgspec.json.Decoder(_WireCommit)
+
+
+class _WireHeader(msgspec.Struct, forbid_unknown_fields=True):
+    """A header as stored, fields in RFC 8785 order (the fast path of ``from_canonical``)."""
+
+    config: str
+    height: int
+    prev: str
+    proposer: str
+    time: int
+    tx_root: str
+    v: int
+    validators: str
+
+
+_HEADER_DECODER: msgspec.json.Decoder[_WireHeader] = msgspec.json.Decoder(_WireHeader)
 _WIRE_ENCODER = msgspec.json.Encoder()
 
 
@@ -419,16 +397,20 @@ class BlockHeader:
 
     @classmethod
     def from_canonical(cls, data: str | bytes) -> BlockHeader:
-        """A header from its canonical bytes (refusing any other spelling); the hash is theirs."""
+        """A header from its canonical bytes (refusing any other spelling); the hash is theirs.
+
+        Fast path as for certificates: msgspec decodes ASCII text into the header's exact
+        shape and encodes it back; the same bytes mean RFC 8785 text, and ``from_dict``'s
+        checks decide. Anything else is decided by ``parse_canonical`` and ``from_dict``.
+        """
         raw = data.encode("utf-8") if isinstance(data, str) else data
-        text = _fast_text(data)
         header = None
-        if text is not None:
+        if len(raw) <= MAX_JSON_BYTES and raw.isascii():
             try:
-                header = cls.from_dict(_PLAIN_DECODER.decode(text))
-            except (EncodingError, ValueError, RecursionError, TypeError, KeyError):
-                header = None
-            if header is not None and _header_text(header) != text:
+                wire = _HEADER_DECODER.decode(raw)
+                if _WIRE_ENCODER.encode(wire) == raw:
+                    header = cls.from_dict(msgspec.structs.asdict(wire))
+            except (msgspec.MsgspecError, EncodingError, ValueError, TypeError):
                 header = None
         if header is None:
             header = cls.from_dict(parse_canonical(data))
