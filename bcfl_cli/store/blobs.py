@@ -117,27 +117,43 @@ class BlobStore:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def adopt(self, part: Path, *, expected: str, max_bytes: int = DEFAULT_MAX_BLOB_BYTES) -> str:
+    def adopt(
+        self,
+        part: Path,
+        *,
+        expected: str,
+        max_bytes: int = DEFAULT_MAX_BLOB_BYTES,
+        digest_known: str | None = None,
+    ) -> str:
         """Move a finished partial file of this store (``tmp/``) into place, without copying it.
 
         The file is hashed in ``CHUNK`` pieces and fsynced first; it is kept only if it has at
         most ``max_bytes`` and hashes to ``expected``, and removed otherwise (BlobError). A
         multi-chunk upload or download of a 440 MB update is renamed, not written twice.
+
+        ``digest_known``: the SHA-256 the caller took of every byte as it wrote them to ``part``
+        (a download hashes while it streams). It is compared with ``expected`` in place of
+        reading the file again: one hash pass a blob instead of two (issue 21).
         """
         final = self.path_for(expected)  # validates the name before anything else
         if part.parent.resolve() != self._tmp.resolve():
             raise BlobError(f"{part} is not a partial file of this blob store")
         try:
-            hasher = hashlib.sha256()
-            size = 0
             with open(part, "r+b") as f:
-                while chunk := f.read(CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
+                if digest_known is None:
+                    hasher = hashlib.sha256()
+                    size = 0
+                    while chunk := f.read(CHUNK):
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise BlobError(f"blob larger than the limit of {max_bytes} bytes")
+                        hasher.update(chunk)
+                    digest = hasher.hexdigest()
+                else:
+                    if os.fstat(f.fileno()).st_size > max_bytes:
                         raise BlobError(f"blob larger than the limit of {max_bytes} bytes")
-                    hasher.update(chunk)
+                    digest = digest_known
                 os.fsync(f.fileno())
-            digest = hasher.hexdigest()
             if digest != expected:
                 raise BlobError(f"blob hash mismatch: expected {expected}, got {digest}")
             final.parent.mkdir(exist_ok=True)

@@ -159,6 +159,29 @@ def test_adopt_keeps_only_a_file_that_hashes_to_its_name(tmp_path: Path) -> None
     assert store.verify(digest) and store.path_for(digest).stat().st_ino == inode
 
 
+def test_adopt_with_a_known_digest_reads_nothing_but_still_checks_it(tmp_path: Path) -> None:
+    """A download that hashed while streaming hands its digest over: the file is not read
+    again, yet a digest other than the name, or a file over the cap, keeps nothing."""
+    store = BlobStore(tmp_path / "b")
+    data = _data(3 * CHUNK)
+    digest = hashlib.sha256(data).hexdigest()
+    wrong = store.root / "tmp" / "in-wrong"
+    wrong.write_bytes(data)
+    with pytest.raises(BlobError, match="mismatch"):
+        store.adopt(wrong, expected=digest, digest_known="0" * 64)
+    assert not wrong.exists() and not store.has(digest)
+    big = store.root / "tmp" / "in-big"
+    big.write_bytes(data)
+    with pytest.raises(BlobError, match="limit"):
+        store.adopt(big, expected=digest, max_bytes=len(data) - 1, digest_known=digest)
+    assert not big.exists() and not store.has(digest)
+    good = store.root / "tmp" / "in-good"
+    good.write_bytes(data)
+    inode = os.stat(good).st_ino
+    assert store.adopt(good, expected=digest, digest_known=digest) == digest
+    assert store.verify(digest) and store.path_for(digest).stat().st_ino == inode
+
+
 def test_the_quota_follows_the_model_not_the_cap() -> None:
     model = 440 * MiB
     assert default_quota(DEFAULT_MAX_BLOB_BYTES, model) == QUOTA_BLOBS * (model + QUOTA_SLACK_BYTES)
