@@ -114,13 +114,16 @@ class RawServer:
         self.thread.join(10)
 
 
-def raw_transfer(pages: list[bytes], blobs: list[bytes], repeats: int = 3) -> float:
-    """Median seconds to download every page and blob once over loopback."""
+def raw_transfer(pages: list[bytes], blobs: list[bytes], repeats: int = 3) -> tuple[float, float]:
+    """Median seconds to download every page and blob once over loopback (wall; and the CPU of
+    this process, server thread and client together)."""
     times = []
+    cpus = []
     with RawServer(pages, blobs) as server, httpx.Client(timeout=60.0) as client:
         base = f"http://127.0.0.1:{server.port}"
         for _ in range(repeats):
             start = time.perf_counter()
+            cpu = time.process_time()
             got = 0
             for i in range(len(pages)):
                 got += len(client.get(f"{base}/pages/{i}").content)
@@ -129,10 +132,11 @@ def raw_transfer(pages: list[bytes], blobs: list[bytes], repeats: int = 3) -> fl
                     for chunk in response.iter_bytes(1 << 20):
                         got += len(chunk)
             times.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - cpu)
             expected = sum(map(len, pages)) + sum(map(len, blobs))
             if got != expected:
                 raise RuntimeError(f"raw transfer got {got} bytes, expected {expected}")
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(cpus)
 
 
 # --- the node's transport alone -------------------------------------------------------------------
@@ -151,14 +155,21 @@ class SourcePeer:
         return SignedClient(self.key, peer.url + "/v1", retries=1, timeout=30.0)
 
 
-def node_transport(key: nacl.signing.SigningKey, url: str, height: int, root: Path) -> float:
-    """Seconds for the node's own fetch code to download every block page and update blob into
-    an empty blob store (signed requests, manifests, chunk and whole-blob hash checks, fsync),
-    with no verification: the transport part of a catch-up, measured alone."""
+def node_transport(
+    key: nacl.signing.SigningKey, url: str, height: int, root: Path, *, whole_first: bool = True
+) -> tuple[float, float]:
+    """Seconds (wall, and this process's CPU) for the node's own fetch code to download every
+    block page and update blob into an empty blob store (signed requests, the whole-blob hash
+    taken while streaming, fsync; with ``whole_first=False`` the path before issue 21: a
+    manifest, chunk hashes, and the whole file hashed again at adoption), with no verification:
+    the transport part of a catch-up, measured alone."""
     store = BlobStore(root)
-    fetcher = BlobService(SourcePeer(key, url), store, max_blob_bytes=lambda: 1 << 30)
+    fetcher = BlobService(
+        SourcePeer(key, url), store, max_blob_bytes=lambda: 1 << 30, whole_first=whole_first
+    )
     try:
         start = time.perf_counter()
+        cpu = time.process_time()
         blocks: list[Block] = []
         with SignedClient(key, url, retries=1, timeout=30.0) as client:
             for first in range(1, height + 1, BLOCKS_PER_REQUEST):
@@ -167,10 +178,11 @@ def node_transport(key: nacl.signing.SigningKey, url: str, height: int, root: Pa
                 blocks += [Block.from_dict(b) for b in page["blocks"]]
         asyncio.run(fetch_block_blobs(fetcher, store, blocks))
         seconds = time.perf_counter() - start
+        cpu = time.process_time() - cpu
         wanted = {tx.body["blob"] for b in blocks for tx in b.txs if tx.kind == "update"}
         if not all(store.has(d) for d in wanted):
             raise RuntimeError("the node's transport left update blobs behind")
-        return seconds
+        return seconds, cpu
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -254,15 +266,20 @@ def run(
             consortium.stop(fresh.name)
             log("the node's transport alone and the raw transfer, alternating ...", quiet=quiet)
             key = load_identity(fresh.home, PASSPHRASE.encode()).signing_key
-            raw_runs: list[float] = []
-            alone_runs: list[float] = []
+            raw_runs: list[tuple[float, float]] = []
+            alone_runs: list[tuple[float, float]] = []
+            before_runs: list[tuple[float, float]] = []
             for i in range(repeats):
                 raw_runs.append(raw_transfer(pages, blobs, repeats=1))
                 alone_runs.append(node_transport(key, source.url, height, root / f"alone-{i}"))
+                before_runs.append(
+                    node_transport(key, source.url, height, root / f"before-{i}", whole_first=False)
+                )
         assert first is not None
         t_first, h_first = first
-        raw_s = statistics.median(raw_runs)
-        alone_s = statistics.median(alone_runs)
+        raw_s = statistics.median(r[0] for r in raw_runs)
+        alone_s = statistics.median(r[0] for r in alone_runs)
+        before_s = statistics.median(r[0] for r in before_runs)
         # the part after the fresh node first answered (it may have synced some blocks before)
         pages_after = sum(map(len, pages)) * (height - h_first) / max(height, 1)
         blobs_after = sum(len(b) for b, h in zip(blobs, heights, strict=True) if h > h_first)
@@ -290,6 +307,7 @@ def run(
                 sum(float(p["verify_s"]) for p in passes),
             ),
             ("bcfl transport alone (the node's fetch code)", height, total_bytes, alone_s),
+            ("- the fetch path before issue 21 (manifest first)", height, total_bytes, before_s),
             ("raw loopback HTTP (uvicorn + httpx)", height, total_bytes, raw_s),
         ]
         for what, blocks, nbytes, seconds in rows:
@@ -310,9 +328,18 @@ def run(
             f"the fresh node first answered at height {h_first}, "
             f"{t_first - launched:.1f} s after launch",
             "x raw time = seconds / the raw transfer's seconds for the same bytes",
-            f"transport alone and raw: medians of {repeats} runs each, alternating "
-            f"(alone {', '.join(f'{x:.3f}' for x in alone_runs)} s; "
-            f"raw {', '.join(f'{x:.3f}' for x in raw_runs)} s)",
+            f"transport alone, the path before and raw: medians of {repeats} runs each, "
+            "alternating (wall s: "
+            f"alone {', '.join(f'{x:.3f}' for x, _ in alone_runs)}; "
+            f"before {', '.join(f'{x:.3f}' for x, _ in before_runs)}; "
+            f"raw {', '.join(f'{x:.3f}' for x, _ in raw_runs)})",
+            "CPU s of the bench process (the fetching client; raw: its client and server "
+            "thread), medians: "
+            f"alone {statistics.median(c for _, c in alone_runs):.3f}, "
+            f"before {statistics.median(c for _, c in before_runs):.3f}, "
+            f"raw {statistics.median(c for _, c in raw_runs):.3f}",
+            f"transport alone at {raw_s / alone_s:.2f} of raw (wall), "
+            f"the path before at {raw_s / before_s:.2f}",
             "transport and re-verification overlap (a page's blobs download while its blocks "
             "are verified) and are read from the fresh node's 'caught up' log lines: transport "
             "= a pass's start -> its last page or update blob held (chunk- and hash-checked, "
