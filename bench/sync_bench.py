@@ -26,8 +26,10 @@ transport's limit on this machine.
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -46,7 +48,7 @@ import httpx  # noqa: E402
 import nacl.signing  # noqa: E402
 
 from bcfl_cli.client.transport import SignedClient  # noqa: E402
-from bcfl_cli.demo.launcher import free_ports  # noqa: E402
+from bcfl_cli.demo.launcher import Member, free_ports  # noqa: E402
 from bcfl_cli.identity.keystore import load_identity  # noqa: E402
 from bcfl_cli.node.blob_service import BlobService  # noqa: E402
 from bcfl_cli.node.peers import PeerInfo  # noqa: E402
@@ -72,34 +74,39 @@ MB = 1e6
 
 
 # --- the raw transfer ----------------------------------------------------------------------------
+def raw_app(pages: list[bytes], blobs: list[bytes]) -> Any:
+    """A bare Starlette app serving the bytes from memory (pages whole, blobs streamed)."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response, StreamingResponse
+    from starlette.routing import Route
+
+    def page(request: Request) -> Response:
+        return Response(pages[int(request.path_params["i"])], media_type="application/json")
+
+    def blob(request: Request) -> StreamingResponse:
+        data = blobs[int(request.path_params["i"])]
+
+        def chunks() -> Any:
+            view = memoryview(data)
+            for start in range(0, len(data), 1 << 20):
+                yield bytes(view[start : start + (1 << 20)])
+
+        return StreamingResponse(chunks(), media_type="application/octet-stream")
+
+    return Starlette(routes=[Route("/pages/{i:int}", page), Route("/blobs/{i:int}", blob)])
+
+
 class RawServer:
-    """The same bytes behind a bare uvicorn + Starlette app (pages whole, blobs streamed)."""
+    """The same bytes behind a bare uvicorn + Starlette app, in a thread of this process."""
 
     def __init__(self, pages: list[bytes], blobs: list[bytes]) -> None:
         import uvicorn
-        from starlette.applications import Starlette
-        from starlette.requests import Request
-        from starlette.responses import Response, StreamingResponse
-        from starlette.routing import Route
 
-        def page(request: Request) -> Response:
-            return Response(pages[int(request.path_params["i"])], media_type="application/json")
-
-        def blob(request: Request) -> StreamingResponse:
-            data = blobs[int(request.path_params["i"])]
-
-            def chunks() -> Any:
-                view = memoryview(data)
-                for start in range(0, len(data), 1 << 20):
-                    yield bytes(view[start : start + (1 << 20)])
-
-            return StreamingResponse(chunks(), media_type="application/octet-stream")
-
-        app = Starlette(
-            routes=[Route("/pages/{i:int}", page), Route("/blobs/{i:int}", blob)],
-        )
         self.port = free_ports(1)[0]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(
+            raw_app(pages, blobs), host="127.0.0.1", port=self.port, log_level="warning"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -114,12 +121,71 @@ class RawServer:
         self.thread.join(10)
 
 
-def raw_transfer(pages: list[bytes], blobs: list[bytes], repeats: int = 3) -> tuple[float, float]:
+class RawServerProcess:
+    """The same bare app in a process of its own, as a serving node is: the client and the
+    server are scheduled apart, as in a real catch-up (the bytes are files it loads first)."""
+
+    def __init__(self, pages: list[bytes], blobs: list[bytes], root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        for i, data in enumerate(pages):
+            (root / f"page-{i}").write_bytes(data)
+        for i, data in enumerate(blobs):
+            (root / f"blob-{i}").write_bytes(data)
+        self.counts = (len(pages), len(blobs))
+        self.port = free_ports(1)[0]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> RawServerProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--raw-server", str(self.root), str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                httpx.get(f"http://127.0.0.1:{self.port}/pages/0", timeout=1.0)
+                return self
+            except httpx.TransportError:
+                time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError("the raw server process did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def serve_raw(root: Path, port: int) -> None:
+    """``--raw-server DIR PORT``: serve DIR's ``page-N`` and ``blob-N`` files from memory."""
+    import uvicorn
+
+    def load(kind: str) -> list[bytes]:
+        found = sorted(root.glob(f"{kind}-*"), key=lambda p: int(p.name.split("-")[1]))
+        return [p.read_bytes() for p in found]
+
+    app = raw_app(load("page"), load("blob"))
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def raw_transfer(
+    pages: list[bytes], blobs: list[bytes], repeats: int = 3, *, apart: Path | None = None
+) -> tuple[float, float]:
     """Median seconds to download every page and blob once over loopback (wall; and the CPU of
-    this process, server thread and client together)."""
+    this process: client and server thread together, or the client alone when the server runs
+    in a process of its own, ``apart``: a folder for its files)."""
     times = []
     cpus = []
-    with RawServer(pages, blobs) as server, httpx.Client(timeout=60.0) as client:
+    server_cm: RawServer | RawServerProcess = (
+        RawServer(pages, blobs) if apart is None else RawServerProcess(pages, blobs, apart)
+    )
+    with server_cm as server, httpx.Client(timeout=60.0) as client:
         base = f"http://127.0.0.1:{server.port}"
         for _ in range(repeats):
             start = time.perf_counter()
@@ -190,13 +256,15 @@ def node_transport(
 # --- the bench ------------------------------------------------------------------------------------
 def chain_bytes(
     consortium: BenchConsortium, height: int
-) -> tuple[list[bytes], list[bytes], list[int]]:
-    """What a fresh node must download: block pages, update blobs, and each blob's height."""
+) -> tuple[list[bytes], list[bytes], list[int], list[bytes]]:
+    """What a fresh node must download: block pages, update blobs, each blob's height, and the
+    models the aggregates commit to (what a member that only trains fetches instead)."""
     node = consortium.nodes[0]
     store = BlobStore(node.home.blob_dir)
     pages: list[bytes] = []
     blobs: list[bytes] = []
     heights: list[int] = []
+    models: list[bytes] = []
     with httpx.Client(timeout=30.0) as client:
         for start in range(1, height + 1, PAGE):
             limit = min(PAGE, height - start + 1)
@@ -208,7 +276,49 @@ def chain_bytes(
                     if tx["tx"]["kind"] == "update":
                         blobs.append(store.get(tx["tx"]["body"]["blob"], max_bytes=1 << 30))
                         heights.append(int(block["header"]["height"]))
-    return pages, blobs, heights
+                    if tx["tx"]["kind"] == "aggregate":
+                        models.append(store.get(tx["tx"]["body"]["model"], max_bytes=1 << 30))
+    return pages, blobs, heights, models
+
+
+def catch_up(
+    consortium: BenchConsortium,
+    fresh: Member,
+    source: Member,
+    height: int,
+    *,
+    verify: bool,
+    timeout: float,
+) -> tuple[float, tuple[float, int], float, list[dict[str, Any]]]:
+    """Start ``fresh`` with ``source`` as its only peer and wait until it holds ``height``
+    blocks: (launched, (first status answer, its height), done, its ``caught up`` lines).
+    ``verify``: started with ``--verify-updates`` (every update fetched and checked);
+    otherwise a member that only trains (models only, the quorum's verdicts)."""
+    launched = time.perf_counter()
+    extra = ["--verify-updates"] if verify else []
+    consortium.start(fresh.name, train=False, peers=[source.url], extra=extra)
+    first: tuple[float, int] | None = None
+    deadline = launched + timeout
+    while True:
+        now = time.perf_counter()
+        if now > deadline:
+            raise RuntimeError(f"the fresh node did not reach height {height}")
+        st = consortium.node_status(fresh)
+        if st is not None:
+            h = int(st["height"])
+            if first is None:
+                first = (now, h)
+            if h >= height:
+                break
+        time.sleep(0.02)
+    done = time.perf_counter()
+    passes = caught_up(fresh.log_path)
+    while not passes and time.perf_counter() < done + 10.0:  # the line follows the append
+        time.sleep(0.1)
+        passes = caught_up(fresh.log_path)
+    consortium.stop(fresh.name)
+    assert first is not None
+    return launched, first, done, passes
 
 
 def run(
@@ -223,7 +333,7 @@ def run(
     )
     root = Path(tempfile.mkdtemp(prefix="bcfl-bench-sync-"))
     try:
-        with BenchConsortium(root, spec, PLAN, 4, rounds, spare=1) as consortium:
+        with BenchConsortium(root, spec, PLAN, 4, rounds, spare=2) as consortium:
             log(f"4 nodes train {rounds} rounds ...", quiet=quiet)
             consortium.start_founders()
             consortium.watch_rounds(timeout=120.0 + 60.0 * rounds, quiet=quiet)
@@ -234,39 +344,29 @@ def run(
             status = consortium.node_status(source)
             assert status is not None
             height = int(status["height"])
-            pages, blobs, heights = chain_bytes(consortium, height)
+            pages, blobs, heights, models = chain_bytes(consortium, height)
             total_bytes = sum(map(len, pages)) + sum(map(len, blobs))
-            log(f"fresh node syncs {height} blocks, {total_bytes / MB:.1f} MB ...", quiet=quiet)
-            fresh = consortium.spares[0]
-            launched = time.perf_counter()
-            # a trainer-only member takes the quorum's verdicts and fetches models alone (issue
-            # 19); --verify-updates keeps what this bench measures: every update and deep check
-            consortium.start(
-                fresh.name, train=False, peers=[source.url], extra=["--verify-updates"]
+            model_bytes = sum(map(len, pages)) + sum(map(len, models))
+            log(
+                f"a verifying node syncs {height} blocks, {total_bytes / MB:.1f} MB ...",
+                quiet=quiet,
             )
-            first: tuple[float, int] | None = None
-            deadline = launched + timeout
-            while True:
-                now = time.perf_counter()
-                if now > deadline:
-                    raise RuntimeError(f"the fresh node did not reach height {height}")
-                st = consortium.node_status(fresh)
-                if st is not None:
-                    h = int(st["height"])
-                    if first is None:
-                        first = (now, h)
-                    if h >= height:
-                        break
-                time.sleep(0.02)
-            done = time.perf_counter()
-            passes = caught_up(fresh.log_path)
-            while not passes and time.perf_counter() < done + 10.0:  # the line follows the append
-                time.sleep(0.1)
-                passes = caught_up(fresh.log_path)
-            consortium.stop(fresh.name)
+            # --verify-updates: every update fetched and checked, every aggregate recomputed
+            launched, first, done, passes = catch_up(
+                consortium, consortium.spares[0], source, height, verify=True, timeout=timeout
+            )
+            log(
+                f"a trainer-only member syncs {height} blocks, {model_bytes / MB:.1f} MB ...",
+                quiet=quiet,
+            )
+            t_launched, t_first, t_done, t_passes = catch_up(
+                consortium, consortium.spares[1], source, height, verify=False, timeout=timeout
+            )
             log("the node's transport alone and the raw transfer, alternating ...", quiet=quiet)
-            key = load_identity(fresh.home, PASSPHRASE.encode()).signing_key
+            key = load_identity(consortium.spares[0].home, PASSPHRASE.encode()).signing_key
             raw_runs: list[tuple[float, float]] = []
+            apart_runs: list[tuple[float, float]] = []
+            raw_model_runs: list[tuple[float, float]] = []
             alone_runs: list[tuple[float, float]] = []
             before_runs: list[tuple[float, float]] = []
             for i in range(repeats):
@@ -275,25 +375,35 @@ def run(
                 before_runs.append(
                     node_transport(key, source.url, height, root / f"before-{i}", whole_first=False)
                 )
-        assert first is not None
-        t_first, h_first = first
+                raw_model_runs.append(raw_transfer(pages, models, repeats=1))
+                apart_runs.append(
+                    raw_transfer(pages, blobs, repeats=1, apart=root / f"raw-apart-{i}")
+                )
+        t_first_at, h_first = first
         raw_s = statistics.median(r[0] for r in raw_runs)
+        apart_s = statistics.median(r[0] for r in apart_runs)
+        raw_model_s = statistics.median(r[0] for r in raw_model_runs)
         alone_s = statistics.median(r[0] for r in alone_runs)
         before_s = statistics.median(r[0] for r in before_runs)
         # the part after the fresh node first answered (it may have synced some blocks before)
         pages_after = sum(map(len, pages)) * (height - h_first) / max(height, 1)
         blobs_after = sum(len(b) for b, h in zip(blobs, heights, strict=True) if h > h_first)
         bytes_after = pages_after + blobs_after
-        sync_s = done - t_first
+        sync_s = done - t_first_at
         whole_s = done - launched
         raw_per_byte = raw_s / total_bytes
         synced = sum(int(p["blocks"]) for p in passes)
         pass_bytes = sum(map(len, pages)) * synced / max(height, 1) + sum(
             int(p["blob_bytes"]) for p in passes
         )
+        t_synced = sum(int(p["blocks"]) for p in t_passes)
+        t_pass_bytes = sum(map(len, pages)) * t_synced / max(height, 1) + sum(
+            int(p["blob_bytes"]) for p in t_passes
+        )
+        t_sync_s = t_done - t_first[0]
         rows = [
-            ("bcfl sync (first answer -> head)", height - h_first, bytes_after, sync_s),
-            ("bcfl sync incl. process start", height, total_bytes, whole_s),
+            ("verifying node: sync (first answer -> head)", height - h_first, bytes_after, sync_s),
+            ("verifying node: sync incl. process start", height, total_bytes, whole_s),
             (
                 "- its transport (pages + blobs held)",
                 synced,
@@ -309,6 +419,7 @@ def run(
             ("bcfl transport alone (the node's fetch code)", height, total_bytes, alone_s),
             ("- the fetch path before issue 21 (manifest first)", height, total_bytes, before_s),
             ("raw loopback HTTP (uvicorn + httpx)", height, total_bytes, raw_s),
+            ("- raw, the server in a process of its own", height, total_bytes, apart_s),
         ]
         for what, blocks, nbytes, seconds in rows:
             report.add(
@@ -322,11 +433,57 @@ def run(
                     "x raw time": seconds / (raw_per_byte * nbytes) if nbytes else None,
                 },
             )
+        # a member that only trains: its bytes (pages + models) against their own raw transfer
+        raw_model_per_byte = raw_model_s / model_bytes
+        model_rows = [
+            (
+                "trainer-only member: sync (first answer -> head)",
+                height - t_first[1],
+                model_bytes * (height - t_first[1]) / max(height, 1),
+                t_sync_s,
+            ),
+            (
+                "trainer-only member: sync incl. process start",
+                height,
+                model_bytes,
+                t_done - t_launched,
+            ),
+            (
+                "- its transport (pages + models held)",
+                t_synced,
+                t_pass_bytes,
+                sum(float(p["transport_s"]) for p in t_passes),
+            ),
+            (
+                "- its rules (certificates, no deep checks)",
+                t_synced,
+                t_pass_bytes,
+                sum(float(p["verify_s"]) for p in t_passes),
+            ),
+            ("raw loopback HTTP of pages + models", height, model_bytes, raw_model_s),
+        ]
+        for what, blocks, nbytes, seconds in model_rows:
+            report.add(
+                what=what,
+                blocks=blocks,
+                MB=nbytes / MB,
+                seconds=seconds,
+                **{
+                    "blocks/s": blocks / seconds if seconds > 0 else None,
+                    "MB/s": nbytes / MB / seconds if seconds > 0 else None,
+                    "x raw time": seconds / (raw_model_per_byte * nbytes) if nbytes else None,
+                },
+            )
         report.notes += [
             f"{len(blobs)} update blobs ({sum(map(len, blobs)) / MB:.1f} MB) and "
             f"{len(pages)} block pages ({sum(map(len, pages)) / MB:.2f} MB)",
-            f"the fresh node first answered at height {h_first}, "
-            f"{t_first - launched:.1f} s after launch",
+            f"the verifying node first answered at height {h_first}, "
+            f"{t_first_at - launched:.1f} s after launch; the trainer-only member at height "
+            f"{t_first[1]}, {t_first[0] - t_launched:.1f} s after launch",
+            f"{len(models)} models ({sum(map(len, models)) / MB:.1f} MB) for the trainer-only "
+            "member, whose rows are against the raw transfer of its own bytes (pages + models; "
+            f"median of {repeats}, alternating with the others: "
+            f"{', '.join(f'{x:.3f}' for x, _ in raw_model_runs)} s)",
             "x raw time = seconds / the raw transfer's seconds for the same bytes",
             f"transport alone, the path before and raw: medians of {repeats} runs each, "
             "alternating (wall s: "
@@ -339,13 +496,16 @@ def run(
             f"before {statistics.median(c for _, c in before_runs):.3f}, "
             f"raw {statistics.median(c for _, c in raw_runs):.3f}",
             f"transport alone at {raw_s / alone_s:.2f} of raw (wall), "
-            f"the path before at {raw_s / before_s:.2f}",
+            f"the path before at {raw_s / before_s:.2f}; against the raw server in a process "
+            f"of its own ({', '.join(f'{x:.3f}' for x, _ in apart_runs)} s; client CPU "
+            f"{statistics.median(c for _, c in apart_runs):.3f} s): alone at "
+            f"{apart_s / alone_s:.2f}, before at {apart_s / before_s:.2f}",
             "transport and re-verification overlap (a page's blobs download while its blocks "
             "are verified) and are read from the fresh node's 'caught up' log lines: transport "
             "= a pass's start -> its last page or update blob held (chunk- and hash-checked, "
             "fsynced); re-verification = time in ChainState.apply (every rule, contract "
             "verdicts and aggregates recomputed)",
-            f"catch-up passes: {len(passes)}; verification waited on blobs "
+            f"verifying node's catch-up passes: {len(passes)}; verification waited on blobs "
             f"{sum(float(p['blob_wait_s']) for p in passes):.3f} s; appends took "
             f"{sum(float(p['append_s']) for p in passes):.3f} s",
         ]
@@ -365,7 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", choices=list(MODELS), default="1m")
+    parser.add_argument("--raw-server", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.raw_server:
+        serve_raw(Path(args.raw_server[0]), int(args.raw_server[1]))
+        return 0
     rounds = min(args.rounds, 1) if args.quick else args.rounds
     report = run(rounds, args.model, quiet=args.json, repeats=1 if args.quick else 5)
     emit(report, as_json=args.json)

@@ -150,6 +150,19 @@ def test_raw_loopback_transfer_moves_every_byte():
     assert 0 < seconds < 30 and cpu >= 0
 
 
+def test_raw_loopback_transfer_from_a_server_process_of_its_own_moves_every_byte(tmp_path):
+    pages = [b'{"blocks":[]}' * 10, b"[]"]
+    blobs = [bytes(range(256)) * 4096, b"x" * 10]
+    seconds, cpu = sync_bench.raw_transfer(pages, blobs, repeats=1, apart=tmp_path / "raw")
+    assert 0 < seconds < 30 and cpu >= 0
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
+        "blob-0",
+        "blob-1",
+        "page-0",
+        "page-1",
+    ]
+
+
 def test_the_split_of_a_catch_up_is_read_from_the_nodes_own_log_line(tmp_path):
     import logging
 
