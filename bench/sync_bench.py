@@ -321,8 +321,28 @@ def catch_up(
     return launched, first, done, passes
 
 
+def code_at(rev: str, into: Path) -> Path:
+    """This repository's ``bcfl_cli`` at ``rev`` (``git archive``), for a node started with
+    that code (``--before``): the pair of a change, measured in one run."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", rev, "bcfl_cli", "migrations"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 def run(
-    rounds: int, model: str, *, quiet: bool = False, timeout: float = 600.0, repeats: int = 5
+    rounds: int,
+    model: str,
+    *,
+    quiet: bool = False,
+    timeout: float = 600.0,
+    repeats: int = 5,
+    before: str | None = None,
+    pairs: int = 2,
 ) -> Report:
     spec = MODELS[model]
     report = Report(
@@ -333,7 +353,8 @@ def run(
     )
     root = Path(tempfile.mkdtemp(prefix="bcfl-bench-sync-"))
     try:
-        with BenchConsortium(root, spec, PLAN, 4, rounds, spare=2) as consortium:
+        spares = 2 + (2 * pairs if before else 0)
+        with BenchConsortium(root, spec, PLAN, 4, rounds, spare=spares) as consortium:
             log(f"4 nodes train {rounds} rounds ...", quiet=quiet)
             consortium.start_founders()
             consortium.watch_rounds(timeout=120.0 + 60.0 * rounds, quiet=quiet)
@@ -362,6 +383,24 @@ def run(
             t_launched, t_first, t_done, t_passes = catch_up(
                 consortium, consortium.spares[1], source, height, verify=False, timeout=timeout
             )
+            paired: dict[str, list[float]] = {"this code": [], f"at {before}": []}
+            if before:
+                old_code = code_at(before, root / "before-code")
+                for i in range(pairs):
+                    for arm, fresh in (
+                        ("this code", consortium.spares[2 + 2 * i]),
+                        (f"at {before}", consortium.spares[3 + 2 * i]),
+                    ):
+                        log(f"a verifying node, {arm}, pair {i + 1} ...", quiet=quiet)
+                        if arm != "this code":
+                            consortium.extra_env["PYTHONPATH"] = str(old_code)
+                        try:
+                            _, (at, _h), end, _ = catch_up(
+                                consortium, fresh, source, height, verify=True, timeout=timeout
+                            )
+                        finally:
+                            consortium.extra_env.pop("PYTHONPATH", None)
+                        paired[arm].append(end - at)
             log("the node's transport alone and the raw transfer, alternating ...", quiet=quiet)
             key = load_identity(consortium.spares[0].home, PASSPHRASE.encode()).signing_key
             raw_runs: list[tuple[float, float]] = []
@@ -505,6 +544,16 @@ def run(
             "= a pass's start -> its last page or update blob held (chunk- and hash-checked, "
             "fsynced); re-verification = time in ChainState.apply (every rule, contract "
             "verdicts and aggregates recomputed)",
+            *(
+                [
+                    "verifying node, first answer -> head, pairs in one run, alternating: "
+                    + "; ".join(
+                        f"{arm} {', '.join(f'{x:.3f}' for x in xs)} s" for arm, xs in paired.items()
+                    )
+                ]
+                if before
+                else []
+            ),
             f"verifying node's catch-up passes: {len(passes)}; verification waited on blobs "
             f"{sum(float(p['blob_wait_s']) for p in passes):.3f} s; appends took "
             f"{sum(float(p['append_s']) for p in passes):.3f} s",
@@ -525,13 +574,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser(__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", choices=list(MODELS), default="1m")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also catch up verifying nodes running bcfl_cli at REV, alternating with this code",
+    )
+    parser.add_argument("--pairs", type=int, default=2, help="pairs for --before")
     parser.add_argument("--raw-server", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.raw_server:
         serve_raw(Path(args.raw_server[0]), int(args.raw_server[1]))
         return 0
     rounds = min(args.rounds, 1) if args.quick else args.rounds
-    report = run(rounds, args.model, quiet=args.json, repeats=1 if args.quick else 5)
+    report = run(
+        rounds,
+        args.model,
+        quiet=args.json,
+        repeats=1 if args.quick else 5,
+        before=args.before,
+        pairs=args.pairs,
+    )
     emit(report, as_json=args.json)
     return 0
 

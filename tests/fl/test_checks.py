@@ -324,3 +324,72 @@ def test_only_an_aggregate_kept_as_a_blob_is_synced(
     checks.check_aggregate(c.state, agg)
     assert c.blobs.has(agg.body["model"]) is keep
     assert len(synced) == (1 if keep else 0)
+
+
+def test_a_blob_checked_ahead_gives_the_same_verdicts_and_is_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node catching up checks each update's blob as it lands (``check_update_ahead``); the
+    rules then find the blob's verdict, and still run the context checks themselves."""
+    import bcfl_cli.fl.checks as fl_checks
+
+    c = Chain(tmp_path)
+    c.open_round()
+    good, bad = c.update("bob", delta(0.01)), c.update("dave", delta(2.0))
+    expected = {u.hash: FLChecks(c.blobs).check_update(c.state, u) for u in (good, bad)}
+    calls: list[str] = []
+    real = fl_checks.check_update_blob
+
+    def counting(*a: Any, **k: Any) -> Any:
+        calls.append(a[2].blob)
+        return real(*a, **k)
+
+    monkeypatch.setattr(fl_checks, "check_update_blob", counting)
+    for u in (good, bad):
+        c.checks.check_update_ahead(c.state.config, u)
+    assert sorted(calls) == sorted([good.body["blob"], bad.body["blob"]])
+    for u in (good, bad):
+        assert c.checks.check_update(c.state, u) == expected[u.hash]
+    assert len(calls) == 2  # found, not read again
+    # the context still decides: an update from a non-trainer is refused whatever its blob
+    stranger = c.tx("bob", TxKind.UPDATE, dict(good.body, round=c.state.round.number + 5))
+    assert not c.checks.check_update(c.state, stranger).accept
+    # a missing blob is not remembered: once it lands it is checked
+    later = c.update("carol", delta(0.02), store=False)
+    c.checks.check_update_ahead(c.state.config, later)
+    assert c.checks.check_update(c.state, later).reason == "blob_missing"
+    c.blobs.put(encode_tensors(delta(0.02)))
+    assert c.checks.check_update(c.state, later).accept
+
+
+def test_two_threads_asking_for_one_blob_check_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import bcfl_cli.fl.checks as fl_checks
+
+    c = Chain(tmp_path)
+    c.open_round()
+    u = c.update("bob", delta(0.01))
+    started, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+    real = fl_checks.check_update_blob
+
+    def slow(*a: Any, **k: Any) -> Any:
+        calls.append(a[2].blob)
+        started.set()
+        assert release.wait(10)
+        return real(*a, **k)
+
+    monkeypatch.setattr(fl_checks, "check_update_blob", slow)
+    ahead = threading.Thread(target=c.checks.check_update_ahead, args=(c.state.config, u))
+    ahead.start()
+    assert started.wait(10)
+    answers: list[Any] = []
+    rules = threading.Thread(target=lambda: answers.append(c.checks.check_update(c.state, u)))
+    rules.start()
+    release.set()
+    ahead.join(10)
+    rules.join(10)
+    assert len(calls) == 1 and answers[0].accept
