@@ -27,6 +27,7 @@ transport's limit on this machine.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import shutil
 import statistics
 import subprocess
@@ -203,6 +204,23 @@ def raw_transfer(
             if got != expected:
                 raise RuntimeError(f"raw transfer got {got} bytes, expected {expected}")
     return statistics.median(times), statistics.median(cpus)
+
+
+def bare_client_on_node(url: str, height: int, digests: list[str]) -> tuple[float, float]:
+    """Seconds (wall, client CPU) for a bare httpx client (no signature, no checks, nothing
+    written) to download the pages and update blobs from the serving node's own routes: what
+    the node's serving side costs, apart from the fetching side."""
+    start = time.perf_counter()
+    cpu = time.process_time()
+    with httpx.Client(timeout=60.0) as client:
+        for first in range(1, height + 1, BLOCKS_PER_REQUEST):
+            limit = min(BLOCKS_PER_REQUEST, height - first + 1)
+            client.get(f"{url}/v1/blocks", params={"start": first, "limit": limit})
+        for digest in digests:
+            with client.stream("GET", f"{url}/v1/blobs/{digest}") as response:
+                for _ in response.iter_bytes(1 << 20):
+                    pass
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 # --- the node's transport alone -------------------------------------------------------------------
@@ -408,6 +426,8 @@ def run(
             raw_model_runs: list[tuple[float, float]] = []
             alone_runs: list[tuple[float, float]] = []
             before_runs: list[tuple[float, float]] = []
+            bare_runs: list[tuple[float, float]] = []
+            digests = [hashlib.sha256(b).hexdigest() for b in blobs]
             for i in range(repeats):
                 raw_runs.append(raw_transfer(pages, blobs, repeats=1))
                 alone_runs.append(node_transport(key, source.url, height, root / f"alone-{i}"))
@@ -418,9 +438,11 @@ def run(
                 apart_runs.append(
                     raw_transfer(pages, blobs, repeats=1, apart=root / f"raw-apart-{i}")
                 )
+                bare_runs.append(bare_client_on_node(source.url, height, digests))
         t_first_at, h_first = first
         raw_s = statistics.median(r[0] for r in raw_runs)
         apart_s = statistics.median(r[0] for r in apart_runs)
+        bare_s = statistics.median(r[0] for r in bare_runs)
         raw_model_s = statistics.median(r[0] for r in raw_model_runs)
         alone_s = statistics.median(r[0] for r in alone_runs)
         before_s = statistics.median(r[0] for r in before_runs)
@@ -459,6 +481,7 @@ def run(
             ("- the fetch path before issue 21 (manifest first)", height, total_bytes, before_s),
             ("raw loopback HTTP (uvicorn + httpx)", height, total_bytes, raw_s),
             ("- raw, the server in a process of its own", height, total_bytes, apart_s),
+            ("- a bare httpx client on the serving node's routes", height, total_bytes, bare_s),
         ]
         for what, blocks, nbytes, seconds in rows:
             report.add(
@@ -539,6 +562,9 @@ def run(
             f"of its own ({', '.join(f'{x:.3f}' for x, _ in apart_runs)} s; client CPU "
             f"{statistics.median(c for _, c in apart_runs):.3f} s): alone at "
             f"{apart_s / alone_s:.2f}, before at {apart_s / before_s:.2f}",
+            "a bare httpx client on the serving node's routes (the node's serving side "
+            f"alone): {', '.join(f'{x:.3f}' for x, _ in bare_runs)} s, client CPU "
+            f"{statistics.median(c for _, c in bare_runs):.3f} s",
             "transport and re-verification overlap (a page's blobs download while its blocks "
             "are verified) and are read from the fresh node's 'caught up' log lines: transport "
             "= a pass's start -> its last page or update blob held (chunk- and hash-checked, "
