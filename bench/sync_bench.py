@@ -580,9 +580,14 @@ def run(
                 if before
                 else []
             ),
+            f"trainer-only member's catch-up passes: {len(t_passes)}; its rules waited on "
+            f"models {sum(float(p['blob_wait_s']) for p in t_passes):.3f} s; appends took "
+            f"{sum(float(p['append_s']) for p in t_passes):.3f} s; the pass took "
+            f"{sum(float(p['seconds']) for p in t_passes):.3f} s",
             f"verifying node's catch-up passes: {len(passes)}; verification waited on blobs "
             f"{sum(float(p['blob_wait_s']) for p in passes):.3f} s; appends took "
-            f"{sum(float(p['append_s']) for p in passes):.3f} s",
+            f"{sum(float(p['append_s']) for p in passes):.3f} s; the pass took "
+            f"{sum(float(p['seconds']) for p in passes):.3f} s",
         ]
     finally:
         shutil.rmtree(root, ignore_errors=True)
