@@ -2,26 +2,40 @@
 
 Usage::
 
-    .venv/bin/python bench/sync_bench.py [--rounds 5] [--model 1m|digits] [--json]
+    .venv/bin/python bench/sync_bench.py [--rounds 5] [--model 1m|digits] [--before REV] [--json]
 
 Four nodes train R rounds of the 1.13M-parameter MLP (every update is a 4.5 MB blob). Then all
-but one stop, so the chain stands still, and a fresh node (a founder's home holding only the
-genesis, trainer without voting power, started with ``--verify-updates``) starts with that one
-node as its only peer and catches up: it pulls the blocks 100 at a time, fetches every update
-blob in hash-checked chunks, re-applies every rule with the FL deep checks (contract verdicts
-and aggregates recomputed), and appends. Its rate is measured from its first status answer to
-the head, and split, from the node's own ``caught up`` log line, into its transport (pages and
-blobs held) and its re-verification (time in ``ChainState.apply``), which overlap.
+but one stop, so the chain stands still, and fresh nodes (founders' homes holding only the
+genesis, trainers without voting power) start with that one node as their only peer and catch
+up, one after the other:
+
+- a *verifying* node (``--verify-updates``): it pulls the blocks 100 at a time, fetches every
+  update blob, re-applies every rule with the FL deep checks (contract verdicts and aggregates
+  recomputed), and appends;
+- a *trainer-only* member (the default for a member that does not validate, ``BlobScope``): it
+  fetches each round's model alone, checked against the committed hash and size, and takes the
+  quorum's certified verdicts.
+
+Each rate is measured from the node's first status answer to the head, and split, from its own
+``caught up`` log line, into its transport (pages and blobs held) and its rules (time in
+``ChainState.apply``), which overlap. Each is set against the raw transfer of its own bytes.
 
 The node's transport is also timed alone: its own fetch code (``sync.fetch_block_blobs`` over a
-``BlobService``: signed requests, manifests, chunk and whole-blob hash checks, fsync) downloads
-the same pages and blobs into an empty store, with nothing verified, alternating with the raw
-transfer below (medians of five runs each).
+``BlobService``: signed requests, each blob whole in one request hashed as it streams, fsync)
+downloads the same pages and update blobs into an empty store, with nothing verified,
+alternating (medians of five runs each) with the fetch path before issue 21 (a manifest first,
+chunk hashes, the whole file hashed again at adoption), with a bare httpx client on the serving
+node's own routes (the serving side alone), and with the raw transfer below.
 
 The baseline, measured in the same run: the very same bytes (the block pages the node serves
 and the update blobs) served by a bare Starlette app on uvicorn and downloaded with one reused
 httpx client, streaming, in the same order, with no hashing, checks or disk writes: the
-transport's limit on this machine.
+transport's limit on this machine; the app runs in a thread of the bench and, as a second arm,
+in a process of its own (as a serving node is).
+
+``--before REV`` also catches up verifying nodes running ``bcfl_cli`` as of REV (``git
+archive``), alternating with this code, ``--pairs`` times: a change's before/after, end to end,
+in one run.
 """
 
 from __future__ import annotations
