@@ -416,6 +416,7 @@ def run(
                 consortium, consortium.spares[1], source, height, verify=False, timeout=timeout
             )
             paired: dict[str, list[float]] = {"this code": [], f"at {before}": []}
+            split: dict[str, list[tuple[float, ...]]] = {arm: [] for arm in paired}
             if before:
                 old_code = code_at(before, root / "before-code")
                 for i in range(pairs):
@@ -427,12 +428,18 @@ def run(
                         if arm != "this code":
                             consortium.extra_env["PYTHONPATH"] = str(old_code)
                         try:
-                            _, (at, _h), end, _ = catch_up(
+                            _, (at, _h), end, lines = catch_up(
                                 consortium, fresh, source, height, verify=True, timeout=timeout
                             )
                         finally:
                             consortium.extra_env.pop("PYTHONPATH", None)
                         paired[arm].append(end - at)
+                        split[arm].append(
+                            tuple(
+                                sum(float(p[k]) for p in lines)
+                                for k in ("seconds", "transport_s", "verify_s", "blob_wait_s")
+                            )
+                        )
             log("the node's transport alone and the raw transfer, alternating ...", quiet=quiet)
             key = load_identity(consortium.spares[0].home, PASSPHRASE.encode()).signing_key
             raw_runs: list[tuple[float, float]] = []
@@ -589,7 +596,13 @@ def run(
                     "verifying node, first answer -> head, pairs in one run, alternating: "
                     + "; ".join(
                         f"{arm} {', '.join(f'{x:.3f}' for x in xs)} s" for arm, xs in paired.items()
-                    )
+                    ),
+                    "the same pairs' catch-up passes (pass / transport / re-verification / "
+                    "waiting on blobs, s): "
+                    + "; ".join(
+                        f"{arm} " + ", ".join(" / ".join(f"{x:.2f}" for x in one) for one in runs)
+                        for arm, runs in split.items()
+                    ),
                 ]
                 if before
                 else []
