@@ -55,7 +55,6 @@ from bcfl_cli.node import (
     server,
     traffic,
 )
-from bcfl_cli.node import sync as node_sync
 from bcfl_cli.node import tls as node_tls
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, spec, tx, txbodies
@@ -340,10 +339,6 @@ def _bindings() -> dict[str, list[str]]:
             f"combined {_n(stream.PART)} at a time",
             f"({kib(stream.PART * 8)} of double-precision floats a row)",
             f"at most {_n(fl_checks.MODEL_CACHE)} recomputed models",
-        ],
-        "update verdicts checked ahead while catching up": [
-            f"on {_n(node_sync.CHECKS_AHEAD)} thread beside the worker",
-            f"remembers {_n(fl_checks.BLOB_VERDICTS)} blob verdicts",
         ],
         "memory of a trainer writing its update": [
             f"written and summed {_n(update_file.WRITE_CHUNK)} values at a time",

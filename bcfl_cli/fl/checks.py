@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable
 from pathlib import Path
 
 from bcfl_cli.errors import BlobError, ContractError
@@ -25,13 +23,12 @@ from bcfl_cli.fl.contract import (
     RoundContext,
     UpdateClaim,
     Verdict,
-    check_context,
-    check_update_blob,
+    check_update,
     layout_for,
 )
 from bcfl_cli.fl.stored_aggregate import BlobFiles, RoundBlobs, aggregate_file, keep_as_blob
 from bcfl_cli.fl.tensorfile import TensorFile, sha256_of
-from bcfl_cli.fl.views import GenesisView, StateView
+from bcfl_cli.fl.views import StateView
 from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.protocol.txbodies import AggregateBody
@@ -39,9 +36,6 @@ from bcfl_cli.protocol.txbodies import AggregateBody
 #: Recomputed models that the store does not hold, kept as files (never decoded in memory)
 #: when ``keep_models`` is off: aggregate n's result is round n+1's base, so two are enough.
 MODEL_CACHE = 2
-#: Blob verdicts remembered (rules, layout, blob): a node catching up checks each update's blob
-#: as it lands, off the worker thread, and the chain rules find the verdict here.
-BLOB_VERDICTS = 1_024
 
 
 class FLChecks:
@@ -60,9 +54,6 @@ class FLChecks:
         self._held_dir: Path | None = None
         self._app_layout: tuple[str, Layout] | None = None
         self._spec_layout: tuple[ModelSpec, Layout] | None = None
-        self._blob_verdicts: OrderedDict[Hashable, Verdict] = OrderedDict()
-        self._checking: dict[Hashable, threading.Event] = {}
-        self._lock = threading.Lock()
 
     # --- updates ---------------------------------------------------------------------------
     def check_update(self, state: StateView, tx: Transaction) -> Verdict:
@@ -79,83 +70,23 @@ class FLChecks:
             base_model=rnd.base_model,
             submitted=rnd.submitted,
         )
-        blob, too_large = self._local_blob(cfg, claim)
-        if too_large is not None:
-            return too_large
-        layout = self._layout(cfg)
-        verdict = check_context(cfg.contract, claim, ctx)
-        if verdict is not None:
-            return verdict
-        return self._blob_verdict(cfg, layout, claim, blob)
-
-    def check_update_ahead(self, config: GenesisView, tx: Transaction) -> None:
-        """Run the blob checks of update ``tx`` now, under ``config``, and remember the verdict:
-        a node catching up calls this as each blob lands, on another thread than the chain
-        rules', which then find it (``check_update`` still runs the context checks). The
-        verdict is a function of the rules, the layout and the blob's bytes only."""
-        claim = UpdateClaim.from_body(tx.author, tx.body)
-        blob, too_large = self._local_blob(config, claim)
-        if too_large is None and blob is not None:
-            self._blob_verdict(config, self._layout(config), claim, blob)
-
-    def _local_blob(
-        self, cfg: GenesisView, claim: UpdateClaim
-    ) -> tuple[Path | None, Verdict | None]:
-        """The update's blob file if held here (None: missing), or the verdict on a held file
-        larger than the limit."""
         limit = cfg.contract.max_blob_bytes
+        blob = None
         if claim.blob_size <= limit and self.blobs.has(claim.blob):
             size = self.blobs.size(claim.blob)
             if size > limit:
                 # The claim understates the size; never read more than the limit.
-                return None, Verdict.reject(Reason.BLOB_TOO_LARGE, f"{size} bytes, limit {limit}")
+                return Verdict.reject(Reason.BLOB_TOO_LARGE, f"{size} bytes, limit {limit}")
             # The file, not its bytes: the contract reads it a piece at a time, and a copy
             # whose content does not hash to its name raises (corrupt), as ``get`` did.
-            return self.blobs.path_for(claim.blob), None
-        return None, None
+            blob = self.blobs.path_for(claim.blob)
+        layout = self._layout(state)
+        return check_update(cfg.contract, layout, claim, ctx, blob, named_by_hash=True)
 
-    def _blob_verdict(
-        self, cfg: GenesisView, layout: Layout, claim: UpdateClaim, blob: Path | None
-    ) -> Verdict:
-        """``check_update_blob``, computed once per (rules, layout, blob, size) by whichever
-        thread asks first; a missing blob's verdict is not remembered (it may arrive)."""
-        if blob is None:
-            return check_update_blob(cfg.contract, layout, claim, None, named_by_hash=True)
-        key = (
-            cfg.contract.model_dump_json(),
-            tuple(sorted(layout.items())),
-            claim.blob,
-            claim.blob_size,
-        )
-        while True:
-            with self._lock:
-                known = self._blob_verdicts.get(key)
-                if known is not None:
-                    self._blob_verdicts.move_to_end(key)
-                    return known
-                running = self._checking.get(key)
-                if running is None:
-                    running = self._checking[key] = threading.Event()
-                    break
-            running.wait()  # another thread checks this blob now; then read its verdict
-            with self._lock:
-                if key not in self._blob_verdicts:  # it failed (raised): check it here
-                    continue
-        try:
-            verdict = check_update_blob(cfg.contract, layout, claim, blob, named_by_hash=True)
-            with self._lock:
-                self._blob_verdicts[key] = verdict
-                while len(self._blob_verdicts) > BLOB_VERDICTS:
-                    self._blob_verdicts.popitem(last=False)
-            return verdict
-        finally:
-            with self._lock:
-                del self._checking[key]
-            running.set()
-
-    def _layout(self, cfg: GenesisView) -> Layout:
+    def _layout(self, state: StateView) -> Layout:
         """What an update must look like: for a builtin architecture, its spec; for a model
         app, the genesis' initial weights (tensors, never the app: verifying needs no app)."""
+        cfg = state.config
         if isinstance(cfg.model, ModelSpec):
             # layout_for serialises the spec for its cache key (~50 us): once per spec here
             if self._spec_layout is None or self._spec_layout[0] != cfg.model:

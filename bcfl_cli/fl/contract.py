@@ -395,19 +395,6 @@ def check_update(
     verdict = check_context(rules, claim, ctx)
     if verdict is not None:
         return verdict
-    return check_update_blob(rules, model, claim, blob, named_by_hash=named_by_hash)
-
-
-def check_update_blob(
-    rules: ContractRules,
-    model: ModelSpec | Layout,
-    claim: UpdateClaim,
-    blob: bytes | Path | None,
-    *,
-    named_by_hash: bool = False,
-) -> Verdict:
-    """``check_update``'s checks after the context's (2-4): a function of the rules, the layout
-    and the blob's bytes alone, so a node catching up may run them as the blob lands."""
     if isinstance(model, ModelSpec):
         layout = layout_for(model, rules.update_dtype)
     else:

@@ -17,7 +17,7 @@ and the round preparation (validation transactions of planned blocks).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar
 
 import nacl.signing
 
@@ -149,14 +149,6 @@ class PeerBook(Protocol):
     def knows(self, did: str) -> bool: ...
 
     def learn(self, url: str, did: str, genesis: str) -> None: ...
-
-
-@runtime_checkable
-class ChecksAhead(Protocol):
-    """Checks that can judge an update's blob before the chain rules reach it (``FLChecks``):
-    a node catching up runs them as each blob lands, beside the worker thread."""
-
-    def check_update_ahead(self, config: Any, tx: Transaction) -> None: ...
 
 
 class Worker(Protocol):

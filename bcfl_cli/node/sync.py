@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -43,14 +43,7 @@ from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import EncodingError, NodeError, VerificationError
 from bcfl_cli.node.blob_service import BLOB_FETCH_TIMEOUT_S, BlobScope, blob_owners
 from bcfl_cli.node.clock import Clock
-from bcfl_cli.node.interfaces import (
-    BlobFetcher,
-    BlobIndex,
-    ChecksAhead,
-    CommittingChain,
-    Gossip,
-    Worker,
-)
+from bcfl_cli.node.interfaces import BlobFetcher, BlobIndex, CommittingChain, Gossip, Worker
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.peers import PeerInfo
 from bcfl_cli.protocol.block import Block, CommitCertificate, ValidatorSet
@@ -74,8 +67,6 @@ CHECK_CACHE = 4_096
 PREFETCH_BLOBS = 4
 #: Verified blocks are appended at least this often while a page is being verified.
 APPEND_EVERY_S = 1.0
-#: Threads that check update blobs as they land, beside the worker that applies the blocks.
-CHECKS_AHEAD = 1
 
 
 @dataclass
@@ -185,11 +176,6 @@ class CachingChecks:
     def cached_only(self) -> _CachedOnly:
         return _CachedOnly(self)
 
-    def check_update_ahead(self, config: Any, tx: Transaction) -> None:
-        """The inner checks' head start on an update's blob (``ChecksAhead``), if they have one."""
-        if isinstance(self.inner, ChecksAhead):
-            self.inner.check_update_ahead(config, tx)
-
 
 class _CachedOnly:
     def __init__(self, cache: CachingChecks) -> None:
@@ -244,7 +230,6 @@ class Syncer:
         self.last_pass: PassTimes | None = None
         self._consensus_commit_at = -math.inf
         self._last_pass_at = -math.inf
-        self._ahead_slots = asyncio.Semaphore(CHECKS_AHEAD)
 
     def wake(self) -> None:
         self._wake.set()
@@ -369,42 +354,8 @@ class Syncer:
                 log.debug("blob prefetch failed", exc_info=True)
 
     async def _prefetch_blobs(self, blocks: list[Block], times: PassTimes | None = None) -> None:
-        """A head start on the blobs of ``blocks``: ``fetch_block_blobs`` (see there); for a
-        node that verifies, each update blob is also checked as it lands (``_check_ahead``)."""
-        await fetch_block_blobs(
-            self.fetcher,
-            self.blobs,
-            blocks,
-            times,
-            prefer=self.scope.prefer,
-            on_held=self._check_ahead(blocks),
-        )
-
-    def _check_ahead(self, blocks: list[Block]) -> Callable[[str], Awaitable[None]] | None:
-        """Run the contract's blob checks of each update of ``blocks`` as its blob lands, on
-        ``CHECKS_AHEAD`` threads beside the worker, under the config in force now; the chain
-        rules then find the verdicts (the context checks still run there, and a verdict is a
-        function of the rules, the layout and the blob's bytes). The transport of a page and
-        the heaviest part of its re-verification overlap this way. Only a head start: a
-        failure here is checked again, and reported, by the rules."""
-        checks = self.scope.checks()
-        if not isinstance(checks, ChecksAhead):
-            return None
-        ahead: ChecksAhead = checks
-        config = self.chain.state.config
-        updates = {tx.body["blob"]: tx for b in blocks for tx in b.txs if tx.kind is TxKind.UPDATE}
-
-        async def check(digest: str) -> None:
-            tx = updates.get(digest)
-            if tx is None:
-                return
-            async with self._ahead_slots:
-                try:
-                    await asyncio.to_thread(ahead.check_update_ahead, config, tx)
-                except Exception:  # the rules check it again and say why
-                    log.debug("checking blob %s ahead failed", digest[:16], exc_info=True)
-
-        return check
+        """A head start on the blobs of ``blocks``: ``fetch_block_blobs`` (see there)."""
+        await fetch_block_blobs(self.fetcher, self.blobs, blocks, times, prefer=self.scope.prefer)
 
     async def _verify_and_append(
         self, peer: PeerInfo, start: int, blocks: list[Block], times: PassTimes
@@ -523,12 +474,10 @@ async def fetch_block_blobs(
     times: PassTimes | None = None,
     *,
     prefer: Callable[[Block], Mapping[str, str | tuple[str, ...]]] | None = None,
-    on_held: Callable[[str], Awaitable[None]] | None = None,
 ) -> None:
     """Fetch the blobs of ``blocks`` that ``held`` lacks, PREFETCH_BLOBS at a time, in block
     order, each from the nodes ``prefer`` names first (default: every update blob, from its
-    author's node; a node's ``BlobScope.prefer`` names what that node needs). ``on_held`` is
-    awaited with each blob fetched, once its download slot is free for the next.
+    author's node; a node's ``BlobScope.prefer`` names what that node needs).
 
     Only a head start: the verification loop asks for each block's blobs itself (and waits on
     a download under way rather than starting another), so a failure here costs nothing but
@@ -549,8 +498,6 @@ async def fetch_block_blobs(
             )
         if got and times is not None:
             times.landed()
-        if got and on_held is not None:
-            await on_held(digest)
 
     await asyncio.gather(*(one(d) for d in missing))
 

@@ -200,32 +200,3 @@ def _peer(node: Any) -> PeerInfo:
     peer: PeerInfo = node.peers.peers[PEER]
     peer.height = 10**6
     return peer
-
-
-def test_update_blobs_are_checked_as_they_land_beside_the_rules(
-    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A page's prefetch runs the contract's blob checks as each blob lands (``CHECKS_AHEAD``
-    threads beside the worker); the rules then find those verdicts instead of reading the blobs
-    again, and the chain comes out the same."""
-    import bcfl_cli.fl.checks as fl_checks
-
-    connect(fresh, served, monkeypatch)
-    node = fresh.node
-    checked: list[str] = []
-    real = fl_checks.check_update_blob
-
-    def counting(*a: Any, **k: Any) -> Any:
-        checked.append(a[2].blob)
-        return real(*a, **k)
-
-    monkeypatch.setattr(fl_checks, "check_update_blob", counting)
-    blocks = served.blocks[1:]
-    asyncio.run(node.syncer._prefetch_blobs(blocks))
-    # (both rounds' updates carry the same deltas: one blob each for bob and carol)
-    updates = sorted({tx.body["blob"] for b in blocks for tx in b.txs if tx.kind == "update"})
-    assert sorted(checked) == updates and all(node.blobs.has(d) for d in updates)
-    asyncio.run(node.syncer.pass_once())
-    assert sorted(checked) == updates  # the rules found every verdict, read nothing again
-    assert node.state.head_hash == source.state.head_hash
-    assert verify_chain(node.ledger, deep=True, checks=FLChecks(node.blobs), workers=1).ok
