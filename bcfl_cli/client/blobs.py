@@ -343,7 +343,7 @@ def _download_whole(
     if got != size:
         raise NodeError(f"peer closed the stream of {digest} at {got}/{size} bytes")
     try:
-        store.adopt(part, expected=digest, max_bytes=size, digest_known=hasher.hexdigest())
+        store.adopt(part, expected=digest, max_bytes=size, known_digest=hasher.hexdigest())
     except BlobError as exc:
         raise BlobError(
             f"downloaded blob {digest}: {exc.message}; the peer serves corrupt data"

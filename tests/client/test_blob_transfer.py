@@ -399,7 +399,7 @@ def test_whole_first_fetches_a_blob_in_one_request_and_hashes_it_once(
     adopt = local.adopt
 
     def spy(part: Path, **kw: Any) -> str:
-        handed.append(kw.get("digest_known"))
+        handed.append(kw.get("known_digest"))
         return adopt(part, **kw)
 
     monkeypatch.setattr(local, "adopt", spy)
