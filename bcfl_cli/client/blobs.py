@@ -5,7 +5,10 @@ Download: read the peer's manifest (size, chunk size, per-chunk SHA-256), then s
 attempt's own, checking every chunk against the manifest as it completes. After a dropped
 connection the next request starts from the last whole, checked chunk. At the end the whole file
 is hashed again before it is renamed into the store, so a lying manifest can never put a wrong
-blob there.
+blob there. A node catching up asks for the whole blob first (``whole_first``): one request,
+the content address hashed as the bytes stream (the cap checked against ``Content-Length``
+before a byte is read), the file renamed under that digest; only a broken stream falls back to
+the manifest, whose chunk hashes then check what arrived before it is resumed from.
 
 Concurrent and abandoned attempts never share a file. Each attempt writes
 ``blob_dir/tmp/fetch-{hash}.{random}.part`` (names made from the validated hash only) and holds
