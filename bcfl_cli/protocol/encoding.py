@@ -17,8 +17,8 @@ import rfc8785
 from bcfl_cli.errors import EncodingError
 
 HASH_HEX_LEN = 64
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX128 = re.compile(r"^[0-9a-f]{128}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
+_HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
 
 #: Upper bound on any JSON document we parse (a block with its transactions included).
 MAX_JSON_BYTES = 8 * 1024 * 1024

@@ -23,9 +23,9 @@ from bcfl_cli.protocol.crypto import is_did
 from bcfl_cli.protocol.encoding import is_hash_hex
 
 _DECIMAL = re.compile(
-    r"^-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$|^(nan|inf|-inf)$"
+    r"^-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?\Z|^(nan|inf|-inf)\Z"
 )
-_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 ROLES = ("trainer", "validator")
 
 
