@@ -201,6 +201,27 @@ def test_bench_consortium_file_is_a_valid_genesis_file(tmp_path):
     assert math.isclose(config.training.lr, common.PLAN.lr)
 
 
+def test_bench_consortium_over_tls_pins_every_founder_and_serves_https(tmp_path):
+    genesis = common.genesis_plan(
+        common.DIGITS_MLP, common.PLAN, rounds=1, min_updates=4, deadline_blocks=50, tls=True
+    )
+    assert genesis.tls == "pinned"
+    with common.BenchConsortium(
+        tmp_path, common.DIGITS_MLP, common.PLAN, 4, 1, tls=True
+    ) as consortium:
+        config = load_config(consortium.config_file)
+        assert config.tls == "pinned"
+        assert all(node.url.startswith("https://127.0.0.1:") for node in consortium.nodes)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_bcfl_nodes_over_tls_close_a_round_for_the_flower_comparison():
+    run = common.run_nodes(common.DIGITS_MLP, common.PLAN, 4, 1, quiet=True, tls=True)
+    assert run.name == "bcfl, 4 nodes (BFT, TLS)"
+    assert len(run.round_s) == 1 and 0.0 <= run.accuracy <= 1.0
+
+
 @pytest.mark.slow
 @pytest.mark.network
 def test_ledger_overhead_through_real_nodes():
