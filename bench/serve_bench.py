@@ -24,6 +24,7 @@ and CPU seconds of the client and of the server process (``/proc/PID/stat``), me
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -146,7 +147,7 @@ def download(port: int, digests: list[str], size: int) -> tuple[float, float]:
 
 
 def run(
-    blobs: int, mb: float, repeats: int, before: str | None
+    blobs: int, mb: float, repeats: int, before: str | None, *, quiet: bool = False
 ) -> dict[str, list[tuple[float, ...]]]:
     from bcfl_cli.store.blobs import BlobStore
 
@@ -173,14 +174,15 @@ def run(
         finally:
             for server in servers.values():
                 server.stop()
-        print(f"{blobs} blobs, {total / 1e6:.1f} MB, medians of {repeats}, alternating")
-        print("arm | wall s | client CPU s | server CPU s | wall runs")
-        for arm, xs in runs.items():
-            med = [statistics.median(x[k] for x in xs) for k in range(3)]
-            print(
-                f"{arm} | {med[0]:.3f} | {med[1]:.3f} | {med[2]:.3f} | "
-                + ", ".join(f"{x[0]:.3f}" for x in xs)
-            )
+        if not quiet:
+            print(f"{blobs} blobs, {total / 1e6:.1f} MB, medians of {repeats}, alternating")
+            print("arm | wall s | client CPU s | server CPU s | wall runs")
+            for arm, xs in runs.items():
+                med = [statistics.median(x[k] for x in xs) for k in range(3)]
+                print(
+                    f"{arm} | {med[0]:.3f} | {med[1]:.3f} | {med[2]:.3f} | "
+                    + ", ".join(f"{x[0]:.3f}" for x in xs)
+                )
         return runs
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -192,13 +194,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mb", type=float, default=4.5, help="each blob's size, MB")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--before", help="also serve with bcfl_cli as of this revision")
+    parser.add_argument("--quick", action="store_true", help="4 blobs, 2 repeats")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("--serve", nargs=3, metavar=("KIND", "DIR", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         kind, where, port = args.serve
         (serve_raw if kind == "raw" else serve_node)(Path(where), int(port))
         return 0
-    run(args.blobs, args.mb, args.repeats, args.before)
+    blobs, repeats = (4, 2) if args.quick else (args.blobs, args.repeats)
+    runs = run(blobs, args.mb, repeats, args.before, quiet=args.json)
+    if args.json:
+        keys = ("wall_s", "client_cpu_s", "server_cpu_s")
+        doc = {arm: [dict(zip(keys, x, strict=True)) for x in xs] for arm, xs in runs.items()}
+        print(json.dumps(doc))
     return 0
 
 
