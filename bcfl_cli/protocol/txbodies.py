@@ -64,14 +64,12 @@ def _roles(v: Any) -> bool:
 
 
 def _metrics(v: Any) -> bool:
-    return (
-        isinstance(v, dict)
-        and len(v) <= 32
-        and all(
-            isinstance(k, str) and _CODE.match(k) and isinstance(x, str) and _DECIMAL.match(x)
-            for k, x in v.items()
-        )
-    )
+    if not isinstance(v, dict) or len(v) > 32:
+        return False
+    for k, x in v.items():  # a loop, not all(genexpr): every update carries metrics
+        if not (isinstance(k, str) and _CODE.match(k) and isinstance(x, str) and _DECIMAL.match(x)):
+            return False
+    return True
 
 
 def _params(v: Any) -> bool:
@@ -151,9 +149,15 @@ OPTIONAL_BODY_FIELDS: Mapping[TxKind, Mapping[str, Check]] = {
 _BODY_FIELDS = {kind: frozenset(schema) for kind, schema in BODY_SCHEMAS.items()}
 
 
+#: Each kind's checks, required then optional fields, merged once (every body read is checked).
+_SCHEMAS = {
+    kind: {**schema, **OPTIONAL_BODY_FIELDS.get(kind, {})} for kind, schema in BODY_SCHEMAS.items()
+}
+
+
 def validate_body(kind: TxKind, body: Any) -> None:
     optional = OPTIONAL_BODY_FIELDS.get(kind, {})
-    schema = {**BODY_SCHEMAS[kind], **optional}
+    schema = _SCHEMAS[kind]
     if not isinstance(body, dict):
         raise EncodingError(f"{kind} body must be an object")
     if body.keys() - optional.keys() != _BODY_FIELDS[kind]:
