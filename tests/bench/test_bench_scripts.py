@@ -19,6 +19,7 @@ import bench.common as common
 import bench.flower_compare as flower_compare
 import bench.ledger_overhead as ledger_overhead
 import bench.model_proof as model_proof
+import bench.serve_bench as serve_bench
 import bench.simulate as simulate_bench
 import bench.sync_bench as sync_bench
 import bench.verify_chain as verify_chain
@@ -148,6 +149,13 @@ def test_raw_loopback_transfer_moves_every_byte():
     blobs = [bytes(range(256)) * 4096, b"x" * 10]
     seconds, cpu = sync_bench.raw_transfer(pages, blobs, repeats=1)
     assert 0 < seconds < 30 and cpu >= 0
+
+
+def test_serve_bench_downloads_every_blob_from_the_node_route_and_the_bare_app():
+    runs = serve_bench.run(blobs=2, mb=0.3, repeats=1, before=None)
+    assert set(runs) == {"raw", "node"}
+    for ((wall, client_cpu, server_cpu),) in runs.values():
+        assert 0 < wall < 60 and client_cpu >= 0 and server_cpu >= 0
 
 
 def test_raw_loopback_transfer_from_a_server_process_of_its_own_moves_every_byte(tmp_path):
