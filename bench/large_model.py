@@ -282,6 +282,10 @@ def raw_transfer(blobs: list[bytes]) -> float:
 
 
 # --- the nodes ------------------------------------------------------------------------------------
+#: ``--keep-logs``: where each run copies its nodes' logs (for a per-stage timeline), or None.
+KEEP_LOGS: Path | None = None
+
+
 class LargeConsortium(LocalConsortium):
     """``members`` founders (all validators), the first ``trainers`` of them training."""
 
@@ -387,6 +391,11 @@ def run_round(
                     out.verified[node.name] = done.returncode == 0
         return None, out
     finally:
+        if KEEP_LOGS is not None:  # --keep-logs: the nodes' logs outlive the scratch folder
+            keep = KEEP_LOGS / f"{mlp_parameters(spec.hidden[0])}x{members}"
+            keep.mkdir(parents=True, exist_ok=True)
+            for found in root.rglob("node.log"):
+                shutil.copy(found, keep / f"{found.parent.parent.name}.log")
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -740,7 +749,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-free-mb", type=int, default=4096)
     parser.add_argument("--plan", default="1B", help="a size planned on paper ('' for none)")
     parser.add_argument("--no-verify", action="store_true", help="skip verify-chain --deep")
+    parser.add_argument("--keep-logs", type=Path, help="copy every node's log into this folder")
     args = parser.parse_args(argv)
+    global KEEP_LOGS
+    KEEP_LOGS = args.keep_logs
     sizes = [parse_params(p) for p in args.params]
     wide = [parse_wide(w) for w in args.wide]
     if args.quick:

@@ -62,7 +62,7 @@ from bcfl_cli.provenance import bundle
 from bcfl_cli.simulation import network as sim_network
 from bcfl_cli.simulation import options as sim_options
 from bcfl_cli.simulation import shared_checks, simulator
-from bcfl_cli.store import backends, pin
+from bcfl_cli.store import backends, pin, scratch
 from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
@@ -387,6 +387,9 @@ def _bindings() -> dict[str, list[str]]:
             f"{_n(blob_routes.MAX_UPLOADS_PER_MEMBER)} per member",
             f"{_n(blob_routes.MAX_PENDING_UPLOADS)} in all",
             f"no chunk for {mins(blob_routes.STALE_UPLOAD_S)}",
+        ],
+        "scratch files a crash leaves in `blobs/tmp/`": [
+            f"nothing has written to them for {hours(scratch.SCRATCH_STALE_S)}",
         ],
         "peer connect / read timeout": [
             f"{s(peers.CONNECT_TIMEOUT_S)} / {s(peers.READ_TIMEOUT_S)}",

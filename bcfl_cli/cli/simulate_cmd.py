@@ -72,6 +72,14 @@ def simulate(
             help="Compute each contract verdict and aggregate once for all members.",
         ),
     ] = False,
+    update_dtype: Annotated[
+        str,
+        typer.Option(
+            "--update-dtype",
+            help="float32, bfloat16 or float16: the dtype of every update, fixed by the genesis "
+            "(half the bytes; the aggregate stays exact and float32).",
+        ),
+    ] = "float32",
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Write the member homes here (default: a temporary dir)."),
@@ -109,6 +117,7 @@ def simulate(
         crashes=tuple(parse_crash(c) for c in crash or []),
         byzantine=tuple(parse_byzantine(b) for b in byzantine or []),
         share_checks=share_checks,
+        update_dtype=update_dtype,
         out=out,
     )
     console = Console(stderr=as_json)
@@ -127,6 +136,7 @@ def register(app: typer.Typer) -> None:
         "simulate",
         epilog=examples(
             "bcfl simulate --members 10 --rounds 5",
+            "bcfl simulate --members 10 --update-dtype bfloat16",
             "bcfl simulate --members 7 --crash 2@500 --byzantine 5:equivocate --drop 0.1",
             "bcfl simulate --members 100 --rounds 2 --share-checks --json",
         ),

@@ -5,7 +5,10 @@ Download: read the peer's manifest (size, chunk size, per-chunk SHA-256), then s
 attempt's own, checking every chunk against the manifest as it completes. After a dropped
 connection the next request starts from the last whole, checked chunk. At the end the whole file
 is hashed again before it is renamed into the store, so a lying manifest can never put a wrong
-blob there.
+blob there. A node catching up asks for the whole blob first (``whole_first``): one request,
+the content address hashed as the bytes stream (the cap checked against ``Content-Length``
+before a byte is read), the file renamed under that digest; only a broken stream falls back to
+the manifest, whose chunk hashes then check what arrived before it is resumed from.
 
 Concurrent and abandoned attempts never share a file. Each attempt writes
 ``blob_dir/tmp/fetch-{hash}.{random}.part`` (names made from the validated hash only) and holds
@@ -177,7 +180,8 @@ class _Attempt:
             return
 
     def park(self, store: BlobStore) -> None:
-        """Leave the checked chunks for the next attempt (or nothing once the blob is held)."""
+        """Leave the bytes for the next attempt, which checks them against the manifest before
+        it resumes from them (or nothing once the blob is held)."""
         try:
             size = os.fstat(self._fd).st_size
             if size == 0 or store.has(self.digest):
@@ -196,6 +200,10 @@ class _Attempt:
         finally:
             self.close()
 
+    @property
+    def fileno(self) -> int:
+        return self._fd
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)  # releases the lock
@@ -211,19 +219,34 @@ def fetch_blob(
     progress: Progress | None = None,
     max_attempts: int = MAX_ATTEMPTS,
     cancel: threading.Event | None = None,
+    whole_first: bool = False,
 ) -> str:
     """Download blob ``digest`` from the peer behind ``client`` into ``store``; resumable.
 
     ``cancel``, once set, stops the download at the next piece received (``FetchCancelled``);
-    its checked chunks are parked for the next attempt.
+    its bytes are parked for the next attempt, which re-checks them chunk by chunk.
+
+    ``whole_first`` (a node catching up): when there is nothing to resume from, first try the
+    whole blob in one request, hashed as it streams and adopted with that digest
+    (``_download_whole``); only if that stream breaks is the manifest fetched and the download
+    resumed from its checked chunks. Its bytes are checked against the content address at the
+    end either way: the per-chunk hashes serve resuming, and a first attempt needs none.
     """
     _check_hash(digest)
     if store.has(digest) and store.verify(digest):
         return digest
-    manifest = fetch_manifest(client, digest, max_bytes=max_bytes)
     attempt = _Attempt(store, digest)
     try:
         part = attempt.path
+        if whole_first and os.fstat(attempt.fileno).st_size == 0:
+            try:
+                _download_whole(client, digest, store, part, max_bytes, progress, cancel)
+                return digest
+            except (httpx.TransportError, NodeError) as exc:
+                if isinstance(exc, Refusal) and exc.kind == "refused":
+                    raise
+                # what arrived is resumed from, once the manifest has checked it
+        manifest = fetch_manifest(client, digest, max_bytes=max_bytes)
         done = _resume_point(part, manifest)
         failures = 0
         while done < manifest.size:
@@ -279,6 +302,55 @@ def _adopt(store: BlobStore, part: Path, digest: str) -> None:
         store.adopt(part, expected=digest, max_bytes=os.path.getsize(part))
     except BlobError as exc:
         raise BlobError(f"downloaded blob {digest}: {exc.message}") from exc
+
+
+def _download_whole(
+    client: SignedClient,
+    digest: str,
+    store: BlobStore,
+    part: Path,
+    max_bytes: int,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> None:
+    """The whole blob in one request, written to the empty ``part`` and hashed as it streams,
+    then adopted with that digest: one pass over the bytes, no manifest, no re-read.
+
+    The peer's ``Content-Length`` is checked against ``max_bytes`` before a byte is read, and
+    no byte past it is taken. A stream that breaks leaves its bytes in ``part`` (unchecked; the
+    caller resumes after checking them against the manifest); a whole stream that does not hash
+    to ``digest`` leaves nothing (BlobError: the peer serves corrupt data).
+    """
+    with client.stream("GET", f"/blobs/{digest}") as response:
+        length = response.headers.get("content-length", "")
+        if response.status_code != 200 or not (length.isascii() and length.isdigit()):
+            raise NodeError(f"peer sent blob {digest} without its length")
+        if len(length) > 19 or int(length) > max_bytes:
+            raise BlobError(f"blob {digest} has {length[:20]} bytes, over the limit of {max_bytes}")
+        size = int(length)
+        hasher = hashlib.sha256()
+        got = 0
+        with open(part, "r+b") as out:
+            try:
+                for piece in response.iter_raw():
+                    _check_cancel(cancel, digest)
+                    got += len(piece)
+                    if got > size:
+                        raise NodeError(f"peer sent more than the {size} bytes of {digest}")
+                    hasher.update(piece)
+                    out.write(piece)
+                    if progress is not None:
+                        progress(got, size)
+            finally:
+                out.flush()  # adopt fsyncs a whole stream; a broken one is re-checked first
+    if got != size:
+        raise NodeError(f"peer closed the stream of {digest} at {got}/{size} bytes")
+    try:
+        store.adopt(part, expected=digest, max_bytes=size, known_digest=hasher.hexdigest())
+    except BlobError as exc:
+        raise BlobError(
+            f"downloaded blob {digest}: {exc.message}; the peer serves corrupt data"
+        ) from exc
 
 
 def _download_from(

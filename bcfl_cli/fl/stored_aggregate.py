@@ -38,6 +38,12 @@ class BlobFiles(Blobs, Protocol):
 
     root: Path
 
+    def adopt(
+        self, part: Path, *, expected: str, max_bytes: int = ..., known_digest: str | None = None
+    ) -> str:
+        """Rename a finished file of ``root / "tmp"`` into the store (``BlobStore.adopt``)."""
+        ...
+
 
 class FileTensors(LazyTensors):
     """An opened blob (``tensorfile.TensorFile``) as the aggregation reads it: a lazily loaded
@@ -144,17 +150,14 @@ def aggregate_file(
 
 def keep_as_blob(blobs: BlobFiles, tmp: Path, digest: str) -> None:
     """Move a written aggregate file into the store under its hash, synced first (a blob the
-    store names must survive a crash, as ``BlobStore.put`` makes sure)."""
-    final = blobs.path_for(digest)
-    if final.is_file():
+    store names must survive a crash, as ``BlobStore.put`` makes sure).
+
+    The store's own ``adopt``, told the hash ``aggregate_to`` computed while writing the file:
+    one path for every finished file of ``tmp/``, and no second read of a model that size.
+    """
+    if blobs.has(digest):
         return
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    final.parent.mkdir(exist_ok=True)
-    os.replace(tmp, final)
+    blobs.adopt(tmp, expected=digest, max_bytes=tmp.stat().st_size, known_digest=digest)
 
 
 __all__ = [

@@ -18,9 +18,12 @@ taken from a request, so ``..%2F..`` can name nothing):
   of one chunk is stored on arrival if it hashes to ``{hash}`` (``"complete": true``; 422
   otherwise): no partial file, no finalise.
 - ``PUT /blobs/{hash}?size=N`` (signed, member, empty body): finalise; the partial file is
-  hashed in pieces and renamed into the store by ``BlobStore.adopt(expected=hash,
-  max_bytes=N)``, which keeps it only if the whole hash matches (422 otherwise, and the partial
-  file is dropped). A 440 MB update is written to disk once, never copied nor held whole.
+  renamed into the store by ``BlobStore.adopt(expected=hash, max_bytes=N)``, which keeps it
+  only if the whole hash matches (422 otherwise, and the partial file is dropped). The whole
+  hash is the running one, updated as each chunk was appended (by the appending thread, after
+  the write); a partial file this process did not append whole (it restarted, a write failed)
+  is hashed again in pieces. A 440 MB update is written to disk once, never copied nor held
+  whole, and hashed once on arrival.
 
 The genesis cap (``max_blob_bytes``) is enforced before any byte is stored: a ``size`` over it is
 refused (413 ``blob_too_large``) on every route, a chunk never reaches past ``size``, and what a
@@ -45,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -62,10 +66,13 @@ from bcfl_cli.errors import BlobError
 from bcfl_cli.node.auth import SignatureAuth, peer_did
 from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.limits import NodeLimits
+from bcfl_cli.node.logging import fields
 from bcfl_cli.node.traffic import BlobTraffic
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import DEFAULT_MAX_BLOB_BYTES, BlobStore
 from bcfl_cli.wire.refusal import Refusal
+
+log = logging.getLogger("bcfl.node")
 
 CHUNK_SIZE = 4 * 1024 * 1024
 READ_SIZE = 1024 * 1024
@@ -128,6 +135,9 @@ class BlobRoutes:
         self._tmp = store.root / "tmp"
         self._manifests: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
+        #: the SHA-256 of each partial upload so far, updated as its chunks are appended, so
+        #: that finalising does not read the file again (by partial file name; see _Running)
+        self._running: dict[str, _Running] = {}
 
     @property
     def routes(self) -> list[Route]:
@@ -358,9 +368,29 @@ class BlobRoutes:
                     received=received,
                 )
             if offset == received:
-                await run_in_threadpool(_append, part, body)
+                running = self._running_hash(part.name, received)
+                try:
+                    await run_in_threadpool(_append, part, body, running)
+                except BaseException:
+                    self._running.pop(part.name, None)  # the file may hold part of the chunk
+                    raise
                 received += len(body)
         return JSONResponse({"received": received, "complete": False})
+
+    def _running_hash(self, name: str, received: int) -> _Running | None:
+        """The running hash of partial upload ``name`` if it covers its ``received`` bytes
+        (a new upload starts one); None when it does not (this process did not append them
+        all: it restarted, or an append failed), and finalising then hashes the file."""
+        running = self._running.get(name)
+        if received == 0:
+            running = self._running[name] = _Running()
+            if len(self._running) > 4 * self.max_pending_uploads:  # files dropped as stale
+                for old in [n for n in self._running if not (self._tmp / n).exists()]:
+                    del self._running[old]
+        if running is not None and running.size != received:
+            del self._running[name]
+            return None
+        return running
 
     async def finalise(self, request: Request) -> Response:
         try:
@@ -387,14 +417,20 @@ class BlobRoutes:
             if over is not None:
                 part.unlink(missing_ok=True)
                 return over
+            running = self._running.pop(part.name, None)
+            known = running.hexdigest() if running is not None and running.size == size else None
             try:
-                await run_in_threadpool(_store_part, self.store, part, digest, size)
+                await run_in_threadpool(_store_part, self.store, part, digest, size, known)
             except BlobError as exc:
                 return _error(422, "hash_mismatch", exc.message + "; upload it again")
             finally:
                 part.unlink(missing_ok=True)
                 self._locks.pop(part.name, None)
             self._stored(request, digest, size)
+        log.info(
+            "blob uploaded",
+            extra=fields(blob=digest, size=size, hashed_again=known is None, by=peer_did(request)),
+        )
         return JSONResponse({"hash": digest, "size": size}, status_code=201)
 
 
@@ -448,14 +484,33 @@ def _read_range(
             yield data
 
 
-def _append(part: Path, data: bytes) -> None:
+class _Running:
+    """The SHA-256 of the first ``size`` bytes of a partial upload, as they were appended."""
+
+    def __init__(self) -> None:
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def hexdigest(self) -> str:
+        return self.hasher.hexdigest()
+
+
+def _append(part: Path, data: bytes, running: _Running | None = None) -> None:
+    """Append a chunk to its partial file, then to the upload's running hash (only once the
+    bytes are written: a failed write leaves the hash behind the file, never ahead)."""
     with open(part, "ab") as f:
         f.write(data)
+    if running is not None:
+        running.hasher.update(data)
+        running.size += len(data)
 
 
-def _store_part(store: BlobStore, part: Path, digest: str, size: int) -> None:
-    """The finished partial file, hashed and renamed into the store (never copied)."""
-    store.adopt(part, expected=digest, max_bytes=size)
+def _store_part(
+    store: BlobStore, part: Path, digest: str, size: int, known: str | None = None
+) -> None:
+    """The finished partial file renamed into the store (never copied): hashed again only
+    where no running hash covers all of it (``known``)."""
+    store.adopt(part, expected=digest, max_bytes=size, known_digest=known)
 
 
 def blob_app(

@@ -116,11 +116,20 @@ class BlobService:
     """The blob fetcher of one node (implements ``interfaces.BlobFetcher``)."""
 
     def __init__(
-        self, peers: BlobPeers, blobs: BlobStore, *, max_blob_bytes: Callable[[], int]
+        self,
+        peers: BlobPeers,
+        blobs: BlobStore,
+        *,
+        max_blob_bytes: Callable[[], int],
+        whole_first: bool = True,
     ) -> None:
         self.peers = peers
         self.blobs = blobs
         self.max_blob_bytes = max_blob_bytes
+        #: each new download tries the whole blob in one request, hashed as it streams, before
+        #: a manifest (``fetch_blob``); False: the manifest first, as before issue 21 (the
+        #: comparison in bench/sync_bench.py)
+        self.whole_first = whole_first
         self._fetching: dict[str, asyncio.Lock] = {}
         self.bytes_fetched = 0
 
@@ -180,7 +189,14 @@ class BlobService:
 
         def work() -> None:
             with self.peers.blob_client(peer) as client:
-                fetch_blob(client, digest, self.blobs, max_bytes=limit, cancel=cancel)
+                fetch_blob(
+                    client,
+                    digest,
+                    self.blobs,
+                    max_bytes=limit,
+                    cancel=cancel,
+                    whole_first=self.whole_first,
+                )
 
         try:
             await asyncio.to_thread(work)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -172,6 +173,7 @@ class RoundPreparation:
                 # the contract does not turn into a verdict) stays without a verdict, so it
                 # is left out of blocks and the round closes at its deadline without it; the
                 # others still get theirs, and the aggregate below is still prepared.
+                started = time.perf_counter()
                 try:
                     verdict = await self.worker.run(partial(self.checks.check_update, state, tx))
                 except Exception:
@@ -179,7 +181,12 @@ class RoundPreparation:
                     continue
                 log.info(
                     "update checked",
-                    extra=fields(update=tx.hash, accept=verdict.accept, reason=verdict.reason),
+                    extra=fields(
+                        update=tx.hash,
+                        accept=verdict.accept,
+                        reason=verdict.reason,
+                        seconds=round(time.perf_counter() - started, 3),
+                    ),
                 )
             missing: list[str] = []
             for target in self._aggregates_wanted(state):
@@ -189,6 +196,7 @@ class RoundPreparation:
                 if not all(self.blobs.has(b) for b in blobs):
                     missing += blobs
                     continue
+                started = time.perf_counter()
                 model, size = await self.worker.run(partial(compute_aggregate, target, self.blobs))
                 self.aggregates[AggregateKey.of(target)] = (model, size)
                 self.checks.note_aggregate(target, model, size)
@@ -196,7 +204,12 @@ class RoundPreparation:
                     self.aggregates.pop(next(iter(self.aggregates)))
                 log.info(
                     "aggregate prepared",
-                    extra=fields(round=target.round.number, model=model, updates=len(blobs)),
+                    extra=fields(
+                        round=target.round.number,
+                        model=model,
+                        updates=len(blobs),
+                        seconds=round(time.perf_counter() - started, 3),
+                    ),
                 )
         finally:
             self.computing = False

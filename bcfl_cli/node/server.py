@@ -63,6 +63,7 @@ from bcfl_cli.node.worker import ThreadWorker
 from bcfl_cli.protocol.tx import Transaction
 from bcfl_cli.store.blob_owners import BlobOwners
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.store.scratch import sweep_scratch
 from bcfl_cli.store.vote_guard import VoteGuard
 from bcfl_cli.wire.urls import normalise_url
 
@@ -434,6 +435,7 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     """Run the node until SIGINT/SIGTERM; everything is closed on the way out."""
     advertised_authorities(options.host, options.port, options.advertise)  # before any work
     node = Node(home, identity, options)
+    await asyncio.to_thread(sweep_scratch, node.blobs.root)  # what a crash left in tmp/
     if options.train is not None:
         await asyncio.to_thread(warm_up)  # before serving: round 1 then costs what others do
     stop = asyncio.Event()

@@ -280,11 +280,18 @@ class AutoTrainer:
             return None
         self._attempts[rnd.number] = self._attempts.get(rnd.number, 0) + 1
         log.info("round %d: training", rnd.number)
+        started = time.perf_counter()
         tx = await asyncio.to_thread(self.train, state)
         told: frozenset[str] = frozenset()
         if self.publish is not None:
-            log.info("round %d: trained; pushing the update to peers", rnd.number)
+            log.info(
+                "round %d: trained and stored in %.2f s; pushing the update to peers",
+                rnd.number,
+                time.perf_counter() - started,
+            )
+            pushed = time.perf_counter()
             told = await self.publish(tx)
+            log.info("round %d: pushed in %.2f s", rnd.number, time.perf_counter() - pushed)
         try:
             await self.submit(tx, told)
         except BcflError as exc:
@@ -323,6 +330,10 @@ class AutoTrainer:
         rewrite = None
         if self.attack is not None and (self.attack.delta or self.attack.from_estimates):
             rewrite = self._attacked(app, data, seed, rnd.number)
+
+        def stored(seconds: float) -> None:
+            log.info("round %d: update written into the blob store in %.2f s", rnd.number, seconds)
+
         try:
             update = train_update(
                 app,
@@ -334,6 +345,7 @@ class AutoTrainer:
                 progress=StepLog(rnd.number),
                 rewrite=rewrite,
                 with_norm=False,  # nobody reads it here; the validators compute it
+                on_stored=stored,
             )
         except ContractError as exc:
             raise StoreError(f"base model {rnd.base_model} unreadable: {exc.message}") from exc

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bcfl_cli.errors import UsageError
-from bcfl_cli.protocol.spec import RULE_NAMES
+from bcfl_cli.protocol.spec import RULE_NAMES, UPDATE_DTYPE_NAMES
 from bcfl_cli.simulation.network import NetworkConfig, Partition
 
 #: Members one simulation may hold (each keeps a ledger and a consensus engine in memory).
@@ -50,6 +50,8 @@ class SimOptions:
     #: one contract verdict and one aggregate check per process instead of per member
     #: (deterministic computations; every member still applies every chain rule)
     share_checks: bool = False
+    #: the genesis' ``contract.update_dtype``: the dtype every update is rounded to and sent in
+    update_dtype: str = "float32"
 
     def behaviour(self, member: int) -> str | None:
         return dict(self.byzantine).get(member)
@@ -63,6 +65,11 @@ class SimOptions:
             raise UsageError(f"--rounds {self.rounds}: expected 1 to 10000")
         if self.rule not in RULE_NAMES:
             raise UsageError(f"--rule {self.rule!r}: expected one of {', '.join(RULE_NAMES)}")
+        if self.update_dtype not in UPDATE_DTYPE_NAMES:
+            raise UsageError(
+                f"--update-dtype {self.update_dtype!r}: expected one of "
+                f"{', '.join(UPDATE_DTYPE_NAMES)}"
+            )
         if self.non_iid < 0:
             raise UsageError("--non-iid: a Dirichlet alpha > 0, or 0 for an IID split")
         for crash in self.crashes:

@@ -114,7 +114,11 @@ def genesis_plan(options: SimOptions) -> GenesisPlan:
             min_updates=max(1, honest),
             deadline_blocks=options.deadline_blocks,
         ),
-        contract=ContractRules(max_update_norm=10.0, min_samples=1),
+        contract=ContractRules(
+            max_update_norm=10.0,
+            min_samples=1,
+            update_dtype=options.update_dtype,  # type: ignore[arg-type]
+        ),
         aggregation=AggregationSpec(rule=options.rule),  # type: ignore[arg-type]
         name=f"bcfl simulate ({options.members} members, seed {options.seed})",
         admission_approvals=1,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,11 +81,13 @@ def store_update(
             written = write_update(
                 delta, out, update_dtype(rules.update_dtype), with_norm=with_norm
             )
-        digest = blobs.put_file(tmp)
+        # renamed into the store under the hash computed while writing it: not copied, not
+        # read again (``put_file`` re-read, re-hashed and re-wrote 440 MB at 110M, issue 19)
+        blobs.adopt(
+            tmp, expected=written.sha256, max_bytes=written.size, known_digest=written.sha256
+        )
     finally:
         tmp.unlink(missing_ok=True)
-    if digest != written.sha256:  # the store hashed what this process wrote: never differs
-        raise StoreError(f"update blob stored as {digest}, written as {written.sha256}")
     return written
 
 
@@ -100,12 +103,20 @@ def train_update(
     progress: Progress | Callable[[int, int], None] | None = None,
     rewrite: Rewrite | None = None,
     with_norm: bool = True,
+    on_stored: Callable[[float], None] | None = None,
 ) -> TrainedUpdate:
-    """Train on ``base_model`` (a blob of ``blobs``) and store the update in ``blobs``."""
+    """Train on ``base_model`` (a blob of ``blobs``) and store the update in ``blobs``.
+
+    ``on_stored(seconds)``: told how long writing the update took (the node logs it: one
+    stage of a round's timeline, bench/README.md).
+    """
     with base_weights(blobs, base_model, rules.max_blob_bytes) as base:
         result = app.train_round(base, data, seed=seed, device=device, progress=progress)
         delta = result.delta if rewrite is None else rewrite(base, result)
+        started = time.perf_counter()
         written = store_update(blobs, delta, rules, with_norm=with_norm)
+        if on_stored is not None:
+            on_stored(time.perf_counter() - started)
     return TrainedUpdate(
         written.sha256, written.size, result.num_samples, dict(result.metrics), written.norm
     )

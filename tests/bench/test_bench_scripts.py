@@ -146,8 +146,21 @@ def test_flower_cache_counters_are_summed_over_actor_processes(tmp_path):
 def test_raw_loopback_transfer_moves_every_byte():
     pages = [b'{"blocks":[]}' * 10, b"[]"]
     blobs = [bytes(range(256)) * 4096, b"x" * 10]
-    seconds = sync_bench.raw_transfer(pages, blobs, repeats=1)
-    assert 0 < seconds < 30
+    seconds, cpu = sync_bench.raw_transfer(pages, blobs, repeats=1)
+    assert 0 < seconds < 30 and cpu >= 0
+
+
+def test_raw_loopback_transfer_from_a_server_process_of_its_own_moves_every_byte(tmp_path):
+    pages = [b'{"blocks":[]}' * 10, b"[]"]
+    blobs = [bytes(range(256)) * 4096, b"x" * 10]
+    seconds, cpu = sync_bench.raw_transfer(pages, blobs, repeats=1, apart=tmp_path / "raw")
+    assert 0 < seconds < 30 and cpu >= 0
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == [
+        "blob-0",
+        "blob-1",
+        "page-0",
+        "page-1",
+    ]
 
 
 def test_the_split_of_a_catch_up_is_read_from_the_nodes_own_log_line(tmp_path):

@@ -13,6 +13,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import nacl.signing
@@ -344,6 +345,169 @@ def test_partial_file_of_a_dead_attempt_is_reused_but_not_a_running_ones(
     fetch_blob(peer.client, other, local, max_bytes=MB, progress=lambda d, t: seen.append(d))
     assert seen[0] == 3 * CHUNK and local.verify(other)
     assert not dead.exists()
+
+
+# --- whole first: a node's download in one request --------------------------------------------
+class _Recorder(httpx.BaseTransport):
+    """The peer's transport, recording each request (path, Range); if told, it re-streams a
+    whole-blob answer in ``piece``-byte pieces, and cuts the first one after ``cut`` bytes (a
+    dropped connection)."""
+
+    def __init__(
+        self, inner: httpx.BaseTransport, cut: int | None = None, piece: int | None = None
+    ) -> None:
+        self.inner = inner
+        self.cut = cut
+        self.piece = piece
+        self.seen: list[tuple[str, str | None]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        wanted = request.headers.get("range")
+        self.seen.append((request.url.path, wanted))
+        response = self.inner.handle_request(request)
+        if wanted is not None or request.url.path.endswith("manifest"):
+            return response
+        if self.cut is None and self.piece is None:
+            return response
+        body, cut, piece = response.read(), self.cut, self.piece or len(response.content)
+        self.cut = None
+
+        class _Pieces(httpx.SyncByteStream):
+            def __iter__(self) -> Iterator[bytes]:
+                for start in range(0, len(body) if cut is None else cut, piece):
+                    yield body[start : min(start + piece, len(body) if cut is None else cut)]
+                if cut is not None:
+                    raise httpx.ReadError("connection dropped")
+
+        return httpx.Response(response.status_code, headers=response.headers, stream=_Pieces())
+
+
+def _recording_client(
+    peer: _Peer, cut: int | None = None, piece: int | None = None
+) -> tuple[SignedClient, _Recorder]:
+    recorder = _Recorder(peer.http._transport, cut, piece)  # type: ignore[arg-type]
+    return SignedClient(peer.key, "http://peer", transport=recorder), recorder
+
+
+def test_whole_first_fetches_a_blob_in_one_request_and_hashes_it_once(
+    peer: _Peer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    digest = _blob(peer.store, 400_000)
+    local = BlobStore(tmp_path / "local")
+    client, recorder = _recording_client(peer, piece=CHUNK // 2)
+    handed: list[str | None] = []
+    adopt = local.adopt
+
+    def spy(part: Path, **kw: Any) -> str:
+        handed.append(kw.get("known_digest"))
+        return adopt(part, **kw)
+
+    monkeypatch.setattr(local, "adopt", spy)
+    with client:
+        seen: list[int] = []
+        fetch_blob(
+            client,
+            digest,
+            local,
+            max_bytes=MB,
+            whole_first=True,
+            progress=lambda d, t: seen.append(d),
+        )
+    assert recorder.seen == [(f"/blobs/{digest}", None)]  # no manifest, no range
+    assert handed == [digest]  # the digest taken while streaming: the file is not read again
+    assert local.get(digest) == peer.store.get(digest)
+    assert seen[0] == CHUNK // 2 and seen[-1] == 400_000
+    assert list((local.root / "tmp").iterdir()) == []
+
+
+def test_whole_first_refuses_a_blob_over_the_limit_before_reading_it(
+    peer: _Peer, tmp_path: Path
+) -> None:
+    digest = _blob(peer.store, 400_000)
+    local = BlobStore(tmp_path / "local")
+    with peer.client:
+        seen: list[int] = []
+        with pytest.raises(BlobError, match="over the limit"):
+            fetch_blob(
+                peer.client,
+                digest,
+                local,
+                max_bytes=1000,
+                whole_first=True,
+                progress=lambda d, t: seen.append(d),
+            )
+    assert seen == [] and not local.has(digest)
+    assert list((local.root / "tmp").iterdir()) == []
+
+
+def test_whole_first_keeps_nothing_from_a_peer_serving_corrupt_bytes(
+    peer: _Peer, tmp_path: Path
+) -> None:
+    digest = _blob(peer.store, 200_000)
+    path = peer.store.path_for(digest)
+    raw = bytearray(path.read_bytes())
+    raw[CHUNK + 5] ^= 1
+    path.write_bytes(bytes(raw))
+    local = BlobStore(tmp_path / "local")
+    with pytest.raises(BlobError, match="corrupt"):
+        fetch_blob(peer.client, digest, local, max_bytes=MB, whole_first=True)
+    assert not local.has(digest)
+    assert list((local.root / "tmp").iterdir()) == []
+
+
+def test_whole_first_resumes_a_dropped_stream_after_checking_what_arrived(
+    peer: _Peer, tmp_path: Path
+) -> None:
+    """The bytes of a broken whole-blob stream were never checked: they are resumed from only
+    once the manifest has checked them, whole chunk by whole chunk."""
+    digest = _blob(peer.store, 400_000)
+    local = BlobStore(tmp_path / "local")
+    client, recorder = _recording_client(peer, cut=2 * CHUNK + 1000)
+    with client:
+        fetch_blob(client, digest, local, max_bytes=MB, whole_first=True)
+    assert recorder.seen == [
+        (f"/blobs/{digest}", None),
+        (f"/blobs/{digest}/manifest", None),
+        (f"/blobs/{digest}", f"bytes={2 * CHUNK}-"),  # two whole checked chunks kept
+    ]
+    assert local.get(digest) == peer.store.get(digest)
+    assert list((local.root / "tmp").iterdir()) == []
+
+
+def test_whole_first_unchecked_bytes_parked_by_a_cancel_are_checked_on_resume(
+    peer: _Peer, tmp_path: Path
+) -> None:
+    digest = _blob(peer.store, 400_000)
+    data = peer.store.get(digest)
+    local = BlobStore(tmp_path / "local")
+    cancel = threading.Event()
+
+    def cancel_midway(done: int, total: int) -> None:
+        if done >= 3 * CHUNK:
+            cancel.set()
+
+    first, _ = _recording_client(peer, piece=CHUNK // 2)
+    with first, pytest.raises(FetchCancelled):
+        fetch_blob(
+            first,
+            digest,
+            local,
+            max_bytes=MB,
+            progress=cancel_midway,
+            cancel=cancel,
+            whole_first=True,
+        )
+    parked = local.root / "tmp" / f"fetch-{digest}.part"
+    assert parked.stat().st_size >= 3 * CHUNK
+    spoilt = bytearray(parked.read_bytes())
+    spoilt[CHUNK + 7] ^= 1  # the second chunk no longer matches the manifest
+    parked.write_bytes(bytes(spoilt))
+    client, recorder = _recording_client(peer)
+    with client:
+        fetch_blob(client, digest, local, max_bytes=MB, whole_first=True)
+    assert recorder.seen[-1] == (f"/blobs/{digest}", f"bytes={CHUNK}-")  # from the first good
+    assert local.get(digest) == data
+    assert list((local.root / "tmp").iterdir()) == []
 
 
 # --- real process --------------------------------------------------------------------------

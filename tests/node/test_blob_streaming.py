@@ -52,6 +52,7 @@ class _Node:
         key = nacl.signing.SigningKey.generate()
         self.store = BlobStore(root / "server")
         routes = BlobRoutes(self.store, max_blob_bytes=CAP, chunk_size=CHUNK)
+        self.routes = routes
         app = SignatureAuth(
             Starlette(routes=routes.routes),
             is_member={did_from_public_key(bytes(key.verify_key))}.__contains__,
@@ -167,3 +168,100 @@ def test_the_quota_follows_the_model_not_the_cap() -> None:
     # never more than the cap allows, and the cap alone when the model's size is unknown
     assert default_quota(CAP * 1024, CAP * 4096) == QUOTA_BLOBS * CAP * 1024
     assert default_quota(DEFAULT_MAX_BLOB_BYTES) == QUOTA_BLOBS * DEFAULT_MAX_BLOB_BYTES
+
+
+def test_adopt_with_a_known_digest_does_not_read_the_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "b")
+    data = _data(3 * CHUNK)
+    digest = hashlib.sha256(data).hexdigest()
+
+    def no_second_read(*_args: object) -> str:
+        raise AssertionError("a file whose hash is known was hashed again")
+
+    monkeypatch.setattr("bcfl_cli.store.blobs._hash_file", no_second_read)
+    # a known hash that is not the expected one: refused, the file dropped, nothing stored
+    wrong = store.root / "tmp" / "in-wrong"
+    wrong.write_bytes(data)
+    with pytest.raises(BlobError, match="mismatch"):
+        store.adopt(wrong, expected=digest, known_digest="0" * 64)
+    assert not wrong.exists() and not store.has(digest)
+    # the size cap still holds without a read
+    big = store.root / "tmp" / "in-big"
+    big.write_bytes(data)
+    with pytest.raises(BlobError, match="limit"):
+        store.adopt(big, expected=digest, max_bytes=len(data) - 1, known_digest=digest)
+    assert not big.exists() and not store.has(digest)
+    good = store.root / "tmp" / "in-good"
+    good.write_bytes(data)
+    assert store.adopt(good, expected=digest, known_digest=digest) == digest
+    monkeypatch.undo()
+    assert store.verify(digest)
+
+
+def _uploaded_with(node: _Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Upload a 5.x-chunk blob to ``node``; the ``known_digest`` its finalise passed to adopt."""
+    seen: list[object] = []
+    adopt = BlobStore.adopt
+
+    def spy(self: BlobStore, part: Path, **kwargs: object) -> str:
+        seen.append(kwargs.get("known_digest"))
+        return adopt(self, part, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BlobStore, "adopt", spy)
+    local = BlobStore(tmp_path / "local")
+    digest = local.put(_data(5 * CHUNK + 7, seed=3))
+    upload_blob(node.client, digest, local)
+    assert node.store.verify(digest)
+    seen.append(digest)
+    return seen
+
+
+def test_an_upload_is_hashed_once_as_its_chunks_are_appended(
+    node: _Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known, digest = _uploaded_with(node, tmp_path, monkeypatch)
+    assert known == digest  # the running hash: finalise read nothing again
+
+
+def test_a_partial_upload_this_process_did_not_append_whole_is_hashed_again(
+    node: _Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that restarted mid-upload (no running hash) or whose running hash fell behind
+    the file hashes the whole partial file at finalise, as before: a partial file that does
+    not hash to its name is still refused."""
+    data = _data(3 * CHUNK, seed=4)
+    digest = hashlib.sha256(data).hexdigest()
+    node.client.put(f"/blobs/{digest}/chunks/0", params={"size": len(data)}, content=data[:CHUNK])
+    # the process "restarts": its routes forget every running hash, the partial file stays
+    node.routes._running.clear()
+    for index in (1, 2):
+        piece = data[index * CHUNK : (index + 1) * CHUNK]
+        node.client.put(
+            f"/blobs/{digest}/chunks/{index}", params={"size": len(data)}, content=piece
+        )
+    seen: list[object] = []
+    adopt = BlobStore.adopt
+
+    def spy(self: BlobStore, part: Path, **kwargs: object) -> str:
+        seen.append(kwargs.get("known_digest"))
+        return adopt(self, part, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(BlobStore, "adopt", spy)
+    node.client.put(f"/blobs/{digest}", params={"size": len(data)}, content=b"")
+    assert seen == [None] and node.store.verify(digest)
+    # a partial file changed behind the routes' back (same size, other bytes) is refused
+    other = _data(3 * CHUNK, seed=5)
+    other_digest = hashlib.sha256(other).hexdigest()
+    for index in range(3):
+        piece = other[index * CHUNK : (index + 1) * CHUNK]
+        node.client.put(
+            f"/blobs/{other_digest}/chunks/{index}", params={"size": len(other)}, content=piece
+        )
+    node.routes._running.clear()
+    (part,) = (node.store.root / "tmp").glob("up-*.part")
+    part.write_bytes(other[:-1] + b"\0")
+    with pytest.raises(Refusal) as refused:
+        node.client.put(f"/blobs/{other_digest}", params={"size": len(other)}, content=b"")
+    assert refused.value.code == "hash_mismatch" and not node.store.has(other_digest)

@@ -151,3 +151,31 @@ def test_a_proposer_leaves_out_what_the_rules_refuse(tmp_path: Path) -> None:
     assert bogus.hash not in member.mempool
     for m in sim.members:
         m.chain.close()
+
+
+def test_bfloat16_updates_halve_the_bytes_and_pass_deep_verification(tmp_path: Path) -> None:
+    """``--update-dtype``: the genesis fixes the updates' dtype; every member's contract expects
+    it and every aggregate stays exact, so ``verify-chain --deep`` accepts each store."""
+    out = tmp_path / "bf16"
+    result = runner.invoke(
+        app,
+        ["simulate", "--members", "4", "--rounds", "1", "--seed", "3"]
+        + ["--update-dtype", "bfloat16", "--out", str(out), "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    half = json.loads(result.stdout)
+    full = Simulation(SimOptions(members=4, rounds=1, seed=3, out=tmp_path / "f32")).run()
+    assert half["ok"] and full.ok
+    assert half["rounds"][0]["accepted"] == 4
+    # the updates are half the bytes (the model and the chain's own messages are not)
+    assert half["bytes"] < full.bytes
+    with Chain.open(Home(out / "member-000")) as chain:
+        assert chain.state.config.contract.update_dtype == "bfloat16"
+    for i in range(4):
+        assert _verify(out / f"member-{i:03d}")["ok"]
+
+
+def test_cli_refuses_an_unknown_update_dtype() -> None:
+    result = runner.invoke(app, ["simulate", "--update-dtype", "int8"])
+    assert result.exit_code == 2
+    assert "bfloat16" in result.output
