@@ -368,8 +368,10 @@ def genesis_plan(
     min_updates: int,
     deadline_blocks: int,
     max_blob_bytes: int = 256 * 1024 * 1024,
+    tls: bool = False,
 ) -> GenesisPlan:
-    """The bench's genesis: ``spec`` trained with ``plan`` for ``rounds`` rounds, FedAvg."""
+    """The bench's genesis: ``spec`` trained with ``plan`` for ``rounds`` rounds, FedAvg; with
+    ``tls``, every founder's node certificate pinned (``consortium.tls = "pinned"``)."""
     training = plan.model_copy(
         update={"rounds": rounds, "min_updates": min_updates, "deadline_blocks": deadline_blocks}
     )
@@ -381,6 +383,7 @@ def genesis_plan(
         ),
         aggregation=FEDAVG,
         name="Bench Consortium",
+        tls="pinned" if tls else None,
     )
 
 
@@ -478,7 +481,9 @@ class BenchConsortium(LocalConsortium):
     train (power 0) and are not started with the others: nodes started late to measure
     catch-up. The nodes run with their own defaults unless a bench asks otherwise, at the
     empty-block pace every figure in bench/README.md was taken at, logging text lines (which
-    ``parse_log`` reads). Always use it as a context manager.
+    ``parse_log`` reads). With ``tls`` every node serves TLS 1.3 behind its certificate pinned
+    in the genesis (``bcfl node --tls``, as ``bcfl demo --tls``). Always use it as a context
+    manager.
     """
 
     def __init__(
@@ -495,6 +500,7 @@ class BenchConsortium(LocalConsortium):
         deadline_blocks: int = 1000,
         spare: int = 0,
         max_blob_bytes: int = 256 * 1024 * 1024,
+        tls: bool = False,
     ) -> None:
         files = list(data) if data is not None else list(partition_files(members))
         plans = member_plans(members, spare, files)
@@ -508,6 +514,7 @@ class BenchConsortium(LocalConsortium):
                 min_updates=members,
                 deadline_blocks=deadline_blocks,
                 max_blob_bytes=max_blob_bytes,
+                tls=tls,
             ),
             passphrase=PASSPHRASE,
             genesis_time_ms=GENESIS_TIME_MS,
@@ -647,6 +654,7 @@ def run_nodes(
     memory_limit: int | None = None,
     max_blob_bytes: int | None = None,
     partial: bool = True,
+    tls: bool = False,
 ) -> FedRun:
     """One training run through real nodes: start-up, per-round times, final accuracy.
 
@@ -655,16 +663,17 @@ def run_nodes(
     run that times out after at least one round reports the rounds it finished (``incomplete``
     in ``extra`` and in the name say so) instead of failing. Start-up and round times are the
     first node's commit times from its log (``timing`` says which; the poll's own are kept in
-    ``polled_round_s``), as Flower's are its server's own stamps.
+    ``polled_round_s``), as Flower's are its server's own stamps. With ``tls`` the nodes talk
+    TLS 1.3 with pinned certificates (``bcfl node --tls``).
     """
     import shutil
     import tempfile
 
     root = Path(tempfile.mkdtemp(prefix="bcfl-bench-nodes-")) if keep is None else keep
-    run = FedRun(f"bcfl, {members} nodes (BFT)", rounds)
+    run = FedRun(f"bcfl, {members} nodes (BFT{', TLS' if tls else ''})", rounds)
     try:
         options = {} if max_blob_bytes is None else {"max_blob_bytes": max_blob_bytes}
-        with BenchConsortium(root, spec, plan, members, rounds, **options) as consortium:
+        with BenchConsortium(root, spec, plan, members, rounds, tls=tls, **options) as consortium:
             consortium.start_founders()
             limit = timeout if timeout is not None else 300.0 + 120.0 * rounds
             try:

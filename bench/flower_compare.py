@@ -3,7 +3,7 @@
 Usage::
 
     make bench-flower                      # creates .venv-bench with flwr[simulation], runs this
-    .venv-bench/bin/python bench/flower_compare.py [--rounds 20] [--members 10] [--json]
+    .venv-bench/bin/python bench/flower_compare.py [--rounds 20] [--members 10] [--tls] [--json]
 
 One job, three ways: the digits MLP (4,810 parameters), the shipped Dirichlet(0.5) partition of
 the digits training rows among 10 members, one local epoch of SGD (lr 0.05, batch 32) per
@@ -22,9 +22,17 @@ FedAvg weighted by samples, scored on ``sample_data/digits-test.csv``:
     ServerApp (bench/flower_job.py, packaged in bench/flower_app) submitted with ``flwr run``;
     timed as (b). Its SuperNodes start one ``flwr-clientapp`` process per message, so its
     cache counters show one load per client call (``--no-deployment`` skips it);
+(b'') with ``--tls``: the same deployment over TLS (a throwaway CA, the SuperLink serving with
+    its certificate, SuperNodes and ``flwr run`` trusting the CA), arm ``flower-deployment-tls``;
 (c) bcfl: one real ``bcfl node --train`` process per member on loopback, full BFT consensus,
     signed transactions, contract checks and the aggregate recomputed by every validator; the
-    per-round time is the interval between committed aggregates as the first node logs them.
+    per-round time is the interval between committed aggregates as the first node logs them;
+(c') with ``--tls``: the same nodes serving TLS 1.3 behind certificates pinned in the genesis
+    (``bcfl node --tls``), arm ``bcfl-nodes-tls``, the fair pair of (b'').
+
+``--arms`` names the arms to run instead (plain FedAvg always runs: every ratio is taken
+against it): ``flower-simulation``, ``flower-deployment``, ``flower-deployment-tls``,
+``bcfl-nodes``, ``bcfl-nodes-tls``.
 
 Start-up is measured the same way in every arm, twice: launch -> the first member starts its
 round-1 training, and launch -> the first aggregate exists (returned by plain FedAvg, handed to
@@ -43,7 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +76,25 @@ from bench.common import (  # noqa: E402
 )
 
 BENCH_VENV_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+
+#: The arms besides plain FedAvg, in the order they run; the default set leaves out TLS.
+ARMS = (
+    "flower-simulation",
+    "flower-deployment",
+    "flower-deployment-tls",
+    "bcfl-nodes",
+    "bcfl-nodes-tls",
+)
+DEFAULT_ARMS = ("flower-simulation", "flower-deployment", "bcfl-nodes")
+TLS_ARMS = ("flower-deployment-tls", "bcfl-nodes-tls")
+#: Same-transport pairs whose ratios a report spells out: (bcfl arm, Flower arm).
+PAIRS = (
+    ("bcfl-nodes", "flower-deployment"),
+    ("bcfl-nodes-tls", "flower-deployment-tls"),
+    ("bcfl-nodes", "flower-simulation"),
+    ("bcfl-nodes-tls", "bcfl-nodes"),
+    ("flower-deployment-tls", "flower-deployment"),
+)
 
 #: The members' partitions, per process and per member count: in a Ray actor this module is
 #: imported once, so the partitions load once per actor, not once per message.
@@ -256,8 +283,19 @@ def run(
     flower: str | None = None,
     nodes: bool = True,
     deployment: bool = True,
+    arms: Collection[str] | None = None,
     quiet: bool = False,
 ) -> Report:
+    """Plain FedAvg and the ``arms`` (default DEFAULT_ARMS; ``nodes=False`` and
+    ``deployment=False`` drop the bcfl and the Flower deployment arms), one after the other."""
+    chosen = set(DEFAULT_ARMS if arms is None else arms)
+    unknown = chosen - set(ARMS)
+    if unknown:
+        raise ValueError(f"unknown arms {sorted(unknown)}; known: {', '.join(ARMS)}")
+    if not nodes:
+        chosen -= {"bcfl-nodes", "bcfl-nodes-tls"}
+    if not deployment:
+        chosen -= {"flower-deployment", "flower-deployment-tls"}
     report = Report(
         bench="flower_compare",
         title=f"bcfl vs Flower: digits MLP, {members} members, Dirichlet 0.5, {rounds} rounds",
@@ -267,6 +305,7 @@ def run(
             "seed": seed,
             "model": DIGITS_MLP.to_document(),
             "plan": PLAN.to_document(),
+            "arms": [a for a in ARMS if a in chosen],
         },
         columns=[
             "arm",
@@ -276,6 +315,7 @@ def run(
             "x plain",
             "x Flower",
             "x Flower deploy",
+            "x Flower deploy TLS",
             "accuracy",
             "total s",
             "data loads",
@@ -286,30 +326,41 @@ def run(
     log("(a) plain in-process FedAvg ...", quiet=quiet)
     with torch_threads(1):
         runs = [with_startup(plain_fedavg(DIGITS_MLP, PLAN, data, test, rounds, seed=seed))]
-    flower_run: FedRun | None = None
-    python = flower_python(flower)
-    if python is None:
+    by_arm: dict[str, FedRun] = {}
+    flower_arms = chosen & {"flower-simulation", "flower-deployment", "flower-deployment-tls"}
+    python = flower_python(flower) if flower_arms else None
+    if flower_arms and python is None:
         report.notes.append(
             "Flower skipped: flwr is not installed here (run `make bench-flower`, or pass "
             "--flower-python PATH)"
         )
-    else:
+    if python is not None and "flower-simulation" in chosen:
         log(f"(b) Flower simulation ({python}) ...", quiet=quiet)
-        flower_run = run_flower(python, members, rounds, seed, quiet=quiet)
-        runs.append(flower_run)
-    deploy_run: FedRun | None = None
-    if python is not None and deployment:
+        by_arm["flower-simulation"] = run_flower(python, members, rounds, seed, quiet=quiet)
+    if python is not None and chosen & {"flower-deployment", "flower-deployment-tls"}:
         from bench.flower_deploy import run_flower_deployment
 
-        log(f"(b') Flower deployment engine, {members} SuperNodes ...", quiet=quiet)
-        deploy_run = run_flower_deployment(python, members, rounds, seed, quiet=quiet)
-        runs.append(deploy_run)
-    if nodes:
-        log("(c) bcfl nodes ...", quiet=quiet)
-        node_run = run_nodes(DIGITS_MLP, PLAN, members, rounds, test=test, quiet=quiet)
-        node_run.extra.setdefault("cache_loads", members)  # each node reads its partition once
-        node_run.extra.setdefault("cache_hits", None)
-        runs.append(node_run)
+        for arm, tls in (("flower-deployment", False), ("flower-deployment-tls", True)):
+            if arm in chosen:
+                transport = "TLS" if tls else "insecure"
+                log(
+                    f"(b') Flower deployment engine, {members} SuperNodes, {transport} ...",
+                    quiet=quiet,
+                )
+                by_arm[arm] = run_flower_deployment(
+                    python, members, rounds, seed, quiet=quiet, tls=tls
+                )
+    for arm, tls in (("bcfl-nodes", False), ("bcfl-nodes-tls", True)):
+        if arm in chosen:
+            log(f"(c) bcfl nodes{' over TLS' if tls else ''} ...", quiet=quiet)
+            node_run = run_nodes(DIGITS_MLP, PLAN, members, rounds, test=test, quiet=quiet, tls=tls)
+            node_run.extra.setdefault("cache_loads", members)  # each node reads its partition once
+            node_run.extra.setdefault("cache_hits", None)
+            by_arm[arm] = node_run
+    runs += [by_arm[a] for a in ARMS if a in by_arm]
+    flower_run = by_arm.get("flower-simulation")
+    deploy_run = by_arm.get("flower-deployment")
+    deploy_tls_run = by_arm.get("flower-deployment-tls")
     plain = runs[0].median_round_s
     for r in runs:
         report.add(
@@ -325,6 +376,9 @@ def run(
                 "x Flower deploy": ratio(r.median_round_s, deploy_run.median_round_s)
                 if deploy_run
                 else None,
+                "x Flower deploy TLS": ratio(r.median_round_s, deploy_tls_run.median_round_s)
+                if deploy_tls_run
+                else None,
                 "accuracy": r.accuracy,
                 "total s": r.total_s,
                 "data loads": r.extra.get("cache_loads"),
@@ -332,6 +386,7 @@ def run(
             },
         )
     report.settings["runs"] = [r.to_dict() for r in runs]
+    report.settings["pairs"] = pair_ratios(by_arm)
     report.notes.append(
         "x plain / x Flower: median time per round divided by that arm's (lower is faster)"
     )
@@ -346,16 +401,56 @@ def run(
             f"{flower_run.extra['actor_processes']} actor processes "
             f"({members * rounds} client calls)"
         )
-    if deploy_run is not None:
+    for arm in ("flower-deployment", "flower-deployment-tls"):
+        if arm in by_arm:
+            deployed = by_arm[arm]
+            report.notes.append(
+                f"{deployed.name} data cache: {deployed.extra['cache_loads']} loads, "
+                f"{deployed.extra['cache_hits']} hits over "
+                f"{deployed.extra['actor_processes']} ClientApp processes "
+                f"({members * rounds} client calls; Flower 1.42's SuperNode starts one "
+                "flwr-clientapp process per message, so a per-process cache cannot hit); "
+                f"{deployed.extra['killed_at_stop']} processes needed SIGKILL at the end"
+            )
+    for pair in report.settings["pairs"]:
         report.notes.append(
-            f"Flower deployment data cache: {deploy_run.extra['cache_loads']} loads, "
-            f"{deploy_run.extra['cache_hits']} hits over "
-            f"{deploy_run.extra['actor_processes']} ClientApp processes "
-            f"({members * rounds} client calls; Flower 1.42's SuperNode starts one "
-            "flwr-clientapp process per message, so a per-process cache cannot hit); "
-            f"{deploy_run.extra['killed_at_stop']} processes needed SIGKILL at the end"
+            f"{pair['arm']} / {pair['against']}: round {_fmt(pair['round'])}x, to 1st training "
+            f"{_fmt(pair['to_first_training'])}x, to 1st aggregate "
+            f"{_fmt(pair['to_first_aggregate'])}x, whole run {_fmt(pair['total'])}x"
         )
     return report
+
+
+def pair_ratios(by_arm: dict[str, FedRun]) -> list[dict[str, Any]]:
+    """For every pair of PAIRS that ran: round (median), both start-ups and the whole run of
+    the first arm divided by the second's (below 1: the first is faster)."""
+
+    def quotient(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else ratio(a, b)
+
+    out = []
+    for arm, against in PAIRS:
+        if arm in by_arm and against in by_arm:
+            x, y = by_arm[arm], by_arm[against]
+            out.append(
+                {
+                    "arm": arm,
+                    "against": against,
+                    "round": quotient(x.median_round_s, y.median_round_s),
+                    "to_first_training": quotient(
+                        x.extra.get("first_training_s"), y.extra.get("first_training_s")
+                    ),
+                    "to_first_aggregate": quotient(
+                        x.extra.get("first_aggregate_s"), y.extra.get("first_aggregate_s")
+                    ),
+                    "total": quotient(x.total_s, y.total_s),
+                }
+            )
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -366,7 +461,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flower-python", help="a Python with flwr[simulation] installed")
     parser.add_argument("--no-nodes", action="store_true", help="skip the bcfl node arm")
     parser.add_argument(
-        "--no-deployment", action="store_true", help="skip Flower's deployment-engine arm"
+        "--no-deployment", action="store_true", help="skip Flower's deployment-engine arms"
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="also run the TLS arms: flower-deployment-tls and bcfl-nodes-tls",
+    )
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=ARMS,
+        help=f"run these arms (plain FedAvg always runs); default: {' '.join(DEFAULT_ARMS)}",
     )
     parser.add_argument("--flower-child", type=Path, help=argparse_hidden())
     parser.add_argument("--launched", type=float, help=argparse_hidden())
@@ -377,6 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     members, rounds = args.members, args.rounds
     if args.quick:  # a smoke run: 4 members (shipped 4-member partition), 3 rounds
         members, rounds = min(members, 4), min(rounds, 3)
+    arms = list(args.arms or DEFAULT_ARMS)
+    if args.tls:
+        arms += [a for a in TLS_ARMS if a not in arms]
     report = run(
         members,
         rounds,
@@ -384,6 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flower=args.flower_python,
         nodes=not args.no_nodes,
         deployment=not args.no_deployment,
+        arms=arms,
         quiet=args.json,
     )
     emit(report, as_json=args.json)

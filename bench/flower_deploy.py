@@ -1,7 +1,14 @@
 """Flower's deployment engine as an arm of bench/flower_compare.py: one ``flower-superlink`` and
-N ``flower-supernode`` processes on 127.0.0.1 (insecure mode, random free ports), the job of
-bench/flower_app submitted with ``flwr run``, as Flower's "Run Flower with the Deployment
-Runtime" guide does it. The real-process counterpart of N ``bcfl node`` processes.
+N ``flower-supernode`` processes on 127.0.0.1 (random free ports), the job of bench/flower_app
+submitted with ``flwr run``, as Flower's "Run Flower with the Deployment Runtime" guide does it.
+The real-process counterpart of N ``bcfl node`` processes.
+
+Two transports: insecure mode (``--insecure`` everywhere), and TLS as Flower's "Enable TLS
+connections" guide sets it up. A throwaway CA and a server certificate for 127.0.0.1/localhost
+are made for the run; the SuperLink serves with ``--ssl-ca-certfile --ssl-certfile
+--ssl-keyfile`` (and hands them to the SuperExec it starts), every SuperNode trusts the CA with
+``--root-certificates``, and ``flwr run`` reaches the SuperLink's Control API through the
+``root-certificates`` key of the connection in ``FLWR_HOME/config.toml``.
 
 Every process started here carries a marker in its environment; at the end all of them, and
 the SuperExec and app processes Flower detaches from them, are stopped by that marker, each
@@ -19,6 +26,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import FedRun, log
@@ -31,6 +39,128 @@ STARTUP_TIMEOUT_S = 120.0
 ROUND_TIMEOUT_S = 90.0
 #: How long a stopped process gets between SIGTERM and SIGKILL.
 STOP_GRACE_S = 5.0
+#: The throwaway certificates live for a day: longer than any run, short if a copy leaks.
+CERT_LIFETIME_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """The PEM files of one run's TLS: the CA the clients trust, the SuperLink's chain and key."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def make_tls_material(folder: Path) -> TlsMaterial:
+    """A throwaway CA and a server certificate it signs, valid for 127.0.0.1 and localhost, as
+    the ``ca.crt``, ``server.pem`` and ``server.key`` of Flower's TLS guide (ECDSA P-256 instead
+    of its RSA: gRPC accepts both, and P-256 keys are made in microseconds)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    until = now + datetime.timedelta(seconds=CERT_LIFETIME_S)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bcfl bench Flower CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(until)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    material = TlsMaterial(folder / "ca.crt", folder / "server.pem", folder / "server.key")
+    material.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    material.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    material.server_key.write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    material.server_key.chmod(0o600)
+    return material
+
+
+def superlink_transport(tls: TlsMaterial | None) -> list[str]:
+    """The SuperLink's transport flags: ``--insecure``, or its certificates."""
+    if tls is None:
+        return ["--insecure"]
+    return [
+        "--ssl-ca-certfile",
+        str(tls.ca_cert),
+        "--ssl-certfile",
+        str(tls.server_cert),
+        "--ssl-keyfile",
+        str(tls.server_key),
+    ]
+
+
+def supernode_transport(tls: TlsMaterial | None) -> list[str]:
+    """A SuperNode's transport flags: ``--insecure``, or the CA it trusts."""
+    return ["--insecure"] if tls is None else ["--root-certificates", str(tls.ca_cert)]
+
+
+def connection_toml(port: int, tls: TlsMaterial | None) -> str:
+    """``FLWR_HOME/config.toml`` naming this run's SuperLink as the default connection of
+    ``flwr run``: insecure, or trusting the run's CA (an absolute path, as Flower requires)."""
+    transport = (
+        "insecure = true\n"
+        if tls is None
+        else f'insecure = false\nroot-certificates = "{tls.ca_cert.resolve()}"\n'
+    )
+    return (
+        '[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
+        f'address = "127.0.0.1:{port}"\n{transport}'
+    )
 
 
 def free_port() -> int:
@@ -100,10 +230,11 @@ class _ignored:
 
 
 def run_flower_deployment(
-    python: str, members: int, rounds: int, seed: int, *, quiet: bool = False
+    python: str, members: int, rounds: int, seed: int, *, quiet: bool = False, tls: bool = False
 ) -> FedRun:
-    """The job on a SuperLink and ``members`` SuperNodes; start-up and rounds timed as the
-    simulation arm times them (evaluate_fn stamps, the earliest training start)."""
+    """The job on a SuperLink and ``members`` SuperNodes, insecure or (``tls``) over TLS with a
+    throwaway CA made before the clock starts; start-up and rounds timed as the simulation arm
+    times them (evaluate_fn stamps, the earliest training start)."""
     bindir = Path(python).parent
     marker = uuid.uuid4().hex
     procs: list[subprocess.Popen[bytes]] = []
@@ -114,10 +245,8 @@ def run_flower_deployment(
             folder.mkdir()
         out = tmp / "result.json"
         link_port = free_port()
-        (home / "config.toml").write_text(
-            '[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
-            f'address = "127.0.0.1:{link_port}"\ninsecure = true\n'
-        )
+        material = make_tls_material(tmp / "certs") if tls else None
+        (home / "config.toml").write_text(connection_toml(link_port, material))
         (tmp / "run-config.toml").write_text(
             f"members = {members}\nrounds = {rounds}\nseed = {seed}\n"
             f'out = "{out}"\ncounters = "{counters}"\n'
@@ -145,7 +274,7 @@ def run_flower_deployment(
                 "superlink",
                 [
                     str(bindir / "flower-superlink"),
-                    "--insecure",
+                    *superlink_transport(material),
                     "--host",
                     "127.0.0.1",
                     "--port",
@@ -158,7 +287,7 @@ def run_flower_deployment(
                     f"supernode-{index}",
                     [
                         str(bindir / "flower-supernode"),
-                        "--insecure",
+                        *supernode_transport(material),
                         "--superlink",
                         f"127.0.0.1:{link_port}",
                         "--host",
@@ -217,7 +346,8 @@ def run_flower_deployment(
         finally:
             killed = stop_all(procs, marker)
     stamps = data["stamps"]
-    run = FedRun(f"Flower {_version(python)} (deployment, {members} SuperNodes)", rounds)
+    transport = "TLS, " if tls else ""
+    run = FedRun(f"Flower {_version(python)} (deployment, {transport}{members} SuperNodes)", rounds)
     run.startup_s = stamps[0] - launched
     run.round_s = [b - a for a, b in itertools.pairwise(stamps)]
     run.total_s = total
@@ -230,6 +360,7 @@ def run_flower_deployment(
     run.extra["cache_hits"] = counted["hits"]
     run.extra["actor_processes"] = counted["processes"]
     run.extra["killed_at_stop"] = killed
+    run.extra["transport"] = "TLS (throwaway CA)" if tls else "insecure"
     return run
 
 

@@ -30,6 +30,7 @@ BENCHES = (
     "flower_compare",
     "ledger_overhead",
     "sync_bench",
+    "serve_bench",
     "scale",
     "accuracy",
     "poisoning_network",

@@ -35,9 +35,9 @@ from bcfl_cli.protocol.spec import AppModelSpec, ModelSpec, TrainingPlan
 #: Metrics an app may report a round (the update transaction holds at most 32, and bcfl adds
 #: its own, such as ``dp_epsilon_total``).
 MAX_APP_METRICS = 24
-_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 _DECIMAL = re.compile(
-    r"^-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$|^(nan|inf|-inf)$"
+    r"^-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?\Z|^(nan|inf|-inf)\Z"
 )
 
 T = TypeVar("T")

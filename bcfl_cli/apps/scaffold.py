@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bcfl_cli.errors import UsageError
 
-APP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+APP_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 _RESERVED = frozenset({"bcfl", "bcfl_cli", "torch", "numpy", "tests", "test"})
 
 _PYPROJECT = """\

@@ -29,7 +29,7 @@ from bcfl_cli.wire.refusal import Refusal
 UPDATES_DIR = "updates"
 PUSH_TIMEOUT_S = 10.0
 MAX_PUSH_PEERS = 64
-_UPDATE_NAME = re.compile(r"^round-([0-9]{1,12})\.safetensors$")
+_UPDATE_NAME = re.compile(r"^round-([0-9]{1,12})\.safetensors\Z")
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_POWER = 1_000_000
 #: BFT: with n equal validators, n = 3f + 1 tolerates f faults; fewer than 4 tolerate none.
 MIN_FAULT_TOLERANT_VALIDATORS = 4
-MEMBER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MEMBER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 Role = Literal["trainer", "validator"]
 

@@ -52,7 +52,7 @@ PREFIXES_PER_PASS = 16
 MAX_REMOVALS_PER_PASS = 1024
 MAX_INTERVAL_S = 600.0
 _PREFIXES = [f"{i:02x}" for i in range(256)]
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])\Z")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 

@@ -68,7 +68,7 @@ NODE_URL_HEADER = "Bcfl-Node-Url"
 #: hint: a missing or malformed one means "relay to all", never a refusal.
 SEEN_HEADER = "Bcfl-Seen-By"
 MAX_SEEN_TAGS = 128
-_TAG = re.compile(r"^[0-9a-f]{12}$")
+_TAG = re.compile(r"^[0-9a-f]{12}\Z")
 CONSENSUS_PATH = "/v1/consensus"
 PEER_STREAM_PATH = "/v1/stream"
 #: How long a frame may take to leave (a stalled peer's stream is dropped, the POST tried).

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import msgspec
 import nacl.signing
 
 from bcfl_cli.errors import EncodingError
@@ -203,53 +203,43 @@ def _vote_text(vote: Vote) -> bytes | None:
     return (_VOTE_TEMPLATE % values).encode("ascii")
 
 
-#: Decodes without hooks; what it yields is only trusted once a template reproduces the text.
-_PLAIN_DECODER = json.JSONDecoder()
-
-
-def _fast_text(data: str | bytes) -> str | None:
-    """``data`` as text when it may be a canonical certificate or header (bounded, ASCII)."""
-    if len(data) > MAX_JSON_BYTES:
-        return None
-    if isinstance(data, bytes):
-        return data.decode("ascii") if data.isascii() else None
-    return data if data.isascii() else None
-
-
-#: RFC 8785 of a header and of a certificate, keys in order, for fields that passed
-#: ``from_dict`` (hashes are hex, dids are canonical did:key, integers are checked safe);
-#: a property test pins both to ``canonical``.
-_HEADER_TEMPLATE = (
-    '{"config":"%s","height":%d,"prev":"%s","proposer":"%s","time":%d,"tx_root":"%s","v":'
-    + str(PROTOCOL_VERSION)
-    + ',"validators":"%s"}'
-)
-_COMMIT_TEMPLATE = '{"block":"%s","height":%d,"round":%d,"sigs":[%s]}'
-_COMMIT_SIG_TEMPLATE = '{"sig":"%s","validator":"%s"}'
-
-
-def _header_text(header: BlockHeader) -> str | None:
-    if not (_safe_int(header.height) and _safe_int(header.time) and _plain(header.proposer)):
-        return None
-    return _HEADER_TEMPLATE % (
-        header.config,
-        header.height,
-        header.prev,
-        header.proposer,
-        header.time,
-        header.tx_root,
-        header.validators,
-    )
-
-
-def _commit_text(commit: CommitCertificate) -> str | None:
-    if not (_safe_int(commit.height) and _safe_int(commit.round)):
-        return None
-    sigs = ",".join([_COMMIT_SIG_TEMPLATE % (sig, did) for did, sig in commit.signatures])
-    return _COMMIT_TEMPLATE % (commit.block, commit.height, commit.round, sigs)
-
-
 # --- commit certificates ------------------------------------------------------------------
+class _WireSignature(msgspec.Struct, forbid_unknown_fields=True):
+    """A certificate's signature as stored, fields in RFC 8785 order."""
+
+    sig: str
+    validator: str
+
+
+class _WireCommit(msgspec.Struct, forbid_unknown_fields=True):
+    """A certificate as stored, fields in RFC 8785 order (the fast path of ``from_canonical``)."""
+
+    block: str
+    height: int
+    round: int
+    sigs: list[_WireSignature]
+
+
+_COMMIT_DECODER: msgspec.json.Decoder[_WireCommit] = msgspec.json.Decoder(_WireCommit)
+
+
+class _WireHeader(msgspec.Struct, forbid_unknown_fields=True):
+    """A header as stored, fields in RFC 8785 order (the fast path of ``from_canonical``)."""
+
+    config: str
+    height: int
+    prev: str
+    proposer: str
+    time: int
+    tx_root: str
+    v: int
+    validators: str
+
+
+_HEADER_DECODER: msgspec.json.Decoder[_WireHeader] = msgspec.json.Decoder(_WireHeader)
+_WIRE_ENCODER = msgspec.json.Encoder()
+
+
 @dataclass(frozen=True)
 class CommitCertificate:
     """PRECOMMIT signatures for one block at one (height, round)."""
@@ -281,33 +271,42 @@ class CommitCertificate:
             if not is_did(item["validator"]) or not is_signature_hex(item["sig"]):
                 raise EncodingError("commit signature validator or sig malformed")
             pairs.append((item["validator"], item["sig"]))
+        return cls._checked(data["height"], data["round"], data["block"], pairs)
+
+    @classmethod
+    def _checked(
+        cls, height: Any, round_: Any, block: Any, pairs: list[tuple[str, str]]
+    ) -> CommitCertificate:
+        """The checks of ``from_dict`` after each signature's own, in its order."""
         if [p[0] for p in pairs] != sorted({p[0] for p in pairs}):
             raise EncodingError("commit signatures must be sorted by validator, without repeats")
-        for name in ("height", "round"):
-            v = data[name]
+        for name, v in (("height", height), ("round", round_)):
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= MAX_SAFE_INT:
                 raise EncodingError(f"commit {name} must be an integer in 0 .. {MAX_SAFE_INT}")
-        if not is_hash_hex(data["block"]):
+        if not is_hash_hex(block):
             raise EncodingError("commit block must be a block hash")
-        return cls(data["height"], data["round"], data["block"], tuple(pairs))
+        return cls(height, round_, block, tuple(pairs))
 
     @classmethod
     def from_canonical(cls, data: str | bytes) -> CommitCertificate:
         """A certificate from its canonical bytes (refusing any other spelling).
 
-        Fast path: decode, validate, and compare the bytes with the certificate's canonical
-        form written by template (every validated field is plain); anything else is decided
-        by ``parse_canonical``.
+        Fast path: decode ASCII text into the certificate's exact shape in C (msgspec) and
+        encode it back; when that gives the same bytes, the text is compact JSON with its keys
+        in RFC 8785 order and only ASCII strings and integers, which is RFC 8785 (the property
+        ``parse_canonical``'s fast path rests on), and ``from_dict``'s field checks decide.
+        Anything else, errors included, is decided by ``parse_canonical`` and ``from_dict``.
         """
-        text = _fast_text(data)
-        if text is not None:
+        if len(data) <= MAX_JSON_BYTES and data.isascii():
+            raw = data.encode("ascii") if isinstance(data, str) else data
             try:
-                commit = cls.from_dict(_PLAIN_DECODER.decode(text))
-            except (EncodingError, ValueError, RecursionError, TypeError, KeyError):
+                wire = _COMMIT_DECODER.decode(raw)
+                if len(wire.sigs) <= MAX_VALIDATORS and _WIRE_ENCODER.encode(wire) == raw:
+                    pairs = [(item.validator, item.sig) for item in wire.sigs]
+                    if all(is_did(d) and is_signature_hex(sig) for d, sig in pairs):
+                        return cls._checked(wire.height, wire.round, wire.block, pairs)
+            except (msgspec.MsgspecError, EncodingError, ValueError, TypeError):
                 pass
-            else:
-                if _commit_text(commit) == text:
-                    return commit
         return cls.from_dict(parse_canonical(data))
 
     def precommit_digests(self, chain: str) -> list[bytes]:
@@ -398,16 +397,20 @@ class BlockHeader:
 
     @classmethod
     def from_canonical(cls, data: str | bytes) -> BlockHeader:
-        """A header from its canonical bytes (refusing any other spelling); the hash is theirs."""
+        """A header from its canonical bytes (refusing any other spelling); the hash is theirs.
+
+        Fast path as for certificates: msgspec decodes ASCII text into the header's exact
+        shape and encodes it back; the same bytes mean RFC 8785 text, and ``from_dict``'s
+        checks decide. Anything else is decided by ``parse_canonical`` and ``from_dict``.
+        """
         raw = data.encode("utf-8") if isinstance(data, str) else data
-        text = _fast_text(data)
         header = None
-        if text is not None:
+        if len(raw) <= MAX_JSON_BYTES and raw.isascii():
             try:
-                header = cls.from_dict(_PLAIN_DECODER.decode(text))
-            except (EncodingError, ValueError, RecursionError, TypeError, KeyError):
-                header = None
-            if header is not None and _header_text(header) != text:
+                wire = _HEADER_DECODER.decode(raw)
+                if _WIRE_ENCODER.encode(wire) == raw:
+                    header = cls.from_dict(msgspec.structs.asdict(wire))
+            except (msgspec.MsgspecError, EncodingError, ValueError, TypeError):
                 header = None
         if header is None:
             header = cls.from_dict(parse_canonical(data))

@@ -76,13 +76,13 @@ class ModelSpec(_Spec):
 
 #: A model app's entry point, ``module:object`` (both may be dotted), as pinned by a genesis.
 ENTRY_POINT_RE = re.compile(
-    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+    r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z"
 )
 MAX_ENTRY_POINT_CHARS = 200
 #: Files an app's source manifest may list (each is a line of the genesis document).
 MAX_APP_FILES = 1_000
 MAX_APP_PATH_CHARS = 256
-_HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+_HASH_RE = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 def _no_floats(value: Any, where: str = "config") -> None:

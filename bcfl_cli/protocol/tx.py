@@ -43,7 +43,7 @@ MAX_TX_BYTES = 64 * 1024
 #: 144 bytes surround it.
 _UNSIGNED_START = len('{"sig":"') + 128 + len('","tx":')
 SIGNED_OVERHEAD = _UNSIGNED_START + 1
-_NONCE = re.compile(r"^[0-9a-f]{32}$")
+_NONCE = re.compile(r"^[0-9a-f]{32}\Z")
 _SIGNED_FIELDS = frozenset({"tx", "sig"})
 _TX_FIELDS = frozenset({"v", "chain", "kind", "author", "nonce", "time", "body"})
 _KINDS = {str(kind): kind for kind in TxKind}

@@ -23,9 +23,9 @@ from bcfl_cli.protocol.crypto import is_did
 from bcfl_cli.protocol.encoding import is_hash_hex
 
 _DECIMAL = re.compile(
-    r"^-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?$|^(nan|inf|-inf)$"
+    r"^-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,3})?\Z|^(nan|inf|-inf)\Z"
 )
-_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 ROLES = ("trainer", "validator")
 
 
@@ -64,14 +64,12 @@ def _roles(v: Any) -> bool:
 
 
 def _metrics(v: Any) -> bool:
-    return (
-        isinstance(v, dict)
-        and len(v) <= 32
-        and all(
-            isinstance(k, str) and _CODE.match(k) and isinstance(x, str) and _DECIMAL.match(x)
-            for k, x in v.items()
-        )
-    )
+    if not isinstance(v, dict) or len(v) > 32:
+        return False
+    for k, x in v.items():  # a loop, not all(genexpr): every update carries metrics
+        if not (isinstance(k, str) and _CODE.match(k) and isinstance(x, str) and _DECIMAL.match(x)):
+            return False
+    return True
 
 
 def _params(v: Any) -> bool:
@@ -151,9 +149,15 @@ OPTIONAL_BODY_FIELDS: Mapping[TxKind, Mapping[str, Check]] = {
 _BODY_FIELDS = {kind: frozenset(schema) for kind, schema in BODY_SCHEMAS.items()}
 
 
+#: Each kind's checks, required then optional fields, merged once (every body read is checked).
+_SCHEMAS = {
+    kind: {**schema, **OPTIONAL_BODY_FIELDS.get(kind, {})} for kind, schema in BODY_SCHEMAS.items()
+}
+
+
 def validate_body(kind: TxKind, body: Any) -> None:
     optional = OPTIONAL_BODY_FIELDS.get(kind, {})
-    schema = {**BODY_SCHEMAS[kind], **optional}
+    schema = _SCHEMAS[kind]
     if not isinstance(body, dict):
         raise EncodingError(f"{kind} body must be an object")
     if body.keys() - optional.keys() != _BODY_FIELDS[kind]:

@@ -19,6 +19,7 @@ import bench.common as common
 import bench.flower_compare as flower_compare
 import bench.ledger_overhead as ledger_overhead
 import bench.model_proof as model_proof
+import bench.serve_bench as serve_bench
 import bench.simulate as simulate_bench
 import bench.sync_bench as sync_bench
 import bench.verify_chain as verify_chain
@@ -150,6 +151,13 @@ def test_raw_loopback_transfer_moves_every_byte():
     assert 0 < seconds < 30 and cpu >= 0
 
 
+def test_serve_bench_downloads_every_blob_from_the_node_route_and_the_bare_app():
+    runs = serve_bench.run(blobs=2, mb=0.3, repeats=1, before=None)
+    assert set(runs) == {"raw", "node"}
+    for ((wall, client_cpu, server_cpu),) in runs.values():
+        assert 0 < wall < 60 and client_cpu >= 0 and server_cpu >= 0
+
+
 def test_raw_loopback_transfer_from_a_server_process_of_its_own_moves_every_byte(tmp_path):
     pages = [b'{"blocks":[]}' * 10, b"[]"]
     blobs = [bytes(range(256)) * 4096, b"x" * 10]
@@ -199,6 +207,27 @@ def test_bench_consortium_file_is_a_valid_genesis_file(tmp_path):
     assert config.training.rounds == 3 and config.training.holdout_fraction == 0.0
     assert [m.power for m in config.members] == [1, 1, 1, 1, 0]
     assert math.isclose(config.training.lr, common.PLAN.lr)
+
+
+def test_bench_consortium_over_tls_pins_every_founder_and_serves_https(tmp_path):
+    genesis = common.genesis_plan(
+        common.DIGITS_MLP, common.PLAN, rounds=1, min_updates=4, deadline_blocks=50, tls=True
+    )
+    assert genesis.tls == "pinned"
+    with common.BenchConsortium(
+        tmp_path, common.DIGITS_MLP, common.PLAN, 4, 1, tls=True
+    ) as consortium:
+        config = load_config(consortium.config_file)
+        assert config.tls == "pinned"
+        assert all(node.url.startswith("https://127.0.0.1:") for node in consortium.nodes)
+
+
+@pytest.mark.slow
+@pytest.mark.network
+def test_bcfl_nodes_over_tls_close_a_round_for_the_flower_comparison():
+    run = common.run_nodes(common.DIGITS_MLP, common.PLAN, 4, 1, quiet=True, tls=True)
+    assert run.name == "bcfl, 4 nodes (BFT, TLS)"
+    assert len(run.round_s) == 1 and 0.0 <= run.accuracy <= 1.0
 
 
 @pytest.mark.slow

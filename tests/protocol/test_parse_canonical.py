@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from bcfl_cli.errors import EncodingError
 from bcfl_cli.protocol.block import BlockHeader, CommitCertificate, Vote, VoteType
 from bcfl_cli.protocol.encoding import (
+    _FAST_DECODER,
+    _FAST_ENCODER,
     MAX_SAFE_INT,
     NotCanonicalError,
     _parse_canonical_exact,
@@ -274,3 +276,57 @@ def test_precommit_digests_equal_each_vote_hash(commit: CommitCertificate, chain
             commit.precommit_digests(chain)
         return
     assert commit.precommit_digests(chain) == expected
+
+
+ascii_text = st.text(alphabet=st.characters(max_codepoint=127), max_size=8)
+ascii_documents = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-MAX_SAFE_INT, max_value=MAX_SAFE_INT)
+    | st.sampled_from([0, -1, MAX_SAFE_INT, -MAX_SAFE_INT])
+    | ascii_text,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(ascii_text, children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(ascii_documents)
+def test_the_fast_encoder_is_rfc8785_on_ascii_values(doc: Any) -> None:
+    """The proof the fast path rests on: over ASCII strings and keys (controls included),
+    safe integers, booleans, null, arrays and objects, msgspec's sorted compact output is
+    RFC 8785, and the fast decoder reads that text back to the same value."""
+    expected = bytes(rfc8785.dumps(doc))
+    assert _FAST_ENCODER.encode(doc) == expected
+    assert canonical(doc) == expected
+    assert _FAST_DECODER.decode(expected) == doc
+    fast = parse_canonical(expected)
+    assert fast == doc and repr(fast) == repr(_parse_canonical_exact(expected))
+
+
+@pytest.mark.parametrize("code", range(128))
+def test_every_ascii_character_is_escaped_as_rfc8785_does(code: int) -> None:
+    text = chr(code)
+    assert _FAST_ENCODER.encode({text: text}) == bytes(rfc8785.dumps({text: text}))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1.0",
+        "1e2",
+        "-0",
+        "9007199254740992",
+        '{"a":1,"a":1}',
+        '"\\u0041"',
+        '"\\/"',
+        '"\\ud800"',
+        '"\\u00e9"',
+        "[" * 9 + "]" * 9,  # deeper than the fast decoder follows: decided exactly
+        '{"a":1,"b":2}',
+    ],
+)
+def test_what_the_fast_decoder_cannot_prove_is_decided_exactly(text: str) -> None:
+    _same_as_exact(text)
+    _same_as_exact(text.encode("ascii"))

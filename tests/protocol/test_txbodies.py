@@ -101,3 +101,44 @@ def test_a_malformed_body_in_a_block_is_a_verdict_not_a_key_error(tmp_path: Path
     with pytest.raises(VerificationError) as caught:
         c.state.apply(block)
     assert caught.value.code == "malformed_body" and caught.value.tx_hash == bad.hash
+
+
+@fast
+@given(transactions(), st.sampled_from(["sig", "nonce", "chain", "author"]))
+def test_a_trailing_newline_in_a_fixed_form_field_is_refused(tx: Transaction, field: str) -> None:
+    """Python's ``$`` also matches before a final newline, and ``bytes.fromhex`` skips
+    whitespace: ``sig + "\\n"`` once passed the checks and verified, then read back from the
+    store at another offset, so every honest copy of a committed block failed (found in review
+    for issue 21). Fixed-form fields end exactly where their pattern does."""
+    data = tx.to_dict()
+    where = data if field == "sig" else data["tx"]
+    if not isinstance(where.get(field), str):
+        return
+    where[field] += "\n"
+    with pytest.raises(EncodingError):
+        Transaction.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [(TxKind.UPDATE, "blob"), (TxKind.UPDATE, "base_model"), (TxKind.AGGREGATE, "model")],
+)
+@fast
+@given(data=st.data())
+def test_a_trailing_newline_in_a_body_hash_is_refused(
+    kind: TxKind, field: str, data: st.DataObject
+) -> None:
+    body = dict(data.draw(BODIES[kind]))
+    assert isinstance(body[field], str)
+    body[field] += "\n"
+    with pytest.raises(EncodingError):
+        parse_body(kind, body)
+
+
+def test_the_hex_and_name_checks_end_at_the_end() -> None:
+    from bcfl_cli.consortium.config import MEMBER_NAME_RE
+    from bcfl_cli.protocol.encoding import is_hash_hex, is_signature_hex
+
+    assert is_hash_hex("ab" * 32) and not is_hash_hex("ab" * 32 + "\n")
+    assert is_signature_hex("ab" * 64) and not is_signature_hex("ab" * 64 + "\n")
+    assert MEMBER_NAME_RE.match("alice") and not MEMBER_NAME_RE.match("alice\n")
