@@ -41,6 +41,22 @@ class MemberHome:
 MakeHome = Callable[..., MemberHome]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): every
+    real multi-process test (marked ``network``) in one group, so that they run one after
+    another on one worker as they always have, never two consortia at once; every other test
+    with the tests of its file, so that a module's fixtures are built once. Under xdist the
+    network group comes first: it is the longest, and the other worker takes the rest
+    meanwhile (``--no-loadscope-reorder`` keeps that order). Without xdist nothing changes."""
+    for item in items:
+        network = item.get_closest_marker("network") is not None
+        group = "network" if network else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts the same way
+        items.sort(key=lambda item: item.get_closest_marker("network") is None)
+
+
 @pytest.fixture(autouse=True)
 def _hermetic_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads the developer's passphrase or writes into their real bcfl home."""

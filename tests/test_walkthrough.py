@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.network  # four real nodes on loopback: it runs in the one-at-a-time pass
 @pytest.mark.timeout(420)
 @pytest.mark.skipif(shutil.which("bash") is None, reason="the walkthrough is a bash script")
 def test_quickstart_script_runs_and_catches_the_tampered_byte(tmp_path: Path) -> None:

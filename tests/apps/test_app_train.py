@@ -68,6 +68,7 @@ def test_bcfl_train_without_the_app_says_how_to_install_it(tmp_path: Path) -> No
     assert "not installed" in out.output and "--app" in out.output
 
 
+@pytest.mark.network  # `bcfl demo`: real nodes on loopback
 @pytest.mark.timeout(400)
 def test_real_nodes_train_the_app_and_a_member_without_it_verifies(tmp_path: Path) -> None:
     folder = tiny_copy(tmp_path)

@@ -13,7 +13,9 @@ partitions, the test passphrase, and AssertionError on a timeout.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import subprocess
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +118,13 @@ class Cluster(LocalConsortium):
     def __enter__(self) -> Cluster:
         return self
 
-    def wait_ready(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+    def start_all(self, *, train: bool = True, wait: bool = True, timeout: float = 120.0) -> None:
+        super().start_all(train=train, wait=wait, timeout=timeout)
+
+    def wait_ready(self, name: str, timeout: float = 120.0) -> dict[str, Any]:
+        """The node answers /v1/status. 120 s, as the fault suites allow: a node's start-up
+        (torch, the key, the store) is not what these tests bound, and four nodes starting at
+        once on a loaded 2-core machine took over 60 s (test_join failed so at load 26)."""
         try:
             return super().wait_ready(name, timeout)
         except NodeError as exc:
@@ -137,6 +145,17 @@ class Cluster(LocalConsortium):
             super().wait_round_closed(number, names, timeout)
         except NodeError as exc:
             raise AssertionError(exc.message) from None
+
+    def run_cli_each(
+        self, calls: Sequence[Sequence[str]], timeout: float = 60.0
+    ) -> list[subprocess.CompletedProcess[str]]:
+        """``run_cli`` for each argument list, all started at once (one process each), in the
+        order given: the deep checks that end a test run side by side on the machine's cores,
+        not one after another. Each keeps ``timeout`` seconds of its own: side by side, the
+        whole batch may take up to ``timeout`` times the number of calls."""
+        budget = timeout * max(1, len(calls))
+        with ThreadPoolExecutor(max(1, len(calls))) as pool:
+            return list(pool.map(lambda args: self.run_cli(*args, timeout=budget), calls))
 
 
 def wait_for(probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:

@@ -86,10 +86,9 @@ def test_four_nodes_rounds_late_joiner_crash_and_one_down(cluster: MakeCluster) 
     node_log = (c.members["alice"].home.node_dir / "node.log").read_text()
     assert '"msg": "committed' in node_log or "committed" in node_log
     assert '"msg": "voted"' not in node_log and " voted " not in node_log
-    for name in c.names:
-        out = c.run_cli(
-            "verify-chain", "--deep", "--json", "--home", str(c.members[name].home.root)
-        )
+    homes = [str(c.members[name].home.root) for name in c.names]
+    verified = c.run_cli_each([("verify-chain", "--deep", "--json", "--home", h) for h in homes])
+    for out in verified:
         assert out.returncode == 0, out.stdout + out.stderr
     report = {
         "startup_s": round(ready - started, 1),
