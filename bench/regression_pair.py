@@ -60,7 +60,10 @@ def summarise(runs: dict[str, list[dict[str, Any]]], fields: Sequence[str]) -> d
         arms: dict[str, dict[str, list[Any]]] = {}
         for result in results:
             for row in result["report"]["rows"]:
-                arm = arms.setdefault(arm_key(str(row["arm"])), {f: [] for f in fields})
+                # a row is named by its first column: ``arm`` in most benches, ``params`` in
+                # large_model.py (a KeyError here once lost four 110M runs)
+                name = row["arm"] if "arm" in row else next(iter(row.values()), "")
+                arm = arms.setdefault(arm_key(str(name)), {f: [] for f in fields})
                 for field in fields:
                     arm[field].append(row.get(field))
         out[tree] = {
@@ -104,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for which in order:
             print(f"pair {pair + 1}/{args.pairs}: {which} ...", file=sys.stderr, flush=True)
             runs[which].append(run_once(trees[which], args.command, args.timeout))
+            if args.out is not None:  # every run kept as it ends, whatever happens next
+                args.out.write_text(json.dumps({"runs": runs}, indent=2) + "\n")
     summary = summarise(runs, fields)
     document = {
         "trees": {k: str(v) for k, v in trees.items()},

@@ -37,3 +37,18 @@ def test_runs_both_trees_alternating_and_prints_medians(tmp_path, capsys):
     assert summary["after"]["arms"]["x"]["round s (median)"]["values"] == [1.0, 1.0, 1.0]
     assert len(summary["after"]["loads_at_start"]) == 3
     assert len(json.loads(out.read_text())["runs"]["before"]) == 3
+
+
+def test_rows_without_an_arm_are_named_by_their_first_column(tmp_path, capsys):
+    """large_model.py's rows start with ``params``: no KeyError, and the runs are on disk."""
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "fake.py").write_text(
+        "import json\nprint(json.dumps({'rows': [{'params': '110M', 'round s': 3.0}]}))\n"
+    )
+    out = tmp_path / "runs.json"
+    argv = ["--before", str(tree), "--after", str(tree), "--pairs", "1", "--field", "round s"]
+    assert regression_pair.main([*argv, "--out", str(out), "--", "fake.py"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert summary["after"]["arms"]["110M"]["round s"]["median"] == 3.0
+    assert len(json.loads(out.read_text())["runs"]["after"]) == 1
