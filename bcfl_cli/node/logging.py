@@ -67,3 +67,19 @@ def setup_logging(
 def fields(**values: Any) -> dict[str, Any]:
     """``extra=`` argument carrying structured fields: ``log.info("...", extra=fields(h=1))``."""
     return {"fields": values}
+
+
+def resident_mb() -> int | None:
+    """This process's resident memory in MiB (Linux ``VmRSS``); None where it cannot be read.
+
+    Logged when the node starts listening: by then a trainer has paid torch's one-time start
+    (``warm_up``), so an operator sizing a machine reads the idle size of the node as run.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -51,7 +51,7 @@ from bcfl_cli.node.consensus_driver import ConsensusDriver
 from bcfl_cli.node.interfaces import BlockListener
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.local_chain import LocalChain
-from bcfl_cli.node.logging import fields
+from bcfl_cli.node.logging import fields, resident_mb
 from bcfl_cli.node.mempool import Mempool, MempoolService
 from bcfl_cli.node.peers import Peers
 from bcfl_cli.node.round_preparation import RoundPreparation
@@ -466,7 +466,10 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
                 app_folder=options.app,
             )
             node.add_task("trainer", trainer)
-        log.info("listening", extra=fields(url=options.url, peers=[p.url for p in node.peers]))
+        log.info(
+            "listening",
+            extra=fields(url=options.url, peers=[p.url for p in node.peers], rss_mb=resident_mb()),
+        )
         stop_task = asyncio.create_task(stop.wait())
         await asyncio.wait({server_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
         stop_task.cancel()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import bench.large_model as large
@@ -62,3 +64,27 @@ def test_a_node_status_field_reads_bytes_and_zero_once_gone() -> None:
     assert large.proc_status_kib(os.getpid(), "VmRSS") > 0
     assert large.proc_status_kib(2**22 + 12345, "VmRSS") == 0
     assert large.mem_available() > 0
+
+
+def test_a_trainers_idle_after_warm_up_is_read_from_its_last_listening_line(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "node.log"
+    log.write_text(
+        "2026-12-05 20:40:12,484 INFO bcfl.node: listening url=http://127.0.0.1:1 peers=[] "
+        "rss_mb=300\n"
+        "2026-12-05 20:40:13,000 INFO bcfl.node: round 1: training\n"
+        "2026-12-05 20:40:20,622 INFO bcfl.node: listening url=http://127.0.0.1:1 peers=[] "
+        "rss_mb=390\n"
+    )
+    assert large.listening_rss(log) == 390 * 1024 * 1024
+    log.write_text("2026-12-05 20:40:12,484 INFO bcfl.node: listening url=x peers=[]\n")
+    assert large.listening_rss(log) is None
+    assert large.listening_rss(tmp_path / "absent.log") is None
+
+
+def test_the_node_reads_its_own_resident_size() -> None:
+    from bcfl_cli.node.logging import resident_mb
+
+    found = resident_mb()
+    assert found is None or 10 < found < 100_000
