@@ -432,9 +432,14 @@ class LocalConsortium:
             )
 
     def wait_ready(self, name: str, timeout: float = 60.0) -> dict[str, Any]:
+        """``name``'s status once its node answers and has written ``node/node.json`` (a
+        few milliseconds after it starts serving: a loaded machine widens that gap)."""
+        node_file = self.members[name].home.node_dir / "node.json"
+
         def ready() -> dict[str, Any] | None:
             self.check_alive(name)
-            return self.try_status(name)
+            status = self.try_status(name)
+            return status if status is not None and node_file.is_file() else None
 
         return wait_for(ready, timeout, f"{name} to answer /v1/status")
 

@@ -334,7 +334,11 @@ def test_random_byte_flips_in_the_bundle_are_caught(chain, exported):
     for position in rng.sample(range(len(packed)), 60):
         data = bytearray(packed)
         data[position] ^= 1 << rng.randrange(8)
-        assert _verify(chain, exported, bytes(data)).fault is not None, position
+        if _verify(chain, exported, bytes(data)).fault is None:
+            # gzip covers neither its header's time and OS bytes nor the unused bits after the
+            # last deflate block: such a flip leaves the proof itself unchanged (a CI run drew
+            # one); every flip that changes the proof must be caught
+            assert gzip.decompress(bytes(data)) == gzip.decompress(packed), position
 
 
 @pytest.mark.parametrize(
