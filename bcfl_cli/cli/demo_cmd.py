@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bcfl_cli.cli.options import JsonOption, examples
+from bcfl_cli.cli.options import JsonOption, UpdateDtypeOption, examples
 
 
 def demo(
@@ -72,14 +72,7 @@ def demo(
             help="Every node serves TLS 1.3 with a certificate pinned in the genesis (issue 22).",
         ),
     ] = False,
-    update_dtype: Annotated[
-        str,
-        typer.Option(
-            "--update-dtype",
-            help="float32, bfloat16 or float16: the dtype of every update, fixed by the genesis "
-            "(half the bytes; the aggregate stays exact and float32).",
-        ),
-    ] = "float32",
+    update_dtype: UpdateDtypeOption = "float32",
     as_json: JsonOption = False,
 ) -> None:
     """Run a consortium on this machine: train, watch the chain, verify every node's copy."""

@@ -28,6 +28,15 @@ StoreUrlOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+#: The genesis' ``contract.update_dtype`` for the consortia ``demo`` and ``simulate`` create.
+UpdateDtypeOption = Annotated[
+    str,
+    typer.Option(
+        "--update-dtype",
+        help="float32, bfloat16 or float16: the dtype of every update, fixed by the genesis "
+        "(half the bytes; the aggregate stays exact and float32).",
+    ),
+]
 AppFolderOption = Annotated[
     Path | None,
     typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bcfl_cli.cli.options import JsonOption, examples
+from bcfl_cli.cli.options import JsonOption, UpdateDtypeOption, examples
 
 
 def simulate(
@@ -72,14 +72,7 @@ def simulate(
             help="Compute each contract verdict and aggregate once for all members.",
         ),
     ] = False,
-    update_dtype: Annotated[
-        str,
-        typer.Option(
-            "--update-dtype",
-            help="float32, bfloat16 or float16: the dtype of every update, fixed by the genesis "
-            "(half the bytes; the aggregate stays exact and float32).",
-        ),
-    ] = "float32",
+    update_dtype: UpdateDtypeOption = "float32",
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Write the member homes here (default: a temporary dir)."),
