@@ -29,7 +29,7 @@ import torch
 from bcfl_cli.apps.runner import BoundApp, bind_app
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.client.api import NodeApi
-from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.blobs import SharedChunks, upload_blob
 from bcfl_cli.client.submit import build_update_tx
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
@@ -406,14 +406,16 @@ def peer_publisher(
     every live peer does.
     """
 
-    def push(peer: Any, digest: str) -> None:
+    def push(peer: Any, digest: str, shared: SharedChunks) -> None:
         with peers.blob_client(peer) as client:
-            upload_blob(client, digest, blobs)
+            upload_blob(client, digest, blobs, shared=shared)
 
     put_small = getattr(peers, "put_small_blob", None)
     push_update = getattr(peers, "push_update", None)
 
-    async def push_one(peer: Any, tx: Transaction, small: bytes | None) -> bool:
+    async def push_one(
+        peer: Any, tx: Transaction, small: bytes | None, shared: SharedChunks
+    ) -> bool:
         # A small blob (an update of a small model) goes on the node's pooled connections,
         # concurrently on the event loop: with its update, else alone; the rest, or a peer
         # that wants to resume a partial upload, through the resumable upload in a thread.
@@ -423,7 +425,7 @@ def peer_publisher(
             return True
         if small is not None and put_small is not None and await put_small(peer, digest, small):
             return False
-        await asyncio.to_thread(push, peer, digest)
+        await asyncio.to_thread(push, peer, digest, shared)
         return False
 
     async def publish(tx: Transaction) -> frozenset[str]:
@@ -439,8 +441,9 @@ def peer_publisher(
         small = None
         if blobs.size(digest) <= MAX_INLINE_BLOB_BYTES:
             small = blobs.get(digest, max_bytes=MAX_INLINE_BLOB_BYTES)
+        shared = SharedChunks()  # each chunk read and digested once for all the peers
         results = await asyncio.gather(
-            *(asyncio.wait_for(push_one(p, tx, small), PUBLISH_TIMEOUT_S) for p in targets),
+            *(asyncio.wait_for(push_one(p, tx, small, shared), PUBLISH_TIMEOUT_S) for p in targets),
             return_exceptions=True,
         )
         told: set[str] = set()
