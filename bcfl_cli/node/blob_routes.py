@@ -23,7 +23,10 @@ taken from a request, so ``..%2F..`` can name nothing):
   hash is the running one, updated as each chunk was appended (by the appending thread, after
   the write); a partial file this process did not append whole (it restarted, a write failed)
   is hashed again in pieces. A 440 MB update is written to disk once, never copied nor held
-  whole, and hashed once on arrival.
+  whole, and hashed once on arrival. With ``summaries`` (a node's), each appended chunk also
+  feeds a ``StreamedSummary`` (the layout and the exact sum of squares the contract needs);
+  a blob adopted under the running hash leaves its summary there, so the contract's check of
+  that update reads no byte of it again (issue 19).
 
 The genesis cap (``max_blob_bytes``) is enforced before any byte is stored: a ``size`` over it is
 refused (413 ``blob_too_large``) on every route, a chunk never reaches past ``size``, and what a
@@ -63,6 +66,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from bcfl_cli.errors import BlobError
+from bcfl_cli.fl.update_summary import StreamedSummary, UpdateSummaries
 from bcfl_cli.node.auth import SignatureAuth, peer_did
 from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.limits import NodeLimits
@@ -121,8 +125,10 @@ class BlobRoutes:
         keeper: BlobKeeper | None = None,
         allow_clear_text: bool = True,
         traffic: BlobTraffic | None = None,
+        summaries: UpdateSummaries | None = None,
     ) -> None:
         self.store = store
+        self.summaries = summaries
         self.traffic = traffic if traffic is not None else BlobTraffic()
         self.allow_clear_text = allow_clear_text  # False: no blob over plain HTTP off loopback
         self.max_blob_bytes = max_blob_bytes
@@ -368,7 +374,7 @@ class BlobRoutes:
                     received=received,
                 )
             if offset == received:
-                running = self._running_hash(part.name, received)
+                running = self._running_hash(part.name, received, size)
                 try:
                     await run_in_threadpool(_append, part, body, running)
                 except BaseException:
@@ -377,13 +383,14 @@ class BlobRoutes:
                 received += len(body)
         return JSONResponse({"received": received, "complete": False})
 
-    def _running_hash(self, name: str, received: int) -> _Running | None:
+    def _running_hash(self, name: str, received: int, size: int) -> _Running | None:
         """The running hash of partial upload ``name`` if it covers its ``received`` bytes
         (a new upload starts one); None when it does not (this process did not append them
         all: it restarted, or an append failed), and finalising then hashes the file."""
         running = self._running.get(name)
         if received == 0:
-            running = self._running[name] = _Running()
+            summary = StreamedSummary(size) if self.summaries is not None else None
+            running = self._running[name] = _Running(summary)
             if len(self._running) > 4 * self.max_pending_uploads:  # files dropped as stale
                 for old in [n for n in self._running if not (self._tmp / n).exists()]:
                     del self._running[old]
@@ -427,6 +434,10 @@ class BlobRoutes:
                 part.unlink(missing_ok=True)
                 self._locks.pop(part.name, None)
             self._stored(request, digest, size)
+            if known is not None and running is not None and running.summary is not None:
+                summary = running.summary.result()
+                if summary is not None and self.summaries is not None:
+                    self.summaries.put(digest, summary)  # of bytes that hashed to its name
         log.info(
             "blob uploaded",
             extra=fields(blob=digest, size=size, hashed_again=known is None, by=peer_did(request)),
@@ -485,11 +496,13 @@ def _read_range(
 
 
 class _Running:
-    """The SHA-256 of the first ``size`` bytes of a partial upload, as they were appended."""
+    """The SHA-256 of the first ``size`` bytes of a partial upload, as they were appended,
+    and the contract's summary of them (``summary``, when the node keeps summaries)."""
 
-    def __init__(self) -> None:
+    def __init__(self, summary: StreamedSummary | None = None) -> None:
         self.hasher = hashlib.sha256()
         self.size = 0
+        self.summary = summary
 
     def hexdigest(self) -> str:
         return self.hasher.hexdigest()
@@ -503,6 +516,8 @@ def _append(part: Path, data: bytes, running: _Running | None = None) -> None:
     if running is not None:
         running.hasher.update(data)
         running.size += len(data)
+        if running.summary is not None:
+            running.summary.feed(data)
 
 
 def _store_part(
