@@ -29,7 +29,7 @@ import numpy as np
 
 from bcfl_cli.errors import ContractError
 from bcfl_cli.fl.numerics import SMALL_SUM, float32_squares_units, from_units
-from bcfl_cli.fl.tensorfile import TensorFile
+from bcfl_cli.fl.tensorfile import PIECE_ELEMENTS, TensorFile
 from bcfl_cli.fl.tensors import MAX_HEADER_BYTES
 
 #: Summaries a node keeps (a few dozen bytes and a layout each): more than a round's updates.
@@ -133,9 +133,13 @@ class StreamedSummary:
         self._carry = bytes(view[whole:])
 
     def _add_floats(self, values: np.ndarray) -> None:
-        if not np.isfinite(values).all():
-            raise ContractError("non_finite", "left to the full check, which names the tensor")
-        self._units += float32_squares_units(values)
+        # a piece at a time, as the contract's own pass: the integer temporaries of a whole
+        # 4 MiB chunk (~50 MB) would count in a validator's memory for each upload at once
+        for start in range(0, values.shape[0], PIECE_ELEMENTS):
+            piece = values[start : start + PIECE_ELEMENTS]
+            if not np.isfinite(piece).all():
+                raise ContractError("non_finite", "left to the full check, which names it")
+            self._units += float32_squares_units(piece)
 
 
 class UpdateSummaries:
