@@ -391,6 +391,7 @@ def _bindings() -> dict[str, list[str]]:
         "update summaries (what a node computed of each update as its chunks arrived, read by "
         "its contract check)": [
             f"the last {_n(update_summary.MAX_UPDATE_SUMMARIES)} uploads",
+            f"{mib(blob_routes.SUMMARY_BACKLOG_BYTES)} of an upload's chunks at most waiting",
         ],
         "chunks shared by the pushes of one update to its peers (each read and digested once)": [
             f"the last {_n(blob_fetch.SHARED_CHUNKS)} "

@@ -19,6 +19,7 @@ from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.fl.contract import UpdateClaim, check_blob
 from bcfl_cli.fl.tensors import encode_tensors
 from bcfl_cli.fl.update_summary import UpdateSummaries
+from bcfl_cli.node import blob_routes
 from bcfl_cli.node.auth import SignatureAuth
 from bcfl_cli.node.blob_routes import BlobRoutes
 from bcfl_cli.node.limits import NodeLimits
@@ -96,3 +97,18 @@ def test_an_upload_that_does_not_hash_to_its_name_leaves_no_summary(node: _Node)
     assert node.summaries.get(liar) is None and len(node.summaries) == 0
     real = hashlib.sha256(data).hexdigest()
     assert node.summaries.get(real) is None
+
+
+def test_an_upload_whose_summary_falls_behind_gets_none(
+    node: _Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks wait for the summary worker after they are acknowledged; more than
+    SUMMARY_BACKLOG_BYTES waiting drops that upload's summary (memory bounded per upload), and
+    the blob is still stored, to be checked in full."""
+    monkeypatch.setattr(blob_routes, "SUMMARY_BACKLOG_BYTES", CHUNK - 1)
+    data = _update(3)
+    local = BlobStore(tmp_path / "local")
+    digest = local.put(data)
+    upload_blob(node.client, digest, local)
+    assert node.store.verify(digest)
+    assert node.summaries.get(digest) is None
