@@ -447,8 +447,13 @@ class SharedChunks:
     push that falls further behind reads and digests its chunks itself, as before.
     """
 
-    def __init__(self, *, keep: int = SHARED_CHUNKS) -> None:
+    def __init__(
+        self, *, keep: int = SHARED_CHUNKS, on_read: Callable[[int, bytes], None] | None = None
+    ) -> None:
         self._keep = keep
+        #: told (offset, bytes) of each chunk read, by the reading thread, before the others
+        #: get it: a chunk's successor is read only after it was told (the pushes go in order)
+        self._on_read = on_read
         self._lock = threading.Lock()
         self._chunks: OrderedDict[tuple[int, int], Future[tuple[bytes, str]]] = OrderedDict()
 
@@ -466,6 +471,8 @@ class SharedChunks:
         if mine:
             try:
                 data = read()
+                if self._on_read is not None:
+                    self._on_read(index * chunk_size, data)
                 pending.set_result((data, content_digest(data)))
             except BaseException as exc:
                 pending.set_exception(exc)

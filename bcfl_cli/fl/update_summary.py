@@ -20,9 +20,11 @@ decides as before, with the reason it names.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections import OrderedDict
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +144,57 @@ class StreamedSummary:
             self._units += float32_squares_units(piece)
 
 
+class SummaryFeed:
+    """A ``StreamedSummary`` fed on a worker thread, with the SHA-256 of what it was fed.
+
+    For a trainer's own update as its push reads it (``client.blobs.SharedChunks``): bytes are
+    offered by offset from the threads that read them, taken only in order (one already fed is
+    ignored, a gap ends the summary), queued at most ``backlog_bytes`` (past it, no summary),
+    and ``result`` gives the summary only if what was fed hashes to the blob's name.
+    """
+
+    def __init__(self, size: int, worker: Executor, *, backlog_bytes: int) -> None:
+        self._summary = StreamedSummary(size)
+        self._hasher = hashlib.sha256()
+        self._worker = worker
+        self._limit = backlog_bytes
+        self._lock = threading.Lock()
+        self._next = 0
+        self._backlog = 0
+        self._dropped = False
+        self._last: Future[None] | None = None
+
+    def offer(self, offset: int, data: bytes) -> None:
+        with self._lock:
+            if self._dropped or offset < self._next:
+                return
+            if offset > self._next or self._backlog + len(data) > self._limit:
+                self._dropped = True
+                return
+            self._next += len(data)
+            self._backlog += len(data)
+            self._last = self._worker.submit(self._feed, data)  # under the lock: in order
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._hasher.update(data)
+            self._summary.feed(data)
+        finally:
+            with self._lock:
+                self._backlog -= len(data)
+
+    def result(self, digest: str) -> UpdateSummary | None:
+        """Blocking: the summary once every byte offered is fed, if they hash to ``digest``."""
+        if self._last is not None:
+            self._last.result()
+        with self._lock:
+            if self._dropped:
+                return None
+        if self._hasher.hexdigest() != digest:
+            return None
+        return self._summary.result()
+
+
 class UpdateSummaries:
     """Summaries of received blobs by hash, the last ``keep`` of them (thread-safe).
 
@@ -170,4 +223,10 @@ class UpdateSummaries:
             return len(self._by_hash)
 
 
-__all__ = ["MAX_UPDATE_SUMMARIES", "StreamedSummary", "UpdateSummaries", "UpdateSummary"]
+__all__ = [
+    "MAX_UPDATE_SUMMARIES",
+    "StreamedSummary",
+    "SummaryFeed",
+    "UpdateSummaries",
+    "UpdateSummary",
+]

@@ -198,7 +198,9 @@ class Node:
             lambda _block: self.driver.poke(),
             lambda _block: follow_chain(self.tls, self.chain.state, home, identity.signing_key),
         ]
-        self.trainer_host = _TrainerHost(identity.signing_key, self.chain, self.pool, self.peers)
+        self.trainer_host = _TrainerHost(
+            identity.signing_key, self.chain, self.pool, self.peers, self.summaries
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         log.info(
             "node opened",
@@ -326,6 +328,8 @@ class _TrainerHost:
     chain: LocalChain
     pool: MempoolService
     peers: Peers
+    #: the node's update summaries: the trainer's push summarises its own update into them
+    summaries: UpdateSummaries | None = None
 
     @property
     def state(self) -> ChainState:

@@ -189,7 +189,8 @@ def test_shared_chunks_read_and_digest_each_chunk_once_for_every_push(
     monkeypatch.setattr(httpsig, "content_digest", counting)
     monkeypatch.setattr(client_blobs, "content_digest", counting)
     peers = [_Peer(tmp_path / f"peer-{n}") for n in range(3)]
-    shared = SharedChunks()
+    offered: list[int] = []
+    shared = SharedChunks(on_read=lambda offset, data: offered.append(offset))
     try:
         threads = [
             threading.Thread(
@@ -204,6 +205,7 @@ def test_shared_chunks_read_and_digest_each_chunk_once_for_every_push(
         assert all(p.store.verify(digest) for p in peers)
         chunk_bodies = [n for n in hashed if n > 0]  # the finalise requests' empty bodies aside
         assert sorted(chunk_bodies) == sorted([CHUNK] * 5 + [123])  # once each, not 3 times
+        assert offered == [i * CHUNK for i in range(6)]  # each read once, in order
     finally:
         for p in peers:
             p.client.close()

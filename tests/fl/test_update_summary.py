@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -19,7 +20,12 @@ from bcfl_cli.fl.contract import UpdateClaim, check_blob, finite_l2_norm
 from bcfl_cli.fl.numerics import SMALL_SUM
 from bcfl_cli.fl.tensorfile import TensorFile
 from bcfl_cli.fl.tensors import encode_tensors
-from bcfl_cli.fl.update_summary import StreamedSummary, UpdateSummaries, UpdateSummary
+from bcfl_cli.fl.update_summary import (
+    StreamedSummary,
+    SummaryFeed,
+    UpdateSummaries,
+    UpdateSummary,
+)
 from bcfl_cli.protocol.spec import ContractRules
 
 LAYOUT = {"a.weight": ("F32", (40, 100)), "a.bias": ("F32", (40,)), "b.weight": ("F32", (3, 40))}
@@ -149,3 +155,31 @@ def test_whenever_hostile_bytes_get_a_summary_its_verdict_is_the_files(
             assert check_blob(rules, LAYOUT, claim, blob, summary=summary) == check_blob(
                 rules, LAYOUT, claim, blob
             )
+
+
+def test_a_feed_takes_bytes_in_order_and_keeps_a_summary_only_of_the_named_content() -> None:
+    """A trainer's push offers its update's chunks by offset from several threads: repeats are
+    ignored, a gap or a backlog past the bound drops the summary, and a summary is given only
+    for bytes that hash to the name asked."""
+    data = encode_tensors(_update(7))
+    digest = hashlib.sha256(data).hexdigest()
+    piece = 4096
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        feed = SummaryFeed(len(data), worker, backlog_bytes=1 << 30)
+        for offset in range(0, len(data), piece):
+            feed.offer(offset, data[offset : offset + piece])
+            feed.offer(0, data[:piece])  # a lagging push reading an early chunk again
+        summary = feed.result(digest)
+        assert summary is not None and summary == _streamed(data, [])
+        assert SummaryFeed(len(data), worker, backlog_bytes=1 << 30).result(digest) is None
+        other = SummaryFeed(len(data), worker, backlog_bytes=1 << 30)
+        other.offer(0, data)
+        assert other.result("0" * 64) is None  # fed bytes that do not hash to that name
+        gap = SummaryFeed(len(data), worker, backlog_bytes=1 << 30)
+        gap.offer(0, data[:piece])
+        gap.offer(2 * piece, data[2 * piece :])  # a push resumed past what was fed
+        gap.offer(piece, data[piece : 2 * piece])
+        assert gap.result(digest) is None
+        full = SummaryFeed(len(data), worker, backlog_bytes=piece - 1)
+        full.offer(0, data)
+        assert full.result(digest) is None
