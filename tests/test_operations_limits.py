@@ -56,6 +56,7 @@ from bcfl_cli.node import (
     traffic,
 )
 from bcfl_cli.node import tls as node_tls
+from bcfl_cli.node import trainer as node_trainer
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, spec, tx, txbodies
 from bcfl_cli.provenance import bundle
@@ -397,6 +398,7 @@ def _bindings() -> dict[str, list[str]]:
             f"the last {_n(blob_fetch.SHARED_CHUNKS)} "
             f"({mib(blob_fetch.SHARED_CHUNKS * blob_routes.CHUNK_SIZE)} at "
             f"{mib(blob_routes.CHUNK_SIZE)} chunks)",
+            f"{mib(node_trainer.OWN_SUMMARY_BACKLOG)} read at most waiting",
         ],
         "scratch files a crash leaves in `blobs/tmp/`": [
             f"nothing has written to them for {hours(scratch.SCRATCH_STALE_S)}",
