@@ -63,8 +63,9 @@ READ_SIZE = 1024 * 1024
 MAX_ATTEMPTS = 5
 #: An upload status or a chunk's acknowledgement is a small JSON object (three fields).
 MAX_STATUS_BYTES = 4096
-#: Chunks a ``SharedChunks`` keeps for the slower pushes of the same blob (32 MiB at 4 MiB).
-SHARED_CHUNKS = 8
+#: Chunks a ``SharedChunks`` keeps for the slower pushes of the same blob (16 MiB at 4 MiB:
+#: the pushes go nearly in step; a 40 MB update's trainer counts every MiB it holds).
+SHARED_CHUNKS = 4
 
 
 class FetchCancelled(BcflError):

@@ -61,7 +61,7 @@ DEFAULT_POLL_S = 0.5
 PUBLISH_TIMEOUT_S = 60.0
 #: Bytes of its own update a trainer's push has read but not yet summarised; past it, no
 #: summary (the node's check of its own update then reads the file, as before).
-OWN_SUMMARY_BACKLOG = 32 * 1024 * 1024
+OWN_SUMMARY_BACKLOG = 16 * 1024 * 1024
 MAX_ATTEMPTS_PER_ROUND = 3
 #: Seconds between two progress lines of one round's training in the node's log.
 STEP_LOG_S = 5.0
