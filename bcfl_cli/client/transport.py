@@ -22,7 +22,8 @@ from collections.abc import Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
+import httpcore  # noqa: F401  (httpx imports it on a first transport: in a blob thread, on a
+import httpx  # fresh node's catch-up path, with the other downloads queued on the import lock)
 import nacl.signing
 
 from bcfl_cli.errors import NodeError
@@ -106,7 +107,8 @@ def http_client(
         auth=auth,
         timeout=timeout,
         transport=transport,
-        verify=shared_ssl_context() if verify is None else verify,
+        # with its own transport, the client's verify is unused: no CA bundle loaded for it
+        verify=verify if verify is not None or transport is not None else shared_ssl_context(),
         follow_redirects=False,
         limits=httpx.Limits(
             max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
