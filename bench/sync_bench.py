@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -202,11 +203,18 @@ def serve_raw(root: Path, port: int) -> None:
 
 
 def raw_transfer(
-    pages: list[bytes], blobs: list[bytes], repeats: int = 3, *, apart: Path | None = None
+    pages: list[bytes],
+    blobs: list[bytes],
+    repeats: int = 3,
+    *,
+    apart: Path | None = None,
+    durable: Path | None = None,
 ) -> tuple[float, float]:
     """Median seconds to download every page and blob once over loopback (wall; and the CPU of
     this process: client and server thread together, or the client alone when the server runs
-    in a process of its own, ``apart``: a folder for its files)."""
+    in a process of its own, ``apart``: a folder for its files). ``durable``: a folder where
+    each blob is also hashed (SHA-256), written and fsynced as it streams, what a node must do
+    with a blob before it may rely on it: the floor of a durable download, not of the wire."""
     times = []
     cpus = []
     server_cm: RawServer | RawServerProcess = (
@@ -222,9 +230,22 @@ def raw_transfer(
                 got += len(client.get(f"{base}/pages/{i}").content)
             for i in range(len(blobs)):
                 with client.stream("GET", f"{base}/blobs/{i}") as response:
-                    for chunk in response.iter_bytes(1 << 20):
-                        got += len(chunk)
+                    if durable is None:
+                        for chunk in response.iter_bytes(1 << 20):
+                            got += len(chunk)
+                        continue
+                    durable.mkdir(parents=True, exist_ok=True)
+                    hasher = hashlib.sha256()
+                    with open(durable / f"blob-{i}", "wb") as out:
+                        for chunk in response.iter_bytes(1 << 20):
+                            got += len(chunk)
+                            hasher.update(chunk)
+                            out.write(chunk)
+                        out.flush()
+                        os.fsync(out.fileno())
             times.append(time.perf_counter() - start)
+            if durable is not None:
+                shutil.rmtree(durable, ignore_errors=True)
             cpus.append(time.process_time() - cpu)
             expected = sum(map(len, pages)) + sum(map(len, blobs))
             if got != expected:
@@ -477,6 +498,7 @@ def run(
             key = load_identity(consortium.spares[0].home, PASSPHRASE.encode()).signing_key
             raw_runs: list[tuple[float, float]] = []
             apart_runs: list[tuple[float, float]] = []
+            durable_runs: list[tuple[float, float]] = []
             raw_model_runs: list[tuple[float, float]] = []
             raw_model_apart_runs: list[tuple[float, float]] = []
             alone_runs: list[tuple[float, float]] = []
@@ -496,10 +518,20 @@ def run(
                 apart_runs.append(
                     raw_transfer(pages, blobs, repeats=1, apart=root / f"raw-apart-{i}")
                 )
+                durable_runs.append(
+                    raw_transfer(
+                        pages,
+                        blobs,
+                        repeats=1,
+                        apart=root / f"raw-durable-{i}",
+                        durable=root / f"raw-written-{i}",
+                    )
+                )
                 bare_runs.append(bare_client_on_node(source.url, height, digests))
         t_first_at, h_first = first
         raw_s = statistics.median(r[0] for r in raw_runs)
         apart_s = statistics.median(r[0] for r in apart_runs)
+        durable_s = statistics.median(r[0] for r in durable_runs)
         bare_s = statistics.median(r[0] for r in bare_runs)
         raw_model_s = statistics.median(r[0] for r in raw_model_runs)
         raw_model_apart_s = statistics.median(r[0] for r in raw_model_apart_runs)
@@ -540,6 +572,12 @@ def run(
             ("- the fetch path before issue 21 (manifest first)", height, total_bytes, before_s),
             ("raw loopback HTTP (uvicorn + httpx)", height, total_bytes, raw_s),
             ("- raw, the server in a process of its own", height, total_bytes, apart_s),
+            (
+                "- raw (own process), each blob hashed, written, fsynced",
+                height,
+                total_bytes,
+                durable_s,
+            ),
             ("- a bare httpx client on the serving node's routes", height, total_bytes, bare_s),
         ]
         for what, blocks, nbytes, seconds in rows:
