@@ -102,13 +102,15 @@ def http_client(
 ) -> httpx.Client:
     """The one place an ``httpx.Client`` to a node is made: pool bounds, TLS, no redirects.
     ``verify``: the node/tls.py rules (a pinned certificate); default the system's CAs."""
+    checks: ssl.SSLContext | bool = verify if verify is not None else True
+    if verify is None and transport is None:
+        checks = shared_ssl_context()  # given its own transport, the client never reads it
     return httpx.Client(
         base_url=base_url,
         auth=auth,
         timeout=timeout,
         transport=transport,
-        # with its own transport, the client's verify is unused: no CA bundle loaded for it
-        verify=verify if verify is not None or transport is not None else shared_ssl_context(),
+        verify=checks,
         follow_redirects=False,
         limits=httpx.Limits(
             max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
