@@ -22,8 +22,10 @@ from collections.abc import Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import httpcore  # noqa: F401  (httpx imports it on a first transport: in a blob thread, on a
-import httpx  # fresh node's catch-up path, with the other downloads queued on the import lock)
+# httpx imports httpcore when its first transport is made: in a node, in a blob thread on a fresh
+# node's catch-up path, the other downloads queued on the import lock (issue 21). Now, once.
+import httpcore  # noqa: F401
+import httpx
 import nacl.signing
 
 from bcfl_cli.errors import NodeError
