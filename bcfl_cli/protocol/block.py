@@ -324,6 +324,14 @@ class CommitCertificate:
             return [bytes.fromhex(self.precommit(chain, d, s).hash) for d, s in self.signatures]
         values = (self.block, chain, self.height, self.round, str(VoteType.PRECOMMIT), "")
         prefix = hashlib.sha256((_VOTE_TEMPLATE % values)[:-2].encode("ascii"))
+        dids = [did for did, _ in self.signatures]
+        if _plain("".join(dids)):  # each character plain, so each did (one check, not seven)
+            out = []
+            for did in dids:
+                vote = prefix.copy()
+                vote.update(did.encode("ascii") + b'"}')
+                out.append(vote.digest())
+            return out
         out = []
         for did, sig in self.signatures:
             if _plain(did):
