@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import nacl.signing
@@ -26,6 +26,7 @@ from bcfl_cli.protocol.encoding import (
     hash_object,
     is_hash_hex,
     is_signature_hex,
+    only_lower_hex,
     parse_canonical,
     sha256_hex,
 )
@@ -207,7 +208,7 @@ def _vote_text(vote: Vote) -> bytes | None:
 class _WireSignature(msgspec.Struct, forbid_unknown_fields=True):
     """A certificate's signature as stored, fields in RFC 8785 order."""
 
-    sig: str
+    sig: Annotated[str, msgspec.Meta(min_length=128, max_length=128)]  # digits: only_lower_hex
     validator: str
 
 
@@ -303,7 +304,10 @@ class CommitCertificate:
                 wire = _COMMIT_DECODER.decode(raw)
                 if len(wire.sigs) <= MAX_VALIDATORS and _WIRE_ENCODER.encode(wire) == raw:
                     pairs = [(item.validator, item.sig) for item in wire.sigs]
-                    if all(is_did(d) and is_signature_hex(sig) for d, sig in pairs):
+                    # each sig has 128 characters (its shape): all hex is each is_signature_hex
+                    if only_lower_hex("".join([sig for _, sig in pairs])) and all(
+                        [is_did(d) for d, _ in pairs]
+                    ):
                         return cls._checked(wire.height, wire.round, wire.block, pairs)
             except (msgspec.MsgspecError, EncodingError, ValueError, TypeError):
                 pass

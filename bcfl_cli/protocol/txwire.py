@@ -25,7 +25,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from bcfl_cli.protocol.crypto import is_did
-from bcfl_cli.protocol.encoding import MAX_JSON_BYTES
+from bcfl_cli.protocol.encoding import MAX_JSON_BYTES, only_lower_hex
 from bcfl_cli.protocol.txbodies import (
     AggregateBody,
     OpenRoundBody,
@@ -36,12 +36,11 @@ from bcfl_cli.protocol.txbodies import (
 )
 
 _MAX_SAFE = 2**53 - 1
-#: Fixed-form hex fields: their length here, their digits checked together by ``_all_hex`` (one
-#: C call a transaction instead of one regex a field).
+#: Fixed-form hex fields: their length here, their digits checked together by
+#: ``only_lower_hex`` (one C call a transaction instead of one regex a field).
 _Hash = Annotated[str, msgspec.Meta(min_length=64, max_length=64)]
 _Signature = Annotated[str, msgspec.Meta(min_length=128, max_length=128)]
 _Nonce = Annotated[str, msgspec.Meta(min_length=32, max_length=32)]
-_HEX_DIGITS = b"0123456789abcdef"
 #: ``txbodies._CODE`` and ``txbodies._DECIMAL``, the same text.
 _Code = Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9_]{0,63}\Z")]
 _Decimal = Annotated[
@@ -202,7 +201,7 @@ def decode_stored(raw: bytes) -> StoredTx | None:
         hex_text = signed.sig + unsigned.chain + unsigned.nonce + body.hex_text()
         if (
             _ENCODER.encode(body) != body_raw
-            or hex_text.encode("ascii").translate(None, _HEX_DIGITS)
+            or not only_lower_hex(hex_text)
             or not is_did(unsigned.author)
         ):
             return None

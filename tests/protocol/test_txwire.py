@@ -255,3 +255,14 @@ def test_a_repeated_update_in_an_aggregate_takes_the_exact_path() -> None:
     raw = canonical({"tx": unsigned, "sig": "00" * 64})
     assert decode_stored(raw) is None
     _check(raw)
+
+
+@pytest.mark.parametrize(
+    ("text", "hex_only"),
+    [("", True), ("0123456789abcdef", True), ("A", False), ("g", False), ("é", False)]
+    + [("ab\n", False), ("a b", False), ("\x00", False), ("٣", False)],
+)
+def test_only_lower_hex(text: str, hex_only: bool) -> None:
+    from bcfl_cli.protocol.encoding import only_lower_hex
+
+    assert only_lower_hex(text) is hex_only
