@@ -224,17 +224,21 @@ class _WireCommit(msgspec.Struct, forbid_unknown_fields=True):
 _COMMIT_DECODER: msgspec.json.Decoder[_WireCommit] = msgspec.json.Decoder(_WireCommit)
 
 
+_Hash64 = Annotated[str, msgspec.Meta(min_length=64, max_length=64)]  # digits: only_lower_hex
+_SafeCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_SAFE_INT)]
+
+
 class _WireHeader(msgspec.Struct, forbid_unknown_fields=True):
     """A header as stored, fields in RFC 8785 order (the fast path of ``from_canonical``)."""
 
-    config: str
-    height: int
-    prev: str
+    config: _Hash64
+    height: _SafeCount
+    prev: _Hash64
     proposer: str
-    time: int
-    tx_root: str
+    time: _SafeCount
+    tx_root: _Hash64
     v: int
-    validators: str
+    validators: _Hash64
 
 
 _HEADER_DECODER: msgspec.json.Decoder[_WireHeader] = msgspec.json.Decoder(_WireHeader)
@@ -413,7 +417,8 @@ class BlockHeader:
 
         Fast path as for certificates: msgspec decodes ASCII text into the header's exact
         shape and encodes it back; the same bytes mean RFC 8785 text, and ``from_dict``'s
-        checks decide. Anything else is decided by ``parse_canonical`` and ``from_dict``.
+        checks decide (``_from_wire``: on the decoded shape, the hashes' digits in one call).
+        Anything else is decided by ``parse_canonical`` and ``from_dict``.
         """
         raw = data.encode("utf-8") if isinstance(data, str) else data
         header = None
@@ -421,13 +426,34 @@ class BlockHeader:
             try:
                 wire = _HEADER_DECODER.decode(raw)
                 if _WIRE_ENCODER.encode(wire) == raw:
-                    header = cls.from_dict(msgspec.structs.asdict(wire))
+                    header = cls._from_wire(wire)
             except (msgspec.MsgspecError, EncodingError, ValueError, TypeError):
                 header = None
         if header is None:
             header = cls.from_dict(parse_canonical(data))
         header.__dict__["hash"] = sha256_hex(raw)
         return header
+
+    @classmethod
+    def _from_wire(cls, wire: _WireHeader) -> BlockHeader | None:
+        """``from_dict``'s checks on a decoded header whose shape bounds the integers and the
+        hashes' lengths; None where ``from_dict`` would refuse it (which then says why)."""
+        proposer = wire.proposer
+        if (
+            wire.v == PROTOCOL_VERSION
+            and only_lower_hex(wire.prev + wire.tx_root + wire.validators + wire.config)
+            and ((proposer == "" and wire.height == 0) or is_did(proposer))
+        ):
+            return cls(
+                wire.height,
+                wire.prev,
+                wire.time,
+                proposer,
+                wire.tx_root,
+                wire.validators,
+                wire.config,
+            )
+        return None
 
     @classmethod
     def from_dict(cls, data: Any) -> BlockHeader:
