@@ -170,7 +170,7 @@ class _Signed(msgspec.Struct, forbid_unknown_fields=True):
     tx: _Unsigned
 
 
-_SIGNED_DECODER = msgspec.json.Decoder(_Signed)
+_SIGNED_DECODER: msgspec.json.Decoder[_Signed] = msgspec.json.Decoder(_Signed)
 _BODY_DECODERS: dict[str, tuple[TxKind, msgspec.json.Decoder[Any]]] = {
     str(TxKind.OPEN_ROUND): (TxKind.OPEN_ROUND, msgspec.json.Decoder(_OpenRound)),
     str(TxKind.UPDATE): (TxKind.UPDATE, msgspec.json.Decoder(_Update)),
