@@ -29,6 +29,7 @@ from bcfl_cli.protocol.encoding import (
     canonical,
     is_hash_hex,
     is_signature_hex,
+    is_version,
     parse_canonical,
     sha256_hex,
 )
@@ -36,6 +37,7 @@ from bcfl_cli.protocol.txbodies import ROLES as ROLES
 from bcfl_cli.protocol.txbodies import TxBody, parse_body
 from bcfl_cli.protocol.txbodies import TxKind as TxKind
 from bcfl_cli.protocol.txbodies import validate_body as validate_body
+from bcfl_cli.protocol.txwire import decode_stored
 
 PROTOCOL_VERSION = 1
 MAX_TX_BYTES = 64 * 1024
@@ -144,7 +146,12 @@ class Transaction:
         whose body nobody else holds), so it always matches its content.
         """
         raw = data.encode("utf-8") if isinstance(data, str) else data
-        tx = cls.from_dict(parse_canonical(data))
+        fast = decode_stored(raw)  # None: the exact path below decides, with its messages
+        if fast is None:
+            tx = cls.from_dict(parse_canonical(data))
+        else:
+            tx = cls(*fast[:7])
+            object.__setattr__(tx, "_parsed_body", fast[7])
         object.__setattr__(tx, "_digest", (sha256_hex(raw[_UNSIGNED_START:-1]), len(raw)))
         return tx
 
@@ -159,7 +166,7 @@ class Transaction:
         tx, sig = data["tx"], data["sig"]
         if not isinstance(tx, dict) or tx.keys() != _TX_FIELDS:
             raise EncodingError(f"transaction fields must be exactly {sorted(_TX_FIELDS)}")
-        if tx["v"] != PROTOCOL_VERSION:
+        if not is_version(tx["v"], PROTOCOL_VERSION):
             raise EncodingError(f"unsupported transaction version {tx['v']!r}")
         if not is_hash_hex(tx["chain"]):
             raise EncodingError("transaction chain must be a genesis hash")
