@@ -35,7 +35,7 @@ from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
 from bcfl_cli.client import transport as client
 from bcfl_cli.fl import checks as fl_checks
-from bcfl_cli.fl import data, tensorfile, tensors, update_file
+from bcfl_cli.fl import data, tensorfile, tensors, update_file, update_summary
 from bcfl_cli.fl.aggregation import stream
 from bcfl_cli.fl.loaders import _checks as loader_checks
 from bcfl_cli.fl.loaders import images
@@ -56,6 +56,7 @@ from bcfl_cli.node import (
     traffic,
 )
 from bcfl_cli.node import tls as node_tls
+from bcfl_cli.node import trainer as node_trainer
 from bcfl_cli.node.explorer import routes as explorer_routes
 from bcfl_cli.protocol import block, encoding, spec, tx, txbodies
 from bcfl_cli.provenance import bundle
@@ -387,6 +388,17 @@ def _bindings() -> dict[str, list[str]]:
             f"{_n(blob_routes.MAX_UPLOADS_PER_MEMBER)} per member",
             f"{_n(blob_routes.MAX_PENDING_UPLOADS)} in all",
             f"no chunk for {mins(blob_routes.STALE_UPLOAD_S)}",
+        ],
+        "update summaries (what a node computed of each update as its chunks arrived, read by "
+        "its contract check)": [
+            f"the last {_n(update_summary.MAX_UPDATE_SUMMARIES)} uploads",
+            f"{mib(blob_routes.SUMMARY_BACKLOG_BYTES)} of an upload's chunks at most waiting",
+        ],
+        "chunks shared by the pushes of one update to its peers (each read and digested once)": [
+            f"the last {_n(blob_fetch.SHARED_CHUNKS)} "
+            f"({mib(blob_fetch.SHARED_CHUNKS * blob_routes.CHUNK_SIZE)} at "
+            f"{mib(blob_routes.CHUNK_SIZE)} chunks)",
+            f"{mib(node_trainer.OWN_SUMMARY_BACKLOG)} read at most waiting",
         ],
         "scratch files a crash leaves in `blobs/tmp/`": [
             f"nothing has written to them for {hours(scratch.SCRATCH_STALE_S)}",

@@ -46,6 +46,9 @@ MAX_KEEPALIVE_CONNECTIONS = 8
 #: The request extension that carries the exact body bytes to sign (None: no body), so that a
 #: large body can travel as a one-shot stream and still be signed.
 SIGNED_BODY = "bcfl.signed_body"
+#: The request extension that carries ``content_digest`` of that body when the caller has it
+#: already (a chunk pushed to several peers), so that it is not hashed again for each.
+SIGNED_DIGEST = "bcfl.signed_digest"
 
 _INLINE_BODY_BYTES = 64 * 1024
 
@@ -88,8 +91,16 @@ class RequestSigner(httpx.Auth):
             body = None
         else:
             body = request.read()
+        digest: str | None = request.extensions.pop(SIGNED_DIGEST, None)
         request.headers.update(
-            sign_request(self._key, request.method, str(request.url), dict(request.headers), body)
+            sign_request(
+                self._key,
+                request.method,
+                str(request.url),
+                dict(request.headers),
+                body,
+                digest=digest,
+            )
         )
         yield request
 
@@ -162,6 +173,7 @@ class SignedClient:
         content: bytes | None,
         params: Mapping[str, str | int] | None,
         headers: Mapping[str, str] | None,
+        digest: str | None = None,
     ) -> httpx.Request:
         method = method.upper()
         body = content if content is not None else (None if method in {"GET", "HEAD"} else b"")
@@ -172,8 +184,11 @@ class SignedClient:
             # garbage collector runs; a one-shot iterator lets a large body go as soon as sent.
             sent = _once(content)
             extra["Content-Length"] = str(len(content))
+        extensions: dict[str, Any] = {SIGNED_BODY: body}
+        if digest is not None and content is not None:
+            extensions[SIGNED_DIGEST] = digest
         return self._client.build_request(
-            method, path, content=sent, params=params, headers=extra, extensions={SIGNED_BODY: body}
+            method, path, content=sent, params=params, headers=extra, extensions=extensions
         )
 
     def request(
@@ -186,13 +201,19 @@ class SignedClient:
         params: Mapping[str, str | int] | None = None,
         headers: Mapping[str, str] | None = None,
         allow: Collection[int] = (),
+        content_digest: str | None = None,
     ) -> httpx.Response:
-        """Send a signed request; return a 2xx response (or one whose status is in ``allow``)."""
+        """Send a signed request; return a 2xx response (or one whose status is in ``allow``).
+
+        ``content_digest``: the RFC 9530 digest of ``content`` when the caller computed it
+        already (``wire.httpsig.content_digest``), so the signer does not hash it again."""
         extra = dict(headers or {})
         if json_body is not None:
             content = canonical(json_body)
             extra.setdefault("Content-Type", "application/json")
-        with self._send(method, path, content=content, params=params, headers=extra) as response:
+        with self._send(
+            method, path, content=content, params=params, headers=extra, digest=content_digest
+        ) as response:
             if not response.is_success and response.status_code not in allow:
                 raise _refusal(method, response)
             data = bytearray()
@@ -248,10 +269,13 @@ class SignedClient:
         content: bytes | None,
         params: Mapping[str, str | int] | None,
         headers: Mapping[str, str] | None,
+        digest: str | None = None,
     ) -> Iterator[httpx.Response]:
         last_error = "no attempt made"
         for attempt in range(self.retries + 1):
-            request = self._build(method, path, content=content, params=params, headers=headers)
+            request = self._build(
+                method, path, content=content, params=params, headers=headers, digest=digest
+            )
             try:
                 response = self._client.send(request, stream=True)
             except httpx.TransportError as exc:

@@ -28,6 +28,7 @@ from bcfl_cli.fl.contract import (
 )
 from bcfl_cli.fl.stored_aggregate import BlobFiles, RoundBlobs, aggregate_file, keep_as_blob
 from bcfl_cli.fl.tensorfile import TensorFile, sha256_of
+from bcfl_cli.fl.update_summary import UpdateSummaries
 from bcfl_cli.fl.views import StateView
 from bcfl_cli.protocol.spec import ModelSpec
 from bcfl_cli.protocol.tx import Transaction, TxKind
@@ -47,9 +48,17 @@ class FLChecks:
     models the store lacks are kept as files in a private temporary folder of the store.
     """
 
-    def __init__(self, blobs: BlobFiles, *, keep_models: bool = True) -> None:
+    def __init__(
+        self,
+        blobs: BlobFiles,
+        *,
+        keep_models: bool = True,
+        summaries: UpdateSummaries | None = None,
+    ) -> None:
         self.blobs = blobs
         self.keep_models = keep_models
+        #: what a node computed of each update as it was received (``update_summary``)
+        self.summaries = summaries
         self._models: OrderedDict[str, Path] = OrderedDict()
         self._held_dir: Path | None = None
         self._app_layout: tuple[str, Layout] | None = None
@@ -81,7 +90,12 @@ class FLChecks:
             # whose content does not hash to its name raises (corrupt), as ``get`` did.
             blob = self.blobs.path_for(claim.blob)
         layout = self._layout(state)
-        return check_update(cfg.contract, layout, claim, ctx, blob, named_by_hash=True)
+        summary = None
+        if blob is not None and self.summaries is not None:
+            summary = self.summaries.get(claim.blob)
+        return check_update(
+            cfg.contract, layout, claim, ctx, blob, named_by_hash=True, summary=summary
+        )
 
     def _layout(self, state: StateView) -> Layout:
         """What an update must look like: for a builtin architecture, its spec; for a model

@@ -48,6 +48,7 @@ from bcfl_cli.fl.numerics import (
 )
 from bcfl_cli.fl.tensorfile import PIECE_ELEMENTS, FileSource, TensorFile, sha256_of
 from bcfl_cli.fl.tensors import ByteSource, BytesSource, check_safetensors_layout
+from bcfl_cli.fl.update_summary import UpdateSummary
 from bcfl_cli.protocol.spec import ContractRules, ModelSpec
 
 MAX_DETAIL_CHARS = 512
@@ -181,6 +182,7 @@ def check_blob(
     blob: bytes | Path | None,
     *,
     named_by_hash: bool = False,
+    summary: UpdateSummary | None = None,
 ) -> Verdict:
     """The blob checks, on bytes in memory or on a file read piece by piece (one code).
 
@@ -189,6 +191,10 @@ def check_blob(
     checking an update holds a few MiB whatever its size. ``named_by_hash``: ``blob`` is a
     content-addressed file named ``claim.blob``, so content that hashes to anything else is a
     corrupt local copy (``BlobError``), not the sender's fault.
+
+    ``summary``: what ``update_summary`` computed over exactly the bytes that hash to
+    ``claim.blob`` as they were received; the same checks then run on it, in the same order,
+    without reading the file again (the verdict is the one the file would get).
     """
     limit = rules.max_blob_bytes
     if claim.blob_size > limit:
@@ -197,6 +203,8 @@ def check_blob(
         )
     if blob is None:
         return Verdict.reject(Reason.BLOB_MISSING, f"blob {claim.blob} is not available")
+    if summary is not None and summary.size == claim.blob_size:
+        return _check_summary(rules, layout, summary)
     if isinstance(blob, Path):
         try:
             source: FileSource | BytesSource = FileSource(blob)
@@ -264,6 +272,26 @@ def _check_source(
         return Verdict.reject(exc.reason, _message(exc))
     if non_finite is not None:
         return Verdict.reject(Reason.NON_FINITE, f"tensor {non_finite!r} has NaN or inf")
+    if not norm <= rules.max_update_norm:
+        return Verdict.reject(
+            Reason.NORM_EXCEEDED, f"L2 norm {norm!r} exceeds {rules.max_update_norm!r}"
+        )
+    return Verdict.ok(f"L2 norm {norm!r}")
+
+
+def _check_summary(rules: ContractRules, layout: Layout, summary: UpdateSummary) -> Verdict:
+    """``_check_source``'s steps on a summary of content named ``claim.blob`` of
+    ``claim.blob_size`` bytes (so the hash and the size match): the limit, the layout, then
+    the norm. A summary exists only for a valid, all-float32, finite blob of more than
+    ``SMALL_SUM`` values, where ``finite_l2_norm`` takes the same integer path."""
+    if summary.size > rules.max_blob_bytes:
+        return Verdict.reject(
+            Reason.BLOB_TOO_LARGE, f"{summary.size} bytes, limit {rules.max_blob_bytes}"
+        )
+    verdict = check_layout(layout, summary.layout)
+    if verdict is not None:
+        return verdict
+    norm = summary.norm
     if not norm <= rules.max_update_norm:
         return Verdict.reject(
             Reason.NORM_EXCEEDED, f"L2 norm {norm!r} exceeds {rules.max_update_norm!r}"
@@ -390,8 +418,10 @@ def check_update(
     blob: bytes | Path | None,
     *,
     named_by_hash: bool = False,
+    summary: UpdateSummary | None = None,
 ) -> Verdict:
-    """The contract's verdict on one update: every check, in the documented order."""
+    """The contract's verdict on one update: every check, in the documented order
+    (``summary``: see ``check_blob``)."""
     verdict = check_context(rules, claim, ctx)
     if verdict is not None:
         return verdict
@@ -400,7 +430,7 @@ def check_update(
     else:
         layout = with_update_dtype(model, rules.update_dtype)
     try:
-        return check_blob(rules, layout, claim, blob, named_by_hash=named_by_hash)
+        return check_blob(rules, layout, claim, blob, named_by_hash=named_by_hash, summary=summary)
     except (BcflError, MemoryError):
         raise
     except Exception as exc:  # whatever a peer sends ends in a verdict

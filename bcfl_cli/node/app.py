@@ -31,6 +31,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from bcfl_cli.client.tls import TransportTrust
 from bcfl_cli.consensus.messages import Proposal
 from bcfl_cli.errors import BcflError, EncodingError, NodeError, StoreError
+from bcfl_cli.fl.update_summary import UpdateSummaries
 from bcfl_cli.node.auth import LIMITER_KEY, SignatureAuth, is_loopback, peer_did
 from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.blob_routes import CHUNK_SIZE, BlobRoutes
@@ -674,8 +675,12 @@ def create_app(
     settings: HttpSettings,
     traffic: BlobTraffic | None = None,
     unverified_rounds: Callable[[], list[int]] | None = None,
+    summaries: UpdateSummaries | None = None,
 ) -> ASGIApp:
-    """The node's ASGI application: Starlette routes behind the signature layer."""
+    """The node's ASGI application: Starlette routes behind the signature layer.
+
+    ``summaries``: where the blob routes leave what they computed of each update received
+    (the node's contract checks read them; see ``fl/update_summary.py``)."""
     limits = settings.limits
     max_blob_bytes = chain.state.config.contract.max_blob_bytes
     # what travels inline is base64 (4/3) beside a transaction, under the signature layer's cap
@@ -701,6 +706,7 @@ def create_app(
         keeper=keeper,
         allow_clear_text=tls.allow_clear_text,
         traffic=api.traffic,
+        summaries=summaries,
     )
     document = openapi_document(
         ROUTE_TABLE, route_parameters(max_blob_bytes=max_blob_bytes, chunk_size=chunk_size)

@@ -23,7 +23,13 @@ taken from a request, so ``..%2F..`` can name nothing):
   hash is the running one, updated as each chunk was appended (by the appending thread, after
   the write); a partial file this process did not append whole (it restarted, a write failed)
   is hashed again in pieces. A 440 MB update is written to disk once, never copied nor held
-  whole, and hashed once on arrival.
+  whole, and hashed once on arrival. With ``summaries`` (a node's), each appended chunk also
+  feeds a ``StreamedSummary`` (the layout and the exact sum of squares the contract needs) on
+  one worker thread, after the chunk is acknowledged, so that the uploader's next chunk is not
+  held up by it (at most ``SUMMARY_BACKLOG_BYTES`` an upload wait there; past that the upload
+  gets no summary); finalising waits for its summary, and a blob adopted under the running hash
+  leaves its summary there, so the contract's check of that update reads no byte of it again
+  (issue 19).
 
 The genesis cap (``max_blob_bytes``) is enforced before any byte is stored: a ``size`` over it is
 refused (413 ``blob_too_large``) on every route, a chunk never reaches past ``size``, and what a
@@ -49,9 +55,11 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +71,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp
 
 from bcfl_cli.errors import BlobError
+from bcfl_cli.fl.update_summary import StreamedSummary, UpdateSummaries, UpdateSummary
 from bcfl_cli.node.auth import SignatureAuth, peer_did
 from bcfl_cli.node.blob_keeper import BlobKeeper
 from bcfl_cli.node.limits import NodeLimits
@@ -84,6 +93,9 @@ MAX_PENDING_UPLOADS = 64
 #: A partial upload no chunk has reached for this long is dropped (a client resumes within it).
 STALE_UPLOAD_S = 600
 MANIFEST_CACHE = 64
+#: Bytes of one upload's chunks acknowledged but not yet summarised; past it the upload gets
+#: no summary (its update is then checked in full, as before): memory bounded per upload.
+SUMMARY_BACKLOG_BYTES = 16 * 1024 * 1024
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -121,8 +133,16 @@ class BlobRoutes:
         keeper: BlobKeeper | None = None,
         allow_clear_text: bool = True,
         traffic: BlobTraffic | None = None,
+        summaries: UpdateSummaries | None = None,
     ) -> None:
         self.store = store
+        self.summaries = summaries
+        #: one thread summarises every upload's chunks in arrival order (``_Running``)
+        self._summarising = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-summary")
+            if summaries is not None
+            else None
+        )
         self.traffic = traffic if traffic is not None else BlobTraffic()
         self.allow_clear_text = allow_clear_text  # False: no blob over plain HTTP off loopback
         self.max_blob_bytes = max_blob_bytes
@@ -368,7 +388,7 @@ class BlobRoutes:
                     received=received,
                 )
             if offset == received:
-                running = self._running_hash(part.name, received)
+                running = self._running_hash(part.name, received, size)
                 try:
                     await run_in_threadpool(_append, part, body, running)
                 except BaseException:
@@ -377,13 +397,14 @@ class BlobRoutes:
                 received += len(body)
         return JSONResponse({"received": received, "complete": False})
 
-    def _running_hash(self, name: str, received: int) -> _Running | None:
+    def _running_hash(self, name: str, received: int, size: int) -> _Running | None:
         """The running hash of partial upload ``name`` if it covers its ``received`` bytes
         (a new upload starts one); None when it does not (this process did not append them
         all: it restarted, or an append failed), and finalising then hashes the file."""
         running = self._running.get(name)
         if received == 0:
-            running = self._running[name] = _Running()
+            summary = StreamedSummary(size) if self._summarising is not None else None
+            running = self._running[name] = _Running(summary, self._summarising)
             if len(self._running) > 4 * self.max_pending_uploads:  # files dropped as stale
                 for old in [n for n in self._running if not (self._tmp / n).exists()]:
                     del self._running[old]
@@ -427,6 +448,10 @@ class BlobRoutes:
                 part.unlink(missing_ok=True)
                 self._locks.pop(part.name, None)
             self._stored(request, digest, size)
+            if known is not None and running is not None and self.summaries is not None:
+                summary = await running.summarised()
+                if summary is not None:
+                    self.summaries.put(digest, summary)  # of bytes that hashed to its name
         log.info(
             "blob uploaded",
             extra=fields(blob=digest, size=size, hashed_again=known is None, by=peer_did(request)),
@@ -485,14 +510,49 @@ def _read_range(
 
 
 class _Running:
-    """The SHA-256 of the first ``size`` bytes of a partial upload, as they were appended."""
+    """The SHA-256 of the first ``size`` bytes of a partial upload, as they were appended,
+    and the contract's summary of them (when the node keeps summaries), fed on ``worker``."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, summary: StreamedSummary | None = None, worker: ThreadPoolExecutor | None = None
+    ) -> None:
         self.hasher = hashlib.sha256()
         self.size = 0
+        self._summary = summary if worker is not None else None
+        self._worker = worker
+        self._lock = threading.Lock()
+        self._backlog = 0
+        self._last: Future[None] | None = None
 
     def hexdigest(self) -> str:
         return self.hasher.hexdigest()
+
+    def summarise(self, data: bytes) -> None:
+        """Queue ``data`` (the next bytes, in order) for the summary; dropped for good once
+        more than ``SUMMARY_BACKLOG_BYTES`` wait (the worker fell behind)."""
+        if self._summary is None or self._worker is None:
+            return
+        with self._lock:
+            if self._backlog + len(data) > SUMMARY_BACKLOG_BYTES:
+                self._summary = None
+                return
+            self._backlog += len(data)
+        self._last = self._worker.submit(self._feed, self._summary, data)
+
+    def _feed(self, summary: StreamedSummary, data: bytes) -> None:
+        try:
+            summary.feed(data)
+        finally:
+            with self._lock:
+                self._backlog -= len(data)
+
+    async def summarised(self) -> UpdateSummary | None:
+        """The summary of every byte appended, once the worker has fed them all (one worker,
+        first in first out: the last chunk done means all are)."""
+        if self._last is not None:
+            await asyncio.wrap_future(self._last)
+        summary = self._summary
+        return summary.result() if summary is not None else None
 
 
 def _append(part: Path, data: bytes, running: _Running | None = None) -> None:
@@ -503,6 +563,7 @@ def _append(part: Path, data: bytes, running: _Running | None = None) -> None:
     if running is not None:
         running.hasher.update(data)
         running.size += len(data)
+        running.summarise(data)
 
 
 def _store_part(

@@ -33,6 +33,7 @@ from bcfl_cli.chain.state import ChainState
 from bcfl_cli.consensus.messages import TimeoutConfig
 from bcfl_cli.errors import NodeError
 from bcfl_cli.fl.checks import FLChecks
+from bcfl_cli.fl.update_summary import UpdateSummaries
 from bcfl_cli.home import Home, HomeLock
 from bcfl_cli.identity import Identity
 from bcfl_cli.node.app import (
@@ -120,7 +121,9 @@ class Node:
         self.ledger = self.chain.ledger
         self.blobs = self.chain.blobs
         self.genesis_hash = self.chain.genesis_hash
-        self.checks = CachingChecks(FLChecks(self.blobs))
+        #: what the blob routes computed of each update received, read by the checks
+        self.summaries = UpdateSummaries()
+        self.checks = CachingChecks(FLChecks(self.blobs, summaries=self.summaries))
         self._worker = ThreadWorker()
         self.guard = VoteGuard.for_home(home)
         self.tls = options.tls.transport(home, identity.signing_key, self.chain.state)
@@ -195,7 +198,9 @@ class Node:
             lambda _block: self.driver.poke(),
             lambda _block: follow_chain(self.tls, self.chain.state, home, identity.signing_key),
         ]
-        self.trainer_host = _TrainerHost(identity.signing_key, self.chain, self.pool, self.peers)
+        self.trainer_host = _TrainerHost(
+            identity.signing_key, self.chain, self.pool, self.peers, self.summaries
+        )
         self._tasks: list[asyncio.Task[Any]] = []
         log.info(
             "node opened",
@@ -246,6 +251,7 @@ class Node:
             tls=self.tls,
             traffic=self.traffic,
             unverified_rounds=self.scope.unverified_rounds,
+            summaries=self.summaries,
             settings=HttpSettings(
                 limits=options.limits,
                 host=options.host,
@@ -322,6 +328,8 @@ class _TrainerHost:
     chain: LocalChain
     pool: MempoolService
     peers: Peers
+    #: the node's update summaries: the trainer's push summarises its own update into them
+    summaries: UpdateSummaries | None = None
 
     @property
     def state(self) -> ChainState:

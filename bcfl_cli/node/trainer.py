@@ -19,6 +19,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,13 @@ import torch
 from bcfl_cli.apps.runner import BoundApp, bind_app
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.client.api import NodeApi
-from bcfl_cli.client.blobs import upload_blob
+from bcfl_cli.client.blobs import SharedChunks, upload_blob
 from bcfl_cli.client.submit import build_update_tx
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.data import Dataset
 from bcfl_cli.fl.training import TrainResult, subseed
+from bcfl_cli.fl.update_summary import SummaryFeed, UpdateSummaries
 from bcfl_cli.home import Home
 from bcfl_cli.node.interfaces import BlobPeers, TrainerHost
 from bcfl_cli.node.peers import did_tag
@@ -57,6 +59,9 @@ Publish = Callable[[Transaction], Awaitable[frozenset[str]]]
 
 DEFAULT_POLL_S = 0.5
 PUBLISH_TIMEOUT_S = 60.0
+#: Bytes of its own update a trainer's push has read but not yet summarised; past it, no
+#: summary (the node's check of its own update then reads the file, as before).
+OWN_SUMMARY_BACKLOG = 16 * 1024 * 1024
 MAX_ATTEMPTS_PER_ROUND = 3
 #: Seconds between two progress lines of one round's training in the node's log.
 STEP_LOG_S = 5.0
@@ -388,7 +393,11 @@ class AutoTrainer:
 
 
 def peer_publisher(
-    peers: BlobPeers, blobs: BlobStore, *, checks: Callable[[str | None], bool] | None = None
+    peers: BlobPeers,
+    blobs: BlobStore,
+    *,
+    checks: Callable[[str | None], bool] | None = None,
+    summaries: UpdateSummaries | None = None,
 ) -> Publish:
     """Push an update's blob to every peer before its transaction is gossiped.
 
@@ -404,16 +413,28 @@ def peer_publisher(
     get the blob (issue 19: a member that only trains fetches the round's model, not its
     peers' updates, and an update of 440 MB is not sent where nobody reads it). Without it,
     every live peer does.
-    """
 
-    def push(peer: Any, digest: str) -> None:
+    ``summaries``: the node's (``fl/update_summary.py``). The update's chunks, read once for
+    the push, are also summarised on a worker thread, so that this node's own contract check
+    of its update reads no byte of it again either (it was on the round's critical path: the
+    quorum waits for a trainer's node).
+    """
+    worker = (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-own-summary")
+        if summaries is not None
+        else None
+    )
+
+    def push(peer: Any, digest: str, shared: SharedChunks) -> None:
         with peers.blob_client(peer) as client:
-            upload_blob(client, digest, blobs)
+            upload_blob(client, digest, blobs, shared=shared)
 
     put_small = getattr(peers, "put_small_blob", None)
     push_update = getattr(peers, "push_update", None)
 
-    async def push_one(peer: Any, tx: Transaction, small: bytes | None) -> bool:
+    async def push_one(
+        peer: Any, tx: Transaction, small: bytes | None, shared: SharedChunks
+    ) -> bool:
         # A small blob (an update of a small model) goes on the node's pooled connections,
         # concurrently on the event loop: with its update, else alone; the rest, or a peer
         # that wants to resume a partial upload, through the resumable upload in a thread.
@@ -423,7 +444,7 @@ def peer_publisher(
             return True
         if small is not None and put_small is not None and await put_small(peer, digest, small):
             return False
-        await asyncio.to_thread(push, peer, digest)
+        await asyncio.to_thread(push, peer, digest, shared)
         return False
 
     async def publish(tx: Transaction) -> frozenset[str]:
@@ -439,10 +460,19 @@ def peer_publisher(
         small = None
         if blobs.size(digest) <= MAX_INLINE_BLOB_BYTES:
             small = blobs.get(digest, max_bytes=MAX_INLINE_BLOB_BYTES)
+        feed = None
+        if worker is not None and small is None and targets:
+            feed = SummaryFeed(blobs.size(digest), worker, backlog_bytes=OWN_SUMMARY_BACKLOG)
+        # each chunk read and digested once for all the peers (and summarised once)
+        shared = SharedChunks(on_read=feed.offer if feed is not None else None)
         results = await asyncio.gather(
-            *(asyncio.wait_for(push_one(p, tx, small), PUBLISH_TIMEOUT_S) for p in targets),
+            *(asyncio.wait_for(push_one(p, tx, small, shared), PUBLISH_TIMEOUT_S) for p in targets),
             return_exceptions=True,
         )
+        if feed is not None and summaries is not None:
+            summary = await asyncio.to_thread(feed.result, digest)
+            if summary is not None:
+                summaries.put(digest, summary)
         told: set[str] = set()
         for peer, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
@@ -484,12 +514,22 @@ async def run_node_trainer(
         seed=seed,
         poll_s=poll_s,
         publish=peer_publisher(
-            host.peers, host.blobs, checks=lambda did: _checks_updates(host, did)
+            host.peers,
+            host.blobs,
+            checks=lambda did: _checks_updates(host, did),
+            summaries=_summaries_of(host),
         ),
         app=app,
     )
     host.on_commit.append(lambda _block: trainer.wake())
     await trainer.run(stop)
+
+
+def _summaries_of(host: TrainerHost) -> UpdateSummaries | None:
+    """The node's update summaries, which its contract checks read (a host without them,
+    a test's, gets none: its own update is then checked from the file)."""
+    summaries = getattr(host, "summaries", None)
+    return summaries if isinstance(summaries, UpdateSummaries) else None
 
 
 def _checks_updates(host: TrainerHost, did: str | None) -> bool:

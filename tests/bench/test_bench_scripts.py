@@ -291,3 +291,18 @@ def test_simulate_bench_quick_runs_every_arm(capsys):
     assert arms == ["plain FedAvg (no ledger)", "bcfl simulate", "bcfl simulate --share-checks"]
     heads = {row["head"] for row in data["rows"][1:]}
     assert len(heads) == 1 and "" not in heads  # shared checks change no answer
+
+
+def test_update_check_cpu_compares_the_full_check_with_the_summary():
+    """bench/update_check_cpu.py at 1M parameters: both checks give the same verdict."""
+    bench = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "update_check_cpu.py")
+    done = subprocess.run(
+        [sys.executable, bench, "--params", "1M", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    row = json.loads(done.stdout)
+    assert row["verdicts equal"] is True and row["verdict"].startswith("L2 norm ")
+    assert row["digests x 3 (before) s"] >= row["digests x 1 (after) s"] >= 0

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,21 @@ import httpx
 import nacl.signing
 import pytest
 
-from bcfl_cli.client.blobs import FetchCancelled, fetch_blob, fetch_manifest, upload_blob
+import bcfl_cli.client.blobs as client_blobs
+from bcfl_cli.client.blobs import (
+    FetchCancelled,
+    SharedChunks,
+    fetch_blob,
+    fetch_manifest,
+    upload_blob,
+)
 from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.demo.launcher import free_ports
 from bcfl_cli.errors import BlobError
 from bcfl_cli.node.blob_routes import blob_app
 from bcfl_cli.protocol.crypto import did_from_public_key
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.wire import httpsig
 from bcfl_cli.wire.refusal import Refusal
 
 with warnings.catch_warnings():
@@ -162,6 +170,72 @@ def test_upload_roundtrip_and_refusals(peer: _Peer, tmp_path: Path) -> None:
     assert info.value.status == 422 and info.value.code == "hash_mismatch"
     assert not peer.store.has(liar)
     assert not list((peer.store.root / "tmp").glob(f"up-*-{liar}-*"))
+
+
+def test_shared_chunks_read_and_digest_each_chunk_once_for_every_push(
+    peer: _Peer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three pushes of one blob (a trainer's update to three peers) read and hash each chunk
+    once (issue 19), and every peer's chunk still passes its signed Content-Digest."""
+    local = BlobStore(tmp_path / "local")
+    digest = _blob(local, 5 * CHUNK + 123)
+    hashed: list[int] = []
+    real = httpsig.content_digest
+
+    def counting(body: bytes) -> str:
+        hashed.append(len(body))
+        return real(body)
+
+    monkeypatch.setattr(httpsig, "content_digest", counting)
+    monkeypatch.setattr(client_blobs, "content_digest", counting)
+    peers = [_Peer(tmp_path / f"peer-{n}") for n in range(3)]
+    offered: list[int] = []
+    shared = SharedChunks(on_read=lambda offset, data: offered.append(offset))
+    try:
+        threads = [
+            threading.Thread(
+                target=upload_blob, args=(p.client, digest, local), kwargs={"shared": shared}
+            )
+            for p in peers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert all(p.store.verify(digest) for p in peers)
+        chunk_bodies = [n for n in hashed if n > 0]  # the finalise requests' empty bodies aside
+        assert sorted(chunk_bodies) == sorted([CHUNK] * 5 + [123])  # once each, not 3 times
+        assert offered == [i * CHUNK for i in range(6)]  # each read once, in order
+    finally:
+        for p in peers:
+            p.client.close()
+            p.http.close()
+
+
+def test_shared_chunks_bound_what_they_keep_and_pass_on_a_failed_read() -> None:
+    shared = SharedChunks(keep=2)
+    reads: list[int] = []
+
+    def reader(index: int) -> Callable[[], bytes]:
+        def read() -> bytes:
+            reads.append(index)
+            return bytes([index]) * 10
+
+        return read
+
+    for index in range(4):
+        data, digest = shared.chunk(10, index, reader(index))
+        assert data == bytes([index]) * 10 and digest == httpsig.content_digest(data)
+    assert shared.chunk(10, 3, reader(3))[0] == bytes([3]) * 10  # kept: not read again
+    shared.chunk(10, 0, reader(0))  # dropped (only the last two are kept): read again
+    assert reads == [0, 1, 2, 3, 0]
+
+    def broken() -> bytes:
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        shared.chunk(10, 9, broken)
+    assert shared.chunk(10, 9, reader(9))[0] == bytes([9]) * 10  # a failed read is not kept
 
 
 def test_a_one_chunk_blob_is_stored_by_its_chunk(peer: _Peer, tmp_path: Path) -> None:
