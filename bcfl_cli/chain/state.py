@@ -165,6 +165,43 @@ class RoundState:
     def accepted_hashes(self) -> list[str]:
         return sorted(u.tx for u in self.accepted)
 
+    def with_update(
+        self, accepted: tuple[AcceptedUpdate, ...], submitted: frozenset[str]
+    ) -> RoundState:
+        """``dataclasses.replace(self, accepted=..., submitted=...)``, built directly: once a
+        validation, and ``replace`` (which walks the fields) was ~4% of verify-chain's replay.
+        A test keeps both equal for every field."""
+        return RoundState(
+            self.number,
+            self.open,
+            self.base_model,
+            self.model,
+            self.opened_at,
+            self.deadline_height,
+            self.deadline_time,
+            self.closed_at,
+            self.closed_time,
+            accepted,
+            submitted,
+        )
+
+    def closed_by(self, model: str, height: int, time: int) -> RoundState:
+        """``dataclasses.replace(self, open=False, model=..., closed_at=..., closed_time=...)``,
+        built directly, like :meth:`with_update`."""
+        return RoundState(
+            self.number,
+            False,
+            self.base_model,
+            model,
+            self.opened_at,
+            self.deadline_height,
+            self.deadline_time,
+            height,
+            time,
+            self.accepted,
+            self.submitted,
+        )
+
 
 class SeenSet:
     """Transaction hashes on the chain, shared between successive states without copying.
@@ -1124,9 +1161,7 @@ class _TxRules:
                     claim.num_samples,
                 ),
             )
-        self.s = self.s.with_round(
-            dataclasses.replace(rnd, accepted=accepted, submitted=rnd.submitted | {update.author})
-        )
+        self.s = self.s.with_round(rnd.with_update(accepted, rnd.submitted | {update.author}))
         self.awaiting = None
 
     def on_aggregate(self, tx: Transaction, body: AggregateBody) -> None:
@@ -1183,15 +1218,7 @@ class _TxRules:
                 raise
             except BcflError as exc:
                 raise self.fail(tx, "aggregate_check_failed", exc.message) from exc
-        self.s = self.s.with_round(
-            dataclasses.replace(
-                rnd,
-                open=False,
-                model=body.model,
-                closed_at=self.h,
-                closed_time=self.block.header.time,
-            )
-        )
+        self.s = self.s.with_round(rnd.closed_by(body.model, self.h, self.block.header.time))
 
     # --- transport (issue 22) -----------------------------------------------------------
     def on_tls_certificate(self, tx: Transaction, body: TlsCertificateBody) -> None:

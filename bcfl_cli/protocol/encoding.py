@@ -234,5 +234,17 @@ def is_hash_hex(value: object) -> bool:
     return isinstance(value, str) and _HEX64.match(value) is not None
 
 
+_HEX_DIGITS = b"0123456789abcdef"
+
+
+def only_lower_hex(text: str) -> bool:
+    """Every character of ``text`` is a lowercase hex digit (``""`` too): for checking several
+    fixed-length hex fields joined, in one C call instead of one regex a field."""
+    try:
+        return not text.encode("ascii").translate(None, _HEX_DIGITS)
+    except UnicodeEncodeError:
+        return False
+
+
 def is_signature_hex(value: object) -> bool:
     return isinstance(value, str) and _HEX128.match(value) is not None

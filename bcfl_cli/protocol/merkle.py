@@ -22,6 +22,8 @@ def merkle_root(leaf_hashes: list[str]) -> str:
 def _root(nodes: list[bytes]) -> bytes:
     if len(nodes) == 1:
         return nodes[0]
+    if len(nodes) == 2:  # most blocks: one inner node, no split to compute
+        return hashlib.sha256(b"\x01" + nodes[0] + nodes[1]).digest()
     # RFC 6962 §2.1: split at the largest power of two smaller than n.
     split = 1
     while split * 2 < len(nodes):

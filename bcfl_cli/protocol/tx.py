@@ -36,6 +36,7 @@ from bcfl_cli.protocol.txbodies import ROLES as ROLES
 from bcfl_cli.protocol.txbodies import TxBody, parse_body
 from bcfl_cli.protocol.txbodies import TxKind as TxKind
 from bcfl_cli.protocol.txbodies import validate_body as validate_body
+from bcfl_cli.protocol.txwire import decode_stored
 
 PROTOCOL_VERSION = 1
 MAX_TX_BYTES = 64 * 1024
@@ -144,7 +145,12 @@ class Transaction:
         whose body nobody else holds), so it always matches its content.
         """
         raw = data.encode("utf-8") if isinstance(data, str) else data
-        tx = cls.from_dict(parse_canonical(data))
+        fast = decode_stored(raw)  # None: the exact path below decides, with its messages
+        if fast is None:
+            tx = cls.from_dict(parse_canonical(data))
+        else:
+            tx = cls(*fast[:7])
+            object.__setattr__(tx, "_parsed_body", fast[7])
         object.__setattr__(tx, "_digest", (sha256_hex(raw[_UNSIGNED_START:-1]), len(raw)))
         return tx
 
