@@ -2,9 +2,11 @@
 
 Usage::
 
-    .venv/bin/python bench/sync_bench.py [--rounds 5] [--model 1m|digits] [--before REV] [--json]
+    .venv/bin/python bench/sync_bench.py [--rounds 5] [--model 1m|10m|digits] [--trainers 3]
+        [--before REV [--pairs 2]] [--json]
 
-Four nodes train R rounds of the 1.13M-parameter MLP (every update is a 4.5 MB blob). Then all
+Four nodes train R rounds of the 1.13M-parameter MLP (every update is a 4.5 MB blob; ``10m``: the
+10.0M-parameter MLP, 40 MB blobs, where the bytes dominate the fixed costs). Then all
 but one stop, so the chain stands still, and fresh nodes (founders' homes holding only the
 genesis, trainers without voting power) start with that one node as their only peer and catch
 up, one after the other:
@@ -14,7 +16,9 @@ up, one after the other:
   recomputed), and appends;
 - a *trainer-only* member (the default for a member that does not validate, ``BlobScope``): it
   fetches each round's model alone, checked against the committed hash and size, and takes the
-  quorum's certified verdicts.
+  quorum's certified verdicts; ``--trainers`` of them (default 3), the median run reported, its
+  bytes against their own raw transfer in both readings (server in the bench, in its own
+  process).
 
 Each rate is measured from the node's first status answer to the head, and split, from its own
 ``caught up`` log line, into its transport (pages and blobs held) and its rules (time in
@@ -34,14 +38,15 @@ transport's limit on this machine; the app runs in a thread of the bench and, as
 in a process of its own (as a serving node is).
 
 ``--before REV`` also catches up verifying nodes running ``bcfl_cli`` as of REV (``git
-archive``), alternating with this code, ``--pairs`` times: a change's before/after, end to end,
-in one run.
+archive``), alternating with this code, ``--pairs`` times, and as many trainer-only members
+with REV's code as with this code, alternating: a change's before/after, end to end, in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -69,9 +74,12 @@ from bcfl_cli.node.blob_service import BlobService  # noqa: E402
 from bcfl_cli.node.peers import PeerInfo  # noqa: E402
 from bcfl_cli.node.sync import BLOCKS_PER_REQUEST, fetch_block_blobs  # noqa: E402
 from bcfl_cli.protocol.block import Block  # noqa: E402
+from bcfl_cli.protocol.spec import ModelSpec  # noqa: E402
 from bcfl_cli.store.blobs import BlobStore  # noqa: E402
 from bench.common import (  # noqa: E402
+    CLASSES,
     DIGITS_MLP,
+    FEATURES,
     MLP_1M,
     PASSPHRASE,
     PLAN,
@@ -83,7 +91,12 @@ from bench.common import (  # noqa: E402
     parse_log,
 )
 
-MODELS = {"digits": DIGITS_MLP, "1m": MLP_1M}
+#: 64 -> 3125 -> 3125 -> 10: 10.0M parameters, a 40 MB model or update blob, where the bytes
+#: dominate a catch-up's fixed costs (pages, certificates, requests)
+MLP_10M = ModelSpec(
+    architecture="mlp", input_shape=[FEATURES], num_classes=CLASSES, hidden=[3125, 3125], seed=0
+)
+MODELS = {"digits": DIGITS_MLP, "1m": MLP_1M, "10m": MLP_10M}
 PAGE = 100
 MB = 1e6
 
@@ -190,11 +203,18 @@ def serve_raw(root: Path, port: int) -> None:
 
 
 def raw_transfer(
-    pages: list[bytes], blobs: list[bytes], repeats: int = 3, *, apart: Path | None = None
+    pages: list[bytes],
+    blobs: list[bytes],
+    repeats: int = 3,
+    *,
+    apart: Path | None = None,
+    durable: Path | None = None,
 ) -> tuple[float, float]:
     """Median seconds to download every page and blob once over loopback (wall; and the CPU of
     this process: client and server thread together, or the client alone when the server runs
-    in a process of its own, ``apart``: a folder for its files)."""
+    in a process of its own, ``apart``: a folder for its files). ``durable``: a folder where
+    each blob is also hashed (SHA-256), written and fsynced as it streams, what a node must do
+    with a blob before it may rely on it: the floor of a durable download, not of the wire."""
     times = []
     cpus = []
     server_cm: RawServer | RawServerProcess = (
@@ -210,9 +230,22 @@ def raw_transfer(
                 got += len(client.get(f"{base}/pages/{i}").content)
             for i in range(len(blobs)):
                 with client.stream("GET", f"{base}/blobs/{i}") as response:
-                    for chunk in response.iter_bytes(1 << 20):
-                        got += len(chunk)
+                    if durable is None:
+                        for chunk in response.iter_bytes(1 << 20):
+                            got += len(chunk)
+                        continue
+                    durable.mkdir(parents=True, exist_ok=True)
+                    hasher = hashlib.sha256()
+                    with open(durable / f"blob-{i}", "wb") as out:
+                        for chunk in response.iter_bytes(1 << 20):
+                            got += len(chunk)
+                            hasher.update(chunk)
+                            out.write(chunk)
+                        out.flush()
+                        os.fsync(out.fileno())
             times.append(time.perf_counter() - start)
+            if durable is not None:
+                shutil.rmtree(durable, ignore_errors=True)
             cpus.append(time.process_time() - cpu)
             expected = sum(map(len, pages)) + sum(map(len, blobs))
             if got != expected:
@@ -375,6 +408,7 @@ def run(
     repeats: int = 5,
     before: str | None = None,
     pairs: int = 2,
+    trainers: int = 3,
 ) -> Report:
     spec = MODELS[model]
     report = Report(
@@ -385,7 +419,7 @@ def run(
     )
     root = Path(tempfile.mkdtemp(prefix="bcfl-bench-sync-"))
     try:
-        spares = 2 + (2 * pairs if before else 0)
+        spares = 1 + trainers * (2 if before else 1) + (2 * pairs if before else 0)
         with BenchConsortium(root, spec, PLAN, 4, rounds, spare=spares) as consortium:
             log(f"4 nodes train {rounds} rounds ...", quiet=quiet)
             consortium.start_founders()
@@ -412,18 +446,38 @@ def run(
                 f"a trainer-only member syncs {height} blocks, {model_bytes / MB:.1f} MB ...",
                 quiet=quiet,
             )
-            t_launched, t_first, t_done, t_passes = catch_up(
-                consortium, consortium.spares[1], source, height, verify=False, timeout=timeout
-            )
+            old_code = code_at(before, root / "before-code") if before else None
+            # trainer-only members, `trainers` of them (alternating with REV's code, --before)
+            trainer_arms = ["this code", *([f"at {before}"] if before else [])]
+            trained: dict[str, list[tuple[float, tuple[float, int], float, list[Any]]]] = {
+                arm: [] for arm in trainer_arms
+            }
+            spare = iter(consortium.spares[1:])
+            for _ in range(trainers):
+                for arm in trainer_arms:
+                    if arm != "this code":
+                        consortium.extra_env["PYTHONPATH"] = str(old_code)
+                    try:
+                        trained[arm].append(
+                            catch_up(
+                                consortium,
+                                next(spare),
+                                source,
+                                height,
+                                verify=False,
+                                timeout=timeout,
+                            )
+                        )
+                    finally:
+                        consortium.extra_env.pop("PYTHONPATH", None)
+            # the rows show the run whose first answer -> head is the median
+            by_time = sorted(trained["this code"], key=lambda r: r[2] - r[1][0])
+            t_launched, t_first, t_done, t_passes = by_time[len(by_time) // 2]
             paired: dict[str, list[float]] = {"this code": [], f"at {before}": []}
             split: dict[str, list[tuple[float, ...]]] = {arm: [] for arm in paired}
             if before:
-                old_code = code_at(before, root / "before-code")
                 for i in range(pairs):
-                    for arm, fresh in (
-                        ("this code", consortium.spares[2 + 2 * i]),
-                        (f"at {before}", consortium.spares[3 + 2 * i]),
-                    ):
+                    for arm, fresh in (("this code", next(spare)), (f"at {before}", next(spare))):
                         log(f"a verifying node, {arm}, pair {i + 1} ...", quiet=quiet)
                         if arm != "this code":
                             consortium.extra_env["PYTHONPATH"] = str(old_code)
@@ -444,7 +498,9 @@ def run(
             key = load_identity(consortium.spares[0].home, PASSPHRASE.encode()).signing_key
             raw_runs: list[tuple[float, float]] = []
             apart_runs: list[tuple[float, float]] = []
+            durable_runs: list[tuple[float, float]] = []
             raw_model_runs: list[tuple[float, float]] = []
+            raw_model_apart_runs: list[tuple[float, float]] = []
             alone_runs: list[tuple[float, float]] = []
             before_runs: list[tuple[float, float]] = []
             bare_runs: list[tuple[float, float]] = []
@@ -456,15 +512,29 @@ def run(
                     node_transport(key, source.url, height, root / f"before-{i}", whole_first=False)
                 )
                 raw_model_runs.append(raw_transfer(pages, models, repeats=1))
+                raw_model_apart_runs.append(
+                    raw_transfer(pages, models, repeats=1, apart=root / f"raw-models-{i}")
+                )
                 apart_runs.append(
                     raw_transfer(pages, blobs, repeats=1, apart=root / f"raw-apart-{i}")
+                )
+                durable_runs.append(
+                    raw_transfer(
+                        pages,
+                        blobs,
+                        repeats=1,
+                        apart=root / f"raw-durable-{i}",
+                        durable=root / f"raw-written-{i}",
+                    )
                 )
                 bare_runs.append(bare_client_on_node(source.url, height, digests))
         t_first_at, h_first = first
         raw_s = statistics.median(r[0] for r in raw_runs)
         apart_s = statistics.median(r[0] for r in apart_runs)
+        durable_s = statistics.median(r[0] for r in durable_runs)
         bare_s = statistics.median(r[0] for r in bare_runs)
         raw_model_s = statistics.median(r[0] for r in raw_model_runs)
+        raw_model_apart_s = statistics.median(r[0] for r in raw_model_apart_runs)
         alone_s = statistics.median(r[0] for r in alone_runs)
         before_s = statistics.median(r[0] for r in before_runs)
         # the part after the fresh node first answered (it may have synced some blocks before)
@@ -502,6 +572,12 @@ def run(
             ("- the fetch path before issue 21 (manifest first)", height, total_bytes, before_s),
             ("raw loopback HTTP (uvicorn + httpx)", height, total_bytes, raw_s),
             ("- raw, the server in a process of its own", height, total_bytes, apart_s),
+            (
+                "- raw (own process), each blob hashed, written, fsynced",
+                height,
+                total_bytes,
+                durable_s,
+            ),
             ("- a bare httpx client on the serving node's routes", height, total_bytes, bare_s),
         ]
         for what, blocks, nbytes, seconds in rows:
@@ -544,6 +620,7 @@ def run(
                 sum(float(p["verify_s"]) for p in t_passes),
             ),
             ("raw loopback HTTP of pages + models", height, model_bytes, raw_model_s),
+            ("- raw, the server in a process of its own", height, model_bytes, raw_model_apart_s),
         ]
         for what, blocks, nbytes, seconds in model_rows:
             report.add(
@@ -607,6 +684,14 @@ def run(
                 if before
                 else []
             ),
+            "trainer-only members, first answer -> head, s (rows: the median run): "
+            + "; ".join(
+                f"{arm} {', '.join(f'{r[2] - r[1][0]:.3f}' for r in runs)}"
+                for arm, runs in trained.items()
+            )
+            + f"; against raw {raw_model_s:.3f} s (bench thread), {raw_model_apart_s:.3f} s "
+            f"(own process): this code at {raw_model_s / (t_done - t_first[0]):.2f} and "
+            f"{raw_model_apart_s / (t_done - t_first[0]):.2f} of raw",
             f"trainer-only member's catch-up passes: {len(t_passes)}; its rules waited on "
             f"models {sum(float(p['blob_wait_s']) for p in t_passes):.3f} s; appends took "
             f"{sum(float(p['append_s']) for p in t_passes):.3f} s; the pass took "
@@ -638,6 +723,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also catch up verifying nodes running bcfl_cli at REV, alternating with this code",
     )
     parser.add_argument("--pairs", type=int, default=2, help="pairs for --before")
+    parser.add_argument(
+        "--trainers",
+        type=int,
+        default=3,
+        help="trainer-only catch-ups (each arm, with --before), the median reported",
+    )
     parser.add_argument("--raw-server", nargs=2, metavar=("DIR", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.raw_server:
@@ -651,6 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats=1 if args.quick else 5,
         before=args.before,
         pairs=args.pairs,
+        trainers=1 if args.quick else max(1, args.trainers),
     )
     emit(report, as_json=args.json)
     return 0

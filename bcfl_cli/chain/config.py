@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from bcfl_cli.errors import EncodingError, VerificationError
 from bcfl_cli.protocol.crypto import Domain, is_did, public_key_from_did, verify_digest
-from bcfl_cli.protocol.encoding import canonical, is_hash_hex
+from bcfl_cli.protocol.encoding import canonical, is_hash_hex, is_version
 from bcfl_cli.protocol.spec import (
     MODEL_SECTION,
     MODEL_SECTION_TAGS,
@@ -135,7 +135,7 @@ def parse_document(document: Any) -> GenesisConfig:
         canonical(document)
     except EncodingError as exc:
         raise _bad(exc.message) from exc
-    if document["v"] != PROTOCOL_VERSION:
+    if not is_version(document["v"], PROTOCOL_VERSION):
         raise _bad(f"version must be {PROTOCOL_VERSION}, found {document['v']!r}")
     consortium = document["consortium"]
     if not isinstance(consortium, dict) or not (

@@ -271,7 +271,10 @@ class TransportTrust:
     def aiohttp_ssl(
         self, peer: str, expected: Callable[[], str | None]
     ) -> aiohttp.Fingerprint | ssl.SSLContext | bool:
-        """The ``ssl=`` of an aiohttp connector for ``peer`` (ignored for http:// URLs)."""
+        """The ``ssl=`` of an aiohttp connector for ``peer`` (ignored for http:// URLs, which
+        are given ``clear_text_context()``: no CA bundle loaded for a link that has no TLS)."""
+        if peer.startswith("http://"):
+            return clear_text_context()
         if self.mode == "pinned":
             return _PinCheck(self, peer, expected)
         return self.ca_context()
@@ -285,6 +288,8 @@ class TransportTrust:
         httpx has no fingerprint hook, so in pinned mode the context trusts exactly one
         certificate: the peer's, once its fingerprint passed the pin check (remembered from an
         earlier connection, else fetched by one handshake that sends nothing)."""
+        if url.startswith("http://"):
+            return clear_text_context()
         if self.mode != "pinned" or not url.startswith("https://"):
             return self.ca_context()
         der = self._remembered(expected)
@@ -383,6 +388,18 @@ def _exact_context(*ders: bytes) -> ssl.SSLContext:
     return ctx
 
 
+@functools.cache
+def clear_text_context() -> ssl.SSLContext:
+    """The TLS context of a client to an ``http://`` URL, which never uses it: it trusts no
+    CA at all (so a redirect or a mistake that reached TLS would fail closed), and building it
+    loads no bundle. Loading the system's CAs costs ~35 ms of CPU (more under load), which a
+    node used to pay on its event loop, and again in a blob thread, the first time it asked a
+    plain-http peer anything: on a fresh node's catch-up path (issue 21, item 3)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, hostnames checked
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
 @functools.lru_cache(maxsize=8)
 def _ca_context(ca_bundle: str | None) -> ssl.SSLContext:
     """CA mode: the consortium's bundle, or the system's CAs; hostnames checked."""
@@ -402,6 +419,7 @@ __all__ = [
     "TlsRefused",
     "TransportTrust",
     "check_clear_text",
+    "clear_text_context",
     "command_verify",
     "is_loopback",
 ]

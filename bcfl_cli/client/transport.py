@@ -22,6 +22,9 @@ from collections.abc import Collection, Generator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+# httpx imports httpcore when its first transport is made: in a node, in a blob thread on a fresh
+# node's catch-up path, the other downloads queued on the import lock (issue 21). Now, once.
+import httpcore  # noqa: F401
 import httpx
 import nacl.signing
 
@@ -101,12 +104,15 @@ def http_client(
 ) -> httpx.Client:
     """The one place an ``httpx.Client`` to a node is made: pool bounds, TLS, no redirects.
     ``verify``: the node/tls.py rules (a pinned certificate); default the system's CAs."""
+    checks: ssl.SSLContext | bool = verify if verify is not None else True
+    if verify is None and transport is None:
+        checks = shared_ssl_context()  # given its own transport, the client never reads it
     return httpx.Client(
         base_url=base_url,
         auth=auth,
         timeout=timeout,
         transport=transport,
-        verify=shared_ssl_context() if verify is None else verify,
+        verify=checks,
         follow_redirects=False,
         limits=httpx.Limits(
             max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS

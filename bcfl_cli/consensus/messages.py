@@ -32,7 +32,7 @@ from bcfl_cli.protocol.crypto import (
     sign_digest,
     verify_by_did,
 )
-from bcfl_cli.protocol.encoding import hash_object, is_hash_hex, is_signature_hex
+from bcfl_cli.protocol.encoding import hash_object, is_hash_hex, is_signature_hex, is_version
 from bcfl_cli.protocol.tx import PROTOCOL_VERSION
 
 _MAX_INT = 2**53 - 1
@@ -116,7 +116,7 @@ class Proposal:
         keys = {"v", "chain", "height", "round", "block", "valid_round", "proposer", "sig"}
         if not isinstance(data, dict) or set(data) != keys | {"payload"}:
             raise EncodingError(f"proposal fields must be exactly {sorted(keys | {'payload'})}")
-        if data["v"] != PROTOCOL_VERSION or not is_hash_hex(data["chain"]):
+        if not is_version(data["v"], PROTOCOL_VERSION) or not is_hash_hex(data["chain"]):
             raise EncodingError("proposal version or chain invalid")
         for name in ("height", "round"):
             v = data[name]

@@ -12,7 +12,9 @@ the background (a few at a time, in block order) while the blocks are verified o
 other, each on the state its predecessor produced; the verified blocks are appended together
 (``LocalChain.accept_blocks``: one database transaction) at the end of the page, at the first block
 that fails, and at least every ``APPEND_EVERY_S``. A block that fails, or whose blobs cannot be
-had, is not appended, nor is anything after it.
+had, is not appended, nor is anything after it. A member that takes the quorum's word reads no
+blob in the rules, so its blocks are verified while their models download, and each waits for
+its models before it is appended.
 
 The genesis hash is pinned: a peer whose genesis differs is never followed. If a peer serves, at
 a height we already hold, a *different* block with a valid commit certificate, two quorums signed
@@ -360,31 +362,45 @@ class Syncer:
     async def _verify_and_append(
         self, peer: PeerInfo, start: int, blocks: list[Block], times: PassTimes
     ) -> int:
-        """Verify ``blocks`` in order, each on its predecessor's state; append them in runs."""
+        """Verify ``blocks`` in order, each on its predecessor's state; append them in runs.
+
+        A block whose rules read its blobs (the FL checks of a verifying node) waits for them
+        before it is verified. Without those checks (a member that takes the quorum's word)
+        the rules read no blob: the blocks are verified while their models still download, and
+        each block's models are awaited before it is appended (``append_pending``), so that a
+        block is never kept without them.
+        """
         chain = self.chain
         base = chain.state  # the state the pending blocks build on
         state = base
-        pending: list[tuple[Block, ChainState]] = []
+        #: verified blocks, their states, and whether their blobs are still to be awaited
+        pending: list[tuple[Block, ChainState, bool]] = []
         appended = 0
         last_append = time.monotonic()
 
-        def append_pending() -> bool:
-            """Append what is verified; False when the node moved on meanwhile (dropped)."""
+        async def append_pending() -> bool:
+            """Append what is verified and held; False when the node moved on meanwhile, or
+            a block's blobs cannot be had yet (what precedes it is appended, nothing after)."""
             nonlocal base, pending, appended, last_append
-            last_append = time.monotonic()
-            if not pending:
-                return True
             batch, pending = pending, []
+            whole = True
+            for i, (block, _, unheld) in enumerate(batch):
+                if unheld and not await self._hold_blobs(peer, block, times):
+                    batch, whole = batch[:i], False
+                    break
+            last_append = time.monotonic()
+            if not batch:
+                return whole
             if chain.state is not base:
                 return False  # consensus moved on meanwhile; the next pass resumes
             began = time.monotonic()
-            chain.accept_blocks(batch, source=peer.url)
+            chain.accept_blocks([(b, s) for b, s, _ in batch], source=peer.url)
             times.append_s += time.monotonic() - began
             base = chain.state
             appended += len(batch)
             times.blocks += len(batch)
             self.blocks_synced += len(batch)
-            return True
+            return whole
 
         for block in blocks:
             if block.height < start:
@@ -395,28 +411,12 @@ class Syncer:
             if block.height != state.height + 1:
                 peer.error = f"served block {block.height} out of order"
                 break
-            scope = self.scope
-            began = time.monotonic()
-            fetched = await self.fetcher.ensure_blobs(
-                scope.blobs(block), prefer=scope.prefer(block)
-            )
-            held = fetched and scope.held(self.blobs, block)
-            waited = time.monotonic() - began
-            times.blob_wait_s += waited
-            if waited > 0.001 and held:
-                times.landed()  # this block's own fetch (or the prefetch's) just finished
-            if not held:
-                log.warning(
-                    "cannot fetch the blobs of block %d yet; will retry",
-                    block.height,
-                    extra=fields(peer=peer.url),
-                )
+            checks = self.scope.checks()
+            if checks is not None and not await self._hold_blobs(peer, block, times):
                 break
             began = time.monotonic()
             try:
-                new_state = await self.worker.run(
-                    partial(state.apply, block, checks=scope.checks())
-                )
+                new_state = await self.worker.run(partial(state.apply, block, checks=checks))
             except VerificationError as exc:
                 log.warning(
                     "peer served an invalid block; not following it",
@@ -430,12 +430,32 @@ class Syncer:
                 times.verify_s += time.monotonic() - began
             if chain.state is not base or chain.alarm is not None:
                 break  # consensus moved on meanwhile (or an alarm): the next pass resumes
-            pending.append((block, new_state))
+            pending.append((block, new_state, checks is None))
             state = new_state
-            if time.monotonic() - last_append >= APPEND_EVERY_S and not append_pending():
+            if time.monotonic() - last_append >= APPEND_EVERY_S and not await append_pending():
                 return appended
-        append_pending()
+        await append_pending()
         return appended
+
+    async def _hold_blobs(self, peer: PeerInfo, block: Block, times: PassTimes) -> bool:
+        """Wait for the blobs ``block`` needs here (its own fetch, or the prefetch's under way);
+        False, logged, when they cannot be had yet (the block is not kept; a later pass
+        retries)."""
+        scope = self.scope
+        began = time.monotonic()
+        fetched = await self.fetcher.ensure_blobs(scope.blobs(block), prefer=scope.prefer(block))
+        held = fetched and scope.held(self.blobs, block)
+        waited = time.monotonic() - began
+        times.blob_wait_s += waited
+        if waited > 0.001 and held:
+            times.landed()  # this block's own fetch (or the prefetch's) just finished
+        if not held:
+            log.warning(
+                "cannot fetch the blobs of block %d yet; will retry",
+                block.height,
+                extra=fields(peer=peer.url),
+            )
+        return held
 
     # --- forks -----------------------------------------------------------------------------
     async def _check_conflict(self, peer: PeerInfo, height: int) -> None:

@@ -26,6 +26,7 @@ from bcfl_cli.protocol.encoding import (
     hash_object,
     is_hash_hex,
     is_signature_hex,
+    is_version,
     only_lower_hex,
     parse_canonical,
     sha256_hex,
@@ -139,7 +140,7 @@ class Vote:
         keys = {"v", "chain", "height", "round", "type", "block", "validator", "sig"}
         if not isinstance(data, dict) or set(data) != keys:
             raise EncodingError(f"vote fields must be exactly {sorted(keys)}")
-        if data["v"] != PROTOCOL_VERSION or not is_hash_hex(data["chain"]):
+        if not is_version(data["v"], PROTOCOL_VERSION) or not is_hash_hex(data["chain"]):
             raise EncodingError("vote version or chain invalid")
         for name in ("height", "round"):
             v = data[name]
@@ -460,7 +461,7 @@ class BlockHeader:
         keys = {"v", "height", "prev", "time", "proposer", "tx_root", "validators", "config"}
         if not isinstance(data, dict) or set(data) != keys:
             raise EncodingError(f"block header fields must be exactly {sorted(keys)}")
-        if data["v"] != PROTOCOL_VERSION:
+        if not is_version(data["v"], PROTOCOL_VERSION):
             raise EncodingError(f"unsupported block version {data['v']!r}")
         for name in ("height", "time"):
             v = data[name]

@@ -246,5 +246,12 @@ def only_lower_hex(text: str) -> bool:
         return False
 
 
+def is_version(value: object, expected: int) -> bool:
+    """``value`` is the integer ``expected``: ``True == 1`` and ``1.0 == 1`` in Python, but
+    ``true`` is not the version ``1`` on the wire, and a spelling the checks let through only
+    to normalise it away is one more form a signer can be made to disagree on."""
+    return type(value) is int and value == expected
+
+
 def is_signature_hex(value: object) -> bool:
     return isinstance(value, str) and _HEX128.match(value) is not None

@@ -29,6 +29,7 @@ from bcfl_cli.protocol.encoding import (
     canonical,
     is_hash_hex,
     is_signature_hex,
+    is_version,
     parse_canonical,
     sha256_hex,
 )
@@ -165,7 +166,7 @@ class Transaction:
         tx, sig = data["tx"], data["sig"]
         if not isinstance(tx, dict) or tx.keys() != _TX_FIELDS:
             raise EncodingError(f"transaction fields must be exactly {sorted(_TX_FIELDS)}")
-        if tx["v"] != PROTOCOL_VERSION:
+        if not is_version(tx["v"], PROTOCOL_VERSION):
             raise EncodingError(f"unsupported transaction version {tx['v']!r}")
         if not is_hash_hex(tx["chain"]):
             raise EncodingError("transaction chain must be a genesis hash")

@@ -151,6 +151,23 @@ def test_raw_loopback_transfer_moves_every_byte():
     assert 0 < seconds < 30 and cpu >= 0
 
 
+def test_raw_durable_transfer_hashes_writes_and_leaves_nothing_behind(tmp_path):
+    pages = [b'{"blocks":[]}']
+    blobs = [bytes(range(256)) * 4096, b"x" * 10]
+    seconds, cpu = sync_bench.raw_transfer(
+        pages, blobs, repeats=1, apart=tmp_path / "raw", durable=tmp_path / "written"
+    )
+    assert 0 < seconds < 30 and cpu >= 0
+    assert not (tmp_path / "written").exists()
+
+
+def test_sync_bench_offers_a_10m_parameter_model_where_bytes_dominate():
+    spec = sync_bench.MODELS["10m"]
+    widths = [spec.input_shape[0], *spec.hidden, spec.num_classes]
+    params = sum(a * b + b for a, b in zip(widths, widths[1:], strict=False))
+    assert 9_900_000 < params < 10_100_000
+
+
 def test_serve_bench_downloads_every_blob_from_the_node_route_and_the_bare_app():
     runs = serve_bench.run(blobs=2, mb=0.3, repeats=1, before=None)
     assert set(runs) == {"raw", "node"}

@@ -200,3 +200,60 @@ def _peer(node: Any) -> PeerInfo:
     peer: PeerInfo = node.peers.peers[PEER]
     peer.height = 10**6
     return peer
+
+
+def _trainer_only(node: Any) -> None:
+    """The fresh node takes the quorum's word (no ``--verify-updates``): models only."""
+    node.syncer.scope = BlobScope(node.syncer.scope.checks(), verifies=lambda: False)
+
+
+def test_a_trainer_only_member_verifies_while_its_models_download(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rules run before the models land; every block is appended with its models held."""
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    _trainer_only(node)
+    models = [tx.body["model"] for b in served.blocks for tx in b.txs if tx.kind == "aggregate"]
+    updates = [tx.body["blob"] for b in served.blocks for tx in b.txs if tx.kind == "update"]
+    order: list[str] = []
+    real_apply, real_ensure = node.syncer.worker.run, node.syncer.fetcher.ensure_blobs
+
+    async def run(fn: Any) -> Any:
+        order.append("apply")
+        return await real_apply(fn)
+
+    async def ensure(digests: list[str], **kw: Any) -> bool:
+        order.extend("hold" for _ in digests if kw.get("timeout_s") is None)
+        return await real_ensure(digests, **kw)
+
+    monkeypatch.setattr(node.syncer.worker, "run", run)
+    monkeypatch.setattr(node.syncer.fetcher, "ensure_blobs", ensure)
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.head_hash == source.state.head_hash
+    assert appends == [source.state.height]
+    assert all(node.blobs.verify(d) for d in models) and len(models) == 2
+    assert not any(node.blobs.has(d) for d in updates)
+    # every block verified before the first model was awaited
+    assert order[: source.state.height] == ["apply"] * source.state.height
+    assert order.count("hold") == len(models)
+
+
+def test_a_trainer_only_member_keeps_no_block_past_a_bad_model(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verified ahead, the blocks from the first whose model cannot be had are not kept."""
+    first = next(b for b in served.blocks if any(t.kind == "aggregate" for t in b.txs))
+    digest = next(t.body["model"] for t in first.txs if t.kind == "aggregate")
+    path = source.blobs.path_for(digest)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    path.write_bytes(bytes(raw))  # the peer now serves corrupt bytes under that name
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    _trainer_only(node)
+    monkeypatch.setattr("bcfl_cli.node.sync.BLOB_FETCH_TIMEOUT_S", 2.0)
+    asyncio.run(node.syncer._pull_from(_peer(node)))
+    assert node.state.height == node.ledger.height == first.height - 1
+    assert appends == [first.height - 1]
+    assert not node.blobs.has(digest)

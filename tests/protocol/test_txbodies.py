@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bcfl_cli.errors import EncodingError, VerificationError
+from bcfl_cli.protocol.block import BlockHeader
 from bcfl_cli.protocol.crypto import Domain, sign_digest
 from bcfl_cli.protocol.encoding import canonical, hash_object, parse_json
 from bcfl_cli.protocol.tx import Transaction, TxKind
@@ -142,3 +143,19 @@ def test_the_hex_and_name_checks_end_at_the_end() -> None:
     assert is_hash_hex("ab" * 32) and not is_hash_hex("ab" * 32 + "\n")
     assert is_signature_hex("ab" * 64) and not is_signature_hex("ab" * 64 + "\n")
     assert MEMBER_NAME_RE.match("alice") and not MEMBER_NAME_RE.match("alice\n")
+
+
+@pytest.mark.parametrize("spelling", [True, 1.0])
+def test_a_version_spelled_as_another_type_is_refused(tmp_path: Path, spelling: Any) -> None:
+    """``True == 1`` and ``1.0 == 1`` in Python: the version field is the integer 1 and
+    nothing that merely compares equal to it (found in review, issue 21)."""
+    c = make_consortium(tmp_path)
+    tx = c.tx("alice", TxKind.REMOVE_MEMBER, {"member": did_for("dave"), "reason": "x"})
+    data = tx.to_dict()
+    data["tx"]["v"] = spelling
+    with pytest.raises(EncodingError):
+        Transaction.from_dict(data)
+    header = c.next_block([tx]).header.to_dict()
+    header["v"] = spelling
+    with pytest.raises(EncodingError):
+        BlockHeader.from_dict(header)
