@@ -17,6 +17,7 @@ wait bounded.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import json
 import os
@@ -55,79 +56,16 @@ class TlsMaterial:
 def make_tls_material(folder: Path) -> TlsMaterial:
     """A throwaway CA and a server certificate it signs, valid for 127.0.0.1 and localhost, as
     the ``ca.crt``, ``server.pem`` and ``server.key`` of Flower's TLS guide (ECDSA P-256 instead
-    of its RSA: gRPC accepts both, and P-256 keys are made in microseconds)."""
-    import datetime
-    import ipaddress
+    of its RSA: gRPC accepts both, and P-256 keys are made in microseconds); the CA helper the
+    ``ca`` trust mode's tests use (tests/network/throwaway_ca.py)."""
+    from tests.network.throwaway_ca import Ca
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    until = now + datetime.timedelta(seconds=CERT_LIFETIME_S)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bcfl bench Flower CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(until)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName("localhost"),
-                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = Ca.create("bcfl bench Flower CA", lifetime=datetime.timedelta(seconds=CERT_LIFETIME_S))
     folder.mkdir(parents=True, exist_ok=True)
-    material = TlsMaterial(folder / "ca.crt", folder / "server.pem", folder / "server.key")
-    material.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    material.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    material.server_key.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+    server_cert, server_key = ca.issue(
+        folder, "server", dns_names=("localhost",), client_auth=False, suffixes=(".pem", ".key")
     )
-    material.server_key.chmod(0o600)
-    return material
+    return TlsMaterial(ca.bundle(folder, "ca.crt"), server_cert, server_key)
 
 
 def superlink_transport(tls: TlsMaterial | None) -> list[str]:

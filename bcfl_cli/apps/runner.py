@@ -58,6 +58,12 @@ class BoundApp:
     def is_builtin(self) -> bool:
         return self.manifest is None
 
+    @property
+    def uses_bcfl_loop(self) -> bool:
+        """Whether rounds run bcfl's training loop (``defaults.train``: the builtin app, or an
+        app without its own ``train``), not the app's own."""
+        return self.is_builtin or self._hook("train") is None
+
     def _call(self, hook: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)

@@ -25,6 +25,7 @@ from bcfl_cli.fl.data import Dataset
 from bcfl_cli.fl.device import pick_device
 from bcfl_cli.fl.dp import clipped_noisy_gradient, epsilon_spent
 from bcfl_cli.fl.models import build_model, load_state, num_features
+from bcfl_cli.fl.sgd import PlainSgd
 from bcfl_cli.protocol.spec import ModelSpec, TrainingPlan
 
 #: ``progress(step, total)`` after each optimiser step.
@@ -104,7 +105,11 @@ ADAMW_DEFAULT_DECAY = 0.01
 DEFAULT_LR_GAMMA = 0.1
 
 
-def _optimizer(plan: TrainingPlan, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+#: What the loop steps: torch's optimiser, or on CPU for SGD the same step without its start.
+Stepper = torch.optim.Optimizer | PlainSgd
+
+
+def _optimizer(plan: TrainingPlan, params: list[nn.Parameter], dev: torch.device) -> Stepper:
     decay = plan.weight_decay
     if plan.optimizer == "adamw":
         return torch.optim.AdamW(
@@ -112,7 +117,26 @@ def _optimizer(plan: TrainingPlan, params: list[nn.Parameter]) -> torch.optim.Op
         )
     if plan.optimizer == "adam":
         return torch.optim.Adam(params, lr=plan.lr, weight_decay=decay or 0.0)
+    if dev.type == "cpu":
+        # torch.optim.SGD's CPU arithmetic, bit for bit, without importing torch's compiler
+        # stack (~70 MB a process keeps, issue 19): fl/sgd.py
+        return PlainSgd(params, lr=plan.lr, momentum=plan.momentum, weight_decay=decay or 0.0)
     return torch.optim.SGD(params, lr=plan.lr, momentum=plan.momentum, weight_decay=decay or 0.0)
+
+
+def starts_torch_optim(plan: TrainingPlan, device: str | torch.device) -> bool:
+    """Whether bcfl's loop, on its first step, imports torch's compiler stack (``torch.optim``'s
+    optimisers and ``torch.func``, which DP-SGD uses, import ``torch._dynamo``: ~70 MB a
+    process keeps); plain SGD on CPU steps with :class:`PlainSgd` and imports nothing."""
+    return plan.optimizer != "sgd" or plan.dp.enabled or torch.device(device).type != "cpu"
+
+
+def _torch_optimizer(optimizer: Stepper) -> torch.optim.Optimizer:
+    """torch's optimiser, what the loss scaler steps (fp16 on CUDA, where PlainSgd is never
+    chosen: it is CPU only)."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"loss scaling steps a torch optimiser, not a {type(optimizer).__name__}")
+    return optimizer
 
 
 def learning_rate(plan: TrainingPlan, step: int, total: int) -> float:
@@ -197,7 +221,7 @@ def _train(
         {k: v.detach().clone() for k, v in model.named_parameters()} if plan.fedprox_mu > 0 else {}
     )
     params = list(model.parameters())
-    optimizer = _optimizer(plan, params)
+    optimizer = _optimizer(plan, params, dev)
     x, y = train.features.to(dev), train.labels.to(dev)
     n = len(train)
     batch = min(plan.batch_size, n)
@@ -251,13 +275,13 @@ def _train(
                     loss = loss + (plan.fedprox_mu / 2.0) * prox
                 if scaler is not None:
                     scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-                    scaler.unscale_(optimizer)
+                    scaler.unscale_(_torch_optimizer(optimizer))
                 else:
                     loss.backward()  # type: ignore[no-untyped-call]
             if plan.grad_clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, plan.grad_clip_norm)
             if scaler is not None:
-                scaler.step(optimizer)
+                scaler.step(_torch_optimizer(optimizer))
                 scaler.update()
             else:
                 optimizer.step()

@@ -29,6 +29,7 @@ import nacl.signing
 import uvicorn
 from starlette.types import ASGIApp
 
+from bcfl_cli.apps.runner import bind_app
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.consensus.messages import TimeoutConfig
 from bcfl_cli.errors import NodeError
@@ -445,7 +446,10 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     node = Node(home, identity, options)
     await asyncio.to_thread(sweep_scratch, node.blobs.root)  # what a crash left in tmp/
     if options.train is not None:
-        await asyncio.to_thread(warm_up)  # before serving: round 1 then costs what others do
+        # before serving: round 1 then costs what others do (the app bound as the trainer will)
+        config = node.chain.state.config
+        app = await asyncio.to_thread(bind_app, config.model, config.training, options.app)
+        await asyncio.to_thread(warm_up, app)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -35,7 +35,8 @@ from bcfl_cli.client.submit import build_update_tx
 from bcfl_cli.errors import BcflError, ContractError, StoreError, UsageError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.data import Dataset
-from bcfl_cli.fl.training import TrainResult, subseed
+from bcfl_cli.fl.sgd import PlainSgd
+from bcfl_cli.fl.training import TrainResult, starts_torch_optim, subseed
 from bcfl_cli.fl.update_summary import SummaryFeed, UpdateSummaries
 from bcfl_cli.home import Home
 from bcfl_cli.node.interfaces import BlobPeers, TrainerHost
@@ -138,15 +139,23 @@ def attack_by_name(spec: str) -> Attack:
 
 
 # --- the trainer ---------------------------------------------------------------------------
-def warm_up() -> None:
-    """Blocking: pay torch's one-time lazy start (optimisers import ``torch._dynamo``) now.
+def warm_up(app: BoundApp | None = None) -> None:
+    """Blocking: pay torch's one-time lazy start of training now, before the node serves.
 
-    The first ``torch.optim`` optimiser a process builds imports several seconds of modules;
-    a trainer that did it in its first round made that round seconds to tens of seconds
-    longer than the others (more while its peers compete for the CPU). The node calls this
-    before it serves, so the cost lands in its start-up.
+    The first ``torch.optim`` optimiser a process builds (and ``torch.func``, which DP-SGD
+    uses) imports torch's compiler stack, ``torch._dynamo`` among ~830 modules: seconds, and
+    ~70 MB the process keeps. A trainer that did it in its first round made that round
+    seconds to tens of seconds longer than the others, so the node pays it at start-up. bcfl's
+    own loop with plain SGD on CPU (``app`` without its own ``train``; ``fl/sgd.py``) never
+    imports it: then only a first backward pass and step are paid here, and the node stays
+    ~70 MB smaller (issue 19). Without ``app``, everything is paid, as for any app.
     """
     weight = torch.nn.Parameter(torch.zeros(2))
+    if app is not None and app.uses_bcfl_loop and not starts_torch_optim(app.plan, "cpu"):
+        sgd = PlainSgd([weight], lr=0.1)
+        (weight * weight).sum().backward()  # type: ignore[no-untyped-call]
+        sgd.step()
+        return
     for optimiser in (torch.optim.SGD([weight], lr=0.1), torch.optim.Adam([weight], lr=0.1)):
         optimiser.zero_grad()
         (weight * weight).sum().backward()  # type: ignore[no-untyped-call]

@@ -54,10 +54,11 @@ from bcfl_cli.errors import BcflError, UsageError, VerificationError
 from bcfl_cli.fl import attacks
 from bcfl_cli.fl.checks import FLChecks
 from bcfl_cli.fl.data import Dataset, load_csv
+from bcfl_cli.fl.device import pick_device
 from bcfl_cli.fl.models import num_features
 from bcfl_cli.fl.split import partition_dirichlet, partition_iid
 from bcfl_cli.fl.tensors import decode_tensors, encode_tensors
-from bcfl_cli.fl.training import evaluate, subseed, train_local
+from bcfl_cli.fl.training import evaluate, starts_torch_optim, subseed, train_local
 from bcfl_cli.fl.update_file import to_update_dtype, update_dtype
 from bcfl_cli.home import Home
 from bcfl_cli.protocol.block import NIL, Block, Vote
@@ -342,7 +343,7 @@ class Simulation:
     def _run(self) -> SimResult:
         started = time.perf_counter()
         self.setup()
-        _warm_up()
+        _warm_up(self.members[0].chain.state.config.training)
         setup_s = time.perf_counter() - started
         run_started = time.perf_counter()
         self._round_started_wall = run_started
@@ -712,10 +713,12 @@ class Simulation:
         self._maybe_start(m, force=False)
 
 
-def _warm_up() -> None:
-    """Build one optimiser: torch imports its compiler stack (seconds) on the first one, a
-    one-off cost that belongs to start-up, not to the first round."""
-    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+def _warm_up(plan: TrainingPlan) -> None:
+    """Build one optimiser where the loop will: torch imports its compiler stack (seconds) on
+    the first one, a one-off cost that belongs to start-up, not to the first round. bcfl's SGD
+    on CPU (``fl/sgd.py``) imports nothing: then there is nothing to pay."""
+    if starts_torch_optim(plan, pick_device(None)):
+        torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
 
 
 def _attacked(

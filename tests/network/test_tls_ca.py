@@ -6,8 +6,6 @@ bundle (``BCFL_CA_BUNDLE``)."""
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import ipaddress
 import json
 import os
 import ssl
@@ -16,105 +14,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from bcfl_cli.demo.launcher import LocalConsortium, Member, MemberPlan, bcfl_command
 from bcfl_cli.identity.tls_cert import certificate_from_seed
 from tests.network.cluster import DIGITS_4, GENESIS_TIME_MS, PASSPHRASE, network_plan, wait_for
 from tests.network.relay import FakeServer
+from tests.network.throwaway_ca import Ca
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(600)]
 
 NAMES = ("alice", "bob", "carol", "dave")
-_KEY_PEM = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8)
-
-
-@dataclasses.dataclass(frozen=True)
-class Ca:
-    """A throwaway certificate authority (what a consortium runs with openssl or step-ca)."""
-
-    name: str
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def create(cls, name: str) -> Ca:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return cls(name, key, cert)
-
-    def bundle(self, directory: Path) -> Path:
-        """The CA certificate alone: what every node's ``--ca-bundle`` names."""
-        path = directory / f"{self.name}.pem"
-        path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        return path
-
-    def issue(self, directory: Path, stem: str, ip: str = "127.0.0.1") -> tuple[Path, Path]:
-        """A node certificate for ``ip`` (IP SAN: hostnames are checked in CA mode) and its key."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))]),
-                critical=False,
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [x509.ExtendedKeyUsageOID.SERVER_AUTH, x509.ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        cert_file, key_file = directory / f"{stem}.crt", directory / f"{stem}.key"
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(key.private_bytes(*_KEY_PEM, serialization.NoEncryption()))
-        key_file.chmod(0o600)
-        return cert_file, key_file
 
 
 class CaConsortium(LocalConsortium):

@@ -1,12 +1,15 @@
-"""A trainer's peak memory (issue 19): at most 5x the update above its idle size.
+"""A trainer's peak memory (issue 19): at most 5x the update above the idle size of a node
+that does not train.
 
 What the node's trainer and ``bcfl train`` run (``training/update.py``) trains a 64 MB model in
 a fresh process, which reports its idle resident size (torch imported, data loaded; the kernel's
-high-water mark reset there) and the high-water mark once the update is in the blob store. The
-old path (the base decoded from its bytes, a dict of deltas, ``encode_tensors``' bytes) peaked
-at 6.3x; now weights + gradients + a read buffer, about 2.4x (torch's lazy optimiser imports,
-which a node pays at start, are paid before the idle size is taken). About 10 s of CPU, most
-of it torch's import and that lazy start; more wall time on a loaded machine.
+high-water mark reset there), then pays the node's start-up warm-up (``warm_up(app)``) and
+reports the high-water mark once the update is in the blob store. The old path (the base
+decoded from its bytes, a dict of deltas, ``encode_tensors``' bytes) peaked at 6.3x; then
+weights + gradients + a read buffer, about 2.4-2.5x above an idle taken after torch.optim's
+lazy imports (~70 MB more, 3.6x, above the idle taken before them); now, SGD stepped without
+torch.optim (``fl/sgd.py``), 2.5x above the idle taken before the warm-up. About 10 s of CPU,
+most of it torch's import; more wall time on a loaded machine.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from bcfl_cli.store.blobs import BlobStore
 
 #: hidden width: 64 x 4000 + 4000 x 4000 + 4000 x 10 parameters, a 65 MB float32 update
 WIDTH = 4000
-BOUND = 5.0
+#: issue 19 asks for 5x; measured 2.60-2.63x (2026-12-05, load 7), and 3.69x with torch.optim's
+#: SGD (its ~70 MB compiler-stack import at warm-up): this bound catches that coming back
+BOUND = 3.4
 
 PROBE = textwrap.dedent(
     """
@@ -66,8 +71,11 @@ PROBE = textwrap.dedent(
     app = bind_app(spec, TrainingPlan(local_steps=2, batch_size=16))
     g = torch.Generator().manual_seed(0)
     data = Dataset(torch.randn(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g))
-    warm_up()  # torch's lazy optimiser imports (~100 MB), paid by a node before it serves
+    # the idle size of a node that does not train: the warm-up a training node pays before it
+    # serves is counted above it (with SGD on CPU a first backward pass, torch._dynamo never
+    # imported; ~70 MB more with torch.optim, issue 19)
     idle = reset_high_water()
+    warm_up(app)
     rules = ContractRules(max_blob_bytes=2**30)
     update = train_update(app, BlobStore(root), base, data, rules, seed=1, with_norm=False)
     print(json.dumps({"idle": idle, "peak": high_water(), "size": update.blob_size}))
@@ -75,7 +83,7 @@ PROBE = textwrap.dedent(
 )
 
 
-def test_a_trainer_peaks_below_five_updates_above_idle(tmp_path: Path) -> None:
+def test_a_trainer_peaks_well_below_five_updates_above_a_non_training_idle(tmp_path: Path) -> None:
     shapes = {
         "fc0.weight": (WIDTH, 64),
         "fc0.bias": (WIDTH,),

@@ -3,7 +3,10 @@ in the genesis' update dtype, checked by the contract as a validator checks it."
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import platform
+import sys
 
 import pytest
 import torch
@@ -16,7 +19,7 @@ from bcfl_cli.fl.models import initial_state_bytes
 from bcfl_cli.fl.tensors import check_safetensors_layout
 from bcfl_cli.protocol.spec import ContractRules, ModelSpec, TrainingPlan
 from bcfl_cli.store.blobs import BlobStore
-from bcfl_cli.training.update import train_update
+from bcfl_cli.training.update import return_freed_memory, train_update
 
 SPEC = ModelSpec(architecture="mlp", input_shape=[8], num_classes=3, hidden=[6])
 ALICE = "did:key:z6MkAlice"
@@ -71,3 +74,11 @@ def test_a_missing_or_corrupt_base_model_is_named(tmp_path):
     path.write_bytes(path.read_bytes()[:-4] + b"\0\0\0\1")
     with pytest.raises(BlobError, match="is corrupt"):
         train_update(app, blobs, base, _data(), ContractRules(), seed=1)
+
+
+def test_freed_memory_is_given_back_to_the_system_where_the_c_library_can() -> None:
+    """glibc's malloc_trim after a round (issue 19); on any other C library a no-op."""
+    return_freed_memory()
+    return_freed_memory()  # idempotent
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        assert hasattr(ctypes.CDLL(None), "malloc_trim")
