@@ -436,34 +436,17 @@ Listener = Callable[[DemoRun], None]
 
 
 # --- the run ------------------------------------------------------------------------------------
-#: Set by the demo's signal handler: a KeyboardInterrupt raised while the interpreter runs a
-#: finaliser (``__del__``, a weakref callback) is printed and dropped, so a Ctrl-C that lands
-#: there would be lost; the demo's poll loop checks this too (a CI run saw one missed).
-_INTERRUPTED = threading.Event()
-
-
-def _raise_if_interrupted() -> None:
-    if _INTERRUPTED.is_set():
-        raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP unwind as KeyboardInterrupt, so the nodes are stopped on
-    every way out; each is also remembered for the poll loop (``_raise_if_interrupted``)."""
+    """SIGTERM/SIGHUP unwind like Ctrl-C, so the nodes are stopped on every way out."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
-        _INTERRUPTED.set()
         raise KeyboardInterrupt
 
-    signals = [signal.SIGTERM, signal.SIGHUP]
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if started ignoring it
-        signals.append(signal.SIGINT)
-    _INTERRUPTED.clear()
-    previous = {sig: signal.signal(sig, interrupt) for sig in signals}
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -657,7 +640,6 @@ def _follow(
     deadline = time.monotonic() + limit
     closed_at: dict[int, float] = {}
     while True:
-        _raise_if_interrupted()
         for name in run.names:
             consortium.check_alive(name)
         run.heights = consortium.heights(run.names)

@@ -178,17 +178,3 @@ def test_demo_with_bfloat16_updates(tmp_path: Path) -> None:
         dtypes[kind] = dtypes.get(kind, 0) + 1
     # 8 updates in BF16; the initial model and the 2 aggregates in F32
     assert dtypes == {"BF16": 8, "F32": 3}, dtypes
-
-
-def test_an_interrupt_is_remembered_for_the_poll_loop() -> None:
-    """A KeyboardInterrupt raised inside a finaliser is printed and dropped by Python; the demo
-    remembers every interrupt, so its poll loop still stops (a CI run once missed a Ctrl-C)."""
-    from bcfl_cli.demo import run as demo_run
-
-    with demo_run._terminate_as_interrupt():
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(5)
-        with pytest.raises(KeyboardInterrupt):
-            demo_run._raise_if_interrupted()  # the loop's own check, next time round
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
