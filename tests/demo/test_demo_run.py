@@ -71,6 +71,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _as_from_a_terminal() -> None:
+    """The demo as a user's shell starts it: Ctrl-C not ignored. A shell without job control
+    starts a background job (``cmd &``, how CI is often launched) with SIGINT ignored, every
+    child inherits that, and Python then leaves SIGINT alone, as it should."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize(
     "sig", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)]
 )
@@ -82,6 +89,7 @@ def test_interrupting_the_demo_leaves_no_node_behind(tmp_path: Path, sig: int) -
         stdout=log,
         stderr=subprocess.STDOUT,
         env=_env(),
+        preexec_fn=_as_from_a_terminal,
     )
     try:
         deadline = time.monotonic() + 120
