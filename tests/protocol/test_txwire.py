@@ -18,6 +18,7 @@ from bcfl_cli.protocol.encoding import canonical, parse_canonical
 from bcfl_cli.protocol.tx import Transaction, TxKind, make_tx
 from bcfl_cli.protocol.txwire import decode_stored
 from tests.chain.factories import key_for
+from tests.protocol.test_parse_canonical import one_edit_away
 from tests.protocol.test_protocol_properties import BODIES, hashes, transactions, u53
 
 FAST_KINDS = (TxKind.OPEN_ROUND, TxKind.UPDATE, TxKind.VALIDATION, TxKind.AGGREGATE)
@@ -142,17 +143,7 @@ def test_every_valid_transaction_decides_as_the_exact_path(tx: Transaction) -> N
 @given(transactions(), st.data())
 def test_text_one_edit_away_decides_as_the_exact_path(tx: Transaction, data: st.DataObject) -> None:
     text = _text(tx)
-    pos = data.draw(st.integers(min_value=0, max_value=len(text)))
-    action = data.draw(st.sampled_from(["insert", "replace", "delete", "swap"]))
-    piece = data.draw(st.sampled_from(EDITS))
-    if action == "insert":
-        edited = text[:pos] + piece + text[pos:]
-    elif action == "replace":
-        edited = text[:pos] + piece + text[pos + 1 :]
-    elif action == "delete":
-        edited = text[:pos] + text[pos + 1 :]
-    else:
-        edited = text[:pos] + text[pos + 1 : pos + 2] + text[pos : pos + 1] + text[pos + 2 :]
+    edited = one_edit_away(text, data, EDITS)
     _check(edited.encode("utf-8"))
 
 
