@@ -257,3 +257,34 @@ def test_a_trainer_only_member_keeps_no_block_past_a_bad_model(
     assert node.state.height == node.ledger.height == first.height - 1
     assert appends == [first.height - 1]
     assert not node.blobs.has(digest)
+
+
+def test_a_pages_models_download_together_up_to_a_bound() -> None:
+    """``fetch_block_blobs`` runs at most ``at_once`` downloads at a time (a member that takes
+    the quorum's word starts a page's models together, up to ``PREFETCH_MODELS``)."""
+    from bcfl_cli.node.sync import PREFETCH_MODELS, fetch_block_blobs
+    from bcfl_cli.protocol.encoding import sha256_hex
+
+    digests = [sha256_hex(bytes([i])) for i in range(PREFETCH_MODELS + 3)]
+    running, peak = 0, 0
+
+    class Fetcher:
+        async def ensure_blobs(self, wanted: list[str], **kw: Any) -> bool:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            return True
+
+    class Empty:
+        def has(self, digest: str) -> bool:
+            return False
+
+    def prefer(block: Any) -> dict[str, str | tuple[str, ...]]:
+        return dict.fromkeys(digests, "did:key:z")
+
+    for at_once in (2, PREFETCH_MODELS):
+        peak = 0
+        asyncio.run(fetch_block_blobs(Fetcher(), Empty(), [None], prefer=prefer, at_once=at_once))  # type: ignore[arg-type, list-item]
+        assert peak == at_once
