@@ -259,6 +259,56 @@ def test_a_trainer_only_member_keeps_no_block_past_a_bad_model(
     assert not node.blobs.has(digest)
 
 
+def test_the_first_page_goes_out_with_the_status_requests(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that just started asks its first peer for the page while it asks every peer's
+    status (one round trip less), and uses that one request once the status says it is ahead."""
+    connect(fresh, served, monkeypatch)
+    node = fresh.node
+    events: list[str] = []
+    real = served.get
+
+    async def slow_status(peer: PeerInfo, path: str, **kw: Any) -> Any:
+        events.append(f"ask {path}")
+        if path == "/v1/status":
+            await asyncio.sleep(0.05)
+        answer = await real(peer, path, **kw)
+        events.append(f"answer {path}")
+        return answer
+
+    monkeypatch.setattr(node.peers, "get", slow_status)
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.head_hash == source.state.head_hash
+    assert events.index("ask /v1/blocks") < events.index("answer /v1/status")
+    assert served.pages == 1
+    # caught up: the next pass asks for no page it does not need
+    asyncio.run(node.syncer.pass_once())
+    assert served.pages == 1
+
+
+def test_an_early_page_from_a_peer_on_another_genesis_is_not_used(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page asked for before the status answered is used only if the status then shows
+    the peer on this genesis and ahead: a peer of another consortium is never followed."""
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    real = served.get
+
+    async def other_genesis(peer: PeerInfo, path: str, **kw: Any) -> Any:
+        answer = await real(peer, path, **kw)
+        if path == "/v1/status":
+            answer = {**answer, "genesis": "cc" * 32}
+        return answer
+
+    monkeypatch.setattr(node.peers, "get", other_genesis)
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.height == node.ledger.height == 0
+    assert appends == []
+    assert node.peers.peers[PEER].refused
+
+
 def test_a_pages_models_download_together_up_to_a_bound() -> None:
     """``fetch_block_blobs`` runs at most ``at_once`` downloads at a time (a member that takes
     the quorum's word starts a page's models together, up to ``PREFETCH_MODELS``)."""
