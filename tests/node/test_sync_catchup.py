@@ -220,8 +220,9 @@ def test_a_trainer_only_member_verifies_while_its_models_download(
     real_apply, real_ensure = node.syncer.worker.run, node.syncer.fetcher.ensure_blobs
 
     async def run(fn: Any) -> Any:
-        order.append("apply")
-        return await real_apply(fn)
+        done = await real_apply(fn)  # one block's state, or a page's (``_apply_in_order``)
+        order.extend("apply" for _ in (done if isinstance(done, dict) else [done]))
+        return done
 
     async def ensure(digests: list[str], **kw: Any) -> bool:
         order.extend("hold" for _ in digests if kw.get("timeout_s") is None)
@@ -338,3 +339,42 @@ def test_a_pages_models_download_together_up_to_a_bound() -> None:
         peak = 0
         asyncio.run(fetch_block_blobs(Fetcher(), Empty(), [None], prefer=prefer, at_once=at_once))  # type: ignore[arg-type, list-item]
         assert peak == at_once
+
+
+def test_a_trainer_only_member_applies_a_page_in_one_call_to_the_worker(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the FL checks the rules read no blob: the page's blocks go to the worker
+    together (one thread hop, not one a block, which downloads on other threads slowed down),
+    with the same result as one by one."""
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    _trainer_only(node)
+    calls = 0
+    real_apply = node.syncer.worker.run
+
+    async def run(fn: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real_apply(fn)
+
+    monkeypatch.setattr(node.syncer.worker, "run", run)
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.head_hash == source.state.head_hash
+    assert appends == [source.state.height] and calls == 1
+
+
+def test_a_bad_block_in_a_page_applied_at_once_stops_the_catch_up_there(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page applied in one call stops at its first bad block: what precedes it is kept,
+    nothing after it, and the peer is marked, as one by one."""
+    bad = next(b.height for b in served.blocks if any(t.kind == "aggregate" for t in b.txs))
+    served.blocks[bad] = _tamper(served.blocks[bad])
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    _trainer_only(node)
+    asyncio.run(node.syncer._pull_from(_peer(node)))
+    assert node.state.height == node.ledger.height == bad - 1
+    assert appends == [bad - 1]
+    assert "invalid block" in (node.peers.peers[PEER].error or "")
