@@ -82,7 +82,8 @@ class PassTimes:
     """Where one catch-up pass's seconds went (the figures of its ``caught up`` log line).
 
     Transport and re-verification overlap (a page's blobs download while its blocks are
-    verified), so they do not add up to the pass: ``transport_s`` runs from the pass's start to
+    verified), so they do not add up to the pass (which starts with the peers' status requests,
+    the first page going out with them): ``transport_s`` runs from the pass's start to
     the moment its last block page or update blob was held, ``verify_s`` is the time spent in
     ``ChainState.apply`` (every rule and FL deep check), ``blob_wait_s`` the time verification
     stood waiting for a block's blobs, ``append_s`` the time spent appending.
