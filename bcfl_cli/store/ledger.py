@@ -478,7 +478,9 @@ def _block_from_rows(row: Sequence[Any], tx_rows: Sequence[Sequence[Any]]) -> Bl
     stored = (height, block_hash, prev, time_ms, proposer)
     if stored != (header.height, header.hash, header.prev, header.time, header.proposer):
         raise StoreError(f"block {height}: stored index columns do not match its header")
-    if [int(r[2]) for r in tx_rows] != list(range(len(tx_rows))):
+    # compared as stored: ``int()`` of a tampered ``idx`` ("x") raised ValueError, which no
+    # caller turned into a verdict
+    if [r[2] for r in tx_rows] != list(range(len(tx_rows))):
         raise StoreError(f"block {height}: transaction positions are not 0..{len(tx_rows) - 1}")
     return Block(header, tuple([_tx_from_row(r) for r in tx_rows]), commit)
 
