@@ -219,13 +219,81 @@ def sum_of_squares(tensors: Iterable[torch.Tensor]) -> float:
 
 def float32_squares_units(values: np.ndarray) -> int:
     """The sum of the squares of finite float32 ``values``, exactly, in 2**-1074 units (add
-    such totals in any grouping, then round once with ``from_units``): ~0.7x the CPU of
-    ``exact_sum`` over the float64 squares, for the same integer."""
-    flat = values.reshape(-1)
+    such totals in any grouping, then round once with ``from_units``): the integer
+    ``exact_sum`` over the float64 squares gives, at a fraction of its CPU.
+
+    Taken ``SPLIT_CHUNK`` values at a time (their float64 squares stay in a core's cache) by
+    ``_float32_squares_split``, or by the exponent bins of ``_float32_squares_total`` when a
+    piece's values span too many binades for the split to pay (or hold subnormals).
+    """
+    flat = values.astype(np.float32, copy=False).reshape(-1)
     return sum(
-        _float32_squares_total(flat[start : start + CHUNK])
-        for start in range(0, flat.shape[0], CHUNK)
+        _float32_squares_split(flat[start : start + SPLIT_CHUNK])
+        for start in range(0, flat.shape[0], SPLIT_CHUNK)
     )
+
+
+#: Values per piece of ``_float32_squares_split``: 2**16, which its exactness bound assumes,
+#: and 512 KiB of float64 squares, which stay in a core's L2 cache across its passes.
+SPLIT_CHUNK = 1 << 16
+#: Bits of the squares' range (top bound over lowest unit) that one extraction takes off.
+_SPLIT_BITS = 37
+#: Extractions past which the exponent bins cost less (measured: bench/update_check_cpu.py).
+SPLIT_LEVELS = 4
+
+
+def _float32_squares_split(values: np.ndarray) -> int:
+    """What ``_float32_squares_total`` returns, for at most 2**16 finite float32 ``values``,
+    by float64 sums that are exact by construction rather than by exponent bins.
+
+    Each square ``s = m*m * 2**(2*max(e, 1) - 300)`` is exact in float64 (48 bits), below
+    ``2**a`` with ``a = 2*emax - 252`` and a multiple of ``2**lu`` with ``lu = 2*emin - 300``
+    (``emax``, ``emin``: the largest and smallest exponent field of the nonzero values; none
+    subnormal, so every double met is a multiple of 2**-298 and normal, whatever the FPU's
+    denormal mode). With ``b = a + 16``, ``sigma = 2**b`` and ``|s| <= 2**(b - 16)``:
+
+    - if ``b - 53 <= lu``, the plain float64 sum of the 2**16 values is exact in any order
+      (every partial sum is a multiple of 2**lu of magnitude at most 2**b = 2**53 units);
+    - otherwise ``q = (sigma + s) - sigma`` is ``s`` rounded to a multiple of ``2**(b - 53)``
+      (Sterbenz: the subtraction is exact) with ``|q| <= 2**(b - 16)``, so the sum of the
+      ``q`` is exact in any order by the same count, and ``r = s - q`` is the rounding error
+      of ``sigma + s``, exactly representable, a multiple of 2**lu with ``|r| <= 2**(b - 53)``:
+      the remainders meet the same conditions with ``b - 37``, until the first case.
+
+    This is Rump, Ogita and Oishi's error-free extraction (``ExtractVector``, "Accurate
+    floating-point summation", SIAM J. Sci. Comput. 31(1), 2008). Each float64 sum is turned
+    into units exactly; the integers add up to the very total of the exponent bins.
+    """
+    bits = values.view(np.int32)
+    magnitude = bits & 0x7FFFFFFF
+    top = int(magnitude.max(initial=0))
+    if top == 0:
+        return 0
+    lowest = int(np.min(magnitude, where=magnitude != 0, initial=top))
+    if lowest < 1 << 23:  # a subnormal value: the bins handle it without the FPU
+        return _float32_squares_total(values)
+    b = 2 * (top >> 23) - 252 + 16
+    lu = 2 * (lowest >> 23) - 300
+    if b - 53 - lu > _SPLIT_BITS * SPLIT_LEVELS:
+        return _float32_squares_total(values)
+    squares = np.multiply(values, values, dtype=np.float64)  # exact: 24 x 24 bits
+    total = 0
+    if b - 53 > lu:
+        extracted = np.empty_like(squares)
+        while b - 53 > lu:
+            sigma = np.float64(math.ldexp(1.0, b))
+            np.add(squares, sigma, out=extracted)
+            np.subtract(extracted, sigma, out=extracted)
+            np.subtract(squares, extracted, out=squares)
+            total += _units_of(float(extracted.sum()))
+            b -= _SPLIT_BITS
+    return total + _units_of(float(squares.sum()))
+
+
+def _units_of(value: float) -> int:
+    """A finite double as an exact integer number of 2**-1074 units."""
+    numerator, denominator = value.as_integer_ratio()
+    return numerator << (1075 - denominator.bit_length())
 
 
 def from_units(total: int) -> float:
