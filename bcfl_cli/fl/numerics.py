@@ -16,6 +16,13 @@ mantissas, summed per exponent exactly (partial sums of integers below 2**53 are
 float64 whatever the order), combined as one Python integer and divided by 2**1074 once, which
 CPython rounds correctly (round-half-even), as ``fsum`` does: the same bits, pinned against
 ``fsum`` in tests/fl/test_numerics.py. Non-finite values go through ``fsum`` itself.
+
+The sum of the squares of float32 values, which every update's norm takes, has a faster exact
+path (``float32_squares_units``): their float64 squares are exact, and Rump, Ogita and Oishi's
+error-free extraction splits them into a few float64 vectors whose plain sums are exact by
+construction (``_float32_squares_split``); the exponent bins remain for the pieces whose values
+span too many binades. Both give the same integer, pinned against each other on adversarial
+inputs (tests/fl/test_numerics.py).
 """
 
 from __future__ import annotations
