@@ -233,7 +233,11 @@ def float32_squares_units(values: np.ndarray) -> int:
     ``_float32_squares_split``, or by the exponent bins of ``_float32_squares_total`` when a
     piece's values span too many binades for the split to pay (or hold subnormals).
     """
-    flat = values.astype(np.float32, copy=False).reshape(-1)
+    if values.dtype != np.float32:  # another byte order is fine; another type is a bug
+        if values.dtype.kind != "f" or values.dtype.itemsize != 4:
+            raise TypeError(f"float32 values expected, got {values.dtype}")
+        values = values.astype(np.float32)
+    flat = values.reshape(-1)
     return sum(
         _float32_squares_split(flat[start : start + SPLIT_CHUNK])
         for start in range(0, flat.shape[0], SPLIT_CHUNK)

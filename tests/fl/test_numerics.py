@@ -406,3 +406,9 @@ def _one_sided(seed: int, top: int, span: int, sign: int) -> np.ndarray:
 def test_the_split_path_when_every_remainder_has_one_sign(span: int, sign: int) -> None:
     values = _one_sided(span * 2 + (sign > 0), 150, span, sign)
     assert numerics.float32_squares_units(values) == _binned_units(values)
+
+
+def test_the_sum_of_float32_squares_refuses_other_types() -> None:
+    for dtype in (np.float64, np.float16, np.int32):
+        with pytest.raises(TypeError):
+            numerics.float32_squares_units(np.ones(3, dtype=dtype))
