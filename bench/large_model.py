@@ -46,6 +46,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import shutil
 import statistics
@@ -148,6 +149,16 @@ def proc_status_kib(pid: int, key: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) ``pid`` has used so far; 0 once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def mem_available() -> int:
@@ -286,6 +297,9 @@ def raw_transfer(blobs: list[bytes]) -> float:
 # --- the nodes ------------------------------------------------------------------------------------
 #: ``--keep-logs``: where each run copies its nodes' logs (for a per-stage timeline), or None.
 KEEP_LOGS: Path | None = None
+#: The nodes make an empty block every idle second (``bcfl node --empty-blocks``, the pace of the
+#: demo and the tests); ``--no-empty-blocks``: only blocks with content, ``bcfl node``'s default.
+EMPTY_BLOCKS = True
 
 
 class LargeConsortium(LocalConsortium):
@@ -311,7 +325,7 @@ class LargeConsortium(LocalConsortium):
             passphrase=PASSPHRASE,
             genesis_time_ms=GENESIS_TIME_MS,
             empty_block_interval=None,
-            empty_blocks=True,
+            empty_blocks=EMPTY_BLOCKS,
             timeout_propose_ms=None,
             log_json=False,
             env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
@@ -350,6 +364,8 @@ class NodeRun:
     traffic: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: each trainer's resident bytes as its node logged them once listening (after warm_up)
     ready: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds each node used per round after the first (start-up and warm-up left out)
+    cpu_per_round: dict[str, float] = field(default_factory=dict)
     failure: str | None = None
 
 
@@ -436,6 +452,7 @@ def _drive(
     first = consortium.nodes[0]
     deadline = time.perf_counter() + STARTUP_S + round_bound * rounds
     closed = 0
+    cpu_after_first: tuple[int, dict[str, float]] | None = None
     while closed < rounds:
         if sampler.exceeded is not None:
             raise MemoryBoundExceeded(sampler.exceeded)
@@ -450,7 +467,13 @@ def _drive(
             if done > closed:
                 closed = done
                 log(f"  round {closed} closed", quiet=quiet)
+                if cpu_after_first is None:
+                    cpu_after_first = (closed, _nodes_cpu(consortium))
         time.sleep(0.25)
+    if cpu_after_first is not None and closed > cpu_after_first[0]:
+        counted, before = closed - cpu_after_first[0], cpu_after_first[1]
+        now = _nodes_cpu(consortium)
+        out.cpu_per_round = {n: (now[n] - before[n]) / counted for n in now if n in before}
     time.sleep(2 * SAMPLE_S)
     found = rounds_from_log(consortium.node_log(first), rounds)
     trained = first_training_from_logs([consortium.node_log(n) for n in consortium.trainers])
@@ -467,6 +490,13 @@ def _drive(
         shown = (consortium.try_status(node.name) or {}).get("traffic")
         if isinstance(shown, dict):
             out.traffic[node.name] = (int(shown["sent"]), int(shown["received"]))
+
+
+def _nodes_cpu(consortium: LargeConsortium) -> dict[str, float]:
+    """Every running node's CPU seconds so far."""
+    return {
+        n.name: proc_cpu_s(n.proc.pid) for n in consortium.nodes if n.proc is not None and n.running
+    }
 
 
 def listening_rss(path: Path) -> int | None:
@@ -554,6 +584,8 @@ def measure(
     t_ready = [run.peak[n] - r for n, r in run.ready.items() if n in names_t and n in run.peak]
     t_above_ready = max(t_ready) if t_ready else float("nan")
     round_s = statistics.median(run.round_s) if run.round_s else float("nan")
+    # what the nodes computed a round (rounds 2+), summed: load-proof beside the round's seconds
+    cpu_s = sum(run.cpu_per_round.values()) if run.cpu_per_round else float("nan")
     fetched_v, fetched_t, written_v, written_t = _bytes_per_round(run, names_v, names_t, rounds)
     if run.traffic:  # the nodes' own counters (received) replace the blob stores' growth
         fetched_v, fetched_t = (_traffic(run, names, 1, rounds) for names in (names_v, names_t))
@@ -591,6 +623,11 @@ def measure(
         "peak_rss_bytes": run.peak,
         "idle_rss_bytes": run.idle,
         "round_s_all": run.round_s,
+        "node CPU s/rnd": cpu_s,
+        # the round's length if the nodes' work were spread perfectly over every core: a round
+        # near it waits on nothing, it is short of CPU
+        "CPU-bound s": cpu_s / (os.cpu_count() or 1),
+        "cpu_per_round_s": run.cpu_per_round,
     }
     report.add(**row)
     return row
@@ -680,6 +717,8 @@ COLUMNS = [
     "round s",
     "floor s",
     "x floor",
+    "node CPU s/rnd",
+    "CPU-bound s",
     "validator in MB/rnd",
     "trainer in MB/rnd",
     "trainer out MB/rnd",
@@ -777,9 +816,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plan", default="1B", help="a size planned on paper ('' for none)")
     parser.add_argument("--no-verify", action="store_true", help="skip verify-chain --deep")
     parser.add_argument("--keep-logs", type=Path, help="copy every node's log into this folder")
+    parser.add_argument(
+        "--no-empty-blocks",
+        action="store_true",
+        help="nodes without --empty-blocks (bcfl node's default: blocks with content only); "
+        "the nodes' CPU a round was the same either way at 10M (bench/README.md)",
+    )
     args = parser.parse_args(argv)
-    global KEEP_LOGS
+    global KEEP_LOGS, EMPTY_BLOCKS
     KEEP_LOGS = args.keep_logs
+    EMPTY_BLOCKS = not args.no_empty_blocks
     sizes = [parse_params(p) for p in args.params]
     wide = [parse_wide(w) for w in args.wide]
     if args.quick:

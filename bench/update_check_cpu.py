@@ -13,8 +13,11 @@ bench's large-model shape (``large_model.py``: MLP 64 -> W -> W -> 10), written 
 - ``full check``: the contract's check of the file (read, SHA-256, layout, exact norm), what
   every validator ran after an upload before;
 - ``summary while received``: ``StreamedSummary`` fed the same 4 MiB chunks, what a receiver
-  adds to each upload now; ``check from summary``: the check after it.
-The verdicts of both checks are printed and must be equal.
+  adds to each upload now; ``check from summary``: the check after it;
+- ``squares, exponent bins`` / ``squares, split``: the exact sum of squares alone over the
+  same values, 65,536 at a time, by ``numerics._float32_squares_total`` (the only path until
+  2026-12-06) and by ``numerics.float32_squares_units`` (its float64 extraction since then).
+The verdicts of both checks are printed and must be equal, and so must both sums.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from large_model import parse_params, width_for
 
 from bcfl_cli.fl.contract import UpdateClaim, check_blob
+from bcfl_cli.fl.numerics import SPLIT_CHUNK, _float32_squares_total, float32_squares_units
 from bcfl_cli.fl.update_summary import StreamedSummary
 from bcfl_cli.protocol.spec import ContractRules
 from bcfl_cli.wire.httpsig import content_digest
@@ -87,6 +91,12 @@ def measure(params: int, folder: Path) -> dict[str, Any]:
 
     streamed, summary = _cpu(summarise)
     lookup, quick_verdict = _cpu(lambda: check_blob(rules, layout, claim, path, summary=summary))
+    values = np.concatenate([np.frombuffer(c, dtype=np.uint8) for c in chunks])[
+        -4 * sum(int(np.prod(s)) for s in shapes.values()) :
+    ].view("<f4")
+    pieces = [values[i : i + SPLIT_CHUNK] for i in range(0, values.shape[0], SPLIT_CHUNK)]
+    binned, binned_units = _cpu(lambda: sum(_float32_squares_total(p) for p in pieces))
+    split, split_units = _cpu(lambda: sum(float32_squares_units(p) for p in pieces))
     return {
         "params": params,
         "update MB": round(data_size / 1e6, 1),
@@ -95,7 +105,9 @@ def measure(params: int, folder: Path) -> dict[str, Any]:
         "full check (before) s": round(full, 3),
         "summary while received (after) s": round(streamed, 3),
         "check from summary (after) s": round(lookup, 4),
-        "verdicts equal": full_verdict == quick_verdict,
+        "squares, exponent bins (before) s": round(binned, 3),
+        "squares, split (after) s": round(split, 3),
+        "verdicts equal": full_verdict == quick_verdict and binned_units == split_units,
         "verdict": full_verdict.detail,
     }
 

@@ -313,6 +313,7 @@ def _bindings() -> dict[str, list[str]]:
             f"default {s(_default('node', '--empty-block-interval'))}",
             f"at most every {s(server.DEFAULT_HEARTBEAT_S)}",
             f"at most every {s(_default('node', '--heartbeat-interval'))}",
+            f"at most {s(consensus_driver.PREPARING_WAIT_S)}",
         ],
         "replay cache": [
             f"{_n(node.nonces_per_member)} nonces per member",

@@ -97,6 +97,9 @@ VALIDATION_FETCH_S = 10.0
 UPDATE_WAIT_INTERVALS = 4
 #: Proposals and blobs whose fetch failed, remembered (bounded) so they stop holding timeouts.
 FAILED_FETCHES = 256
+#: The longest an idle interval's end waits for the round preparation to finish computing
+#: (verdicts, or the aggregate they complete) before it starts the height anyway.
+PREPARING_WAIT_S = 30.0
 
 
 class ConsensusDriver:
@@ -209,7 +212,8 @@ class ConsensusDriver:
         hold something (``has_content``) or a heartbeat is due (``needs_heartbeat``, at most
         one every ``heartbeat_interval_s``); otherwise the wait goes on, woken by new
         transactions, prepared verdicts, a round's deadline time passing (``has_work`` checks
-        it at each 0.1 s step) and messages of the next height.
+        it at each 0.1 s step) and messages of the next height. With or without, it waits
+        while the round preparation computes (up to PREPARING_WAIT_S).
         """
         loop = asyncio.get_running_loop()
         interval = self.empty_block_interval_s
@@ -245,7 +249,16 @@ class ConsensusDriver:
     def _idle_block_due(self, target: int, waited_s: float) -> bool:
         """Whether the interval's end should start the height at ``target`` (see above)."""
         # a node whose engine never started cannot hear of the next height (``on_message``)
-        if self.empty_blocks or target == 1 or self.engine.height < 0:
+        if target == 1 or self.engine.height < 0:
+            return True
+        # The preparation is computing verdicts or the aggregate they complete: a block now
+        # would carry the round's last updates and the next one their aggregate and the next
+        # round's opening, a height more on the round's critical path (the trainers start at
+        # that commit; 0.04-0.3 s a round at 10M and 25M with --empty-blocks, issue 19). Its
+        # end pokes the reactor; bounded, so that a check that hangs stops nothing.
+        if self.prepared.computing and waited_s < PREPARING_WAIT_S:
+            return False
+        if self.empty_blocks:
             return True
         if self.prepared.has_content(target):
             return True

@@ -160,6 +160,9 @@ class Worker(Protocol):
 class PreparedRound(Protocol):
     """What the consensus reactor asks of the round preparation before it proposes."""
 
+    #: verdicts, or the aggregate they complete, are being computed now
+    computing: bool
+
     def verdict_of(self, tx: Transaction) -> VerdictLike | None: ...
 
     def aggregate_of(self, state: ChainState) -> tuple[str, int] | None: ...

@@ -142,6 +142,9 @@ class CachingChecks:
         self.inner = inner
         self._verdicts: OrderedDict[Hashable, VerdictLike] = OrderedDict()
         self._aggregates: OrderedDict[Hashable, bool] = OrderedDict()
+        #: each round's aggregate (model, size) by its inputs, as this node computed it: by a
+        #: proposal's check that passed or by the round preparation, whichever ran first
+        self._computed: OrderedDict[Hashable, tuple[str, int]] = OrderedDict()
 
     @staticmethod
     def update_key(state: ChainState, tx: Transaction) -> Hashable:
@@ -160,6 +163,12 @@ class CachingChecks:
         rnd = state.round
         return (rnd.number, rnd.base_model, tuple(rnd.accepted_hashes), model, size)
 
+    @staticmethod
+    def inputs_key(state: ChainState) -> Hashable:
+        """What the open round's aggregate is computed from (the genesis fixes the rule)."""
+        rnd = state.round
+        return (rnd.number, rnd.base_model, tuple(rnd.accepted_hashes))
+
     def known_verdict(self, state: ChainState, tx: Transaction) -> VerdictLike | None:
         return self._verdicts.get(self.update_key(state, tx))
 
@@ -172,15 +181,24 @@ class CachingChecks:
         return verdict
 
     def check_aggregate(self, state: ChainState, tx: Transaction) -> None:
-        key = self.aggregate_key(state, tx.body["model"], tx.body["model_size"])
+        model, size = tx.body["model"], tx.body["model_size"]
+        key = self.aggregate_key(state, model, size)
         if key in self._aggregates:
             return
         self.inner.check_aggregate(state, tx)
         _remember(self._aggregates, key, True)
+        _remember(self._computed, self.inputs_key(state), (model, size))
 
     def note_aggregate(self, state: ChainState, model: str, size: int) -> None:
         """The proposer computed this aggregate itself with the same code: remember it passed."""
         _remember(self._aggregates, self.aggregate_key(state, model, size), True)
+        _remember(self._computed, self.inputs_key(state), (model, size))
+
+    def known_aggregate(self, state: ChainState) -> tuple[str, int] | None:
+        """The open round's aggregate (model, size) if this node computed it already: a
+        proposal's check recomputed it with the same code from the same blobs and found these
+        (issue 19: the round preparation then does not compute it a second time)."""
+        return self._computed.get(self.inputs_key(state))
 
     def cached_only(self) -> _CachedOnly:
         return _CachedOnly(self)

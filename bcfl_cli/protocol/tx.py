@@ -146,13 +146,27 @@ class Transaction:
         whose body nobody else holds), so it always matches its content.
         """
         raw = data.encode("utf-8") if isinstance(data, str) else data
+        digest = (sha256_hex(raw[_UNSIGNED_START:-1]), len(raw))
         fast = decode_stored(raw)  # None: the exact path below decides, with its messages
         if fast is None:
             tx = cls.from_dict(parse_canonical(data))
-        else:
-            tx = cls(*fast[:7])
-            object.__setattr__(tx, "_parsed_body", fast[7])
-        object.__setattr__(tx, "_digest", (sha256_hex(raw[_UNSIGNED_START:-1]), len(raw)))
+            object.__setattr__(tx, "_digest", digest)
+            return tx
+        # What ``cls(...)`` and three ``object.__setattr__`` calls would leave, in one dict
+        # update: the frozen ``__init__`` only sets the fields (verify-chain builds one a row).
+        tx = object.__new__(cls)
+        chain, kind, author, nonce, time_ms, body, signature, parsed = fast
+        tx.__dict__.update(
+            chain=chain,
+            kind=kind,
+            author=author,
+            nonce=nonce,
+            time=time_ms,
+            body=body,
+            signature=signature,
+            _parsed_body=parsed,
+            _digest=digest,
+        )
         return tx
 
     def signature_valid(self) -> bool:

@@ -47,6 +47,17 @@ from bcfl_cli.store.tables import blocks, meta, txs
 
 _HINT_MISSING = "run `bcfl init` or `bcfl join`"
 _READ_BATCH = 256
+#: The columns every block and transaction read selects, in the order the rows are unpacked.
+_BLOCK_COLUMNS = (
+    blocks.c.height,
+    blocks.c.hash,
+    blocks.c.prev,
+    blocks.c.time,
+    blocks.c.proposer,
+    blocks.c.header,
+    blocks.c.commit,
+)
+_TX_COLUMNS = (txs.c.hash, txs.c.height, txs.c.idx, txs.c.kind, txs.c.author, txs.c.body)
 _T = TypeVar("_T")
 
 
@@ -216,38 +227,40 @@ class Ledger:
             high = min(end, low + _READ_BATCH - 1)
             with self._read() as conn:
                 block_rows = conn.execute(
-                    select(blocks)
+                    select(*_BLOCK_COLUMNS)
                     .where(blocks.c.height >= low, blocks.c.height <= high)
                     .order_by(blocks.c.height)
                 ).all()
                 tx_rows = conn.execute(
-                    select(txs)
+                    select(*_TX_COLUMNS)
                     .where(txs.c.height >= low, txs.c.height <= high)
                     .order_by(txs.c.height, txs.c.idx)
                 ).all()
             by_height: dict[int, list[Row[Any]]] = {}
             for row in tx_rows:
-                by_height.setdefault(int(row.height), []).append(row)
+                by_height.setdefault(int(row[1]), []).append(row)
             for row in block_rows:
-                yield _block_from_rows(row, by_height.get(int(row.height), []))
+                yield _block_from_rows(row, by_height.get(int(row[0]), []))
             low = high + 1
 
     def tx(self, tx_hash: str) -> tuple[Transaction, int]:
         """A committed transaction and the height of its block."""
         with self._read() as conn:
-            row = conn.execute(select(txs).where(txs.c.hash == tx_hash)).first()
+            row = conn.execute(select(*_TX_COLUMNS).where(txs.c.hash == tx_hash)).first()
         if row is None:
             raise StoreError(f"no transaction with hash {tx_hash}")
-        return _tx_from_row(row), int(row.height)
+        return _tx_from_row(row), int(row[1])
 
     def txs_of_kind(self, kind: str) -> Iterator[tuple[Transaction, int]]:
         """Committed transactions of one kind with their heights, in chain order."""
         with self._read() as conn:
             rows = conn.execute(
-                select(txs).where(txs.c.kind == str(kind)).order_by(txs.c.height, txs.c.idx)
+                select(*_TX_COLUMNS)
+                .where(txs.c.kind == str(kind))
+                .order_by(txs.c.height, txs.c.idx)
             ).all()
         for row in rows:
-            yield _tx_from_row(row), int(row.height)
+            yield _tx_from_row(row), int(row[1])
 
     def blob_references(self, *, above: int = -1) -> tuple[set[str], int]:
         """Every blob hash the transactions of blocks above height ``above`` name (update blobs
@@ -439,28 +452,37 @@ def _from_canonical(parse: Callable[[str], _T], text: str, what: str | Callable[
         raise StoreError(f"{name}: stored JSON unreadable: {exc.message}") from exc
 
 
-def _tx_from_row(row: Row[Any]) -> Transaction:
-    tx = _from_canonical(Transaction.from_canonical, row.body, lambda: f"transaction {row.hash}")
-    if (tx.hash, str(tx.kind), tx.author) != (row.hash, row.kind, row.author):
-        raise StoreError(f"transaction {row.hash}: stored index columns do not match its content")
+def _tx_from_row(row: Sequence[Any]) -> Transaction:
+    """A row of ``_TX_COLUMNS``, read by position: a named ``Row`` attribute costs ~0.3 us
+    (verify-chain reads 13 columns of every block and its transactions, ~0.1 CPU-s a chain of
+    10,000 blocks)."""
+    tx_hash, _, _, kind, author, body = row
+    tx = _from_canonical(Transaction.from_canonical, body, lambda: f"transaction {tx_hash}")
+    # ``TxKind`` is a ``StrEnum``: equal to a string exactly when its text is
+    if tx.hash != tx_hash or tx.kind != kind or tx.author != author:
+        raise StoreError(f"transaction {tx_hash}: stored index columns do not match its content")
     return tx
 
 
-def _block_from_rows(row: Row[Any], tx_rows: Sequence[Row[Any]]) -> Block:
+def _block_from_rows(row: Sequence[Any], tx_rows: Sequence[Sequence[Any]]) -> Block:
+    """A row of ``_BLOCK_COLUMNS`` and its transactions' rows, read by position."""
+    height, block_hash, prev, time_ms, proposer, header_text, commit_text = row
     header = _from_canonical(
-        BlockHeader.from_canonical, row.header, lambda: f"block {row.height} header"
+        BlockHeader.from_canonical, header_text, lambda: f"block {height} header"
     )
     commit = None
-    if row.commit is not None:
+    if commit_text is not None:
         commit = _from_canonical(
-            CommitCertificate.from_canonical, row.commit, lambda: f"block {row.height} commit"
+            CommitCertificate.from_canonical, commit_text, lambda: f"block {height} commit"
         )
-    stored = (row.height, row.hash, row.prev, row.time, row.proposer)
+    stored = (height, block_hash, prev, time_ms, proposer)
     if stored != (header.height, header.hash, header.prev, header.time, header.proposer):
-        raise StoreError(f"block {row.height}: stored index columns do not match its header")
-    if [int(r.idx) for r in tx_rows] != list(range(len(tx_rows))):
-        raise StoreError(f"block {row.height}: transaction positions are not 0..{len(tx_rows) - 1}")
-    return Block(header, tuple(_tx_from_row(r) for r in tx_rows), commit)
+        raise StoreError(f"block {height}: stored index columns do not match its header")
+    # compared as stored: ``int()`` of a tampered ``idx`` ("x") raised ValueError, which no
+    # caller turned into a verdict
+    if [r[2] for r in tx_rows] != list(range(len(tx_rows))):
+        raise StoreError(f"block {height}: transaction positions are not 0..{len(tx_rows) - 1}")
+    return Block(header, tuple([_tx_from_row(r) for r in tx_rows]), commit)
 
 
 __all__ = ["Ledger", "ledger_exists", "use_store_url"]

@@ -306,3 +306,5 @@ def test_update_check_cpu_compares_the_full_check_with_the_summary():
     row = json.loads(done.stdout)
     assert row["verdicts equal"] is True and row["verdict"].startswith("L2 norm ")
     assert row["digests x 3 (before) s"] >= row["digests x 1 (after) s"] >= 0
+    # "verdicts equal" also says that the split sum of squares gave the bins' integer
+    assert row["squares, exponent bins (before) s"] >= 0 and row["squares, split (after) s"] >= 0

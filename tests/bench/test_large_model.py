@@ -88,3 +88,20 @@ def test_the_node_reads_its_own_resident_size() -> None:
 
     found = resident_mb()
     assert found is None or 10 < found < 100_000
+
+
+def test_a_node_s_cpu_seconds_are_read_from_proc() -> None:
+    """The column ``node CPU s/rnd`` reads /proc/PID/stat (utime + stime): this process has
+    used some CPU, more after a busy loop, and a process that is gone reads as 0."""
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    before = large.proc_cpu_s(os.getpid())
+    total = 0
+    for i in range(2_000_000):
+        total += i
+    after = large.proc_cpu_s(os.getpid())
+    assert 0 < before <= after
+    assert large.proc_cpu_s(2**22 + 12345) == 0.0

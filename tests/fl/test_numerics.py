@@ -300,3 +300,115 @@ def test_an_overflowing_partial_sum_in_fsum_goes_on_to_the_exact_total() -> None
     assert exact_sum([np.array(values)]) == MAX
     with pytest.raises(OverflowError):
         exact_sum([np.array([MAX, MAX])])
+
+
+# The split path of float32_squares_units (error-free extraction in float64) against the
+# exponent bins, which the tests above pin to fsum: the very same integer, on inputs built to
+# hit its bounds: every binade span around a whole number of extractions (and past the bins'
+# threshold), subnormals, zeros of both signs, the largest floats, and sizes on each side of
+# the piece length.
+_FLOAT32_EDGES = [0.0, -0.0, 1e-45, -1e-45, 1.1754942e-38, 1.1754944e-38, 3.4028235e38]
+_SPLIT = numerics.SPLIT_CHUNK
+
+
+def _binned_units(values: np.ndarray) -> int:
+    """The exponent bins alone, piece by piece: the reference for the split path."""
+    return sum(
+        numerics._float32_squares_total(values[start : start + numerics.CHUNK])
+        for start in range(0, values.shape[0], numerics.CHUNK)
+    )
+
+
+def _span_values(seed: int, size: int, top: int, span: int, edges: int) -> np.ndarray:
+    """``size`` float32 values with exponent fields in [top - span, top], random mantissas
+    and signs, the largest and smallest exponent present, and ``edges`` edge values."""
+    rng = np.random.default_rng(seed)
+    low = max(top - span, 0)
+    exponents = rng.integers(low, top + 1, size=size, dtype=np.int64)
+    mantissas = rng.integers(0, 1 << 23, size=size, dtype=np.int64)
+    signs = rng.integers(0, 2, size=size, dtype=np.int64) << 31
+    if size >= 2:
+        exponents[rng.integers(0, size)] = low
+        exponents[rng.integers(0, size)] = top
+    bits = (signs | (exponents << 23) | mantissas).astype(np.uint32)
+    values = bits.view(np.float32).copy()
+    if edges and size:
+        picks = rng.integers(0, len(_FLOAT32_EDGES), size=min(edges, size))
+        where = rng.integers(0, size, size=picks.shape[0])
+        values[where] = np.array(_FLOAT32_EDGES, dtype=np.float32)[picks]
+    return values
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1, 2, 3, 100, _SPLIT - 1, _SPLIT, _SPLIT + 1, 2 * _SPLIT + 3]),
+    st.integers(1, 254),
+    st.integers(0, 254),
+    st.sampled_from([0, 0, 0, 1, 5]),
+)
+def test_the_split_path_gives_the_bins_integer(
+    seed: int, size: int, top: int, span: int, edges: int
+) -> None:
+    values = _span_values(seed, size, top, span, edges)
+    assert numerics.float32_squares_units(values) == _binned_units(values)
+
+
+@pytest.mark.parametrize("levels", range(numerics.SPLIT_LEVELS + 2))
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_the_split_path_on_each_side_of_every_extraction_count(levels: int, offset: int) -> None:
+    # the squares' range is 2 * span + 48 bits; one extraction takes off 37 of them
+    span = max(0, (37 * levels + 5 + offset * 2 - 48) // 2 + offset)
+    for seed, top in ((levels, 254), (levels + 99, 127), (levels + 7, span + 1)):
+        values = _span_values(seed, _SPLIT, min(top, 254), span, 0)
+        assert numerics.float32_squares_units(values) == _binned_units(values)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=300))
+def test_the_split_path_on_any_float32_list(values: list[float]) -> None:
+    array = np.array(values, dtype=np.float32)
+    assert numerics.float32_squares_units(array) == _binned_units(array)
+    if values:
+        widened = array.astype(np.float64)
+        assert _bits(numerics.from_units(numerics.float32_squares_units(array))) == _bits(
+            _reference_squares([widened])
+        )
+
+
+def test_the_split_path_on_big_endian_and_strided_values() -> None:
+    values = _span_values(5, 3 * _SPLIT + 17, 140, 30, 3)
+    expected = _binned_units(values)
+    assert numerics.float32_squares_units(values.astype(">f4")) == expected
+    doubled = np.repeat(values, 2)
+    assert numerics.float32_squares_units(doubled[::2]) == expected
+
+
+def _one_sided(seed: int, top: int, span: int, sign: int) -> np.ndarray:
+    """A full piece whose squares all leave the first extraction a remainder of one sign,
+    near its bound (random remainders cancel, and would not test the sums' bounds), with one
+    value ``span`` binades lower to set the lowest unit."""
+    rng = np.random.default_rng(seed)
+    mantissas = rng.integers(0, 1 << 23, size=1 << 19, dtype=np.int64)
+    candidates = ((top << 23) | mantissas).astype(np.uint32).view(np.float32)
+    squares = candidates.astype(np.float64) ** 2
+    b = 2 * top - 252 + 16
+    sigma = math.ldexp(1.0, b)
+    remainders = squares - ((squares + sigma) - sigma)
+    kept = candidates[remainders * sign > math.ldexp(1.0, b - 55)][: _SPLIT - 1]
+    assert kept.shape[0] == _SPLIT - 1
+    low = np.array([1.0], dtype=np.float32) * np.float32(math.ldexp(1.0, -span)) * kept[0]
+    return np.concatenate([kept, low.astype(np.float32)])
+
+
+@pytest.mark.parametrize("span", [0, 5, 13, 14, 15, 16, 17, 20, 32, 33, 50, 51])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_the_split_path_when_every_remainder_has_one_sign(span: int, sign: int) -> None:
+    values = _one_sided(span * 2 + (sign > 0), 150, span, sign)
+    assert numerics.float32_squares_units(values) == _binned_units(values)
+
+
+def test_the_sum_of_float32_squares_refuses_other_types() -> None:
+    for dtype in (np.float64, np.float16, np.int32):
+        with pytest.raises(TypeError):
+            numerics.float32_squares_units(np.ones(3, dtype=dtype))

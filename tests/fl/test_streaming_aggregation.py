@@ -189,3 +189,35 @@ def test_the_bits_do_not_depend_on_torchs_thread_count(
     finally:
         torch.set_num_threads(threads)
     assert single == default
+
+
+def _weighted_as_before(
+    rows: list[torch.Tensor], weights: list[float], total: float
+) -> torch.Tensor:
+    """``stream.weighted`` as it was before it worked in place: a new tensor a step."""
+    acc = torch.zeros_like(rows[0])
+    for row, weight in zip(rows, weights, strict=True):
+        term = row * weight
+        acc = acc + term
+    return acc / total
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.floats(allow_nan=False, width=32), min_size=3, max_size=3),
+        min_size=1,
+        max_size=5,
+    ),
+    st.lists(st.integers(1, 2**29 - 1), min_size=5, max_size=5),
+)
+def test_weighted_in_place_has_the_bits_of_a_new_tensor_a_step(
+    rows: list[list[float]], samples: list[int]
+) -> None:
+    tensors = [torch.tensor(row, dtype=torch.float64) for row in rows]
+    weights = [float(n) for n in samples[: len(rows)]]
+    kept = [t.clone() for t in tensors]
+    expected = _weighted_as_before(tensors, weights, float(sum(weights)))
+    got = stream.weighted(tensors, weights, float(sum(weights)))
+    assert torch.equal(got.view(torch.int64), expected.view(torch.int64))
+    assert all(torch.equal(a.view(torch.int64), b.view(torch.int64)) for a, b in zip(tensors, kept))

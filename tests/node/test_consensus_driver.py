@@ -180,6 +180,8 @@ class Pool:
 class Prepared:
     """Round preparation with nothing prepared and nothing to propose."""
 
+    computing = False
+
     def verdict_of(self, tx: Transaction) -> VerdictLike | None:
         return None
 
@@ -554,6 +556,59 @@ def test_the_proposer_waits_while_updates_keep_arriving(
         arriving.began = loop.time()
         await driver._wait_for_work(fakes.chain.state.height + 1)
         waited = loop.time() - arriving.began
+        assert low <= waited <= high + 0.5  # the upper slack: a loaded CI machine
+        driver.close()
+
+    asyncio.run(scenario())
+
+
+class Computing(Prepared):
+    """The preparation computes the round's aggregate until ``done_s``; ``has_work`` then."""
+
+    def __init__(self, done_s: float) -> None:
+        self.done_s = done_s
+        self.began = 0.0
+
+    @property
+    def computing(self) -> bool:  # type: ignore[override]
+        return asyncio.get_running_loop().time() - self.began < self.done_s
+
+    def has_work(self, height: int) -> bool:
+        return not self.computing
+
+
+@pytest.mark.parametrize(
+    ("done_s", "cap_s", "low", "high"), [(0.5, 30.0, 0.5, 0.7), (60, 0.4, 0.4, 0.6)]
+)
+def test_an_empty_block_interval_waits_while_the_aggregate_is_computed(
+    chain: Chain,
+    monkeypatch: pytest.MonkeyPatch,
+    done_s: float,
+    cap_s: float,
+    low: float,
+    high: float,
+) -> None:
+    """With --empty-blocks, an interval that ends while the round's aggregate is computed no
+    longer starts a height without it (the updates in one block, their aggregate and the next
+    round's opening in the next: a height more a round); a preparation that never ends holds
+    it at most PREPARING_WAIT_S."""
+    import bcfl_cli.node.consensus_driver as consensus_driver
+
+    monkeypatch.setattr(consensus_driver, "PREPARING_WAIT_S", cap_s)
+    _, after = proposals(chain, 1)
+
+    async def scenario() -> None:
+        fakes = Fakes.of(chain, Fetcher(result=True, delay_s=0.0), after)
+        computing = Computing(done_s)
+        fakes.prepared = computing
+        driver = RecordingDriver(fakes)
+        driver.empty_blocks = True
+        driver.empty_block_interval_s = 0.1
+        driver.engine.height = 1
+        loop = asyncio.get_running_loop()
+        computing.began = loop.time()
+        await driver._wait_for_work(fakes.chain.state.height + 1)
+        waited = loop.time() - computing.began
         assert low <= waited <= high + 0.5  # the upper slack: a loaded CI machine
         driver.close()
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
+import bcfl_cli.node.round_preparation as round_preparation
 from bcfl_cli.chain import ChainState
 from bcfl_cli.chain.state import Offence
 from bcfl_cli.errors import BlobError
@@ -25,6 +27,7 @@ from bcfl_cli.node.clock import Clock
 from bcfl_cli.node.round_driver import build_proposal, plan_block
 from bcfl_cli.node.round_preparation import RoundPreparation
 from bcfl_cli.node.sync import CachingChecks
+from bcfl_cli.node.worker import ThreadWorker
 from bcfl_cli.protocol.block import Block, ValidatorSet
 from bcfl_cli.protocol.tx import Transaction, TxKind
 from bcfl_cli.training.rounds import compute_aggregate
@@ -224,3 +227,127 @@ def test_the_round_closes_at_its_deadline_when_its_only_update_cannot_be_checked
     assert [tx.kind for tx in txs] == [TxKind.AGGREGATE, TxKind.OPEN_ROUND]
     _commit(chain, txs)
     assert chain.state.round.number == 2
+
+
+class Counting(FLChecks):
+    """The contract, counting the aggregates it recomputes to check a proposal."""
+
+    aggregates = 0
+
+    def check_aggregate(self, state: Any, tx: Transaction) -> None:
+        self.aggregates += 1
+        super().check_aggregate(state, tx)
+
+
+def _proposal(chain: Chain, honest: list[Transaction]) -> Block:
+    """The proposer's block of the round's updates and their aggregate (another node's)."""
+    proposer = preparation(chain, list(honest), FLChecks(chain.blobs))
+    asyncio.run(proposer.prepare_once())
+    txs = plan_block(
+        chain.state,
+        proposer.pool.snapshot(),
+        height=chain.state.height + 1,
+        key=key("alice"),
+        now_ms=chain.now(),
+        verdict_of=proposer.verdict_of,
+        aggregate_of=proposer.aggregate_of,
+    )
+    assert TxKind.AGGREGATE in [tx.kind for tx in txs]
+    block, _ = build_proposal(
+        chain.state, chain.head, txs, key("alice"), now_ms=chain.now(), checks=None
+    )
+    return block
+
+
+def _counting_compute(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+
+    def counted(state: ChainState, blobs: Any) -> tuple[str, int]:
+        calls.append(1)
+        return compute_aggregate(state, blobs)
+
+    monkeypatch.setattr(round_preparation, "compute_aggregate", counted)
+    return calls
+
+
+def test_a_proposal_checked_first_leaves_its_aggregate_to_the_preparation(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proposal that arrives before this node prepared the round's aggregate is checked by
+    recomputing it; the preparation then takes that result instead of a second pass."""
+    _open_round(chain)
+    honest = [chain.update("bob", scale=0.01), chain.update("carol", scale=0.02)]
+    block = _proposal(chain, honest)
+    computed = _counting_compute(monkeypatch)
+    checks = Counting(chain.blobs)
+    ours = preparation(chain, list(honest), checks)
+    chain.state.apply(block, checks=ours.checks, verify_signatures=False, proposal=True)
+    assert checks.aggregates == 1
+    asyncio.run(ours.prepare_once())
+    assert computed == [], "the preparation computed the aggregate the check had computed"
+    aggregate = next(tx for tx in block.txs if tx.kind is TxKind.AGGREGATE)
+    assert list(ours.aggregates.values()) == [
+        (aggregate.body["model"], aggregate.body["model_size"])
+    ]
+
+
+def test_a_proposal_check_queued_behind_the_preparation_does_not_compute_again(
+    chain: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node's one worker runs the preparation's aggregate, then a proposal's check queued
+    behind it: that check finds the aggregate noted already (it used to look before the event
+    loop had noted it, and computed the whole aggregate again: seconds at 25M)."""
+    _open_round(chain)
+    honest = [chain.update("bob", scale=0.01), chain.update("carol", scale=0.02)]
+    block = _proposal(chain, honest)
+    started, release = threading.Event(), threading.Event()
+
+    def held(state: ChainState, blobs: Any) -> tuple[str, int]:
+        started.set()
+        assert release.wait(30.0)
+        return compute_aggregate(state, blobs)
+
+    monkeypatch.setattr(round_preparation, "compute_aggregate", held)
+    checks = Counting(chain.blobs)
+    worker = ThreadWorker()
+    ours = RoundPreparation(
+        chain=Head(chain),
+        pool=Pool(list(honest)),
+        checks=CachingChecks(checks),
+        blobs=chain.blobs,
+        fetcher=Fetcher(),
+        worker=worker,
+        key=key("alice"),
+        did=did("alice"),
+        clock=Clock(),
+    )
+
+    async def both() -> None:
+        loop = asyncio.get_running_loop()
+        preparing = asyncio.ensure_future(ours.prepare_once())
+        assert await loop.run_in_executor(None, started.wait, 30.0)
+        state = chain.state
+        checked = threading.Event()
+
+        def check() -> ChainState:
+            try:
+                return state.apply(
+                    block, checks=ours.checks, verify_signatures=False, proposal=True
+                )
+            finally:
+                checked.set()
+
+        checking = asyncio.ensure_future(worker.run(check))
+        await asyncio.sleep(0.05)  # the check is queued on the worker, behind the aggregate
+        release.set()
+        # the event loop busy elsewhere (a loaded node: HTTP, votes) until the worker has run
+        # the check: the preparation's coroutine resumes only after it
+        assert checked.wait(60.0)
+        await asyncio.wait_for(asyncio.gather(preparing, checking), 60.0)
+
+    try:
+        asyncio.run(both())
+    finally:
+        worker.shutdown()
+    assert checks.aggregates == 0, "the proposal's check recomputed the prepared aggregate"
+    assert ours.aggregates

@@ -257,3 +257,39 @@ def test_only_lower_hex(text: str, hex_only: bool) -> None:
     from bcfl_cli.protocol.encoding import only_lower_hex
 
     assert only_lower_hex(text) is hex_only
+
+
+def test_a_transaction_read_fast_is_the_one_its_constructor_builds() -> None:
+    """``from_canonical`` fills the frozen value's fields without its ``__init__``: every field
+    is there, and the value equals (and hashes, encodes, prints as) the constructor's."""
+    from dataclasses import fields
+
+    raw = _text(_update()).encode()
+    fast = decode_stored(raw)
+    assert fast is not None
+    read = Transaction.from_canonical(raw)
+    built = Transaction(*fast[:7])
+    assert {f.name for f in fields(Transaction)} <= read.__dict__.keys()
+    assert read == built and repr(read) == repr(built)
+    assert read.digest() == built.digest() and read.signed_text() == built.signed_text()
+    assert read.parsed_body == built.parsed_body
+
+
+@pytest.mark.parametrize("key", ["kind", "v", "nonce"])
+def test_a_body_key_named_like_a_transaction_field_decides_as_the_exact_path(key: str) -> None:
+    """The fast path picks its shape by the last ``"kind":"`` of the text; a metric of that
+    name (it sorts before the transaction's own ``kind``) changes nothing."""
+    body = {
+        "round": 1,
+        "base_model": "ab" * 32,
+        "blob": "cd" * 32,
+        "blob_size": 10,
+        "num_samples": 5,
+        "metrics": {key: "1"},
+    }
+    tx = make_tx(key_for("alice"), "ef" * 32, TxKind.UPDATE, body, time_ms=1, nonce="00" * 16)
+    raw = _text(tx).encode()
+    assert decode_stored(raw) is not None
+    _check(raw)
+    _check(raw.replace(b'"kind":"update"', b'"kind":"validation"'))
+    _check(raw.replace(b'"' + key.encode() + b'":"1"', b'"' + key.encode() + b'":"update"'))

@@ -202,12 +202,19 @@ class RoundTensors:
 
 # --- per-slice arithmetic shared by the rules -------------------------------------------------
 def weighted(rows: Sequence[torch.Tensor], weights: Sequence[float], total: float) -> torch.Tensor:
-    """sum(w_i * row_i) in order, divided once by ``total`` (separate IEEE multiply and add)."""
-    acc = torch.zeros_like(rows[0])
-    for row, weight in zip(rows, weights, strict=True):
-        term = row * weight
-        acc = acc + term
-    return acc / total
+    """sum(w_i * row_i) in order, divided once by ``total`` (separate IEEE multiply and add).
+
+    The operations of ``0.0 + w_0 * row_0 + w_1 * row_1 + ...``, in that order, done in place
+    in one accumulator and one scratch row rather than a new tensor a step (a slice of an
+    aggregate is memory-bound). The rows are left as they are.
+    """
+    acc = torch.mul(rows[0], weights[0])
+    acc.add_(0.0)  # the zero start: +0.0 + (-0.0) is +0.0
+    scratch = torch.empty_like(acc)
+    for row, weight in zip(rows[1:], weights[1:], strict=True):
+        torch.mul(row, weight, out=scratch)
+        acc.add_(scratch)
+    return acc.div_(total)
 
 
 def sorted_rows(rows: Sequence[torch.Tensor]) -> torch.Tensor:
