@@ -55,6 +55,7 @@ from bcfl_cli.node import (
     server,
     traffic,
 )
+from bcfl_cli.node import sync as node_sync
 from bcfl_cli.node import tls as node_tls
 from bcfl_cli.node import trainer as node_trainer
 from bcfl_cli.node.explorer import routes as explorer_routes
@@ -413,6 +414,8 @@ def _bindings() -> dict[str, list[str]]:
         "blob fetch while catching up (sync)": [
             f"{s(blob_service.BLOB_FETCH_TIMEOUT_S)} a blob",
             f"at most {s(blob_service.PEER_BLOB_SLICE_S)}",
+            f"; {node_sync.PREFETCH_BLOBS} downloads at once",
+            f"), {node_sync.PREFETCH_MODELS} (a trainer-only member's models",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
             f"{s(client_api.DEFAULT_WAIT_S)} (`--timeout`)",

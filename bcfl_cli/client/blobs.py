@@ -49,6 +49,7 @@ from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.errors import BcflError, BlobError, EncodingError, NodeError
 from bcfl_cli.protocol.encoding import is_hash_hex, parse_json
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.store.writeback import WRITEBACK_BYTES, start_writeback
 from bcfl_cli.wire.httpsig import content_digest
 from bcfl_cli.wire.refusal import Refusal
 
@@ -338,7 +339,7 @@ def _download_whole(
             raise BlobError(f"blob {digest} has {length[:20]} bytes, over the limit of {max_bytes}")
         size = int(length)
         hasher = hashlib.sha256()
-        got = 0
+        got = written_out = 0
         with open(part, "r+b") as out:
             try:
                 for piece in response.iter_raw():
@@ -348,6 +349,10 @@ def _download_whole(
                         raise NodeError(f"peer sent more than the {size} bytes of {digest}")
                     hasher.update(piece)
                     out.write(piece)
+                    if got - written_out >= WRITEBACK_BYTES:  # the disk works as bytes arrive
+                        out.flush()
+                        start_writeback(out.fileno(), written_out, got - written_out)
+                        written_out = got
                     if progress is not None:
                         progress(got, size)
             finally:

@@ -14,7 +14,9 @@ other, each on the state its predecessor produced; the verified blocks are appen
 that fails, and at least every ``APPEND_EVERY_S``. A block that fails, or whose blobs cannot be
 had, is not appended, nor is anything after it. A member that takes the quorum's word reads no
 blob in the rules, so its blocks are verified while their models download, and each waits for
-its models before it is appended.
+its models before it is appended. A pass that has reason to think this node is behind (its
+first, or a peer last seen ahead) asks for the first page together with the peers' status, and
+uses it only once that status shows the peer ahead on this genesis.
 
 The genesis hash is pinned: a peer whose genesis differs is never followed. If a peer serves, at
 a height we already hold, a *different* block with a valid commit certificate, two quorums signed
@@ -67,6 +69,10 @@ MAX_PASS_S = 30.0
 CHECK_CACHE = 4_096
 #: Blob downloads running at once ahead of the verification of a page of blocks.
 PREFETCH_BLOBS = 4
+#: The same for a member that takes the quorum's word: a page's models (one a round) all start
+#: together up to this many, so that the last does not download alone after the others (at 1m
+#: and 10m a catch-up of 5 rounds waited on its fifth model by itself: a fifth of its time).
+PREFETCH_MODELS = 8
 #: Verified blocks are appended at least this often while a page is being verified.
 APPEND_EVERY_S = 1.0
 
@@ -76,7 +82,8 @@ class PassTimes:
     """Where one catch-up pass's seconds went (the figures of its ``caught up`` log line).
 
     Transport and re-verification overlap (a page's blobs download while its blocks are
-    verified), so they do not add up to the pass: ``transport_s`` runs from the pass's start to
+    verified), so they do not add up to the pass (which starts with the peers' status requests,
+    the first page going out with them): ``transport_s`` runs from the pass's start to
     the moment its last block page or update blob was held, ``verify_s`` is the time spent in
     ``ChainState.apply`` (every rule and FL deep check), ``blob_wait_s`` the time verification
     stood waiting for a block's blobs, ``append_s`` the time spent appending.
@@ -213,6 +220,35 @@ class _CachedOnly:
             raise NodeError(f"aggregate {tx.body['model'][:16]} not prepared yet")
 
 
+class EarlyPage:
+    """A page request sent before the pass knew whether it needs it (``Syncer._page_early``)."""
+
+    def __init__(self, peer: PeerInfo, start: int, task: asyncio.Task[Any]) -> None:
+        self.peer = peer
+        self.start = start
+        self.task: asyncio.Task[Any] | None = task
+
+    def take(self, peer: PeerInfo, start: int) -> asyncio.Task[Any] | None:
+        """The request, once, if it asked ``peer`` for the page from ``start``."""
+        task = self.task
+        if task is None or peer is not self.peer or start != self.start:
+            return None
+        self.task = None
+        return task
+
+    def drop(self) -> None:
+        """Cancel it if unused; its failure, if any, is nobody's business then."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" at exit
+
+
 def _remember(cache: OrderedDict[Hashable, Any], key: Hashable, value: Any) -> None:
     cache[key] = value
     cache.move_to_end(key)
@@ -250,6 +286,7 @@ class Syncer:
         self.last_pass: PassTimes | None = None
         self._consensus_commit_at = -math.inf
         self._last_pass_at = -math.inf
+        self._refreshed = False  # whether a pass has asked the peers' status yet
 
     def wake(self) -> None:
         self._wake.set()
@@ -320,36 +357,75 @@ class Syncer:
     async def pass_once(self) -> None:
         """One bounded catch-up pass: at most MAX_BLOCKS_PER_PASS blocks or MAX_PASS_S seconds."""
         chain = self.chain
-        await self.refresh_peers()
-        times = PassTimes()
+        times = PassTimes()  # from the status requests on (the first page may go with them)
         started = times.started
         applied = 0
-        for peer in sorted(self.gossip.live(), key=lambda p: -(p.height or -1)):
-            if peer.height is None:
-                continue
-            if peer.height == chain.state.height and peer.head not in (None, chain.state.head_hash):
-                await self._check_conflict(peer, chain.state.height)
-            while (
-                chain.alarm is None
-                and (peer.height or -1) > chain.state.height
-                and applied < MAX_BLOCKS_PER_PASS
-                and time.monotonic() - started < MAX_PASS_S
-            ):
-                got = await self._pull_from(peer, times)
-                if got == 0:
-                    break
-                applied += got
+        early = self._page_early()
+        try:
+            await self.refresh_peers()
+            for peer in sorted(self.gossip.live(), key=lambda p: -(p.height or -1)):
+                if peer.height is None:
+                    continue
+                if peer.height == chain.state.height and peer.head not in (
+                    None,
+                    chain.state.head_hash,
+                ):
+                    await self._check_conflict(peer, chain.state.height)
+                while (
+                    chain.alarm is None
+                    and (peer.height or -1) > chain.state.height
+                    and applied < MAX_BLOCKS_PER_PASS
+                    and time.monotonic() - started < MAX_PASS_S
+                ):
+                    page = early.take(peer, chain.state.height + 1) if early else None
+                    got = await self._pull_from(peer, times, page=page)
+                    if got == 0:
+                        break
+                    applied += got
+        finally:
+            if early is not None:
+                early.drop()
         if applied:
             self.last_pass = times
             log.info("caught up", extra=times.fields())
 
-    async def _pull_from(self, peer: PeerInfo, times: PassTimes | None = None) -> int:
+    def _page_early(self) -> EarlyPage | None:
+        """The first page asked for while the status requests are out (one round trip less):
+        from the peer last seen furthest ahead of this node, or, on the first pass (nothing
+        known yet, a node that just started), from the first peer. Used only if that peer's
+        status then shows it ahead and on this genesis, and this node's height has not moved;
+        its blocks are verified as any others. None when no peer is known to be ahead: a
+        node that keeps up asks for no page it does not need."""
+        height = self.chain.state.height
+        live = self.gossip.live()
+        ahead = [p for p in live if p.height is not None and p.height > height]
+        first_pass = not self._refreshed
+        self._refreshed = True
+        if ahead:
+            peer = max(ahead, key=lambda p: p.height or -1)
+        elif first_pass and live:
+            peer = live[0]
+        else:
+            return None
+        return EarlyPage(peer, height + 1, asyncio.create_task(self._get_page(peer, height + 1)))
+
+    async def _get_page(self, peer: PeerInfo, start: int) -> Any:
+        return await self.gossip.get(
+            peer, "/v1/blocks", params={"start": start - 1, "limit": BLOCKS_PER_REQUEST}
+        )
+
+    async def _pull_from(
+        self,
+        peer: PeerInfo,
+        times: PassTimes | None = None,
+        *,
+        page: asyncio.Task[Any] | None = None,
+    ) -> int:
+        """Pull, verify and append one page from ``peer`` (``page``: its request, already out)."""
         times = PassTimes() if times is None else times
         start = self.chain.state.height + 1
         try:
-            data = await self.gossip.get(
-                peer, "/v1/blocks", params={"start": start - 1, "limit": BLOCKS_PER_REQUEST}
-            )
+            data = await (page if page is not None else self._get_page(peer, start))
             raw = data["blocks"] if isinstance(data, dict) else None
             if not isinstance(raw, list) or len(raw) > BLOCKS_PER_REQUEST:
                 raise EncodingError("blocks answer is not a list of at most 100 blocks")
@@ -375,7 +451,10 @@ class Syncer:
 
     async def _prefetch_blobs(self, blocks: list[Block], times: PassTimes | None = None) -> None:
         """A head start on the blobs of ``blocks``: ``fetch_block_blobs`` (see there)."""
-        await fetch_block_blobs(self.fetcher, self.blobs, blocks, times, prefer=self.scope.prefer)
+        at_once = PREFETCH_BLOBS if self.scope.verifies() else PREFETCH_MODELS
+        await fetch_block_blobs(
+            self.fetcher, self.blobs, blocks, times, prefer=self.scope.prefer, at_once=at_once
+        )
 
     async def _verify_and_append(
         self, peer: PeerInfo, start: int, blocks: list[Block], times: PassTimes
@@ -395,6 +474,9 @@ class Syncer:
         pending: list[tuple[Block, ChainState, bool]] = []
         appended = 0
         last_append = time.monotonic()
+        #: the states after each block, applied together without the FL checks (or the error
+        #: that stopped them), when this node takes the quorum's word
+        ahead: dict[int, ChainState | VerificationError] | None = None
 
         async def append_pending() -> bool:
             """Append what is verified and held; False when the node moved on meanwhile, or
@@ -434,7 +516,17 @@ class Syncer:
                 break
             began = time.monotonic()
             try:
-                new_state = await self.worker.run(partial(state.apply, block, checks=checks))
+                if checks is None and ahead is None:
+                    # the rules read no blob: the page's blocks in one call to the worker (one
+                    # thread hop there and back, not one a block)
+                    ahead = await self.worker.run(partial(_apply_in_order, state, blocks))
+                found = ahead.get(block.height) if checks is None and ahead else None
+                if isinstance(found, VerificationError):
+                    raise found
+                if found is not None and found.height == block.height:
+                    new_state = found
+                else:
+                    new_state = await self.worker.run(partial(state.apply, block, checks=checks))
             except VerificationError as exc:
                 log.warning(
                     "peer served an invalid block; not following it",
@@ -505,6 +597,27 @@ class Syncer:
         chain.raise_alarm(height, ours, theirs, source=peer.url)
 
 
+def _apply_in_order(
+    state: ChainState, blocks: list[Block]
+) -> dict[int, ChainState | VerificationError]:
+    """Apply the blocks that follow ``state`` in order, without the FL checks, on the worker:
+    height -> the state after it, up to the first that fails (height -> its error) or does not
+    follow. The sync loop takes each in turn as if it had applied it itself."""
+    done: dict[int, ChainState | VerificationError] = {}
+    for block in blocks:
+        if block.height <= state.height:
+            continue
+        if block.height != state.height + 1:
+            break
+        try:
+            state = state.apply(block, checks=None)
+        except VerificationError as exc:
+            done[block.height] = exc
+            break
+        done[block.height] = state
+    return done
+
+
 async def fetch_block_blobs(
     fetcher: BlobFetcher,
     held: BlobIndex,
@@ -512,8 +625,9 @@ async def fetch_block_blobs(
     times: PassTimes | None = None,
     *,
     prefer: Callable[[Block], Mapping[str, str | tuple[str, ...]]] | None = None,
+    at_once: int = PREFETCH_BLOBS,
 ) -> None:
-    """Fetch the blobs of ``blocks`` that ``held`` lacks, PREFETCH_BLOBS at a time, in block
+    """Fetch the blobs of ``blocks`` that ``held`` lacks, ``at_once`` at a time, in block
     order, each from the nodes ``prefer`` names first (default: every update blob, from its
     author's node; a node's ``BlobScope.prefer`` names what that node needs).
 
@@ -527,7 +641,7 @@ async def fetch_block_blobs(
     missing = [d for d in owners if not held.has(d)]
     if not missing:
         return
-    slots = asyncio.Semaphore(PREFETCH_BLOBS)
+    slots = asyncio.Semaphore(max(1, at_once))
 
     async def one(digest: str) -> None:
         async with slots:

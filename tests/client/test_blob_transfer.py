@@ -494,6 +494,39 @@ def test_whole_first_fetches_a_blob_in_one_request_and_hashes_it_once(
     assert list((local.root / "tmp").iterdir()) == []
 
 
+def test_whole_first_starts_the_write_out_as_the_bytes_arrive(
+    peer: _Peer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every ``WRITEBACK_BYTES`` written, the kernel is asked to start writing them out
+    (ranges that follow each other from byte 0), so the fsync at adoption finds little left;
+    the blob is the same."""
+    monkeypatch.setattr(client_blobs, "WRITEBACK_BYTES", 100_000)
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(client_blobs, "start_writeback", lambda fd, at, n: asked.append((at, n)))
+    digest = _blob(peer.store, 450_000)
+    local = BlobStore(tmp_path / "local")
+    client, _ = _recording_client(peer, piece=CHUNK // 2)
+    with client:
+        fetch_blob(client, digest, local, max_bytes=MB, whole_first=True)
+    assert local.get(digest) == peer.store.get(digest)
+    assert asked and asked[0][0] == 0 and all(n >= 100_000 for _, n in asked)
+    assert all(a + n == b for (a, n), (b, _) in zip(asked, asked[1:], strict=False))
+    assert asked[-1][0] + asked[-1][1] <= 450_000
+
+
+def test_early_write_out_is_a_harmless_hint(tmp_path: Path) -> None:
+    """On a platform without it, nothing happens; with it, the file is unchanged."""
+    from bcfl_cli.store import writeback
+
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 300_000)
+    with open(path, "r+b") as f:
+        writeback.start_writeback(f.fileno(), 0, 300_000)
+        writeback.start_writeback(f.fileno(), 0, 0)
+    assert path.read_bytes() == b"x" * 300_000
+    assert writeback.available() == sys.platform.startswith("linux")
+
+
 def test_whole_first_refuses_a_blob_over_the_limit_before_reading_it(
     peer: _Peer, tmp_path: Path
 ) -> None:

@@ -220,8 +220,9 @@ def test_a_trainer_only_member_verifies_while_its_models_download(
     real_apply, real_ensure = node.syncer.worker.run, node.syncer.fetcher.ensure_blobs
 
     async def run(fn: Any) -> Any:
-        order.append("apply")
-        return await real_apply(fn)
+        done = await real_apply(fn)  # one block's state, or a page's (``_apply_in_order``)
+        order.extend("apply" for _ in (done if isinstance(done, dict) else [done]))
+        return done
 
     async def ensure(digests: list[str], **kw: Any) -> bool:
         order.extend("hold" for _ in digests if kw.get("timeout_s") is None)
@@ -257,3 +258,123 @@ def test_a_trainer_only_member_keeps_no_block_past_a_bad_model(
     assert node.state.height == node.ledger.height == first.height - 1
     assert appends == [first.height - 1]
     assert not node.blobs.has(digest)
+
+
+def test_the_first_page_goes_out_with_the_status_requests(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that just started asks its first peer for the page while it asks every peer's
+    status (one round trip less), and uses that one request once the status says it is ahead."""
+    connect(fresh, served, monkeypatch)
+    node = fresh.node
+    events: list[str] = []
+    real = served.get
+
+    async def slow_status(peer: PeerInfo, path: str, **kw: Any) -> Any:
+        events.append(f"ask {path}")
+        if path == "/v1/status":
+            await asyncio.sleep(0.05)
+        answer = await real(peer, path, **kw)
+        events.append(f"answer {path}")
+        return answer
+
+    monkeypatch.setattr(node.peers, "get", slow_status)
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.head_hash == source.state.head_hash
+    assert events.index("ask /v1/blocks") < events.index("answer /v1/status")
+    assert served.pages == 1
+    # caught up: the next pass asks for no page it does not need
+    asyncio.run(node.syncer.pass_once())
+    assert served.pages == 1
+
+
+def test_an_early_page_from_a_peer_on_another_genesis_is_not_used(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page asked for before the status answered is used only if the status then shows
+    the peer on this genesis and ahead: a peer of another consortium is never followed."""
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    real = served.get
+
+    async def other_genesis(peer: PeerInfo, path: str, **kw: Any) -> Any:
+        answer = await real(peer, path, **kw)
+        if path == "/v1/status":
+            answer = {**answer, "genesis": "cc" * 32}
+        return answer
+
+    monkeypatch.setattr(node.peers, "get", other_genesis)
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.height == node.ledger.height == 0
+    assert appends == []
+    assert node.peers.peers[PEER].refused
+
+
+def test_a_pages_models_download_together_up_to_a_bound() -> None:
+    """``fetch_block_blobs`` runs at most ``at_once`` downloads at a time (a member that takes
+    the quorum's word starts a page's models together, up to ``PREFETCH_MODELS``)."""
+    from bcfl_cli.node.sync import PREFETCH_MODELS, fetch_block_blobs
+    from bcfl_cli.protocol.encoding import sha256_hex
+
+    digests = [sha256_hex(bytes([i])) for i in range(PREFETCH_MODELS + 3)]
+    running, peak = 0, 0
+
+    class Fetcher:
+        async def ensure_blobs(self, wanted: list[str], **kw: Any) -> bool:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await asyncio.sleep(0.01)
+            running -= 1
+            return True
+
+    class Empty:
+        def has(self, digest: str) -> bool:
+            return False
+
+    def prefer(block: Any) -> dict[str, str | tuple[str, ...]]:
+        return dict.fromkeys(digests, "did:key:z")
+
+    for at_once in (2, PREFETCH_MODELS):
+        peak = 0
+        asyncio.run(fetch_block_blobs(Fetcher(), Empty(), [None], prefer=prefer, at_once=at_once))  # type: ignore[arg-type, list-item]
+        assert peak == at_once
+
+
+def test_a_trainer_only_member_applies_a_page_in_one_call_to_the_worker(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the FL checks the rules read no blob: the page's blocks go to the worker
+    together (one thread hop, not one a block, which downloads on other threads slowed down),
+    with the same result as one by one."""
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    _trainer_only(node)
+    calls = 0
+    real_apply = node.syncer.worker.run
+
+    async def run(fn: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real_apply(fn)
+
+    monkeypatch.setattr(node.syncer.worker, "run", run)
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.head_hash == source.state.head_hash
+    assert appends == [source.state.height] and calls == 1
+
+
+def test_a_bad_block_in_a_page_applied_at_once_stops_the_catch_up_there(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page applied in one call stops at its first bad block: what precedes it is kept,
+    nothing after it, and the peer is marked, as one by one."""
+    bad = next(b.height for b in served.blocks if any(t.kind == "aggregate" for t in b.txs))
+    served.blocks[bad] = _tamper(served.blocks[bad])
+    appends = connect(fresh, served, monkeypatch)
+    node = fresh.node
+    _trainer_only(node)
+    asyncio.run(node.syncer._pull_from(_peer(node)))
+    assert node.state.height == node.ledger.height == bad - 1
+    assert appends == [bad - 1]
+    assert "invalid block" in (node.peers.peers[PEER].error or "")
