@@ -306,8 +306,8 @@ def finite_l2_norm(
 
     One pass, a piece at a time, and the pieces bound the memory (a few times a piece, not the
     update). An all-float32 update (the default ``update_dtype``) sums its squares exactly
-    from the integer mantissas (``numerics.float32_squares_units``): the same total, the same
-    bits, ~0.7x the CPU, which a node catching up spends on every update it re-checks (up to
+    with ``numerics.float32_squares_units``: the same total, the same bits, ~0.3x the CPU of
+    the general path, which a node catching up spends on every update it re-checks (up to
     ``SMALL_SUM`` values the general path costs less). Other dtypes go to an ``ExactSum``,
     whose result does not depend on how the values are grouped either: bit for bit
     ``l2_norm`` of the whole state.
