@@ -184,7 +184,7 @@ _DECODERS: dict[bytes, tuple[TxKind, msgspec.json.Decoder[Any]]] = {
         (TxKind.AGGREGATE, _Aggregate),
     )
 }
-_ENCODER = msgspec.json.Encoder()
+_ENCODER = msgspec.json.Encoder(order="sorted")  # dict keys sorted: RFC 8785 order for ASCII
 #: The last ``"kind":"`` of a canonical transaction is its own: ``kind`` sorts after ``body``
 #: (which may hold such a key) and only ``nonce``, ``time`` and ``v`` follow it.
 _KIND_KEY = b'"kind":"'

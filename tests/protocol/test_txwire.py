@@ -293,3 +293,28 @@ def test_a_body_key_named_like_a_transaction_field_decides_as_the_exact_path(key
     _check(raw)
     _check(raw.replace(b'"kind":"update"', b'"kind":"validation"'))
     _check(raw.replace(b'"' + key.encode() + b'":"1"', b'"' + key.encode() + b'":"update"'))
+
+
+def test_a_body_map_with_its_keys_out_of_order_takes_the_exact_path() -> None:
+    """``params`` and ``metrics`` are maps: their keys must come sorted for the text to be
+    canonical, and re-encoding must not keep an order the exact path refuses (found by
+    ``test_text_one_edit_away_decides_as_the_exact_path``)."""
+    raw = (
+        b'{"sig":"' + b"3f" * 64 + b'","tx":{"author":"did:key:'
+        b'z6MkiTBz1ymuepAQ4HEHYSF1H8quG5GLVVQR3djdX3mDooWp","body":{"model":"'
+        + b"0"
+        * 64
+        + b'","model_size":99999999959,"params":{"a00":"-0.000001","a":"0"},"round":1,'
+        b'"rule":"a","updates":[]},"chain":"'
+        + b"0" * 64
+        + b'","kind":"aggregate","nonce":"'
+        + b"0" * 32
+        + b'","time":0,"v":1}}'
+    )
+    assert decode_stored(raw) is None
+    assert _outcome(_exact, raw)[:2] == ("error", "NotCanonicalError")
+    _check(raw)
+    assert (
+        decode_stored(raw.replace(b'{"a00":"-0.000001","a":"0"}', b'{"a":"0","a00":"-0.000001"}'))
+        is not None
+    )
