@@ -65,13 +65,6 @@ class _Wire(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """Fields are declared in RFC 8785 order, so that encoding one back gives canonical text
     (``kw_only`` lets an optional field stand where its name sorts)."""
 
-    def hex_text(self) -> str:
-        """Every fixed-form hex field of the body, joined (their lengths are checked apart)."""
-        raise NotImplementedError
-
-    def typed(self) -> TxBody:
-        raise NotImplementedError
-
     def plain(self) -> dict[str, Any]:
         """The body as the exact path's dict: the same keys, in the same (sorted) order."""
         return msgspec.structs.asdict(self)
@@ -155,7 +148,10 @@ class _Aggregate(_Wire):
         )
 
 
-_Body = TypeVar("_Body", bound=_Wire)
+#: The four body shapes; each has ``hex_text`` (every fixed-form hex field, joined: their
+#: lengths are checked apart) and ``typed`` (the exact path's body object).
+_AnyBody = _OpenRound | _Update | _Validation | _Aggregate
+_Body = TypeVar("_Body", _OpenRound, _Update, _Validation, _Aggregate)
 
 
 class _Unsigned(msgspec.Struct, Generic[_Body], forbid_unknown_fields=True):
@@ -212,7 +208,7 @@ def decode_stored(raw: bytes) -> StoredTx | None:
     try:
         signed = decoder.decode(raw)
         unsigned = signed.tx
-        body: _Wire = unsigned.body
+        body: _AnyBody = unsigned.body
         hex_text = signed.sig + unsigned.chain + unsigned.nonce + body.hex_text()
         if (
             unsigned.kind != kind
