@@ -25,8 +25,8 @@ from bcfl_cli.fl.tensors import encode_tensors
 from bcfl_cli.fl.update_summary import UpdateSummaries
 from bcfl_cli.node import blob_routes
 from bcfl_cli.node.auth import SignatureAuth
-from bcfl_cli.node.blob_service import BlobService, SummarySink
 from bcfl_cli.node.blob_routes import BlobRoutes
+from bcfl_cli.node.blob_service import SUMMARY_PIECE, BlobService, SummarySink
 from bcfl_cli.node.limits import NodeLimits
 from bcfl_cli.node.peers import PeerInfo
 from bcfl_cli.protocol.crypto import did_from_public_key
@@ -186,8 +186,11 @@ def test_a_catch_up_download_leaves_the_summary_a_push_would(
         st.integers(0, 64),
     ),
     pieces=st.lists(st.integers(1, 70_000), min_size=1, max_size=8),
+    gather=st.sampled_from([1, 4099, 100_000, SUMMARY_PIECE]),
 )
-def test_a_download_sink_judges_as_the_file_on_any_bytes(data: bytes, pieces: list[int]) -> None:
+def test_a_download_sink_judges_as_the_file_on_any_bytes(
+    data: bytes, pieces: list[int], gather: int
+) -> None:
     """Whatever a peer serves under a hash, the summary a download's sink leaves (or none)
     gives the verdict the full check of the file gives, however the stream is cut."""
     import tempfile
@@ -196,7 +199,7 @@ def test_a_download_sink_judges_as_the_file_on_any_bytes(data: bytes, pieces: li
         store = BlobStore(Path(root))
         digest = store.put(data)
         summaries = UpdateSummaries()
-        sink = SummarySink(len(data), summaries=summaries)
+        sink = SummarySink(len(data), summaries=summaries, piece=gather)
         at, turn = 0, 0
         while at < len(data):
             step = pieces[turn % len(pieces)]
