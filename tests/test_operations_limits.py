@@ -421,6 +421,7 @@ def _bindings() -> dict[str, list[str]]:
             f"at most {s(blob_service.PEER_BLOB_SLICE_S)}",
             f"; {node_sync.PREFETCH_BLOBS} downloads at once",
             f"), {node_sync.PREFETCH_MODELS} (a trainer-only member's models",
+            f"at most {node_sync.PREFETCH_AHEAD} update blobs ahead",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
             f"{s(client_api.DEFAULT_WAIT_S)} (`--timeout`)",
