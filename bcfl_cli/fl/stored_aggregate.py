@@ -9,9 +9,7 @@ model: memory is a few slices per update, whatever the model's size or the numbe
 
 Each input is opened as the contract opens an update (``tensorfile.TensorFile``: the header
 checked alone, then ``pread`` into buffers of ours) and hashed before it is used, as
-``BlobStore.get`` did, so a corrupted copy is a ``BlobError``, never a wrong aggregate; unless
-it is the very file this process hashed as it stored it, unchanged since (``BlobStore.hashed``:
-a verifying node's downloads and its own aggregates, read again seconds later).
+``BlobStore.get`` did, so a corrupted copy is a ``BlobError``, never a wrong aggregate.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ import torch
 
 from bcfl_cli.errors import BlobError
 from bcfl_cli.fl.aggregation import StreamedAggregate, UpdateInput, aggregate_to
-from bcfl_cli.fl.tensorfile import TORCH_DTYPES, FileSource, LazyTensors, TensorFile, sha256_of
+from bcfl_cli.fl.tensorfile import TORCH_DTYPES, LazyTensors, TensorFile, sha256_of
 from bcfl_cli.fl.tensors import DTYPE_SIZES
 from bcfl_cli.fl.views import Blobs
 from bcfl_cli.protocol.spec import AggregationSpec
@@ -44,11 +42,6 @@ class BlobFiles(Blobs, Protocol):
         self, part: Path, *, expected: str, max_bytes: int = ..., known_digest: str | None = None
     ) -> str:
         """Rename a finished file of ``root / "tmp"`` into the store (``BlobStore.adopt``)."""
-        ...
-
-    def hashed(self, digest: str, fd: int) -> bool:
-        """Whether ``fd`` is the file this process stored as ``digest`` after hashing it,
-        unchanged since (``BlobStore.hashed``)."""
         ...
 
 
@@ -92,21 +85,9 @@ def open_blob(
     except FileNotFoundError:
         raise BlobError(f"blob {digest} is missing", hint="fetch it from a peer") from None
     with file:
-        if (
-            path is None
-            and not _hashed_here(blobs, digest, file)
-            and (sha256_of(file.source) != digest)
-        ):
+        if path is None and sha256_of(file.source) != digest:
             raise BlobError(f"blob {digest} is corrupt: its content does not match its name")
         yield FileTensors(file)
-
-
-def _hashed_here(blobs: BlobFiles, digest: str, file: TensorFile) -> bool:
-    """The opened file is the one this process hashed and stored as ``digest``, unchanged
-    since (a verifying node's downloads, its own aggregates): its hash is known, not re-read.
-    The descriptor is the one the aggregate reads through, so what it reads is that file."""
-    source = file.source
-    return isinstance(source, FileSource) and blobs.hashed(digest, source.fileno())
 
 
 @dataclass(frozen=True)

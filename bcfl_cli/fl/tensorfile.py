@@ -92,9 +92,6 @@ class FileSource:
     def size(self) -> int:
         return self._size
 
-    def fileno(self) -> int:
-        return self._fd
-
     def changed(self) -> bool:
         """True when the file's size or modification time differ from when it was opened."""
         return self._stat() != self._stamp

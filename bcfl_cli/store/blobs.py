@@ -12,8 +12,6 @@ import hashlib
 import os
 import stat
 import tempfile
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,10 +23,6 @@ from bcfl_cli.protocol.encoding import is_hash_hex
 CHUNK = 1024 * 1024
 DEFAULT_MAX_BLOB_BYTES = 2 * 1024 * 1024 * 1024
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-
-#: Blobs whose file a store remembers having hashed to its name in this process (``hashed``):
-#: a round's inputs and more, a few dozen bytes each.
-HASHED_MEMO = 256
 
 #: What :meth:`BlobStore.check` found: no regular file, content not matching the name, or fine.
 BlobStatus = Literal["missing", "corrupt", "ok"]
@@ -46,13 +40,6 @@ def _hash_file(f: BinaryIO, max_bytes: int) -> str:
     return hasher.hexdigest()
 
 
-def _stamp(fd: int) -> tuple[int, int, int, int, int]:
-    """What changes when a file is written, truncated, replaced or touched: device, inode,
-    size, and the modification and status-change times (the latter no user can set back)."""
-    info = os.fstat(fd)
-    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
-
-
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -60,30 +47,6 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(exist_ok=True)
-        #: blob -> the stamp of the file this process stored under it after hashing exactly
-        #: its bytes (``adopt``): the last ``HASHED_MEMO``, for ``hashed`` (issue 21)
-        self._hashed: OrderedDict[str, tuple[int, int, int, int, int]] = OrderedDict()
-        self._hashed_lock = threading.Lock()
-
-    def hashed(self, digest: str, fd: int) -> bool:
-        """Whether the open file ``fd`` is the very file this process stored as ``digest``
-        after hashing its bytes, unchanged since (same inode, size, times): its content is
-        then known to hash to its name without reading it again. A verifying node reads each
-        update and model once more to aggregate them, seconds after it downloaded and hashed
-        them; that re-hash was a third of each aggregate's CPU. Anything that writes the file
-        changes its stamp, and the file is hashed again; nothing is remembered across
-        restarts, nor for a blob this process did not write (``verify-chain`` hashes all)."""
-        with self._hashed_lock:
-            known = self._hashed.get(digest)
-        return known is not None and known == _stamp(fd)
-
-    def _note_hashed(self, digest: str, fd: int) -> None:
-        stamp = _stamp(fd)
-        with self._hashed_lock:
-            self._hashed[digest] = stamp
-            self._hashed.move_to_end(digest)
-            while len(self._hashed) > HASHED_MEMO:
-                self._hashed.popitem(last=False)
 
     def check(self, digest: str) -> tuple[BlobStatus, int]:
         """Whether a blob is present and hashes to its name, with its size in bytes.
@@ -199,9 +162,8 @@ class BlobStore:
                 if digest != expected:
                     raise BlobError(f"blob hash mismatch: expected {expected}, got {digest}")
                 os.fsync(f.fileno())
-                final.parent.mkdir(exist_ok=True)
-                os.replace(part, final)
-                self._note_hashed(expected, f.fileno())  # stamped after the rename
+            final.parent.mkdir(exist_ok=True)
+            os.replace(part, final)
         finally:
             part.unlink(missing_ok=True)
         return expected

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import time
 from pathlib import Path
 
 import pytest
@@ -136,74 +134,3 @@ def test_a_verifier_that_keeps_no_model_reads_the_next_base_from_its_own_file(
         held = c.checks._models[model]
         assert hashlib.sha256(held.read_bytes()).hexdigest() == model
     assert len(c.checks._models) == 2
-
-
-def _adopted(store: BlobStore, data: bytes) -> str:
-    """``data`` stored as a download or an upload stores it: written to ``tmp/``, hashed as it
-    was written, adopted with that digest (so the store remembers having hashed it)."""
-    digest = hashlib.sha256(data).hexdigest()
-    part = store.root / "tmp" / f"part-{digest[:8]}"
-    part.write_bytes(data)
-    store.adopt(part, expected=digest, max_bytes=len(data), known_digest=digest)
-    return digest
-
-
-def _adopted_round(store: BlobStore) -> RoundBlobs:
-    inputs, base, updates, _ = _round(store)
-    return RoundBlobs(
-        _adopted(store, encode_tensors(base)),
-        [(u.hash, _adopted(store, encode_tensors(dict(u.delta))), u.num_samples) for u in updates],
-    )
-
-
-def test_inputs_this_process_hashed_as_it_stored_them_are_not_hashed_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A verifying node aggregates the blobs it just downloaded (hashed as they streamed) and
-    its own last aggregate: the same model, without reading each input a second time."""
-    store = BlobStore(tmp_path / "blobs")
-    inputs = _adopted_round(store)
-    hashed: list[int] = []
-    real = stored_aggregate.sha256_of
-    monkeypatch.setattr(stored_aggregate, "sha256_of", lambda s: hashed.append(1) or real(s))
-    with aggregate_file(store, AggregationSpec(), inputs, max_bytes=1 << 24) as (result, _):
-        pass
-    assert hashed == []
-    fresh = BlobStore(tmp_path / "blobs")  # another process: nothing remembered, all hashed
-    with aggregate_file(fresh, AggregationSpec(), inputs, max_bytes=1 << 24) as (again, _):
-        pass
-    assert len(hashed) == 1 + len(inputs.updates) and again == result
-
-
-@pytest.mark.parametrize("how", ["in place", "same times", "replaced"])
-def test_a_remembered_input_changed_on_disk_is_hashed_again_and_refused(
-    tmp_path: Path, how: str
-) -> None:
-    """Whatever rewrites a remembered blob (in place, then its times set back; or another file
-    renamed over it) changes its stamp: it is hashed again, and found corrupt."""
-    store = BlobStore(tmp_path / "blobs")
-    inputs = _adopted_round(store)
-    digest = inputs.updates[2][1]
-    path = store.path_for(digest)
-    time.sleep(0.05)  # past the file system's clock tick (a few ms on coarse clocks)
-    before = path.stat()
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 1
-    if how == "replaced":
-        other = tmp_path / "other"
-        other.write_bytes(bytes(data))
-        os.replace(other, path)
-    else:
-        with open(path, "r+b") as f:
-            f.seek(len(data) - 1)
-            f.write(bytes(data[-1:]))
-        if how == "same times":
-            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    with open(path, "rb") as f:
-        assert not store.hashed(digest, f.fileno())
-    with (
-        pytest.raises(BlobError, match="corrupt"),
-        aggregate_file(store, AggregationSpec(), inputs, max_bytes=1 << 24),
-    ):
-        pass
-    assert _leftovers(store) == []
