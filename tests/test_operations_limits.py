@@ -65,7 +65,6 @@ from bcfl_cli.simulation import network as sim_network
 from bcfl_cli.simulation import options as sim_options
 from bcfl_cli.simulation import shared_checks, simulator
 from bcfl_cli.store import backends, pin, scratch
-from bcfl_cli.store import blobs as store_blobs
 from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
@@ -398,9 +397,6 @@ def _bindings() -> dict[str, list[str]]:
             f"{mib(blob_routes.SUMMARY_BACKLOG_BYTES)} of an upload's chunks at most waiting",
             f"{mib(blob_service.SUMMARY_PIECE)} gathered at a time a download",
         ],
-        "blobs a node remembers having hashed as it stored them (an aggregate then reads them "
-        "without hashing them again, while each file is unchanged: inode, size, modification "
-        "and status-change times)": [f"the last {_n(store_blobs.HASHED_MEMO)}"],
         "chunks shared by the pushes of one update to its peers (each read and digested once)": [
             f"the last {_n(blob_fetch.SHARED_CHUNKS)} "
             f"({mib(blob_fetch.SHARED_CHUNKS * blob_routes.CHUNK_SIZE)} at "
