@@ -64,7 +64,7 @@ from bcfl_cli.provenance import bundle
 from bcfl_cli.simulation import network as sim_network
 from bcfl_cli.simulation import options as sim_options
 from bcfl_cli.simulation import shared_checks, simulator
-from bcfl_cli.store import backends, pin, scratch
+from bcfl_cli.store import backends, content_record, pin, scratch
 from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
@@ -396,6 +396,10 @@ def _bindings() -> dict[str, list[str]]:
             f"the last {_n(update_summary.MAX_UPDATE_SUMMARIES)} uploads",
             f"{mib(blob_routes.SUMMARY_BACKLOG_BYTES)} of an upload's chunks at most waiting",
             f"{mib(blob_service.SUMMARY_PIECE)} gathered at a time a download",
+        ],
+        "blobs whose content a node remembers (re-checked before an aggregate by file identity "
+        "and XXH3-128 instead of SHA-256)": [
+            f"the last {_n(content_record.MAX_RECORDED_BLOBS)} blobs",
         ],
         "chunks shared by the pushes of one update to its peers (each read and digested once)": [
             f"the last {_n(blob_fetch.SHARED_CHUNKS)} "

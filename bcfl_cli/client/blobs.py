@@ -49,6 +49,7 @@ from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.errors import BcflError, BlobError, EncodingError, NodeError
 from bcfl_cli.protocol.encoding import is_hash_hex, parse_json
 from bcfl_cli.store.blobs import BlobStore
+from bcfl_cli.store.content_record import new_content_sum
 from bcfl_cli.store.writeback import WRITEBACK_BYTES, start_writeback
 from bcfl_cli.wire.httpsig import content_digest
 from bcfl_cli.wire.refusal import Refusal
@@ -361,6 +362,7 @@ def _download_whole(
         size = int(length)
         hasher = hashlib.sha256()
         fed = sink(size) if sink is not None else None
+        summer = new_content_sum()  # of the same bytes: the store's cheap re-check later
         got = written_out = 0
         with open(part, "r+b") as out:
             try:
@@ -370,6 +372,7 @@ def _download_whole(
                     if got > size:
                         raise NodeError(f"peer sent more than the {size} bytes of {digest}")
                     hasher.update(piece)
+                    summer.update(piece)
                     out.write(piece)
                     if fed is not None:
                         fed.feed(piece)
@@ -384,7 +387,13 @@ def _download_whole(
     if got != size:
         raise NodeError(f"peer closed the stream of {digest} at {got}/{size} bytes")
     try:
-        store.adopt(part, expected=digest, max_bytes=size, known_digest=hasher.hexdigest())
+        store.adopt(
+            part,
+            expected=digest,
+            max_bytes=size,
+            known_digest=hasher.hexdigest(),
+            known_sum=summer.hexdigest(),
+        )
     except BlobError as exc:
         raise BlobError(
             f"downloaded blob {digest}: {exc.message}; the peer serves corrupt data"
