@@ -423,3 +423,31 @@ def test_a_verifying_nodes_prefetch_runs_a_bounded_window_ahead_of_its_checks() 
         await asyncio.wait_for(task, 5.0)
 
     asyncio.run(run())
+
+
+def test_a_verifying_catch_up_judges_each_update_from_its_download(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each update is summarised as it downloads (hashed to its name, layout, exact norm), so
+    the contract's check reads no update file again, and the catch-up reaches the very head
+    (every verdict in the chain's validations recomputed equal); a restarted node, with no
+    summary, reads each file and reaches the same verdicts (``verify_chain --deep``)."""
+    from bcfl_cli.fl import contract
+
+    connect(fresh, served, monkeypatch)
+    node = fresh.node
+    updates = [tx.body["blob"] for b in served.blocks for tx in b.txs if tx.kind == "update"]
+    read: list[str] = []
+    real = contract._check_source
+
+    def counting(rules: Any, layout: Any, claim: Any, source: Any, **kw: Any) -> Any:
+        read.append(claim.blob)
+        return real(rules, layout, claim, source, **kw)
+
+    monkeypatch.setattr(contract, "_check_source", counting)
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.head_hash == source.state.head_hash
+    assert all(node.summaries.get(d) is not None for d in updates) and updates
+    assert read == []
+    assert verify_chain(node.ledger, deep=True, checks=FLChecks(node.blobs), workers=1).ok
+    assert sorted(read) == sorted(updates)  # the full checks, from the files: the same verdicts
