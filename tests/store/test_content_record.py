@@ -162,3 +162,22 @@ def test_a_removed_blob_is_forgotten_and_the_record_is_bounded(tmp_path: Path) -
         assert record.unchanged(f"{4:064x}", fd) is True
     finally:
         os.close(fd)
+
+
+def test_check_answers_from_the_record_and_notes_what_it_hashed(tmp_path: Path) -> None:
+    writer = BlobStore(tmp_path / "blobs")
+    digest = writer.put(b"the round's base model")
+    reader = BlobStore(tmp_path / "blobs")  # another process: hashes it, then notes it
+    assert reader.check(digest) == ("ok", 22)
+    assert len(reader.record) == 1
+    assert reader.check(digest) == ("ok", 22)
+    fd = os.open(reader.path_for(digest), os.O_RDONLY)
+    try:  # the same file, other bytes than those hashed: corrupt from the record alone
+        reader.note_checked(digest, fd, xxhash.xxh3_128(b"other").hexdigest())
+    finally:
+        os.close(fd)
+    assert reader.check(digest) == ("corrupt", 22)
+    with open(reader.path_for(digest), "r+b") as f:  # written in place: hashed again
+        f.write(b"T")
+    assert BlobStore(tmp_path / "blobs").check(digest)[0] == "corrupt"
+    assert reader.check(digest)[0] == "corrupt"
