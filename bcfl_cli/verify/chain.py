@@ -2,21 +2,19 @@
 
 Signatures dominate the cost (Ed25519 verification is ~14k/s per core). For long chains this
 process reads and parses each block once, replays the rules with signature checks switched off,
-and hands each block's signature checks (public key, signed message, signature) and blob checks
-to a process pool in batches of blocks, so that verification runs on all cores while the replay
-goes on. The first fault is the lowest height where either found one; in the same block, the
-block is re-examined with signatures on so that the order inside it is the protocol's, and a
-blob fault (checked after the rules) loses to a rule fault.
+and queues each block's signature checks (public key, signed message, signature) and blob checks
+in batches of blocks, which helper processes check while the replay goes on and this process
+shares once it is done (``sharing.py``): one busy process a core. The first fault is the lowest
+height where either found one; in the same block, the block is re-examined with signatures on
+so that the order inside it is the protocol's, and a blob fault (checked after the rules) loses
+to a rule fault.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.verify import anchor, steps
 from bcfl_cli.verify.anchor import Anchors
 from bcfl_cli.verify.report import Fault, Report
+from bcfl_cli.verify.sharing import SharedChecks
 
 #: Faults of the FL checks that a missing update blob causes (named ``blob_missing`` then).
 _FL_CHECK_FAULTS = frozenset({"verdict_mismatch", "update_check_failed", "aggregate_check_failed"})
@@ -75,7 +74,8 @@ def verify_chain(
     """Verify the whole stored chain; the report's ``fault`` is the first broken rule, if any.
 
     ``deep`` re-runs the FL contract and aggregation through ``checks`` (required when deep).
-    ``workers``: processes for signatures (default: all cores; 1 verifies in-process).
+    ``workers``: processes for signatures, this one included (default: all cores; 1 verifies
+    in-process).
     ``anchors``: the genesis and heads known from outside the store (§8.6), all checked.
     ``models_only``: the store of a member that trains without validating, which holds the
     models but not the other members' updates: a block whose update blobs are missing is
@@ -217,7 +217,7 @@ def _verify_blocks(
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers <= 1 or top < PARALLEL_MIN_BLOCKS:
         return _Replay(ledger, verified, checks, progress, watch=watch, seen=seen).run(state, top)
-    with ProcessPoolExecutor(n_workers, mp_context=_mp_context()) as pool:
+    with SharedChecks(n_workers - 1, _check_batch, str(ledger.blobs.root)) as pool:
         offload = _Offload(
             pool,
             ledger.genesis_hash,
@@ -282,10 +282,15 @@ _JobInfo = tuple[int, str | None, str, str | None, int | None]
 
 
 class _Offload:
-    """Signature and blob checks of the replayed blocks, in batches, on the process pool."""
+    """Signature and blob checks of the replayed blocks, in batches, shared with helpers."""
 
     def __init__(
-        self, pool: ProcessPoolExecutor, chain_id: str, blob_root: str, *, models_only: bool
+        self,
+        pool: SharedChecks[_Job, _BatchResult],
+        chain_id: str,
+        blob_root: str,
+        *,
+        models_only: bool,
     ) -> None:
         self.pool = pool
         self.chain_id = chain_id
@@ -295,7 +300,7 @@ class _Offload:
         self.jobs: list[_Job] = []
         self.infos: list[_JobInfo] = []
         self.blocks = 0
-        self.batches: list[tuple[Future[_BatchResult], list[_JobInfo]]] = []
+        self.batches: list[list[_JobInfo]] = []
         self.signatures = 0
         self.blobs = 0
 
@@ -326,16 +331,17 @@ class _Offload:
 
     def flush(self) -> None:
         if self.jobs:
-            future = self.pool.submit(_check_batch, self.blob_root, self.jobs)
-            self.batches.append((future, self.infos))
+            self.pool.submit(self.jobs)
+            self.batches.append(self.infos)
         self.jobs, self.infos, self.blocks = [], [], 0
 
     def first_fault(self) -> tuple[VerificationError, bool] | None:
         """The first failing check in chain order, and whether it comes after the rules (a
         blob) rather than with them (a signature); counts what the workers checked."""
         found: tuple[VerificationError, bool] | None = None
-        for future, infos in self.batches:  # in height order: the first fault is the lowest
-            signatures, blobs, failed = future.result()
+        results = self.pool.results()
+        for infos, result in zip(self.batches, results, strict=True):  # in height order
+            signatures, blobs, failed = result
             self.signatures += signatures
             self.blobs += blobs
             if failed is not None and found is None:
@@ -462,21 +468,12 @@ class _Replay:
         return state
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """fork where the platform has it: workers start in milliseconds, not seconds of imports.
-
-    Workers only check signatures and hash blob files; they touch no database.
-    """
-    if sys.platform == "linux":
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
 _worker_blobs: dict[str, BlobStore] = {}
 
 
 def _check_batch(blob_root: str, jobs: list[_Job]) -> _BatchResult:
-    """Worker: the checks in order; stops at the first that fails."""
+    """A batch's checks in order (in a helper or in this process); stops at the first that
+    fails."""
     blobs = _worker_blobs.get(blob_root)
     if blobs is None:
         blobs = _worker_blobs[blob_root] = BlobStore(Path(blob_root))
