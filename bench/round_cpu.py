@@ -13,7 +13,11 @@ times how often a round does it with N members that all validate and T of them t
   in 4 MiB appends): T x (N - 1); a push reads and digests each chunk once: T;
 - the contract's summary of an update (the exact sum of squares): T x N, every node checks
   every update (a receiver as the bytes arrive, the trainer from its own push);
-- the aggregate recomputed by every node (the inputs hashed again, then the streamed pass): N.
+- the aggregate recomputed by every node (the inputs re-checked, then the streamed pass): N.
+  Since session 8 a node re-checks an input it stored under a SHA-256 it computed by the
+  store's record (file identity and XXH3-128, store/content_record.py); the row of the
+  inputs SHA-256'd again is what each node did before, and what it does for a blob it did
+  not store itself (the genesis model, after a restart).
 
 Their sum over the cores is the shortest round this work allows on this machine, whatever the
 orchestration; HTTP, signatures and consensus are the rest of ``node CPU s/rnd``.
@@ -114,6 +118,14 @@ def pieces(params: int, members: int, trainers: int, scratch: Path) -> list[dict
             with open(blobs.path_for(digest), "rb") as source:
                 hashlib.file_digest(source, "sha256")
 
+    def recheck() -> None:  # the store's record: file identity, then XXH3-128 of every byte
+        for digest in (base, *updates):
+            fd = os.open(blobs.path_for(digest), os.O_RDONLY)
+            try:
+                assert blobs.unchanged(digest, fd) is True
+            finally:
+                os.close(fd)
+
     def write_update() -> None:
         store_update(blobs, trained.delta, rules, with_norm=False)
 
@@ -123,8 +135,9 @@ def pieces(params: int, members: int, trainers: int, scratch: Path) -> list[dict
         ("push: chunks read and digested once", trainers, 3),
         ("blob received (digest, running hash, append)", trainers * (members - 1), 4),
         ("contract summary of an update", trainers * members, 5),
-        ("aggregate recomputed (inputs hashed again + pass)", members, 6),
-        ("  of it: the inputs hashed again", members, 7),
+        ("aggregate recomputed (inputs re-checked + pass)", members, 6),
+        ("  the inputs SHA-256'd again (each node before session 8)", members, 7),
+        ("  of it: the inputs re-checked from the store's record", members, 8),
     ]
     works: dict[int, Callable[[], object]] = {
         1: lambda: train_local(spec, PLAN, state, data, seed=1),
@@ -134,6 +147,7 @@ def pieces(params: int, members: int, trainers: int, scratch: Path) -> list[dict
         5: summary,
         6: aggregate,
         7: rehash,
+        8: recheck,
     }
     out = []
     for name, times, key in rows:

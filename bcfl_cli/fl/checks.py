@@ -165,7 +165,7 @@ class FLChecks:
                     f"({body.model_size} bytes)",
                 )
             if self.keep_models:
-                keep_as_blob(self.blobs, written, result.model_hash)
+                keep_as_blob(self.blobs, written, result.model_hash, result.content_sum)
             elif not self.blobs.has(result.model_hash):
                 self._hold(written, result.model_hash)
 

@@ -92,6 +92,10 @@ class FileSource:
     def size(self) -> int:
         return self._size
 
+    def fileno(self) -> int:
+        """The descriptor every read goes through (a content check reads the same file)."""
+        return self._fd
+
     def changed(self) -> bool:
         """True when the file's size or modification time differ from when it was opened."""
         return self._stat() != self._stamp

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import torch
+import xxhash
 
 #: safetensors' dtype names, in the order its ``save`` writes them (first written first).
 DTYPE_ORDER: dict[torch.dtype, str] = {
@@ -116,6 +117,9 @@ class SafetensorsWriter:
         self._layout = dict(layout)
         self.order = data_order(self._layout)
         self._hash = hashlib.sha256()
+        #: XXH3-128 of the same bytes: the store's cheap re-check of the file later
+        #: (store/content_record.py), 0.03 s at 440 MB beside SHA-256's 0.3 s
+        self._sum = xxhash.xxh3_128()
         self._size = 0
         self._index = 0  # the tensor being written
         self._written = 0  # its bytes so far
@@ -123,6 +127,7 @@ class SafetensorsWriter:
 
     def _emit(self, data: bytes | memoryview) -> None:
         self._hash.update(data)
+        self._sum.update(data)
         self._out.write(data)
         self._size += len(data)
 
@@ -157,6 +162,11 @@ class SafetensorsWriter:
             raise ValueError(f"tensor {self.order[self._index]!r} was not written in full")
         self._out.flush()
         return self._hash.hexdigest(), self._size
+
+    @property
+    def content_sum(self) -> str:
+        """XXH3-128 (hex) of the bytes written so far (the whole file after ``finish``)."""
+        return self._sum.hexdigest()
 
 
 __all__ = [

@@ -126,11 +126,13 @@ def _dtype_word(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class WrittenUpdate:
-    """What :func:`write_update` wrote: its size, SHA-256 and exact L2 norm."""
+    """What :func:`write_update` wrote: its size, SHA-256 and exact L2 norm, and the XXH3-128
+    of the same bytes (the blob store's cheap re-check of the file, store/content_record.py)."""
 
     size: int
     sha256: str
     norm: float
+    content_sum: str = ""
 
 
 def write_update(
@@ -172,7 +174,7 @@ def write_update(
     squares = sum_of_squares(pieces())
     digest, size = writer.finish()
     norm = math.sqrt(squares) if finite and with_norm else math.nan
-    return WrittenUpdate(size, digest, norm)
+    return WrittenUpdate(size, digest, norm, writer.content_sum)
 
 
 __all__ = [

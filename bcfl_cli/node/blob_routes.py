@@ -79,6 +79,7 @@ from bcfl_cli.node.logging import fields
 from bcfl_cli.node.traffic import BlobTraffic
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import DEFAULT_MAX_BLOB_BYTES, BlobStore
+from bcfl_cli.store.content_record import new_content_sum
 from bcfl_cli.wire.refusal import Refusal
 
 log = logging.getLogger("bcfl.node")
@@ -439,9 +440,11 @@ class BlobRoutes:
                 part.unlink(missing_ok=True)
                 return over
             running = self._running.pop(part.name, None)
-            known = running.hexdigest() if running is not None and running.size == size else None
+            whole = running is not None and running.size == size
+            known = running.hexdigest() if running is not None and whole else None
+            summed = running.summer.hexdigest() if running is not None and whole else None
             try:
-                await run_in_threadpool(_store_part, self.store, part, digest, size, known)
+                await run_in_threadpool(_store_part, self.store, part, digest, size, known, summed)
             except BlobError as exc:
                 return _error(422, "hash_mismatch", exc.message + "; upload it again")
             finally:
@@ -517,6 +520,8 @@ class _Running:
         self, summary: StreamedSummary | None = None, worker: ThreadPoolExecutor | None = None
     ) -> None:
         self.hasher = hashlib.sha256()
+        #: the content sum of the same bytes, noted by the store (store/content_record.py)
+        self.summer = new_content_sum()
         self.size = 0
         self._summary = summary if worker is not None else None
         self._worker = worker
@@ -562,16 +567,23 @@ def _append(part: Path, data: bytes, running: _Running | None = None) -> None:
         f.write(data)
     if running is not None:
         running.hasher.update(data)
+        running.summer.update(data)
         running.size += len(data)
         running.summarise(data)
 
 
 def _store_part(
-    store: BlobStore, part: Path, digest: str, size: int, known: str | None = None
+    store: BlobStore,
+    part: Path,
+    digest: str,
+    size: int,
+    known: str | None = None,
+    summed: str | None = None,
 ) -> None:
     """The finished partial file renamed into the store (never copied): hashed again only
-    where no running hash covers all of it (``known``)."""
-    store.adopt(part, expected=digest, max_bytes=size, known_digest=known)
+    where no running hash covers all of it (``known``); ``summed``, the content sum of the
+    same bytes, lets the aggregate re-check it without SHA-256 (store/content_record.py)."""
+    store.adopt(part, expected=digest, max_bytes=size, known_digest=known, known_sum=summed)
 
 
 def blob_app(

@@ -197,7 +197,7 @@ class RoundPreparation:
                     missing += blobs
                     continue
                 started = time.perf_counter()
-                model, size, reused = await self.worker.run(partial(self._aggregate, target))
+                model, size, reused, cpu = await self.worker.run(partial(self._aggregate, target))
                 self.aggregates[AggregateKey.of(target)] = (model, size)
                 while len(self.aggregates) > PREPARED_AGGREGATES:
                     self.aggregates.pop(next(iter(self.aggregates)))
@@ -208,6 +208,7 @@ class RoundPreparation:
                         model=model,
                         updates=len(blobs),
                         seconds=round(time.perf_counter() - started, 3),
+                        cpu_s=round(cpu, 3),
                         from_check=reused,
                     ),
                 )
@@ -218,8 +219,10 @@ class RoundPreparation:
         if missing and await self.fetcher.ensure_blobs(missing, timeout_s=60.0):
             self.wake()  # compute it on the next pass, now that the blobs are here
 
-    def _aggregate(self, target: ChainState) -> tuple[str, int, bool]:
-        """In the worker: ``target``'s aggregate (model, size, whether a check had it already).
+    def _aggregate(self, target: ChainState) -> tuple[str, int, bool, float]:
+        """In the worker: ``target``'s aggregate (model, size, whether a check had it already,
+        and the worker thread's CPU seconds for it, logged: on a shared machine the wall time
+        of an aggregate says more about the load than about the work).
 
         The check of a proposal runs on the same single worker. Noted here, before the worker
         takes its next job, the aggregate is known to a proposal's check queued behind this
@@ -229,12 +232,13 @@ class RoundPreparation:
         order, the check first, leaves its result for this job: the same code on the same
         blobs gave the same model, which the check kept in the store.
         """
+        started = time.thread_time()
         known = self.checks.known_aggregate(target)
         if known is not None and self.blobs.has(known[0]):
-            return known[0], known[1], True
+            return known[0], known[1], True, time.thread_time() - started
         model, size = compute_aggregate(target, self.blobs)
         self.checks.note_aggregate(target, model, size)
-        return model, size, False
+        return model, size, False, time.thread_time() - started
 
     def _aggregates_wanted(self, state: ChainState) -> list[ChainState]:
         """The round states whose aggregate our next proposal would carry, not prepared yet.

@@ -19,6 +19,7 @@ from typing import BinaryIO, Literal
 
 from bcfl_cli.errors import BlobError
 from bcfl_cli.protocol.encoding import is_hash_hex
+from bcfl_cli.store.content_record import ContentRecord, new_content_sum
 
 CHUNK = 1024 * 1024
 DEFAULT_MAX_BLOB_BYTES = 2 * 1024 * 1024 * 1024
@@ -28,16 +29,19 @@ _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXE
 BlobStatus = Literal["missing", "corrupt", "ok"]
 
 
-def _hash_file(f: BinaryIO, max_bytes: int) -> str:
-    """The SHA-256 of an open file read ``CHUNK`` at a time; BlobError past ``max_bytes``."""
+def _hash_file(f: BinaryIO, max_bytes: int) -> tuple[str, str]:
+    """The SHA-256 and the content sum (store/content_record.py) of an open file read
+    ``CHUNK`` at a time; BlobError past ``max_bytes``."""
     hasher = hashlib.sha256()
+    summer = new_content_sum()
     size = 0
     while chunk := f.read(CHUNK):
         size += len(chunk)
         if size > max_bytes:
             raise BlobError(f"blob larger than the limit of {max_bytes} bytes")
         hasher.update(chunk)
-    return hasher.hexdigest()
+        summer.update(chunk)
+    return hasher.hexdigest(), summer.hexdigest()
 
 
 class BlobStore:
@@ -47,6 +51,20 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(exist_ok=True)
+        #: the blobs this process stored under a SHA-256 it computed, re-checked cheaply
+        #: (``unchanged``; store/content_record.py)
+        self.record = ContentRecord()
+
+    def unchanged(self, digest: str, fd: int) -> bool | None:
+        """Whether blob ``digest``, open as ``fd``, still holds the bytes this process found
+        to hash to its name (its content summed again, XXH3-128): None when it cannot tell
+        (stored by another process, replaced or touched since), and the caller hashes it."""
+        return self.record.unchanged(digest, fd)
+
+    def note_checked(self, digest: str, fd: int, summed: str) -> None:
+        """Note that blob ``digest``, open as ``fd``, was just found to hash to its name, and
+        ``summed``, the content sum of the bytes so hashed."""
+        self.record.note(digest, fd, summed)
 
     def check(self, digest: str) -> tuple[BlobStatus, int]:
         """Whether a blob is present and hashes to its name, with its size in bytes.
@@ -54,7 +72,11 @@ class BlobStore:
         One open, one fstat and a streamed hash: what :meth:`has`, :meth:`verify` and
         :meth:`size` find together, for verify-chain's thousands of blobs. The size is the
         number of bytes hashed. A path that is not a regular file (a directory, a FIFO, which
-        is opened without blocking) is ``missing``, as for :meth:`has`.
+        is opened without blocking) is ``missing``, as for :meth:`has`. A blob this store
+        took in (or checked) under its SHA-256 and the same file since is re-checked from
+        :attr:`record` (an XXH3-128 of its bytes, a tenth of the CPU: a trainer checks its
+        round's base model, its last aggregate, before every round); any other is hashed,
+        and noted when it hashes to its name.
         """
         if not is_hash_hex(digest):
             raise BlobError(f"not a blob hash: {digest[:80]!r}")
@@ -63,16 +85,25 @@ class BlobStore:
         except (FileNotFoundError, NotADirectoryError):
             return "missing", 0
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
                 return "missing", 0
+            known = self.record.unchanged(digest, fd)
+            if known is not None:  # stored here under its SHA-256 and the same file since
+                return ("ok" if known else "corrupt"), info.st_size
             hasher = hashlib.sha256()
+            summer = new_content_sum()
             size = 0
             while chunk := os.read(fd, CHUNK):
                 hasher.update(chunk)
+                summer.update(chunk)
                 size += len(chunk)
+            ok = hasher.hexdigest() == digest
+            if ok:
+                self.record.note(digest, fd, summer.hexdigest())
         finally:
             os.close(fd)
-        return ("ok" if hasher.hexdigest() == digest else "corrupt"), size
+        return ("ok" if ok else "corrupt"), size
 
     def path_for(self, digest: str) -> Path:
         if not is_hash_hex(digest):
@@ -106,6 +137,7 @@ class BlobStore:
         if expected is not None:
             self.path_for(expected)  # validates the name before any write
         hasher = hashlib.sha256()
+        summer = new_content_sum()
         size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="in-")
         tmp = Path(tmp_name)
@@ -116,15 +148,17 @@ class BlobStore:
                     if size > max_bytes:
                         raise BlobError(f"blob larger than the limit of {max_bytes} bytes")
                     hasher.update(chunk)
+                    summer.update(chunk)
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            digest = hasher.hexdigest()
-            if expected is not None and digest != expected:
-                raise BlobError(f"blob hash mismatch: expected {expected}, got {digest}")
-            final = self.path_for(digest)
-            final.parent.mkdir(exist_ok=True)
-            os.replace(tmp, final)
+                digest = hasher.hexdigest()
+                if expected is not None and digest != expected:
+                    raise BlobError(f"blob hash mismatch: expected {expected}, got {digest}")
+                final = self.path_for(digest)
+                final.parent.mkdir(exist_ok=True)
+                os.replace(tmp, final)
+                self.record.note(digest, out.fileno(), summer.hexdigest())
             return digest
         finally:
             tmp.unlink(missing_ok=True)
@@ -136,6 +170,7 @@ class BlobStore:
         expected: str,
         max_bytes: int = DEFAULT_MAX_BLOB_BYTES,
         known_digest: str | None = None,
+        known_sum: str | None = None,
     ) -> str:
         """Move a finished partial file of this store (``tmp/``) into place, without copying it.
 
@@ -147,14 +182,18 @@ class BlobStore:
         into ``part`` (an upload hashed chunk by chunk as it was appended, an update or an
         aggregate hashed while written). The file is then not read again: hashing a 440 MB
         update a second time cost ~0.3 s of a core on every node, for every update (issue 19).
+        ``known_sum``: the content sum of those same bytes (store/content_record.py), noted so
+        that a reader of this process re-checks the file cheaply (``unchanged``); without it
+        (and with ``known_digest``) nothing is noted and a reader hashes with SHA-256.
         """
         final = self.path_for(expected)  # validates the name before anything else
         if part.parent.resolve() != self._tmp.resolve():
             raise BlobError(f"{part} is not a partial file of this blob store")
         try:
             with open(part, "r+b") as f:
+                summed = known_sum
                 if known_digest is None:
-                    digest = _hash_file(f, max_bytes)
+                    digest, summed = _hash_file(f, max_bytes)
                 else:
                     digest = known_digest
                     if os.fstat(f.fileno()).st_size > max_bytes:
@@ -162,8 +201,10 @@ class BlobStore:
                 if digest != expected:
                     raise BlobError(f"blob hash mismatch: expected {expected}, got {digest}")
                 os.fsync(f.fileno())
-            final.parent.mkdir(exist_ok=True)
-            os.replace(part, final)
+                final.parent.mkdir(exist_ok=True)
+                os.replace(part, final)
+                if summed is not None:  # after the rename, which moves the change time
+                    self.record.note(expected, f.fileno(), summed)
         finally:
             part.unlink(missing_ok=True)
         return expected
@@ -214,6 +255,7 @@ class BlobStore:
     def remove(self, digest: str) -> int:
         """Delete a blob; the bytes freed (0 if it was not there)."""
         path = self.path_for(digest)
+        self.record.forget(digest)
         try:
             size = path.stat().st_size
             path.unlink()

@@ -48,5 +48,5 @@ def compute_aggregate(state: ChainState, blobs: BlobFiles) -> tuple[str, int]:
     )
     limit = cfg.contract.max_blob_bytes
     with aggregate_file(blobs, cfg.aggregation, inputs, max_bytes=limit) as (result, written):
-        keep_as_blob(blobs, written, result.model_hash)
+        keep_as_blob(blobs, written, result.model_hash, result.content_sum)
     return result.model_hash, result.model_size

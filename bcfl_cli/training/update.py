@@ -86,7 +86,11 @@ def store_update(
         # renamed into the store under the hash computed while writing it: not copied, not
         # read again (``put_file`` re-read, re-hashed and re-wrote 440 MB at 110M, issue 19)
         blobs.adopt(
-            tmp, expected=written.sha256, max_bytes=written.size, known_digest=written.sha256
+            tmp,
+            expected=written.sha256,
+            max_bytes=written.size,
+            known_digest=written.sha256,
+            known_sum=written.content_sum or None,
         )
     finally:
         tmp.unlink(missing_ok=True)

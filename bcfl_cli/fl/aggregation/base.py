@@ -355,6 +355,8 @@ class StreamedAggregate:
     included: list[str]
     rule: str
     params: Params = field(default_factory=dict)
+    #: XXH3-128 of the written bytes (the blob store's cheap re-check, store/content_record.py)
+    content_sum: str = ""
 
 
 def aggregate_to(
@@ -372,4 +374,4 @@ def aggregate_to(
     writer = SafetensorsWriter(out, job.layout)
     included, rule, params = job.run(writer.write)
     digest, size = writer.finish()
-    return StreamedAggregate(digest, size, included, rule, params)
+    return StreamedAggregate(digest, size, included, rule, params, writer.content_sum)
