@@ -395,6 +395,7 @@ def _bindings() -> dict[str, list[str]]:
         "its contract check)": [
             f"the last {_n(update_summary.MAX_UPDATE_SUMMARIES)} uploads",
             f"{mib(blob_routes.SUMMARY_BACKLOG_BYTES)} of an upload's chunks at most waiting",
+            f"{mib(blob_service.SUMMARY_PIECE)} gathered at a time a download",
         ],
         "blobs whose content a node remembers (re-checked before an aggregate by file identity "
         "and XXH3-128 instead of SHA-256)": [
@@ -420,6 +421,7 @@ def _bindings() -> dict[str, list[str]]:
             f"at most {s(blob_service.PEER_BLOB_SLICE_S)}",
             f"; {node_sync.PREFETCH_BLOBS} downloads at once",
             f"), {node_sync.PREFETCH_MODELS} (a trainer-only member's models",
+            f"at most {node_sync.PREFETCH_AHEAD} update blobs ahead",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
             f"{s(client_api.DEFAULT_WAIT_S)} (`--timeout`)",

@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -68,6 +68,21 @@ MAX_STATUS_BYTES = 4096
 #: Chunks a ``SharedChunks`` keeps for the slower pushes of the same blob (16 MiB at 4 MiB:
 #: the pushes go nearly in step; a 40 MB update's trainer counts every MiB it holds).
 SHARED_CHUNKS = 4
+
+
+class StreamSink(Protocol):
+    """Something computed from a blob's bytes as they stream in (a node's update summary,
+    ``node.blob_service``), so that nothing has to read the file again for it."""
+
+    def feed(self, data: bytes) -> None:
+        """The next bytes, in order; never raises (any doubt: the sink keeps nothing)."""
+
+    def finish(self, digest: str) -> None:
+        """Every byte fed, and exactly those, hashed to ``digest`` and the blob is stored."""
+
+
+#: A sink for a whole download of so many bytes, or None (nothing wanted of this one).
+SinkFactory = Callable[[int], "StreamSink | None"]
 
 
 class FetchCancelled(BcflError):
@@ -231,6 +246,7 @@ def fetch_blob(
     max_attempts: int = MAX_ATTEMPTS,
     cancel: threading.Event | None = None,
     whole_first: bool = False,
+    sink: SinkFactory | None = None,
 ) -> str:
     """Download blob ``digest`` from the peer behind ``client`` into ``store``; resumable.
 
@@ -242,6 +258,10 @@ def fetch_blob(
     (``_download_whole``); only if that stream breaks is the manifest fetched and the download
     resumed from its checked chunks. Its bytes are checked against the content address at the
     end either way: the per-chunk hashes serve resuming, and a first attempt needs none.
+
+    ``sink``: given the size the peer announces for a whole download, what to feed its bytes
+    to as they stream (``StreamSink``); finished only once they hashed to ``digest`` and were
+    adopted. A resumed download feeds none: whatever it was for is computed from the file.
     """
     _check_hash(digest)
     if store.has(digest) and store.verify(digest):
@@ -251,7 +271,7 @@ def fetch_blob(
         part = attempt.path
         if whole_first and os.fstat(attempt.fileno).st_size == 0:
             try:
-                _download_whole(client, digest, store, part, max_bytes, progress, cancel)
+                _download_whole(client, digest, store, part, max_bytes, progress, cancel, sink)
                 return digest
             except (httpx.TransportError, NodeError) as exc:
                 if isinstance(exc, Refusal) and exc.kind == "refused":
@@ -323,6 +343,7 @@ def _download_whole(
     max_bytes: int,
     progress: Progress | None,
     cancel: threading.Event | None,
+    sink: SinkFactory | None = None,
 ) -> None:
     """The whole blob in one request, written to the empty ``part`` and hashed as it streams,
     then adopted with that digest: one pass over the bytes, no manifest, no re-read.
@@ -340,6 +361,7 @@ def _download_whole(
             raise BlobError(f"blob {digest} has {length[:20]} bytes, over the limit of {max_bytes}")
         size = int(length)
         hasher = hashlib.sha256()
+        fed = sink(size) if sink is not None else None
         summer = new_content_sum()  # of the same bytes: the store's cheap re-check later
         got = written_out = 0
         with open(part, "r+b") as out:
@@ -352,6 +374,8 @@ def _download_whole(
                     hasher.update(piece)
                     summer.update(piece)
                     out.write(piece)
+                    if fed is not None:
+                        fed.feed(piece)
                     if got - written_out >= WRITEBACK_BYTES:  # the disk works as bytes arrive
                         out.flush()
                         start_writeback(out.fileno(), written_out, got - written_out)
@@ -374,6 +398,8 @@ def _download_whole(
         raise BlobError(
             f"downloaded blob {digest}: {exc.message}; the peer serves corrupt data"
         ) from exc
+    if fed is not None:
+        fed.finish(digest)  # adopted under digest: the bytes fed hashed to it
 
 
 def _download_from(

@@ -14,10 +14,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.client.blobs import fetch_blob
 from bcfl_cli.errors import BcflError
+from bcfl_cli.fl.update_summary import StreamedSummary, UpdateSummaries
 from bcfl_cli.node.interfaces import BlobIndex, BlobPeers
 from bcfl_cli.node.logging import fields
 from bcfl_cli.node.peers import PeerInfo
@@ -32,6 +34,9 @@ BLOB_FETCH_TIMEOUT_S = 60.0
 KEEP_UNVERIFIED_ROUNDS = 64
 PEER_BLOB_SLICE_S = 10.0
 MAX_FETCH_LOCKS = 1_024
+#: Bytes of a download gathered before they are summarised (``SummarySink``): one per download
+#: held at once, four downloads at a time.
+SUMMARY_PIECE = 4 * 1024 * 1024
 
 
 def referenced_blobs(block: Block) -> list[str]:
@@ -122,6 +127,8 @@ class BlobService:
         *,
         max_blob_bytes: Callable[[], int],
         whole_first: bool = True,
+        summaries: UpdateSummaries | None = None,
+        summarise: Callable[[], bool] | None = None,
     ) -> None:
         self.peers = peers
         self.blobs = blobs
@@ -130,6 +137,12 @@ class BlobService:
         #: a manifest (``fetch_blob``); False: the manifest first, as before issue 21 (the
         #: comparison in bench/sync_bench.py)
         self.whole_first = whole_first
+        #: where a download leaves the contract's summary of the update it carried (issue 21):
+        #: computed as the bytes stream in, so that the node's check of that update reads
+        #: neither the file nor its hash again; only while ``summarise()`` (a node that checks
+        #: updates: a trainer-only member fetches models, which nothing summarises)
+        self.summaries = summaries
+        self.summarise = summarise if summarise is not None else lambda: True
         self._fetching: dict[str, asyncio.Lock] = {}
         self.bytes_fetched = 0
 
@@ -186,6 +199,8 @@ class BlobService:
         # Given up on (``ensure_one``'s slice ran out, the node stops), the thread is told to
         # stop at its next piece; until then it writes only its own partial file.
         cancel = threading.Event()
+        summaries = self.summaries if self.summarise() else None
+        sink = None if summaries is None else partial(SummarySink, summaries=summaries)
 
         def work() -> None:
             with self.peers.blob_client(peer) as client:
@@ -196,6 +211,7 @@ class BlobService:
                     max_bytes=limit,
                     cancel=cancel,
                     whole_first=self.whole_first,
+                    sink=sink,
                 )
 
         try:
@@ -204,3 +220,33 @@ class BlobService:
             cancel.set()
         self.bytes_fetched += self.blobs.size(digest)
         log.info("fetched blob", extra=fields(blob=digest, peer=peer.url))
+
+
+class SummarySink:
+    """A download's ``StreamSink``: the contract's summary of the update it carries
+    (``fl.update_summary``), kept in ``summaries`` once its bytes hashed to the blob's name:
+    the same fact the blob routes keep of an update pushed to this node."""
+
+    def __init__(
+        self, size: int, *, summaries: UpdateSummaries, piece: int = SUMMARY_PIECE
+    ) -> None:
+        self._summary = StreamedSummary(size)
+        self._summaries = summaries
+        self._piece = piece
+        self._pending = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        # the stream's pieces (64 KiB) gathered into SUMMARY_PIECE: fewer, longer numpy calls
+        # (the GIL taken less often from the worker thread that verifies meanwhile)
+        self._pending += data
+        if len(self._pending) >= self._piece:
+            self._summary.feed(self._pending)
+            self._pending = bytearray()
+
+    def finish(self, digest: str) -> None:
+        if self._pending:
+            self._summary.feed(self._pending)
+            self._pending = bytearray()
+        found = self._summary.result()
+        if found is not None:
+            self._summaries.put(digest, found)

@@ -146,6 +146,8 @@ class Node:
             self.peers,
             self.blobs,
             max_blob_bytes=lambda: self.chain.state.config.contract.max_blob_bytes,
+            summaries=self.summaries,
+            summarise=self.scope.verifies,
         )
         self.syncer = Syncer(
             chain=self.chain,

@@ -75,6 +75,11 @@ PREFETCH_BLOBS = 4
 PREFETCH_MODELS = 8
 #: Verified blocks are appended at least this often while a page is being verified.
 APPEND_EVERY_S = 1.0
+#: Update blobs a verifying node's prefetch may hold (or be downloading) that no verified block
+#: has used yet: below the 64 summaries a node keeps (``fl/update_summary.py``), so an update
+#: summarised as it downloaded still has its summary when its block is checked, whatever the
+#: page's size (a 100-block page of ten members holds ~90 updates).
+PREFETCH_AHEAD = 32
 
 
 @dataclass
@@ -218,6 +223,35 @@ class _CachedOnly:
         key = self.cache.aggregate_key(state, tx.body["model"], tx.body["model_size"])
         if key not in self.cache._aggregates:
             raise NodeError(f"aggregate {tx.body['model'][:16]} not prepared yet")
+
+
+class PrefetchWindow:
+    """How far a page's blob downloads may run ahead of its verification: each download
+    takes a place (in block order) and gives it back once a verified block has used its blob.
+    The verification never waits on it: a block whose blob the prefetch has not started
+    fetches the blob itself (one download of a blob at a time, ``BlobService``)."""
+
+    def __init__(self, ahead: int) -> None:
+        self._places = asyncio.Semaphore(max(1, ahead))
+        self._taken: set[str] = set()
+        self._used: set[str] = set()
+
+    async def enter(self, digest: str) -> bool:
+        """Wait for a place for ``digest``; False (no place kept) once a block has used it."""
+        await self._places.acquire()
+        if digest in self._used:
+            self._places.release()
+            return False
+        self._taken.add(digest)
+        return True
+
+    def used(self, digests: list[str]) -> None:
+        """A verified block used these blobs: their places go to the next downloads."""
+        for digest in digests:
+            self._used.add(digest)
+            if digest in self._taken:
+                self._taken.discard(digest)
+                self._places.release()
 
 
 class EarlyPage:
@@ -437,9 +471,12 @@ class Syncer:
         times.landed()
         ahead = [b for b in blocks if b.height >= start]
         times.fetched(ahead, self.blobs, self.scope)
-        prefetch = asyncio.create_task(self._prefetch_blobs(ahead, times), name="sync-prefetch")
+        window = PrefetchWindow(PREFETCH_AHEAD) if self.scope.verifies() else None
+        prefetch = asyncio.create_task(
+            self._prefetch_blobs(ahead, times, window), name="sync-prefetch"
+        )
         try:
-            return await self._verify_and_append(peer, start, blocks, times)
+            return await self._verify_and_append(peer, start, blocks, times, window)
         finally:
             prefetch.cancel()  # its downloads stop at their next piece (see _fetch_from)
             try:
@@ -449,15 +486,31 @@ class Syncer:
             except Exception:  # only a head start: the blocks' own fetches decide
                 log.debug("blob prefetch failed", exc_info=True)
 
-    async def _prefetch_blobs(self, blocks: list[Block], times: PassTimes | None = None) -> None:
+    async def _prefetch_blobs(
+        self,
+        blocks: list[Block],
+        times: PassTimes | None = None,
+        window: PrefetchWindow | None = None,
+    ) -> None:
         """A head start on the blobs of ``blocks``: ``fetch_block_blobs`` (see there)."""
         at_once = PREFETCH_BLOBS if self.scope.verifies() else PREFETCH_MODELS
         await fetch_block_blobs(
-            self.fetcher, self.blobs, blocks, times, prefer=self.scope.prefer, at_once=at_once
+            self.fetcher,
+            self.blobs,
+            blocks,
+            times,
+            prefer=self.scope.prefer,
+            at_once=at_once,
+            window=window,
         )
 
     async def _verify_and_append(
-        self, peer: PeerInfo, start: int, blocks: list[Block], times: PassTimes
+        self,
+        peer: PeerInfo,
+        start: int,
+        blocks: list[Block],
+        times: PassTimes,
+        window: PrefetchWindow | None = None,
     ) -> int:
         """Verify ``blocks`` in order, each on its predecessor's state; append them in runs.
 
@@ -538,6 +591,8 @@ class Syncer:
                 break
             finally:
                 times.verify_s += time.monotonic() - began
+            if window is not None:
+                window.used(self.scope.blobs(block))
             if chain.state is not base or chain.alarm is not None:
                 break  # consensus moved on meanwhile (or an alarm): the next pass resumes
             pending.append((block, new_state, checks is None))
@@ -626,6 +681,7 @@ async def fetch_block_blobs(
     *,
     prefer: Callable[[Block], Mapping[str, str | tuple[str, ...]]] | None = None,
     at_once: int = PREFETCH_BLOBS,
+    window: PrefetchWindow | None = None,
 ) -> None:
     """Fetch the blobs of ``blocks`` that ``held`` lacks, ``at_once`` at a time, in block
     order, each from the nodes ``prefer`` names first (default: every update blob, from its
@@ -634,6 +690,7 @@ async def fetch_block_blobs(
     Only a head start: the verification loop asks for each block's blobs itself (and waits on
     a download under way rather than starting another), so a failure here costs nothing but
     the time. ``bench/sync_bench.py`` runs it alone to time the transport without verification.
+    ``window``: how far ahead of the verification it may run (``PrefetchWindow``).
     """
     owners: dict[str, str | tuple[str, ...]] = {}
     for block in blocks:
@@ -644,6 +701,8 @@ async def fetch_block_blobs(
     slots = asyncio.Semaphore(max(1, at_once))
 
     async def one(digest: str) -> None:
+        if window is not None and not await window.enter(digest):
+            return  # a verified block used it already: fetched by the verification itself
         async with slots:
             got = await fetcher.ensure_blobs(
                 [digest], timeout_s=BLOB_FETCH_TIMEOUT_S, prefer={digest: owners[digest]}

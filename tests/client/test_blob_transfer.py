@@ -739,3 +739,63 @@ def test_real_process_transfer_64mb_within_a_third_of_its_size(tmp_path: Path) -
 def test_real_process_transfer_100mb(tmp_path: Path) -> None:
     figures = _transfer(tmp_path, 100 * MB)
     print("100 MB transfer:", figures)
+
+
+class _Sink:
+    """A ``StreamSink`` that records what it was fed and whether (with what) it finished."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fed = bytearray()
+        self.finished: list[str] = []
+
+    def feed(self, data: bytes) -> None:
+        self.fed += data
+
+    def finish(self, digest: str) -> None:
+        self.finished.append(digest)
+
+
+def test_whole_first_feeds_a_sink_the_bytes_and_finishes_it_once_adopted(
+    peer: _Peer, tmp_path: Path
+) -> None:
+    digest = _blob(peer.store, 300_000)
+    local = BlobStore(tmp_path / "local")
+    client, _ = _recording_client(peer, piece=CHUNK // 3)
+    sinks: list[_Sink] = []
+
+    def sink(size: int) -> _Sink:
+        sinks.append(_Sink(size))
+        return sinks[-1]
+
+    with client:
+        fetch_blob(client, digest, local, max_bytes=MB, whole_first=True, sink=sink)
+    assert [s.size for s in sinks] == [300_000]
+    assert bytes(sinks[0].fed) == local.get(digest) and sinks[0].finished == [digest]
+
+
+def test_a_sink_is_never_finished_on_corrupt_or_resumed_bytes(peer: _Peer, tmp_path: Path) -> None:
+    """Bytes that do not hash to the name finish no sink; a resumed download feeds none."""
+    digest = _blob(peer.store, 200_000)
+    path = peer.store.path_for(digest)
+    good = path.read_bytes()
+    raw = bytearray(good)
+    raw[CHUNK + 5] ^= 1
+    path.write_bytes(bytes(raw))
+    sinks: list[_Sink] = []
+
+    def sink(size: int) -> _Sink:
+        sinks.append(_Sink(size))
+        return sinks[-1]
+
+    local = BlobStore(tmp_path / "local")
+    with pytest.raises(BlobError, match="corrupt"):
+        fetch_blob(peer.client, digest, local, max_bytes=MB, whole_first=True, sink=sink)
+    assert sinks and all(s.finished == [] for s in sinks)
+    path.write_bytes(good)
+    sinks.clear()
+    client, _ = _recording_client(peer, cut=2 * CHUNK + 1000)
+    with client:
+        fetch_blob(client, digest, local, max_bytes=MB, whole_first=True, sink=sink)
+    assert local.get(digest) == good
+    assert len(sinks) == 1 and sinks[0].finished == []  # the broken stream's sink only

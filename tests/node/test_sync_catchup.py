@@ -378,3 +378,76 @@ def test_a_bad_block_in_a_page_applied_at_once_stops_the_catch_up_there(
     assert node.state.height == node.ledger.height == bad - 1
     assert appends == [bad - 1]
     assert "invalid block" in (node.peers.peers[PEER].error or "")
+
+
+def test_a_verifying_nodes_prefetch_runs_a_bounded_window_ahead_of_its_checks() -> None:
+    """With a ``PrefetchWindow`` the page's downloads start at most ``ahead`` blobs past the
+    last one a verified block used (so each update's summary, taken as it downloaded, is still
+    kept when its block is checked); a blob the verification used before the prefetch came to
+    it is not fetched again."""
+    from bcfl_cli.node.sync import PrefetchWindow, fetch_block_blobs
+    from bcfl_cli.protocol.encoding import sha256_hex
+
+    digests = [sha256_hex(bytes([i])) for i in range(10)]
+    started: list[str] = []
+
+    class Fetcher:
+        async def ensure_blobs(self, wanted: list[str], **kw: Any) -> bool:
+            started.extend(wanted)
+            await asyncio.sleep(0)
+            return True
+
+    class Empty:
+        def has(self, digest: str) -> bool:
+            return False
+
+    def prefer(block: Any) -> dict[str, str | tuple[str, ...]]:
+        return dict.fromkeys(digests, "did:key:z")
+
+    async def run() -> None:
+        window = PrefetchWindow(3)
+        task = asyncio.create_task(
+            fetch_block_blobs(Fetcher(), Empty(), [None], prefer=prefer, at_once=4, window=window)  # type: ignore[arg-type, list-item]
+        )
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert started == digests[:3]  # three places, none used yet
+        window.used(digests[:2])
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert started == digests[:5]
+        window.used([digests[2], digests[3], digests[4], digests[5], digests[6]])  # 5, 6 by
+        for _ in range(20):  # the verification itself: they take no place, nor a download
+            await asyncio.sleep(0)
+        assert started == [*digests[:5], *digests[7:]]
+        await asyncio.wait_for(task, 5.0)
+
+    asyncio.run(run())
+
+
+def test_a_verifying_catch_up_judges_each_update_from_its_download(
+    source: Chain, fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each update is summarised as it downloads (hashed to its name, layout, exact norm), so
+    the contract's check reads no update file again, and the catch-up reaches the very head
+    (every verdict in the chain's validations recomputed equal); a restarted node, with no
+    summary, reads each file and reaches the same verdicts (``verify_chain --deep``)."""
+    from bcfl_cli.fl import contract
+
+    connect(fresh, served, monkeypatch)
+    node = fresh.node
+    updates = [tx.body["blob"] for b in served.blocks for tx in b.txs if tx.kind == "update"]
+    read: list[str] = []
+    real = contract._check_source
+
+    def counting(rules: Any, layout: Any, claim: Any, source: Any, **kw: Any) -> Any:
+        read.append(claim.blob)
+        return real(rules, layout, claim, source, **kw)
+
+    monkeypatch.setattr(contract, "_check_source", counting)
+    asyncio.run(node.syncer.pass_once())
+    assert node.state.head_hash == source.state.head_hash
+    assert all(node.summaries.get(d) is not None for d in updates) and updates
+    assert read == []
+    assert verify_chain(node.ledger, deep=True, checks=FLChecks(node.blobs), workers=1).ok
+    assert sorted(read) == sorted(updates)  # the full checks, from the files: the same verdicts
