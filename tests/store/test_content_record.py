@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bcfl_cli.errors import BlobError
 from bcfl_cli.fl import stored_aggregate
@@ -181,3 +183,24 @@ def test_check_answers_from_the_record_and_notes_what_it_hashed(tmp_path: Path) 
         f.write(b"T")
     assert BlobStore(tmp_path / "blobs").check(digest)[0] == "corrupt"
     assert reader.check(digest)[0] == "corrupt"
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.binary(min_size=1, max_size=3000), flip=st.integers(min_value=0))
+def test_any_changed_byte_under_the_noted_identity_is_found(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, flip: int
+) -> None:
+    """Whatever the bytes and whichever one changes, the record never answers True for them."""
+    path = tmp_path_factory.mktemp("record") / "blob"
+    changed = bytearray(data)
+    changed[flip % len(data)] ^= 1 + flip % 255
+    path.write_bytes(bytes(changed))
+    record = ContentRecord()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        record.note("b" * 64, fd, xxhash.xxh3_128(data).hexdigest())  # the bytes hashed
+        assert record.unchanged("b" * 64, fd) is False
+        record.note("b" * 64, fd, xxhash.xxh3_128(bytes(changed)).hexdigest())
+        assert record.unchanged("b" * 64, fd) is True
+    finally:
+        os.close(fd)
