@@ -22,7 +22,9 @@ XXH3 is no cryptographic hash, and it need not be here: the bytes were bound to 
 SHA-256 when they were noted, and the record lives in this process's memory; an attacker able
 to rewrite a node's blob files in place and keep their status change time owns that node (its
 key file and its ledger are in the same home) and can at most make it compute a wrong aggregate
-itself, which its peers outvote. verify-chain --deep still re-hashes every blob with SHA-256.
+itself, which its peers outvote. verify-chain's pass over a long chain (its helpers and the
+replaying process) re-hashes every blob with SHA-256 and neither asks nor fills this record
+(``BlobStore.check(remember=False)``).
 
 Bounded: the last ``MAX_RECORDED_BLOBS`` blobs, about 200 bytes each.
 """

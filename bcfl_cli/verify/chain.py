@@ -481,7 +481,7 @@ def _check_batch(blob_root: str, jobs: list[_Job]) -> _BatchResult:
     for index, (key, first, second) in enumerate(jobs):
         if key is None:
             assert isinstance(first, str) and not isinstance(second, bytes)
-            status, size = blobs.check(first)
+            status, size = blobs.check(first, remember=False)  # read once, then gone
             if status != "ok" or (second is not None and size != second):
                 return signatures, checked_blobs, (index, status, size)
             checked_blobs += 1

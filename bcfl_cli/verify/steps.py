@@ -64,8 +64,10 @@ def verify_blob(
     tx: str | None,
     what: str,
 ) -> None:
-    """§7 A referenced blob is present, hashes to its name, and has the size claimed."""
-    status, found = blobs.check(digest)
+    """§7 A referenced blob is present, hashes to its name, and has the size claimed:
+    SHA-256'd every time (``remember=False``), never answered from the store's content record,
+    so verify-chain's verdict rests on the protocol's hash alone in any process."""
+    status, found = blobs.check(digest, remember=False)
     error = blob_fault(digest, size, status, found, height=height, tx=tx, what=what)
     if error is not None:
         raise error

@@ -45,3 +45,32 @@ def test_check_streams_large_blobs(tmp_path, monkeypatch):
 def test_check_refuses_names_that_are_not_hashes(tmp_path, name):
     with pytest.raises(BlobError):
         BlobStore(tmp_path).check(name)
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 20])
+def test_check_without_the_record_hashes_and_notes_nothing(tmp_path, monkeypatch, chunk):
+    """verify-chain's pass (``remember=False``): the same verdicts as a store that never saw
+    the blobs, by SHA-256 alone; it neither trusts nor grows the content record."""
+    import bcfl_cli.store.blobs as module
+
+    monkeypatch.setattr(module, "CHUNK", chunk)
+    writer = BlobStore(tmp_path)
+    data = bytes(range(256)) * 3
+    digest, empty = writer.put(data), writer.put(b"")
+    reader = BlobStore(tmp_path)
+    assert reader.check(digest, remember=False) == ("ok", len(data))
+    assert reader.check(empty, remember=False) == ("ok", 0)
+    assert len(reader.record) == 0
+    # a record that would vouch for anything is not asked
+    monkeypatch.setattr(writer.record, "unchanged", lambda digest, fd: True)
+    path = writer.path_for(digest)
+    path.write_bytes(data[:-1])
+    assert writer.check(digest) == ("ok", len(data) - 1)  # what the record says...
+    assert writer.check(digest, remember=False) == ("corrupt", len(data) - 1)  # ...and SHA-256
+    path.unlink()
+    assert writer.check(digest, remember=False) == ("missing", 0)
+    path.mkdir()
+    assert writer.check(digest, remember=False) == ("missing", 0)
+    path.rmdir()
+    os.mkfifo(path)
+    assert writer.check(digest, remember=False) == ("missing", 0)

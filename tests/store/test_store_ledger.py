@@ -87,6 +87,41 @@ def test_migrations_match_the_table_definitions(tmp_path, store_backend):
     assert diffs == []
 
 
+def test_the_head_revision_is_alembics():
+    """``Ledger.open`` takes a store at ``HEAD_REVISION`` as current without Alembic: a new
+    migration must move the constant, or this fails."""
+    assert migrate.head_revision() == migrate.HEAD_REVISION
+
+
+def test_a_store_at_the_head_opens_without_alembic(tmp_path):
+    import subprocess
+    import sys
+
+    c = _consortium(tmp_path, StoreBackend("sqlite", None))
+    c.ledger.close()
+    probe = (
+        "import sys; from pathlib import Path; from bcfl_cli.home import Home; "
+        "from bcfl_cli.store.ledger import Ledger; "
+        f"ledger = Ledger.open(Home.resolve(Path({str(tmp_path)!r}))); "
+        "print(ledger.height, 'alembic' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.stdout.split() == ["0", "False"], done.stderr
+
+
+def test_a_store_from_the_future_is_refused(tmp_path, store_backend):
+    c = _consortium(tmp_path, store_backend)
+    c.ledger.close()
+    engine = make_engine(c.home.store_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    with pytest.raises(StoreError, match="'9999' is newer than this bcfl knows"):
+        Ledger.open(c.home)
+
+
 def test_older_schema_is_upgraded_on_open(tmp_path, store_backend):
     c = _consortium(tmp_path, store_backend)
     c.commit(
