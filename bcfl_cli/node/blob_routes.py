@@ -351,8 +351,9 @@ class BlobRoutes:
                 return _error(
                     413, "chunk_too_large", f"a chunk has at most {self.chunk_size} bytes"
                 )
-            pieces.append(piece)
-        body = b"".join(pieces)
+            if piece:  # Starlette ends every stream with b"": joined, it would copy the chunk
+                pieces.append(piece)
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         self.traffic.received(len(body))
         if len(body) != expected_len:
             return _error(

@@ -27,6 +27,7 @@ from typing import Any
 
 import nacl.signing
 import uvicorn
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp
 
 from bcfl_cli.apps.runner import bind_app
@@ -446,7 +447,10 @@ async def _serve(home: Home, identity: Identity, options: NodeOptions) -> None:
     """Run the node until SIGINT/SIGTERM; everything is closed on the way out."""
     advertised_authorities(options.host, options.port, options.advertise)  # before any work
     node = Node(home, identity, options)
-    await asyncio.to_thread(sweep_scratch, node.blobs.root)  # what a crash left in tmp/
+    # what a crash left in tmp/; through Starlette's thread pool (anyio), whose backend module
+    # would otherwise be imported by the first blob chunk a round receives (0.3-0.6 s of one
+    # round's push, issue 19)
+    await run_in_threadpool(sweep_scratch, node.blobs.root)
     if options.train is not None:
         # before serving: round 1 then costs what others do (the app bound as the trainer will)
         config = node.chain.state.config

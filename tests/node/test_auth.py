@@ -169,6 +169,22 @@ def test_digest_mismatch(app: _App) -> None:
     assert app.calls == []
 
 
+def test_large_body_digest_checked_off_the_loop() -> None:
+    """A body past THREADED_DIGEST_BYTES is digest-checked in a thread: the same verdicts."""
+    from bcfl_cli.node.auth import THREADED_DIGEST_BYTES
+
+    built = _App(NodeLimits(max_body_bytes=4 * THREADED_DIGEST_BYTES))
+    body = b"a" * (2 * THREADED_DIGEST_BYTES)
+    with built.http:
+        tampered = body[:-1] + b"b"
+        headers = _signed_headers(built.member, body)
+        _refused(built.http.post("/tx", content=tampered, headers=headers), 401, "digest_mismatch")
+        assert built.calls == []
+        response = built.http.post("/tx", content=body, headers=_signed_headers(built.member, body))
+        assert response.status_code == 200
+        assert built.calls == [("/tx", built.member_did, body)]
+
+
 def test_oversized_body() -> None:
     built = _App(NodeLimits(max_body_bytes=1024))
     body = b"x" * 2048
