@@ -32,11 +32,11 @@ import xxhash
 from bcfl_cli.errors import BlobError
 from bcfl_cli.fl.aggregation import StreamedAggregate, UpdateInput, aggregate_to
 from bcfl_cli.fl.tensorfile import (
-    HASH_CHUNK,
     TORCH_DTYPES,
     FileSource,
     LazyTensors,
     TensorFile,
+    feed_hashers,
     sha256_of,
 )
 from bcfl_cli.fl.tensors import DTYPE_SIZES, ByteSource
@@ -144,13 +144,7 @@ def sha256_and_sum(source: ByteSource) -> tuple[str, str]:
     """SHA-256 and XXH3-128 (``store.content_record``'s content sum) of every byte of
     ``source``, in one read."""
     hasher, summer = hashlib.sha256(), xxhash.xxh3_128()
-    buffer = bytearray(min(HASH_CHUNK, source.size))
-    view = memoryview(buffer)
-    for offset in range(0, source.size, HASH_CHUNK):
-        piece = view[: min(HASH_CHUNK, source.size - offset)]
-        source.read_into(offset, piece)
-        hasher.update(piece)
-        summer.update(piece)
+    feed_hashers(source, hasher, summer)
     return hasher.hexdigest(), summer.hexdigest()
 
 

@@ -23,6 +23,7 @@ import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -122,15 +123,28 @@ class FileSource:
             self.close()
 
 
-def sha256_of(source: ByteSource) -> str:
-    """SHA-256 of every byte of ``source``, read ``HASH_CHUNK`` at a time into one buffer."""
-    digest = hashlib.sha256()
+class Hasher(Protocol):
+    """What :func:`feed_hashers` needs of a hash object (hashlib's, xxhash's)."""
+
+    def update(self, data: memoryview, /) -> None: ...
+
+
+def feed_hashers(source: ByteSource, *hashers: Hasher) -> None:
+    """Every byte of ``source`` to each of ``hashers``, read ``HASH_CHUNK`` at a time into
+    one buffer: several sums of a file in one read of it."""
     buffer = bytearray(min(HASH_CHUNK, source.size))
     view = memoryview(buffer)
     for offset in range(0, source.size, HASH_CHUNK):
         piece = view[: min(HASH_CHUNK, source.size - offset)]
         source.read_into(offset, piece)
-        digest.update(piece)
+        for hasher in hashers:
+            hasher.update(piece)
+
+
+def sha256_of(source: ByteSource) -> str:
+    """SHA-256 of every byte of ``source``, read ``HASH_CHUNK`` at a time into one buffer."""
+    digest = hashlib.sha256()
+    feed_hashers(source, digest)
     return digest.hexdigest()
 
 
