@@ -31,7 +31,9 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -60,6 +62,12 @@ SCOPE_KEY = "bcfl.peer_did"
 LIMITER_KEY = "bcfl.peer_limiter"
 #: A body at least this long has its Content-Digest checked in a worker thread, not on the loop.
 THREADED_DIGEST_BYTES = 256 * 1024
+#: Threads of the pool those checks run on: their own, not the event loop's default executor,
+#: which a node's long jobs fill (a trainer's push holds one thread a peer for the whole upload,
+#: downloads one a blob): behind them, two nodes pushing to each other would each wait for the
+#: other's digest check to acknowledge a chunk (a deadlock broken only by timeouts).
+DIGEST_THREADS = 2
+_DIGEST_POOL = ThreadPoolExecutor(DIGEST_THREADS, thread_name_prefix="bcfl-digest")
 MAX_HEADER_BYTES = 32 * 1024
 #: The longest a signed body may take to arrive, whole (the gap between pieces is bounded
 #: apart, by the app's read timeout): 8 MiB at 140 KB/s.
@@ -276,9 +284,8 @@ class SignatureAuth:
             if len(body) >= THREADED_DIGEST_BYTES:
                 # SHA-256 releases the GIL: in a thread, the loop goes on reading other peers'
                 # chunks meanwhile (a 4 MiB blob chunk held the loop 2-3 ms, issue 19)
-                await asyncio.to_thread(
-                    check_body, head.view, head.verified, body, policy=self.policy
-                )
+                check = partial(check_body, head.view, head.verified, body, policy=self.policy)
+                await asyncio.get_running_loop().run_in_executor(_DIGEST_POOL, check)
             else:
                 check_body(head.view, head.verified, body, policy=self.policy)
         except SignatureError as exc:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import nacl.signing
@@ -183,6 +185,28 @@ def test_large_body_digest_checked_off_the_loop() -> None:
         response = built.http.post("/tx", content=body, headers=_signed_headers(built.member, body))
         assert response.status_code == 200
         assert built.calls == [("/tx", built.member_did, body)]
+
+
+def test_large_body_digest_checked_on_its_own_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not on the loop's default executor, which a node's pushes and downloads fill: a chunk's
+    acknowledgement must never wait for them (two nodes pushing to each other would deadlock)."""
+    import bcfl_cli.node.auth as auth
+    from bcfl_cli.node.auth import THREADED_DIGEST_BYTES
+
+    threads: list[str] = []
+    check = auth.check_body
+
+    def recording(*args: Any, **kwargs: Any) -> None:
+        threads.append(threading.current_thread().name)
+        check(*args, **kwargs)
+
+    monkeypatch.setattr(auth, "check_body", recording)
+    built = _App(NodeLimits(max_body_bytes=4 * THREADED_DIGEST_BYTES))
+    body = b"a" * (2 * THREADED_DIGEST_BYTES)
+    with built.http:
+        response = built.http.post("/tx", content=body, headers=_signed_headers(built.member, body))
+        assert response.status_code == 200
+    assert len(threads) == 1 and threads[0].startswith("bcfl-digest"), threads
 
 
 def test_oversized_body() -> None:
