@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -310,6 +310,18 @@ def test_an_early_page_from_a_peer_on_another_genesis_is_not_used(
     assert node.peers.peers[PEER].refused
 
 
+class _NoBlobs:
+    """A store that holds none of the page's blobs (the prefetch tests)."""
+
+    def has(self, digest: str) -> bool:
+        return False
+
+
+def _all_from_one_peer(digests: list[str]) -> Callable[[Any], dict[str, str | tuple[str, ...]]]:
+    """A ``prefer`` that names one peer for each of ``digests``, whatever the block."""
+    return lambda block: dict.fromkeys(digests, "did:key:z")
+
+
 def test_a_pages_models_download_together_up_to_a_bound() -> None:
     """``fetch_block_blobs`` runs at most ``at_once`` downloads at a time (a member that takes
     the quorum's word starts a page's models together, up to ``PREFETCH_MODELS``)."""
@@ -328,16 +340,11 @@ def test_a_pages_models_download_together_up_to_a_bound() -> None:
             running -= 1
             return True
 
-    class Empty:
-        def has(self, digest: str) -> bool:
-            return False
-
-    def prefer(block: Any) -> dict[str, str | tuple[str, ...]]:
-        return dict.fromkeys(digests, "did:key:z")
+    prefer, none = _all_from_one_peer(digests), _NoBlobs()
 
     for at_once in (2, PREFETCH_MODELS):
         peak = 0
-        asyncio.run(fetch_block_blobs(Fetcher(), Empty(), [None], prefer=prefer, at_once=at_once))  # type: ignore[arg-type, list-item]
+        asyncio.run(fetch_block_blobs(Fetcher(), none, [None], prefer=prefer, at_once=at_once))  # type: ignore[arg-type, list-item]
         assert peak == at_once
 
 
@@ -397,17 +404,12 @@ def test_a_verifying_nodes_prefetch_runs_a_bounded_window_ahead_of_its_checks() 
             await asyncio.sleep(0)
             return True
 
-    class Empty:
-        def has(self, digest: str) -> bool:
-            return False
-
-    def prefer(block: Any) -> dict[str, str | tuple[str, ...]]:
-        return dict.fromkeys(digests, "did:key:z")
+    prefer, none = _all_from_one_peer(digests), _NoBlobs()
 
     async def run() -> None:
         window = PrefetchWindow(3)
         task = asyncio.create_task(
-            fetch_block_blobs(Fetcher(), Empty(), [None], prefer=prefer, at_once=4, window=window)  # type: ignore[arg-type, list-item]
+            fetch_block_blobs(Fetcher(), none, [None], prefer=prefer, at_once=4, window=window)  # type: ignore[arg-type, list-item]
         )
         for _ in range(20):
             await asyncio.sleep(0)
