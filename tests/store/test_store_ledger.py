@@ -111,17 +111,6 @@ def test_a_store_at_the_head_opens_without_alembic(tmp_path):
     assert done.stdout.split() == ["0", "False"], done.stderr
 
 
-def test_a_store_from_the_future_is_refused(tmp_path, store_backend):
-    c = _consortium(tmp_path, store_backend)
-    c.ledger.close()
-    engine = make_engine(c.home.store_url)
-    with engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
-    engine.dispose()
-    with pytest.raises(StoreError, match="'9999' is newer than this bcfl knows"):
-        Ledger.open(c.home)
-
-
 def test_older_schema_is_upgraded_on_open(tmp_path, store_backend):
     c = _consortium(tmp_path, store_backend)
     c.commit(
@@ -154,6 +143,9 @@ def test_newer_schema_is_refused(tmp_path, store_backend):
     with pytest.raises(StoreError) as info:
         Ledger.open(c.home)
     assert "9999_from_the_future" in info.value.message and "newer" in info.value.message
+    # the store opened at the head without Alembic reads the version row itself: any other
+    # revision still goes through Alembic, which names it
+    assert "'9999_from_the_future' is newer than this bcfl knows" in info.value.message
 
 
 def test_create_refuses_an_existing_store_and_a_mismatched_document(tmp_path, store_backend):
