@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from bcfl_cli.client.transport import SignedClient
@@ -86,7 +87,23 @@ class Served:
         return {"blocks": [b.to_dict() for b in self.blocks[start : start + limit]]}
 
     def blob_client(self, peer: PeerInfo) -> SignedClient:
-        return SignedClient(key("alice"), PEER, transport=self.http._transport)  # type: ignore[arg-type]
+        return SignedClient(key("alice"), PEER, transport=_Borrowed(self.http._transport))
+
+
+class _Borrowed(httpx.BaseTransport):
+    """The served app's transport, lent to one blob client: closing the client must not close
+    it. Starlette's test transport aborts every open response when closed, so a download that
+    ends and closes its client would cut the other downloads streaming beside it (issue 21: a
+    cut whole download resumes through the manifest and, by design, keeps no summary)."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        """The served app's ``TestClient`` closes its transport, once, at the end."""
 
 
 def connect(fresh: LocalNode, served: Served, monkeypatch: pytest.MonkeyPatch) -> list[int]:
