@@ -128,3 +128,57 @@ def test_tampered_rows_are_named_alike(tmp_path, pooled):
         assert _both(ledger).ok
     conn.close()
     assert flips >= 40, flips
+
+
+def _freezes_seen(monkeypatch) -> list[int]:
+    """``gc.get_freeze_count()`` as each helper is forked (what the replay runs beside)."""
+    import gc
+
+    seen: list[int] = []
+    real = verify_module.SharedChecks.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(gc.get_freeze_count())
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(verify_module.SharedChecks, "__init__", spy)
+    return seen
+
+
+def test_the_callers_objects_are_frozen_for_the_pass_only(tmp_path, pooled, monkeypatch):
+    """A pass keeps the caller's objects out of the collector's walks (and, forked, their pages
+    from being copied) and hands them back after it, whatever the verdict."""
+    import gc
+
+    seen = _freezes_seen(monkeypatch)
+    c = realistic_chain(tmp_path)
+    assert gc.get_freeze_count() == 0
+    assert verify_chain(c.ledger, workers=2).ok
+    assert seen and seen[0] > 0
+    assert gc.get_freeze_count() == 0
+    c.ledger.blobs.path_for(c.blocks[-1].txs[0].body["model"]).unlink()
+    assert verify_chain(c.ledger, workers=2).fault.code == "blob_missing"
+    assert gc.get_freeze_count() == 0
+    c.ledger.close()
+
+
+def test_a_callers_own_freeze_or_disabled_collector_is_left_alone(tmp_path, pooled, monkeypatch):
+    import gc
+
+    seen = _freezes_seen(monkeypatch)
+    c = realistic_chain(tmp_path)
+    gc.disable()
+    try:
+        assert verify_chain(c.ledger, workers=2).ok
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert verify_chain(c.ledger, workers=2).ok
+        assert gc.get_freeze_count() == frozen  # not unfrozen by the pass
+    finally:
+        gc.unfreeze()
+    assert seen[0] == 0
+    c.ledger.close()
