@@ -67,6 +67,7 @@ import asyncio  # noqa: E402
 import httpx  # noqa: E402
 import nacl.signing  # noqa: E402
 
+from bcfl_cli.client.large_body import LargeBodyTransport  # noqa: E402
 from bcfl_cli.client.transport import SignedClient  # noqa: E402
 from bcfl_cli.demo.launcher import Member, free_ports  # noqa: E402
 from bcfl_cli.identity.keystore import load_identity  # noqa: E402
@@ -282,8 +283,11 @@ class SourcePeer:
     def live(self) -> list[PeerInfo]:
         return [self.peer]
 
-    def blob_client(self, peer: PeerInfo) -> SignedClient:
-        return SignedClient(self.key, peer.url + "/v1", retries=1, timeout=30.0)
+    def blob_client(self, peer: PeerInfo, *, download: bool = False) -> SignedClient:
+        transport = LargeBodyTransport() if download else None  # as the node's (http peers)
+        return SignedClient(
+            self.key, peer.url + "/v1", retries=1, timeout=30.0, transport=transport
+        )
 
 
 def node_transport(
