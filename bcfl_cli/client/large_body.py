@@ -19,7 +19,10 @@ by its declared length (never a byte past it is read; one that ends early is a
 download. Every failure is an ``httpx.TransportError``, which the blob fetcher already treats as
 a broken download (it resumes through the manifest); the caller still hashes every byte
 against the blob's name. One connection a request, closed with the response: a node's blob
-client makes one download a client (``BlobService``), so there is no pool to keep.
+client makes one download a client (``BlobService``), so there is no pool to keep. Nothing is
+read from the environment (no proxies, no ``SSL_CERT_FILE``: httpx's ``trust_env`` has no
+counterpart here), and TLS is the caller's context as given, with the request's host as the
+server name (SNI, and the hostname check when the context asks for one), as httpcore does.
 """
 
 from __future__ import annotations

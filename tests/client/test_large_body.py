@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from bcfl_cli.client.large_body import MAX_HEAD_BYTES, PIECE_BYTES, LargeBodyTra
 from bcfl_cli.client.tls import _exact_context
 from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.demo.launcher import free_ports
+from bcfl_cli.errors import BlobError
 from bcfl_cli.identity.tls_cert import certificate_from_seed
 from bcfl_cli.node.blob_routes import blob_app
 from bcfl_cli.protocol.crypto import did_from_public_key
@@ -210,6 +212,28 @@ def test_over_tls_the_peer_must_show_the_pinned_certificate() -> None:
             _pieces(f"{s.url}/whole", LargeBodyTransport(verify=_exact_context(other.der)))
 
 
+def test_over_tls_a_context_that_checks_hostnames_judges_as_under_httpx() -> None:
+    """A CA-style context (hostname checked; the node's non-pinned mode): the server name is
+    the request's host, as httpcore sets it, so both transports agree on every URL."""
+    cert = certificate_from_seed(hashlib.sha256(b"a named peer").digest())
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, hostname checked
+    context.load_verify_locations(cadata=cert.der)
+    with cert.pem_files() as files, _Served(_app(), tls=files) as s:
+        for host in ("127.0.0.1", "localhost"):
+            url = f"https://{host}:{s.port}/whole"
+            verdicts = []
+            for transport in (
+                LargeBodyTransport(verify=context),
+                httpx.HTTPTransport(verify=context),
+            ):
+                try:
+                    verdicts.append(b"".join(_pieces(url, transport)) == BODY)
+                except httpx.ConnectError as exc:
+                    verdicts.append(type(exc).__name__)
+            assert verdicts[0] == verdicts[1], (host, verdicts)
+            assert verdicts[0] == "ConnectError"  # its name is no host name: refused by both
+
+
 # --- hostile peers: scripted answers from a bare socket ----------------------------------------
 class _Scripted:
     """A loopback listener that reads each request's head and answers with ``script``'s bytes,
@@ -276,6 +300,26 @@ def test_no_byte_past_the_declared_length_is_taken(scripted: _Scripted) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body + b"EXTRA" * 1000
     )
     assert scripted.get() == body
+
+
+def test_a_body_without_a_length_is_read_to_the_close_by_h11(scripted: _Scripted) -> None:
+    scripted.script = b"HTTP/1.1 200 OK\r\n\r\n" + b"z" * 100_000
+    assert scripted.get() == b"z" * 100_000
+
+
+def test_a_length_over_the_blob_cap_is_refused_before_the_body_is_read(
+    scripted: _Scripted, tmp_path: Path
+) -> None:
+    scripted.script = b"HTTP/1.1 200 OK\r\nContent-Length: 50000000\r\n\r\n" + b"w" * 1000
+    store = BlobStore(tmp_path / "local")
+    key = nacl.signing.SigningKey.generate()
+    url = f"http://127.0.0.1:{scripted.port}"
+    with (
+        SignedClient(key, url, transport=LargeBodyTransport(), retries=0) as client,
+        pytest.raises(BlobError, match="over the limit"),
+    ):
+        fetch_blob(client, "ab" * 32, store, max_bytes=1_000_000, whole_first=True)
+    assert not store.has("ab" * 32)
 
 
 def test_a_head_past_the_limit_or_garbage_is_a_transport_error(scripted: _Scripted) -> None:
