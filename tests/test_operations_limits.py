@@ -424,6 +424,7 @@ def _bindings() -> dict[str, list[str]]:
             f"), {node_sync.PREFETCH_MODELS} (a trainer-only member's models",
             f"at most {node_sync.PREFETCH_AHEAD} update blobs ahead",
             f"{mib(large_body.PIECE_BYTES)} at a time",
+            f"handed on after {s(large_body.PIECE_WAIT_S)} however little came",
             f"once {kib(large_body.MAX_HEAD_BYTES)} came",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [

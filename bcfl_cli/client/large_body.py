@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -37,6 +38,10 @@ import httpx
 
 #: Bytes a download reads from the socket before it hands them on (one buffer a download).
 PIECE_BYTES = 1024 * 1024
+#: Seconds a piece may wait to fill before what it holds is handed on: a peer that trickles
+#: bytes must not keep the download's caller (its cancel check, its progress) waiting for a
+#: whole piece, only for the read timeout between two of its bytes, as under httpx.
+PIECE_WAIT_S = 0.25
 #: Bytes of a response's status line and headers that h11 takes without seeing their end
 #: (its own default, as under httpx; said here).
 MAX_HEAD_BYTES = 16 * 1024
@@ -213,7 +218,12 @@ class _BodyStream(httpx.SyncByteStream):
             piece = bytearray(min(PIECE_BYTES, left))
             view = memoryview(piece)
             filled = 0
+            began = time.monotonic()
             while filled < len(piece):
+                if filled and time.monotonic() - began > PIECE_WAIT_S:
+                    del view  # a bytearray with a live view cannot be resized
+                    del piece[filled:]
+                    break
                 try:
                     count = self._sock.recv_into(view[filled:])
                 except TimeoutError as exc:
@@ -233,4 +243,4 @@ class _BodyStream(httpx.SyncByteStream):
         self._sock.close()
 
 
-__all__ = ["MAX_HEAD_BYTES", "PIECE_BYTES", "LargeBodyTransport"]
+__all__ = ["MAX_HEAD_BYTES", "PIECE_BYTES", "PIECE_WAIT_S", "LargeBodyTransport"]

@@ -25,7 +25,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bcfl_cli.client.blobs import fetch_blob
-from bcfl_cli.client.large_body import MAX_HEAD_BYTES, PIECE_BYTES, LargeBodyTransport
+from bcfl_cli.client.large_body import (
+    MAX_HEAD_BYTES,
+    PIECE_BYTES,
+    PIECE_WAIT_S,
+    LargeBodyTransport,
+)
 from bcfl_cli.client.tls import _exact_context
 from bcfl_cli.client.transport import SignedClient
 from bcfl_cli.demo.launcher import free_ports
@@ -337,6 +342,43 @@ def test_a_peer_that_stops_sending_runs_into_the_read_timeout(scripted: _Scripte
     scripted.hang = True
     with pytest.raises(httpx.ReadTimeout):
         scripted.get(timeout=0.2)
+
+
+def test_a_trickling_peer_hands_on_what_it_sent_before_a_piece_fills() -> None:
+    """A peer that sends a few bytes at a time within the read timeout must not hold the
+    download's caller (its cancel check between pieces) until a whole piece has come: what
+    arrived is handed on after ``PIECE_WAIT_S``, as httpx hands on every read."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % PIECE_BYTES)
+            while not stop.wait(0.02):
+                try:
+                    conn.sendall(b"t" * 10)
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    port = listener.getsockname()[1]
+    try:
+        with (
+            httpx.Client(transport=LargeBodyTransport(), timeout=5.0) as client,
+            client.stream("GET", f"http://127.0.0.1:{port}/x") as response,
+        ):
+            began = time.monotonic()
+            first = next(response.iter_raw())
+            waited = time.monotonic() - began
+        assert 0 < len(first) < PIECE_BYTES and set(bytes(first)) == {ord("t")}
+        assert waited < PIECE_WAIT_S + 4.0  # not the ~35 minutes a whole piece would take
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=5)
 
 
 def test_nobody_listening_is_a_connect_error() -> None:
