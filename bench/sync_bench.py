@@ -32,10 +32,13 @@ chunk hashes, the whole file hashed again at adoption), with a bare httpx client
 node's own routes (the serving side alone), and with the raw transfer below.
 
 The baseline, measured in the same run: the very same bytes (the block pages the node serves
-and the update blobs) served by a bare Starlette app on uvicorn and downloaded with one reused
-httpx client, streaming, in the same order, with no hashing, checks or disk writes: the
-transport's limit on this machine; the app runs in a thread of the bench and, as a second arm,
-in a process of its own (as a serving node is).
+and the update blobs) served by a bare Starlette app on uvicorn and downloaded with one httpx
+client, streaming, in the same order, with no hashing, checks or disk writes: the transport's
+limit on this machine; the app runs in a thread of the bench and, as a second arm, in a process
+of its own (as a serving node is). Since session 9 the client reads each body as the node's
+own downloads do, straight from the socket 1 MiB at a time (``LargeBodyTransport``), the
+fastest plain client at hand: a baseline at its best; the same arm through httpx's own transport
+(64 KiB pieces through httpcore and h11, the raw arm before) is reported beside it.
 
 ``--before REV`` also catches up verifying nodes running ``bcfl_cli`` as of REV (``git
 archive``), alternating with this code, ``--pairs`` times, and as many trainer-only members
@@ -67,6 +70,7 @@ import asyncio  # noqa: E402
 import httpx  # noqa: E402
 import nacl.signing  # noqa: E402
 
+from bcfl_cli.client.large_body import LargeBodyTransport  # noqa: E402
 from bcfl_cli.client.transport import SignedClient  # noqa: E402
 from bcfl_cli.demo.launcher import Member, free_ports  # noqa: E402
 from bcfl_cli.identity.keystore import load_identity  # noqa: E402
@@ -120,7 +124,13 @@ def raw_app(pages: list[bytes], blobs: list[bytes]) -> Any:
             for start in range(0, len(data), 1 << 20):
                 yield bytes(view[start : start + (1 << 20)])
 
-        return StreamingResponse(chunks(), media_type="application/octet-stream")
+        # its length said, as the node's blob route says it: the client may read the body
+        # straight from the socket (LargeBodyTransport), the node's own download path
+        return StreamingResponse(
+            chunks(),
+            media_type="application/octet-stream",
+            headers={"content-length": str(len(data))},
+        )
 
     return Starlette(routes=[Route("/pages/{i:int}", page), Route("/blobs/{i:int}", blob)])
 
@@ -209,18 +219,25 @@ def raw_transfer(
     *,
     apart: Path | None = None,
     durable: Path | None = None,
+    httpx_transport: bool = False,
 ) -> tuple[float, float]:
     """Median seconds to download every page and blob once over loopback (wall; and the CPU of
     this process: client and server thread together, or the client alone when the server runs
     in a process of its own, ``apart``: a folder for its files). ``durable``: a folder where
     each blob is also hashed (SHA-256), written and fsynced as it streams, what a node must do
-    with a blob before it may rely on it: the floor of a durable download, not of the wire."""
+    with a blob before it may rely on it: the floor of a durable download, not of the wire.
+
+    The client reads each body as the node's downloads do (``LargeBodyTransport``: straight from
+    the socket, 1 MiB at a time), the fastest plain client at hand; ``httpx_transport``: through
+    httpx's own transport (64 KiB pieces through httpcore and h11), the raw arm before session 9.
+    """
     times = []
     cpus = []
     server_cm: RawServer | RawServerProcess = (
         RawServer(pages, blobs) if apart is None else RawServerProcess(pages, blobs, apart)
     )
-    with server_cm as server, httpx.Client(timeout=60.0) as client:
+    transport = None if httpx_transport else LargeBodyTransport()
+    with server_cm as server, httpx.Client(timeout=60.0, transport=transport) as client:
         base = f"http://127.0.0.1:{server.port}"
         for _ in range(repeats):
             start = time.perf_counter()
@@ -231,13 +248,13 @@ def raw_transfer(
             for i in range(len(blobs)):
                 with client.stream("GET", f"{base}/blobs/{i}") as response:
                     if durable is None:
-                        for chunk in response.iter_bytes(1 << 20):
+                        for chunk in response.iter_raw():
                             got += len(chunk)
                         continue
                     durable.mkdir(parents=True, exist_ok=True)
                     hasher = hashlib.sha256()
                     with open(durable / f"blob-{i}", "wb") as out:
-                        for chunk in response.iter_bytes(1 << 20):
+                        for chunk in response.iter_raw():
                             got += len(chunk)
                             hasher.update(chunk)
                             out.write(chunk)
@@ -254,18 +271,19 @@ def raw_transfer(
 
 
 def bare_client_on_node(url: str, height: int, digests: list[str]) -> tuple[float, float]:
-    """Seconds (wall, client CPU) for a bare httpx client (no signature, no checks, nothing
-    written) to download the pages and update blobs from the serving node's own routes: what
-    the node's serving side costs, apart from the fetching side."""
+    """Seconds (wall, client CPU) for a bare client (the node's download transport, but no
+    signature, no checks, nothing written) to download the pages and update blobs from the
+    serving node's own routes: what the node's serving side costs, apart from the fetching
+    side."""
     start = time.perf_counter()
     cpu = time.process_time()
-    with httpx.Client(timeout=60.0) as client:
+    with httpx.Client(timeout=60.0, transport=LargeBodyTransport()) as client:
         for first in range(1, height + 1, BLOCKS_PER_REQUEST):
             limit = min(BLOCKS_PER_REQUEST, height - first + 1)
             client.get(f"{url}/v1/blocks", params={"start": first, "limit": limit})
         for digest in digests:
             with client.stream("GET", f"{url}/v1/blobs/{digest}") as response:
-                for _ in response.iter_bytes(1 << 20):
+                for _ in response.iter_raw():
                     pass
     return time.perf_counter() - start, time.process_time() - cpu
 
@@ -282,8 +300,11 @@ class SourcePeer:
     def live(self) -> list[PeerInfo]:
         return [self.peer]
 
-    def blob_client(self, peer: PeerInfo) -> SignedClient:
-        return SignedClient(self.key, peer.url + "/v1", retries=1, timeout=30.0)
+    def blob_client(self, peer: PeerInfo, *, download: bool = False) -> SignedClient:
+        transport = LargeBodyTransport() if download else None  # as the node's (http peers)
+        return SignedClient(
+            self.key, peer.url + "/v1", retries=1, timeout=30.0, transport=transport
+        )
 
 
 def node_transport(
@@ -498,6 +519,7 @@ def run(
             key = load_identity(consortium.spares[0].home, PASSPHRASE.encode()).signing_key
             raw_runs: list[tuple[float, float]] = []
             apart_runs: list[tuple[float, float]] = []
+            apart_httpx_runs: list[tuple[float, float]] = []
             durable_runs: list[tuple[float, float]] = []
             raw_model_runs: list[tuple[float, float]] = []
             raw_model_apart_runs: list[tuple[float, float]] = []
@@ -518,6 +540,11 @@ def run(
                 apart_runs.append(
                     raw_transfer(pages, blobs, repeats=1, apart=root / f"raw-apart-{i}")
                 )
+                apart_httpx_runs.append(
+                    raw_transfer(
+                        pages, blobs, repeats=1, apart=root / f"raw-httpx-{i}", httpx_transport=True
+                    )
+                )
                 durable_runs.append(
                     raw_transfer(
                         pages,
@@ -531,6 +558,7 @@ def run(
         t_first_at, h_first = first
         raw_s = statistics.median(r[0] for r in raw_runs)
         apart_s = statistics.median(r[0] for r in apart_runs)
+        apart_httpx_s = statistics.median(r[0] for r in apart_httpx_runs)
         durable_s = statistics.median(r[0] for r in durable_runs)
         bare_s = statistics.median(r[0] for r in bare_runs)
         raw_model_s = statistics.median(r[0] for r in raw_model_runs)
@@ -570,8 +598,19 @@ def run(
             ),
             ("bcfl transport alone (the node's fetch code)", height, total_bytes, alone_s),
             ("- the fetch path before issue 21 (manifest first)", height, total_bytes, before_s),
-            ("raw loopback HTTP (uvicorn + httpx)", height, total_bytes, raw_s),
+            (
+                "raw loopback HTTP (uvicorn; bodies read 1 MiB at a time)",
+                height,
+                total_bytes,
+                raw_s,
+            ),
             ("- raw, the server in a process of its own", height, total_bytes, apart_s),
+            (
+                "- raw (own process), read through httpx's own transport",
+                height,
+                total_bytes,
+                apart_httpx_s,
+            ),
             (
                 "- raw (own process), each blob hashed, written, fsynced",
                 height,

@@ -33,6 +33,7 @@ from bcfl_cli.chain import state as chain_state
 from bcfl_cli.cli.app import app
 from bcfl_cli.client import api as client_api
 from bcfl_cli.client import blobs as blob_fetch
+from bcfl_cli.client import large_body
 from bcfl_cli.client import transport as client
 from bcfl_cli.fl import checks as fl_checks
 from bcfl_cli.fl import data, tensorfile, tensors, update_file, update_summary
@@ -422,6 +423,9 @@ def _bindings() -> dict[str, list[str]]:
             f"; {node_sync.PREFETCH_BLOBS} downloads at once",
             f"), {node_sync.PREFETCH_MODELS} (a trainer-only member's models",
             f"at most {node_sync.PREFETCH_AHEAD} update blobs ahead",
+            f"{mib(large_body.PIECE_BYTES)} at a time",
+            f"handed on after {s(large_body.PIECE_WAIT_S)} however little came",
+            f"once {kib(large_body.MAX_HEAD_BYTES)} came",
         ],
         "pending-transaction wait in `submit`, `members approve/remove`": [
             f"{s(client_api.DEFAULT_WAIT_S)} (`--timeout`)",

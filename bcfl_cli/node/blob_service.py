@@ -203,7 +203,7 @@ class BlobService:
         sink = None if summaries is None else partial(SummarySink, summaries=summaries)
 
         def work() -> None:
-            with self.peers.blob_client(peer) as client:
+            with self.peers.blob_client(peer, download=True) as client:
                 fetch_blob(
                     client,
                     digest,

@@ -34,6 +34,7 @@ import httpx
 import nacl.signing
 import yarl
 
+from bcfl_cli.client.large_body import LargeBodyTransport
 from bcfl_cli.client.transport import SignedClient, shared_ssl_context
 from bcfl_cli.errors import BcflError, EncodingError
 from bcfl_cli.node.logging import fields
@@ -409,19 +410,22 @@ class Peers:
         except TlsRefused as exc:
             raise Refusal(exc.message, code=exc.reason) from exc
 
-    def blob_client(self, peer: PeerInfo) -> SignedClient:
+    def blob_client(self, peer: PeerInfo, *, download: bool = False) -> SignedClient:
         """A synchronous signed client for ``blob_fetch`` (run it in a thread), under the same
-        TLS rules (its certificate check may do a handshake: call it in that thread too)."""
+        TLS rules (its certificate check may do a handshake: call it in that thread too).
+        ``download``: for one download (``BlobService``), whose body it reads a large piece
+        at a time (``LargeBodyTransport``); else pooled (an upload's many chunks)."""
         self._refuse_clear_text(peer)
         try:
             verify = self.trust.httpx_verify(peer.url, peer.did)
         except BcflError as exc:
             raise Refusal(exc.message, code=getattr(exc, "reason", "unreachable")) from exc
         # the blob bytes it moves, as they stream, go to this node's traffic counts
-        transport = CountingTransport(
-            httpx.HTTPTransport(verify=shared_ssl_context() if verify is None else verify),
-            self.traffic,
+        context = shared_ssl_context() if verify is None else verify
+        inner: httpx.BaseTransport = (
+            LargeBodyTransport(verify=context) if download else httpx.HTTPTransport(verify=context)
         )
+        transport = CountingTransport(inner, self.traffic)
         return SignedClient(
             self._key, peer.url + "/v1", retries=1, timeout=30.0, transport=transport
         )

@@ -308,3 +308,28 @@ def test_update_check_cpu_compares_the_full_check_with_the_summary():
     assert row["digests x 3 (before) s"] >= row["digests x 1 (after) s"] >= 0
     # "verdicts equal" also says that the split sum of squares gave the bins' integer
     assert row["squares, exponent bins (before) s"] >= 0 and row["squares, split (after) s"] >= 0
+
+
+def test_the_raw_arms_read_bodies_straight_from_the_socket_or_through_httpx(tmp_path):
+    """Since session 9 the raw arms read as the node's downloads do (a baseline at its best);
+    the raw app says each blob's length, which that read needs; httpx's own transport stays
+    an arm of its own."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette 1.x nudges towards httpx2 for its TestClient
+        from starlette.testclient import TestClient
+
+    blob = bytes(range(256)) * 8192
+    with TestClient(sync_bench.raw_app([b"[]"], [blob])) as client:
+        response = client.get("/blobs/0")
+    assert response.headers["content-length"] == str(len(blob)) and response.content == blob
+    for httpx_transport in (False, True):
+        seconds, cpu = sync_bench.raw_transfer(
+            [b"[]"],
+            [blob],
+            repeats=1,
+            apart=tmp_path / f"raw-{httpx_transport}",
+            httpx_transport=httpx_transport,
+        )
+        assert 0 < seconds < 30 and cpu >= 0

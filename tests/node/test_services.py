@@ -144,7 +144,7 @@ class Peers(Gossip):
         super().__init__(peers)
         self.asked: list[str] = []
 
-    def blob_client(self, peer: PeerInfo) -> SignedClient:
+    def blob_client(self, peer: PeerInfo, *, download: bool = False) -> SignedClient:
         self.asked.append(peer.url)
         raise OSError("no route")
 

@@ -77,3 +77,32 @@ def test_a_trainer_only_node_needs_the_models_a_validator_the_updates(tmp_path) 
     scope.on_commit(closing)
     assert scope.unverified_rounds() == [1]
     assert any(tx.kind is TxKind.AGGREGATE for tx in closing.txs) and size > 0
+
+
+def test_a_download_client_reads_large_bodies_and_counts_them_an_upload_client_pools() -> None:
+    """``Peers.blob_client(download=True)`` (what ``BlobService`` asks for): the body read a
+    large piece at a time (``LargeBodyTransport``), still counted as it streams."""
+    import nacl.signing
+
+    from bcfl_cli.client.large_body import PIECE_BYTES, LargeBodyTransport
+    from bcfl_cli.node.peers import PeerInfo, Peers
+    from tests.client.test_large_body import BODY, _app, _Served
+
+    traffic = BlobTraffic()
+    with _Served(_app()) as served:
+        peers = Peers(
+            nacl.signing.SigningKey.generate(),
+            [served.url],
+            self_url="http://127.0.0.1:1",
+            traffic=traffic,
+        )
+        peer = PeerInfo(served.url.removesuffix("/v1"))
+        with peers.blob_client(peer, download=True) as client:
+            assert isinstance(client._client._transport, CountingTransport)
+            assert isinstance(client._client._transport.inner, LargeBodyTransport)
+            with client._client.stream("GET", f"{served.url}/whole") as response:
+                sizes = [len(p) for p in response.iter_raw()]
+        with peers.blob_client(peer) as client:
+            assert isinstance(client._client._transport.inner, httpx.HTTPTransport)
+    assert sum(sizes) == len(BODY) and max(sizes) == PIECE_BYTES
+    assert traffic.view().received == len(BODY)

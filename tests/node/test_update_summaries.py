@@ -130,7 +130,7 @@ class _ServingPeers:
     def live(self) -> list[PeerInfo]:
         return [self.peer]
 
-    def blob_client(self, peer: PeerInfo) -> SignedClient:
+    def blob_client(self, peer: PeerInfo, *, download: bool = False) -> SignedClient:
         return SignedClient(self.node.key, "http://peer", transport=_Unclosed(self.node.http))
 
 
