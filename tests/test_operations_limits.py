@@ -408,6 +408,10 @@ def _bindings() -> dict[str, list[str]]:
             f"{mib(blob_routes.CHUNK_SIZE)} chunks)",
             f"{mib(node_trainer.OWN_SUMMARY_BACKLOG)} read at most waiting",
         ],
+        "threads of a trainer's pushes (one a peer for a whole upload)": [
+            f"{_n(node_trainer.PUSH_THREADS)}, a pool of their own",
+            f"within the push's {s(node_trainer.PUBLISH_TIMEOUT_S)}",
+        ],
         "scratch files a crash leaves in `blobs/tmp/`": [
             f"nothing has written to them for {hours(scratch.SCRATCH_STALE_S)}",
         ],

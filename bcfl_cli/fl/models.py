@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from bcfl_cli.errors import ContractError
+from bcfl_cli.fl.tensorfile import LazyTensors
 from bcfl_cli.fl.tensors import encode_tensors
 from bcfl_cli.fl.update_file import shapes_of
 from bcfl_cli.protocol.spec import ModelSpec
@@ -134,9 +135,12 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     )
     if wrong:
         _wrong_weights(expected, shapes_of(state))
+    lazy = state if isinstance(state, LazyTensors) else None
     with torch.no_grad():
         for name, target in targets.items():
-            target.copy_(state[name])
+            # from a file, read into the weight itself where it can be (the same bytes)
+            if lazy is None or not lazy.read_into(name, target):
+                target.copy_(state[name])
 
 
 def _wrong_weights(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:

@@ -180,6 +180,25 @@ class TensorFile:
         entry = self.header.entries[name]
         return self._read(entry, entry.start, entry.elements).reshape(entry.shape)
 
+    def read_tensor_into(self, name: str, out: torch.Tensor) -> bool:
+        """Tensor ``name`` read straight into the memory of ``out``, a contiguous CPU tensor
+        of its dtype and element count (a model's weight being loaded: no buffer of its own
+        is allocated, zeroed and copied); False, nothing read, where ``out`` is not one."""
+        entry = self.header.entries[name]
+        if (
+            out.dtype != TORCH_DTYPES[entry.dtype]
+            or out.device.type != "cpu"
+            or not out.is_contiguous()
+            or out.numel() != entry.elements
+            or out.requires_grad
+            or entry.elements == 0
+        ):
+            return False
+        # safetensors is little-endian, as is every host torch ships for (as ``_read``)
+        array: np.ndarray = out.numpy()
+        self.source.read_into(entry.start, memoryview(array.data).cast("B"))
+        return True
+
     def pieces(self, name: str, elements: int = PIECE_ELEMENTS) -> Iterator[torch.Tensor]:
         """Tensor ``name`` flattened, ``elements`` at a time (row-major order)."""
         entry = self.header.entries[name]
@@ -250,6 +269,13 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         if name not in self._file.header.entries:
             raise KeyError(name)
         return self._file.tensor(name)
+
+    def read_into(self, name: str, out: torch.Tensor) -> bool:
+        """``out`` filled with tensor ``name`` in place where it can be (TensorFile's
+        ``read_tensor_into``); False, nothing read, otherwise."""
+        if name not in self._file.header.entries:
+            raise KeyError(name)
+        return self._file.read_tensor_into(name, out)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._file.names)

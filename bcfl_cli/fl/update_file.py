@@ -166,9 +166,11 @@ def write_update(
             for start in range(0, flat.numel(), WRITE_CHUNK):
                 rounded = to_update_dtype(name, flat[start : start + WRITE_CHUNK], dtype)
                 writer.write(name, rounded)
+                if not with_norm:
+                    continue  # no norm asked (a node's trainer: its validators compute it)
                 if finite and not bool(torch.isfinite(rounded).all()):
                     finite = False  # the contract rejects it as non_finite; no norm to sum
-                if finite and with_norm:
+                if finite:
                     yield rounded
 
     squares = sum_of_squares(pieces())

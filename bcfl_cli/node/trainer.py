@@ -63,6 +63,12 @@ PUBLISH_TIMEOUT_S = 60.0
 #: Bytes of its own update a trainer's push has read but not yet summarised; past it, no
 #: summary (the node's check of its own update then reads the file, as before).
 OWN_SUMMARY_BACKLOG = 16 * 1024 * 1024
+#: Threads of the pool a trainer's pushes run on (one a peer for a whole upload, up to this
+#: many at once; further peers wait for a free one): their own, not the event loop's default
+#: executor, behind which the node's other threaded work (blob downloads, submissions,
+#: summaries) would otherwise wait for whole uploads once the peers outnumber its threads.
+PUSH_THREADS = 16
+PUSH_THREAD_PREFIX = "bcfl-push"
 MAX_ATTEMPTS_PER_ROUND = 3
 #: Seconds between two progress lines of one round's training in the node's log.
 STEP_LOG_S = 5.0
@@ -401,14 +407,9 @@ class AutoTrainer:
         return rewrite
 
 
-def peer_publisher(
-    peers: BlobPeers,
-    blobs: BlobStore,
-    *,
-    checks: Callable[[str | None], bool] | None = None,
-    summaries: UpdateSummaries | None = None,
-) -> Publish:
-    """Push an update's blob to every peer before its transaction is gossiped.
+class PeerPublisher:
+    """Pushes an update's blob to every peer before its transaction is gossiped (a
+    :data:`Publish`); :meth:`close` ends its threads (the node's trainer does, as it stops).
 
     A validator checks an update only once it holds the blob, and it fetches blobs from the
     peers it knows; a member admitted after the founders started is known to none of them, so
@@ -416,7 +417,9 @@ def peer_publisher(
     it available wherever the transaction goes. A blob of at most ``MAX_INLINE_BLOB_BYTES``
     goes with its transaction in one request where the peer takes the pair (half the requests
     of a round's updates). Best effort and bounded: a peer that is down or slow costs at most
-    ``PUBLISH_TIMEOUT_S`` and is logged.
+    ``PUBLISH_TIMEOUT_S`` and is logged. A larger blob's uploads run on a pool of their own,
+    at most ``PUSH_THREADS`` threads (started as the peers need them), so that they never
+    hold up the node's other threaded work however many peers there are.
 
     ``checks`` says whether a peer (by did, None while unknown) checks updates: only those
     get the blob (issue 19: a member that only trains fetches the round's model, not its
@@ -428,35 +431,58 @@ def peer_publisher(
     of its update reads no byte of it again either (it was on the round's critical path: the
     quorum waits for a trainer's node).
     """
-    worker = (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-own-summary")
-        if summaries is not None
-        else None
-    )
 
-    def push(peer: Any, digest: str, shared: SharedChunks) -> None:
-        with peers.blob_client(peer) as client:
-            upload_blob(client, digest, blobs, shared=shared)
+    def __init__(
+        self,
+        peers: BlobPeers,
+        blobs: BlobStore,
+        *,
+        checks: Callable[[str | None], bool] | None = None,
+        summaries: UpdateSummaries | None = None,
+    ) -> None:
+        self.peers = peers
+        self.blobs = blobs
+        self.checks = checks
+        self.summaries = summaries
+        self._worker = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="bcfl-own-summary")
+            if summaries is not None
+            else None
+        )
+        # threads start one a push as needed (ThreadPoolExecutor's), up to the bound
+        self._pushes = ThreadPoolExecutor(PUSH_THREADS, thread_name_prefix=PUSH_THREAD_PREFIX)
 
-    put_small = getattr(peers, "put_small_blob", None)
-    push_update = getattr(peers, "push_update", None)
+    def close(self) -> None:
+        """Drop the pushes that wait for a thread; one under way runs to its end on its own
+        thread (each of its requests bounded by the client's timeouts), as it did before."""
+        self._pushes.shutdown(wait=False, cancel_futures=True)
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
 
-    async def push_one(
-        peer: Any, tx: Transaction, small: bytes | None, shared: SharedChunks
+    def _push(self, peer: Any, digest: str, shared: SharedChunks) -> None:
+        with self.peers.blob_client(peer) as client:
+            upload_blob(client, digest, self.blobs, shared=shared)
+
+    async def _push_one(
+        self, peer: Any, tx: Transaction, small: bytes | None, shared: SharedChunks
     ) -> bool:
         # A small blob (an update of a small model) goes on the node's pooled connections,
         # concurrently on the event loop: with its update, else alone; the rest, or a peer
         # that wants to resume a partial upload, through the resumable upload in a thread.
         # True: the peer holds the update as well.
         digest = tx.body["blob"]
+        put_small = getattr(self.peers, "put_small_blob", None)
+        push_update = getattr(self.peers, "push_update", None)
         if small is not None and push_update is not None and await push_update(peer, tx, small):
             return True
         if small is not None and put_small is not None and await put_small(peer, digest, small):
             return False
-        await asyncio.to_thread(push, peer, digest, shared)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pushes, self._push, peer, digest, shared)
         return False
 
-    async def publish(tx: Transaction) -> frozenset[str]:
+    async def __call__(self, tx: Transaction) -> frozenset[str]:
+        peers, blobs, checks = self.peers, self.blobs, self.checks
         digest = tx.body["blob"]
         live = peers.live()
         identify = getattr(peers, "identify", None)
@@ -470,18 +496,21 @@ def peer_publisher(
         if blobs.size(digest) <= MAX_INLINE_BLOB_BYTES:
             small = blobs.get(digest, max_bytes=MAX_INLINE_BLOB_BYTES)
         feed = None
-        if worker is not None and small is None and targets:
-            feed = SummaryFeed(blobs.size(digest), worker, backlog_bytes=OWN_SUMMARY_BACKLOG)
+        if self._worker is not None and small is None and targets:
+            feed = SummaryFeed(blobs.size(digest), self._worker, backlog_bytes=OWN_SUMMARY_BACKLOG)
         # each chunk read and digested once for all the peers (and summarised once)
         shared = SharedChunks(on_read=feed.offer if feed is not None else None)
         results = await asyncio.gather(
-            *(asyncio.wait_for(push_one(p, tx, small, shared), PUBLISH_TIMEOUT_S) for p in targets),
+            *(
+                asyncio.wait_for(self._push_one(p, tx, small, shared), PUBLISH_TIMEOUT_S)
+                for p in targets
+            ),
             return_exceptions=True,
         )
-        if feed is not None and summaries is not None:
+        if feed is not None and self.summaries is not None:
             summary = await asyncio.to_thread(feed.result, digest)
             if summary is not None:
-                summaries.put(digest, summary)
+                self.summaries.put(digest, summary)
         told: set[str] = set()
         for peer, result in zip(targets, results, strict=True):
             if isinstance(result, BaseException):
@@ -490,7 +519,16 @@ def peer_publisher(
                 told.add(did_tag(peer.did))
         return frozenset(told)
 
-    return publish
+
+def peer_publisher(
+    peers: BlobPeers,
+    blobs: BlobStore,
+    *,
+    checks: Callable[[str | None], bool] | None = None,
+    summaries: UpdateSummaries | None = None,
+) -> PeerPublisher:
+    """A :class:`PeerPublisher` (its caller closes it)."""
+    return PeerPublisher(peers, blobs, checks=checks, summaries=summaries)
 
 
 async def run_node_trainer(
@@ -513,6 +551,12 @@ async def run_node_trainer(
     async def submit(tx: Transaction, told: frozenset[str]) -> object:
         return host.submit(tx, seen=told)
 
+    publisher = peer_publisher(
+        host.peers,
+        host.blobs,
+        checks=lambda did: _checks_updates(host, did),
+        summaries=_summaries_of(host),
+    )
     trainer = AutoTrainer(
         key=host.key,
         data=data,
@@ -522,16 +566,14 @@ async def run_node_trainer(
         attack=attack_by_name(attack) if attack else None,
         seed=seed,
         poll_s=poll_s,
-        publish=peer_publisher(
-            host.peers,
-            host.blobs,
-            checks=lambda did: _checks_updates(host, did),
-            summaries=_summaries_of(host),
-        ),
+        publish=publisher,
         app=app,
     )
     host.on_commit.append(lambda _block: trainer.wake())
-    await trainer.run(stop)
+    try:
+        await trainer.run(stop)
+    finally:  # stopped or cancelled (the node closing): its push threads go too
+        publisher.close()
 
 
 def _summaries_of(host: TrainerHost) -> UpdateSummaries | None:
@@ -553,6 +595,7 @@ def _checks_updates(host: TrainerHost, did: str | None) -> bool:
 __all__ = [
     "Attack",
     "AutoTrainer",
+    "PeerPublisher",
     "TrainerHost",
     "attack_by_name",
     "check_app_at_start",

@@ -121,3 +121,58 @@ def test_the_builtin_app_refuses_a_csv_that_does_not_fit_naming_the_file() -> No
     spec = ModelSpec(architecture="mlp", input_shape=[30], num_classes=10)
     with pytest.raises(UsageError, match=r"digits-test\.csv: 64 feature columns.*expects 30"):
         bind_app(spec, TrainingPlan()).load_data(sample)
+
+
+def test_the_builtin_model_for_a_state_skips_the_initial_draw_and_trains_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bcfl's own model is allocated without drawing initial weights that the round's base
+    model overwrites (red before: each round drew them); the round's delta is bit for bit
+    the one trained from a model built and initialised first, and a state that does not fit
+    is still refused (no uninitialised weight escapes)."""
+    from bcfl_cli.apps.runner import bind_app
+    from bcfl_cli.errors import ContractError
+    from bcfl_cli.protocol.spec import ModelSpec
+
+    spec = ModelSpec(architecture="mlp", input_shape=[4], num_classes=3, hidden=[8, 5], seed=3)
+    app = bind_app(spec, TrainingPlan(holdout_fraction=0.0))
+    base = {k: v * 1.5 + 0.125 for k, v in app.initial_state().items()}
+    initialised = app.train_round(base, DATA, seed=1)  # before: always built and initialised
+    draws: list[str] = []
+    real_uniform = torch.Tensor.uniform_
+
+    def counting(self: torch.Tensor, *args: Any, **kw: Any) -> torch.Tensor:
+        if self.device.type != "meta":  # a weight's memory drawn, not a shape's placeholder
+            draws.append("uniform_")
+        return real_uniform(self, *args, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "uniform_", counting)
+    model = app.model_with(base)
+    assert draws == []
+    assert all(model.state_dict()[k].equal(v) for k, v in base.items())
+    trained = app.train_round(base, DATA, seed=1)
+    monkeypatch.undo()
+    assert set(trained.delta) == set(initialised.delta)
+    for name in initialised.delta:
+        assert (
+            trained.delta[name].view(torch.int32).equal(initialised.delta[name].view(torch.int32))
+        )
+    assert trained.metrics == initialised.metrics
+    foreign = {k: v for k, v in base.items() if k != "out.bias"}
+    with pytest.raises(ContractError, match="wrong_shape"):
+        app.model_with(foreign)
+
+
+def test_an_apps_own_model_for_a_state_is_built_by_the_app() -> None:
+    built: list[int] = []
+
+    class Counting(Good):
+        @staticmethod
+        def build_model(config: Any) -> nn.Module:
+            built.append(1)
+            return Good.build_model(config)
+
+    app = bound(Counting())
+    state = {k: v + 1 for k, v in app.initial_state().items()}
+    model = app.model_with(state)
+    assert len(built) == 2 and all(model.state_dict()[k].equal(v) for k, v in state.items())

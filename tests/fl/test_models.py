@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ import torch
 from bcfl_cli.errors import ContractError
 from bcfl_cli.fl import models
 from bcfl_cli.fl.models import initial_shapes, initial_state, parameter_count
-from bcfl_cli.fl.tensors import decode_tensors
+from bcfl_cli.fl.tensorfile import TensorFile
+from bcfl_cli.fl.tensors import decode_tensors, encode_tensors
+from bcfl_cli.fl.update_file import BaseWeights
 from bcfl_cli.protocol.spec import ModelSpec
 
 SPECS = [
@@ -88,3 +91,57 @@ def test_the_shapes_without_weights_are_those_of_the_weights(spec: ModelSpec) ->
     assert initial_shapes(spec) == {k: tuple(v.shape) for k, v in state.items()}
     assert list(initial_shapes(spec)) == list(state)
     assert parameter_count(spec) == sum(v.numel() for v in state.values())
+
+
+def _stored(tmp_path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype) -> Path:
+    path = tmp_path / "base.safetensors"
+    path.write_bytes(encode_tensors({k: v.to(dtype) for k, v in state.items()}))
+    return path
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.architecture)
+def test_a_state_loaded_from_its_file_is_the_state_loaded_from_memory(
+    spec: ModelSpec, dtype: torch.dtype, tmp_path: Path
+) -> None:
+    """A base model's weights read from its file straight into the model's own (float32) or
+    through a tensor of their own (other dtypes) are bit for bit those ``copy_`` puts there."""
+    moved = {k: v * 1.5 + 0.25 for k, v in initial_state(spec).items()}
+    expected = models.build_model(spec)
+    models.load_state(expected, {k: v.to(dtype) for k, v in moved.items()})
+    with TensorFile.open(_stored(tmp_path, moved, dtype), max_bytes=1 << 30) as file:
+        model = models.build_model(spec)
+        models.load_state(model, BaseWeights(file))
+    got, want = model.state_dict(), expected.state_dict()
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == torch.float32
+        assert got[name].view(torch.int32).equal(want[name].view(torch.int32)), name
+
+
+def test_float32_weights_are_read_into_the_model_without_a_copy_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red before: every weight of a round's base model (``BaseWeights``, the trainer's) was
+    read into a buffer of its own (allocated, zeroed), then copied into the model; a float32
+    one is now read into the model's memory itself."""
+    spec = SPECS[1]
+    state = initial_state(spec)
+
+    def no_copy(self: TensorFile, name: str) -> torch.Tensor:
+        raise AssertionError(f"{name} read into a tensor of its own")
+
+    with TensorFile.open(_stored(tmp_path, state, torch.float32), max_bytes=1 << 30) as file:
+        monkeypatch.setattr(TensorFile, "tensor", no_copy)
+        model = models.build_model(spec)
+        models.load_state(model, BaseWeights(file))
+    assert all(model.state_dict()[k].equal(v) for k, v in state.items())
+
+
+def test_a_file_of_foreign_weights_is_refused_before_any_is_read(tmp_path: Path) -> None:
+    model = models.build_model(SPECS[0])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = _stored(tmp_path, initial_state(SPECS[2]), torch.float32)
+    with TensorFile.open(path, max_bytes=1 << 30) as file, pytest.raises(ContractError):
+        models.load_state(model, BaseWeights(file))
+    assert all(model.state_dict()[k].equal(v) for k, v in before.items())

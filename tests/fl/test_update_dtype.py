@@ -231,3 +231,36 @@ def test_compact_updates_aggregate_exactly_as_their_float32_values(
     out = io.BytesIO()
     streamed = aggregate_to(out, spec, base, files, initial_state=initial)
     assert streamed.model_hash == a.model_hash == hashlib.sha256(out.getvalue()).hexdigest()
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_without_a_norm_the_writer_writes_the_same_bytes_and_scans_no_value_again(
+    dtype: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``with_norm=False`` (a node's trainer) writes exactly the bytes it writes with the norm,
+    NaN and infinity included, and runs no finiteness pass over values whose norm nobody
+    asked for (red before: one pass a piece, ~0.03 CPU-s an update at 10M parameters)."""
+    delta = {
+        "a": torch.tensor([1.0, -2.5, 3.0e3]),
+        "b": torch.tensor([[math.nan, 0.5], [math.inf, -math.inf]]),
+        "c": torch.zeros(0),
+    }
+    with_norm, without = io.BytesIO(), io.BytesIO()
+    scans: list[str] = []
+    real = torch.isfinite
+
+    def counting(tensor: torch.Tensor) -> torch.Tensor:
+        scans.append("norm" if tensor.dtype == DTYPES[dtype] else "overflow")
+        return real(tensor)
+
+    monkeypatch.setattr(torch, "isfinite", counting)
+    full = write_update(delta, with_norm, DTYPES[dtype])
+    scanned, scans[:] = list(scans), []
+    bare = write_update(delta, without, DTYPES[dtype], with_norm=False)
+    monkeypatch.undo()
+    assert without.getvalue() == with_norm.getvalue()
+    assert (bare.size, bare.sha256, bare.content_sum) == (full.size, full.sha256, full.content_sum)
+    assert math.isnan(bare.norm) and math.isnan(full.norm)  # non-finite: no norm either way
+    # the half-precision overflow refusal still looks at every piece; the norm's pass is gone
+    overflow = ["overflow", "overflow"] if dtype != "float32" else []
+    assert scanned.count("norm") == 2 and scans == overflow

@@ -348,3 +348,103 @@ def test_the_publisher_asks_a_peer_it_does_not_know_yet_before_pushing(
         assert pushed == ["http://silent"]
     finally:
         other.close()
+
+
+def test_pushes_to_many_slow_peers_leave_the_default_executor_free(
+    local: LocalNode, tmp_path: Path
+) -> None:
+    """A trainer's pushes (one thread a peer for a whole upload) run on a pool of their own:
+    with more slow peers than the loop's default executor has threads, the node's other
+    ``to_thread`` work (downloads, submissions, summaries) still runs while they are under
+    way; the pool's threads end when the publisher is closed. Red before: the pushes took
+    every default thread and the other work waited for the uploads."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from bcfl_cli.client.transport import SignedClient
+    from bcfl_cli.node.trainer import PUSH_THREAD_PREFIX, PUSH_THREADS, peer_publisher
+
+    default_threads = 2
+    slow = [SimpleNamespace(url=f"http://slow-{i}", did=None) for i in range(default_threads + 2)]
+    assert len(slow) <= PUSH_THREADS  # every push under way at once on the publisher's pool
+    release = threading.Event()
+    started: list[str] = []
+    other = LocalNode(tmp_path / "other")
+    try:
+        digest = local.node.blobs.put(b"update bytes" * 1000)
+
+        class Peers:
+            def live(self) -> list[object]:
+                return list(slow)
+
+            def blob_client(self, peer: SimpleNamespace) -> SignedClient:
+                started.append(peer.url)
+                release.wait(30.0)  # a slow upload, held until the test has looked
+                return SignedClient(
+                    key("alice"), "http://testserver/v1", transport=other.transport, retries=0
+                )
+
+        async def scenario() -> tuple[int, int]:
+            loop = asyncio.get_running_loop()
+            default = ThreadPoolExecutor(default_threads)
+            loop.set_default_executor(default)
+            publish = peer_publisher(Peers(), local.node.blobs)
+            pushing = asyncio.create_task(publish(_carrying(digest)))
+            try:
+                for _ in range(600):  # every push holds its thread
+                    if len(started) == len(slow):
+                        break
+                    await asyncio.sleep(0.01)
+                # the node's other threaded work is not queued behind the uploads
+                other_work = await asyncio.wait_for(asyncio.to_thread(lambda: 42), 10.0)
+                release.set()
+                await asyncio.wait_for(pushing, 30.0)
+            finally:
+                release.set()
+                publish.close()
+            pushers = [t for t in threading.enumerate() if t.name.startswith(PUSH_THREAD_PREFIX)]
+            for thread in pushers:
+                thread.join(10.0)
+            return other_work, sum(t.is_alive() for t in pushers)
+
+        other_work, alive = asyncio.run(scenario())
+        assert other_work == 42 and len(started) == len(slow)
+        assert alive == 0  # closed with the publisher
+        assert other.node.blobs.verify(digest)
+    finally:
+        other.close()
+
+
+def test_the_node_trainer_closes_its_publisher_when_it_stops(
+    local: LocalNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bcfl_cli.node.trainer as trainer_module
+
+    made: list[trainer_module.PeerPublisher] = []
+    closed: list[bool] = []
+    original = trainer_module.peer_publisher
+
+    def recording(*args: object, **kw: object) -> trainer_module.PeerPublisher:
+        publisher = original(*args, **kw)  # type: ignore[arg-type]
+        made.append(publisher)
+        close = publisher.close
+        publisher.close = lambda: (closed.append(True), close())[-1]  # type: ignore[method-assign]
+        return publisher
+
+    monkeypatch.setattr(trainer_module, "peer_publisher", recording)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            run_node_trainer(local.node.trainer_host, part(1), stop, seed=1, poll_s=0.05)
+        )
+        for _ in range(400):
+            if made:
+                break
+            await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    asyncio.run(scenario())
+    assert len(made) == 1 and closed == [True]
