@@ -127,26 +127,9 @@ class BoundApp:
 
     def model_with(self, state: Mapping[str, torch.Tensor]) -> nn.Module:
         """The app's model holding ``state`` (read one tensor at a time: it may be lazy)."""
-        model = self._uninitialised_model() or self.build_model()
+        model = self.build_model()
         load_state(model, state)
         return model
-
-    def _uninitialised_model(self) -> nn.Module | None:
-        """bcfl's own model with its weights allocated but not initialised, for
-        :meth:`model_with` to overwrite (``load_state`` refuses a state that does not name
-        every one of them): the initial weights' random draw, a pass over every weight that
-        nothing reads, is skipped (~0.06 CPU-s a round at 10M parameters, issue 19). None
-        for an app's own model (its constructor may compute what no state holds) or a model
-        with state outside its ``state_dict``."""
-        if not self.is_builtin:
-            return None
-        with torch.device("meta"):
-            model = self._checked(self.obj.build_model(self.config))
-        named = set(model.state_dict())
-        held = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-        if held != named:  # a non-persistent buffer would keep uninitialised memory
-            return None
-        return model.to_empty(device="cpu")
 
     def train_round(
         self,
