@@ -110,6 +110,15 @@ def status(url: str) -> dict[str, Any] | None:
         return None
 
 
+def _reap(proc: subprocess.Popen[Any], timeout: float) -> None:
+    """Wait for a process told to stop; killed if it has not after ``timeout`` seconds."""
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def catch_up(
     meta: dict[str, Any],
     root: Path,
@@ -168,11 +177,7 @@ def catch_up(
             os.kill(node_pid, 15)  # py-spy writes its profile once its child exits
         else:
             proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _reap(proc, 60)
     assert first is not None
     return {
         "sync_s": done - first,
@@ -261,11 +266,7 @@ def run(
                 )
     finally:
         source.terminate()
-        try:
-            source.wait(30)
-        except subprocess.TimeoutExpired:
-            source.kill()
-            source.wait()
+        _reap(source, 30)
         shutil.rmtree(work, ignore_errors=True)
     for name, got in results.items():
         xs = [g["sync_s"] for g in got]
