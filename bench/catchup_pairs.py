@@ -42,7 +42,7 @@ import httpx  # noqa: E402
 
 from bcfl_cli.demo.launcher import bcfl_command  # noqa: E402
 from bench.common import PASSPHRASE, PLAN, BenchConsortium, parse_log  # noqa: E402
-from bench.sync_bench import MODELS, PAGE, code_at, raw_transfer  # noqa: E402
+from bench.sync_bench import MODELS, code_at, fetch_chain, raw_transfer  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -197,19 +197,7 @@ def chain_bytes(meta: dict[str, Any]) -> tuple[list[bytes], list[bytes]]:
 
     source_url = f"http://127.0.0.1:{meta['source_port']}"
     store = BlobStore(Home.resolve(Path(meta["source_home"])).blob_dir)
-    pages: list[bytes] = []
-    blobs: list[bytes] = []
-    height = meta["height"]
-    with httpx.Client(timeout=30.0) as client:
-        for start in range(1, height + 1, PAGE):
-            limit = min(PAGE, height - start + 1)
-            r = client.get(f"{source_url}/v1/blocks", params={"start": start, "limit": limit})
-            r.raise_for_status()
-            pages.append(r.content)
-            for block in r.json()["blocks"]:
-                for tx in block["txs"]:
-                    if tx["tx"]["kind"] == "update":
-                        blobs.append(store.get(tx["tx"]["body"]["blob"], max_bytes=1 << 30))
+    pages, blobs, _, _ = fetch_chain(source_url, store, meta["height"])
     return pages, blobs
 
 

@@ -346,7 +346,13 @@ def chain_bytes(
     """What a fresh node must download: block pages, update blobs, each blob's height, and the
     models the aggregates commit to (what a member that only trains fetches instead)."""
     node = consortium.nodes[0]
-    store = BlobStore(node.home.blob_dir)
+    return fetch_chain(node.url, BlobStore(node.home.blob_dir), height)
+
+
+def fetch_chain(
+    url: str, store: BlobStore, height: int
+) -> tuple[list[bytes], list[bytes], list[int], list[bytes]]:
+    """``chain_bytes`` of the node at ``url``, whose blobs lie in ``store``."""
     pages: list[bytes] = []
     blobs: list[bytes] = []
     heights: list[int] = []
@@ -354,7 +360,7 @@ def chain_bytes(
     with httpx.Client(timeout=30.0) as client:
         for start in range(1, height + 1, PAGE):
             limit = min(PAGE, height - start + 1)
-            response = client.get(f"{node.url}/v1/blocks", params={"start": start, "limit": limit})
+            response = client.get(f"{url}/v1/blocks", params={"start": start, "limit": limit})
             response.raise_for_status()
             pages.append(response.content)
             for block in response.json()["blocks"]:
