@@ -89,7 +89,10 @@ def _start(target: str, arg: str) -> _Helper | None:
             pass_fds=(fd,),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            start_new_session=True,  # a terminal's Ctrl-C is the caller's to handle
+            # its own process group, so that a terminal's Ctrl-C is the caller's to handle;
+            # not its own session, which the scheduler (autogroup) would give a share of the
+            # CPU of its own beside the caller's on a loaded machine
+            process_group=0,
         )
     except OSError:
         mine.close()

@@ -88,7 +88,8 @@ def test_a_helper_is_a_fresh_process_not_a_fork_of_the_caller():
             processes = [helper.process for helper in shared._helpers]
             shared.submit([1])
             assert shared.results() == ["as imported"]
-            assert all(os.getsid(p.pid) != os.getsid(0) for p in processes)  # no terminal ^C
+            assert all(os.getpgid(p.pid) != os.getpgid(0) for p in processes)  # no terminal ^C
+            assert all(os.getsid(p.pid) == os.getsid(0) for p in processes)  # one CPU share
     finally:
         _CALLER_ONLY[0] = "as imported"
 
