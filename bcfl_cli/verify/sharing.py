@@ -77,7 +77,7 @@ class _Helper:
 def _start(target: str, arg: str) -> _Helper | None:
     """A helper process on one end of a socket pair; None where none can be started (no
     socket pairs to inherit: the caller then checks every batch itself)."""
-    if os.name != "posix":
+    if os.name != "posix" or not sys.executable:  # no interpreter to start (embedded Python)
         return None
     mine, theirs = socket.socketpair()
     try:
@@ -94,9 +94,12 @@ def _start(target: str, arg: str) -> _Helper | None:
             # CPU of its own beside the caller's on a loaded machine
             process_group=0,
         )
-    except OSError:
+    except OSError:  # no interpreter there, or no process to be had: the caller checks
         mine.close()
         return None
+    except BaseException:
+        mine.close()
+        raise
     finally:
         theirs.close()
     return _Helper(mine, process)

@@ -142,3 +142,14 @@ def test_an_answer_over_the_bound_ends_the_helper_and_the_caller_checks_its_batc
         assert shared.results() == [sum(jobs) for jobs in batches]
         assert shared._helpers == []
     assert all(p.returncode == -signal.SIGKILL for p in processes)
+
+
+@pytest.mark.parametrize("executable", ["", None])  # what sys.executable is when unknown
+def test_without_an_interpreter_to_start_the_caller_checks_every_batch(monkeypatch, executable):
+    monkeypatch.setattr(sys, "executable", executable)
+    batches = _batches(5)
+    with SharedChecks(2, _total, "") as shared:
+        assert shared._helpers == []
+        for jobs in batches:
+            shared.submit(jobs)
+        assert shared.results() == [_total("", jobs) for jobs in batches]
