@@ -22,8 +22,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "bcfl_cli"
 ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 
-#: Imported by everyone: the error base, and the package root itself.
-BASE = frozenset({"errors"})
+#: Imported by everyone: the error base, the package root itself, and the two checks a helper
+#: process runs without importing the rest of bcfl (``primitives``: Ed25519, a blob's SHA-256).
+BASE = frozenset({"errors", "primitives"})
 #: Below the edges: the member's directory layout (a leaf beside ``errors``).
 HOME = frozenset({"home"})
 
@@ -31,6 +32,8 @@ HOME = frozenset({"home"})
 ARROWS: dict[str, frozenset[str]] = {
     "__init__": frozenset(),
     "errors": frozenset(),
+    # a leaf beside errors: PyNaCl, hashlib and os only (a helper starts it in a fresh process)
+    "primitives": frozenset(),
     "home": frozenset(),
     # exactly what PROTOCOL.md specifies (the FL spec types of the genesis included)
     "protocol": frozenset(),
@@ -276,7 +279,7 @@ def test_a_forbidden_import_is_named_by_file_line_and_arrow(tmp_path: Path) -> N
     (package / "gadgets" / "x.py").write_text("import bcfl_cli.fl\n")
     assert violations(package) == [
         "bcfl_cli/fl/training.py:5: fl -> node (import bcfl_cli.node): fl may import only"
-        " ['errors', 'protocol']",
+        " ['errors', 'primitives', 'protocol']",
         "bcfl_cli/fl/training.py:6: fl -> sqlalchemy (import sqlalchemy): only ['store'] may"
         " import sqlalchemy",
         "bcfl_cli/gadgets/x.py:1: gadgets -> fl (import bcfl_cli.fl): gadgets has no row in"

@@ -26,6 +26,7 @@ import pytest
 import typer
 
 import bcfl_cli.node.app as node_app
+from bcfl_cli import primitives
 from bcfl_cli.apps import manifest as app_manifest
 from bcfl_cli.apps import runner as app_runner
 from bcfl_cli.chain import config as chain_config
@@ -66,6 +67,7 @@ from bcfl_cli.simulation import network as sim_network
 from bcfl_cli.simulation import options as sim_options
 from bcfl_cli.simulation import shared_checks, simulator
 from bcfl_cli.store import backends, content_record, pin, scratch
+from bcfl_cli.verify import sharing
 from bcfl_cli.wire import schemas
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md"
@@ -447,6 +449,11 @@ def _bindings() -> dict[str, list[str]]:
             f"{_n(compare.COMPARE_MAX_REQUESTS)} at most",
             f"{s(compare.COMPARE_TIMEOUT_S)} each",
             times(compare.COMPARE_RETRIES, "retry", "retries"),
+        ],
+        "`verify-chain` helper processes": [
+            f"{_n(sharing.DEPTH)} batches at most",
+            kib(primitives.RESULT_FRAME_MAX),
+            f"killed after {s(sharing.STOP_WAIT_S)}",
         ],
         "rounds per `GET /v1/rounds`": [
             _n(schemas.MAX_ROUNDS_PER_RESPONSE),

@@ -15,6 +15,7 @@ import nacl.exceptions
 import nacl.signing
 
 from bcfl_cli.errors import EncodingError
+from bcfl_cli.primitives import verify_message as verify_message  # one definition (helpers)
 
 #: multicodec varint of ``ed25519-pub`` (0xed) followed by the 32-byte key.
 _ED25519_MULTICODEC = b"\xed\x01"
@@ -48,23 +49,6 @@ def verify_digest(public_key: bytes, domain: Domain, digest_hex: str, signature_
     except ValueError:
         return False
     return verify_message(public_key, message, signature)
-
-
-def verify_message(public_key: bytes, message: bytes, signature: bytes) -> bool:
-    """True when ``signature`` (64 bytes) is a valid Ed25519 signature of ``message``, which
-    is already the domain-separated ``signing_message``."""
-    if len(signature) != 64:
-        return False
-    try:
-        _verify_key(public_key).verify(message, signature)
-    except (ValueError, nacl.exceptions.BadSignatureError, nacl.exceptions.ValueError):
-        return False
-    return True
-
-
-@lru_cache(maxsize=4096)
-def _verify_key(public_key: bytes) -> nacl.signing.VerifyKey:
-    return nacl.signing.VerifyKey(public_key)
 
 
 @lru_cache(maxsize=4096)

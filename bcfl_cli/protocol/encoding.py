@@ -15,9 +15,9 @@ import msgspec
 import rfc8785
 
 from bcfl_cli.errors import EncodingError
+from bcfl_cli.primitives import is_hash_hex as is_hash_hex  # one definition, shared with helpers
 
 HASH_HEX_LEN = 64
-_HEX64 = re.compile(r"^[0-9a-f]{64}\Z")
 _HEX128 = re.compile(r"^[0-9a-f]{128}\Z")
 
 #: Upper bound on any JSON document we parse (a block with its transactions included).
@@ -228,10 +228,6 @@ def sha256_hex(data: bytes) -> str:
 def hash_object(obj: Any) -> str:
     """SHA-256 (lowercase hex) of the canonical form of ``obj``."""
     return sha256_hex(canonical(obj))
-
-
-def is_hash_hex(value: object) -> bool:
-    return isinstance(value, str) and _HEX64.match(value) is not None
 
 
 _HEX_DIGITS = b"0123456789abcdef"

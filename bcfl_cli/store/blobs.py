@@ -15,18 +15,14 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from bcfl_cli.errors import BlobError
+from bcfl_cli.primitives import CHUNK, OPEN_FLAGS, BlobStatus, blob_path, check_blob
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.content_record import ContentRecord, new_content_sum
 
-CHUNK = 1024 * 1024
 DEFAULT_MAX_BLOB_BYTES = 2 * 1024 * 1024 * 1024
-_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-
-#: What :meth:`BlobStore.check` found: no regular file, content not matching the name, or fine.
-BlobStatus = Literal["missing", "corrupt", "ok"]
 
 
 def _hash_file(f: BinaryIO, max_bytes: int) -> tuple[str, str]:
@@ -80,18 +76,16 @@ class BlobStore:
         reads each blob once in a process that ends after it) hashes with SHA-256 alone and
         neither consults nor notes the record: an XXH3 and an fstat a blob for nothing.
         """
-        if not is_hash_hex(digest):
-            raise BlobError(f"not a blob hash: {digest[:80]!r}")
+        if not remember:
+            return check_blob(self._root_text, digest)
         try:
-            fd = os.open(os.path.join(self._root_text, digest[:2], digest), _OPEN_FLAGS)
+            fd = os.open(blob_path(self._root_text, digest), OPEN_FLAGS)
         except (FileNotFoundError, NotADirectoryError):
             return "missing", 0
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 return "missing", 0
-            if not remember:
-                return self._sha256_only(digest, fd)
             known = self.record.unchanged(digest, fd)
             if known is not None:  # stored here under its SHA-256 and the same file since
                 return ("ok" if known else "corrupt"), info.st_size
@@ -108,15 +102,6 @@ class BlobStore:
         finally:
             os.close(fd)
         return ("ok" if ok else "corrupt"), size
-
-    @staticmethod
-    def _sha256_only(digest: str, fd: int) -> tuple[BlobStatus, int]:
-        hasher = hashlib.sha256()
-        size = 0
-        while chunk := os.read(fd, CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-        return ("ok" if hasher.hexdigest() == digest else "corrupt"), size
 
     def path_for(self, digest: str) -> Path:
         if not is_hash_hex(digest):

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Row, func, insert, inspect, select
+from sqlalchemy import Connection, Engine, Row, bindparam, func, insert, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -58,6 +58,21 @@ _BLOCK_COLUMNS = (
     blocks.c.commit,
 )
 _TX_COLUMNS = (txs.c.hash, txs.c.height, txs.c.idx, txs.c.kind, txs.c.author, txs.c.body)
+#: The two reads of a range of heights (``height_1`` to ``height_2``), built once: building
+#: a ``select`` and its cache key at every call cost more than SQLAlchemy's fetch of its rows
+#: (verify-chain reads 10,000 blocks in 80 such calls: ~0.05 CPU-s a pass). The parameters
+#: carry the names SQLAlchemy gives literal values, so the SQL sent, and an error quoting it,
+#: are those of ``select(...).where(height >= low, height <= high)`` (a test compares them).
+_BLOCKS_BETWEEN = (
+    select(*_BLOCK_COLUMNS)
+    .where(blocks.c.height >= bindparam("height_1"), blocks.c.height <= bindparam("height_2"))
+    .order_by(blocks.c.height)
+)
+_TXS_BETWEEN = (
+    select(*_TX_COLUMNS)
+    .where(txs.c.height >= bindparam("height_1"), txs.c.height <= bindparam("height_2"))
+    .order_by(txs.c.height, txs.c.idx)
+)
 _T = TypeVar("_T")
 
 
@@ -225,17 +240,10 @@ class Ledger:
         low = start
         while low <= end:
             high = min(end, low + _READ_BATCH - 1)
+            heights = {"height_1": low, "height_2": high}
             with self._read() as conn:
-                block_rows = conn.execute(
-                    select(*_BLOCK_COLUMNS)
-                    .where(blocks.c.height >= low, blocks.c.height <= high)
-                    .order_by(blocks.c.height)
-                ).all()
-                tx_rows = conn.execute(
-                    select(*_TX_COLUMNS)
-                    .where(txs.c.height >= low, txs.c.height <= high)
-                    .order_by(txs.c.height, txs.c.idx)
-                ).all()
+                block_rows = conn.execute(_BLOCKS_BETWEEN, heights).all()
+                tx_rows = conn.execute(_TXS_BETWEEN, heights).all()
             by_height: dict[int, list[Row[Any]]] = {}
             for row in tx_rows:
                 by_height.setdefault(int(row[1]), []).append(row)

@@ -24,9 +24,10 @@ from typing import Any
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import BcflError, VerificationError
+from bcfl_cli.primitives import BatchResult, BlobStatus, Job, check_batch
 from bcfl_cli.protocol.block import Block, ValidatorSet
-from bcfl_cli.protocol.crypto import Domain, public_key_from_did, signing_message, verify_message
-from bcfl_cli.store.blobs import BlobStatus, BlobStore
+from bcfl_cli.protocol.crypto import Domain, public_key_from_did, signing_message
+from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.ledger import Ledger
 from bcfl_cli.verify import anchor, steps
 from bcfl_cli.verify.anchor import Anchors
@@ -45,11 +46,11 @@ Progress = Callable[[int, int], None]
 #: What a signature signs is ``DOMAIN || 0x00 || digest`` (PROTOCOL.md §2).
 _VOTE_PREFIX = signing_message(Domain.VOTE, "")
 _TX_PREFIX = signing_message(Domain.TX, "")
-#: One check for a worker: (public key, message, signature) or (None, blob hash, size or None).
-_Job = tuple[bytes, bytes, bytes] | tuple[None, str, int | None]
-#: A worker's answer: signatures checked, blobs checked, and the first failing job if any
-#: (its index in the batch, the blob status, the size found).
-_BatchResult = tuple[int, int, tuple[int, BlobStatus | None, int] | None]
+#: One check for a helper (``primitives.check_batch``): (public key, message, signature) or
+#: (None, blob hash, size or None); a batch's answer: signatures checked, blobs checked, and
+#: the first failing job if any (its index in the batch, the blob status, the size found).
+_Job = Job
+_BatchResult = BatchResult
 
 
 @dataclass
@@ -242,7 +243,7 @@ def _verify_blocks(
     n_workers = workers if workers is not None else (os.cpu_count() or 1)
     if n_workers <= 1 or top < PARALLEL_MIN_BLOCKS:
         return _Replay(ledger, verified, checks, progress, watch=watch, seen=seen).run(state, top)
-    with SharedChecks(n_workers - 1, _check_batch, str(ledger.blobs.root)) as pool:
+    with SharedChecks(n_workers - 1, check_batch, str(ledger.blobs.root)) as pool:
         offload = _Offload(
             pool,
             ledger.genesis_hash,
@@ -491,28 +492,3 @@ class _Replay:
             if self.progress is not None:
                 self.progress(block.height, report.stored_height)
         return state
-
-
-_worker_blobs: dict[str, BlobStore] = {}
-
-
-def _check_batch(blob_root: str, jobs: list[_Job]) -> _BatchResult:
-    """A batch's checks in order (in a helper or in this process); stops at the first that
-    fails."""
-    blobs = _worker_blobs.get(blob_root)
-    if blobs is None:
-        blobs = _worker_blobs[blob_root] = BlobStore(Path(blob_root))
-    signatures = checked_blobs = 0
-    for index, (key, first, second) in enumerate(jobs):
-        if key is None:
-            assert isinstance(first, str) and not isinstance(second, bytes)
-            status, size = blobs.check(first, remember=False)  # read once, then gone
-            if status != "ok" or (second is not None and size != second):
-                return signatures, checked_blobs, (index, status, size)
-            checked_blobs += 1
-        else:
-            assert isinstance(first, bytes) and isinstance(second, bytes)
-            if not verify_message(key, first, second):
-                return signatures, checked_blobs, (index, None, 0)
-            signatures += 1
-    return signatures, checked_blobs, None

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from bcfl_cli.chain.checks import AppChecks
 from bcfl_cli.chain.state import ChainState
 from bcfl_cli.errors import BcflError, StoreError, VerificationError
+from bcfl_cli.primitives import BlobStatus
 from bcfl_cli.protocol.block import Block
 from bcfl_cli.protocol.encoding import hash_object
 from bcfl_cli.protocol.tx import TxKind
-from bcfl_cli.store.blobs import BlobStatus, BlobStore
+from bcfl_cli.store.blobs import BlobStore
 from bcfl_cli.store.ledger import Ledger
 
 

@@ -382,3 +382,31 @@ def test_the_sqlite_file_format_is_unchanged(tmp_path):
         "txs_no_delete",
         "txs_no_update",
     ]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("table", ["blocks", "txs"])
+def test_the_prebuilt_range_reads_send_the_sql_a_select_built_per_call_sent(dialect, table):
+    """``Ledger.blocks`` reads with statements built once; the SQL and its parameters are the
+    ones the ``select`` it used to build per call compiles to, on both backends (so an error
+    quoting the SQL reads the same)."""
+    from sqlalchemy import select
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from bcfl_cli.store import ledger as ledger_module
+    from bcfl_cli.store.tables import blocks, txs
+
+    low, high = 257, 512
+    if table == "blocks":
+        prebuilt, columns = ledger_module._BLOCKS_BETWEEN, ledger_module._BLOCK_COLUMNS
+        per_call = select(*columns).where(blocks.c.height >= low, blocks.c.height <= high)
+        per_call = per_call.order_by(blocks.c.height)
+    else:
+        prebuilt, columns = ledger_module._TXS_BETWEEN, ledger_module._TX_COLUMNS
+        per_call = select(*columns).where(txs.c.height >= low, txs.c.height <= high)
+        per_call = per_call.order_by(txs.c.height, txs.c.idx)
+    engine_dialect = {"sqlite": sqlite.dialect(), "postgresql": postgresql.psycopg.dialect()}
+    d = engine_dialect[dialect]
+    old, new = per_call.compile(dialect=d), prebuilt.compile(dialect=d)
+    assert str(new) == str(old)
+    assert new.construct_params({"height_1": low, "height_2": high}) == old.params
