@@ -4,9 +4,9 @@ A training step allocates its gradients afresh (tens of MB at 10M parameters, ev
 frees them; glibc serves blocks that large with ``mmap`` and returns them with ``munmap``, so
 each step faults every 4 KiB page in again. With ``THP_MEM_ALLOC_ENABLE=1`` torch advises the
 kernel (``madvise(MADV_HUGEPAGE)``) to back each allocation of 2 MiB or more with transparent
-huge pages: one fault a 2 MiB page instead of 512. A 10M-parameter MLP's 12 local steps fault ~135,000 pages
-without it, ~7,000 with it, and cost 0.9-1.0 CPU-s instead of 1.3-1.5 on the development machine
-(bench/README.md, "Session 10"); the trained weights are the same bytes
+huge pages: one fault a 2 MiB page instead of 512. A 10M-parameter MLP's 12 local steps fault
+~135,000 pages without it, ~7,000 with it, and cost 0.9-1.0 CPU-s instead of 1.3-1.5 on the
+development machine (bench/README.md, "Session 10"); the trained weights are the same bytes
 (tests/fl/test_allocator.py).
 
 torch reads the variable once, at its first CPU allocation (while ``import torch`` runs), so
