@@ -26,6 +26,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from bcfl_cli.errors import BcflError
+from bcfl_cli.fl.allocator import prefer_huge_pages
 
 #: Command modules under bcfl_cli.cli, registered in this order.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -209,5 +210,9 @@ def __getattr__(name: str) -> typer.Typer:
 
 
 def main() -> None:
-    """Console-script entry point (click's standalone mode: usage errors exit 2)."""
+    """Console-script entry point (click's standalone mode: usage errors exit 2).
+
+    Torch's CPU allocator is asked for huge pages first, before any command imports torch
+    (``fl/allocator.py``: a training step's gradients then fault 2 MiB at a time)."""
+    prefer_huge_pages()
     _register(modules_for(sys.argv[1:]))()
