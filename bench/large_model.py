@@ -63,6 +63,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bcfl_cli.fl.allocator import prefer_huge_pages  # noqa: E402
+
+# Before torch loads: the floor's training runs in this process and must be measured at its
+# best, as a `bcfl` node trains (its entry point asks torch for huge pages: fl/allocator.py).
+prefer_huge_pages()
+
 import httpx  # noqa: E402
 
 from bcfl_cli.demo.launcher import LocalConsortium, Member  # noqa: E402

@@ -41,6 +41,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bcfl_cli.fl.allocator import prefer_huge_pages  # noqa: E402
+
+# Before torch loads: each piece timed as a `bcfl` node runs it (huge pages: fl/allocator.py).
+prefer_huge_pages()
+
 import torch  # noqa: E402
 
 from bcfl_cli.fl.models import initial_state  # noqa: E402

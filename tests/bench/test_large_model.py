@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import bench.large_model as large
+from bcfl_cli.fl.allocator import HUGE_PAGES_ENV
 from bcfl_cli.fl.models import parameter_count
 from bench.common import Report
+from tests.fl.test_allocator import HUGE_ADVICE
 
 
 @pytest.mark.parametrize("text", ["1M", "10M", "25M", "110M", "1B"])
@@ -105,3 +110,22 @@ def test_a_node_s_cpu_seconds_are_read_from_proc() -> None:
     after = large.proc_cpu_s(os.getpid())
     assert 0 < before <= after
     assert large.proc_cpu_s(2**22 + 12345) == 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's smaps")
+@pytest.mark.parametrize("script", ["bench.large_model", "bench.round_cpu"])
+def test_the_floor_trains_with_huge_pages_as_a_node_does(script: str) -> None:
+    """The floor (and round_cpu's pieces) run in the bench's own process: torch must be asked
+    for huge pages there before it loads, as ``bcfl``'s entry point asks for every node, or the
+    floor would pay page faults the nodes do not (a baseline below its best)."""
+    env = {k: v for k, v in os.environ.items() if k != HUGE_PAGES_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {script}\n" + HUGE_ADVICE],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert done.stdout.strip() == "True"
