@@ -104,9 +104,7 @@ class BlobStore:
         return ("ok" if ok else "corrupt"), size
 
     def path_for(self, digest: str) -> Path:
-        if not is_hash_hex(digest):
-            raise BlobError(f"not a blob hash: {digest[:80]!r}")
-        return self.root / digest[:2] / digest
+        return Path(blob_path(self._root_text, digest))
 
     def has(self, digest: str) -> bool:
         return self.path_for(digest).is_file()
