@@ -34,8 +34,9 @@ PG_PATH = $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tr '\n' ':')
 
 # On both of CI's two cores (pytest-xdist, one worker a core): the real multi-process tests
 # (marked `network`: node processes on loopback) form one group that one worker runs one after
-# another, as before, and first, while the other worker takes the in-process tests a file at a
-# time (tests/conftest.py sets the groups and the order).
+# another, as before, and first, while the other worker takes the single-node ones (marked
+# `lone_node` too) and then the in-process tests a file at a time (tests/lanes.py sets the
+# groups and the order).
 test: lint browser postgres
 	PATH="$(PG_PATH)$$PATH" $(BIN)/pytest -q -m "not slow" -p no:cacheprovider --durations=30 \
 		-n 2 --dist loadgroup --no-loadscope-reorder

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bcfl_cli.home import Home
 from bcfl_cli.identity import Identity, generate_identity
+from tests.lanes import LaneError, lane_rank, xdist_group
 
 #: ``store_backend``, ``postgres_url``: the ledger's two backends (SQLite, PostgreSQL).
 pytest_plugins = ["tests.store_backends"]
@@ -43,18 +45,44 @@ MakeHome = Callable[..., MemberHome]
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers): every
-    real multi-process test (marked ``network``) in one group, so that they run one after
-    another on one worker as they always have, never two consortia at once; every other test
-    with the tests of its file, so that a module's fixtures are built once. Under xdist the
-    network group comes first: it is the longest, and the other worker takes the rest
+    """Groups for pytest-xdist's ``--dist loadgroup`` (``make test`` runs two workers; the
+    rules are in tests/lanes.py): every real consortium test (marked ``network``) in one group,
+    so that they run one after another on one worker, never two consortia at once; the
+    ``network`` tests that start at most one node process (also marked ``lone_node``) in a
+    group of their own, which the other worker runs first, beside the consortia; every other
+    test with the tests of its file, so that a module's fixtures are built once. Under xdist
+    the consortia come first: they are the longest group, and the other worker takes the rest
     meanwhile (``--no-loadscope-reorder`` keeps that order). Without xdist nothing changes."""
     for item in items:
-        network = item.get_closest_marker("network") is not None
-        group = "network" if network else item.nodeid.split("::")[0]
+        try:
+            group = xdist_group(item.nodeid, _marker_names(item))
+        except LaneError as exc:
+            raise pytest.UsageError(str(exc)) from None
         item.add_marker(pytest.mark.xdist_group(group))
     if hasattr(config, "workerinput"):  # an xdist worker: every worker sorts the same way
-        items.sort(key=lambda item: item.get_closest_marker("network") is None)
+        items.sort(key=lambda item: lane_rank(_marker_names(item)))
+
+
+def _marker_names(item: pytest.Item) -> set[str]:
+    return {name for name in ("network", "lone_node") if item.get_closest_marker(name)}
+
+
+@pytest.fixture(autouse=True)
+def _lone_node_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``lone_node`` test runs beside the consortia (tests/lanes.py): it fails if it starts
+    a node of a ``LocalConsortium`` while another of that consortium's nodes runs."""
+    if request.node.get_closest_marker("lone_node") is None:
+        return
+    from bcfl_cli.demo.launcher import LocalConsortium
+
+    original = LocalConsortium.start
+
+    def start(self: LocalConsortium, name: str, *args: Any, **kwargs: Any) -> Any:
+        running = sorted(n for n, m in self.members.items() if n != name and m.running)
+        assert not running, f"a lone_node test starts {name}'s node beside {running}"
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(LocalConsortium, "start", start)
 
 
 @pytest.fixture(autouse=True)

@@ -28,6 +28,8 @@ from bcfl_cli.protocol.tx import TxKind, make_tx
 from bcfl_cli.store.blobs import BlobStore
 from tests.faults.helpers import lone_validator, wait_until
 
+# One node each; the four verdict tests are ``lone_node`` (they run beside the consortia), the
+# slow-client test is not: it bounds a latency, which a busy neighbour would stretch.
 pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
 
 MIB = 1024 * 1024
@@ -87,6 +89,7 @@ def _submit_update(c: LocalConsortium, payload: bytes, scratch: Path, after: int
     raise AssertionError("no verdict for the update in its block")
 
 
+@pytest.mark.lone_node
 def test_bombs_as_updates_are_stored_as_bytes_and_rejected(
     node: LocalConsortium, tmp_path: Path
 ) -> None:
@@ -103,6 +106,7 @@ def test_bombs_as_updates_are_stored_as_bytes_and_rejected(
     _alive(node)
 
 
+@pytest.mark.lone_node
 def test_oversized_blob_and_nested_json_are_refused(node: LocalConsortium) -> None:
     alice = node.members["alice"]
     key = alice.identity.signing_key
@@ -133,6 +137,7 @@ def test_oversized_blob_and_nested_json_are_refused(node: LocalConsortium) -> No
     _alive(node)
 
 
+@pytest.mark.lone_node
 def test_huge_headers_are_refused(node: LocalConsortium) -> None:
     url = node.members["alice"].url + "/v1/status"
     for size in (64 * 1024, 1024 * 1024):
@@ -192,6 +197,7 @@ def test_slow_clients_are_bounded_and_do_not_starve_others(node: LocalConsortium
     _alive(node)
 
 
+@pytest.mark.lone_node
 def test_non_ascii_digits_and_huge_numbers_are_refused_not_crashed(node: LocalConsortium) -> None:
     """Found by the fuzz suite: ``"²".isdigit()`` is True but ``int("²")`` raises (was a 500)."""
     alice = node.members["alice"]

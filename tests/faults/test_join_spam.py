@@ -30,7 +30,7 @@ from tests.faults.helpers import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.network, pytest.mark.lone_node, pytest.mark.timeout(300)]
 
 CAP = 5
 BURST = 10

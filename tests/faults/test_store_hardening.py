@@ -26,7 +26,7 @@ from bcfl_cli.verify import verify_chain
 from bcfl_cli.wire.httpsig import sign_request
 from tests.faults.helpers import lone_validator
 
-pytestmark = [pytest.mark.network, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.network, pytest.mark.lone_node, pytest.mark.timeout(300)]
 
 MIB = 1024 * 1024
 #: How much faster than real time the restarted node's blob collection clock runs.

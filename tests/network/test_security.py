@@ -24,7 +24,7 @@ from bcfl_cli.wire.httpsig import sign_request
 from tests.network.cluster import Cluster, wait_for
 from tests.network.conftest import MakeCluster
 
-pytestmark = [pytest.mark.network, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.network, pytest.mark.lone_node, pytest.mark.timeout(180)]
 
 
 def post(url: str, key: nacl.signing.SigningKey, body: bytes, **sign_kw: object) -> httpx.Response:

@@ -111,6 +111,7 @@ def test_bad_store_urls_are_usage_errors(tmp_path, url, expected):
 
 
 @pytest.mark.network
+@pytest.mark.lone_node  # one node process: it runs beside the consortia
 def test_a_node_on_postgresql_commits_blocks(tmp_path, make_home, postgres_url):
     """``bcfl node --store-url postgresql+psycopg://...``: a lone validator commits blocks into
     the database, stops, and verify-chain checks them through the home's recorded URL."""
