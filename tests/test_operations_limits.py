@@ -426,6 +426,8 @@ def _bindings() -> dict[str, list[str]]:
         "blob fetch while catching up (sync)": [
             f"{s(blob_service.BLOB_FETCH_TIMEOUT_S)} a blob",
             f"at most {s(blob_service.PEER_BLOB_SLICE_S)}",
+            f"its slice, {s(peers.BLOB_CLIENT_TIMEOUT_S)} without one",
+            f"never under {s(peers.MIN_BLOB_CLIENT_TIMEOUT_S)}",
             f"; {node_sync.PREFETCH_BLOBS} downloads at once",
             f"), {node_sync.PREFETCH_MODELS} (a trainer-only member's models",
             f"at most {node_sync.PREFETCH_AHEAD} update blobs ahead",

@@ -277,6 +277,7 @@ def fetch_blob(
                 if isinstance(exc, Refusal) and exc.kind == "refused":
                     raise
                 # what arrived is resumed from, once the manifest has checked it
+            _check_cancel(cancel, digest)  # given up on meanwhile: no second request
         manifest = fetch_manifest(client, digest, max_bytes=max_bytes)
         done = _resume_point(part, manifest)
         failures = 0

@@ -188,12 +188,21 @@ class BlobService:
                 # the last gets a slice, so a blob its author cannot serve comes from another.
                 budget = left if i == len(peers) - 1 else min(left, PEER_BLOB_SLICE_S)
                 try:
-                    await asyncio.wait_for(self._fetch_from(peer, digest), budget)
+                    await asyncio.wait_for(self._fetch_from(peer, digest, budget), budget)
                 except (TimeoutError, BcflError, OSError) as exc:
                     log.debug("blob %s not from %s: %s", digest[:16], peer.url, exc)
         return self.blobs.has(digest)
 
-    async def _fetch_from(self, peer: PeerInfo, digest: str) -> None:
+    async def _fetch_from(self, peer: PeerInfo, digest: str, budget_s: float) -> None:
+        """One download from ``peer`` in a thread, given ``budget_s`` by ``ensure_one``.
+
+        The thread is bounded too, not only the wait for it: a hung peer (paused, its socket
+        still accepting) answers nothing, and a thread blocked on it past its slice would hold
+        one of the loop's few executor threads; a few of those and every download, from healthy
+        peers too, queued behind them (a paused member stalled another node's catch-up for over
+        a minute). So its client waits at most the slice. (An attempt given up on while it
+        still waited for a thread never starts: cancelling the wait cancels its work item.)
+        """
         limit = self.max_blob_bytes()
 
         # Given up on (``ensure_one``'s slice ran out, the node stops), the thread is told to
@@ -203,7 +212,7 @@ class BlobService:
         sink = None if summaries is None else partial(SummarySink, summaries=summaries)
 
         def work() -> None:
-            with self.peers.blob_client(peer, download=True) as client:
+            with self.peers.blob_client(peer, download=True, timeout_s=budget_s) as client:
                 fetch_blob(
                     client,
                     digest,

@@ -138,7 +138,9 @@ class BlobPeers(Protocol):
 
     def live(self) -> list[Any]: ...
 
-    def blob_client(self, peer: Any, *, download: bool = False) -> SignedClient: ...
+    def blob_client(
+        self, peer: Any, *, download: bool = False, timeout_s: float | None = None
+    ) -> SignedClient: ...
 
 
 class PeerBook(Protocol):

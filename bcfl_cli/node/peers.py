@@ -69,6 +69,11 @@ NODE_URL_HEADER = "Bcfl-Node-Url"
 #: hint: a missing or malformed one means "relay to all", never a refusal.
 SEEN_HEADER = "Bcfl-Seen-By"
 MAX_SEEN_TAGS = 128
+#: Each network wait (connect, the response head, a piece of the body) of a blob client; a
+#: download given a shorter slice of its deadline waits at most that slice, never under the
+#: minimum (a hung peer otherwise held the download's thread 2 x 30 s after the slice).
+BLOB_CLIENT_TIMEOUT_S = 30.0
+MIN_BLOB_CLIENT_TIMEOUT_S = 1.0
 _TAG = re.compile(r"^[0-9a-f]{12}\Z")
 CONSENSUS_PATH = "/v1/consensus"
 PEER_STREAM_PATH = "/v1/stream"
@@ -410,11 +415,16 @@ class Peers:
         except TlsRefused as exc:
             raise Refusal(exc.message, code=exc.reason) from exc
 
-    def blob_client(self, peer: PeerInfo, *, download: bool = False) -> SignedClient:
+    def blob_client(
+        self, peer: PeerInfo, *, download: bool = False, timeout_s: float | None = None
+    ) -> SignedClient:
         """A synchronous signed client for ``blob_fetch`` (run it in a thread), under the same
         TLS rules (its certificate check may do a handshake: call it in that thread too).
         ``download``: for one download (``BlobService``), whose body it reads a large piece
-        at a time (``LargeBodyTransport``); else pooled (an upload's many chunks)."""
+        at a time (``LargeBodyTransport``); else pooled (an upload's many chunks).
+        ``timeout_s``: each network wait of the client at most this long (default
+        ``BLOB_CLIENT_TIMEOUT_S``): a download given a slice of a deadline must not leave its
+        thread waiting on a hung peer long after the slice is over."""
         self._refuse_clear_text(peer)
         try:
             verify = self.trust.httpx_verify(peer.url, peer.did)
@@ -426,8 +436,13 @@ class Peers:
             LargeBodyTransport(verify=context) if download else httpx.HTTPTransport(verify=context)
         )
         transport = CountingTransport(inner, self.traffic)
+        timeout = BLOB_CLIENT_TIMEOUT_S if timeout_s is None else timeout_s
         return SignedClient(
-            self._key, peer.url + "/v1", retries=1, timeout=30.0, transport=transport
+            self._key,
+            peer.url + "/v1",
+            retries=1,
+            timeout=max(MIN_BLOB_CLIENT_TIMEOUT_S, min(BLOB_CLIENT_TIMEOUT_S, timeout)),
+            transport=transport,
         )
 
     # --- push ----------------------------------------------------------------------------

@@ -144,7 +144,9 @@ class Peers(Gossip):
         super().__init__(peers)
         self.asked: list[str] = []
 
-    def blob_client(self, peer: PeerInfo, *, download: bool = False) -> SignedClient:
+    def blob_client(
+        self, peer: PeerInfo, *, download: bool = False, timeout_s: float | None = None
+    ) -> SignedClient:
         self.asked.append(peer.url)
         raise OSError("no route")
 

@@ -86,7 +86,9 @@ class Served:
         start, limit = int(params["start"]), int(params["limit"])
         return {"blocks": [b.to_dict() for b in self.blocks[start : start + limit]]}
 
-    def blob_client(self, peer: PeerInfo, *, download: bool = False) -> SignedClient:
+    def blob_client(
+        self, peer: PeerInfo, *, download: bool = False, timeout_s: float | None = None
+    ) -> SignedClient:
         return SignedClient(key("alice"), PEER, transport=_Borrowed(self.http._transport))
 
 

@@ -130,7 +130,9 @@ class _ServingPeers:
     def live(self) -> list[PeerInfo]:
         return [self.peer]
 
-    def blob_client(self, peer: PeerInfo, *, download: bool = False) -> SignedClient:
+    def blob_client(
+        self, peer: PeerInfo, *, download: bool = False, timeout_s: float | None = None
+    ) -> SignedClient:
         return SignedClient(self.node.key, "http://peer", transport=_Unclosed(self.node.http))
 
 
