@@ -129,3 +129,40 @@ def test_the_floor_trains_with_huge_pages_as_a_node_does(script: str) -> None:
         check=True,
     )
     assert done.stdout.strip() == "True"
+
+
+def _floor(train: float, net: float, sha: float, agg: float, size: int = 100) -> large.Floor:
+    return large.Floor(train, net, sha, agg, size)
+
+
+def test_the_floor_at_its_best_takes_each_part_at_its_fastest() -> None:
+    """A slow measurement of the baseline must not flatter the rounds' ratio."""
+    best = large.Floor.best([_floor(9.0, 2.8, 0.6, 1.9), _floor(13.5, 2.0, 0.5, 1.7)])
+    assert (best.train_s, best.transfer_s, best.sha256_s, best.aggregate_s) == (
+        9.0,
+        2.0,
+        0.5,
+        1.7,
+    )
+    assert best.total_s == pytest.approx(13.2)
+    with pytest.raises(ValueError, match="no floor"):
+        large.Floor.best([])
+    with pytest.raises(ValueError, match="different update sizes"):
+        large.Floor.best([_floor(1, 1, 1, 1, 100), _floor(1, 1, 1, 1, 200)])
+
+
+def test_the_floor_is_measured_repeats_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = [3.0, 1.0, 2.0]
+    calls: list[int] = []
+
+    def once(_spec: object, _trainers: int, _members: int) -> large.Floor:
+        calls.append(1)
+        return _floor(seen[len(calls) - 1], 1.0, 1.0, 1.0)
+
+    monkeypatch.setattr(large, "measure_floor_once", once)
+    assert large.measure_floor(large.mlp(4), 2, 4).train_s == 1.0
+    assert len(calls) == large.FLOOR_REPEATS == 3
+    with pytest.raises(ValueError, match="at least one"):
+        large.measure_floor(large.mlp(4), 2, 4, repeats=0)
+    with pytest.raises(SystemExit):
+        large.main(["--floor-repeats", "0"])
