@@ -21,10 +21,10 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 import xxhash
@@ -165,7 +165,6 @@ def aggregate_file(
     *,
     max_bytes: int,
     paths: Mapping[str, Path] | None = None,
-    open_out: Callable[[int], BinaryIO] | None = None,
 ) -> Iterator[tuple[StreamedAggregate, Path]]:
     """Stream the round's aggregate into a temporary file in the store; yields it and its
     path. The file is removed on exit unless the caller moved it (``keep_as_blob``, which
@@ -174,10 +173,6 @@ def aggregate_file(
     on a loaded disk).
 
     ``paths``: files for models that the store may not hold (a verifier's recomputed models).
-    ``open_out``: opens the output file's descriptor for writing (``os.fdopen(fd, "wb")``
-    otherwise); a caller that keeps the file passes one that starts its write-out as it is
-    written (``store.writeback.open_for_writeback``), so that the fsync that keeps it finds
-    little left, while a file that is compared and dropped is never written to disk.
     """
     known = paths or {}
     files: list[tuple[str, FileTensors]] = []
@@ -198,7 +193,7 @@ def aggregate_file(
         fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="aggregate-")
         tmp = Path(name)
         try:
-            with os.fdopen(fd, "wb") if open_out is None else open_out(fd) as out:
+            with os.fdopen(fd, "wb") as out:
                 result = aggregate_to(out, spec, base, updates, initial_state=initial)
             for digest, file in files:
                 # A copy rewritten while read gives a model no peer computed: the node's

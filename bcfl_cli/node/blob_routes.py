@@ -80,7 +80,6 @@ from bcfl_cli.node.traffic import BlobTraffic
 from bcfl_cli.protocol.encoding import is_hash_hex
 from bcfl_cli.store.blobs import DEFAULT_MAX_BLOB_BYTES, BlobStore
 from bcfl_cli.store.content_record import new_content_sum
-from bcfl_cli.store.writeback import start_writeback
 from bcfl_cli.wire.refusal import Refusal
 
 log = logging.getLogger("bcfl.node")
@@ -564,16 +563,9 @@ class _Running:
 
 def _append(part: Path, data: bytes, running: _Running | None = None) -> None:
     """Append a chunk to its partial file, then to the upload's running hash (only once the
-    bytes are written: a failed write leaves the hash behind the file, never ahead).
-
-    The chunk's write-out starts at once (``start_writeback``): finalising fsyncs the whole
-    file, and every peer's fsync of a pushed update was on the round's critical path (the
-    push ends, and the update is submitted, once each peer has finalised; issue 19)."""
+    bytes are written: a failed write leaves the hash behind the file, never ahead)."""
     with open(part, "ab") as f:
-        start = f.tell()
         f.write(data)
-        f.flush()
-        start_writeback(f.fileno(), start, len(data))
     if running is not None:
         running.hasher.update(data)
         running.summer.update(data)

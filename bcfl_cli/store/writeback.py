@@ -12,13 +12,8 @@ Linux, no glibc symbol) nothing is done.
 from __future__ import annotations
 
 import ctypes
-import io
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from _typeshed import ReadableBuffer
 
 #: bytes written between two write-out requests of one file
 WRITEBACK_BYTES = 4 * 1024 * 1024
@@ -45,36 +40,6 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     (the GIL is released for the call). Errors are ignored: the fsync that follows decides."""
     if _CALL is not None and length > 0:
         _CALL(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-class WritebackFile(io.BufferedWriter):
-    """A file being written to be fsynced and kept (an update a trainer stores, an aggregate a
-    node keeps): every ``every`` bytes written, their write-out starts (``start_writeback``).
-
-    Its fsync then finds little left to write: on the round's critical path, a trainer's push
-    starts only once its update is fsynced, and a node's proposal waits for its aggregate's
-    (issue 19). The bytes and their order are those of a plain buffered file.
-    """
-
-    def __init__(self, raw: io.RawIOBase, every: int | None = None) -> None:
-        super().__init__(raw)
-        self._every = WRITEBACK_BYTES if every is None else every
-        self._at = 0  # bytes written so far (the file is written from its start, in order)
-        self._started = 0  # bytes whose write-out was asked for
-
-    def write(self, buffer: ReadableBuffer, /) -> int:
-        written = super().write(buffer)
-        self._at += written
-        if self._at - self._started >= self._every:
-            self.flush()
-            start_writeback(self.fileno(), self._started, self._at - self._started)
-            self._started = self._at
-        return written
-
-
-def open_for_writeback(fd: int) -> WritebackFile:
-    """``os.fdopen(fd, "wb")`` whose bytes start their write-out as they are written."""
-    return WritebackFile(io.FileIO(fd, "wb"))
 
 
 def available() -> bool:

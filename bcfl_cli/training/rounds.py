@@ -12,7 +12,6 @@ from bcfl_cli.chain.state import ChainState
 from bcfl_cli.fl.aggregation import rule_needs_initial_model
 from bcfl_cli.fl.stored_aggregate import BlobFiles, RoundBlobs, aggregate_file, keep_as_blob
 from bcfl_cli.protocol.tx import Transaction, TxKind
-from bcfl_cli.store.writeback import open_for_writeback
 
 
 def pending_updates(state: ChainState, pending: Sequence[Transaction]) -> list[Transaction]:
@@ -48,10 +47,6 @@ def compute_aggregate(state: ChainState, blobs: BlobFiles) -> tuple[str, int]:
         rnd.base_model, [(u.tx, u.blob, u.num_samples) for u in rnd.accepted], initial
     )
     limit = cfg.contract.max_blob_bytes
-    # kept: its write-out starts as it is written, before the fsync that keeps it
-    kept = aggregate_file(
-        blobs, cfg.aggregation, inputs, max_bytes=limit, open_out=open_for_writeback
-    )
-    with kept as (result, written):
+    with aggregate_file(blobs, cfg.aggregation, inputs, max_bytes=limit) as (result, written):
         keep_as_blob(blobs, written, result.model_hash, result.content_sum)
     return result.model_hash, result.model_size

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -31,7 +32,6 @@ from bcfl_cli.fl.training import TrainResult
 from bcfl_cli.fl.update_file import BaseWeights, WrittenUpdate, update_dtype, write_update
 from bcfl_cli.protocol.spec import ContractRules
 from bcfl_cli.store.blobs import BlobStore
-from bcfl_cli.store.writeback import open_for_writeback
 
 #: ``(base weights, trained result) -> the delta to submit``: an attacker's hook (node/trainer.py).
 Rewrite = Callable[[Mapping[str, torch.Tensor], TrainResult], Mapping[str, torch.Tensor]]
@@ -79,9 +79,7 @@ def store_update(
     fd, name = tempfile.mkstemp(dir=tmp_dir, prefix="update-")
     tmp = Path(name)
     try:
-        # its write-out starts as it is written: the fsync that keeps it (``adopt``) is on
-        # the round's critical path, before the push (store/writeback.py)
-        with open_for_writeback(fd) as out:
+        with os.fdopen(fd, "wb") as out:
             written = write_update(
                 delta, out, update_dtype(rules.update_dtype), with_norm=with_norm
             )

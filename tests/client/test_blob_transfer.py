@@ -799,28 +799,3 @@ def test_a_sink_is_never_finished_on_corrupt_or_resumed_bytes(peer: _Peer, tmp_p
         fetch_blob(client, digest, local, max_bytes=MB, whole_first=True, sink=sink)
     assert local.get(digest) == good
     assert len(sinks) == 1 and sinks[0].finished == []  # the broken stream's sink only
-
-
-def test_a_file_written_for_writeback_holds_the_same_bytes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``open_for_writeback``: the bytes of a plain buffered file, in order, whatever the
-    pieces' sizes; a write-out asked for every ``every`` bytes, ranges that follow each other
-    from byte 0 and leave less than ``every`` behind."""
-    import os
-
-    from bcfl_cli.store import writeback
-
-    asked: list[tuple[int, int]] = []
-    monkeypatch.setattr(writeback, "WRITEBACK_BYTES", 1000)
-    monkeypatch.setattr(writeback, "start_writeback", lambda fd, at, n: asked.append((at, n)))
-    pieces = [bytes([i % 251]) * n for i, n in enumerate([1, 999, 3000, 7, 1500, 0, 2500, 42])]
-    path = tmp_path / "f"
-    with writeback.open_for_writeback(os.open(path, os.O_WRONLY | os.O_CREAT)) as f:
-        for piece in pieces:
-            assert f.write(piece) == len(piece)
-    data = b"".join(pieces)
-    assert path.read_bytes() == data
-    assert asked[0][0] == 0 and all(n >= 1000 for _, n in asked)
-    assert all(a + n == b for (a, n), (b, _) in zip(asked, asked[1:], strict=False))
-    assert len(data) - 1000 < asked[-1][0] + asked[-1][1] <= len(data)

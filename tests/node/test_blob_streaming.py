@@ -265,22 +265,3 @@ def test_a_partial_upload_this_process_did_not_append_whole_is_hashed_again(
     with pytest.raises(Refusal) as refused:
         node.client.put(f"/blobs/{other_digest}", params={"size": len(other)}, content=b"")
     assert refused.value.code == "hash_mismatch" and not node.store.has(other_digest)
-
-
-def test_each_appended_chunk_starts_its_write_out_at_once(
-    node: _Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Finalising fsyncs the whole upload, and each peer's fsync of a pushed update was on the
-    round's critical path (issue 19): every chunk's write-out starts once it is appended, as a
-    download's does (ranges that follow each other from byte 0 to the end); the blob is the
-    same bytes, kept under its name."""
-    from bcfl_cli.node import blob_routes
-
-    asked: list[tuple[int, int]] = []
-    monkeypatch.setattr(blob_routes, "start_writeback", lambda fd, at, n: asked.append((at, n)))
-    data = _data(5 * CHUNK + 123, seed=5)
-    local = BlobStore(tmp_path / "local")
-    digest = local.put(data)
-    upload_blob(node.client, digest, local)
-    assert node.store.get(digest) == data
-    assert asked == [(i * CHUNK, CHUNK) for i in range(5)] + [(5 * CHUNK, 123)]

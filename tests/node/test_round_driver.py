@@ -9,7 +9,6 @@ import pytest
 
 from bcfl_cli.chain import ChainState
 from bcfl_cli.fl.checks import FLChecks
-from bcfl_cli.fl.stored_aggregate import RoundBlobs, aggregate_file
 from bcfl_cli.node.round_driver import (
     _without,
     build_proposal,
@@ -20,7 +19,6 @@ from bcfl_cli.node.round_driver import (
 )
 from bcfl_cli.node.sync import CachingChecks
 from bcfl_cli.protocol.tx import Transaction, TxKind
-from bcfl_cli.store import writeback
 from bcfl_cli.training.rounds import compute_aggregate
 from bcfl_cli.verify.chain import verify_chain
 from tests.node._chain_fixture import FOUNDERS, Chain, did, key, make_chain
@@ -297,36 +295,3 @@ def test_updates_whose_blob_the_proposer_lacks_wait_for_a_later_block(chain: Cha
     )
     # once the blob is here, the update goes in (it was only delayed, never dropped)
     assert [t.hash for t in plan(lambda blob: True)[::2]] == [lacked.hash, held.hash]
-
-
-def test_the_kept_aggregate_starts_its_write_out_as_it_is_written(
-    chain: Chain, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The aggregate a node prepares is kept, fsynced first: its write-out starts every
-    ``WRITEBACK_BYTES`` as it is written (ranges that follow each other from byte 0), so the
-    proposal does not wait for the whole model to reach the disk (issue 19); the model is the
-    same bits as the plain file's (the stored blob hashes to its name, and a recomputation
-    into a plain file gives the same hash)."""
-    checks = CachingChecks(FLChecks(chain.blobs))
-    step(chain, [], checks)
-    judged = [
-        (tx, checks.check_update(chain.state, tx))
-        for tx in (chain.update("bob", scale=0.01), chain.update("carol", scale=0.02))
-    ]
-    target = state_after_updates(chain.state, judged)
-    asked: list[tuple[int, int]] = []
-    monkeypatch.setattr(writeback, "WRITEBACK_BYTES", 1000)
-    monkeypatch.setattr(writeback, "start_writeback", lambda fd, at, n: asked.append((at, n)))
-    model, size = compute_aggregate(target, chain.blobs)
-    assert asked and asked[0][0] == 0 and all(n >= 1000 for _, n in asked)
-    assert all(a + n == b for (a, n), (b, _) in zip(asked, asked[1:], strict=False))
-    assert size - 1000 < asked[-1][0] + asked[-1][1] <= size
-    assert chain.blobs.verify(model)
-    rnd, cfg = target.round, target.config
-    inputs = RoundBlobs(rnd.base_model, [(u.tx, u.blob, u.num_samples) for u in rnd.accepted])
-    started = len(asked)
-    with aggregate_file(
-        chain.blobs, cfg.aggregation, inputs, max_bytes=cfg.contract.max_blob_bytes
-    ) as (plain, _):
-        assert (plain.model_hash, plain.model_size) == (model, size)
-    assert len(asked) == started  # a file compared and dropped starts no write-out

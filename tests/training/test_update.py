@@ -82,27 +82,3 @@ def test_freed_memory_is_given_back_to_the_system_where_the_c_library_can() -> N
     return_freed_memory()  # idempotent
     if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
         assert hasattr(ctypes.CDLL(None), "malloc_trim")
-
-
-def test_the_update_starts_its_write_out_as_it_is_written(tmp_path, monkeypatch):
-    """A trainer's push starts once its update is fsynced into the store: the write-out starts
-    every ``WRITEBACK_BYTES`` as the update is written (ranges that follow each other from
-    byte 0), so that fsync finds little left (issue 19); the blob is the same bits."""
-    from bcfl_cli.store import writeback
-
-    app = bind_app(SPEC, TrainingPlan(local_steps=3, batch_size=8))
-    rules = ContractRules(min_samples=1)
-    plain = BlobStore(tmp_path / "plain")
-    base = plain.put(initial_state_bytes(SPEC))
-    expected = train_update(app, plain, base, _data(), rules, seed=5)
-    asked = []
-    monkeypatch.setattr(writeback, "WRITEBACK_BYTES", 64)
-    monkeypatch.setattr(writeback, "start_writeback", lambda fd, at, n: asked.append((at, n)))
-    blobs = BlobStore(tmp_path / "early")
-    assert blobs.put(initial_state_bytes(SPEC)) == base
-    update = train_update(app, blobs, base, _data(), rules, seed=5)
-    assert (update.blob, update.blob_size) == (expected.blob, expected.blob_size)
-    assert blobs.verify(update.blob)
-    assert asked and asked[0][0] == 0 and all(n >= 64 for _, n in asked)
-    assert all(a + n == b for (a, n), (b, _) in zip(asked, asked[1:], strict=False))
-    assert update.blob_size - 64 < asked[-1][0] + asked[-1][1] <= update.blob_size
