@@ -176,6 +176,9 @@ LIGHT_COMMANDS: dict[str, str] = {
     "verify-chain": "chain_cmds",
     "log": "chain_cmds",
     "inspect": "chain_cmds",
+    # a node start then skips the other commands' modules (the join, submit and init commands,
+    # the client SDK): about a quarter of its start-up CPU (bench/README.md, session 12)
+    "node": "node_cmd",
 }
 #: Root options that take a value (``--home DIR``), to find the command after them.
 _VALUED_ROOT_OPTIONS = frozenset({"--home"})
