@@ -37,7 +37,13 @@ PG_PATH = $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tr '\n' ':')
 # another, as before, and first, while the other worker takes the single-node ones (marked
 # `lone_node` too) and then the in-process tests a file at a time (tests/lanes.py sets the
 # groups and the order).
+#
+# bcfl_cli's bytecode is compiled once first: where PYTHONDONTWRITEBYTECODE is set (as on the
+# development machine) no process writes it, and each of the ~120 node processes and ~100 CLI
+# commands a run starts compiled bcfl's sources again (~0.25 CPU-s a node start; bench/README.md,
+# session 12). Processes still read bytecode with the variable set.
 test: lint browser postgres
+	$(BIN)/python -m compileall -q bcfl_cli
 	PATH="$(PG_PATH)$$PATH" $(BIN)/pytest -q -m "not slow" -p no:cacheprovider --durations=30 \
 		-n 2 --dist loadgroup --no-loadscope-reorder
 

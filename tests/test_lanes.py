@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bcfl_cli.demo.launcher import LocalConsortium
@@ -43,3 +45,15 @@ class _Running:
 
     def poll(self) -> None:
         return None
+
+
+def test_make_test_compiles_bcfl_before_the_suite_starts_its_processes() -> None:
+    """Each node and CLI process reads bcfl's bytecode instead of compiling its sources again
+    where PYTHONDONTWRITEBYTECODE is set (no process would write it)."""
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    recipe = makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    steps = [line.strip() for line in recipe if line.startswith("\t")]
+    compile_at = next(i for i, step in enumerate(steps) if "-m compileall" in step)
+    pytest_at = next(i for i, step in enumerate(steps) if "/pytest " in step)
+    assert compile_at < pytest_at
+    assert steps[compile_at].split()[-1] == "bcfl_cli"

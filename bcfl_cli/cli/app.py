@@ -176,6 +176,9 @@ LIGHT_COMMANDS: dict[str, str] = {
     "verify-chain": "chain_cmds",
     "log": "chain_cmds",
     "inspect": "chain_cmds",
+    # a node start then skips registering the other commands (join, submit, init, ...); most
+    # of their modules a node imports anyway: ~0.1 CPU-s a start (bench/README.md, session 12)
+    "node": "node_cmd",
 }
 #: Root options that take a value (``--home DIR``), to find the command after them.
 _VALUED_ROOT_OPTIONS = frozenset({"--home"})

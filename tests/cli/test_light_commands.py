@@ -37,7 +37,9 @@ def test_every_light_command_is_in_the_whole_command() -> None:
         (["verify-chain", "--home", "h"], ("chain_cmds",)),
         (["--home", "log", "verify-chain"], ("chain_cmds",)),  # "log" is --home's value
         (["--home=h", "-v", "inspect", "1"], ("chain_cmds",)),
-        (["node", "run"], COMMAND_MODULES),
+        (["submit", "run"], COMMAND_MODULES),
+        (["node", "--home", "h"], ("node_cmd",)),
+        (["--home", "h", "node"], ("node_cmd",)),
         (["--home", "verify-chain"], COMMAND_MODULES),  # no command after the value
         ([], COMMAND_MODULES),
         (["--help"], COMMAND_MODULES),
@@ -68,4 +70,22 @@ def test_verify_chain_starts_without_the_http_stack() -> None:
         check=False,
     )
     assert "verify-chain" in done.stdout and "--deep" in done.stdout, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_node_starts_without_the_other_commands_modules() -> None:
+    """``bcfl node`` registers only node_cmd: a node start skips the client SDK's command
+    modules (join, submit, init, ...), which every node of the test suite paid (session 12)."""
+    probe = _PROBE.replace(
+        '("aiohttp", "httpx", "uvicorn", "starlette")',
+        '("bcfl_cli.cli.submit_cmd", "bcfl_cli.cli.join_cmd", "bcfl_cli.cli.init_cmd")',
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, "node", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert "--listen" in done.stdout and "--peer" in done.stdout, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
