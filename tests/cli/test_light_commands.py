@@ -51,24 +51,31 @@ def test_modules_for(argv: list[str], expected: tuple[str, ...]) -> None:
 
 _PROBE = """
 import sys
-sys.argv = ["bcfl", *sys.argv[1:]]
+watched = sys.argv[1].split(",")
+sys.argv = ["bcfl", *sys.argv[2:]]
 from bcfl_cli.cli.app import main
 try:
     main()
 except SystemExit:
     pass
-print(sorted(m for m in ("aiohttp", "httpx", "uvicorn", "starlette") if m in sys.modules))
+print(sorted(m for m in watched if m in sys.modules))
 """
 
 
-def test_verify_chain_starts_without_the_http_stack() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", _PROBE, "verify-chain", "--help"],
+def _probe(watched: tuple[str, ...], *argv: str) -> subprocess.CompletedProcess[str]:
+    """``bcfl ARGV`` in a fresh interpreter; its last line lists the ``watched`` modules it
+    imported."""
+    return subprocess.run(
+        [sys.executable, "-c", _PROBE, ",".join(watched), *argv],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_verify_chain_starts_without_the_http_stack() -> None:
+    done = _probe(("aiohttp", "httpx", "uvicorn", "starlette"), "verify-chain", "--help")
     assert "verify-chain" in done.stdout and "--deep" in done.stdout, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
@@ -76,16 +83,7 @@ def test_verify_chain_starts_without_the_http_stack() -> None:
 def test_a_node_starts_without_the_other_commands_modules() -> None:
     """``bcfl node`` registers only node_cmd: a node start skips the client SDK's command
     modules (join, submit, init, ...), which every node of the test suite paid (session 12)."""
-    probe = _PROBE.replace(
-        '("aiohttp", "httpx", "uvicorn", "starlette")',
-        '("bcfl_cli.cli.submit_cmd", "bcfl_cli.cli.join_cmd", "bcfl_cli.cli.init_cmd")',
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", probe, "node", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    commands = ("bcfl_cli.cli.submit_cmd", "bcfl_cli.cli.join_cmd", "bcfl_cli.cli.init_cmd")
+    done = _probe(commands, "node", "--help")
     assert "--listen" in done.stdout and "--peer" in done.stdout, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
